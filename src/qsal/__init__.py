@@ -1,0 +1,36 @@
+"""qsal: quantized, saliency-guided image classifiers for edge hardware.
+
+The public API, imported lazily so that ``import qsal.runtime`` (the deployment side) never pulls
+in PyTorch:
+
+    qsal.load_split, qsal.create_model, qsal.fit, qsal.TrainConfig, qsal.evaluate,
+    qsal.quantize, qsal.PTQConfig, qsal.QATConfig, qsal.PACTConfig, qsal.WeightOnlyConfig,
+    qsal.export_onnx, qsal.explain, qsal.SaliencyGuidedStep
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_split": "qsal.data", "get_info": "qsal.data", "list_datasets": "qsal.data",
+    "create_model": "qsal.models", "list_models": "qsal.models",
+    "fit": "qsal.train", "TrainConfig": "qsal.train", "ClassificationStep": "qsal.train",
+    "evaluate": "qsal.evaluate", "compute_metrics": "qsal.evaluate",
+    "quantize": "qsal.quant", "PTQConfig": "qsal.quant", "QATConfig": "qsal.quant", "PACTConfig": "qsal.quant",
+    "WeightOnlyConfig": "qsal.quant",
+    "save_checkpoint": "qsal.checkpoint", "load_checkpoint": "qsal.checkpoint",
+    "export_onnx": "qsal.export",
+    "explain": "qsal.saliency", "SaliencyGuidedStep": "qsal.saliency",
+    "QsalError": "qsal.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'qsal' has no attribute {name!r}")

@@ -1,0 +1,184 @@
+"""``qsal`` command line: a thin argparse layer over the Python API.
+
+Every sub-command parses its arguments, builds a config and calls one library function; user errors
+(``QsalError``) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qsal.errors import QsalError
+
+__all__ = ["main", "build_parser"]
+
+_COMMANDS = {}
+
+
+def command(name: str, help: str):
+    def wrap(fn):
+        _COMMANDS[name] = (fn, help)
+        return fn
+
+    return wrap
+
+
+def _data_args(p: argparse.ArgumentParser, dataset_default: str | None = "breastmnist") -> None:
+    p.add_argument("--dataset", default=dataset_default,
+                   help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders (default: %(default)s)")
+    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist; BreastMNIST 28 px is embedded)")
+    p.add_argument("--size", type=int, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224)")
+    p.add_argument("--download", action="store_true", help="download missing files from the official source")
+
+
+def _print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys))
+
+
+@command("datasets", "list the datasets qsal knows, where each was found and whether its checksum matches")
+def cmd_datasets(args):
+    from qsal.data import dataset_status
+
+    _print_table(dataset_status(args.data_dir, verify=not args.no_verify))
+
+
+def _setup_datasets(p):
+    p.add_argument("--data-dir")
+    p.add_argument("--no-verify", action="store_true", help="skip MD5 checks (faster on large files)")
+
+
+@command("models", "list the registered models with their parameter count and MACs")
+def cmd_models(args):
+    from qsal.models import count_macs, count_parameters, create_model, list_models
+
+    rows = []
+    for name in list_models():
+        m = create_model(name, args.num_classes, args.in_channels, args.image_size)
+        rows.append({"model": name, "params": f"{count_parameters(m):,}",
+                     "MACs": f"{count_macs(m, args.in_channels, args.image_size):,}"})
+    _print_table(rows)
+
+
+def _setup_models(p):
+    p.add_argument("--num-classes", type=int, default=2)
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--image-size", type=int, default=28)
+
+
+def _train_config_args(p):
+    from qsal.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"])
+    p.add_argument("--shift-px", type=int, default=d.shift_px, help="random-translation augmentation (px)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto (CUDA where there is one), cpu or cuda")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_config(args):
+    from qsal.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                       shift_px=args.shift_px, seed=args.seed, device=args.device, progress=not args.no_progress)
+
+
+@command("train", "train a model (FP32, or saliency-guided with --saliency-guided) and save the best checkpoint")
+def cmd_train(args):
+    from qsal.pipeline import train_model
+
+    result = train_model(dataset=args.dataset, model=args.model, config=_train_config(args), out_dir=args.out,
+                         data_dir=args.data_dir, size=args.size, download=args.download,
+                         saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
+                         pact_bits=args.pact_bits)
+    print(json.dumps(result, indent=2))
+
+
+def _setup_train(p):
+    _data_args(p)
+    p.add_argument("--model", default="small_cnn", help="model name (see `qsal models`; default: %(default)s)")
+    p.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
+    _train_config_args(p)
+    p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")
+    p.add_argument("--sgt-k", type=float, default=0.5, help="fraction of features masked per step")
+    p.add_argument("--sgt-lambda", type=float, default=1.0, help="weight of the KL term")
+    p.add_argument("--pact-bits", type=int, default=None, help="train PACT-quantized at this many bits (2-8)")
+
+
+@command("evaluate", "evaluate a checkpoint on a split: AUC/ACC with 95%% CIs, sensitivity, specificity")
+def cmd_evaluate(args):
+    from qsal.pipeline import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
+                                  size=args.size, out=args.out)
+    print(json.dumps(metrics, indent=2))
+
+
+def _setup_evaluate(p):
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by qsal")
+    _data_args(p, dataset_default=None)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+
+
+@command("demo", "the main job on the embedded BreastMNIST: train, evaluate (and more, see --help)")
+def cmd_demo(args):
+    from qsal.demo import run_demo
+
+    run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed)
+
+
+def _setup_demo(p):
+    p.add_argument("--dataset", default="breastmnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a shorter schedule (under a minute)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+_SETUP = {"datasets": _setup_datasets, "models": _setup_models, "train": _setup_train,
+          "evaluate": _setup_evaluate, "demo": _setup_demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qsal import cli_quant
+
+    cli_quant.register(command, _SETUP, _data_args)
+    parser = argparse.ArgumentParser(prog="qsal", description="Quantized, saliency-guided image classifiers "
+                                     "for edge hardware. Start with `qsal demo`.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (fn, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _SETUP[name](p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except QsalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return QsalError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished files are intact and a rerun resumes", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

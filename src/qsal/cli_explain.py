@@ -1,0 +1,79 @@
+"""``qsal explain``: saliency grid PNGs for a checkpoint (any method) or an ONNX file (occlusion)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from qsal.errors import QsalError
+
+
+def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, out: str, dataset: str | None = None,
+                 seed: int = 0) -> dict:
+    """Explain ``n`` images of the model's own dataset and write a PNG grid (image, map, overlay)."""
+    from qsal.data import load_split
+    from qsal.saliency.plot import save_saliency_grid, to_display
+
+    path = Path(model_path)
+    if path.suffix == ".onnx":
+        from qsal.runtime import Runtime
+        from qsal.saliency.onnx_occlusion import occlusion_numpy
+
+        if method != "occlusion":
+            raise QsalError(f"method {method!r} needs gradients, which an ONNX file does not have; use --method occlusion "
+                            "or explain the .safetensors checkpoint")
+        rt = Runtime(path)
+        data_meta = rt.meta.get("data", {})
+        name = dataset or data_meta.get("name")
+        split_data = load_split(name, split, data_dir).subset(n, seed)
+        x = rt.preprocess(split_data.images)
+        logits = rt.run_normalized(x)
+        target = logits.argmax(axis=1)
+        maps = occlusion_numpy(rt.run_normalized, x, target)
+    else:
+        import torch
+
+        from qsal.checkpoint import load_checkpoint
+        from qsal.saliency import explain
+
+        model, meta = load_checkpoint(path)
+        data_meta = meta.get("dataset") or {}
+        name = dataset or data_meta.get("name")
+        split_data = load_split(name, split, data_dir).subset(n, seed)
+        xt, _ = split_data.tensors()
+        with torch.no_grad():
+            logits = model.eval()(xt).numpy()
+        target = logits.argmax(axis=1)
+        maps = explain(model, xt, method, target=torch.from_numpy(target)).numpy()
+        x = xt.numpy()
+    info = split_data.info
+    captions = [f"y={info.labels[int(t)][:12]}\npred={info.labels[int(p)][:12]}"
+                for t, p in zip(np.atleast_1d(split_data.labels), target)] if split_data.labels.ndim == 1 else None
+    png = save_saliency_grid(to_display(x, info.mean, info.std), {f"{path.stem} {method}": maps}, out, captions,
+                             title=f"{info.name} {split}: {method}")
+    return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist()}
+
+
+def cmd_explain(args):
+    print(json.dumps(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
+                                  out=args.out, dataset=args.dataset, seed=args.seed), indent=2))
+
+
+def _setup_explain(p):
+    from qsal.saliency.methods import METHODS
+
+    p.add_argument("model", help="a checkpoint (.safetensors) or an exported .onnx (occlusion only)")
+    p.add_argument("--method", default="integrated_gradients", choices=METHODS)
+    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.add_argument("--split", default="test")
+    p.add_argument("--dataset", help="override the dataset recorded in the model")
+    p.add_argument("--data-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="saliency.png")
+
+
+def register(command, setup: dict) -> None:
+    command("explain", "saliency maps as a PNG grid (image, map, overlay); ONNX models via occlusion")(cmd_explain)
+    setup["explain"] = _setup_explain

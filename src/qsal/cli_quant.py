@@ -1,0 +1,104 @@
+"""CLI commands for the deployment half: quantize, export, bench, explain (registered into ``qsal.cli``)."""
+
+from __future__ import annotations
+
+import json
+
+
+def _quant_config(args):
+    from qsal.quant import PACTConfig, PTQConfig, QATConfig, WeightOnlyConfig
+
+    skip = tuple(args.skip or ())
+    if args.method == "ptq":
+        return PTQConfig(observer=args.observer, weight_bits=args.bits, act_bits=args.bits,
+                         per_channel=not args.per_tensor, num_calibration=args.num_calibration, skip=skip)
+    if args.method == "qat":
+        return QATConfig(bits=args.bits, per_channel=not args.per_tensor, num_calibration=args.num_calibration, skip=skip)
+    if args.method == "pact":
+        return PACTConfig(bits=args.bits, num_calibration=args.num_calibration, skip=skip)
+    return WeightOnlyConfig(bits=args.bits, skip=skip)
+
+
+def cmd_quantize(args):
+    from qsal.pipeline import quantize_checkpoint
+
+    step = None
+    if args.saliency_guided:
+        from qsal.checkpoint import read_meta
+        from qsal.saliency import SaliencyGuidedStep
+
+        step = SaliencyGuidedStep(read_meta(args.checkpoint)["dataset"]["task"], k=args.sgt_k, lam=args.sgt_lambda)
+    result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
+                                 data_dir=args.data_dir, seed=args.seed, progress=not args.no_progress, step=step)
+    print(json.dumps(result, indent=2))
+
+
+def _setup_quantize(p):
+    p.add_argument("checkpoint", help="FP32 checkpoint (.safetensors) from qsal train")
+    p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"])
+    p.add_argument("--bits", type=int, default=8, help="bit-width (PTQ/QAT/PACT: 2-8; weight-only: 4 or 8)")
+    p.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
+                   help="PTQ calibration observer")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
+    p.add_argument("--num-calibration", type=int, default=512, help="training images used for calibration")
+    p.add_argument("--skip", nargs="*", help="layer names to keep FP32")
+    p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (QAT/PACT)")
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
+    p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
+    p.add_argument("--sgt-k", type=float, default=0.5)
+    p.add_argument("--sgt-lambda", type=float, default=1.0)
+    p.add_argument("--data-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/quantized")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_export(args):
+    from qsal.errors import QsalError
+    from qsal.pipeline import export_checkpoint
+
+    if args.format != "onnx":
+        raise QsalError(f"format {args.format!r} is not supported; use --format onnx")
+    print(json.dumps(export_checkpoint(args.checkpoint, args.out), indent=2))
+
+
+def _setup_export(p):
+    p.add_argument("checkpoint", help="a checkpoint (.safetensors), float or quantized")
+    p.add_argument("--format", default="onnx")
+    p.add_argument("--out", default="model.onnx", help="output file (default: %(default)s)")
+
+
+def cmd_bench(args):
+    from qsal.export.bench import bench_onnx
+
+    result = bench_onnx(args.model, threads=tuple(args.threads), seconds=args.seconds)
+    print(f"{args.model}: {result['size_bytes']:,} bytes")
+    for r in result["runs"]:
+        print(f"  threads={r['threads']:<2} batch={r['batch']:<3} p50={r['latency_ms_p50']:.3f} ms "
+              f"p95={r['latency_ms_p95']:.3f} ms  {r['throughput_img_s']:,.0f} img/s")
+    if args.json:
+        from qsal._atomic import write_json_atomic
+
+        write_json_atomic(args.json, result)
+
+
+def _setup_bench(p):
+    p.add_argument("model", help="an ONNX file from qsal export")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="thread counts (0 = all cores)")
+    p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per configuration")
+    p.add_argument("--json", help="also write the results to this JSON file")
+
+
+def register(command, setup: dict, data_args) -> None:
+    for name, fn, help_text, setup_fn in (
+        ("quantize", cmd_quantize, "quantize a checkpoint: PTQ (4 observers), QAT, PACT (2-8 bit) or weight-only",
+         _setup_quantize),
+        ("export", cmd_export, "export a checkpoint to ONNX (integer QDQ for quantized models) + model card", _setup_export),
+        ("bench", cmd_bench, "size and latency (p50/p95, batch 1 and 64, 1 thread and all cores) of an ONNX model",
+         _setup_bench),
+    ):
+        command(name, help_text)(fn)
+        setup[name] = setup_fn
+    from qsal import cli_explain
+
+    cli_explain.register(command, setup)

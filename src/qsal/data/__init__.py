@@ -1,0 +1,94 @@
+"""Datasets: the table (``DATASETS``), loaders for MedMNIST, MNIST, CIFAR-10 and image folders.
+
+``load_split(name, split)`` is the one entry point; it finds the data root (explicit argument,
+then ``$QSAL_DATA_DIR``, then ``~/.medmnist``) and returns a validated ``ImageSplit``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qsal.data.arrays import ImageSplit
+from qsal.data.cifar import find_cifar10_dir, load_cifar10
+from qsal.data.folder import folder_info, load_folder
+from qsal.data.medmnist import find_medmnist, load_medmnist
+from qsal.data.mnist import load_mnist
+from qsal.data.registry import (DATASETS, TASK_BINARY, TASK_MULTICLASS, TASK_MULTILABEL, TASK_ORDINAL,
+                                DatasetInfo, get_info, list_datasets, resolve_data_dir)
+from qsal.errors import QsalError
+
+__all__ = ["ImageSplit", "DatasetInfo", "DATASETS", "get_info", "list_datasets", "resolve_data_dir",
+           "load_split", "dataset_status", "split_validation",
+           "TASK_BINARY", "TASK_MULTICLASS", "TASK_MULTILABEL", "TASK_ORDINAL"]
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, size: int | None = None,
+               download: bool = False, verify: bool = True, val_fraction: float = 0.1, seed: int = 0) -> ImageSplit:
+    """Load one split of a dataset.
+
+    Args:
+        name: a table name (``breastmnist``, ``mnist``, ``cifar10``...) or ``folder:PATH``.
+        split: ``train``, ``val`` or ``test``. MNIST and CIFAR-10 have no official val split: it is the
+            last ``val_fraction`` of a seeded shuffle of train, and ``train`` is the rest.
+        data_dir: data root; ``None`` resolves ``$QSAL_DATA_DIR`` then ``~/.medmnist``.
+        size: image size in pixels (MedMNIST: 28, 64, 128 or 224).
+    """
+    if name.startswith("folder:"):
+        return load_folder(Path(name[len("folder:"):]), split, size=size or 28, seed=seed)
+    info = get_info(name)
+    root = resolve_data_dir(data_dir)
+    if info.family == "medmnist":
+        return load_medmnist(info, split, root, size or 28, download=download, verify=verify)
+    if size not in (None, info.image_size):
+        raise QsalError(f"{info.name} images are {info.image_size} px; drop --size or pass {info.image_size}")
+    if info.family in ("mnist", "cifar10"):
+        if split == "test":
+            return _load_official(info, "test", root, download, verify)
+        return split_validation(_load_official(info, "train", root, download, verify), split, val_fraction, seed)
+    raise QsalError(f"no loader for dataset family {info.family!r}")
+
+
+def _load_official(info: DatasetInfo, split: str, root: Path, download: bool, verify: bool) -> ImageSplit:
+    if info.family == "mnist":
+        return load_mnist(info, split, root, download=download, verify=verify)
+    return load_cifar10(info, split, root)
+
+
+def split_validation(train: ImageSplit, split: str, val_fraction: float, seed: int) -> ImageSplit:
+    """Carve a seeded validation split out of an official train split."""
+    import numpy as np
+
+    if split not in ("train", "val"):
+        raise QsalError(f"unknown split {split!r}; use train, val or test")
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = int(round(len(train) * val_fraction))
+    idx = np.sort(order[:n_val] if split == "val" else order[n_val:])
+    return ImageSplit(train.info, split, train.images[idx], train.labels[idx], train.source)
+
+
+def dataset_status(data_dir: str | os.PathLike | None = None, verify: bool = True) -> list[dict]:
+    """For each table entry: where its 28 px (or native) file was found and whether its MD5 matches."""
+    from qsal.data.download import md5_of
+
+    root = resolve_data_dir(data_dir)
+    rows = []
+    for name in list_datasets():
+        info = DATASETS[name]
+        if info.family == "medmnist":
+            path = find_medmnist(info, 28, root)
+        elif info.family == "cifar10":
+            path = find_cifar10_dir(root)
+        else:
+            from qsal.data.mnist import _locate
+
+            path = _locate(root, "t10k-images-idx3-ubyte")
+        checksum = "-"
+        if path and verify and info.family == "medmnist":
+            checksum = "ok" if md5_of(path) == info.md5["28"] else "MISMATCH"
+        elif path and verify and info.family == "mnist" and path.suffix == ".gz":
+            checksum = "ok" if md5_of(path) == info.md5[path.name] else "MISMATCH"
+        rows.append({"name": name, "task": info.task, "channels": info.n_channels, "classes": info.num_classes,
+                     "train/val/test": "/".join(str(info.n_samples.get(s, 0)) for s in ("train", "val", "test")),
+                     "found": str(path) if path else "not found", "md5": checksum})
+    return rows

@@ -1,0 +1,85 @@
+"""``ImageSplit``: one split of a dataset as validated uint8 arrays, and its tensor view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qsal.data.registry import TASK_MULTILABEL, DatasetInfo
+from qsal.errors import QsalError
+
+__all__ = ["ImageSplit", "validate_arrays"]
+
+
+@dataclass
+class ImageSplit:
+    """Images ``(N, H, W, C)`` uint8 and labels ``(N,)`` int64 (``(N, L)`` for multi-label).
+
+    Attributes:
+        info: the dataset's table row (task, classes, normalisation).
+        split: ``train``, ``val`` or ``test``.
+        source: where the arrays were read from (a path, or ``embedded``).
+    """
+
+    info: DatasetInfo
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    source: str = ""
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def tensors(self):
+        """``(x, y)`` torch tensors: x float32 ``(N, C, H, W)`` normalised with the table's mean/std."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(self.images)).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.info.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.info.std).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        y = torch.from_numpy(self.labels)
+        y = y.float() if self.info.task == TASK_MULTILABEL else y.long()
+        return x.contiguous(), y
+
+    def subset(self, n: int, seed: int = 0) -> "ImageSplit":
+        """A seeded random subset of ``n`` images (all of them when ``n >= len(self)``)."""
+        if n >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return ImageSplit(self.info, self.split, self.images[idx], self.labels[idx], self.source)
+
+
+def validate_arrays(info: DatasetInfo, images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check dtype, shape and label range; return images as ``(N, H, W, C)`` and labels squeezed.
+
+    Raises:
+        QsalError: naming the file and what is wrong with it.
+    """
+    if images.dtype != np.uint8:
+        raise QsalError(f"{where}: images have dtype {images.dtype}, expected uint8 (0-255 pixels); re-export them as uint8")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise QsalError(f"{where}: images have shape {images.shape}, expected (N, H, W) or (N, H, W, 3)")
+    if images.shape[-1] != info.n_channels:
+        raise QsalError(f"{where}: images have {images.shape[-1]} channel(s) but {info.name} has {info.n_channels}")
+    if images.shape[0] == 0:
+        raise QsalError(f"{where}: the split is empty; the file is incomplete, download it again")
+    labels = np.asarray(labels)
+    if labels.shape[0] != images.shape[0]:
+        raise QsalError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels; the file is corrupt")
+    if info.task == TASK_MULTILABEL:
+        labels = labels.reshape(labels.shape[0], -1).astype(np.int64)
+        if labels.shape[1] != info.num_classes or not np.isin(labels, (0, 1)).all():
+            raise QsalError(f"{where}: multi-label targets must be 0/1 of width {info.num_classes}, got shape {labels.shape}")
+    else:
+        labels = labels.reshape(labels.shape[0], -1)
+        if labels.shape[1] != 1:
+            raise QsalError(f"{where}: labels have shape {labels.shape}, expected (N,) or (N, 1)")
+        labels = labels[:, 0].astype(np.int64)
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= info.num_classes:
+            raise QsalError(f"{where}: labels span {lo}..{hi} but {info.name} has classes 0..{info.num_classes - 1}")
+    return images, labels

@@ -1,0 +1,114 @@
+"""Latency and size of a deployed model, each configuration measured in a fresh process.
+
+``bench_onnx`` spawns ``python -m qsal.export.bench --worker ...`` per (threads, batch) so that one
+configuration's thread pools and caches never colour the next. Batch 1 reports per-call latency
+percentiles (the edge case: one image at a time); batch 64 reports throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qsal.errors import QsalError
+
+__all__ = ["bench_onnx", "bench_torch", "measure"]
+
+
+def measure(fn, warmup: int, min_iters: int, min_seconds: float) -> list[float]:
+    """Run ``fn`` ``warmup`` times, then at least ``min_iters`` times and ``min_seconds``; per-call ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_iters or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _summary(times_ms: list[float], batch: int) -> dict:
+    t = np.asarray(times_ms)
+    return {"batch": batch, "iters": int(t.size), "latency_ms_p50": float(np.percentile(t, 50)),
+            "latency_ms_p95": float(np.percentile(t, 95)), "latency_ms_mean": float(t.mean()),
+            "throughput_img_s": float(batch * 1e3 / np.median(t))}
+
+
+def _worker_onnx(path: str, threads: int, batch: int, seconds: float) -> dict:
+    from qsal.runtime import Runtime
+
+    rt = Runtime(path, threads=threads or None)
+    x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape)).astype(np.float32)
+    return _summary(measure(lambda: rt.run_normalized(x), 5, 20 if batch > 1 else 50, seconds), batch)
+
+
+def _worker_torch(checkpoint: str, threads: int, batch: int, seconds: float) -> dict:
+    import torch
+
+    from qsal.checkpoint import load_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, meta = load_checkpoint(checkpoint)
+    model.eval()
+    arch = meta["arch"]
+    size = (meta.get("dataset") or {}).get("image_size", arch.get("image_size", 28))
+    x = torch.randn(batch, arch["in_channels"], size, size)
+    with torch.inference_mode():
+        return _summary(measure(lambda: model(x), 5, 20 if batch > 1 else 50, seconds), batch)
+
+
+def _spawn(kind: str, target: str, threads: int, batch: int, seconds: float) -> dict:
+    cmd = [sys.executable, "-m", "qsal.export.bench", "--worker", kind, target, "--threads", str(threads),
+           "--batch", str(batch), "--seconds", str(seconds)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or os.cpu_count())}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise QsalError(f"benchmark worker failed for {target}: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batches: tuple[int, ...] = (1, 64),
+               seconds: float = 2.0) -> dict:
+    """Size on disk and, per (threads, batch), latency p50/p95 (ms) and throughput (images/s).
+
+    ``threads=0`` means all cores. Each configuration runs in its own process.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise QsalError(f"model file {path} not found")
+    runs = [{"threads": t or os.cpu_count(), **_spawn("onnx", str(path), t, b, seconds)} for t in threads for b in batches]
+    return {"model": str(path), "size_bytes": path.stat().st_size, "runs": runs}
+
+
+def bench_torch(checkpoint: str | os.PathLike, threads: tuple[int, ...] = (1,), batches: tuple[int, ...] = (1, 64),
+                seconds: float = 2.0) -> dict:
+    """The same measurements for PyTorch eager inference of a checkpoint (the baseline a user has)."""
+    runs = [{"threads": t or os.cpu_count(), **_spawn("torch", str(checkpoint), t, b, seconds)}
+            for t in threads for b in batches]
+    return {"model": str(checkpoint), "runs": runs}
+
+
+def _main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", nargs=2, metavar=("KIND", "TARGET"), required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    a = ap.parse_args()
+    kind, target = a.worker
+    fn = _worker_onnx if kind == "onnx" else _worker_torch
+    print(json.dumps(fn(target, a.threads, a.batch, a.seconds)))
+
+
+if __name__ == "__main__":
+    _main()

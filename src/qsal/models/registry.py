@@ -1,0 +1,78 @@
+"""Model registry: ``@register_model`` builders, ``create_model``, ``list_models`` and model cost."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from qsal.errors import QsalError
+
+__all__ = ["register_model", "create_model", "list_models", "count_parameters", "count_macs"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Decorator: register ``fn(num_classes, in_channels, image_size) -> nn.Module`` under ``name``."""
+
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    """Build a registered model with freshly initialised weights.
+
+    Args:
+        name: one of ``list_models()``.
+        num_classes: outputs of the classifier (labels, for multi-label tasks).
+        in_channels: 1 for grayscale, 3 for RGB.
+        image_size: input height = width in pixels.
+    """
+    if name not in _REGISTRY:
+        raise QsalError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    if num_classes < 1 or in_channels not in (1, 3):
+        raise QsalError(f"bad model shape: num_classes={num_classes}, in_channels={in_channels} (1 or 3)")
+    model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    model.qsal_arch = {"name": name, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, in_channels: int, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass on a single image (conv and linear layers)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, in_channels, image_size, image_size))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    return int(total)

@@ -1,0 +1,149 @@
+"""The workflows behind the CLI: train, evaluate, quantize and export a checkpoint, each one call.
+
+Each function reads and writes files (checkpoints, metrics JSON, ONNX) and returns a summary dict;
+the CLI prints it. Python users can call these or the lower-level API they are built from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qsal._atomic import write_json_atomic
+from qsal.data import ImageSplit, get_info, load_split
+from qsal.errors import QsalError
+from qsal.provenance import environment
+from qsal.train import TrainConfig
+
+__all__ = ["train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint", "data_meta", "load_splits"]
+
+
+def data_meta(split: ImageSplit) -> dict:
+    """What a deployed model must know about its data: name, task, labels and normalisation."""
+    info = split.info
+    return {"name": info.name, "task": info.task, "labels": list(info.labels), "mean": list(info.mean),
+            "std": list(info.std), "n_channels": info.n_channels, "image_size": int(split.images.shape[1]),
+            "license": info.license}
+
+
+def load_splits(dataset: str, data_dir=None, size=None, download=False, seed: int = 0) -> tuple[ImageSplit, ...]:
+    """``(train, val, test)`` of a dataset."""
+    return tuple(load_split(dataset, s, data_dir, size=size, download=download, seed=seed) for s in ("train", "val", "test"))
+
+
+def _write_metrics(out: Path, metrics, extra: dict) -> Path:
+    return write_json_atomic(out / "metrics.json", {**extra, "test": metrics.to_dict(), "environment": environment()})
+
+
+def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os.PathLike, *, data_dir=None,
+                size: int | None = None, download: bool = False, saliency_guided: bool = False, sgt_k: float = 0.5,
+                sgt_lambda: float = 1.0, pact_bits: int | None = None) -> dict:
+    """Train ``model`` on ``dataset`` (optionally PACT-quantized and/or saliency-guided), evaluate on test.
+
+    Writes ``out_dir/best.safetensors`` + ``best.json`` (the checkpoint) and ``out_dir/metrics.json``.
+    """
+    from qsal.evaluate import evaluate
+    from qsal.models import create_model
+    from qsal.train import fit
+
+    train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
+    info = train.info
+    net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
+    meta = {"dataset": data_meta(train), "quant": None}
+    if pact_bits is not None:
+        from qsal.quant import PACTConfig, quantize
+
+        qcfg = PACTConfig(bits=pact_bits)
+        net = quantize(net, qcfg, calibration=train)
+        meta["quant"] = qcfg.to_dict()
+    step = None
+    if saliency_guided:
+        from qsal.saliency import SaliencyGuidedStep
+
+        step = SaliencyGuidedStep(info.task, k=sgt_k, lam=sgt_lambda)
+    out = Path(out_dir)
+    result = fit(net, train, val, config, out, step=step, meta=meta)
+    metrics = evaluate(net, test, seed=config.seed)
+    _write_metrics(out, metrics, {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch,
+                                  "train_seconds": result.seconds, "config": config.to_dict(), "seed": config.seed,
+                                  "dataset": dataset, "model": model, "quant": meta["quant"],
+                                  "saliency_guided": {"k": sgt_k, "lambda": sgt_lambda} if saliency_guided else None})
+    return {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "test_auc": metrics.auc,
+            "test_acc": metrics.acc, "auc_95ci": metrics.ci.get("auc"), "train_seconds": round(result.seconds, 1)}
+
+
+def _dataset_name(meta: dict, dataset: str | None) -> str:
+    name = dataset or (meta.get("dataset") or meta.get("data") or {}).get("name")
+    if not name:
+        raise QsalError("the checkpoint does not name its dataset; pass --dataset")
+    return name
+
+
+def evaluate_checkpoint(checkpoint: str, *, dataset: str | None = None, split: str = "test", data_dir=None,
+                        size: int | None = None, out: str | None = None) -> dict:
+    """Metrics of a saved checkpoint on one split of its dataset (or ``dataset``)."""
+    from qsal.checkpoint import load_checkpoint
+    from qsal.evaluate import evaluate
+
+    model, meta = load_checkpoint(checkpoint)
+    name = _dataset_name(meta, dataset)
+    data = load_split(name, split, data_dir, size=size)
+    arch = meta["arch"]
+    if data.info.num_classes != arch["num_classes"] or data.info.n_channels != arch["in_channels"]:
+        raise QsalError(f"{name} has {data.info.num_classes} classes / {data.info.n_channels} channels but the checkpoint "
+                        f"was built for {arch['num_classes']} / {arch['in_channels']}; pass the dataset it was trained on")
+    metrics = evaluate(model, data)
+    result = {"checkpoint": str(checkpoint), "dataset": name, "split": split, **metrics.to_dict()}
+    if out:
+        write_json_atomic(out, {**result, "environment": environment()})
+    return result
+
+
+def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *, epochs: int = 5, lr: float = 1e-4,
+                        data_dir=None, seed: int = 0, progress: bool = True, step=None) -> dict:
+    """Quantize a float checkpoint with ``qconfig`` (PTQ: calibrate; QAT/PACT: also fine-tune ``epochs``).
+
+    Writes ``out_dir/best.safetensors`` (the quantized model, reloadable with ``load_checkpoint``) and
+    ``out_dir/metrics.json`` with test metrics of the fake-quantized model.
+    """
+    from qsal.checkpoint import load_checkpoint, save_checkpoint
+    from qsal.evaluate import evaluate
+    from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
+    from qsal.train import fit
+
+    model, meta = load_checkpoint(checkpoint)
+    if meta.get("quant"):
+        raise QsalError(f"{checkpoint} is already quantized ({meta['quant']['method']}); start from the FP32 checkpoint")
+    name = _dataset_name(meta, None)
+    size = (meta.get("dataset") or {}).get("image_size")
+    train, val, test = load_splits(name, data_dir, size, seed=seed)
+    qmodel = quantize(model, qconfig, calibration=train)
+    out = Path(out_dir)
+    qmeta = {"dataset": meta.get("dataset") or data_meta(train), "quant": qconfig.to_dict(),
+             "parent_checkpoint": str(checkpoint)}
+    seconds = 0.0
+    if isinstance(qconfig, (QATConfig, PACTConfig)):
+        cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress)
+        result = fit(qmodel, train, val, cfg, out, step=step, meta=qmeta, callbacks=qat_callbacks(qconfig))
+        path, seconds = result.best_path, result.seconds
+    else:
+        path = save_checkpoint(qmodel, out / "best.safetensors", {**qmeta, "arch": qmodel.qsal_arch, "seed": seed})
+    metrics = evaluate(qmodel, test, seed=seed)
+    _write_metrics(out, metrics, {"checkpoint": str(path), "quant": qconfig.to_dict(), "seed": seed,
+                                  "train_seconds": seconds, "parent_checkpoint": str(checkpoint)})
+    return {"checkpoint": str(path), "method": qconfig.label, "test_auc": metrics.auc, "test_acc": metrics.acc,
+            "auc_95ci": metrics.ci.get("auc")}
+
+
+def export_checkpoint(checkpoint: str, out: str | os.PathLike) -> dict:
+    """Export a checkpoint (float or quantized) to ONNX with its preprocessing in the metadata."""
+    from qsal.checkpoint import load_checkpoint
+    from qsal.export import export_onnx
+
+    model, meta = load_checkpoint(checkpoint)
+    data = meta.get("dataset") or {}
+    arch = meta["arch"]
+    shape = (arch["in_channels"], data.get("image_size", arch.get("image_size", 28)), data.get("image_size", arch.get("image_size", 28)))
+    path = export_onnx(model, out, input_shape=shape,
+                       meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint)})
+    return {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}

@@ -1,0 +1,49 @@
+"""What every result file records about where it came from: versions, machine, time."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+from importlib import metadata
+
+__all__ = ["environment"]
+
+_PACKAGES = ("qsal", "torch", "numpy", "onnx", "onnxruntime", "captum", "scikit-learn")
+
+
+def environment() -> dict:
+    """Versions of the packages that shape results, the CPU, thread count and a UTC timestamp."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:  # the runtime side never imports torch
+        threads = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "versions": versions,
+        "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

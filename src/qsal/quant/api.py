@@ -1,0 +1,146 @@
+"""``quantize(model, config, calibration)``: the one entry point; handlers register per config type."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import fx, nn
+
+from qsal.errors import QsalError
+from qsal.quant.config import PACTConfig, PTQConfig, QATConfig, QuantConfig, WeightOnlyConfig
+from qsal.quant.graph import act_quantizers, first_and_last_layers, fold_batchnorm, insert_act_quantizers, swap_layers, trace
+from qsal.quant.modules import ActQuantizer, PACTQuantizer
+
+__all__ = ["quantize", "prepare_structure", "calibrate", "qat_callbacks", "MIN_CALIBRATION_IMAGES"]
+
+MIN_CALIBRATION_IMAGES = 16
+_HANDLERS: dict[type, Callable[[fx.GraphModule, QuantConfig], fx.GraphModule]] = {}
+
+
+def register_handler(config_cls: type):
+    def wrap(fn):
+        _HANDLERS[config_cls] = fn
+        return fn
+
+    return wrap
+
+
+@register_handler(PTQConfig)
+def _prepare_ptq(gm: fx.GraphModule, cfg: PTQConfig) -> fx.GraphModule:
+    fold_batchnorm(gm)  # fold first so per-tensor weight scales see the folded weights
+    swap_layers(gm, lambda name: None if name in cfg.skip else
+                {"weight_bits": cfg.weight_bits, "per_channel": cfg.per_channel})
+    return insert_act_quantizers(gm, lambda node, edge: ActQuantizer(cfg.act_bits, cfg.observer))
+
+
+@register_handler(QATConfig)
+def _prepare_qat(gm: fx.GraphModule, cfg: QATConfig) -> fx.GraphModule:
+    # BatchNorm stays during QAT (batch statistics, later frozen) and is folded at export; per-channel
+    # weight scales make that fold exact, so the exported integers are the ones trained.
+    swap_layers(gm, lambda name: None if name in cfg.skip else {"weight_bits": cfg.bits, "per_channel": cfg.per_channel})
+    return insert_act_quantizers(gm, lambda node, edge: ActQuantizer(cfg.bits, "minmax", ema=cfg.ema))
+
+
+@register_handler(PACTConfig)
+def _prepare_pact(gm: fx.GraphModule, cfg: PACTConfig) -> fx.GraphModule:
+    first, last = first_and_last_layers(gm)
+
+    def layer_kwargs(name):
+        if name in cfg.skip:
+            return None
+        if name in (first, last):
+            return {"weight_bits": cfg.first_last_bits, "per_channel": True, "scheme": "minmax"}
+        return {"weight_bits": cfg.bits, "per_channel": cfg.weight_scheme == "minmax", "scheme": cfg.weight_scheme}
+
+    swap_layers(gm, layer_kwargs)
+    return insert_act_quantizers(gm, lambda node, edge: PACTQuantizer(cfg.first_last_bits if edge else cfg.bits,
+                                                                      alpha_decay=cfg.alpha_decay))
+
+
+@register_handler(WeightOnlyConfig)
+def _prepare_weight_only(gm: fx.GraphModule, cfg: WeightOnlyConfig) -> fx.GraphModule:
+    fold_batchnorm(gm)
+    return swap_layers(gm, lambda name: None if name in cfg.skip else {"weight_bits": cfg.bits, "per_channel": cfg.per_channel})
+
+
+def prepare_structure(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
+    """The quantized model's structure (layers swapped, quantizers placed) with quantizers switched on
+    but not calibrated: what a checkpoint's weights are loaded into."""
+    if type(config) not in _HANDLERS:
+        raise QsalError(f"no quantization handler for {type(config).__name__}")
+    model = copy.deepcopy(model).eval()
+    gm = _HANDLERS[type(config)](trace(model, getattr(config, "skip", ())), config)
+    for q in act_quantizers(gm):
+        q.mode = "quant"
+    gm.qsal_arch = getattr(model, "qsal_arch", None)
+    gm.qsal_quant = config.to_dict()
+    return gm
+
+
+def _as_tensor(calibration, n: int) -> torch.Tensor:
+    if calibration is None:
+        raise QsalError("this quantization method needs calibration images: pass calibration=<train split or tensor>")
+    if hasattr(calibration, "tensors"):  # an ImageSplit
+        calibration = calibration.subset(n).tensors()[0]
+    x = torch.as_tensor(calibration)[:n]
+    if len(x) < MIN_CALIBRATION_IMAGES:
+        raise QsalError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} images, got {len(x)}; pass more training images")
+    return x
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> nn.Module:
+    """Run ``x`` ``(N, C, H, W)`` through ``model`` with every activation quantizer observing, then fix
+    their ranges (or PACT clips) from what they saw."""
+    quantizers = act_quantizers(model)
+    was_training = model.training
+    model.eval()
+    for q in quantizers:
+        q.start_observing()
+    for i in range(0, len(x), batch_size):
+        model(x[i:i + batch_size])
+    for q in quantizers:
+        q.finish_observing()
+    model.train(was_training)
+    return model
+
+
+def quantize(model: nn.Module, config: QuantConfig, calibration=None) -> fx.GraphModule:
+    """Quantize a trained float model; returns a new model, the input is left as it was.
+
+    Args:
+        model: a float model (from ``create_model`` / a checkpoint), traceable by ``torch.fx``.
+        config: ``PTQConfig``, ``QATConfig``, ``PACTConfig`` or ``WeightOnlyConfig``.
+        calibration: an ``ImageSplit`` or a tensor ``(N, C, H, W)`` of training images; the first
+            ``config.num_calibration`` are used (not needed for weight-only).
+    Returns:
+        A ``torch.fx.GraphModule`` that fake-quantizes (gradients flow through the STE), ready to
+        evaluate, fine-tune (QAT/PACT), explain, save or export.
+
+    Example:
+        >>> qmodel = quantize(model, PTQConfig(observer="mse"), calibration=train_split)
+    """
+    gm = prepare_structure(model, config)
+    if act_quantizers(gm):
+        calibrate(gm, _as_tensor(calibration, getattr(config, "num_calibration", 512)))
+    return gm
+
+
+def qat_callbacks(config: QuantConfig) -> list:
+    """Per-epoch callbacks for ``fit`` that freeze activation ranges and BatchNorm statistics late (QAT)."""
+    if not isinstance(config, QATConfig):
+        return []
+
+    def freeze(model: nn.Module, epoch: int, epochs: int) -> None:
+        if epoch >= int(config.freeze_observers_at * epochs):
+            for q in act_quantizers(model):
+                if isinstance(q, ActQuantizer):
+                    q.frozen = True
+        if epoch >= int(config.freeze_bn_at * epochs):
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()  # use and keep the running statistics for the rest of training
+
+    return [freeze]

@@ -1,0 +1,90 @@
+"""Saliency maps: ``explain(model, images, method, target)`` over Captum's attribution algorithms.
+
+Every method returns a map shaped like the input ``(N, C, H, W)``. Quantized (fake-quant) models are
+explained the same way as float ones: gradients pass the quantizers through the straight-through
+estimator. Occlusion needs no gradient at all, so it also explains exported ONNX models
+(``qsal.saliency.onnx_occlusion``).
+"""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import (InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion,
+                         Saliency)
+from torch import nn
+
+from qsal.errors import QsalError
+
+__all__ = ["explain", "METHODS", "last_conv_layer"]
+
+METHODS = ("gradient", "gradient_abs", "input_x_gradient", "integrated_gradients", "smoothgrad", "gradcam", "occlusion")
+
+
+def last_conv_layer(model: nn.Module) -> nn.Conv2d:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise QsalError("Grad-CAM needs a convolutional layer and this model has none; use method='gradient'")
+    return convs[-1]
+
+
+def _check(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    arch = getattr(model, "qsal_arch", None) or {}
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4:
+        raise QsalError(f"images have shape {tuple(x.shape)}; pass a batch (N, C, H, W) of normalised images")
+    want_c = arch.get("in_channels")
+    if want_c is not None and x.shape[1] != want_c:
+        raise QsalError(f"images have {x.shape[1]} channel(s) but the model takes {want_c}")
+    n_classes = arch.get("num_classes")
+    if n_classes is not None and target is not None:
+        t = torch.as_tensor(target)
+        if (t < 0).any() or (t >= n_classes).any():
+            raise QsalError(f"target {t.tolist()} is out of range: the model has classes 0..{n_classes - 1}")
+    return x
+
+
+def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gradients", target=None, *,
+            baseline: float = 0.0, n_samples: int = 16, noise_std: float = 0.15, window: int = 4,
+            stride: int = 2, ig_steps: int = 32) -> torch.Tensor:
+    """Attribution maps for ``images`` ``(N, C, H, W)`` (normalised, as the model takes them).
+
+    Args:
+        method: one of ``METHODS``: vanilla gradient (signed / absolute), gradient x input, integrated
+            gradients (``ig_steps``, constant ``baseline``), SmoothGrad (``n_samples``, noise std as a
+            fraction of each image's value range), Grad-CAM (last conv layer, upsampled) and occlusion
+            (``window`` x ``window`` patches set to ``baseline``, moved by ``stride``).
+        target: class index per image (int or ``(N,)``); default: the model's predicted class.
+    Returns:
+        Tensor ``(N, C, H, W)``, detached, on the CPU.
+    """
+    if method not in METHODS:
+        raise QsalError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
+    x = _check(model, torch.as_tensor(images, dtype=torch.float32), target)
+    was_training = model.training
+    model.eval()
+    try:
+        if target is None:
+            with torch.no_grad():
+                target = model(x).argmax(dim=1)
+        target = torch.as_tensor(target).expand(x.shape[0]) if torch.as_tensor(target).dim() == 0 else torch.as_tensor(target)
+        x = x.clone().requires_grad_(True)
+        if method in ("gradient", "gradient_abs"):
+            out = Saliency(model).attribute(x, target=target, abs=method == "gradient_abs")
+        elif method == "input_x_gradient":
+            out = InputXGradient(model).attribute(x, target=target)
+        elif method == "integrated_gradients":
+            out = IntegratedGradients(model).attribute(x, baselines=baseline, target=target, n_steps=ig_steps)
+        elif method == "smoothgrad":
+            spread = (x.detach().amax(dim=(1, 2, 3)) - x.detach().amin(dim=(1, 2, 3))).mean().item()
+            out = NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=n_samples,
+                                                         stdevs=noise_std * spread, target=target, abs=False)
+        elif method == "gradcam":
+            cam = LayerGradCam(model, last_conv_layer(model)).attribute(x, target=target, relu_attributions=True)
+            out = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear").expand_as(x)
+        else:
+            out = Occlusion(model).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
+                                             strides=(x.shape[1], stride, stride), baselines=baseline, target=target)
+    finally:
+        model.train(was_training)
+    return out.detach().cpu().contiguous()

@@ -1,0 +1,166 @@
+"""Measuring explanations: faithfulness, deletion/insertion, agreement between models, sparseness,
+and the model-randomisation sanity check.
+
+Hand-written (numpy): these comparisons are the research question, and they must work the same on
+maps from a PyTorch model and from an ONNX artifact. ``model_fn`` is any callable mapping a float
+array ``(N, C, H, W)`` to logits ``(N, K)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.ndimage import uniform_filter
+
+__all__ = ["pixel_saliency", "remove_features", "faithfulness_curve", "deletion_insertion", "agreement",
+           "spearman_per_image", "topk_iou", "ssim_per_image", "gini", "FRACTIONS"]
+
+FRACTIONS = tuple(np.round(np.arange(0.0, 0.91, 0.1), 2))
+ModelFn = Callable[[np.ndarray], np.ndarray]
+
+
+def pixel_saliency(maps: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W)`` -> ``(N, H*W)`` per-pixel importance: |map| averaged over channels."""
+    maps = np.asarray(maps, dtype=np.float64)
+    return np.abs(maps).mean(axis=1).reshape(maps.shape[0], -1)
+
+
+def remove_features(x: np.ndarray, order: np.ndarray, fraction: float, fill: str, rng: np.random.Generator) -> np.ndarray:
+    """Replace the first ``fraction`` of pixels in ``order`` ``(N, H*W)`` in every channel.
+
+    ``fill``: ``constant`` (each image's minimum, the background of these scans) or ``random`` (uniform
+    in each image's range), as in Ismail et al.
+    """
+    n, c, h, w = x.shape
+    count = int(round(fraction * h * w))
+    out = x.copy().reshape(n, c, h * w)
+    if count == 0:
+        return out.reshape(x.shape)
+    lo = x.reshape(n, -1).min(axis=1)
+    hi = x.reshape(n, -1).max(axis=1)
+    for i in range(n):
+        idx = order[i, :count]
+        if fill == "random":
+            out[i][:, idx] = rng.uniform(lo[i], hi[i], size=(c, count))
+        else:
+            out[i][:, idx] = lo[i]
+    return out.reshape(x.shape)
+
+
+def _accuracy(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
+    logits = np.concatenate([model_fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return float(np.mean(logits.argmax(axis=1) == y))
+
+
+def faithfulness_curve(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, maps: np.ndarray,
+                       fractions=FRACTIONS, fill: str = "constant", seed: int = 0) -> dict:
+    """Accuracy after removing the top-t most salient pixels, and after removing t random pixels.
+
+    Returns ``fractions``, ``acc_top``, ``acc_random``, their areas (mean accuracy over the fractions)
+    and ``gap = area_random - area_top``: the larger, the more the map points at what the model uses.
+    """
+    rng = np.random.default_rng(seed)
+    sal = pixel_saliency(maps)
+    top_order = np.argsort(-sal, axis=1, kind="stable")
+    rand_order = np.stack([rng.permutation(sal.shape[1]) for _ in range(len(x))])
+    acc_top, acc_rand = [], []
+    for f in fractions:
+        acc_top.append(_accuracy(model_fn, remove_features(x, top_order, f, fill, rng).astype(np.float32), y))
+        acc_rand.append(_accuracy(model_fn, remove_features(x, rand_order, f, fill, rng).astype(np.float32), y))
+    area_top, area_rand = float(np.mean(acc_top)), float(np.mean(acc_rand))
+    return {"fractions": [float(f) for f in fractions], "acc_top": acc_top, "acc_random": acc_rand,
+            "area_top": area_top, "area_random": area_rand, "gap": area_rand - area_top, "fill": fill}
+
+
+def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, maps: np.ndarray, steps: int = 20) -> dict:
+    """Deletion and insertion AUC (Petsiuk et al. 2018) of the target class probability.
+
+    Deletion removes the most salient pixels first (lower AUC = more faithful); insertion reveals them
+    first on a blank (each image's minimum) canvas (higher = more faithful).
+    """
+    sal = pixel_saliency(maps)
+    order = np.argsort(-sal, axis=1, kind="stable")
+    n, c, h, w = x.shape
+    blank = np.broadcast_to(x.reshape(n, -1).min(axis=1).reshape(n, 1, 1, 1), x.shape)
+    deletion, insertion = [], []
+    rows = np.arange(n)[:, None]
+    for s in range(steps + 1):
+        count = int(round(s / steps * h * w))
+        mask = np.zeros((n, h * w), dtype=bool)
+        mask[rows, order[:, :count]] = True
+        mask = np.broadcast_to(mask.reshape(n, 1, h, w), x.shape)
+        for curve, img in ((deletion, np.where(mask, blank, x)), (insertion, np.where(mask, x, blank))):
+            logits = model_fn(img.astype(np.float32)).astype(np.float64)
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            curve.append((e / e.sum(axis=1, keepdims=True))[np.arange(n), target])
+    d, i = np.stack(deletion, axis=1), np.stack(insertion, axis=1)  # (N, steps+1)
+    trap = lambda a: ((a[:, 1:] + a[:, :-1]) / 2).mean(axis=1)  # noqa: E731 - area under [0, 1]
+    return {"deletion_auc": float(trap(d).mean()), "insertion_auc": float(trap(i).mean()),
+            "deletion_per_image": trap(d).tolist(), "insertion_per_image": trap(i).tolist()}
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    order = a.argsort(axis=1, kind="stable")
+    ranks = np.empty_like(order, dtype=np.float64)
+    rows = np.arange(a.shape[0])[:, None]
+    ranks[rows, order] = np.arange(a.shape[1])[None, :]
+    return ranks
+
+
+def spearman_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of two maps, per image ``(N,)`` (ties broken by position)."""
+    ra, rb = _ranks(pixel_saliency(a)), _ranks(pixel_saliency(b))
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    return (ra * rb).sum(axis=1) / np.sqrt((ra ** 2).sum(axis=1) * (rb ** 2).sum(axis=1))
+
+
+def topk_iou(a: np.ndarray, b: np.ndarray, k: float = 0.1) -> np.ndarray:
+    """Intersection over union of the top ``k`` fraction of pixels of two maps, per image."""
+    sa, sb = pixel_saliency(a), pixel_saliency(b)
+    count = max(1, int(round(k * sa.shape[1])))
+    out = []
+    for u, v in zip(sa, sb):
+        ta = set(np.argsort(-u, kind="stable")[:count].tolist())
+        tb = set(np.argsort(-v, kind="stable")[:count].tolist())
+        out.append(len(ta & tb) / len(ta | tb))
+    return np.asarray(out)
+
+
+def ssim_per_image(a: np.ndarray, b: np.ndarray, window: int = 7) -> np.ndarray:
+    """Structural similarity (Wang et al. 2004, uniform window) of two maps normalised to [0, 1]."""
+    n = a.shape[0]
+    side = int(np.sqrt(pixel_saliency(a).shape[1]))
+    out = []
+    for u, v in zip(pixel_saliency(a).reshape(n, side, -1), pixel_saliency(b).reshape(n, side, -1)):
+        u = (u - u.min()) / max(np.ptp(u), 1e-12)
+        v = (v - v.min()) / max(np.ptp(v), 1e-12)
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        mu_u, mu_v = uniform_filter(u, window), uniform_filter(v, window)
+        var_u = uniform_filter(u * u, window) - mu_u ** 2
+        var_v = uniform_filter(v * v, window) - mu_v ** 2
+        cov = uniform_filter(u * v, window) - mu_u * mu_v
+        s = ((2 * mu_u * mu_v + c1) * (2 * cov + c2)) / ((mu_u ** 2 + mu_v ** 2 + c1) * (var_u + var_v + c2))
+        out.append(float(s.mean()))
+    return np.asarray(out)
+
+
+def agreement(a: np.ndarray, b: np.ndarray, k: float = 0.1, n_worst: int = 5) -> dict:
+    """How alike two models' maps of the same images are: Spearman, top-k IoU and SSIM, per image and
+    on average, plus the ``n_worst`` images where they disagree most (lowest Spearman)."""
+    rho, iou, ssim = spearman_per_image(a, b), topk_iou(a, b, k), ssim_per_image(a, b)
+    worst = np.argsort(rho, kind="stable")[:n_worst]
+    return {"spearman": float(np.nanmean(rho)), "topk_iou": float(iou.mean()), "ssim": float(ssim.mean()), "k": k,
+            "per_image": {"spearman": rho.tolist(), "topk_iou": iou.tolist(), "ssim": ssim.tolist()},
+            "most_changed": [{"index": int(i), "spearman": float(rho[i]), "topk_iou": float(iou[i])} for i in worst]}
+
+
+def gini(maps: np.ndarray) -> np.ndarray:
+    """Gini index of |map| per image (0 = uniform, 1 = all mass on one pixel; Chalasani et al. 2020)."""
+    s = np.sort(pixel_saliency(maps), axis=1)
+    n = s.shape[1]
+    idx = np.arange(1, n + 1)
+    total = s.sum(axis=1)
+    g = ((2 * idx - n - 1) * s).sum(axis=1) / (n * np.maximum(total, 1e-12))
+    return np.where(total > 0, g, 0.0)
