@@ -44,10 +44,11 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     """
     from qsal.evaluate import evaluate
     from qsal.models import create_model
-    from qsal.train import fit
+    from qsal.train import fit, seed_everything
 
     train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
     info = train.info
+    seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
     meta = {"dataset": data_meta(train), "quant": None}
     if pact_bits is not None:

@@ -71,6 +71,7 @@ class Runtime:
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``(N, H, W)`` / ``(N, H, W, C)`` (or one image without N) -> float32 ``(N, C, H, W)``."""
         images = np.asarray(images)
+        given = images.shape
         c, h, w = self.input_shape
         if images.dtype != np.uint8:
             raise QsalError(f"images must be uint8 pixels (0-255), got {images.dtype}; use run_normalized() for tensors")
@@ -80,7 +81,7 @@ class Runtime:
         if images.ndim == 3:
             images = images[..., None]
         if images.ndim != 4 or images.shape[1:3] != (h, w) or images.shape[3] != c:
-            raise QsalError(f"images have shape {images.shape}; this model takes (N, {h}, {w}) or (N, {h}, {w}, {c}) uint8")
+            raise QsalError(f"images have shape {given}; this model takes (N, {h}, {w}) or (N, {h}, {w}, {c}) uint8")
         x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
         return np.ascontiguousarray((x - self.mean) / self.std, dtype=np.float32)
 

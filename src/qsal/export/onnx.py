@@ -62,14 +62,18 @@ class _Emitter:
         return out
 
     def qdq(self, x: str, p: dict, base: str) -> str:
-        if p["clip"] is not None:
-            lo = self.init(self.fresh(base + "_clip_lo"), np.array(p["clip"][0], np.float32))
-            hi = self.init(self.fresh(base + "_clip_hi"), np.array(p["clip"][1], np.float32))
-            x = self.emit("Clip", [x, lo, hi], base + "_clip")
         s = self.init(self.fresh(base + "_scale"), np.array(p["scale"], np.float32))
         zp = self.init(self.fresh(base + "_zp"), np.array(p["zero_point"], np.uint8))
         q = self.emit("QuantizeLinear", [x, s, zp], base + "_q")
-        return self.emit("DequantizeLinear", [q, s, zp], base + "_dq")
+        out = self.emit("DequantizeLinear", [q, s, zp], base + "_dq")
+        if p["clip"] is not None:
+            # Below 8 bits the codes must stop at 2^k levels. The clip goes *after* DequantizeLinear, on
+            # grid values: a Clip in front of QuantizeLinear is removed by onnxruntime's ClipQuantFusion,
+            # which assumes the uint8 range, and that changed the results.
+            lo = self.init(self.fresh(base + "_clip_lo"), np.array(p["clip"][0], np.float32))
+            hi = self.init(self.fresh(base + "_clip_hi"), np.array(p["clip"][1], np.float32))
+            out = self.emit("Clip", [out, lo, hi], base + "_clip")
+        return out
 
     def layer_params(self, node: fx.Node, mod: nn.Module) -> tuple[str, str | None]:
         base = node.target.replace(".", "_")
@@ -85,7 +89,9 @@ class _Emitter:
             if mod.bias is None:
                 return w, None
             b = mod.bias.detach().numpy().astype(np.float32)
-            if in_q is not None:
+            # INT32 bias (scale s_in * s_w) where the runtime can fuse to integer kernels: 8-bit input and
+            # weights. Below 8 bits the step s_in * s_w is coarse and the layer runs in float anyway.
+            if in_q is not None and in_q["bits"] == 8 and mod.weight_bits == 8:
                 b_scale = (in_q["scale"] * scale).astype(np.float32)
                 b_codes = np.round(b / b_scale).clip(-2 ** 31, 2 ** 31 - 1).astype(np.int32)
                 bq = self.init(base + "_bias_q", b_codes)

@@ -130,8 +130,9 @@ class PACTQuantizer(nn.Module):
         else:
             y = torch.minimum(F.relu(x), alpha)
         scale = alpha / self.n_steps
-        # STE with a detached step size: d(out)/d(alpha) = d(clip)/d(alpha), exactly PACT's gradient.
-        return y + ((torch.round(y / scale) - y / scale) * scale).detach()
+        # Forward: exactly the grid value. Backward: d(out) = d(clip), which w.r.t. alpha is 1 where
+        # x >= alpha and 0 elsewhere: PACT's gradient (the step size gets no gradient of its own).
+        return (torch.round(y / scale) * scale).detach() + (y - y.detach())
 
     def regularization(self) -> torch.Tensor:
         return self.alpha_decay * self.alpha ** 2

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny synthetic datasets and tiny models, so unit tests run in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qsal.data import get_info
+from qsal.data.arrays import ImageSplit
+
+SHARED_DATA = Path(os.environ.get("QSAL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def make_split(n: int = 96, seed: int = 0, name: str = "breastmnist", split: str = "train") -> ImageSplit:
+    """A learnable synthetic binary task: class 1 images have a bright square in the top-left corner."""
+    rng = np.random.default_rng(seed)
+    info = get_info(name)
+    labels = rng.integers(0, info.num_classes, n)
+    images = rng.integers(0, 60, (n, 28, 28, info.n_channels)).astype(np.uint8)
+    for i, y in enumerate(labels):
+        images[i, 2 + 4 * y:8 + 4 * y, 2:8] = 230
+    return ImageSplit(info, split, images, labels.astype(np.int64), "synthetic")
+
+
+@pytest.fixture
+def tiny_splits():
+    return make_split(160, 0, split="train"), make_split(64, 1, split="val"), make_split(64, 2, split="test")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "medmnist" / "breastmnist.npz").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA}; set QSAL_DATA_DIR")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)

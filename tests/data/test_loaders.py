@@ -1,0 +1,156 @@
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qsal.data import load_split
+from qsal.data.download import download_file
+from qsal.data.mnist import read_idx
+from qsal.data.transforms import random_shift
+from qsal.errors import QsalError
+
+
+def test_embedded_breastmnist_loads_offline(tmp_path):
+    train = load_split("breastmnist", "train", tmp_path)  # empty root: falls back to the embedded copy
+    assert train.source == "embedded"
+    assert train.images.shape == (546, 28, 28, 1) and train.labels.shape == (546,)
+    assert np.bincount(train.labels).tolist() == [147, 399]
+    x, y = train.tensors()
+    assert x.shape == (546, 1, 28, 28) and x.dtype == torch.float32
+    assert -1.0001 <= float(x.min()) and float(x.max()) <= 1.0001
+
+
+def test_shared_medmnist_sets_match_official_counts(shared_data):
+    for name, counts in {"pneumoniamnist": (4708, 524, 624), "retinamnist": (1080, 120, 400)}.items():
+        sizes = tuple(len(load_split(name, s, shared_data)) for s in ("train", "val", "test"))
+        assert sizes == counts
+    assert load_split("retinamnist", "test", shared_data).images.shape[-1] == 3
+
+
+def test_truncated_or_modified_npz_is_refused(tmp_path):
+    src = Path(__file__).resolve().parents[2] / "src/qsal/data/_embedded/breastmnist.npz"
+    bad = tmp_path / "breastmnist.npz"
+    bad.write_bytes(src.read_bytes()[:-1000])
+    with pytest.raises(QsalError, match="MD5 .* expected the official"):
+        load_split("breastmnist", "train", tmp_path)
+    with pytest.raises(QsalError, match="not a readable npz"):
+        load_split("breastmnist", "train", tmp_path, verify=False)
+
+
+def test_missing_file_says_where_it_looked(tmp_path):
+    with pytest.raises(QsalError, match=r"pneumoniamnist.npz not found \(looked in .*--download"):
+        load_split("pneumoniamnist", "train", tmp_path)
+
+
+def test_bad_labels_and_dtype_are_named(tmp_path):
+    images = np.zeros((4, 28, 28), np.uint8)
+    np.savez(tmp_path / "breastmnist.npz", train_images=images, train_labels=np.array([[0], [1], [2], [0]]),
+             val_images=images.astype(np.float32), val_labels=np.zeros((4, 1)))
+    with pytest.raises(QsalError, match="labels span 0..2 but breastmnist has classes 0..1"):
+        load_split("breastmnist", "train", tmp_path, verify=False)
+    with pytest.raises(QsalError, match="dtype float32, expected uint8"):
+        load_split("breastmnist", "val", tmp_path, verify=False)
+
+
+def _write_idx(path: Path, arr: np.ndarray, magic: int) -> None:
+    header = struct.pack(">i", magic) + b"".join(struct.pack(">i", d) for d in arr.shape)
+    path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
+
+
+def test_idx_parser_checks_magic_and_length(tmp_path):
+    arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    _write_idx(tmp_path / "x.gz", arr, 2051)
+    out, _ = read_idx(tmp_path / "x.gz")
+    np.testing.assert_array_equal(out, arr)
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(struct.pack(">iiii", 1234, 1, 28, 28) + bytes(784)))
+    with pytest.raises(QsalError, match="magic number 1234"):
+        read_idx(tmp_path / "bad.gz")
+    (tmp_path / "short.gz").write_bytes(gzip.compress(struct.pack(">iiii", 2051, 5, 28, 28) + bytes(784)))
+    with pytest.raises(QsalError, match="truncated"):
+        read_idx(tmp_path / "short.gz")
+
+
+def test_official_mnist_test_split(shared_data):
+    test = load_split("mnist", "test", shared_data)
+    assert len(test) == 10000 and np.bincount(test.labels)[0] == 980
+    val = load_split("mnist", "val", shared_data)
+    assert len(val) == 6000  # 10 % of the official training set, seeded
+
+
+def test_cifar10_binary_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name, n in [(f"data_batch_{i}.bin", 3) for i in range(1, 6)] + [("test_batch.bin", 4)]:
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(np.concatenate([labels[:, None], pixels], axis=1).tobytes())
+    test = load_split("cifar10", "test", tmp_path)
+    assert test.images.shape == (4, 32, 32, 3)
+    red_plane = np.fromfile(folder / "test_batch.bin", np.uint8).reshape(4, 3073)[0, 1:1025].reshape(32, 32)
+    np.testing.assert_array_equal(test.images[0, :, :, 0], red_plane)
+    assert len(load_split("cifar10", "train", tmp_path)) + len(load_split("cifar10", "val", tmp_path)) == 15
+
+
+def test_image_folder_split_is_stratified_and_seeded(tmp_path):
+    from PIL import Image
+
+    for cls in ("benign", "malignant"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            Image.fromarray(np.full((40, 40), 20 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    splits = {s: load_split(f"folder:{tmp_path}", s, size=28) for s in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [14, 2, 4]
+    assert splits["test"].info.labels == ("benign", "malignant")
+    assert np.bincount(splits["test"].labels).tolist() == [2, 2]
+    assert splits["train"].images.shape[1:] == (28, 28, 1)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):  # minimal Range support, like Zenodo's
+        data = self.server.payload
+        rng = self.headers.get("Range")
+        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+def test_download_resumes_checks_md5_and_is_atomic(tmp_path):
+    payload = bytes(range(256)) * 4096
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+    server.payload = payload
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/f.npz"
+    try:
+        dest = tmp_path / "f.npz"
+        (tmp_path / "f.npz.part").write_bytes(payload[:1000])  # an interrupted earlier download
+        download_file(url, dest, hashlib.md5(payload).hexdigest(), progress=False)
+        assert dest.read_bytes() == payload and not (tmp_path / "f.npz.part").exists()
+        with pytest.raises(QsalError, match="expected 0+; the partial file was removed"):
+            download_file(url, tmp_path / "g.npz", "0" * 32, progress=False)
+        assert not (tmp_path / "g.npz").exists()
+    finally:
+        server.shutdown()
+    with pytest.raises(QsalError, match="cannot reach .*place it at"):
+        download_file(url, tmp_path / "h.npz", None, progress=False, timeout_s=2)
+
+
+def test_random_shift_moves_content_by_at_most_max_px():
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 14, 14] = 1.0
+    out = random_shift(x, 2, torch.Generator().manual_seed(0))
+    pos = out[:, 0].flatten(1).argmax(dim=1)
+    rows, cols = pos // 28, pos % 28
+    assert ((rows - 14).abs() <= 2).all() and ((cols - 14).abs() <= 2).all()
+    assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(8))

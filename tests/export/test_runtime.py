@@ -1,0 +1,51 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from qsal.errors import QsalError
+from qsal.export import export_onnx
+from qsal.models import create_model
+from qsal.runtime import Runtime
+
+
+def test_importing_the_runtime_does_not_import_torch():
+    code = "import sys, qsal.runtime; assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_runtime_preprocesses_uint8_like_training(tmp_path):
+    torch.manual_seed(0)
+    m = create_model("small_cnn", 2, 1).eval()
+    meta = {"data": {"name": "breastmnist", "task": "binary-class", "mean": [0.5], "std": [0.5]}}
+    path = export_onnx(m, tmp_path / "m.onnx", input_shape=(1, 28, 28), meta=meta)
+    rt = Runtime(path, threads=1)
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    x = (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.5
+    np.testing.assert_allclose(rt.predict_logits(images), m(x).detach().numpy(), atol=1e-4)
+    assert rt.predict_logits(images[0]).shape == (1, 2)  # a single image
+    probs = rt.predict_proba(images)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    with pytest.raises(QsalError, match=r"images have shape \(5, 32, 32\)"):
+        rt.predict_logits(np.zeros((5, 32, 32), np.uint8))
+    with pytest.raises(QsalError, match="must be uint8"):
+        rt.predict_logits(images.astype(np.float32))
+
+
+def test_corrupt_and_foreign_onnx_files(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"not a model at all")
+    with pytest.raises(QsalError, match="not a readable ONNX file"):
+        Runtime(tmp_path / "junk.onnx")
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(g), str(tmp_path / "foreign.onnx"))
+    with pytest.raises(QsalError, match="not exported by qsal"):
+        Runtime(tmp_path / "foreign.onnx")

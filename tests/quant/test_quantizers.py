@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qsal.errors import QsalError
+from qsal.quant import ActQuantizer, PACTConfig, PACTQuantizer, PTQConfig, QATConfig, quantize
+from qsal.quant.modules import QuantConv2d, quantize_weight
+from qsal.quant.observers import OBSERVERS, ValueSampler, compute_range
+from qsal.quant.ste import round_ste
+
+
+def test_round_ste_rounds_forward_and_passes_gradient():
+    x = torch.tensor([0.2, 0.7, -1.6], requires_grad=True)
+    y = round_ste(x)
+    assert y.tolist() == [0.0, 1.0, -2.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_pact_layer_has_at_most_2_to_the_k_output_levels(bits):
+    q = PACTQuantizer(bits)
+    q.start_observing()
+    q(torch.rand(1000) * 5)
+    q.finish_observing()
+    out = q(torch.randn(10000) * 3)
+    assert len(torch.unique(out)) <= 2 ** bits
+    assert float(out.min()) >= 0 and float(out.max()) <= float(q.alpha.detach()) + 1e-5
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_k_bit_weights_have_at_most_2_to_the_k_levels(bits):
+    w = torch.randn(16, 8, 3, 3)
+    for scheme in ("minmax", "dorefa"):
+        wq, codes, _ = quantize_weight(w, bits, per_channel=False, scheme=scheme)
+        assert len(torch.unique(wq)) <= 2 ** bits
+        assert codes.abs().max() <= 2 ** (bits - 1) - 1
+
+
+def test_pact_alpha_gradient_is_one_above_alpha_and_zero_below():
+    q = PACTQuantizer(4)
+    q.mode = "quant"
+    with torch.no_grad():
+        q.alpha.fill_(1.0)
+    x = torch.tensor([0.3, 0.9, 1.5, 4.0])
+    q(x).sum().backward()
+    assert q.alpha.grad.item() == pytest.approx(2.0, abs=1e-4)  # two inputs >= alpha
+
+
+def test_pact_alpha_actually_learns_under_training():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 26 * 26, 2))
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 2, (64,))
+    q = quantize(net, PACTConfig(bits=2, num_calibration=64), calibration=x)
+    pacts = [m for m in q.modules() if isinstance(m, PACTQuantizer)]
+    before = [float(p.alpha) for p in pacts]
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    for _ in range(20):
+        loss = nn.functional.cross_entropy(q(x), y) + sum(p.regularization() for p in pacts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = [float(p.alpha) for p in pacts]
+    assert all(abs(a - b) > 1e-3 for a, b in zip(after, before)), (before, after)
+
+
+def test_act_quantizer_uint8_grid_and_error_bound():
+    q = ActQuantizer(8, "minmax")
+    q.start_observing()
+    x = torch.linspace(-1, 3, 1001)
+    q(x)
+    q.finish_observing()
+    out = q(x)
+    assert len(torch.unique(out)) <= 256
+    assert float((out - x).abs().max()) <= float(q.scale) / 2 + 1e-6
+
+
+@pytest.mark.parametrize("observer", OBSERVERS)
+def test_observers_clip_outliers_no_wider_than_minmax(observer):
+    rng = np.random.default_rng(0)
+    s = ValueSampler()
+    v = np.concatenate([rng.exponential(1.0, 100_000), [80.0]])  # one outlier
+    s.update(torch.from_numpy(v))
+    lo, hi = compute_range(observer, s, 8)
+    assert lo == 0.0 and 0 < hi <= 80.0
+    if observer in ("percentile", "entropy"):
+        assert hi < 40.0  # the robust observers do not stretch to the outlier
+    if observer == "mse":
+        from qsal.quant.observers import _quant_mse
+
+        vals = s.values()
+        assert _quant_mse(vals, lo, hi, 8) <= _quant_mse(vals, 0.0, 80.0, 8)
+
+
+def test_ptq_per_channel_int8_conv_is_close_to_float():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 26 * 26, 3)).eval()
+    x = torch.randn(128, 1, 28, 28)
+    q = quantize(net, PTQConfig(num_calibration=128), calibration=x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in q.modules())  # folded
+    assert sum(isinstance(m, QuantConv2d) for m in q.modules()) == 1
+    ref, out = net(x), q(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.02
+
+
+def test_qat_callbacks_freeze_observers_then_batchnorm():
+    from qsal.quant import qat_callbacks
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 2))
+    q = quantize(net, QATConfig(freeze_observers_at=0.5, freeze_bn_at=0.75, num_calibration=32), torch.randn(32, 1, 28, 28))
+    (cb,) = qat_callbacks(QATConfig(freeze_observers_at=0.5, freeze_bn_at=0.75))
+    q.train()
+    cb(q, 0, 4)
+    assert not any(m.frozen for m in q.modules() if isinstance(m, ActQuantizer))
+    cb(q, 3, 4)
+    assert all(m.frozen for m in q.modules() if isinstance(m, ActQuantizer))
+    assert all(not m.training for m in q.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_unsupported_layer_and_bad_bits_and_too_few_images():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 2))
+    with pytest.raises(QsalError, match=r"layer '1' \(GELU\) is not supported.*skip=\('1',\)"):
+        quantize(net, PTQConfig(), torch.randn(32, 1, 28, 28))
+    with pytest.raises(QsalError, match="bits=1 is not supported"):
+        PACTConfig(bits=1)
+    with pytest.raises(QsalError, match="at least 16 images, got 4"):
+        quantize(nn.Sequential(nn.Conv2d(1, 4, 3)), PTQConfig(), torch.randn(4, 1, 28, 28))
+
+
+def test_quantized_checkpoint_round_trips(tmp_path):
+    from qsal.checkpoint import load_checkpoint, save_checkpoint
+    from qsal.models import create_model
+
+    model = create_model("edge_mbv2", 2, 1).eval()
+    x = torch.randn(32, 1, 28, 28)
+    for cfg in (PTQConfig(observer="percentile", num_calibration=32), PACTConfig(bits=3, num_calibration=32)):
+        q = quantize(model, cfg, x).eval()
+        path = save_checkpoint(q, tmp_path / f"{cfg.method}.safetensors", {"arch": q.qsal_arch, "quant": cfg.to_dict()})
+        loaded, meta = load_checkpoint(path)
+        assert meta["quant"]["method"] == cfg.method
+        assert torch.equal(loaded.eval()(x), q(x))
