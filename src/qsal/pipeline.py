@@ -51,18 +51,26 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
     meta = {"dataset": data_meta(train), "quant": None}
-    if pact_bits is not None:
-        from qsal.quant import PACTConfig, quantize
-
-        qcfg = PACTConfig(bits=pact_bits)
-        net = quantize(net, qcfg, calibration=train)
-        meta["quant"] = qcfg.to_dict()
     step = None
     if saliency_guided:
         from qsal.saliency import SaliencyGuidedStep
 
         step = SaliencyGuidedStep(info.task, k=sgt_k, lam=sgt_lambda)
     out = Path(out_dir)
+    if pact_bits is not None:
+        # PACT from scratch: a short FP32 warm-up (a quarter of the epochs) first, so the clipping levels
+        # are calibrated on meaningful activations; clips calibrated on an untrained net are tiny and
+        # cap the logits, and the paper's fixed alpha=10 leaves 2-3-bit codes all zero.
+        from dataclasses import replace
+
+        from qsal.quant import PACTConfig, quantize
+
+        warmup = max(1, config.epochs // 4)
+        fit(net, train, val, replace(config, epochs=warmup), out / "fp32_warmup", step=step, meta=meta)
+        qcfg = PACTConfig(bits=pact_bits)
+        net = quantize(net, qcfg, calibration=train)
+        meta["quant"] = {**qcfg.to_dict(), "fp32_warmup_epochs": warmup}
+        config = replace(config, epochs=max(1, config.epochs - warmup))
     result = fit(net, train, val, config, out, step=step, meta=meta)
     metrics = evaluate(net, test, seed=config.seed)
     _write_metrics(out, metrics, {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch,

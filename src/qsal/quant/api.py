@@ -56,7 +56,9 @@ def _prepare_pact(gm: fx.GraphModule, cfg: PACTConfig) -> fx.GraphModule:
 
     swap_layers(gm, layer_kwargs)
     return insert_act_quantizers(gm, lambda node, edge: PACTQuantizer(cfg.first_last_bits if edge else cfg.bits,
-                                                                      alpha_decay=cfg.alpha_decay))
+                                                                      alpha=cfg.alpha_init or 10.0,
+                                                                      alpha_decay=cfg.alpha_decay,
+                                                                      calibrate_alpha=cfg.alpha_init is None))
 
 
 @register_handler(WeightOnlyConfig)

@@ -93,6 +93,7 @@ class PACTConfig(QuantConfig):
     bits: int = 4
     first_last_bits: int = 8
     alpha_decay: float = 1e-4
+    alpha_init: float | None = None  # None: 99.9th percentile of calibration |x| (fine-tuning); paper: 10 (from scratch)
     weight_scheme: str = "dorefa"  # dorefa | minmax
     num_calibration: int = 256
     skip: tuple[str, ...] = ()

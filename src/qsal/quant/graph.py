@@ -127,6 +127,17 @@ def _is_transparent(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("flatten", "view", "reshape")
 
 
+def _readers_through_transparent(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+    """The ops that read ``node``'s values, looking through dropout/flatten/max-pool: the quantizer then
+    sits *before* a dropout (as usual), so training-time dropout scaling is not clipped by it."""
+    out = []
+    for u in node.users:
+        out.append(u)
+        if _is_transparent(gm, u):
+            out.extend(_readers_through_transparent(gm, u))
+    return out
+
+
 def insert_act_quantizers(gm: fx.GraphModule, make_quantizer: Callable[[fx.Node, bool], nn.Module]) -> fx.GraphModule:
     """Insert ``make_quantizer(node, feeds_edge_layer)`` after every tensor that feeds a quantized op.
 
@@ -142,10 +153,10 @@ def insert_act_quantizers(gm: fx.GraphModule, make_quantizer: Callable[[fx.Node,
         if _is_transparent(gm, node) and isinstance(node.args[0], fx.Node) and node.args[0] in on_grid:
             on_grid.add(node)
             continue
-        users = list(node.users)
-        if not any(_is_consumer(gm, u) for u in users):
+        readers = _readers_through_transparent(gm, node)
+        if not any(_is_consumer(gm, u) for u in readers):
             continue
-        edge = any(u.op == "call_module" and u.target in (first, last) for u in users)
+        edge = any(u.op == "call_module" and u.target in (first, last) for u in readers)
         name = f"act_quant_{count}"
         count += 1
         gm.add_submodule(name, make_quantizer(node, edge))

@@ -93,9 +93,9 @@ class PACTQuantizer(nn.Module):
     symmetric variant ``clip(x, -alpha, alpha)`` with ``2^k - 1`` levels.
     """
 
-    def __init__(self, bits: int = 4, alpha: float = 10.0, alpha_decay: float = 1e-4):
+    def __init__(self, bits: int = 4, alpha: float = 10.0, alpha_decay: float = 1e-4, calibrate_alpha: bool = True):
         super().__init__()
-        self.bits, self.alpha_decay = bits, alpha_decay
+        self.bits, self.alpha_decay, self.calibrate_alpha = bits, alpha_decay, calibrate_alpha
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
         self.mode = "off"
@@ -109,13 +109,15 @@ class PACTQuantizer(nn.Module):
         self.mode, self.sampler = "observe", ValueSampler()
 
     def finish_observing(self) -> None:
-        # alpha starts at the 99.9th percentile of |x|: a far better start than the paper's 10 when
-        # fine-tuning a trained network, and it still learns from there.
+        # Fine-tuning a trained network: alpha starts at the 99.9th percentile of |x|, a far better start
+        # than the paper's 10. Training from scratch keeps the given alpha (the paper's 10): calibrated
+        # on an untrained net it would be tiny and cap the logits while the weights grow.
         v = self.sampler.values()
         self.signed.fill_(bool(self.sampler.lo < 0))
-        init = float(np.percentile(np.abs(v), 99.9)) if v.size else 1.0
-        with torch.no_grad():
-            self.alpha.fill_(max(init, 1e-3))
+        if self.calibrate_alpha:
+            init = float(np.percentile(np.abs(v), 99.9)) if v.size else 1.0
+            with torch.no_grad():
+                self.alpha.fill_(max(init, 1e-3))
         self.sampler, self.mode = None, "quant"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from qsal.saliency.metrics import agreement, deletion_insertion, faithfulness_curve, gini, spearman_per_image, topk_iou
+
+
+def _corner_model(a):
+    """Class 1 iff the top-left 4x4 corner is bright: only those 16 pixels matter."""
+    s = a[:, 0, :4, :4].mean(axis=(1, 2))
+    return np.stack([np.zeros_like(s), (s - 0.5) * 10], axis=1)
+
+
+def _images(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 0.2, (n, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    x[y == 1, :, :4, :4] = 1.0
+    return x, y
+
+
+def test_faithful_maps_remove_accuracy_faster_than_random():
+    x, y = _images()
+    good = np.zeros_like(x)
+    good[:, :, :4, :4] = 1.0  # points at the pixels the model uses
+    res = faithfulness_curve(_corner_model, x, y, good, fill="constant")
+    assert res["acc_top"][0] == 1.0 and res["acc_top"][1] < 0.8  # removing 10 % kills the signal
+    assert res["gap"] > 0.2
+    bad = np.random.default_rng(1).random(x.shape)
+    assert faithfulness_curve(_corner_model, x, y, bad)["gap"] < res["gap"]
+
+
+def test_deletion_low_insertion_high_for_the_right_map():
+    x, y = _images()
+    x, y = x[y == 1], y[y == 1]
+    good = np.zeros_like(x)
+    good[:, :, :4, :4] = 1.0
+    res = deletion_insertion(_corner_model, x, y, good, steps=10)
+    rev = deletion_insertion(_corner_model, x, y, -good + 1, steps=10)
+    assert res["deletion_auc"] < rev["deletion_auc"] and res["insertion_auc"] > rev["insertion_auc"]
+
+
+def test_agreement_metrics_identity_and_opposites():
+    rng = np.random.default_rng(0)
+    a = rng.random((5, 1, 28, 28))
+    assert np.allclose(spearman_per_image(a, a), 1.0)
+    assert np.allclose(spearman_per_image(a, -a.max() - a + 2 * a.max()), -1.0)  # reversed ranks
+    assert np.allclose(topk_iou(a, a), 1.0)
+    res = agreement(a, rng.random((5, 1, 28, 28)))
+    assert abs(res["spearman"]) < 0.1 and res["topk_iou"] < 0.2
+    assert len(res["most_changed"]) == 5
+
+
+def test_gini_uniform_is_zero_and_one_hot_is_near_one():
+    uniform = np.ones((1, 1, 28, 28))
+    one_hot = np.zeros((1, 1, 28, 28))
+    one_hot[0, 0, 3, 3] = 1
+    assert gini(uniform)[0] == pytest.approx(0.0, abs=1e-9)
+    assert gini(one_hot)[0] == pytest.approx(1 - 1 / 784, abs=1e-9)
+
+
+def test_model_randomisation_sanity_check_maps_change():
+    from qsal.models import create_model
+    from qsal.saliency import explain
+
+    torch.manual_seed(0)
+    trained = create_model("small_cnn", 2, 1).eval()
+    x = torch.randn(6, 1, 28, 28)
+    maps = explain(trained, x, "gradient", target=0).numpy()
+    torch.manual_seed(123)
+    random = create_model("small_cnn", 2, 1).eval()
+    maps_rand = explain(random, x, "gradient", target=0).numpy()
+    assert np.mean(np.abs(spearman_per_image(maps, maps_rand))) < 0.5
+
+
+def test_gini_matches_quantus_sparseness():
+    quantus = pytest.importorskip("quantus")
+    rng = np.random.default_rng(0)
+    a = rng.random((4, 1, 28, 28)) ** 4
+    x = rng.random((4, 1, 28, 28))
+    theirs = quantus.Sparseness(disable_warnings=True)(model=None, x_batch=x, y_batch=np.zeros(4, int), a_batch=a)
+    np.testing.assert_allclose(gini(a), theirs, atol=1e-6)

@@ -1,0 +1,61 @@
+"""The CLI: user errors are one line on stderr with exit code 2, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qsal.cli import main
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "qsal.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--dataset", "nosuchset", "--epochs", "1"], "unknown dataset 'nosuchset'"),
+    (["train", "--model", "vgg", "--epochs", "1"], "unknown model 'vgg'"),
+    (["train", "--epochs", "0"], "must be positive"),
+    (["evaluate", "missing.safetensors"], "checkpoint missing.safetensors not found"),
+    (["bench", "missing.onnx"], "model file missing.onnx not found"),
+])
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
+    proc = _run(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_evaluate_quantize_export_bench_explain_on_real_data(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--out", str(run), "--no-progress"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert 0.0 <= trained["test_auc"] <= 1.0 and (run / "best.safetensors").is_file()
+    assert main(["evaluate", str(run / "best.safetensors"), "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 156  # BreastMNIST test split
+    capsys.readouterr()
+    q = tmp_path / "ptq"
+    assert main(["quantize", str(run / "best.safetensors"), "--method", "ptq", "--observer", "percentile",
+                 "--num-calibration", "128", "--out", str(q)]) == 0
+    assert main(["export", str(q / "best.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 0
+    exported = json.loads(capsys.readouterr().out.split("\n}\n")[-2] + "\n}")
+    assert exported["quant"] == "ptq" and exported["size_bytes"] > 0
+    assert main(["bench", str(tmp_path / "m.onnx"), "--threads", "1", "--seconds", "0.2",
+                 "--json", str(tmp_path / "b.json")]) == 0
+    runs = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert {r["batch"] for r in runs} == {1, 64} and all(r["latency_ms_p50"] > 0 for r in runs)
+    assert main(["explain", str(tmp_path / "m.onnx"), "--method", "occlusion", "--n", "2",
+                 "--out", str(tmp_path / "onnx.png")]) == 0
+    assert (tmp_path / "onnx.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["explain", str(tmp_path / "m.onnx"), "--method", "gradient", "--n", "2"]) == 2
+
+
+def test_already_quantized_checkpoint_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    main(["train", "--epochs", "1", "--out", str(run), "--no-progress"])
+    main(["quantize", str(run / "best.safetensors"), "--out", str(tmp_path / "q"), "--num-calibration", "64"])
+    capsys.readouterr()
+    assert main(["quantize", str(tmp_path / "q/best.safetensors"), "--out", str(tmp_path / "q2")]) == 2
+    assert "already quantized" in capsys.readouterr().err
