@@ -152,6 +152,11 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
                  _md_to_html_table("\n".join(md[md.index("| model | test image | Spearman ρ | top-10% IoU |"):]
                                              [:2 + len(changed)]))]
     body += ["<h2>Environment</h2>", f"<pre>{html.escape(str(env))}</pre>"]
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>qsal report</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+    # A self-check a browser test (or a curious user) can read: did every embedded image decode?
+    check = ("<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
+             "document.body.dataset.imagesOk=String(i.length>0&&i.every(function(m){return m.complete&&m.naturalWidth>0}));"
+             "document.body.dataset.imageCount=String(i.length);});</script>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>qsal report</title><style>{_CSS}</style>"
+            f"</head><body>{''.join(body)}{check}</body></html>")
     html_path = write_text_atomic(out / "report.html", page)
     return {"table": table, "markdown": str(md_path), "html": str(html_path)}

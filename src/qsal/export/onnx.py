@@ -193,6 +193,14 @@ def _pack_int4(codes: np.ndarray) -> bytes:
     return (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
 
 
+def _runs_on_integer_kernels(gm: fx.GraphModule) -> bool:
+    """True when every quantized layer is 8-bit with quantized inputs: the runtime fuses it to integer
+    kernels. Otherwise (weight-only, or < 8 bits) it computes in float from the stored integers."""
+    layers = [m for m in gm.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    acts = [m for m in gm.modules() if isinstance(m, (ActQuantizer, PACTQuantizer)) and m.mode == "quant"]
+    return bool(layers) and bool(acts) and all(m.weight_bits == 8 for m in layers) and all(a.bits == 8 for a in acts)
+
+
 def _check_finite(model: nn.Module) -> None:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not torch.isfinite(t).all():
@@ -227,7 +235,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", None])], em.inits)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qsal")
     onnx_model.ir_version = 10
-    info = {**(meta or {}), "input_shape": [c, h, w], "environment": environment()}
+    info = {**(meta or {}), "input_shape": [c, h, w], "integer_kernels": _runs_on_integer_kernels(gm),
+            "environment": environment()}
     helper.set_model_props(onnx_model, {"qsal": json.dumps(info)})
     try:
         onnx.checker.check_model(onnx_model)

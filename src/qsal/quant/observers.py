@@ -81,15 +81,15 @@ def _kl_threshold(v: np.ndarray, n_levels: int, n_bins: int = 2048) -> float:
     hist = hist.astype(np.float64)
     best_t, best_kl = top, np.inf
     for i in range(n_levels, n_bins + 1, max(1, (n_bins - n_levels) // 256)):
-        p = hist[:i].copy()
-        p[i - 1] += hist[i:].sum()  # clip the tail into the last bin
-        nonzero = p > 0
-        chunks = np.array_split(np.arange(i), n_levels)
+        raw = hist[:i]
+        p = raw.copy()
+        p[i - 1] += hist[i:].sum()  # the reference folds the clipped tail into the last bin ...
+        nonzero = raw > 0
         q = np.zeros(i)
-        for c in chunks:
-            nz = nonzero[c]
+        for c in np.array_split(np.arange(i), n_levels):  # ... the candidate is built without it, so
+            nz = nonzero[c]                                  # clipping away mass costs KL
             if nz.any():
-                q[c[nz]] = p[c].sum() / nz.sum()
+                q[c[nz]] = raw[c].sum() / nz.sum()
         p_n, q_n = p / p.sum(), q / max(q.sum(), 1e-12)
         mask = p_n > 0
         kl = float(np.sum(p_n[mask] * np.log(p_n[mask] / np.maximum(q_n[mask], 1e-12))))
@@ -110,6 +110,8 @@ def compute_range(observer: str, sampler: ValueSampler, bits: int = 8) -> tuple[
         return _mse_range(v, lo, hi, bits)
     if observer == "entropy":
         # a one-sided (post-ReLU) tensor gets all 2^b levels on [0, t]; a signed one half per side
-        t = _kl_threshold(v, 2 ** bits if lo >= 0 else 2 ** (bits - 1))
+        # exact zeros (half of a post-ReLU tensor) are always representable; left in, their spike
+        # dominates the histogram and drags the threshold down
+        t = _kl_threshold(v[v != 0] if lo >= 0 else v, 2 ** bits if lo >= 0 else 2 ** (bits - 1))
         return (max(lo, -t), min(hi, t)) if lo < 0 else (0.0, min(hi, t))
     raise ValueError(f"unknown observer {observer!r}; choose one of {OBSERVERS}")

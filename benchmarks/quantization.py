@@ -1,0 +1,194 @@
+"""Quantization benchmark: FP32 vs PTQ-INT8 (4 observers), QAT-INT8, PACT 8/4/3/2-bit and onnxruntime's own
+``quantize_static``, on PneumoniaMNIST, BreastMNIST and RetinaMNIST, measured as deployed ONNX artifacts.
+
+Every accuracy figure in the table is the *artifact's* (onnxruntime on the test split); the fake-quant
+PyTorch model's is in the JSON beside it, with the max logit difference between the two. Latency is
+measured in one run, each configuration in a fresh process, 1 thread.
+
+    python benchmarks/quantization.py [--data-dir ../shared/data] [--models small_cnn edge_mbv2 resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, data_dir  # noqa: E402
+
+from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from qsal.checkpoint import load_checkpoint  # noqa: E402
+from qsal.evaluate import compute_metrics  # noqa: E402
+from qsal.export.bench import bench_onnx, bench_torch  # noqa: E402
+from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
+from qsal.provenance import environment  # noqa: E402
+from qsal.quant import PACTConfig, PTQConfig, QATConfig  # noqa: E402
+from qsal.report import results_table  # noqa: E402
+from qsal.runtime import Runtime  # noqa: E402
+from qsal.train import TrainConfig  # noqa: E402
+
+CACHE = Path(__file__).resolve().parents[1] / "runs" / "bench"
+# FP32 epochs, and fine-tuning epochs for QAT / PACT, per (dataset, model): shortened to fit a 2-core CPU.
+SCHEDULE = {
+    ("pneumoniamnist", "small_cnn"): (20, 2, 4), ("pneumoniamnist", "edge_mbv2"): (15, 1, 2),
+    ("pneumoniamnist", "resnet18"): (4, 1, 1),
+    ("breastmnist", "small_cnn"): (60, 5, 10), ("breastmnist", "edge_mbv2"): (60, 5, 10),
+    ("breastmnist", "resnet18"): (25, 2, 3),
+    ("retinamnist", "small_cnn"): (50, 4, 8), ("retinamnist", "edge_mbv2"): (40, 4, 8),
+    ("retinamnist", "resnet18"): (15, 1, 2),
+}
+
+
+def _artifact_metrics(onnx_path: Path, test, ref_logits: np.ndarray | None) -> dict:
+    logits = Runtime(onnx_path).predict_logits(test.images)
+    m = compute_metrics(test.labels, logits, test.info.task, n_bootstrap=500)
+    out = {"test_auc": m.auc, "test_acc": m.acc, "auc_ci": m.ci["auc"], "acc_ci": m.ci["acc"],
+           "sensitivity": m.sensitivity, "specificity": m.specificity, "balanced_accuracy": m.balanced_accuracy}
+    if ref_logits is not None:
+        out["parity_max_abs_logit_diff"] = float(np.abs(logits - ref_logits).max())
+        out["parity_argmax_agreement"] = float(np.mean(logits.argmax(1) == ref_logits.argmax(1)))
+    return out
+
+
+def _torch_logits(ckpt: str, test) -> tuple[np.ndarray, dict]:
+    model, _ = load_checkpoint(ckpt)
+    x, y = test.tensors()
+    with torch.no_grad():
+        logits = torch.cat([model.eval()(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+    m = compute_metrics(y.numpy(), logits, test.info.task, n_bootstrap=0)
+    return logits, {"torch_test_auc": m.auc, "torch_test_acc": m.acc}
+
+
+def _ort_static_peer(fp32_onnx: Path, out: Path, train) -> Path:
+    """onnxruntime's own PTQ on the FP32 export: QDQ, per-channel INT8 weights, same 512 calibration images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    x = Runtime(fp32_onnx).preprocess(train.subset(512).images)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": x[i:i + 64]} for i in range(0, len(x), 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    # keep qsal's metadata (preprocessing) so the same runtime evaluates it
+    import onnx
+
+    src, dst = onnx.load(str(fp32_onnx)), onnx.load(str(out))
+    onnx.helper.set_model_props(dst, {p.key: p.value for p in src.metadata_props})
+    onnx.save(dst, str(out))
+    return out
+
+
+def run_cell(ds: str, model: str, root: str, seed: int, bench_seconds: float, log) -> list[dict]:
+    fp32_epochs, qat_epochs, pact_epochs = SCHEDULE[(ds, model)]
+    train, val, test = load_splits(ds, root, seed=seed)
+    cell = CACHE / f"{ds}_{model}"
+    fp32_ckpt = cell / "fp32" / "best.safetensors"
+    t0 = time.perf_counter()
+    if not fp32_ckpt.is_file():
+        train_model(ds, model, TrainConfig(epochs=fp32_epochs, seed=seed, progress=False), cell / "fp32", data_dir=root)
+    fp32_seconds = time.perf_counter() - t0
+    variants = [("fp32", None, 0)] + [(f"ptq-int8-{o}", PTQConfig(observer=o), 0) for o in ("minmax", "percentile", "mse", "entropy")]
+    variants += [("qat-int8", QATConfig(), qat_epochs)] + [(f"pact-{b}", PACTConfig(bits=b), pact_epochs) for b in (8, 4, 3, 2)]
+    rows = []
+    for name, cfg, epochs in variants:
+        t0 = time.perf_counter()
+        ckpt = str(fp32_ckpt)
+        if cfg is not None:
+            ckpt = quantize_checkpoint(str(fp32_ckpt), cfg, cell / name, epochs=epochs, lr=1e-4 if name.startswith("qat") else 5e-4,
+                                       data_dir=root, seed=seed, progress=False)["checkpoint"]
+        seconds = time.perf_counter() - t0 if cfg is not None else fp32_seconds
+        onnx_path = cell / name / "model.onnx"
+        export_checkpoint(ckpt, onnx_path)
+        ref_logits, torch_metrics = _torch_logits(ckpt, test)
+        row = {"dataset": ds, "model": model, "method": name, "fine_tune_epochs": epochs if cfg else fp32_epochs,
+               "quantize_or_train_s": seconds, **_artifact_metrics(onnx_path, test, ref_logits), **torch_metrics,
+               "onnx": str(onnx_path)}
+        rows.append(row)
+        log(f"  {ds} {model} {name}: artifact AUC {row['test_auc']:.3f} ACC {row['test_acc']:.3f} "
+            f"(torch {torch_metrics['torch_test_auc']:.3f}/{torch_metrics['torch_test_acc']:.3f})")
+    peer = _ort_static_peer(cell / "fp32" / "model.onnx", cell / "ort_quantize_static.onnx", train)
+    rows.append({"dataset": ds, "model": model, "method": "onnxruntime quantize_static (peer)", "fine_tune_epochs": 0,
+                 **_artifact_metrics(peer, test, None), "onnx": str(peer)})
+    # Latency: every artifact in its own process, one after another in this run, 1 thread.
+    for row in rows:
+        b = bench_onnx(row["onnx"], threads=(1,), batches=(1, 64), seconds=bench_seconds)
+        b1, b64 = b["runs"]
+        row.update(size_bytes=b["size_bytes"], latency_b1_ms=b1["latency_ms_p50"], latency_b1_p95_ms=b1["latency_ms_p95"],
+                   latency_b64_ms=b64["latency_ms_p50"], throughput_b64=b64["throughput_img_s"])
+    eager = bench_torch(fp32_ckpt, threads=(1,), batches=(1, 64), seconds=bench_seconds)["runs"]
+    base = rows[0]
+    for row in rows:
+        row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
+        row["speedup_b64_vs_fp32_onnx"] = base["latency_b64_ms"] / row["latency_b64_ms"]
+        row["speedup_b1_vs_torch_eager"] = eager[0]["latency_ms_p50"] / row["latency_b1_ms"]
+        row["speedup_b64_vs_torch_eager"] = eager[1]["latency_ms_p50"] / row["latency_b64_ms"]
+        row["delta_acc_vs_fp32"] = row["test_acc"] - base["test_acc"]
+        row["delta_auc_vs_fp32"] = row["test_auc"] - base["test_auc"]
+    rows.append({"dataset": ds, "model": model, "method": "pytorch fp32 eager", "latency_b1_ms": eager[0]["latency_ms_p50"],
+                 "latency_b64_ms": eager[1]["latency_ms_p50"], "throughput_b64": eager[1]["throughput_img_s"]})
+    return rows
+
+
+COLUMNS = [("dataset", "dataset"), ("model", "model"), ("method", "method"), ("fine_tune_epochs", "epochs"),
+           ("test_acc", "ACC"), ("delta_acc_vs_fp32", "ΔACC"), ("test_auc", "AUC"), ("auc_ci", "AUC 95% CI"),
+           ("delta_auc_vs_fp32", "ΔAUC"), ("sensitivity", "sens."), ("specificity", "spec."),
+           ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"), ("latency_b1_ms", "b1 ms"),
+           ("latency_b64_ms", "b64 ms"), ("speedup_b64_vs_fp32_onnx", "b64 speed-up vs FP32 ONNX"),
+           ("speedup_b64_vs_torch_eager", "b64 speed-up vs PyTorch")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist", "pneumoniamnist"])
+    ap.add_argument("--models", nargs="+", default=["small_cnn", "edge_mbv2", "resnet18"])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training (latency is always 1 thread)")
+    ap.add_argument("--bench-seconds", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "quantization"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    root = data_dir(args.data_dir)
+    out = Path(args.out)
+    partial = out.with_suffix(".partial.json")
+    rows = json.loads(partial.read_text())["rows"] if partial.is_file() else []
+    done = {(r["dataset"], r["model"]) for r in rows}
+    t_start = time.perf_counter()
+    for ds in args.datasets:
+        for model in args.models:
+            if (ds, model) in done:
+                continue
+            print(f"[{ds} / {model}]", flush=True)
+            rows += run_cell(ds, model, root, args.seed, args.bench_seconds, lambda s: print(s, flush=True))
+            write_json_atomic(partial, {"rows": rows})  # a killed run resumes from the finished cells
+    result = {"benchmark": "quantization", "seed": args.seed, "train_threads": args.threads, "latency_threads": 1,
+              "schedule": {f"{d}/{m}": dict(zip(("fp32_epochs", "qat_epochs", "pact_epochs"), v)) for (d, m), v in SCHEDULE.items()},
+              "note": "Shortened schedules (MedMNIST trains 100 epochs). Accuracy columns are the ONNX artifact's.",
+              "environment": environment(), "seconds": time.perf_counter() - t_start, "rows": rows}
+    write_json_atomic(out.with_suffix(".json"), result)
+    table = results_table(rows, COLUMNS)
+    env = result["environment"]
+    text = (f"# Quantization benchmark (MedMNIST 28 px)\n\nCPU {env['cpu']}; latency: onnxruntime "
+            f"{env['versions']['onnxruntime']}, 1 thread, each configuration in a fresh process, all in one run; "
+            f"seed {args.seed}.\n**Shortened schedules** (epochs column: FP32 training epochs for fp32, fine-tuning "
+            "epochs for QAT/PACT; MedMNIST trains 100). Accuracy/AUC are measured on the exported ONNX artifact "
+            "with onnxruntime; the fake-quant PyTorch figures and the logit parity are in quantization.json.\n\n"
+            f"{table}\n")
+    write_text_atomic(out.with_suffix(".md"), text)
+    partial.unlink(missing_ok=True)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Slow end-to-end run: the README's main job on real data (the embedded BreastMNIST)."""
+
+import json
+
+import pytest
+
+from qsal.demo import run_demo
+
+
+@pytest.mark.slow
+def test_quick_demo_produces_every_model_and_a_report(tmp_path):
+    results = run_demo(out_dir=str(tmp_path), quick=True, progress=False)
+    names = [r["model"] for r in results["rows"]]
+    assert names == ["fp32", "ptq-int8", "qat-int8", "pact-4", "sgt+pact-4"]
+    rows = {r["model"]: r for r in results["rows"]}
+    assert rows["fp32"]["test_auc"] > 0.7  # real BreastMNIST, short schedule
+    assert abs(rows["ptq-int8"]["test_auc"] - rows["fp32"]["test_auc"]) < 0.03
+    assert rows["ptq-int8"]["size_ratio"] < 0.26 and rows["pact-4"]["size_ratio"] < 0.14
+    for r in results["rows"]:  # the deployed artifact scores what the PyTorch model scored
+        assert abs(r["onnx_acc"] - r["test_acc"]) <= 0.02
+    assert json.loads((tmp_path / "results.json").read_text())["environment"]["versions"]["torch"]
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "saliency_grid.png").is_file()
