@@ -80,6 +80,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
                         f"unexpected, {len(wrong)} mis-shaped tensors, e.g. {detail}); was it trained for another model?")
     model.load_state_dict(state)
     model.qsal_arch = arch
+    model.qsal_untrained = False
     return model, meta
 
 

@@ -109,8 +109,10 @@ def evaluate_checkpoint(checkpoint: str, *, dataset: str | None = None, split: s
 
 
 def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *, epochs: int = 5, lr: float = 1e-4,
-                        data_dir=None, seed: int = 0, progress: bool = True, step=None) -> dict:
-    """Quantize a float checkpoint with ``qconfig`` (PTQ: calibrate; QAT/PACT: also fine-tune ``epochs``).
+                        data_dir=None, seed: int = 0, progress: bool = True, step=None,
+                        train_subset: int | None = None) -> dict:
+    """Quantize a float checkpoint with ``qconfig`` (PTQ: calibrate; QAT/PACT: also fine-tune ``epochs``,
+    on ``train_subset`` images of the training split if given).
 
     Writes ``out_dir/best.safetensors`` (the quantized model, reloadable with ``load_checkpoint``) and
     ``out_dir/metrics.json`` with test metrics of the fake-quantized model.
@@ -127,6 +129,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
     size = (meta.get("dataset") or {}).get("image_size")
     train, val, test = load_splits(name, data_dir, size, seed=seed)
     qmodel = quantize(model, qconfig, calibration=train)
+    if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
+        train = train.subset(train_subset, seed)
     out = Path(out_dir)
     qmeta = {"dataset": meta.get("dataset") or data_meta(train), "quant": qconfig.to_dict(),
              "parent_checkpoint": str(checkpoint)}

@@ -224,6 +224,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history})
     best.seconds = time.perf_counter() - t0
     _restore_best(model, best)
+    model.qsal_untrained = False
     return best
 
 

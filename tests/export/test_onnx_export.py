@@ -33,7 +33,7 @@ def _ort(path, x):
 def test_fp32_onnx_logits_match_pytorch(name, tmp_path):
     m = _model(name)
     x = torch.randn(8, 1, 28, 28)
-    path = export_onnx(m, tmp_path / "m.onnx", input_shape=(1, 28, 28), meta=META)
+    path = export_onnx(m, tmp_path / "m.onnx", input_shape=(1, 28, 28), meta=META, check_untrained=False)
     np.testing.assert_allclose(_ort(path, x), m(x).detach().numpy(), atol=1e-4, rtol=1e-4)
 
 
@@ -42,7 +42,7 @@ def test_int8_qdq_logits_match_fake_quant_model_and_weights_are_integers(name, t
     m = _model(name)
     x = torch.randn(64, 1, 28, 28)
     q = quantize(m, PTQConfig(num_calibration=64), x)
-    path = export_onnx(q, tmp_path / "q.onnx", input_shape=(1, 28, 28), meta=META)
+    path = export_onnx(q, tmp_path / "q.onnx", input_shape=(1, 28, 28), meta=META, check_untrained=False)
     ref, got = q(x).detach().numpy(), _ort(path, x)
     # stated tolerance: integer requantization in the runtime may move a code by one step per layer
     assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max()
@@ -55,7 +55,7 @@ def test_int8_qdq_logits_match_fake_quant_model_and_weights_are_integers(name, t
 def test_int8_graph_fuses_to_integer_kernels(tmp_path):
     m = _model("small_cnn")
     x = torch.randn(64, 1, 28, 28)
-    path = export_onnx(quantize(m, PTQConfig(num_calibration=64), x), tmp_path / "q.onnx", input_shape=(1, 28, 28))
+    path = export_onnx(quantize(m, PTQConfig(num_calibration=64), x), tmp_path / "q.onnx", input_shape=(1, 28, 28), check_untrained=False)
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     opts.log_severity_level = 3
@@ -67,10 +67,10 @@ def test_int8_graph_fuses_to_integer_kernels(tmp_path):
 def test_file_sizes_int8_and_int4(tmp_path):
     m = _model("small_cnn")
     x = torch.randn(32, 1, 28, 28)
-    fp32 = export_onnx(m, tmp_path / "f.onnx", input_shape=(1, 28, 28)).stat().st_size
-    int8 = export_onnx(quantize(m, PTQConfig(num_calibration=32), x), tmp_path / "8.onnx", input_shape=(1, 28, 28)).stat().st_size
+    fp32 = export_onnx(m, tmp_path / "f.onnx", input_shape=(1, 28, 28), check_untrained=False).stat().st_size
+    int8 = export_onnx(quantize(m, PTQConfig(num_calibration=32), x), tmp_path / "8.onnx", input_shape=(1, 28, 28), check_untrained=False).stat().st_size
     pact4 = export_onnx(quantize(m, PACTConfig(bits=4, num_calibration=32), x), tmp_path / "4.onnx",
-                        input_shape=(1, 28, 28)).stat().st_size
+                        input_shape=(1, 28, 28), check_untrained=False).stat().st_size
     assert int8 <= 0.26 * fp32
     assert pact4 <= 0.14 * fp32
 
@@ -80,7 +80,7 @@ def test_low_bit_pact_export_matches_and_packs_int4(bits, tmp_path):
     m = _model("small_cnn")
     x = torch.randn(32, 1, 28, 28)
     q = quantize(m, PACTConfig(bits=bits, num_calibration=32), x)
-    path = export_onnx(q, tmp_path / "p.onnx", input_shape=(1, 28, 28))
+    path = export_onnx(q, tmp_path / "p.onnx", input_shape=(1, 28, 28), check_untrained=False)
     inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
     assert inits["fc1_weight_q"].data_type == onnx.TensorProto.INT4
     assert len(inits["fc1_weight_q"].raw_data) == 128 * 9216 // 2  # two codes per byte
@@ -97,7 +97,7 @@ def test_weight_only_int4_is_exact(tmp_path):
     m = _model("edge_mbv2")
     q = quantize(m, WeightOnlyConfig(bits=4))
     x = torch.randn(4, 1, 28, 28)
-    path = export_onnx(q, tmp_path / "w.onnx", input_shape=(1, 28, 28))
+    path = export_onnx(q, tmp_path / "w.onnx", input_shape=(1, 28, 28), check_untrained=False)
     np.testing.assert_allclose(_ort(path, x), q(x).detach().numpy(), atol=1e-4, rtol=1e-4)
 
 
@@ -106,5 +106,10 @@ def test_nan_model_is_refused_and_no_file_is_written(tmp_path):
     with torch.no_grad():
         m.fc2.weight[0, 0] = float("nan")
     with pytest.raises(QsalError, match="fc2.weight holds NaN"):
-        export_onnx(m, tmp_path / "bad.onnx", input_shape=(1, 28, 28))
+        export_onnx(m, tmp_path / "bad.onnx", input_shape=(1, 28, 28), check_untrained=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_untrained_model_is_refused():
+    with pytest.raises(QsalError, match="never trained"):
+        export_onnx(create_model("small_cnn", 2, 1), "/tmp/never.onnx", input_shape=(1, 28, 28))

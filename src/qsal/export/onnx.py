@@ -220,10 +220,11 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     Returns:
         The written path; the file appears atomically.
     """
+    if check_untrained and getattr(model, "qsal_untrained", False):
+        raise QsalError("this model was never trained; train it (qsal train) or load a checkpoint before exporting "
+                        "(check_untrained=False exports it anyway)")
     model = copy.deepcopy(model).cpu().eval()
     _check_finite(model)
-    if check_untrained and getattr(model, "qsal_untrained", False):
-        raise QsalError("this model was never trained; train it (qsal train) before exporting")
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
     fold_batchnorm(gm)
     em = _Emitter(gm)

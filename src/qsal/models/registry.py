@@ -43,6 +43,7 @@ def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: 
         raise QsalError(f"bad model shape: num_classes={num_classes}, in_channels={in_channels} (1 or 3)")
     model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     model.qsal_arch = {"name": name, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    model.qsal_untrained = True  # cleared by fit() and load_checkpoint(); export refuses an untrained model
     return model
 
 

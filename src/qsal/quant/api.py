@@ -77,6 +77,7 @@ def prepare_structure(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
     for q in act_quantizers(gm):
         q.mode = "quant"
     gm.qsal_arch = getattr(model, "qsal_arch", None)
+    gm.qsal_untrained = getattr(model, "qsal_untrained", False)
     gm.qsal_quant = config.to_dict()
     return gm
 

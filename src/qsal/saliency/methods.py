@@ -15,7 +15,7 @@ from torch import nn
 
 from qsal.errors import QsalError
 
-__all__ = ["explain", "METHODS", "last_conv_layer"]
+__all__ = ["explain", "METHODS", "last_conv_layer", "randomization_check"]
 
 METHODS = ("gradient", "gradient_abs", "input_x_gradient", "integrated_gradients", "smoothgrad", "gradcam", "occlusion")
 
@@ -88,3 +88,26 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
     finally:
         model.train(was_training)
     return out.detach().cpu().contiguous()
+
+
+def randomization_check(model: nn.Module, images: torch.Tensor, method: str = "gradient_abs", target=None,
+                        seed: int = 0) -> dict:
+    """Model-randomisation sanity check (Adebayo et al. 2018): maps of the same model with re-initialised
+    weights must differ from the trained model's. Returns the mean Spearman rank correlation between the
+    two (near 0 passes; near 1 means the method ignores what the model learned).
+    """
+    import copy
+
+    from qsal.saliency.metrics import spearman_per_image
+
+    if target is None:
+        with torch.no_grad():
+            target = model.eval()(torch.as_tensor(images)).argmax(dim=1)
+    trained = explain(model, images, method, target=target).numpy()
+    randomized = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for m in randomized.modules():
+        if hasattr(m, "reset_parameters") and m is not randomized:
+            m.reset_parameters()
+    rho = spearman_per_image(trained, explain(randomized, images, method, target=target).numpy())
+    return {"method": method, "spearman_mean": float(rho.mean()), "passed": bool(abs(rho.mean()) < 0.5)}
