@@ -148,7 +148,43 @@ def _setup_demo(p):
     p.add_argument("--seed", type=int, default=0)
 
 
-_SETUP = {"datasets": _setup_datasets, "models": _setup_models, "train": _setup_train,
+@command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
+def cmd_run(args):
+    from qsal.runner import report_run, run_study
+
+    statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
+                         ray_address=args.ray_address, force=args.force, progress=not args.no_progress)
+    for s in statuses:
+        print(f"{s['status']:<28.28} {s['id']}")
+    rep = report_run(args.out)
+    print(rep["table"])
+    print(f"\nreport: {rep['html']}")
+
+
+def _setup_run(p):
+    p.add_argument("config", help="study YAML (see configs/)")
+    p.add_argument("--out", default="runs/study", help="run directory (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (cell groups run in parallel)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--force", action="store_true", help="reuse a run directory made by a different config")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("report", "markdown + self-contained HTML report of a run directory (tables, plots, saliency grids)")
+def cmd_report(args):
+    from qsal.runner import report_run
+
+    rep = report_run(args.run_dir)
+    print(rep["table"])
+    print(f"\nreport: {rep['html']}")
+
+
+def _setup_report(p):
+    p.add_argument("run_dir", help="the --out folder of `qsal run`")
+
+
+_SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_datasets, "models": _setup_models, "train": _setup_train,
           "evaluate": _setup_evaluate, "demo": _setup_demo}
 
 

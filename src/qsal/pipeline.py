@@ -148,8 +148,11 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
             "auc_95ci": metrics.ci.get("auc")}
 
 
-def export_checkpoint(checkpoint: str, out: str | os.PathLike) -> dict:
-    """Export a checkpoint (float or quantized) to ONNX with its preprocessing in the metadata."""
+def export_checkpoint(checkpoint: str, out: str | os.PathLike, card: bool = True, explanations: dict | None = None) -> dict:
+    """Export a checkpoint (float or quantized) to ONNX with its preprocessing in the metadata, and (``card``)
+    a model card beside it with the checkpoint's test metrics and the artifact's measured latency."""
+    import json
+
     from qsal.checkpoint import load_checkpoint
     from qsal.export import export_onnx
 
@@ -159,4 +162,15 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike) -> dict:
     shape = (arch["in_channels"], data.get("image_size", arch.get("image_size", 28)), data.get("image_size", arch.get("image_size", 28)))
     path = export_onnx(model, out, input_shape=shape,
                        meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint)})
-    return {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
+    result = {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
+    if card:
+        from qsal.export.bench import bench_onnx
+        from qsal.model_card import write_model_card
+
+        metrics_file = Path(checkpoint).with_name("metrics.json")
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        bench = bench_onnx(path, threads=(1,), batches=(1,), seconds=0.5)
+        bench["cpu"] = environment()["cpu"]
+        write_model_card(path, meta, metrics, bench, explanations)
+        result["card"] = str(Path(path).with_suffix(".card.md"))
+    return result

@@ -21,7 +21,8 @@ from qsal._atomic import atomic_path, write_text_atomic  # noqa: E402
 
 __all__ = ["write_report", "results_table", "pareto_front", "tradeoff_plot"]
 
-COLUMNS = [("model", "model"), ("test_auc", "AUC"), ("auc_ci", "AUC 95% CI"), ("test_acc", "ACC"),
+COLUMNS = [("model", "model"), ("seeds", "seeds"), ("test_auc", "AUC"), ("test_auc_std", "AUC std"),
+           ("auc_ci", "AUC 95% CI"), ("test_acc", "ACC"), ("test_acc_std", "ACC std"),
            ("sensitivity", "sens."), ("specificity", "spec."), ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"),
            ("size_ratio", "size vs FP32"), ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"),
            ("faithfulness_gap", "faithfulness gap"), ("agreement_spearman", "map ρ vs FP32"), ("gini", "Gini")]
@@ -131,12 +132,14 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
                       "accuracy vs latency"))
     if all("auc_ci" in r for r in rows):
         plots.append((_auc_ci_plot(rows, out / "auc_ci.png"), "AUC with 95% bootstrap CI"))
+    grids = results.get("saliency_grids") or ([results["saliency_grid"]] if results.get("saliency_grid") else [])
     changed = [(r["model"], c) for r in rows if r["model"] != rows[0]["model"] for c in r.get("most_changed", [])[:3]]
     env = results.get("environment", {})
     md = [f"# qsal report: {results.get('dataset', '')}", "", table, ""]
     md += [f"![{alt}]({Path(p).name})" for p, alt in plots]
-    if results.get("saliency_grid"):
-        md += ["", f"![saliency grid]({Path(results['saliency_grid']).name})"]
+    md += ["", *[f"![saliency grid]({os.path.relpath(g, out)})" for g in grids]]
+    if results.get("failed"):
+        md += ["", "## Failed cells", ""] + [f"- `{f['id']}`: {f['type']}: {f['error']}" for f in results["failed"]]
     if changed:
         md += ["", "## Images whose explanation changed most vs FP32", "", "| model | test image | Spearman ρ | top-10% IoU |",
                "|---|---|---|---|"] + [f"| {m} | #{c['index']} | {c['spearman']:.3f} | {c['topk_iou']:.3f} |" for m, c in changed]
@@ -145,8 +148,12 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     body = [f"<h1>qsal report: {html.escape(str(results.get('dataset', '')))}</h1>", _md_to_html_table(table),
             "<h2>Trade-offs</h2>"] + [_img_tag(p, alt) for p, alt in plots]
-    if results.get("saliency_grid"):
-        body += ["<h2>Explanations (same images, every model)</h2>", _img_tag(Path(results["saliency_grid"]), "saliency grid")]
+    if grids:
+        body += ["<h2>Explanations (same images, every model)</h2>"] + [_img_tag(Path(g), "saliency grid") for g in grids]
+    if results.get("failed"):
+        body += ["<h2>Failed cells</h2><ul>"] + [f"<li><code>{html.escape(f['id'])}</code>: "
+                                                 f"{html.escape(f['type'])}: {html.escape(f['error'])}</li>"
+                                                 for f in results["failed"]] + ["</ul>"]
     if changed:
         body += ["<h2>Images whose explanation changed most vs FP32</h2>",
                  _md_to_html_table("\n".join(md[md.index("| model | test image | Spearman ρ | top-10% IoU |"):]

@@ -1,0 +1,164 @@
+"""The experiment-grid config for ``qsal run``: a typed, validated YAML schema.
+
+    name: breast-study
+    datasets: [breastmnist]
+    models: [small_cnn, edge_mbv2]
+    methods: [fp32, ptq, qat, pact, sgt, sgt+pact]
+    bits: [8, 4, 2]            # PACT and SGT+PACT bit-widths
+    observers: [minmax, mse]   # PTQ observers
+    seeds: [0, 1]
+    epochs: {fp32: 40, finetune: 10}
+    lr: {fp32: 0.001, finetune: 0.0005}
+    sgt: {k: 0.5, lambda: 1.0}
+    measure: {latency: true, saliency: true, n_explain: 64}
+
+Every problem in a file is reported at once, each with its path (``epochs.fp32: ...``); unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qsal.errors import QsalError
+
+__all__ = ["RunConfig", "load_run_config", "METHODS"]
+
+METHODS = ("fp32", "ptq", "qat", "pact", "sgt", "sgt+pact")
+
+
+@dataclass
+class Epochs:
+    fp32: int = 40
+    finetune: int = 10
+
+
+@dataclass
+class LearningRates:
+    fp32: float = 1e-3
+    finetune: float = 5e-4
+
+
+@dataclass
+class SGTSettings:
+    k: float = 0.5
+    lam: float = 1.0
+
+
+@dataclass
+class Measure:
+    latency: bool = True
+    saliency: bool = True
+    n_explain: int = 64
+
+
+@dataclass
+class RunConfig:
+    """One study: the product datasets x models x methods (x bits / observers) x seeds."""
+
+    name: str = "study"
+    datasets: list = field(default_factory=lambda: ["breastmnist"])
+    models: list = field(default_factory=lambda: ["small_cnn"])
+    methods: list = field(default_factory=lambda: ["fp32", "ptq"])
+    bits: list = field(default_factory=lambda: [4])
+    observers: list = field(default_factory=lambda: ["minmax"])
+    seeds: list = field(default_factory=lambda: [0])
+    epochs: Epochs = field(default_factory=Epochs)
+    lr: LearningRates = field(default_factory=LearningRates)
+    sgt: SGTSettings = field(default_factory=SGTSettings)
+    measure: Measure = field(default_factory=Measure)
+    data_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not ``data_dir``, which only says where files are)."""
+        d = self.to_dict()
+        d.pop("data_dir")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_NESTED = {"epochs": Epochs, "lr": LearningRates, "sgt": SGTSettings, "measure": Measure}
+_ALIASES = {"sgt": {"lambda": "lam"}}
+
+
+def _check_list(problems, key, value, allowed=None, kind=str):
+    if not isinstance(value, list) or not value:
+        problems.append(f"{key}: must be a non-empty list, got {value!r}")
+        return
+    for i, v in enumerate(value):
+        if not isinstance(v, kind) or isinstance(v, bool) and kind is int:
+            problems.append(f"{key}[{i}]: {v!r} is not a {kind.__name__}")
+        elif allowed is not None and v not in allowed:
+            problems.append(f"{key}[{i}]: unknown value {v!r}; choose from {', '.join(map(str, allowed))}")
+
+
+def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
+    """Validate a dict (from YAML) into a ``RunConfig``; raises one error that lists every problem."""
+    from qsal.data import list_datasets
+    from qsal.models import list_models
+    from qsal.quant.observers import OBSERVERS
+
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise QsalError(f"{where}: the top level must be a mapping of keys (name, datasets, models, ...)")
+    top = {f for f in RunConfig.__dataclass_fields__}
+    for key in raw:
+        if key not in top:
+            problems.append(f"{key}: unknown key; known keys: {', '.join(sorted(top))}")
+    values = {}
+    for key, value in raw.items():
+        if key not in top:
+            continue
+        if key in _NESTED:
+            cls = _NESTED[key]
+            if not isinstance(value, dict):
+                problems.append(f"{key}: must be a mapping, got {value!r}")
+                continue
+            kwargs = {}
+            for sub, v in value.items():
+                name = _ALIASES.get(key, {}).get(sub, sub)
+                if name not in cls.__dataclass_fields__:
+                    problems.append(f"{key}.{sub}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
+                    continue
+                want = type(getattr(cls(), name))
+                if want is float and isinstance(v, int) and not isinstance(v, bool):
+                    v = float(v)
+                if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                    problems.append(f"{key}.{sub}: {v!r} is not a {want.__name__}")
+                    continue
+                if want in (int, float) and v <= 0 and not (key == "sgt" and name == "lam" and v == 0):
+                    problems.append(f"{key}.{sub}: must be positive, got {v!r}")
+                kwargs[name] = v
+            values[key] = cls(**kwargs)
+        else:
+            values[key] = value
+    for key, allowed, kind in (("datasets", list_datasets(), str), ("models", list_models(), str),
+                               ("methods", METHODS, str), ("bits", (2, 3, 4, 5, 6, 7, 8), int),
+                               ("observers", OBSERVERS, str), ("seeds", None, int)):
+        if key in values:
+            _check_list(problems, key, values[key], allowed, kind)
+    if "sgt" in values and not 0 <= values["sgt"].k < 1:
+        problems.append(f"sgt.k: must be a fraction in [0, 1), got {values['sgt'].k}")
+    if "name" in values and not isinstance(values["name"], str):
+        problems.append(f"name: must be a string, got {values['name']!r}")
+    if problems:
+        raise QsalError(f"{where} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+    return RunConfig(**values)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML study config."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise QsalError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise QsalError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_run_config(raw or {}, str(path))

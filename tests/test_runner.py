@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from qsal.errors import QsalError
+from qsal.run_config import parse_run_config
+from qsal.runner import collect_results, plan_groups, report_run, run_study
+
+TINY = {"name": "tiny", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
+        "bits": [4], "observers": ["minmax"], "seeds": [0], "epochs": {"fp32": 1, "finetune": 1},
+        "measure": {"latency": False, "saliency": True, "n_explain": 8}}
+
+
+def test_every_config_problem_is_listed_with_its_path():
+    bad = {**TINY, "models": ["vgg"], "bits": [9], "epochs": {"fp32": 0, "extra": 1}, "colour": "red"}
+    with pytest.raises(QsalError) as e:
+        parse_run_config(bad, "study.yaml")
+    msg = str(e.value)
+    assert "5 problem(s)" in msg
+    for path in ("colour: unknown key", "models[0]: unknown value 'vgg'", "bits[0]: unknown value 9",
+                 "epochs.fp32: must be positive", "epochs.extra: unknown key"):
+        assert path in msg
+
+
+def test_plan_puts_parents_first():
+    cfg = parse_run_config({**TINY, "methods": ["sgt+pact", "qat", "fp32"], "bits": [8, 2], "seeds": [0, 1]})
+    groups = plan_groups(cfg)
+    assert len(groups) == 2
+    assert [c.label for c in groups[0]] == ["fp32", "sgt", "qat-int8", "sgt+pact-8", "sgt+pact-2"]
+
+
+def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
+    import qsal.pipeline
+
+    cfg = parse_run_config(TINY)
+    real = qsal.pipeline.quantize_checkpoint
+
+    def flaky(checkpoint, qconfig, *a, **kw):
+        if qconfig.method == "pact":
+            raise RuntimeError("simulated crash in the pact cell")
+        return real(checkpoint, qconfig, *a, **kw)
+
+    monkeypatch.setattr(qsal.pipeline, "quantize_checkpoint", flaky)
+    statuses = run_study(cfg, tmp_path, progress=False)
+    by_id = {s["id"].split("/")[-1]: s["status"] for s in statuses}
+    assert by_id["fp32"] == "done" and by_id["ptq-int8-minmax"] == "done"
+    assert by_id["pact-4"].startswith("failed: RuntimeError")
+    err = json.loads((tmp_path / "breastmnist/small_cnn/seed0/pact-4/error.json").read_text())
+    assert "simulated crash" in err["error"]
+    cell = tmp_path / "breastmnist/small_cnn/seed0/fp32"
+    for f in ("config.json", "best.safetensors", "model.onnx", "result.json", "saliency_maps.npy", "log.txt"):
+        assert (cell / f).is_file(), f
+    monkeypatch.setattr(qsal.pipeline, "quantize_checkpoint", real)
+    statuses = run_study(cfg, tmp_path, progress=False)  # rerun: finished cells skipped, failed one retried
+    by_id = {s["id"].split("/")[-1]: s["status"] for s in statuses}
+    assert by_id["fp32"].startswith("skipped") and by_id["pact-4"] == "done"
+    assert not (tmp_path / "breastmnist/small_cnn/seed0/pact-4/error.json").exists()
+    collected = collect_results(tmp_path)
+    assert [r["model"] for r in collected["rows"]] == ["fp32", "ptq-int8-minmax", "pact-4"]
+    assert collected["rows"][1]["agreement_spearman"] > 0.5  # PTQ maps stay close to FP32's
+    rep = report_run(tmp_path)
+    assert "pact-4" in rep["table"] and (tmp_path / "report.html").is_file()
+    with pytest.raises(QsalError, match="different config"):
+        run_study(parse_run_config({**TINY, "seeds": [1]}), tmp_path, progress=False)
+
+
+def test_two_local_workers(tmp_path):
+    cfg = parse_run_config({**TINY, "methods": ["fp32"], "seeds": [0, 1]})
+    statuses = run_study(cfg, tmp_path, workers=2, progress=False)
+    assert sorted(s["status"] for s in statuses) == ["done", "done"]
+
+
+def test_ray_backend_in_local_mode(tmp_path):
+    ray = pytest.importorskip("ray")
+    cfg = parse_run_config({**TINY, "methods": ["fp32"], "seeds": [0]})
+    try:
+        statuses = run_study(cfg, tmp_path, backend="ray", workers=1, progress=False)
+    finally:
+        ray.shutdown()
+    assert [s["status"] for s in statuses] == ["done"]
+    assert (tmp_path / "breastmnist/small_cnn/seed0/fp32/result.json").is_file()
