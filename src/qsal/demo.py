@@ -36,7 +36,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
 
     from qsal.checkpoint import load_checkpoint
     from qsal.export.bench import bench_onnx
-    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model
+    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.report import write_report
     from qsal.saliency import SaliencyGuidedStep, explain
@@ -70,8 +70,8 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
 
         metrics = json.loads((Path(ckpt).parent / "metrics.json").read_text())["test"]
         onnx_path = out / name / "model.onnx"
-        exp = export_checkpoint(ckpt, onnx_path)
-        bench = bench_onnx(onnx_path, threads=(1,), batches=(1, 64), seconds=0.5 if quick else 1.5)
+        exp = export_checkpoint(ckpt, onnx_path, card=False)
+        bench = bench_onnx(onnx_path, threads=(1,), batches=(1, 64), seconds=0.3 if quick else 1.0)
         b1, b64 = bench["runs"]
         model_obj, _ = load_checkpoint(ckpt)
         maps[name] = explain(model_obj, x_sal, "integrated_gradients").numpy()
@@ -88,12 +88,15 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
                      "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
                      "latency_b1_p95_ms": b1["latency_ms_p95"], "throughput_b64": b64["throughput_img_s"],
                      "faithfulness_gap": faith["gap"], "gini": float(np.mean(gini(maps[name]))),
-                     "onnx": str(onnx_path), "checkpoint": str(ckpt)})
+                     "onnx": str(onnx_path), "checkpoint": str(ckpt), "bench": bench})
     for r in rows:
         agree = agreement(maps["fp32"], maps[r["model"]])
         r["agreement_spearman"], r["agreement_iou"], r["agreement_ssim"] = agree["spearman"], agree["topk_iou"], agree["ssim"]
         r["most_changed"] = agree["most_changed"]
         r["size_ratio"] = r["size_bytes"] / rows[0]["size_bytes"]
+        r["card"] = write_card(r["checkpoint"], r["onnx"], r.pop("bench"), explanations={
+            "faithfulness_gap": r["faithfulness_gap"], "gini": r["gini"], "map_spearman_vs_fp32": r["agreement_spearman"],
+            "map_top10_iou_vs_fp32": r["agreement_iou"]})
     info = test.info
     grid = save_saliency_grid(to_display(x_sal.numpy(), info.mean, info.std), maps, out / "saliency_grid.png",
                               title=f"{info.name}: integrated gradients, same test images, every model")

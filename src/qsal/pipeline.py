@@ -15,7 +15,8 @@ from qsal.errors import QsalError
 from qsal.provenance import environment
 from qsal.train import TrainConfig
 
-__all__ = ["train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint", "data_meta", "load_splits"]
+__all__ = ["train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint", "write_card", "data_meta",
+           "load_splits"]
 
 
 def data_meta(split: ImageSplit) -> dict:
@@ -148,29 +149,37 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
             "auc_95ci": metrics.ci.get("auc")}
 
 
-def export_checkpoint(checkpoint: str, out: str | os.PathLike, card: bool = True, explanations: dict | None = None) -> dict:
+def export_checkpoint(checkpoint: str, out: str | os.PathLike, card: bool = True) -> dict:
     """Export a checkpoint (float or quantized) to ONNX with its preprocessing in the metadata, and (``card``)
     a model card beside it with the checkpoint's test metrics and the artifact's measured latency."""
-    import json
-
     from qsal.checkpoint import load_checkpoint
     from qsal.export import export_onnx
 
     model, meta = load_checkpoint(checkpoint)
     data = meta.get("dataset") or {}
     arch = meta["arch"]
-    shape = (arch["in_channels"], data.get("image_size", arch.get("image_size", 28)), data.get("image_size", arch.get("image_size", 28)))
-    path = export_onnx(model, out, input_shape=shape,
+    side = data.get("image_size", arch.get("image_size", 28))
+    path = export_onnx(model, out, input_shape=(arch["in_channels"], side, side),
                        meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint)})
     result = {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
     if card:
-        from qsal.export.bench import bench_onnx
-        from qsal.model_card import write_model_card
-
-        metrics_file = Path(checkpoint).with_name("metrics.json")
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-        bench = bench_onnx(path, threads=(1,), batches=(1,), seconds=0.5)
-        bench["cpu"] = environment()["cpu"]
-        write_model_card(path, meta, metrics, bench, explanations)
-        result["card"] = str(Path(path).with_suffix(".card.md"))
+        result["card"] = write_card(checkpoint, path)
     return result
+
+
+def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, bench: dict | None = None,
+               explanations: dict | None = None) -> str:
+    """Model card beside ``onnx_path`` from the checkpoint's records; latency is measured unless ``bench`` is given."""
+    import json
+
+    from qsal.checkpoint import read_meta
+    from qsal.export.bench import bench_onnx
+    from qsal.model_card import write_model_card
+
+    metrics_file = Path(checkpoint).with_name("metrics.json")
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    if bench is None:
+        bench = bench_onnx(onnx_path, threads=(1,), batches=(1,), seconds=0.5)
+    bench = {**bench, "cpu": environment()["cpu"]}
+    write_model_card(onnx_path, read_meta(checkpoint), metrics, bench, explanations)
+    return str(Path(onnx_path).with_suffix(".card.md"))

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from qsal._atomic import atomic_path, write_text_atomic  # noqa: E402
+from qsal._atomic import save_figure_atomic, write_text_atomic  # noqa: E402
 
 __all__ = ["write_report", "results_table", "pareto_front", "tradeoff_plot"]
 
@@ -75,10 +75,7 @@ def tradeoff_plot(rows: list[dict], x_key: str, x_label: str, path: Path, y_key:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def _auc_ci_plot(rows: list[dict], path: Path) -> Path:
@@ -90,10 +87,7 @@ def _auc_ci_plot(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("test AUC (95% CI)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def _img_tag(path: Path, alt: str) -> str:

@@ -74,7 +74,8 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     import torch
 
     from qsal.evaluate import compute_metrics
-    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model
+    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
+    from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.runtime import Runtime
     from qsal.saliency import SaliencyGuidedStep
@@ -105,14 +106,15 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     result = {"id": spec.id, **asdict(spec), "label": spec.label, "test_auc": metrics["auc"], "test_acc": metrics["acc"],
               "auc_ci": metrics["ci"].get("auc"), "sensitivity": metrics.get("sensitivity"),
               "specificity": metrics.get("specificity"), "train_s": seconds}
-    exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=cfg.measure.latency)
+    exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False)
     logits = Runtime(cell / "model.onnx").predict_logits(test.images)
     art = compute_metrics(test.labels, logits, test.info.task, n_bootstrap=0)
     result.update(onnx_auc=art.auc, onnx_acc=art.acc, size_bytes=exp["size_bytes"])
     if cfg.measure.latency:
         from qsal.export.bench import bench_onnx
 
-        b1, b64 = bench_onnx(cell / "model.onnx", threads=(1,), batches=(1, 64), seconds=1.0)["runs"]
+        bench = bench_onnx(cell / "model.onnx", threads=(1,), batches=(1, 64), seconds=1.0)
+        b1, b64 = bench["runs"]
         result.update(latency_b1_ms=b1["latency_ms_p50"], latency_b1_p95_ms=b1["latency_ms_p95"],
                       throughput_b64=b64["throughput_img_s"])
     if cfg.measure.saliency:
@@ -135,6 +137,10 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
 
         faith = faithfulness_curve(fn, x.numpy(), y.numpy(), maps, seed=spec.seed)
         result.update(faithfulness_gap=faith["gap"], gini=float(np.mean(gini(maps))))
+    if cfg.measure.latency:
+        write_card(str(ckpt), cell / "model.onnx", bench, explanations={
+            k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None)
+    result["environment"] = environment()
     _log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
     write_json_atomic(cell / "result.json", result)
     return result

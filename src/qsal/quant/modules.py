@@ -183,6 +183,9 @@ class _QuantWeightLayer:
         self.quant_weights = True
         self.register_buffer("bn_scale", torch.ones(self.weight.shape[0]))
 
+    def _quant_repr(self) -> str:
+        return f", weight_bits={self.weight_bits}, per_channel={self.per_channel}, scheme={self.scheme}"
+
     def quantized_weight(self) -> torch.Tensor:
         w = quantize_weight(self.weight, self.weight_bits, self.per_channel, self.scheme)[0] \
             if self.quant_weights else self.weight
@@ -217,7 +220,7 @@ class QuantConv2d(nn.Conv2d, _QuantWeightLayer):
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", weight_bits={self.weight_bits}, per_channel={self.per_channel}, scheme={self.scheme}"
+        return super().extra_repr() + self._quant_repr()
 
 
 class QuantLinear(nn.Linear, _QuantWeightLayer):
@@ -238,7 +241,7 @@ class QuantLinear(nn.Linear, _QuantWeightLayer):
         return F.linear(x, self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", weight_bits={self.weight_bits}, per_channel={self.per_channel}, scheme={self.scheme}"
+        return super().extra_repr() + self._quant_repr()
 
 
 QUANT_LAYERS = (QuantConv2d, QuantLinear)

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from qsal._atomic import atomic_path  # noqa: E402
+from qsal._atomic import save_figure_atomic  # noqa: E402
 
 __all__ = ["save_saliency_grid", "to_display"]
 
@@ -55,8 +55,4 @@ def save_saliency_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: st
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path)
