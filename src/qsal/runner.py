@@ -282,8 +282,9 @@ def collect_results(run_dir: str | Path) -> dict:
     grids = []
     for img_path in sorted(run_dir.glob("*/*/seed*/fp32/explain_images.npy")):
         group = img_path.parents[1]
-        maps = {p.parent.name: np.load(p)[:6] for p in sorted(group.glob("*/saliency_maps.npy"))}
-        maps = {"fp32": maps.pop("fp32"), **maps}
+        found = {p.parent.name: p for p in group.glob("*/saliency_maps.npy")}
+        labels = [r["label"] for r in results if r["label"] in found]
+        maps = {label: np.load(found[label])[:6] for label in dict.fromkeys(labels)}
         from qsal.saliency.plot import save_saliency_grid
 
         grids.append(str(save_saliency_grid(np.load(img_path)[:6], maps, group / "saliency_grid.png",
