@@ -59,3 +59,13 @@ def test_already_quantized_checkpoint_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["quantize", str(tmp_path / "q/best.safetensors"), "--out", str(tmp_path / "q2")]) == 2
     assert "already quantized" in capsys.readouterr().err
+
+
+def test_pact_saliency_guided_training_from_the_cli_reloads_and_explains(tmp_path, capsys):
+    out = tmp_path / "sgt_pact"
+    assert main(["train", "--epochs", "2", "--pact-bits", "4", "--saliency-guided", "--out", str(out), "--no-progress"]) == 0
+    meta = json.loads((out / "best.json").read_text())
+    assert meta["quant"]["method"] == "pact" and meta["quant"]["bits"] == 4 and meta["step"]["step"] == "saliency_guided"
+    assert main(["explain", str(out / "best.safetensors"), "--method", "gradcam", "--n", "2",
+                 "--out", str(tmp_path / "gc.png")]) == 0
+    assert (tmp_path / "gc.png").stat().st_size > 1000

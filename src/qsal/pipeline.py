@@ -70,7 +70,8 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
         fit(net, train, val, replace(config, epochs=warmup), out / "fp32_warmup", step=step, meta=meta)
         qcfg = PACTConfig(bits=pact_bits)
         net = quantize(net, qcfg, calibration=train)
-        meta["quant"] = {**qcfg.to_dict(), "fp32_warmup_epochs": warmup}
+        meta["quant"] = qcfg.to_dict()
+        meta["fp32_warmup_epochs"] = warmup
         config = replace(config, epochs=max(1, config.epochs - warmup))
     result = fit(net, train, val, config, out, step=step, meta=meta)
     metrics = evaluate(net, test, seed=config.seed)
