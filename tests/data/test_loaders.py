@@ -154,3 +154,13 @@ def test_random_shift_moves_content_by_at_most_max_px():
     rows, cols = pos // 28, pos % 28
     assert ((rows - 14).abs() <= 2).all() and ((cols - 14).abs() <= 2).all()
     assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(8))
+
+
+def test_channel_conversion_both_ways():
+    gray = load_split("breastmnist", "test")
+    rgb = gray.with_channels(3)
+    assert rgb.images.shape[-1] == 3 and rgb.info.n_channels == 3 and len(rgb.info.mean) == 3
+    np.testing.assert_array_equal(rgb.images[..., 2], gray.images[..., 0])
+    back = rgb.with_channels(1)
+    np.testing.assert_array_equal(back.images, gray.images)  # luma of an equal-channel pixel is the pixel
+    assert rgb.tensors()[0].shape[1] == 3

@@ -43,6 +43,25 @@ class ImageSplit:
         y = y.float() if self.info.task == TASK_MULTILABEL else y.long()
         return x.contiguous(), y
 
+    def with_channels(self, channels: int) -> "ImageSplit":
+        """The same images with 1 (ITU-R 601 luma) or 3 (gray repeated) channels, for a model of the other kind."""
+        from dataclasses import replace
+
+        have = self.images.shape[-1]
+        if channels == have:
+            return self
+        if channels == 3 and have == 1:
+            images = np.repeat(self.images, 3, axis=-1)
+        elif channels == 1 and have == 3:
+            luma = self.images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            images = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+        else:
+            raise QsalError(f"cannot convert {have}-channel images to {channels} channels; use 1 or 3")
+        mean, std = self.info.mean, self.info.std
+        m, sd = (mean * 3, std * 3) if channels == 3 else ((float(np.mean(mean)),), (float(np.mean(std)),))
+        info = replace(self.info, n_channels=channels, mean=tuple(m)[:channels], std=tuple(sd)[:channels])
+        return ImageSplit(info, self.split, images, self.labels, self.source)
+
     def subset(self, n: int, seed: int = 0) -> "ImageSplit":
         """A seeded random subset of ``n`` images (all of them when ``n >= len(self)``)."""
         if n >= len(self):
