@@ -37,7 +37,7 @@ CACHE = Path(__file__).resolve().parents[1] / "runs" / "bench"
 # FP32 epochs, and fine-tuning epochs for QAT / PACT, per (dataset, model): shortened to fit a 2-core CPU.
 SCHEDULE = {
     ("pneumoniamnist", "small_cnn"): (20, 2, 4), ("pneumoniamnist", "edge_mbv2"): (15, 1, 2),
-    ("pneumoniamnist", "resnet18"): (4, 1, 1),
+    ("pneumoniamnist", "resnet18"): (2, 1, 1),
     ("breastmnist", "small_cnn"): (60, 5, 10), ("breastmnist", "edge_mbv2"): (60, 5, 10),
     ("breastmnist", "resnet18"): (25, 2, 3),
     ("retinamnist", "small_cnn"): (50, 4, 8), ("retinamnist", "edge_mbv2"): (40, 4, 8),

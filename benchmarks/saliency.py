@@ -45,7 +45,7 @@ PLAN = {
     "pneumoniamnist": ("small_cnn", None, 12, 3, 0.5, None),
     "retinamnist": ("small_cnn", None, 30, 6, 0.5, None),
     "mnist": ("small_cnn", 20000, 3, 1, 0.5, 10000),
-    "cifar10": ("resnet20", 5000, 5, 1, 0.1, None),
+    "cifar10": ("resnet20", 4000, 4, 1, 0.1, None),
 }
 BITS = (8, 4, 2)
 
