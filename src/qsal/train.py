@@ -27,7 +27,7 @@ from qsal.data.arrays import ImageSplit
 from qsal.data.registry import TASK_MULTILABEL
 from qsal.data.transforms import random_hflip, random_shift
 from qsal.errors import QsalError
-from qsal.evaluate import auc_score, predict_logits, scores_from_logits
+from qsal.evaluate import acc_score, auc_score, predict_logits, scores_from_logits
 
 __all__ = ["TrainConfig", "ClassificationStep", "task_loss", "fit", "FitResult", "resolve_device", "seed_everything"]
 
@@ -110,6 +110,7 @@ class FitResult:
     best_score: float
     history: list = field(default_factory=list)
     seconds: float = 0.0
+    best_state: dict | None = field(default=None, repr=False)  # in memory when there is no out_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,8 +132,6 @@ def _validation_score(model, xv, yv, task, select_on, device) -> tuple[float, di
     logits = predict_logits(model, xv, device=str(device))
     loss = float(task_loss(torch.from_numpy(logits), yv, task))
     scores = scores_from_logits(logits, task)
-    from qsal.evaluate import acc_score
-
     auc, acc = auc_score(yv.numpy(), scores, task), acc_score(yv.numpy(), scores, task)
     score = {"auc": auc, "acc": acc, "loss": -loss}[select_on]
     return (score if not math.isnan(score) else -math.inf), {"val_loss": loss, "val_auc": auc, "val_acc": acc}
@@ -238,6 +237,6 @@ def _restore_best(model: nn.Module, best: FitResult) -> None:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(best.best_path)))
-    elif getattr(best, "best_state", None) is not None:
+    elif best.best_state is not None:
         model.load_state_dict(best.best_state)
     model.cpu()
