@@ -161,10 +161,17 @@ def main() -> None:
     ap.add_argument("--bench-seconds", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "quantization"))
+    ap.add_argument("--merge", nargs="+", help="combine result JSONs of runs split by dataset into --out")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        full = next((p for p in parts if "environment" in p), {"environment": environment()})
+        merged = {**full, "rows": [r for p in parts for r in p["rows"]], "merged_from": args.merge,
+                  "seconds": sum(p.get("seconds", 0.0) for p in parts)}
+        return _write(out, merged, args.seed)
     torch.set_num_threads(args.threads)
     root = data_dir(args.data_dir)
-    out = Path(args.out)
     partial = out.with_suffix(".partial.json")
     rows = json.loads(partial.read_text())["rows"] if partial.is_file() else []
     done = {(r["dataset"], r["model"]) for r in rows}
@@ -181,17 +188,22 @@ def main() -> None:
               "note": "Shortened schedules (MedMNIST trains 100 epochs); ResNet-18 fine-tunes on 1200 training images. "
                       "Accuracy columns are the ONNX artifact's.",
               "environment": environment(), "seconds": time.perf_counter() - t_start, "rows": rows}
+    _write(out, result, args.seed)
+    partial.unlink(missing_ok=True)
+
+
+def _write(out: Path, result: dict, seed: int) -> None:
+    rows = result["rows"]
     write_json_atomic(out.with_suffix(".json"), result)
     table = results_table(rows, COLUMNS)
     env = result["environment"]
     text = (f"# Quantization benchmark (MedMNIST 28 px)\n\nCPU {env['cpu']}; latency: onnxruntime "
             f"{env['versions']['onnxruntime']}, 1 thread, each configuration in a fresh process, all in one run; "
-            f"seed {args.seed}.\n**Shortened schedules** (epochs column: FP32 training epochs for fp32, fine-tuning "
+            f"seed {seed}.\n**Shortened schedules** (epochs column: FP32 training epochs for fp32, fine-tuning "
             "epochs for QAT/PACT; MedMNIST trains 100; ResNet-18 fine-tunes on a seeded 1,200-image subset). Accuracy/AUC are measured on the exported ONNX artifact "
             "with onnxruntime; the fake-quant PyTorch figures and the logit parity are in quantization.json.\n\n"
             f"{table}\n")
     write_text_atomic(out.with_suffix(".md"), text)
-    partial.unlink(missing_ok=True)
     print(text)
 
 
