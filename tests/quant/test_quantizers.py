@@ -54,14 +54,14 @@ def test_pact_alpha_actually_learns_under_training():
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 2, (64,))
     q = quantize(net, PACTConfig(bits=2, num_calibration=64), calibration=x)
     pacts = [m for m in q.modules() if isinstance(m, PACTQuantizer)]
-    before = [float(p.alpha) for p in pacts]
+    before = [float(p.alpha.detach()) for p in pacts]
     opt = torch.optim.Adam(q.parameters(), lr=1e-2)
     for _ in range(20):
         loss = nn.functional.cross_entropy(q(x), y) + sum(p.regularization() for p in pacts)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = [float(p.alpha) for p in pacts]
+    after = [float(p.alpha.detach()) for p in pacts]
     assert all(abs(a - b) > 1e-3 for a, b in zip(after, before)), (before, after)
 
 
