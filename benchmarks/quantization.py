@@ -24,7 +24,7 @@ from _common import RESULTS, data_dir  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
-from qsal.evaluate import compute_metrics  # noqa: E402
+from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
 from qsal.export.bench import bench_onnx, bench_torch  # noqa: E402
 from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
@@ -61,8 +61,7 @@ def _artifact_metrics(onnx_path: Path, test, ref_logits: np.ndarray | None) -> d
 def _torch_logits(ckpt: str, test) -> tuple[np.ndarray, dict]:
     model, _ = load_checkpoint(ckpt)
     x, y = test.tensors()
-    with torch.no_grad():
-        logits = torch.cat([model.eval()(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+    logits = predict_logits(model, x)
     m = compute_metrics(y.numpy(), logits, test.info.task, n_bootstrap=0)
     return logits, {"torch_test_auc": m.auc, "torch_test_acc": m.acc}
 

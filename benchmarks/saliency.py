@@ -27,7 +27,7 @@ from _common import RESULTS, data_dir  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
-from qsal.evaluate import compute_metrics  # noqa: E402
+from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
 from qsal.pipeline import load_splits, quantize_checkpoint  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig  # noqa: E402
@@ -76,10 +76,7 @@ def _train(ds, model_name, train, val, epochs, step, out, seed, threads) -> tupl
 
 
 def _model_fn(model):
-    def fn(a):
-        with torch.no_grad():
-            return torch.cat([model(torch.from_numpy(a[i:i + 512])) for i in range(0, len(a), 512)]).numpy()
-    return fn
+    return lambda a: predict_logits(model, torch.from_numpy(a), batch_size=512)
 
 
 def run_dataset(ds: str, root: str, seed: int, n_eval: int, threads: int, log) -> tuple[list[dict], str]:

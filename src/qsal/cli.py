@@ -191,7 +191,7 @@ _SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_dataset
 def build_parser() -> argparse.ArgumentParser:
     from qsal import cli_quant
 
-    cli_quant.register(command, _SETUP, _data_args)
+    cli_quant.register(command, _SETUP)
     parser = argparse.ArgumentParser(prog="qsal", description="Quantized, saliency-guided image classifiers "
                                      "for edge hardware. Start with `qsal demo`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -89,7 +89,7 @@ def _setup_bench(p):
     p.add_argument("--json", help="also write the results to this JSON file")
 
 
-def register(command, setup: dict, data_args) -> None:
+def register(command, setup: dict) -> None:
     for name, fn, help_text, setup_fn in (
         ("quantize", cmd_quantize, "quantize a checkpoint: PTQ (4 observers), QAT, PACT (2-8 bit) or weight-only",
          _setup_quantize),

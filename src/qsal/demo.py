@@ -17,16 +17,11 @@ from qsal.provenance import environment
 
 __all__ = ["run_demo", "DEMO_STAGES"]
 
-DEMO_STAGES = ("fp32", "ptq-int8", "qat-int8", "pact-4", "sgt+pact-4")
 
-
-def _artifact_metrics(onnx_path: Path, test) -> dict:
-    from qsal.evaluate import compute_metrics
-    from qsal.runtime import Runtime
-
-    logits = Runtime(onnx_path).predict_logits(test.images)
-    m = compute_metrics(test.labels, logits, test.info.task, n_bootstrap=200)
+def _onnx_scores(m) -> dict:
     return {"onnx_auc": m.auc, "onnx_acc": m.acc}
+
+DEMO_STAGES = ("fp32", "ptq-int8", "qat-int8", "pact-4", "sgt+pact-4")
 
 
 def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=None, quick: bool = False,
@@ -36,7 +31,8 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
 
     from qsal.checkpoint import load_checkpoint
     from qsal.export.bench import bench_onnx
-    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
+    from qsal.evaluate import predict_logits
+    from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.report import write_report
     from qsal.saliency import SaliencyGuidedStep, explain
@@ -79,14 +75,10 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         maps[name] = explain(model_obj, x_sal, "integrated_gradients").numpy()
         faith_maps = explain(model_obj, x_faith, "gradient_abs").numpy()
 
-        def model_fn(a, m=model_obj):
-            with torch.no_grad():
-                return m(torch.from_numpy(a)).numpy()
-
-        faith = faithfulness_curve(model_fn, x_faith.numpy(), y_faith.numpy(), faith_maps, fill="constant", seed=seed)
+        faith = faithfulness_curve(lambda a, m=model_obj: predict_logits(m, torch.from_numpy(a)), x_faith.numpy(), y_faith.numpy(), faith_maps, fill="constant", seed=seed)
         rows.append({"model": name, "test_auc": metrics["auc"], "test_acc": metrics["acc"],
                      "auc_ci": metrics["ci"].get("auc"), "sensitivity": metrics.get("sensitivity"),
-                     "specificity": metrics.get("specificity"), **_artifact_metrics(onnx_path, test),
+                     "specificity": metrics.get("specificity"), **_onnx_scores(evaluate_onnx(onnx_path, test)),
                      "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
                      "latency_b1_p95_ms": b1["latency_ms_p95"], "throughput_b64": b64["throughput_img_s"],
                      "faithfulness_gap": faith["gap"], "gini": float(np.mean(gini(maps[name]))),

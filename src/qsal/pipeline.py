@@ -15,7 +15,7 @@ from qsal.errors import QsalError
 from qsal.provenance import environment
 from qsal.train import TrainConfig
 
-__all__ = ["train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint", "write_card", "data_meta",
+__all__ = ["train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint", "write_card", "evaluate_onnx", "data_meta",
            "load_splits"]
 
 
@@ -148,6 +148,15 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
                                   "train_seconds": seconds, "parent_checkpoint": str(checkpoint)})
     return {"checkpoint": str(path), "method": qconfig.label, "test_auc": metrics.auc, "test_acc": metrics.acc,
             "auc_95ci": metrics.ci.get("auc")}
+
+
+def evaluate_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: int = 0):
+    """``Metrics`` of the deployed artifact itself (onnxruntime, the exported preprocessing) on ``split``."""
+    from qsal.evaluate import compute_metrics
+    from qsal.runtime import Runtime
+
+    logits = Runtime(onnx_path).predict_logits(split.images)
+    return compute_metrics(split.labels, logits, split.info.task, n_bootstrap=n_bootstrap)
 
 
 def export_checkpoint(checkpoint: str, out: str | os.PathLike, card: bool = True) -> dict:

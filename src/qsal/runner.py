@@ -73,11 +73,10 @@ def _log(cell_dir: Path, message: str) -> None:
 def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
     import torch
 
-    from qsal.evaluate import compute_metrics
-    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
+    from qsal.evaluate import predict_logits
+    from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
-    from qsal.runtime import Runtime
     from qsal.saliency import SaliencyGuidedStep
     from qsal.train import TrainConfig
 
@@ -107,8 +106,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
               "auc_ci": metrics["ci"].get("auc"), "sensitivity": metrics.get("sensitivity"),
               "specificity": metrics.get("specificity"), "train_s": seconds}
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False)
-    logits = Runtime(cell / "model.onnx").predict_logits(test.images)
-    art = compute_metrics(test.labels, logits, test.info.task, n_bootstrap=0)
+    art = evaluate_onnx(cell / "model.onnx", test)
     result.update(onnx_auc=art.auc, onnx_acc=art.acc, size_bytes=exp["size_bytes"])
     if cfg.measure.latency:
         from qsal.export.bench import bench_onnx
@@ -131,11 +129,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
         if spec.kind == "fp32":
             np.save(cell / "explain_images.npy", to_display(x.numpy(), sub.info.mean, sub.info.std))
 
-        def fn(a):
-            with torch.no_grad():
-                return model.eval()(torch.from_numpy(a)).numpy()
-
-        faith = faithfulness_curve(fn, x.numpy(), y.numpy(), maps, seed=spec.seed)
+        faith = faithfulness_curve(lambda a: predict_logits(model, torch.from_numpy(a)), x.numpy(), y.numpy(), maps, seed=spec.seed)
         result.update(faithfulness_gap=faith["gap"], gini=float(np.mean(gini(maps))))
     if cfg.measure.latency:
         write_card(str(ckpt), cell / "model.onnx", bench, explanations={
