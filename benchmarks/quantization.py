@@ -29,7 +29,7 @@ from qsal.export.bench import bench_onnx, bench_torch  # noqa: E402
 from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig, PTQConfig, QATConfig  # noqa: E402
-from qsal.report import results_table  # noqa: E402
+from qsal.study.report import results_table  # noqa: E402
 from qsal.runtime import Runtime  # noqa: E402
 from qsal.train import TrainConfig  # noqa: E402
 

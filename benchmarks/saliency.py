@@ -31,7 +31,7 @@ from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
 from qsal.pipeline import load_splits, quantize_checkpoint  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig  # noqa: E402
-from qsal.report import results_table  # noqa: E402
+from qsal.study.report import results_table  # noqa: E402
 from qsal.saliency import SaliencyGuidedStep, explain  # noqa: E402
 from qsal.saliency.metrics import agreement, faithfulness_curve, gini  # noqa: E402
 from qsal.saliency.plot import save_saliency_grid, to_display  # noqa: E402

@@ -184,7 +184,7 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
 
     from qsal.checkpoint import read_meta
     from qsal.export.bench import bench_onnx
-    from qsal.model_card import write_model_card
+    from qsal.export.model_card import write_model_card
 
     metrics_file = Path(checkpoint).with_name("metrics.json")
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None

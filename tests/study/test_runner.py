@@ -3,8 +3,8 @@ import json
 import pytest
 
 from qsal.errors import QsalError
-from qsal.run_config import parse_run_config
-from qsal.runner import collect_results, plan_groups, report_run, run_study
+from qsal.study.config import parse_run_config
+from qsal.study.runner import collect_results, plan_groups, report_run, run_study
 
 TINY = {"name": "tiny", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
         "bits": [4], "observers": ["minmax"], "seeds": [0], "epochs": {"fp32": 1, "finetune": 1},

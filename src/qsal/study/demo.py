@@ -34,7 +34,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     from qsal.evaluate import predict_logits
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
-    from qsal.report import write_report
+    from qsal.study.report import write_report
     from qsal.saliency import SaliencyGuidedStep, explain
     from qsal.saliency.metrics import agreement, faithfulness_curve, gini
     from qsal.saliency.plot import save_saliency_grid, to_display

@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from qsal.report import pareto_front, results_table, write_report
+from qsal.study.report import pareto_front, results_table, write_report
 from qsal.saliency.plot import save_saliency_grid
 
 

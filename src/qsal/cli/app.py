@@ -135,7 +135,7 @@ def _setup_evaluate(p):
 
 @command("demo", "the main job on the embedded BreastMNIST: train, evaluate (and more, see --help)")
 def cmd_demo(args):
-    from qsal.demo import run_demo
+    from qsal.study.demo import run_demo
 
     run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed)
 
@@ -150,7 +150,7 @@ def _setup_demo(p):
 
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
 def cmd_run(args):
-    from qsal.runner import report_run, run_study
+    from qsal.study.runner import report_run, run_study
 
     statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=not args.no_progress)
@@ -173,7 +173,7 @@ def _setup_run(p):
 
 @command("report", "markdown + self-contained HTML report of a run directory (tables, plots, saliency grids)")
 def cmd_report(args):
-    from qsal.runner import report_run
+    from qsal.study.runner import report_run
 
     rep = report_run(args.run_dir)
     print(rep["table"])
@@ -189,7 +189,7 @@ _SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qsal import cli_quant
+    from qsal.cli import deploy as cli_quant
 
     cli_quant.register(command, _SETUP)
     parser = argparse.ArgumentParser(prog="qsal", description="Quantized, saliency-guided image classifiers "

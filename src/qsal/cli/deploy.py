@@ -99,6 +99,6 @@ def register(command, setup: dict) -> None:
     ):
         command(name, help_text)(fn)
         setup[name] = setup_fn
-    from qsal import cli_explain
+    from qsal.cli import explain as cli_explain
 
     cli_explain.register(command, setup)

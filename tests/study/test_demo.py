@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from qsal.demo import run_demo
+from qsal.study.demo import run_demo
 
 
 @pytest.mark.slow

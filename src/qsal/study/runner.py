@@ -21,7 +21,7 @@ import numpy as np
 
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
-from qsal.run_config import RunConfig, load_run_config, parse_run_config
+from qsal.study.config import RunConfig, load_run_config, parse_run_config
 
 __all__ = ["CellSpec", "plan_groups", "run_study", "collect_results", "report_run"]
 
@@ -289,7 +289,7 @@ def collect_results(run_dir: str | Path) -> dict:
 def report_run(run_dir: str | Path) -> dict:
     """Write ``report.md`` / ``report.html`` for a run directory; returns their paths and the table."""
     from qsal.provenance import environment
-    from qsal.report import write_report
+    from qsal.study.report import write_report
 
     collected = collect_results(run_dir)
     cfg = json.loads((Path(run_dir) / "run_config.json").read_text())["config"]

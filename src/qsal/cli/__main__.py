@@ -1,0 +1,5 @@
+import sys
+
+from qsal.cli.app import main
+
+sys.exit(main())

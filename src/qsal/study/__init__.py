@@ -1,0 +1,1 @@
+"""The study side: typed YAML study configs, the resumable cell runner, the demo and the report."""
