@@ -56,7 +56,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     if saliency_guided:
         from qsal.saliency import SaliencyGuidedStep
 
-        step = SaliencyGuidedStep(info.task, k=sgt_k, lam=sgt_lambda)
+        step = SaliencyGuidedStep(info.task, k=sgt_k, lam=sgt_lambda, seed=config.seed)
     out = Path(out_dir)
     if pact_bits is not None:
         # PACT from scratch: a short FP32 warm-up (a quarter of the epochs) first, so the clipping levels
@@ -78,7 +78,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     _write_metrics(out, metrics, {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch,
                                   "train_seconds": result.seconds, "config": config.to_dict(), "seed": config.seed,
                                   "dataset": dataset, "model": model, "quant": meta["quant"],
-                                  "saliency_guided": {"k": sgt_k, "lambda": sgt_lambda} if saliency_guided else None})
+                                  "saliency_guided": step.describe() if saliency_guided else None})
     return {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "test_auc": metrics.auc,
             "test_acc": metrics.acc, "auc_95ci": metrics.ci.get("auc"), "train_seconds": round(result.seconds, 1)}
 

@@ -143,7 +143,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     """Train ``model`` on ``train``, select on ``val``, save the best epoch under ``out_dir``.
 
     Args:
-        step: ``step(model, x, y) -> {"loss", "logits"}``; defaults to ``ClassificationStep``.
+        step: ``step(model, x, y) -> {"loss", "logits"}``; defaults to ``ClassificationStep``. A step
+            with random state exposes ``state_dict()`` (tensors) / ``load_state_dict()`` for the resume state.
         meta: extra JSON for the checkpoint (``arch``, ``quant``, ``data``...); config and seed are added.
         callbacks: ``cb(model, epoch, epochs)`` run at the start of every epoch (QAT freezing).
     Returns:
@@ -177,6 +178,10 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        if "step" in state and hasattr(step, "load_state_dict"):
+            step.load_state_dict(state["step"])  # e.g. SGT's random-fill generator
         start_epoch = int(state["epoch"]) + 1
         best = FitResult(out / "best.safetensors", int(state["best_epoch"]), float(state["best_score"]),
                          list(state.get("history", [])))
@@ -225,6 +230,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             save_training_state(out / "last.pt", {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                **({"step": step.state_dict()} if hasattr(step, "state_dict") else {}),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history})
     best.seconds = time.perf_counter() - t0
     _restore_best(model, best)

@@ -27,7 +27,8 @@ def cmd_quantize(args):
         from qsal.checkpoint import read_meta
         from qsal.saliency import SaliencyGuidedStep
 
-        step = SaliencyGuidedStep(read_meta(args.checkpoint)["dataset"]["task"], k=args.sgt_k, lam=args.sgt_lambda)
+        step = SaliencyGuidedStep(read_meta(args.checkpoint)["dataset"]["task"], k=args.sgt_k, lam=args.sgt_lambda,
+                                  seed=args.seed)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
                                  data_dir=args.data_dir, seed=args.seed, progress=not args.no_progress, step=step)
     print(json.dumps(result, indent=2))

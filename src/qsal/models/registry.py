@@ -28,7 +28,8 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: int = 28,
+                 seed: int | None = None) -> nn.Module:
     """Build a registered model with freshly initialised weights.
 
     Args:
@@ -36,12 +37,19 @@ def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: 
         num_classes: outputs of the classifier (labels, for multi-label tasks).
         in_channels: 1 for grayscale, 3 for RGB.
         image_size: input height = width in pixels.
+        seed: initialise the weights from ``torch.manual_seed(seed)`` (the global random state is left
+            as it was), so the same seed gives the same model; ``None`` draws from the global state.
     """
     if name not in _REGISTRY:
         raise QsalError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     if num_classes < 1 or in_channels not in (1, 3):
         raise QsalError(f"bad model shape: num_classes={num_classes}, in_channels={in_channels} (1 or 3)")
-    model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    if seed is None:
+        model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    else:
+        with torch.random.fork_rng(devices=[]):  # models are built on the CPU: only its generator is seeded
+            torch.default_generator.manual_seed(seed)
+            model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     model.qsal_arch = {"name": name, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     model.qsal_untrained = True  # cleared by fit() and load_checkpoint(); export refuses an untrained model
     return model

@@ -14,6 +14,7 @@ from captum.attr import (InputXGradient, IntegratedGradients, LayerAttribution, 
 from torch import nn
 
 from qsal.errors import QsalError
+from qsal.saliency.targets import multilabel_target_weights
 
 __all__ = ["explain", "METHODS", "last_conv_layer", "randomization_check"]
 
@@ -37,11 +38,21 @@ def _check(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     if want_c is not None and x.shape[1] != want_c:
         raise QsalError(f"images have {x.shape[1]} channel(s) but the model takes {want_c}")
     n_classes = arch.get("num_classes")
-    if n_classes is not None and target is not None:
+    if target is not None and torch.as_tensor(target).dim() == 2:
+        t = torch.as_tensor(target)
+        if t.shape[0] != x.shape[0] or (n_classes is not None and t.shape[1] != n_classes) or ((t != 0) & (t != 1)).any():
+            raise QsalError(f"multi-label target has shape {tuple(t.shape)}; pass 0/1 label vectors (N, L) for the "
+                            f"{x.shape[0]} images, one column per label of the model")
+    elif n_classes is not None and target is not None:
         t = torch.as_tensor(target)
         if (t < 0).any() or (t >= n_classes).any():
             raise QsalError(f"target {t.tolist()} is out of range: the model has classes 0..{n_classes - 1}")
     return x
+
+
+def _weighted_logits(model: nn.Module):
+    """``f(x, w) = (model(x) * w).sum(1)``: a scalar per image for Captum (``w`` is expanded with ``x``)."""
+    return lambda inp, weights: (model(inp) * weights).sum(dim=1)
 
 
 def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gradients", target=None, *,
@@ -54,7 +65,11 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
             gradients (``ig_steps``, constant ``baseline``), SmoothGrad (``n_samples``, noise std as a
             fraction of each image's value range), Grad-CAM (last conv layer, upsampled) and occlusion
             (``window`` x ``window`` patches set to ``baseline``, moved by ``stride``).
-        target: class index per image (int or ``(N,)``); default: the model's predicted class.
+        target: class index per image (int or ``(N,)``); default: the model's predicted class. For a
+            multi-label model, ``(N, L)`` 0/1 label vectors: each image is explained by the sum of its
+            positive labels' logits, or by its most probable label when it has none
+            (``qsal.saliency.targets``); the default (argmax) explains the most probable label.
+        The score explained is the raw logit (Captum's convention), not its log-softmax.
     Returns:
         Tensor ``(N, C, H, W)``, detached, on the CPU.
     """
@@ -68,23 +83,28 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
             with torch.no_grad():
                 target = model(x).argmax(dim=1)
         target = torch.as_tensor(target).expand(x.shape[0]) if torch.as_tensor(target).dim() == 0 else torch.as_tensor(target)
+        forward, kw = model, {"target": target}
+        if target.dim() == 2:  # multi-label: one score per image, the weighted sum of its target labels' logits
+            with torch.no_grad():
+                weights = torch.from_numpy(multilabel_target_weights(target.numpy(), model(x).numpy()))
+            forward, kw = _weighted_logits(model), {"target": None, "additional_forward_args": (weights,)}
         x = x.clone().requires_grad_(True)
         if method in ("gradient", "gradient_abs"):
-            out = Saliency(model).attribute(x, target=target, abs=method == "gradient_abs")
+            out = Saliency(forward).attribute(x, abs=method == "gradient_abs", **kw)
         elif method == "input_x_gradient":
-            out = InputXGradient(model).attribute(x, target=target)
+            out = InputXGradient(forward).attribute(x, **kw)
         elif method == "integrated_gradients":
-            out = IntegratedGradients(model).attribute(x, baselines=baseline, target=target, n_steps=ig_steps)
+            out = IntegratedGradients(forward).attribute(x, baselines=baseline, n_steps=ig_steps, **kw)
         elif method == "smoothgrad":
             spread = (x.detach().amax(dim=(1, 2, 3)) - x.detach().amin(dim=(1, 2, 3))).mean().item()
-            out = NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=n_samples,
-                                                         stdevs=noise_std * spread, target=target, abs=False)
+            out = NoiseTunnel(Saliency(forward)).attribute(x, nt_type="smoothgrad", nt_samples=n_samples,
+                                                           stdevs=noise_std * spread, abs=False, **kw)
         elif method == "gradcam":
-            cam = LayerGradCam(model, last_conv_layer(model)).attribute(x, target=target, relu_attributions=True)
+            cam = LayerGradCam(forward, last_conv_layer(model)).attribute(x, relu_attributions=True, **kw)
             out = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear").expand_as(x)
         else:
-            out = Occlusion(model).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
-                                             strides=(x.shape[1], stride, stride), baselines=baseline, target=target)
+            out = Occlusion(forward).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
+                                               strides=(x.shape[1], stride, stride), baselines=baseline, **kw)
     finally:
         model.train(was_training)
     return out.detach().cpu().contiguous()

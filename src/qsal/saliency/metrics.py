@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from qsal.saliency.targets import multilabel_target_weights
+
 __all__ = ["pixel_saliency", "remove_features", "faithfulness_curve", "deletion_insertion", "agreement",
            "spearman_per_image", "topk_iou", "ssim_per_image", "gini", "FRACTIONS"]
 
@@ -49,13 +51,20 @@ def remove_features(x: np.ndarray, order: np.ndarray, fraction: float, fill: str
 
 
 def _accuracy(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
+    """Multi-class: argmax == ``y`` ``(N,)``. Multi-label ``y`` ``(N, L)``: the MedMNIST multi-label ACC,
+    the fraction of (image, label) decisions ``sigmoid(z) > 0.5`` (i.e. ``z > 0``) that match ``y``."""
     logits = np.concatenate([model_fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+    if np.ndim(y) == 2:
+        return float(np.mean((logits > 0) == (np.asarray(y) == 1)))
     return float(np.mean(logits.argmax(axis=1) == y))
 
 
 def faithfulness_curve(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, maps: np.ndarray,
                        fractions=FRACTIONS, fill: str = "constant", seed: int = 0) -> dict:
     """Accuracy after removing the top-t most salient pixels, and after removing t random pixels.
+
+    ``y``: ``(N,)`` class indices, or ``(N, L)`` 0/1 label vectors for a multi-label model (accuracy is
+    then the MedMNIST multi-label ACC over all labels).
 
     Returns ``fractions``, ``acc_top``, ``acc_random``, their areas (mean accuracy over the fractions)
     and ``gap = area_random - area_top``: the larger, the more the map points at what the model uses.
@@ -76,6 +85,10 @@ def faithfulness_curve(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, maps: np
 def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, maps: np.ndarray, steps: int = 20) -> dict:
     """Deletion and insertion AUC (Petsiuk et al. 2018) of the target class probability.
 
+    ``target``: ``(N,)`` class indices (softmax probability), or ``(N, L)`` 0/1 label vectors of a
+    multi-label model: the mean sigmoid probability of the labels each image is explained by
+    (``qsal.saliency.targets``: its positive labels, else its most probable label on the intact image).
+
     Deletion removes the most salient pixels first (lower AUC = more faithful); insertion reveals them
     first on a blank (each image's minimum) canvas (higher = more faithful).
     """
@@ -85,6 +98,10 @@ def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, map
     blank = np.broadcast_to(x.reshape(n, -1).min(axis=1).reshape(n, 1, 1, 1), x.shape)
     deletion, insertion = [], []
     rows = np.arange(n)[:, None]
+    weights = None
+    if np.ndim(target) == 2:
+        weights = multilabel_target_weights(target, model_fn(x.astype(np.float32)))
+        weights = weights / weights.sum(axis=1, keepdims=True)
     for s in range(steps + 1):
         count = int(round(s / steps * h * w))
         mask = np.zeros((n, h * w), dtype=bool)
@@ -92,6 +109,9 @@ def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, map
         mask = np.broadcast_to(mask.reshape(n, 1, h, w), x.shape)
         for curve, img in ((deletion, np.where(mask, blank, x)), (insertion, np.where(mask, x, blank))):
             logits = model_fn(img.astype(np.float32)).astype(np.float64)
+            if weights is not None:
+                curve.append((weights / (1.0 + np.exp(-logits))).sum(axis=1))
+                continue
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             curve.append((e / e.sum(axis=1, keepdims=True))[np.arange(n), target])
     d, i = np.stack(deletion, axis=1), np.stack(insertion, axis=1)  # (N, steps+1)
