@@ -38,7 +38,7 @@ def _write_metrics(out: Path, metrics, extra: dict) -> Path:
 
 def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os.PathLike, *, data_dir=None,
                 size: int | None = None, download: bool = False, saliency_guided: bool = False, sgt_k: float = 0.5,
-                sgt_lambda: float = 1.0, pact_bits: int | None = None) -> dict:
+                sgt_lambda: float = 1.0, pact_bits: int | None = None, sgt_target: str = "log_softmax") -> dict:
     """Train ``model`` on ``dataset`` (optionally PACT-quantized and/or saliency-guided), evaluate on test.
 
     Writes ``out_dir/best.safetensors`` + ``best.json`` (the checkpoint) and ``out_dir/metrics.json``.
@@ -56,7 +56,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     if saliency_guided:
         from qsal.saliency import SaliencyGuidedStep
 
-        step = SaliencyGuidedStep(info.task, k=sgt_k, lam=sgt_lambda, seed=config.seed)
+        step = SaliencyGuidedStep(info.task, k=sgt_k, lam=sgt_lambda, seed=config.seed, target=sgt_target)
     out = Path(out_dir)
     if pact_bits is not None:
         # PACT from scratch: a short FP32 warm-up (a quarter of the epochs) first, so the clipping levels

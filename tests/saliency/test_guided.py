@@ -87,12 +87,12 @@ def test_sgt_step_leaves_module_state_as_a_plain_step_does(tiny_splits, quant):
     plain step on the same batch: the masked pass changes no module state."""
     train, _, _ = tiny_splits
     x, y = train.tensors()
-    x, y = x[:32], y[:32]
+    x, y = x[:8], y[:8]
     base = create_model("resnet20", 2, 1, seed=0)
     if quant == "qat":
-        base = quantize(base, QATConfig(bits=8, num_calibration=64), train)
+        base = quantize(base, QATConfig(bits=8, num_calibration=16), train)
     elif quant == "pact":
-        base = quantize(base, PACTConfig(bits=4, num_calibration=64), train)
+        base = quantize(base, PACTConfig(bits=4, num_calibration=16), train)
     start = _buffers(base)
     plain = _one_step(base, ClassificationStep(TASK_BINARY), x, y)
     base.load_state_dict({**base.state_dict(), **start})
@@ -123,6 +123,7 @@ class _Kill(Exception):
 
 def test_sgt_kill_and_resume_is_bit_identical(tiny_splits, tmp_path):
     train, val, _ = tiny_splits
+    train, val = train.subset(64, 0), val.subset(32, 0)
     config = TrainConfig(epochs=3, batch_size=32, seed=0, progress=False)
 
     def run(out, callbacks=()):

@@ -102,6 +102,7 @@ def cmd_train(args):
     result = train_model(dataset=args.dataset, model=args.model, config=_train_config(args), out_dir=args.out,
                          data_dir=args.data_dir, size=args.size, download=args.download,
                          saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
+                         sgt_target=args.sgt_target,
                          pact_bits=args.pact_bits)
     print(json.dumps(result, indent=2))
 
@@ -114,6 +115,8 @@ def _setup_train(p):
     p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")
     p.add_argument("--sgt-k", type=float, default=0.5, help="fraction of features masked per step")
     p.add_argument("--sgt-lambda", type=float, default=1.0, help="weight of the KL term")
+    p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
+                   help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
     p.add_argument("--pact-bits", type=int, default=None, help="train PACT-quantized at this many bits (2-8)")
 
 

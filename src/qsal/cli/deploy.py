@@ -28,7 +28,7 @@ def cmd_quantize(args):
         from qsal.saliency import SaliencyGuidedStep
 
         step = SaliencyGuidedStep(read_meta(args.checkpoint)["dataset"]["task"], k=args.sgt_k, lam=args.sgt_lambda,
-                                  seed=args.seed)
+                                  seed=args.seed, target=args.sgt_target)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
                                  data_dir=args.data_dir, seed=args.seed, progress=not args.no_progress, step=step)
     print(json.dumps(result, indent=2))
@@ -48,6 +48,8 @@ def _setup_quantize(p):
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
     p.add_argument("--sgt-k", type=float, default=0.5)
     p.add_argument("--sgt-lambda", type=float, default=1.0)
+    p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
+                   help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/quantized")

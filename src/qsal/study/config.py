@@ -9,7 +9,7 @@
     seeds: [0, 1]
     epochs: {fp32: 40, finetune: 10}
     lr: {fp32: 0.001, finetune: 0.0005}
-    sgt: {k: 0.5, lambda: 1.0}
+    sgt: {k: 0.5, lambda: 1.0, target: log_softmax}
     measure: {latency: true, saliency: true, n_explain: 64}
 
 Every problem in a file is reported at once, each with its path (``epochs.fp32: ...``); unknown keys are errors.
@@ -45,6 +45,7 @@ class LearningRates:
 class SGTSettings:
     k: float = 0.5
     lam: float = 1.0
+    target: str = "log_softmax"  # saliency target: log_softmax (the authors') | logit
 
 
 @dataclass
@@ -143,6 +144,8 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
             _check_list(problems, key, values[key], allowed, kind)
     if "sgt" in values and not 0 <= values["sgt"].k < 1:
         problems.append(f"sgt.k: must be a fraction in [0, 1), got {values['sgt'].k}")
+    if "sgt" in values and values["sgt"].target not in ("log_softmax", "logit"):
+        problems.append(f"sgt.target: must be log_softmax or logit, got {values['sgt'].target!r}")
     if "name" in values and not isinstance(values["name"], str):
         problems.append(f"name: must be a string, got {values['name']!r}")
     if problems:

@@ -71,9 +71,6 @@ def _log(cell_dir: Path, message: str) -> None:
 
 
 def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
-    import torch
-
-    from qsal.evaluate import predict_logits
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
@@ -87,11 +84,11 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     parent = lambda label: str(run_dir / spec.dataset / spec.model / f"seed{spec.seed}" / label / "best.safetensors")  # noqa: E731
     t0 = time.perf_counter()
     train, val, test = load_splits(spec.dataset, cfg.data_dir, seed=spec.seed)
-    sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed)
+    sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed, target=cfg.sgt.target)
     if spec.kind in ("fp32", "sgt"):
         tc = TrainConfig(epochs=cfg.epochs.fp32, lr=cfg.lr.fp32, seed=spec.seed, progress=progress)
         train_model(spec.dataset, spec.model, tc, cell, data_dir=cfg.data_dir, saliency_guided=spec.kind == "sgt",
-                    sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam)
+                    sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target)
     else:
         qcfg = {"ptq": lambda: PTQConfig(observer=spec.observer), "qat": QATConfig,
                 "pact": lambda: PACTConfig(bits=spec.bits), "sgt+pact": lambda: PACTConfig(bits=spec.bits)}[spec.kind]()
@@ -117,20 +114,16 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
                       throughput_b64=b64["throughput_img_s"])
     if cfg.measure.saliency:
         from qsal.checkpoint import load_checkpoint
-        from qsal.saliency import explain
-        from qsal.saliency.metrics import faithfulness_curve, gini
         from qsal.saliency.plot import to_display
 
         model, _ = load_checkpoint(ckpt)
         sub = test.subset(cfg.measure.n_explain, 0)  # the same images in every cell
         x, y = sub.tensors()
-        maps = explain(model, x, "gradient_abs", target=y).numpy()
+        maps, measures = explanation_measures(model, x, y, spec.seed)
         np.save(cell / "saliency_maps.npy", maps)
         if spec.kind == "fp32":
             np.save(cell / "explain_images.npy", to_display(x.numpy(), sub.info.mean, sub.info.std))
-
-        faith = faithfulness_curve(lambda a: predict_logits(model, torch.from_numpy(a)), x.numpy(), y.numpy(), maps, seed=spec.seed)
-        result.update(faithfulness_gap=faith["gap"], gini=float(np.mean(gini(maps))))
+        result.update(measures)
     if cfg.measure.latency:
         write_card(str(ckpt), cell / "model.onnx", bench, explanations={
             k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None)
@@ -138,6 +131,20 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     _log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
     write_json_atomic(cell / "result.json", result)
     return result
+
+
+def explanation_measures(model, x, y, seed: int) -> tuple[np.ndarray, dict]:
+    """A cell's saliency step: |gradient| maps of the labels ``y`` (``(N,)``, or ``(N, L)`` multi-label:
+    see ``qsal.saliency.targets``), their faithfulness gap and Gini index. Returns ``(maps, measures)``."""
+    import torch
+
+    from qsal.evaluate import predict_logits
+    from qsal.saliency import explain
+    from qsal.saliency.metrics import faithfulness_curve, gini
+
+    maps = explain(model, x, "gradient_abs", target=y).numpy()
+    faith = faithfulness_curve(lambda a: predict_logits(model, torch.from_numpy(a)), x.numpy(), y.numpy(), maps, seed=seed)
+    return maps, {"faithfulness_gap": faith["gap"], "gini": float(np.mean(gini(maps)))}
 
 
 def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> None:
