@@ -31,3 +31,12 @@ def test_macs_of_a_single_conv_by_hand():
 def test_unknown_model_lists_choices():
     with pytest.raises(QsalError, match="unknown model 'vgg'.*resnet18"):
         create_model("vgg", 2)
+
+
+def test_seeded_construction_is_reproducible_and_leaves_the_global_generator_alone():
+    state = torch.get_rng_state()
+    a, b = create_model("resnet20", 2, 1, seed=7), create_model("resnet20", 2, 1, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    c = create_model("resnet20", 2, 1, seed=8)
+    assert not torch.equal(next(iter(a.parameters())), next(iter(c.parameters())))
