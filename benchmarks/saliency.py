@@ -176,7 +176,7 @@ def _write_results(state: dict, args, seconds: float) -> None:
     plan = {d: dict(zip(("model", "train_subset", "epochs", "pact_finetune_epochs", "sgt_k", "finetune_subset"), v))
             for d, v in PLAN.items()}
     result = {"benchmark": "saliency", "seed": args.seed, "threads": args.threads, "n_eval": args.n_eval, "plan": plan,
-              "sgt": {"lambda": 1.0, "fill": "random", "saliency": "signed gradient, channel mean"},
+              "sgt": {**SaliencyGuidedStep(task="per dataset").describe(), "k": "per dataset (plan)", "seed": args.seed},
               "faithfulness": {"fractions": "0..0.9", "fill": "constant (image minimum)", "maps": "|input gradient|"},
               "environment": environment(), "seconds": seconds, "grids": state["grids"], "rows": rows,
               "complete": sorted(state["grids"]) == sorted(PLAN)}
