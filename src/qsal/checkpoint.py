@@ -27,9 +27,15 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> Pa
     """Write ``path`` (``.safetensors``) and its ``.json`` sidecar atomically.
 
     ``meta`` should hold ``arch`` (``create_model`` arguments) and may hold ``quant`` (a config dict),
-    ``train``, ``data``, ``seed`` and ``metrics``; the environment is added here.
+    ``train``, ``data``, ``seed`` and ``metrics``; the environment is added here, and for a quantized
+    model ``quantization`` (``qsal.quant.describe.describe_quantization``).
     """
     path = Path(path).with_suffix(".safetensors")
+    from qsal.quant.describe import describe_quantization
+
+    quantization = describe_quantization(model)  # scheme, bits, placement, observers, PACT alphas at start/end
+    if quantization:
+        meta = {**meta, "quantization": quantization}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))

@@ -103,7 +103,8 @@ class PACTConfig(QuantConfig):
       - ``weight_per_channel="depthwise"`` (default): one scale per layer as in the paper, except
         depthwise convolutions, which get one per output channel (a per-layer scale breaks
         MobileNets); ``"none"`` is the paper's, ``"all"`` per-channel everywhere.
-      - ``alpha_lr``: alpha trains in its own optimizer parameter group at this learning rate (the
+      - ``alpha_lr``: alpha trains in its own optimizer parameter group at learning rate
+        ``alpha_lr * alpha_start`` (Adam moves a parameter ~lr per step; relative, every clip moves alike; the
         paper trains all parameters with SGD, where alpha's summed gradient is large; with Adam at a
         fine-tune lr alpha does not move). ``None`` puts alpha in the weights' group (qsal < 0.2).
       - ``alpha_init=None``: alpha starts at the 99.9th percentile of calibration |x| (fine-tuning a
@@ -116,7 +117,7 @@ class PACTConfig(QuantConfig):
     first_last_bits: int = 8
     alpha_decay: float = 1e-4
     alpha_init: float | None = None
-    alpha_lr: float | None = 1e-2
+    alpha_lr: float | None = 2e-2  # relative: lr = alpha_lr * alpha_start
     weight_scheme: str = "symmetric"  # symmetric | dorefa | tanh_symmetric
     weight_per_channel: str = "depthwise"  # depthwise | none | all
     quantize_add_inputs: bool = False

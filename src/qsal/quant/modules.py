@@ -91,7 +91,7 @@ class PACTQuantizer(nn.Module):
     The gradient w.r.t. ``alpha`` is 1 where ``x >= alpha`` and 0 elsewhere, as in the paper; an L2
     penalty ``alpha_decay * alpha^2`` is returned by ``regularization()`` and added by the training
     step. ``alpha`` trains in its own optimizer parameter group (``param_group()``, learning rate
-    ``alpha_lr``, read by ``qsal.train.fit``): with one shared Adam learning rate its summed gradient
+    ``alpha_lr * alpha_start``, read by ``qsal.train.fit``): with one shared Adam learning rate its summed gradient
     is normalised away and it barely moves. ``alpha_start`` keeps the clip the fine-tune started from.
     Tensors that take negative values (the normalised input image, a linear bottleneck's output) use
     the symmetric variant ``clip(x, -alpha, alpha)`` with ``2^k - 1`` levels.
@@ -114,10 +114,16 @@ class PACTQuantizer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def param_group(self) -> dict | None:
-        """Optimizer options for this module's parameters (``alpha``), or None to use the model's."""
+        """Optimizer options for ``alpha`` (its own group), or None to train it with the model's options.
+
+        The learning rate is ``alpha_lr`` *relative to the starting clip* (``alpha_lr * alpha_start``):
+        Adam moves a parameter by about its lr per step whatever the gradient's size, so a relative lr
+        moves every clip at the same relative rate, whether it starts at 0.5 or at 20.
+        """
         if self.alpha_lr is None:
             return None
-        return {"lr": self.alpha_lr, "weight_decay": 0.0, "name": "pact_alpha"}  # L2 is in regularization()
+        return {"lr": self.alpha_lr * float(self.alpha_start.abs().clamp_min(1e-3)), "weight_decay": 0.0,
+                "name": "pact_alpha"}  # its L2 penalty is in regularization()
 
     @property
     def n_steps(self) -> int:
