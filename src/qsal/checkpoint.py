@@ -77,6 +77,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     except (SafetensorError, OSError) as e:
         raise QsalError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt") from None
     own = model.state_dict()
+    for k in own:  # PACT checkpoints written before alpha_start existed: the start is unknown, record the clip held
+        if k.endswith(".alpha_start") and k not in state and k[:-len("_start")] in state:
+            state[k] = state[k[:-len("_start")]].clone()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from qsal.errors import QsalError
-from qsal.quant import ActQuantizer, PACTConfig, PACTQuantizer, PTQConfig, QATConfig, quantize
+from qsal.quant import ActQuantizer, PACTConfig, PACTQuantizer, PTQConfig, QATConfig, config_from_dict, quantize
 from qsal.quant.modules import QuantConv2d, quantize_weight
 from qsal.quant.observers import OBSERVERS, ValueSampler, compute_range
 from qsal.quant.ste import round_ste
@@ -190,3 +190,26 @@ def test_quantized_checkpoint_round_trips(tmp_path):
         loaded, meta = load_checkpoint(path)
         assert meta["quant"]["method"] == cfg.method
         assert torch.equal(loaded.eval()(x), q(x))
+
+
+def test_a_version_1_pact_checkpoint_loads_with_the_behaviour_it_was_trained_with(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from qsal.checkpoint import load_checkpoint, save_checkpoint
+    from qsal.models import create_model
+    from qsal.quant.graph import act_quantizers
+
+    old = {"method": "pact", "version": 1, "bits": 4, "first_last_bits": 8, "alpha_decay": 1e-4, "alpha_init": None,
+           "weight_scheme": "dorefa", "num_calibration": 32, "skip": []}
+    cfg = config_from_dict(old)
+    assert (cfg.weight_scheme, cfg.weight_per_channel, cfg.quantize_add_inputs, cfg.alpha_lr) == \
+        ("tanh_symmetric", "none", True, None)
+    x = torch.randn(32, 1, 28, 28)
+    q = quantize(create_model("resnet20", 2, 1).eval(), cfg, x).eval()
+    path = save_checkpoint(q, tmp_path / "old.safetensors", {"arch": q.qsal_arch, "quant": old})
+    state = {k: v for k, v in load_file(str(path)).items() if not k.endswith("alpha_start")}  # as written before
+    save_file(state, str(path))
+    loaded, _ = load_checkpoint(path)
+    assert len(act_quantizers(loaded)) == 32  # add inputs quantized, as then
+    assert all(float(p.alpha_start) == float(p.alpha) for p in act_quantizers(loaded))
+    assert torch.equal(loaded.eval()(x), q(x))

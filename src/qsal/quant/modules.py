@@ -1,7 +1,7 @@
 """Quantizer modules: activation fake-quantizers (min-max/EMA and PACT) and drop-in quantized layers.
 
 ``QuantConv2d`` / ``QuantLinear`` subclass the float layers and keep their constructor; weights are
-fake-quantized on every forward (symmetric, per-channel or per-tensor; DoReFa for PACT), so gradients
+fake-quantized on every forward (``weight_codes``: symmetric, DoReFa; per channel or per tensor), so gradients
 flow through the straight-through estimator for QAT, PACT and saliency maps alike. BatchNorm is folded
 in as a per-channel ``bn_scale`` on the quantized weights, which keeps the integer weights unchanged.
 """
