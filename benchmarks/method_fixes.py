@@ -47,7 +47,8 @@ def variants(bits: list[int], dorefa: bool, qat: bool) -> list[tuple[str, str, o
     """``(method, variant, config, fine-tune lr)``; PACT at quantization.py's lr, QAT at its own."""
     out = []
     for b in bits:
-        out += [(f"pact-{b}", "before", PACTConfig(bits=b, **OLD_PACT), 5e-4), (f"pact-{b}", "after", PACTConfig(bits=b), 5e-4)]
+        out += [(f"pact-{b}", "before", PACTConfig(bits=b, **OLD_PACT), 5e-4),
+                (f"pact-{b}", "after", PACTConfig(bits=b), 5e-4)]
         if dorefa:
             out.append((f"pact-{b}", "after, dorefa weights", PACTConfig(bits=b, weight_scheme="dorefa"), 5e-4))
     if qat:
@@ -87,8 +88,8 @@ def main(argv=None) -> int:
         for method, variant, cfg, lr in variants(args.bits, args.dorefa, not args.no_qat):
             t0 = time.perf_counter()
             tag = variant.split(",")[0] + ("_dorefa" if "dorefa" in variant else "")
-            r = quantize_checkpoint(fp32["checkpoint"], cfg, work / model / f"{method}_{tag}", epochs=args.finetune_epochs,
-                                    lr=lr, data_dir=root, seed=seed, progress=False)
+            r = quantize_checkpoint(fp32["checkpoint"], cfg, work / model / f"{method}_{tag}",
+                                    epochs=args.finetune_epochs, lr=lr, data_dir=root, seed=seed, progress=False)
             rows.append({"model": model, "method": method, "variant": variant, "test_auc": r["test_auc"],
                          "test_acc": r["test_acc"], "auc_95ci": r["auc_95ci"], "epochs": args.finetune_epochs,
                          "fine_tune_lr": lr, "median_alpha_change": _alpha_change(r["checkpoint"]),
@@ -109,7 +110,8 @@ BreastMNIST, seed 0, one FP32 model per architecture ({args.fp32_epochs} epochs)
 ({args.finetune_epochs} epochs, Adam, PACT lr 5e-4, QAT lr 1e-4, best validation AUC kept) with the old behaviour
 ("before") and the new defaults ("after"). AUC/ACC: the PyTorch fake-quant model on the test split (positive
 class 1 = normal/benign). "before" PACT = `{OLD_PACT}`; "before" QAT = BatchNorm never frozen.
-median relative alpha change: median over PACT clips of the relative change of alpha during the fine-tune. Total {total:.0f} s.
+median relative alpha change: median over PACT clips of |alpha_end - alpha_start| / alpha_start.
+Total {total:.0f} s.
 
 {table}
 """)

@@ -24,8 +24,8 @@ def test_qat_frozen_batchnorm_keeps_its_running_statistics_through_an_epoch(shar
     train = load_split("breastmnist", "train", shared_data).subset(128, 0)
     val = load_split("breastmnist", "val", shared_data).subset(64, 0)
     cfg = QATConfig(bits=8, freeze_bn_at=freeze_bn_at, num_calibration=64)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.BatchNorm2d(8),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
     q = quantize(net.eval(), cfg, calibration=train)
     before = _bn_state(q)
     fit(q, train, val, TrainConfig(epochs=1, batch_size=32, lr=1e-3, progress=False), callbacks=qat_callbacks(cfg))
@@ -53,7 +53,8 @@ def test_resnet20_pact4_quantizes_relu_outputs_and_no_residual_add_input_by_defa
 
 
 def test_alpha_has_its_own_optimizer_group_with_a_relative_learning_rate():
-    q = quantize(create_model("small_cnn", 2, 1).eval(), PACTConfig(bits=4, num_calibration=32), torch.rand(32, 1, 28, 28))
+    x = torch.rand(32, 1, 28, 28)
+    q = quantize(create_model("small_cnn", 2, 1).eval(), PACTConfig(bits=4, num_calibration=32), x)
     groups = parameter_groups(q)
     pacts = act_quantizers(q)
     assert len(groups) == 1 + len(pacts)  # the weights, then one group per clip (each its own lr)

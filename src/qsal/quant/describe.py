@@ -12,7 +12,7 @@ from collections import Counter
 from torch import fx, nn
 
 from qsal.quant.graph import act_quantizers, is_add
-from qsal.quant.modules import QUANT_LAYERS, ActQuantizer, PACTQuantizer, is_depthwise
+from qsal.quant.modules import QUANT_LAYERS, PACTQuantizer, is_depthwise
 from qsal.quant.observers import OBSERVER_DEFINITIONS
 
 __all__ = ["describe_quantization"]
@@ -64,7 +64,8 @@ def describe_quantization(model: nn.Module) -> dict | None:
     acts = act_quantizers(model)
     if not layers and not acts:
         return None
-    weights = [{"name": n, "type": "depthwise_conv" if is_depthwise(m) else type(m).__name__.replace("Quant", "").lower(),
+    weights = [{"name": n,
+                "type": "depthwise_conv" if is_depthwise(m) else type(m).__name__.replace("Quant", "").lower(),
                 "weight_bits": m.weight_bits if m.quant_weights else 32, "scheme": m.scheme,
                 "scale": "per_channel" if m.per_channel else "per_tensor"} for n, m in layers]
     nodes = {}

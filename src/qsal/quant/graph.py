@@ -2,7 +2,8 @@
 
 A quantizer goes on every tensor that feeds a quantized op (conv, linear, pooling, and residual adds
 unless the method leaves those float, as PACT does by default), once per tensor however many ops
-read it, which is exactly where an integer runtime needs QuantizeLinear / DequantizeLinear pairs. Ops that keep values on the grid (max-pool, flatten, dropout in eval) pass a
+read it, which is exactly where an integer runtime needs QuantizeLinear / DequantizeLinear pairs. Ops
+that keep values on the grid (max-pool, flatten, dropout in eval) pass a
 quantized tensor through without a new quantizer.
 """
 

@@ -16,8 +16,8 @@ from torch import nn
 from qsal.quant.observers import ValueSampler, compute_range
 from qsal.quant.ste import fake_quant_affine, levels, round_ste
 
-__all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "quantize_weight", "weight_codes", "is_depthwise",
-           "WEIGHT_SCHEMES", "QUANT_LAYERS"]
+__all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "quantize_weight", "weight_codes",
+           "is_depthwise", "WEIGHT_SCHEMES", "QUANT_LAYERS"]
 
 
 class ActQuantizer(nn.Module):

@@ -35,8 +35,10 @@ OBSERVER_DEFINITIONS = {
     "minmax": "range [min(x,0), max(x,0)] over all calibration values (QAT: then an EMA of batch min/max)",
     "percentile": "onnxruntime Percentile (symmetric): t = edge where the CDF of a 2048-bin |x| histogram reaches "
                   "99.999 %; range [max(min x,-t), min(max x,t)]",
-    "mse": "qsal: f*[min,max], f in 0.20..1.00 step 0.02, least mean squared quantization error on <=2^18 sampled values",
-    "entropy": "TensorRT / pytorch-quantization entropy: 2048-bin |x| histogram, bin 0 set to bin 1, thresholds bin 128.."
+    "mse": "qsal: f*[min,max], f in 0.20..1.00 step 0.02, least mean squared quantization error on <=2^18 "
+           "sampled values",
+    "entropy": "TensorRT / pytorch-quantization entropy: 2048-bin |x| histogram, bin 0 set to bin 1, "
+               "thresholds bin 128.."
                "last step 1, 2^(b-1+unsigned) quantized bins, largest threshold of least KL(P||Q); range "
                "[max(min x,-t), min(max x,t)]",
 }
