@@ -73,3 +73,13 @@ def test_entropy_range_of_a_post_relu_tensor_uses_its_full_histogram():
     lo, hi = compute_range("entropy", s, 8)
     assert lo == 0.0 and hi == entropy_threshold(s.hist, s.edges, 8, unsigned=True) < float(x.max())
     assert s.hist.sum() == x.size
+
+
+def test_a_much_wider_later_batch_coarsens_the_histogram_instead_of_exploding_it():
+    from qsal.quant.observers import MAX_HISTOGRAM_BINS
+
+    s = ValueSampler()
+    s.update(torch.rand(1000) * 1e-6)
+    s.update(torch.rand(1000) * 100)
+    assert len(s.hist) <= MAX_HISTOGRAM_BINS and s.hist.sum() == 2000 and s.edges[-1] >= 99.0
+    assert np.allclose(np.diff(s.edges), s.edges[1] - s.edges[0])

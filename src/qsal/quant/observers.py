@@ -31,6 +31,7 @@ OBSERVERS = ("minmax", "percentile", "mse", "entropy")
 
 
 HISTOGRAM_BINS = 2048
+MAX_HISTOGRAM_BINS = 64 * HISTOGRAM_BINS  # a later batch 64x wider than the first coarsens the bins instead
 OBSERVER_DEFINITIONS = {
     "minmax": "range [min(x,0), max(x,0)] over all calibration values (QAT: then an EMA of batch min/max)",
     "percentile": "onnxruntime Percentile (symmetric): t = edge where the CDF of a 2048-bin |x| histogram reaches "
@@ -75,6 +76,10 @@ class ValueSampler:
             return
         if top > self.edges[-1]:  # widen with the same bin width, as the references do
             width = self.edges[1] - self.edges[0]
+            while top / width > MAX_HISTOGRAM_BINS:  # ... unless absurdly many bins: merge pairs (qsal's guard)
+                if len(self.hist) % 2:
+                    self.hist, self.edges = np.append(self.hist, 0), np.append(self.edges, self.edges[-1] + width)
+                self.hist, self.edges, width = self.hist.reshape(-1, 2).sum(1), self.edges[::2], 2 * width
             extra = int(np.ceil((top - self.edges[-1]) / width))
             self.edges = np.concatenate([self.edges, self.edges[-1] + width * np.arange(1, extra + 1)])
         hist, _ = np.histogram(a, bins=self.edges)
