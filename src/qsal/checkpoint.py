@@ -27,9 +27,15 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> Pa
     """Write ``path`` (``.safetensors``) and its ``.json`` sidecar atomically.
 
     ``meta`` should hold ``arch`` (``create_model`` arguments) and may hold ``quant`` (a config dict),
-    ``train``, ``data``, ``seed`` and ``metrics``; the environment is added here.
+    ``train``, ``data``, ``seed`` and ``metrics``; the environment is added here, and for a quantized
+    model ``quantization`` (``qsal.quant.describe.describe_quantization``).
     """
     path = Path(path).with_suffix(".safetensors")
+    from qsal.quant.describe import describe_quantization
+
+    quantization = describe_quantization(model)  # scheme, bits, placement, observers, PACT alphas at start/end
+    if quantization:
+        meta = {**meta, "quantization": quantization}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
@@ -71,6 +77,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     except (SafetensorError, OSError) as e:
         raise QsalError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt") from None
     own = model.state_dict()
+    for k in own:  # PACT checkpoints written before alpha_start existed: the start is unknown, record the clip held
+        if k.endswith(".alpha_start") and k not in state and k[:-len("_start")] in state:
+            state[k] = state[k[:-len("_start")]].clone()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]

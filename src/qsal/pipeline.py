@@ -45,6 +45,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     """
     from qsal.evaluate import evaluate
     from qsal.models import create_model
+    from qsal.quant.describe import describe_quantization
     from qsal.train import fit, seed_everything
 
     train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
@@ -78,6 +79,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     _write_metrics(out, metrics, {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch,
                                   "train_seconds": result.seconds, "config": config.to_dict(), "seed": config.seed,
                                   "dataset": dataset, "model": model, "quant": meta["quant"],
+                                  "quantization": describe_quantization(net),
                                   "saliency_guided": step.describe() if saliency_guided else None})
     return {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "test_auc": metrics.auc,
             "test_acc": metrics.acc, "auc_95ci": metrics.ci.get("auc"), "train_seconds": round(result.seconds, 1)}
@@ -122,6 +124,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
     from qsal.checkpoint import load_checkpoint, save_checkpoint
     from qsal.evaluate import evaluate
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
+    from qsal.quant.describe import describe_quantization
     from qsal.train import fit
 
     model, meta = load_checkpoint(checkpoint)
@@ -145,6 +148,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
         path = save_checkpoint(qmodel, out / "best.safetensors", {**qmeta, "arch": qmodel.qsal_arch, "seed": seed})
     metrics = evaluate(qmodel, test, seed=seed)
     _write_metrics(out, metrics, {"checkpoint": str(path), "quant": qconfig.to_dict(), "seed": seed,
+                                  "quantization": describe_quantization(qmodel),
                                   "train_seconds": seconds, "parent_checkpoint": str(checkpoint)})
     return {"checkpoint": str(path), "method": qconfig.label, "test_auc": metrics.auc, "test_acc": metrics.acc,
             "auc_95ci": metrics.ci.get("auc")}

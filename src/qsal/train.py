@@ -29,7 +29,8 @@ from qsal.data.transforms import random_hflip, random_shift
 from qsal.errors import QsalError
 from qsal.evaluate import acc_score, auc_score, predict_logits, scores_from_logits
 
-__all__ = ["TrainConfig", "ClassificationStep", "task_loss", "fit", "FitResult", "resolve_device", "seed_everything"]
+__all__ = ["TrainConfig", "ClassificationStep", "task_loss", "fit", "FitResult", "resolve_device", "seed_everything",
+           "parameter_groups"]
 
 
 @dataclass
@@ -84,6 +85,24 @@ def regularization(model: nn.Module) -> torch.Tensor | float:
         if callable(reg) and m is not model:
             total = total + reg()
     return total
+
+
+def parameter_groups(model: nn.Module) -> list[dict]:
+    """Optimizer parameter groups: the model's trainable parameters with ``TrainConfig``'s options, then
+    one group per distinct ``module.param_group()`` (e.g. PACT clipping levels with their own lr)."""
+    special: dict[int, dict] = {}
+    for m in model.modules():
+        options = m.param_group() if callable(getattr(m, "param_group", None)) else None
+        if options:
+            for p in m.parameters(recurse=False):
+                special[id(p)] = options
+    groups: dict[tuple, dict] = {}
+    for p in model.parameters():
+        if p.requires_grad and id(p) in special:
+            key = tuple(sorted(special[id(p)].items()))
+            groups.setdefault(key, {**special[id(p)], "params": []})["params"].append(p)
+    main = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+    return [{"params": main}, *groups.values()]
 
 
 @dataclass
@@ -146,7 +165,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
         step: ``step(model, x, y) -> {"loss", "logits"}``; defaults to ``ClassificationStep``. A step
             with random state exposes ``state_dict()`` (tensors) / ``load_state_dict()`` for the resume state.
         meta: extra JSON for the checkpoint (``arch``, ``quant``, ``data``...); config and seed are added.
-        callbacks: ``cb(model, epoch, epochs)`` run at the start of every epoch (QAT freezing).
+        callbacks: ``cb(model, epoch, epochs)`` run at the start of every epoch, after ``model.train()``
+            (QAT freezing).
     Returns:
         ``FitResult``; the model is left with the *best* epoch's weights loaded.
     """
@@ -157,7 +177,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     model.to(device)
     x, y = train.tensors()
     xv, yv = val.tensors()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = parameter_groups(model)
     if config.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
@@ -190,9 +210,9 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not config.progress,
                       initial=start_epoch, total=config.epochs, leave=False)
     for epoch in epochs_bar:
-        for cb in callbacks:
-            cb(model, epoch, config.epochs)
         model.train()
+        for cb in callbacks:  # after train(), so a callback that puts BatchNorm in eval mode keeps it there
+            cb(model, epoch, config.epochs)
         order = torch.randperm(len(x), generator=gen)
         running, seen = 0.0, 0
         for b in tqdm(range(n_batches), desc=f"epoch {epoch + 1}", leave=False, disable=not config.progress):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from qsal.errors import QsalError
-from qsal.quant import ActQuantizer, PACTConfig, PACTQuantizer, PTQConfig, QATConfig, quantize
+from qsal.quant import ActQuantizer, PACTConfig, PACTQuantizer, PTQConfig, QATConfig, config_from_dict, quantize
 from qsal.quant.modules import QuantConv2d, quantize_weight
 from qsal.quant.observers import OBSERVERS, ValueSampler, compute_range
 from qsal.quant.ste import round_ste
@@ -30,12 +30,62 @@ def test_pact_layer_has_at_most_2_to_the_k_output_levels(bits):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_k_bit_weights_have_at_most_2_to_the_k_levels(bits):
-    w = torch.randn(16, 8, 3, 3)
-    for scheme in ("minmax", "dorefa"):
-        wq, codes, _ = quantize_weight(w, bits, per_channel=False, scheme=scheme)
-        assert len(torch.unique(wq)) <= 2 ** bits
-        assert codes.abs().max() <= 2 ** (bits - 1) - 1
+def test_symmetric_weights_have_2_to_the_k_minus_1_levels_including_zero(bits):
+    w = torch.rand(64, 32, 3, 3) * 2 - 1  # uniform, so every level is used
+    wq, codes, scale = quantize_weight(w, bits, per_channel=False, scheme="symmetric")
+    n = 2 ** (bits - 1) - 1
+    assert len(torch.unique(wq)) == 2 * n + 1 and bool((wq == 0).any())
+    assert codes.abs().max() == n and torch.equal(wq, codes * scale)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 7])
+def test_dorefa_weights_are_the_papers_grid(bits):
+    # DoReFa-Net: tanh(w) / (2 max|tanh w|) + 0.5 -> k-bit -> 2q - 1: 2^k levels, none zero
+    w = (torch.rand(64, 32, 3, 3) * 2 - 1) * 0.1
+    wq, codes, scale = quantize_weight(w, bits, per_channel=False, scheme="dorefa")
+    top = 2 ** bits - 1
+    assert len(torch.unique(wq)) == 2 ** bits and not bool((wq == 0).any())
+    assert torch.equal(torch.unique(codes), torch.arange(-top, top + 1, 2, dtype=codes.dtype))  # odd codes
+    t = torch.tanh(w)
+    paper = 2 * torch.round((t / (2 * t.abs().max()) + 0.5) * top) / top - 1  # the paper's [-1, 1] output
+    assert torch.allclose(wq, paper * w.abs().max(), atol=1e-6)
+
+
+def test_two_bit_grids_dorefa_has_4_values_none_zero_symmetric_is_ternary():
+    w = torch.randn(32, 16, 3, 3)
+    dorefa = torch.unique(quantize_weight(w, 2, per_channel=False, scheme="dorefa")[0])
+    symmetric = torch.unique(quantize_weight(w, 2, per_channel=False, scheme="symmetric")[0])
+    assert len(dorefa) == 4 and not bool((dorefa == 0).any())
+    assert len(symmetric) == 3 and float(symmetric[1]) == 0.0 and float(symmetric[0]) == -float(symmetric[2])
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "dorefa", "tanh_symmetric"])
+def test_integer_weight_times_scale_is_exactly_the_fake_quant_weight(scheme):
+    torch.manual_seed(0)
+    conv = QuantConv2d(8, 16, 3, weight_bits=3, per_channel=scheme != "dorefa", scheme=scheme)
+    with torch.no_grad():
+        conv.bn_scale.copy_(torch.linspace(-2, 2, 16))  # a folded BN with a negative gamma
+    codes, scale = conv.integer_weight()
+    assert codes.dtype == np.int8 and scale.shape == (16,)
+    assert np.array_equal(codes * scale[:, None, None, None], conv.quantized_weight().detach().numpy())
+    if scheme == "dorefa":
+        assert np.all(np.abs(codes) % 2 == 1) and np.abs(codes).max() == 7  # 3 bits: odd codes in [-7, 7]
+
+
+def test_depthwise_convs_get_one_weight_scale_per_channel_under_pact():
+    from qsal.models import create_model
+
+    model = create_model("edge_mbv2", 2, 1).eval()
+    q = quantize(model, PACTConfig(bits=4, num_calibration=32), torch.randn(32, 1, 28, 28))
+    depthwise = [m for m in q.modules() if isinstance(m, QuantConv2d) and m.groups == m.in_channels > 1]
+    assert depthwise and all(m.per_channel for m in depthwise)
+    for m in depthwise:
+        codes, scale = m.integer_weight()
+        per_channel_max = m.weight.detach().abs().amax(dim=(1, 2, 3)).numpy()
+        assert len(np.unique(scale)) == m.out_channels  # one scale per channel ...
+        assert np.allclose(scale, per_channel_max * m.bn_scale.abs().numpy() / 7)  # ... from that channel's max
+    others = [m for m in q.modules() if isinstance(m, QuantConv2d) and m.weight_bits == 4 and m.groups == 1]
+    assert others and not any(m.per_channel for m in others)  # the paper's per-layer scale elsewhere
 
 
 def test_pact_alpha_gradient_is_one_above_alpha_and_zero_below():
@@ -140,3 +190,26 @@ def test_quantized_checkpoint_round_trips(tmp_path):
         loaded, meta = load_checkpoint(path)
         assert meta["quant"]["method"] == cfg.method
         assert torch.equal(loaded.eval()(x), q(x))
+
+
+def test_a_version_1_pact_checkpoint_loads_with_the_behaviour_it_was_trained_with(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from qsal.checkpoint import load_checkpoint, save_checkpoint
+    from qsal.models import create_model
+    from qsal.quant.graph import act_quantizers
+
+    old = {"method": "pact", "version": 1, "bits": 4, "first_last_bits": 8, "alpha_decay": 1e-4, "alpha_init": None,
+           "weight_scheme": "dorefa", "num_calibration": 32, "skip": []}
+    cfg = config_from_dict(old)
+    assert (cfg.weight_scheme, cfg.weight_per_channel, cfg.quantize_add_inputs, cfg.alpha_lr) == \
+        ("tanh_symmetric", "none", True, None)
+    x = torch.randn(32, 1, 28, 28)
+    q = quantize(create_model("resnet20", 2, 1).eval(), cfg, x).eval()
+    path = save_checkpoint(q, tmp_path / "old.safetensors", {"arch": q.qsal_arch, "quant": old})
+    state = {k: v for k, v in load_file(str(path)).items() if not k.endswith("alpha_start")}  # as written before
+    save_file(state, str(path))
+    loaded, _ = load_checkpoint(path)
+    assert len(act_quantizers(loaded)) == 32  # add inputs quantized, as then
+    assert all(float(p.alpha_start) == float(p.alpha) for p in act_quantizers(loaded))
+    assert torch.equal(loaded.eval()(x), q(x))

@@ -80,7 +80,7 @@ class _Emitter:
         in_q = self.qparams.get(node.args[0])
         if isinstance(mod, (QuantConv2d, QuantLinear)) and mod.quant_weights:
             codes, scale = mod.integer_weight()
-            dtype = TensorProto.INT4 if mod.weight_bits <= 4 else TensorProto.INT8
+            dtype = TensorProto.INT4 if codes.min() >= -8 and codes.max() <= 7 else TensorProto.INT8  # DoReFa-4: INT8
             w_q = self.init(base + "_weight_q", codes, dtype)
             w_s = self.init(base + "_weight_scale", scale)
             zp = np.zeros(scale.shape, np.int8)

@@ -1,7 +1,7 @@
 """Quantization: one entry point ``quantize(model, config, calibration)`` and one config per method.
 
 PTQ (static INT8, four observers), QAT (k-bit fake-quant fine-tuning), PACT (learned clipping, k-bit
-activations, DoReFa weights) and weight-only INT8/INT4, all built from the same quantizer modules.
+activations, symmetric or DoReFa weights) and weight-only INT8/INT4, all built from the same quantizer modules.
 """
 
 from qsal.quant.api import calibrate, prepare_structure, qat_callbacks, quantize

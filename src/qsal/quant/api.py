@@ -11,7 +11,7 @@ from torch import fx, nn
 from qsal.errors import QsalError
 from qsal.quant.config import PACTConfig, PTQConfig, QATConfig, QuantConfig, WeightOnlyConfig
 from qsal.quant.graph import act_quantizers, first_and_last_layers, fold_batchnorm, insert_act_quantizers, swap_layers, trace
-from qsal.quant.modules import ActQuantizer, PACTQuantizer
+from qsal.quant.modules import ActQuantizer, PACTQuantizer, is_depthwise
 
 __all__ = ["quantize", "prepare_structure", "calibrate", "qat_callbacks", "MIN_CALIBRATION_IMAGES"]
 
@@ -51,14 +51,18 @@ def _prepare_pact(gm: fx.GraphModule, cfg: PACTConfig) -> fx.GraphModule:
         if name in cfg.skip:
             return None
         if name in (first, last):
-            return {"weight_bits": cfg.first_last_bits, "per_channel": True, "scheme": "minmax"}
-        return {"weight_bits": cfg.bits, "per_channel": cfg.weight_scheme == "minmax", "scheme": cfg.weight_scheme}
+            return {"weight_bits": cfg.first_last_bits, "per_channel": True, "scheme": "symmetric"}
+        per_channel = cfg.weight_per_channel == "all" or (cfg.weight_per_channel == "depthwise"
+                                                          and is_depthwise(gm.get_submodule(name)))
+        return {"weight_bits": cfg.bits, "per_channel": per_channel, "scheme": cfg.weight_scheme}
 
     swap_layers(gm, layer_kwargs)
     return insert_act_quantizers(gm, lambda node, edge: PACTQuantizer(cfg.first_last_bits if edge else cfg.bits,
                                                                       alpha=cfg.alpha_init or 10.0,
                                                                       alpha_decay=cfg.alpha_decay,
-                                                                      calibrate_alpha=cfg.alpha_init is None))
+                                                                      calibrate_alpha=cfg.alpha_init is None,
+                                                                      alpha_lr=cfg.alpha_lr),
+                                 quantize_add_inputs=cfg.quantize_add_inputs)
 
 
 @register_handler(WeightOnlyConfig)

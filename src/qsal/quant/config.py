@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 from qsal.errors import QsalError
+from qsal.quant.modules import WEIGHT_SCHEMES
 from qsal.quant.observers import OBSERVERS
 
 __all__ = ["PTQConfig", "QATConfig", "PACTConfig", "WeightOnlyConfig", "QuantConfig", "config_from_dict"]
@@ -39,7 +40,7 @@ class PTQConfig(QuantConfig):
     """
 
     method: ClassVar[str] = "ptq"
-    observer: str = "minmax"  # minmax | percentile | mse | entropy
+    observer: str = "minmax"  # minmax | percentile | mse | entropy (definitions: qsal.quant.observers)
     weight_bits: int = 8
     act_bits: int = 8
     per_channel: bool = True
@@ -86,28 +87,71 @@ class QATConfig(QuantConfig):
 
 @dataclass(frozen=True)
 class PACTConfig(QuantConfig):
-    """PACT (Choi et al. 2018): learned activation clip alpha per layer and k-bit activations, DoReFa
-    k-bit weights; the first and last layers stay at ``first_last_bits``."""
+    """PACT (Choi et al. 2018): a learned activation clip alpha per quantized tensor and k-bit
+    activations and weights; the first and last layers stay at ``first_last_bits`` (symmetric,
+    per-channel), as in the paper.
+
+    What is quantized: every tensor read by a conv, linear or pooling layer. In ResNets these are the
+    ReLU outputs (the paper's placement); a tensor read only by a residual add stays float unless
+    ``quantize_add_inputs`` (qsal < 0.2 did, with signed k-bit quantizers).
+
+    Named deviations from the paper, each a field:
+      - ``weight_scheme="symmetric"`` (default): ``2^k - 1`` levels including zero, stored as signed
+        k-bit integers (INT4 at 4 bits). ``"dorefa"`` is the paper's DoReFa grid (``2^k`` levels, none
+        zero) whose codes need k+1 bits, so DoReFa-4 deploys as INT8 and DoReFa-8 not at all.
+        ``"tanh_symmetric"`` reproduces qsal < 0.2's mislabelled "dorefa".
+      - ``weight_per_channel="depthwise"`` (default): one scale per layer as in the paper, except
+        depthwise convolutions, which get one per output channel (a per-layer scale breaks
+        MobileNets); ``"none"`` is the paper's, ``"all"`` per-channel everywhere.
+      - ``alpha_lr``: alpha trains in its own optimizer parameter group at learning rate
+        ``alpha_lr * alpha_start`` (Adam moves a parameter ~lr per step; relative, every clip moves alike; the
+        paper trains all parameters with SGD, where alpha's summed gradient is large; with Adam at a
+        fine-tune lr alpha does not move). ``None`` puts alpha in the weights' group (qsal < 0.2).
+      - ``alpha_init=None``: alpha starts at the 99.9th percentile of calibration |x| (fine-tuning a
+        trained net); the paper starts from 10 (training from scratch).
+    """
 
     method: ClassVar[str] = "pact"
+    version: ClassVar[int] = 2
     bits: int = 4
     first_last_bits: int = 8
     alpha_decay: float = 1e-4
-    alpha_init: float | None = None  # None: 99.9th percentile of calibration |x| (fine-tuning); paper: 10 (from scratch)
-    weight_scheme: str = "dorefa"  # dorefa | minmax
+    alpha_init: float | None = None
+    alpha_lr: float | None = 2e-2  # relative: lr = alpha_lr * alpha_start
+    weight_scheme: str = "symmetric"  # symmetric | dorefa | tanh_symmetric
+    weight_per_channel: str = "depthwise"  # depthwise | none | all
+    quantize_add_inputs: bool = False
     num_calibration: int = 256
     skip: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check_bits("bits", self.bits)
         _check_bits("first_last_bits", self.first_last_bits)
-        if self.weight_scheme not in ("dorefa", "minmax"):
-            raise QsalError(f"weight_scheme {self.weight_scheme!r} is not one of dorefa, minmax")
+        if self.weight_scheme not in WEIGHT_SCHEMES:
+            raise QsalError(f"weight_scheme {self.weight_scheme!r} is not one of {', '.join(WEIGHT_SCHEMES)}")
+        if self.weight_scheme == "dorefa" and self.bits == 8:
+            raise QsalError("weight_scheme='dorefa' at bits=8 has 256 weight levels whose integer codes (odd, up to "
+                            "+-255) do not fit INT8; use bits <= 7 or weight_scheme='symmetric'")
+        if self.weight_per_channel not in ("depthwise", "none", "all"):
+            raise QsalError(f"weight_per_channel {self.weight_per_channel!r} is not one of depthwise, none, all")
+        if self.alpha_lr is not None and not self.alpha_lr > 0:
+            raise QsalError(f"alpha_lr must be positive (or None to share the weights' lr), got {self.alpha_lr}")
         object.__setattr__(self, "skip", tuple(self.skip))
 
     @property
     def label(self) -> str:
         return f"pact-{self.bits}bit"
+
+
+# PACT before version 2: "dorefa" meant the tanh + symmetric grid, per-tensor weights everywhere
+# ("minmax": per-channel symmetric), add inputs quantized, alpha sharing the weights' learning rate.
+_PACT_V1 = {"weight_scheme": {"dorefa": ("tanh_symmetric", "none"), "minmax": ("symmetric", "all")}}
+
+
+def _upgrade_pact_v1(d: dict) -> dict:
+    scheme, per_channel = _PACT_V1["weight_scheme"][d.get("weight_scheme", "dorefa")]
+    return {**d, "weight_scheme": scheme, "weight_per_channel": per_channel, "quantize_add_inputs": True,
+            "alpha_lr": None}
 
 
 @dataclass(frozen=True)
@@ -135,10 +179,12 @@ def config_from_dict(d: dict) -> QuantConfig:
     """Inverse of ``to_dict``; unknown keys are an error, not ignored."""
     d = dict(d)
     method = d.pop("method", None)
-    d.pop("version", None)
+    version = d.pop("version", None)
     if method not in _BY_METHOD:
         raise QsalError(f"unknown quantization method {method!r}; one of {', '.join(_BY_METHOD)}")
     cls = _BY_METHOD[method]
+    if cls is PACTConfig and version == 1:  # a checkpoint written before version 2: rebuild it as it was
+        d = _upgrade_pact_v1(d)
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
     if unknown:

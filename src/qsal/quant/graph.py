@@ -1,8 +1,9 @@
 """Graph surgery with ``torch.fx``: fold BatchNorm, swap layers, place one quantizer per tensor.
 
-A quantizer goes on every tensor that feeds a quantized op (conv, linear, add, pooling), once per
-tensor however many ops read it, which is exactly where an integer runtime needs QuantizeLinear /
-DequantizeLinear pairs. Ops that keep values on the grid (max-pool, flatten, dropout in eval) pass a
+A quantizer goes on every tensor that feeds a quantized op (conv, linear, pooling, and residual adds
+unless the method leaves those float, as PACT does by default), once per tensor however many ops
+read it, which is exactly where an integer runtime needs QuantizeLinear / DequantizeLinear pairs. Ops
+that keep values on the grid (max-pool, flatten, dropout in eval) pass a
 quantized tensor through without a new quantizer.
 """
 
@@ -17,7 +18,7 @@ from torch import fx, nn
 from qsal.errors import QsalError
 from qsal.quant.modules import QUANT_LAYERS, ActQuantizer, PACTQuantizer, QuantConv2d, QuantLinear
 
-__all__ = ["trace", "fold_batchnorm", "swap_layers", "insert_act_quantizers", "act_quantizers",
+__all__ = ["trace", "fold_batchnorm", "swap_layers", "insert_act_quantizers", "act_quantizers", "is_add",
            "first_and_last_layers", "SUPPORTED_MODULES", "ADD_FUNCTIONS", "TRANSPARENT_MODULES"]
 
 TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
@@ -111,12 +112,15 @@ def swap_layers(gm: fx.GraphModule, make_kwargs: Callable[[str], dict | None]) -
     return gm
 
 
-def _is_consumer(gm: fx.GraphModule, node: fx.Node) -> bool:
+def is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in ADD_FUNCTIONS) or (node.op == "call_method"
+                                                                             and node.target == "add")
+
+
+def _is_consumer(gm: fx.GraphModule, node: fx.Node, adds: bool = True) -> bool:
     if node.op == "call_module":
         return isinstance(_module(gm, node), CONSUMER_MODULES)
-    if node.op == "call_function":
-        return node.target in ADD_FUNCTIONS
-    return node.op == "call_method" and node.target == "add"
+    return adds and is_add(node)
 
 
 def _is_transparent(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -138,11 +142,13 @@ def _readers_through_transparent(gm: fx.GraphModule, node: fx.Node) -> list[fx.N
     return out
 
 
-def insert_act_quantizers(gm: fx.GraphModule, make_quantizer: Callable[[fx.Node, bool], nn.Module]) -> fx.GraphModule:
+def insert_act_quantizers(gm: fx.GraphModule, make_quantizer: Callable[[fx.Node, bool], nn.Module],
+                          quantize_add_inputs: bool = True) -> fx.GraphModule:
     """Insert ``make_quantizer(node, feeds_edge_layer)`` after every tensor that feeds a quantized op.
 
     ``feeds_edge_layer`` is True for the tensor read by the first or last conv/linear (kept at higher
-    precision by PACT's first/last-layer rule).
+    precision by PACT's first/last-layer rule). With ``quantize_add_inputs=False`` a residual add is
+    not a quantized op: a tensor read only by adds stays float (PACT's placement, ReLU outputs only).
     """
     first, last = first_and_last_layers(gm)
     on_grid: set[fx.Node] = set()
@@ -154,7 +160,7 @@ def insert_act_quantizers(gm: fx.GraphModule, make_quantizer: Callable[[fx.Node,
             on_grid.add(node)
             continue
         readers = _readers_through_transparent(gm, node)
-        if not any(_is_consumer(gm, u) for u in readers):
+        if not any(_is_consumer(gm, u, quantize_add_inputs) for u in readers):
             continue
         edge = any(u.op == "call_module" and u.target in (first, last) for u in readers)
         name = f"act_quant_{count}"

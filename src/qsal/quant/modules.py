@@ -1,7 +1,7 @@
 """Quantizer modules: activation fake-quantizers (min-max/EMA and PACT) and drop-in quantized layers.
 
 ``QuantConv2d`` / ``QuantLinear`` subclass the float layers and keep their constructor; weights are
-fake-quantized on every forward (symmetric, per-channel or per-tensor; DoReFa for PACT), so gradients
+fake-quantized on every forward (``weight_codes``: symmetric, DoReFa; per channel or per tensor), so gradients
 flow through the straight-through estimator for QAT, PACT and saliency maps alike. BatchNorm is folded
 in as a per-channel ``bn_scale`` on the quantized weights, which keeps the integer weights unchanged.
 """
@@ -16,7 +16,8 @@ from torch import nn
 from qsal.quant.observers import ValueSampler, compute_range
 from qsal.quant.ste import fake_quant_affine, levels, round_ste
 
-__all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "quantize_weight", "QUANT_LAYERS"]
+__all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "quantize_weight", "weight_codes",
+           "is_depthwise", "WEIGHT_SCHEMES", "QUANT_LAYERS"]
 
 
 class ActQuantizer(nn.Module):
@@ -89,17 +90,40 @@ class PACTQuantizer(nn.Module):
 
     The gradient w.r.t. ``alpha`` is 1 where ``x >= alpha`` and 0 elsewhere, as in the paper; an L2
     penalty ``alpha_decay * alpha^2`` is returned by ``regularization()`` and added by the training
-    step. Tensors that take negative values (the normalised input image, pre-residual sums) use the
-    symmetric variant ``clip(x, -alpha, alpha)`` with ``2^k - 1`` levels.
+    step. ``alpha`` trains in its own optimizer parameter group (``param_group()``, learning rate
+    ``alpha_lr * alpha_start``, read by ``qsal.train.fit``): with one shared Adam learning rate its summed gradient
+    is normalised away and it barely moves. ``alpha_start`` keeps the clip the fine-tune started from.
+    Tensors that take negative values (the normalised input image, a linear bottleneck's output) use
+    the symmetric variant ``clip(x, -alpha, alpha)`` with ``2^k - 1`` levels.
     """
 
-    def __init__(self, bits: int = 4, alpha: float = 10.0, alpha_decay: float = 1e-4, calibrate_alpha: bool = True):
+    def __init__(self, bits: int = 4, alpha: float = 10.0, alpha_decay: float = 1e-4, calibrate_alpha: bool = True,
+                 alpha_lr: float | None = None):
         super().__init__()
-        self.bits, self.alpha_decay, self.calibrate_alpha = bits, alpha_decay, calibrate_alpha
+        self.bits, self.alpha_decay, self.calibrate_alpha, self.alpha_lr = bits, alpha_decay, calibrate_alpha, alpha_lr
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.register_buffer("alpha_start", torch.tensor(float(alpha)))
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
         self.mode = "off"
         self.sampler: ValueSampler | None = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before alpha_start existed: their start is unknown, record the clip they hold
+        if prefix + "alpha" in state_dict and prefix + "alpha_start" not in state_dict:
+            state_dict[prefix + "alpha_start"] = state_dict[prefix + "alpha"].detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def param_group(self) -> dict | None:
+        """Optimizer options for ``alpha`` (its own group), or None to train it with the model's options.
+
+        The learning rate is ``alpha_lr`` *relative to the starting clip* (``alpha_lr * alpha_start``):
+        Adam moves a parameter by about its lr per step whatever the gradient's size, so a relative lr
+        moves every clip at the same relative rate, whether it starts at 0.5 or at 20.
+        """
+        if self.alpha_lr is None:
+            return None
+        return {"lr": self.alpha_lr * float(self.alpha_start.abs().clamp_min(1e-3)), "weight_decay": 0.0,
+                "name": "pact_alpha"}  # its L2 penalty is in regularization()
 
     @property
     def n_steps(self) -> int:
@@ -118,6 +142,7 @@ class PACTQuantizer(nn.Module):
             init = float(np.percentile(np.abs(v), 99.9)) if v.size else 1.0
             with torch.no_grad():
                 self.alpha.fill_(max(init, 1e-3))
+        self.alpha_start.copy_(self.alpha.detach())
         self.sampler, self.mode = None, "quant"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,34 +176,66 @@ class PACTQuantizer(nn.Module):
         return f"bits={self.bits}, alpha={float(self.alpha):.4g}, signed={bool(self.signed)}"
 
 
-def quantize_weight(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "minmax"):
-    """Symmetric k-bit fake quantization of a weight ``(C_out, ...)``.
+WEIGHT_SCHEMES = ("symmetric", "dorefa", "tanh_symmetric")
 
-    Returns ``(w_q, q, scale)``: the fake-quantized float weight (differentiable through the STE), the
-    integer codes, and the scale (``(C_out,)`` or ``()``). ``scheme="dorefa"`` first maps the weight
-    through ``tanh(w) / max|tanh(w)|`` (DoReFa) and rescales by ``max|w|`` so a pretrained layer keeps
-    its magnitude; levels are the symmetric grid ``{-n..n}``, ``n = 2^(k-1) - 1``, so zero is exact
-    and the codes are plain signed integers (exportable with zero point 0).
+
+def weight_codes(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric"):
+    """Integer codes and scale of a k-bit weight ``(C_out, ...)``: ``w_q = codes * scale`` exactly.
+
+    Returns ``(codes, scale)``: float-valued integer codes shaped like ``w`` (differentiable through the
+    straight-through estimator) and the scale, ``(C_out, 1, ...)`` per channel or ``()`` per tensor.
+    ``m`` below is ``max|w|`` over the channel (or tensor), so a pretrained layer keeps its magnitude.
+
+    - ``symmetric``: ``codes = clamp(round(w / s), -n, n)``, ``n = 2^(k-1) - 1``, ``s = m / n``:
+      ``2^k - 1`` levels including zero (ternary at 2 bits); codes fit a signed k-bit integer.
+    - ``dorefa`` (Zhou et al. 2016): ``u = tanh(w) / (2 max|tanh w|) + 0.5`` quantized to ``2^k``
+      levels, mapped back by ``2u - 1`` and scaled by ``m``: ``codes = 2 round(u (2^k-1)) - (2^k-1)``,
+      odd integers in ``[-(2^k-1), 2^k-1]``, ``s = m / (2^k-1)``: 4 levels at 2 bits, none zero; the
+      codes need k+1 signed bits. (The paper's output is in [-1, 1]; the scale ``m`` is qsal's, and a
+      following BatchNorm makes the two equivalent.)
+    - ``tanh_symmetric``: qsal's pre-0.2 "dorefa": ``tanh(w) / max|tanh w|`` on the symmetric grid;
+      kept only to reproduce old results and checkpoints.
     """
-    _, n = levels(bits, signed=True)
     dims = tuple(range(1, w.dim()))
+
+    def absmax(t: torch.Tensor) -> torch.Tensor:
+        return (t.abs().amax(dim=dims, keepdim=True) if per_channel else t.abs().max()).clamp_min(1e-8)
+
+    m = absmax(w.detach())
     if scheme == "dorefa":
+        top = 2 ** bits - 1
         t = torch.tanh(w)
-        t = t / t.abs().max().detach().clamp_min(1e-8)
-        m = w.detach().abs().max().clamp_min(1e-8)
-        q = torch.clamp(round_ste(t * n), -n, n)
-        return q * (m / n), q.detach(), (m / n)
-    m = w.detach().abs().amax(dim=dims) if per_channel else w.detach().abs().max()
-    scale = m.clamp_min(1e-8) / n
-    s = scale.view(-1, *([1] * len(dims))) if per_channel else scale
-    q = torch.clamp(round_ste(w / s), -n, n)
-    return q * s, q.detach(), scale
+        u = t / (2 * absmax(t)) + 0.5  # the max stays in the graph, as in the paper's and Distiller's code
+        return 2 * round_ste(u * top) - top, m / top
+    _, n = levels(bits, signed=True)
+    if scheme == "symmetric":
+        scale = m / n
+        return torch.clamp(round_ste(w / scale), -n, n), scale
+    if scheme == "tanh_symmetric":
+        t = torch.tanh(w)
+        t = t / absmax(t).detach()
+        return torch.clamp(round_ste(t * n), -n, n), m / n
+    raise ValueError(f"unknown weight scheme {scheme!r}; one of {WEIGHT_SCHEMES}")
+
+
+def quantize_weight(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric"):
+    """``(w_q, codes, scale)``: the fake-quantized weight ``codes * scale`` (differentiable), the
+    detached integer codes and the scale (``(C_out,)`` per channel, ``()`` per tensor); see ``weight_codes``."""
+    codes, scale = weight_codes(w, bits, per_channel, scheme)
+    return codes * scale, codes.detach(), scale.reshape(-1) if per_channel else scale
+
+
+def is_depthwise(conv: nn.Module) -> bool:
+    """A conv whose every output channel reads one input channel (``groups == in_channels > 1``)."""
+    return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels
 
 
 class _QuantWeightLayer:
     """Shared state of the quantized layers (a plain helper, not a mixin hierarchy)."""
 
     def _init_quant(self, weight_bits: int, per_channel: bool, scheme: str) -> None:
+        if scheme not in WEIGHT_SCHEMES:
+            raise ValueError(f"unknown weight scheme {scheme!r}; one of {WEIGHT_SCHEMES}")
         self.weight_bits, self.per_channel, self.scheme = weight_bits, per_channel, scheme
         self.quant_weights = True
         self.register_buffer("bn_scale", torch.ones(self.weight.shape[0]))
@@ -186,26 +243,39 @@ class _QuantWeightLayer:
     def _quant_repr(self) -> str:
         return f", weight_bits={self.weight_bits}, per_channel={self.per_channel}, scheme={self.scheme}"
 
+    def _codes_and_scale(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes shaped like the weight and the per-output-channel scale ``(C_out,)``, BatchNorm folded in."""
+        codes, scale = weight_codes(weight, self.weight_bits, self.per_channel, self.scheme)
+        return codes, scale.reshape(-1).expand(weight.shape[0]) * self.bn_scale
+
     def quantized_weight(self) -> torch.Tensor:
-        w = quantize_weight(self.weight, self.weight_bits, self.per_channel, self.scheme)[0] \
-            if self.quant_weights else self.weight
-        return w * self.bn_scale.view(-1, *([1] * (self.weight.dim() - 1)))
+        view = (-1,) + (1,) * (self.weight.dim() - 1)
+        if not self.quant_weights:
+            return self.weight * self.bn_scale.view(view)
+        codes, scale = self._codes_and_scale(self.weight)
+        return codes * scale.view(view)  # the same product integer_weight's codes * scale gives
 
     def integer_weight(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(codes int8 (C_out, ...), per-channel scale float32 (C_out,))`` with BatchNorm folded in."""
-        _, q, scale = quantize_weight(self.weight.detach(), self.weight_bits, self.per_channel, self.scheme)
-        scale = scale.expand(self.weight.shape[0]) * self.bn_scale if scale.dim() == 0 or scale.numel() == 1 \
-            else scale * self.bn_scale
+        """``(codes int8 (C_out, ...), scale float32 (C_out,))`` with BatchNorm folded in, such that
+        ``codes * scale`` is exactly the fake-quantized weight used in ``forward``, whatever the scheme.
+
+        Symmetric k-bit codes lie in ``[-(2^(k-1)-1), 2^(k-1)-1]``; DoReFa k-bit codes are odd integers
+        in ``[-(2^k-1), 2^k-1]`` (k+1 bits: INT4 storage holds them up to k = 3).
+        """
+        with torch.no_grad():
+            codes, scale = self._codes_and_scale(self.weight.detach())
         sign = torch.sign(scale)
         sign[sign == 0] = 1
-        q = q * sign.view(-1, *([1] * (q.dim() - 1)))
-        return q.numpy().astype(np.int8), scale.abs().clamp_min(1e-12).numpy().astype(np.float32)
+        codes = codes * sign.view(-1, *([1] * (codes.dim() - 1)))  # a negative BN gamma flips the codes, exactly
+        if float(codes.abs().max()) > 127:
+            raise ValueError(f"{self.scheme} {self.weight_bits}-bit weight codes exceed the int8 range")
+        return codes.numpy().astype(np.int8), scale.abs().clamp_min(1e-12).numpy().astype(np.float32)
 
 
 class QuantConv2d(nn.Conv2d, _QuantWeightLayer):
     """``nn.Conv2d`` with k-bit fake-quantized weights (``weight_bits``, ``per_channel``, ``scheme``)."""
 
-    def __init__(self, *args, weight_bits: int = 8, per_channel: bool = True, scheme: str = "minmax", **kwargs):
+    def __init__(self, *args, weight_bits: int = 8, per_channel: bool = True, scheme: str = "symmetric", **kwargs):
         super().__init__(*args, **kwargs)
         self._init_quant(weight_bits, per_channel, scheme)
 
@@ -227,7 +297,7 @@ class QuantLinear(nn.Linear, _QuantWeightLayer):
     """``nn.Linear`` with k-bit fake-quantized weights."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_bits: int = 8,
-                 per_channel: bool = True, scheme: str = "minmax"):
+                 per_channel: bool = True, scheme: str = "symmetric"):
         super().__init__(in_features, out_features, bias)
         self._init_quant(weight_bits, per_channel, scheme)
 

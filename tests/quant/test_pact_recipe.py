@@ -1,0 +1,94 @@
+"""PACT and QAT as their papers define them, checked on real BreastMNIST images (skipped without the data)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qsal.checkpoint import load_checkpoint, load_training_state
+from qsal.data import load_split
+from qsal.models import create_model
+from qsal.quant import PACTConfig, PACTQuantizer, QATConfig, qat_callbacks, quantize
+from qsal.quant.graph import act_quantizers, is_add
+from qsal.train import TrainConfig, fit, parameter_groups
+
+
+def _bn_state(model):
+    return {n: (m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked))
+            for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+@pytest.mark.parametrize("freeze_bn_at, frozen", [(0.0, True), (1.0, False)])
+def test_qat_frozen_batchnorm_keeps_its_running_statistics_through_an_epoch(shared_data, freeze_bn_at, frozen):
+    train = load_split("breastmnist", "train", shared_data).subset(128, 0)
+    val = load_split("breastmnist", "val", shared_data).subset(64, 0)
+    cfg = QATConfig(bits=8, freeze_bn_at=freeze_bn_at, num_calibration=64)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    q = quantize(net.eval(), cfg, calibration=train)
+    before = _bn_state(q)
+    fit(q, train, val, TrainConfig(epochs=1, batch_size=32, lr=1e-3, progress=False), callbacks=qat_callbacks(cfg))
+    after = _bn_state(q)
+    assert len(before) == 2
+    unchanged = [torch.equal(before[n][0], after[n][0]) and torch.equal(before[n][1], after[n][1])
+                 and before[n][2] == after[n][2] for n in before]
+    assert all(unchanged) if frozen else not any(unchanged)  # 4 batches moved every BN when not frozen
+
+
+def test_resnet20_pact4_quantizes_relu_outputs_and_no_residual_add_input_by_default():
+    x = torch.randn(32, 1, 28, 28)
+    model = create_model("resnet20", 2, 1).eval()
+    placed = {}
+    for add_inputs in (False, True):
+        q = quantize(model, PACTConfig(bits=4, num_calibration=32, quantize_add_inputs=add_inputs), x)
+        placed[add_inputs] = [(n, q.get_submodule(n.target)) for n in q.graph.nodes if n.op == "call_module"
+                              and isinstance(q.get_submodule(n.target), PACTQuantizer)]
+        if not add_inputs:
+            default = q
+    assert sum(all(is_add(u) for u in n.users) for n, _ in placed[False]) == 0
+    assert sum(all(is_add(u) for u in n.users) for n, _ in placed[True]) == 11  # qsal < 0.2's placement
+    k_bit = [n for n, m in placed[False] if m.bits == 4]
+    assert len(k_bit) == 19 and all(type(default.get_submodule(n.args[0].target)) is nn.ReLU for n in k_bit)
+
+
+def test_alpha_has_its_own_optimizer_group_with_a_relative_learning_rate():
+    x = torch.rand(32, 1, 28, 28)
+    q = quantize(create_model("small_cnn", 2, 1).eval(), PACTConfig(bits=4, num_calibration=32), x)
+    groups = parameter_groups(q)
+    pacts = act_quantizers(q)
+    assert len(groups) == 1 + len(pacts)  # the weights, then one group per clip (each its own lr)
+    for g in groups[1:]:
+        (alpha,) = g["params"]
+        (owner,) = [p for p in pacts if p.alpha is alpha]
+        assert g["lr"] == pytest.approx(0.02 * float(owner.alpha_start)) and g["weight_decay"] == 0.0
+    shared = quantize(create_model("small_cnn", 2, 1).eval(), PACTConfig(bits=4, num_calibration=32, alpha_lr=None),
+                      torch.rand(32, 1, 28, 28))
+    assert len(parameter_groups(shared)) == 1
+
+
+@pytest.mark.slow
+def test_pact_alpha_learns_under_the_default_recipe_and_the_checkpoint_records_it(shared_data, tmp_path):
+    from qsal.pipeline import quantize_checkpoint
+
+    train, val = load_split("breastmnist", "train", shared_data), load_split("breastmnist", "val", shared_data)
+    torch.manual_seed(0)
+    fp32 = create_model("small_cnn", 2, 1)
+    fit(fp32, train, val, TrainConfig(epochs=2, progress=False), tmp_path / "fp32")
+    # the default recipe: qsal quantize's fine-tune (5 epochs, Adam lr 1e-4) and PACTConfig's alpha_lr
+    quantize_checkpoint(str(tmp_path / "fp32" / "best.safetensors"), PACTConfig(bits=4), tmp_path / "pact",
+                        data_dir=shared_data, progress=False)
+    final = load_training_state(tmp_path / "pact" / "last.pt")["model"]  # the state after the last epoch
+    alphas = [k for k in final if k.endswith(".alpha")]
+    change = [abs(float(final[k]) - float(final[k + "_start"])) / float(final[k + "_start"]) for k in alphas]
+    assert len(alphas) == 4 and np.median(change) >= 0.05, change  # with alpha_lr=None: 0.1 %
+    # the checkpoint JSON (the epoch selected on validation AUC) records every clip at start and end
+    meta = json.loads((tmp_path / "pact" / "best.json").read_text())
+    acts = meta["quantization"]["activations"]
+    best, _ = load_checkpoint(tmp_path / "pact" / "best.safetensors")
+    assert [(a["alpha_start"], a["alpha_end"]) for a in acts] == [
+        (round(float(q.alpha_start), 6), round(float(q.alpha.detach()), 6)) for q in act_quantizers(best)]
+    assert [a["alpha_start"] for a in acts] == [round(float(final[k + "_start"]), 6) for k in alphas]
+    metrics = json.loads((tmp_path / "pact" / "metrics.json").read_text())
+    assert metrics["quantization"]["activations"] == acts  # the result file records the same clips
