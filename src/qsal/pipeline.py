@@ -130,8 +130,8 @@ def evaluate_checkpoint(checkpoint: str, *, dataset: str | None = None, split: s
 
     model, meta = load_checkpoint(checkpoint)
     name = _dataset_name(meta, dataset)
+    check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))  # before loading any images
     data = load_split(name, split, data_dir, size=size)
-    check_model_fits_data(meta["arch"], data.info, str(checkpoint))
     metrics = evaluate(model, data)
     result = {"checkpoint": str(checkpoint), "dataset": name, "split": split, **metrics.to_dict()}
     if out:

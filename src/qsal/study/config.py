@@ -86,7 +86,7 @@ _ALIASES = {"sgt": {"lambda": "lam"}}
 
 
 _REQUIRED = ("datasets", "models", "methods")
-_MAX_PROBLEMS = 20  # an error message stays readable however broken the file is
+_MAX_PROBLEMS = 10  # an error message stays readable however broken the file is
 
 
 def _short(value) -> str:
@@ -94,7 +94,7 @@ def _short(value) -> str:
     import reprlib
 
     r = reprlib.Repr()
-    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 40, 40
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 1, 3, 3, 40, 40
     return r.repr(value)
 
 
@@ -122,7 +122,8 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
     top = {f for f in RunConfig.__dataclass_fields__}
     for key in raw:
         if key not in top:
-            problems.append(f"{_short(key)}: unknown key; known keys: {', '.join(sorted(top))}")
+            problems.append(f"{key if isinstance(key, str) else _short(key)}: unknown key; known keys: "
+                            f"{', '.join(sorted(top))}")
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         problems.append(f"{', '.join(missing)}: missing; a study names its datasets, models and methods "
@@ -140,7 +141,7 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
             for sub, v in value.items():
                 name = _ALIASES.get(key, {}).get(sub, sub)
                 if name not in cls.__dataclass_fields__:
-                    problems.append(f"{key}.{_short(sub)}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
+                    problems.append(f"{key}.{sub if isinstance(sub, str) else _short(sub)}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
                     continue
                 want = type(getattr(cls(), name))
                 if want is float and isinstance(v, int) and not isinstance(v, bool):

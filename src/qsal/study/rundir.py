@@ -62,13 +62,16 @@ def read_json(path: str | os.PathLike, fix: str, kind: type = dict):
     return value
 
 
-def load_npy(path: str | os.PathLike, fix: str, ndim: int | None = None) -> np.ndarray:
-    """``np.load`` without pickles; a garbage or truncated file is a ``QsalError`` with ``fix``."""
+def load_npy(path: str | os.PathLike, fix: str, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """``np.load`` without pickles, of ``ndim`` dimensions (one of them, for a tuple); a garbage, truncated
+    or mis-shaped file is a ``QsalError`` with ``fix``."""
     path = Path(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise QsalError(f"{path} is not a readable .npy array ({str(e)[:60]}); {fix}") from None
-    if not isinstance(arr, np.ndarray) or (ndim is not None and arr.ndim != ndim):
-        raise QsalError(f"{path} holds an array of shape {getattr(arr, 'shape', '?')}, not {ndim}-D; {fix}")
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if not isinstance(arr, np.ndarray) or (allowed is not None and arr.ndim not in allowed) or arr.size == 0:
+        want = " or ".join(f"{d}-D" for d in allowed) if allowed else "non-empty"
+        raise QsalError(f"{path} holds an array of shape {getattr(arr, 'shape', '?')}, not {want}; {fix}")
     return arr

@@ -164,7 +164,7 @@ def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]
     if not base.is_file():
         return {}
     try:
-        ref = load_npy(base, _redo_fix(run_dir, group[0]))
+        ref = load_npy(base, _redo_fix(run_dir, group[0]), ndim=4)
     except QsalError as e:
         return {group[0].id: str(e)}
     problems = {}
@@ -173,7 +173,7 @@ def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]
         if not _finished(cell) or not (cell / "saliency_maps.npy").is_file():
             continue
         try:
-            maps = load_npy(cell / "saliency_maps.npy", _redo_fix(run_dir, spec))
+            maps = load_npy(cell / "saliency_maps.npy", _redo_fix(run_dir, spec), ndim=4)
             if maps.shape != ref.shape:
                 raise QsalError(f"{cell / 'saliency_maps.npy'} has shape {maps.shape}, FP32's {ref.shape}; "
                                 f"{_redo_fix(run_dir, spec)}")
@@ -358,10 +358,13 @@ def collect_results(run_dir: str | Path) -> dict:
         found = {p.parent.name: p for p in group.glob("*/saliency_maps.npy")}
         labels = [r["label"] for r in results if r["label"] in found]
         fix = "delete that cell's folder and rerun `qsal run` to redo it"
-        maps = {label: load_npy(found[label], fix)[:6] for label in dict.fromkeys(labels)}
+        maps = {label: load_npy(found[label], fix, ndim=4)[:6] for label in dict.fromkeys(labels)}
+        images = load_npy(img_path, fix, ndim=(3, 4))[:6]
+        if any(len(m) != len(images) or m.shape[-2:] != images.shape[1:3] for m in maps.values()):
+            raise QsalError(f"the saliency maps in {group} do not match {img_path.name} in count or size; {fix}")
         from qsal.saliency.plot import save_saliency_grid
 
-        grids.append(str(save_saliency_grid(load_npy(img_path, fix)[:6], maps, group / "saliency_grid.png",
+        grids.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
     return {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results)}
 
@@ -371,8 +374,9 @@ def report_run(run_dir: str | Path) -> dict:
     from qsal.provenance import environment
     from qsal.study.report import write_report
 
-    collected = collect_results(run_dir)
-    cfg = read_json(Path(run_dir) / "run_config.json", "rerun `qsal run` on this folder to rewrite it")
+    stamp = Path(run_dir) / "run_config.json"
+    cfg = read_json(stamp, "rerun `qsal run` on this folder to rewrite it") if stamp.is_file() else {}
+    collected = collect_results(run_dir)  # before any file is written: a damaged folder writes nothing
     cfg = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
     cfg = {"name": str(cfg.get("name", Path(run_dir).name))}
     return write_report(run_dir, {"dataset": cfg["name"], "rows": collected["rows"], "saliency_grids": collected["grids"],
