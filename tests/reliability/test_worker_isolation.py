@@ -61,6 +61,7 @@ def test_bench_and_export_workers_ignore_the_working_directory(good_run, good_on
     assert markers(cwd) == []
 
 
+@pytest.mark.slow
 def test_run_with_a_worker_pool_ignores_the_working_directory(tmp_path):
     cwd = plant(tmp_path / "cwd")
     cfg = tmp_path / "s.yaml"
