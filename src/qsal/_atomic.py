@@ -25,6 +25,9 @@ __all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json
            "remove_stale_temps", "disk_full_error", "DISK_FULL_ERRNOS"]
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+# An output path the user chose that cannot be written: a folder, a read-only place, a file where a folder should be.
+BAD_DESTINATION_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+                          errno.ENAMETOOLONG}
 _LEGACY_STALE_SECONDS = 600  # temp files without a pid (older qsal) count as stale after this
 
 
@@ -75,6 +78,16 @@ def disk_full_error(dest: str | os.PathLike, e: OSError) -> QsalError:
                      "free some space or choose another output folder, then rerun")
 
 
+def _write_error(dest: Path, e: OSError) -> QsalError | None:
+    if e.errno in DISK_FULL_ERRNOS:
+        return disk_full_error(dest, e)
+    if e.errno in BAD_DESTINATION_ERRNOS:
+        return QsalError(f"cannot write {dest} ({os.strerror(e.errno)}"
+                         f"{': ' + str(e.filename) if e.filename and str(e.filename) != str(dest) else ''}); "
+                         "choose another output path")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; move it onto ``dest`` (mode 0666 minus umask) only if the block succeeds."""
@@ -85,8 +98,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.pid{os.getpid()}.", suffix=suffix + ".tmp", dir=dest.parent)
         os.close(fd)
     except OSError as e:
-        if e.errno in DISK_FULL_ERRNOS:
-            raise disk_full_error(dest, e) from None
+        err = _write_error(dest, e)
+        if err:
+            raise err from None
         raise
     tmp_path = Path(tmp)
     try:
@@ -95,8 +109,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, dest)
     except OSError as e:
-        if e.errno in DISK_FULL_ERRNOS:
-            raise disk_full_error(dest, e) from None
+        err = _write_error(dest, e)
+        if err:
+            raise err from None
         raise
     finally:
         if tmp_path.exists():

@@ -217,7 +217,13 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     from qsal.export.model_card import write_model_card
 
     metrics_file = Path(checkpoint).with_name("metrics.json")
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise QsalError(f"{metrics_file} is not valid JSON ({type(e).__name__}); delete it (the card then has no "
+                        "test metrics) or rerun the command that wrote it") from None
+    if metrics is not None and not isinstance(metrics, dict):
+        raise QsalError(f"{metrics_file} holds a {type(metrics).__name__}, not the metrics qsal writes; delete it")
     if bench is None:
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1,), seconds=0.5)
     bench = {**bench, "cpu": environment()["cpu"]}

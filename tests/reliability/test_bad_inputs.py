@@ -123,6 +123,8 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("demo", "--seed", "-5"): "--seed: -5 is out of range",
     ("export", "{ck}", "--format", "tflite"): "format 'tflite' is not supported",
     ("nosuchcommand",): "invalid choice: 'nosuchcommand'",
+    ("export", "{ck}", "--out", "{dir}"): "cannot write",  # an output slot pointing at a folder
+    ("bench", "{onnx}", "--threads", "1", "--seconds", "0.05", "--json", "{dir}"): "cannot write",
 }
 
 
@@ -130,7 +132,9 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
 def test_out_of_range_numbers_and_choices(argv, good_run, good_onnx, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "study.yaml").write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n")
-    subs = {"{ck}": str(good_run / "best.safetensors"), "{onnx}": str(good_onnx), "{cfg}": str(tmp_path / "study.yaml")}
+    (tmp_path / "a_folder").mkdir()
+    subs = {"{ck}": str(good_run / "best.safetensors"), "{onnx}": str(good_onnx), "{cfg}": str(tmp_path / "study.yaml"),
+            "{dir}": str(tmp_path / "a_folder")}
     before = files_under(tmp_path)
     rc, out, err = run_cli([subs.get(a, a) for a in argv], capsys)
     assert_clean_refusal(rc, out, err, NUMBER_CASES[argv])

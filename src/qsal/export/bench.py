@@ -91,8 +91,9 @@ def _spawn(kind: str, target: str, threads: int, batch: int, seconds: float) -> 
     if proc.returncode < 0:
         raise QsalError(f"benchmark worker for {target} was killed by signal {-proc.returncode} (out of memory?); "
                         "rerun with fewer other processes running")
-    if proc.returncode == 2 and proc.stderr.startswith("error: "):  # the worker's own one-line QsalError
-        raise QsalError(proc.stderr.strip().splitlines()[0][len("error: "):])
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    if proc.returncode == 2 and said:  # the worker's own one-line QsalError
+        raise QsalError(said[-1][len("error: "):])
     if proc.returncode != 0:  # a bug, not bad input: show everything the worker said
         raise RuntimeError(f"benchmark worker failed for {target} (exit {proc.returncode}); its output:\n"
                            f"{proc.stdout}{proc.stderr}")
