@@ -99,6 +99,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.close(fd)
     except OSError as e:
         err = _write_error(dest, e)
+        if e.errno == errno.ENOENT:  # the folder could not be made (e.g. under /proc)
+            err = QsalError(f"cannot write {dest} (its folder does not exist and cannot be created); "
+                            "choose another output path")
         if err:
             raise err from None
         raise

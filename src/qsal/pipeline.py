@@ -156,6 +156,11 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
     model, meta = load_checkpoint(checkpoint)
     if meta.get("quant"):
         raise QsalError(f"{checkpoint} is already quantized ({meta['quant']['method']}); start from the FP32 checkpoint")
+    layers = {name for name, m in model.named_modules() if name and not list(m.children())}
+    unknown = [name for name in getattr(qconfig, "skip", ()) if name not in layers]
+    if unknown:
+        raise QsalError(f"--skip names {unknown} are not layers of {meta['arch']['name']}; its layers are "
+                        f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
     name = _dataset_name(meta, None)
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))

@@ -122,6 +122,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("run", "{cfg}", "--workers", "0"): "--workers: 0 is out of range",
     ("demo", "--seed", "-5"): "--seed: -5 is out of range",
     ("export", "{ck}", "--format", "tflite"): "format 'tflite' is not supported",
+    ("quantize", "{ck}", "--skip", "nosuchlayer"): "--skip names ['nosuchlayer'] are not layers of small_cnn",
     ("nosuchcommand",): "invalid choice: 'nosuchcommand'",
     ("export", "{ck}", "--out", "{dir}"): "cannot write",  # an output slot pointing at a folder
     ("bench", "{onnx}", "--threads", "1", "--seconds", "0.05", "--json", "{dir}"): "cannot write",
