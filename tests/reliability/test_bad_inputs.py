@@ -124,6 +124,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("export", "{ck}", "--format", "tflite"): "format 'tflite' is not supported",
     ("quantize", "{ck}", "--skip", "nosuchlayer"): "--skip names ['nosuchlayer'] are not layers of small_cnn",
     ("nosuchcommand",): "invalid choice: 'nosuchcommand'",
+    ("run", "{dir}"): "is a folder; pass the study YAML file",
     ("export", "{ck}", "--out", "{dir}"): "cannot write",  # an output slot pointing at a folder
     ("bench", "{onnx}", "--threads", "1", "--seconds", "0.05", "--json", "{dir}"): "cannot write",
 }
@@ -152,6 +153,8 @@ YAML_CASES = {
     "meaningless_keys": (b"foo: 1\n", "foo: unknown key"),
     "name_only": (b"name: x\n", "datasets, models, methods: missing"),
     "invalid_yaml": (b"datasets: [breastmnist\n", "is not valid YAML"),
+    "negative_seed": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [-1]\n",
+                      "seeds: must be integers in 0 .. 2**32-1"),
     "wrong_types": (b"datasets: breastmnist\nmodels: [1]\nmethods: [fp32]\nepochs: {fp32: true}\n", "3 problem(s)"),
 }
 
@@ -274,3 +277,15 @@ def test_resume_state_of_another_model_or_with_wrong_types(good_run, tmp_path, m
         rc, o, err = run_cli(["train", "--epochs", "2", "--out", out, "--no-progress", *extra], capsys)
         assert_clean_refusal(rc, o, err, expected)
         assert files_under(tmp_path) == before, kind
+
+
+def test_ray_backend_without_ray_is_refused_before_the_folder_is_touched(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("ray is installed")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n")
+    rc, out, err = run_cli(["run", "study.yaml", "--backend", "ray", "--out", "run", "--no-progress"], capsys)
+    assert_clean_refusal(rc, out, err, "the Ray backend needs ray")
+    assert not (tmp_path / "run").exists()

@@ -160,6 +160,8 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                                ("observers", OBSERVERS, str), ("seeds", None, int)):
         if key in values:
             _check_list(problems, key, values[key], allowed, kind)
+    if isinstance(values.get("seeds"), list) and any(isinstance(v, int) and not 0 <= v < 2**32 for v in values["seeds"]):
+        problems.append(f"seeds: must be integers in 0 .. 2**32-1, got {_short(values['seeds'])}")
     if "sgt" in values and not 0 <= values["sgt"].k < 1:
         problems.append(f"sgt.k: must be a fraction in [0, 1), got {values['sgt'].k}")
     if "name" in values and not isinstance(values["name"], str):
@@ -176,6 +178,8 @@ def load_run_config(path: str | Path) -> RunConfig:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise QsalError(f"{path} is a folder; pass the study YAML file (see configs/)")
     if not path.is_file():
         raise QsalError(f"config file {path} not found")
     if path.stat().st_size > 1_000_000:

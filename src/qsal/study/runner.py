@@ -225,6 +225,11 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
     Holds the folder's lock throughout: a second run on the same folder raises ``QsalError`` at once."""
     cfg = config if isinstance(config, RunConfig) else load_run_config(config)
     run_dir = Path(run_dir)
+    if backend == "ray":  # refused before the folder is touched
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
     with run_lock(run_dir):
         return _run_locked(cfg, run_dir, workers, backend, ray_address, force, progress)
 
@@ -248,10 +253,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     statuses: list[dict] = []
     bar = tqdm(total=n_cells, desc=f"study {cfg.name}", disable=not progress)
     if backend == "ray":
-        try:
-            import ray
-        except ImportError:
-            raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
+        import ray
+
         if not ray.is_initialized():
             ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
                      log_to_driver=False)
