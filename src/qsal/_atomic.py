@@ -54,7 +54,7 @@ def remove_stale_temps(dest: str | os.PathLike) -> list[Path]:
     if not dest.parent.is_dir():
         return removed
     pattern = re.compile(re.escape(f".{dest.name}.") + r"(?:pid(\d+)\.)?[^/]*\.tmp$")
-    for p in dest.parent.glob(f".{glob_escape(dest.name)}.*.tmp"):
+    for p in dest.parent.glob(f".{_glob_escape(dest.name)}.*.tmp"):
         m = pattern.match(p.name)
         if not m:
             continue
@@ -69,7 +69,7 @@ def remove_stale_temps(dest: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", name)
 
 
