@@ -109,12 +109,18 @@ def validate_meta(meta, where: str) -> dict:
     quant = meta.get("quant")
     if quant is not None and not (isinstance(quant, dict) and isinstance(quant.get("method"), str)):
         raise QsalError(f"{where}: 'quant' must be null or a mapping with a 'method', got {_short(quant)}; {fix}")
+    for key in ("data", "train", "val"):  # written by fit(); read back for names and records
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise QsalError(f"{where}: {key!r} must be a mapping, got {_short(meta[key])}; {fix}")
+    if not isinstance((meta.get("data") or {}).get("name", ""), str):
+        raise QsalError(f"{where}: data.name must be a string, got {_short(meta['data']['name'])}; {fix}")
     data = meta.get("dataset")
     if data is not None:
         if not isinstance(data, dict):
             raise QsalError(f"{where}: 'dataset' must be a mapping, got {_short(data)}; {fix}")
-        if "name" in data and not isinstance(data["name"], str):
-            raise QsalError(f"{where}: dataset.name must be a string, got {_short(data['name'])}; {fix}")
+        for key in ("name", "task"):
+            if key in data and not isinstance(data[key], str):
+                raise QsalError(f"{where}: dataset.{key} must be a string, got {_short(data[key])}; {fix}")
         if "image_size" in data and not (_is_int(data["image_size"])
                                          and MIN_IMAGE_SIZE <= data["image_size"] <= MAX_IMAGE_SIZE):
             raise QsalError(f"{where}: dataset.image_size must be an integer in {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE}, got "

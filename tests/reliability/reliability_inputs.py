@@ -43,6 +43,10 @@ def checkpoint_variant(good: Path, dest: Path, kind: str) -> Path:
         meta["quant"] = {"method": "ptq", "bogus_field": 1}
     elif kind == "dataset_with_other_channels":
         meta["dataset"] = {**meta["dataset"], "name": "cifar10", "n_channels": 3}
+    elif kind == "data_is_a_list":
+        meta["data"] = ["breastmnist"]
+    elif kind == "dataset_name_is_a_number":
+        meta["dataset"]["name"] = 7
     elif kind == "no_dataset":
         meta.pop("dataset", None)
         meta.pop("data", None)

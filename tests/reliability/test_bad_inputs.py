@@ -57,6 +57,8 @@ CHECKPOINT_CASES = {  # variant: (expected text, commands that must refuse it)
     "list_at_top_level": ("holds a list, not a mapping", CHECKPOINT_COMMANDS),
     "invalid_json": ("is not valid JSON", CHECKPOINT_COMMANDS),
     "quant_garbage": ("no field(s) ['bogus_field']", CHECKPOINT_COMMANDS),
+    "data_is_a_list": ("'data' must be a mapping", CHECKPOINT_COMMANDS),
+    "dataset_name_is_a_number": ("dataset.name must be a string, got 7", CHECKPOINT_COMMANDS),
     "nan_weights": ("NaN/Inf values", CHECKPOINT_COMMANDS),
     "json_missing": ("has no best.json beside it", CHECKPOINT_COMMANDS),
     "pickle": ("qsal never unpickles", CHECKPOINT_COMMANDS),
