@@ -192,6 +192,8 @@ def _run_folder(root: Path, kind: str) -> Path:
         (cell / "result.json").write_text("[1, 2]")
     elif kind == "result_without_fields":
         (cell / "result.json").write_text('{"test_auc": 0.5}')
+    elif kind == "result_with_wrong_types":
+        (cell / "result.json").write_text(json.dumps({**result, "bits": "8", "seed": None}))
     elif kind == "corrupt_run_config":
         (run / "run_config.json").write_bytes(b"\x00\x01{{{")
     elif kind == "garbage_npy":
@@ -209,7 +211,7 @@ def _run_folder(root: Path, kind: str) -> Path:
 
 RUN_FOLDER_CASES = {
     "truncated_result": "is not valid JSON", "empty_result": "is not valid JSON",
-    "result_is_a_list": "holds a list, not a dict", "result_without_fields": "is not a qsal cell result",
+    "result_is_a_list": "holds a list, not a dict", "result_with_wrong_types": "fields of the wrong type (bits, seed)", "result_without_fields": "is not a qsal cell result",
     "corrupt_run_config": "run_config.json is not valid JSON", "garbage_npy": "is not a readable .npy array",
     "pickled_npy": "is not a readable .npy array", "maps_of_another_shape": "do not match explain_images.npy",
     "not_a_run": "is not a qsal run directory",

@@ -308,6 +308,10 @@ def _read_result(path: Path, run_dir: Path) -> dict:
     missing = [k for k in _RESULT_KEYS if k not in result]
     if missing or result.get("kind") not in ("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"):
         raise QsalError(f"{path} is not a qsal cell result (missing {missing or ['a known kind']}); {fix}")
+    wrong = [k for k in _RESULT_KEYS if not isinstance(result[k], int if k in ("bits", "seed") else str)
+             or isinstance(result[k], bool)]
+    if wrong:
+        raise QsalError(f"{path} has fields of the wrong type ({', '.join(wrong)}); {fix}")
     return result
 
 
