@@ -11,11 +11,12 @@ from pathlib import Path
 
 from qsal._atomic import write_json_atomic
 from qsal.data import ImageSplit, get_info, load_split
+from qsal.checkpoint import check_model_fits_data
 from qsal.errors import QsalError
 from qsal.provenance import environment
 from qsal.train import TrainConfig
 
-__all__ = ["train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint", "write_card", "evaluate_onnx", "data_meta",
+__all__ = ["dataset_task", "dataset_info", "train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint", "write_card", "evaluate_onnx", "data_meta",
            "load_splits"]
 
 
@@ -28,8 +29,23 @@ def data_meta(split: ImageSplit) -> dict:
 
 
 def load_splits(dataset: str, data_dir=None, size=None, download=False, seed: int = 0) -> tuple[ImageSplit, ...]:
-    """``(train, val, test)`` of a dataset."""
-    return tuple(load_split(dataset, s, data_dir, size=size, download=download, seed=seed) for s in ("train", "val", "test"))
+    """``(train, val, test)`` of a dataset; a training split with a single class is refused (nothing to learn)."""
+    splits = tuple(load_split(dataset, s, data_dir, size=size, download=download, seed=seed) for s in ("train", "val", "test"))
+    _require_classes(splits[0])
+    return splits
+
+
+def _require_classes(train: ImageSplit) -> None:
+    import numpy as np
+
+    labels = np.asarray(train.labels)
+    if train.info.task.startswith("multi-label") or labels.ndim != 1:
+        return
+    present = np.unique(labels)
+    if len(present) < 2:
+        only = train.info.labels[int(present[0])] if len(present) else "none"
+        raise QsalError(f"the training split of {train.info.name} has a single class ({only!r}, {len(labels)} images); "
+                        "a classifier needs examples of at least 2 classes: add images of the other classes")
 
 
 def _write_metrics(out: Path, metrics, extra: dict) -> Path:
@@ -85,6 +101,22 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
             "test_acc": metrics.acc, "auc_95ci": metrics.ci.get("auc"), "train_seconds": round(result.seconds, 1)}
 
 
+def dataset_task(checkpoint: str | os.PathLike) -> str:
+    """The task (binary, multi-class, ...) of the dataset a checkpoint was trained on."""
+    from qsal.checkpoint import read_meta, resolve_checkpoint_path
+
+    meta = read_meta(resolve_checkpoint_path(checkpoint))
+    task = (meta.get("dataset") or {}).get("task")
+    return task if isinstance(task, str) else dataset_info(_dataset_name(meta, None)).task
+
+
+def dataset_info(name: str):
+    """The ``DatasetInfo`` of a table name or ``folder:PATH`` (without loading images)."""
+    from qsal.data.folder import folder_info
+
+    return folder_info(Path(name[len("folder:"):])) if name.startswith("folder:") else get_info(name)
+
+
 def _dataset_name(meta: dict, dataset: str | None) -> str:
     name = dataset or (meta.get("dataset") or meta.get("data") or {}).get("name")
     if not name:
@@ -100,11 +132,8 @@ def evaluate_checkpoint(checkpoint: str, *, dataset: str | None = None, split: s
 
     model, meta = load_checkpoint(checkpoint)
     name = _dataset_name(meta, dataset)
+    check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))  # before loading any images
     data = load_split(name, split, data_dir, size=size)
-    arch = meta["arch"]
-    if data.info.num_classes != arch["num_classes"] or data.info.n_channels != arch["in_channels"]:
-        raise QsalError(f"{name} has {data.info.num_classes} classes / {data.info.n_channels} channels but the checkpoint "
-                        f"was built for {arch['num_classes']} / {arch['in_channels']}; pass the dataset it was trained on")
     metrics = evaluate(model, data)
     result = {"checkpoint": str(checkpoint), "dataset": name, "split": split, **metrics.to_dict()}
     if out:
@@ -130,8 +159,14 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
     model, meta = load_checkpoint(checkpoint)
     if meta.get("quant"):
         raise QsalError(f"{checkpoint} is already quantized ({meta['quant']['method']}); start from the FP32 checkpoint")
+    layers = {name for name, m in model.named_modules() if name and not list(m.children())}
+    unknown = [name for name in getattr(qconfig, "skip", ()) if name not in layers]
+    if unknown:
+        raise QsalError(f"--skip names {unknown} are not layers of {meta['arch']['name']}; its layers are "
+                        f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
     name = _dataset_name(meta, None)
     size = (meta.get("dataset") or {}).get("image_size")
+    check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
     qmodel = quantize(model, qconfig, calibration=train)
     if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
@@ -191,7 +226,13 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     from qsal.export.model_card import write_model_card
 
     metrics_file = Path(checkpoint).with_name("metrics.json")
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise QsalError(f"{metrics_file} is not valid JSON ({type(e).__name__}); delete it (the card then has no "
+                        "test metrics) or rerun the command that wrote it") from None
+    if metrics is not None and not isinstance(metrics, dict):
+        raise QsalError(f"{metrics_file} holds a {type(metrics).__name__}, not the metrics qsal writes; delete it")
     if bench is None:
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1,), seconds=0.5)
     bench = {**bench, "cpu": environment()["cpu"]}

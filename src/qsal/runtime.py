@@ -18,7 +18,7 @@ import numpy as np
 
 from qsal.errors import QsalError
 
-__all__ = ["Runtime", "read_metadata"]
+__all__ = ["Runtime", "read_metadata", "validate_metadata"]
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -28,6 +28,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise QsalError(f"model file {path} not found")
+    if path.stat().st_size == 0:
+        raise QsalError(f"model file {path} is empty (0 bytes); the export was interrupted or the copy failed: export it again")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
@@ -35,7 +37,42 @@ def read_metadata(path: str | os.PathLike) -> dict:
     props = {p.key: p.value for p in model.metadata_props}
     if "qsal" not in props:
         raise QsalError(f"{path} was not exported by qsal (no 'qsal' metadata); export it with `qsal export`")
-    return json.loads(props["qsal"])
+    try:
+        meta = json.loads(props["qsal"])
+    except json.JSONDecodeError as e:
+        raise QsalError(f"{path}: its 'qsal' metadata is not valid JSON ({e}); re-export it with qsal export") from None
+    return validate_metadata(meta, path)
+
+
+def validate_metadata(meta, path) -> dict:
+    """Check the fields inference relies on: ``input_shape`` (C, H, W) and, if given, the preprocessing
+    ``data.mean`` / ``data.std`` (finite, std > 0, one value or one per channel)."""
+    fix = "re-export it with qsal export"
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta, dict):
+        raise QsalError(f"{path}: its 'qsal' metadata is a {type(meta).__name__}, not a mapping; {fix}")
+    shape = meta.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(is_int(v) and v >= 1 for v in shape)):
+        raise QsalError(f"{path}: metadata input_shape must be [channels, height, width] positive integers, got "
+                        f"{str(shape)[:60]}; {fix}")
+    data = meta.get("data", {})
+    if not isinstance(data, dict):
+        raise QsalError(f"{path}: metadata 'data' must be a mapping, got {str(data)[:60]}; {fix}")
+    if "name" in data and not isinstance(data["name"], str):
+        raise QsalError(f"{path}: metadata data.name must be a dataset name, got {str(data['name'])[:60]}; {fix}")
+    for key in ("mean", "std"):
+        v = data.get(key)
+        if v is None:
+            continue
+        ok = (isinstance(v, list) and len(v) in (1, shape[0])
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v))
+        if not ok or (key == "std" and any(x <= 0 for x in v)):
+            raise QsalError(f"{path}: metadata data.{key} must be 1 or {shape[0]} finite numbers"
+                            f"{' > 0 (it divides the pixels)' if key == 'std' else ''}, got {str(v)[:60]}; {fix}")
+    return meta
 
 
 class Runtime:

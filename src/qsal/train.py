@@ -192,7 +192,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     best = FitResult(None, -1, -math.inf)
     start_epoch = 0
     if out and (out / "last.pt").is_file():
-        state = load_training_state(out / "last.pt")
+        state = load_training_state(out / "last.pt", model)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

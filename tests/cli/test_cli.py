@@ -16,7 +16,7 @@ def _run(*args, cwd=None):
 @pytest.mark.parametrize("args,message", [
     (["train", "--dataset", "nosuchset", "--epochs", "1"], "unknown dataset 'nosuchset'"),
     (["train", "--model", "vgg", "--epochs", "1"], "unknown model 'vgg'"),
-    (["train", "--epochs", "0"], "must be positive"),
+    (["train", "--epochs", "0"], "--epochs: 0 is out of range"),
     (["evaluate", "missing.safetensors"], "checkpoint missing.safetensors not found"),
     (["bench", "missing.onnx"], "model file missing.onnx not found"),
 ])

@@ -11,7 +11,13 @@ import json
 import sys
 from pathlib import Path
 
+from qsal.cli.arguments import OneLineErrorParser, float_range, int_range, non_negative_int, positive_float, positive_int
 from qsal.errors import QsalError
+
+SEED = int_range(0, 2**32 - 1, "a seed")
+IMAGE_SIZE = int_range(12, 1024, "an image size in px")
+SGT_K = float_range(0.0, 0.99, what="the masked fraction")
+SGT_LAMBDA = float_range(0.0, None, what="the KL weight")
 
 __all__ = ["main", "build_parser"]
 
@@ -30,7 +36,7 @@ def _data_args(p: argparse.ArgumentParser, dataset_default: str | None = "breast
     p.add_argument("--dataset", default=dataset_default,
                    help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders (default: %(default)s)")
     p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist; BreastMNIST 28 px is embedded)")
-    p.add_argument("--size", type=int, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224)")
+    p.add_argument("--size", type=IMAGE_SIZE, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224)")
     p.add_argument("--download", action="store_true", help="download missing files from the official source")
 
 
@@ -69,22 +75,23 @@ def cmd_models(args):
 
 
 def _setup_models(p):
-    p.add_argument("--num-classes", type=int, default=2)
-    p.add_argument("--in-channels", type=int, default=1)
-    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--num-classes", type=int_range(1, 1000, "a class count"), default=2)
+    p.add_argument("--in-channels", type=int, choices=[1, 3], default=1)
+    p.add_argument("--image-size", type=IMAGE_SIZE, default=28, help="input size in px (12-1024)")
 
 
 def _train_config_args(p):
     from qsal.train import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"])
-    p.add_argument("--shift-px", type=int, default=d.shift_px, help="random-translation augmentation (px)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="auto (CUDA where there is one), cpu or cuda")
+    p.add_argument("--shift-px", type=non_negative_int, default=d.shift_px, help="random-translation augmentation (px)")
+    p.add_argument("--seed", type=SEED, default=d.seed)
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"],
+                   help="auto (CUDA where there is one), cpu or cuda")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -113,11 +120,11 @@ def _setup_train(p):
     p.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
     _train_config_args(p)
     p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")
-    p.add_argument("--sgt-k", type=float, default=0.5, help="fraction of features masked per step")
-    p.add_argument("--sgt-lambda", type=float, default=1.0, help="weight of the KL term")
+    p.add_argument("--sgt-k", type=SGT_K, default=0.5, help="fraction of features masked per step")
+    p.add_argument("--sgt-lambda", type=SGT_LAMBDA, default=1.0, help="weight of the KL term")
     p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
                    help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
-    p.add_argument("--pact-bits", type=int, default=None, help="train PACT-quantized at this many bits (2-8)")
+    p.add_argument("--pact-bits", type=int_range(2, 8, "a bit-width"), default=None, help="train PACT-quantized at this many bits (2-8)")
 
 
 @command("evaluate", "evaluate a checkpoint on a split: AUC/ACC with 95%% CIs, sensitivity, specificity")
@@ -148,7 +155,7 @@ def _setup_demo(p):
     p.add_argument("--data-dir")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a shorter schedule (under a minute)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
 
 
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
@@ -157,17 +164,24 @@ def cmd_run(args):
 
     statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=not args.no_progress)
+    failed = [s for s in statuses if s["status"].startswith("failed")]
     for s in statuses:
-        print(f"{s['status']:<28.28} {s['id']}")
-    rep = report_run(args.out)
-    print(rep["table"])
-    print(f"\nreport: {rep['html']}")
+        print(f"{s['id']}: {s['status']}")  # in full: a failure's message names its cause and fix
+    if len(failed) < len(statuses):
+        rep = report_run(args.out)
+        print(rep["table"])
+        print(f"\nreport: {rep['html']}")
+    if failed:
+        print(f"error: {len(failed)} of {len(statuses)} cells failed (listed above; each cell's error.json has the "
+              f"traceback); fix the cause and rerun `qsal run {args.config} --out {args.out}` to redo only those",
+              file=sys.stderr)
+        return 1
 
 
 def _setup_run(p):
     p.add_argument("config", help="study YAML (see configs/)")
     p.add_argument("--out", default="runs/study", help="run directory (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (cell groups run in parallel)")
+    p.add_argument("--workers", type=int_range(1, 256, "a worker count"), default=1, help="local worker processes (cell groups run in parallel)")
     p.add_argument("--backend", default="local", choices=["local", "ray"])
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--force", action="store_true", help="reuse a run directory made by a different config")
@@ -195,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qsal.cli import deploy as cli_quant
 
     cli_quant.register(command, _SETUP)
-    parser = argparse.ArgumentParser(prog="qsal", description="Quantized, saliency-guided image classifiers "
+    parser = OneLineErrorParser(prog="qsal", description="Quantized, saliency-guided image classifiers "
                                      "for edge hardware. Start with `qsal demo`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, help_text) in _COMMANDS.items():
@@ -209,14 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except QsalError as e:
         print(f"error: {e}", file=sys.stderr)
+        return QsalError.exit_code
+    except OSError as e:
+        from qsal._atomic import DISK_FULL_ERRNOS
+
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        print(f"error: no space left on the device ({e.filename or 'while writing'}); free some space or choose another "
+              "output folder, then rerun (finished files are intact)", file=sys.stderr)
         return QsalError.exit_code
     except KeyboardInterrupt:
         print("interrupted; finished files are intact and a rerun resumes", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

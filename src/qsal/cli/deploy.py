@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+from qsal.cli.arguments import float_range, int_range, positive_float, positive_int
+
+SEED = int_range(0, 2**32 - 1, "a seed")
+
 
 def _quant_config(args):
     from qsal.quant import PACTConfig, PTQConfig, QATConfig, WeightOnlyConfig
@@ -24,10 +28,10 @@ def cmd_quantize(args):
 
     step = None
     if args.saliency_guided:
-        from qsal.checkpoint import read_meta
+        from qsal.pipeline import dataset_task
         from qsal.saliency import SaliencyGuidedStep
 
-        step = SaliencyGuidedStep(read_meta(args.checkpoint)["dataset"]["task"], k=args.sgt_k, lam=args.sgt_lambda,
+        step = SaliencyGuidedStep(dataset_task(args.checkpoint), k=args.sgt_k, lam=args.sgt_lambda,
                                   seed=args.seed, target=args.sgt_target)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
                                  data_dir=args.data_dir, seed=args.seed, progress=not args.no_progress, step=step)
@@ -37,21 +41,21 @@ def cmd_quantize(args):
 def _setup_quantize(p):
     p.add_argument("checkpoint", help="FP32 checkpoint (.safetensors) from qsal train")
     p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"])
-    p.add_argument("--bits", type=int, default=8, help="bit-width (PTQ/QAT/PACT: 2-8; weight-only: 4 or 8)")
+    p.add_argument("--bits", type=int_range(2, 8, "a bit-width"), default=8, help="bit-width (PTQ/QAT/PACT: 2-8; weight-only: 4 or 8)")
     p.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="PTQ calibration observer")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
-    p.add_argument("--num-calibration", type=int, default=512, help="training images used for calibration")
+    p.add_argument("--num-calibration", type=positive_int, default=512, help="training images used for calibration")
     p.add_argument("--skip", nargs="*", help="layer names to keep FP32")
-    p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (QAT/PACT)")
-    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (QAT/PACT)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
-    p.add_argument("--sgt-k", type=float, default=0.5)
-    p.add_argument("--sgt-lambda", type=float, default=1.0)
+    p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5)
+    p.add_argument("--sgt-lambda", type=float_range(0.0, None, what="the KL weight"), default=1.0)
     p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
                    help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
     p.add_argument("--data-dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", default="runs/quantized")
     p.add_argument("--no-progress", action="store_true")
 
@@ -87,8 +91,8 @@ def cmd_bench(args):
 
 def _setup_bench(p):
     p.add_argument("model", help="an ONNX file from qsal export")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="thread counts (0 = all cores)")
-    p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per configuration")
+    p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), nargs="+", default=[1, 0], help="thread counts (0 = all cores)")
+    p.add_argument("--seconds", type=float_range(0.0, 3600.0, low_open=True, what="seconds"), default=2.0, help="minimum timed seconds per configuration")
     p.add_argument("--json", help="also write the results to this JSON file")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qsal.cli.arguments import int_range
 from qsal.errors import QsalError
 
 
@@ -25,9 +26,14 @@ def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, 
             raise QsalError(f"method {method!r} needs gradients, which an ONNX file does not have; use --method occlusion "
                             "or explain the .safetensors checkpoint")
         rt = Runtime(path)
-        data_meta = rt.meta.get("data", {})
-        name = dataset or data_meta.get("name")
+        name = dataset or rt.meta.get("data", {}).get("name")
+        if not name:
+            raise QsalError(f"{path} does not name its dataset in its metadata; pass --dataset")
         split_data = load_split(name, split, data_dir).subset(n, seed)
+        c, h, w = rt.input_shape
+        if split_data.info.n_channels != c or split_data.images.shape[1:3] != (h, w):
+            raise QsalError(f"{name} images are {split_data.images.shape[1]} px with {split_data.info.n_channels} "
+                            f"channel(s) but {path} takes {h} px with {c}; pass the dataset it was exported for")
         x = rt.preprocess(split_data.images)
         logits = rt.run_normalized(x)
         target = logits.argmax(axis=1)
@@ -35,13 +41,17 @@ def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, 
     else:
         import torch
 
-        from qsal.checkpoint import load_checkpoint
+        from qsal.checkpoint import check_model_fits_data, load_checkpoint
+        from qsal.pipeline import dataset_info
         from qsal.saliency import explain
 
         model, meta = load_checkpoint(path)
-        data_meta = meta.get("dataset") or {}
-        name = dataset or data_meta.get("name")
-        split_data = load_split(name, split, data_dir).subset(n, seed)
+        name = dataset or (meta.get("dataset") or meta.get("data") or {}).get("name")
+        if not name:
+            raise QsalError(f"{path} does not name its dataset; pass --dataset")
+        check_model_fits_data(meta["arch"], dataset_info(name), str(path))
+        size = (meta.get("dataset") or {}).get("image_size")
+        split_data = load_split(name, split, data_dir, size=size).subset(n, seed)
         xt, _ = split_data.tensors()
         with torch.no_grad():
             logits = model.eval()(xt).numpy()
@@ -66,11 +76,11 @@ def _setup_explain(p):
 
     p.add_argument("model", help="a checkpoint (.safetensors) or an exported .onnx (occlusion only)")
     p.add_argument("--method", default="integrated_gradients", choices=METHODS)
-    p.add_argument("--n", type=int, default=8, help="number of images")
-    p.add_argument("--split", default="test")
+    p.add_argument("--n", type=int_range(1, 256, "the number of images"), default=8, help="number of images (1-256)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--dataset", help="override the dataset recorded in the model")
     p.add_argument("--data-dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range(0, 2**32 - 1, "a seed"), default=0)
     p.add_argument("--out", default="saliency.png")
 
 

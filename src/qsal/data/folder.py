@@ -1,5 +1,10 @@
 """A user's own images: one sub-folder per class (PNG/JPEG; DICOM with the ``dicom`` extra).
 
+Every file is checked as it is decoded: unreadable files, decompression bombs (Pillow's limit), DICOMs
+without pixel data or with several frames, and images so small that resizing would upscale them more
+than 4x are refused by name. 16-bit PNG/TIFF pixels are scaled by 255/65535 (the full range kept,
+not clipped at 255); DICOMs are min-max scaled per image.
+
 Classes are the sorted sub-folder names; the split is a seeded stratified shuffle, and both are
 written out by ``describe_folder`` so a user can see exactly which file went where.
 """
@@ -57,23 +62,71 @@ def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: flo
     return out
 
 
+# Upscaling a tiny image by more than this factor invents the detail a classifier would learn from.
+MAX_UPSCALE = 4
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    """One DICOM frame as uint8, min-max scaled over its own range (stored values have no fixed scale)."""
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:
+        raise QsalError("reading DICOM needs pydicom: pip install 'qsal[dicom]'") from None
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise QsalError(f"cannot read DICOM {path} ({type(e).__name__}: {str(e)[:80]}); remove or replace it") from None
+    if "PixelData" not in ds:
+        raise QsalError(f"DICOM {path} has no pixel data (a report or structured file?); remove it from the image folder")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise QsalError(f"DICOM {path} has {frames} frames; qsal classifies single images: export the frame you mean "
+                        "as its own file")
+    try:
+        px = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as e:  # noqa: BLE001 - pydicom/numpy raise many types for truncated or compressed data
+        raise QsalError(f"cannot decode the pixels of DICOM {path} ({type(e).__name__}: {str(e)[:80]}); it is truncated or "
+                        "uses a compression without a decoder installed: remove or convert it") from None
+    if px.ndim == 3 and px.shape[-1] in (3, 4):
+        px = px[..., :3].mean(axis=-1)
+    if px.ndim != 2 or not np.isfinite(px).all():
+        raise QsalError(f"DICOM {path} has pixel array of shape {px.shape}; qsal needs one 2-D image: remove or convert it")
+    return (255 * (px - px.min()) / max(px.max() - px.min(), 1e-9)).round().astype(np.uint8)
+
+
+def _open_picture(path: Path):
+    """A PNG/JPEG/... as a Pillow image in mode L or RGB; 16-bit images are scaled by 255/65535, not clipped."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise QsalError(f"refusing image {path}: {e}; remove it or shrink it") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise QsalError(f"cannot read image {path} ({e}); remove or replace it") from None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        px = np.asarray(img, dtype=np.float64)
+        if px.min() < 0 or px.max() > 65535:
+            raise QsalError(f"image {path} has 32-bit pixel values outside 0-65535; convert it to 8- or 16-bit")
+        img = Image.fromarray(np.round(px * (255.0 / 65535.0)).astype(np.uint8))
+    elif img.mode == "F":
+        raise QsalError(f"image {path} has floating-point pixels (mode F) with no fixed scale; save it as 8- or 16-bit")
+    return img
+
+
 def _read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
     from PIL import Image
 
     if path.suffix.lower() in _DICOM_EXT:
-        try:
-            import pydicom
-        except ImportError:
-            raise QsalError("reading DICOM needs pydicom: pip install 'qsal[dicom]'") from None
-        px = pydicom.dcmread(path).pixel_array.astype(np.float64)
-        px = (255 * (px - px.min()) / max(px.max() - px.min(), 1e-9)).astype(np.uint8)
-        img = Image.fromarray(px)
+        img = Image.fromarray(_read_dicom(path))
     else:
-        try:
-            img = Image.open(path)
-            img.load()
-        except OSError as e:
-            raise QsalError(f"cannot read image {path} ({e}); remove or replace it") from None
+        img = _open_picture(path)
+    w, h = img.size
+    if min(w, h) * MAX_UPSCALE < size:
+        raise QsalError(f"image {path} is {w}x{h} px; resizing it to {size} px would upscale it more than "
+                        f"{MAX_UPSCALE}x: remove it or pass a smaller --size")
     img = img.convert("L" if n_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 

@@ -64,7 +64,8 @@ def load_medmnist(info: DatasetInfo, split: str, root: Path, size: int = 28, dow
         got = md5_of(path)
         if got != expected:
             raise QsalError(f"{path} has MD5 {got}, expected the official {expected}; the file is truncated or "
-                            "modified: delete it and download it again (or pass verify=False for your own copy)")
+                            "modified: delete it and rerun with --download to fetch the official file (for images of your own, "
+                            "use --dataset folder:PATH)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]

@@ -1,7 +1,10 @@
 """Latency and size of a deployed model, each configuration measured in a fresh process.
 
-``bench_onnx`` spawns ``python -m qsal.export.bench --worker ...`` per (threads, batch) so that one
-configuration's thread pools and caches never colour the next. Batch 1 reports per-call latency
+``bench_onnx`` spawns a worker process per (threads, batch) so that one configuration's thread pools and
+caches never colour the next. The worker runs in Python's isolated mode (``-I``): neither the working
+directory nor ``PYTHONPATH`` is on its import path, so a stray ``json.py`` or ``concurrent.py`` where the
+user happens to be cannot run (``python -m`` would import it first); ``worker_command`` hands it the
+parent's own import path, minus the working directory, so it finds qsal however it was installed. Batch 1 reports per-call latency
 percentiles (the edge case: one image at a time); batch 64 reports throughput.
 """
 
@@ -66,15 +69,44 @@ def _worker_torch(checkpoint: str, threads: int, batch: int, seconds: float) -> 
         return _summary(measure(lambda: model(x), 5, 20 if batch > 1 else 50, seconds), batch)
 
 
+def clean_import_path() -> list[str]:
+    """This process's ``sys.path`` without the working directory (``''``, ``.`` or its absolute path)."""
+    cwd = os.path.realpath(os.getcwd())
+    return [p for p in sys.path if p and os.path.isabs(p) and os.path.realpath(p) != cwd]
+
+
+def worker_command(module: str, *args: str) -> list[str]:
+    """``python -I`` running ``module`` as ``__main__`` with ``clean_import_path()`` appended after the
+    interpreter's own (standard library first, so nothing can shadow it)."""
+    boot = ("import sys, json, runpy; sys.path += [p for p in json.loads(sys.argv.pop(1)) if p not in sys.path]; "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-I", "-c", boot, json.dumps(clean_import_path()), *args]
+
+
 def _spawn(kind: str, target: str, threads: int, batch: int, seconds: float) -> dict:
-    cmd = [sys.executable, "-m", "qsal.export.bench", "--worker", kind, target, "--threads", str(threads),
-           "--batch", str(batch), "--seconds", str(seconds)]
+    cmd = worker_command("qsal.export.bench", "--worker", kind, target, "--threads", str(threads),
+                         "--batch", str(batch), "--seconds", str(seconds))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or os.cpu_count())}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise QsalError(f"benchmark worker failed for {target}: {last}")
+    if proc.returncode < 0:
+        raise QsalError(f"benchmark worker for {target} was killed by signal {-proc.returncode} (out of memory?); "
+                        "rerun with fewer other processes running")
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    if proc.returncode == 2 and said:  # the worker's own one-line QsalError
+        raise QsalError(said[-1][len("error: "):])
+    if proc.returncode != 0:  # a bug, not bad input: show everything the worker said
+        raise RuntimeError(f"benchmark worker failed for {target} (exit {proc.returncode}); its output:\n"
+                           f"{proc.stdout}{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check_settings(threads: tuple[int, ...], batches: tuple[int, ...], seconds: float) -> None:
+    if not threads or any(not isinstance(t, int) or t < 0 for t in threads):
+        raise QsalError(f"thread counts must be integers >= 0 (0 = all cores), got {list(threads)}")
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise QsalError(f"batch sizes must be integers >= 1, got {list(batches)}")
+    if not (isinstance(seconds, (int, float)) and 0 < seconds <= 3600):
+        raise QsalError(f"seconds per configuration must be in (0, 3600], got {seconds}")
 
 
 def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batches: tuple[int, ...] = (1, 64),
@@ -83,9 +115,11 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
 
     ``threads=0`` means all cores. Each configuration runs in its own process.
     """
+    from qsal.runtime import read_metadata
+
+    _check_settings(tuple(threads), tuple(batches), seconds)
     path = Path(path)
-    if not path.is_file():
-        raise QsalError(f"model file {path} not found")
+    read_metadata(path)  # a missing, empty or foreign file is refused here, before any worker starts
     runs = [{"threads": t or os.cpu_count(), **_spawn("onnx", str(path), t, b, seconds)} for t in threads for b in batches]
     return {"model": str(path), "size_bytes": path.stat().st_size, "runs": runs}
 
@@ -93,6 +127,10 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
 def bench_torch(checkpoint: str | os.PathLike, threads: tuple[int, ...] = (1,), batches: tuple[int, ...] = (1, 64),
                 seconds: float = 2.0) -> dict:
     """The same measurements for PyTorch eager inference of a checkpoint (the baseline a user has)."""
+    from qsal.checkpoint import read_meta, resolve_checkpoint_path
+
+    _check_settings(tuple(threads), tuple(batches), seconds)
+    read_meta(resolve_checkpoint_path(checkpoint))
     runs = [{"threads": t or os.cpu_count(), **_spawn("torch", str(checkpoint), t, b, seconds)}
             for t in threads for b in batches]
     return {"model": str(checkpoint), "runs": runs}
@@ -107,7 +145,11 @@ def _main() -> None:
     a = ap.parse_args()
     kind, target = a.worker
     fn = _worker_onnx if kind == "onnx" else _worker_torch
-    print(json.dumps(fn(target, a.threads, a.batch, a.seconds)))
+    try:
+        print(json.dumps(fn(target, a.threads, a.batch, a.seconds)))
+    except QsalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

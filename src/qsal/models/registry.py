@@ -12,6 +12,9 @@ from qsal.errors import QsalError
 __all__ = ["register_model", "create_model", "list_models", "count_parameters", "count_macs"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# Every registered model runs from 12 px (small_cnn pools twice then convolves); above 1024 px the
+# activations of one image alone take gigabytes, which is a typo rather than a medical image.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 12, 1024
 
 
 def register_model(name: str):
@@ -44,6 +47,9 @@ def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: 
         raise QsalError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     if num_classes < 1 or in_channels not in (1, 3):
         raise QsalError(f"bad model shape: num_classes={num_classes}, in_channels={in_channels} (1 or 3)")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise QsalError(f"image size {image_size} px is outside {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} px, the range every "
+                        "model runs at; pass a size in that range")
     if seed is None:
         model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     else:

@@ -86,15 +86,28 @@ _NESTED = {"epochs": Epochs, "lr": LearningRates, "sgt": SGTSettings, "measure":
 _ALIASES = {"sgt": {"lambda": "lam"}}
 
 
+_REQUIRED = ("datasets", "models", "methods")
+_MAX_PROBLEMS = 10  # an error message stays readable however broken the file is
+
+
+def _short(value) -> str:
+    """A bounded ``repr``: a YAML alias bomb expands to gigabytes when printed in full."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 1, 3, 3, 40, 40
+    return r.repr(value)
+
+
 def _check_list(problems, key, value, allowed=None, kind=str):
     if not isinstance(value, list) or not value:
-        problems.append(f"{key}: must be a non-empty list, got {value!r}")
+        problems.append(f"{key}: must be a non-empty list, got {_short(value)}")
         return
     for i, v in enumerate(value):
         if not isinstance(v, kind) or isinstance(v, bool) and kind is int:
-            problems.append(f"{key}[{i}]: {v!r} is not a {kind.__name__}")
+            problems.append(f"{key}[{i}]: {_short(v)} is not a {kind.__name__}")
         elif allowed is not None and v not in allowed:
-            problems.append(f"{key}[{i}]: unknown value {v!r}; choose from {', '.join(map(str, allowed))}")
+            problems.append(f"{key}[{i}]: unknown value {_short(v)}; choose from {', '.join(map(str, allowed))}")
 
 
 def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
@@ -105,11 +118,17 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
 
     problems: list[str] = []
     if not isinstance(raw, dict):
-        raise QsalError(f"{where}: the top level must be a mapping of keys (name, datasets, models, ...)")
+        raise QsalError(f"{where}: the top level must be a mapping of keys (name, datasets, models, methods, ...), "
+                        f"got {_short(raw)}; see configs/ for an example")
     top = {f for f in RunConfig.__dataclass_fields__}
     for key in raw:
         if key not in top:
-            problems.append(f"{key}: unknown key; known keys: {', '.join(sorted(top))}")
+            problems.append(f"{key if isinstance(key, str) else _short(key)}: unknown key; known keys: "
+                            f"{', '.join(sorted(top))}")
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        problems.append(f"{', '.join(missing)}: missing; a study names its datasets, models and methods "
+                        "(see configs/ for an example)")
     values = {}
     for key, value in raw.items():
         if key not in top:
@@ -117,22 +136,22 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
         if key in _NESTED:
             cls = _NESTED[key]
             if not isinstance(value, dict):
-                problems.append(f"{key}: must be a mapping, got {value!r}")
+                problems.append(f"{key}: must be a mapping, got {_short(value)}")
                 continue
             kwargs = {}
             for sub, v in value.items():
                 name = _ALIASES.get(key, {}).get(sub, sub)
                 if name not in cls.__dataclass_fields__:
-                    problems.append(f"{key}.{sub}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
+                    problems.append(f"{key}.{sub if isinstance(sub, str) else _short(sub)}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
                     continue
                 want = type(getattr(cls(), name))
                 if want is float and isinstance(v, int) and not isinstance(v, bool):
                     v = float(v)
                 if not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                    problems.append(f"{key}.{sub}: {v!r} is not a {want.__name__}")
+                    problems.append(f"{key}.{sub}: {_short(v)} is not a {want.__name__}")
                     continue
                 if want in (int, float) and v <= 0 and not (key == "sgt" and name == "lam" and v == 0):
-                    problems.append(f"{key}.{sub}: must be positive, got {v!r}")
+                    problems.append(f"{key}.{sub}: must be positive, got {_short(v)}")
                 kwargs[name] = v
             values[key] = cls(**kwargs)
         else:
@@ -142,14 +161,18 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                                ("observers", OBSERVERS, str), ("seeds", None, int)):
         if key in values:
             _check_list(problems, key, values[key], allowed, kind)
+    if isinstance(values.get("seeds"), list) and any(isinstance(v, int) and not 0 <= v < 2**32 for v in values["seeds"]):
+        problems.append(f"seeds: must be integers in 0 .. 2**32-1, got {_short(values['seeds'])}")
     if "sgt" in values and not 0 <= values["sgt"].k < 1:
         problems.append(f"sgt.k: must be a fraction in [0, 1), got {values['sgt'].k}")
     if "sgt" in values and values["sgt"].target not in ("log_softmax", "logit"):
         problems.append(f"sgt.target: must be log_softmax or logit, got {values['sgt'].target!r}")
     if "name" in values and not isinstance(values["name"], str):
-        problems.append(f"name: must be a string, got {values['name']!r}")
+        problems.append(f"name: must be a string, got {_short(values['name'])}")
     if problems:
-        raise QsalError(f"{where} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+        shown = problems[:_MAX_PROBLEMS] + ([f"... and {len(problems) - _MAX_PROBLEMS} more"]
+                                            if len(problems) > _MAX_PROBLEMS else [])
+        raise QsalError(f"{where} has {len(problems)} problem(s): " + "; ".join(shown))
     return RunConfig(**values)
 
 
@@ -158,10 +181,18 @@ def load_run_config(path: str | Path) -> RunConfig:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise QsalError(f"{path} is a folder; pass the study YAML file (see configs/)")
     if not path.is_file():
         raise QsalError(f"config file {path} not found")
+    if path.stat().st_size > 1_000_000:
+        raise QsalError(f"{path} is {path.stat().st_size:,} bytes; a study config is a short YAML file (see configs/)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise QsalError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise QsalError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_run_config(raw or {}, str(path))
+        raise QsalError(f"{path} is not valid YAML ({str(e).splitlines()[0][:120]}); fix the line it names") from None
+    if raw is None:
+        raise QsalError(f"{path} is empty; a study names at least its datasets, models and methods (see configs/)")
+    return parse_run_config(raw, str(path))

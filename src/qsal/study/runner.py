@@ -5,11 +5,13 @@ that runs in order in one worker (the FP32 and SGT parents first); groups run in
 processes (``workers``) or on a Ray cluster. Each cell folder holds its config, checkpoint, ONNX
 artifact + model card, ``result.json`` (metrics, size, latency, saliency metrics), saliency maps and a
 log; a finished cell is skipped on rerun, a killed one resumes its training, a failed one records
-``error.json`` and the others go on.
+``error.json`` and the others go on. One ``qsal run`` holds a run folder at a time (``rundir.run_lock``);
+``qsal run`` exits non-zero when a cell failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,6 +24,7 @@ import numpy as np
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
+from qsal.study.rundir import load_npy, read_json, run_lock
 
 __all__ = ["CellSpec", "plan_groups", "run_study", "collect_results", "report_run"]
 
@@ -98,7 +101,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     seconds = time.perf_counter() - t0
     _log(cell, f"trained/quantized in {seconds:.1f} s")
     ckpt = cell / "best.safetensors"
-    metrics = json.loads((cell / "metrics.json").read_text())["test"]
+    metrics = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")["test"]
     result = {"id": spec.id, **asdict(spec), "label": spec.label, "test_auc": metrics["auc"], "test_acc": metrics["acc"],
               "auc_ci": metrics["ci"].get("auc"), "sensitivity": metrics.get("sensitivity"),
               "specificity": metrics.get("specificity"), "train_s": seconds}
@@ -147,22 +150,49 @@ def explanation_measures(model, x, y, seed: int) -> tuple[np.ndarray, dict]:
     return maps, {"faithfulness_gap": faith["gap"], "gini": float(np.mean(gini(maps)))}
 
 
-def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> None:
+def _redo_fix(run_dir: Path, spec: CellSpec) -> str:
+    return f"delete the folder {run_dir / spec.id} and rerun `qsal run` to redo that cell"
+
+
+def _finished(cell: Path) -> bool:
+    """A cell is finished when its ``result.json`` reads back as a result (a truncated one is redone)."""
+    try:
+        read_json(cell / "result.json", "")
+    except QsalError:
+        return False
+    return True
+
+
+def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]:
+    """Add map agreement with the FP32 cell to every finished result; returns ``{cell id: problem}``."""
     from qsal.saliency.metrics import agreement
 
     base = run_dir / group[0].id / "saliency_maps.npy"
     if not base.is_file():
-        return
-    ref = np.load(base)
+        return {}
+    try:
+        ref = load_npy(base, _redo_fix(run_dir, group[0]), ndim=4)
+    except QsalError as e:
+        return {group[0].id: str(e)}
+    problems = {}
     for spec in group:
         cell = run_dir / spec.id
-        if not (cell / "result.json").is_file() or not (cell / "saliency_maps.npy").is_file():
+        if not _finished(cell) or not (cell / "saliency_maps.npy").is_file():
             continue
-        a = agreement(ref, np.load(cell / "saliency_maps.npy"))
-        result = json.loads((cell / "result.json").read_text())
+        try:
+            maps = load_npy(cell / "saliency_maps.npy", _redo_fix(run_dir, spec), ndim=4)
+            if maps.shape != ref.shape:
+                raise QsalError(f"{cell / 'saliency_maps.npy'} has shape {maps.shape}, FP32's {ref.shape}; "
+                                f"{_redo_fix(run_dir, spec)}")
+        except QsalError as e:
+            problems[spec.id] = str(e)
+            continue
+        a = agreement(ref, maps)
+        result = read_json(cell / "result.json", _redo_fix(run_dir, spec))
         result.update(agreement_spearman=a["spearman"], agreement_iou=a["topk_iou"], agreement_ssim=a["ssim"],
                       most_changed=a["most_changed"])
         write_json_atomic(cell / "result.json", result)
+    return problems
 
 
 def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, progress: bool) -> list[dict]:
@@ -176,7 +206,7 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     statuses = []
     for spec in specs:
         cell = run_path / spec.id
-        if (cell / "result.json").is_file():
+        if _finished(cell):
             statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
             continue
         try:
@@ -188,20 +218,37 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
             write_json_atomic(cell / "error.json", {"error": str(e), "type": type(e).__name__,
                                                      "traceback": traceback.format_exc()})
             statuses.append({"id": spec.id, "status": f"failed: {type(e).__name__}: {e}"})
-    _agreement_with_fp32(specs, run_path)
+    problems = _agreement_with_fp32(specs, run_path)
+    for s in statuses:
+        if s["id"] in problems:
+            s["status"] = f"failed: QsalError: {problems[s['id']]}"
     return statuses
 
 
 def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: int = 1, backend: str = "local",
               ray_address: str | None = None, force: bool = False, progress: bool = True) -> list[dict]:
-    """Run (or resume) every cell of a study into ``run_dir``; returns the per-cell statuses."""
-    from tqdm import tqdm
+    """Run (or resume) every cell of a study into ``run_dir``; returns the per-cell statuses.
 
+    Holds the folder's lock throughout: a second run on the same folder raises ``QsalError`` at once."""
     cfg = config if isinstance(config, RunConfig) else load_run_config(config)
     run_dir = Path(run_dir)
+    if backend == "ray":  # refused before the folder is touched
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
+    with run_lock(run_dir):
+        return _run_locked(cfg, run_dir, workers, backend, ray_address, force, progress)
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_address: str | None, force: bool,
+                progress: bool) -> list[dict]:
+    from tqdm import tqdm
+
     stamp = run_dir / "run_config.json"
     if stamp.is_file():
-        old = json.loads(stamp.read_text())
+        old = read_json(stamp, "delete it to adopt the folder for this config (finished cells stay), or choose "
+                               "another --out")
         if old.get("fingerprint") != cfg.fingerprint() and not force:
             raise QsalError(f"{run_dir} was made by a different config (fingerprint {old.get('fingerprint')} vs "
                             f"{cfg.fingerprint()}); pass --force to reuse it, or choose another --out")
@@ -213,10 +260,8 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
     statuses: list[dict] = []
     bar = tqdm(total=n_cells, desc=f"study {cfg.name}", disable=not progress)
     if backend == "ray":
-        try:
-            import ray
-        except ImportError:
-            raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
+        import ray
+
         if not ray.is_initialized():
             ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
                      log_to_driver=False)
@@ -230,7 +275,7 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with _safe_path_env(), ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(run_group, *p, False) for p in payload]
             for f in as_completed(futures):
                 res = f.result()
@@ -246,16 +291,57 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
     return statuses
 
 
+@contextlib.contextmanager
+def _safe_path_env():
+    """Where worker processes start a fresh interpreter (spawn/forkserver: macOS, Windows, Python >= 3.14),
+    ``PYTHONSAFEPATH`` keeps the working directory off its import path while it boots."""
+    old = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = old
+
+
+_RESULT_KEYS = ("dataset", "model", "kind", "bits", "observer", "seed", "label")
+
+
+def _read_result(path: Path, run_dir: Path) -> dict:
+    fix = f"delete the folder {path.parent} and rerun `qsal run --out {run_dir}` to redo that cell"
+    result = read_json(path, fix)
+    missing = [k for k in _RESULT_KEYS if k not in result]
+    if missing or result.get("kind") not in ("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"):
+        raise QsalError(f"{path} is not a qsal cell result (missing {missing or ['a known kind']}); {fix}")
+    wrong = [k for k in _RESULT_KEYS if not isinstance(result[k], int if k in ("bits", "seed") else str)
+             or isinstance(result[k], bool)]
+    if wrong:
+        raise QsalError(f"{path} has fields of the wrong type ({', '.join(wrong)}); {fix}")
+    return result
+
+
+def _read_error(path: Path, run_dir: Path) -> dict:
+    try:
+        err = read_json(path, "")
+    except QsalError as e:
+        err = {"error": str(e), "type": "QsalError"}
+    return {**err, "id": str(path.parent.relative_to(run_dir))}
+
+
 def collect_results(run_dir: str | Path) -> dict:
     """Aggregate finished cells: one row per (dataset, model, method), mean and std over seeds."""
     run_dir = Path(run_dir)
     if not (run_dir / "run_config.json").is_file():
         raise QsalError(f"{run_dir} is not a qsal run directory (no run_config.json); pass the --out of `qsal run`")
     order = {k: i for i, k in enumerate(("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"))}
-    results = sorted((json.loads(p.read_text()) for p in run_dir.glob("*/*/seed*/*/result.json")),
+    results = sorted((_read_result(p, run_dir) for p in run_dir.glob("*/*/seed*/*/result.json")),
                      key=lambda r: (r["dataset"], r["model"], order[r["kind"]], -r["bits"], r["observer"], r["seed"]))
-    failed = [json.loads(p.read_text()) | {"id": str(p.parent.relative_to(run_dir))}
-              for p in sorted(run_dir.glob("*/*/seed*/*/error.json"))]
+    failed = [_read_error(p, run_dir) for p in sorted(run_dir.glob("*/*/seed*/*/error.json"))]
+    if not results and failed:
+        raise QsalError(f"none of the cells in {run_dir} finished: {len(failed)} failed (first, {failed[0]['id']}: "
+                        f"{str(failed[0].get('error'))[:200]}); fix the cause and rerun `qsal run`")
     if not results:
         raise QsalError(f"{run_dir} has no finished cells yet; run `qsal run` first")
     keys = {}
@@ -285,10 +371,14 @@ def collect_results(run_dir: str | Path) -> dict:
         group = img_path.parents[1]
         found = {p.parent.name: p for p in group.glob("*/saliency_maps.npy")}
         labels = [r["label"] for r in results if r["label"] in found]
-        maps = {label: np.load(found[label])[:6] for label in dict.fromkeys(labels)}
+        fix = "delete that cell's folder and rerun `qsal run` to redo it"
+        maps = {label: load_npy(found[label], fix, ndim=4)[:6] for label in dict.fromkeys(labels)}
+        images = load_npy(img_path, fix, ndim=(3, 4))[:6]
+        if any(len(m) != len(images) or m.shape[-2:] != images.shape[1:3] for m in maps.values()):
+            raise QsalError(f"the saliency maps in {group} do not match {img_path.name} in count or size; {fix}")
         from qsal.saliency.plot import save_saliency_grid
 
-        grids.append(str(save_saliency_grid(np.load(img_path)[:6], maps, group / "saliency_grid.png",
+        grids.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
     return {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results)}
 
@@ -298,7 +388,10 @@ def report_run(run_dir: str | Path) -> dict:
     from qsal.provenance import environment
     from qsal.study.report import write_report
 
-    collected = collect_results(run_dir)
-    cfg = json.loads((Path(run_dir) / "run_config.json").read_text())["config"]
+    stamp = Path(run_dir) / "run_config.json"
+    cfg = read_json(stamp, "rerun `qsal run` on this folder to rewrite it") if stamp.is_file() else {}
+    collected = collect_results(run_dir)  # before any file is written: a damaged folder writes nothing
+    cfg = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
+    cfg = {"name": str(cfg.get("name", Path(run_dir).name))}
     return write_report(run_dir, {"dataset": cfg["name"], "rows": collected["rows"], "saliency_grids": collected["grids"],
                                   "failed": collected["failed"], "environment": environment()})

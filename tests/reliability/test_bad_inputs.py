@@ -1,0 +1,295 @@
+"""Every CLI command, garbage in each input slot: exit 2, exactly one ``error:`` line, no traceback, no new file.
+
+The inputs are made by the tests (``reliability_inputs``): broken checkpoints and their JSON, ONNX files
+with bad metadata, image folders with broken PNG/DICOM files, YAML configs, run folders and resume
+states, and out-of-range numbers. A new command or input slot belongs in ``CASES``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qsal.cli import main
+from reliability_inputs import ALIAS_BOMB, bad_image, checkpoint_variant, image_folder, onnx_variant
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".qsal-run.lock"}
+
+
+def assert_clean_refusal(rc, out, err, expected: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in out + err, err
+    assert rc == 2, f"exit {rc}; stderr: {err[-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    assert expected in lines[0], lines[0]
+    assert len(lines[0]) < 1500, f"{len(lines[0])}-character message"
+
+
+CHECKPOINT_COMMANDS = {
+    "evaluate": lambda ck, out: ["evaluate", ck, "--out", out / "m.json"],
+    "quantize": lambda ck, out: ["quantize", ck, "--num-calibration", "16", "--out", out / "q", "--no-progress"],
+    "quantize-sgt": lambda ck, out: ["quantize", ck, "--method", "pact", "--bits", "4", "--saliency-guided",
+                                     "--epochs", "1", "--out", out / "q", "--no-progress"],
+    "export": lambda ck, out: ["export", ck, "--out", out / "m.onnx"],
+    "explain": lambda ck, out: ["explain", ck, "--method", "gradient", "--n", "2", "--out", out / "s.png"],
+}
+CHECKPOINT_CASES = {  # variant: (expected text, commands that must refuse it)
+    "arch_is_a_string": ("'arch' is str", CHECKPOINT_COMMANDS),
+    "num_classes_missing": ("arch.num_classes must be a positive integer", CHECKPOINT_COMMANDS),
+    "num_classes_is_a_string": ("arch.num_classes must be a positive integer, got '2'", CHECKPOINT_COMMANDS),
+    "image_size_huge": ("arch.image_size must be an integer in 12-1024", CHECKPOINT_COMMANDS),
+    "list_at_top_level": ("holds a list, not a mapping", CHECKPOINT_COMMANDS),
+    "invalid_json": ("is not valid JSON", CHECKPOINT_COMMANDS),
+    "quant_garbage": ("no field(s) ['bogus_field']", CHECKPOINT_COMMANDS),
+    "data_is_a_list": ("'data' must be a mapping", CHECKPOINT_COMMANDS),
+    "dataset_name_is_a_number": ("dataset.name must be a string, got 7", CHECKPOINT_COMMANDS),
+    "nan_weights": ("NaN/Inf values", CHECKPOINT_COMMANDS),
+    "json_missing": ("has no best.json beside it", CHECKPOINT_COMMANDS),
+    "pickle": ("qsal never unpickles", CHECKPOINT_COMMANDS),
+    "truncated_weights": ("not a readable safetensors file", CHECKPOINT_COMMANDS),
+    "dataset_with_other_channels": ("cifar10 has 10 classes / 3 channels",
+                                    {k: v for k, v in CHECKPOINT_COMMANDS.items() if k != "export"}),
+    "no_dataset": ("does not name its dataset", {k: v for k, v in CHECKPOINT_COMMANDS.items() if k != "export"}),
+}
+
+
+@pytest.mark.parametrize("variant,command", [(v, c) for v, (_, cmds) in CHECKPOINT_CASES.items() for c in cmds])
+def test_broken_checkpoints_are_refused_by_every_command(variant, command, good_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ck = checkpoint_variant(good_run, tmp_path / "ck", variant)
+    before = files_under(tmp_path)
+    rc, out, err = run_cli(CHECKPOINT_COMMANDS[command](ck, tmp_path / "out"), capsys)
+    assert_clean_refusal(rc, out, err, CHECKPOINT_CASES[variant][0])
+    assert files_under(tmp_path) == before  # nothing half-written
+
+
+ONNX_COMMANDS = {
+    "bench": lambda m, out: ["bench", m, "--threads", "1", "--seconds", "0.05", "--json", out / "b.json"],
+    "explain": lambda m, out: ["explain", m, "--method", "occlusion", "--n", "2", "--out", out / "s.png"],
+}
+ONNX_CASES = {
+    "empty": ("is empty (0 bytes)", ONNX_COMMANDS),
+    "garbage": ("is not a readable ONNX file", ONNX_COMMANDS),
+    "metadata_not_json": ("'qsal' metadata is not valid JSON", ONNX_COMMANDS),
+    "no_input_shape": ("input_shape must be [channels, height, width]", ONNX_COMMANDS),
+    "std_zero": ("data.std must be 1 or 1 finite numbers > 0", ONNX_COMMANDS),
+    "not_from_qsal": ("was not exported by qsal", ONNX_COMMANDS),
+    "no_data_name": ("does not name its dataset in its metadata; pass --dataset", {"explain": ONNX_COMMANDS["explain"]}),
+}
+
+
+@pytest.mark.parametrize("variant,command", [(v, c) for v, (_, cmds) in ONNX_CASES.items() for c in cmds])
+def test_broken_onnx_files_are_refused(variant, command, good_onnx, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    model = onnx_variant(good_onnx, tmp_path / "m.onnx", variant)
+    before = files_under(tmp_path)
+    rc, out, err = run_cli(ONNX_COMMANDS[command](model, tmp_path / "out"), capsys)
+    assert_clean_refusal(rc, out, err, ONNX_CASES[variant][0])
+    assert files_under(tmp_path) == before
+
+
+NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
+    ("quantize", "{ck}", "--num-calibration", "-1"): "--num-calibration: -1 is out of range",
+    ("quantize", "{ck}", "--bits", "9"): "--bits: 9 is out of range",
+    ("train", "--seed", "-1"): "--seed: -1 is out of range",
+    ("train", "--device", "tpu"): "--device: invalid choice: 'tpu'",
+    ("train", "--epochs", "abc"): "--epochs: 'abc' is not an integer",
+    ("train", "--lr", "nan"): "--lr: nan is out of range",
+    ("train", "--size", "100000"): "--size: 100000 is out of range",
+    ("train", "--sgt-k", "1.5"): "--sgt-k: 1.5 is out of range",
+    ("explain", "{ck}", "--n", "0"): "--n: 0 is out of range",
+    ("explain", "{ck}", "--split", "holdout"): "--split: invalid choice",
+    ("models", "--image-size", "1"): "--image-size: 1 is out of range",
+    ("models", "--image-size", "100000"): "--image-size: 100000 is out of range",
+    ("models", "--in-channels", "2"): "--in-channels: invalid choice: 2",
+    ("bench", "{onnx}", "--threads", "-1"): "--threads: -1 is out of range",
+    ("bench", "{onnx}", "--seconds", "0"): "--seconds: 0 is out of range",
+    ("bench", "{onnx}", "--seconds", "-1"): "--seconds: -1 is out of range",
+    ("run", "{cfg}", "--workers", "0"): "--workers: 0 is out of range",
+    ("demo", "--seed", "-5"): "--seed: -5 is out of range",
+    ("export", "{ck}", "--format", "tflite"): "format 'tflite' is not supported",
+    ("quantize", "{ck}", "--skip", "nosuchlayer"): "--skip names ['nosuchlayer'] are not layers of small_cnn",
+    ("nosuchcommand",): "invalid choice: 'nosuchcommand'",
+    ("run", "{dir}"): "is a folder; pass the study YAML file",
+    ("export", "{ck}", "--out", "{dir}"): "cannot write",  # an output slot pointing at a folder
+    ("bench", "{onnx}", "--threads", "1", "--seconds", "0.05", "--json", "{dir}"): "cannot write",
+}
+
+
+@pytest.mark.parametrize("argv", list(NUMBER_CASES), ids=lambda a: "_".join(a))
+def test_out_of_range_numbers_and_choices(argv, good_run, good_onnx, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n")
+    (tmp_path / "a_folder").mkdir()
+    subs = {"{ck}": str(good_run / "best.safetensors"), "{onnx}": str(good_onnx), "{cfg}": str(tmp_path / "study.yaml"),
+            "{dir}": str(tmp_path / "a_folder")}
+    before = files_under(tmp_path)
+    rc, out, err = run_cli([subs.get(a, a) for a in argv], capsys)
+    assert_clean_refusal(rc, out, err, NUMBER_CASES[argv])
+    assert files_under(tmp_path) == before
+
+
+YAML_CASES = {
+    "non_utf8": (b"name: caf\xe9\ndatasets: [breastmnist]\n", "is not UTF-8 text"),
+    "alias_bomb": (ALIAS_BOMB.encode(), "problem(s)"),
+    "empty": (b"", "is empty; a study names at least its datasets"),
+    "comments_only": (b"# nothing here\n", "is empty"),
+    "scalar": (b"hello\n", "the top level must be a mapping"),
+    "list": (b"- breastmnist\n- small_cnn\n", "the top level must be a mapping"),
+    "meaningless_keys": (b"foo: 1\n", "foo: unknown key"),
+    "name_only": (b"name: x\n", "datasets, models, methods: missing"),
+    "invalid_yaml": (b"datasets: [breastmnist\n", "is not valid YAML"),
+    "negative_seed": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [-1]\n",
+                      "seeds: must be integers in 0 .. 2**32-1"),
+    "wrong_types": (b"datasets: breastmnist\nmodels: [1]\nmethods: [fp32]\nepochs: {fp32: true}\n", "3 problem(s)"),
+}
+
+
+@pytest.mark.parametrize("case", list(YAML_CASES))
+def test_bad_study_configs(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "study.yaml"
+    cfg.write_bytes(YAML_CASES[case][0])
+    before = files_under(tmp_path)
+    rc, out, err = run_cli(["run", cfg, "--out", tmp_path / "run", "--no-progress"], capsys)
+    assert_clean_refusal(rc, out, err, YAML_CASES[case][1])
+    assert files_under(tmp_path) == before
+    assert not (tmp_path / "run").exists()
+
+
+def _run_folder(root: Path, kind: str) -> Path:
+    """A run folder with one finished fp32 cell, damaged in one way."""
+    run = root / "run"
+    cell = run / "breastmnist/small_cnn/seed0/fp32"
+    cell.mkdir(parents=True)
+    (run / "run_config.json").write_text(json.dumps({"fingerprint": "x", "config": {"name": "t"}}))
+    result = {"id": "breastmnist/small_cnn/seed0/fp32", "dataset": "breastmnist", "model": "small_cnn", "seed": 0,
+              "kind": "fp32", "bits": 8, "observer": "", "label": "fp32", "test_auc": 0.8, "test_acc": 0.7}
+    (cell / "result.json").write_text(json.dumps(result))
+    np.save(cell / "saliency_maps.npy", np.zeros((2, 1, 28, 28), np.float32))
+    np.save(cell / "explain_images.npy", np.zeros((2, 28, 28), np.float32))
+    if kind == "truncated_result":
+        (cell / "result.json").write_text(json.dumps(result)[:50])
+    elif kind == "empty_result":
+        (cell / "result.json").write_text("")
+    elif kind == "result_is_a_list":
+        (cell / "result.json").write_text("[1, 2]")
+    elif kind == "result_without_fields":
+        (cell / "result.json").write_text('{"test_auc": 0.5}')
+    elif kind == "result_with_wrong_types":
+        (cell / "result.json").write_text(json.dumps({**result, "bits": "8", "seed": None}))
+    elif kind == "corrupt_run_config":
+        (run / "run_config.json").write_bytes(b"\x00\x01{{{")
+    elif kind == "garbage_npy":
+        (cell / "saliency_maps.npy").write_bytes(b"\x93NUMPY garbage garbage")
+    elif kind == "pickled_npy":
+        np.save(cell / "explain_images.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif kind == "maps_of_another_shape":
+        np.save(cell / "saliency_maps.npy", np.zeros((2, 1, 14, 14), np.float32))
+    elif kind == "not_a_run":
+        (run / "run_config.json").unlink()
+    else:
+        raise ValueError(kind)
+    return run
+
+
+RUN_FOLDER_CASES = {
+    "truncated_result": "is not valid JSON", "empty_result": "is not valid JSON",
+    "result_is_a_list": "holds a list, not a dict", "result_with_wrong_types": "fields of the wrong type (bits, seed)", "result_without_fields": "is not a qsal cell result",
+    "corrupt_run_config": "run_config.json is not valid JSON", "garbage_npy": "is not a readable .npy array",
+    "pickled_npy": "is not a readable .npy array", "maps_of_another_shape": "do not match explain_images.npy",
+    "not_a_run": "is not a qsal run directory",
+}
+
+
+@pytest.mark.parametrize("kind", list(RUN_FOLDER_CASES))
+def test_damaged_run_folders_in_report(kind, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = _run_folder(tmp_path, kind)
+    before = files_under(tmp_path)
+    rc, out, err = run_cli(["report", run], capsys)
+    assert_clean_refusal(rc, out, err, RUN_FOLDER_CASES[kind])
+    assert files_under(tmp_path) == before
+
+
+def test_corrupt_run_config_in_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = _run_folder(tmp_path, "corrupt_run_config")
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n")
+    before = files_under(tmp_path)
+    rc, out, err = run_cli(["run", cfg, "--out", run, "--no-progress"], capsys)
+    assert_clean_refusal(rc, out, err, "run_config.json is not valid JSON")
+    assert files_under(tmp_path) == before
+
+
+IMAGE_CASES = {
+    "garbage_png": "cannot read image", "one_pixel_png": "is 1x1 px; resizing it to 28 px would upscale it",
+    "float_tiff": "floating-point pixels", "garbage_dicom": "cannot read DICOM",
+    "truncated_dicom": "DICOM", "dicom_without_pixels": "has no pixel data",
+    "multiframe_dicom": "has 3 frames", "decompression_bomb": "decompression bomb",
+}
+
+
+@pytest.mark.parametrize("kind", list(IMAGE_CASES))
+def test_bad_image_files_in_a_folder_dataset(kind, tmp_path, monkeypatch, capsys):
+    if "dicom" in kind:
+        pytest.importorskip("pydicom")
+    if kind == "decompression_bomb":
+        from PIL import Image
+
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the same check as for a 180-megapixel file
+    monkeypatch.chdir(tmp_path)
+    folder = bad_image(image_folder(tmp_path / "imgs"), kind)
+    before = files_under(tmp_path)
+    rc, out, err = run_cli(["train", "--dataset", f"folder:{folder}", "--epochs", "1", "--out", tmp_path / "out",
+                            "--no-progress"], capsys)
+    assert_clean_refusal(rc, out, err, IMAGE_CASES[kind])
+    assert files_under(tmp_path) == before
+
+
+def test_resume_state_of_another_model_or_with_wrong_types(good_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cases = {"another_model": ("written for another model", ["--model", "resnet20"]),
+             "wrong_types": ("field 'model' is str", []), "garbage": ("cannot resume from", [])}
+    for kind, (expected, extra) in cases.items():
+        out = tmp_path / kind
+        out.mkdir()
+        if kind == "another_model":
+            (out / "last.pt").write_bytes((good_run / "last.pt").read_bytes())
+        elif kind == "wrong_types":
+            torch.save({"model": "weights", "optimizer": [], "epoch": "3"}, out / "last.pt")
+        else:
+            (out / "last.pt").write_bytes(b"PK\x03\x04 not a zip")
+        before = files_under(tmp_path)
+        rc, o, err = run_cli(["train", "--epochs", "2", "--out", out, "--no-progress", *extra], capsys)
+        assert_clean_refusal(rc, o, err, expected)
+        assert files_under(tmp_path) == before, kind
+
+
+def test_ray_backend_without_ray_is_refused_before_the_folder_is_touched(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("ray is installed")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n")
+    rc, out, err = run_cli(["run", "study.yaml", "--backend", "ray", "--out", "run", "--no-progress"], capsys)
+    assert_clean_refusal(rc, out, err, "the Ray backend needs ray")
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,183 @@
+"""Crash and concurrency behaviour: atomic checkpoint pairs, stale temp files, file modes, a full disk,
+the run-folder lock, ``qsal run``'s exit code, and images decoded without silent damage."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qsal._atomic import atomic_path, write_json_atomic
+from qsal.checkpoint import load_checkpoint, save_checkpoint
+from qsal.cli import main
+from qsal.errors import QsalError
+from qsal.models import create_model
+
+
+def _model():
+    torch.manual_seed(0)
+    m = create_model("small_cnn", 2, 1)
+    return m
+
+
+def _meta(m):
+    return {"arch": m.qsal_arch, "dataset": {"name": "breastmnist"}}
+
+
+def test_checkpoint_pair_is_written_0644_and_a_half_written_pair_reads_as_absent(tmp_path, monkeypatch):
+    old_umask = os.umask(0o022)
+    try:
+        m = _model()
+        path = save_checkpoint(m, tmp_path / "best.safetensors", _meta(m))
+    finally:
+        os.umask(old_umask)
+    for f in ("best.safetensors", "best.json"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o644, f  # safetensors' own writer makes 0600
+    load_checkpoint(path)
+
+    # a kill after the weights moved in and before the json did: simulated by failing the json's os.replace
+    real_replace = os.replace
+
+    def dies_before_json(src, dst):
+        if str(dst).endswith(".json"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_before_json)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(m, path, _meta(m))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert path.is_file() and not path.with_suffix(".json").exists()
+    with pytest.raises(QsalError, match="has no best.json beside it"):
+        load_checkpoint(path)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    save_checkpoint(m, path, _meta(m))  # the next write completes the pair
+    load_checkpoint(path)
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    dead = tmp_path / ".last.pt.pid999999999.abcd1234.tmp"  # no such pid
+    dead.write_bytes(b"x" * 1000)
+    legacy = tmp_path / ".last.pt.k2j3h4g5.tmp"  # older qsal: no pid in the name, an hour old
+    legacy.write_bytes(b"x")
+    os.utime(legacy, (0, 0))
+    live = tmp_path / f".last.pt.pid{os.getpid()}.zzzz.tmp"  # a writer that is still running
+    live.write_bytes(b"x")
+    other = tmp_path / ".best.json.pid999999999.q.tmp"  # another destination's: not ours to judge now
+    other.write_bytes(b"x")
+    with atomic_path(tmp_path / "last.pt") as tmp:
+        tmp.write_bytes(b"new")
+    assert (tmp_path / "last.pt").read_bytes() == b"new"
+    assert not dead.exists() and not legacy.exists()
+    assert live.exists() and other.exists()
+
+
+def test_a_full_disk_is_a_clean_error_and_keeps_the_old_file(tmp_path, monkeypatch, capsys):
+    write_json_atomic(tmp_path / "r.json", {"v": 1})
+    real_open = open
+
+    def full_disk_open(file, mode="r", *a, **kw):
+        f = real_open(file, mode, *a, **kw)
+        if "w" in mode and str(file).endswith(".tmp"):
+            f.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return f
+
+    import builtins
+
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    with pytest.raises(QsalError, match="no space left on the device while writing .*r.json"):
+        write_json_atomic(tmp_path / "r.json", {"v": 2})
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert json.loads((tmp_path / "r.json").read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+    # and an ENOSPC from anywhere else (a library writing directly) is one line, exit 2, at the CLI
+    import qsal.pipeline
+
+    def export_fills_disk(*a, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/full/model.onnx")
+
+    monkeypatch.setattr(qsal.pipeline, "export_checkpoint", export_fills_disk)
+    capsys.readouterr()
+    assert main(["export", "x.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: no space left on the device (/full/model.onnx)")
+
+
+def test_a_second_run_on_a_locked_folder_refuses(tmp_path, capsys):
+    from qsal.study.rundir import run_lock
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nepochs: {fp32: 1}\n")
+    run = tmp_path / "run"
+    with run_lock(run):  # as if another `qsal run` were working in it
+        capsys.readouterr()
+        assert main(["run", str(cfg), "--out", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"{run} is in use by another `qsal run` (pid {os.getpid()})" in err and err.count("\n") == 1
+    assert not (run / "run_config.json").exists()  # it refused before touching anything
+    with run_lock(run):  # released: it can be taken again
+        pass
+
+
+def test_run_exits_nonzero_and_prints_each_failure_in_full(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "no_data_here"))
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("datasets: [pneumoniamnist]\nmodels: [small_cnn]\nmethods: [fp32, ptq]\nepochs: {fp32: 1}\n")
+    capsys.readouterr()
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    lines = out.splitlines()
+    assert len(lines) == 2 and all("failed: QsalError: pneumoniamnist.npz not found (looked in" in ln for ln in lines)
+    assert all("or point --data-dir / QSAL_DATA_DIR at its folder" in ln for ln in lines)  # not cut short
+    assert "has no finished cells yet" not in out + err
+    assert "error: 2 of 2 cells failed" in err and "Traceback" not in err
+    with pytest.raises(QsalError, match="none of the cells in .* finished: 2 failed"):
+        from qsal.study.runner import collect_results
+
+        collect_results(tmp_path / "run")
+
+
+def test_single_class_training_split_is_refused():
+    from qsal.data import get_info
+    from qsal.data.arrays import ImageSplit
+    from qsal.pipeline import _require_classes
+
+    info = get_info("breastmnist")
+    images = np.zeros((12, 28, 28, 1), np.uint8)
+    with pytest.raises(QsalError, match=f"has a single class \\('{info.labels[1]}', 12 images\\)"):
+        _require_classes(ImageSplit(info, "train", images, np.ones(12, np.int64), "test"))
+    _require_classes(ImageSplit(info, "train", images, np.arange(12, dtype=np.int64) % 2, "test"))
+
+
+def _png16(path: Path, px: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(px.astype(np.uint16)).save(path)
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    from qsal.data.folder import _read_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64), (64, 1))
+    _png16(tmp_path / "ramp.png", ramp)
+    img = _read_image(tmp_path / "ramp.png", 1, 64)
+    assert img.min() == 0 and img.max() == 255
+    assert len(np.unique(img)) == 64  # every level kept (clipping left 2)
+    np.testing.assert_allclose(img[0], np.round(np.linspace(0, 255, 64)), atol=1)
+
+
+def test_dicom_is_min_max_scaled(tmp_path):
+    pytest.importorskip("pydicom")
+    from qsal.data.folder import _read_image
+    from reliability_inputs import write_dicom
+
+    img = _read_image(write_dicom(tmp_path / "x.dcm", size=32), 1, 32)
+    assert img.dtype == np.uint8 and img.min() == 0 and img.max() == 255 and len(np.unique(img)) > 200

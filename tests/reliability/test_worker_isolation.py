@@ -1,0 +1,81 @@
+"""No command runs Python files from the working directory.
+
+A folder with ``argparse.py``, ``json.py`` and ``concurrent.py`` (each writes a marker file when imported)
+is the working directory of every command that starts a worker process: bench, export (its model card
+is benchmarked), run (local worker pool + bench) and demo. No marker may appear.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHADOWS = ("argparse", "json", "concurrent")
+
+
+def plant(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SHADOWS:
+        (folder / f"{name}.py").write_text(
+            "import os\n"
+            f"open(os.path.join({str(folder)!r}, 'IMPORTED_{name}'), 'w').close()\n"
+            "raise SystemExit('planted module ran')\n")
+    return folder
+
+
+def markers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("IMPORTED_*"))
+
+
+def qsal_command() -> list[str]:
+    """The installed console script (what a user runs), else the module under -P (no cwd on the path)."""
+    script = Path(sys.executable).parent / "qsal"
+    return [str(script)] if script.is_file() else [sys.executable, "-P", "-m", "qsal.cli"]
+
+
+def run_in(folder: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*qsal_command(), *args], cwd=folder, capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_the_planted_modules_do_run_under_python_m(tmp_path):
+    """The control: ``python -m`` (how the worker used to start) imports them."""
+    cwd = plant(tmp_path / "cwd")
+    subprocess.run([sys.executable, "-m", "qsal.export.bench", "--help"], cwd=cwd, capture_output=True, timeout=120)
+    assert markers(cwd)
+
+
+def test_bench_and_export_workers_ignore_the_working_directory(good_run, good_onnx, tmp_path):
+    cwd = plant(tmp_path / "cwd")
+    proc = run_in(cwd, "bench", str(good_onnx), "--threads", "1", "--seconds", "0.05")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "batch=64" in proc.stdout
+    proc = run_in(cwd, "export", str(good_run / "best.safetensors"), "--out", str(tmp_path / "m.onnx"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "latency" in (tmp_path / "m.card.md").read_text().lower()
+    assert markers(cwd) == []
+
+
+@pytest.mark.slow
+def test_run_with_a_worker_pool_ignores_the_working_directory(tmp_path):
+    cwd = plant(tmp_path / "cwd")
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [0, 1]\n"
+                   "epochs: {fp32: 1}\nmeasure: {latency: true, saliency: false}\n")
+    proc = run_in(cwd, "run", str(cfg), "--out", str(tmp_path / "run"), "--workers", "2", "--no-progress", timeout=500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count(": done") == 2
+    assert markers(cwd) == []
+
+
+@pytest.mark.slow
+def test_demo_ignores_the_working_directory(tmp_path):
+    cwd = plant(tmp_path / "cwd")
+    proc = run_in(cwd, "demo", "--quick", "--out", str(tmp_path / "demo"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert markers(cwd) == []
