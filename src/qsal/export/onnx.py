@@ -58,6 +58,7 @@ class _Emitter:
         self.names: dict[fx.Node, str] = {}
         self.qparams: dict[fx.Node, dict] = {}
         self.relu6_inputs: dict[fx.Node, str] = {}
+        self.deferred_clip: set[fx.Node] = set()
         self.counter = 0
 
     def fresh(self, base: str) -> str:
@@ -168,7 +169,7 @@ class _Emitter:
         # runtime can keep it in integers (DQ -> MaxPool -> Q fuses to an integer MaxPool).
         p = self.qparams.get(node.args[0])
         if p is not None:
-            out = self.qdq(out, {**p, "clip": None}, node.name)
+            out = self.qdq(out, p if node.args[0] in self.deferred_clip else {**p, "clip": None}, node.name)
             self.qparams[node] = p
         self.names[node] = out
 
@@ -184,7 +185,15 @@ class _Emitter:
                 return
             p = mod.export_params()
             x = self.drop_redundant_relu6(node.args[0], x, p)
-            self.names[node] = self.qdq(x, p, node.name)
+            if p["clip"] is not None and node.users and all(
+                    u.op == "call_module" and isinstance(self.gm.get_submodule(u.target), nn.MaxPool2d) for u in node.users):
+                # Read only by max-pools: clip the codes after pooling instead (max commutes with a
+                # monotone clip, so the codes are the same), where the tensor is smaller and the pool
+                # can stay in onnxruntime's fused NHWC layout.
+                self.deferred_clip.add(node)
+                self.names[node] = self.qdq(x, {**p, "clip": None}, node.name)
+            else:
+                self.names[node] = self.qdq(x, p, node.name)
             self.qparams[node] = p
         elif isinstance(mod, nn.Conv2d):
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
