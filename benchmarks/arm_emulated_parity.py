@@ -75,7 +75,10 @@ def main() -> None:
                          "max_abs_logit_diff": float(np.abs(x86 - arm).max()),
                          "logit_scale": float(np.abs(x86).max())})
             print(json.dumps(rows[-1]))
+    import onnxruntime
+
     write_json_atomic(args.out, {"dataset": args.dataset, "split": "test", "aarch64_onnxruntime": arm_version,
+                                 "x86_onnxruntime": onnxruntime.__version__,
                                  "emulator": "qemu-aarch64-static (user mode)", "rows": rows})
 
 
