@@ -16,7 +16,8 @@ calibration images), Brevitas's QCDQ ONNX export of a 4-bit model (``brevitas.gr
 
     python benchmarks/quantization_latency.py --models small_cnn resnet18 --dataset breastmnist
 
-Run it on a quiet machine (nothing else running). FP32 checkpoints of ``benchmarks/quantization.py``
+Run it on a quiet machine (nothing else running). The Brevitas peer needs ``pip install -e .[bench-peers]``
+(its QCDQ export goes through onnxoptimizer); without it the table records why that row is missing. FP32 checkpoints of ``benchmarks/quantization.py``
 (runs/bench/<dataset>_<model>/fp32) are reused when present; otherwise a short FP32 training runs first.
 """
 
