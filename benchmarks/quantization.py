@@ -2,8 +2,10 @@
 ``quantize_static``, on PneumoniaMNIST, BreastMNIST and RetinaMNIST, measured as deployed ONNX artifacts.
 
 Every accuracy figure in the table is the *artifact's* (onnxruntime on the test split); the fake-quant
-PyTorch model's is in the JSON beside it, with the max logit difference between the two. Latency is
-measured in one run, each configuration in a fresh process, 1 thread.
+PyTorch model's is in the JSON beside it, with the max logit difference between the two. Latency: all
+artifacts of a cell in one process, interleaved rounds, median of per-round medians, 1 thread, default
+onnxruntime sessions (``qsal.export.bench.interleaved_latency``); the dedicated latency/size table with
+Brevitas and all-core figures is ``benchmarks/quantization_latency.py``.
 
     python benchmarks/quantization.py [--data-dir ../shared/data] [--models small_cnn edge_mbv2 resnet18]
 """
@@ -25,7 +27,7 @@ from _common import RESULTS, data_dir  # noqa: E402
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
 from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
-from qsal.export.bench import bench_onnx, bench_torch  # noqa: E402
+from quantization_latency import EAGER, _adopt_metadata, _ort_peer, time_artifacts  # noqa: E402
 from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig, PTQConfig, QATConfig  # noqa: E402
@@ -67,30 +69,20 @@ def _torch_logits(ckpt: str, test) -> tuple[np.ndarray, dict]:
 
 
 def _ort_static_peer(fp32_onnx: Path, out: Path, train) -> Path:
-    """onnxruntime's own PTQ on the FP32 export: QDQ, per-channel INT8 weights, same 512 calibration images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    x = Runtime(fp32_onnx).preprocess(train.subset(512).images)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"input": x[i:i + 64]} for i in range(0, len(x), 64)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    # keep qsal's metadata (preprocessing) so the same runtime evaluates it
-    import onnx
-
-    src, dst = onnx.load(str(fp32_onnx)), onnx.load(str(out))
-    onnx.helper.set_model_props(dst, {p.key: p.value for p in src.metadata_props})
-    onnx.save(dst, str(out))
-    return out
+    """onnxruntime's own recommended PTQ on the FP32 export: quant_pre_process, then quantize_static (QDQ,
+    per-channel INT8 weights), the same 512 calibration images; qsal's preprocessing metadata copied over."""
+    calib = Runtime(fp32_onnx).preprocess(train.subset(512).images)
+    return _adopt_metadata(_ort_peer(fp32_onnx, out, calib), fp32_onnx, "onnxruntime quantize_static")
 
 
-def run_cell(ds: str, model: str, root: str, seed: int, bench_seconds: float, log) -> list[dict]:
+def _latency(rows: list[dict], fp32_ckpt: Path, test, rounds: int) -> dict:
+    """Interleaved 1-thread latency (b1, b64) of every artifact of a cell and of PyTorch eager FP32."""
+    args = argparse.Namespace(rounds=rounds, b1_calls=20, b64_calls=3)
+    named = [{"artifact": r["method"], "onnx": Path(r["onnx"])} for r in rows]
+    return time_artifacts(named, fp32_ckpt, test, 1, args)
+
+
+def run_cell(ds: str, model: str, root: str, seed: int, bench_rounds: int, log) -> list[dict]:
     fp32_epochs, qat_epochs, pact_epochs = SCHEDULE[(ds, model)]
     train, val, test = load_splits(ds, root, seed=seed)
     cell = CACHE / f"{ds}_{model}"
@@ -123,13 +115,14 @@ def run_cell(ds: str, model: str, root: str, seed: int, bench_seconds: float, lo
     peer = _ort_static_peer(cell / "fp32" / "model.onnx", cell / "ort_quantize_static.onnx", train)
     rows.append({"dataset": ds, "model": model, "method": "onnxruntime quantize_static (peer)", "fine_tune_epochs": 0,
                  **_artifact_metrics(peer, test, None), "onnx": str(peer)})
-    # Latency: every artifact in its own process, one after another in this run, 1 thread.
+    # Latency: all artifacts of this cell in one process, interleaved rounds, 1 thread.
+    timing = _latency(rows, fp32_ckpt, test, bench_rounds)
     for row in rows:
-        b = bench_onnx(row["onnx"], threads=(1,), batches=(1, 64), seconds=bench_seconds)
-        b1, b64 = b["runs"]
-        row.update(size_bytes=b["size_bytes"], latency_b1_ms=b1["latency_ms_p50"], latency_b1_p95_ms=b1["latency_ms_p95"],
-                   latency_b64_ms=b64["latency_ms_p50"], throughput_b64=b64["throughput_img_s"])
-    eager = bench_torch(fp32_ckpt, threads=(1,), batches=(1, 64), seconds=bench_seconds)["runs"]
+        row.update(size_bytes=Path(row["onnx"]).stat().st_size, latency_b1_ms=timing[1][row["method"]]["median_ms"],
+                   latency_b64_ms=timing[64][row["method"]]["median_ms"],
+                   throughput_b64=64e3 / timing[64][row["method"]]["median_ms"])
+    eager = [{"latency_ms_p50": timing[b][EAGER]["median_ms"], "throughput_img_s": b * 1e3 / timing[b][EAGER]["median_ms"]}
+             for b in (1, 64)]
     base = rows[0]
     for row in rows:
         row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
@@ -157,7 +150,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist", "pneumoniamnist"])
     ap.add_argument("--models", nargs="+", default=["small_cnn", "edge_mbv2", "resnet18"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (latency is always 1 thread)")
-    ap.add_argument("--bench-seconds", type=float, default=1.0)
+    ap.add_argument("--bench-rounds", type=int, default=10, help="interleaved latency rounds per cell")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "quantization"))
     ap.add_argument("--merge", nargs="+", help="combine result JSONs of runs split by dataset into --out")
@@ -180,7 +173,7 @@ def main() -> None:
             if (ds, model) in done:
                 continue
             print(f"[{ds} / {model}]", flush=True)
-            rows += run_cell(ds, model, root, args.seed, args.bench_seconds, lambda s: print(s, flush=True))
+            rows += run_cell(ds, model, root, args.seed, args.bench_rounds, lambda s: print(s, flush=True))
             write_json_atomic(partial, {"rows": rows})  # a killed run resumes from the finished cells
     result = {"benchmark": "quantization", "seed": args.seed, "train_threads": args.threads, "latency_threads": 1,
               "schedule": {f"{d}/{m}": dict(zip(("fp32_epochs", "qat_epochs", "pact_epochs"), v)) for (d, m), v in SCHEDULE.items()},
@@ -197,7 +190,8 @@ def _write(out: Path, result: dict, seed: int) -> None:
     table = results_table(rows, COLUMNS)
     env = result["environment"]
     text = (f"# Quantization benchmark (MedMNIST 28 px)\n\nCPU {env['cpu']}; latency: onnxruntime "
-            f"{env['versions']['onnxruntime']}, 1 thread, each configuration in a fresh process, all in one run; "
+            f"{env['versions']['onnxruntime']}, default sessions, 1 thread, all artifacts of a cell interleaved in one process "
+            "(median of per-round medians); "
             f"seed {seed}.\n**Shortened schedules** (epochs column: FP32 training epochs for fp32, fine-tuning "
             "epochs for QAT/PACT; MedMNIST trains 100; ResNet-18 fine-tunes on a seeded 1,200-image subset). Accuracy/AUC are measured on the exported ONNX artifact "
             "with onnxruntime; the fake-quant PyTorch figures and the logit parity are in quantization.json.\n\n"

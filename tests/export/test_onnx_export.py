@@ -26,7 +26,7 @@ def _model(name="small_cnn"):
 
 
 def _ort(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x.numpy()})[0]
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet20", "edge_mbv2"])

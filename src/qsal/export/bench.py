@@ -1,11 +1,17 @@
-"""Latency and size of a deployed model, each configuration measured in a fresh process.
+"""Latency and size of deployed models.
 
-``bench_onnx`` spawns a worker process per (threads, batch) so that one configuration's thread pools and
-caches never colour the next. The worker runs in Python's isolated mode (``-I``): neither the working
-directory nor ``PYTHONPATH`` is on its import path, so a stray ``json.py`` or ``concurrent.py`` where the
-user happens to be cannot run (``python -m`` would import it first); ``worker_command`` hands it the
-parent's own import path, minus the working directory, so it finds qsal however it was installed. Batch 1 reports per-call latency
-percentiles (the edge case: one image at a time); batch 64 reports throughput.
+Two ways to measure:
+
+- ``interleaved_latency``: several artifacts of one network in *one* process, timed in interleaved
+  rounds (A B C A B C ...), each round a short burst of calls per artifact; the figure is the median
+  of the per-round medians. Drift of a shared CPU (other jobs, frequency scaling) then hits every
+  artifact alike, which is what makes ratios between artifacts trustworthy. Every round is kept.
+- ``bench_onnx`` / ``bench_torch``: one artifact alone, each (threads, batch) in a fresh
+  worker process (the model card's single-artifact figure). The worker runs in Python's isolated mode (``-I``):
+  neither the working directory nor ``PYTHONPATH`` is on its import path, so a stray ``json.py`` where the user
+  happens to be cannot run; ``worker_command`` hands it the parent's own import path, minus the working directory.
+
+Sessions are onnxruntime defaults apart from the thread count: what any application gets.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 from qsal.errors import QsalError
 
-__all__ = ["bench_onnx", "bench_torch", "measure"]
+__all__ = ["bench_onnx", "bench_torch", "measure", "interleaved_latency", "onnx_session"]
 
 
 def measure(fn, warmup: int, min_iters: int, min_seconds: float) -> list[float]:
@@ -36,6 +42,50 @@ def measure(fn, warmup: int, min_iters: int, min_seconds: float) -> list[float]:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def onnx_session(path: str | os.PathLike, threads: int):
+    """A default onnxruntime CPU session; ``threads`` intra-op threads (0 = onnxruntime's default, all cores)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def interleaved_latency(calls: dict, rounds: int, calls_per_round: int, warmup: int = 3) -> dict:
+    """Time every ``calls[name]()`` in ``rounds`` interleaved rounds of ``calls_per_round`` calls each.
+
+    Args:
+        calls: name -> zero-argument callable (one inference on a fixed batch).
+        rounds: rounds; in each, every callable runs its burst once, in the given order, and the order
+            rotates by one each round so no artifact always runs first (after a cold cache) or last.
+    Returns:
+        name -> ``{"median_ms": median of per-round medians, "round_medians_ms": [...],
+        "rounds_ms": [[per-call ms, ...] per round], "iqr_of_round_medians_ms": float}``.
+    """
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    per_round: dict[str, list[list[float]]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, times = calls[name], []
+            for _ in range(calls_per_round):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            per_round[name].append(times)
+    out = {}
+    for name, rs in per_round.items():
+        medians = [float(np.median(t)) for t in rs]
+        q1, q3 = np.percentile(medians, [25, 75])
+        out[name] = {"median_ms": float(np.median(medians)), "round_medians_ms": medians,
+                     "iqr_of_round_medians_ms": float(q3 - q1), "rounds_ms": rs}
+    return out
 
 
 def _summary(times_ms: list[float], batch: int) -> dict:

@@ -3,13 +3,24 @@
 The emitter walks the model's ``torch.fx`` graph (the same graph the quantizers were placed on), so
 every QuantizeLinear/DequantizeLinear pair sits where the PyTorch model fake-quantizes, with the
 same scale and zero point: ONNX Runtime fuses ``DQ -> Conv -> Q`` into integer kernels (QLinearConv,
-QGemm, QLinearAdd) and the artifact's logits match the PyTorch model's.
+QGemm, QLinearAdd) at every bit-width, in a session with default options.
 
-Weights: 8-bit codes are INT8 initializers; 2-4-bit codes are INT4 initializers (opset 21, two per
-byte), since ONNX has no 2- or 3-bit type: a 2/3-bit layer is stored in 4-bit containers (its codes
-use only 3 or 7 of the 16 values). 5-7-bit codes use INT8. Biases of quantized layers fed by a
-quantized tensor are INT32 with scale ``s_in * s_w`` (as integer runtimes expect).
-Activations below 8 bits are uint8 codes with a Clip in front that keeps them to ``2^k`` levels.
+Weights: codes and per-channel scales come from the layer's ``integer_weight()`` (codes * scale is
+the fake-quant weight, BatchNorm already folded). Codes that all fit ``[-8, 7]`` are stored as an
+INT4 initializer (opset 21, two per byte; ONNX has no 2- or 3-bit type, so 2/3-bit codes use 4-bit
+containers), others as INT8. An INT4 weight reaches ``DequantizeLinear`` through a ``Cast`` to INT8,
+which onnxruntime constant-folds at session start, so the conv sees an INT8 weight it can fuse.
+Biases of layers fed by a quantized tensor are INT32 with scale ``s_in * s_w`` (what integer
+kernels take).
+
+Activations: uint8 codes. Below 8 bits (or for a signed PACT tensor, whose codes are
+``zp +- (2^(k-1) - 1)``) a ``Clip`` on the *codes*, between QuantizeLinear and DequantizeLinear,
+keeps exactly the ``2^k`` levels of the PyTorch model and leaves the ``DQ -> op -> Q`` patterns
+intact for fusion (a float Clip after DQ would block them; one before Q is removed by onnxruntime's
+ClipQuantFusion, which assumes the full uint8 range).
+
+I/O names are fixed: input ``pixel_values`` (float32, N x C x H x W, normalised), output ``logits``.
+The metadata's ``integer_kernels`` is read off onnxruntime's optimised graph (``qsal.export.fusion``).
 """
 
 from __future__ import annotations
@@ -27,13 +38,16 @@ from torch import fx, nn
 
 from qsal._atomic import atomic_path
 from qsal.errors import QsalError
+from qsal.export.fusion import float_compute_ops
 from qsal.provenance import environment
 from qsal.quant.graph import ADD_FUNCTIONS, fold_batchnorm, trace
 from qsal.quant.modules import ActQuantizer, PACTQuantizer, QuantConv2d, QuantLinear
 
-__all__ = ["export_onnx", "OPSET"]
+__all__ = ["export_onnx", "OPSET", "INPUT_NAME", "OUTPUT_NAME"]
 
 OPSET = 21
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
 
 
 class _Emitter:
@@ -43,6 +57,8 @@ class _Emitter:
         self.inits: list[onnx.TensorProto] = []
         self.names: dict[fx.Node, str] = {}
         self.qparams: dict[fx.Node, dict] = {}
+        self.relu6_inputs: dict[fx.Node, str] = {}
+        self.deferred_clip: set[fx.Node] = set()
         self.counter = 0
 
     def fresh(self, base: str) -> str:
@@ -62,37 +78,61 @@ class _Emitter:
         return out
 
     def qdq(self, x: str, p: dict, base: str) -> str:
-        s = self.init(self.fresh(base + "_scale"), np.array(p["scale"], np.float32))
-        zp = self.init(self.fresh(base + "_zp"), np.array(p["zero_point"], np.uint8))
-        q = self.emit("QuantizeLinear", [x, s, zp], base + "_q")
-        out = self.emit("DequantizeLinear", [q, s, zp], base + "_dq")
-        if p["clip"] is not None:
-            # Below 8 bits the codes must stop at 2^k levels. The clip goes *after* DequantizeLinear, on
-            # grid values: a Clip in front of QuantizeLinear is removed by onnxruntime's ClipQuantFusion,
-            # which assumes the uint8 range, and that changed the results.
-            lo = self.init(self.fresh(base + "_clip_lo"), np.array(p["clip"][0], np.float32))
-            hi = self.init(self.fresh(base + "_clip_hi"), np.array(p["clip"][1], np.float32))
-            out = self.emit("Clip", [out, lo, hi], base + "_clip")
-        return out
+        scale = np.float32(p["scale"])
+        zp = int(p["zero_point"])
+        s = self.init(self.fresh(base + "_scale"), np.array(scale, np.float32))
+        z = self.init(self.fresh(base + "_zp"), np.array(zp, np.uint8))
+        q = self.emit("QuantizeLinear", [x, s, z], base + "_q")
+        lo, hi = _code_range(p, scale, zp)
+        if (lo, hi) != (0, 255):
+            # Keep the k-bit levels by clipping the uint8 codes themselves: integer kernels then read
+            # exactly the codes the PyTorch model uses.
+            lo_c = self.init(self.fresh(base + "_code_lo"), np.array(lo, np.uint8))
+            hi_c = self.init(self.fresh(base + "_code_hi"), np.array(hi, np.uint8))
+            q = self.emit("Clip", [q, lo_c, hi_c], base + "_codes")
+        return self.emit("DequantizeLinear", [q, s, z], base + "_dq")
+
+    def drop_redundant_relu6(self, src: fx.Node, x: str, p: dict) -> str:
+        """Skip a ReLU6 whose only reader is a quantizer with codes inside [0, 6]: the code Clip already
+        bounds the values, the result is identical, and the float Clip would keep the conv in front of
+        it from fusing to an integer kernel (onnxruntime drops such a Clip only for full uint8 ranges)."""
+        if src not in self.relu6_inputs or len(src.users) != 1:
+            return x
+        scale, zp = np.float32(p["scale"]), int(p["zero_point"])
+        lo, hi = _code_range(p, scale, zp)
+        if lo < zp or (hi - zp) * float(scale) > 6.0:
+            return x
+        clip = next(n for n in self.nodes if list(n.output) == [x])
+        self.nodes.remove(clip)
+        self.inits = [t for t in self.inits if t.name not in clip.input[1:]]
+        return self.relu6_inputs[src]
 
     def layer_params(self, node: fx.Node, mod: nn.Module) -> tuple[str, str | None]:
         base = node.target.replace(".", "_")
-        in_q = self.qparams.get(node.args[0])
         if isinstance(mod, (QuantConv2d, QuantLinear)) and mod.quant_weights:
             codes, scale = mod.integer_weight()
-            dtype = TensorProto.INT4 if codes.min() >= -8 and codes.max() <= 7 else TensorProto.INT8  # DoReFa-4: INT8
-            w_q = self.init(base + "_weight_q", codes, dtype)
+            codes = np.asarray(codes)
+            if codes.min() < -128 or codes.max() > 127:
+                raise QsalError(f"layer {node.target}: weight codes span [{codes.min()}, {codes.max()}], "
+                                "which does not fit INT8 storage")
+            scale = np.asarray(scale, np.float32).reshape(-1)
+            w_q = base + "_weight_q"
+            if codes.min() >= -8 and codes.max() <= 7:
+                self.init(w_q, codes.astype(np.int8), TensorProto.INT4)
+                w_q = self.emit("Cast", [w_q], base + "_weight_int8", to=TensorProto.INT8)  # folded at load
+            else:
+                self.init(w_q, codes.astype(np.int8))
             w_s = self.init(base + "_weight_scale", scale)
-            zp = np.zeros(scale.shape, np.int8)
-            w_zp = self.init(base + "_weight_zp", zp, dtype)
+            w_zp = self.init(base + "_weight_zp", np.zeros(scale.shape, np.int8))
             w = self.emit("DequantizeLinear", [w_q, w_s, w_zp], base + "_weight", axis=0)
             if mod.bias is None:
                 return w, None
             b = mod.bias.detach().numpy().astype(np.float32)
-            # INT32 bias (scale s_in * s_w) where the runtime can fuse to integer kernels: 8-bit input and
-            # weights. Below 8 bits the step s_in * s_w is coarse and the layer runs in float anyway.
-            if in_q is not None and in_q["bits"] == 8 and mod.weight_bits == 8:
-                b_scale = (in_q["scale"] * scale).astype(np.float32)
+            step = mod.bias_scale()
+            if step is not None:
+                # INT32 bias on the accumulator's grid (s_in * s_w): what QLinearConv / QGemm take, and
+                # the grid the PyTorch layer already rounds its bias to (QuantConv2d.quantized_bias).
+                b_scale = step.numpy().astype(np.float32)
                 b_codes = np.round(b / b_scale).clip(-2 ** 31, 2 ** 31 - 1).astype(np.int32)
                 bq = self.init(base + "_bias_q", b_codes)
                 bs = self.init(base + "_bias_scale", b_scale)
@@ -107,7 +147,7 @@ class _Emitter:
         out_name = None
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
-                self.names[node] = "input"
+                self.names[node] = INPUT_NAME
             elif node.op == "output":
                 out_name = self.names[node.args[0]]
             elif node.op == "call_module":
@@ -129,7 +169,7 @@ class _Emitter:
         # runtime can keep it in integers (DQ -> MaxPool -> Q fuses to an integer MaxPool).
         p = self.qparams.get(node.args[0])
         if p is not None:
-            out = self.qdq(out, {**p, "clip": None}, node.name)
+            out = self.qdq(out, p if node.args[0] in self.deferred_clip else {**p, "clip": None}, node.name)
             self.qparams[node] = p
         self.names[node] = out
 
@@ -144,7 +184,16 @@ class _Emitter:
                 self.qparams.pop(node, None)
                 return
             p = mod.export_params()
-            self.names[node] = self.qdq(x, p, node.name)
+            x = self.drop_redundant_relu6(node.args[0], x, p)
+            if p["clip"] is not None and node.users and all(
+                    u.op == "call_module" and isinstance(self.gm.get_submodule(u.target), nn.MaxPool2d) for u in node.users):
+                # Read only by max-pools: clip the codes after pooling instead (max commutes with a
+                # monotone clip, so the codes are the same), where the tensor is smaller and the pool
+                # can stay in onnxruntime's fused NHWC layout.
+                self.deferred_clip.add(node)
+                self.names[node] = self.qdq(x, {**p, "clip": None}, node.name)
+            else:
+                self.names[node] = self.qdq(x, p, node.name)
             self.qparams[node] = p
         elif isinstance(mod, nn.Conv2d):
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
@@ -163,6 +212,7 @@ class _Emitter:
             lo = self.init(self.fresh("relu6_lo"), np.array(0.0, np.float32))
             hi = self.init(self.fresh("relu6_hi"), np.array(6.0, np.float32))
             self.names[node] = self.emit("Clip", [x, lo, hi], node.name)
+            self.relu6_inputs[node] = x
         elif isinstance(mod, nn.MaxPool2d):
             k, s, p = (v if isinstance(v, (tuple, list)) else (v, v) for v in (mod.kernel_size, mod.stride, mod.padding))
             out = self.emit("MaxPool", [x], node.name, kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]])
@@ -193,12 +243,29 @@ def _pack_int4(codes: np.ndarray) -> bytes:
     return (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
 
 
-def _runs_on_integer_kernels(gm: fx.GraphModule) -> bool:
-    """True when every quantized layer is 8-bit with quantized inputs: the runtime fuses it to integer
-    kernels. Otherwise (weight-only, or < 8 bits) it computes in float from the stored integers."""
-    layers = [m for m in gm.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
-    acts = [m for m in gm.modules() if isinstance(m, (ActQuantizer, PACTQuantizer)) and m.mode == "quant"]
-    return bool(layers) and bool(acts) and all(m.weight_bits == 8 for m in layers) and all(a.bits == 8 for a in acts)
+def _code_range(p: dict, scale: np.float32, zp: int) -> tuple[int, int]:
+    """The uint8 codes an activation quantizer can produce: from its float clip, else all 256."""
+    if p.get("clip") is None:
+        return 0, 255
+    lo, hi = (int(np.clip(np.round(np.float32(v) / scale) + zp, 0, 255)) for v in p["clip"])
+    return lo, hi
+
+
+def _rename_output(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
+    for n in nodes:
+        n.input[:] = [new if i == old else i for i in n.input]
+        n.output[:] = [new if o == old else o for o in n.output]
+
+
+def _portable(value):
+    """Metadata without the exporting machine's absolute paths (a path is kept as its file name)."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value) and (Path(value).is_absolute() or value[1:3] == ":\\"):
+        return Path(value.replace("\\", "/")).name
+    return value
 
 
 def _check_finite(model: nn.Module) -> None:
@@ -231,18 +298,27 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     with torch.no_grad():
         out = em.run()
     c, h, w = input_shape
+    if out in (INPUT_NAME, None):
+        raise QsalError("the model returns its input unchanged; there is nothing to export")
+    _rename_output(em.nodes, out, OUTPUT_NAME)
     graph = helper.make_graph(
-        em.nodes, "qsal", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", c, h, w])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", None])], em.inits)
+        em.nodes, "qsal", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", c, h, w])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", None])], em.inits)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qsal")
     onnx_model.ir_version = 10
-    info = {**(meta or {}), "input_shape": [c, h, w], "integer_kernels": _runs_on_integer_kernels(gm),
-            "environment": environment()}
+    info = {**_portable(meta or {}), "input_shape": [c, h, w], "environment": environment()}
     helper.set_model_props(onnx_model, {"qsal": json.dumps(info)})
     try:
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as e:
         raise QsalError(f"qsal built an invalid ONNX graph ({str(e).splitlines()[0]}); please report this") from None
+    # integer_kernels: whether onnxruntime (default options) runs every conv/gemm/add on integer kernels;
+    # read off the optimised graph, since that, not the config, decides it.
+    float_ops = float_compute_ops(onnx_model.SerializeToString())
+    quantized = any(isinstance(m, (QuantConv2d, QuantLinear)) for m in gm.modules())
+    info["integer_kernels"] = quantized and not float_ops
+    info["float_ops_after_optimization"] = float_ops
+    helper.set_model_props(onnx_model, {"qsal": json.dumps(info)})
     path = Path(path)
     with atomic_path(path) as tmp:
         onnx.save_model(onnx_model, str(tmp))

@@ -10,7 +10,8 @@ from torch import fx, nn
 
 from qsal.errors import QsalError
 from qsal.quant.config import PACTConfig, PTQConfig, QATConfig, QuantConfig, WeightOnlyConfig
-from qsal.quant.graph import act_quantizers, first_and_last_layers, fold_batchnorm, insert_act_quantizers, swap_layers, trace
+from qsal.quant.graph import (act_quantizers, first_and_last_layers, fold_batchnorm, insert_act_quantizers,
+                             link_bias_quantizers, swap_layers, trace)
 from qsal.quant.modules import ActQuantizer, PACTQuantizer, is_depthwise
 
 __all__ = ["quantize", "prepare_structure", "calibrate", "qat_callbacks", "MIN_CALIBRATION_IMAGES"]
@@ -37,9 +38,11 @@ def _prepare_ptq(gm: fx.GraphModule, cfg: PTQConfig) -> fx.GraphModule:
 
 @register_handler(QATConfig)
 def _prepare_qat(gm: fx.GraphModule, cfg: QATConfig) -> fx.GraphModule:
-    # BatchNorm stays during QAT (batch statistics, later frozen) and is folded at export; per-channel
-    # weight scales make that fold exact, so the exported integers are the ones trained.
     swap_layers(gm, lambda name: None if name in cfg.skip else {"weight_bits": cfg.bits, "per_channel": cfg.per_channel})
+    # BatchNorm is folded before the fine-tune (into each quantized conv's bn_scale and bias), so the
+    # model trained is, operation for operation, the one exported: the trained codes are the deployed
+    # codes. Folding only at export changed float rounding and flipped codes, more with depth.
+    fold_batchnorm(gm)
     return insert_act_quantizers(gm, lambda node, edge: ActQuantizer(cfg.bits, "minmax", ema=cfg.ema))
 
 
@@ -57,6 +60,7 @@ def _prepare_pact(gm: fx.GraphModule, cfg: PACTConfig) -> fx.GraphModule:
         return {"weight_bits": cfg.bits, "per_channel": per_channel, "scheme": cfg.weight_scheme}
 
     swap_layers(gm, layer_kwargs)
+    fold_batchnorm(gm)  # as for QAT: the fine-tuned graph is the exported graph
     return insert_act_quantizers(gm, lambda node, edge: PACTQuantizer(cfg.first_last_bits if edge else cfg.bits,
                                                                       alpha=cfg.alpha_init or 10.0,
                                                                       alpha_decay=cfg.alpha_decay,
@@ -78,6 +82,7 @@ def prepare_structure(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
         raise QsalError(f"no quantization handler for {type(config).__name__}")
     model = copy.deepcopy(model).eval()
     gm = _HANDLERS[type(config)](trace(model, getattr(config, "skip", ())), config)
+    link_bias_quantizers(gm)
     for q in act_quantizers(gm):
         q.mode = "quant"
     gm.qsal_arch = getattr(model, "qsal_arch", None)

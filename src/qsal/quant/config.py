@@ -63,7 +63,8 @@ class PTQConfig(QuantConfig):
 class QATConfig(QuantConfig):
     """Quantization-aware training: fake-quantized ``bits``-bit weights and activations fine-tuned with
     the normal training loop; activation ranges follow an EMA (``ema``) until ``freeze_observers_at``
-    of the epochs, BatchNorm statistics freeze at ``freeze_bn_at``."""
+    of the epochs. BatchNorm that follows a conv is folded into it before the fine-tune (so the trained
+    codes are the exported ones); ``freeze_bn_at`` applies to any BatchNorm left unfolded."""
 
     method: ClassVar[str] = "qat"
     bits: int = 8

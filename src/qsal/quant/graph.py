@@ -18,7 +18,7 @@ from torch import fx, nn
 from qsal.errors import QsalError
 from qsal.quant.modules import QUANT_LAYERS, ActQuantizer, PACTQuantizer, QuantConv2d, QuantLinear
 
-__all__ = ["trace", "fold_batchnorm", "swap_layers", "insert_act_quantizers", "act_quantizers", "is_add",
+__all__ = ["trace", "fold_batchnorm", "swap_layers", "insert_act_quantizers", "act_quantizers", "is_add", "link_bias_quantizers",
            "first_and_last_layers", "SUPPORTED_MODULES", "ADD_FUNCTIONS", "TRANSPARENT_MODULES"]
 
 TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
@@ -172,6 +172,23 @@ def insert_act_quantizers(gm: fx.GraphModule, make_quantizer: Callable[[fx.Node,
         on_grid.add(q)
     gm.graph.lint()
     gm.recompile()
+    return gm
+
+
+def link_bias_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
+    """Tell each quantized layer which activation quantizer feeds it (looking back through max-pool,
+    flatten and dropout), so it can put its bias on the ``s_in * s_w`` grid of the INT32 bias that the
+    exported integer kernel adds (``QuantConv2d.quantized_bias``). The reference is a plain attribute,
+    not a submodule: the state dict and the module tree stay as they were."""
+    for node in gm.graph.nodes:
+        layer = _module(gm, node)
+        if not isinstance(layer, QUANT_LAYERS):
+            continue
+        src = node.args[0]
+        while isinstance(src, fx.Node) and _is_transparent(gm, src) and src.args and isinstance(src.args[0], fx.Node):
+            src = src.args[0]
+        feeder = _module(gm, src) if isinstance(src, fx.Node) else None
+        layer.__dict__["input_quantizer"] = feeder if isinstance(feeder, (ActQuantizer, PACTQuantizer)) else None
     return gm
 
 

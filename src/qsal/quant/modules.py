@@ -255,6 +255,24 @@ class _QuantWeightLayer:
         codes, scale = self._codes_and_scale(self.weight)
         return codes * scale.view(view)  # the same product integer_weight's codes * scale gives
 
+    def bias_scale(self) -> torch.Tensor | None:
+        """Per-channel step ``s_in * s_w`` (float32, ``(C_out,)``) of the INT32 bias an integer kernel adds,
+        or None when the layer's input is not quantized (``link_bias_quantizers`` sets the input)."""
+        q = self.__dict__.get("input_quantizer")
+        if self.bias is None or not self.quant_weights or q is None or q.mode != "quant":
+            return None
+        s_in = np.float32(q.export_params()["scale"])
+        return torch.from_numpy((s_in * self.integer_weight()[1]).astype(np.float32))
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        """The bias on the grid the deployed INT32 bias has (straight-through gradient), so the PyTorch
+        model adds exactly what the exported integer kernel adds."""
+        step = self.bias_scale()
+        if step is None:
+            return self.bias
+        step = step.to(self.bias.device)
+        return round_ste(self.bias / step) * step
+
     def integer_weight(self) -> tuple[np.ndarray, np.ndarray]:
         """``(codes int8 (C_out, ...), scale float32 (C_out,))`` with BatchNorm folded in, such that
         ``codes * scale`` is exactly the fake-quantized weight used in ``forward``, whatever the scheme.
@@ -287,7 +305,7 @@ class QuantConv2d(nn.Conv2d, _QuantWeightLayer):
         return q
 
     def forward(self, x):
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()
@@ -308,7 +326,7 @@ class QuantLinear(nn.Linear, _QuantWeightLayer):
         return q
 
     def forward(self, x):
-        return F.linear(x, self.quantized_weight(), self.bias)
+        return F.linear(x, self.quantized_weight(), self.quantized_bias())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()

@@ -1,0 +1,142 @@
+"""Every 2-8-bit artifact runs on integer kernels in bare onnxruntime with default session options.
+
+The check is on onnxruntime's own optimised graph (SessionOptions.optimized_model_filepath): no float
+Conv/Gemm/MatMul/Add may survive. These tests fail if a future change to the export (or to the
+quantizer placement) loses integer-kernel fusion, e.g. for PACT-4.
+"""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from qsal.export import export_onnx
+from qsal.export.fusion import FLOAT_COMPUTE_OPS
+from qsal.models import create_model, list_models
+from qsal.quant import PACTConfig, PTQConfig, QATConfig, quantize
+from qsal.runtime import Runtime, read_metadata
+
+CONFIGS = {"ptq8": PTQConfig(num_calibration=32), "qat8": QATConfig(bits=8, num_calibration=32),
+           "qat3": QATConfig(bits=3, num_calibration=32), "pact8": PACTConfig(bits=8, num_calibration=32),
+           "pact4": PACTConfig(bits=4, num_calibration=32), "pact2": PACTConfig(bits=2, num_calibration=32)}
+
+
+def _model(name):
+    torch.manual_seed(0)
+    m = create_model(name, 2, 1).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _export(name, method, tmp_path, x=None):
+    x = torch.randn(32, 1, 28, 28) if x is None else x
+    q = quantize(_model(name), CONFIGS[method], x)
+    return q, export_onnx(q, tmp_path / f"{name}_{method}.onnx", input_shape=(1, 28, 28), check_untrained=False)
+
+
+def _optimized_ops(path, tmp_path):
+    """Op types after onnxruntime's default optimisation, saved and read back independently of qsal."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+# Fast: every bit-width on small_cnn and PACT-4 (the regression guard of issue 10) on every model;
+# the rest of the registry x bit-width matrix runs with -m slow.
+MATRIX = [pytest.param(n, m, marks=() if n == "small_cnn" or m == "pact4" else pytest.mark.slow)
+          for n in list_models() for m in CONFIGS]
+
+
+@pytest.mark.parametrize("name,method", MATRIX)
+def test_every_bit_width_fuses_to_integer_kernels_in_a_default_session(name, method, tmp_path):
+    _, path = _export(name, method, tmp_path)
+    ops = _optimized_ops(path, tmp_path)
+    float_ops = sorted(op for op in ops if op in FLOAT_COMPUTE_OPS)
+    assert float_ops == [], f"{name} {method}: float ops left after optimisation: {float_ops}"
+    assert "QLinearConv" in ops
+    assert read_metadata(path)["integer_kernels"] is True  # the metadata tells the truth
+
+
+def test_pact4_resnet18_is_fused_packed_int4_and_small(tmp_path):
+    m = _model("resnet18")
+    fp32 = export_onnx(m, tmp_path / "fp32.onnx", input_shape=(1, 28, 28), check_untrained=False)
+    q, path = _export("resnet18", "pact4", tmp_path)
+    ops = _optimized_ops(path, tmp_path)
+    assert ops.count("QLinearConv") == sum(isinstance(mod, torch.nn.Conv2d) for mod in m.modules())
+    assert "QLinearAdd" in ops and "QGemm" in ops
+    assert path.stat().st_size <= 0.135 * fp32.stat().st_size
+    inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
+    weights = [i for n, i in inits.items() if n.endswith("_weight_q")]
+    int4 = [i for i in weights if i.data_type == onnx.TensorProto.INT4]
+    assert len(int4) == len(weights) - 2  # all but the 8-bit first and last layers
+
+
+def test_pact4_small_cnn_file_is_at_most_0135_of_fp32(tmp_path):
+    fp32 = export_onnx(_model("small_cnn"), tmp_path / "fp32.onnx", input_shape=(1, 28, 28), check_untrained=False)
+    _, path = _export("small_cnn", "pact4", tmp_path)
+    assert path.stat().st_size <= 0.135 * fp32.stat().st_size
+
+
+def test_weight_storage_follows_the_codes_int4_when_they_fit_else_int8(tmp_path):
+    # 4-bit symmetric codes span [-7, 7] -> INT4 (through a Cast that onnxruntime folds);
+    # 5-bit codes span [-15, 15] -> INT8, whatever the nominal bit-width.
+    for bits, dtype in ((4, onnx.TensorProto.INT4), (5, onnx.TensorProto.INT8)):
+        q = quantize(_model("small_cnn"), QATConfig(bits=bits, num_calibration=32), torch.randn(32, 1, 28, 28))
+        path = export_onnx(q, tmp_path / f"q{bits}.onnx", input_shape=(1, 28, 28), check_untrained=False)
+        inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
+        assert inits["conv2_weight_q"].data_type == dtype
+        codes = q.conv2.integer_weight()[0]
+        assert codes.min() >= -(2 ** (bits - 1)) and codes.max() <= 2 ** (bits - 1) - 1
+
+
+@pytest.mark.parametrize("method,bits", [("pact2", 2), ("qat3", 3), ("pact4", 4)])
+def test_k_bit_activations_keep_exactly_2_to_the_k_levels(method, bits, tmp_path):
+    q, path = _export("small_cnn", method, tmp_path)
+    model = onnx.load(str(path))
+    # every activation tensor a conv or gemm reads: the DequantizeLinear in front of it
+    producers = {n.output[0]: n for n in model.graph.node}
+    reads = {}
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "Gemm") and producers.get(n.input[0], n).op_type == "DequantizeLinear":
+            reads[n.input[0]] = n.name
+    assert len(reads) == 4  # conv1, conv2, fc1, fc2
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in reads)
+    x = torch.randn(64, 1, 28, 28) * 3
+    outs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(list(reads), {"pixel_values": x.numpy()})
+    for (tensor, reader), values in zip(reads.items(), outs):
+        edge = method.startswith("pact") and reader.startswith(("conv1", "fc2"))  # 8-bit first/last layer inputs
+        k = 8 if edge else bits
+        levels = np.unique(values)
+        assert len(levels) <= 2 ** k, f"{reader} reads {len(levels)} levels > 2^{k}"
+        if not edge:
+            assert len(levels) >= 2 ** k - 1, f"{reader} reads only {len(levels)} levels"  # the clip is not too tight
+
+
+def test_io_names_and_no_absolute_paths_in_metadata(tmp_path):
+    m = _model("resnet20")
+    meta = {"checkpoint": "/home/someone/runs/best.safetensors", "data": {"name": "breastmnist", "mean": [0.5], "std": [0.5]}}
+    path = export_onnx(m, tmp_path / "m.onnx", input_shape=(1, 28, 28), meta=meta, check_untrained=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["pixel_values"]
+    assert [o.name for o in sess.get_outputs()] == ["logits"]
+    info = read_metadata(path)
+    assert info["checkpoint"] == "best.safetensors"
+    assert info["integer_kernels"] is False  # an FP32 export has none
+    assert str(tmp_path) not in json.dumps(info) and "/home/" not in json.dumps(info)
+
+
+def test_runtime_runs_the_artifact_with_default_session_options(tmp_path):
+    q, path = _export("small_cnn", "pact4", tmp_path)
+    rt = Runtime(path, threads=1)
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    bare = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})[0]
+    np.testing.assert_array_equal(rt.run_normalized(x), bare)
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # no special session settings
+        rt.session.get_session_options().get_session_config_entry("session.disable_quant_qdq")
