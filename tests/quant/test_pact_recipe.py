@@ -24,7 +24,7 @@ def _bn_state(model):
 def test_qat_frozen_batchnorm_keeps_its_running_statistics_through_an_epoch(shared_data, freeze_bn_at, frozen):
     train = load_split("breastmnist", "train", shared_data).subset(128, 0)
     val = load_split("breastmnist", "val", shared_data).subset(64, 0)
-    cfg = QATConfig(bits=8, freeze_bn_at=freeze_bn_at, num_calibration=64)
+    cfg = QATConfig(bits=8, freeze_bn_at=freeze_bn_at, fold_bn=False, num_calibration=64)  # BN kept: Jacob et al.
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
     q = quantize(net.eval(), cfg, calibration=train)
@@ -37,19 +37,26 @@ def test_qat_frozen_batchnorm_keeps_its_running_statistics_through_an_epoch(shar
     assert all(unchanged) if frozen else not any(unchanged)  # 4 batches moved every BN when not frozen
 
 
-def test_resnet20_pact4_quantizes_relu_outputs_and_no_residual_add_input_by_default():
+def test_resnet20_pact4_quantizes_relu_outputs_at_k_bits_and_add_inputs_at_8_bits_by_default():
     x = torch.randn(32, 1, 28, 28)
     model = create_model("resnet20", 2, 1).eval()
     placed = {}
-    for add_inputs in (False, True):
-        q = quantize(model, PACTConfig(bits=4, num_calibration=32, quantize_add_inputs=add_inputs), x)
-        placed[add_inputs] = [(n, q.get_submodule(n.target)) for n in q.graph.nodes if n.op == "call_module"
-                              and isinstance(q.get_submodule(n.target), PACTQuantizer)]
-        if not add_inputs:
+    for variant, kw in {"default": {}, "paper": {"add_input_bits": None}, "legacy": {"quantize_add_inputs": True}}.items():
+        q = quantize(model, PACTConfig(bits=4, num_calibration=32, **kw), x)
+        placed[variant] = [(n, q.get_submodule(n.target)) for n in q.graph.nodes if n.op == "call_module"
+                           and isinstance(q.get_submodule(n.target), PACTQuantizer)]
+        if variant == "default":
             default = q
-    assert sum(all(is_add(u) for u in n.users) for n, _ in placed[False]) == 0
-    assert sum(all(is_add(u) for u in n.users) for n, _ in placed[True]) == 11  # qsal < 0.2's placement
-    k_bit = [n for n, m in placed[False] if m.bits == 4]
+
+    def add_only(variant):
+        return [m for n, m in placed[variant] if all(is_add(u) for u in n.users)]
+
+    # no k-bit quantizer reads an add input by default: the 11 add-only tensors get signed 8-bit ones
+    # (what QLinearAdd needs); add_input_bits=None is the paper's float add; qsal < 0.2 used k bits there
+    assert len(add_only("default")) == 11 and all(m.bits == 8 for m in add_only("default"))
+    assert len(add_only("paper")) == 0
+    assert len(add_only("legacy")) == 11 and all(m.bits == 4 for m in add_only("legacy"))
+    k_bit = [n for n, m in placed["default"] if m.bits == 4]
     assert len(k_bit) == 19 and all(type(default.get_submodule(n.args[0].target)) is nn.ReLU for n in k_bit)
 
 

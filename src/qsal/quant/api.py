@@ -42,7 +42,9 @@ def _prepare_qat(gm: fx.GraphModule, cfg: QATConfig) -> fx.GraphModule:
     # BatchNorm is folded before the fine-tune (into each quantized conv's bn_scale and bias), so the
     # model trained is, operation for operation, the one exported: the trained codes are the deployed
     # codes. Folding only at export changed float rounding and flipped codes, more with depth.
-    fold_batchnorm(gm)
+    # fold_bn=False keeps BatchNorm (Jacob et al.'s recipe: frozen late by freeze_bn_at), folded at export.
+    if cfg.fold_bn:
+        fold_batchnorm(gm)
     return insert_act_quantizers(gm, lambda node, edge: ActQuantizer(cfg.bits, "minmax", ema=cfg.ema))
 
 
@@ -60,13 +62,16 @@ def _prepare_pact(gm: fx.GraphModule, cfg: PACTConfig) -> fx.GraphModule:
         return {"weight_bits": cfg.bits, "per_channel": per_channel, "scheme": cfg.weight_scheme}
 
     swap_layers(gm, layer_kwargs)
-    fold_batchnorm(gm)  # as for QAT: the fine-tuned graph is the exported graph
-    return insert_act_quantizers(gm, lambda node, edge: PACTQuantizer(cfg.first_last_bits if edge else cfg.bits,
-                                                                      alpha=cfg.alpha_init or 10.0,
-                                                                      alpha_decay=cfg.alpha_decay,
-                                                                      calibrate_alpha=cfg.alpha_init is None,
-                                                                      alpha_lr=cfg.alpha_lr),
-                                 quantize_add_inputs=cfg.quantize_add_inputs)
+    if cfg.fold_bn:
+        fold_batchnorm(gm)  # as for QAT: the fine-tuned graph is the exported graph
+    def pact(bits: int) -> PACTQuantizer:
+        return PACTQuantizer(bits, alpha=cfg.alpha_init or 10.0, alpha_decay=cfg.alpha_decay,
+                             calibrate_alpha=cfg.alpha_init is None, alpha_lr=cfg.alpha_lr)
+
+    add_quantizer = None if cfg.quantize_add_inputs or cfg.add_input_bits is None else (
+        lambda node: pact(cfg.add_input_bits))
+    return insert_act_quantizers(gm, lambda node, edge: pact(cfg.first_last_bits if edge else cfg.bits),
+                                 quantize_add_inputs=cfg.quantize_add_inputs, make_add_quantizer=add_quantizer)
 
 
 @register_handler(WeightOnlyConfig)

@@ -63,8 +63,10 @@ class PTQConfig(QuantConfig):
 class QATConfig(QuantConfig):
     """Quantization-aware training: fake-quantized ``bits``-bit weights and activations fine-tuned with
     the normal training loop; activation ranges follow an EMA (``ema``) until ``freeze_observers_at``
-    of the epochs. BatchNorm that follows a conv is folded into it before the fine-tune (so the trained
-    codes are the exported ones); ``freeze_bn_at`` applies to any BatchNorm left unfolded."""
+    of the epochs. With ``fold_bn`` (default) BatchNorm that follows a conv is folded into it before the
+    fine-tune, so the trained codes are the exported ones; ``fold_bn=False`` keeps BatchNorm during the
+    fine-tune and freezes its statistics from ``freeze_bn_at`` (Jacob et al. 2018), folding only at export
+    (qsal < 0.2; its deployed codes can differ from the trained ones)."""
 
     method: ClassVar[str] = "qat"
     bits: int = 8
@@ -72,6 +74,7 @@ class QATConfig(QuantConfig):
     ema: float = 0.01
     freeze_observers_at: float = 0.5
     freeze_bn_at: float = 0.75
+    fold_bn: bool = True
     num_calibration: int = 512
     skip: tuple[str, ...] = ()
 
@@ -93,8 +96,13 @@ class PACTConfig(QuantConfig):
     per-channel), as in the paper.
 
     What is quantized: every tensor read by a conv, linear or pooling layer. In ResNets these are the
-    ReLU outputs (the paper's placement); a tensor read only by a residual add stays float unless
-    ``quantize_add_inputs`` (qsal < 0.2 did, with signed k-bit quantizers).
+    ReLU outputs (the paper's placement, at k bits). A tensor read only by a residual add gets a signed
+    ``add_input_bits`` (default 8) quantizer, a named deviation: the paper leaves adds in float, but an
+    integer runtime needs 8-bit add inputs (QLinearAdd) or the artifact falls back to float kernels;
+    ``add_input_bits=None`` is the paper's float add. ``quantize_add_inputs=True`` puts signed *k-bit*
+    quantizers there instead (qsal < 0.2).
+    ``fold_bn`` (default) folds BatchNorm into the convs before the fine-tune, so trained codes are
+    deployed codes (the paper trains with BatchNorm; ``fold_bn=False`` does, folding only at export).
 
     Named deviations from the paper, each a field:
       - ``weight_scheme="symmetric"`` (default): ``2^k - 1`` levels including zero, stored as signed
@@ -122,6 +130,8 @@ class PACTConfig(QuantConfig):
     weight_scheme: str = "symmetric"  # symmetric | dorefa | tanh_symmetric
     weight_per_channel: str = "depthwise"  # depthwise | none | all
     quantize_add_inputs: bool = False
+    add_input_bits: int | None = 8
+    fold_bn: bool = True
     num_calibration: int = 256
     skip: tuple[str, ...] = ()
 
@@ -135,6 +145,8 @@ class PACTConfig(QuantConfig):
                             "+-255) do not fit INT8; use bits <= 7 or weight_scheme='symmetric'")
         if self.weight_per_channel not in ("depthwise", "none", "all"):
             raise QsalError(f"weight_per_channel {self.weight_per_channel!r} is not one of depthwise, none, all")
+        if self.add_input_bits is not None:
+            _check_bits("add_input_bits", self.add_input_bits)
         if self.alpha_lr is not None and not self.alpha_lr > 0:
             raise QsalError(f"alpha_lr must be positive (or None to share the weights' lr), got {self.alpha_lr}")
         object.__setattr__(self, "skip", tuple(self.skip))
@@ -152,7 +164,7 @@ _PACT_V1 = {"weight_scheme": {"dorefa": ("tanh_symmetric", "none"), "minmax": ("
 def _upgrade_pact_v1(d: dict) -> dict:
     scheme, per_channel = _PACT_V1["weight_scheme"][d.get("weight_scheme", "dorefa")]
     return {**d, "weight_scheme": scheme, "weight_per_channel": per_channel, "quantize_add_inputs": True,
-            "alpha_lr": None}
+            "alpha_lr": None, "fold_bn": False}
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,8 @@ def config_from_dict(d: dict) -> QuantConfig:
     cls = _BY_METHOD[method]
     if cls is PACTConfig and version == 1:  # a checkpoint written before version 2: rebuild it as it was
         d = _upgrade_pact_v1(d)
+    if cls in (QATConfig, PACTConfig) and "fold_bn" not in d:  # written before BN folding: it kept BatchNorm
+        d["fold_bn"] = False
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
     if unknown:

@@ -143,12 +143,15 @@ def _readers_through_transparent(gm: fx.GraphModule, node: fx.Node) -> list[fx.N
 
 
 def insert_act_quantizers(gm: fx.GraphModule, make_quantizer: Callable[[fx.Node, bool], nn.Module],
-                          quantize_add_inputs: bool = True) -> fx.GraphModule:
+                          quantize_add_inputs: bool = True,
+                          make_add_quantizer: Callable[[fx.Node], nn.Module] | None = None) -> fx.GraphModule:
     """Insert ``make_quantizer(node, feeds_edge_layer)`` after every tensor that feeds a quantized op.
 
     ``feeds_edge_layer`` is True for the tensor read by the first or last conv/linear (kept at higher
     precision by PACT's first/last-layer rule). With ``quantize_add_inputs=False`` a residual add is
-    not a quantized op: a tensor read only by adds stays float (PACT's placement, ReLU outputs only).
+    not a quantized op: a tensor read only by adds stays float (PACT's placement, ReLU outputs only),
+    or, when ``make_add_quantizer`` is given, gets that quantizer instead (PACT's 8-bit add inputs, which
+    an integer runtime's QLinearAdd needs).
     """
     first, last = first_and_last_layers(gm)
     on_grid: set[fx.Node] = set()
@@ -160,12 +163,15 @@ def insert_act_quantizers(gm: fx.GraphModule, make_quantizer: Callable[[fx.Node,
             on_grid.add(node)
             continue
         readers = _readers_through_transparent(gm, node)
+        add_only = False
         if not any(_is_consumer(gm, u, quantize_add_inputs) for u in readers):
-            continue
+            add_only = make_add_quantizer is not None and any(_is_consumer(gm, u, True) for u in readers)
+            if not add_only:
+                continue
         edge = any(u.op == "call_module" and u.target in (first, last) for u in readers)
         name = f"act_quant_{count}"
         count += 1
-        gm.add_submodule(name, make_quantizer(node, edge))
+        gm.add_submodule(name, make_add_quantizer(node) if add_only else make_quantizer(node, edge))
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(name, (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
