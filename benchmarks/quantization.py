@@ -24,7 +24,7 @@ from _common import RESULTS, data_dir  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
-from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
+from qsal.metrics import compute_metrics, predict_logits  # noqa: E402
 from qsal.export.bench import bench_onnx, bench_torch  # noqa: E402
 from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402

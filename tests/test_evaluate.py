@@ -2,7 +2,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from qsal.data import TASK_BINARY, TASK_MULTICLASS, TASK_MULTILABEL, TASK_ORDINAL
-from qsal.evaluate import compute_metrics, scores_from_logits
+from qsal.metrics import compute_metrics, scores_from_logits
 
 
 def test_binary_matches_sklearn_and_medmnist_definitions():

@@ -18,7 +18,7 @@ _LAZY = {
     "load_split": "qsal.data", "get_info": "qsal.data", "list_datasets": "qsal.data",
     "create_model": "qsal.models", "list_models": "qsal.models",
     "fit": "qsal.train", "TrainConfig": "qsal.train", "ClassificationStep": "qsal.train",
-    "evaluate": "qsal.evaluate", "compute_metrics": "qsal.evaluate",
+    "evaluate": "qsal.metrics", "compute_metrics": "qsal.metrics", "choose_decision": "qsal.metrics",
     "quantize": "qsal.quant", "PTQConfig": "qsal.quant", "QATConfig": "qsal.quant", "PACTConfig": "qsal.quant",
     "WeightOnlyConfig": "qsal.quant",
     "save_checkpoint": "qsal.checkpoint", "load_checkpoint": "qsal.checkpoint",

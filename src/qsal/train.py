@@ -27,7 +27,7 @@ from qsal.data.arrays import ImageSplit
 from qsal.data.registry import TASK_MULTILABEL
 from qsal.data.transforms import random_hflip, random_shift
 from qsal.errors import QsalError
-from qsal.evaluate import acc_score, auc_score, predict_logits, scores_from_logits
+from qsal.metrics import acc_score, auc_score, predict_logits, scores_from_logits
 
 __all__ = ["TrainConfig", "ClassificationStep", "task_loss", "fit", "FitResult", "resolve_device", "seed_everything"]
 

@@ -31,7 +31,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
 
     from qsal.checkpoint import load_checkpoint
     from qsal.export.bench import bench_onnx
-    from qsal.evaluate import predict_logits
+    from qsal.metrics import predict_logits
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.study.report import write_report

@@ -73,7 +73,7 @@ def _log(cell_dir: Path, message: str) -> None:
 def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
     import torch
 
-    from qsal.evaluate import predict_logits
+    from qsal.metrics import predict_logits
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
