@@ -10,7 +10,7 @@ Binary sets name a clinically positive class (``DatasetInfo.positive_label``: Br
 label 0, malignant): sensitivity and specificity are always about that class and the dict says so
 (``positive_class``). Besides the standard 0.5 point, an operating point chosen on the validation
 split (``operating_point.choose_operating_point``) gives ``sensitivity_at_op`` / ``specificity_at_op``.
-Percentile-bootstrap 95 % CIs; the AUCs come from scikit-learn. Undefined numbers (an AUC on a sample
+Percentile-bootstrap 95 % CIs; AUCs by the rank identity, equal to scikit-learn's ``roc_auc_score``. Undefined numbers (an AUC on a sample
 with one class) are ``None`` in ``to_dict()`` with the reason in ``undefined``.
 """
 
@@ -20,7 +20,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+from scipy.stats import rankdata
+from sklearn.metrics import confusion_matrix, f1_score
 
 from qsal.data.registry import TASK_BINARY, TASK_MULTILABEL
 from qsal.errors import QsalError
@@ -96,10 +97,16 @@ def scores_from_logits(logits: np.ndarray, task: str, temperature: float = 1.0) 
 
 
 def _auc_or_nan(y_binary: np.ndarray, score: np.ndarray) -> float:
-    # checked here rather than letting scikit-learn warn once per bootstrap resample
-    if y_binary.min() == y_binary.max():
+    """ROC AUC by the Mann-Whitney rank identity (ties get average ranks): equal to scikit-learn's
+    ``roc_auc_score`` (tested) and ~30x faster, which the 1000-resample bootstrap needs. NaN, without a
+    warning, when the sample has one class."""
+    positive = np.asarray(y_binary) == 1
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(y_binary, score))
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def auc_score(y_true: np.ndarray, scores: np.ndarray, task: str) -> float:
