@@ -49,9 +49,11 @@ FINETUNE_SUBSET = {"resnet18": 1200}
 
 def _artifact_metrics(onnx_path: Path, test, ref_logits: np.ndarray | None) -> dict:
     logits = Runtime(onnx_path).predict_logits(test.images)
-    m = compute_metrics(test.labels, logits, test.info.task, n_bootstrap=500)
+    m = compute_metrics(test.labels, logits, test.info.task, class_names=test.info.labels,
+                        positive_label=test.info.positive_label, n_bootstrap=500)
     out = {"test_auc": m.auc, "test_acc": m.acc, "auc_ci": m.ci["auc"], "acc_ci": m.ci["acc"],
-           "sensitivity": m.sensitivity, "specificity": m.specificity, "balanced_accuracy": m.balanced_accuracy}
+           "positive_class": m.positive_class, "sensitivity": m.sensitivity, "specificity": m.specificity,
+           "balanced_accuracy": m.balanced_accuracy}
     if ref_logits is not None:
         out["parity_max_abs_logit_diff"] = float(np.abs(logits - ref_logits).max())
         out["parity_argmax_agreement"] = float(np.mean(logits.argmax(1) == ref_logits.argmax(1)))
@@ -200,7 +202,9 @@ def _write(out: Path, result: dict, seed: int) -> None:
             f"{env['versions']['onnxruntime']}, 1 thread, each configuration in a fresh process, all in one run; "
             f"seed {seed}.\n**Shortened schedules** (epochs column: FP32 training epochs for fp32, fine-tuning "
             "epochs for QAT/PACT; MedMNIST trains 100; ResNet-18 fine-tunes on a seeded 1,200-image subset). Accuracy/AUC are measured on the exported ONNX artifact "
-            "with onnxruntime; the fake-quant PyTorch figures and the logit parity are in quantization.json.\n\n"
+            "with onnxruntime; the fake-quant PyTorch figures and the logit parity are in quantization.json. Sensitivity "
+            "and specificity (at 0.5) are about each binary set's positive class: BreastMNIST malignant (label 0), "
+            "PneumoniaMNIST pneumonia (label 1).\n\n"
             f"{table}\n")
     write_text_atomic(out.with_suffix(".md"), text)
     print(text)
