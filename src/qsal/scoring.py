@@ -18,7 +18,7 @@ from qsal.data import ImageSplit, load_split
 from qsal.errors import QsalError
 from qsal.provenance import environment
 
-__all__ = ["evaluate_model", "evaluate_onnx", "load_for_model", "model_metadata", "SPLITS"]
+__all__ = ["evaluate_model", "evaluate_onnx", "artifact_row", "load_for_model", "model_metadata", "SPLITS"]
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -139,3 +139,13 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     if out:
         write_json_atomic(out, {**result, "environment": environment()})
     return result
+
+
+def artifact_row(art, torch_metrics: dict) -> dict:
+    """A results row's metric columns: the ONNX artifact's (``artifact: True``), with the PyTorch model's
+    AUC/ACC beside them for comparison. Sensitivity/specificity are about ``positive_class``."""
+    keys = ("positive_class", "positive_label", "sensitivity", "specificity", "operating_point", "sensitivity_at_op",
+            "specificity_at_op", "ece", "temperature", "per_class_recall", "artifact")
+    d = art.to_dict()
+    return {"test_auc": d["auc"], "test_acc": d["acc"], "auc_ci": d["ci"].get("auc"), **{k: d[k] for k in keys},
+            "ci": d["ci"], "pytorch_auc": torch_metrics["auc"], "pytorch_acc": torch_metrics["acc"]}

@@ -172,6 +172,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     start_epoch = 0
     if out and (out / "last.pt").is_file():
         state = load_training_state(out / "last.pt")
+        _check_same_settings(out, state.get("config"), config)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -225,11 +226,29 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             save_training_state(out / "last.pt", {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                "config": _resume_settings(config),
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history})
     best.seconds = time.perf_counter() - t0
     _restore_best(model, best)
     model.qsal_untrained = False
     return best
+
+
+def _resume_settings(config: TrainConfig) -> dict:
+    """The settings a resumed run must share with the run it continues (display and device may change, and
+    ``epochs`` may grow: continuing a finished run for more epochs is a resume)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()
+            if k not in ("progress", "device", "epochs")}
+
+
+def _check_same_settings(out: Path, saved: dict | None, config: TrainConfig) -> None:
+    # a rerun into the same folder must not silently continue with the old hyper-parameters
+    now = _resume_settings(config)
+    changed = sorted(k for k in now if saved is not None and saved.get(k) != now[k])
+    if changed:
+        k = changed[0]
+        raise QsalError(f"cannot resume {out}: {k} changed ({saved.get(k)!r} -> {now[k]!r}); pass --force to start "
+                        "over with the new settings, or choose another --out (another out_dir)")
 
 
 def _restore_best(model: nn.Module, best: FitResult) -> None:

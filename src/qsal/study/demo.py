@@ -18,15 +18,6 @@ from qsal.provenance import environment
 __all__ = ["run_demo", "DEMO_STAGES"]
 
 
-def artifact_row(art, torch_metrics: dict) -> dict:
-    """A results row's metric columns: the ONNX artifact's (``artifact: True``), with the PyTorch model's
-    AUC/ACC beside them for comparison. Sensitivity/specificity are about ``positive_class``."""
-    keys = ("positive_class", "positive_label", "sensitivity", "specificity", "operating_point", "sensitivity_at_op",
-            "specificity_at_op", "ece", "temperature", "per_class_recall", "artifact")
-    d = art.to_dict()
-    return {"test_auc": d["auc"], "test_acc": d["acc"], "auc_ci": d["ci"].get("auc"), **{k: d[k] for k in keys},
-            "ci": d["ci"], "pytorch_auc": torch_metrics["auc"], "pytorch_acc": torch_metrics["acc"]}
-
 DEMO_STAGES = ("fp32", "ptq-int8", "qat-int8", "pact-4", "sgt+pact-4")
 
 
@@ -38,6 +29,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     from qsal.checkpoint import load_checkpoint
     from qsal.export.bench import bench_onnx
     from qsal.metrics import predict_logits, save_reliability_diagram
+    from qsal.scoring import artifact_row
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.study.report import write_report

@@ -78,7 +78,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.saliency import SaliencyGuidedStep
-    from qsal.study.demo import artifact_row
+    from qsal.scoring import artifact_row
     from qsal.train import TrainConfig
 
     cell = run_dir / spec.id
