@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from qsal._atomic import write_json_atomic
-from qsal.data import ImageSplit, get_info, load_split
+from qsal.data import ImageSplit, load_split
 from qsal.errors import QsalError
 from qsal.metrics.operating_point import DEFAULT_RULE, parse_rule
 from qsal.provenance import environment
