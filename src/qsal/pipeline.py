@@ -12,7 +12,7 @@ from pathlib import Path
 from qsal._atomic import write_json_atomic
 from qsal.data import ImageSplit, load_split
 from qsal.errors import QsalError
-from qsal.metrics.operating_point import DEFAULT_RULE, parse_rule
+from qsal.metrics.operating_point import DEFAULT_RULE, parse_rule, resolve_positive_label
 from qsal.provenance import environment
 from qsal.scoring import evaluate_model, evaluate_onnx, load_for_model
 from qsal.train import TrainConfig
@@ -97,6 +97,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     claim_run_folder(out, fingerprint(dataset, model, method, run_config), resume=resume, force=force)
     train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
     info = train.info
+    resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
     meta = {"dataset": data_meta(train), "quant": None}
