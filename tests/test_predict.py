@@ -77,3 +77,24 @@ def test_predict_bad_paths_are_one_line_errors(breast_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(onnx_path), str(tmp_path / "empty")]) == 2
     assert "no PNG/JPEG/DICOM images" in capsys.readouterr().err
+
+
+def test_runtime_applies_the_stored_temperature_and_threshold(tmp_path):
+    """The decision in the ONNX metadata (temperature fitted on validation, operating point) is what predict uses."""
+    from qsal.export import export_onnx
+    from qsal.metrics import scores_from_logits
+    from qsal.models import create_model
+    from qsal.pipeline import data_meta
+    from qsal.runtime import Runtime
+
+    test = load_split("breastmnist", "test")
+    decision = {"positive_label": 0, "positive_class": "malignant", "temperature": 2.5, "temperature_scaling": True,
+                "operating_point": {"rule": "0.3", "threshold": 0.3, "chosen_on": "validation"}}
+    path = export_onnx(create_model("small_cnn", 2, 1), tmp_path / "t.onnx", input_shape=(1, 28, 28),
+                       meta={"data": data_meta(test), "decision": decision}, check_untrained=False)
+    rt = Runtime(path)
+    logits = rt.predict_logits(test.images[:16])
+    probs = rt.predict_proba(test.images[:16])
+    assert np.allclose(probs, scores_from_logits(logits, "binary-class", temperature=2.5), atol=1e-6)
+    labels = [rt.predict_image(img)["predicted_label"] for img in test.images[:16, :, :, 0]]
+    assert labels == [0 if p >= 0.3 else 1 for p in probs[:, 0]]
