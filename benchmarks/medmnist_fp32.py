@@ -21,7 +21,7 @@ from _common import RESULTS, data_dir, markdown_table  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.data import load_split  # noqa: E402
-from qsal.evaluate import evaluate  # noqa: E402
+from qsal.metrics import evaluate  # noqa: E402
 from qsal.models import count_macs, count_parameters, create_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
 from qsal.train import TrainConfig, fit  # noqa: E402

@@ -26,7 +26,7 @@ from _common import RESULTS, data_dir  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
-from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
+from qsal.metrics import compute_metrics, predict_logits  # noqa: E402
 from quantization_latency import EAGER, _adopt_metadata, _ort_peer, time_artifacts  # noqa: E402
 from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
@@ -51,9 +51,11 @@ FINETUNE_SUBSET = {"resnet18": 1200}
 
 def _artifact_metrics(onnx_path: Path, test, ref_logits: np.ndarray | None) -> dict:
     logits = Runtime(onnx_path).predict_logits(test.images)
-    m = compute_metrics(test.labels, logits, test.info.task, n_bootstrap=500)
+    m = compute_metrics(test.labels, logits, test.info.task, class_names=test.info.labels,
+                        positive_label=test.info.positive_label, n_bootstrap=500)
     out = {"test_auc": m.auc, "test_acc": m.acc, "auc_ci": m.ci["auc"], "acc_ci": m.ci["acc"],
-           "sensitivity": m.sensitivity, "specificity": m.specificity, "balanced_accuracy": m.balanced_accuracy}
+           "positive_class": m.positive_class, "sensitivity": m.sensitivity, "specificity": m.specificity,
+           "balanced_accuracy": m.balanced_accuracy}
     if ref_logits is not None:
         out["parity_max_abs_logit_diff"] = float(np.abs(logits - ref_logits).max())
         out["parity_argmax_agreement"] = float(np.mean(logits.argmax(1) == ref_logits.argmax(1)))
@@ -194,7 +196,9 @@ def _write(out: Path, result: dict, seed: int) -> None:
             "(median of per-round medians); "
             f"seed {seed}.\n**Shortened schedules** (epochs column: FP32 training epochs for fp32, fine-tuning "
             "epochs for QAT/PACT; MedMNIST trains 100; ResNet-18 fine-tunes on a seeded 1,200-image subset). Accuracy/AUC are measured on the exported ONNX artifact "
-            "with onnxruntime; the fake-quant PyTorch figures and the logit parity are in quantization.json.\n\n"
+            "with onnxruntime; the fake-quant PyTorch figures and the logit parity are in quantization.json. Sensitivity "
+            "and specificity (at 0.5) are about each binary set's positive class: BreastMNIST malignant (label 0), "
+            "PneumoniaMNIST pneumonia (label 1).\n\n"
             f"{table}\n")
     write_text_atomic(out.with_suffix(".md"), text)
     print(text)

@@ -38,7 +38,7 @@ from _common import RESULTS, data_dir, markdown_table  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
-from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
+from qsal.metrics import compute_metrics, predict_logits  # noqa: E402
 from qsal.export.bench import interleaved_latency, onnx_session  # noqa: E402
 from qsal.export.fusion import float_compute_ops  # noqa: E402
 from qsal.models import count_parameters  # noqa: E402

@@ -27,7 +27,7 @@ from _common import RESULTS, data_dir  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
-from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
+from qsal.metrics import compute_metrics, predict_logits  # noqa: E402
 from qsal.pipeline import load_splits, quantize_checkpoint  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig  # noqa: E402

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, markdown_table  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from qsal.evaluate import compute_metrics, predict_logits  # noqa: E402
+from qsal.metrics import compute_metrics, predict_logits  # noqa: E402
 from qsal.models import create_model  # noqa: E402
 from qsal.pipeline import load_splits  # noqa: E402
 from qsal.provenance import environment  # noqa: E402

@@ -42,3 +42,16 @@ def shared_data() -> Path:
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def breast_run(tmp_path_factory):
+    """A real BreastMNIST small_cnn (2 epochs) in a run folder, exported to ONNX: ``(run dir, onnx path)``."""
+    from qsal.pipeline import export_checkpoint, train_model
+    from qsal.train import TrainConfig
+
+    run = tmp_path_factory.mktemp("breast") / "fp32"
+    train_model("breastmnist", "small_cnn", TrainConfig(epochs=2, progress=False), run)
+    onnx_path = run / "model.onnx"
+    export_checkpoint(str(run / "best.safetensors"), onnx_path, card=False)
+    return run, onnx_path

@@ -73,3 +73,17 @@ def test_checkpoint_for_another_model_is_refused(tiny_splits, tmp_path):
 def test_bad_config_is_one_line():
     with pytest.raises(QsalError, match="must be positive"):
         TrainConfig(epochs=0)
+
+
+def test_fit_refuses_to_resume_with_another_hyper_parameter(tiny_splits, tmp_path):
+    """Finding 5 at the library level: a rerun with another lr used to continue silently with the old one."""
+    import pytest
+
+    from qsal.errors import QsalError
+    from qsal.models import create_model
+    from qsal.train import TrainConfig, fit
+
+    train, val, _ = tiny_splits
+    fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(epochs=1, progress=False), tmp_path)
+    with pytest.raises(QsalError, match=r"lr changed \(0.001 -> 0.01\)"):
+        fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(epochs=1, lr=0.01, progress=False), tmp_path)

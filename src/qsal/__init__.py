@@ -3,7 +3,8 @@
 The public API, imported lazily so that ``import qsal.runtime`` (the deployment side) never pulls
 in PyTorch:
 
-    qsal.load_split, qsal.create_model, qsal.fit, qsal.TrainConfig, qsal.evaluate,
+    qsal.load_split, qsal.create_model, qsal.fit, qsal.TrainConfig, qsal.evaluate, qsal.compute_metrics,
+    qsal.choose_decision, qsal.predict_logits, qsal.data_meta,
     qsal.quantize, qsal.PTQConfig, qsal.QATConfig, qsal.PACTConfig, qsal.WeightOnlyConfig,
     qsal.export_onnx, qsal.explain, qsal.SaliencyGuidedStep
 """
@@ -18,7 +19,8 @@ _LAZY = {
     "load_split": "qsal.data", "get_info": "qsal.data", "list_datasets": "qsal.data",
     "create_model": "qsal.models", "list_models": "qsal.models",
     "fit": "qsal.train", "TrainConfig": "qsal.train", "ClassificationStep": "qsal.train",
-    "evaluate": "qsal.evaluate", "compute_metrics": "qsal.evaluate",
+    "evaluate": "qsal.metrics", "compute_metrics": "qsal.metrics", "choose_decision": "qsal.metrics",
+    "predict_logits": "qsal.metrics", "data_meta": "qsal.pipeline",
     "quantize": "qsal.quant", "PTQConfig": "qsal.quant", "QATConfig": "qsal.quant", "PACTConfig": "qsal.quant",
     "WeightOnlyConfig": "qsal.quant",
     "save_checkpoint": "qsal.checkpoint", "load_checkpoint": "qsal.checkpoint",

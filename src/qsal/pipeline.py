@@ -12,12 +12,15 @@ from pathlib import Path
 from qsal._atomic import write_json_atomic
 from qsal.data import ImageSplit, get_info, load_split
 from qsal.checkpoint import check_model_fits_data
+from qsal.data import ImageSplit, load_split
 from qsal.errors import QsalError
+from qsal.metrics.operating_point import DEFAULT_RULE, parse_rule, resolve_positive_label
 from qsal.provenance import environment
+from qsal.scoring import evaluate_model, evaluate_onnx, load_for_model
 from qsal.train import TrainConfig
 
-__all__ = ["dataset_task", "dataset_info", "train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint", "write_card", "evaluate_onnx", "data_meta",
-           "load_splits"]
+__all__ = ["dataset_task", "dataset_info", "train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint",
+           "write_card", "evaluate_onnx", "artifact_test_metrics", "data_meta", "load_splits"]
 
 
 def data_meta(split: ImageSplit) -> dict:
@@ -52,20 +55,67 @@ def _write_metrics(out: Path, metrics, extra: dict) -> Path:
     return write_json_atomic(out / "metrics.json", {**extra, "test": metrics.to_dict(), "environment": environment()})
 
 
-def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os.PathLike, *, data_dir=None,
-                size: int | None = None, download: bool = False, saliency_guided: bool = False, sgt_k: float = 0.5,
-                sgt_lambda: float = 1.0, pact_bits: int | None = None, sgt_target: str = "log_softmax") -> dict:
-    """Train ``model`` on ``dataset`` (optionally PACT-quantized and/or saliency-guided), evaluate on test.
+def _decide_and_record(net, val: ImageSplit, checkpoint: Path, *, positive_class, operating_point: str,
+                       temperature_scaling: bool) -> dict:
+    """Choose the decision (positive class, threshold, temperature) on the validation split and store it in
+    the checkpoint's JSON sidecar, where export, evaluate and predict read it."""
+    from qsal.checkpoint import read_meta
+    from qsal.metrics import choose_decision, predict_logits
 
-    Writes ``out_dir/best.safetensors`` + ``best.json`` (the checkpoint) and ``out_dir/metrics.json``.
+    x, y = val.tensors()
+    decision = choose_decision(predict_logits(net, x), y.numpy(), val.info, positive_class=positive_class,
+                               rule=operating_point, temperature_scaling=temperature_scaling)
+    write_json_atomic(Path(checkpoint).with_suffix(".json"), {**read_meta(checkpoint), "decision": decision})
+    return decision
+
+
+def _finish(out: Path, net, test: ImageSplit, decision: dict, seed: int, extra: dict):
+    """Test metrics of the PyTorch model at its decision -> metrics.json + reliability.png; returns ``Metrics``."""
+    from qsal.metrics import evaluate, save_reliability_diagram
+
+    metrics = evaluate(net, test, decision=decision, seed=seed)
+    _write_metrics(out, metrics, extra)
+    save_reliability_diagram({"test": metrics.reliability}, out / "reliability.png",
+                             title=f"{test.info.name} test: ECE {metrics.ece:.3f} (T={metrics.temperature:.2f})")
+    return metrics
+
+
+def _summary(checkpoint, metrics) -> dict:
+    s = {"checkpoint": str(checkpoint), "test_auc": metrics.auc, "test_acc": metrics.acc,
+         "auc_95ci": metrics.ci.get("auc"), "positive_class": metrics.positive_class,
+         "sensitivity": metrics.sensitivity, "specificity": metrics.specificity,
+         "operating_point": metrics.operating_point, "sensitivity_at_op": metrics.sensitivity_at_op,
+         "specificity_at_op": metrics.specificity_at_op, "ece": metrics.ece, "temperature": metrics.temperature}
+    return {k: v for k, v in s.items() if v is not None}
+
+
+def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os.PathLike | None = None, *,
+                data_dir=None, size: int | None = None, download: bool = False, saliency_guided: bool = False,
+                sgt_k: float = 0.5, sgt_lambda: float = 1.0, pact_bits: int | None = None,
+                sgt_target: str = "log_softmax", positive_class: str | int | None = None, operating_point: str = DEFAULT_RULE,
+                temperature_scaling: bool = False, resume: bool = False, force: bool = False) -> dict:
+    """Train ``model`` on ``dataset`` (optionally PACT-quantized and/or saliency-guided), choose its
+    operating point (and temperature) on validation, evaluate on test.
+
+    ``out_dir`` (default: a fresh ``runs/train/<dataset>-<model>-N``) gets ``best.safetensors`` +
+    ``best.json`` (the checkpoint, with its ``decision``), ``metrics.json``, ``reliability.png`` and the
+    run fingerprint ``run.json``; a folder holding another run, or this run with other settings, is
+    refused unless ``force`` (``resume`` continues this run).
     """
-    from qsal.evaluate import evaluate
     from qsal.models import create_model
     from qsal.quant.describe import describe_quantization
+    from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder
     from qsal.train import fit, seed_everything
 
+    parse_rule(operating_point)  # a typo fails before any training
+    method = ("sgt+" if saliency_guided else "") + (f"pact-{pact_bits}" if pact_bits is not None else "fp32")
+    run_config = {**{k: v for k, v in config.to_dict().items() if k not in ("progress", "device")}, "size": size,
+                  "sgt": {"k": sgt_k, "lambda": sgt_lambda} if saliency_guided else None}
+    out = Path(out_dir) if out_dir is not None else fresh_folder("runs/train", f"{Path(dataset).name}-{model}")
+    claim_run_folder(out, fingerprint(dataset, model, method, run_config), resume=resume, force=force)
     train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
     info = train.info
+    resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
     meta = {"dataset": data_meta(train), "quant": None}
@@ -74,7 +124,6 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
         from qsal.saliency import SaliencyGuidedStep
 
         step = SaliencyGuidedStep(info.task, k=sgt_k, lam=sgt_lambda, seed=config.seed, target=sgt_target)
-    out = Path(out_dir)
     if pact_bits is not None:
         # PACT from scratch: a short FP32 warm-up (a quarter of the epochs) first, so the clipping levels
         # are calibrated on meaningful activations; clips calibrated on an untrained net are tiny and
@@ -91,14 +140,15 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
         meta["fp32_warmup_epochs"] = warmup
         config = replace(config, epochs=max(1, config.epochs - warmup))
     result = fit(net, train, val, config, out, step=step, meta=meta)
-    metrics = evaluate(net, test, seed=config.seed)
-    _write_metrics(out, metrics, {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch,
-                                  "train_seconds": result.seconds, "config": config.to_dict(), "seed": config.seed,
-                                  "dataset": dataset, "model": model, "quant": meta["quant"],
-                                  "quantization": describe_quantization(net),
-                                  "saliency_guided": step.describe() if saliency_guided else None})
-    return {"checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "test_auc": metrics.auc,
-            "test_acc": metrics.acc, "auc_95ci": metrics.ci.get("auc"), "train_seconds": round(result.seconds, 1)}
+    decision = _decide_and_record(net, val, result.best_path, positive_class=positive_class,
+                                  operating_point=operating_point, temperature_scaling=temperature_scaling)
+    metrics = _finish(out, net, test, decision, config.seed, {
+        "checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "train_seconds": result.seconds,
+        "config": config.to_dict(), "seed": config.seed, "dataset": dataset, "model": model, "quant": meta["quant"],
+        "decision": decision, "quantization": describe_quantization(net),
+        "saliency_guided": step.describe() if saliency_guided else None})
+    return {**_summary(result.best_path, metrics), "best_epoch": result.best_epoch,
+            "train_seconds": round(result.seconds, 1)}
 
 
 def dataset_task(checkpoint: str | os.PathLike) -> str:
@@ -125,35 +175,29 @@ def _dataset_name(meta: dict, dataset: str | None) -> str:
 
 
 def evaluate_checkpoint(checkpoint: str, *, dataset: str | None = None, split: str = "test", data_dir=None,
-                        size: int | None = None, out: str | None = None) -> dict:
-    """Metrics of a saved checkpoint on one split of its dataset (or ``dataset``)."""
-    from qsal.checkpoint import load_checkpoint
-    from qsal.evaluate import evaluate
-
-    model, meta = load_checkpoint(checkpoint)
-    name = _dataset_name(meta, dataset)
-    check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))  # before loading any images
-    data = load_split(name, split, data_dir, size=size)
-    metrics = evaluate(model, data)
-    result = {"checkpoint": str(checkpoint), "dataset": name, "split": split, **metrics.to_dict()}
-    if out:
-        write_json_atomic(out, {**result, "environment": environment()})
-    return result
+                        size: int | None = None, out: str | None = None, other_dataset: bool = False) -> dict:
+    """Metrics of a checkpoint or an exported ``.onnx`` file (``scoring.evaluate_model``)."""
+    return evaluate_model(checkpoint, dataset=dataset, split=split, data_dir=data_dir, size=size, out=out,
+                          other_dataset=other_dataset)
 
 
-def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *, epochs: int = 5, lr: float = 1e-4,
-                        data_dir=None, seed: int = 0, progress: bool = True, step=None,
-                        train_subset: int | None = None) -> dict:
+def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | None = None, *, epochs: int = 5,
+                        lr: float = 1e-4, data_dir=None, seed: int = 0, progress: bool = True, step=None,
+                        train_subset: int | None = None, operating_point: str | None = None,
+                        temperature_scaling: bool | None = None, resume: bool = False, force: bool = False) -> dict:
     """Quantize a float checkpoint with ``qconfig`` (PTQ: calibrate; QAT/PACT: also fine-tune ``epochs``,
     on ``train_subset`` images of the training split if given).
 
-    Writes ``out_dir/best.safetensors`` (the quantized model, reloadable with ``load_checkpoint``) and
-    ``out_dir/metrics.json`` with test metrics of the fake-quantized model.
+    ``out_dir`` (default: a fresh ``runs/quantized/<method>-N``) gets ``best.safetensors`` (the quantized
+    model, reloadable with ``load_checkpoint``), ``metrics.json`` with test metrics of the fake-quantized
+    model and the fingerprint ``run.json`` (see ``train_model`` for ``resume``/``force``). The decision
+    is chosen again on validation for the quantized model, with the parent's positive class, rule and
+    temperature scaling unless ``operating_point`` / ``temperature_scaling`` are given.
     """
     from qsal.checkpoint import load_checkpoint, save_checkpoint
-    from qsal.evaluate import evaluate
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
     from qsal.quant.describe import describe_quantization
+    from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder
     from qsal.train import fit
 
     model, meta = load_checkpoint(checkpoint)
@@ -164,14 +208,24 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
     if unknown:
         raise QsalError(f"--skip names {unknown} are not layers of {meta['arch']['name']}; its layers are "
                         f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
+    parent = meta.get("decision") or {}
+    rule = operating_point or (parent.get("operating_point") or {}).get("rule") or DEFAULT_RULE
+    parse_rule(rule)
+    if temperature_scaling is None:
+        temperature_scaling = bool(parent.get("temperature_scaling"))
     name = _dataset_name(meta, None)
+    label = f"{qconfig.label}".replace("/", "_")
+    out = Path(out_dir) if out_dir is not None else fresh_folder("runs/quantized", label)
+    run_config = {"quant": qconfig.to_dict(), "epochs": epochs, "lr": lr, "seed": seed, "train_subset": train_subset,
+                  "parent": str(Path(checkpoint).resolve()),
+                  "step": step.describe() if hasattr(step, "describe") else None}
+    claim_run_folder(out, fingerprint(name, meta["arch"]["name"], label, run_config), resume=resume, force=force)
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
     qmodel = quantize(model, qconfig, calibration=train)
     if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
         train = train.subset(train_subset, seed)
-    out = Path(out_dir)
     qmeta = {"dataset": meta.get("dataset") or data_meta(train), "quant": qconfig.to_dict(),
              "parent_checkpoint": str(checkpoint)}
     seconds = 0.0
@@ -181,60 +235,72 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike, *,
         path, seconds = result.best_path, result.seconds
     else:
         path = save_checkpoint(qmodel, out / "best.safetensors", {**qmeta, "arch": qmodel.qsal_arch, "seed": seed})
-    metrics = evaluate(qmodel, test, seed=seed)
-    _write_metrics(out, metrics, {"checkpoint": str(path), "quant": qconfig.to_dict(), "seed": seed,
-                                  "quantization": describe_quantization(qmodel),
-                                  "train_seconds": seconds, "parent_checkpoint": str(checkpoint)})
-    return {"checkpoint": str(path), "method": qconfig.label, "test_auc": metrics.auc, "test_acc": metrics.acc,
-            "auc_95ci": metrics.ci.get("auc")}
+    decision = _decide_and_record(qmodel, val, path, positive_class=parent.get("positive_label"),
+                                  operating_point=rule, temperature_scaling=temperature_scaling)
+    metrics = _finish(out, qmodel, test, decision, seed, {
+        "checkpoint": str(path), "quant": qconfig.to_dict(), "seed": seed, "train_seconds": seconds,
+        "parent_checkpoint": str(checkpoint), "decision": decision,
+        "quantization": describe_quantization(qmodel)})
+    return {**_summary(path, metrics), "method": qconfig.label}
 
 
-def evaluate_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: int = 0):
-    """``Metrics`` of the deployed artifact itself (onnxruntime, the exported preprocessing) on ``split``."""
-    from qsal.evaluate import compute_metrics
-    from qsal.runtime import Runtime
+def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, card: bool = True, *,
+                      force: bool = False, data_dir=None) -> dict:
+    """Export a checkpoint (float or quantized) to ONNX with its preprocessing and decision (positive class,
+    operating point, temperature) in the metadata, and (``card``) a model card beside it with the
+    *artifact's* test metrics and measured latency.
 
-    logits = Runtime(onnx_path).predict_logits(split.images)
-    return compute_metrics(split.labels, logits, split.info.task, n_bootstrap=n_bootstrap)
-
-
-def export_checkpoint(checkpoint: str, out: str | os.PathLike, card: bool = True) -> dict:
-    """Export a checkpoint (float or quantized) to ONNX with its preprocessing in the metadata, and (``card``)
-    a model card beside it with the checkpoint's test metrics and the artifact's measured latency."""
+    ``out`` defaults to ``model.onnx`` beside the checkpoint; an existing file is never overwritten
+    unless ``force``.
+    """
     from qsal.checkpoint import load_checkpoint
     from qsal.export import export_onnx
+    from qsal.run_folder import refuse_overwrite
 
+    out = refuse_overwrite(Path(out) if out is not None else Path(checkpoint).with_name("model.onnx"), force)
     model, meta = load_checkpoint(checkpoint)
     data = meta.get("dataset") or {}
     arch = meta["arch"]
     side = data.get("image_size", arch.get("image_size", 28))
-    path = export_onnx(model, out, input_shape=(arch["in_channels"], side, side),
-                       meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint)})
+    channels = arch["in_channels"]
+    preprocessing = {"decode": "qsal.data.folder image reader (PNG/JPEG/DICOM)",
+                     "channels": "PIL convert('L')" if channels == 1 else "PIL convert('RGB')",
+                     "resize": f"PIL bilinear to {side}x{side} px", "scale": "x / 255",
+                     "normalise": {"mean": data.get("mean"), "std": data.get("std")}}
+    path = export_onnx(model, out, input_shape=(channels, side, side),
+                       meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint),
+                             "decision": meta.get("decision"), "preprocessing": preprocessing})
     result = {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
     if card:
-        result["card"] = write_card(checkpoint, path)
+        result["card"] = write_card(checkpoint, path, data_dir=data_dir)
     return result
 
 
-def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, bench: dict | None = None,
-               explanations: dict | None = None) -> str:
-    """Model card beside ``onnx_path`` from the checkpoint's records; latency is measured unless ``bench`` is given."""
-    import json
+def artifact_test_metrics(onnx_path: str | os.PathLike, data_dir=None, n_bootstrap: int = 1000) -> dict:
+    """Test-split metrics of the ONNX artifact itself (``artifact: True``), as a JSON-safe dict."""
+    from qsal.runtime import read_metadata
 
+    data = read_metadata(onnx_path).get("data") or {}
+    test = load_for_model(data["name"], "test", n_channels=int(data.get("n_channels") or 1),
+                          size=data.get("image_size"), data_dir=data_dir)
+    return evaluate_onnx(onnx_path, test, n_bootstrap=n_bootstrap).to_dict()
+
+
+def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, bench: dict | None = None,
+               explanations: dict | None = None, metrics: dict | None = None, data_dir=None) -> str:
+    """Model card beside ``onnx_path``: the *artifact's* test metrics (``metrics``, a ``Metrics`` dict with
+    ``artifact: True``, measured here unless given), its latency (measured unless ``bench`` is given)."""
     from qsal.checkpoint import read_meta
     from qsal.export.bench import bench_onnx
     from qsal.export.model_card import write_model_card
 
-    metrics_file = Path(checkpoint).with_name("metrics.json")
-    try:
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise QsalError(f"{metrics_file} is not valid JSON ({type(e).__name__}); delete it (the card then has no "
-                        "test metrics) or rerun the command that wrote it") from None
-    if metrics is not None and not isinstance(metrics, dict):
-        raise QsalError(f"{metrics_file} holds a {type(metrics).__name__}, not the metrics qsal writes; delete it")
+    if metrics is None:
+        try:
+            metrics = artifact_test_metrics(onnx_path, data_dir)
+        except QsalError as e:  # no data here: the card says what was not measured, and why
+            metrics = {"not_measured": str(e)}
     if bench is None:
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1,), seconds=0.5)
     bench = {**bench, "cpu": environment()["cpu"]}
-    write_model_card(onnx_path, read_meta(checkpoint), metrics, bench, explanations)
+    write_model_card(onnx_path, read_meta(checkpoint), {"test": metrics}, bench, explanations)
     return str(Path(onnx_path).with_suffix(".card.md"))

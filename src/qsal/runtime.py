@@ -3,9 +3,12 @@
     >>> from qsal.runtime import Runtime
     >>> rt = Runtime("model.onnx", threads=1)
     >>> probs = rt.predict_proba(images_uint8)   # (N, H, W) or (N, H, W, C) uint8 -> (N, K)
+    >>> rt.predict_file("scan.png")              # {"file", "probabilities": {class: p}, "predicted_class", ...}
 
 Preprocessing (scale to [0, 1], per-channel mean/std) is read from the model's own metadata, so it
-is the same as in training.
+is the same as in training; files and images of any size are converted to the model's channels and
+size by the rule recorded at export (PIL ``convert`` + bilinear resize, the folder loader's rule). The
+decision (positive class, operating point chosen on validation, temperature) is read from there too.
 """
 
 from __future__ import annotations
@@ -18,7 +21,38 @@ import numpy as np
 
 from qsal.errors import QsalError
 
-__all__ = ["Runtime", "read_metadata", "validate_metadata"]
+__all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide"]
+
+
+def conform_image(image: np.ndarray, n_channels: int, size: int) -> np.ndarray:
+    """A uint8 ``(H, W)`` / ``(H, W, C)`` image of any size -> ``(size, size, n_channels)``, converted and resized
+    as ``qsal.data.folder`` reads training images (PIL ``convert('L'|'RGB')``, bilinear resize)."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
+        raise QsalError(f"an image must be uint8 (H, W) or (H, W, 1|3|4) pixels, got {image.dtype} {image.shape}")
+    pil = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+    pil = pil.convert("L" if n_channels == 1 else "RGB")
+    if pil.size != (size, size):
+        pil = pil.resize((size, size), Image.BILINEAR)
+    return np.asarray(pil, dtype=np.uint8).reshape(size, size, n_channels)
+
+
+def decide(probs: np.ndarray, task: str, decision: dict | None) -> np.ndarray:
+    """Predicted class ids ``(N,)`` from probabilities ``(N, K)``: binary at the stored operating point
+    (``p(positive) >= threshold``; 0.5 on label 1 without one), argmax for multi-class, and a 0/1
+    ``(N, K)`` matrix at 0.5 for multi-label."""
+    if task.startswith("multi-label"):
+        return (probs > 0.5).astype(np.int64)
+    decision = decision or {}
+    op = decision.get("operating_point")
+    if task == "binary-class" and op:
+        pos = int(decision.get("positive_label", 1))
+        return np.where(probs[:, pos] >= float(op["threshold"]), pos, 1 - pos).astype(np.int64)
+    if task == "binary-class":
+        return (probs[:, -1] > 0.5).astype(np.int64)
+    return probs.argmax(axis=1).astype(np.int64)
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -106,6 +140,8 @@ class Runtime:
         self.input_shape = tuple(self.meta["input_shape"])
         self.task = data.get("task", "multi-class")
         self.labels = data.get("labels")
+        self.decision = self.meta.get("decision") or {}
+        self.temperature = float(self.decision.get("temperature") or 1.0)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``(N, H, W)`` / ``(N, H, W, C)`` (or one image without N) -> float32 ``(N, C, H, W)``."""
@@ -137,9 +173,35 @@ class Runtime:
         return np.concatenate([self.run_normalized(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, K)`` (sigmoid per label for multi-label models)."""
-        logits = self.predict_logits(images).astype(np.float64)
+        """Class probabilities ``(N, K)`` (sigmoid per label for multi-label models), after dividing the
+        logits by the temperature fitted on validation (1.0 if the model was not temperature-scaled)."""
+        logits = self.predict_logits(images).astype(np.float64) / self.temperature
         if self.task.startswith("multi-label"):
             return 1 / (1 + np.exp(-logits))
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+
+    def predict_image(self, image: np.ndarray) -> dict:
+        """One uint8 image of any size (converted like training images) -> a prediction dict (``predict_file``)."""
+        c, h, _ = self.input_shape
+        return self._prediction(self.predict_proba(conform_image(image, c, h)[None])[0])
+
+    def predict_file(self, path: str | os.PathLike) -> dict:
+        """One PNG/JPEG/DICOM file -> ``{"file", "probabilities": {class name: p}, "predicted_class",
+        "predicted_label"}``, the label decided at the stored operating point."""
+        from qsal.data.folder import _read_image
+
+        c, h, _ = self.input_shape
+        pixels = _read_image(Path(path), c, h).reshape(h, h, c)
+        return {"file": str(path), **self._prediction(self.predict_proba(pixels[None])[0])}
+
+    def _prediction(self, probs: np.ndarray) -> dict:
+        names = [str(n) for n in (self.labels or range(len(probs)))]
+        label = decide(probs[None], self.task, self.decision)[0]
+        out = {"probabilities": {n: float(p) for n, p in zip(names, probs)}}
+        if self.task.startswith("multi-label"):
+            out["predicted_class"] = ";".join(n for n, on in zip(names, label) if on)
+            out["predicted_label"] = [int(v) for v in label]
+        else:
+            out["predicted_class"], out["predicted_label"] = names[int(label)], int(label)
+        return out

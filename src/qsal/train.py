@@ -27,7 +27,7 @@ from qsal.data.arrays import ImageSplit
 from qsal.data.registry import TASK_MULTILABEL
 from qsal.data.transforms import random_hflip, random_shift
 from qsal.errors import QsalError
-from qsal.evaluate import acc_score, auc_score, predict_logits, scores_from_logits
+from qsal.metrics import acc_score, auc_score, predict_logits, scores_from_logits
 
 __all__ = ["TrainConfig", "ClassificationStep", "task_loss", "fit", "FitResult", "resolve_device", "seed_everything",
            "parameter_groups"]
@@ -193,6 +193,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     start_epoch = 0
     if out and (out / "last.pt").is_file():
         state = load_training_state(out / "last.pt", model)
+        _check_same_settings(out, state.get("config"), config)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -252,11 +253,29 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
                 **({"step": step.state_dict()} if hasattr(step, "state_dict") else {}),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                "config": _resume_settings(config),
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history})
     best.seconds = time.perf_counter() - t0
     _restore_best(model, best)
     model.qsal_untrained = False
     return best
+
+
+def _resume_settings(config: TrainConfig) -> dict:
+    """The settings a resumed run must share with the run it continues (display and device may change, and
+    ``epochs`` may grow: continuing a finished run for more epochs is a resume)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()
+            if k not in ("progress", "device", "epochs")}
+
+
+def _check_same_settings(out: Path, saved: dict | None, config: TrainConfig) -> None:
+    # a rerun into the same folder must not silently continue with the old hyper-parameters
+    now = _resume_settings(config)
+    changed = sorted(k for k in now if saved is not None and saved.get(k) != now[k])
+    if changed:
+        k = changed[0]
+        raise QsalError(f"cannot resume {out}: {k} changed ({saved.get(k)!r} -> {now[k]!r}); pass --force to start "
+                        "over with the new settings, or choose another --out (another out_dir)")
 
 
 def _restore_best(model: nn.Module, best: FitResult) -> None:

@@ -69,3 +69,13 @@ def test_pact_saliency_guided_training_from_the_cli_reloads_and_explains(tmp_pat
     assert main(["explain", str(out / "best.safetensors"), "--method", "gradcam", "--n", "2",
                  "--out", str(tmp_path / "gc.png")]) == 0
     assert (tmp_path / "gc.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--epochs", "1", "--positive-class", "benign"], "positive class 'benign' is not a class of breastmnist"),
+    (["train", "--epochs", "1", "--operating-point", "yuden"], "operating point 'yuden' is not one of"),
+])
+def test_decision_options_fail_before_training(args, message, tmp_path):
+    proc = _run(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not any((tmp_path / "runs").rglob("best.safetensors"))

@@ -16,7 +16,14 @@ def test_quick_demo_produces_every_model_and_a_report(tmp_path):
     assert rows["fp32"]["test_auc"] > 0.7  # real BreastMNIST, short schedule
     assert abs(rows["ptq-int8"]["test_auc"] - rows["fp32"]["test_auc"]) < 0.03
     assert rows["ptq-int8"]["size_ratio"] < 0.26 and rows["pact-4"]["size_ratio"] < 0.14
-    for r in results["rows"]:  # the deployed artifact scores what the PyTorch model scored
-        assert abs(r["onnx_acc"] - r["test_acc"]) <= 0.02
+    for r in results["rows"]:  # rows are the deployed artifact's numbers, close to the PyTorch model's
+        assert r["artifact"] is True and abs(r["pytorch_acc"] - r["test_acc"]) <= 0.02
+        # finding 1: on BreastMNIST sensitivity is about malignant (label 0), and every output says so
+        assert r["positive_class"] == "malignant" and r["positive_label"] == 0
+        assert r["operating_point"]["chosen_on"] == "validation" and 0 <= r["ece"] <= 1
+    card = (tmp_path / "fp32" / "model.card.md").read_text()
+    assert "sensitivity (malignant)" in card and "ONNX artifact" in card
+    assert "sens. (malignant)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "results.json").read_text())["environment"]["versions"]["torch"]
     assert (tmp_path / "report.html").is_file() and (tmp_path / "saliency_grid.png").is_file()

@@ -109,15 +109,35 @@ def cmd_train(args):
     result = train_model(dataset=args.dataset, model=args.model, config=_train_config(args), out_dir=args.out,
                          data_dir=args.data_dir, size=args.size, download=args.download,
                          saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
-                         sgt_target=args.sgt_target,
-                         pact_bits=args.pact_bits)
+                         sgt_target=args.sgt_target, pact_bits=args.pact_bits, positive_class=args.positive_class,
+                         operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
+                         resume=args.resume, force=args.force)
     print(json.dumps(result, indent=2))
+
+
+def decision_args(p, inherit: bool = False) -> None:
+    """--operating-point / --temperature-scaling (shared by train and quantize)."""
+    p.add_argument("--operating-point", default=None if inherit else "youden", metavar="RULE",
+                   help="threshold rule chosen on the validation split: youden, sensitivity:0.95 or a fixed "
+                        "probability such as 0.5 (default: " + ("the parent's rule)" if inherit else "%(default)s)"))
+    p.add_argument("--temperature-scaling", action="store_true", default=None if inherit else False,
+                   help="fit a softmax temperature on validation and store it with the model")
+
+
+def run_folder_args(p) -> None:
+    p.add_argument("--resume", action="store_true", help="continue the run already in --out (same settings only)")
+    p.add_argument("--force", action="store_true", help="replace the run already in --out")
 
 
 def _setup_train(p):
     _data_args(p)
     p.add_argument("--model", default="small_cnn", help="model name (see `qsal models`; default: %(default)s)")
-    p.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: a fresh runs/train/<dataset>-<model>-N)")
+    run_folder_args(p)
+    p.add_argument("--positive-class", default=None, metavar="CLASS",
+                   help="binary sets: the class sensitivity is about, by name or id (default: the dataset table's, "
+                        "e.g. malignant for BreastMNIST, pneumonia for PneumoniaMNIST)")
+    decision_args(p)
     _train_config_args(p)
     p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")
     p.add_argument("--sgt-k", type=SGT_K, default=0.5, help="fraction of features masked per step")
@@ -127,19 +147,25 @@ def _setup_train(p):
     p.add_argument("--pact-bits", type=int_range(2, 8, "a bit-width"), default=None, help="train PACT-quantized at this many bits (2-8)")
 
 
-@command("evaluate", "evaluate a checkpoint on a split: AUC/ACC with 95%% CIs, sensitivity, specificity")
+@command("evaluate", "score a checkpoint or an exported .onnx file: AUC/ACC with 95%% CIs, sensitivity and "
+                     "specificity of the positive class at 0.5 and at the stored operating point, ECE")
 def cmd_evaluate(args):
-    from qsal.pipeline import evaluate_checkpoint
+    from qsal.scoring import evaluate_model
 
-    metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
-                                  size=args.size, out=args.out)
+    metrics = evaluate_model(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
+                             size=args.size, out=args.out, other_dataset=args.other_dataset,
+                             reliability_png=args.reliability)
     print(json.dumps(metrics, indent=2))
 
 
 def _setup_evaluate(p):
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by qsal")
+    p.add_argument("model", help="a .safetensors checkpoint or an .onnx file (scores the artifact) written by qsal")
     _data_args(p, dataset_default=None)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="all: every image (of a folder: every file, not the test part of its split)")
+    p.add_argument("--other-dataset", action="store_true",
+                   help="allow scoring on a dataset other than the model's own (the output says so)")
+    p.add_argument("--reliability", metavar="PNG", help="also draw the reliability diagram to this PNG")
     p.add_argument("--out", help="also write the metrics to this JSON file")
 
 
@@ -208,7 +234,10 @@ _SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_dataset
 def build_parser() -> argparse.ArgumentParser:
     from qsal.cli import deploy as cli_quant
 
+    from qsal.cli import predict as cli_predict
+
     cli_quant.register(command, _SETUP)
+    cli_predict.register(command, _SETUP)
     parser = OneLineErrorParser(prog="qsal", description="Quantized, saliency-guided image classifiers "
                                      "for edge hardware. Start with `qsal demo`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -34,7 +34,9 @@ def cmd_quantize(args):
         step = SaliencyGuidedStep(dataset_task(args.checkpoint), k=args.sgt_k, lam=args.sgt_lambda,
                                   seed=args.seed, target=args.sgt_target)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
-                                 data_dir=args.data_dir, seed=args.seed, progress=not args.no_progress, step=step)
+                                 data_dir=args.data_dir, seed=args.seed, progress=not args.no_progress, step=step,
+                                 operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
+                                 resume=args.resume, force=args.force)
     print(json.dumps(result, indent=2))
 
 
@@ -56,7 +58,11 @@ def _setup_quantize(p):
                    help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--out", default="runs/quantized")
+    p.add_argument("--out", default=None, help="output folder (default: a fresh runs/quantized/<method>-N)")
+    from qsal.cli.app import decision_args, run_folder_args
+
+    run_folder_args(p)
+    decision_args(p, inherit=True)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -66,13 +72,16 @@ def cmd_export(args):
 
     if args.format != "onnx":
         raise QsalError(f"format {args.format!r} is not supported; use --format onnx")
-    print(json.dumps(export_checkpoint(args.checkpoint, args.out), indent=2))
+    print(json.dumps(export_checkpoint(args.checkpoint, args.out, force=args.force, data_dir=args.data_dir), indent=2))
 
 
 def _setup_export(p):
     p.add_argument("checkpoint", help="a checkpoint (.safetensors), float or quantized")
     p.add_argument("--format", default="onnx")
-    p.add_argument("--out", default="model.onnx", help="output file (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output file (default: model.onnx beside the checkpoint; never "
+                   "overwritten without --force)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.add_argument("--data-dir", help="data root for the model card's test metrics of the artifact")
 
 
 def cmd_bench(args):

@@ -39,6 +39,8 @@ class DatasetInfo:
         n_samples: official split sizes ``{"train", "val", "test"}`` (``val`` may be 0).
         md5: official MD5 per image size (``"28"``, ``"64"``...) or per file name.
         mean, std: per-channel normalisation applied to pixels scaled to [0, 1].
+        positive_label: for binary sets, the class id that is clinically *positive* (the one sensitivity
+            is about): BreastMNIST 0 (malignant), PneumoniaMNIST 1 (pneumonia). ``None``: label 1.
     """
 
     name: str
@@ -54,6 +56,14 @@ class DatasetInfo:
     std: tuple[float, ...] = (0.5,)
     sizes: tuple[int, ...] = (28,)
     citation: str = ""
+    positive_label: int | None = None
+
+    @property
+    def positive_class(self) -> str | None:
+        """Name of the clinically positive class of a binary set (label 1 unless the table says otherwise)."""
+        if self.task != TASK_BINARY:
+            return None
+        return self.labels[1 if self.positive_label is None else self.positive_label]
 
     @property
     def num_classes(self) -> int:
@@ -63,6 +73,12 @@ class DatasetInfo:
     @property
     def image_size(self) -> int:
         return self.sizes[0]
+
+
+# The clinically positive class of each binary MedMNIST set (what "sensitivity" is about). BreastMNIST
+# orders its labels malignant=0, normal/benign=1, so the MedMNIST "label 1" convention would make
+# sensitivity the recall of *benign* cases.
+_POSITIVE_LABEL = {"breastmnist": 0, "pneumoniamnist": 1}
 
 
 def _load_medmnist() -> dict[str, DatasetInfo]:
@@ -76,6 +92,7 @@ def _load_medmnist() -> dict[str, DatasetInfo]:
             n_samples=dict(row["n_samples"]), license=row["license"], md5=dict(row["md5"]),
             url=row["url"], mean=(0.5,) * c, std=(0.5,) * c, sizes=MEDMNIST_SIZES,
             citation="Yang et al., MedMNIST v2, Scientific Data 10, 41 (2023)",
+            positive_label=_POSITIVE_LABEL.get(name),
         )
     return out
 

@@ -18,9 +18,6 @@ from qsal.provenance import environment
 __all__ = ["run_demo", "DEMO_STAGES"]
 
 
-def _onnx_scores(m) -> dict:
-    return {"onnx_auc": m.auc, "onnx_acc": m.acc}
-
 DEMO_STAGES = ("fp32", "ptq-int8", "qat-int8", "pact-4", "sgt+pact-4")
 
 
@@ -31,7 +28,8 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
 
     from qsal.checkpoint import load_checkpoint
     from qsal.export.bench import bench_onnx
-    from qsal.evaluate import predict_logits
+    from qsal.metrics import predict_logits, save_reliability_diagram
+    from qsal.scoring import artifact_row
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.study.report import write_report
@@ -49,7 +47,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
           f"{'quick' if quick else 'full'} schedule", flush=True)
     ckpts = {}
     fp32 = train_model(dataset, model, TrainConfig(epochs=epochs["fp32"], seed=seed, progress=progress), out / "fp32",
-                       data_dir=data_dir)
+                       data_dir=data_dir, resume=True)
     ckpts["fp32"] = fp32["checkpoint"]
     stages = [("ptq-int8", PTQConfig(), 0, None), ("qat-int8", QATConfig(), epochs["qat"], None),
               ("pact-4", PACTConfig(bits=4), epochs["pact"], None),
@@ -59,16 +57,19 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         # PACT alone fine-tunes at 5e-4; QAT and the saliency-guided stage at 1e-4 (at 5e-4 SGT+PACT collapsed
         # to the majority class on BreastMNIST)
         ckpts[name] = quantize_checkpoint(ckpts["fp32"], cfg, out / name, epochs=ep, lr=5e-4 if name == "pact-4" else 1e-4,
-                                          data_dir=data_dir, seed=seed, progress=progress, step=step)["checkpoint"]
+                                          data_dir=data_dir, seed=seed, progress=progress, step=step,
+                                          resume=True)["checkpoint"]
     x_sal, _ = test.subset(8, seed).tensors()
     x_faith, y_faith = test.subset(64 if quick else 156, seed).tensors()
-    rows, maps = [], {}
+    rows, maps, reliability, artifact_metrics = [], {}, {}, {}
     for name, ckpt in ckpts.items():
         import json
 
         metrics = json.loads((Path(ckpt).parent / "metrics.json").read_text())["test"]
         onnx_path = out / name / "model.onnx"
-        exp = export_checkpoint(ckpt, onnx_path, card=False)
+        exp = export_checkpoint(ckpt, onnx_path, card=False, force=True)  # the demo folder owns its files
+        art = evaluate_onnx(onnx_path, test, seed=seed)
+        artifact_metrics[name], reliability[name] = art.to_dict(), art.reliability
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1, 64), seconds=0.3 if quick else 1.0)
         b1, b64 = bench["runs"]
         model_obj, _ = load_checkpoint(ckpt)
@@ -76,10 +77,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         faith_maps = explain(model_obj, x_faith, "gradient_abs").numpy()
 
         faith = faithfulness_curve(lambda a, m=model_obj: predict_logits(m, torch.from_numpy(a)), x_faith.numpy(), y_faith.numpy(), faith_maps, fill="constant", seed=seed)
-        rows.append({"model": name, "test_auc": metrics["auc"], "test_acc": metrics["acc"],
-                     "auc_ci": metrics["ci"].get("auc"), "sensitivity": metrics.get("sensitivity"),
-                     "specificity": metrics.get("specificity"), **_onnx_scores(evaluate_onnx(onnx_path, test)),
-                     "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
+        rows.append({"model": name, **artifact_row(art, metrics), "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
                      "latency_b1_p95_ms": b1["latency_ms_p95"], "throughput_b64": b64["throughput_img_s"],
                      "faithfulness_gap": faith["gap"], "gini": float(np.mean(gini(maps[name]))),
                      "onnx": str(onnx_path), "checkpoint": str(ckpt), "bench": bench})
@@ -88,14 +86,18 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         r["agreement_spearman"], r["agreement_iou"], r["agreement_ssim"] = agree["spearman"], agree["topk_iou"], agree["ssim"]
         r["most_changed"] = agree["most_changed"]
         r["size_ratio"] = r["size_bytes"] / rows[0]["size_bytes"]
-        r["card"] = write_card(r["checkpoint"], r["onnx"], r.pop("bench"), explanations={
+        r["card"] = write_card(r["checkpoint"], r["onnx"], r.pop("bench"), metrics=artifact_metrics[r["model"]], explanations={
             "faithfulness_gap": r["faithfulness_gap"], "gini": r["gini"], "map_spearman_vs_fp32": r["agreement_spearman"],
             "map_top10_iou_vs_fp32": r["agreement_iou"]})
     info = test.info
     grid = save_saliency_grid(to_display(x_sal.numpy(), info.mean, info.std), maps, out / "saliency_grid.png",
                               title=f"{info.name}: integrated gradients, same test images, every model")
+    rel = save_reliability_diagram(reliability, out / "reliability.png",
+                                   title=f"{info.name} test, ONNX artifacts: " + ", ".join(
+                                       f"{r['model']} ECE {r['ece']:.3f}" for r in rows if r["model"] in ("fp32", "ptq-int8", "pact-4")))
     results = {"dataset": info.name, "model": model, "quick": quick, "seed": seed, "epochs": epochs,
-               "rows": rows, "saliency_grid": str(grid), "seconds": time.perf_counter() - t_start,
+               "positive_class": rows[0].get("positive_class"), "rows": rows, "saliency_grid": str(grid),
+               "reliability_png": str(rel), "seconds": time.perf_counter() - t_start,
                "environment": environment()}
     write_json_atomic(out / "results.json", results)
     md = write_report(out, results)

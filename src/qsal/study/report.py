@@ -23,7 +23,8 @@ __all__ = ["write_report", "results_table", "pareto_front", "tradeoff_plot"]
 
 COLUMNS = [("model", "model"), ("seeds", "seeds"), ("test_auc", "AUC"), ("test_auc_std", "AUC std"),
            ("auc_ci", "AUC 95% CI"), ("test_acc", "ACC"), ("test_acc_std", "ACC std"),
-           ("sensitivity", "sens."), ("specificity", "spec."), ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"),
+           ("sensitivity", "sens."), ("specificity", "spec."), ("sensitivity_at_op", "sens. @op"),
+           ("specificity_at_op", "spec. @op"), ("ece", "ECE"), ("pytorch_acc", "PyTorch ACC"), ("size_bytes", "ONNX size"),
            ("size_ratio", "size vs FP32"), ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"),
            ("faithfulness_gap", "faithfulness gap"), ("agreement_spearman", "map ρ vs FP32"), ("gini", "Gini")]
 
@@ -43,8 +44,12 @@ def _fmt(key: str, v) -> str:
 
 
 def results_table(rows: list[dict], columns=COLUMNS) -> str:
-    """Markdown table of the rows, only the columns that some row has."""
-    cols = [(k, h) for k, h in columns if any(k in r for r in rows)]
+    """Markdown table of the rows, only the columns that some row has. Sensitivity/specificity headers name
+    the positive class they are about (``positive_class`` of the rows)."""
+    positive = sorted({str(r["positive_class"]) for r in rows if r.get("positive_class")})
+    about = f" ({'/'.join(positive)})" if positive else ""
+    cols = [(k, h + about if k.startswith(("sensitivity", "specificity")) else h) for k, h in columns
+            if any(k in r for r in rows)]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_fmt(k, r.get(k)) for k, _ in cols) + " |" for r in rows]
     return "\n".join(lines)
@@ -109,6 +114,18 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table
         "figure{display:inline-block;margin:0 1em 1em 0}img{max-width:100%}code{background:#f5f5f5}")
 
 
+def _about(rows: list[dict]) -> str:
+    """One sentence saying what the numbers are about: which model file, which positive class, which threshold."""
+    what = ("the exported ONNX artifacts" if all(r.get("artifact") for r in rows)
+            else "the PyTorch models" if not any(r.get("artifact") for r in rows) else "ONNX artifacts and PyTorch models")
+    text = f"Test metrics of {what}; ACC at probability 0.5 (the MedMNIST standard)."
+    positive = sorted({str(r["positive_class"]) for r in rows if r.get("positive_class")})
+    if positive:
+        text += (f" Sensitivity and specificity are about the positive class {'/'.join(positive)}, at 0.5 and at each "
+                 "model's operating point (@op) chosen on the validation split.")
+    return text
+
+
 def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     """Write ``report.md``, ``report.html`` (self-contained) and the plots into ``out_dir``.
 
@@ -126,10 +143,13 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
                       "accuracy vs latency"))
     if all("auc_ci" in r for r in rows):
         plots.append((_auc_ci_plot(rows, out / "auc_ci.png"), "AUC with 95% bootstrap CI"))
+    if results.get("reliability_png"):
+        plots.append((Path(results["reliability_png"]), "reliability diagram (calibration) of the ONNX artifacts"))
     grids = results.get("saliency_grids") or ([results["saliency_grid"]] if results.get("saliency_grid") else [])
     changed = [(r["model"], c) for r in rows if r["model"] != rows[0]["model"] for c in r.get("most_changed", [])[:3]]
     env = results.get("environment", {})
-    md = [f"# qsal report: {results.get('dataset', '')}", "", table, ""]
+    about = _about(rows)
+    md = [f"# qsal report: {results.get('dataset', '')}", "", about, "", table, ""]
     md += [f"![{alt}]({Path(p).name})" for p, alt in plots]
     md += ["", *[f"![saliency grid]({os.path.relpath(g, out)})" for g in grids]]
     if results.get("failed"):
@@ -141,8 +161,8 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     md += ["", "## Environment", "", f"CPU {env.get('cpu')}, {env.get('cpu_count')} cores, torch threads "
            f"{env.get('torch_threads')}; versions {env.get('versions')}"]
     md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
-    body = [f"<h1>qsal report: {html.escape(str(results.get('dataset', '')))}</h1>", _md_to_html_table(table),
-            "<h2>Trade-offs</h2>"] + [_img_tag(p, alt) for p, alt in plots]
+    body = [f"<h1>qsal report: {html.escape(str(results.get('dataset', '')))}</h1>", f"<p>{html.escape(about)}</p>",
+            _md_to_html_table(table), "<h2>Trade-offs</h2>"] + [_img_tag(p, alt) for p, alt in plots]
     if grids:
         body += ["<h2>Explanations (same images, every model)</h2>"] + [_img_tag(Path(g), "saliency grid") for g in grids]
     if results.get("failed"):

@@ -74,10 +74,14 @@ def _log(cell_dir: Path, message: str) -> None:
 
 
 def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
+    import torch
+
+    from qsal.metrics import predict_logits
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.saliency import SaliencyGuidedStep
+    from qsal.scoring import artifact_row
     from qsal.train import TrainConfig
 
     cell = run_dir / spec.id
@@ -91,23 +95,22 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     if spec.kind in ("fp32", "sgt"):
         tc = TrainConfig(epochs=cfg.epochs.fp32, lr=cfg.lr.fp32, seed=spec.seed, progress=progress)
         train_model(spec.dataset, spec.model, tc, cell, data_dir=cfg.data_dir, saliency_guided=spec.kind == "sgt",
-                    sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target)
+                    sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target,
+                    resume=True)  # the study's own check guards mixing
     else:
         qcfg = {"ptq": lambda: PTQConfig(observer=spec.observer), "qat": QATConfig,
                 "pact": lambda: PACTConfig(bits=spec.bits), "sgt+pact": lambda: PACTConfig(bits=spec.bits)}[spec.kind]()
         quantize_checkpoint(parent("sgt" if spec.kind == "sgt+pact" else "fp32"), qcfg, cell, epochs=cfg.epochs.finetune,
                             lr=cfg.lr.finetune, data_dir=cfg.data_dir, seed=spec.seed, progress=progress,
-                            step=sgt if spec.kind == "sgt+pact" else None)
+                            step=sgt if spec.kind == "sgt+pact" else None, resume=True)
     seconds = time.perf_counter() - t0
     _log(cell, f"trained/quantized in {seconds:.1f} s")
     ckpt = cell / "best.safetensors"
     metrics = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")["test"]
-    result = {"id": spec.id, **asdict(spec), "label": spec.label, "test_auc": metrics["auc"], "test_acc": metrics["acc"],
-              "auc_ci": metrics["ci"].get("auc"), "sensitivity": metrics.get("sensitivity"),
-              "specificity": metrics.get("specificity"), "train_s": seconds}
-    exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False)
-    art = evaluate_onnx(cell / "model.onnx", test)
-    result.update(onnx_auc=art.auc, onnx_acc=art.acc, size_bytes=exp["size_bytes"])
+    exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False, force=True)  # the cell owns its files
+    art = evaluate_onnx(cell / "model.onnx", test, seed=spec.seed)
+    result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics), "train_s": seconds,
+              "size_bytes": exp["size_bytes"]}
     if cfg.measure.latency:
         from qsal.export.bench import bench_onnx
 
@@ -128,7 +131,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
             np.save(cell / "explain_images.npy", to_display(x.numpy(), sub.info.mean, sub.info.std))
         result.update(measures)
     if cfg.measure.latency:
-        write_card(str(ckpt), cell / "model.onnx", bench, explanations={
+        write_card(str(ckpt), cell / "model.onnx", bench, metrics=art.to_dict(), explanations={
             k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None)
     result["environment"] = environment()
     _log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
@@ -141,7 +144,7 @@ def explanation_measures(model, x, y, seed: int) -> tuple[np.ndarray, dict]:
     see ``qsal.saliency.targets``), their faithfulness gap and Gini index. Returns ``(maps, measures)``."""
     import torch
 
-    from qsal.evaluate import predict_logits
+    from qsal.metrics import predict_logits
     from qsal.saliency import explain
     from qsal.saliency.metrics import faithfulness_curve, gini
 
@@ -351,14 +354,16 @@ def collect_results(run_dir: str | Path) -> dict:
     rows = []
     for (ds, model, label), rs in keys.items():
         row = {"model": f"{ds}/{model}/{label}" if multi else label, "seeds": len(rs)}
-        for k in ("test_auc", "test_acc", "sensitivity", "specificity", "onnx_acc", "size_bytes", "latency_b1_ms",
-                  "throughput_b64", "faithfulness_gap", "agreement_spearman", "gini"):
+        for k in ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
+                  "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap",
+                  "agreement_spearman", "gini"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 row[k] = float(np.mean(vals))
                 if len(rs) > 1 and k in ("test_auc", "test_acc"):
                     row[k + "_std"] = float(np.std(vals))
         row["auc_ci"] = rs[0].get("auc_ci")
+        row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])
         rows.append(row)
     fp32 = {r["model"]: r for r in rows}

@@ -1,0 +1,33 @@
+"""``qsal predict MODEL PATH...``: class probabilities and the decided label for new image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cmd_predict(args):
+    from qsal._atomic import write_text_atomic
+    from qsal.predict import format_predictions, predict_paths
+
+    fmt = args.format or ("json" if args.out and Path(args.out).suffix == ".json" else "csv")
+    text = format_predictions(predict_paths(args.model, args.paths, threads=args.threads), fmt)
+    if args.out:
+        write_text_atomic(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+
+
+def _setup_predict(p):
+    p.add_argument("model", help="an .onnx file from qsal export (runs without PyTorch) or a .safetensors checkpoint")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns "
+                   "(PNG/JPEG/BMP/TIFF/DICOM)")
+    p.add_argument("--out", help="write to this file (default: CSV on stdout)")
+    p.add_argument("--format", choices=["csv", "json"], help="output format (default: from --out's suffix, else csv)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+
+
+def register(command, setup: dict) -> None:
+    command("predict", "predict new images: class probabilities and the label at the model's stored operating point"
+            )(cmd_predict)
+    setup["predict"] = _setup_predict

@@ -1,0 +1,249 @@
+"""Metrics with the MedMNIST evaluator's exact definitions, plus what a clinician asks for.
+
+- binary: AUC of the label-1 score, ACC at score > 0.5 (the MedMNIST standard, whatever the positive class).
+- multi-class and ordinal: macro one-vs-rest AUC, ACC by argmax, per-class recall.
+- multi-label: mean per-label AUC, ACC = mean per-label accuracy at 0.5.
+Scores are probabilities: softmax of logits (sigmoid for multi-label), as the MedMNIST code feeds them,
+optionally divided by a fitted temperature first (``calibration.fit_temperature``).
+
+Binary sets name a clinically positive class (``DatasetInfo.positive_label``: BreastMNIST's is
+label 0, malignant): sensitivity and specificity are always about that class and the dict says so
+(``positive_class``). Besides the standard 0.5 point, an operating point chosen on the validation
+split (``operating_point.choose_operating_point``) gives ``sensitivity_at_op`` / ``specificity_at_op``.
+Percentile-bootstrap 95 % CIs; AUCs by the rank identity, equal to scikit-learn's ``roc_auc_score``. Undefined numbers (an AUC on a sample
+with one class) are ``None`` in ``to_dict()`` with the reason in ``undefined``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import confusion_matrix, f1_score
+
+from qsal.data.registry import TASK_BINARY, TASK_MULTILABEL
+from qsal.errors import QsalError
+from qsal.metrics.calibration import expected_calibration_error
+
+__all__ = ["Metrics", "scores_from_logits", "auc_score", "acc_score", "compute_metrics", "evaluate", "predict_logits",
+           "as_label_vector"]
+
+
+@dataclass
+class Metrics:
+    """Figures of one model on one split. AUC/ACC in [0, 1]; ``ci`` maps a metric to its (low, high) 95 % CI.
+
+    ``sensitivity``/``specificity`` are about ``positive_class`` at the MedMNIST 0.5 point;
+    ``*_at_op`` at ``operating_point`` (``{"rule", "threshold", "chosen_on"}``). ``ece`` is the expected
+    calibration error of the probabilities after dividing the logits by ``temperature``; ``reliability``
+    its per-bin data. ``artifact``: True for the exported ONNX file, False for the PyTorch model.
+    """
+
+    task: str
+    n: int
+    auc: float
+    acc: float
+    positive_class: str | None = None
+    positive_label: int | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+    operating_point: dict | None = None
+    sensitivity_at_op: float | None = None
+    specificity_at_op: float | None = None
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
+    per_class_recall: dict | None = None
+    ece: float | None = None
+    temperature: float = 1.0
+    reliability: list = field(default_factory=list)
+    confusion: list = field(default_factory=list)
+    ci: dict = field(default_factory=dict)
+    artifact: bool | None = None
+    undefined: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-safe: NaN becomes ``None`` and ``undefined`` says why."""
+        d = asdict(self)
+        for key, value in list(d.items()):
+            if isinstance(value, float) and math.isnan(value):
+                d[key] = None
+                d["undefined"].setdefault(key, "undefined on this sample (a class is missing)")
+        d["ci"] = {k: (None if v is None or any(math.isnan(x) for x in v) else v) for k, v in d["ci"].items()}
+        return d
+
+
+def as_label_vector(y_true, task: str) -> np.ndarray:
+    """Labels as ``(N,)`` int64 (``(N, L)`` for multi-label); the official ``(N, 1)`` shape is accepted."""
+    y = np.asarray(y_true)
+    if task == TASK_MULTILABEL:
+        return y.reshape(len(y), -1).astype(np.int64)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise QsalError(f"labels have shape {y.shape}; expected (N,) or (N, 1) class ids for a {task} task")
+    return y.astype(np.int64)
+
+
+def scores_from_logits(logits: np.ndarray, task: str, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities ``(N, K)`` from logits ``(N, K)`` / ``temperature``: sigmoid for multi-label, softmax otherwise."""
+    logits = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if task == TASK_MULTILABEL:
+        return 1.0 / (1.0 + np.exp(-logits))
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _auc_or_nan(y_binary: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC by the Mann-Whitney rank identity (ties get average ranks): equal to scikit-learn's
+    ``roc_auc_score`` (tested) and ~30x faster, which the 1000-resample bootstrap needs. NaN, without a
+    warning, when the sample has one class."""
+    positive = np.asarray(y_binary) == 1
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_score(y_true: np.ndarray, scores: np.ndarray, task: str) -> float:
+    """AUC as the MedMNIST evaluator defines it for ``task``; NaN when a class is absent."""
+    y_true = np.asarray(y_true)
+    if task == TASK_MULTILABEL:
+        return float(np.mean([_auc_or_nan(y_true[:, i], scores[:, i]) for i in range(y_true.shape[1])]))
+    if task == TASK_BINARY:
+        return _auc_or_nan(y_true, scores[:, -1])
+    return float(np.mean([_auc_or_nan((y_true == i).astype(int), scores[:, i]) for i in range(scores.shape[1])]))
+
+
+def acc_score(y_true: np.ndarray, scores: np.ndarray, task: str, threshold: float = 0.5) -> float:
+    """ACC as the MedMNIST evaluator defines it for ``task``."""
+    if task == TASK_MULTILABEL:
+        return float(np.mean((scores > threshold) == (y_true == 1)))
+    if task == TASK_BINARY:
+        return float(np.mean((scores[:, -1] > threshold).astype(int) == y_true))
+    return float(np.mean(scores.argmax(axis=1) == y_true))
+
+
+def _sens_spec(y_true: np.ndarray, predicted_positive: np.ndarray, positive_label: int) -> tuple[float, float]:
+    pos = y_true == positive_label
+    sens = float(np.mean(predicted_positive[pos])) if pos.any() else float("nan")
+    spec = float(np.mean(~predicted_positive[~pos])) if (~pos).any() else float("nan")
+    return sens, spec
+
+
+def _binary_points(y, scores, positive_label, threshold):
+    """(sens, spec) at MedMNIST's 0.5 rule and (sens, spec) at ``threshold`` on the positive-class score."""
+    standard = (scores[:, -1] > 0.5) if positive_label == 1 else ~(scores[:, -1] > 0.5)
+    at_05 = _sens_spec(y, standard, positive_label)
+    at_op = _sens_spec(y, scores[:, positive_label] >= threshold, positive_label) if threshold is not None else None
+    return at_05, at_op
+
+
+def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_names=None,
+                    positive_label: int | None = None, operating_point: dict | None = None,
+                    temperature: float = 1.0, n_bootstrap: int = 1000, seed: int = 0,
+                    artifact: bool | None = None) -> Metrics:
+    """All metrics for labels ``y_true`` ``(N,)`` or ``(N, 1)`` (``(N, L)`` multi-label) and ``logits`` ``(N, K)``.
+
+    Args:
+        class_names: names by class id (defaults to the ids as strings).
+        positive_label: binary tasks: the class sensitivity is about (default 1, the MedMNIST convention;
+            pass the dataset table's ``positive_label``).
+        operating_point: ``{"rule", "threshold", "chosen_on"}``: binary tasks also report sensitivity and
+            specificity at ``p(positive) >= threshold``.
+        temperature: logits are divided by it before softmax/sigmoid (1 = uncalibrated).
+        n_bootstrap: resamples of the split for percentile 95 % CIs; 0 disables them.
+    """
+    y = as_label_vector(y_true, task)
+    scores = scores_from_logits(logits, task, temperature)
+    if len(y) != len(scores):
+        raise QsalError(f"{len(y)} labels but {len(scores)} predictions")
+    k = scores.shape[1]
+    names = [str(c) for c in (class_names if class_names is not None else range(k))]
+    m = Metrics(task=task, n=int(len(y)), auc=auc_score(y, scores, task), acc=acc_score(y, scores, task),
+                temperature=float(temperature), artifact=artifact)
+    m.ece, m.reliability = expected_calibration_error(y, scores, task)
+    threshold = None
+    if task != TASK_MULTILABEL:
+        pred = scores[:, -1] > 0.5 if task == TASK_BINARY else scores.argmax(axis=1)
+        cm = confusion_matrix(y, pred.astype(int), labels=list(range(k)))
+        m.confusion = cm.tolist()
+        support = cm.sum(axis=1)
+        recalls = np.diag(cm) / np.maximum(support, 1)
+        m.balanced_accuracy = float(np.mean(recalls[support > 0]))
+        m.macro_f1 = float(f1_score(y, pred.astype(int), average="macro", labels=list(range(k)), zero_division=0))
+        m.per_class_recall = {names[i]: (float(recalls[i]) if support[i] else None) for i in range(k)}
+        if task == TASK_BINARY:
+            m.positive_label = 1 if positive_label is None else int(positive_label)
+            m.positive_class = names[m.positive_label]
+            if operating_point is not None:
+                m.operating_point = dict(operating_point)
+                threshold = float(operating_point["threshold"])
+            (m.sensitivity, m.specificity), at_op = _binary_points(y, scores, m.positive_label, threshold)
+            if at_op is not None:
+                m.sensitivity_at_op, m.specificity_at_op = at_op
+    if n_bootstrap > 0:
+        m.ci = _bootstrap(y, scores, task, n_bootstrap, seed, m.positive_label, threshold)
+    return m
+
+
+def _percentile_ci(values: list[float]) -> list[float] | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
+
+
+def _bootstrap(y, scores, task, n_bootstrap, seed, positive_label, threshold) -> dict:
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    keys = ["auc", "acc"]
+    if task == TASK_BINARY:
+        keys += ["sensitivity", "specificity"] + (["sensitivity_at_op", "specificity_at_op"] if threshold is not None else [])
+    samples: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, n, n)
+        yt, sc = y[idx], scores[idx]
+        samples["auc"].append(auc_score(yt, sc, task))
+        samples["acc"].append(acc_score(yt, sc, task))
+        if task == TASK_BINARY:
+            at_05, at_op = _binary_points(yt, sc, positive_label, threshold)
+            samples["sensitivity"].append(at_05[0])
+            samples["specificity"].append(at_05[1])
+            if at_op is not None:
+                samples["sensitivity_at_op"].append(at_op[0])
+                samples["specificity_at_op"].append(at_op[1])
+    return {k: _percentile_ci(v) for k, v in samples.items()}
+
+
+def predict_logits(model, x, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """Logits ``(N, K)`` of ``model`` on tensor ``x`` ``(N, C, H, W)``, in eval mode, no gradients."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(model(x[i:i + batch_size].to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs).numpy()
+
+
+def evaluate(model, split, *, decision: dict | None = None, batch_size: int = 256, n_bootstrap: int = 1000,
+             seed: int = 0, device: str = "cpu") -> Metrics:
+    """Metrics of a PyTorch ``model`` on an ``ImageSplit`` (its task decides the definitions).
+
+    ``decision``: the ``{"positive_label", "operating_point", "temperature"}`` chosen on validation
+    (``choose_decision``); without it the dataset table's positive class and temperature 1 are used.
+    """
+    x, y = split.tensors()
+    logits = predict_logits(model, x, batch_size, device)
+    decision = decision or {}
+    positive = decision.get("positive_label", split.info.positive_label)
+    return compute_metrics(y.numpy(), logits, split.info.task, class_names=split.info.labels, positive_label=positive,
+                           operating_point=decision.get("operating_point"), temperature=decision.get("temperature", 1.0),
+                           n_bootstrap=n_bootstrap, seed=seed, artifact=False)

@@ -1,0 +1,102 @@
+"""The decision a deployed model makes: positive class, threshold and temperature, chosen on *validation*.
+
+A binary model outputs p(positive class); the clinic acts on ``p >= threshold``. The threshold rule:
+
+- ``youden``: maximises Youden's J = sensitivity + specificity - 1 on the validation split;
+- ``sensitivity:0.95``: the highest threshold whose validation sensitivity is at least 0.95 (so the
+  most specific such point);
+- a number such as ``0.5``: that fixed threshold.
+
+The chosen ``{"rule", "threshold", "chosen_on": "validation"}`` is stored in the checkpoint and the
+ONNX metadata, used by ``qsal predict`` and reported beside the MedMNIST ACC at 0.5. Multi-class and
+multi-label sets decide by argmax / 0.5 per label and have no operating point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsal.data.registry import TASK_BINARY
+from qsal.errors import QsalError
+
+__all__ = ["parse_rule", "choose_threshold", "choose_decision", "resolve_positive_label", "DEFAULT_RULE"]
+
+DEFAULT_RULE = "youden"
+
+
+def parse_rule(rule: str) -> tuple[str, float | None]:
+    """``("youden", None)``, ``("sensitivity", 0.95)`` or ``("fixed", 0.5)``; one-line error otherwise."""
+    text = str(rule).strip().lower()
+    if text == "youden":
+        return "youden", None
+    try:
+        if text.startswith("sensitivity:"):
+            target = float(text.split(":", 1)[1])
+            if 0.0 < target <= 1.0:
+                return "sensitivity", target
+        else:
+            value = float(text)
+            if 0.0 < value < 1.0:
+                return "fixed", value
+    except ValueError:
+        pass
+    raise QsalError(f"operating point {rule!r} is not one of: youden, sensitivity:S (0 < S <= 1), or a threshold "
+                    "between 0 and 1 such as 0.5")
+
+
+def choose_threshold(y_true: np.ndarray, p_positive: np.ndarray, positive_label: int, rule: str = DEFAULT_RULE) -> dict:
+    """``{"rule", "threshold", "chosen_on": "validation"}`` for scores ``p_positive`` ``(N,)`` of the positive class."""
+    from sklearn.metrics import roc_curve
+
+    kind, value = parse_rule(rule)
+    if kind == "fixed":
+        return {"rule": str(rule), "threshold": float(value), "chosen_on": "validation"}
+    is_pos = np.asarray(y_true) == positive_label
+    if is_pos.all() or not is_pos.any():
+        raise QsalError(f"the validation split has only one class, so rule {rule!r} cannot pick a threshold; "
+                        "pass --operating-point 0.5 (a fixed threshold)")
+    fpr, tpr, thresholds = roc_curve(is_pos.astype(int), np.asarray(p_positive, dtype=np.float64))
+    thresholds = np.minimum(thresholds, 1.0)  # roc_curve's first threshold is +inf: "nothing positive"
+    if kind == "youden":
+        i = int(np.argmax(tpr - fpr))
+    else:  # tpr is non-decreasing along the curve: the first point reaching the target is the most specific
+        i = int(np.argmax(tpr >= value - 1e-12))
+    return {"rule": str(rule), "threshold": float(thresholds[i]), "chosen_on": "validation"}
+
+
+def resolve_positive_label(info, positive_class: str | int | None = None) -> int | None:
+    """The positive class id of a binary set: ``positive_class`` (a name or id) or the dataset table's."""
+    if info.task != TASK_BINARY:
+        if positive_class is not None:
+            raise QsalError(f"{info.name} is {info.task}; --positive-class applies to binary sets only")
+        return None
+    if positive_class is None:
+        return 1 if info.positive_label is None else int(info.positive_label)
+    names = [str(n) for n in info.labels]
+    if str(positive_class) in names:
+        return names.index(str(positive_class))
+    if str(positive_class) in ("0", "1"):
+        return int(positive_class)
+    raise QsalError(f"positive class {positive_class!r} is not a class of {info.name}; choose one of "
+                    f"{', '.join(repr(n) for n in names)} (or 0/1)")
+
+
+def choose_decision(val_logits: np.ndarray, val_labels: np.ndarray, info, *, positive_class: str | int | None = None,
+                    rule: str = DEFAULT_RULE, temperature_scaling: bool = False) -> dict:
+    """Everything a deployed model needs to decide, fitted on the validation split.
+
+    Returns ``{"positive_label", "positive_class", "operating_point", "temperature", "temperature_scaling"}``
+    (the operating point is ``None`` for tasks that decide by argmax; the temperature 1.0 without scaling).
+    """
+    from qsal.metrics.calibration import fit_temperature
+    from qsal.metrics.classification import as_label_vector, scores_from_logits
+
+    y = as_label_vector(val_labels, info.task)
+    temperature = fit_temperature(val_logits, y, info.task) if temperature_scaling else 1.0
+    positive = resolve_positive_label(info, positive_class)
+    decision = {"positive_label": positive, "positive_class": info.labels[positive] if positive is not None else None,
+                "operating_point": None, "temperature": temperature, "temperature_scaling": bool(temperature_scaling)}
+    if info.task == TASK_BINARY:
+        probs = scores_from_logits(val_logits, info.task, temperature)
+        decision["operating_point"] = choose_threshold(y, probs[:, positive], positive, rule)
+    return decision

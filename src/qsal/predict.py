@@ -1,0 +1,112 @@
+"""Predictions on new image files: ``qsal predict MODEL PATH...``.
+
+``MODEL`` is an exported ``.onnx`` file (run by ``qsal.runtime``; PyTorch is never imported) or a
+``.safetensors`` checkpoint. ``PATH`` may be files, folders (searched recursively) or glob patterns
+of PNG/JPEG/BMP/TIFF/DICOM images. Each image is converted to the model's channels and size exactly
+as training images were (the recorded rule), and decided at the model's stored operating point.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from qsal.errors import QsalError
+from qsal.runtime import Runtime
+
+__all__ = ["image_files", "load_predictor", "predict_paths", "format_predictions", "CheckpointRuntime"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+
+
+def image_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """Every image named by ``paths`` (files, folders searched recursively, glob patterns), in order, once each."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        elif any(ch in str(raw) for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
+            found += [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            if not matches:
+                raise QsalError(f"no file matches {raw!r}")
+        else:
+            raise QsalError(f"{raw} does not exist; pass image files, folders or glob patterns")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise QsalError(f"no PNG/JPEG/DICOM images found in {', '.join(map(str, paths))}")
+    return unique
+
+
+class CheckpointRuntime(Runtime):
+    """``Runtime``'s interface over a PyTorch checkpoint (the same preprocessing and decision)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from qsal.checkpoint import load_checkpoint
+
+        self.path = Path(path)
+        self.model, meta = load_checkpoint(self.path)
+        data = meta.get("dataset") or {}
+        arch = meta["arch"]
+        side = int(data.get("image_size") or arch.get("image_size", 28))
+        self.meta = meta
+        self.input_shape = (int(arch["in_channels"]), side, side)
+        self.mean = np.asarray(data.get("mean", [0.0]), np.float32).reshape(1, -1, 1, 1)
+        self.std = np.asarray(data.get("std", [1.0]), np.float32).reshape(1, -1, 1, 1)
+        self.task = data.get("task", "multi-class")
+        self.labels = data.get("labels")
+        self.decision = meta.get("decision") or {}
+        self.temperature = float(self.decision.get("temperature") or 1.0)
+
+    def run_normalized(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        from qsal.metrics import predict_logits
+
+        return predict_logits(self.model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+
+
+def load_predictor(model: str | os.PathLike, threads: int | None = None) -> Runtime:
+    """A ``Runtime`` for an ``.onnx`` file, a ``CheckpointRuntime`` for a ``.safetensors`` checkpoint."""
+    path = Path(model)
+    if path.suffix == ".onnx":
+        return Runtime(path, threads=threads)
+    if path.suffix == ".safetensors":
+        return CheckpointRuntime(path)
+    raise QsalError(f"{model} is neither an .onnx file nor a .safetensors checkpoint written by qsal")
+
+
+def predict_paths(model: str | os.PathLike, paths: list[str | os.PathLike], threads: int | None = None) -> dict:
+    """``{"model", "artifact", "decision", "predictions": [{"file", "probabilities", "predicted_class",
+    "predicted_label"}, ...]}`` for every image under ``paths``."""
+    predictor = load_predictor(model, threads)
+    files = image_files(paths)
+    return {"model": str(model), "artifact": Path(model).suffix == ".onnx", "decision": predictor.decision,
+            "classes": [str(n) for n in predictor.labels or []],
+            "predictions": [predictor.predict_file(f) for f in files]}
+
+
+def format_predictions(result: dict, fmt: str = "csv") -> str:
+    """CSV (``file``, ``p(<class>)`` per class, ``predicted_class``, ``predicted_label``) or JSON text."""
+    if fmt == "json":
+        return json.dumps(result, indent=2)
+    if fmt != "csv":
+        raise QsalError(f"output format {fmt!r} is not csv or json")
+    classes = result["classes"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", *(f"p({c})" for c in classes), "predicted_class", "predicted_label"])
+    for p in result["predictions"]:
+        label = p["predicted_label"]
+        writer.writerow([p["file"], *(f"{p['probabilities'][c]:.6f}" for c in classes), p["predicted_class"],
+                         ";".join(map(str, label)) if isinstance(label, list) else label])
+    return buf.getvalue()

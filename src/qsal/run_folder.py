@@ -1,0 +1,90 @@
+"""Run folders never silently mix models: each records a fingerprint, and defaults never overwrite.
+
+``run.json`` in a training or quantization folder holds ``{"dataset", "model", "method", "config"}``.
+Writing into a folder that already holds a run needs ``resume`` (same run, same hyper-parameters) or
+``force`` (its model files are removed first); anything else is a one-line ``QsalError`` naming
+``--resume`` / ``--force`` / another ``--out``. Default output folders are fresh (``fresh_folder``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from qsal._atomic import write_json_atomic
+from qsal.errors import QsalError
+
+__all__ = ["fingerprint", "claim_run_folder", "fresh_folder", "refuse_overwrite", "FINGERPRINT_FILE"]
+
+FINGERPRINT_FILE = "run.json"
+_RUN_OUTPUTS = ("best.safetensors", "best.json", "last.pt", "metrics.json", "reliability.png", "fp32_warmup")
+_IDENTITY = ("dataset", "model", "method")
+
+
+def fingerprint(dataset: str, model: str, method: str, config: dict) -> dict:
+    """What makes two runs the same run: data, architecture, method and every hyper-parameter in ``config``."""
+    return {"dataset": dataset, "model": model, "method": method, "config": json.loads(json.dumps(config, default=str))}
+
+
+def _describe(fp: dict) -> str:
+    return "/".join(str(fp.get(k)) for k in _IDENTITY)
+
+
+def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, force: bool = False) -> Path:
+    """Make ``out`` this run's folder, or refuse.
+
+    New or empty folder: the fingerprint is written. A folder holding a run: ``resume`` continues it
+    only if dataset, model, method and config are all unchanged; ``force`` deletes its model files
+    and starts over.
+    """
+    out = Path(out)
+    record = out / FINGERPRINT_FILE
+    old = json.loads(record.read_text()) if record.is_file() else None
+    has_outputs = any((out / name).exists() for name in _RUN_OUTPUTS)
+    if force:
+        for name in _RUN_OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif old is None and has_outputs:
+        raise QsalError(f"{out} already holds a model from an unrecorded run; pass --force to replace it or choose "
+                        "another --out (--resume needs a folder written by this version)")
+    elif old is not None and (has_outputs or old != fp):
+        if any(old.get(k) != fp[k] for k in _IDENTITY):
+            raise QsalError(f"{out} holds a {_describe(old)} run, not {_describe(fp)}; choose another --out, or pass "
+                            "--force to replace it (--resume continues only the same run)")
+        if not resume:
+            raise QsalError(f"{out} already holds this {_describe(fp)} run; pass --resume to continue it, --force to "
+                            "start over, or choose another --out")
+        changed = sorted(k for k in set(old["config"]) | set(fp["config"]) if old["config"].get(k) != fp["config"].get(k))
+        if changed:
+            k = changed[0]
+            raise QsalError(f"cannot resume {out}: {k} changed ({old['config'].get(k)!r} -> {fp['config'].get(k)!r}"
+                            f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); pass --force to start over "
+                            "with the new settings, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, fp)
+    return out
+
+
+def fresh_folder(root: str | os.PathLike, stem: str) -> Path:
+    """``root/stem-1``, ``root/stem-2``... : the first that does not exist yet (a default never reuses a folder)."""
+    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", stem).strip("_") or "run"
+    root = Path(root)
+    i = 1
+    while (root / f"{stem}-{i}").exists():
+        i += 1
+    return root / f"{stem}-{i}"
+
+
+def refuse_overwrite(path: str | os.PathLike, force: bool = False) -> Path:
+    """``path`` if it does not exist yet (or ``force``); a one-line error otherwise."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise QsalError(f"{path} already exists; pass --force to overwrite it or choose another --out")
+    return path

@@ -1,0 +1,151 @@
+"""Scoring a saved model (a checkpoint or the exported ONNX artifact) on a dataset split, as files.
+
+``evaluate_model`` is what ``qsal evaluate`` runs: it reads the model's own dataset, positive class,
+operating point and temperature from its metadata, refuses another dataset unless asked
+(``other_dataset=True``, and then says so in its output), and with ``split="all"`` scores every image
+(of a folder dataset: every file, not the 20 % test part of its seeded split).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from qsal._atomic import write_json_atomic
+from qsal.data import ImageSplit, load_split
+from qsal.errors import QsalError
+from qsal.provenance import environment
+
+__all__ = ["evaluate_model", "evaluate_onnx", "artifact_row", "load_for_model", "model_metadata", "SPLITS"]
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def model_metadata(path: str | os.PathLike) -> tuple[dict, dict, bool]:
+    """``(data, decision, is_artifact)`` recorded in a checkpoint sidecar or an ONNX file's metadata."""
+    if Path(path).suffix == ".onnx":
+        from qsal.runtime import read_metadata
+
+        meta = read_metadata(path)
+        return meta.get("data") or {}, meta.get("decision") or {}, True
+    from qsal.checkpoint import read_meta
+
+    meta = read_meta(path)
+    return meta.get("dataset") or {}, meta.get("decision") or {}, False
+
+
+def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, data_dir=None) -> ImageSplit:
+    """One split (or ``"all"``) of dataset ``name``, with the channels and size the model takes."""
+    if split not in SPLITS:
+        raise QsalError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split == "all" and name.startswith("folder:"):
+        from qsal.data.arrays import validate_arrays
+        from qsal.data.folder import _read_image, folder_info, folder_split_files
+
+        root = Path(name[len("folder:"):])
+        info = folder_info(root, n_channels, size or 28)
+        files = [f for part in folder_split_files(root).values() for f in part]
+        images = np.stack([_read_image(root / rel, n_channels, size or 28) for rel, _ in files])
+        images, labels = validate_arrays(info, images, np.array([c for _, c in files], np.int64), str(root))
+        data = ImageSplit(info, "all", images, labels, str(root))
+    elif split == "all":
+        parts = [load_split(name, s, data_dir, size=size) for s in ("train", "val", "test")]
+        data = ImageSplit(parts[0].info, "all", np.concatenate([p.images for p in parts]),
+                          np.concatenate([p.labels for p in parts]), parts[0].source)
+    else:
+        data = load_split(name, split, data_dir, size=size)
+    return data.with_channels(n_channels)
+
+
+def _align_labels(data: ImageSplit, model_labels: list[str]) -> ImageSplit:
+    """Renumber ``data``'s labels to the model's class ids when both name the same classes in another order."""
+    from dataclasses import replace
+
+    names = [str(n) for n in data.info.labels]
+    if names == model_labels or sorted(names) != sorted(model_labels) or data.info.task.startswith("multi-label"):
+        return data
+    mapping = np.array([model_labels.index(n) for n in names])
+    info = replace(data.info, labels=tuple(model_labels))
+    return ImageSplit(info, data.split, data.images, mapping[data.labels], data.source)
+
+
+def evaluate_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: int = 1000, seed: int = 0):
+    """``Metrics`` of the deployed artifact itself (onnxruntime, the exported preprocessing, its stored
+    positive class, operating point and temperature) on ``split``."""
+    from qsal.metrics import compute_metrics
+    from qsal.runtime import Runtime
+
+    rt = Runtime(onnx_path)
+    decision = rt.decision
+    logits = rt.predict_logits(split.images)
+    return compute_metrics(split.labels, logits, split.info.task, class_names=rt.labels or split.info.labels,
+                           positive_label=decision.get("positive_label", split.info.positive_label),
+                           operating_point=decision.get("operating_point"), temperature=decision.get("temperature", 1.0),
+                           n_bootstrap=n_bootstrap, seed=seed, artifact=True)
+
+
+def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None, split: str = "test", data_dir=None,
+                   size: int | None = None, other_dataset: bool = False, n_bootstrap: int = 1000,
+                   out: str | os.PathLike | None = None, reliability_png: str | os.PathLike | None = None) -> dict:
+    """Metrics of a checkpoint (``.safetensors``) or an exported ``.onnx`` on one split (or ``"all"``).
+
+    Returns a JSON-safe dict: the ``Metrics`` fields plus ``model``, ``dataset``, ``split``, ``artifact``
+    and, when scored on another dataset, ``dataset_mismatch``.
+    """
+    path = Path(model_path)
+    if path.suffix not in (".onnx", ".safetensors"):
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        kind = "model file" if path.suffix == ".onnx" else "checkpoint"
+        raise QsalError(f"{kind} {path} not found; pass a .safetensors checkpoint or an .onnx file written by qsal")
+    data_meta, decision, is_artifact = model_metadata(path)
+    own = data_meta.get("name")
+    name = dataset or own
+    if not name:
+        raise QsalError(f"{path} does not name its dataset; pass --dataset")
+    if own and name != own and not other_dataset:
+        raise QsalError(f"{path} was trained on {own}; scoring it on {name} needs --other-dataset (the output "
+                        "then says so)")
+    n_channels = int(data_meta.get("n_channels") or 1)
+    data = load_for_model(name, split, n_channels=n_channels, size=size or data_meta.get("image_size"),
+                          data_dir=data_dir)
+    model_labels = [str(n) for n in data_meta.get("labels") or data.info.labels]
+    if len(model_labels) != data.info.num_classes:
+        raise QsalError(f"{name} has {data.info.num_classes} classes but {path} was built for {len(model_labels)}; "
+                        "pass the dataset it was trained on")
+    data = _align_labels(data, model_labels)
+    if is_artifact:
+        metrics = evaluate_onnx(path, data, n_bootstrap=n_bootstrap)
+    else:
+        from qsal.checkpoint import load_checkpoint
+        from qsal.metrics import evaluate
+
+        model, _ = load_checkpoint(path)
+        metrics = evaluate(model, data, decision=decision, n_bootstrap=n_bootstrap)
+    result = {"model": str(path), "dataset": name, "split": split, **metrics.to_dict()}
+    if own and name != own:
+        result["dataset_mismatch"] = f"model trained on {own}, scored on {name} (--other-dataset)"
+    if name.startswith("folder:") and split != "all":
+        result["note"] = (f"scored the {split} part of a seeded 70/10/20 split of the folder ({metrics.n} images); "
+                          "--split all scores every image")
+    if reliability_png:
+        from qsal.metrics import save_reliability_diagram
+
+        save_reliability_diagram({path.name: metrics.reliability}, reliability_png,
+                                 title=f"{name} {split}: ECE {metrics.ece:.3f}")
+        result["reliability_png"] = str(reliability_png)
+    if out:
+        write_json_atomic(out, {**result, "environment": environment()})
+    return result
+
+
+def artifact_row(art, torch_metrics: dict) -> dict:
+    """A results row's metric columns: the ONNX artifact's (``artifact: True``), with the PyTorch model's
+    AUC/ACC beside them for comparison. Sensitivity/specificity are about ``positive_class``."""
+    keys = ("positive_class", "positive_label", "sensitivity", "specificity", "operating_point", "sensitivity_at_op",
+            "specificity_at_op", "ece", "temperature", "per_class_recall", "artifact")
+    d = art.to_dict()
+    return {"test_auc": d["auc"], "test_acc": d["acc"], "auc_ci": d["ci"].get("auc"), **{k: d[k] for k in keys},
+            "ci": d["ci"], "pytorch_auc": torch_metrics["auc"], "pytorch_acc": torch_metrics["acc"]}

@@ -1,0 +1,133 @@
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+from qsal.data import TASK_BINARY, TASK_MULTICLASS, TASK_MULTILABEL, TASK_ORDINAL
+from qsal.metrics import compute_metrics, scores_from_logits
+
+
+def test_binary_matches_sklearn_and_medmnist_definitions():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    logits = rng.normal(size=(300, 2)) + np.stack([np.zeros(300), y * 1.5], axis=1)
+    m = compute_metrics(y, logits, TASK_BINARY, n_bootstrap=200)
+    p = scores_from_logits(logits, TASK_BINARY)[:, 1]
+    assert np.isclose(m.auc, roc_auc_score(y, p))
+    assert np.isclose(m.acc, accuracy_score(y, (p > 0.5).astype(int)))
+    tp = np.sum((p > 0.5) & (y == 1))
+    assert np.isclose(m.sensitivity, tp / np.sum(y == 1))
+    assert np.isclose(m.specificity, np.sum((p <= 0.5) & (y == 0)) / np.sum(y == 0))
+    assert np.isclose(m.balanced_accuracy, balanced_accuracy_score(y, (p > 0.5).astype(int)))
+    lo, hi = m.ci["auc"]
+    assert lo < m.auc < hi and hi - lo < 0.2
+
+
+def test_multiclass_and_ordinal_use_macro_ovr_auc_and_argmax():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 400)
+    logits = rng.normal(size=(400, 5))
+    logits[np.arange(400), y] += 1.0
+    probs = scores_from_logits(logits, TASK_MULTICLASS)
+    for task in (TASK_MULTICLASS, TASK_ORDINAL):
+        m = compute_metrics(y, logits, task, n_bootstrap=0)
+        assert np.isclose(m.auc, roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+        assert np.isclose(m.acc, accuracy_score(y, probs.argmax(1)))
+        assert np.isclose(m.macro_f1, f1_score(y, probs.argmax(1), average="macro"))
+        assert np.array(m.confusion).sum() == 400
+
+
+def test_multilabel_mean_auc_and_elementwise_acc():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, (200, 4))
+    logits = rng.normal(size=(200, 4)) + y
+    m = compute_metrics(y, logits, TASK_MULTILABEL, n_bootstrap=0)
+    p = 1 / (1 + np.exp(-logits))
+    assert np.isclose(m.auc, np.mean([roc_auc_score(y[:, i], p[:, i]) for i in range(4)]))
+    assert np.isclose(m.acc, np.mean((p > 0.5) == y))
+
+
+def test_sensitivity_is_about_the_named_positive_class():
+    """Finding 1: BreastMNIST's positive class is malignant (label 0); sensitivity is malignant recall."""
+    from qsal.data import get_info
+
+    info = get_info("breastmnist")
+    assert info.positive_label == 0 and info.positive_class == "malignant"
+    assert get_info("pneumoniamnist").positive_class == "pneumonia"
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    logits = rng.normal(size=(400, 2)) + np.stack([np.zeros(400), y * 1.2], axis=1)
+    m = compute_metrics(y, logits, TASK_BINARY, class_names=info.labels, positive_label=0, n_bootstrap=0)
+    pred = scores_from_logits(logits, TASK_BINARY)[:, 1] > 0.5
+    assert m.positive_class == "malignant" and m.to_dict()["positive_class"] == "malignant"
+    assert np.isclose(m.sensitivity, np.mean(~pred[y == 0]))  # malignant recall
+    assert np.isclose(m.specificity, np.mean(pred[y == 1]))
+    assert np.isclose(m.per_class_recall["malignant"], m.sensitivity)
+    label1 = compute_metrics(y, logits, TASK_BINARY, n_bootstrap=0)  # the MedMNIST label-1 convention
+    assert np.isclose(label1.sensitivity, m.specificity) and m.sensitivity != label1.sensitivity
+
+
+def test_operating_point_metrics_and_cis():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 300)
+    logits = rng.normal(size=(300, 2)) + np.stack([np.zeros(300), y * 1.5], axis=1)
+    op = {"rule": "youden", "threshold": 0.3, "chosen_on": "validation"}
+    m = compute_metrics(y, logits, TASK_BINARY, positive_label=1, operating_point=op, n_bootstrap=200)
+    p1 = scores_from_logits(logits, TASK_BINARY)[:, 1]
+    assert np.isclose(m.sensitivity_at_op, np.mean(p1[y == 1] >= 0.3))
+    assert np.isclose(m.specificity_at_op, np.mean(p1[y == 0] < 0.3))
+    assert m.sensitivity_at_op > m.sensitivity  # a lower threshold catches more positives
+    lo, hi = m.ci["sensitivity_at_op"]
+    assert lo <= m.sensitivity_at_op <= hi and m.operating_point == op
+
+
+def test_labels_shaped_n_by_1_give_the_same_numbers():
+    """Finding 6: the official (N, 1) label shape gave a wrong ACC and crashed the bootstrap."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 250)
+    logits = rng.normal(size=(250, 2)) + np.stack([np.zeros(250), y * 2.0], axis=1)
+    flat = compute_metrics(y, logits, TASK_BINARY, n_bootstrap=50)
+    column = compute_metrics(y[:, None], logits, TASK_BINARY, n_bootstrap=50)
+    assert flat.to_dict() == column.to_dict()
+    assert np.isclose(column.acc, np.mean((scores_from_logits(logits, TASK_BINARY)[:, 1] > 0.5) == y))
+
+
+def test_one_class_sample_gives_null_with_a_reason_and_no_warnings():
+    """Finding 3: a one-class sample printed "auc": NaN (invalid JSON) and a flood of scikit-learn warnings."""
+    import json
+    import warnings
+
+    y = np.zeros(6, dtype=int)
+    logits = np.random.default_rng(6).normal(size=(6, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = compute_metrics(y, logits, TASK_BINARY, n_bootstrap=200).to_dict()
+    text = json.dumps(d, allow_nan=False)  # raises on NaN
+    assert json.loads(text)["auc"] is None and "auc" in d["undefined"] and d["sensitivity"] is None
+
+
+def test_multiclass_reports_per_class_recall():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3))
+    logits[np.arange(300), y] += 1.0
+    m = compute_metrics(y, logits, TASK_MULTICLASS, class_names=["a", "b", "c"], n_bootstrap=0)
+    pred = logits.argmax(1)
+    assert m.per_class_recall == {n: float(np.mean(pred[y == i] == i)) for i, n in enumerate("abc")}
+    assert m.sensitivity is None and m.positive_class is None
+
+
+def test_qsal_evaluate_is_callable_after_fit_imported_the_metrics():
+    """Finding 6: `qsal.evaluate` was shadowed by the module `qsal.evaluate` once `qsal.fit` imported it."""
+    import qsal
+
+    assert callable(qsal.fit) and callable(qsal.evaluate) and callable(qsal.compute_metrics)
+    import qsal.train  # noqa: F401  (imports the metrics package)
+
+    assert callable(qsal.evaluate) and qsal.evaluate.__module__ == "qsal.metrics.classification"
+
+
+def test_rank_auc_equals_scikit_learn_with_ties():
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 500)
+    logits = np.round(rng.normal(size=(500, 2)) + np.stack([np.zeros(500), y], axis=1), 1)  # many ties
+    m = compute_metrics(y, logits, TASK_BINARY, n_bootstrap=0)
+    assert np.isclose(m.auc, roc_auc_score(y, scores_from_logits(logits, TASK_BINARY)[:, 1]), rtol=0, atol=1e-12)

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from qsal.data import get_info
+from qsal.errors import QsalError
+from qsal.metrics import choose_decision, choose_threshold, parse_rule
+
+
+def _data(seed=0, n=400):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    score = np.clip(0.5 + 0.25 * (2 * y - 1) + rng.normal(0, 0.2, n), 0, 1)
+    return y, score
+
+
+def test_youden_threshold_maximises_j_over_every_cut():
+    y, p = _data()
+    op = choose_threshold(y, p, positive_label=1, rule="youden")
+    assert op["rule"] == "youden" and op["chosen_on"] == "validation"
+    j = lambda t: np.mean(p[y == 1] >= t) + np.mean(p[y == 0] < t) - 1  # noqa: E731
+    assert np.isclose(j(op["threshold"]), max(j(t) for t in np.unique(p)))
+
+
+def test_sensitivity_target_is_met_with_the_highest_threshold():
+    y, p = _data(1)
+    op = choose_threshold(y, p, positive_label=1, rule="sensitivity:0.95")
+    sens = lambda t: np.mean(p[y == 1] >= t)  # noqa: E731
+    assert sens(op["threshold"]) >= 0.95
+    assert all(sens(t) < 0.95 for t in np.unique(p) if t > op["threshold"])
+
+
+def test_positive_label_zero_uses_that_class_scores():
+    y, p = _data(2)
+    op = choose_threshold(1 - y, 1 - p, positive_label=0, rule="sensitivity:0.9")
+    assert np.mean((1 - p)[y == 0] >= op["threshold"]) >= 0.9
+
+
+@pytest.mark.parametrize("rule", ["youden", "sensitivity:0.95", "0.5", "0.3"])
+def test_rules_parse(rule):
+    parse_rule(rule)
+
+
+@pytest.mark.parametrize("rule", ["yuden", "sensitivity:1.5", "1.2", "sensitivity:x"])
+def test_bad_rules_are_one_line_errors(rule):
+    with pytest.raises(QsalError, match="operating point"):
+        parse_rule(rule)
+
+
+def test_decision_for_breastmnist_defaults_to_malignant_and_takes_an_override():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    logits = np.stack([np.zeros(200), 2.0 * y + rng.normal(size=200)], axis=1)
+    info = get_info("breastmnist")
+    d = choose_decision(logits, y, info)
+    assert d["positive_label"] == 0 and d["positive_class"] == "malignant" and d["temperature"] == 1.0
+    d1 = choose_decision(logits, y, info, positive_class="normal, benign", rule="0.5", temperature_scaling=True)
+    assert d1["positive_label"] == 1 and d1["operating_point"]["threshold"] == 0.5 and d1["temperature"] != 1.0
+    with pytest.raises(QsalError, match="not a class of breastmnist"):
+        choose_decision(logits, y, info, positive_class="benign")

@@ -1,0 +1,100 @@
+"""Finding 3: `qsal predict` runs a deployed model on arbitrary image files at its stored operating point."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qsal.cli import main
+from qsal.data import load_split
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Four real BreastMNIST test images written as PNG/JPEG of other sizes and modes, in nested folders."""
+    test = load_split("breastmnist", "test")
+    root = tmp_path / "scans"
+    (root / "more").mkdir(parents=True)
+    px = test.images[:4, :, :, 0]
+    Image.fromarray(px[0]).save(root / "a.png")                                  # the training size, gray
+    Image.fromarray(px[1]).resize((112, 112), Image.BILINEAR).save(root / "b.png")  # larger
+    Image.fromarray(np.repeat(px[2][..., None], 3, -1)).save(root / "more" / "c.png")  # RGB
+    Image.fromarray(px[3]).save(root / "more" / "d.jpg", quality=95)
+    (root / "notes.txt").write_text("not an image")
+    return root, px
+
+
+def test_predict_folder_to_csv_at_the_stored_operating_point(breast_run, image_folder, tmp_path, capsys):
+    run, onnx_path = breast_run
+    root, px = image_folder
+    assert main(["predict", str(onnx_path), str(root)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png", "c.png", "d.jpg"]
+    assert set(rows[0]) == {"file", "p(malignant)", "p(normal, benign)", "predicted_class", "predicted_label"}
+    meta = json.loads((run / "best.json").read_text())["decision"]
+    threshold = meta["operating_point"]["threshold"]
+    for r in rows:
+        p_malignant = float(r["p(malignant)"])
+        assert abs(p_malignant + float(r["p(normal, benign)"]) - 1) < 1e-5
+        expected = "malignant" if p_malignant >= threshold else "normal, benign"
+        assert r["predicted_class"] == expected and int(r["predicted_label"]) == (0 if expected == "malignant" else 1)
+
+    from qsal.runtime import Runtime
+
+    rt = Runtime(onnx_path)
+    same = rt.predict_proba(px[:1])[0]  # the 28 px PNG is the test image itself
+    assert np.allclose([float(rows[0]["p(malignant)"]), float(rows[0]["p(normal, benign)"])], same, atol=1e-6)
+    assert rt.predict_file(root / "more" / "c.png")["probabilities"]["malignant"] == pytest.approx(
+        rt.predict_image(px[2])["probabilities"]["malignant"], abs=1e-6)  # RGB converted to gray like training
+
+    # the checkpoint gives the same answers through PyTorch, and JSON output carries the decision
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(run / "best.safetensors"), str(root / "*.png"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["decision"]["positive_class"] == "malignant" and len(result["predictions"]) == 2
+    assert result["predictions"][0]["probabilities"]["malignant"] == pytest.approx(float(rows[0]["p(malignant)"]), abs=1e-5)
+
+
+def test_predict_onnx_never_imports_torch(breast_run, image_folder):
+    _, onnx_path = breast_run
+    root, _ = image_folder
+    code = ("import sys; from qsal.predict import predict_paths; "
+            f"r = predict_paths({str(onnx_path)!r}, [{str(root)!r}]); "
+            "assert len(r['predictions']) == 4; assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_predict_bad_paths_are_one_line_errors(breast_run, tmp_path, capsys):
+    _, onnx_path = breast_run
+    assert main(["predict", str(onnx_path), str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(onnx_path), str(tmp_path / "empty")]) == 2
+    assert "no PNG/JPEG/DICOM images" in capsys.readouterr().err
+
+
+def test_runtime_applies_the_stored_temperature_and_threshold(tmp_path):
+    """The decision in the ONNX metadata (temperature fitted on validation, operating point) is what predict uses."""
+    from qsal.export import export_onnx
+    from qsal.metrics import scores_from_logits
+    from qsal.models import create_model
+    from qsal.pipeline import data_meta
+    from qsal.runtime import Runtime
+
+    test = load_split("breastmnist", "test")
+    decision = {"positive_label": 0, "positive_class": "malignant", "temperature": 2.5, "temperature_scaling": True,
+                "operating_point": {"rule": "0.3", "threshold": 0.3, "chosen_on": "validation"}}
+    path = export_onnx(create_model("small_cnn", 2, 1), tmp_path / "t.onnx", input_shape=(1, 28, 28),
+                       meta={"data": data_meta(test), "decision": decision}, check_untrained=False)
+    rt = Runtime(path)
+    logits = rt.predict_logits(test.images[:16])
+    probs = rt.predict_proba(test.images[:16])
+    assert np.allclose(probs, scores_from_logits(logits, "binary-class", temperature=2.5), atol=1e-6)
+    labels = [rt.predict_image(img)["predicted_label"] for img in test.images[:16, :, :, 0]]
+    assert labels == [0 if p >= 0.3 else 1 for p in probs[:, 0]]

@@ -1,0 +1,66 @@
+"""Finding 5: outputs never silently mix models (fingerprints, refusals, fresh default folders)."""
+
+import json
+
+import pytest
+
+from qsal.cli import main
+from qsal.errors import QsalError
+from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder
+
+
+def test_claim_refuses_another_run_and_changed_settings(tmp_path):
+    out = tmp_path / "run"
+    breast = fingerprint("breastmnist", "small_cnn", "fp32", {"lr": 1e-3})
+    claim_run_folder(out, breast)
+    (out / "best.safetensors").write_bytes(b"weights")
+    with pytest.raises(QsalError, match="holds a breastmnist/small_cnn/fp32 run, not pneumoniamnist") as e:
+        claim_run_folder(out, fingerprint("pneumoniamnist", "small_cnn", "fp32", {"lr": 1e-3}), resume=True)
+    assert "--force" in str(e.value) and "--out" in str(e.value) and "--resume" in str(e.value)
+    with pytest.raises(QsalError, match="pass --resume to continue it, --force to start over"):
+        claim_run_folder(out, breast)
+    with pytest.raises(QsalError, match=r"lr changed \(0.001 -> 0.0005\)"):
+        claim_run_folder(out, fingerprint("breastmnist", "small_cnn", "fp32", {"lr": 5e-4}), resume=True)
+    claim_run_folder(out, breast, resume=True)  # the same run continues
+    claim_run_folder(out, fingerprint("pneumoniamnist", "small_cnn", "fp32", {"lr": 1e-3}), force=True)
+    assert not (out / "best.safetensors").exists()
+    assert json.loads((out / "run.json").read_text())["dataset"] == "pneumoniamnist"
+
+
+def test_fresh_folder_never_reuses(tmp_path):
+    first = fresh_folder(tmp_path, "breastmnist-small_cnn")
+    first.mkdir()
+    assert first.name == "breastmnist-small_cnn-1" and fresh_folder(tmp_path, "breastmnist-small_cnn").name.endswith("-2")
+
+
+def test_cli_refuses_mixing_and_defaults_never_overwrite(breast_run, tmp_path, monkeypatch, capsys):
+    run, _ = breast_run
+    # the issue's case: breastmnist trained into a folder holding another run trained nothing and kept its weights
+    pneu = tmp_path / "pneu"
+    pneu.mkdir()
+    (pneu / "run.json").write_text(json.dumps(fingerprint("pneumoniamnist", "small_cnn", "fp32", {})))
+    (pneu / "best.safetensors").write_bytes(b"x")
+    assert main(["train", "--epochs", "1", "--out", str(pneu), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds a pneumoniamnist/small_cnn/fp32 run" in err
+    # a rerun with another --lr does not silently resume with the old one
+    assert main(["train", "--epochs", "2", "--lr", "0.01", "--out", str(run), "--resume", "--no-progress"]) == 2
+    assert "lr changed (0.001 -> 0.01)" in capsys.readouterr().err
+    # another dataset needs an explicit flag, and the output says so
+    assert main(["evaluate", str(run / "best.safetensors"), "--dataset", "pneumoniamnist"]) == 2
+    assert "--other-dataset" in capsys.readouterr().err
+    # export: the default is beside the checkpoint, never ./model.onnx, and never overwritten
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(run / "best.safetensors"), "--out", str(tmp_path / "a.onnx")]) == 0
+    assert main(["export", str(run / "best.safetensors"), "--out", str(tmp_path / "a.onnx")]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert not (tmp_path / "model.onnx").exists()
+    # quantize: two runs with the default --out land in two fresh folders
+    for _ in range(2):
+        assert main(["quantize", str(run / "best.safetensors"), "--num-calibration", "64", "--no-progress"]) == 0
+    made = sorted(p.name for p in (tmp_path / "runs" / "quantized").iterdir())
+    assert made == ["ptq-int8-minmax-1", "ptq-int8-minmax-2"]
+    q = json.loads((tmp_path / "runs/quantized/ptq-int8-minmax-1/best.json").read_text())
+    assert q["decision"]["positive_class"] == "malignant" and q["decision"]["operating_point"]["chosen_on"] == "validation"
+
+

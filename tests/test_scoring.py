@@ -1,0 +1,68 @@
+"""Findings 3 and 4: `qsal evaluate` scores the ONNX artifact, every image of a folder, as valid JSON."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qsal.cli import main
+from qsal.data import load_split
+from qsal.pipeline import evaluate_onnx
+
+
+def test_evaluate_onnx_scores_the_artifact(breast_run, tmp_path, capsys):
+    run, onnx_path = breast_run
+    assert main(["evaluate", str(onnx_path), "--out", str(tmp_path / "m.json"),
+                 "--reliability", str(tmp_path / "rel.png")]) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    direct = evaluate_onnx(onnx_path, load_split("breastmnist", "test")).to_dict()
+    assert result["artifact"] is True and result["n"] == 156 and result["model"] == str(onnx_path)
+    assert result["auc"] == pytest.approx(direct["auc"]) and result["sensitivity_at_op"] == direct["sensitivity_at_op"]
+    assert result["positive_class"] == "malignant" and result["operating_point"]["chosen_on"] == "validation"
+    assert (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best.safetensors")]) == 0
+    torch_result = json.loads(capsys.readouterr().out)
+    assert torch_result["artifact"] is False and abs(torch_result["auc"] - result["auc"]) < 0.005
+
+
+def test_model_card_shows_the_artifacts_metrics(breast_run, tmp_path):
+    from qsal.pipeline import export_checkpoint
+
+    run, _ = breast_run
+    out = tmp_path / "card_model.onnx"
+    export_checkpoint(str(run / "best.safetensors"), out)
+    card = json.loads(out.with_suffix(".card.json").read_text())
+    assert card["metrics"]["artifact"] is True
+    assert card["metrics"]["auc"] == pytest.approx(evaluate_onnx(out, load_split("breastmnist", "test")).auc)
+    md = out.with_suffix(".card.md").read_text()
+    assert "of the ONNX artifact" in md and "sensitivity (malignant)" in md and "chosen on the validation split" in md
+
+
+def test_evaluate_split_all_scores_every_image_of_a_folder_as_valid_json(breast_run, tmp_path):
+    """The issue's case: a folder of six images was split 70/10/20, scored on one image, printed NaN and warnings."""
+    _, onnx_path = breast_run
+    test = load_split("breastmnist", "test")
+    root = tmp_path / "folder"
+    for name in ("malignant", "normal, benign"):
+        (root / name).mkdir(parents=True)
+    picks = [int(i) for i in np.where(test.labels == 0)[0][:3]] + [int(i) for i in np.where(test.labels == 1)[0][:3]]
+    for i in picks:
+        Image.fromarray(test.images[i, :, :, 0]).save(root / test.info.labels[test.labels[i]] / f"{i}.png")
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-m", "qsal.cli", "evaluate", str(onnx_path),
+                           "--dataset", f"folder:{root}", "--split", "all", "--other-dataset"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr
+    result = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    assert result["n"] == 6 and result["split"] == "all"
+    assert "scored on folder:" in result["dataset_mismatch"]
+    # folder sub-folders are matched to the model's classes by name: the 6 PNGs score like the same npz images
+    from qsal.runtime import Runtime
+
+    probs = Runtime(onnx_path).predict_proba(test.images[picks])
+    assert result["sensitivity_at_op"] == pytest.approx(np.mean(probs[:3, 0] >= result["operating_point"]["threshold"]))
+    assert result["specificity_at_op"] == pytest.approx(np.mean(probs[3:, 0] < result["operating_point"]["threshold"]))
