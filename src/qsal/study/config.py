@@ -11,6 +11,9 @@
     lr: {fp32: 0.001, finetune: 0.0005}
     sgt: {k: 0.5, lambda: 1.0}
     measure: {latency: true, saliency: true, n_explain: 64}
+    train: {optimizer: sgd, weight_decay: 1.0e-4, shift_px: 4, hflip: true}   # qsal.study.schedule
+    finetune: {lr: 0.01}
+    schedules: [{datasets: [breastmnist], models: [edge_mbv2], train: {epochs: 100}}]
 
 Every problem in a file is reported at once, each with its path (``epochs.fp32: ...``); unknown keys are errors.
 """
@@ -69,15 +72,27 @@ class RunConfig:
     lr: LearningRates = field(default_factory=LearningRates)
     sgt: SGTSettings = field(default_factory=SGTSettings)
     measure: Measure = field(default_factory=Measure)
+    train: dict = field(default_factory=dict)  # TrainConfig overrides for FP32/SGT parents (qsal.study.schedule)
+    finetune: dict = field(default_factory=dict)  # ... for QAT/PACT/SGT+PACT fine-tunes
+    schedules: list = field(default_factory=list)  # [Schedule]: per-dataset / per-model overrides
     data_dir: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def train_configs(self, dataset: str, model: str, seed: int, progress: bool = True):
+        """``(train, finetune)`` ``TrainConfig`` of the cells of (``dataset``, ``model``, ``seed``)."""
+        from qsal.study.schedule import resolve_train_configs
+
+        return resolve_train_configs(self, dataset, model, seed, progress)
+
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not ``data_dir``, which only says where files are)."""
         d = self.to_dict()
         d.pop("data_dir")
+        for key in ("train", "finetune", "schedules"):  # absent when unused: older run folders keep their fingerprint
+            if not d[key]:
+                d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -111,7 +126,16 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
             problems.append(f"{key}: unknown key; known keys: {', '.join(sorted(top))}")
     values = {}
     for key, value in raw.items():
-        if key not in top:
+        if key not in top or key == "schedules":
+            continue
+        if key in ("train", "finetune"):
+            from qsal.study.schedule import parse_overrides
+
+            values[key] = parse_overrides(problems, key, value)
+            short = {"train": "fp32", "finetune": "finetune"}[key]
+            for name in ("epochs", "lr"):
+                if name in values[key] and isinstance(raw.get(name), dict) and short in raw[name]:
+                    problems.append(f"{key}.{name}: also set as {name}.{short}; keep one")
             continue
         if key in _NESTED:
             cls = _NESTED[key]
@@ -145,6 +169,11 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
         problems.append(f"sgt.k: must be a fraction in [0, 1), got {values['sgt'].k}")
     if "name" in values and not isinstance(values["name"], str):
         problems.append(f"name: must be a string, got {values['name']!r}")
+    if "schedules" in raw:
+        from qsal.study.schedule import parse_schedules
+
+        values["schedules"] = parse_schedules(problems, raw["schedules"], values.get("datasets", RunConfig().datasets),
+                                              values.get("models", RunConfig().models))
     if problems:
         raise QsalError(f"{where} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
     return RunConfig(**values)
