@@ -131,11 +131,7 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
         if key in ("train", "finetune"):
             from qsal.study.schedule import parse_overrides
 
-            values[key] = parse_overrides(problems, key, value)
-            short = {"train": "fp32", "finetune": "finetune"}[key]
-            for name in ("epochs", "lr"):
-                if name in values[key] and isinstance(raw.get(name), dict) and short in raw[name]:
-                    problems.append(f"{key}.{name}: also set as {name}.{short}; keep one")
+            values[key] = parse_overrides(problems, key, value)  # wins over epochs.* / lr.* (the shorthand)
             continue
         if key in _NESTED:
             cls = _NESTED[key]
