@@ -85,10 +85,10 @@ def main() -> None:
     variants = VARIANTS if cpu_has_native_bf16() else VARIANTS[:2]  # emulated bf16 is not a candidate
     cells = {}
     for name, channels, side, classes, dataset in (m for m in MODELS if m[0] in args.models):
-        for threads in args.threads:
-            for precision, cl in variants:
+        for precision, cl in variants:  # one trainer per variant, timed under each thread count
+            run = _trainer(name, channels, side, classes, precision, cl, args.batch, args.seed)
+            for threads in args.threads:
                 torch.set_num_threads(threads)
-                run = _trainer(name, channels, side, classes, precision, cl, args.batch, args.seed)
                 run(2)  # warm-up: oneDNN primitive creation, allocator
                 cells[(name, dataset, side, threads, precision, cl)] = {"run": run, "seconds": []}
     for r in range(args.rounds):

@@ -75,6 +75,7 @@ def test_committed_study_configs_load_and_plan(path):
     assert f"{plan['n_cells']} cells" in format_plan(plan, cfg.name)
 
 
+@pytest.mark.slow
 def test_a_schedule_override_reaches_training_and_is_recorded_in_the_checkpoint(shared_data, tmp_path):
     """One tiny study end to end: the per-dataset override, not the study default, is what trained."""
     cfg = parse_run_config({**BASE, "datasets": ["breastmnist"], "models": ["small_cnn"], "data_dir": str(shared_data),
