@@ -106,7 +106,7 @@ def format_plan(plan: dict, name: str) -> str:
         t, f = r["train"], r["finetune"]
         est = f", ~{_duration(r['est_seconds'])}" if "est_seconds" in r else ""
         lines.append(f"  {r['dataset']}/{r['model']}: {r['seeds']} seed(s) x {len(r['cells'])} cells "
-                     f"({', '.join(r['cells'])}), {r["n_train"]} official training images{est}")
+                     f"({', '.join(r['cells'])}), {r['n_train']} official training images{est}")
         for label, c in (("train", t), ("finetune", f)):
             lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
                          f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
