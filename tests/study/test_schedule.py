@@ -94,3 +94,20 @@ def test_a_schedule_override_reaches_training_and_is_recorded_in_the_checkpoint(
     assert {k: pact["train"][k] for k in ("epochs", "lr", "batch_size", "shift_px", "precision")} == \
         {"epochs": 1, "lr": 2e-4, "batch_size": 64, "shift_px": 2, "precision": "fp32"}
     assert pact["precision"]["training"] == "fp32"
+
+
+def test_dry_run_lists_cells_and_schedules_and_estimates_time_without_writing(tmp_path, capsys):
+    import yaml
+
+    from qsal.cli import main
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "models": ["small_cnn"], "train": {"epochs": 7, "hflip": True},
+                                    "schedules": [{"datasets": ["retinamnist"], "train": {"epochs": 3}}]}))
+    assert main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")]) in (0, None)
+    out = capsys.readouterr().out
+    assert "study sched: 4 cells" in out
+    assert "breastmnist/small_cnn: 1 seed(s) x 2 cells (fp32, pact-4), 546 official training images, ~" in out
+    assert "train: 7 epochs" in out and "train: 3 epochs" in out and "hflip True" in out
+    assert "estimated training time on this machine:" in out
+    assert not (tmp_path / "out").exists()

@@ -62,7 +62,9 @@ def plan_study(cfg, measure: bool = True) -> dict:
     "n_train", "est_seconds"}], "est_seconds"}``; ``est_seconds`` is per row for all its seeds.
     """
     from qsal.data import get_info
+    from qsal.precision import resolve_precision
     from qsal.study.runner import plan_groups
+    from qsal.train import resolve_device
 
     groups = plan_groups(cfg)
     cache: dict = {}
@@ -79,6 +81,8 @@ def plan_study(cfg, measure: bool = True) -> dict:
                    "n_cells": sum(len(g) for g in mine), "n_train": n_train,
                    "train": {k: v for k, v in train.to_dict().items() if k not in ("seed", "progress", "device")},
                    "finetune": {k: v for k, v in finetune.to_dict().items() if k not in ("seed", "progress", "device")}}
+            for section, tc in (("train", train), ("finetune", finetune)):
+                row[section]["precision_here"] = resolve_precision(tc.precision, resolve_device(tc.device))
             if measure:
                 seconds = 0.0
                 for cell in mine[0]:
@@ -110,7 +114,8 @@ def format_plan(plan: dict, name: str) -> str:
         for label, c in (("train", t), ("finetune", f)):
             lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
                          f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
-                         f"shift {c['shift_px']} px, hflip {c['hflip']}, precision {c['precision']}")
+                         f"shift {c['shift_px']} px, hflip {c['hflip']}, precision {c['precision']} "
+                         f"({c['precision_here']} here)")
     if "est_seconds" in plan:
         lines.append(f"estimated training time on this machine: {_duration(plan['est_seconds'])} "
                      "(training steps only, measured with the current load and thread count)")
