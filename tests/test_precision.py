@@ -73,9 +73,10 @@ def test_training_forward_autocasts_only_training_mode_and_returns_float32_logit
 @needs_bf16
 @pytest.mark.slow
 def test_bf16_training_and_its_fake_quant_fine_tune_match_float32(shared_data, tmp_path):
-    """Same seed, small_cnn on BreastMNIST: 2 epochs FP32 then 1 epoch PACT-4 fine-tune, in fp32 and in
-    bf16 + channels-last. Tolerance: validation AUC within 0.02 at every stage."""
-    train, val = (load_split("breastmnist", s, shared_data) for s in ("train", "val"))
+    """Same seed, small_cnn on PneumoniaMNIST: 2 epochs FP32 then 1 epoch PACT-4 fine-tune, in fp32 and in
+    bf16 + channels-last. Tolerance: validation AUC within 0.01 at both stages (measured: 0.0002 and 0.001).
+    PneumoniaMNIST's 524 validation images, not BreastMNIST's 78: there one image moves the AUC by ~0.01."""
+    train, val = (load_split("pneumoniamnist", s, shared_data) for s in ("train", "val"))
     runs = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
@@ -91,6 +92,6 @@ def test_bf16_training_and_its_fake_quant_fine_tune_match_float32(shared_data, t
         assert meta["train"]["precision"] == precision
         assert next(qmodel.parameters()).is_contiguous()  # handed back in the default layout
     (fp32_auc, fp32_ft_auc), (bf16_auc, bf16_ft_auc) = runs["fp32"], runs["bf16"]
-    assert fp32_auc > 0.6 and fp32_ft_auc > 0.6, runs  # both learned something, so the comparison means something
-    assert abs(bf16_auc - fp32_auc) <= 0.02, runs
-    assert abs(bf16_ft_auc - fp32_ft_auc) <= 0.02, runs
+    assert fp32_auc > 0.9 and fp32_ft_auc > 0.9, runs  # both learned, so the comparison means something
+    assert abs(bf16_auc - fp32_auc) <= 0.01, runs
+    assert abs(bf16_ft_auc - fp32_ft_auc) <= 0.01, runs
