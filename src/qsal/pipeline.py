@@ -7,6 +7,7 @@ the CLI prints it. Python users can call these or the lower-level API they are b
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from qsal._atomic import write_json_atomic
@@ -128,8 +129,6 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
         # PACT from scratch: a short FP32 warm-up (a quarter of the epochs) first, so the clipping levels
         # are calibrated on meaningful activations; clips calibrated on an untrained net are tiny and
         # cap the logits, and the paper's fixed alpha=10 leaves 2-3-bit codes all zero.
-        from dataclasses import replace
-
         from qsal.quant import PACTConfig, quantize
 
         warmup = max(1, config.epochs // 4)
@@ -184,9 +183,11 @@ def evaluate_checkpoint(checkpoint: str, *, dataset: str | None = None, split: s
 def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | None = None, *, epochs: int = 5,
                         lr: float = 1e-4, data_dir=None, seed: int = 0, progress: bool = True, step=None,
                         train_subset: int | None = None, operating_point: str | None = None,
-                        temperature_scaling: bool | None = None, resume: bool = False, force: bool = False) -> dict:
+                        temperature_scaling: bool | None = None, resume: bool = False, force: bool = False,
+                        train_config: TrainConfig | None = None) -> dict:
     """Quantize a float checkpoint with ``qconfig`` (PTQ: calibrate; QAT/PACT: also fine-tune ``epochs``,
-    on ``train_subset`` images of the training split if given).
+    on ``train_subset`` images of the training split if given). ``train_config`` gives the whole fine-tune
+    schedule instead (a study's ``finetune``; its seed is ``seed``), ``epochs`` and ``lr`` are then unused.
 
     ``out_dir`` (default: a fresh ``runs/quantized/<method>-N``) gets ``best.safetensors`` (the quantized
     model, reloadable with ``load_checkpoint``), ``metrics.json`` with test metrics of the fake-quantized
@@ -217,6 +218,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     label = f"{qconfig.label}".replace("/", "_")
     out = Path(out_dir) if out_dir is not None else fresh_folder("runs/quantized", label)
     run_config = {"quant": qconfig.to_dict(), "epochs": epochs, "lr": lr, "seed": seed, "train_subset": train_subset,
+                  "train_config": train_config.to_dict() if train_config is not None else None,
                   "parent": str(Path(checkpoint).resolve()),
                   "step": step.describe() if hasattr(step, "describe") else None}
     claim_run_folder(out, fingerprint(name, meta["arch"]["name"], label, run_config), resume=resume, force=force)
@@ -230,7 +232,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
              "parent_checkpoint": str(checkpoint)}
     seconds = 0.0
     if isinstance(qconfig, (QATConfig, PACTConfig)):
-        cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress)
+        cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress) if train_config is None \
+            else replace(train_config, seed=seed, progress=progress)
         result = fit(qmodel, train, val, cfg, out, step=step, meta=qmeta, callbacks=qat_callbacks(qconfig))
         path, seconds = result.best_path, result.seconds
     else:

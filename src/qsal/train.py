@@ -28,6 +28,7 @@ from qsal.data.registry import TASK_MULTILABEL
 from qsal.data.transforms import random_hflip, random_shift
 from qsal.errors import QsalError
 from qsal.metrics import acc_score, auc_score, predict_logits, scores_from_logits
+from qsal.precision import PRECISIONS, TrainingForward, resolve_channels_last, resolve_precision
 
 __all__ = ["TrainConfig", "ClassificationStep", "task_loss", "fit", "FitResult", "resolve_device", "seed_everything",
            "parameter_groups"]
@@ -51,6 +52,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     select_on: str = "auc"  # auc | acc | loss (validation metric that picks the saved model)
     progress: bool = True
+    precision: str = "auto"  # auto | fp32 | bf16: training forwards (qsal.precision); evaluation is always fp32
+    channels_last: str | bool = "auto"  # auto | true | false: NHWC memory format while training
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
@@ -59,6 +62,10 @@ class TrainConfig:
             raise QsalError(f"optimizer {self.optimizer!r} is not one of adam, sgd")
         if self.select_on not in ("auc", "acc", "loss"):
             raise QsalError(f"select_on {self.select_on!r} is not one of auc, acc, loss")
+        if self.precision not in PRECISIONS:
+            raise QsalError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
+            raise QsalError(f"channels_last {self.channels_last!r} is not one of auto, true, false")
         self.milestones = tuple(self.milestones)
 
     def to_dict(self) -> dict:
@@ -175,6 +182,12 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     device = resolve_device(config.device)
     gen = seed_everything(config.seed)
     model.to(device)
+    precision = resolve_precision(config.precision, device)
+    channels_last = resolve_channels_last(config.channels_last, precision, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    # The step sees the model through TrainingForward (bf16 autocast, float32 logits) when training in bf16.
+    forward = model if precision == "fp32" else TrainingForward(model, precision, device)
     x, y = train.tensors()
     xv, yv = val.tensors()
     params = parameter_groups(model)
@@ -188,7 +201,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     meta = {**(meta or {}), "arch": getattr(model, "qsal_arch", None), "train": config.to_dict(),
             "step": step.describe() if hasattr(step, "describe") else {"step": type(step).__name__},
             "seed": config.seed, "data": {"name": train.info.name, "source": train.source,
-                                          "n_train": len(train), "n_val": len(val)}}
+                                          "n_train": len(train), "n_val": len(val)},
+            "precision": {"training": precision, "channels_last": channels_last, "evaluation": "fp32"}}
     best = FitResult(None, -1, -math.inf)
     start_epoch = 0
     if out and (out / "last.pt").is_file():
@@ -224,7 +238,9 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             if config.hflip:
                 xb = random_hflip(xb, gen)
             xb, yb = xb.to(device), yb.to(device)
-            result = step(model, xb, yb)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            result = step(forward, xb, yb)
             loss = result["loss"]
             if not torch.isfinite(loss):
                 where = f"; the last good checkpoint is {best.best_path}" if best.best_path else ""
@@ -285,4 +301,4 @@ def _restore_best(model: nn.Module, best: FitResult) -> None:
         model.load_state_dict(load_file(str(best.best_path)))
     elif best.best_state is not None:
         model.load_state_dict(best.best_state)
-    model.cpu()
+    model.to("cpu", memory_format=torch.contiguous_format)

@@ -188,6 +188,13 @@ def _setup_demo(p):
 def cmd_run(args):
     from qsal.study.runner import report_run, run_study
 
+    if args.dry_run:
+        from qsal.study.config import load_run_config
+        from qsal.study.plan import format_plan, plan_study
+
+        cfg = load_run_config(args.config)
+        print(format_plan(plan_study(cfg), cfg.name))
+        return
     statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=not args.no_progress)
     failed = [s for s in statuses if s["status"].startswith("failed")]
@@ -211,6 +218,8 @@ def _setup_run(p):
     p.add_argument("--backend", default="local", choices=["local", "ray"])
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--force", action="store_true", help="reuse a run directory made by a different config")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells and each one's schedule with an estimated time (a few timed steps); train nothing")
     p.add_argument("--no-progress", action="store_true")
 
 

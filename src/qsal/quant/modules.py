@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qsal.precision import float32_forward
 from qsal.quant.observers import ValueSampler, compute_range
 from qsal.quant.ste import fake_quant_affine, levels, round_ste
 
@@ -61,6 +62,7 @@ class ActQuantizer(nn.Module):
         self.scale.fill_(scale)
         self.zero_point.fill_(float(np.clip(np.round(-lo / scale), *self.qrange)))
 
+    @float32_forward  # exact grid values under mixed precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":
             return x
@@ -145,6 +147,7 @@ class PACTQuantizer(nn.Module):
         self.alpha_start.copy_(self.alpha.detach())
         self.sampler, self.mode = None, "quant"
 
+    @float32_forward  # exact grid values under mixed precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":
             return x

@@ -11,6 +11,9 @@
     lr: {fp32: 0.001, finetune: 0.0005}
     sgt: {k: 0.5, lambda: 1.0, target: log_softmax}
     measure: {latency: true, saliency: true, n_explain: 64}
+    train: {optimizer: sgd, weight_decay: 1.0e-4, shift_px: 4, hflip: true}   # qsal.study.schedule
+    finetune: {lr: 0.01}
+    schedules: [{datasets: [breastmnist], models: [edge_mbv2], train: {epochs: 100}}]
 
 Every problem in a file is reported at once, each with its path (``epochs.fp32: ...``); unknown keys are errors.
 """
@@ -70,15 +73,27 @@ class RunConfig:
     lr: LearningRates = field(default_factory=LearningRates)
     sgt: SGTSettings = field(default_factory=SGTSettings)
     measure: Measure = field(default_factory=Measure)
+    train: dict = field(default_factory=dict)  # TrainConfig overrides for FP32/SGT parents (qsal.study.schedule)
+    finetune: dict = field(default_factory=dict)  # ... for QAT/PACT/SGT+PACT fine-tunes
+    schedules: list = field(default_factory=list)  # [Schedule]: per-dataset / per-model overrides
     data_dir: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def train_configs(self, dataset: str, model: str, seed: int, progress: bool = True):
+        """``(train, finetune)`` ``TrainConfig`` of the cells of (``dataset``, ``model``, ``seed``)."""
+        from qsal.study.schedule import resolve_train_configs
+
+        return resolve_train_configs(self, dataset, model, seed, progress)
+
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not ``data_dir``, which only says where files are)."""
         d = self.to_dict()
         d.pop("data_dir")
+        for key in ("train", "finetune", "schedules"):  # absent when unused: older run folders keep their fingerprint
+            if not d[key]:
+                d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -131,7 +146,12 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                         "(see configs/ for an example)")
     values = {}
     for key, value in raw.items():
-        if key not in top:
+        if key not in top or key == "schedules":
+            continue
+        if key in ("train", "finetune"):
+            from qsal.study.schedule import parse_overrides
+
+            values[key] = parse_overrides(problems, key, value)  # wins over epochs.* / lr.* (the shorthand)
             continue
         if key in _NESTED:
             cls = _NESTED[key]
@@ -169,6 +189,11 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
         problems.append(f"sgt.target: must be log_softmax or logit, got {values['sgt'].target!r}")
     if "name" in values and not isinstance(values["name"], str):
         problems.append(f"name: must be a string, got {_short(values['name'])}")
+    if "schedules" in raw:
+        from qsal.study.schedule import parse_schedules
+
+        values["schedules"] = parse_schedules(problems, raw["schedules"], values.get("datasets", RunConfig().datasets),
+                                              values.get("models", RunConfig().models))
     if problems:
         shown = problems[:_MAX_PROBLEMS] + ([f"... and {len(problems) - _MAX_PROBLEMS} more"]
                                             if len(problems) > _MAX_PROBLEMS else [])

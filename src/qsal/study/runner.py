@@ -82,7 +82,6 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.saliency import SaliencyGuidedStep
     from qsal.scoring import artifact_row
-    from qsal.train import TrainConfig
 
     cell = run_dir / spec.id
     cell.mkdir(parents=True, exist_ok=True)
@@ -92,17 +91,17 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     t0 = time.perf_counter()
     train, val, test = load_splits(spec.dataset, cfg.data_dir, seed=spec.seed)
     sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed, target=cfg.sgt.target)
+    train_cfg, finetune_cfg = cfg.train_configs(spec.dataset, spec.model, spec.seed, progress)
     if spec.kind in ("fp32", "sgt"):
-        tc = TrainConfig(epochs=cfg.epochs.fp32, lr=cfg.lr.fp32, seed=spec.seed, progress=progress)
-        train_model(spec.dataset, spec.model, tc, cell, data_dir=cfg.data_dir, saliency_guided=spec.kind == "sgt",
+        train_model(spec.dataset, spec.model, train_cfg, cell, data_dir=cfg.data_dir, saliency_guided=spec.kind == "sgt",
                     sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target,
                     resume=True)  # the study's own check guards mixing
     else:
         qcfg = {"ptq": lambda: PTQConfig(observer=spec.observer), "qat": QATConfig,
                 "pact": lambda: PACTConfig(bits=spec.bits), "sgt+pact": lambda: PACTConfig(bits=spec.bits)}[spec.kind]()
-        quantize_checkpoint(parent("sgt" if spec.kind == "sgt+pact" else "fp32"), qcfg, cell, epochs=cfg.epochs.finetune,
-                            lr=cfg.lr.finetune, data_dir=cfg.data_dir, seed=spec.seed, progress=progress,
-                            step=sgt if spec.kind == "sgt+pact" else None, resume=True)
+        quantize_checkpoint(parent("sgt" if spec.kind == "sgt+pact" else "fp32"), qcfg, cell, data_dir=cfg.data_dir,
+                            seed=spec.seed, progress=progress, step=sgt if spec.kind == "sgt+pact" else None,
+                            train_config=finetune_cfg, resume=True)
     seconds = time.perf_counter() - t0
     _log(cell, f"trained/quantized in {seconds:.1f} s")
     ckpt = cell / "best.safetensors"

@@ -1,0 +1,122 @@
+"""``qsal run --dry-run``: what a study will train, with which schedule, and about how long it takes here.
+
+The estimate times a few real training steps of each distinct (model, input shape, batch, precision,
+step) on this machine, with random inputs of the dataset's shape, and multiplies by the images each
+cell trains on (``epochs x`` the official training-split size). It counts training steps only:
+validation, evaluation, export and saliency metrics add some seconds per cell, and fake-quantized
+fine-tunes are counted at the float model's step cost (their quantizers make them slower).
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["plan_study", "format_plan"]
+
+
+def _seconds_per_image(model_name: str, info, side: int, tc, saliency_guided: bool, cfg, cache: dict,
+                       steps: int = 3) -> float:
+    import torch
+
+    from qsal.models import create_model
+    from qsal.precision import TrainingForward, resolve_channels_last, resolve_precision
+    from qsal.saliency import SaliencyGuidedStep
+    from qsal.train import ClassificationStep, resolve_device
+
+    device = resolve_device(tc.device)
+    precision = resolve_precision(tc.precision, device)
+    channels_last = resolve_channels_last(tc.channels_last, precision, device)
+    key = (model_name, info.n_channels, side, info.num_classes, tc.batch_size, precision, channels_last, saliency_guided)
+    if key in cache:
+        return cache[key]
+    torch.manual_seed(0)
+    model = create_model(model_name, info.num_classes, info.n_channels, side).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = model if precision == "fp32" else TrainingForward(model, precision, device)
+    forward.train()
+    step = SaliencyGuidedStep(info.task, k=cfg.sgt.k, lam=cfg.sgt.lam) if saliency_guided else ClassificationStep(info.task)
+    opt = torch.optim.Adam(model.parameters())
+    x = torch.randn(tc.batch_size, info.n_channels, side, side, device=device)
+    y = torch.randint(0, 2, (tc.batch_size, info.num_classes), device=device) if "multi-label" in info.task \
+        else torch.randint(0, info.num_classes, (tc.batch_size,), device=device)
+
+    def one():
+        loss = step(forward, x, y)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    one()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    cache[key] = (time.perf_counter() - t0) / (steps * tc.batch_size)
+    return cache[key]
+
+
+def plan_study(cfg, measure: bool = True) -> dict:
+    """Cells of ``cfg`` (a ``RunConfig``) with their resolved schedules; with ``measure``, estimated seconds.
+
+    Returns ``{"n_cells", "rows": [{"dataset", "model", "seeds", "cells", "train", "finetune",
+    "n_train", "est_seconds"}], "est_seconds"}``; ``est_seconds`` is per row for all its seeds.
+    """
+    from qsal.data import get_info
+    from qsal.precision import resolve_precision
+    from qsal.study.runner import plan_groups
+    from qsal.train import resolve_device
+
+    groups = plan_groups(cfg)
+    cache: dict = {}
+    rows = []
+    for dataset in cfg.datasets:
+        info = get_info(dataset)
+        side = info.image_size
+        n_train = int(info.n_samples.get("train", 0))
+        for model in cfg.models:
+            mine = [g for g in groups if g[0].dataset == dataset and g[0].model == model]
+            train, finetune = cfg.train_configs(dataset, model, cfg.seeds[0], progress=False)
+            labels = [c.label for c in mine[0]]
+            row = {"dataset": dataset, "model": model, "seeds": len(mine), "cells": labels,
+                   "n_cells": sum(len(g) for g in mine), "n_train": n_train,
+                   "train": {k: v for k, v in train.to_dict().items() if k not in ("seed", "progress", "device")},
+                   "finetune": {k: v for k, v in finetune.to_dict().items() if k not in ("seed", "progress", "device")}}
+            for section, tc in (("train", train), ("finetune", finetune)):
+                row[section]["precision_here"] = resolve_precision(tc.precision, resolve_device(tc.device))
+            if measure:
+                seconds = 0.0
+                for cell in mine[0]:
+                    if cell.kind == "ptq":
+                        continue  # calibration only
+                    tc = train if cell.kind in ("fp32", "sgt") else finetune
+                    guided = cell.kind in ("sgt", "sgt+pact")
+                    seconds += tc.epochs * n_train * _seconds_per_image(model, info, side, tc, guided, cfg, cache)
+                row["est_seconds"] = seconds * len(mine)
+            rows.append(row)
+    out = {"n_cells": sum(r["n_cells"] for r in rows), "rows": rows}
+    if measure:
+        out["est_seconds"] = sum(r["est_seconds"] for r in rows)
+    return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def format_plan(plan: dict, name: str) -> str:
+    """The plan as text: one block per (dataset, model), then the total."""
+    lines = [f"study {name}: {plan['n_cells']} cells"]
+    for r in plan["rows"]:
+        t, f = r["train"], r["finetune"]
+        est = f", ~{_duration(r['est_seconds'])}" if "est_seconds" in r else ""
+        lines.append(f"  {r['dataset']}/{r['model']}: {r['seeds']} seed(s) x {len(r['cells'])} cells "
+                     f"({', '.join(r['cells'])}), {r['n_train']} official training images{est}")
+        for label, c in (("train", t), ("finetune", f)):
+            lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
+                         f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
+                         f"shift {c['shift_px']} px, hflip {c['hflip']}, precision {c['precision']} "
+                         f"({c['precision_here']} here)")
+    if "est_seconds" in plan:
+        lines.append(f"estimated training time on this machine: {_duration(plan['est_seconds'])} "
+                     "(training steps only, measured with the current load and thread count)")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Per-dataset / per-model schedules in study configs, and that they reach training."""
+
+import hashlib
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from qsal.errors import QsalError
+from qsal.study.config import load_run_config, parse_run_config
+from qsal.study.plan import format_plan, plan_study
+from qsal.study.runner import run_study
+from qsal.study.schedule import SCHEDULE_FIELDS
+from qsal.train import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+BASE = {"name": "sched", "datasets": ["breastmnist", "retinamnist"], "models": ["small_cnn", "edge_mbv2"],
+        "methods": ["fp32", "pact"], "bits": [4], "seeds": [0],
+        "measure": {"latency": False, "saliency": False, "n_explain": 8}}
+
+
+def test_schedules_layer_defaults_train_finetune_and_matching_overrides_in_order():
+    cfg = parse_run_config({**BASE, "epochs": {"fp32": 30, "finetune": 5}, "lr": {"fp32": 0.5, "finetune": 0.2},
+                            "train": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "hflip": True},
+                            "finetune": {"lr": 0.01},
+                            "schedules": [{"datasets": ["retinamnist"], "train": {"epochs": 100, "shift_px": 2}},
+                                          {"datasets": ["retinamnist"], "models": ["edge_mbv2"],
+                                           "train": {"epochs": 60, "milestones": [0.3, 0.6, 0.9]},
+                                           "finetune": {"epochs": 12, "precision": "fp32"}}]})
+    train, ft = cfg.train_configs("breastmnist", "small_cnn", seed=3)
+    assert (train.epochs, train.optimizer, train.lr, train.weight_decay, train.hflip, train.shift_px, train.seed) == \
+        (30, "sgd", 0.1, 1e-4, True, 0, 3)
+    assert (ft.epochs, ft.lr, ft.optimizer, ft.hflip, ft.seed) == (5, 0.01, "sgd", True, 3)  # inherits train
+    train, ft = cfg.train_configs("retinamnist", "small_cnn", seed=0)
+    assert (train.epochs, train.shift_px, ft.epochs, ft.shift_px) == (100, 2, 5, 2)
+    train, ft = cfg.train_configs("retinamnist", "edge_mbv2", seed=0)  # both entries match: the last one wins
+    assert (train.epochs, train.shift_px, train.milestones) == (60, 2, (0.3, 0.6, 0.9))
+    assert (ft.epochs, ft.lr, ft.precision, train.precision) == (12, 0.01, "fp32", "auto")
+    assert parse_run_config(cfg.to_dict()) == cfg  # the form worker processes receive
+
+
+def test_every_schedule_problem_is_listed_with_its_path():
+    bad = {**BASE, "train": {"optimiser": "sgd", "lr": "fast", "hflip": 1},
+           "finetune": {"optimizer": "rmsprop"},
+           "schedules": [{"datasets": ["pathmnist"], "train": {"milestones": [50, 75]}}, {"models": ["small_cnn"]}, 3]}
+    with pytest.raises(QsalError) as e:
+        parse_run_config(bad, "study.yaml")
+    msg = str(e.value)
+    for expected in ("train.optimiser: unknown key", "train.lr: 'fast' is not a float", "train.hflip: 1 is not a bool",
+                     "finetune: optimizer 'rmsprop' is not one of",
+                     "schedules[0].datasets[0]: 'pathmnist' is not in the study's datasets",
+                     "schedules[0].train.milestones: [50, 75]: every milestone is a fraction",
+                     "schedules[1]: sets nothing", "schedules[2]: must be a mapping"):
+        assert expected in msg, (expected, msg)
+    assert "8 problem(s)" in msg
+
+
+def test_every_train_config_field_but_seed_device_progress_can_be_scheduled():
+    assert set(SCHEDULE_FIELDS) == {f.name for f in fields(TrainConfig)} - {"seed", "device", "progress"}
+
+
+def test_fingerprint_of_a_config_without_schedules_is_unchanged_and_schedules_change_it():
+    cfg = parse_run_config(BASE)
+    old_style = {k: v for k, v in cfg.to_dict().items() if k not in ("data_dir", "train", "finetune", "schedules")}
+    assert cfg.fingerprint() == hashlib.sha256(json.dumps(old_style, sort_keys=True).encode()).hexdigest()[:16]
+    assert parse_run_config({**BASE, "train": {"hflip": True}}).fingerprint() != cfg.fingerprint()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_study_configs_load_and_plan(path):
+    cfg = load_run_config(path)
+    plan = plan_study(cfg, measure=False)
+    assert plan["n_cells"] == sum(r["n_cells"] for r in plan["rows"]) > 0
+    assert f"{plan['n_cells']} cells" in format_plan(plan, cfg.name)
+
+
+@pytest.mark.slow
+def test_a_schedule_override_reaches_training_and_is_recorded_in_the_checkpoint(shared_data, tmp_path):
+    """One tiny study end to end: the per-dataset override, not the study default, is what trained."""
+    cfg = parse_run_config({**BASE, "datasets": ["breastmnist"], "models": ["small_cnn"], "data_dir": str(shared_data),
+                            "epochs": {"fp32": 5, "finetune": 4}, "train": {"batch_size": 64},
+                            "schedules": [{"datasets": ["breastmnist"],
+                                           "train": {"epochs": 1, "shift_px": 2, "hflip": True, "weight_decay": 1e-4},
+                                           "finetune": {"epochs": 1, "lr": 2e-4, "precision": "fp32"}}]})
+    statuses = run_study(cfg, tmp_path, progress=False)
+    assert [s["status"] for s in statuses] == ["done", "done"], statuses
+    cell = tmp_path / "breastmnist/small_cnn/seed0"
+    fp32 = json.loads((cell / "fp32/best.json").read_text())
+    assert {k: fp32["train"][k] for k in ("epochs", "batch_size", "shift_px", "hflip", "weight_decay", "seed")} == \
+        {"epochs": 1, "batch_size": 64, "shift_px": 2, "hflip": True, "weight_decay": 1e-4, "seed": 0}
+    assert fp32["epoch"] == 1
+    pact = json.loads((cell / "pact-4/best.json").read_text())
+    assert {k: pact["train"][k] for k in ("epochs", "lr", "batch_size", "shift_px", "precision")} == \
+        {"epochs": 1, "lr": 2e-4, "batch_size": 64, "shift_px": 2, "precision": "fp32"}
+    assert pact["precision"]["training"] == "fp32"
+
+
+def test_dry_run_lists_cells_and_schedules_and_estimates_time_without_writing(tmp_path, capsys):
+    import yaml
+
+    from qsal.cli import main
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "models": ["small_cnn"], "train": {"epochs": 7, "hflip": True},
+                                    "schedules": [{"datasets": ["retinamnist"], "train": {"epochs": 3}}]}))
+    assert main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")]) in (0, None)
+    out = capsys.readouterr().out
+    assert "study sched: 4 cells" in out
+    assert "breastmnist/small_cnn: 1 seed(s) x 2 cells (fp32, pact-4), 546 official training images, ~" in out
+    assert "train: 7 epochs" in out and "train: 3 epochs" in out and "hflip True" in out
+    assert "estimated training time on this machine:" in out
+    assert not (tmp_path / "out").exists()
