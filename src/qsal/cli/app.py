@@ -7,10 +7,10 @@ Every sub-command parses its arguments, builds a config and calls one library fu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from qsal.cli.output import HelpFormatter, add_output_args, print_result, print_rows
 from qsal.errors import QsalError
 
 __all__ = ["main", "build_parser"]
@@ -29,30 +29,36 @@ def command(name: str, help: str):
 def _data_args(p: argparse.ArgumentParser, dataset_default: str | None = "breastmnist") -> None:
     p.add_argument("--dataset", default=dataset_default,
                    help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders (default: %(default)s)")
-    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist; BreastMNIST 28 px is embedded)")
-    p.add_argument("--size", type=int, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224)")
+    _data_dir_arg(p)
+    p.add_argument("--size", type=int, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224; "
+                   "default: the model's, else 28)")
     p.add_argument("--download", action="store_true", help="download missing files from the official source")
 
 
-def _print_table(rows: list[dict]) -> None:
-    if not rows:
-        return
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    for r in rows:
-        print("  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys))
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist; BreastMNIST 28 px is embedded)")
+
+
+def _progress(args) -> bool:
+    """Progress output unless --quiet or --no-progress (bars on a terminal, one line per epoch otherwise)."""
+    return not (args.quiet or getattr(args, "no_progress", False))
+
+
+def _note(args, text: str) -> None:
+    """An informative line (a path, a hint) on stderr, so stdout holds only the result; silent with --quiet."""
+    if not args.quiet:
+        print(text, file=sys.stderr)
 
 
 @command("datasets", "list the datasets qsal knows, where each was found and whether its checksum matches")
 def cmd_datasets(args):
     from qsal.data import dataset_status
 
-    _print_table(dataset_status(args.data_dir, verify=not args.no_verify))
+    print_rows(dataset_status(args.data_dir, verify=not args.no_verify), args.json)
 
 
 def _setup_datasets(p):
-    p.add_argument("--data-dir")
+    _data_dir_arg(p)
     p.add_argument("--no-verify", action="store_true", help="skip MD5 checks (faster on large files)")
 
 
@@ -63,36 +69,39 @@ def cmd_models(args):
     rows = []
     for name in list_models():
         m = create_model(name, args.num_classes, args.in_channels, args.image_size)
-        rows.append({"model": name, "params": f"{count_parameters(m):,}",
-                     "MACs": f"{count_macs(m, args.in_channels, args.image_size):,}"})
-    _print_table(rows)
+        rows.append({"model": name, "params": count_parameters(m), "MACs": count_macs(m, args.in_channels, args.image_size)})
+    print_rows(rows, args.json)
 
 
 def _setup_models(p):
-    p.add_argument("--num-classes", type=int, default=2)
-    p.add_argument("--in-channels", type=int, default=1)
-    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--num-classes", type=int, default=2, help="outputs of the model the counts are for")
+    p.add_argument("--in-channels", type=int, default=1, help="input channels (1 grayscale, 3 RGB)")
+    p.add_argument("--image-size", type=int, default=28, help="input side in px (MACs depend on it)")
 
 
 def _train_config_args(p):
     from qsal.train import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"])
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs (MedMNIST v2 uses 100)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimizer step")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (x0.1 at 50%% and 75%% of the epochs)")
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer (sgd: momentum 0.9, Nesterov)")
     p.add_argument("--shift-px", type=int, default=d.shift_px, help="random-translation augmentation (px)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="auto (CUDA where there is one), cpu or cuda")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, data order and augmentation")
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: CUDA where there is one")
+    _no_progress_arg(p)
+
+
+def _no_progress_arg(p):
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines (results still print)")
 
 
 def _train_config(args):
     from qsal.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       shift_px=args.shift_px, seed=args.seed, device=args.device, progress=not args.no_progress)
+                       shift_px=args.shift_px, seed=args.seed, device=args.device, progress=_progress(args))
 
 
 @command("train", "train a model (FP32, or saliency-guided with --saliency-guided) and save the best checkpoint")
@@ -103,49 +112,66 @@ def cmd_train(args):
                          data_dir=args.data_dir, size=args.size, download=args.download,
                          saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
                          pact_bits=args.pact_bits)
-    print(json.dumps(result, indent=2))
+    print_result(result, args.json)
 
 
 def _setup_train(p):
     _data_args(p)
-    p.add_argument("--model", default="small_cnn", help="model name (see `qsal models`; default: %(default)s)")
-    p.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
+    p.add_argument("--model", default="small_cnn", help="model name (see `qsal models`)")
+    p.add_argument("--out", default="runs/train", help="output folder (best.safetensors, metrics.json)")
     _train_config_args(p)
     p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")
-    p.add_argument("--sgt-k", type=float, default=0.5, help="fraction of features masked per step")
-    p.add_argument("--sgt-lambda", type=float, default=1.0, help="weight of the KL term")
+    _sgt_args(p)
     p.add_argument("--pact-bits", type=int, default=None, help="train PACT-quantized at this many bits (2-8)")
 
 
-@command("evaluate", "evaluate a checkpoint on a split: AUC/ACC with 95%% CIs, sensitivity, specificity")
+def _sgt_args(p):
+    p.add_argument("--sgt-k", type=float, default=0.5, help="saliency-guided: fraction of features masked per step")
+    p.add_argument("--sgt-lambda", type=float, default=1.0, help="saliency-guided: weight of the KL term")
+
+
+@command("evaluate", "evaluate a checkpoint on a split: AUC/ACC with 95% CIs, sensitivity, specificity")
 def cmd_evaluate(args):
     from qsal.pipeline import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
                                   size=args.size, out=args.out)
-    print(json.dumps(metrics, indent=2))
+    print_result(metrics, args.json)
 
 
 def _setup_evaluate(p):
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by qsal")
     _data_args(p, dataset_default=None)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to score")
+    p.add_argument("--out", help="also write the metrics to this JSON file (default: print only)")
 
 
 @command("demo", "the main job on the embedded BreastMNIST: train, evaluate (and more, see --help)")
 def cmd_demo(args):
     from qsal.study.demo import run_demo
 
-    run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed)
+    results = run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed,
+                       progress=_progress(args), verbose=not args.quiet)
+    _print_report_result(args, results["rows"], results["report"])
+
+
+def _print_report_result(args, rows: list[dict], report: dict) -> None:
+    """The models' results (a table, or JSON rows) after a clean break from any progress output."""
+    if args.json:
+        print_rows([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows], True)
+    else:
+        sys.stderr.flush()
+        print("\n" + report["table"] if not args.quiet else report["table"])
+    _note(args, f"\nreport: {report['html']}  (markdown: {report['markdown']})")
 
 
 def _setup_demo(p):
-    p.add_argument("--dataset", default="breastmnist")
-    p.add_argument("--data-dir")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a shorter schedule (under a minute)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="breastmnist", help="dataset to run the story on (see `qsal datasets`)")
+    _data_dir_arg(p)
+    p.add_argument("--out", default="runs/demo", help="output folder (one sub-folder per model, report.html)")
+    p.add_argument("--quick", action="store_true", help="a shorter schedule (about a minute)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    _no_progress_arg(p)
 
 
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
@@ -153,35 +179,48 @@ def cmd_run(args):
     from qsal.study.runner import report_run, run_study
 
     statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
-                         ray_address=args.ray_address, force=args.force, progress=not args.no_progress)
-    for s in statuses:
-        print(f"{s['status']:<28.28} {s['id']}")
+                         ray_address=args.ray_address, force=args.force, progress=_progress(args))
+    if not args.quiet and not args.json:
+        sys.stderr.flush()
+        print()
+        print_rows([{"status": s["status"], "cell": s["id"]} for s in statuses])
     rep = report_run(args.out)
-    print(rep["table"])
-    print(f"\nreport: {rep['html']}")
+    _print_report_result(args, rep["rows"], rep)
 
 
 def _setup_run(p):
     p.add_argument("config", help="study YAML (see configs/)")
-    p.add_argument("--out", default="runs/study", help="run directory (default: %(default)s)")
+    p.add_argument("--out", default="runs/study", help="run directory (one folder per cell, report.html)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (cell groups run in parallel)")
-    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where cell groups run")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--force", action="store_true", help="reuse a run directory made by a different config")
-    p.add_argument("--no-progress", action="store_true")
+    _no_progress_arg(p)
 
 
-@command("report", "markdown + self-contained HTML report of a run directory (tables, plots, saliency grids)")
+@command("report", "markdown + self-contained HTML report of a `qsal run` folder, or of checkpoints and ONNX files you "
+                   "name (each scored on its dataset's test split)")
 def cmd_report(args):
+    from qsal.study.files import report_files
     from qsal.study.runner import report_run
 
-    rep = report_run(args.run_dir)
-    print(rep["table"])
-    print(f"\nreport: {rep['html']}")
+    paths = [Path(p) for p in args.inputs]
+    if len(paths) == 1 and (paths[0] / "run_config.json").is_file():
+        rep = report_run(paths[0])
+    else:
+        rep = report_files(paths, args.out, data_dir=args.data_dir, latency=not args.no_latency,
+                           n_explain=args.n_explain, progress=not args.quiet)
+    _print_report_result(args, rep["rows"], rep)
 
 
 def _setup_report(p):
-    p.add_argument("run_dir", help="the --out folder of `qsal run`")
+    p.add_argument("inputs", nargs="+", metavar="PATH",
+                   help="a `qsal run` folder, or checkpoints (.safetensors) / ONNX files (.onnx) / folders holding "
+                        "best.safetensors or model.onnx; the first is the reference the others' maps are compared to")
+    p.add_argument("--out", default="runs/report", help="output folder for files (a run folder gets its report inside)")
+    _data_dir_arg(p)
+    p.add_argument("--n-explain", type=int, default=8, help="test images explained per model")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement (faster)")
 
 
 _SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_datasets, "models": _setup_models, "train": _setup_train,
@@ -189,15 +228,19 @@ _SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qsal import __version__
     from qsal.cli import deploy as cli_quant
 
     cli_quant.register(command, _SETUP)
     parser = argparse.ArgumentParser(prog="qsal", description="Quantized, saliency-guided image classifiers "
-                                     "for edge hardware. Start with `qsal demo`.")
+                                     "for edge hardware. Start with `qsal demo`.", formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"qsal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, help_text) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # help= is %-formatted by argparse (the command list), description= is printed as written
+        p = sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text, formatter_class=HelpFormatter)
         _SETUP[name](p)
+        add_output_args(p)
         p.set_defaults(func=fn)
     return parser
 

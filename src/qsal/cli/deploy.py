@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from qsal.cli.output import print_result
 
 
 def _quant_config(args):
@@ -29,28 +29,28 @@ def cmd_quantize(args):
 
         step = SaliencyGuidedStep(read_meta(args.checkpoint)["dataset"]["task"], k=args.sgt_k, lam=args.sgt_lambda)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
-                                 data_dir=args.data_dir, seed=args.seed, progress=not args.no_progress, step=step)
-    print(json.dumps(result, indent=2))
+                                 data_dir=args.data_dir, seed=args.seed, progress=not (args.no_progress or args.quiet), step=step)
+    print_result(result, args.json)
 
 
 def _setup_quantize(p):
     p.add_argument("checkpoint", help="FP32 checkpoint (.safetensors) from qsal train")
-    p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"])
+    p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"], help="quantization method")
     p.add_argument("--bits", type=int, default=8, help="bit-width (PTQ/QAT/PACT: 2-8; weight-only: 4 or 8)")
     p.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="PTQ calibration observer")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
     p.add_argument("--num-calibration", type=int, default=512, help="training images used for calibration")
-    p.add_argument("--skip", nargs="*", help="layer names to keep FP32")
+    p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (default: none)")
     p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (QAT/PACT)")
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
-    p.add_argument("--sgt-k", type=float, default=0.5)
-    p.add_argument("--sgt-lambda", type=float, default=1.0)
-    p.add_argument("--data-dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/quantized")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--sgt-k", type=float, default=0.5, help="saliency-guided: fraction of features masked per step")
+    p.add_argument("--sgt-lambda", type=float, default=1.0, help="saliency-guided: weight of the KL term")
+    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
+    p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and fine-tuning")
+    p.add_argument("--out", default="runs/quantized", help="output folder (best.safetensors, metrics.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines (results still print)")
 
 
 def cmd_export(args):
@@ -59,34 +59,38 @@ def cmd_export(args):
 
     if args.format != "onnx":
         raise QsalError(f"format {args.format!r} is not supported; use --format onnx")
-    print(json.dumps(export_checkpoint(args.checkpoint, args.out), indent=2))
+    print_result(export_checkpoint(args.checkpoint, args.out), args.json)
 
 
 def _setup_export(p):
     p.add_argument("checkpoint", help="a checkpoint (.safetensors), float or quantized")
-    p.add_argument("--format", default="onnx")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="artifact format")
     p.add_argument("--out", default="model.onnx", help="output file (default: %(default)s)")
 
 
 def cmd_bench(args):
     from qsal.export.bench import bench_onnx
 
+    from qsal.cli.output import print_rows
+
     result = bench_onnx(args.model, threads=tuple(args.threads), seconds=args.seconds)
-    print(f"{args.model}: {result['size_bytes']:,} bytes")
-    for r in result["runs"]:
-        print(f"  threads={r['threads']:<2} batch={r['batch']:<3} p50={r['latency_ms_p50']:.3f} ms "
-              f"p95={r['latency_ms_p95']:.3f} ms  {r['throughput_img_s']:,.0f} img/s")
-    if args.json:
+    if args.out:
         from qsal._atomic import write_json_atomic
 
-        write_json_atomic(args.json, result)
+        write_json_atomic(args.out, result)
+    if args.json:
+        print_result(result, True)
+        return
+    print(f"{args.model}: {result['size_bytes'] / 1024:,.1f} KiB")
+    print_rows([{"threads": r["threads"], "batch": r["batch"], "p50 ms": round(r["latency_ms_p50"], 3),
+                 "p95 ms": round(r["latency_ms_p95"], 3), "img/s": round(r["throughput_img_s"])} for r in result["runs"]])
 
 
 def _setup_bench(p):
     p.add_argument("model", help="an ONNX file from qsal export")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="thread counts (0 = all cores)")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per configuration")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--out", help="also write the results to this JSON file (default: print only)")
 
 
 def register(command, setup: dict) -> None:

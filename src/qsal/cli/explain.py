@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -57,21 +56,23 @@ def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, 
 
 
 def cmd_explain(args):
-    print(json.dumps(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
-                                  out=args.out, dataset=args.dataset, seed=args.seed), indent=2))
+    from qsal.cli.output import print_result
+
+    print_result(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
+                                  out=args.out, dataset=args.dataset, seed=args.seed), args.json)
 
 
 def _setup_explain(p):
     from qsal.saliency.methods import METHODS
 
     p.add_argument("model", help="a checkpoint (.safetensors) or an exported .onnx (occlusion only)")
-    p.add_argument("--method", default="integrated_gradients", choices=METHODS)
-    p.add_argument("--n", type=int, default=8, help="number of images")
-    p.add_argument("--split", default="test")
-    p.add_argument("--dataset", help="override the dataset recorded in the model")
-    p.add_argument("--data-dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="saliency.png")
+    p.add_argument("--method", default="integrated_gradients", choices=METHODS, help="attribution method")
+    p.add_argument("--n", type=int, default=8, help="number of images (one row each)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split the images come from")
+    p.add_argument("--dataset", help="override the dataset recorded in the model (default: the model's own)")
+    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image sample")
+    p.add_argument("--out", default="saliency.png", help="output PNG")
 
 
 def register(command, setup: dict) -> None:

@@ -187,7 +187,13 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
 
 def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: int = 1, backend: str = "local",
               ray_address: str | None = None, force: bool = False, progress: bool = True) -> list[dict]:
-    """Run (or resume) every cell of a study into ``run_dir``; returns the per-cell statuses."""
+    """Run (or resume) every cell of a study into ``run_dir``; returns the per-cell statuses.
+
+    ``progress``: one study bar on a terminal (cells log into their own ``log.txt``, so bars never
+    nest), one plain line per finished cell otherwise.
+    """
+    import sys
+
     from tqdm import tqdm
 
     cfg = config if isinstance(config, RunConfig) else load_run_config(config)
@@ -204,7 +210,16 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     payload = [([asdict(c) for c in g], str(run_dir), cfg.to_dict(), threads) for g in groups]
     statuses: list[dict] = []
-    bar = tqdm(total=n_cells, desc=f"study {cfg.name}", disable=not progress)
+    on_terminal = progress and sys.stderr.isatty()
+    bar = tqdm(total=n_cells, desc=f"study {cfg.name}", disable=not on_terminal, unit="cell")
+
+    def finished(res: list[dict]) -> None:
+        statuses.extend(res)
+        bar.update(len(res))
+        if progress and not on_terminal:
+            for s in res:
+                print(f"[{len(statuses)}/{n_cells}] {s['status']}: {s['id']}", file=sys.stderr, flush=True)
+
     if backend == "ray":
         try:
             import ray
@@ -217,23 +232,17 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
         pending = [remote.remote(*p, False) for p in payload]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            res = ray.get(ready[0])
-            statuses += res
-            bar.update(len(res))
+            finished(ray.get(ready[0]))
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(run_group, *p, False) for p in payload]
             for f in as_completed(futures):
-                res = f.result()
-                statuses += res
-                bar.update(len(res))
+                finished(f.result())
     else:
         for p in payload:
-            res = run_group(*p, progress)
-            statuses += res
-            bar.update(len(res))
+            finished(run_group(*p, False))
     bar.close()
     write_json_atomic(run_dir / "statuses.json", statuses)
     return statuses
