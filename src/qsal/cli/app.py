@@ -158,7 +158,7 @@ def cmd_demo(args):
 def _print_report_result(args, rows: list[dict], report: dict) -> None:
     """The models' results (a table, or JSON rows) after a clean break from any progress output."""
     if args.json:
-        print_rows([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows], True)
+        print_rows([{k: v for k, v in r.items() if k != "most_changed" and not isinstance(v, dict)} for r in rows], True)
     else:
         sys.stderr.flush()
         print("\n" + report["table"] if not args.quiet else report["table"])

@@ -73,8 +73,12 @@ def save_saliency_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: st
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    if heat_im is not None:
-        fig.colorbar(heat_im, ax=axes, shrink=min(1.0, 3.0 / max(n, 1)), aspect=25, pad=0.01,
+    if heat_im is not None:  # the colour scale itself (an overlay's alpha would wash the bar out)
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        scale = ScalarMappable(Normalize(0, 1), cmap="inferno" if overlay_only else "jet")
+        fig.colorbar(scale, ax=axes, shrink=min(1.0, 3.0 / max(n, 1)), aspect=25, pad=0.01,
                      label="|attribution| / its maximum")
     if title:
         fig.suptitle(title, fontsize=10)

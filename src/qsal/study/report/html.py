@@ -26,16 +26,15 @@ _CSS = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0
         "padding-bottom:.2em;margin-top:1.6em}.meta{color:#555}.scroll{overflow-x:auto;max-width:100%}"
         "table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;"
         "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-        "figure{display:inline-block;vertical-align:top;margin:0 1em 1.2em 0;max-width:100%}"
-        "figure.wide{display:block}img{max-width:100%;height:auto}figcaption{font-size:13px;color:#444;"
+        "figure{margin:0 0 1.2em 0;max-width:100%}.grid{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));"
+        "gap:0 1.5em}img{max-width:100%;height:auto}figcaption{font-size:13px;color:#444;"
         "max-width:60em}code{background:#f5f5f5}dl dt{font-weight:600;margin-top:.5em}dl dd{margin-left:1.5em}"
         ".note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}")
 
 
 def _img(path: Path, alt: str, wide: bool = False) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    cls = " class='wide'" if wide else ""
-    return (f"<figure{cls}><img alt=\"{html.escape(alt)}\" src=\"data:image/png;base64,{data}\">"
+    return (f"<figure><img alt=\"{html.escape(alt)}\" src=\"data:image/png;base64,{data}\">"
             f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 
 
@@ -80,19 +79,23 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
                        if len(front) == 1 else f"Front (beyond the 95% CI): {', '.join(front)}.")
                 tradeoffs.append((png, f"Test {metric} against {'ONNX file size' if name == 'size' else 'latency'}, "
                                        f"with 95% bootstrap CIs. {tie}"))
+    forest = None
     if rows and any(r.get("auc_ci") for r in rows):
-        tradeoffs.append((ci_plot(rows, out / "metrics_ci.png"),
-                          "Test AUC and ACC of every model with 95% bootstrap confidence intervals"))
+        forest = (ci_plot(rows, out / "metrics_ci.png"),
+                  "Test AUC and ACC of every model with 95% bootstrap confidence intervals")
     diagnostics = []
     predictions = results.get("predictions") or {}
     class_names = results.get("class_names")
+    positive_default = results.get("positive_label")
+    if positive_default is None and class_names and results.get("positive_class") in class_names:
+        positive_default = class_names.index(results["positive_class"])
     for r in rows:
         pred = predictions.get(r["model"])
         if pred is None or not class_names:
             continue
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in r["model"])
         png = diagnostics_plot(r["model"], np.asarray(pred["y_true"]), np.asarray(pred["probs"]), class_names,
-                               out / f"diagnostics_{safe}.png", positive=r.get("positive_label"), ece=r.get("ece"))
+                               out / f"diagnostics_{safe}.png", positive=r.get("positive_label", positive_default), ece=r.get("ece"))
         diagnostics.append((png, f"{r['model']}: confusion matrix, ROC curve and reliability diagram on the test set "
                                  f"({pred.get('scored', 'ONNX artifact')})"))
     if rows and len(diagnostics) < len(rows):
@@ -115,7 +118,7 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
 
     title = f"qsal report: {results.get('dataset', '')}"
     md = [f"# {title}", "", *[f"- **{k}**: {v}" for k, v in header], "", "## Results", "", table, ""]
-    md += ["## Trade-offs", ""] + [f"![{alt}]({p.name})" for p, alt in tradeoffs]
+    md += ["## Trade-offs", ""] + [f"![{alt}]({p.name})" for p, alt in ([forest] if forest else []) + tradeoffs]
     if diagnostics:
         md += ["", "## Per-model diagnostics", ""] + [f"![{alt}]({p.name})" for p, alt in diagnostics]
     md += [f"> {n}" for n in notes]
@@ -130,9 +133,9 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
 
     body = [f"<h1>{html.escape(title)}</h1>", "<p class='meta'>" + " · ".join(
         f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in header) + "</p>",
-            "<h2>Results</h2>", md_to_html_table(table)]
+            "<h2>Results</h2>", md_to_html_table(table)] + ([_img(*forest)] if forest else [])
     if tradeoffs:
-        body += ["<h2>Trade-offs</h2>"] + [_img(p, alt) for p, alt in tradeoffs]
+        body += ["<h2>Trade-offs</h2><div class='grid'>"] + [_img(p, alt) for p, alt in tradeoffs] + ["</div>"]
     if diagnostics:
         body += ["<h2>Per-model diagnostics</h2>"] + [_img(p, alt, wide=True) for p, alt in diagnostics]
     body += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]

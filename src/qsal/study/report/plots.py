@@ -88,7 +88,7 @@ def tradeoff_plot(rows: list[dict], x_key: str, path: Path, y_key: str = "test_a
     ax.set_xlim(0, max(x) * 1.25)
     ax.set_ylim(max(0.0, min(lo) - 0.05), min(1.0, max(hi) + 0.05))
     ax.xaxis.set_major_locator(MaxNLocator(6))
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure_atomic(fig, path), [rows[i]["model"] for i in front]
@@ -97,17 +97,18 @@ def tradeoff_plot(rows: list[dict], x_key: str, path: Path, y_key: str = "test_a
 def ci_plot(rows: list[dict], path: Path) -> Path:
     """Forest plot: AUC and ACC of every model with 95 % bootstrap CIs, one row per model."""
     keys = [k for k in ("test_auc", "test_acc") if all(k in r for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 1.2, 0.45 * len(rows) + 1.3), dpi=_DPI,
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys) + 1.4, 0.42 * len(rows) + 1.2), dpi=_DPI,
                              sharey=True, squeeze=False)
     pos = np.arange(len(rows))[::-1]
     for ax, key in zip(axes[0], keys):
         v = np.array([r[key] for r in rows])
         lo, hi = map(np.array, zip(*(_ci(r, key) for r in rows)))
         ax.errorbar(v, pos, xerr=[v - lo, hi - v], fmt="o", capsize=4, c="tab:blue")
-        ax.set_title(("test AUC" if key == "test_auc" else "test ACC") + " (95% CI)", fontsize=9)
+        ax.set_title(("test AUC" if key == "test_auc" else "test ACC") + " (95% CI)", fontsize=10)
+        ax.tick_params(labelsize=9)
         ax.set_xlim(max(0.0, lo.min() - 0.05), min(1.0, hi.max() + 0.05))
         ax.grid(alpha=0.3, axis="x")
-    axes[0, 0].set_yticks(pos, [r["model"] for r in rows], fontsize=8)
+    axes[0, 0].set_yticks(pos, [r["model"] for r in rows], fontsize=10)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
 

@@ -49,7 +49,7 @@ def saliency_figures(sal: dict, most_changed: dict[str, list[dict]], out_dir: Pa
         out = {}
         for model, p in (sal.get("probs") or {}).items():
             p = np.asarray(p)
-            out[model] = [f"{_short(names[int(p[i].argmax())], 12)} {p[i].max():.2f}"
+            out[model] = [f"{_short(names[int(p[i].argmax())])} {p[i].max():.2f}"
                           + (" ✗" if y_true is not None and y_true.ndim == 1 and p[i].argmax() != y_true[i] else "")
                           for i in rows]
         return out
