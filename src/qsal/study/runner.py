@@ -103,7 +103,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     ckpt = cell / "best.safetensors"
     metrics = json.loads((cell / "metrics.json").read_text())["test"]
     result = {"id": spec.id, **asdict(spec), "label": spec.label, "test_auc": metrics["auc"], "test_acc": metrics["acc"],
-              "auc_ci": metrics["ci"].get("auc"), "sensitivity": metrics.get("sensitivity"),
+              "auc_ci": metrics["ci"].get("auc"), "acc_ci": metrics["ci"].get("acc"), "sensitivity": metrics.get("sensitivity"),
               "specificity": metrics.get("specificity"), "train_s": seconds}
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False)
     art = evaluate_onnx(cell / "model.onnx", test)
@@ -274,7 +274,7 @@ def collect_results(run_dir: str | Path) -> dict:
                 row[k] = float(np.mean(vals))
                 if len(rs) > 1 and k in ("test_auc", "test_acc"):
                     row[k + "_std"] = float(np.std(vals))
-        row["auc_ci"] = rs[0].get("auc_ci")
+        row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["most_changed"] = rs[0].get("most_changed", [])
         rows.append(row)
     fp32 = {r["model"]: r for r in rows}
@@ -303,4 +303,5 @@ def report_run(run_dir: str | Path) -> dict:
     collected = collect_results(run_dir)
     cfg = json.loads((Path(run_dir) / "run_config.json").read_text())["config"]
     return write_report(run_dir, {"dataset": cfg["name"], "rows": collected["rows"], "saliency_grids": collected["grids"],
-                                  "failed": collected["failed"], "environment": environment()})
+                                  "failed": collected["failed"], "environment": environment(),
+                                  "source": f"qsal run ({collected['n_cells']} cells)"})

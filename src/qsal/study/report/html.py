@@ -43,10 +43,12 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     versions = env.get("versions") or {}
     first = rows[0] if rows else {}
     positive = results.get("positive_class") or first.get("positive_class")
+    names = results.get("class_names") or []
+    if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
+        positive = f"{names[1]} (label 1, the evaluator's default; not chosen for this report)"
     items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
              ("classes", ", ".join(results["class_names"]) if results.get("class_names") else None),
-             ("positive class", positive or ("— (multi-class)" if results.get("class_names") and
-                                             len(results["class_names"]) > 2 else "not recorded: label 1 / the last class")),
+             ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
              ("architecture", results.get("architecture")), ("source", results.get("source")),
              ("date (UTC)", (env.get("utc") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))[:16]
               .replace("T", " ")),

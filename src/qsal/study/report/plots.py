@@ -109,6 +109,7 @@ def ci_plot(rows: list[dict], path: Path) -> Path:
         ax.set_xlim(max(0.0, lo.min() - 0.05), min(1.0, hi.max() + 0.05))
         ax.grid(alpha=0.3, axis="x")
     axes[0, 0].set_yticks(pos, [r["model"] for r in rows], fontsize=10)
+    axes[0, 0].set_ylim(-0.6, len(rows) - 0.4)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
 
