@@ -161,7 +161,7 @@ def _print_report_result(args, rows: list[dict], report: dict) -> None:
         print_rows([{k: v for k, v in r.items() if k != "most_changed" and not isinstance(v, dict)} for r in rows], True)
     else:
         sys.stderr.flush()
-        print("\n" + report["table"] if not args.quiet else report["table"])
+        print("\n" + report["text_table"] if not args.quiet else report["text_table"])
     _note(args, f"\nreport: {report['html']}  (markdown: {report['markdown']})")
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from qsal._atomic import write_text_atomic
 from qsal.study.report.plots import ci_plot, diagnostics_plot, tradeoff_plot
 from qsal.study.report.saliency import saliency_figures
-from qsal.study.report.tables import environment_table, glossary_markdown, md_to_html_table, results_table, GLOSSARY
+from qsal.study.report.tables import (GLOSSARY, environment_table, glossary_markdown, md_to_html_table, results_table,
+                                     results_text_table)
 
 __all__ = ["write_report"]
 
@@ -25,7 +26,7 @@ _CSS = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0
         "max-width:1180px;color:#222;line-height:1.45}h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;"
         "padding-bottom:.2em;margin-top:1.6em}.meta{color:#555}.scroll{overflow-x:auto;max-width:100%}"
         "table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+        "text-align:right}td{white-space:nowrap}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
         "figure{margin:0 0 1.2em 0;max-width:100%}.grid{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));"
         "gap:0 1.5em}img{max-width:100%;height:auto}figcaption{font-size:13px;color:#444;"
         "max-width:60em}code{background:#f5f5f5}dl dt{font-weight:600;margin-top:.5em}dl dd{margin-left:1.5em}"
@@ -161,4 +162,5 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
             f"content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title><style>{_CSS}</style>"
             f"</head><body>{''.join(body)}{check}</body></html>")
     html_path = write_text_atomic(out / "report.html", page)
-    return {"table": table, "markdown": str(md_path), "html": str(html_path), "rows": rows}
+    return {"table": table, "text_table": results_text_table(rows), "markdown": str(md_path), "html": str(html_path),
+            "rows": rows}

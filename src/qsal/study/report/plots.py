@@ -77,8 +77,12 @@ def tradeoff_plot(rows: list[dict], x_key: str, path: Path, y_key: str = "test_a
     fig, ax = plt.subplots(figsize=(5.4, 3.9), dpi=_DPI)
     ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)], fmt="o", c="tab:blue", ecolor="tab:blue",
                 capsize=4, label=f"{'ACC' if y_key == 'test_acc' else 'AUC'} with 95% CI")
-    for r, xi, yi in zip(rows, x, y):
-        ax.annotate(r["model"], (xi, yi), fontsize=8, xytext=(5, 4), textcoords="offset points")
+    for i, (r, xi, yi) in enumerate(zip(rows, x, y)):
+        # models at (nearly) the same size stack their labels instead of printing over each other
+        near = sorted((j for j in range(len(x)) if abs(x[j] - xi) <= 0.04 * max(x)), key=lambda j: (-y[j], j))
+        k, m = near.index(i), len(near)
+        ax.annotate(r["model"], (xi, yi), fontsize=8, xytext=(7, 11 * ((m - 1) / 2 - k)), textcoords="offset points",
+                    va="center", arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if m > 1 else None)
     if len(front) >= 2:
         ax.plot([x[i] for i in front], [y[i] for i in front], "--", c="tab:red", label="Pareto front (beyond 95% CI)")
     ax.scatter([x[i] for i in front], [y[i] for i in front], s=160, facecolors="none", edgecolors="tab:red",

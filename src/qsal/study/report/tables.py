@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-__all__ = ["COLUMNS", "GLOSSARY", "results_table", "environment_table", "glossary_markdown", "md_to_html_table",
+__all__ = ["COLUMNS", "GLOSSARY", "results_table", "results_text_table", "environment_table", "glossary_markdown", "md_to_html_table",
            "format_cell"]
 
 COLUMNS = [("model", "model"), ("seeds", "seeds"), ("scored", "scored as"), ("test_auc", "AUC"),
@@ -74,6 +74,15 @@ def results_table(rows: list[dict], columns=COLUMNS) -> str:
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(format_cell(k, r.get(k)) for k, _ in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def results_text_table(rows: list[dict], columns=COLUMNS) -> str:
+    """The results as aligned plain text for a terminal (names left, numbers right)."""
+    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)]
+    cells = [[h for _, h in cols]] + [[format_cell(k, r.get(k)) for k, _ in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in cells)
 
 
 def environment_table(env: dict) -> str:
