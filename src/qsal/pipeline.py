@@ -159,7 +159,7 @@ def evaluate_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: 
     return compute_metrics(split.labels, logits, split.info.task, n_bootstrap=n_bootstrap)
 
 
-def export_checkpoint(checkpoint: str, out: str | os.PathLike, card: bool = True) -> dict:
+def export_checkpoint(checkpoint: str, out: str | os.PathLike, card: bool = True, data_dir=None) -> dict:
     """Export a checkpoint (float or quantized) to ONNX with its preprocessing in the metadata, and (``card``)
     a model card beside it with the checkpoint's test metrics and the artifact's measured latency."""
     from qsal.checkpoint import load_checkpoint
@@ -173,23 +173,55 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike, card: bool = True
                        meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint)})
     result = {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
     if card:
-        result["card"] = write_card(checkpoint, path)
+        result["card"] = write_card(checkpoint, path, data_dir=data_dir)
     return result
 
 
 def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, bench: dict | None = None,
-               explanations: dict | None = None) -> str:
-    """Model card beside ``onnx_path`` from the checkpoint's records; latency is measured unless ``bench`` is given."""
+               explanations: dict | None = None, data_dir=None) -> str:
+    """Model card beside ``onnx_path`` from the checkpoint's records; latency is measured unless ``bench`` is
+    given. The ONNX file itself is scored on the test split (when the data can be loaded), and a quantized
+    model is compared with its FP32 parent's ``metrics.json``."""
     import json
+
+    import numpy as np
 
     from qsal.checkpoint import read_meta
     from qsal.export.bench import bench_onnx
     from qsal.export.model_card import write_model_card
+    from qsal.models import count_parameters, create_model
 
+    def test_metrics(path: Path) -> dict | None:
+        return json.loads(path.read_text()).get("test") if path.is_file() else None
+
+    meta = read_meta(checkpoint)
+    data = meta.get("dataset") or {}
     metrics_file = Path(checkpoint).with_name("metrics.json")
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    parent = meta.get("parent_checkpoint")
+    parent_metrics = test_metrics(Path(parent).with_name("metrics.json")) if parent else None
+    parent_scored = "its PyTorch model"
+    artifact_metrics, data_stats = None, None
+    try:  # the card can still be written without the data; it then says the artifact was not scored
+        splits = load_splits(data["name"], data_dir, size=data.get("image_size"), seed=meta.get("seed") or 0)
+        artifact_metrics = evaluate_onnx(onnx_path, splits[2], n_bootstrap=1000).to_dict()
+        parent_onnx = Path(parent).with_name("model.onnx") if parent else None
+        if parent_onnx is not None and parent_onnx.is_file():  # compare artifact with artifact where both exist
+            parent_metrics, parent_scored = evaluate_onnx(parent_onnx, splits[2]).to_dict(), "its ONNX file"
+        k = len(data.get("labels") or [])
+        data_stats = {"counts": {s.split: len(s) for s in splits},
+                      "class_counts": {s.split: np.bincount(s.labels, minlength=k).tolist() for s in splits
+                                       if s.labels.ndim == 1}}
+    except (QsalError, KeyError, OSError):
+        pass
+    arch = meta.get("arch") or {}
+    n_parameters = count_parameters(create_model(arch["name"], arch["num_classes"], arch["in_channels"],
+                                                 arch.get("image_size", 28))) if arch.get("name") else None
     if bench is None:
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1,), seconds=0.5)
-    bench = {**bench, "cpu": environment()["cpu"]}
-    write_model_card(onnx_path, read_meta(checkpoint), metrics, bench, explanations)
+    env = environment()
+    bench = {**bench, "cpu": env["cpu"]}
+    write_model_card(onnx_path, meta, metrics, bench, explanations, artifact_metrics=artifact_metrics,
+                     parent_metrics=parent_metrics, parent_scored=parent_scored, data_stats=data_stats, n_parameters=n_parameters,
+                     versions=env["versions"])
     return str(Path(onnx_path).with_suffix(".card.md"))

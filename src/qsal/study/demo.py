@@ -103,7 +103,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         r["size_ratio"] = r["size_bytes"] / rows[0]["size_bytes"]
         r["card"] = write_card(r["checkpoint"], r["onnx"], r.pop("bench"), explanations={
             "faithfulness_gap": r["faithfulness_gap"], "gini": r["gini"], "map_spearman_vs_fp32": r["agreement_spearman"],
-            "map_top10_iou_vs_fp32": r["agreement_iou"]})
+            "map_top10_iou_vs_fp32": r["agreement_iou"]}, data_dir=data_dir)
     info = test.info
     saliency = {"images": to_display(x_sal.numpy(), info.mean, info.std), "maps": maps, "y_true": y_sal.numpy(),
                 "probs": sal_probs, "class_names": list(info.labels), "method": "integrated gradients",

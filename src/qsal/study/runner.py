@@ -133,7 +133,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
         result.update(faithfulness_gap=faith["gap"], gini=float(np.mean(gini(maps))))
     if cfg.measure.latency:
         write_card(str(ckpt), cell / "model.onnx", bench, explanations={
-            k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None)
+            k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None, data_dir=cfg.data_dir)
     result["environment"] = environment()
     _log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
     write_json_atomic(cell / "result.json", result)
