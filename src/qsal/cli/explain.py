@@ -48,8 +48,11 @@ def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, 
         maps = explain(model, xt, method, target=torch.from_numpy(target)).numpy()
         x = xt.numpy()
     info = split_data.info
-    captions = [f"y={info.labels[int(t)][:12]}\npred={info.labels[int(p)][:12]}"
-                for t, p in zip(np.atleast_1d(split_data.labels), target)] if split_data.labels.ndim == 1 else None
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    captions = [f"true: {info.labels[int(t)][:16]}\npred: {info.labels[int(p)][:16]} {probs[i, p]:.2f}"
+                for i, (t, p) in enumerate(zip(np.atleast_1d(split_data.labels), target))] \
+        if split_data.labels.ndim == 1 else None
     png = save_saliency_grid(to_display(x, info.mean, info.std), {f"{path.parent.name}/{path.stem}": maps}, out, captions,
                              title=f"{info.name} {split}: {method}")
     return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist()}

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from qsal._atomic import save_figure_atomic  # noqa: E402
 
-__all__ = ["save_saliency_grid", "to_display"]
+__all__ = ["save_saliency_grid", "saliency_grid_figure", "to_display"]
 
 
 def to_display(x: np.ndarray, mean, std) -> np.ndarray:
@@ -24,10 +24,15 @@ def to_display(x: np.ndarray, mean, std) -> np.ndarray:
 
 
 def save_saliency_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: str | os.PathLike,
-                       captions: list[str] | None = None, title: str = "", *,
-                       cell_captions: dict[str, list[str]] | None = None, overlay_only: bool = False,
-                       cell_inches: float = 1.6) -> Path:
-    """Write a PNG grid: column 0 the image, then per model its |map| (heat) and an overlay.
+                       captions: list[str] | None = None, title: str = "", **layout) -> Path:
+    """Write ``saliency_grid_figure(images, maps, captions, title, **layout)`` as a PNG at ``path``."""
+    return save_figure_atomic(saliency_grid_figure(images, maps, captions, title, **layout), path)
+
+
+def saliency_grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: list[str] | None = None,
+                         title: str = "", *, cell_captions: dict[str, list[str]] | None = None,
+                         overlay_only: bool = False, cell_inches: float = 1.6):
+    """A matplotlib figure: column 0 the image, then per model its |map| (heat) and an overlay.
 
     Args:
         images: displayable ``(N, H, W)`` or ``(N, H, W, 3)`` in [0, 1] (see ``to_display``).
@@ -58,7 +63,7 @@ def save_saliency_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: st
             if not overlay_only:
                 heat_im = axes[i, 1 + per_model * j].imshow(heat, cmap="inferno", vmin=0, vmax=1)
             over.imshow(images[i], cmap=gray, vmin=0, vmax=1)
-            im = over.imshow(heat, cmap="inferno" if overlay_only else "jet", alpha=0.5, vmin=0, vmax=1)
+            im = over.imshow(heat, cmap="inferno", alpha=0.5, vmin=0, vmax=1)  # one colour scale for the bar
             heat_im = heat_im or im
             if cell_captions and name in cell_captions:
                 over.set_xlabel(cell_captions[name][i], fontsize=7.5)
@@ -77,9 +82,12 @@ def save_saliency_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: st
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 
-        scale = ScalarMappable(Normalize(0, 1), cmap="inferno" if overlay_only else "jet")
+        scale = ScalarMappable(Normalize(0, 1), cmap="inferno")
         fig.colorbar(scale, ax=axes, shrink=min(1.0, 3.0 / max(n, 1)), aspect=25, pad=0.01,
                      label="|attribution| / its maximum")
     if title:
         fig.suptitle(title, fontsize=10)
-    return save_figure_atomic(fig, path)
+    # constrained layout settles over passes (right-aligned row labels move the axes); one pass here, so the
+    # pass that saves the figure is the second
+    fig.draw_without_rendering()
+    return fig
