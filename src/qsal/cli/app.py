@@ -28,7 +28,8 @@ def command(name: str, help: str):
 
 def _data_args(p: argparse.ArgumentParser, dataset_default: str | None = "breastmnist") -> None:
     p.add_argument("--dataset", default=dataset_default,
-                   help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders (default: %(default)s)")
+                   help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders"
+                        + ("" if dataset_default else " (default: the one the checkpoint records)"))
     _data_dir_arg(p)
     p.add_argument("--size", type=int, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224; "
                    "default: the model's, else 28)")

@@ -74,7 +74,8 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     import torch
 
     from qsal.evaluate import predict_logits
-    from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
+    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
+    from qsal.study.files import score_artifact
     from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.saliency import SaliencyGuidedStep
@@ -106,8 +107,10 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
               "auc_ci": metrics["ci"].get("auc"), "acc_ci": metrics["ci"].get("acc"), "sensitivity": metrics.get("sensitivity"),
               "specificity": metrics.get("specificity"), "train_s": seconds}
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False)
-    art = evaluate_onnx(cell / "model.onnx", test)
-    result.update(onnx_auc=art.auc, onnx_acc=art.acc, size_bytes=exp["size_bytes"])
+    art, probs = score_artifact(cell / "model.onnx", test, spec.seed)
+    np.save(cell / "test_probs.npy", probs)  # the report's confusion matrix, ROC and reliability figures
+    np.save(cell / "test_labels.npy", test.labels)
+    result.update(onnx_auc=art["auc"], onnx_acc=art["acc"], onnx_acc_ci=art["ci"].get("acc"), size_bytes=exp["size_bytes"])
     if cfg.measure.latency:
         from qsal.export.bench import bench_onnx
 
@@ -128,6 +131,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
         np.save(cell / "saliency_maps.npy", maps)
         if spec.kind == "fp32":
             np.save(cell / "explain_images.npy", to_display(x.numpy(), sub.info.mean, sub.info.std))
+            np.save(cell / "explain_indices.npy", test.subset_indices(cfg.measure.n_explain, 0))
 
         faith = faithfulness_curve(lambda a: predict_logits(model, torch.from_numpy(a)), x.numpy(), y.numpy(), maps, seed=spec.seed)
         result.update(faithfulness_gap=faith["gap"], gini=float(np.mean(gini(maps))))
@@ -292,7 +296,41 @@ def collect_results(run_dir: str | Path) -> dict:
 
         grids.append(str(save_saliency_grid(np.load(img_path)[:6], maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
-    return {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results)}
+    out = {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results)}
+    out.update(_report_arrays(run_dir, keys, multi))
+    return out
+
+
+def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
+    """Test probabilities (first seed) per row, and for a one-group study the saliency payload of the report."""
+    from qsal.data import get_info
+
+    predictions, cells = {}, {}
+    for (ds, model, label), rs in keys.items():
+        cell = run_dir / rs[0]["id"]
+        name = f"{ds}/{model}/{label}" if multi else label
+        cells[name] = cell
+        if (cell / "test_probs.npy").is_file() and (cell / "test_labels.npy").is_file():
+            predictions[name] = {"y_true": np.load(cell / "test_labels.npy"), "probs": np.load(cell / "test_probs.npy"),
+                                 "scored": "ONNX artifact, first seed"}
+    datasets = {ds for ds, _, _ in keys}
+    info = get_info(next(iter(datasets))) if len(datasets) == 1 else None
+    extra = {"predictions": predictions}
+    if info is not None:
+        extra.update(class_names=list(info.labels), dataset_name=info.name)
+        if predictions:
+            extra["n_test"] = len(next(iter(predictions.values()))["y_true"])
+    ref = cells.get("fp32")
+    if multi or ref is None or not (ref / "explain_images.npy").is_file() or not (ref / "explain_indices.npy").is_file():
+        return extra
+    idx = np.load(ref / "explain_indices.npy")
+    maps = {n: np.load(c / "saliency_maps.npy") for n, c in cells.items() if (c / "saliency_maps.npy").is_file()}
+    extra["saliency"] = {"images": np.load(ref / "explain_images.npy"), "maps": maps,
+                         "y_true": predictions["fp32"]["y_true"][idx] if "fp32" in predictions else None,
+                         "probs": {n: p["probs"][idx] for n, p in predictions.items() if n in maps},
+                         "class_names": extra.get("class_names"), "method": "|input gradient|",
+                         "indices": idx.tolist(), "reference": "fp32"}
+    return extra
 
 
 def report_run(run_dir: str | Path) -> dict:
@@ -302,6 +340,9 @@ def report_run(run_dir: str | Path) -> dict:
 
     collected = collect_results(run_dir)
     cfg = json.loads((Path(run_dir) / "run_config.json").read_text())["config"]
-    return write_report(run_dir, {"dataset": cfg["name"], "rows": collected["rows"], "saliency_grids": collected["grids"],
-                                  "failed": collected["failed"], "environment": environment(),
-                                  "source": f"qsal run ({collected['n_cells']} cells)"})
+    results = {"dataset": cfg["name"], "rows": collected["rows"], "failed": collected["failed"],
+               "environment": environment(), "source": f"qsal run ({collected['n_cells']} cells, config {cfg['name']})",
+               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency") if k in collected}}
+    if "saliency" not in results:
+        results["saliency_grids"] = collected["grids"]
+    return write_report(run_dir, results)
