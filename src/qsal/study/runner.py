@@ -340,7 +340,7 @@ def report_run(run_dir: str | Path) -> dict:
 
     collected = collect_results(run_dir)
     cfg = json.loads((Path(run_dir) / "run_config.json").read_text())["config"]
-    results = {"dataset": cfg["name"], "rows": collected["rows"], "failed": collected["failed"],
+    results = {"dataset": collected.get("dataset_name", cfg["name"]), "rows": collected["rows"], "failed": collected["failed"],
                "environment": environment(), "source": f"qsal run ({collected['n_cells']} cells, config {cfg['name']})",
                **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency") if k in collected}}
     if "saliency" not in results:
