@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsal._atomic import write_json_atomic, write_text_atomic
+from qsal._atomic import write_json_atomic
 from qsal.provenance import environment
 
 __all__ = ["run_demo", "DEMO_STAGES"]
