@@ -40,6 +40,8 @@ def metrics_row(model: str, metrics: dict) -> dict:
     row = {"model": model, "test_auc": metrics["auc"], "test_acc": metrics["acc"], "auc_ci": ci.get("auc"),
            "acc_ci": ci.get("acc")}
     row.update({k: metrics[k] for k in _PASS_THROUGH if metrics.get(k) is not None})
+    if metrics.get("artifact") is not None:  # recorded by evaluators that know what they scored
+        row["scored"] = "onnx" if metrics["artifact"] else "pytorch"
     return row
 
 

@@ -39,6 +39,13 @@ def _img(path: Path, alt: str, wide: bool = False) -> str:
             f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 
 
+def _operating_point(op: dict | None) -> str | None:
+    if not op:
+        return None
+    where = f", chosen on the {op['chosen_on']} split" if op.get("chosen_on") else ""
+    return f"{op.get('rule', '')} (threshold {op.get('threshold')}{where})"
+
+
 def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     env = results.get("environment") or {}
     versions = env.get("versions") or {}
@@ -50,6 +57,7 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
              ("classes", ", ".join(results["class_names"]) if results.get("class_names") else None),
              ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
+             ("operating point", _operating_point(first.get("operating_point"))),
              ("architecture", results.get("architecture")), ("source", results.get("source")),
              ("date (UTC)", (env.get("utc") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))[:16]
               .replace("T", " ")),
