@@ -6,6 +6,7 @@ the CLI prints it. Python users can call these or the lower-level API they are b
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,6 @@ from pathlib import Path
 from qsal._atomic import write_json_atomic
 from qsal.data import ImageSplit, get_info, load_split
 from qsal.checkpoint import check_model_fits_data
-from qsal.data import ImageSplit, load_split
 from qsal.errors import QsalError
 from qsal.metrics.operating_point import DEFAULT_RULE, parse_rule, resolve_positive_label
 from qsal.provenance import environment
@@ -292,18 +292,57 @@ def artifact_test_metrics(onnx_path: str | os.PathLike, data_dir=None, n_bootstr
 def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, bench: dict | None = None,
                explanations: dict | None = None, metrics: dict | None = None, data_dir=None) -> str:
     """Model card beside ``onnx_path``: the *artifact's* test metrics (``metrics``, a ``Metrics`` dict with
-    ``artifact: True``, measured here unless given), its latency (measured unless ``bench`` is given)."""
+    ``artifact: True``, measured here on the test split unless given), its latency (measured unless ``bench``
+    is given), data counts and class balance, and a quantized model's change against its FP32 parent."""
+    import numpy as np
+
     from qsal.checkpoint import read_meta
     from qsal.export.bench import bench_onnx
     from qsal.export.model_card import write_model_card
+    from qsal.models import count_parameters, create_model
 
-    if metrics is None:
+    def test_metrics(path: Path) -> dict | None:
         try:
-            metrics = artifact_test_metrics(onnx_path, data_dir)
-        except QsalError as e:  # no data here: the card says what was not measured, and why
-            metrics = {"not_measured": str(e)}
+            return json.loads(path.read_text(encoding="utf-8")).get("test") if path.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+
+    meta = read_meta(checkpoint)
+    data = meta.get("dataset") or {}
+    metrics_file = Path(checkpoint).with_name("metrics.json")
+    try:
+        torch_metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise QsalError(f"{metrics_file} is not valid JSON ({type(e).__name__}); delete it (the card then has no "
+                        "test metrics) or rerun the command that wrote it") from None
+    if torch_metrics is not None and not isinstance(torch_metrics, dict):
+        raise QsalError(f"{metrics_file} holds a {type(torch_metrics).__name__}, not the metrics qsal writes; delete it")
+    parent = meta.get("parent_checkpoint")
+    parent_metrics = test_metrics(Path(parent).with_name("metrics.json")) if parent else None
+    parent_scored = "its PyTorch model"
+    artifact_metrics, data_stats = metrics, None
+    try:  # the card can still be written without the data; it then says the artifact was not scored
+        splits = load_splits(data["name"], data_dir, size=data.get("image_size"), seed=meta.get("seed") or 0)
+        if artifact_metrics is None:
+            artifact_metrics = evaluate_onnx(onnx_path, splits[2], n_bootstrap=1000).to_dict()
+        parent_onnx = Path(parent).with_name("model.onnx") if parent else None
+        if parent_onnx is not None and parent_onnx.is_file():  # compare artifact with artifact where both exist
+            parent_metrics, parent_scored = evaluate_onnx(parent_onnx, splits[2]).to_dict(), "its ONNX file"
+        k = len(data.get("labels") or [])
+        data_stats = {"counts": {s.split: len(s) for s in splits},
+                      "class_counts": {s.split: np.bincount(s.labels, minlength=k).tolist() for s in splits
+                                       if s.labels.ndim == 1}}
+    except (QsalError, KeyError, OSError) as e:
+        if artifact_metrics is None:
+            artifact_metrics = {"not_measured": str(e)}
+    arch = meta.get("arch") or {}
+    n_parameters = count_parameters(create_model(arch["name"], arch["num_classes"], arch["in_channels"],
+                                                 arch.get("image_size", 28))) if arch.get("name") else None
     if bench is None:
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1,), seconds=0.5)
-    bench = {**bench, "cpu": environment()["cpu"]}
-    write_model_card(onnx_path, read_meta(checkpoint), {"test": metrics}, bench, explanations)
+    env = environment()
+    bench = {**bench, "cpu": env["cpu"]}
+    write_model_card(onnx_path, meta, torch_metrics, bench, explanations, artifact_metrics=artifact_metrics,
+                     parent_metrics=parent_metrics, parent_scored=parent_scored, data_stats=data_stats,
+                     n_parameters=n_parameters, versions=env["versions"])
     return str(Path(onnx_path).with_suffix(".card.md"))

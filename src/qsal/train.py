@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -222,15 +223,17 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                          list(state.get("history", [])))
     t0 = time.perf_counter()
     n_batches = math.ceil(len(x) / config.batch_size)
-    epochs_bar = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not config.progress,
-                      initial=start_epoch, total=config.epochs, leave=False)
-    for epoch in epochs_bar:
+    # Progress: one bar (never nested) on a terminal; one plain line per epoch into a log file or pipe.
+    on_terminal = config.progress and sys.stderr.isatty()
+    bar = tqdm(total=config.epochs * n_batches, initial=start_epoch * n_batches, desc="training", leave=False,
+               disable=not on_terminal, unit="batch")
+    for epoch in range(start_epoch, config.epochs):
         model.train()
         for cb in callbacks:  # after train(), so a callback that puts BatchNorm in eval mode keeps it there
             cb(model, epoch, config.epochs)
         order = torch.randperm(len(x), generator=gen)
         running, seen = 0.0, 0
-        for b in tqdm(range(n_batches), desc=f"epoch {epoch + 1}", leave=False, disable=not config.progress):
+        for b in range(n_batches):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             xb, yb = x[idx], y[idx]
             if config.shift_px:
@@ -251,11 +254,17 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             opt.step()
             running += float(loss.detach()) * len(idx)
             seen += len(idx)
+            bar.update(1)
         sched.step()
         score, val_metrics = _validation_score(model, xv, yv, task, config.select_on, device)
         record = {"epoch": epoch + 1, "train_loss": running / seen, **val_metrics, "lr": opt.param_groups[0]["lr"]}
         best.history.append(record)
-        epochs_bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_auc=f"{val_metrics['val_auc']:.4f}")
+        bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{record['train_loss']:.4f}",
+                        val_auc=f"{val_metrics['val_auc']:.4f}")
+        if config.progress and not on_terminal:
+            print(f"epoch {epoch + 1}/{config.epochs}  train_loss {record['train_loss']:.4f}  val_auc "
+                  f"{val_metrics['val_auc']:.4f}  val_acc {val_metrics['val_acc']:.4f}  lr {record['lr']:.2g}",
+                  file=sys.stderr, flush=True)
         if score > best.best_score:
             best.best_score, best.best_epoch = score, epoch + 1
             if out:
@@ -271,6 +280,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 "config": _resume_settings(config),
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history})
+    bar.close()
     best.seconds = time.perf_counter() - t0
     _restore_best(model, best)
     model.qsal_untrained = False

@@ -1,5 +1,6 @@
 """The CLI: user errors are one line on stderr with exit code 2, never a traceback."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
 
 def test_train_evaluate_quantize_export_bench_explain_on_real_data(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--epochs", "2", "--out", str(run), "--no-progress"]) == 0
+    assert main(["train", "--epochs", "2", "--out", str(run), "--no-progress", "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert 0.0 <= trained["test_auc"] <= 1.0 and (run / "best.safetensors").is_file()
     assert main(["evaluate", str(run / "best.safetensors"), "--out", str(tmp_path / "m.json")]) == 0
@@ -39,11 +40,12 @@ def test_train_evaluate_quantize_export_bench_explain_on_real_data(tmp_path, cap
     q = tmp_path / "ptq"
     assert main(["quantize", str(run / "best.safetensors"), "--method", "ptq", "--observer", "percentile",
                  "--num-calibration", "128", "--out", str(q)]) == 0
-    assert main(["export", str(q / "best.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 0
-    exported = json.loads(capsys.readouterr().out.split("\n}\n")[-2] + "\n}")
+    capsys.readouterr()
+    assert main(["export", str(q / "best.safetensors"), "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
     assert exported["quant"] == "ptq" and exported["size_bytes"] > 0
     assert main(["bench", str(tmp_path / "m.onnx"), "--threads", "1", "--seconds", "0.2",
-                 "--json", str(tmp_path / "b.json")]) == 0
+                 "--out", str(tmp_path / "b.json")]) == 0
     runs = json.loads((tmp_path / "b.json").read_text())["runs"]
     assert {r["batch"] for r in runs} == {1, 64} and all(r["latency_ms_p50"] > 0 for r in runs)
     assert main(["explain", str(tmp_path / "m.onnx"), "--method", "occlusion", "--n", "2",
@@ -79,3 +81,44 @@ def test_decision_options_fail_before_training(args, message, tmp_path):
     proc = _run(*args, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not any((tmp_path / "runs").rglob("best.safetensors"))
+
+
+def _subcommands():
+    from qsal.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_help_shows_every_default(name):
+    sub = _subcommands()[name]
+    text = " ".join(sub.format_help().split())  # argparse wraps lines; compare on single spaces
+    assert "%%" not in text
+    for action in sub._actions:
+        if not action.option_strings or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            continue
+        assert f"(default: {action.default})" in text, (name, action.dest)
+    for action in sub._actions:  # every flag says what it is
+        assert action.help, (name, action.dest)
+
+
+def test_version_and_percent_signs():
+    proc = _run("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("qsal ")
+    proc = _run("evaluate", "--help")
+    assert "95% CIs" in proc.stdout and "95%%" not in proc.stdout
+
+
+def test_non_tty_training_writes_one_plain_line_per_epoch(tmp_path):
+    proc = _run("train", "--epochs", "3", "--out", str(tmp_path / "t"), cwd=tmp_path)  # pipes: not a terminal
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert [l.split()[1] for l in lines] == ["1/3", "2/3", "3/3"], proc.stderr
+    assert "\r" not in proc.stderr + proc.stdout and "\x1b" not in proc.stderr + proc.stdout
+    table = dict(l.split(None, 1) for l in proc.stdout.strip().splitlines())  # key  value, aligned
+    assert 0.0 <= float(table["test_auc"]) <= 1.0 and len(table["test_auc"]) <= 6  # 4 significant digits
+    quiet = _run("train", "--epochs", "1", "--out", str(tmp_path / "q"), "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""

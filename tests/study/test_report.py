@@ -1,58 +1,103 @@
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from qsal.study.report import pareto_front, results_table, write_report
+from qsal.study.report import pareto_front, results_table, robust_pareto_front, write_report
 from qsal.saliency.plot import save_saliency_grid
 
+MODELS = ("fp32", "ptq-int8", "pact-2")
 
-def _results(tmp_path):
+
+def _results(tmp_path, with_arrays: bool = True):
     rng = np.random.default_rng(0)
-    grid = save_saliency_grid(rng.random((2, 28, 28)), {"fp32": rng.random((2, 1, 28, 28)), "pact-4": rng.random((2, 1, 28, 28))},
-                              tmp_path / "saliency_grid.png")
     rows = [
-        {"model": "fp32", "test_auc": 0.9, "test_acc": 0.85, "auc_ci": [0.85, 0.95], "size_bytes": 4_000_000,
-         "latency_b1_ms": 0.3, "size_ratio": 1.0, "most_changed": []},
-        {"model": "ptq-int8", "test_auc": 0.9, "test_acc": 0.84, "auc_ci": [0.85, 0.95], "size_bytes": 1_000_000,
-         "latency_b1_ms": 0.1, "size_ratio": 0.25, "most_changed": [{"index": 3, "spearman": 0.2, "topk_iou": 0.1}]},
-        {"model": "pact-2", "test_auc": 0.7, "test_acc": 0.6, "auc_ci": [0.6, 0.8], "size_bytes": 2_000_000,
-         "latency_b1_ms": 0.5, "size_ratio": 0.5, "most_changed": []},
+        {"model": "fp32", "test_auc": 0.9, "test_acc": 0.85, "auc_ci": [0.85, 0.95], "acc_ci": [0.79, 0.9],
+         "size_bytes": 4_000_000, "latency_b1_ms": 0.3, "size_ratio": 1.0, "most_changed": [], "scored": "onnx"},
+        {"model": "ptq-int8", "test_auc": 0.9, "test_acc": 0.84, "auc_ci": [0.85, 0.95], "acc_ci": [0.78, 0.89],
+         "size_bytes": 1_000_000, "latency_b1_ms": 0.1, "size_ratio": 0.25, "scored": "onnx",
+         "most_changed": [{"index": 3, "spearman": 0.2, "topk_iou": 0.1}, {"index": 1, "spearman": 0.3, "topk_iou": 0.2}]},
+        {"model": "pact-2", "test_auc": 0.7, "test_acc": 0.6, "auc_ci": [0.6, 0.8], "acc_ci": [0.52, 0.68],
+         "size_bytes": 2_000_000, "latency_b1_ms": 0.5, "size_ratio": 0.5, "scored": "onnx",
+         "most_changed": [{"index": 5, "spearman": 0.1, "topk_iou": 0.0}]},
     ]
-    return {"dataset": "breastmnist", "rows": rows, "saliency_grid": str(grid), "environment": {"cpu": "test"}}
+    results = {"dataset": "breastmnist", "rows": rows, "class_names": ["malignant", "normal, benign"], "n_test": 156,
+               "positive_class": "malignant",
+               "environment": {"cpu": "test CPU", "cpu_count": 2, "versions": {"qsal": "0.1.0", "torch": "2.13.0"},
+                               "utc": "2026-11-25T18:00:00+00:00"}}
+    if with_arrays:
+        y = rng.integers(0, 2, 156)
+        probs = {m: np.clip(np.stack([1 - y, y], 1) * 0.7 + rng.random((156, 2)) * 0.3, 0, None) for m in MODELS}
+        probs = {m: p / p.sum(1, keepdims=True) for m, p in probs.items()}
+        results["predictions"] = {m: {"y_true": y, "probs": p} for m, p in probs.items()}
+        results["saliency"] = {"images": rng.random((8, 28, 28)), "maps": {m: rng.random((8, 1, 28, 28)) for m in MODELS},
+                               "y_true": y[:8], "probs": {m: p[:8] for m, p in probs.items()},
+                               "class_names": results["class_names"], "method": "integrated gradients",
+                               "indices": list(range(10, 18)), "reference": "fp32"}
+    else:
+        grid = save_saliency_grid(rng.random((2, 28, 28)), {m: rng.random((2, 1, 28, 28)) for m in MODELS[:2]},
+                                  tmp_path / "saliency_grid.png")
+        results["saliency_grid"] = str(grid)
+    return results
 
 
 def test_pareto_front():
     assert pareto_front([(1, 0.9), (2, 0.95), (3, 0.8), (1, 0.5)]) == [0, 1]
 
 
+def test_robust_front_ignores_differences_inside_the_ci():
+    x, y = [4.0, 1.0, 2.0], [0.85, 0.84, 0.60]
+    lo, hi = [0.79, 0.78, 0.52], [0.90, 0.89, 0.68]
+    assert robust_pareto_front(x, y, lo, hi) == [1]  # fp32's 0.01 lead is inside the CI: the small model wins
+    assert robust_pareto_front(x, [0.95, 0.84, 0.6], [0.91, 0.78, 0.52], [0.98, 0.89, 0.68]) == [1, 0]
+    assert robust_pareto_front([1.0, 1.05], [0.8, 0.8], [0.7, 0.7], [0.9, 0.9], x_tol=0.1) == [0, 1]  # latency noise
+
+
 def test_markdown_and_self_contained_html(tmp_path):
     out = write_report(tmp_path, _results(tmp_path))
     md = (tmp_path / "report.md").read_text()
-    assert "| ptq-int8 | 0.900 |" in md and "#3" in md
+    assert "| ptq-int8 | ONNX artifact | 0.900 |" in md and "| ptq-int8 | #13 |" in md  # position 3 = test #13
+    assert "976.6 KiB" in md and "3.81 MiB" in md and "positive class**: malignant" in md
+    assert "## Glossary" in md and "**Gini**" in md and "| torch | 2.13.0 |" in md
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4  # size, latency, AUC-CI plots + saliency grid
+    # 4 trade-offs + CI forest + 3 diagnostics + saliency grid + most-changed grid
+    assert page.count("data:image/png;base64,") == 10
     assert not re.search(r"""src=["']https?:""", page)  # no network needed
+    assert "{'cpu'" not in page and "<td>test CPU</td>" in page  # environment is a table, not a dict repr
     assert out["table"].startswith("| model |")
+    assert "No model beats ptq-int8 beyond the 95% CI" in page
 
 
-def test_report_renders_in_headless_chromium(tmp_path):
+def test_report_without_probabilities_says_so(tmp_path):
+    write_report(tmp_path, _results(tmp_path, with_arrays=False))
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 6 and "test-set probabilities; they are shown" in page
+
+
+def _chromium():
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not browser:
         pytest.skip("Debian chromium is not installed (apt-get install chromium); .ci/run installs it")
+    return browser
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    browser = _chromium()
     write_report(tmp_path, _results(tmp_path))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--enable-logging=stderr"]
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--enable-logging=stderr",
+             "--window-size=1280,2400", "--hide-scrollbars"]
     url = (tmp_path / "report.html").as_uri()
     dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert 'data-images-ok="true"' in dom.stdout and 'data-image-count="4"' in dom.stdout
-    assert not re.search(r"CONSOLE.*(Uncaught|Error)", dom.stderr)
+    assert 'data-images-ok="true"' in dom.stdout and 'data-image-count="10"' in dom.stdout  # decoded, all with alt
+    assert 'data-overflow-x="false"' in dom.stdout  # no horizontal scrolling at 1280 px
+    assert not re.search(r"CONSOLE.*(Uncaught|Error)|Uncaught", dom.stderr)
     shot = tmp_path / "report.png"
-    subprocess.run([browser, *flags, "--window-size=1200,1600", f"--screenshot={shot}", url],
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
-    artifacts = tmp_path.parents[1] / "report-screenshot.png"
+    artifacts = Path(tmp_path).parents[1] / "report-screenshot.png"
     shutil.copy(shot, artifacts)  # kept beside pytest's tmp dirs as the test artifact

@@ -7,11 +7,11 @@ Every sub-command parses its arguments, builds a config and calls one library fu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from qsal.cli.arguments import OneLineErrorParser, float_range, int_range, non_negative_int, positive_float, positive_int
+from qsal.cli.output import HelpFormatter, add_output_args, print_result, print_rows
 from qsal.errors import QsalError
 
 SEED = int_range(0, 2**32 - 1, "a seed")
@@ -34,31 +34,38 @@ def command(name: str, help: str):
 
 def _data_args(p: argparse.ArgumentParser, dataset_default: str | None = "breastmnist") -> None:
     p.add_argument("--dataset", default=dataset_default,
-                   help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders (default: %(default)s)")
-    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist; BreastMNIST 28 px is embedded)")
-    p.add_argument("--size", type=IMAGE_SIZE, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224)")
+                   help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders"
+                        + ("" if dataset_default else " (default: the one the checkpoint records)"))
+    _data_dir_arg(p)
+    p.add_argument("--size", type=IMAGE_SIZE, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224; "
+                   "default: the model's, else 28)")
     p.add_argument("--download", action="store_true", help="download missing files from the official source")
 
 
-def _print_table(rows: list[dict]) -> None:
-    if not rows:
-        return
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    for r in rows:
-        print("  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys))
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist; BreastMNIST 28 px is embedded)")
+
+
+def _progress(args) -> bool:
+    """Progress output unless --quiet or --no-progress (bars on a terminal, one line per epoch otherwise)."""
+    return not (args.quiet or getattr(args, "no_progress", False))
+
+
+def _note(args, text: str) -> None:
+    """An informative line (a path, a hint) on stderr, so stdout holds only the result; silent with --quiet."""
+    if not args.quiet:
+        print(text, file=sys.stderr)
 
 
 @command("datasets", "list the datasets qsal knows, where each was found and whether its checksum matches")
 def cmd_datasets(args):
     from qsal.data import dataset_status
 
-    _print_table(dataset_status(args.data_dir, verify=not args.no_verify))
+    print_rows(dataset_status(args.data_dir, verify=not args.no_verify), args.json)
 
 
 def _setup_datasets(p):
-    p.add_argument("--data-dir")
+    _data_dir_arg(p)
     p.add_argument("--no-verify", action="store_true", help="skip MD5 checks (faster on large files)")
 
 
@@ -69,37 +76,40 @@ def cmd_models(args):
     rows = []
     for name in list_models():
         m = create_model(name, args.num_classes, args.in_channels, args.image_size)
-        rows.append({"model": name, "params": f"{count_parameters(m):,}",
-                     "MACs": f"{count_macs(m, args.in_channels, args.image_size):,}"})
-    _print_table(rows)
+        rows.append({"model": name, "params": count_parameters(m), "MACs": count_macs(m, args.in_channels, args.image_size)})
+    print_rows(rows, args.json)
 
 
 def _setup_models(p):
-    p.add_argument("--num-classes", type=int_range(1, 1000, "a class count"), default=2)
-    p.add_argument("--in-channels", type=int, choices=[1, 3], default=1)
-    p.add_argument("--image-size", type=IMAGE_SIZE, default=28, help="input size in px (12-1024)")
+    p.add_argument("--num-classes", type=int_range(1, 1000, "a class count"), default=2,
+                   help="outputs of the model the counts are for")
+    p.add_argument("--in-channels", type=int, choices=[1, 3], default=1, help="input channels (1 grayscale, 3 RGB)")
+    p.add_argument("--image-size", type=IMAGE_SIZE, default=28, help="input side in px, 12-1024 (MACs depend on it)")
 
 
 def _train_config_args(p):
     from qsal.train import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--epochs", type=positive_int, default=d.epochs)
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=positive_float, default=d.lr)
-    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"])
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="training epochs (MedMNIST v2 uses 100)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per optimizer step")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="learning rate (x0.1 at 50%% and 75%% of the epochs)")
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer (sgd: momentum 0.9, Nesterov)")
     p.add_argument("--shift-px", type=non_negative_int, default=d.shift_px, help="random-translation augmentation (px)")
-    p.add_argument("--seed", type=SEED, default=d.seed)
-    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"],
-                   help="auto (CUDA where there is one), cpu or cuda")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation")
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: CUDA where there is one")
+    _no_progress_arg(p)
+
+
+def _no_progress_arg(p):
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines (results still print)")
 
 
 def _train_config(args):
     from qsal.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       shift_px=args.shift_px, seed=args.seed, device=args.device, progress=not args.no_progress)
+                       shift_px=args.shift_px, seed=args.seed, device=args.device, progress=_progress(args))
 
 
 @command("train", "train a model (FP32, or saliency-guided with --saliency-guided) and save the best checkpoint")
@@ -112,7 +122,7 @@ def cmd_train(args):
                          sgt_target=args.sgt_target, pact_bits=args.pact_bits, positive_class=args.positive_class,
                          operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
                          resume=args.resume, force=args.force)
-    print(json.dumps(result, indent=2))
+    print_result(result, args.json)
 
 
 def decision_args(p, inherit: bool = False) -> None:
@@ -131,7 +141,7 @@ def run_folder_args(p) -> None:
 
 def _setup_train(p):
     _data_args(p)
-    p.add_argument("--model", default="small_cnn", help="model name (see `qsal models`; default: %(default)s)")
+    p.add_argument("--model", default="small_cnn", help="model name (see `qsal models`)")
     p.add_argument("--out", default=None, help="output folder (default: a fresh runs/train/<dataset>-<model>-N)")
     run_folder_args(p)
     p.add_argument("--positive-class", default=None, metavar="CLASS",
@@ -140,14 +150,14 @@ def _setup_train(p):
     decision_args(p)
     _train_config_args(p)
     p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")
-    p.add_argument("--sgt-k", type=SGT_K, default=0.5, help="fraction of features masked per step")
-    p.add_argument("--sgt-lambda", type=SGT_LAMBDA, default=1.0, help="weight of the KL term")
+    p.add_argument("--sgt-k", type=SGT_K, default=0.5, help="saliency-guided: fraction of features masked per step")
+    p.add_argument("--sgt-lambda", type=SGT_LAMBDA, default=1.0, help="saliency-guided: weight of the KL term")
     p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
                    help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
     p.add_argument("--pact-bits", type=int_range(2, 8, "a bit-width"), default=None, help="train PACT-quantized at this many bits (2-8)")
 
 
-@command("evaluate", "score a checkpoint or an exported .onnx file: AUC/ACC with 95%% CIs, sensitivity and "
+@command("evaluate", "score a checkpoint or an exported .onnx file: AUC/ACC with 95% CIs, sensitivity and "
                      "specificity of the positive class at 0.5 and at the stored operating point, ECE")
 def cmd_evaluate(args):
     from qsal.scoring import evaluate_model
@@ -155,7 +165,7 @@ def cmd_evaluate(args):
     metrics = evaluate_model(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
                              size=args.size, out=args.out, other_dataset=args.other_dataset,
                              reliability_png=args.reliability)
-    print(json.dumps(metrics, indent=2))
+    print_result(metrics, args.json)
 
 
 def _setup_evaluate(p):
@@ -166,22 +176,35 @@ def _setup_evaluate(p):
     p.add_argument("--other-dataset", action="store_true",
                    help="allow scoring on a dataset other than the model's own (the output says so)")
     p.add_argument("--reliability", metavar="PNG", help="also draw the reliability diagram to this PNG")
-    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--out", help="also write the metrics to this JSON file (default: print only)")
 
 
 @command("demo", "the main job on the embedded BreastMNIST: train, evaluate (and more, see --help)")
 def cmd_demo(args):
     from qsal.study.demo import run_demo
 
-    run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed)
+    results = run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed,
+                       progress=_progress(args), verbose=not args.quiet)
+    _print_report_result(args, results["rows"], results["report"])
+
+
+def _print_report_result(args, rows: list[dict], report: dict) -> None:
+    """The models' results (a table, or JSON rows) after a clean break from any progress output."""
+    if args.json:
+        print_rows([{k: v for k, v in r.items() if k != "most_changed" and not isinstance(v, dict)} for r in rows], True)
+    else:
+        sys.stderr.flush()
+        print("\n" + report["text_table"] if not args.quiet else report["text_table"])
+    _note(args, f"\nreport: {report['html']}  (markdown: {report['markdown']})")
 
 
 def _setup_demo(p):
-    p.add_argument("--dataset", default="breastmnist")
-    p.add_argument("--data-dir")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a shorter schedule (under a minute)")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--dataset", default="breastmnist", help="dataset to run the story on (see `qsal datasets`)")
+    _data_dir_arg(p)
+    p.add_argument("--out", default="runs/demo", help="output folder (one sub-folder per model, report.html)")
+    p.add_argument("--quick", action="store_true", help="a shorter schedule (about a minute)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of every stage")
+    _no_progress_arg(p)
 
 
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
@@ -196,14 +219,15 @@ def cmd_run(args):
         print(format_plan(plan_study(cfg), cfg.name))
         return
     statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
-                         ray_address=args.ray_address, force=args.force, progress=not args.no_progress)
+                         ray_address=args.ray_address, force=args.force, progress=_progress(args))
     failed = [s for s in statuses if s["status"].startswith("failed")]
-    for s in statuses:
-        print(f"{s['id']}: {s['status']}")  # in full: a failure's message names its cause and fix
+    if not args.quiet and not args.json:
+        sys.stderr.flush()
+        print()
+        print_rows([{"status": s["status"], "cell": s["id"]} for s in statuses])  # in full: a failure names its fix
     if len(failed) < len(statuses):
         rep = report_run(args.out)
-        print(rep["table"])
-        print(f"\nreport: {rep['html']}")
+        _print_report_result(args, rep["rows"], rep)
     if failed:
         print(f"error: {len(failed)} of {len(statuses)} cells failed (listed above; each cell's error.json has the "
               f"traceback); fix the cause and rerun `qsal run {args.config} --out {args.out}` to redo only those",
@@ -213,27 +237,40 @@ def cmd_run(args):
 
 def _setup_run(p):
     p.add_argument("config", help="study YAML (see configs/)")
-    p.add_argument("--out", default="runs/study", help="run directory (default: %(default)s)")
-    p.add_argument("--workers", type=int_range(1, 256, "a worker count"), default=1, help="local worker processes (cell groups run in parallel)")
-    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--out", default="runs/study", help="run directory (one folder per cell, report.html)")
+    p.add_argument("--workers", type=int_range(1, 256, "a worker count"), default=1,
+                   help="local worker processes (cell groups run in parallel)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where cell groups run")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--force", action="store_true", help="reuse a run directory made by a different config")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells and each one's schedule with an estimated time (a few timed steps); train nothing")
-    p.add_argument("--no-progress", action="store_true")
+    _no_progress_arg(p)
 
 
-@command("report", "markdown + self-contained HTML report of a run directory (tables, plots, saliency grids)")
+@command("report", "markdown + self-contained HTML report of a `qsal run` folder, or of checkpoints and ONNX files you "
+                   "name (each scored on its dataset's test split)")
 def cmd_report(args):
+    from qsal.study.files import report_files
     from qsal.study.runner import report_run
 
-    rep = report_run(args.run_dir)
-    print(rep["table"])
-    print(f"\nreport: {rep['html']}")
+    paths = [Path(p) for p in args.inputs]
+    if len(paths) == 1 and (paths[0] / "run_config.json").is_file():
+        rep = report_run(paths[0])
+    else:
+        rep = report_files(paths, args.out, data_dir=args.data_dir, latency=not args.no_latency,
+                           n_explain=args.n_explain, progress=not args.quiet)
+    _print_report_result(args, rep["rows"], rep)
 
 
 def _setup_report(p):
-    p.add_argument("run_dir", help="the --out folder of `qsal run`")
+    p.add_argument("inputs", nargs="+", metavar="PATH",
+                   help="a `qsal run` folder, or checkpoints (.safetensors) / ONNX files (.onnx) / folders holding "
+                        "best.safetensors or model.onnx; the first is the reference the others' maps are compared to")
+    p.add_argument("--out", default="runs/report", help="output folder for files (a run folder gets its report inside)")
+    _data_dir_arg(p)
+    p.add_argument("--n-explain", type=int, default=8, help="test images explained per model")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement (faster)")
 
 
 _SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_datasets, "models": _setup_models, "train": _setup_train,
@@ -241,6 +278,7 @@ _SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qsal import __version__
     from qsal.cli import deploy as cli_quant
 
     from qsal.cli import predict as cli_predict
@@ -248,11 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli_quant.register(command, _SETUP)
     cli_predict.register(command, _SETUP)
     parser = OneLineErrorParser(prog="qsal", description="Quantized, saliency-guided image classifiers "
-                                     "for edge hardware. Start with `qsal demo`.")
+                                "for edge hardware. Start with `qsal demo`.", formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"qsal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, help_text) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # help= is %-formatted by argparse (the command list), description= is printed as written
+        p = sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text, formatter_class=HelpFormatter)
         _SETUP[name](p)
+        add_output_args(p)
         p.set_defaults(func=fn)
     return parser
 

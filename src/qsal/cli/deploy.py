@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from qsal.cli.output import print_result
 
 from qsal.cli.arguments import float_range, int_range, positive_float, positive_int
 
@@ -34,36 +34,38 @@ def cmd_quantize(args):
         step = SaliencyGuidedStep(dataset_task(args.checkpoint), k=args.sgt_k, lam=args.sgt_lambda,
                                   seed=args.seed, target=args.sgt_target)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
-                                 data_dir=args.data_dir, seed=args.seed, progress=not args.no_progress, step=step,
+                                 data_dir=args.data_dir, seed=args.seed, progress=not (args.no_progress or args.quiet), step=step,
                                  operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
                                  resume=args.resume, force=args.force)
-    print(json.dumps(result, indent=2))
+    print_result(result, args.json)
 
 
 def _setup_quantize(p):
     p.add_argument("checkpoint", help="FP32 checkpoint (.safetensors) from qsal train")
-    p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"])
+    p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"], help="quantization method")
     p.add_argument("--bits", type=int_range(2, 8, "a bit-width"), default=8, help="bit-width (PTQ/QAT/PACT: 2-8; weight-only: 4 or 8)")
     p.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="PTQ calibration observer")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
     p.add_argument("--num-calibration", type=positive_int, default=512, help="training images used for calibration")
-    p.add_argument("--skip", nargs="*", help="layer names to keep FP32")
+    p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (default: none)")
     p.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (QAT/PACT)")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
-    p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5)
-    p.add_argument("--sgt-lambda", type=float_range(0.0, None, what="the KL weight"), default=1.0)
+    p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5,
+                   help="saliency-guided: fraction of features masked per step")
+    p.add_argument("--sgt-lambda", type=float_range(0.0, None, what="the KL weight"), default=1.0,
+                   help="saliency-guided: weight of the KL term")
     p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
                    help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
-    p.add_argument("--data-dir")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of calibration sampling and fine-tuning")
     p.add_argument("--out", default=None, help="output folder (default: a fresh runs/quantized/<method>-N)")
     from qsal.cli.app import decision_args, run_folder_args
 
     run_folder_args(p)
     decision_args(p, inherit=True)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines (results still print)")
 
 
 def cmd_export(args):
@@ -72,12 +74,12 @@ def cmd_export(args):
 
     if args.format != "onnx":
         raise QsalError(f"format {args.format!r} is not supported; use --format onnx")
-    print(json.dumps(export_checkpoint(args.checkpoint, args.out, force=args.force, data_dir=args.data_dir), indent=2))
+    print_result(export_checkpoint(args.checkpoint, args.out, force=args.force, data_dir=args.data_dir), args.json)
 
 
 def _setup_export(p):
     p.add_argument("checkpoint", help="a checkpoint (.safetensors), float or quantized")
-    p.add_argument("--format", default="onnx")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="artifact format")
     p.add_argument("--out", default=None, help="output file (default: model.onnx beside the checkpoint; never "
                    "overwritten without --force)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
@@ -87,22 +89,28 @@ def _setup_export(p):
 def cmd_bench(args):
     from qsal.export.bench import bench_onnx
 
+    from qsal.cli.output import print_rows
+
     result = bench_onnx(args.model, threads=tuple(args.threads), seconds=args.seconds)
-    print(f"{args.model}: {result['size_bytes']:,} bytes")
-    for r in result["runs"]:
-        print(f"  threads={r['threads']:<2} batch={r['batch']:<3} p50={r['latency_ms_p50']:.3f} ms "
-              f"p95={r['latency_ms_p95']:.3f} ms  {r['throughput_img_s']:,.0f} img/s")
-    if args.json:
+    if args.out:
         from qsal._atomic import write_json_atomic
 
-        write_json_atomic(args.json, result)
+        write_json_atomic(args.out, result)
+    if args.json:
+        print_result(result, True)
+        return
+    print(f"{args.model}: {result['size_bytes'] / 1024:,.1f} KiB")
+    print_rows([{"threads": r["threads"], "batch": r["batch"], "p50 ms": round(r["latency_ms_p50"], 3),
+                 "p95 ms": round(r["latency_ms_p95"], 3), "img/s": round(r["throughput_img_s"])} for r in result["runs"]])
 
 
 def _setup_bench(p):
     p.add_argument("model", help="an ONNX file from qsal export")
-    p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), nargs="+", default=[1, 0], help="thread counts (0 = all cores)")
-    p.add_argument("--seconds", type=float_range(0.0, 3600.0, low_open=True, what="seconds"), default=2.0, help="minimum timed seconds per configuration")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), nargs="+", default=[1, 0],
+                   help="thread counts (0 = all cores)")
+    p.add_argument("--seconds", type=float_range(0.0, 3600.0, low_open=True, what="seconds"), default=2.0,
+                   help="minimum timed seconds per configuration")
+    p.add_argument("--out", help="also write the results to this JSON file (default: print only)")
 
 
 def register(command, setup: dict) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -59,29 +58,34 @@ def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, 
         maps = explain(model, xt, method, target=torch.from_numpy(target)).numpy()
         x = xt.numpy()
     info = split_data.info
-    captions = [f"y={info.labels[int(t)][:12]}\npred={info.labels[int(p)][:12]}"
-                for t, p in zip(np.atleast_1d(split_data.labels), target)] if split_data.labels.ndim == 1 else None
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    captions = [f"true: {info.labels[int(t)][:16]}\npred: {info.labels[int(p)][:16]} {probs[i, p]:.2f}"
+                for i, (t, p) in enumerate(zip(np.atleast_1d(split_data.labels), target))] \
+        if split_data.labels.ndim == 1 else None
     png = save_saliency_grid(to_display(x, info.mean, info.std), {f"{path.parent.name}/{path.stem}": maps}, out, captions,
                              title=f"{info.name} {split}: {method}")
     return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist()}
 
 
 def cmd_explain(args):
-    print(json.dumps(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
-                                  out=args.out, dataset=args.dataset, seed=args.seed), indent=2))
+    from qsal.cli.output import print_result
+
+    print_result(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
+                                  out=args.out, dataset=args.dataset, seed=args.seed), args.json)
 
 
 def _setup_explain(p):
     from qsal.saliency.methods import METHODS
 
     p.add_argument("model", help="a checkpoint (.safetensors) or an exported .onnx (occlusion only)")
-    p.add_argument("--method", default="integrated_gradients", choices=METHODS)
-    p.add_argument("--n", type=int_range(1, 256, "the number of images"), default=8, help="number of images (1-256)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--dataset", help="override the dataset recorded in the model")
-    p.add_argument("--data-dir")
-    p.add_argument("--seed", type=int_range(0, 2**32 - 1, "a seed"), default=0)
-    p.add_argument("--out", default="saliency.png")
+    p.add_argument("--method", default="integrated_gradients", choices=METHODS, help="attribution method")
+    p.add_argument("--n", type=int_range(1, 256, "the number of images"), default=8, help="number of images, one row each (1-256)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split the images come from")
+    p.add_argument("--dataset", help="override the dataset recorded in the model (default: the model's own)")
+    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
+    p.add_argument("--seed", type=int_range(0, 2**32 - 1, "a seed"), default=0, help="seed of the image sample")
+    p.add_argument("--out", default="saliency.png", help="output PNG")
 
 
 def register(command, setup: dict) -> None:

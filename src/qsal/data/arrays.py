@@ -62,11 +62,17 @@ class ImageSplit:
         info = replace(self.info, n_channels=channels, mean=tuple(m)[:channels], std=tuple(sd)[:channels])
         return ImageSplit(info, self.split, images, self.labels, self.source)
 
+    def subset_indices(self, n: int, seed: int = 0) -> np.ndarray:
+        """Positions in this split of the images ``subset(n, seed)`` returns (sorted)."""
+        if n >= len(self):
+            return np.arange(len(self))
+        return np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+
     def subset(self, n: int, seed: int = 0) -> "ImageSplit":
         """A seeded random subset of ``n`` images (all of them when ``n >= len(self)``)."""
         if n >= len(self):
             return self
-        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        idx = self.subset_indices(n, seed)
         return ImageSplit(self.info, self.split, self.images[idx], self.labels[idx], self.source)
 
 

@@ -1,102 +1,286 @@
-"""Model cards: what a deployed model is, how well it does, how fast, and what it must not be used for.
+"""Model cards in the Hugging Face format with the sections of Mitchell et al. (2019), *Model Cards for
+Model Reporting*: YAML metadata (licence, tags, datasets, metrics, base model, ``model-index``), then
+model details, intended and out-of-scope use, data, metrics of the deployed *artifact* with CIs, factors
+(per class), the change against the FP32 parent, explanation metrics, and caveats.
 
-Written beside an exported model as ``<name>.card.md`` and ``<name>.card.json`` from the checkpoint's
-own records (data, quantization, metrics) and a latency measurement of the artifact itself.
+Written beside an exported model as ``<name>.card.md`` (the card) and ``<name>.card.json`` (the same
+facts, machine-readable). Everything comes from records: the checkpoint's JSON, its ``metrics.json``,
+a scoring and a timing of the ONNX file itself, and the ONNX graph (storage type of each layer).
 """
 
 from __future__ import annotations
 
-import json
+import datetime as _dt
 from pathlib import Path
+
+import yaml
 
 from qsal._atomic import write_json_atomic, write_text_atomic
 
-__all__ = ["write_model_card"]
+__all__ = ["write_model_card", "onnx_layer_storage", "hf_license"]
 
-_LIMITS = ("Research prototype, not a medical device: not validated for clinical decisions. Trained on low-resolution "
-           "(MedMNIST-style) public data from a few sources; performance on other scanners, populations or "
-           "resolutions is unknown. Confidence intervals come from bootstrapping one test split. Saliency maps "
-           "show what the model is sensitive to, not a causal or clinical explanation.")
+_OUT_OF_SCOPE = [
+    "Clinical diagnosis, triage or treatment decisions: this is a research prototype, not a medical device, and it "
+    "has not been validated prospectively or by a regulator.",
+    "Images unlike the training data: other modalities, scanners, resolutions, populations or acquisition "
+    "protocols; the model gives no warning when it sees them.",
+    "Screening populations whose prevalence differs from the test split: predictive values change with prevalence "
+    "even when sensitivity and specificity do not.",
+    "Reading the saliency maps as causal or clinical explanations: they show what the model is sensitive to.",
+]
+_CAVEATS = [
+    "Metrics come from one public test split of low-resolution (MedMNIST-style) images; confidence intervals "
+    "are percentile bootstraps over that split and do not cover other sites or shifts.",
+    "The operating point is fixed in the card; moving it trades sensitivity for specificity (see the ROC curve in "
+    "`qsal report`).",
+    "Latency was measured on the CPU named in the Latency section, possibly shared with other work; compare "
+    "latencies within one machine.",
+    "Quantization changes individual predictions and saliency maps even when aggregate metrics agree; the "
+    "comparison with the FP32 parent and the map agreement metrics show by how much.",
+]
+_EXPLANATIONS = {
+    "faithfulness_gap": "accuracy lost when the most salient pixels are removed minus that lost for random pixels "
+                        "(higher = the map points at evidence the model uses)",
+    "gini": "sparseness of the map, 0 = spread evenly, 1 = one pixel",
+    "map_spearman_vs_fp32": "rank correlation with the FP32 parent's map of the same image (1 = same ranking)",
+    "map_top10_iou_vs_fp32": "overlap of the 10% most salient pixels with the FP32 parent's map",
+    "deletion_auc": "probability area as salient pixels are deleted (lower = more faithful)",
+    "insertion_auc": "probability area as salient pixels are inserted (higher = more faithful)",
+}
+_ONNX_TYPES = {1: "FP32", 3: "INT8", 22: "INT4", 2: "UINT8", 6: "INT32", 10: "FP16", 16: "BF16"}
+
+
+def hf_license(text: str | None) -> str:
+    """The Hugging Face licence id of a dataset licence string (``"CC BY 4.0"`` -> ``"cc-by-4.0"``), else ``other``."""
+    t = (text or "").lower().replace(" ", "-")
+    for key in ("cc-by-nc-sa-4.0", "cc-by-nc-4.0", "cc-by-sa-4.0", "cc-by-4.0", "cc-by-sa-3.0", "cc0-1.0", "mit",
+                "apache-2.0"):
+        if t.startswith(key):
+            return key
+    return "other"
+
+
+def onnx_layer_storage(onnx_path: str | Path) -> tuple[int, dict[str, str]]:
+    """``(opset, {layer: weight storage type})`` read from the ONNX graph (``INT8``, ``INT4`` or ``FP32``)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    layers = {}
+    for init in model.graph.initializer:
+        name = init.name
+        if name.endswith("_weight_q"):
+            layers[name[: -len("_weight_q")]] = _ONNX_TYPES.get(init.data_type, str(init.data_type))
+        elif name.endswith("_weight") and len(init.dims) >= 2:  # a float layer
+            layers.setdefault(name[: -len("_weight")], _ONNX_TYPES.get(init.data_type, str(init.data_type)))
+    return opset, layers
+
+
+def _quant_bits(quant: dict, layers: list[str]) -> dict[str, int | None]:
+    """Bits of each layer's weights from the quantization record (per-layer entries win over the config)."""
+    per_layer = quant.get("layers") or quant.get("per_layer") or quant.get("per_layer_bits") or {}
+    method = quant.get("method")
+    default = quant.get("weight_bits") or quant.get("bits")
+    out = {}
+    for i, name in enumerate(layers):
+        entry = per_layer.get(name) or per_layer.get(name.replace("_", "."))
+        if isinstance(entry, dict):
+            out[name] = entry.get("weight_bits") or entry.get("bits")
+        elif isinstance(entry, int):
+            out[name] = entry
+        elif method == "pact" and i in (0, len(layers) - 1):
+            out[name] = quant.get("first_last_bits", 8)
+        else:
+            out[name] = default
+    return out
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10 ** -digits else f"{v:.1e}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x, digits) for x in v) if v else "none"
+    return str(v)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows] + [""])
+
+
+def _ci(m: dict, key: str) -> str:
+    ci = (m.get("ci") or {}).get(key)
+    return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
 
 
 def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, bench: dict | None,
-                     explanations: dict | None = None) -> dict:
-    """Write the card files beside ``onnx_path``; returns the card dict.
+                     explanations: dict | None = None, *, artifact_metrics: dict | None = None,
+                     parent_metrics: dict | None = None, parent_scored: str = "its PyTorch model", data_stats: dict | None = None,
+                     n_parameters: int | None = None, versions: dict | None = None) -> dict:
+    """Write ``<name>.card.md`` and ``<name>.card.json`` beside ``onnx_path``; returns the card dict.
 
     Args:
-        meta: the checkpoint's JSON (``dataset``, ``arch``, ``quant``, ``train``, ``seed``).
-        metrics: ``{"test": Metrics dict}``: the ONNX artifact's test metrics (``artifact: True``), with
-            ``positive_class``, ``operating_point``, ``*_at_op``, ``ece`` and ``temperature``.
-        bench: ``bench_onnx`` output for the artifact (size, latency).
-        explanations: saliency metrics (faithfulness, agreement), if measured.
+        meta: the checkpoint's JSON (``dataset``, ``arch``, ``quant``, ``train``, ``seed``, ``parent_checkpoint``).
+        metrics: the checkpoint's ``metrics.json`` (``test``: metrics of the PyTorch model), if evaluated.
+        bench: ``bench_onnx`` output for the artifact (size, latency, ``cpu``).
+        explanations: saliency metrics (``faithfulness_gap``, ``gini``, ``map_spearman_vs_fp32``...), if measured.
+        artifact_metrics: metrics of the ONNX file itself on the test split (with ``ci``); preferred over ``metrics``.
+        parent_metrics: test metrics of the FP32 parent (quantized models), for the change against it;
+            ``parent_scored`` says what was scored (its ONNX file or its PyTorch model).
+        data_stats: ``{"counts": {split: n}, "class_counts": {split: [n per class]}}``.
+        n_parameters: trainable parameters of the architecture.
+        versions: package versions (``qsal``, ``onnxruntime``...).
     """
     onnx_path = Path(onnx_path)
     data = meta.get("dataset") or {}
+    arch = meta.get("arch") or {}
     quant = meta.get("quant") or {"method": "fp32"}
-    test = (metrics or {}).get("test")
-    decision = meta.get("decision") or {}
-    op = decision.get("operating_point")
-    if op:
-        op_text = (f"{decision.get('positive_class')} if p({decision.get('positive_class')}) >= {op['threshold']:.4f} "
-                   f"(rule {op['rule']}, chosen on the {op['chosen_on']} split)")
-    elif data.get("task") == "binary-class":
-        op_text = f"{(data.get('labels') or ['', 'label 1'])[1]} if its probability > 0.5"
-    else:
-        op_text = "argmax of the class probabilities"
-    if decision.get("temperature_scaling"):
-        op_text += f"; logits divided by temperature {decision.get('temperature'):.3f} (fitted on validation)"
-    card = {
-        "model": onnx_path.name, "architecture": meta.get("arch"),
-        "data": {"dataset": data.get("name"), "task": data.get("task"), "classes": data.get("labels"),
-                 "splits": "official train/val/test; model selected on validation AUC", "license": data.get("license")},
-        "preprocessing": {"input": f"uint8 images {data.get('image_size')}x{data.get('image_size')}, "
-                                   f"{data.get('n_channels')} channel(s); other sizes: PIL bilinear resize",
-                          "normalisation": f"x/255, then (x - {data.get('mean')}) / {data.get('std')}"},
-        "quantization": quant,
-        "metrics": test, "operating_point": op_text, "decision": decision or None,
-        "size_bytes": onnx_path.stat().st_size,
-        "latency": bench, "explanations": explanations,
-        "training": {"config": meta.get("train"), "seed": meta.get("seed"), "parent": meta.get("parent_checkpoint")},
-        "intended_use": "Decision support research and edge-deployment studies on images like the training data.",
-        "limitations": _LIMITS,
-    }
-    write_json_atomic(onnx_path.with_suffix(".card.json"), card)
-    lines = [f"# Model card: {onnx_path.name}", "",
-             f"- **Architecture**: {(meta.get('arch') or {}).get('name')}; **quantization**: {quant.get('method')}"
-             + (f", {quant.get('bits') or quant.get('weight_bits')} bit" if quant.get("method") != "fp32" else ""),
-             f"- **Data**: {data.get('name')} ({data.get('task')}), classes {data.get('labels')}; {card['data']['splits']}",
-             f"- **Preprocessing**: {card['preprocessing']['input']}; {card['preprocessing']['normalisation']}",
-             f"- **Operating point**: {card['operating_point']}",
-             f"- **Size on disk**: {card['size_bytes']:,} bytes"]
-    if test and "n" in test:
-        ci = test.get("ci") or {}
+    versions = versions or {}
+    classes = list(data.get("labels") or [])
+    pytorch = (metrics or {}).get("test")
+    scored = artifact_metrics or pytorch
+    scored_what = "the ONNX file run by onnxruntime" if artifact_metrics else "the PyTorch model (ONNX file not scored)"
+    opset, storage = onnx_layer_storage(onnx_path)
+    bits = _quant_bits(quant, list(storage)) if quant.get("method") != "fp32" else {k: 32 for k in storage}
+    size = onnx_path.stat().st_size
+    binary = data.get("task") == "binary-class"
+    positive = (scored or {}).get("positive_class") or (classes[-1] if binary and classes else None)
+    op = (scored or {}).get("operating_point") or ({"rule": "probability of the positive class > 0.5",
+                                                     "threshold": 0.5, "chosen_on": "fixed default"} if binary else
+                                                    {"rule": "argmax of the class probabilities"})
+    name = f"qsal-{arch.get('name', 'model')}-{data.get('name', 'data')}-{quant.get('method')}"
+    if quant.get("method") != "fp32":
+        name += f"-{quant.get('bits') or quant.get('weight_bits')}bit"
+    today = _dt.date.today().isoformat()
 
-        def fmt(k):
-            if test.get(k) is None:
-                return "undefined"
-            return f"{test[k]:.3f}" + (f" (95% CI {ci[k][0]:.3f}–{ci[k][1]:.3f})" if ci.get(k) else "")
+    hf_metrics = []
+    if scored:
+        hf_metrics += [{"type": "roc_auc", "value": round(scored["auc"], 4), "name": "test AUC"},
+                       {"type": "accuracy", "value": round(scored["acc"], 4), "name": "test accuracy"}]
+        for k, hf in (("sensitivity", "recall"), ("specificity", "specificity")):
+            if scored.get(k) is not None:
+                hf_metrics.append({"type": hf, "value": round(scored[k], 4), "name": f"test {k} ({positive} positive)"})
+    front = {"license": hf_license(data.get("license")), "library_name": "onnx", "pipeline_tag": "image-classification",
+             "tags": ["qsal", "onnx", "medical-imaging", "edge", data.get("name") or "custom",
+                      "fp32" if quant.get("method") == "fp32" else "quantized", quant.get("method")],
+             "datasets": [data.get("name")], "metrics": ["roc_auc", "accuracy"] + (["recall", "specificity"] if binary else [])}
+    if meta.get("parent_checkpoint"):
+        front["base_model"] = str(meta["parent_checkpoint"])
+    front["model-index"] = [{"name": name, "results": [{
+        "task": {"type": "image-classification", "name": "Image Classification"},
+        "dataset": {"type": data.get("name"), "name": data.get("name"), "split": "test"},
+        "metrics": hf_metrics}]}]
 
-        what = "the ONNX artifact" if test.get("artifact") else "the PyTorch model"
-        pos = test.get("positive_class")
-        line = f"- **Test metrics** of {what} (n={test['n']}): AUC {fmt('auc')}, ACC at 0.5 {fmt('acc')}"
-        if pos is not None:
-            line += f", sensitivity ({pos}) {fmt('sensitivity')}, specificity ({pos}) {fmt('specificity')} at 0.5"
-            if test.get("operating_point"):
-                line += (f"; at the operating point: sensitivity ({pos}) {fmt('sensitivity_at_op')}, "
-                         f"specificity ({pos}) {fmt('specificity_at_op')}")
-        if test.get("per_class_recall") and pos is None:
-            line += "; recall " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} —"
-                                            for k, v in test["per_class_recall"].items())
-        lines.append(line)
-        if test.get("ece") is not None:
-            lines.append(f"- **Calibration**: ECE {test['ece']:.3f} (15 bins, temperature {test.get('temperature', 1.0):.3f})")
+    md = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
+          f"# Model card: {name}", "",
+          f"A {arch.get('name')} image classifier for {data.get('name')} ({data.get('task')}), "
+          f"{'stored in FP32' if quant.get('method') == 'fp32' else 'quantized with ' + str(quant.get('method'))}, "
+          f"exported to ONNX for CPU inference. Card written by qsal {versions.get('qsal', '')} on {today}.", "",
+          "## Model details", ""]
+    train = meta.get("train") or {}
+    details = [("name / version", f"{name} / qsal {versions.get('qsal', '?')}, {today}"),
+               ("architecture", f"{arch.get('name')} ({arch.get('in_channels')} channel(s) in, {arch.get('num_classes')} outputs)"),
+               ("parameters", f"{n_parameters:,}" if n_parameters else None),
+               ("file", f"{onnx_path.name}, {size / 1024:,.1f} KiB ({size:,} bytes)"),
+               ("format", f"ONNX opset {opset}" + (", QDQ with integer weights" if quant.get("method") != "fp32" else "")),
+               ("runtime", f"onnxruntime {versions.get('onnxruntime', '')} (CPU); `qsal.runtime.Runtime` applies the "
+                           "preprocessing stored in the file"),
+               ("input", f"uint8 images {data.get('image_size')}x{data.get('image_size')}, {data.get('n_channels')} "
+                         f"channel(s); x/255, then (x - {data.get('mean')}) / {data.get('std')}"),
+               ("training", f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch "
+                            f"{train.get('batch_size')}, seed {meta.get('seed')}; best validation {train.get('select_on', 'auc')}"
+                            if train else None),
+               ("parent (FP32)", meta.get("parent_checkpoint"))]
+    md += _table(("item", "value"), [d for d in details if d[1]])
+    md += ["### Quantization", ""]
+    if quant.get("method") == "fp32":
+        md += ["None: FP32 weights and activations.", ""]
     else:
-        lines.append(f"- **Test metrics**: not measured ({(test or {}).get('not_measured', 'run `qsal evaluate`')})")
+        md += _table(("setting", "value"), [(k, v) for k, v in quant.items() if not isinstance(v, dict)])
+        md += ["Per-layer weights (bits from the quantization record; storage read from the ONNX graph; ONNX has no "
+               "2- or 3-bit type, so those use INT4 containers):", ""]
+        md += _table(("layer", "weight bits", "ONNX storage"), [(k, bits.get(k), v) for k, v in storage.items()])
+        for key, value in quant.items():
+            if isinstance(value, dict) and value:
+                md += [f"`{key}`:", ""] + _table(("entry", "value"), list(value.items()))
+
+    md += ["## Intended use", "",
+           "Research on compressing and explaining medical-image classifiers for edge CPUs; decision-support "
+           "studies on images like the training data, with a clinician in the loop.", "",
+           "## Out-of-scope use", ""] + [f"- {t}" for t in _OUT_OF_SCOPE] + [""]
+
+    md += ["## Training and evaluation data", "",
+           f"{data.get('name')} ({data.get('task')}; classes: {', '.join(classes)}); licence {data.get('license')}; "
+           "official train/validation/test splits, model selected on the validation split, metrics on test.", ""]
+    if data_stats:
+        counts, per_class = data_stats.get("counts") or {}, data_stats.get("class_counts") or {}
+        md += _table(("split", "images") + tuple(classes),
+                     [(s, counts.get(s), *(f"{c} ({c / max(counts.get(s) or 1, 1):.0%})" for c in per_class.get(s, [])))
+                      for s in counts])
+
+    md += ["## Metrics", "", f"Measured on {scored_what}, test split"
+           + (f", n = {scored['n']}" if scored else "") + f"; operating point: {op.get('rule')}"
+           + (f" (threshold {op['threshold']}, " + (f"chosen on the {op['chosen_on']} split)" if op.get("chosen_on") not in
+                                                     (None, "fixed default") else "a fixed default)")
+              if op.get("threshold") is not None else "")
+           + (f"; positive class: **{positive}**" if positive else "") + ". 95% CIs: percentile bootstrap, 1,000 resamples.", ""]
+    if scored:
+        about = f" ({positive})" if positive else ""
+        keys = [("AUC", "auc"), ("accuracy at 0.5", "acc"), (f"sensitivity{about} at 0.5", "sensitivity"),
+                (f"specificity{about} at 0.5", "specificity"),
+                (f"sensitivity{about} at the operating point", "sensitivity_at_op"),
+                (f"specificity{about} at the operating point", "specificity_at_op"), ("balanced accuracy", "balanced_accuracy"),
+                ("macro F1", "macro_f1"), ("ECE (calibration error, 15 bins)", "ece"), ("temperature", "temperature")]
+        md += _table(("metric", "value", "95% CI"), [(label, scored[k], _ci(scored, k)) for label, k in keys
+                                                     if scored.get(k) is not None])
+        md += ["## Factors", "", "Per-class recall (how often images of each class are recognised); other factors "
+               "(site, device, age, sex) are not recorded in the dataset and were not evaluated.", ""]
+        recall = scored.get("per_class_recall") or {}
+        cm = scored.get("confusion") or []
+        if not recall and cm and classes:
+            recall = {c: (row[i] / sum(row) if sum(row) else None) for i, (c, row) in enumerate(zip(classes, cm))}
+        if recall:
+            support = {c: sum(row) for c, row in zip(classes, cm)} if cm else {}
+            md += _table(("class", "recall", "test images"), [(c, r, support.get(c)) for c, r in recall.items()])
+    else:
+        md += ["Not measured (run `qsal evaluate`, or export with the data available).", ""]
+
+    if parent_metrics and scored:
+        md += ["## Change against the FP32 parent", "", f"This model ({scored_what}) minus its FP32 parent "
+               f"({parent_scored}), on the same test split and operating point:", ""]
+        md += _table(("metric", "this model", "FP32 parent", "change"),
+                     [(label, scored[k], parent_metrics[k], f"{scored[k] - parent_metrics[k]:+.3f}")
+                      for label, k in (("AUC", "auc"), ("accuracy", "acc"), (f"sensitivity ({positive})", "sensitivity"),
+                                       (f"specificity ({positive})", "specificity"))
+                      if scored.get(k) is not None and parent_metrics.get(k) is not None])
     if bench:
-        for r in bench.get("runs", []):
-            lines.append(f"- **Latency** ({bench.get('cpu', 'this CPU')}, {r['threads']} thread(s), batch {r['batch']}): "
-                         f"p50 {r['latency_ms_p50']:.3f} ms, p95 {r['latency_ms_p95']:.3f} ms")
-    lines.append(f"- **Explanation metrics**: {json.dumps(explanations) if explanations else 'not measured'}")
-    lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", "", _LIMITS, ""]
-    write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(lines))
+        md += ["## Latency", "", f"CPU: {bench.get('cpu', 'this machine')}; each configuration in a fresh process.", ""]
+        md += _table(("threads", "batch", "p50 ms", "p95 ms", "images/s"),
+                     [(r["threads"], r["batch"], r["latency_ms_p50"], r["latency_ms_p95"], f"{r['throughput_img_s']:,.0f}")
+                      for r in bench.get("runs", [])])
+    md += ["## Explanation metrics", ""]
+    if explanations:
+        md += _table(("metric", "value", "meaning"), [(k, v, _EXPLANATIONS.get(k, "")) for k, v in explanations.items()])
+    else:
+        md += ["Not measured (`qsal demo`, `qsal run` and `qsal report` measure them).", ""]
+    md += ["## Caveats and recommendations", ""] + [f"- {t}" for t in _CAVEATS] + [""]
+    if data.get("citation") or data.get("name", "").endswith("mnist"):
+        md += ["## Citation", "", "Data: Yang et al., MedMNIST v2, Scientific Data 10, 41 (2023) and the subset's source. "
+               "Card format: Mitchell et al., Model Cards for Model Reporting, FAT* 2019.", ""]
+
+    card = {"name": name, "date": today, "metadata": front, "model": onnx_path.name, "architecture": arch,
+            "parameters": n_parameters, "size_bytes": size, "opset": opset, "layers": {k: {"storage": v, "bits": bits.get(k)}
+                                                                                    for k, v in storage.items()},
+            "quantization": quant, "data": {**{k: data.get(k) for k in ("name", "task", "labels", "license")},
+                                            **(data_stats or {})},
+            "metrics": {"scored": "onnx" if artifact_metrics else "pytorch", "test": scored, "operating_point": op,
+                        "positive_class": positive, "pytorch_test": pytorch, "fp32_parent_test": parent_metrics,
+                        "fp32_parent_scored": parent_scored if parent_metrics else None},
+            "latency": bench, "explanations": explanations, "training": {"config": train, "seed": meta.get("seed"),
+                                                                        "parent": meta.get("parent_checkpoint")},
+            "out_of_scope": _OUT_OF_SCOPE, "caveats": _CAVEATS}
+    write_json_atomic(onnx_path.with_suffix(".card.json"), card)
+    write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(md))
     return card

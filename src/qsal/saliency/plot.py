@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from qsal._atomic import save_figure_atomic  # noqa: E402
 
-__all__ = ["save_saliency_grid", "to_display"]
+__all__ = ["save_saliency_grid", "saliency_grid_figure", "to_display"]
 
 
 def to_display(x: np.ndarray, mean, std) -> np.ndarray:
@@ -24,35 +24,70 @@ def to_display(x: np.ndarray, mean, std) -> np.ndarray:
 
 
 def save_saliency_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: str | os.PathLike,
-                       captions: list[str] | None = None, title: str = "") -> Path:
-    """Write a PNG grid: column 0 the image, then per model its |map| (heat) and an overlay.
+                       captions: list[str] | None = None, title: str = "", **layout) -> Path:
+    """Write ``saliency_grid_figure(images, maps, captions, title, **layout)`` as a PNG at ``path``."""
+    return save_figure_atomic(saliency_grid_figure(images, maps, captions, title, **layout), path)
+
+
+def saliency_grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: list[str] | None = None,
+                         title: str = "", *, cell_captions: dict[str, list[str]] | None = None,
+                         overlay_only: bool = False, cell_inches: float = 1.6):
+    """A matplotlib figure: column 0 the image, then per model its |map| (heat) and an overlay.
 
     Args:
         images: displayable ``(N, H, W)`` or ``(N, H, W, 3)`` in [0, 1] (see ``to_display``).
         maps: model name -> maps ``(N, C, H, W)``.
+        captions: one row label per image (e.g. true label), left of the image.
+        cell_captions: model name -> one caption per image under its overlay (e.g. prediction and probability).
+        overlay_only: one column per model (the overlay) instead of map + overlay.
+    Each map is scaled to its own maximum; the colour bar gives that scale. Constrained layout keeps
+    the title, column headers and row labels apart at any ``N``.
     """
     n = images.shape[0]
-    cols = 1 + 2 * len(maps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n + (0.4 if title else 0)), squeeze=False)
+    per_model = 1 if overlay_only else 2
+    cols = 1 + per_model * len(maps)
+    label_w = 1.1 if captions else 0.3
+    fig, axes = plt.subplots(n, cols, figsize=(cell_inches * cols + label_w + 0.9, cell_inches * n + (0.7 if title else 0.4)),
+                             squeeze=False, layout="constrained")
+    gray = "gray" if images.ndim == 3 else None
+    heat_im = None
     for i in range(n):
         ax = axes[i, 0]
-        ax.imshow(images[i], cmap="gray" if images.ndim == 3 else None, vmin=0, vmax=1)
-        ax.set_ylabel(captions[i] if captions else f"#{i}", fontsize=7)
+        ax.imshow(images[i], cmap=gray, vmin=0, vmax=1)
+        ax.set_ylabel(captions[i] if captions else f"#{i}", fontsize=8, rotation=0, ha="right", va="center",
+                      labelpad=6)
         for j, (name, m) in enumerate(maps.items()):
             heat = np.abs(m[i]).mean(axis=0)
             heat = heat / max(heat.max(), 1e-12)
-            axes[i, 1 + 2 * j].imshow(heat, cmap="inferno", vmin=0, vmax=1)
-            axes[i, 2 + 2 * j].imshow(images[i], cmap="gray" if images.ndim == 3 else None, vmin=0, vmax=1)
-            axes[i, 2 + 2 * j].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            over = axes[i, 1 + per_model * j + (0 if overlay_only else 1)]
+            if not overlay_only:
+                heat_im = axes[i, 1 + per_model * j].imshow(heat, cmap="inferno", vmin=0, vmax=1)
+            over.imshow(images[i], cmap=gray, vmin=0, vmax=1)
+            im = over.imshow(heat, cmap="inferno", alpha=0.5, vmin=0, vmax=1)  # one colour scale for the bar
+            heat_im = heat_im or im
+            if cell_captions and name in cell_captions:
+                over.set_xlabel(cell_captions[name][i], fontsize=7.5)
             if i == 0:
-                axes[i, 1 + 2 * j].set_title(f"{name}\nmap", fontsize=7)
-                axes[i, 2 + 2 * j].set_title("overlay", fontsize=7)
+                if overlay_only:
+                    over.set_title(name, fontsize=8.5)
+                else:
+                    axes[i, 1 + per_model * j].set_title(f"{name}\nmap", fontsize=8)
+                    over.set_title(f"{name}\noverlay", fontsize=8)
         if i == 0:
-            axes[i, 0].set_title("image", fontsize=7)
+            axes[i, 0].set_title("image", fontsize=8.5)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    if heat_im is not None:  # the colour scale itself (an overlay's alpha would wash the bar out)
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        scale = ScalarMappable(Normalize(0, 1), cmap="inferno")
+        fig.colorbar(scale, ax=axes, shrink=min(1.0, 3.0 / max(n, 1)), aspect=25, pad=0.01,
+                     label="|attribution| / its maximum")
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return save_figure_atomic(fig, path)
+        fig.suptitle(title, fontsize=10)
+    # constrained layout settles over passes (right-aligned row labels move the axes); one pass here, so the
+    # pass that saves the figure is the second
+    fig.draw_without_rendering()
+    return fig

@@ -7,12 +7,13 @@ re-evaluated *as the artifact* with onnxruntime, timed, and explained; the resul
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from qsal._atomic import write_json_atomic, write_text_atomic
+from qsal._atomic import write_json_atomic
 from qsal.provenance import environment
 
 __all__ = ["run_demo", "DEMO_STAGES"]
@@ -22,46 +23,59 @@ DEMO_STAGES = ("fp32", "ptq-int8", "qat-int8", "pact-4", "sgt+pact-4")
 
 
 def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=None, quick: bool = False,
-             seed: int = 0, model: str = "small_cnn", progress: bool = True) -> dict:
-    """Run every stage and write the results; returns the results dict (rows per model)."""
+             seed: int = 0, model: str = "small_cnn", progress: bool = True, verbose: bool = True) -> dict:
+    """Run every stage and write the results; returns the results dict (rows per model, ``report`` paths).
+
+    ``progress``: training progress (bars on a terminal, one line per epoch otherwise); ``verbose``: a
+    line per stage on stderr. Nothing is printed to stdout: the CLI prints the table.
+    """
     import torch
 
     from qsal.checkpoint import load_checkpoint
+    from qsal.models import count_parameters
     from qsal.export.bench import bench_onnx
-    from qsal.metrics import predict_logits, save_reliability_diagram
-    from qsal.scoring import artifact_row
+    from qsal.metrics import predict_logits, save_reliability_diagram, scores_from_logits
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
+    from qsal.runtime import Runtime
+    from qsal.scoring import artifact_row
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.study.report import write_report
     from qsal.saliency import SaliencyGuidedStep, explain
     from qsal.saliency.metrics import agreement, faithfulness_curve, gini
-    from qsal.saliency.plot import save_saliency_grid, to_display
+    from qsal.saliency.plot import to_display
     from qsal.train import TrainConfig
+
+    def say(text: str) -> None:
+        if verbose:
+            print(text, file=sys.stderr, flush=True)
 
     out = Path(out_dir)
     t_start = time.perf_counter()
     epochs = {"fp32": 12 if quick else 40, "qat": 2 if quick else 5, "pact": 4 if quick else 15}
     train, val, test = load_splits(dataset, data_dir, seed=seed)
     task = train.info.task
-    print(f"qsal demo: {train.info.name} ({len(train)}/{len(val)}/{len(test)} images, {task}); model {model}; "
-          f"{'quick' if quick else 'full'} schedule", flush=True)
+    say(f"qsal demo: {train.info.name} ({len(train)}/{len(val)}/{len(test)} images, {task}); model {model}; "
+        f"{'quick' if quick else 'full'} schedule")
     ckpts = {}
     fp32 = train_model(dataset, model, TrainConfig(epochs=epochs["fp32"], seed=seed, progress=progress), out / "fp32",
                        data_dir=data_dir, resume=True)
     ckpts["fp32"] = fp32["checkpoint"]
     stages = [("ptq-int8", PTQConfig(), 0, None), ("qat-int8", QATConfig(), epochs["qat"], None),
               ("pact-4", PACTConfig(bits=4), epochs["pact"], None),
-              ("sgt+pact-4", PACTConfig(bits=4), epochs["pact"], SaliencyGuidedStep(task, k=0.5, lam=1.0))]
+              ("sgt+pact-4", PACTConfig(bits=4), epochs["pact"], SaliencyGuidedStep(task, k=0.5, lam=1.0, seed=seed))]
     for name, cfg, ep, step in stages:
-        print(f"[{name}]", flush=True)
+        say(f"[{name}]")
         # PACT alone fine-tunes at 5e-4; QAT and the saliency-guided stage at 1e-4 (at 5e-4 SGT+PACT collapsed
         # to the majority class on BreastMNIST)
         ckpts[name] = quantize_checkpoint(ckpts["fp32"], cfg, out / name, epochs=ep, lr=5e-4 if name == "pact-4" else 1e-4,
                                           data_dir=data_dir, seed=seed, progress=progress, step=step,
                                           resume=True)["checkpoint"]
-    x_sal, _ = test.subset(8, seed).tensors()
+    sal_split = test.subset(8, seed)
+    x_sal, y_sal = sal_split.tensors()
+    sal_index = test.subset_indices(8, seed)
     x_faith, y_faith = test.subset(64 if quick else 156, seed).tensors()
-    rows, maps, reliability, artifact_metrics = [], {}, {}, {}
+    rows, maps, predictions, sal_probs, reliability, artifact_metrics = [], {}, {}, {}, {}, {}
+    say("[export, score the ONNX artifacts, time, explain]")
     for name, ckpt in ckpts.items():
         import json
 
@@ -77,7 +91,11 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         faith_maps = explain(model_obj, x_faith, "gradient_abs").numpy()
 
         faith = faithfulness_curve(lambda a, m=model_obj: predict_logits(m, torch.from_numpy(a)), x_faith.numpy(), y_faith.numpy(), faith_maps, fill="constant", seed=seed)
-        rows.append({"model": name, **artifact_row(art, metrics), "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
+        probs = scores_from_logits(Runtime(onnx_path).predict_logits(test.images), test.info.task)
+        predictions[name] = {"y_true": test.labels, "probs": probs, "scored": "ONNX artifact"}
+        sal_probs[name] = probs[sal_index]
+        rows.append({"model": name, **artifact_row(art, metrics), "acc_ci": art.ci.get("acc"), "scored": "onnx",
+                     "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
                      "latency_b1_p95_ms": b1["latency_ms_p95"], "throughput_b64": b64["throughput_img_s"],
                      "faithfulness_gap": faith["gap"], "gini": float(np.mean(gini(maps[name]))),
                      "onnx": str(onnx_path), "checkpoint": str(ckpt), "bench": bench})
@@ -88,19 +106,20 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         r["size_ratio"] = r["size_bytes"] / rows[0]["size_bytes"]
         r["card"] = write_card(r["checkpoint"], r["onnx"], r.pop("bench"), metrics=artifact_metrics[r["model"]], explanations={
             "faithfulness_gap": r["faithfulness_gap"], "gini": r["gini"], "map_spearman_vs_fp32": r["agreement_spearman"],
-            "map_top10_iou_vs_fp32": r["agreement_iou"]})
+            "map_top10_iou_vs_fp32": r["agreement_iou"]}, data_dir=data_dir)
     info = test.info
-    grid = save_saliency_grid(to_display(x_sal.numpy(), info.mean, info.std), maps, out / "saliency_grid.png",
-                              title=f"{info.name}: integrated gradients, same test images, every model")
+    saliency = {"images": to_display(x_sal.numpy(), info.mean, info.std), "maps": maps, "y_true": y_sal.numpy(),
+                "probs": sal_probs, "class_names": list(info.labels), "method": "integrated gradients",
+                "indices": sal_index.tolist(), "reference": "fp32"}
     rel = save_reliability_diagram(reliability, out / "reliability.png",
                                    title=f"{info.name} test, ONNX artifacts: " + ", ".join(
                                        f"{r['model']} ECE {r['ece']:.3f}" for r in rows if r["model"] in ("fp32", "ptq-int8", "pact-4")))
-    results = {"dataset": info.name, "model": model, "quick": quick, "seed": seed, "epochs": epochs,
-               "positive_class": rows[0].get("positive_class"), "rows": rows, "saliency_grid": str(grid),
-               "reliability_png": str(rel), "seconds": time.perf_counter() - t_start,
-               "environment": environment()}
+    results = {"dataset": info.name, "model": model, "architecture": f"{model}, {count_parameters(load_checkpoint(ckpts['fp32'])[0]):,} parameters", "quick": quick,
+               "seed": seed, "epochs": epochs, "n_test": len(test), "class_names": list(info.labels),
+               "positive_class": rows[0].get("positive_class"), "reliability_png": str(rel),
+               "source": f"qsal demo{' --quick' if quick else ''} --seed {seed}", "rows": rows,
+               "seconds": time.perf_counter() - t_start, "environment": environment()}
     write_json_atomic(out / "results.json", results)
-    md = write_report(out, results)
-    print(md["table"])
-    print(f"\nreport: {md['html']}  (markdown: {md['markdown']}; {results['seconds']:.0f} s)")
-    return results
+    report = write_report(out, {**results, "predictions": predictions, "saliency": saliency})
+    say(f"demo finished in {results['seconds']:.0f} s")
+    return {**results, "saliency_grid": str(out / "saliency_grid.png"), "report": report}

@@ -78,6 +78,8 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
 
     from qsal.metrics import predict_logits
     from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
+    from qsal.metrics import scores_from_logits
+    from qsal.runtime import Runtime
     from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.saliency import SaliencyGuidedStep
@@ -108,8 +110,11 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     metrics = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")["test"]
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False, force=True)  # the cell owns its files
     art = evaluate_onnx(cell / "model.onnx", test, seed=spec.seed)
-    result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics), "train_s": seconds,
-              "size_bytes": exp["size_bytes"]}
+    result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
+              "acc_ci": art.ci.get("acc"), "train_s": seconds, "size_bytes": exp["size_bytes"]}
+    probs = scores_from_logits(Runtime(cell / "model.onnx").predict_logits(test.images), test.info.task)
+    np.save(cell / "test_probs.npy", probs)  # the report's confusion matrix, ROC and reliability figures
+    np.save(cell / "test_labels.npy", test.labels)
     if cfg.measure.latency:
         from qsal.export.bench import bench_onnx
 
@@ -128,10 +133,11 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
         np.save(cell / "saliency_maps.npy", maps)
         if spec.kind == "fp32":
             np.save(cell / "explain_images.npy", to_display(x.numpy(), sub.info.mean, sub.info.std))
+            np.save(cell / "explain_indices.npy", test.subset_indices(cfg.measure.n_explain, 0))
         result.update(measures)
     if cfg.measure.latency:
-        write_card(str(ckpt), cell / "model.onnx", bench, metrics=art.to_dict(), explanations={
-            k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None)
+        write_card(str(ckpt), cell / "model.onnx", bench, explanations={
+            k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None, data_dir=cfg.data_dir)
     result["environment"] = environment()
     _log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
     write_json_atomic(cell / "result.json", result)
@@ -231,7 +237,14 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
               ray_address: str | None = None, force: bool = False, progress: bool = True) -> list[dict]:
     """Run (or resume) every cell of a study into ``run_dir``; returns the per-cell statuses.
 
-    Holds the folder's lock throughout: a second run on the same folder raises ``QsalError`` at once."""
+    ``progress``: one study bar on a terminal (cells log into their own ``log.txt``, so bars never
+    nest), one plain line per finished cell otherwise. Holds the folder's lock throughout: a second run
+    on the same folder raises ``QsalError`` at once.
+    """
+    import sys
+
+    from tqdm import tqdm
+
     cfg = config if isinstance(config, RunConfig) else load_run_config(config)
     run_dir = Path(run_dir)
     if backend == "ray":  # refused before the folder is touched
@@ -260,7 +273,16 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     payload = [([asdict(c) for c in g], str(run_dir), cfg.to_dict(), threads) for g in groups]
     statuses: list[dict] = []
-    bar = tqdm(total=n_cells, desc=f"study {cfg.name}", disable=not progress)
+    on_terminal = progress and sys.stderr.isatty()
+    bar = tqdm(total=n_cells, desc=f"study {cfg.name}", disable=not on_terminal, unit="cell")
+
+    def finished(res: list[dict]) -> None:
+        statuses.extend(res)
+        bar.update(len(res))
+        if progress and not on_terminal:
+            for s in res:
+                print(f"[{len(statuses)}/{n_cells}] {s['status']}: {s['id']}", file=sys.stderr, flush=True)
+
     if backend == "ray":
         import ray
 
@@ -271,23 +293,17 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
         pending = [remote.remote(*p, False) for p in payload]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            res = ray.get(ready[0])
-            statuses += res
-            bar.update(len(res))
+            finished(ray.get(ready[0]))
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with _safe_path_env(), ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(run_group, *p, False) for p in payload]
             for f in as_completed(futures):
-                res = f.result()
-                statuses += res
-                bar.update(len(res))
+                finished(f.result())
     else:
         for p in payload:
-            res = run_group(*p, progress)
-            statuses += res
-            bar.update(len(res))
+            finished(run_group(*p, False))
     bar.close()
     write_json_atomic(run_dir / "statuses.json", statuses)
     return statuses
@@ -361,7 +377,7 @@ def collect_results(run_dir: str | Path) -> dict:
                 row[k] = float(np.mean(vals))
                 if len(rs) > 1 and k in ("test_auc", "test_acc"):
                     row[k + "_std"] = float(np.std(vals))
-        row["auc_ci"] = rs[0].get("auc_ci")
+        row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])
         rows.append(row)
@@ -384,7 +400,41 @@ def collect_results(run_dir: str | Path) -> dict:
 
         grids.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
-    return {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results)}
+    out = {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results)}
+    out.update(_report_arrays(run_dir, keys, multi))
+    return out
+
+
+def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
+    """Test probabilities (first seed) per row, and for a one-group study the saliency payload of the report."""
+    from qsal.data import get_info
+
+    predictions, cells = {}, {}
+    for (ds, model, label), rs in keys.items():
+        cell = run_dir / rs[0]["id"]
+        name = f"{ds}/{model}/{label}" if multi else label
+        cells[name] = cell
+        if (cell / "test_probs.npy").is_file() and (cell / "test_labels.npy").is_file():
+            predictions[name] = {"y_true": np.load(cell / "test_labels.npy"), "probs": np.load(cell / "test_probs.npy"),
+                                 "scored": "ONNX artifact, first seed"}
+    datasets = {ds for ds, _, _ in keys}
+    info = get_info(next(iter(datasets))) if len(datasets) == 1 else None
+    extra = {"predictions": predictions}
+    if info is not None:
+        extra.update(class_names=list(info.labels), dataset_name=info.name)
+        if predictions:
+            extra["n_test"] = len(next(iter(predictions.values()))["y_true"])
+    ref = cells.get("fp32")
+    if multi or ref is None or not (ref / "explain_images.npy").is_file() or not (ref / "explain_indices.npy").is_file():
+        return extra
+    idx = np.load(ref / "explain_indices.npy")
+    maps = {n: np.load(c / "saliency_maps.npy") for n, c in cells.items() if (c / "saliency_maps.npy").is_file()}
+    extra["saliency"] = {"images": np.load(ref / "explain_images.npy"), "maps": maps,
+                         "y_true": predictions["fp32"]["y_true"][idx] if "fp32" in predictions else None,
+                         "probs": {n: p["probs"][idx] for n, p in predictions.items() if n in maps},
+                         "class_names": extra.get("class_names"), "method": "|input gradient|",
+                         "indices": idx.tolist(), "reference": "fp32"}
+    return extra
 
 
 def report_run(run_dir: str | Path) -> dict:
@@ -396,6 +446,10 @@ def report_run(run_dir: str | Path) -> dict:
     cfg = read_json(stamp, "rerun `qsal run` on this folder to rewrite it") if stamp.is_file() else {}
     collected = collect_results(run_dir)  # before any file is written: a damaged folder writes nothing
     cfg = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
-    cfg = {"name": str(cfg.get("name", Path(run_dir).name))}
-    return write_report(run_dir, {"dataset": cfg["name"], "rows": collected["rows"], "saliency_grids": collected["grids"],
-                                  "failed": collected["failed"], "environment": environment()})
+    name = str(cfg.get("name", Path(run_dir).name))
+    results = {"dataset": collected.get("dataset_name", name), "rows": collected["rows"], "failed": collected["failed"],
+               "environment": environment(), "source": f"qsal run ({collected['n_cells']} cells, config {name})",
+               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency") if k in collected}}
+    if "saliency" not in results:
+        results["saliency_grids"] = collected["grids"]
+    return write_report(run_dir, results)

@@ -1,0 +1,104 @@
+"""How the CLI shows results and help: aligned tables by default, JSON with ``--json``, defaults in ``--help``.
+
+Tables round floats to 4 significant digits (JSON keeps every digit); progress goes to stderr and
+never mixes with a result on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["HelpFormatter", "add_output_args", "print_result", "print_rows", "format_value", "is_terminal"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every flag that has a default; not for flags whose default is
+    "unset" (None) or "off" (a store_true flag), where it would say nothing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or any(action.default is d for d in (None, False, argparse.SUPPRESS)):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text + " (default: %(default)s)"
+        return text
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--quiet``, the same two flags on every sub-command."""
+    p.add_argument("--json", action="store_true", help="print the result as JSON (machine-readable) instead of a table")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars, per-epoch lines or notes; print only the result")
+
+
+def is_terminal(stream=None) -> bool:
+    """Whether ``stream`` (stderr by default) is an interactive terminal: progress bars only there."""
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def format_value(v) -> str:
+    """A value for a table cell: 4 significant digits for floats, ``lo–hi`` for CI pairs, compact lists."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 1e4 else str(v)
+    if isinstance(v, (list, tuple)):
+        if len(v) == 2 and all(isinstance(x, float) for x in v):
+            return f"{format_value(v[0])}–{format_value(v[1])}"
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={format_value(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    items = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key not in ("operating_point",) and prefix.count(".") < 1:
+            items += _flatten(v, key + ".")
+        else:
+            items.append((key, v))
+    return items
+
+
+def print_result(result: dict, as_json: bool, file=None) -> None:
+    """One result: JSON (``as_json``), else a two-column table of ``key  value`` (nested keys dotted)."""
+    file = file or sys.stdout
+    if as_json:
+        print(json.dumps(result, indent=2, default=str), file=file)
+        return
+    items = _flatten(result)
+    width = max((len(k) for k, _ in items), default=0)
+    for k, v in items:
+        print(f"{k.ljust(width)}  {format_value(v)}", file=file)
+
+
+def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
+    """Several results with the same keys: JSON list, else an aligned table (numbers right-aligned)."""
+    file = file or sys.stdout
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str), file=file)
+        return
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[format_value(r.get(k)) if not isinstance(r.get(k), str) else r[k] for k in keys] for r in rows]
+    numeric = [all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in rows) for k in keys]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    print(line(keys), file=file)
+    for c in cells:
+        print(line(c), file=file)

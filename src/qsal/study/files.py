@@ -1,0 +1,162 @@
+"""``qsal report FILE...``: a report over checkpoints and ONNX files a user names, not only a run folder.
+
+Each input is scored *as the deployed artifact* (its ONNX file; a checkpoint without one beside it is
+exported first) on its dataset's test split, with bootstrap CIs and test-set probabilities for the
+diagnostic figures; timed (optional) and explained on the same test images; then laid out by
+``qsal.study.report.write_report``. The first input is the reference the others' maps are compared to.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from qsal._atomic import write_json_atomic
+from qsal.errors import QsalError
+
+__all__ = ["report_files", "score_artifact", "resolve_input"]
+
+# Metric keys passed from a metrics dict to a report row when present (some are recorded only by newer evaluators).
+_PASS_THROUGH = ("sensitivity", "specificity", "positive_class", "positive_label", "operating_point",
+                 "sensitivity_at_op", "specificity_at_op", "ece", "temperature", "per_class_recall", "n")
+
+
+def score_artifact(onnx_path: str | os.PathLike, split, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Metrics (with 95 % bootstrap CIs) of an ONNX file on ``split`` and its probabilities ``(N, K)``."""
+    from qsal.metrics import compute_metrics, scores_from_logits
+    from qsal.runtime import Runtime
+
+    logits = Runtime(onnx_path).predict_logits(split.images)
+    metrics = compute_metrics(split.labels, logits, split.info.task, n_bootstrap=1000, seed=seed)
+    return metrics.to_dict(), scores_from_logits(logits, split.info.task)
+
+
+def metrics_row(model: str, metrics: dict) -> dict:
+    """A report row from a metrics dict: AUC/ACC with CIs plus whatever clinical fields it records."""
+    ci = metrics.get("ci") or {}
+    row = {"model": model, "test_auc": metrics["auc"], "test_acc": metrics["acc"], "auc_ci": ci.get("auc"),
+           "acc_ci": ci.get("acc")}
+    row.update({k: metrics[k] for k in _PASS_THROUGH if metrics.get(k) is not None})
+    if metrics.get("artifact") is not None:  # recorded by evaluators that know what they scored
+        row["scored"] = "onnx" if metrics["artifact"] else "pytorch"
+    return row
+
+
+def resolve_input(path: str | os.PathLike) -> tuple[Path | None, Path | None]:
+    """``(checkpoint, onnx)`` for a ``.safetensors``/``.onnx`` file or a folder holding ``best.safetensors``
+    and/or ``model.onnx``; the missing one is ``None``."""
+    p = Path(path)
+    if p.is_dir():
+        ckpt, onnx = p / "best.safetensors", p / "model.onnx"
+        if not ckpt.is_file() and not onnx.is_file():
+            raise QsalError(f"{p} holds neither best.safetensors nor model.onnx; name the files themselves")
+        return (ckpt if ckpt.is_file() else None), (onnx if onnx.is_file() else None)
+    if not p.is_file():
+        raise QsalError(f"{p} not found; pass checkpoints (.safetensors), ONNX files (.onnx) or a `qsal run` folder")
+    if p.suffix == ".safetensors":
+        beside = p.with_name("model.onnx")
+        return p, (beside if beside.is_file() else None)
+    if p.suffix == ".onnx":
+        from qsal.runtime import read_metadata
+
+        ckpt = read_metadata(p).get("checkpoint")
+        return (Path(ckpt) if ckpt and Path(ckpt).is_file() else None), p
+    raise QsalError(f"{p}: expected a .safetensors checkpoint or an .onnx file, not {p.suffix or 'a file without suffix'}")
+
+
+def _labels(inputs: list[tuple[Path | None, Path | None]]) -> list[str]:
+    """Short unique names: the file stem, or its folder's name for qsal's generic stems."""
+    names = []
+    for ckpt, onnx in inputs:
+        f = onnx or ckpt
+        name = f.parent.name if f.stem in ("best", "model") and f.parent.name else f.stem
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, data_dir=None, latency: bool = True,
+                 n_explain: int = 8, seed: int = 0, progress: bool = True) -> dict:
+    """Score, time and explain each input on its dataset's test split; write the report into ``out_dir``."""
+    import torch
+
+    from qsal.data import load_split
+    from qsal.pipeline import export_checkpoint
+    from qsal.provenance import environment
+    from qsal.runtime import Runtime
+    from qsal.saliency.metrics import agreement, faithfulness_curve, gini
+    from qsal.saliency.onnx_occlusion import occlusion_numpy
+    from qsal.saliency.plot import to_display
+    from qsal.study.report import write_report
+
+    if not paths:
+        raise QsalError("name at least one checkpoint or ONNX file")
+    out = Path(out_dir)
+    inputs = [resolve_input(p) for p in paths]
+    labels = _labels(inputs)
+    use_gradients = all(ckpt is not None for ckpt, _ in inputs)  # one method for all, or the maps don't compare
+    rows, predictions, maps, sal_probs = [], {}, {}, {}
+    test = None
+    for label, (ckpt, onnx) in zip(labels, inputs):
+        if progress:
+            print(f"[{label}] scoring {onnx or ckpt}", file=sys.stderr, flush=True)
+        if onnx is None:
+            onnx = Path(export_checkpoint(str(ckpt), out / label / "model.onnx", card=False)["onnx"])
+        rt = Runtime(onnx)
+        data = rt.meta.get("data") or {}
+        if not data.get("name"):
+            raise QsalError(f"{onnx} does not record its dataset; export it with `qsal export`")
+        if test is None:
+            test = load_split(data["name"], "test", data_dir, size=data.get("image_size"))
+        elif data["name"] != test.info.name:
+            raise QsalError(f"{label} was trained on {data['name']} but {labels[0]} on {test.info.name}; "
+                            "a report compares models of one dataset")
+        metrics, probs = score_artifact(onnx, test, seed)
+        row = {**metrics_row(label, metrics), "scored": "onnx", "onnx_auc": metrics["auc"], "onnx_acc": metrics["acc"],
+               "size_bytes": onnx.stat().st_size, "onnx": str(onnx), "checkpoint": str(ckpt) if ckpt else None,
+               "quant": (rt.meta.get("quant") or {}).get("method", "fp32")}
+        predictions[label] = {"y_true": test.labels, "probs": probs, "scored": "ONNX artifact"}
+        if latency:
+            from qsal.export.bench import bench_onnx
+
+            b1, b64 = bench_onnx(onnx, threads=(1,), batches=(1, 64), seconds=0.5)["runs"]
+            row.update(latency_b1_ms=b1["latency_ms_p50"], throughput_b64=b64["throughput_img_s"])
+        sub = test.subset(n_explain, seed)
+        x = rt.preprocess(sub.images)
+        if use_gradients:
+            from qsal.checkpoint import load_checkpoint
+            from qsal.saliency import explain
+
+            model, _ = load_checkpoint(ckpt)
+            xt = torch.from_numpy(x)
+            maps[label] = explain(model, xt, "integrated_gradients", target=torch.from_numpy(sub.labels)).numpy()
+        else:
+            maps[label] = occlusion_numpy(rt.run_normalized, x, sub.labels)
+        sal_probs[label] = probs[test.subset_indices(n_explain, seed)]
+        faith = faithfulness_curve(rt.run_normalized, x, sub.labels, maps[label], seed=seed)
+        row.update(faithfulness_gap=faith["gap"], gini=float(np.mean(gini(maps[label]))))
+        rows.append(row)
+    reference = labels[0]
+    fp32 = next((r for r in rows if r["quant"] == "fp32"), None)
+    for r in rows:
+        a = agreement(maps[reference], maps[r["model"]])
+        r.update(agreement_spearman=a["spearman"], agreement_iou=a["topk_iou"], most_changed=a["most_changed"])
+        if fp32:
+            r["size_ratio"] = r["size_bytes"] / fp32["size_bytes"]
+    info = test.info
+    sub = test.subset(n_explain, seed)
+    saliency = {"images": to_display(Runtime(rows[0]["onnx"]).preprocess(sub.images), info.mean, info.std),
+                "maps": maps, "y_true": sub.labels, "probs": sal_probs, "class_names": list(info.labels),
+                "method": "integrated gradients (PyTorch models)" if use_gradients else "occlusion (ONNX artifacts)",
+                "indices": test.subset_indices(n_explain, seed).tolist(), "reference": reference}
+    results = {"dataset": info.name, "n_test": len(test), "class_names": list(info.labels),
+               "positive_class": rows[0].get("positive_class"), "source": "qsal report " + " ".join(map(str, paths)),
+               "rows": rows, "predictions": predictions, "saliency": saliency, "environment": environment()}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", {k: v for k, v in results.items() if k not in ("predictions", "saliency")})
+    return write_report(out, results)

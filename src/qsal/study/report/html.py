@@ -1,0 +1,174 @@
+"""``write_report``: results -> ``report.md`` and one self-contained ``report.html`` (images inlined).
+
+Computes nothing about models: it lays out what the runs measured (metrics, sizes, latencies, maps,
+test-set probabilities). Every figure has alt text; the page fits 1280 px without horizontal scrolling.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import os
+from pathlib import Path
+
+import numpy as np
+
+from qsal._atomic import write_text_atomic
+from qsal.study.report.plots import ci_plot, diagnostics_plot, tradeoff_plot
+from qsal.study.report.saliency import saliency_figures
+from qsal.study.report.tables import (GLOSSARY, environment_table, glossary_markdown, md_to_html_table, results_table,
+                                     results_text_table)
+
+__all__ = ["write_report"]
+
+_CSS = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;padding:1.5em 2em;"
+        "max-width:1180px;color:#222;line-height:1.45}h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;"
+        "padding-bottom:.2em;margin-top:1.6em}.meta{color:#555}.scroll{overflow-x:auto;max-width:100%}"
+        "table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;"
+        "text-align:right}td{white-space:nowrap}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+        "figure{margin:0 0 1.2em 0;max-width:100%}.grid{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));"
+        "gap:0 1.5em}img{max-width:100%;height:auto}figcaption{font-size:13px;color:#444;"
+        "max-width:60em}code{background:#f5f5f5}dl dt{font-weight:600;margin-top:.5em}dl dd{margin-left:1.5em}"
+        ".note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}")
+
+
+def _img(path: Path, alt: str, wide: bool = False) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return (f"<figure><img alt=\"{html.escape(alt)}\" src=\"data:image/png;base64,{data}\">"
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+
+
+def _operating_point(op: dict | None) -> str | None:
+    if not op:
+        return None
+    where = f", chosen on the {op['chosen_on']} split" if op.get("chosen_on") else ""
+    return f"{op.get('rule', '')} (threshold {op.get('threshold')}{where})"
+
+
+def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
+    env = results.get("environment") or {}
+    versions = env.get("versions") or {}
+    first = rows[0] if rows else {}
+    positive = results.get("positive_class") or first.get("positive_class")
+    names = results.get("class_names") or []
+    if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
+        positive = f"{names[1]} (label 1, the evaluator's default; not chosen for this report)"
+    items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
+             ("classes", ", ".join(results["class_names"]) if results.get("class_names") else None),
+             ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
+             ("operating point", _operating_point(first.get("operating_point"))),
+             ("architecture", results.get("architecture")), ("source", results.get("source")),
+             ("date (UTC)", (env.get("utc") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))[:16]
+              .replace("T", " ")),
+             ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("qsal", "torch", "onnxruntime") and v))]
+    return [(k, str(v)) for k, v in items if v]
+
+
+def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
+    """Write ``report.md``, ``report.html`` (self-contained) and the figures into ``out_dir``.
+
+    ``results``: ``rows`` (one dict per model, see ``tables.COLUMNS``), ``dataset``, and optionally
+    ``class_names``, ``n_test``, ``positive_class``, ``architecture``, ``source``, ``environment``,
+    ``failed``, ``predictions`` (model -> ``{"y_true": (N,), "probs": (N, K)}`` test probabilities, for the
+    confusion/ROC/reliability figures), ``saliency`` (see ``saliency.saliency_figures``) or prebuilt
+    ``saliency_grids`` (PNG paths). Returns the markdown table and the two paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = results["rows"]
+    table = results_table(rows)
+    header = _header(results, rows)
+    notes: list[str] = []
+    tradeoffs: list[tuple[Path, str]] = []
+    for x_key, name in (("size_bytes", "size"), ("latency_b1_ms", "latency")):
+        for y_key in ("test_acc", "test_auc"):
+            if rows and all(r.get(x_key) is not None and r.get(y_key) is not None for r in rows):
+                metric = "ACC" if y_key == "test_acc" else "AUC"
+                png, front = tradeoff_plot(rows, x_key, out / f"{metric.lower()}_vs_{name}.png", y_key)
+                tie = (f"No model beats {front[0]} beyond the 95% CI, so no front is drawn."
+                       if len(front) == 1 else f"Front (beyond the 95% CI): {', '.join(front)}.")
+                tradeoffs.append((png, f"Test {metric} against {'ONNX file size' if name == 'size' else 'latency'}, "
+                                       f"with 95% bootstrap CIs. {tie}"))
+    forest = None
+    if rows and any(r.get("auc_ci") for r in rows):
+        forest = (ci_plot(rows, out / "metrics_ci.png"),
+                  "Test AUC and ACC of every model with 95% bootstrap confidence intervals")
+    diagnostics = []
+    predictions = results.get("predictions") or {}
+    class_names = results.get("class_names")
+    positive_default = results.get("positive_label")
+    if positive_default is None and class_names and results.get("positive_class") in class_names:
+        positive_default = class_names.index(results["positive_class"])
+    for r in rows:
+        pred = predictions.get(r["model"])
+        if pred is None or not class_names:
+            continue
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in r["model"])
+        png = diagnostics_plot(r["model"], np.asarray(pred["y_true"]), np.asarray(pred["probs"]), class_names,
+                               out / f"diagnostics_{safe}.png", positive=r.get("positive_label", positive_default), ece=r.get("ece"))
+        diagnostics.append((png, f"{r['model']}: confusion matrix, ROC curve and reliability diagram on the test set "
+                                 f"({pred.get('scored', 'ONNX artifact')})"))
+    if rows and len(diagnostics) < len(rows):
+        notes.append("Confusion matrices, ROC curves and reliability diagrams need each model's test-set "
+                      "probabilities; they are shown for the models that recorded them.")
+    sal_figs: list[tuple[Path, str]] = []
+    most_changed = {r["model"]: r.get("most_changed") or [] for r in rows}
+    if results.get("saliency"):
+        sal_figs = saliency_figures(results["saliency"], most_changed, out)
+    else:
+        grids = results.get("saliency_grids") or ([results["saliency_grid"]] if results.get("saliency_grid") else [])
+        sal_figs = [(Path(g), f"Saliency grid: {Path(g).parent.name}") for g in grids]
+    reference = (results.get("saliency") or {}).get("reference") or (rows[0]["model"] if rows else "")
+    changed_rows = [(m, c) for m, cs in most_changed.items() if m != reference for c in cs[:3]]
+    indices = (results.get("saliency") or {}).get("indices")
+    changed_table = "\n".join(["| model | test image | map ρ vs reference | top-10% IoU |", "|---|---|---|---|"] + [
+        f"| {m} | #{indices[c['index']] if indices else c['index']} | {c['spearman']:.3f} | {c['topk_iou']:.3f} |"
+        for m, c in changed_rows])
+    env = results.get("environment") or {}
+
+    title = f"qsal report: {results.get('dataset', '')}"
+    md = [f"# {title}", "", *[f"- **{k}**: {v}" for k, v in header], "", "## Results", "", table, ""]
+    md += ["## Trade-offs", ""] + [f"![{alt}]({p.name})" for p, alt in ([forest] if forest else []) + tradeoffs]
+    if diagnostics:
+        md += ["", "## Per-model diagnostics", ""] + [f"![{alt}]({p.name})" for p, alt in diagnostics]
+    md += [f"> {n}" for n in notes]
+    if sal_figs:
+        md += ["", "## Explanations", ""] + [f"![{alt}]({os.path.relpath(p, out)})" for p, alt in sal_figs]
+    if changed_rows:
+        md += ["", f"### Images whose explanation changed most vs {reference}", "", changed_table]
+    if results.get("failed"):
+        md += ["", "## Failed cells", ""] + [f"- `{f['id']}`: {f['type']}: {f['error']}" for f in results["failed"]]
+    md += ["", "## Glossary", "", glossary_markdown(), "", "## Environment", "", environment_table(env)]
+    md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
+
+    body = [f"<h1>{html.escape(title)}</h1>", "<p class='meta'>" + " · ".join(
+        f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in header) + "</p>",
+            "<h2>Results</h2>", md_to_html_table(table)] + ([_img(*forest)] if forest else [])
+    if tradeoffs:
+        body += ["<h2>Trade-offs</h2><div class='grid'>"] + [_img(p, alt) for p, alt in tradeoffs] + ["</div>"]
+    if diagnostics:
+        body += ["<h2>Per-model diagnostics</h2>"] + [_img(p, alt, wide=True) for p, alt in diagnostics]
+    body += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
+    if sal_figs:
+        body += ["<h2>Explanations (same images, every model)</h2>"] + [_img(p, alt, wide=True) for p, alt in sal_figs]
+    if changed_rows:
+        body += [f"<h3>Images whose explanation changed most vs {html.escape(reference)}</h3>",
+                 md_to_html_table(changed_table)]
+    if results.get("failed"):
+        body += ["<h2>Failed cells</h2><ul>"] + [f"<li><code>{html.escape(f['id'])}</code>: "
+                                                 f"{html.escape(f['type'])}: {html.escape(f['error'])}</li>"
+                                                 for f in results["failed"]] + ["</ul>"]
+    body += ["<h2>Glossary</h2><dl>"] + [f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in GLOSSARY]
+    body += ["</dl><h2>Environment</h2>", md_to_html_table(environment_table(env))]
+    # A self-check a browser test (or a curious user) can read: did every embedded image decode?
+    check = ("<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
+             "document.body.dataset.imagesOk=String(i.length>0&&i.every(function(m){return m.complete&&m.naturalWidth>0"
+             "&&m.alt.length>0}));document.body.dataset.imageCount=String(i.length);"
+             "document.body.dataset.overflowX=String(document.documentElement.scrollWidth>window.innerWidth);});</script>")
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title><style>{_CSS}</style>"
+            f"</head><body>{''.join(body)}{check}</body></html>")
+    html_path = write_text_atomic(out / "report.html", page)
+    return {"table": table, "text_table": results_text_table(rows), "markdown": str(md_path), "html": str(html_path),
+            "rows": rows}

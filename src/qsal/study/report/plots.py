@@ -1,0 +1,196 @@
+"""Report figures: trade-offs with CI bars and an uncertainty-aware Pareto front, CI forest plots and
+per-model diagnostics (confusion matrix, ROC curve, reliability diagram). matplotlib, headless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from qsal._atomic import save_figure_atomic  # noqa: E402
+
+__all__ = ["pareto_front", "robust_pareto_front", "size_unit", "tradeoff_plot", "ci_plot", "diagnostics_plot",
+           "reliability_bins"]
+
+_DPI = 110
+# Latencies closer than this factor count as equal: repeated runs on a shared CPU move by about this much.
+LATENCY_TOLERANCE = 0.10
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated by another (smaller x is better, larger y is better)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def robust_pareto_front(x: list[float], y: list[float], lo: list[float], hi: list[float], x_tol: float = 0.0) -> list[int]:
+    """Pareto front that ignores differences inside the uncertainty.
+
+    Model j dominates model i when it is no worse on both axes, counting ``y_j >= lo_i`` (j inside or
+    above i's 95 % CI) as no worse, and better on one of them beyond the noise: ``x_j (1 + x_tol) < x_i``
+    or ``y_j > hi_i``. Models that tie within their CIs thus collapse onto the smallest/fastest one.
+    """
+    front = []
+    for i in range(len(x)):
+        dominated = any(x[j] <= x[i] * (1 + x_tol) and y[j] >= lo[i] and (x[j] * (1 + x_tol) < x[i] or y[j] > hi[i])
+                        for j in range(len(x)) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: x[i])
+
+
+def size_unit(max_bytes: float) -> tuple[str, float]:
+    """``("KiB", 1024)`` or ``("MiB", 1024**2)``: the unit that keeps the axis numbers short."""
+    return ("MiB", 1024.0 ** 2) if max_bytes >= 1024 ** 2 else ("KiB", 1024.0)
+
+
+def _ci(row: dict, key: str) -> tuple[float, float]:
+    ci = row.get({"test_acc": "acc_ci", "test_auc": "auc_ci"}.get(key, key + "_ci"))
+    return (ci[0], ci[1]) if ci else (row[key], row[key])
+
+
+def tradeoff_plot(rows: list[dict], x_key: str, path: Path, y_key: str = "test_acc") -> tuple[Path, list[str]]:
+    """``y_key`` (with its 95 % CI as a bar) against file size (KiB/MiB) or latency (ms).
+
+    The front is drawn only through models that differ beyond the CI (``robust_pareto_front``); a front
+    of one model is marked, not drawn, and never appears in the legend. Returns the PNG and the names of
+    the models on the front.
+    """
+    y = [r[y_key] for r in rows]
+    lo, hi = zip(*(_ci(r, y_key) for r in rows))
+    if x_key == "size_bytes":
+        unit, scale = size_unit(max(r[x_key] for r in rows))
+        x = [r[x_key] / scale for r in rows]
+        x_label, tol = f"ONNX file size ({unit})", 0.0
+    else:
+        x = [r[x_key] for r in rows]
+        x_label, tol = "latency, batch 1, 1 thread, p50 (ms)", LATENCY_TOLERANCE
+    front = robust_pareto_front(x, y, list(lo), list(hi), tol)
+    fig, ax = plt.subplots(figsize=(5.4, 3.9), dpi=_DPI)
+    ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)], fmt="o", c="tab:blue", ecolor="tab:blue",
+                capsize=4, label=f"{'ACC' if y_key == 'test_acc' else 'AUC'} with 95% CI")
+    for i, (r, xi, yi) in enumerate(zip(rows, x, y)):
+        # models at (nearly) the same size stack their labels instead of printing over each other
+        near = sorted((j for j in range(len(x)) if abs(x[j] - xi) <= 0.04 * max(x)), key=lambda j: (-y[j], j))
+        k, m = near.index(i), len(near)
+        ax.annotate(r["model"], (xi, yi), fontsize=8, xytext=(7, 11 * ((m - 1) / 2 - k)), textcoords="offset points",
+                    va="center", arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if m > 1 else None)
+    if len(front) >= 2:
+        ax.plot([x[i] for i in front], [y[i] for i in front], "--", c="tab:red", label="Pareto front (beyond 95% CI)")
+    ax.scatter([x[i] for i in front], [y[i] for i in front], s=160, facecolors="none", edgecolors="tab:red",
+               label="not dominated beyond the CI")
+    ax.set_xlabel(x_label, fontsize=9)
+    ax.set_ylabel(("test ACC" if y_key == "test_acc" else "test AUC") + " (95% CI)", fontsize=9)
+    ax.set_xlim(0, max(x) * 1.25)
+    ax.set_ylim(max(0.0, min(lo) - 0.05), min(1.0, max(hi) + 0.05))
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path), [rows[i]["model"] for i in front]
+
+
+def ci_plot(rows: list[dict], path: Path) -> Path:
+    """Forest plot: AUC and ACC of every model with 95 % bootstrap CIs, one row per model."""
+    keys = [k for k in ("test_auc", "test_acc") if all(k in r for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys) + 1.4, 0.42 * len(rows) + 1.2), dpi=_DPI,
+                             sharey=True, squeeze=False)
+    pos = np.arange(len(rows))[::-1]
+    for ax, key in zip(axes[0], keys):
+        v = np.array([r[key] for r in rows])
+        lo, hi = map(np.array, zip(*(_ci(r, key) for r in rows)))
+        ax.errorbar(v, pos, xerr=[v - lo, hi - v], fmt="o", capsize=4, c="tab:blue")
+        ax.set_title(("test AUC" if key == "test_auc" else "test ACC") + " (95% CI)", fontsize=10)
+        ax.tick_params(labelsize=9)
+        ax.set_xlim(max(0.0, lo.min() - 0.05), min(1.0, hi.max() + 0.05))
+        ax.grid(alpha=0.3, axis="x")
+    axes[0, 0].set_yticks(pos, [r["model"] for r in rows], fontsize=10)
+    axes[0, 0].set_ylim(-0.6, len(rows) - 0.4)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> tuple[list, float]:
+    """Equal-width confidence bins: ``[(mean confidence, accuracy, count)]`` and the binned ECE."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        sel = which == b
+        if sel.any():
+            conf, acc = float(confidence[sel].mean()), float(correct[sel].mean())
+            bins.append((conf, acc, int(sel.sum())))
+            ece += sel.mean() * abs(conf - acc)
+    return bins, float(ece)
+
+
+def diagnostics_plot(model: str, y_true: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path,
+                     positive: int | None = None, ece: float | None = None) -> Path:
+    """Confusion matrix, ROC curve(s) and reliability diagram of one model's test probabilities ``(N, K)``.
+
+    Binary tasks: predictions at probability > 0.5 of ``positive`` and one ROC curve for it; otherwise
+    argmax and one-vs-rest curves. ``ece``: the metrics' own ECE if recorded, else the binned one is shown.
+    """
+    from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    k = probs.shape[1]
+    binary = k == 2
+    if binary:
+        positive = k - 1 if positive is None else positive
+        pred = np.where(probs[:, positive] > 0.5, positive, 1 - positive)
+    else:
+        pred = probs.argmax(axis=1)
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.6), dpi=_DPI)
+    cm = confusion_matrix(y_true, pred, labels=list(range(k)))
+    ax = axes[0]
+    ax.imshow(cm, cmap="Blues")
+    short = [c if len(c) <= 14 else c[:13] + "…" for c in class_names]
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=10, c="white" if v > cm.max() / 2 else "black")
+    ax.set_xticks(range(k), short, fontsize=8, rotation=20 if k > 2 else 0)
+    ax.set_yticks(range(k), short, fontsize=8)
+    ax.set_xlabel("predicted", fontsize=9)
+    ax.set_ylabel("true", fontsize=9)
+    ax.set_title(f"confusion matrix (n = {len(y_true)})", fontsize=9)
+    ax = axes[1]
+    for c in ([positive] if binary else range(k)):
+        yc = (y_true == c).astype(int)
+        if 0 < yc.sum() < len(yc):
+            fpr, tpr, _ = roc_curve(yc, probs[:, c])
+            ax.plot(fpr, tpr, label=f"{short[c]} (AUC {roc_auc_score(yc, probs[:, c]):.3f})")
+    ax.plot([0, 1], [0, 1], ":", c="gray")
+    ax.set_xlabel("1 − specificity (false-positive rate)", fontsize=9)
+    ax.set_ylabel("sensitivity (true-positive rate)", fontsize=9)
+    ax.set_title("ROC, positive class: " + short[positive] if binary else "ROC, one class vs rest", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax = axes[2]
+    confidence = probs.max(axis=1)
+    bins, binned_ece = reliability_bins(confidence, (probs.argmax(axis=1) == y_true).astype(float))
+    lo = 1.0 / k
+    ax.plot([lo, 1], [lo, 1], ":", c="gray", label="perfect calibration")
+    if bins:
+        conf, acc, count = zip(*bins)
+        ax.plot(conf, acc, "o-", c="tab:blue", label="model")
+        for cx, ay, n in bins:
+            ax.annotate(str(n), (cx, ay), fontsize=6, xytext=(3, -9), textcoords="offset points")
+    ece_text = f"ECE {ece:.3f}" if ece is not None else f"ECE {binned_ece:.3f} (10 bins)"
+    ax.set_title(f"reliability: {ece_text}", fontsize=9)
+    ax.set_xlabel("confidence (top-class probability)", fontsize=9)
+    ax.set_ylabel("accuracy in the bin", fontsize=9)
+    ax.set_xlim(lo - 0.02, 1.01)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="upper left")
+    for a in axes[1:]:
+        a.grid(alpha=0.3)
+    fig.suptitle(model, fontsize=10)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

@@ -1,0 +1,107 @@
+"""Report text: the results table, the environment table and the glossary (markdown; HTML from it)."""
+
+from __future__ import annotations
+
+import html
+
+__all__ = ["COLUMNS", "GLOSSARY", "results_table", "results_text_table", "environment_table", "glossary_markdown", "md_to_html_table",
+           "format_cell"]
+
+COLUMNS = [("model", "model"), ("seeds", "seeds"), ("scored", "scored as"), ("test_auc", "AUC"),
+           ("test_auc_std", "AUC std"), ("auc_ci", "AUC 95% CI"), ("test_acc", "ACC"), ("test_acc_std", "ACC std"),
+           ("acc_ci", "ACC 95% CI"), ("sensitivity", "sens."), ("specificity", "spec."),
+           ("sensitivity_at_op", "sens. @ op"), ("specificity_at_op", "spec. @ op"), ("ece", "ECE"),
+           ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
+           ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"), ("faithfulness_gap", "faithfulness gap"),
+           ("agreement_spearman", "map ρ vs ref."), ("gini", "Gini")]
+
+GLOSSARY = [
+    ("AUC", "Area under the ROC curve of the positive-class probability (binary) or the mean one-vs-rest AUC "
+            "(multi-class), as the MedMNIST evaluator defines it. 0.5 is chance, 1 is perfect ranking."),
+    ("ACC", "Fraction of test images classified correctly at the operating point."),
+    ("95% CI", "Percentile bootstrap interval over 1,000 resamples of the test set: the range the metric would "
+               "plausibly take on another test set of the same size. Overlapping intervals mean the data cannot "
+               "tell the models apart."),
+    ("Sensitivity / specificity", "Recall of the positive class / of the negative class. Which class is "
+                                  "positive is stated in the header; for BreastMNIST label 0 is malignant."),
+    ("Operating point", "The decision threshold on the positive-class probability (0.5 unless a rule chose "
+                        "another one on the validation split); '@ op' columns are measured there."),
+    ("ECE", "Expected calibration error: the gap between confidence and accuracy, averaged over 10 equal-width "
+            "confidence bins weighted by their size. 0 means the probabilities can be read as frequencies."),
+    ("ONNX ACC / scored as", "Metrics of the exported ONNX file run by onnxruntime (the artifact that would be "
+                             "deployed) rather than of the PyTorch model it came from."),
+    ("Size vs FP32", "ONNX file size divided by the FP32 model's. Sizes are in KiB/MiB (1 KiB = 1,024 bytes)."),
+    ("Latency / throughput", "Median time for one image on one thread (batch 1), and images per second at "
+                             "batch 64, each measured in a fresh process on the CPU in the environment table."),
+    ("Pareto front", "Models that no other model beats on both axes. Here a model counts as beaten only when "
+                     "another is at least as small (or fast) and not worse beyond its 95% CI, so models that tie "
+                     "within their CIs are not separated."),
+    ("Faithfulness gap", "Test accuracy after removing the most salient pixels compared with removing as many "
+                         "random pixels, averaged over removal fractions: mean accuracy (random removal) minus "
+                         "mean accuracy (salient removal). Larger means the map points at pixels the model uses; "
+                         "near 0, the map is no better than chance."),
+    ("Deletion / insertion AUC", "Area under the probability curve as salient pixels are removed (deletion, "
+                                 "lower is better) or added to a blank image (insertion, higher is better)."),
+    ("Gini", "Gini index of the map's absolute values: 0 spreads attribution evenly over all pixels, 1 puts it "
+             "on a single pixel. Higher means a sparser, more focused map."),
+    ("Map ρ (Spearman)", "Rank correlation between a model's saliency map and the reference model's map of the "
+                         "same image, averaged over images; 1 means the same pixel ranking."),
+    ("Top-10% IoU", "Overlap (intersection over union) of the 10% most salient pixels of two maps."),
+    ("SSIM", "Structural similarity of two maps (1 = identical structure)."),
+]
+
+
+def format_cell(key: str, v) -> str:
+    """A value as the report shows it: sizes in KiB/MiB, CIs as ``lo–hi``, 3 decimals."""
+    if v is None:
+        return "—"
+    if key == "size_bytes":
+        return f"{v / 1024 ** 2:,.2f} MiB" if v >= 1024 ** 2 else f"{v / 1024:,.1f} KiB"
+    if key.endswith("_ci"):
+        return f"{v[0]:.3f}–{v[1]:.3f}"
+    if key == "throughput_b64":
+        return f"{v:,.0f}"
+    if key == "size_ratio":
+        return f"{v:.3f}x"
+    if key == "scored":
+        return "ONNX artifact" if v == "onnx" else "PyTorch model"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def results_table(rows: list[dict], columns=COLUMNS) -> str:
+    """Markdown table of the rows, only the columns that some row has."""
+    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(format_cell(k, r.get(k)) for k, _ in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def results_text_table(rows: list[dict], columns=COLUMNS) -> str:
+    """The results as aligned plain text for a terminal (names left, numbers right)."""
+    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)]
+    cells = [[h for _, h in cols]] + [[format_cell(k, r.get(k)) for k, _ in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in cells)
+
+
+def environment_table(env: dict) -> str:
+    """Markdown table: machine, Python, threads, time, then one row per package version."""
+    rows = [("CPU", env.get("cpu")), ("cores", env.get("cpu_count")), ("torch threads", env.get("torch_threads")),
+            ("platform", env.get("platform")), ("Python", env.get("python")), ("measured (UTC)", env.get("utc"))]
+    rows += [(name, version or "not installed") for name, version in (env.get("versions") or {}).items()]
+    lines = ["| item | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v is not None]
+    return "\n".join(lines)
+
+
+def glossary_markdown() -> str:
+    return "\n".join(f"- **{term}**: {text}" for term, text in GLOSSARY)
+
+
+def md_to_html_table(md: str) -> str:
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"

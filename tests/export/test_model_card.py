@@ -1,0 +1,86 @@
+"""Model cards: Hugging Face metadata (YAML front matter) and the Mitchell et al. (2019) sections."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from qsal.metrics import compute_metrics
+from qsal.export import export_onnx
+from qsal.export.model_card import hf_license, onnx_layer_storage, write_model_card
+from qsal.models import count_parameters, create_model
+from qsal.quant import PACTConfig, quantize
+
+DATA = {"name": "breastmnist", "task": "binary-class", "labels": ["malignant", "normal, benign"], "mean": [0.5],
+        "std": [0.5], "n_channels": 1, "image_size": 28, "license": "CC BY 4.0"}
+HF_KEYS = {"license", "library_name", "pipeline_tag", "tags", "datasets", "metrics", "base_model", "model-index"}
+
+
+def _front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture
+def pact_card(tmp_path, tiny_splits):
+    train = tiny_splits[0]
+    model = quantize(create_model("small_cnn", 2, 1), PACTConfig(bits=4), calibration=train)
+    qcfg = PACTConfig(bits=4).to_dict()
+    path = export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 28, 28),
+                       meta={"data": DATA, "quant": qcfg}, check_untrained=False)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 156)
+    logits = np.stack([-y * 2.0, y * 2.0], 1) + rng.normal(0, 1.5, (156, 2))
+    artifact = compute_metrics(y, logits, "binary-class", n_bootstrap=200).to_dict()
+    parent = compute_metrics(y, logits + rng.normal(0, 1.0, (156, 2)), "binary-class", n_bootstrap=0).to_dict()
+    meta = {"dataset": DATA, "arch": {"name": "small_cnn", "num_classes": 2, "in_channels": 1, "image_size": 28},
+            "quant": qcfg, "parent_checkpoint": "runs/fp32/best.safetensors", "seed": 0,
+            "train": {"epochs": 5, "lr": 1e-4, "optimizer": "adam", "batch_size": 128}}
+    bench = {"cpu": "test CPU", "runs": [{"threads": 1, "batch": 1, "latency_ms_p50": 0.4, "latency_ms_p95": 0.6,
+                                          "throughput_img_s": 2500.0}]}
+    card = write_model_card(path, meta, None, bench, {"faithfulness_gap": 0.123456789, "gini": 0.60412345},
+                            artifact_metrics=artifact, parent_metrics=parent, parent_scored="its ONNX file",
+                            data_stats={"counts": {"train": 546, "test": 156}, "class_counts": {"train": [147, 399],
+                                                                                              "test": [42, 114]}},
+                            n_parameters=count_parameters(create_model("small_cnn", 2, 1)), versions={"qsal": "0.1.0"})
+    return path, card, artifact, parent
+
+
+def test_card_has_hugging_face_metadata(pact_card):
+    path, card, artifact, _ = pact_card
+    text = path.with_suffix(".card.md").read_text()
+    front = _front_matter(text)
+    assert HF_KEYS <= set(front)
+    assert front["pipeline_tag"] == "image-classification" and front["license"] == "cc-by-4.0"
+    assert front["datasets"] == ["breastmnist"] and front["base_model"] == "runs/fp32/best.safetensors"
+    result = front["model-index"][0]["results"][0]
+    assert result["task"]["type"] == "image-classification" and result["dataset"]["split"] == "test"
+    by_type = {m["type"]: m["value"] for m in result["metrics"]}
+    assert by_type["roc_auc"] == round(artifact["auc"], 4) and by_type["accuracy"] == round(artifact["acc"], 4)
+    assert json.loads(path.with_suffix(".card.json").read_text())["metadata"] == front
+
+
+def test_card_has_the_mitchell_sections_with_real_numbers(pact_card):
+    path, card, artifact, parent = pact_card
+    text = path.with_suffix(".card.md").read_text()
+    for section in ("## Model details", "## Intended use", "## Out-of-scope use", "## Training and evaluation data",
+                    "## Metrics", "## Factors", "## Change against the FP32 parent", "## Explanation metrics",
+                    "## Caveats and recommendations"):
+        assert section in text, section
+    # per-layer bits: PACT keeps the first and last layers at 8 bit; the storage comes from the ONNX graph
+    assert "| conv1 | 8 | INT8 |" in text and "| conv2 | 4 | INT4 |" in text and "| fc2 | 8 | INT8 |" in text
+    assert "weight_scheme | dorefa" in text and "1,198,850" in text and "ONNX opset 21" in text
+    lo, hi = artifact["ci"]["auc"]
+    assert f"| AUC | {artifact['auc']:.3f} | {lo:.3f}–{hi:.3f} |" in text
+    assert f"{artifact['acc'] - parent['acc']:+.3f}" in text and "the ONNX file run by onnxruntime" in text
+    assert "| test | 156 | 42 (27%) | 114 (73%) |" in text  # class balance
+    assert "| faithfulness_gap | 0.123 |" in text and "0.123456789" not in text  # rounded, and explained
+    assert "positive class: **normal, benign**" in text
+
+
+def test_layer_storage_and_licences(pact_card):
+    opset, layers = onnx_layer_storage(pact_card[0])
+    assert opset == 21 and layers == {"conv1": "INT8", "conv2": "INT4", "fc1": "INT4", "fc2": "INT8"}
+    assert hf_license("CC BY-NC 4.0") == "cc-by-nc-4.0" and hf_license("unknown (cite the tech report)") == "other"

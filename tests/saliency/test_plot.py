@@ -1,0 +1,34 @@
+"""Saliency grids: the title clears the column headers and no row label is cut off, at any row count."""
+
+import numpy as np
+import pytest
+
+from qsal.saliency.plot import saliency_grid_figure, save_saliency_grid
+
+
+@pytest.mark.parametrize("n,overlay_only", [(2, False), (16, False), (8, True)])
+def test_title_headers_and_row_labels_do_not_collide(n, overlay_only):
+    rng = np.random.default_rng(0)
+    captions = [f"true: normal, benign\npred: malignant 0.{i:02d}" for i in range(n)]
+    fig = saliency_grid_figure(rng.random((n, 28, 28)), {"pact-4/best": rng.random((n, 1, 28, 28))}, captions,
+                               title="breastmnist test: integrated gradients", overlay_only=overlay_only,
+                               cell_captions={"pact-4/best": ["malignant 0.91"] * n})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    headers = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert headers and all(title.y0 >= h.y1 - 0.5 for h in headers)  # title above every column header
+    page = fig.bbox
+    for ax in fig.axes:
+        for text in (ax.yaxis.label, ax.xaxis.label, ax.title):
+            if text.get_text():
+                box = text.get_window_extent(renderer)
+                assert box.x0 >= page.x0 - 0.5 and box.x1 <= page.x1 + 0.5 and box.y0 >= page.y0 - 0.5, text.get_text()
+
+
+def test_grid_png_has_a_colour_bar(tmp_path):
+    rng = np.random.default_rng(0)
+    path = save_saliency_grid(rng.random((2, 28, 28)), {"m": rng.random((2, 1, 28, 28))}, tmp_path / "g.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    fig = saliency_grid_figure(rng.random((2, 28, 28)), {"m": rng.random((2, 1, 28, 28))})
+    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
