@@ -24,7 +24,7 @@ def test_evaluate_onnx_scores_the_artifact(breast_run, tmp_path, capsys):
     assert result["positive_class"] == "malignant" and result["operating_point"]["chosen_on"] == "validation"
     assert (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
-    assert main(["evaluate", str(run / "best.safetensors")]) == 0
+    assert main(["evaluate", str(run / "best.safetensors"), "--json"]) == 0
     torch_result = json.loads(capsys.readouterr().out)
     assert torch_result["artifact"] is False and abs(torch_result["auc"] - result["auc"]) < 0.005
 
@@ -36,10 +36,11 @@ def test_model_card_shows_the_artifacts_metrics(breast_run, tmp_path):
     out = tmp_path / "card_model.onnx"
     export_checkpoint(str(run / "best.safetensors"), out)
     card = json.loads(out.with_suffix(".card.json").read_text())
-    assert card["metrics"]["artifact"] is True
-    assert card["metrics"]["auc"] == pytest.approx(evaluate_onnx(out, load_split("breastmnist", "test")).auc)
+    assert card["metrics"]["scored"] == "onnx" and card["metrics"]["test"]["artifact"] is True
+    assert card["metrics"]["test"]["auc"] == pytest.approx(evaluate_onnx(out, load_split("breastmnist", "test")).auc)
     md = out.with_suffix(".card.md").read_text()
-    assert "of the ONNX artifact" in md and "sensitivity (malignant)" in md and "chosen on the validation split" in md
+    assert "the ONNX file run by onnxruntime" in md and "sensitivity (malignant)" in md
+    assert "chosen on the validation split" in md
 
 
 def test_evaluate_split_all_scores_every_image_of_a_folder_as_valid_json(breast_run, tmp_path):
@@ -53,7 +54,7 @@ def test_evaluate_split_all_scores_every_image_of_a_folder_as_valid_json(breast_
     for i in picks:
         Image.fromarray(test.images[i, :, :, 0]).save(root / test.info.labels[test.labels[i]] / f"{i}.png")
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-m", "qsal.cli", "evaluate", str(onnx_path),
-                           "--dataset", f"folder:{root}", "--split", "all", "--other-dataset"],
+                           "--dataset", f"folder:{root}", "--split", "all", "--other-dataset", "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr

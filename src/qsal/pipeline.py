@@ -105,20 +105,22 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     """
     from qsal.models import create_model
     from qsal.quant.describe import describe_quantization
-    from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder
+    from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder, record_run_folder
     from qsal.train import fit, seed_everything
 
     parse_rule(operating_point)  # a typo fails before any training
     method = ("sgt+" if saliency_guided else "") + (f"pact-{pact_bits}" if pact_bits is not None else "fp32")
     run_config = {**{k: v for k, v in config.to_dict().items() if k not in ("progress", "device")}, "size": size,
-                  "sgt": {"k": sgt_k, "lambda": sgt_lambda} if saliency_guided else None}
+                  "sgt": {"k": sgt_k, "lambda": sgt_lambda, "target": sgt_target} if saliency_guided else None}
     out = Path(out_dir) if out_dir is not None else fresh_folder("runs/train", f"{Path(dataset).name}-{model}")
-    claim_run_folder(out, fingerprint(dataset, model, method, run_config), resume=resume, force=force)
+    fp = fingerprint(dataset, model, method, run_config)
+    claim_run_folder(out, fp, resume=resume, force=force, write=False)
     train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
+    record_run_folder(out, fp)  # every input is good: only now does the folder appear
     meta = {"dataset": data_meta(train), "quant": None}
     step = None
     if saliency_guided:
@@ -198,7 +200,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     from qsal.checkpoint import load_checkpoint, save_checkpoint
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
     from qsal.quant.describe import describe_quantization
-    from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder
+    from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder, record_run_folder
     from qsal.train import fit
 
     model, meta = load_checkpoint(checkpoint)
@@ -221,11 +223,13 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
                   "train_config": train_config.to_dict() if train_config is not None else None,
                   "parent": str(Path(checkpoint).resolve()),
                   "step": step.describe() if hasattr(step, "describe") else None}
-    claim_run_folder(out, fingerprint(name, meta["arch"]["name"], label, run_config), resume=resume, force=force)
+    fp = fingerprint(name, meta["arch"]["name"], label, run_config)
+    claim_run_folder(out, fp, resume=resume, force=force, write=False)
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
     qmodel = quantize(model, qconfig, calibration=train)
+    record_run_folder(out, fp)  # every input is good: only now does the folder appear
     if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
         train = train.subset(train_subset, seed)
     qmeta = {"dataset": meta.get("dataset") or data_meta(train), "quant": qconfig.to_dict(),

@@ -33,8 +33,11 @@ def _describe(fp: dict) -> str:
     return "/".join(str(fp.get(k)) for k in _IDENTITY)
 
 
-def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, force: bool = False) -> Path:
-    """Make ``out`` this run's folder, or refuse.
+def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, force: bool = False,
+                     write: bool = True) -> Path:
+    """Make ``out`` this run's folder, or refuse. ``write=False`` only checks (nothing is created), so a
+    command can validate its other inputs first and ``record_run_folder`` once they are good: a refused
+    command leaves no folder behind.
 
     New or empty folder: the fingerprint is written. A folder holding a run: ``resume`` continues it
     only if dataset, model, method and config are all unchanged; ``force`` deletes its model files
@@ -67,8 +70,16 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
             raise QsalError(f"cannot resume {out}: {k} changed ({old['config'].get(k)!r} -> {fp['config'].get(k)!r}"
                             f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); pass --force to start over "
                             "with the new settings, or choose another --out")
+    if write:
+        record_run_folder(out, fp)
+    return out
+
+
+def record_run_folder(out: str | os.PathLike, fp: dict) -> Path:
+    """Create ``out`` and write its fingerprint (after ``claim_run_folder(..., write=False)`` accepted it)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(record, fp)
+    write_json_atomic(out / FINGERPRINT_FILE, fp)
     return out
 
 
@@ -85,6 +96,8 @@ def fresh_folder(root: str | os.PathLike, stem: str) -> Path:
 def refuse_overwrite(path: str | os.PathLike, force: bool = False) -> Path:
     """``path`` if it does not exist yet (or ``force``); a one-line error otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise QsalError(f"{path} is a folder; --out names the file to write (e.g. {path / 'model.onnx'})")
     if path.exists() and not force:
         raise QsalError(f"{path} already exists; pass --force to overwrite it or choose another --out")
     return path

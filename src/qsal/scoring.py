@@ -95,11 +95,13 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     and, when scored on another dataset, ``dataset_mismatch``.
     """
     path = Path(model_path)
-    if path.suffix not in (".onnx", ".safetensors"):
-        path = path.with_suffix(".safetensors")
-    if not path.is_file():
-        kind = "model file" if path.suffix == ".onnx" else "checkpoint"
-        raise QsalError(f"{kind} {path} not found; pass a .safetensors checkpoint or an .onnx file written by qsal")
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise QsalError(f"model file {path} not found; pass a .safetensors checkpoint or an .onnx file written by qsal")
+    else:
+        from qsal.checkpoint import resolve_checkpoint_path
+
+        path = resolve_checkpoint_path(path)  # pickles refused by name; a weights file needs its JSON
     data_meta, decision, is_artifact = model_metadata(path)
     own = data_meta.get("name")
     name = dataset or own
@@ -108,6 +110,11 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     if own and name != own and not other_dataset:
         raise QsalError(f"{path} was trained on {own}; scoring it on {name} needs --other-dataset (the output "
                         "then says so)")
+    if not is_artifact:  # the class and channel counts of the model against the dataset, before loading images
+        from qsal.checkpoint import check_model_fits_data, read_meta
+        from qsal.pipeline import dataset_info
+
+        check_model_fits_data(read_meta(path)["arch"], dataset_info(name), str(path))
     n_channels = int(data_meta.get("n_channels") or 1)
     data = load_for_model(name, split, n_channels=n_channels, size=size or data_meta.get("image_size"),
                           data_dir=data_dir)

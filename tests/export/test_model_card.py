@@ -71,13 +71,13 @@ def test_card_has_the_mitchell_sections_with_real_numbers(pact_card):
         assert section in text, section
     # per-layer bits: PACT keeps the first and last layers at 8 bit; the storage comes from the ONNX graph
     assert "| conv1 | 8 | INT8 |" in text and "| conv2 | 4 | INT4 |" in text and "| fc2 | 8 | INT8 |" in text
-    assert "weight_scheme | dorefa" in text and "1,198,850" in text and "ONNX opset 21" in text
+    assert "weight_scheme | symmetric" in text and "1,198,850" in text and "ONNX opset 21" in text
     lo, hi = artifact["ci"]["auc"]
     assert f"| AUC | {artifact['auc']:.3f} | {lo:.3f}–{hi:.3f} |" in text
     assert f"{artifact['acc'] - parent['acc']:+.3f}" in text and "the ONNX file run by onnxruntime" in text
     assert "| test | 156 | 42 (27%) | 114 (73%) |" in text  # class balance
     assert "| faithfulness_gap | 0.123 |" in text and "0.123456789" not in text  # rounded, and explained
-    assert "positive class: **normal, benign**" in text
+    assert "positive class: **normal, benign**" in text  # the metrics above take label 1 as positive
 
 
 def test_layer_storage_and_licences(pact_card):

@@ -69,7 +69,7 @@ def test_alpha_has_its_own_optimizer_group_with_a_relative_learning_rate():
     for g in groups[1:]:
         (alpha,) = g["params"]
         (owner,) = [p for p in pacts if p.alpha is alpha]
-        assert g["lr"] == pytest.approx(0.02 * float(owner.alpha_start)) and g["weight_decay"] == 0.0
+        assert g["lr"] == pytest.approx(0.05 * float(owner.alpha_start)) and g["weight_decay"] == 0.0
     shared = quantize(create_model("small_cnn", 2, 1).eval(), PACTConfig(bits=4, num_calibration=32, alpha_lr=None),
                       torch.rand(32, 1, 28, 28))
     assert len(parameter_groups(shared)) == 1

@@ -22,7 +22,7 @@ def test_quick_demo_produces_every_model_and_a_report(tmp_path):
         assert r["positive_class"] == "malignant" and r["positive_label"] == 0
         assert r["operating_point"]["chosen_on"] == "validation" and 0 <= r["ece"] <= 1
     card = (tmp_path / "fp32" / "model.card.md").read_text()
-    assert "sensitivity (malignant)" in card and "ONNX artifact" in card
+    assert "sensitivity (malignant)" in card and "the ONNX file run by onnxruntime" in card
     assert "sens. (malignant)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "results.json").read_text())["environment"]["versions"]["torch"]

@@ -146,7 +146,11 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     bits = _quant_bits(quant, list(storage)) if quant.get("method") != "fp32" else {k: 32 for k in storage}
     size = onnx_path.stat().st_size
     binary = data.get("task") == "binary-class"
-    positive = (scored or {}).get("positive_class") or (classes[-1] if binary and classes else None)
+    positive = (scored or {}).get("positive_class")
+    if isinstance(positive, str) and positive.isdigit() and int(positive) < len(classes):
+        positive = classes[int(positive)]  # metrics computed without the dataset table name the label id
+    positive = positive or (_table_positive_class(data.get("name")) if binary else None) \
+        or (classes[-1] if binary and classes else None)
     op = (scored or {}).get("operating_point") or ({"rule": "probability of the positive class > 0.5",
                                                      "threshold": 0.5, "chosen_on": "fixed default"} if binary else
                                                     {"rule": "argmax of the class probabilities"})
@@ -284,3 +288,13 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     write_json_atomic(onnx_path.with_suffix(".card.json"), card)
     write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(md))
     return card
+
+
+def _table_positive_class(name: str | None) -> str | None:
+    """The dataset table's clinically positive class (BreastMNIST: malignant), when metrics do not name one."""
+    from qsal.data.registry import get_info
+
+    try:
+        return get_info(name).positive_class if name else None
+    except Exception:  # a folder dataset or an unknown name: no table entry
+        return None

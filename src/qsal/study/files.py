@@ -52,7 +52,8 @@ def resolve_input(path: str | os.PathLike) -> tuple[Path | None, Path | None]:
     if p.is_dir():
         ckpt, onnx = p / "best.safetensors", p / "model.onnx"
         if not ckpt.is_file() and not onnx.is_file():
-            raise QsalError(f"{p} holds neither best.safetensors nor model.onnx; name the files themselves")
+            raise QsalError(f"{p} is not a qsal run directory (no run_config.json) and holds neither best.safetensors "
+                            "nor model.onnx; pass a `qsal run` folder, or name checkpoint / ONNX files themselves")
         return (ckpt if ckpt.is_file() else None), (onnx if onnx.is_file() else None)
     if not p.is_file():
         raise QsalError(f"{p} not found; pass checkpoints (.safetensors), ONNX files (.onnx) or a `qsal run` folder")
@@ -62,8 +63,9 @@ def resolve_input(path: str | os.PathLike) -> tuple[Path | None, Path | None]:
     if p.suffix == ".onnx":
         from qsal.runtime import read_metadata
 
-        ckpt = read_metadata(p).get("checkpoint")
-        return (Path(ckpt) if ckpt and Path(ckpt).is_file() else None), p
+        ckpt = read_metadata(p).get("checkpoint")  # a file name (no paths of the exporting machine): look beside it
+        ckpt = (p.parent / Path(ckpt).name) if ckpt else None
+        return (ckpt if ckpt is not None and ckpt.is_file() else None), p
     raise QsalError(f"{p}: expected a .safetensors checkpoint or an .onnx file, not {p.suffix or 'a file without suffix'}")
 
 

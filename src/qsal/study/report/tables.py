@@ -11,7 +11,7 @@ COLUMNS = [("model", "model"), ("seeds", "seeds"), ("scored", "scored as"), ("te
            ("test_auc_std", "AUC std"), ("auc_ci", "AUC 95% CI"), ("test_acc", "ACC"), ("test_acc_std", "ACC std"),
            ("acc_ci", "ACC 95% CI"), ("sensitivity", "sens."), ("specificity", "spec."),
            ("sensitivity_at_op", "sens. @ op"), ("specificity_at_op", "spec. @ op"), ("ece", "ECE"),
-           ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
+           ("pytorch_acc", "PyTorch ACC"), ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
            ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"), ("faithfulness_gap", "faithfulness gap"),
            ("agreement_spearman", "map ρ vs ref."), ("gini", "Gini")]
 
@@ -26,7 +26,7 @@ GLOSSARY = [
                                   "positive is stated in the header; for BreastMNIST label 0 is malignant."),
     ("Operating point", "The decision threshold on the positive-class probability (0.5 unless a rule chose "
                         "another one on the validation split); '@ op' columns are measured there."),
-    ("ECE", "Expected calibration error: the gap between confidence and accuracy, averaged over 10 equal-width "
+    ("ECE", "Expected calibration error: the gap between confidence and accuracy, averaged over 15 equal-width "
             "confidence bins weighted by their size. 0 means the probabilities can be read as frequencies."),
     ("ONNX ACC / scored as", "Metrics of the exported ONNX file run by onnxruntime (the artifact that would be "
                              "deployed) rather than of the PyTorch model it came from."),
@@ -68,9 +68,18 @@ def format_cell(key: str, v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _named_columns(rows: list[dict], columns) -> list[tuple[str, str]]:
+    """The columns some row has; sensitivity/specificity headers name the positive class they are about."""
+    positives = {r.get("positive_class") for r in rows if r.get("positive_class") is not None}
+    about = f" ({positives.pop()})" if len(positives) == 1 else ""
+    named = {"sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op"}
+    return [(k, h.replace(".", "." + about, 1) if k in named and about else h) for k, h in columns
+            if any(r.get(k) is not None for r in rows)]
+
+
 def results_table(rows: list[dict], columns=COLUMNS) -> str:
     """Markdown table of the rows, only the columns that some row has."""
-    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)]
+    cols = _named_columns(rows, columns)
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(format_cell(k, r.get(k)) for k, _ in cols) + " |" for r in rows]
     return "\n".join(lines)
@@ -78,7 +87,7 @@ def results_table(rows: list[dict], columns=COLUMNS) -> str:
 
 def results_text_table(rows: list[dict], columns=COLUMNS) -> str:
     """The results as aligned plain text for a terminal (names left, numbers right)."""
-    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)]
+    cols = _named_columns(rows, columns)
     cells = [[h for _, h in cols]] + [[format_cell(k, r.get(k)) for k, _ in cols] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
