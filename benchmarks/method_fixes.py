@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         print(rows[-1], flush=True)
         for method, variant, cfg, lr in variants(args.bits, args.dorefa, not args.no_qat):
             t0 = time.perf_counter()
-            tag = variant.split(",")[0] + ("_dorefa" if "dorefa" in variant else "")
+            tag = variant.split(",")[0] + ("_dorefa" if "dorefa" in variant else "") + ("_bn_kept" if "BN kept" in variant else "")
             r = quantize_checkpoint(fp32["checkpoint"], cfg, work / model / f"{method}_{tag}",
                                     epochs=args.finetune_epochs, lr=lr, data_dir=root, seed=seed, progress=False)
             rows.append({"model": model, "method": method, "variant": variant, "test_auc": r["test_auc"],
