@@ -140,7 +140,7 @@ def test_run_exits_nonzero_and_prints_each_failure_in_full(tmp_path, capsys, mon
     assert "has no finished cells yet" not in out + err
     assert "error: 2 of 2 cells failed" in err and "Traceback" not in err
     with pytest.raises(QsalError, match="none of the cells in .* finished: 2 failed"):
-        from qsal.study.runner import collect_results
+        from qsal.study.results import collect_results
 
         collect_results(tmp_path / "run")
 

@@ -4,7 +4,8 @@ import pytest
 
 from qsal.errors import QsalError
 from qsal.study.config import parse_run_config
-from qsal.study.runner import collect_results, plan_groups, report_run, run_study
+from qsal.study.results import collect_results, report_run
+from qsal.study.runner import plan_groups, run_study
 
 TINY = {"name": "tiny", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
         "bits": [4], "observers": ["minmax"], "seeds": [0], "epochs": {"fp32": 1, "finetune": 1},

@@ -209,7 +209,8 @@ def _setup_demo(p):
 
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
 def cmd_run(args):
-    from qsal.study.runner import report_run, run_study
+    from qsal.study.results import report_run
+    from qsal.study.runner import run_study
 
     if args.dry_run:
         from qsal.study.config import load_run_config
@@ -252,7 +253,7 @@ def _setup_run(p):
                    "name (each scored on its dataset's test split)")
 def cmd_report(args):
     from qsal.study.files import report_files
-    from qsal.study.runner import report_run
+    from qsal.study.results import report_run
 
     paths = [Path(p) for p in args.inputs]
     if len(paths) == 1 and (paths[0] / "run_config.json").is_file():

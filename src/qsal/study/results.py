@@ -1,0 +1,144 @@
+"""A finished (or partly finished) ``qsal run`` folder read back: every cell's result validated, rows
+aggregated over seeds (mean and std), and ``qsal report RUN_DIR``'s inputs (predictions, saliency maps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from qsal.errors import QsalError
+from qsal.study.rundir import load_npy, read_json
+
+__all__ = ["collect_results", "report_run"]
+
+
+_RESULT_KEYS = ("dataset", "model", "kind", "bits", "observer", "seed", "label")
+
+
+def _read_result(path: Path, run_dir: Path) -> dict:
+    fix = f"delete the folder {path.parent} and rerun `qsal run --out {run_dir}` to redo that cell"
+    result = read_json(path, fix)
+    missing = [k for k in _RESULT_KEYS if k not in result]
+    if missing or result.get("kind") not in ("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"):
+        raise QsalError(f"{path} is not a qsal cell result (missing {missing or ['a known kind']}); {fix}")
+    wrong = [k for k in _RESULT_KEYS if not isinstance(result[k], int if k in ("bits", "seed") else str)
+             or isinstance(result[k], bool)]
+    if wrong:
+        raise QsalError(f"{path} has fields of the wrong type ({', '.join(wrong)}); {fix}")
+    return result
+
+
+def _read_error(path: Path, run_dir: Path) -> dict:
+    try:
+        err = read_json(path, "")
+    except QsalError as e:
+        err = {"error": str(e), "type": "QsalError"}
+    return {**err, "id": str(path.parent.relative_to(run_dir))}
+
+
+def collect_results(run_dir: str | Path) -> dict:
+    """Aggregate finished cells: one row per (dataset, model, method), mean and std over seeds."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run_config.json").is_file():
+        raise QsalError(f"{run_dir} is not a qsal run directory (no run_config.json); pass the --out of `qsal run`")
+    order = {k: i for i, k in enumerate(("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"))}
+    results = sorted((_read_result(p, run_dir) for p in run_dir.glob("*/*/seed*/*/result.json")),
+                     key=lambda r: (r["dataset"], r["model"], order[r["kind"]], -r["bits"], r["observer"], r["seed"]))
+    failed = [_read_error(p, run_dir) for p in sorted(run_dir.glob("*/*/seed*/*/error.json"))]
+    if not results and failed:
+        raise QsalError(f"none of the cells in {run_dir} finished: {len(failed)} failed (first, {failed[0]['id']}: "
+                        f"{str(failed[0].get('error'))[:200]}); fix the cause and rerun `qsal run`")
+    if not results:
+        raise QsalError(f"{run_dir} has no finished cells yet; run `qsal run` first")
+    keys = {}
+    for r in results:
+        keys.setdefault((r["dataset"], r["model"], r["label"]), []).append(r)
+    multi = len({r["dataset"] for r in results}) > 1 or len({r["model"] for r in results}) > 1
+    rows = []
+    for (ds, model, label), rs in keys.items():
+        row = {"model": f"{ds}/{model}/{label}" if multi else label, "seeds": len(rs)}
+        for k in ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
+                  "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap",
+                  "agreement_spearman", "gini"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                row[k] = float(np.mean(vals))
+                if len(rs) > 1 and k in ("test_auc", "test_acc"):
+                    row[k + "_std"] = float(np.std(vals))
+        row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
+        row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
+        row["most_changed"] = rs[0].get("most_changed", [])
+        rows.append(row)
+    fp32 = {r["model"]: r for r in rows}
+    for r in rows:
+        base = fp32.get(r["model"].rsplit("/", 1)[0] + "/fp32" if multi else "fp32")
+        if base and r.get("size_bytes"):
+            r["size_ratio"] = r["size_bytes"] / base["size_bytes"]
+    grids = []
+    for img_path in sorted(run_dir.glob("*/*/seed*/fp32/explain_images.npy")):
+        group = img_path.parents[1]
+        found = {p.parent.name: p for p in group.glob("*/saliency_maps.npy")}
+        labels = [r["label"] for r in results if r["label"] in found]
+        fix = "delete that cell's folder and rerun `qsal run` to redo it"
+        maps = {label: load_npy(found[label], fix, ndim=4)[:6] for label in dict.fromkeys(labels)}
+        images = load_npy(img_path, fix, ndim=(3, 4))[:6]
+        if any(len(m) != len(images) or m.shape[-2:] != images.shape[1:3] for m in maps.values()):
+            raise QsalError(f"the saliency maps in {group} do not match {img_path.name} in count or size; {fix}")
+        from qsal.saliency.plot import save_saliency_grid
+
+        grids.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
+                                            title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
+    out = {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results)}
+    out.update(_report_arrays(run_dir, keys, multi))
+    return out
+
+
+def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
+    """Test probabilities (first seed) per row, and for a one-group study the saliency payload of the report."""
+    from qsal.data import get_info
+
+    predictions, cells = {}, {}
+    for (ds, model, label), rs in keys.items():
+        cell = run_dir / rs[0]["id"]
+        name = f"{ds}/{model}/{label}" if multi else label
+        cells[name] = cell
+        if (cell / "test_probs.npy").is_file() and (cell / "test_labels.npy").is_file():
+            predictions[name] = {"y_true": np.load(cell / "test_labels.npy"), "probs": np.load(cell / "test_probs.npy"),
+                                 "scored": "ONNX artifact, first seed"}
+    datasets = {ds for ds, _, _ in keys}
+    info = get_info(next(iter(datasets))) if len(datasets) == 1 else None
+    extra = {"predictions": predictions}
+    if info is not None:
+        extra.update(class_names=list(info.labels), dataset_name=info.name)
+        if predictions:
+            extra["n_test"] = len(next(iter(predictions.values()))["y_true"])
+    ref = cells.get("fp32")
+    if multi or ref is None or not (ref / "explain_images.npy").is_file() or not (ref / "explain_indices.npy").is_file():
+        return extra
+    idx = np.load(ref / "explain_indices.npy")
+    maps = {n: np.load(c / "saliency_maps.npy") for n, c in cells.items() if (c / "saliency_maps.npy").is_file()}
+    extra["saliency"] = {"images": np.load(ref / "explain_images.npy"), "maps": maps,
+                         "y_true": predictions["fp32"]["y_true"][idx] if "fp32" in predictions else None,
+                         "probs": {n: p["probs"][idx] for n, p in predictions.items() if n in maps},
+                         "class_names": extra.get("class_names"), "method": "|input gradient|",
+                         "indices": idx.tolist(), "reference": "fp32"}
+    return extra
+
+
+def report_run(run_dir: str | Path) -> dict:
+    """Write ``report.md`` / ``report.html`` for a run directory; returns their paths and the table."""
+    from qsal.provenance import environment
+    from qsal.study.report import write_report
+
+    stamp = Path(run_dir) / "run_config.json"
+    cfg = read_json(stamp, "rerun `qsal run` on this folder to rewrite it") if stamp.is_file() else {}
+    collected = collect_results(run_dir)  # before any file is written: a damaged folder writes nothing
+    cfg = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
+    name = str(cfg.get("name", Path(run_dir).name))
+    results = {"dataset": collected.get("dataset_name", name), "rows": collected["rows"], "failed": collected["failed"],
+               "environment": environment(), "source": f"qsal run ({collected['n_cells']} cells, config {name})",
+               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency") if k in collected}}
+    if "saliency" not in results:
+        results["saliency_grids"] = collected["grids"]
+    return write_report(run_dir, results)
