@@ -74,16 +74,24 @@ def _align_labels(data: ImageSplit, model_labels: list[str]) -> ImageSplit:
 def evaluate_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: int = 1000, seed: int = 0):
     """``Metrics`` of the deployed artifact itself (onnxruntime, the exported preprocessing, its stored
     positive class, operating point and temperature) on ``split``."""
-    from qsal.metrics import compute_metrics
+    return score_onnx(onnx_path, split, n_bootstrap, seed)[0]
+
+
+def score_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: int = 1000, seed: int = 0):
+    """``(Metrics, probabilities (N, K))`` of the artifact on ``split`` from one inference pass: the metrics as
+    ``evaluate_onnx``, the class probabilities for the report's confusion matrix, ROC and reliability figures."""
+    from qsal.metrics import compute_metrics, scores_from_logits
     from qsal.runtime import Runtime
 
     rt = Runtime(onnx_path)
     decision = rt.decision
     logits = rt.predict_logits(split.images)
-    return compute_metrics(split.labels, logits, split.info.task, class_names=rt.labels or split.info.labels,
-                           positive_label=decision.get("positive_label", split.info.positive_label),
-                           operating_point=decision.get("operating_point"), temperature=decision.get("temperature", 1.0),
-                           n_bootstrap=n_bootstrap, seed=seed, artifact=True)
+    metrics = compute_metrics(split.labels, logits, split.info.task, class_names=rt.labels or split.info.labels,
+                              positive_label=decision.get("positive_label", split.info.positive_label),
+                              operating_point=decision.get("operating_point"),
+                              temperature=decision.get("temperature", 1.0), n_bootstrap=n_bootstrap, seed=seed,
+                              artifact=True)
+    return metrics, scores_from_logits(logits, split.info.task)
 
 
 def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None, split: str = "test", data_dir=None,

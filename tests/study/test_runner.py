@@ -71,6 +71,13 @@ def test_two_local_workers(tmp_path):
     assert sorted(s["status"] for s in statuses) == ["done", "done"]
 
 
+def test_progress_off_a_terminal_is_one_line_per_finished_cell(tmp_path, capsys):
+    cfg = parse_run_config({**TINY, "methods": ["fp32"], "measure": {"latency": False, "saliency": False}})
+    statuses = run_study(cfg, tmp_path, progress=True)  # the default of `qsal run`; stderr here is not a terminal
+    assert [s["status"] for s in statuses] == ["done"]
+    assert capsys.readouterr().err.splitlines() == ["[1/1] done: breastmnist/small_cnn/seed0/fp32"]
+
+
 def test_ray_backend_in_local_mode(tmp_path):
     ray = pytest.importorskip("ray")
     cfg = parse_run_config({**TINY, "methods": ["fp32"], "seeds": [0]})

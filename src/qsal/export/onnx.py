@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import operator
 from pathlib import Path
 
 import numpy as np

@@ -34,10 +34,9 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     from qsal.checkpoint import load_checkpoint
     from qsal.models import count_parameters
     from qsal.export.bench import bench_onnx
-    from qsal.metrics import predict_logits, save_reliability_diagram, scores_from_logits
-    from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
-    from qsal.runtime import Runtime
-    from qsal.scoring import artifact_row
+    from qsal.metrics import predict_logits, save_reliability_diagram
+    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
+    from qsal.scoring import artifact_row, score_onnx
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.study.report import write_report
     from qsal.saliency import SaliencyGuidedStep, explain
@@ -82,7 +81,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         metrics = json.loads((Path(ckpt).parent / "metrics.json").read_text())["test"]
         onnx_path = out / name / "model.onnx"
         exp = export_checkpoint(ckpt, onnx_path, card=False, force=True)  # the demo folder owns its files
-        art = evaluate_onnx(onnx_path, test, seed=seed)
+        art, probs = score_onnx(onnx_path, test, seed=seed)
         artifact_metrics[name], reliability[name] = art.to_dict(), art.reliability
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1, 64), seconds=0.3 if quick else 1.0)
         b1, b64 = bench["runs"]
@@ -91,7 +90,6 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         faith_maps = explain(model_obj, x_faith, "gradient_abs").numpy()
 
         faith = faithfulness_curve(lambda a, m=model_obj: predict_logits(m, torch.from_numpy(a)), x_faith.numpy(), y_faith.numpy(), faith_maps, fill="constant", seed=seed)
-        probs = scores_from_logits(Runtime(onnx_path).predict_logits(test.images), test.info.task)
         predictions[name] = {"y_true": test.labels, "probs": probs, "scored": "ONNX artifact"}
         sal_probs[name] = probs[sal_index]
         rows.append({"model": name, **artifact_row(art, metrics), "acc_ci": art.ci.get("acc"), "scored": "onnx",

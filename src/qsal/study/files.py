@@ -17,21 +17,11 @@ import numpy as np
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 
-__all__ = ["report_files", "score_artifact", "resolve_input"]
+__all__ = ["report_files", "resolve_input"]
 
 # Metric keys passed from a metrics dict to a report row when present (some are recorded only by newer evaluators).
 _PASS_THROUGH = ("sensitivity", "specificity", "positive_class", "positive_label", "operating_point",
                  "sensitivity_at_op", "specificity_at_op", "ece", "temperature", "per_class_recall", "n")
-
-
-def score_artifact(onnx_path: str | os.PathLike, split, seed: int = 0) -> tuple[dict, np.ndarray]:
-    """Metrics (with 95 % bootstrap CIs) of an ONNX file on ``split`` and its probabilities ``(N, K)``."""
-    from qsal.metrics import compute_metrics, scores_from_logits
-    from qsal.runtime import Runtime
-
-    logits = Runtime(onnx_path).predict_logits(split.images)
-    metrics = compute_metrics(split.labels, logits, split.info.task, n_bootstrap=1000, seed=seed)
-    return metrics.to_dict(), scores_from_logits(logits, split.info.task)
 
 
 def metrics_row(model: str, metrics: dict) -> dict:
@@ -91,6 +81,7 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     from qsal.pipeline import export_checkpoint
     from qsal.provenance import environment
     from qsal.runtime import Runtime
+    from qsal.scoring import score_onnx
     from qsal.saliency.metrics import agreement, faithfulness_curve, gini
     from qsal.saliency.onnx_occlusion import occlusion_numpy
     from qsal.saliency.plot import to_display
@@ -118,7 +109,8 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         elif data["name"] != test.info.name:
             raise QsalError(f"{label} was trained on {data['name']} but {labels[0]} on {test.info.name}; "
                             "a report compares models of one dataset")
-        metrics, probs = score_artifact(onnx, test, seed)
+        art, probs = score_onnx(onnx, test, seed=seed)  # at the artifact's stored positive class and threshold
+        metrics = art.to_dict()
         row = {**metrics_row(label, metrics), "scored": "onnx", "onnx_auc": metrics["auc"], "onnx_acc": metrics["acc"],
                "size_bytes": onnx.stat().st_size, "onnx": str(onnx), "checkpoint": str(ckpt) if ckpt else None,
                "quant": (rt.meta.get("quant") or {}).get("method", "fp32")}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -74,16 +75,11 @@ def _log(cell_dir: Path, message: str) -> None:
 
 
 def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
-    import torch
-
-    from qsal.metrics import predict_logits
-    from qsal.pipeline import evaluate_onnx, export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
-    from qsal.metrics import scores_from_logits
-    from qsal.runtime import Runtime
+    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.provenance import environment
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.saliency import SaliencyGuidedStep
-    from qsal.scoring import artifact_row
+    from qsal.scoring import artifact_row, score_onnx
 
     cell = run_dir / spec.id
     cell.mkdir(parents=True, exist_ok=True)
@@ -109,10 +105,9 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     ckpt = cell / "best.safetensors"
     metrics = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")["test"]
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False, force=True)  # the cell owns its files
-    art = evaluate_onnx(cell / "model.onnx", test, seed=spec.seed)
+    art, probs = score_onnx(cell / "model.onnx", test, seed=spec.seed)
     result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
               "acc_ci": art.ci.get("acc"), "train_s": seconds, "size_bytes": exp["size_bytes"]}
-    probs = scores_from_logits(Runtime(cell / "model.onnx").predict_logits(test.images), test.info.task)
     np.save(cell / "test_probs.npy", probs)  # the report's confusion matrix, ROC and reliability figures
     np.save(cell / "test_labels.npy", test.labels)
     if cfg.measure.latency:
@@ -241,10 +236,6 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
     nest), one plain line per finished cell otherwise. Holds the folder's lock throughout: a second run
     on the same folder raises ``QsalError`` at once.
     """
-    import sys
-
-    from tqdm import tqdm
-
     cfg = config if isinstance(config, RunConfig) else load_run_config(config)
     run_dir = Path(run_dir)
     if backend == "ray":  # refused before the folder is touched
