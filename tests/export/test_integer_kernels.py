@@ -13,9 +13,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from bn_models import model_with_bn_stats
 from qsal.export import export_onnx
 from qsal.export.fusion import FLOAT_COMPUTE_OPS
-from qsal.models import create_model, list_models
+from qsal.models import list_models
 from qsal.quant import PACTConfig, PTQConfig, QATConfig, quantize
 from qsal.runtime import Runtime, read_metadata
 
@@ -24,19 +25,10 @@ CONFIGS = {"ptq8": PTQConfig(num_calibration=32), "qat8": QATConfig(bits=8, num_
            "pact4": PACTConfig(bits=4, num_calibration=32), "pact2": PACTConfig(bits=2, num_calibration=32)}
 
 
-def _model(name):
-    torch.manual_seed(0)
-    m = create_model(name, 2, 1).eval()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
-    return m
-
 
 def _export(name, method, tmp_path, x=None):
     x = torch.randn(32, 1, 28, 28) if x is None else x
-    q = quantize(_model(name), CONFIGS[method], x)
+    q = quantize(model_with_bn_stats(name), CONFIGS[method], x)
     return q, export_onnx(q, tmp_path / f"{name}_{method}.onnx", input_shape=(1, 28, 28), check_untrained=False)
 
 
@@ -65,7 +57,7 @@ def test_every_bit_width_fuses_to_integer_kernels_in_a_default_session(name, met
 
 
 def test_pact4_resnet18_is_fused_packed_int4_and_small(tmp_path):
-    m = _model("resnet18")
+    m = model_with_bn_stats("resnet18")
     fp32 = export_onnx(m, tmp_path / "fp32.onnx", input_shape=(1, 28, 28), check_untrained=False)
     q, path = _export("resnet18", "pact4", tmp_path)
     ops = _optimized_ops(path, tmp_path)
@@ -79,7 +71,7 @@ def test_pact4_resnet18_is_fused_packed_int4_and_small(tmp_path):
 
 
 def test_pact4_small_cnn_file_is_at_most_0135_of_fp32(tmp_path):
-    fp32 = export_onnx(_model("small_cnn"), tmp_path / "fp32.onnx", input_shape=(1, 28, 28), check_untrained=False)
+    fp32 = export_onnx(model_with_bn_stats("small_cnn"), tmp_path / "fp32.onnx", input_shape=(1, 28, 28), check_untrained=False)
     _, path = _export("small_cnn", "pact4", tmp_path)
     assert path.stat().st_size <= 0.135 * fp32.stat().st_size
 
@@ -88,7 +80,7 @@ def test_weight_storage_follows_the_codes_int4_when_they_fit_else_int8(tmp_path)
     # 4-bit symmetric codes span [-7, 7] -> INT4 (through a Cast that onnxruntime folds);
     # 5-bit codes span [-15, 15] -> INT8, whatever the nominal bit-width.
     for bits, dtype in ((4, onnx.TensorProto.INT4), (5, onnx.TensorProto.INT8)):
-        q = quantize(_model("small_cnn"), QATConfig(bits=bits, num_calibration=32), torch.randn(32, 1, 28, 28))
+        q = quantize(model_with_bn_stats("small_cnn"), QATConfig(bits=bits, num_calibration=32), torch.randn(32, 1, 28, 28))
         path = export_onnx(q, tmp_path / f"q{bits}.onnx", input_shape=(1, 28, 28), check_untrained=False)
         inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
         assert inits["conv2_weight_q"].data_type == dtype
@@ -120,7 +112,7 @@ def test_k_bit_activations_keep_exactly_2_to_the_k_levels(method, bits, tmp_path
 
 
 def test_io_names_and_no_absolute_paths_in_metadata(tmp_path):
-    m = _model("resnet20")
+    m = model_with_bn_stats("resnet20")
     meta = {"checkpoint": "/home/someone/runs/best.safetensors", "data": {"name": "breastmnist", "mean": [0.5], "std": [0.5]}}
     path = export_onnx(m, tmp_path / "m.onnx", input_shape=(1, 28, 28), meta=meta, check_untrained=False)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from qsal.metrics import compute_metrics

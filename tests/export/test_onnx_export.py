@@ -1,12 +1,10 @@
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
+from bn_models import model_with_bn_stats
 from qsal.errors import QsalError
 from qsal.export import export_onnx
 from qsal.models import create_model
@@ -15,15 +13,6 @@ from qsal.quant import PACTConfig, PTQConfig, WeightOnlyConfig, quantize
 META = {"data": {"name": "breastmnist", "task": "binary-class", "mean": [0.5], "std": [0.5], "labels": ["m", "b"]}}
 
 
-def _model(name="small_cnn"):
-    torch.manual_seed(0)
-    m = create_model(name, 2, 1).eval()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
-    return m
-
 
 def _ort(path, x):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x.numpy()})[0]
@@ -31,7 +20,7 @@ def _ort(path, x):
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet20", "edge_mbv2"])
 def test_fp32_onnx_logits_match_pytorch(name, tmp_path):
-    m = _model(name)
+    m = model_with_bn_stats(name)
     x = torch.randn(8, 1, 28, 28)
     path = export_onnx(m, tmp_path / "m.onnx", input_shape=(1, 28, 28), meta=META, check_untrained=False)
     np.testing.assert_allclose(_ort(path, x), m(x).detach().numpy(), atol=1e-4, rtol=1e-4)
@@ -39,7 +28,7 @@ def test_fp32_onnx_logits_match_pytorch(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["small_cnn", "edge_mbv2"])
 def test_int8_qdq_logits_match_fake_quant_model_and_weights_are_integers(name, tmp_path):
-    m = _model(name)
+    m = model_with_bn_stats(name)
     x = torch.randn(64, 1, 28, 28)
     q = quantize(m, PTQConfig(num_calibration=64), x)
     path = export_onnx(q, tmp_path / "q.onnx", input_shape=(1, 28, 28), meta=META, check_untrained=False)
@@ -53,7 +42,7 @@ def test_int8_qdq_logits_match_fake_quant_model_and_weights_are_integers(name, t
 
 
 def test_int8_graph_fuses_to_integer_kernels(tmp_path):
-    m = _model("small_cnn")
+    m = model_with_bn_stats("small_cnn")
     x = torch.randn(64, 1, 28, 28)
     path = export_onnx(quantize(m, PTQConfig(num_calibration=64), x), tmp_path / "q.onnx", input_shape=(1, 28, 28), check_untrained=False)
     opts = ort.SessionOptions()
@@ -65,7 +54,7 @@ def test_int8_graph_fuses_to_integer_kernels(tmp_path):
 
 
 def test_file_sizes_int8_and_int4(tmp_path):
-    m = _model("small_cnn")
+    m = model_with_bn_stats("small_cnn")
     x = torch.randn(32, 1, 28, 28)
     fp32 = export_onnx(m, tmp_path / "f.onnx", input_shape=(1, 28, 28), check_untrained=False).stat().st_size
     int8 = export_onnx(quantize(m, PTQConfig(num_calibration=32), x), tmp_path / "8.onnx", input_shape=(1, 28, 28), check_untrained=False).stat().st_size
@@ -77,7 +66,7 @@ def test_file_sizes_int8_and_int4(tmp_path):
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_low_bit_pact_export_matches_and_packs_int4(bits, tmp_path):
-    m = _model("small_cnn")
+    m = model_with_bn_stats("small_cnn")
     x = torch.randn(32, 1, 28, 28)
     q = quantize(m, PACTConfig(bits=bits, num_calibration=32), x)
     path = export_onnx(q, tmp_path / "p.onnx", input_shape=(1, 28, 28), check_untrained=False)
@@ -94,7 +83,7 @@ def test_low_bit_pact_export_matches_and_packs_int4(bits, tmp_path):
 
 
 def test_weight_only_int4_is_exact(tmp_path):
-    m = _model("edge_mbv2")
+    m = model_with_bn_stats("edge_mbv2")
     q = quantize(m, WeightOnlyConfig(bits=4))
     x = torch.randn(4, 1, 28, 28)
     path = export_onnx(q, tmp_path / "w.onnx", input_shape=(1, 28, 28), check_untrained=False)
@@ -102,7 +91,7 @@ def test_weight_only_int4_is_exact(tmp_path):
 
 
 def test_nan_model_is_refused_and_no_file_is_written(tmp_path):
-    m = _model()
+    m = model_with_bn_stats()
     with torch.no_grad():
         m.fc2.weight[0, 0] = float("nan")
     with pytest.raises(QsalError, match="fc2.weight holds NaN"):
