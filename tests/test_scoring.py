@@ -67,3 +67,18 @@ def test_evaluate_split_all_scores_every_image_of_a_folder_as_valid_json(breast_
     probs = Runtime(onnx_path).predict_proba(test.images[picks])
     assert result["sensitivity_at_op"] == pytest.approx(np.mean(probs[:3, 0] >= result["operating_point"]["threshold"]))
     assert result["specificity_at_op"] == pytest.approx(np.mean(probs[3:, 0] < result["operating_point"]["threshold"]))
+
+
+def test_export_writes_a_card_when_the_models_data_cannot_be_loaded(breast_run, tmp_path, monkeypatch):
+    """No data here to score the file: the card falls back to the PyTorch model's metrics and says so."""
+    from qsal.pipeline import export_checkpoint
+
+    run, _ = breast_run
+    for name in ("best.safetensors", "best.json", "metrics.json"):
+        (tmp_path / name).write_bytes((run / name).read_bytes())
+    meta = json.loads((tmp_path / "best.json").read_text())
+    meta["dataset"]["name"] = "pneumoniamnist"  # not embedded, and no data folder holds it below
+    (tmp_path / "best.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "no_data_here"))
+    export_checkpoint(str(tmp_path / "best.safetensors"), tmp_path / "m.onnx", data_dir=str(tmp_path / "no_data_here"))
+    assert "Measured on the PyTorch model (ONNX file not scored)" in (tmp_path / "m.card.md").read_text()
