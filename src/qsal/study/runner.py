@@ -131,7 +131,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
             np.save(cell / "explain_indices.npy", test.subset_indices(cfg.measure.n_explain, 0))
         result.update(measures)
     if cfg.measure.latency:
-        write_card(str(ckpt), cell / "model.onnx", bench, explanations={
+        write_card(str(ckpt), cell / "model.onnx", bench, metrics=art.to_dict(), explanations={  # scored above
             k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None, data_dir=cfg.data_dir)
     result["environment"] = environment()
     _log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
