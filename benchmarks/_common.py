@@ -26,3 +26,23 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
             cells.append("—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def what_changed(before: list[dict], after: list[dict], keys: tuple[str, ...], metrics: list[tuple[str, str]],
+                 only=lambda row: True) -> str:
+    """Markdown table of the rows present in both runs (matched on ``keys``): each metric before -> after and the
+    difference. ``metrics``: (key, header). Rows where ``only(row)`` is false are left out."""
+    old = {tuple(r.get(k) for k in keys): r for r in before}
+    head = "| " + " | ".join(keys) + " | " + " | ".join(f"{h} before | {h} after | Δ{h}" for _, h in metrics) + " |"
+    lines = [head, "|" + "|".join("---" for _ in range(len(keys) + 3 * len(metrics))) + "|"]
+    for r in after:
+        k = tuple(r.get(x) for x in keys)
+        if k not in old or not only(r):
+            continue
+        cells = [str(x) for x in k]
+        for m, _ in metrics:
+            a, b = old[k].get(m), r.get(m)
+            cells += ["—" if a is None else f"{a:.3f}", "—" if b is None else f"{b:.3f}",
+                      "—" if a is None or b is None else f"{b - a:+.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

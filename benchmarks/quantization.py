@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir  # noqa: E402
+from _common import RESULTS, data_dir, what_changed  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
@@ -47,6 +47,11 @@ SCHEDULE = {
 }
 # ResNet-18 fine-tunes (QAT/PACT) on a seeded subset of the training images: the CPU-time budget.
 FINETUNE_SUBSET = {"resnet18": 1200}
+# Fine-tune learning rates (Adam). PACT used 5e-4 before issue 9; with BatchNorm folded before the fine-tune (so the
+# trained codes are the deployed codes) 5e-4 collapses deep nets (method_fixes.md), so PACT now uses 1e-4, the
+# default of `qsal quantize` and the study runner. QAT always used 1e-4.
+FINETUNE_LR = {"ptq": None, "qat": 1e-4, "pact": 1e-4}
+BEFORE = RESULTS / "pre_issue9" / "quantization.json"
 
 
 def _artifact_metrics(onnx_path: Path, test, ref_logits: np.ndarray | None) -> dict:
@@ -77,6 +82,13 @@ def _ort_static_peer(fp32_onnx: Path, out: Path, train) -> Path:
     return _adopt_metadata(_ort_peer(fp32_onnx, out, calib), fp32_onnx, "onnxruntime quantize_static")
 
 
+def _describe(cfg) -> dict | None:
+    """The full quantization config of a row (weight scheme, per-channel rule, what is quantized, observer)."""
+    from dataclasses import asdict
+
+    return None if cfg is None else {"method": type(cfg).__name__, **asdict(cfg)}
+
+
 def _latency(rows: list[dict], fp32_ckpt: Path, test, rounds: int) -> dict:
     """Interleaved 1-thread latency (b1, b64) of every artifact of a cell and of PyTorch eager FP32."""
     args = argparse.Namespace(rounds=rounds, b1_calls=20, b64_calls=3)
@@ -100,16 +112,17 @@ def run_cell(ds: str, model: str, root: str, seed: int, bench_rounds: int, log) 
         t0 = time.perf_counter()
         ckpt = str(fp32_ckpt)
         if cfg is not None:
-            ckpt = quantize_checkpoint(str(fp32_ckpt), cfg, cell / name, epochs=epochs, lr=1e-4 if name.startswith("qat") else 5e-4,
+            ckpt = quantize_checkpoint(str(fp32_ckpt), cfg, cell / name, epochs=epochs, lr=FINETUNE_LR[name.split("-")[0]] or 1e-4,
                                        data_dir=root, seed=seed, progress=False,
-                                       train_subset=FINETUNE_SUBSET.get(model))["checkpoint"]
+                                       train_subset=FINETUNE_SUBSET.get(model), force=True)["checkpoint"]
         seconds = time.perf_counter() - t0 if cfg is not None else fp32_seconds
         onnx_path = cell / name / "model.onnx"
-        export_checkpoint(ckpt, onnx_path)
+        export_checkpoint(ckpt, onnx_path, force=True)  # a rerun of a killed cell redoes it
         ref_logits, torch_metrics = _torch_logits(ckpt, test)
         row = {"dataset": ds, "model": model, "method": name, "fine_tune_epochs": epochs if cfg else fp32_epochs,
                "fine_tune_images": (min(FINETUNE_SUBSET.get(model) or len(train), len(train)) if epochs and cfg else None),
-               "quantize_or_train_s": seconds, **_artifact_metrics(onnx_path, test, ref_logits), **torch_metrics,
+               "quantize_or_train_s": seconds, "quant_config": _describe(cfg),
+               "fine_tune_lr": FINETUNE_LR[name.split("-")[0]] if cfg else None, **_artifact_metrics(onnx_path, test, ref_logits), **torch_metrics,
                "onnx": str(onnx_path)}
         rows.append(row)
         log(f"  {ds} {model} {name}: artifact AUC {row['test_auc']:.3f} ACC {row['test_acc']:.3f} "
@@ -178,7 +191,7 @@ def main() -> None:
             rows += run_cell(ds, model, root, args.seed, args.bench_rounds, lambda s: print(s, flush=True))
             write_json_atomic(partial, {"rows": rows})  # a killed run resumes from the finished cells
     result = {"benchmark": "quantization", "seed": args.seed, "train_threads": args.threads, "latency_threads": 1,
-              "schedule": {f"{d}/{m}": dict(zip(("fp32_epochs", "qat_epochs", "pact_epochs"), v)) for (d, m), v in SCHEDULE.items()},
+              "fine_tune_lr": FINETUNE_LR, "schedule": {f"{d}/{m}": dict(zip(("fp32_epochs", "qat_epochs", "pact_epochs"), v)) for (d, m), v in SCHEDULE.items()},
               "note": "Shortened schedules (MedMNIST trains 100 epochs); ResNet-18 fine-tunes on 1200 training images. "
                       "Accuracy columns are the ONNX artifact's.",
               "environment": environment(), "seconds": time.perf_counter() - t_start, "rows": rows}
@@ -199,9 +212,26 @@ def _write(out: Path, result: dict, seed: int) -> None:
             "with onnxruntime; the fake-quant PyTorch figures and the logit parity are in quantization.json. Sensitivity "
             "and specificity (at 0.5) are about each binary set's positive class: BreastMNIST malignant (label 0), "
             "PneumoniaMNIST pneumonia (label 1).\n\n"
-            f"{table}\n")
+            f"{table}\n" + _changes(rows))
     write_text_atomic(out.with_suffix(".md"), text)
     print(text)
+
+
+def _changes(rows: list[dict]) -> str:
+    """Before/after against the pre-issue-9 run (same datasets, models and epochs; see FINETUNE_LR for the lr)."""
+    if not BEFORE.is_file():
+        return ""
+    before = json.loads(BEFORE.read_text())["rows"]
+    table = what_changed(before, rows, ("dataset", "model", "method"), [("test_auc", "AUC"), ("test_acc", "ACC")],
+                         only=lambda r: r["method"].startswith(("fp32", "qat", "pact")))
+    return ("\n## What changed against the pre-fix run\n\n"
+            "Rows of the run before the issue-9 fixes ([pre_issue9/quantization.json](pre_issue9/quantization.json)) "
+            "against this one, same datasets, models, epochs, subsets and seed; artifact metrics. Three things differ "
+            "besides the method fixes: FP32 parents now train with bfloat16 autocast (issue 13; FP32 rows move by "
+            "that alone), the model is built after seeding (issue 9, finding 10), and PACT fine-tunes at lr 1e-4 "
+            "instead of 5e-4 because its BatchNorm is now folded first (see [method_fixes.md](method_fixes.md), which "
+            "isolates each fix on one FP32 parent). PTQ rows are left out: their method did not change.\n\n"
+            f"{table}\n")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir  # noqa: E402
+from _common import RESULTS, data_dir, what_changed  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
@@ -48,6 +49,9 @@ PLAN = {
     "cifar10": ("resnet20", 4000, 4, 1, 0.1, None),
 }
 BITS = (8, 4, 2)
+# PACT fine-tune lr (Adam): 1e-4, `qsal quantize`'s default; 5e-4 before issue 9 (see quantization.py FINETUNE_LR).
+PACT_LR = 1e-4
+BEFORE = RESULTS / "pre_issue9" / "saliency.json"
 
 
 def _cifar_root(root: str) -> str:
@@ -97,9 +101,9 @@ def run_dataset(ds: str, root: str, seed: int, n_eval: int, threads: int, log) -
         for b in BITS:
             name = f"{prefix}-{b}"
             t0 = time.perf_counter()
-            ckpts[name] = quantize_checkpoint(ckpts[parent], PACTConfig(bits=b), cell / name, epochs=ft_epochs, lr=5e-4,
+            ckpts[name] = quantize_checkpoint(ckpts[parent], PACTConfig(bits=b), cell / name, epochs=ft_epochs, lr=PACT_LR,
                                               data_dir=root_ds, seed=seed, progress=False, step=step,
-                                              train_subset=ft_subset or subset)["checkpoint"]
+                                              train_subset=ft_subset or subset, force=True)["checkpoint"]
             seconds[name] = seconds[parent] + time.perf_counter() - t0
             log(f"  {ds} {name} fine-tuned")
     x_eval, y_eval = test.subset(n_eval, seed).tensors()
@@ -176,6 +180,7 @@ def _write_results(state: dict, args, seconds: float) -> None:
     plan = {d: dict(zip(("model", "train_subset", "epochs", "pact_finetune_epochs", "sgt_k", "finetune_subset"), v))
             for d, v in PLAN.items()}
     result = {"benchmark": "saliency", "seed": args.seed, "threads": args.threads, "n_eval": args.n_eval, "plan": plan,
+              "pact_lr": PACT_LR, "pact": {**asdict(PACTConfig(bits=4)), "bits": list(BITS)},
               "sgt": {**SaliencyGuidedStep(task="per dataset").describe(), "k": "per dataset (plan)", "seed": args.seed},
               "faithfulness": {"fractions": "0..0.9", "fill": "constant (image minimum)", "maps": "|input gradient|"},
               "environment": environment(), "seconds": seconds, "grids": state["grids"], "rows": rows,
@@ -192,9 +197,25 @@ def _write_results(state: dict, args, seconds: float) -> None:
             "**Shortened schedules** (CPU time): \n" + plan_lines + "\n\nCIFAR-10 is the lossy *JPEG copy* "
             "(quote as \"CIFAR-10 (JPEG copy)\"). Explanation metrics on "
             f"{args.n_eval} test images; SGT+PACT-k starts from the SGT model, PACT-k from the FP32 model.\n\n"
-            f"{table}\n\n{grids}\n")
+            f"{table}\n\n{grids}\n" + _changes(rows))
     write_text_atomic(RESULTS / "saliency.md", text)
     print(text, flush=True)
+
+
+def _changes(rows: list[dict]) -> str:
+    """Before/after against the pre-issue-9 run: same plan (models, epochs, subsets, k, seed)."""
+    if not BEFORE.is_file():
+        return ""
+    before = json.loads(BEFORE.read_text())["rows"]
+    table = what_changed(before, rows, ("dataset", "model"), [("test_auc", "AUC"), ("test_acc", "ACC"),
+                                                                ("faithfulness_gap", "faithfulness gap")])
+    return ("\n## What changed against the pre-fix run\n\n"
+            "Rows of the run before the issue-9 fixes ([pre_issue9/saliency.json](pre_issue9/saliency.json)) against "
+            "this one, same plan and seed. Besides the fixes (SGT masks by the log-softmax gradient, its masked pass "
+            "leaves BatchNorm statistics alone, PACT's new grid and learned clip), training now uses bfloat16 "
+            "autocast and PACT fine-tunes at lr 1e-4 instead of 5e-4 (BatchNorm is folded first). "
+            "[sgt_fixes.md](sgt_fixes.md) isolates the SGT fixes on one configuration.\n\n"
+            f"{table}\n")
 
 
 if __name__ == "__main__":

@@ -60,11 +60,11 @@ def collect_results(run_dir: str | Path) -> dict:
         row = {"model": f"{ds}/{model}/{label}" if multi else label, "seeds": len(rs)}
         for k in ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
                   "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap",
-                  "agreement_spearman", "gini"):
+                  "deletion_auc", "insertion_auc", "agreement_spearman", "gini"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 row[k] = float(np.mean(vals))
-                if len(rs) > 1 and k in ("test_auc", "test_acc"):
+                if len(rs) > 1 and k in ("test_auc", "test_acc", "faithfulness_gap"):
                     row[k + "_std"] = float(np.std(vals))
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")

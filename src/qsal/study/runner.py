@@ -132,7 +132,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
         result.update(measures)
     if cfg.measure.latency:
         write_card(str(ckpt), cell / "model.onnx", bench, metrics=art.to_dict(), explanations={  # scored above
-            k: result[k] for k in ("faithfulness_gap", "gini") if k in result} or None, data_dir=cfg.data_dir)
+            k: result[k] for k in ("faithfulness_gap", "deletion_auc", "insertion_auc", "gini") if k in result} or None, data_dir=cfg.data_dir)
     result["environment"] = environment()
     _log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
     write_json_atomic(cell / "result.json", result)
@@ -141,16 +141,22 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
 
 def explanation_measures(model, x, y, seed: int) -> tuple[np.ndarray, dict]:
     """A cell's saliency step: |gradient| maps of the labels ``y`` (``(N,)``, or ``(N, L)`` multi-label:
-    see ``qsal.saliency.targets``), their faithfulness gap and Gini index. Returns ``(maps, measures)``."""
+    see ``qsal.saliency.targets``) and what they are worth: the faithfulness gap (accuracy area with random
+    pixels removed minus with the most salient removed), deletion / insertion AUC of the label's probability
+    (Petsiuk et al. 2018; 20 steps, each image's minimum as the blank) and the Gini index of the maps.
+    Returns ``(maps (N, C, H, W), measures)``."""
     import torch
 
     from qsal.metrics import predict_logits
     from qsal.saliency import explain
-    from qsal.saliency.metrics import faithfulness_curve, gini
+    from qsal.saliency.metrics import deletion_insertion, faithfulness_curve, gini
 
     maps = explain(model, x, "gradient_abs", target=y).numpy()
-    faith = faithfulness_curve(lambda a: predict_logits(model, torch.from_numpy(a)), x.numpy(), y.numpy(), maps, seed=seed)
-    return maps, {"faithfulness_gap": faith["gap"], "gini": float(np.mean(gini(maps)))}
+    model_fn = lambda a: predict_logits(model, torch.from_numpy(a))  # noqa: E731
+    faith = faithfulness_curve(model_fn, x.numpy(), y.numpy(), maps, seed=seed)
+    curves = deletion_insertion(model_fn, x.numpy(), y.numpy(), maps)
+    return maps, {"faithfulness_gap": faith["gap"], "deletion_auc": curves["deletion_auc"],
+                  "insertion_auc": curves["insertion_auc"], "gini": float(np.mean(gini(maps)))}
 
 
 def _redo_fix(run_dir: Path, spec: CellSpec) -> str:

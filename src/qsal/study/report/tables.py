@@ -13,6 +13,7 @@ COLUMNS = [("model", "model"), ("seeds", "seeds"), ("scored", "scored as"), ("te
            ("sensitivity_at_op", "sens. @ op"), ("specificity_at_op", "spec. @ op"), ("ece", "ECE"),
            ("pytorch_acc", "PyTorch ACC"), ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
            ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"), ("faithfulness_gap", "faithfulness gap"),
+           ("faithfulness_gap_std", "gap std"), ("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC ↑"),
            ("agreement_spearman", "map ρ vs ref."), ("gini", "Gini")]
 
 GLOSSARY = [
