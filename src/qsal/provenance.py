@@ -8,7 +8,7 @@ import platform
 import sys
 from importlib import metadata
 
-__all__ = ["environment"]
+__all__ = ["environment", "usable_cpus"]
 
 _PACKAGES = ("qsal", "torch", "numpy", "onnx", "onnxruntime", "captum", "scikit-learn")
 
@@ -32,6 +32,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
+        "cpus_usable": usable_cpus(),
         "torch_threads": threads,
         "versions": versions,
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -47,3 +48,12 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on: its CPU affinity (``taskset``, cgroup cpusets), else ``os.cpu_count()``.
+    ``os.cpu_count()`` alone counts the whole machine, so a study pinned to one core would start two threads."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return max(1, os.cpu_count() or 1)

@@ -24,6 +24,7 @@ import numpy as np
 
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
+from qsal.provenance import usable_cpus
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
 from qsal.study.rundir import load_npy, read_json, run_lock
 
@@ -267,7 +268,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     write_json_atomic(stamp, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
     groups = plan_groups(cfg)
     n_cells = sum(len(g) for g in groups)
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = max(1, usable_cpus() // max(1, workers))  # taskset -c 0 qsal run ... trains on 1 thread
     payload = [([asdict(c) for c in g], str(run_dir), cfg.to_dict(), threads) for g in groups]
     statuses: list[dict] = []
     on_terminal = progress and sys.stderr.isatty()
