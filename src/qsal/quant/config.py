@@ -107,7 +107,9 @@ class PACTConfig(QuantConfig):
     Named deviations from the paper, each a field:
       - ``weight_scheme="symmetric"`` (default): ``2^k - 1`` levels including zero, stored as signed
         k-bit integers (INT4 at 4 bits). ``"dorefa"`` is the paper's DoReFa grid (``2^k`` levels, none
-        zero) whose codes need k+1 bits, so DoReFa-4 deploys as INT8 and DoReFa-8 not at all.
+        zero) whose codes need k+1 bits, so DoReFa-4 deploys as INT8 and DoReFa-8 not at all; at 2-3 bits its
+        codes still fit the INT4 container, and at 2 bits it beat the ternary symmetric grid by .10-.18 AUC
+        (``benchmarks/results/pact_low_bit_ablation.md``): prefer it there.
         ``"tanh_symmetric"`` reproduces qsal < 0.2's mislabelled "dorefa".
       - ``weight_per_channel="depthwise"`` (default): one scale per layer as in the paper, except
         depthwise convolutions, which get one per output channel (a per-layer scale breaks
