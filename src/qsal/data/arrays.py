@@ -35,7 +35,10 @@ class ImageSplit:
         """``(x, y)`` torch tensors: x float32 ``(N, C, H, W)`` normalised with the table's mean/std."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(self.images)).permute(0, 3, 1, 2).float().div_(255.0)
+        images = np.ascontiguousarray(self.images)
+        if not images.flags.writeable:  # a read-only view (memory-mapped or shared): torch warns on every such array
+            images = images.copy()
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.info.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.info.std).view(1, -1, 1, 1)
         x = (x - mean) / std
