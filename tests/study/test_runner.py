@@ -112,3 +112,22 @@ def test_explanation_measures_score_the_map_by_deletion_and_insertion():
     # Removing a fraction t of the pixels: salient-first always takes (5, 5) (accuracy 0 for t > 0), random takes it
     # with probability t; over t = 0, .1, ..., .9 the expected gap is 0.55 - 0.1 = 0.45 (8 images: 0.475 here).
     assert m["faithfulness_gap"] == pytest.approx(0.45, abs=0.1)
+
+
+def test_a_parent_whose_weights_were_not_committed_is_trained_again_only_when_a_child_needs_it(tmp_path):
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "measure": {"latency": False, "saliency": False}})
+    run_study(cfg, tmp_path, progress=False)
+    fp32 = tmp_path / "breastmnist/small_cnn/seed0/fp32"
+    ptq = tmp_path / "breastmnist/small_cnn/seed0/ptq-int8-minmax"
+    first = json.loads((fp32 / "result.json").read_text())["test_auc"]
+    # A fresh checkout of a committed run folder: results kept, weights (*.safetensors) not, the PTQ cell unfinished.
+    (fp32 / "best.safetensors").unlink()
+    (ptq / "result.json").unlink()
+    by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
+    assert by_id == {"fp32": "done", "ptq-int8-minmax": "done"}
+    assert (fp32 / "best.safetensors").is_file() and "training it again" in (fp32 / "log.txt").read_text()
+    assert json.loads((fp32 / "result.json").read_text())["test_auc"] == pytest.approx(first, abs=1e-6)  # same seed
+    # Nothing left that needs the weights: the parent stays finished without them.
+    (fp32 / "best.safetensors").unlink()
+    by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
+    assert all(s.startswith("skipped") for s in by_id.values())

@@ -205,6 +205,16 @@ def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]
     return problems
 
 
+def _parents_to_retrain(specs: list[CellSpec], run_dir: Path) -> set[str]:
+    """Labels of finished FP32/SGT cells whose ``best.safetensors`` is gone (committed run folders keep results,
+    not weights) while an unfinished quantized cell of the group starts from them: they are trained again, with
+    the same seed and schedule, before that cell runs."""
+    needed = {("sgt" if s.kind == "sgt+pact" else "fp32") for s in specs
+              if s.kind not in ("fp32", "sgt") and not _finished(run_dir / s.id)}
+    return {s.label for s in specs if s.kind in needed and _finished(run_dir / s.id)
+            and not (run_dir / s.id / "best.safetensors").is_file()}
+
+
 def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, progress: bool) -> list[dict]:
     """Run one group's cells in order; returns ``{"id", "status"}`` per cell. Never raises for a cell."""
     import torch
@@ -214,9 +224,15 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     run_path = Path(run_dir)
     specs = [CellSpec(**g) for g in group]
     statuses = []
+    retrain = _parents_to_retrain(specs, run_path)
     for spec in specs:
         cell = run_path / spec.id
-        if _finished(cell):
+        if spec.label in retrain:
+            _log(cell, "checkpoint missing (a fresh checkout keeps results, not weights) and a quantized cell of "
+                       "this group still needs it: training it again")
+            for stale in ("last.pt", "result.json"):  # resume state of weights that are gone; redone below
+                (cell / stale).unlink(missing_ok=True)
+        elif _finished(cell):
             statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
             continue
         try:
