@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -46,3 +49,22 @@ def what_changed(before: list[dict], after: list[dict], keys: tuple[str, ...], m
                       "—" if a is None or b is None else f"{b - a:+.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def median_alpha_change(checkpoint: str | Path) -> float | None:
+    """Median over a PACT checkpoint's clips of |alpha_end - alpha_start| / alpha_start (its JSON's
+    ``quantization.activations``); None when it has no PACT clip."""
+    acts = json.loads(Path(checkpoint).with_suffix(".json").read_text()).get("quantization", {}).get("activations", [])
+    change = [abs(a["alpha_end"] - a["alpha_start"]) / a["alpha_start"] for a in acts if a.get("kind") == "pact"]
+    return float(np.median(change)) if change else None
+
+
+def write_results(stem: Path, payload: dict, head: str, columns: list[tuple[str, str]]) -> None:
+    """``stem.json``: ``payload`` (with its ``rows``) plus the environment; ``stem.md``: ``head`` (title and what
+    the numbers are), then the rows as a table (``columns``: (key, header))."""
+    from qsal._atomic import write_json_atomic, write_text_atomic
+    from qsal.provenance import environment
+
+    write_json_atomic(stem.with_suffix(".json"), {**payload, "environment": environment()})
+    write_text_atomic(stem.with_suffix(".md"), f"{head}\n\n{markdown_table(payload['rows'], columns)}\n")
+    print(f"wrote {stem.with_suffix('.md')}")

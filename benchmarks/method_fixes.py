@@ -22,20 +22,16 @@ normal; AUC threshold-free, ACC at argmax), the checkpoint chosen by validation 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, markdown_table  # noqa: E402
+from _common import RESULTS, data_dir, median_alpha_change, write_results  # noqa: E402
 
-from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.pipeline import quantize_checkpoint, train_model  # noqa: E402
-from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig, QATConfig  # noqa: E402
 from qsal.train import TrainConfig  # noqa: E402
 
@@ -57,12 +53,6 @@ def variants(bits: list[int], dorefa: bool, qat: bool) -> list[tuple[str, str, o
                 ("qat-8", "after, BN kept and frozen at 75 %", QATConfig(fold_bn=False), 1e-4),
                 ("qat-8", "after", QATConfig(), 1e-4)]
     return out
-
-
-def _alpha_change(ckpt: str) -> float | None:
-    acts = json.loads(Path(ckpt).with_suffix(".json").read_text()).get("quantization", {}).get("activations", [])
-    change = [abs(a["alpha_end"] - a["alpha_start"]) / a["alpha_start"] for a in acts if a.get("kind") == "pact"]
-    return float(np.median(change)) if change else None
 
 
 def main(argv=None) -> int:
@@ -95,30 +85,23 @@ def main(argv=None) -> int:
                                     epochs=args.finetune_epochs, lr=lr, data_dir=root, seed=seed, progress=False)
             rows.append({"model": model, "method": method, "variant": variant, "test_auc": r["test_auc"],
                          "test_acc": r["test_acc"], "auc_95ci": r["auc_95ci"], "epochs": args.finetune_epochs,
-                         "fine_tune_lr": lr, "median_alpha_change": _alpha_change(r["checkpoint"]),
+                         "fine_tune_lr": lr, "median_alpha_change": median_alpha_change(r["checkpoint"]),
                          "config": cfg.to_dict(), "seconds": time.perf_counter() - t0})
             print({k: v for k, v in rows[-1].items() if k != "config"}, flush=True)
     total = time.perf_counter() - t_all
-    out = Path(args.out)
-    write_json_atomic(out.with_suffix(".json"), {
+    write_results(Path(args.out), {
         "dataset": DATASET, "seed": seed, "split": "test", "positive_class": "1 (normal/benign)",
         "measured_on": "PyTorch fake-quant model (not the exported file)", "selection": "best validation AUC epoch",
-        "rows": rows, "total_seconds": total, "environment": environment()})
-    table = markdown_table(rows, [("model", "model"), ("method", "method"), ("variant", "variant"), ("epochs", "epochs"),
-                                  ("test_auc", "test AUC"), ("test_acc", "test ACC"),
-                                  ("median_alpha_change", "median relative alpha change"), ("seconds", "s")])
-    write_text_atomic(out.with_suffix(".md"), f"""# Issue 9 quantization fixes: before and after
+        "rows": rows, "total_seconds": total}, f"""# Issue 9 quantization fixes: before and after
 
 BreastMNIST, seed 0, one FP32 model per architecture ({args.fp32_epochs} epochs), then the same fine-tune
 ({args.finetune_epochs} epochs, Adam, PACT lr 5e-4, QAT lr 1e-4, best validation AUC kept) with the old behaviour
 ("before") and the new defaults ("after"). AUC/ACC: the PyTorch fake-quant model on the test split (positive
 class 1 = normal/benign). "before" PACT = `{OLD_PACT}`; "before" QAT = BatchNorm never frozen.
 median relative alpha change: median over PACT clips of |alpha_end - alpha_start| / alpha_start.
-Total {total:.0f} s.
-
-{table}
-""")
-    print(f"wrote {out.with_suffix('.md')} ({total:.0f} s)")
+Total {total:.0f} s.""", [("model", "model"), ("method", "method"), ("variant", "variant"), ("epochs", "epochs"),
+                          ("test_auc", "test AUC"), ("test_acc", "test ACC"),
+                          ("median_alpha_change", "median relative alpha change"), ("seconds", "s")])
     return 0
 
 

@@ -23,14 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, markdown_table  # noqa: E402
-from method_fixes import OLD_PACT, _alpha_change  # noqa: E402
+from _common import RESULTS, data_dir, median_alpha_change, write_results  # noqa: E402
+from method_fixes import OLD_PACT  # noqa: E402
 from saliency import CACHE, PLAN  # noqa: E402
 
-from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.errors import QsalError  # noqa: E402
 from qsal.pipeline import quantize_checkpoint  # noqa: E402
-from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig  # noqa: E402
 
 BITS = 2
@@ -66,28 +64,21 @@ def main(argv=None) -> int:
                                     lr=lr, data_dir=root, seed=seed, progress=False, train_subset=subset, force=True)
             rows.append({"dataset": ds, "variant": variant, "fine_tune_lr": lr, "epochs": epochs,
                          "test_auc": r["test_auc"], "test_acc": r["test_acc"],
-                         "median_alpha_change": _alpha_change(r["checkpoint"]), "config": cfg.to_dict(),
+                         "median_alpha_change": median_alpha_change(r["checkpoint"]), "config": cfg.to_dict(),
                          "seconds": time.perf_counter() - t0})
             print({k: v for k, v in rows[-1].items() if k != "config"}, flush=True)
     total = time.perf_counter() - t_all
-    out = Path(args.out)
-    write_json_atomic(out.with_suffix(".json"), {
+    write_results(Path(args.out), {
         "bits": BITS, "seed": seed, "split": "test", "measured_on": "PyTorch fake-quant model (not the exported file)",
         "selection": "best validation AUC epoch", "parents": "runs/bench_saliency/<dataset>/fp32 (benchmarks/saliency.py)",
-        "rows": rows, "total_seconds": total, "environment": environment()})
-    table = markdown_table(rows, [("dataset", "dataset"), ("variant", "variant"), ("epochs", "epochs"),
-                                  ("test_auc", "test AUC"), ("test_acc", "test ACC"),
-                                  ("median_alpha_change", "median relative alpha change"), ("seconds", "s")])
-    write_text_atomic(out.with_suffix(".md"), f"""# PACT-2 after the issue-9 fixes: one change at a time
+        "rows": rows, "total_seconds": total}, f"""# PACT-2 after the issue-9 fixes: one change at a time
 
 small_cnn, seed 0, the FP32 parents and fine-tune epochs of [saliency.md](saliency.md); each row changes one thing
 of the new default `PACTConfig(bits=2)` (lr 1e-4). "all old behaviour" = `{OLD_PACT}` at lr 5e-4, i.e. the
 pre-fix run's PACT-2. AUC/ACC: the PyTorch fake-quant model on the test split, epoch chosen by validation AUC.
-Total {total:.0f} s.
-
-{table}
-""")
-    print(f"wrote {out.with_suffix('.md')} ({total:.0f} s)")
+Total {total:.0f} s.""", [("dataset", "dataset"), ("variant", "variant"), ("epochs", "epochs"),
+                          ("test_auc", "test AUC"), ("test_acc", "test ACC"),
+                          ("median_alpha_change", "median relative alpha change"), ("seconds", "s")])
     return 0
 
 

@@ -82,13 +82,6 @@ def _ort_static_peer(fp32_onnx: Path, out: Path, train) -> Path:
     return _adopt_metadata(_ort_peer(fp32_onnx, out, calib), fp32_onnx, "onnxruntime quantize_static")
 
 
-def _describe(cfg) -> dict | None:
-    """The full quantization config of a row (weight scheme, per-channel rule, what is quantized, observer)."""
-    from dataclasses import asdict
-
-    return None if cfg is None else {"method": type(cfg).__name__, **asdict(cfg)}
-
-
 def _latency(rows: list[dict], fp32_ckpt: Path, test, rounds: int) -> dict:
     """Interleaved 1-thread latency (b1, b64) of every artifact of a cell and of PyTorch eager FP32."""
     args = argparse.Namespace(rounds=rounds, b1_calls=20, b64_calls=3)
@@ -121,7 +114,7 @@ def run_cell(ds: str, model: str, root: str, seed: int, bench_rounds: int, log) 
         ref_logits, torch_metrics = _torch_logits(ckpt, test)
         row = {"dataset": ds, "model": model, "method": name, "fine_tune_epochs": epochs if cfg else fp32_epochs,
                "fine_tune_images": (min(FINETUNE_SUBSET.get(model) or len(train), len(train)) if epochs and cfg else None),
-               "quantize_or_train_s": seconds, "quant_config": _describe(cfg),
+               "quantize_or_train_s": seconds, "quant_config": cfg.to_dict() if cfg else None,
                "fine_tune_lr": FINETUNE_LR[name.split("-")[0]] if cfg else None, **_artifact_metrics(onnx_path, test, ref_logits), **torch_metrics,
                "onnx": str(onnx_path)}
         rows.append(row)

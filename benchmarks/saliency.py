@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +179,7 @@ def _write_results(state: dict, args, seconds: float) -> None:
     plan = {d: dict(zip(("model", "train_subset", "epochs", "pact_finetune_epochs", "sgt_k", "finetune_subset"), v))
             for d, v in PLAN.items()}
     result = {"benchmark": "saliency", "seed": args.seed, "threads": args.threads, "n_eval": args.n_eval, "plan": plan,
-              "pact_lr": PACT_LR, "pact": {**asdict(PACTConfig(bits=4)), "bits": list(BITS)},
+              "pact_lr": PACT_LR, "pact": {**PACTConfig(bits=4).to_dict(), "bits": list(BITS)},
               "sgt": {**SaliencyGuidedStep(task="per dataset").describe(), "k": "per dataset (plan)", "seed": args.seed},
               "faithfulness": {"fractions": "0..0.9", "fill": "constant (image minimum)", "maps": "|input gradient|"},
               "environment": environment(), "seconds": seconds, "grids": state["grids"], "rows": rows,

@@ -49,6 +49,11 @@ class CellSpec:
     def id(self) -> str:
         return f"{self.dataset}/{self.model}/seed{self.seed}/{self.label}"
 
+    @property
+    def parent(self) -> str | None:
+        """Label of the float cell a quantized cell starts from (SGT+PACT: the SGT model); None for fp32/sgt."""
+        return None if self.kind in ("fp32", "sgt") else "sgt" if self.kind == "sgt+pact" else "fp32"
+
 
 def plan_groups(cfg: RunConfig) -> list[list[CellSpec]]:
     """Cells grouped by (dataset, model, seed), parents first."""
@@ -86,7 +91,6 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     cell.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cell / "config.json", {"cell": asdict(spec), "label": spec.label, "study": cfg.to_dict()})
     _log(cell, f"start {spec.id}")
-    parent = lambda label: str(run_dir / spec.dataset / spec.model / f"seed{spec.seed}" / label / "best.safetensors")  # noqa: E731
     t0 = time.perf_counter()
     train, val, test = load_splits(spec.dataset, cfg.data_dir, seed=spec.seed)
     sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed, target=cfg.sgt.target)
@@ -98,7 +102,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     else:
         qcfg = {"ptq": lambda: PTQConfig(observer=spec.observer), "qat": QATConfig,
                 "pact": lambda: PACTConfig(bits=spec.bits), "sgt+pact": lambda: PACTConfig(bits=spec.bits)}[spec.kind]()
-        quantize_checkpoint(parent("sgt" if spec.kind == "sgt+pact" else "fp32"), qcfg, cell, data_dir=cfg.data_dir,
+        quantize_checkpoint(str(cell.parent / spec.parent / "best.safetensors"), qcfg, cell, data_dir=cfg.data_dir,
                             seed=spec.seed, progress=progress, step=sgt if spec.kind == "sgt+pact" else None,
                             train_config=finetune_cfg, resume=True)
     seconds = time.perf_counter() - t0
@@ -209,8 +213,7 @@ def _parents_to_retrain(specs: list[CellSpec], run_dir: Path) -> set[str]:
     """Labels of finished FP32/SGT cells whose ``best.safetensors`` is gone (committed run folders keep results,
     not weights) while an unfinished quantized cell of the group starts from them: they are trained again, with
     the same seed and schedule, before that cell runs."""
-    needed = {("sgt" if s.kind == "sgt+pact" else "fp32") for s in specs
-              if s.kind not in ("fp32", "sgt") and not _finished(run_dir / s.id)}
+    needed = {s.parent for s in specs if s.parent and not _finished(run_dir / s.id)}
     return {s.label for s in specs if s.kind in needed and _finished(run_dir / s.id)
             and not (run_dir / s.id / "best.safetensors").is_file()}
 
