@@ -14,7 +14,7 @@ _PACKAGES = ("qsal", "torch", "numpy", "onnx", "onnxruntime", "captum", "scikit-
 
 
 def environment() -> dict:
-    """Versions of the packages that shape results, the CPU, thread count and a UTC timestamp."""
+    """Versions of the packages that shape results, the CPU, thread count, the GPU (or None) and a UTC timestamp."""
     versions = {}
     for name in _PACKAGES:
         try:
@@ -25,8 +25,9 @@ def environment() -> dict:
         import torch
 
         threads = torch.get_num_threads()
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None  # where training ran, if there
     except ImportError:  # the runtime side never imports torch
-        threads = None
+        threads = gpu = None
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -34,6 +35,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable_cpus(),
         "torch_threads": threads,
+        "gpu": gpu,
         "versions": versions,
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -64,7 +64,7 @@ def test_alpha_has_its_own_optimizer_group_with_a_relative_learning_rate():
     x = torch.rand(32, 1, 28, 28)
     q = quantize(create_model("small_cnn", 2, 1).eval(), PACTConfig(bits=4, num_calibration=32), x)
     groups = parameter_groups(q)
-    pacts = act_quantizers(q)
+    pacts = [m for m in act_quantizers(q) if isinstance(m, PACTQuantizer)]  # the input's quantizer is fixed
     assert len(groups) == 1 + len(pacts)  # the weights, then one group per clip (each its own lr)
     for g in groups[1:]:
         (alpha,) = g["params"]
@@ -89,13 +89,59 @@ def test_pact_alpha_learns_under_the_default_recipe_and_the_checkpoint_records_i
     final = load_training_state(tmp_path / "pact" / "last.pt")["model"]  # the state after the last epoch
     alphas = [k for k in final if k.endswith(".alpha")]
     change = [abs(float(final[k]) - float(final[k + "_start"])) / float(final[k + "_start"]) for k in alphas]
-    assert len(alphas) == 4 and np.median(change) >= 0.05, change  # with alpha_lr=None: 0.1 %
+    assert len(alphas) == 3 and np.median(change) >= 0.05, change  # with alpha_lr=None: 0.1 %
     # the checkpoint JSON (the epoch selected on validation AUC) records every clip at start and end
     meta = json.loads((tmp_path / "pact" / "best.json").read_text())
     acts = meta["quantization"]["activations"]
     best, _ = load_checkpoint(tmp_path / "pact" / "best.safetensors")
-    assert [(a["alpha_start"], a["alpha_end"]) for a in acts] == [
-        (round(float(q.alpha_start), 6), round(float(q.alpha.detach()), 6)) for q in act_quantizers(best)]
-    assert [a["alpha_start"] for a in acts] == [round(float(final[k + "_start"]), 6) for k in alphas]
+    assert [(a["alpha_start"], a["alpha_end"]) for a in acts if a["kind"] == "pact"] == [
+        (round(float(q.alpha_start), 6), round(float(q.alpha.detach()), 6)) for q in act_quantizers(best)
+        if isinstance(q, PACTQuantizer)]
+    assert [a["alpha_start"] for a in acts if a["kind"] == "pact"] == [round(float(final[k + "_start"]), 6) for k in alphas]
     metrics = json.loads((tmp_path / "pact" / "metrics.json").read_text())
     assert metrics["quantization"]["activations"] == acts  # the result file records the same clips
+
+
+def _input_quantizer(q):
+    (node,) = [n for n in q.graph.nodes if n.op == "placeholder"]
+    (user,) = node.users
+    return q.get_submodule(user.target)
+
+
+def test_pact_never_learns_a_clip_on_the_input_image_so_saliency_reaches_the_brightest_pixels(shared_data):
+    """The paper quantizes ReLU outputs; the image keeps its range. A learned input clip (qsal 0.2) fell
+    below MNIST's brightest pixels in a full-schedule fine-tune and zeroed their input gradient."""
+    from qsal.quant import ActQuantizer, config_from_dict
+
+    train = load_split("mnist", "train", shared_data).subset(256, 0)
+    x, y = train.tensors()
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 10, 1).eval()
+    q = quantize(model, PACTConfig(bits=4, num_calibration=256), x)
+    inq = _input_quantizer(q)
+    # fixed: an 8-bit min-max range over the calibration images, no parameter to learn
+    assert type(inq) is ActQuantizer and inq.bits == 8 and list(inq.parameters()) == []
+    assert inq.range.tolist() == pytest.approx([float(x.min()), float(x.max())], rel=1e-6)
+    # MNIST normalised by mean/std is on a 256-level grid: the input quantizer keeps every grey level
+    # distinct, each within half a step (the integer zero point shifts the grid by less than that)
+    assert (inq(x) - x).abs().max() <= float(inq.scale) / 2 + 1e-6
+    assert len(torch.unique(inq(x))) == len(torch.unique(x))
+    before = inq.range.clone()
+    fit(q, train, train.subset(64, 1), TrainConfig(epochs=1, batch_size=64, lr=1e-3, progress=False))
+    assert torch.equal(inq.range, before)  # the fine-tune cannot move it
+
+    # what the learned clip did: clipped at 90 % of the brightest value, those pixels get no gradient
+    learned = quantize(model, PACTConfig(bits=4, num_calibration=256, input_clip="learned"), x)
+    clip = _input_quantizer(learned)
+    assert type(clip) is PACTQuantizer
+    with torch.no_grad():
+        clip.alpha.fill_(0.9 * float(x.max()))
+    grads = {}
+    for name, net in (("fixed", q.eval()), ("learned", learned.eval())):
+        xi = x[:32].clone().requires_grad_(True)
+        net(xi).gather(1, y[:32, None]).sum().backward()
+        grads[name] = xi.grad[x[:32] > 0.9 * float(x.max())]
+    assert (grads["learned"] == 0).all() and (grads["fixed"] != 0).float().mean() > 0.5
+    # a checkpoint written before version 3 keeps the learned input clip it was trained with
+    v2 = {k: v for k, v in PACTConfig().to_dict().items() if k != "input_clip"} | {"version": 2}
+    assert config_from_dict(v2).input_clip == "learned" and PACTConfig().to_dict()["version"] == 3

@@ -24,11 +24,14 @@ def test_every_config_problem_is_listed_with_its_path():
         assert path in msg
 
 
-def test_plan_puts_parents_first():
-    cfg = parse_run_config({**TINY, "methods": ["sgt+pact", "qat", "fp32"], "bits": [8, 2], "seeds": [0, 1]})
+def test_plan_puts_parents_first_and_the_long_sgt_training_after_fp32s_children():
+    cfg = parse_run_config({**TINY, "methods": ["sgt+pact", "qat", "fp32", "pact"], "bits": [8, 2], "seeds": [0, 1]})
     groups = plan_groups(cfg)
     assert len(groups) == 2
-    assert [c.label for c in groups[0]] == ["fp32", "sgt", "qat-int8", "sgt+pact-8", "sgt+pact-2"]
+    assert [c.label for c in groups[0]] == ["fp32", "qat-int8", "pact-8", "pact-2", "sgt", "sgt+pact-8", "sgt+pact-2"]
+    for group in groups:  # every cell's float parent runs before it
+        order = [c.label for c in group]
+        assert all(c.parent is None or order.index(c.parent) < order.index(c.label) for c in group)
 
 
 def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):

@@ -70,8 +70,16 @@ def _prepare_pact(gm: fx.GraphModule, cfg: PACTConfig) -> fx.GraphModule:
 
     add_quantizer = None if cfg.quantize_add_inputs or cfg.add_input_bits is None else (
         lambda node: pact(cfg.add_input_bits))
-    return insert_act_quantizers(gm, lambda node, edge: pact(cfg.first_last_bits if edge else cfg.bits),
-                                 quantize_add_inputs=cfg.quantize_add_inputs, make_add_quantizer=add_quantizer)
+    def act_quantizer(node: fx.Node, edge: bool) -> nn.Module:
+        if node.op == "placeholder" and cfg.input_clip == "fixed":
+            # The image's range is known, not learned: min-max over the calibration images, never moved by
+            # the fine-tune (no parameters, no EMA). A learned clip here cut the brightest pixels and zeroed
+            # their input gradients, i.e. the saliency maps (PACTConfig's docstring).
+            return ActQuantizer(cfg.first_last_bits, "minmax")
+        return pact(cfg.first_last_bits if edge else cfg.bits)
+
+    return insert_act_quantizers(gm, act_quantizer, quantize_add_inputs=cfg.quantize_add_inputs,
+                                 make_add_quantizer=add_quantizer)
 
 
 @register_handler(WeightOnlyConfig)

@@ -120,10 +120,15 @@ class PACTConfig(QuantConfig):
         fine-tune lr alpha does not move). ``None`` puts alpha in the weights' group (qsal < 0.2).
       - ``alpha_init=None``: alpha starts at the 99.9th percentile of calibration |x| (fine-tuning a
         trained net); the paper starts from 10 (training from scratch).
+      - ``input_clip="fixed"`` (default, as the paper: it quantizes ReLU outputs and never clips the image):
+        the network input gets a *non-learned* ``first_last_bits`` quantizer over the calibration images'
+        min-max range (for 8-bit images normalised by mean/std, exactly the pixel grid). ``"learned"`` puts
+        a PACT clip there (qsal 0.2): on MNIST it learned to clip below the brightest stroke pixels, so the
+        input gradient vanished on the strokes and saliency maps turned anti-faithful.
     """
 
     method: ClassVar[str] = "pact"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3
     bits: int = 4
     first_last_bits: int = 8
     alpha_decay: float = 1e-4
@@ -134,12 +139,15 @@ class PACTConfig(QuantConfig):
     quantize_add_inputs: bool = False
     add_input_bits: int | None = 8
     fold_bn: bool = True
+    input_clip: str = "fixed"  # fixed | learned
     num_calibration: int = 256
     skip: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check_bits("bits", self.bits)
         _check_bits("first_last_bits", self.first_last_bits)
+        if self.input_clip not in ("fixed", "learned"):
+            raise QsalError(f"input_clip {self.input_clip!r} is not one of fixed, learned")
         if self.weight_scheme not in WEIGHT_SCHEMES:
             raise QsalError(f"weight_scheme {self.weight_scheme!r} is not one of {', '.join(WEIGHT_SCHEMES)}")
         if self.weight_scheme == "dorefa" and self.bits == 8:
@@ -200,6 +208,8 @@ def config_from_dict(d: dict) -> QuantConfig:
     cls = _BY_METHOD[method]
     if cls is PACTConfig and version == 1:  # a checkpoint written before version 2: rebuild it as it was
         d = _upgrade_pact_v1(d)
+    if cls is PACTConfig and version in (1, 2) and "input_clip" not in d:  # before version 3: a learned input clip
+        d["input_clip"] = "learned"
     if cls in (QATConfig, PACTConfig) and "fold_bn" not in d:  # written before BN folding: it kept BatchNorm
         d["fold_bn"] = False
     names = {f.name for f in fields(cls)}

@@ -71,22 +71,26 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
             (``qsal.saliency.targets``); the default (argmax) explains the most probable label.
         The score explained is the raw logit (Captum's convention), not its log-softmax.
     Returns:
-        Tensor ``(N, C, H, W)``, detached, on the CPU.
+        Tensor ``(N, C, H, W)``, detached, on the CPU (computed on the model's device).
     """
     if method not in METHODS:
         raise QsalError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
     x = _check(model, torch.as_tensor(images, dtype=torch.float32), target)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = x.to(device)
     was_training = model.training
     model.eval()
     try:
         if target is None:
             with torch.no_grad():
                 target = model(x).argmax(dim=1)
-        target = torch.as_tensor(target).expand(x.shape[0]) if torch.as_tensor(target).dim() == 0 else torch.as_tensor(target)
+        target = torch.as_tensor(target, device=device)
+        target = target.expand(x.shape[0]) if target.dim() == 0 else target
         forward, kw = model, {"target": target}
         if target.dim() == 2:  # multi-label: one score per image, the weighted sum of its target labels' logits
             with torch.no_grad():
-                weights = torch.from_numpy(multilabel_target_weights(target.numpy(), model(x).numpy()))
+                weights = torch.from_numpy(multilabel_target_weights(target.cpu().numpy(),
+                                                                     model(x).float().cpu().numpy())).to(device)
             forward, kw = _weighted_logits(model), {"target": None, "additional_forward_args": (weights,)}
         x = x.clone().requires_grad_(True)
         if method in ("gradient", "gradient_abs"):

@@ -56,21 +56,24 @@ class CellSpec:
 
 
 def plan_groups(cfg: RunConfig) -> list[list[CellSpec]]:
-    """Cells grouped by (dataset, model, seed), parents first."""
+    """Cells grouped by (dataset, model, seed), each parent before its children and the FP32 family first:
+    SGT's long training comes after the quick quantized cells of FP32, so a run stopped early (a time
+    limit) has finished as many cells as it could."""
     groups = []
     for ds in cfg.datasets:
         for model in cfg.models:
             for seed in cfg.seeds:
                 cells = [CellSpec(ds, model, seed, "fp32")]
-                if "sgt" in cfg.methods or "sgt+pact" in cfg.methods:
-                    cells.append(CellSpec(ds, model, seed, "sgt"))
                 if "ptq" in cfg.methods:
                     cells += [CellSpec(ds, model, seed, "ptq", 8, o) for o in cfg.observers]
                 if "qat" in cfg.methods:
                     cells.append(CellSpec(ds, model, seed, "qat"))
-                for kind in ("pact", "sgt+pact"):
-                    if kind in cfg.methods:
-                        cells += [CellSpec(ds, model, seed, kind, b) for b in cfg.bits]
+                if "pact" in cfg.methods:
+                    cells += [CellSpec(ds, model, seed, "pact", b) for b in cfg.bits]
+                if "sgt" in cfg.methods or "sgt+pact" in cfg.methods:
+                    cells.append(CellSpec(ds, model, seed, "sgt"))
+                if "sgt+pact" in cfg.methods:
+                    cells += [CellSpec(ds, model, seed, "sgt+pact", b) for b in cfg.bits]
                 groups.append(cells)
     return groups
 
@@ -86,6 +89,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.saliency import SaliencyGuidedStep
     from qsal.scoring import artifact_row, score_onnx
+    from qsal.train import resolve_device
 
     cell = run_dir / spec.id
     cell.mkdir(parents=True, exist_ok=True)
@@ -129,7 +133,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
         model, _ = load_checkpoint(ckpt)
         sub = test.subset(cfg.measure.n_explain, 0)  # the same images in every cell
         x, y = sub.tensors()
-        maps, measures = explanation_measures(model, x, y, spec.seed)
+        maps, measures = explanation_measures(model, x, y, spec.seed, str(resolve_device(train_cfg.device)))
         np.save(cell / "saliency_maps.npy", maps)
         if spec.kind == "fp32":
             np.save(cell / "explain_images.npy", to_display(x.numpy(), sub.info.mean, sub.info.std))
@@ -144,11 +148,12 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     return result
 
 
-def explanation_measures(model, x, y, seed: int) -> tuple[np.ndarray, dict]:
+def explanation_measures(model, x, y, seed: int, device: str = "cpu") -> tuple[np.ndarray, dict]:
     """A cell's saliency step: |gradient| maps of the labels ``y`` (``(N,)``, or ``(N, L)`` multi-label:
     see ``qsal.saliency.targets``) and what they are worth: the faithfulness gap (accuracy area with random
     pixels removed minus with the most salient removed), deletion / insertion AUC of the label's probability
     (Petsiuk et al. 2018; 20 steps, each image's minimum as the blank) and the Gini index of the maps.
+    Runs on ``device`` (the cell's training device: a GPU when the study trains on one).
     Returns ``(maps (N, C, H, W), measures)``."""
     import torch
 
@@ -156,8 +161,9 @@ def explanation_measures(model, x, y, seed: int) -> tuple[np.ndarray, dict]:
     from qsal.saliency import explain
     from qsal.saliency.metrics import deletion_insertion, faithfulness_curve, gini
 
+    model = model.to(device)
     maps = explain(model, x, "gradient_abs", target=y).numpy()
-    model_fn = lambda a: predict_logits(model, torch.from_numpy(a))  # noqa: E731
+    model_fn = lambda a: predict_logits(model, torch.from_numpy(a), device=device)  # noqa: E731
     faith = faithfulness_curve(model_fn, x.numpy(), y.numpy(), maps, seed=seed)
     curves = deletion_insertion(model_fn, x.numpy(), y.numpy(), maps)
     return maps, {"faithfulness_gap": faith["gap"], "deletion_auc": curves["deletion_auc"],
