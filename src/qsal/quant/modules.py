@@ -264,8 +264,9 @@ class _QuantWeightLayer:
         q = self.__dict__.get("input_quantizer")
         if self.bias is None or not self.quant_weights or q is None or q.mode != "quant":
             return None
-        s_in = np.float32(q.export_params()["scale"])
-        return torch.from_numpy((s_in * self.integer_weight()[1]).astype(np.float32))
+        s_in = torch.tensor(q.export_params()["scale"], dtype=torch.float32)
+        _, scale = self._integer_codes_and_scale()
+        return s_in.to(scale.device) * scale  # float32 x float32: the product integer_weight's export computes
 
     def quantized_bias(self) -> torch.Tensor | None:
         """The bias on the grid the deployed INT32 bias has (straight-through gradient), so the PyTorch
@@ -283,14 +284,19 @@ class _QuantWeightLayer:
         Symmetric k-bit codes lie in ``[-(2^(k-1)-1), 2^(k-1)-1]``; DoReFa k-bit codes are odd integers
         in ``[-(2^k-1), 2^k-1]`` (k+1 bits: INT4 storage holds them up to k = 3).
         """
-        with torch.no_grad():
-            codes, scale = self._codes_and_scale(self.weight.detach())
-        sign = torch.sign(scale)
-        sign[sign == 0] = 1
-        codes = codes * sign.view(-1, *([1] * (codes.dim() - 1)))  # a negative BN gamma flips the codes, exactly
+        codes, scale = self._integer_codes_and_scale()
         if float(codes.abs().max()) > 127:
             raise ValueError(f"{self.scheme} {self.weight_bits}-bit weight codes exceed the int8 range")
-        return codes.numpy().astype(np.int8), scale.abs().clamp_min(1e-12).numpy().astype(np.float32)
+        return codes.cpu().numpy().astype(np.int8), scale.cpu().numpy()
+
+    def _integer_codes_and_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``integer_weight`` as float32 tensors on the weight's device (no host copy: used every step)."""
+        with torch.no_grad():
+            codes, scale = self._codes_and_scale(self.weight.detach())
+            sign = torch.sign(scale)
+            sign[sign == 0] = 1
+            codes = codes * sign.view(-1, *([1] * (codes.dim() - 1)))  # a negative BN gamma flips the codes, exactly
+            return codes, scale.abs().clamp_min(1e-12).float()
 
 
 class QuantConv2d(nn.Conv2d, _QuantWeightLayer):
