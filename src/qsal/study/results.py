@@ -89,9 +89,23 @@ def collect_results(run_dir: str | Path) -> dict:
 
         grids.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
-    out = {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results)}
+    out = {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results), "machines": _machines(results)}
     out.update(_report_arrays(run_dir, keys, multi))
     return out
+
+
+def _machines(results: list[dict]) -> list[dict]:
+    """Where the cells ran (from each result's ``environment``): training device, the CPU that scored the ONNX
+    artifact and timed it, torch version; with the cells' count. A study can span machines (a lent GPU, then a
+    CPU resuming it), and its latency columns are only comparable within one CPU."""
+    found: dict[tuple, list[str]] = {}
+    for r in results:
+        env = r.get("environment") or {}
+        key = (env.get("gpu") or "CPU", env.get("cpu") or "?", (env.get("versions") or {}).get("torch") or "?",
+               env.get("torch_threads"))
+        found.setdefault(key, []).append(r["id"] if "id" in r else r["label"])
+    return [{"trained_on": k[0], "cpu": k[1], "torch": k[2], "torch_threads": k[3], "cells": len(ids),
+             "datasets": sorted({i.split("/")[0] for i in ids})} for k, ids in found.items()]
 
 
 def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
@@ -138,7 +152,8 @@ def report_run(run_dir: str | Path) -> dict:
     name = str(cfg.get("name", Path(run_dir).name))
     results = {"dataset": collected.get("dataset_name", name), "rows": collected["rows"], "failed": collected["failed"],
                "environment": environment(), "source": f"qsal run ({collected['n_cells']} cells, config {name})",
-               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency") if k in collected}}
+               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines")
+                  if k in collected}}
     if "saliency" not in results:
         results["saliency_grids"] = collected["grids"]
     return write_report(run_dir, results)

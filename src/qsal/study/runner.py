@@ -247,6 +247,8 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
         try:
             _run_cell(spec, cfg, run_path, progress)
             (cell / "error.json").unlink(missing_ok=True)
+            if spec.kind != "fp32":  # now, not only at the group's end: a run stopped by a time limit keeps it
+                _agreement_with_fp32([specs[0], spec], run_path)
             statuses.append({"id": spec.id, "status": "done"})
         except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the study goes on
             cell.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ import numpy as np
 from qsal._atomic import write_text_atomic
 from qsal.study.report.plots import ci_plot, diagnostics_plot, tradeoff_plot
 from qsal.study.report.saliency import saliency_figures
-from qsal.study.report.tables import (GLOSSARY, environment_table, glossary_markdown, md_to_html_table, results_table,
-                                     results_text_table)
+from qsal.study.report.tables import (GLOSSARY, environment_table, glossary_markdown, machines_table,
+                                     md_to_html_table, results_table, results_text_table)
 
 __all__ = ["write_report"]
 
@@ -139,7 +139,10 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
         md += ["", f"### Images whose explanation changed most vs {reference}", "", changed_table]
     if results.get("failed"):
         md += ["", "## Failed cells", ""] + [f"- `{f['id']}`: {f['type']}: {f['error']}" for f in results["failed"]]
-    md += ["", "## Glossary", "", glossary_markdown(), "", "## Environment", "", environment_table(env)]
+    machines = results.get("machines") or []
+    if machines:
+        md += ["", "## Where the cells ran", "", machines_table(machines)]
+    md += ["", "## Glossary", "", glossary_markdown(), "", "## Environment (this report)", "", environment_table(env)]
     md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
 
     body = [f"<h1>{html.escape(title)}</h1>", "<p class='meta'>" + " · ".join(
@@ -160,7 +163,10 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
                                                  f"{html.escape(f['type'])}: {html.escape(f['error'])}</li>"
                                                  for f in results["failed"]] + ["</ul>"]
     body += ["<h2>Glossary</h2><dl>"] + [f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in GLOSSARY]
-    body += ["</dl><h2>Environment</h2>", md_to_html_table(environment_table(env))]
+    body += ["</dl>"]
+    if machines:
+        body += ["<h2>Where the cells ran</h2>", md_to_html_table(machines_table(machines))]
+    body += ["<h2>Environment (this report)</h2>", md_to_html_table(environment_table(env))]
     # A self-check a browser test (or a curious user) can read: did every embedded image decode?
     check = ("<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
              "document.body.dataset.imagesOk=String(i.length>0&&i.every(function(m){return m.complete&&m.naturalWidth>0"

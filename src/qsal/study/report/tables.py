@@ -104,6 +104,14 @@ def environment_table(env: dict) -> str:
     return "\n".join(lines)
 
 
+def machines_table(machines: list[dict]) -> str:
+    """Markdown table of where a study's cells ran (``collect_results``'s ``machines``)."""
+    lines = ["| trained on | CPU (ONNX scoring, latency) | torch | torch threads | cells | datasets |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m['trained_on']} | {m['cpu']} | {m['torch']} | {m['torch_threads']} | {m['cells']} | "
+              f"{', '.join(m['datasets'])} |" for m in machines]
+    return "\n".join(lines)
+
+
 def glossary_markdown() -> str:
     return "\n".join(f"- **{term}**: {text}" for term, text in GLOSSARY)
 
