@@ -63,8 +63,16 @@ def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     collected = collect_results(tmp_path)
     assert [r["model"] for r in collected["rows"]] == ["fp32", "ptq-int8-minmax", "pact-4"]
     assert collected["rows"][1]["agreement_spearman"] > 0.5  # PTQ maps stay close to FP32's
+    assert [(m["trained_on"], m["cells"]) for m in collected["machines"]] == [("CPU", 3)]
+    moved = tmp_path / "breastmnist/small_cnn/seed0/pact-4/result.json"  # as if resumed on a lent GPU
+    result = json.loads(moved.read_text())
+    result["environment"]["gpu"] = "NVIDIA H200"
+    moved.write_text(json.dumps(result))
     rep = report_run(tmp_path)
     assert "pact-4" in rep["table"] and (tmp_path / "report.html").is_file()
+    md = (tmp_path / "report.md").read_text()
+    where = md.split("## Where the cells ran")[1].split("##")[0]
+    assert "| CPU |" in where and "| NVIDIA H200 |" in where and "| 2 | breastmnist |" in where
     with pytest.raises(QsalError, match="different config"):
         run_study(parse_run_config({**TINY, "seeds": [1]}), tmp_path, progress=False)
 

@@ -1,0 +1,112 @@
+"""Issue 13's targets against the committed study folders: one row per target, measured (mean +- std over the
+finished seeds), met / missed / not run, and where the cells ran. Reads only finished cells' ``result.json``
+(``qsal.study.results.collect_results``); trains nothing.
+
+    python benchmarks/targets.py      # -> benchmarks/results/targets.{json,md}
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write_results  # noqa: E402
+
+from qsal.errors import QsalError  # noqa: E402
+from qsal.study.results import collect_results  # noqa: E402
+
+# MedMNIST v2 (Yang et al. 2023, Table 3), ResNet-18 (28): test AUC / ACC
+MEDMNIST_V2 = {"pneumoniamnist": (0.944, 0.854), "breastmnist": (0.901, 0.863), "retinamnist": (0.717, 0.524)}
+
+
+def _study(name: str) -> dict | None:
+    try:
+        return collect_results(RESULTS / f"study_{name}")
+    except QsalError:
+        return None
+
+
+def _row_of(study: dict | None, model: str) -> dict | None:
+    return next((r for r in (study or {}).get("rows", []) if r["model"] == model), None)
+
+
+def _fmt(row: dict | None, key: str, scale: float = 1.0) -> str:
+    if row is None or row.get(key) is None:
+        return "not run"
+    std = row.get(key + "_std")
+    return f"{row[key] * scale:.3f}" + (f" ± {std * scale:.3f}" if std is not None else "") + f" ({row['seeds']} seeds)"
+
+
+def _status(ok: bool | None, seeds: int | None, want_seeds: int = 3) -> str:
+    if ok is None:
+        return "not run"
+    met = "met" if ok else "missed"
+    return met if seeds is None or seeds >= want_seeds else f"{met} so far ({seeds} of {want_seeds} seeds)"
+
+
+def _where(study: dict | None) -> str:
+    if not study:
+        return "—"
+    return "; ".join(f"{m['trained_on']} ({m['cells']} cells)" for m in study.get("machines", []))
+
+
+def resnet18_rows(study: dict | None) -> list[dict]:
+    rows = []
+    for ds, (auc, acc) in MEDMNIST_V2.items():
+        r = _row_of(study, f"{ds}/resnet18/fp32")
+        ok = None if r is None else (r["test_auc"] >= auc and r["test_acc"] >= acc)
+        rows.append({"table": "ResNet-18 (28), full MedMNIST recipe (100 epochs)", "row": f"{ds} FP32",
+                     "target": f"AUC >= {auc}, ACC >= {acc} (MedMNIST v2)",
+                     "measured": f"AUC {_fmt(r, 'test_auc')}, ACC {_fmt(r, 'test_acc')}",
+                     "status": _status(ok, r and r["seeds"]) + ("" if ok or r is None else
+                               f": AUC {'met' if r['test_auc'] >= auc else 'missed'}, "
+                               f"ACC {'met' if r['test_acc'] >= acc else 'missed'}"),
+                     "where": _where(study)})
+    return rows
+
+
+def mnist_rows(study: dict | None) -> list[dict]:
+    fp32, sgt, both = (_row_of(study, m) for m in ("fp32", "sgt", "sgt+pact-4"))
+    table = "MNIST (full 60k), the SGT paper's net, 20 epochs"
+    gap_ok = None if fp32 is None or sgt is None else sgt["faithfulness_gap"] > fp32["faithfulness_gap"]
+    return [
+        {"table": table, "row": "FP32 accuracy", "target": ">= 99.2 %", "measured": _fmt(fp32, "test_acc", 100),
+         "status": _status(None if fp32 is None else fp32["test_acc"] >= 0.992, fp32 and fp32["seeds"]),
+         "where": _where(study)},
+        {"table": table, "row": "SGT+PACT-4 accuracy", "target": ">= 99.0 %", "measured": _fmt(both, "test_acc", 100),
+         "status": _status(None if both is None else both["test_acc"] >= 0.990, both and both["seeds"]),
+         "where": _where(study)},
+        {"table": table, "row": "faithfulness gap, SGT vs FP32", "target": "SGT above FP32",
+         "measured": f"SGT {_fmt(sgt, 'faithfulness_gap')}, FP32 {_fmt(fp32, 'faithfulness_gap')}",
+         "status": _status(gap_ok, min(fp32["seeds"], sgt["seeds"]) if gap_ok is not None else None),
+         "where": _where(study)},
+    ]
+
+
+NOT_RUN = [
+    {"table": "best edge model per set at <= 1.1 MB deployed", "row": "all three sets",
+     "target": ">= ResNet-18 (28) MedMNIST v2 figures", "measured": "not run",
+     "status": "not run: configs/edge_medmnist.yaml (about 4.3 h here, 3 seeds)", "where": "—"},
+    {"table": "CIFAR-10 (JPEG copy), ResNet-20", "row": "FP32, PACT-4, PACT-2, SGT, SGT+PACT-4",
+     "target": "FP32 >= 90 %; PACT-4 within 1 point; PACT-2 within 3; SGT+PACT-4 within 1 of SGT", "measured": "not run",
+     "status": "not run: configs/cifar10_resnet20.yaml (about 43 h here; needs a lent GPU)", "where": "—"},
+]
+
+
+def main() -> None:
+    resnet18, mnist = _study("medmnist_resnet18_full"), _study("mnist_sgt_pact")
+    rows = resnet18_rows(resnet18) + mnist_rows(mnist) + NOT_RUN
+    head = ("# Issue 13 targets: where each stands\n\n"
+            "Written by `python benchmarks/targets.py` from the committed study folders (finished cells only; mean ± "
+            "std over the finished seeds; test split; ONNX artifacts scored; every threshold and epoch chosen on "
+            "validation, never on test). A target counts as met only on its seed count (3); rows with fewer seeds "
+            "say so. Each study's own report (mean ± std, CIs, every method, explanation metrics) is linked from "
+            "the README.")
+    write_results(RESULTS / "targets", {"rows": rows, "reference": "MedMNIST v2: Yang et al. 2023, Table 3"}, head,
+                  [("table", "table"), ("row", "row"), ("target", "target"), ("measured", "measured"),
+                   ("status", "status"), ("where", "trained on")])
+
+
+if __name__ == "__main__":
+    main()
