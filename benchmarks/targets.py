@@ -22,7 +22,7 @@ MEDMNIST_V2 = {"pneumoniamnist": (0.944, 0.854), "breastmnist": (0.901, 0.863), 
 
 def _study(name: str) -> dict | None:
     try:
-        return collect_results(RESULTS / f"study_{name}")
+        return collect_results(RESULTS / f"study_{name}", grids=False)  # read only: a study may be writing there
     except QsalError:
         return None
 

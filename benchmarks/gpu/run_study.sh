@@ -11,6 +11,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch, qsal; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0))" || exit 1
 nproc
 # the chain once, tiny, beside the study: a broken step stops everything within a minute
+rm -rf /tmp/gpu_precheck /tmp/precheck.log   # a leftover finished precheck would pass without running
 python3 -m qsal.cli run benchmarks/gpu/precheck.yaml --out /tmp/gpu_precheck --no-progress >/tmp/precheck.log 2>&1 &
 pre=$!
 timeout -k 5 "$seconds" python3 -m qsal.cli run "$cfg" --out "$run_dir" --workers "$workers" --no-progress &

@@ -14,7 +14,7 @@ _PACKAGES = ("qsal", "torch", "numpy", "onnx", "onnxruntime", "captum", "scikit-
 
 
 def environment() -> dict:
-    """Versions of the packages that shape results, the CPU, thread count, the GPU (or None) and a UTC timestamp."""
+    """Versions of the packages that shape results, the CPU, thread count, the GPU this process used (or None) and a UTC timestamp."""
     versions = {}
     for name in _PACKAGES:
         try:
@@ -25,7 +25,8 @@ def environment() -> dict:
         import torch
 
         threads = torch.get_num_threads()
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None  # where training ran, if there
+        # the GPU this process used (initialised), not merely one that exists: starts no CUDA context
+        gpu = torch.cuda.get_device_name(torch.cuda.current_device()) if torch.cuda.is_initialized() else None
     except ImportError:  # the runtime side never imports torch
         threads = gpu = None
     return {

@@ -37,8 +37,9 @@ def _read_error(path: Path, run_dir: Path) -> dict:
     return {**err, "id": str(path.parent.relative_to(run_dir))}
 
 
-def collect_results(run_dir: str | Path) -> dict:
-    """Aggregate finished cells: one row per (dataset, model, method), mean and std over seeds."""
+def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
+    """Aggregate finished cells: one row per (dataset, model, method), mean and std over seeds.
+    ``grids=False`` only reads (no saliency-grid PNG is drawn into the folder)."""
     run_dir = Path(run_dir)
     if not (run_dir / "run_config.json").is_file():
         raise QsalError(f"{run_dir} is not a qsal run directory (no run_config.json); pass the --out of `qsal run`")
@@ -75,8 +76,8 @@ def collect_results(run_dir: str | Path) -> dict:
         base = fp32.get(r["model"].rsplit("/", 1)[0] + "/fp32" if multi else "fp32")
         if base and r.get("size_bytes"):
             r["size_ratio"] = r["size_bytes"] / base["size_bytes"]
-    grids = []
-    for img_path in sorted(run_dir.glob("*/*/seed*/fp32/explain_images.npy")):
+    grid_paths = []
+    for img_path in sorted(run_dir.glob("*/*/seed*/fp32/explain_images.npy")) if grids else []:
         group = img_path.parents[1]
         found = {p.parent.name: p for p in group.glob("*/saliency_maps.npy")}
         labels = [r["label"] for r in results if r["label"] in found]
@@ -87,9 +88,9 @@ def collect_results(run_dir: str | Path) -> dict:
             raise QsalError(f"the saliency maps in {group} do not match {img_path.name} in count or size; {fix}")
         from qsal.saliency.plot import save_saliency_grid
 
-        grids.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
+        grid_paths.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
-    out = {"rows": rows, "failed": failed, "grids": grids, "n_cells": len(results), "machines": _machines(results)}
+    out = {"rows": rows, "failed": failed, "grids": grid_paths, "n_cells": len(results), "machines": _machines(results)}
     out.update(_report_arrays(run_dir, keys, multi))
     return out
 

@@ -120,7 +120,10 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
         grids = results.get("saliency_grids") or ([results["saliency_grid"]] if results.get("saliency_grid") else [])
         sal_figs = [(Path(g), f"Saliency grid: {Path(g).parent.name}") for g in grids]
     reference = (results.get("saliency") or {}).get("reference") or (rows[0]["model"] if rows else "")
-    changed_rows = [(m, c) for m, cs in most_changed.items() if m != reference for c in cs[:3]]
+    if any(m.endswith("/fp32") for m in most_changed):  # several (dataset, model) groups: each against its own FP32
+        reference = "each group's FP32"
+    changed_rows = [(m, c) for m, cs in most_changed.items()
+                    if m != reference and m != "fp32" and not m.endswith("/fp32") for c in cs[:3]]
     indices = (results.get("saliency") or {}).get("indices")
     changed_table = "\n".join(["| model | test image | map ρ vs reference | top-10% IoU |", "|---|---|---|---|"] + [
         f"| {m} | #{indices[c['index']] if indices else c['index']} | {c['spearman']:.3f} | {c['topk_iou']:.3f} |"
