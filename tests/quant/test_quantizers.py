@@ -214,3 +214,27 @@ def test_a_version_1_pact_checkpoint_loads_with_the_behaviour_it_was_trained_wit
     assert len(act_quantizers(loaded)) == 32  # add inputs quantized, as then
     assert all(float(p.alpha_start) == float(p.alpha.detach()) for p in act_quantizers(loaded))
     assert torch.equal(loaded.eval()(x), q(x))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_pact_quantize_matches_the_composite_graph_it_replaces_value_and_gradients(signed):
+    """``pact_quantize`` (one autograd node) against qsal 0.2's composite PACT graph: same grid values bit for
+    bit, same gradients w.r.t. x and alpha (ties x == alpha, where the composite graph split the gradient in
+    half, have probability zero here)."""
+    from qsal.quant.ste import pact_quantize
+
+    torch.manual_seed(0)
+    x = (torch.randn(64, 8, 7, 7) * 3).requires_grad_(True)
+    g = torch.randn(64, 8, 7, 7)
+    alpha = torch.tensor(2.37, requires_grad=True)
+    a = alpha.abs() + 1e-6
+    y = torch.maximum(torch.minimum(x, a), -a) if signed else torch.minimum(torch.relu(x), a)
+    scale = a / 7
+    ref = (torch.round(y / scale) * scale).detach() + (y - y.detach())
+    ref_gx, ref_ga = torch.autograd.grad((ref * g).sum(), (x, alpha))
+    out = pact_quantize(x, alpha.abs() + 1e-6, 7, signed)
+    gx, ga = torch.autograd.grad((out * g).sum(), (x, alpha))
+    assert torch.equal(out, ref.detach())
+    assert torch.equal(gx, ref_gx)
+    assert ga.item() == pytest.approx(ref_ga.item(), rel=1e-5)
+    assert (gx == 0).float().mean() > 0.2 and ga.item() != 0  # both masks were exercised

@@ -15,7 +15,7 @@ from torch import nn
 
 from qsal.precision import float32_forward
 from qsal.quant.observers import ValueSampler, compute_range
-from qsal.quant.ste import fake_quant_affine, levels, round_ste
+from qsal.quant.ste import fake_quant_affine, levels, pact_quantize, round_ste
 
 __all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "quantize_weight", "weight_codes",
            "is_depthwise", "WEIGHT_SCHEMES", "QUANT_LAYERS"]
@@ -154,15 +154,9 @@ class PACTQuantizer(nn.Module):
         if self.mode == "observe":
             self.sampler.update(x)
             return x
-        alpha = self.alpha.abs() + 1e-6
-        if bool(self.signed):
-            y = torch.maximum(torch.minimum(x, alpha), -alpha)
-        else:
-            y = torch.minimum(F.relu(x), alpha)
-        scale = alpha / self.n_steps
         # Forward: exactly the grid value. Backward: d(out) = d(clip), which w.r.t. alpha is 1 where
         # x >= alpha and 0 elsewhere: PACT's gradient (the step size gets no gradient of its own).
-        return (torch.round(y / scale) * scale).detach() + (y - y.detach())
+        return pact_quantize(x, self.alpha.abs() + 1e-6, self.n_steps, bool(self.signed))
 
     def regularization(self) -> torch.Tensor:
         return self.alpha_decay * self.alpha ** 2
