@@ -56,7 +56,8 @@ def test_train_evaluate_quantize_export_bench_explain_on_real_data(tmp_path, cap
 
 def test_already_quantized_checkpoint_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
-    main(["train", "--epochs", "1", "--out", str(run), "--no-progress"])
+    main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--precision", "fp32"])
+    assert json.loads((run / "best.json").read_text())["precision"]["training"] == "fp32"  # --precision reached fit
     main(["quantize", str(run / "best.safetensors"), "--out", str(tmp_path / "q"), "--num-calibration", "64"])
     capsys.readouterr()
     assert main(["quantize", str(tmp_path / "q/best.safetensors"), "--out", str(tmp_path / "q2")]) == 2

@@ -109,6 +109,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("quantize", "{ck}", "--bits", "9"): "--bits: 9 is out of range",
     ("train", "--seed", "-1"): "--seed: -1 is out of range",
     ("train", "--device", "tpu"): "--device: invalid choice: 'tpu'",
+    ("train", "--precision", "fp16"): "--precision: invalid choice: 'fp16'",
     ("train", "--epochs", "abc"): "--epochs: 'abc' is not an integer",
     ("train", "--lr", "nan"): "--lr: nan is out of range",
     ("train", "--size", "100000"): "--size: 100000 is out of range",

@@ -98,6 +98,9 @@ def _train_config_args(p):
     p.add_argument("--shift-px", type=non_negative_int, default=d.shift_px, help="random-translation augmentation (px)")
     p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: CUDA where there is one")
+    p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"],
+                   help="training arithmetic; auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 "
+                        "(evaluation is always fp32)")
     _no_progress_arg(p)
 
 
@@ -109,7 +112,8 @@ def _train_config(args):
     from qsal.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       shift_px=args.shift_px, seed=args.seed, device=args.device, progress=_progress(args))
+                       shift_px=args.shift_px, seed=args.seed, device=args.device, precision=args.precision,
+                       progress=_progress(args))
 
 
 @command("train", "train a model (FP32, or saliency-guided with --saliency-guided) and save the best checkpoint")
