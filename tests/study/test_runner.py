@@ -73,6 +73,15 @@ def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     md = (tmp_path / "report.md").read_text()
     where = md.split("## Where the cells ran")[1].split("##")[0]
     assert "| CPU |" in where and "| NVIDIA H200 |" in where and "| 2 | breastmnist |" in where
+    assert result["quant_config"]["method"] == "pact" and "Not one method across seeds" not in md
+    # a second seed of the row made by another PACTConfig version: the report says the row mixes methods
+    other = tmp_path / "breastmnist/small_cnn/seed1/pact-4"
+    other.mkdir(parents=True)
+    (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
+                                                   "quant_config": {**result["quant_config"], "version": 2}}))
+    assert collect_results(tmp_path, grids=False)["rows"][2]["mixed_configs"]
+    report_run(tmp_path)
+    assert "Not one method across seeds: the cells of pact-4" in (tmp_path / "report.md").read_text()
     with pytest.raises(QsalError, match="different config"):
         run_study(parse_run_config({**TINY, "seeds": [1]}), tmp_path, progress=False)
 

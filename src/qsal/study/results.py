@@ -3,6 +3,7 @@ aggregated over seeds (mean and std), and ``qsal report RUN_DIR``'s inputs (pred
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,9 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])
+        configs = {json.dumps(r.get("quant_config"), sort_keys=True) for r in rs if "quant_config" in r}
+        if len(configs) > 1 or (configs and len(configs) == 1 and len(rs) > sum("quant_config" in r for r in rs)):
+            row["mixed_configs"] = True  # e.g. a study resumed across a method fix: its seeds are not one method
         rows.append(row)
     fp32 = {r["model"]: r for r in rows}
     for r in rows:

@@ -116,7 +116,9 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False, force=True)  # the cell owns its files
     art, probs = score_onnx(cell / "model.onnx", test, seed=spec.seed)
     result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
-              "acc_ci": art.ci.get("acc"), "train_s": seconds, "size_bytes": exp["size_bytes"]}
+              "acc_ci": art.ci.get("acc"), "train_s": seconds, "size_bytes": exp["size_bytes"],
+              # the method's config with its version: seeds of one row made by different qsal versions show up
+              "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict()}
     np.save(cell / "test_probs.npy", probs)  # the report's confusion matrix, ROC and reliability figures
     np.save(cell / "test_labels.npy", test.labels)
     if cfg.measure.latency:

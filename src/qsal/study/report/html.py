@@ -80,6 +80,10 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     table = results_table(rows)
     header = _header(results, rows)
     notes: list[str] = []
+    mixed = [r["model"] for r in rows if r.get("mixed_configs")]
+    if mixed:
+        notes.append(f"Not one method across seeds: the cells of {', '.join(mixed)} were made with different "
+                     "quantization configs (or versions); compare their result.json 'quant_config', and redo the odd ones.")
     tradeoffs: list[tuple[Path, str]] = []
     for x_key, name in (("size_bytes", "size"), ("latency_b1_ms", "latency")):
         for y_key in ("test_acc", "test_auc"):
