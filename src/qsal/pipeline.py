@@ -66,6 +66,8 @@ def _decide_and_record(net, val: ImageSplit, checkpoint: Path, *, positive_class
     x, y = val.tensors()
     decision = choose_decision(predict_logits(net, x), y.numpy(), val.info, positive_class=positive_class,
                                rule=operating_point, temperature_scaling=temperature_scaling)
+    if decision.get("operating_point"):  # whose scores chose it: the exported artifact inherits this threshold
+        decision["operating_point"]["scores"] = "PyTorch model"
     write_json_atomic(Path(checkpoint).with_suffix(".json"), {**read_meta(checkpoint), "decision": decision})
     return decision
 

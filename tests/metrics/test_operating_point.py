@@ -57,3 +57,8 @@ def test_decision_for_breastmnist_defaults_to_malignant_and_takes_an_override():
     assert d1["positive_label"] == 1 and d1["operating_point"]["threshold"] == 0.5 and d1["temperature"] != 1.0
     with pytest.raises(QsalError, match="not a class of breastmnist"):
         choose_decision(logits, y, info, positive_class="benign")
+
+
+def test_a_fixed_threshold_is_recorded_as_fixed_not_as_chosen_on_validation():
+    op = choose_threshold(np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 0.4, 0.9]), positive_label=1, rule="0.3")
+    assert op == {"rule": "0.3", "threshold": 0.3, "chosen_on": "fixed"}

@@ -226,8 +226,10 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
 
     md += ["## Metrics", "", f"Measured on {scored_what}, test split"
            + (f", n = {scored['n']}" if scored else "") + f"; operating point: {op.get('rule')}"
-           + (f" (threshold {op['threshold']}, " + (f"chosen on the {op['chosen_on']} split)" if op.get("chosen_on") not in
-                                                     (None, "fixed default") else "a fixed default)")
+           + (f" (threshold {op['threshold']}, " + (f"chosen on the {op['chosen_on']} split"
+                                                     + (f", {op['scores']}'s scores)" if op.get("scores") else ")")
+                                                     if op.get("chosen_on") not in
+                                                     (None, "fixed default", "fixed") else "fixed, not chosen)")
               if op.get("threshold") is not None else "")
            + (f"; positive class: **{positive}**" if positive else "") + ". 95% CIs: percentile bootstrap, 1,000 resamples.", ""]
     if scored:

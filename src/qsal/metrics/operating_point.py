@@ -49,8 +49,8 @@ def choose_threshold(y_true: np.ndarray, p_positive: np.ndarray, positive_label:
     from sklearn.metrics import roc_curve
 
     kind, value = parse_rule(rule)
-    if kind == "fixed":
-        return {"rule": str(rule), "threshold": float(value), "chosen_on": "validation"}
+    if kind == "fixed":  # given, not chosen on any split
+        return {"rule": str(rule), "threshold": float(value), "chosen_on": "fixed"}
     is_pos = np.asarray(y_true) == positive_label
     if is_pos.all() or not is_pos.any():
         raise QsalError(f"the validation split has only one class, so rule {rule!r} cannot pick a threshold; "

@@ -42,7 +42,10 @@ def _img(path: Path, alt: str, wide: bool = False) -> str:
 def _operating_point(op: dict | None) -> str | None:
     if not op:
         return None
-    where = f", chosen on the {op['chosen_on']} split" if op.get("chosen_on") else ""
+    chosen = op.get("chosen_on")
+    where = (", fixed, not chosen" if chosen in ("fixed", "fixed default") else
+             f", chosen on the {chosen} split" + (f", {op['scores']}'s scores" if op.get("scores") else "") if chosen
+             else "")
     return f"{op.get('rule', '')} (threshold {op.get('threshold')}{where})"
 
 
