@@ -72,7 +72,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])
         configs = {json.dumps(r.get("quant_config"), sort_keys=True) for r in rs if "quant_config" in r}
-        if len(configs) > 1 or (configs and len(configs) == 1 and len(rs) > sum("quant_config" in r for r in rs)):
+        if len(configs) > 1:  # cells written before configs were recorded cannot be told apart: not flagged
             row["mixed_configs"] = True  # e.g. a study resumed across a method fix: its seeds are not one method
         rows.append(row)
     fp32 = {r["model"]: r for r in rows}
