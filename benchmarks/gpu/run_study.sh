@@ -1,31 +1,45 @@
 #!/usr/bin/env bash
-# Run a study config on a lent GPU machine for at most SECONDS, then pack its results (weights and ONNX files
-# left out) for the trip back. Issue 13: "when the accelerator machine is lent, use it for the longest schedules
-# and say which rows came from it". Every cell's result.json records the machine (environment.gpu, .cpu,
-# versions); the study resumes here, on a CPU, for whatever it did not finish.
-#   bash benchmarks/gpu/run_study.sh CONFIG RUN_DIR SECONDS WORKERS PACK_DIR
+# Run one or more study configs side by side on a lent GPU machine for at most SECONDS, then pack their results
+# (weights and ONNX files left out) for the trip back. Issue 13: "when the accelerator machine is lent, use it for
+# the longest schedules and say which rows came from it". Every cell's result.json records the machine
+# (environment.gpu, .cpu, versions); a study resumes here, on a CPU, for whatever it did not finish.
+#   bash benchmarks/gpu/run_study.sh SECONDS PACK_DIR  CONFIG RUN_DIR WORKERS CPUS  [CONFIG RUN_DIR WORKERS CPUS ...]
+# CPUS is a taskset list ("0-5"): each study gets its own cores, so the studies' worker threads (cores // workers,
+# from the affinity) do not oversubscribe the machine and one study's latency timings are not another's noise.
 # Assumes python3 with torch (CUDA) and qsal's dependencies, qsal importable from src/, QSAL_DATA_DIR set.
 set -uo pipefail
-cfg=$1 run_dir=$2 seconds=$3 workers=$4 pack=$5
+seconds=$1 pack=$2; shift 2
+if (( $# == 0 || $# % 4 != 0 )); then echo "usage: $0 SECONDS PACK_DIR CONFIG RUN_DIR WORKERS CPUS [...]"; exit 2; fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch, qsal; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0))" || exit 1
 nproc
-# the chain once, tiny, beside the study: a broken step stops everything within a minute
+# the chain once, tiny, beside the studies: a broken step stops everything within a minute or two
 rm -rf /tmp/gpu_precheck /tmp/precheck.log   # a leftover finished precheck would pass without running
-python3 -m qsal.cli run benchmarks/gpu/precheck.yaml --out /tmp/gpu_precheck --no-progress >/tmp/precheck.log 2>&1 &
+python3 -m qsal.cli run benchmarks/gpu/precheck.yaml --out /tmp/gpu_precheck --workers 3 --no-progress \
+    >/tmp/precheck.log 2>&1 &
 pre=$!
-timeout -k 5 "$seconds" python3 -m qsal.cli run "$cfg" --out "$run_dir" --workers "$workers" --no-progress &
-main=$!
+touch /tmp/run_study.start   # only files written from here on go back: a resumed study's old cells are already there
+mains=() run_dirs=()
+while (( $# )); do
+    cfg=$1 run_dir=$2 workers=$3 cpus=$4; shift 4
+    run_dirs+=("$run_dir")
+    timeout -k 5 "$seconds" taskset -c "$cpus" python3 -m qsal.cli run "$cfg" --out "$run_dir" --workers "$workers" \
+        --no-progress > "/tmp/study_$(basename "$run_dir").log" 2>&1 &
+    mains+=($!)
+done
 if ! wait $pre || grep -q "failed" /tmp/precheck.log; then
-    echo "PRECHECK FAILED; stopping the study"; cat /tmp/precheck.log
+    echo "PRECHECK FAILED; stopping the studies"; cat /tmp/precheck.log
     grep -h -A30 '"traceback"' /tmp/gpu_precheck/*/*/*/*/error.json 2>/dev/null | head -60
     pkill -f "qsal.cli run" ; sleep 2; pkill -9 -f "qsal.cli run"
 else
     echo "precheck passed"; tail -8 /tmp/precheck.log
 fi
-wait $main; echo "study exit $?"
+for m in "${mains[@]}"; do wait "$m"; echo "study pid $m exit $?"; done
 pkill -f "qsal.cli run"; pkill -f multiprocessing; sleep 3; pkill -9 -f "qsal.cli run"   # workers a stopped parent left behind
+for d in "${run_dirs[@]}"; do echo "== $d: $(find "$d" -name result.json | wc -l) finished cells"; tail -5 "/tmp/study_$(basename "$d").log"; done
 mkdir -p "$pack"
-tar czf /tmp/results.tgz --exclude='*.safetensors' --exclude='*.onnx' --exclude='last.pt' "$run_dir"
+find "${run_dirs[@]}" -type f -newer /tmp/run_study.start ! -name '*.safetensors' ! -name '*.onnx' ! -name last.pt \
+    ! -name .qsal-run.lock > /tmp/results.list
+tar czf /tmp/results.tgz -T /tmp/results.list
 split -b 15M -d /tmp/results.tgz "$pack/results.tgz."
-ls -la "$pack"; find "$run_dir" -name result.json | wc -l
+ls -la "$pack"
