@@ -6,7 +6,7 @@ import torch
 from qsal.errors import QsalError
 from qsal.study.config import parse_run_config
 from qsal.study.results import collect_results, report_run
-from qsal.study.runner import explanation_measures, plan_groups, run_study
+from qsal.study.runner import explanation_measures, plan_groups, run_study, select_groups
 
 TINY = {"name": "tiny", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
         "bits": [4], "observers": ["minmax"], "seeds": [0], "epochs": {"fp32": 1, "finetune": 1},
@@ -32,6 +32,28 @@ def test_plan_puts_parents_first_and_the_long_sgt_training_after_fp32s_children(
     for group in groups:  # every cell's float parent runs before it
         order = [c.label for c in group]
         assert all(c.parent is None or order.index(c.parent) < order.index(c.label) for c in group)
+
+
+def test_only_selects_groups_and_runs_them_in_the_patterns_order():
+    cfg = parse_run_config({**TINY, "datasets": ["breastmnist", "retinamnist"], "seeds": [0, 1]})
+    name = lambda g: f"{g[0].dataset}/{g[0].model}/seed{g[0].seed}"  # noqa: E731
+    groups = plan_groups(cfg)
+    assert [name(g) for g in select_groups(groups, None)] == [name(g) for g in groups]
+    assert [name(g) for g in select_groups(groups, ["retinamnist/*/seed1", "*"])] == [
+        "retinamnist/small_cnn/seed1", "breastmnist/small_cnn/seed0", "breastmnist/small_cnn/seed1",
+        "retinamnist/small_cnn/seed0"]
+    assert [name(g) for g in select_groups(groups, ["*/seed0"])] == ["breastmnist/small_cnn/seed0",
+                                                                    "retinamnist/small_cnn/seed0"]
+    with pytest.raises(QsalError, match="'pneumoniamnist/\\*' matches no cell group; groups are named"):
+        select_groups(groups, ["breastmnist/*", "pneumoniamnist/*"])
+
+
+def test_only_runs_the_selected_group_alone(tmp_path):
+    cfg = parse_run_config({**TINY, "methods": ["fp32"], "seeds": [0, 1],
+                            "measure": {"latency": False, "saliency": False}})
+    statuses = run_study(cfg, tmp_path, progress=False, only=["*/seed1"])
+    assert [(s["id"], s["status"]) for s in statuses] == [("breastmnist/small_cnn/seed1/fp32", "done")]
+    assert not (tmp_path / "breastmnist/small_cnn/seed0").exists()
 
 
 def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):

@@ -224,7 +224,7 @@ def cmd_run(args):
         print(format_plan(plan_study(cfg), cfg.name))
         return
     statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
-                         ray_address=args.ray_address, force=args.force, progress=_progress(args))
+                         ray_address=args.ray_address, force=args.force, progress=_progress(args), only=args.only)
     failed = [s for s in statuses if s["status"].startswith("failed")]
     if not args.quiet and not args.json:
         sys.stderr.flush()
@@ -248,6 +248,9 @@ def _setup_run(p):
     p.add_argument("--backend", default="local", choices=["local", "ray"], help="where cell groups run")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--force", action="store_true", help="reuse a run directory made by a different config")
+    p.add_argument("--only", nargs="+", metavar="PATTERN",
+                   help="run only the cell groups (dataset/model/seedN) matching these shell patterns, in this order: "
+                        "--only 'pneumoniamnist/*/seed1' '*' runs everything, that seed first")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells and each one's schedule with an estimated time (a few timed steps); train nothing")
     _no_progress_arg(p)

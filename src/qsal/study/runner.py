@@ -12,6 +12,7 @@ log; a finished cell is skipped on rerun, a killed one resumes its training, a f
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import sys
@@ -264,9 +265,29 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     return statuses
 
 
+def select_groups(groups: list[list[CellSpec]], only: list[str] | None) -> list[list[CellSpec]]:
+    """The groups whose name ``dataset/model/seedN`` matches one of the shell patterns ``only``, in the order of the
+    first pattern each matches (then plan order): ``["pneumoniamnist/*/seed1", "*"]`` runs every group, seed 1 of
+    PneumoniaMNIST first. ``None`` keeps all. A pattern that matches no group raises ``QsalError``."""
+    if not only:
+        return groups
+    names = [f"{g[0].dataset}/{g[0].model}/seed{g[0].seed}" for g in groups]
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise QsalError(f"--only {pattern!r} matches no cell group; groups are named dataset/model/seedN "
+                            f"(this study: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    rank = {n: min((i for i, p in enumerate(only) if fnmatch.fnmatchcase(n, p)), default=None) for n in names}
+    chosen = [(rank[n], i) for i, n in enumerate(names) if rank[n] is not None]
+    return [groups[i] for _, i in sorted(chosen)]
+
+
 def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: int = 1, backend: str = "local",
-              ray_address: str | None = None, force: bool = False, progress: bool = True) -> list[dict]:
+              ray_address: str | None = None, force: bool = False, progress: bool = True,
+              only: list[str] | None = None) -> list[dict]:
     """Run (or resume) every cell of a study into ``run_dir``; returns the per-cell statuses.
+
+    ``only``: shell patterns on group names ``dataset/model/seedN`` (``select_groups``): run those groups only,
+    in the patterns' order; finished cells are skipped as always, and the folder's config check is unchanged.
 
     ``progress``: one study bar on a terminal (cells log into their own ``log.txt``, so bars never
     nest), one plain line per finished cell otherwise. Holds the folder's lock throughout: a second run
@@ -279,12 +300,13 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
             import ray  # noqa: F401
         except ImportError:
             raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
+    groups = select_groups(plan_groups(cfg), only)  # a bad pattern is refused before the folder is touched
     with run_lock(run_dir):
-        return _run_locked(cfg, run_dir, workers, backend, ray_address, force, progress)
+        return _run_locked(cfg, run_dir, workers, backend, ray_address, force, progress, groups)
 
 
 def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_address: str | None, force: bool,
-                progress: bool) -> list[dict]:
+                progress: bool, groups: list[list[CellSpec]]) -> list[dict]:
     from tqdm import tqdm
 
     stamp = run_dir / "run_config.json"
@@ -295,7 +317,6 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
             raise QsalError(f"{run_dir} was made by a different config (fingerprint {old.get('fingerprint')} vs "
                             f"{cfg.fingerprint()}); pass --force to reuse it, or choose another --out")
     write_json_atomic(stamp, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
-    groups = plan_groups(cfg)
     n_cells = sum(len(g) for g in groups)
     threads = max(1, usable_cpus() // max(1, workers))  # taskset -c 0 qsal run ... trains on 1 thread
     payload = [([asdict(c) for c in g], str(run_dir), cfg.to_dict(), threads) for g in groups]
