@@ -238,3 +238,42 @@ def test_pact_quantize_matches_the_composite_graph_it_replaces_value_and_gradien
     assert torch.equal(gx, ref_gx)
     assert ga.item() == pytest.approx(ref_ga.item(), rel=1e-5)
     assert (gx == 0).float().mean() > 0.2 and ga.item() != 0  # both masks were exercised
+
+
+@pytest.mark.parametrize("model_name,qconfig", [("small_cnn", PACTConfig(bits=4, num_calibration=32)),
+                                                ("edge_mbv2", PTQConfig(num_calibration=32))])
+def test_forward_evaluates_the_weight_grid_once_and_adds_the_exported_bias_grid(model_name, qconfig, monkeypatch):
+    """Each quantized layer's forward computes its weight grid once and adds its bias on the grid that the
+    exported INT32 bias has (``bias_scale``, the export path): same values bit for bit, same weight gradient."""
+    import torch.nn.functional as F
+
+    import qsal.quant.modules as qm
+    from qsal.models import create_model
+
+    torch.manual_seed(0)
+    q = quantize(create_model(model_name, 2, 1).eval(), qconfig, torch.randn(32, 1, 28, 28))
+    layers = [m for m in q.modules() if isinstance(m, qm.QUANT_LAYERS)]
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0].detach())) for m in layers]
+    q(torch.randn(4, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    calls = []
+    real = qm.weight_codes
+    monkeypatch.setattr(qm, "weight_codes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    quantized_biases = 0
+    for layer in layers:
+        x = inputs[layer]
+        calls.clear()
+        out = layer(x)
+        assert len(calls) == 1  # one pass over the weight per forward
+        step = layer.bias_scale()
+        w = layer.quantized_weight()
+        b = layer.bias if step is None else torch.round(layer.bias / step) * step
+        quantized_biases += step is not None
+        ref = layer._conv_forward(x, w, b) if isinstance(layer, nn.Conv2d) else F.linear(x, w, b)
+        assert torch.equal(out, ref)
+        g_out, = torch.autograd.grad(out.square().sum(), layer.weight)
+        g_ref, = torch.autograd.grad(ref.square().sum(), layer.weight)
+        assert torch.equal(g_out, g_ref)
+    assert quantized_biases >= 2  # the check reached layers whose bias is on the INT32 grid

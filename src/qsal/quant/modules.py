@@ -227,6 +227,11 @@ def is_depthwise(conv: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels
 
 
+def _export_scale(scale: torch.Tensor) -> torch.Tensor:
+    """The exported per-channel weight scale: positive float32 (a negative BN gamma's sign goes into the codes)."""
+    return scale.abs().clamp_min(1e-12).float()
+
+
 class _QuantWeightLayer:
     """Shared state of the quantized layers (a plain helper, not a mixin hierarchy)."""
 
@@ -246,30 +251,41 @@ class _QuantWeightLayer:
         return codes, scale.reshape(-1).expand(weight.shape[0]) * self.bn_scale
 
     def quantized_weight(self) -> torch.Tensor:
+        return self._quantized_weight_and_bias()[0]
+
+    def _quantized_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fake-quantized weight and bias ``forward`` uses, from one evaluation of the weight grid (the
+        bias step needs the weight scale; computing the grid twice per step cost a second pass over the weight)."""
         view = (-1,) + (1,) * (self.weight.dim() - 1)
         if not self.quant_weights:
-            return self.weight * self.bn_scale.view(view)
+            return self.weight * self.bn_scale.view(view), self.bias
         codes, scale = self._codes_and_scale(self.weight)
-        return codes * scale.view(view)  # the same product integer_weight's codes * scale gives
+        w_q = codes * scale.view(view)  # the same product integer_weight's codes * scale gives
+        step = self._bias_step(lambda: _export_scale(scale.detach()))
+        if step is None:
+            return w_q, self.bias
+        step = step.to(self.bias.device)
+        return w_q, round_ste(self.bias / step) * step
+
+    def _bias_step(self, weight_scale) -> torch.Tensor | None:
+        """``s_in * s_w`` for ``weight_scale()`` (the exported ``(C_out,)`` float32 scale), or None when the bias
+        is not quantized: no bias, float weights, or an input that is not quantized."""
+        q = self.__dict__.get("input_quantizer")
+        if self.bias is None or not self.quant_weights or q is None or q.mode != "quant":
+            return None
+        scale = weight_scale()
+        s_in = torch.tensor(q.export_params()["scale"], dtype=torch.float32)
+        return s_in.to(scale.device) * scale  # float32 x float32: the product integer_weight's export computes
 
     def bias_scale(self) -> torch.Tensor | None:
         """Per-channel step ``s_in * s_w`` (float32, ``(C_out,)``) of the INT32 bias an integer kernel adds,
         or None when the layer's input is not quantized (``link_bias_quantizers`` sets the input)."""
-        q = self.__dict__.get("input_quantizer")
-        if self.bias is None or not self.quant_weights or q is None or q.mode != "quant":
-            return None
-        s_in = torch.tensor(q.export_params()["scale"], dtype=torch.float32)
-        _, scale = self._integer_codes_and_scale()
-        return s_in.to(scale.device) * scale  # float32 x float32: the product integer_weight's export computes
+        return self._bias_step(lambda: self._integer_codes_and_scale()[1])
 
     def quantized_bias(self) -> torch.Tensor | None:
         """The bias on the grid the deployed INT32 bias has (straight-through gradient), so the PyTorch
         model adds exactly what the exported integer kernel adds."""
-        step = self.bias_scale()
-        if step is None:
-            return self.bias
-        step = step.to(self.bias.device)
-        return round_ste(self.bias / step) * step
+        return self._quantized_weight_and_bias()[1]
 
     def integer_weight(self) -> tuple[np.ndarray, np.ndarray]:
         """``(codes int8 (C_out, ...), scale float32 (C_out,))`` with BatchNorm folded in, such that
@@ -290,7 +306,7 @@ class _QuantWeightLayer:
             sign = torch.sign(scale)
             sign[sign == 0] = 1
             codes = codes * sign.view(-1, *([1] * (codes.dim() - 1)))  # a negative BN gamma flips the codes, exactly
-            return codes, scale.abs().clamp_min(1e-12).float()
+            return codes, _export_scale(scale)
 
 
 class QuantConv2d(nn.Conv2d, _QuantWeightLayer):
@@ -308,7 +324,7 @@ class QuantConv2d(nn.Conv2d, _QuantWeightLayer):
         return q
 
     def forward(self, x):
-        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+        return self._conv_forward(x, *self._quantized_weight_and_bias())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()
@@ -329,7 +345,7 @@ class QuantLinear(nn.Linear, _QuantWeightLayer):
         return q
 
     def forward(self, x):
-        return F.linear(x, self.quantized_weight(), self.quantized_bias())
+        return F.linear(x, *self._quantized_weight_and_bias())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()
