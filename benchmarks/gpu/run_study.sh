@@ -15,8 +15,8 @@ python3 -c "import torch, qsal; print('torch', torch.__version__, 'GPU', torch.c
 nproc
 # the chain once, tiny, beside the studies: a broken step stops everything within a minute or two
 rm -rf /tmp/gpu_precheck /tmp/precheck.log   # a leftover finished precheck would pass without running
-python3 -m qsal.cli run benchmarks/gpu/precheck.yaml --out /tmp/gpu_precheck --workers 3 --no-progress \
-    >/tmp/precheck.log 2>&1 &
+timeout -k 5 "$seconds" python3 -m qsal.cli run benchmarks/gpu/precheck.yaml --out /tmp/gpu_precheck --workers 3 \
+    --no-progress >/tmp/precheck.log 2>&1 &   # a hung precheck must not keep the studies from being packed
 pre=$!
 touch /tmp/run_study.start   # only files written from here on go back: a resumed study's old cells are already there
 mains=() run_dirs=()
@@ -24,7 +24,7 @@ while (( $# )); do
     cfg=$1 run_dir=$2 workers=$3 cpus=$4; shift 4
     run_dirs+=("$run_dir")
     timeout -k 5 "$seconds" taskset -c "$cpus" python3 -m qsal.cli run "$cfg" --out "$run_dir" --workers "$workers" \
-        --no-progress > "/tmp/study_$(basename "$run_dir").log" 2>&1 &
+        --no-progress > "/tmp/study_${#run_dirs[@]}.log" 2>&1 &
     mains+=($!)
 done
 if ! wait $pre || grep -q "failed" /tmp/precheck.log; then
@@ -36,10 +36,13 @@ else
 fi
 for m in "${mains[@]}"; do wait "$m"; echo "study pid $m exit $?"; done
 pkill -f "qsal.cli run"; pkill -f multiprocessing; sleep 3; pkill -9 -f "qsal.cli run"   # workers a stopped parent left behind
-for d in "${run_dirs[@]}"; do echo "== $d: $(find "$d" -name result.json | wc -l) finished cells"; tail -5 "/tmp/study_$(basename "$d").log"; done
-mkdir -p "$pack"
+for i in "${!run_dirs[@]}"; do
+    d=${run_dirs[$i]}; echo "== $d: $(find "$d" -name result.json | wc -l) finished cells"; tail -5 "/tmp/study_$((i + 1)).log"
+done
+mkdir -p "$pack"; rm -f "$pack"/results.tgz.*   # parts of an earlier, larger pack would corrupt the rejoined one
 find "${run_dirs[@]}" -type f -newer /tmp/run_study.start ! -name '*.safetensors' ! -name '*.onnx' ! -name last.pt \
     ! -name .qsal-run.lock > /tmp/results.list
+echo "packing $(wc -l < /tmp/results.list) files written during the run"
 tar czf /tmp/results.tgz -T /tmp/results.list
 split -b 15M -d /tmp/results.tgz "$pack/results.tgz."
 ls -la "$pack"

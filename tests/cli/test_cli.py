@@ -87,12 +87,13 @@ def test_decision_options_fail_before_training(args, message, tmp_path):
 def test_run_only_pattern_that_matches_nothing_is_one_line_and_touches_nothing(tmp_path):
     cfg = tmp_path / "study.yaml"
     cfg.write_text("name: t\ndatasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [0]\n")
-    proc = _run("run", str(cfg), "--out", str(tmp_path / "out"), "--only", "retinamnist/*", cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "error: --only 'retinamnist/*' matches no cell group; groups are named dataset/model/seedN (this study: "
-        "breastmnist/small_cnn/seed0)"]
-    assert not (tmp_path / "out").exists()
+    for dry in ([], ["--dry-run"]):
+        proc = _run("run", str(cfg), "--out", str(tmp_path / "out"), "--only", "retinamnist/*", *dry, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            "error: --only 'retinamnist/*' matches no cell group; groups are named dataset/model/seedN (this study: "
+            "breastmnist/small_cnn/seed0)"]
+        assert not (tmp_path / "out").exists()
 
 
 def _subcommands():

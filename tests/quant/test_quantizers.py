@@ -277,3 +277,33 @@ def test_forward_evaluates_the_weight_grid_once_and_adds_the_exported_bias_grid(
         g_ref, = torch.autograd.grad(ref.square().sum(), layer.weight)
         assert torch.equal(g_out, g_ref)
     assert quantized_biases >= 2  # the check reached layers whose bias is on the INT32 grid
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "dorefa", "tanh_symmetric"])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_forward_weight_and_bias_are_the_exported_integer_ones(scheme, per_channel, autocast):
+    """The weight and bias a layer's forward uses are exactly ``integer_weight``'s codes x scale and the bias on
+    the ``s_in x s_w`` INT32 grid, for every scheme, per-channel or per-tensor, with folded BN scales of both
+    signs (a negative gamma flips the codes), with and without bf16 autocast around the forward."""
+    from qsal.quant.modules import QuantLinear
+
+    torch.manual_seed(0)
+    conv = QuantConv2d(4, 6, 3, weight_bits=3, per_channel=per_channel, scheme=scheme)
+    lin = QuantLinear(8, 6, weight_bits=3, per_channel=per_channel, scheme=scheme)
+    aq = ActQuantizer(bits=8)
+    aq.start_observing()
+    aq(torch.rand(256, 8))
+    aq.finish_observing()
+    for layer in (conv, lin):
+        with torch.no_grad():
+            layer.bn_scale.copy_(torch.tensor([1.5, -0.5, 0.75, 2.0, -1.0, 0.25]))
+        layer.__dict__["input_quantizer"] = aq
+        codes, scale = layer.integer_weight()
+        w = torch.from_numpy(codes.astype(np.float32) * scale.reshape(-1, *([1] * (codes.ndim - 1))))
+        step = torch.tensor(aq.export_params()["scale"], dtype=torch.float32) * torch.from_numpy(scale)
+        b = torch.round(layer.bias.detach() / step) * step
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            w_fwd, b_fwd = layer._quantized_weight_and_bias()
+        assert torch.equal(w_fwd.detach(), w) and torch.equal(b_fwd.detach(), b)
+        assert torch.equal(layer.bias_scale(), step)

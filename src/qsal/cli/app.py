@@ -7,6 +7,7 @@ Every sub-command parses its arguments, builds a config and calls one library fu
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -220,8 +221,14 @@ def cmd_run(args):
         from qsal.study.config import load_run_config
         from qsal.study.plan import format_plan, plan_study
 
+        from qsal.study.runner import plan_groups, select_groups
+
         cfg = load_run_config(args.config)
+        chosen = select_groups(plan_groups(cfg), args.only)  # a bad pattern is refused before the timed steps
         print(format_plan(plan_study(cfg), cfg.name))
+        if args.only:  # the plan above is the whole study's
+            print(f"--only: {len(chosen)} group(s), in this order: "
+                  + ", ".join(f"{g[0].dataset}/{g[0].model}/seed{g[0].seed}" for g in chosen))
         return
     statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=_progress(args), only=args.only)
@@ -234,8 +241,9 @@ def cmd_run(args):
         rep = report_run(args.out)
         _print_report_result(args, rep["rows"], rep)
     if failed:
+        only = (" --only " + " ".join(shlex.quote(p) for p in args.only)) if args.only else ""
         print(f"error: {len(failed)} of {len(statuses)} cells failed (listed above; each cell's error.json has the "
-              f"traceback); fix the cause and rerun `qsal run {args.config} --out {args.out}` to redo only those",
+              f"traceback); fix the cause and rerun `qsal run {args.config} --out {args.out}{only}` to redo only those",
               file=sys.stderr)
         return 1
 
@@ -249,8 +257,9 @@ def _setup_run(p):
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--force", action="store_true", help="reuse a run directory made by a different config")
     p.add_argument("--only", nargs="+", metavar="PATTERN",
-                   help="run only the cell groups (dataset/model/seedN) matching these shell patterns, in this order: "
-                        "--only 'pneumoniamnist/*/seed1' '*' runs everything, that seed first")
+                   help="run only the cell groups (dataset/model/seedN) matching these shell patterns (fnmatch: * also "
+                        "matches /), in this order: --only 'pneumoniamnist/*/seed1' '*' runs everything, that seed "
+                        "first (the local backend starts groups in this order; Ray may not)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells and each one's schedule with an estimated time (a few timed steps); train nothing")
     _no_progress_arg(p)

@@ -318,7 +318,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
                             f"{cfg.fingerprint()}); pass --force to reuse it, or choose another --out")
     write_json_atomic(stamp, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
     n_cells = sum(len(g) for g in groups)
-    threads = max(1, usable_cpus() // max(1, workers))  # taskset -c 0 qsal run ... trains on 1 thread
+    # taskset -c 0 qsal run ... trains on 1 thread; --only one/group --workers 4 gives that group every core
+    threads = max(1, usable_cpus() // max(1, min(workers, len(groups))))
     payload = [([asdict(c) for c in g], str(run_dir), cfg.to_dict(), threads) for g in groups]
     statuses: list[dict] = []
     on_terminal = progress and sys.stderr.isatty()
