@@ -101,3 +101,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
     artifacts = Path(tmp_path).parents[1] / "report-screenshot.png"
     shutil.copy(shot, artifacts)  # kept beside pytest's tmp dirs as the test artifact
+
+
+def test_a_study_over_several_datasets_names_each_ones_positive_class():
+    from qsal.study.report.html import _header
+
+    rows = [{"model": "breastmnist/small_cnn/fp32", "positive_class": "malignant"},
+            {"model": "pneumoniamnist/small_cnn/fp32", "positive_class": "pneumonia"},
+            {"model": "retinamnist/small_cnn/fp32", "positive_class": None}]
+    header = dict(_header({"dataset": "edge-medmnist"}, rows))
+    assert header["positive class"] == ("breastmnist: malignant; pneumoniamnist: pneumonia; "
+                                        "retinamnist: none (multi-class: one vs the rest)")
+    assert dict(_header({"dataset": "breastmnist"}, rows[:1]))["positive class"] == "malignant"

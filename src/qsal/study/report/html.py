@@ -49,11 +49,21 @@ def _operating_point(op: dict | None) -> str | None:
     return f"{op.get('rule', '')} (threshold {op.get('threshold')}{where})"
 
 
+def _positive_per_dataset(rows: list[dict]) -> str | None:
+    """``"breastmnist: malignant; retinamnist: none (multi-class)"`` when rows (labelled ``dataset/model/...``)
+    span several datasets: one study's sets have different positive classes, and the first row's is not the others'."""
+    per: dict[str, str] = {}
+    for r in rows:
+        if "/" in str(r.get("model", "")):
+            per.setdefault(r["model"].split("/")[0], r.get("positive_class") or "none (multi-class: one vs the rest)")
+    return "; ".join(f"{d}: {p}" for d, p in per.items()) if len(per) > 1 else None
+
+
 def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     env = results.get("environment") or {}
     versions = env.get("versions") or {}
     first = rows[0] if rows else {}
-    positive = results.get("positive_class") or first.get("positive_class")
+    positive = results.get("positive_class") or _positive_per_dataset(rows) or first.get("positive_class")
     names = results.get("class_names") or []
     if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
         positive = f"{names[1]} (label 1, the evaluator's default; not chosen for this report)"
