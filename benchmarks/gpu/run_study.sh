@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run one or more study configs side by side on a lent GPU machine for at most SECONDS, then pack their results
-# (weights and ONNX files left out) for the trip back. Issue 13: "when the accelerator machine is lent, use it for
+# (ONNX files left out; weights only up to WEIGHTS_MB, see below) for the trip back. Issue 13: "when the accelerator machine is lent, use it for
 # the longest schedules and say which rows came from it". Every cell's result.json records the machine
 # (environment.gpu, .cpu, versions); a study resumes here, on a CPU, for whatever it did not finish.
 #   bash benchmarks/gpu/run_study.sh SECONDS PACK_DIR  CONFIG RUN_DIR WORKERS CPUS  [CONFIG RUN_DIR WORKERS CPUS ...]
@@ -42,7 +42,13 @@ done
 mkdir -p "$pack"; rm -f "$pack"/results.tgz.*   # parts of an earlier, larger pack would corrupt the rejoined one
 find "${run_dirs[@]}" -type f -newer /tmp/run_study.start ! -name '*.safetensors' ! -name '*.onnx' ! -name last.pt \
     ! -name .qsal-run.lock > /tmp/results.list
-echo "packing $(wc -l < /tmp/results.list) files written during the run"
+# Weights too, when they fit (WEIGHTS_MB, default 60; the trip back holds 8 files of 16 MB): a finished parent's
+# best.safetensors spares the CPU its retraining, an unfinished cell's last.pt lets it resume mid-schedule. Small
+# nets (edge_mbv2 0.35 MB, small_cnn 4.7 MB) fit; ResNet-18's 45 MB per cell mostly do not. Biggest files are dropped first.
+find "${run_dirs[@]}" -type f -newer /tmp/run_study.start \( -name best.safetensors -o -name last.pt \) -printf '%s %p\n' \
+    | sort -n | awk -v cap=$(( ${WEIGHTS_MB:-60} * 1000000 )) '{ if (t + $1 <= cap) { t += $1; print $2 } }' \
+    >> /tmp/results.list
+echo "packing $(wc -l < /tmp/results.list) files written during the run (weights: up to ${WEIGHTS_MB:-60} MB)"
 tar czf /tmp/results.tgz -T /tmp/results.list
 split -b 15M -d /tmp/results.tgz "$pack/results.tgz."
 ls -la "$pack"
