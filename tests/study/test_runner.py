@@ -157,16 +157,20 @@ def test_explanation_measures_score_the_map_by_deletion_and_insertion():
 
 
 def test_a_parent_whose_weights_were_not_committed_is_trained_again_only_when_a_child_needs_it(tmp_path):
-    cfg = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "measure": {"latency": False, "saliency": False}})
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "observers": ["minmax", "percentile"],
+                            "measure": {"latency": False, "saliency": False}})
     run_study(cfg, tmp_path, progress=False)
     fp32 = tmp_path / "breastmnist/small_cnn/seed0/fp32"
     ptq = tmp_path / "breastmnist/small_cnn/seed0/ptq-int8-minmax"
+    sibling = tmp_path / "breastmnist/small_cnn/seed0/ptq-int8-percentile"
     first = json.loads((fp32 / "result.json").read_text())["test_auc"]
-    # A fresh checkout of a committed run folder: results kept, weights (*.safetensors) not, the PTQ cell unfinished.
+    # A fresh checkout of a committed run folder: results kept, weights (*.safetensors) not, one PTQ cell unfinished.
     (fp32 / "best.safetensors").unlink()
     (ptq / "result.json").unlink()
     by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
-    assert by_id == {"fp32": "done", "ptq-int8-minmax": "done"}
+    # The finished sibling is redone too: it came from the old parent, and the group reports the new one.
+    assert by_id == {"fp32": "done", "ptq-int8-minmax": "done", "ptq-int8-percentile": "done"}
+    assert "redoing this cell from the new parent" in (sibling / "log.txt").read_text()
     assert (fp32 / "best.safetensors").is_file() and "training it again" in (fp32 / "log.txt").read_text()
     assert json.loads((fp32 / "result.json").read_text())["test_auc"] == pytest.approx(first, abs=1e-6)  # same seed
     # Nothing left that needs the weights: the parent stays finished without them.

@@ -237,11 +237,15 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     specs = [CellSpec(**g) for g in group]
     statuses = []
     retrain = _parents_to_retrain(specs, run_path)
+    # A retrained parent is a new model (same seed and schedule; GPU and CPU runs, for one, differ): its finished
+    # children are redone from it, so every cell of the group descends from the model the group reports.
+    orphans = {s.label for s in specs if s.parent in retrain and _finished(run_path / s.id)}
     for spec in specs:
         cell = run_path / spec.id
-        if spec.label in retrain:
+        if spec.label in retrain | orphans:
             _log(cell, "checkpoint missing (a fresh checkout keeps results, not weights) and a quantized cell of "
-                       "this group still needs it: training it again")
+                       "this group still needs it: training it again" if spec.label in retrain else
+                       f"its parent {spec.parent} is being trained again: redoing this cell from the new parent")
             for stale in ("last.pt", "result.json"):  # resume state of weights that are gone; redone below
                 (cell / stale).unlink(missing_ok=True)
         elif _finished(cell):
