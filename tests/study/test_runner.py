@@ -77,6 +77,11 @@ def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     cell = tmp_path / "breastmnist/small_cnn/seed0/fp32"
     for f in ("config.json", "best.safetensors", "model.onnx", "result.json", "saliency_maps.npy", "log.txt"):
         assert (cell / f).is_file(), f
+    # every cell scores its artifact on validation too; FP32's is the PyTorch model's best-epoch score
+    best_val = json.loads((cell / "best.json").read_text())["val"]
+    result = json.loads((cell / "result.json").read_text())
+    assert result["val_auc"] == pytest.approx(best_val["val_auc"], abs=2e-3)
+    assert 0 < json.loads((cell.parent / "ptq-int8-minmax/result.json").read_text())["val_auc"] <= 1
     monkeypatch.setattr(qsal.pipeline, "quantize_checkpoint", real)
     statuses = run_study(cfg, tmp_path, progress=False)  # rerun: finished cells skipped, failed one retried
     by_id = {s["id"].split("/")[-1]: s["status"] for s in statuses}

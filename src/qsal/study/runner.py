@@ -116,7 +116,10 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     metrics = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")["test"]
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False, force=True)  # the cell owns its files
     art, probs = score_onnx(cell / "model.onnx", test, seed=spec.seed)
+    on_val = score_onnx(cell / "model.onnx", val, n_bootstrap=0, seed=spec.seed)[0].to_dict()
     result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
+              # the artifact on the validation split: what a choice among cells (benchmarks/targets.py) may look at
+              "val_auc": on_val.get("auc"), "val_acc": on_val.get("acc"),
               "acc_ci": art.ci.get("acc"), "train_s": seconds, "size_bytes": exp["size_bytes"],
               # the method's config with its version: seeds of one row made by different qsal versions show up
               "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict()}
