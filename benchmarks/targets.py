@@ -116,15 +116,16 @@ def _trained_on(result: Path) -> str:
     return (json.loads(result.read_text()).get("environment") or {}).get("gpu") or "CPU"
 
 
-def edge_rows(study: dict | None, run_dir: Path) -> list[dict]:
-    """Per set: among the quantized artifacts <= 1.1 MB, the one with the highest mean validation AUC (the test
+def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
+    """Per set: among the quantized artifacts <= 1.1 MB of the edge studies (``(collected study, run dir)`` pairs:
+    configs/edge_medmnist.yaml and edge_medmnist_resnet20.yaml), the one with the highest mean validation AUC (the test
     split chooses nothing; a tie goes to the smaller file), against the ResNet-18 (28) MedMNIST v2 figures. Only
-    artifacts with the most finished seeds compete, so a lucky single seed cannot win; PTQ artifacts are ranked by
-    their FP32 parent's validation AUC (PTQ trains nothing and its own validation score is not recorded)."""
+    artifacts with the most finished seeds compete, so a lucky single seed cannot win; they are ranked by their own
+    validation AUC where every competitor's result.json has one, else by their checkpoints' (``_val_auc``)."""
     rows = []
     for ds, (auc, acc) in MEDMNIST_V2.items():
         candidates = []
-        for r in (study or {}).get("rows", []):
+        for r, run_dir in ((r, d) for study, d in studies for r in (study or {}).get("rows", [])):
             parts = r["model"].split("/")
             if len(parts) != 3 or parts[0] != ds or parts[2] in ("fp32", "sgt"):
                 continue
@@ -173,9 +174,9 @@ NOT_RUN = [
 
 
 def main() -> None:
-    resnet18, mnist, edge = (_study(n) for n in ("medmnist_resnet18_full", "mnist_sgt_pact", "edge_medmnist"))
-    rows = (resnet18_rows(resnet18) + mnist_rows(mnist) + edge_rows(edge, RESULTS / "study_edge_medmnist")
-            + NOT_RUN)
+    resnet18, mnist = _study("medmnist_resnet18_full"), _study("mnist_sgt_pact")
+    edge = [(_study(n), RESULTS / f"study_{n}") for n in ("edge_medmnist", "edge_medmnist_resnet20")]
+    rows = resnet18_rows(resnet18) + mnist_rows(mnist) + edge_rows(edge) + NOT_RUN
     head = ("# Issue 13 targets: where each stands\n\n"
             "Written by `python benchmarks/targets.py` from the committed study folders (finished cells only; mean ± "
             "std over the finished seeds; test split; ONNX artifacts scored; every threshold and epoch chosen on "
