@@ -127,13 +127,16 @@ def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
         candidates = []
         for r, run_dir in ((r, d) for study, d in studies for r in (study or {}).get("rows", [])):
             parts = r["model"].split("/")
+            if len(parts) == 1:  # a study of one dataset and one model so far labels its rows by method alone
+                pairs = {(f.parts[-5], f.parts[-4]) for f in run_dir.glob(f"*/*/seed*/{parts[0]}/result.json")}
+                parts = [*pairs.pop(), parts[0]] if len(pairs) == 1 else parts
             if len(parts) != 3 or parts[0] != ds or parts[2] in ("fp32", "sgt"):
                 continue
             if (r.get("size_bytes") or EDGE_BYTES + 1) > EDGE_BYTES:
                 continue
             results = sorted(run_dir.glob(f"{ds}/{parts[1]}/seed*/{parts[2]}/result.json"))
             if results:
-                candidates.append((r, results))
+                candidates.append(({**r, "model": "/".join(parts)}, results))
         most = max((len(c[1]) for c in candidates), default=0)
         # One source of validation scores for every competitor: the artifacts' own where all have one, else the
         # checkpoints' (older cells), never a mix
@@ -151,10 +154,11 @@ def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
             continue
         val, r, results = max(competing, key=lambda c: (c[0], -c[1]["size_bytes"]))  # a tie: PTQ observers' parent
         source = "the artifacts' own" if own else "checkpoints'"
+        model_label = r["model"].split("/", 1)[1]
         ok = r["test_auc"] >= auc and r["test_acc"] >= acc
         machines = sorted({_trained_on(f) for f in results})
         rows.append({
-            "table": EDGE_TABLE, "row": f"{ds}: {r['model'].split('/', 1)[1]} ({r['size_bytes'] / 1e6:.2f} MB; chosen "
+            "table": EDGE_TABLE, "row": f"{ds}: {model_label} ({r['size_bytes'] / 1e6:.2f} MB; chosen "
                                         f"on validation AUC {val:.3f} ({source}) among {len(competing)} artifacts "
                                         f"<= 1.1 MB with {most} seeds)",
             "target": target,
