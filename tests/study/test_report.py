@@ -113,3 +113,14 @@ def test_a_study_over_several_datasets_names_each_ones_positive_class():
     assert header["positive class"] == ("breastmnist: malignant; pneumoniamnist: pneumonia; "
                                         "retinamnist: none (multi-class: one vs the rest)")
     assert dict(_header({"dataset": "breastmnist"}, rows[:1]))["positive class"] == "malignant"
+
+
+def test_a_mean_outside_its_ci_still_plots(tmp_path):
+    from qsal.study.report.plots import ci_plot, tradeoff_plot
+
+    rows = [{"model": "a", "test_acc": 0.842, "acc_ci": [0.85, 0.90], "test_auc": 0.9, "auc_ci": [0.85, 0.95],
+             "size_bytes": 313155},
+            {"model": "b", "test_acc": 0.80, "acc_ci": [0.75, 0.85], "test_auc": 0.88, "auc_ci": [0.83, 0.93],
+             "size_bytes": 186653}]
+    assert tradeoff_plot(rows, "size_bytes", tmp_path / "t.png")[0].is_file()
+    assert ci_plot(rows, tmp_path / "c.png").is_file()

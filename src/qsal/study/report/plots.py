@@ -53,8 +53,10 @@ def size_unit(max_bytes: float) -> tuple[str, float]:
 
 
 def _ci(row: dict, key: str) -> tuple[float, float]:
+    """The row's 95 % CI, widened to contain its plotted value: a multi-seed row plots the mean over seeds, which
+    can fall outside a CI bootstrapped on other predictions (matplotlib refuses negative error bars)."""
     ci = row.get({"test_acc": "acc_ci", "test_auc": "auc_ci"}.get(key, key + "_ci"))
-    return (ci[0], ci[1]) if ci else (row[key], row[key])
+    return (min(ci[0], row[key]), max(ci[1], row[key])) if ci else (row[key], row[key])
 
 
 def tradeoff_plot(rows: list[dict], x_key: str, path: Path, y_key: str = "test_acc") -> tuple[Path, list[str]]:
