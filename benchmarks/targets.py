@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
 from qsal.errors import QsalError  # noqa: E402
-from qsal.study.results import collect_results  # noqa: E402
+from qsal.study.results import _machines, collect_results  # noqa: E402
 
 # MedMNIST v2 (Yang et al. 2023, Table 3), ResNet-18 (28): test AUC / ACC
 MEDMNIST_V2 = {"pneumoniamnist": (0.944, 0.854), "breastmnist": (0.901, 0.863), "retinamnist": (0.717, 0.524)}
@@ -89,14 +89,6 @@ EDGE_BYTES = 1_100_000  # "<= 1.1 MB deployed": model.onnx on disk, decimal mega
 EDGE_TABLE = "best edge model per set at <= 1.1 MB deployed (INT8 or 4-bit artifact)"
 
 
-def _artifact_val_auc(cell: Path) -> float | None:
-    """The deployed artifact's own validation AUC (``result.json``; cells run since this field was added)."""
-    try:
-        return json.loads((cell / "result.json").read_text()).get("val_auc")
-    except (OSError, ValueError):
-        return None
-
-
 def _val_auc(cell: Path) -> float | None:
     """For cells older than ``val_auc`` in result.json: validation AUC of the checkpoint a cell's artifact was made
     from, the cell's own best epoch where it trained (PACT, SGT+PACT), else its FP32 parent's (PTQ trains nothing;
@@ -109,11 +101,6 @@ def _val_auc(cell: Path) -> float | None:
         if val.get("val_auc") is not None:
             return float(val["val_auc"])
     return None
-
-
-def _trained_on(result: Path) -> str:
-    """The GPU a cell's process used (``environment.gpu``), else "CPU", as the study report's "Where the cells ran"."""
-    return (json.loads(result.read_text()).get("environment") or {}).get("gpu") or "CPU"
 
 
 def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
@@ -134,17 +121,18 @@ def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
                 continue
             if (r.get("size_bytes") or EDGE_BYTES + 1) > EDGE_BYTES:
                 continue
-            results = sorted(run_dir.glob(f"{ds}/{parts[1]}/seed*/{parts[2]}/result.json"))
+            # each seed's cell folder and its result.json, read once
+            results = [(f.parent, json.loads(f.read_text()))
+                       for f in sorted(run_dir.glob(f"{ds}/{parts[1]}/seed*/{parts[2]}/result.json"))]
             if results:
                 candidates.append(({**r, "model": "/".join(parts)}, results))
         most = max((len(c[1]) for c in candidates), default=0)
-        # One source of validation scores for every competitor: the artifacts' own where all have one, else the
-        # checkpoints' (older cells), never a mix
-        own = all(_artifact_val_auc(f.parent) is not None for c in candidates for f in c[1])
-        score = _artifact_val_auc if own else _val_auc
+        # One source of validation scores for every competitor: the artifacts' own (result.json val_auc) where all
+        # have one, else the checkpoints' (older cells), never a mix
+        own = all(res.get("val_auc") is not None for c in candidates for _, res in c[1])
         competing = []
         for r, results in candidates:
-            vals = [score(f.parent) for f in results]
+            vals = [res.get("val_auc") if own else _val_auc(cell) for cell, res in results]
             if len(results) == most and None not in vals:
                 competing.append((sum(vals) / len(vals), r, results))
         target = f"AUC >= {auc}, ACC >= {acc} (ResNet-18, MedMNIST v2)"
@@ -156,7 +144,6 @@ def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
         source = "the artifacts' own" if own else "checkpoints'"
         model_label = r["model"].split("/", 1)[1]
         ok = r["test_auc"] >= auc and r["test_acc"] >= acc
-        machines = sorted({_trained_on(f) for f in results})
         rows.append({
             "table": EDGE_TABLE, "row": f"{ds}: {model_label} ({r['size_bytes'] / 1e6:.2f} MB; chosen "
                                         f"on validation AUC {val:.3f} ({source}) among {len(competing)} artifacts "
@@ -165,7 +152,7 @@ def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
             "measured": f"AUC {_fmt(r, 'test_auc')}, ACC {_fmt(r, 'test_acc')}",
             "status": _status(ok, r["seeds"]) + ("" if ok else f": AUC {'met' if r['test_auc'] >= auc else 'missed'}, "
                                                               f"ACC {'met' if r['test_acc'] >= acc else 'missed'}"),
-            "where": " + ".join(machines)})
+            "where": _where({"machines": _machines([res for _, res in results])})})
     return rows
 
 

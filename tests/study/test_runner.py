@@ -6,7 +6,7 @@ import torch
 from qsal.errors import QsalError
 from qsal.study.config import parse_run_config
 from qsal.study.results import collect_results, report_run
-from qsal.study.runner import explanation_measures, plan_groups, run_study, select_groups
+from qsal.study.runner import explanation_measures, group_name, plan_groups, run_study, select_groups
 
 TINY = {"name": "tiny", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
         "bits": [4], "observers": ["minmax"], "seeds": [0], "epochs": {"fp32": 1, "finetune": 1},
@@ -36,7 +36,7 @@ def test_plan_puts_parents_first_and_the_long_sgt_training_after_fp32s_children(
 
 def test_only_selects_groups_and_runs_them_in_the_patterns_order():
     cfg = parse_run_config({**TINY, "datasets": ["breastmnist", "retinamnist"], "seeds": [0, 1]})
-    name = lambda g: f"{g[0].dataset}/{g[0].model}/seed{g[0].seed}"  # noqa: E731
+    name = group_name
     groups = plan_groups(cfg)
     assert [name(g) for g in select_groups(groups, None)] == [name(g) for g in groups]
     assert [name(g) for g in select_groups(groups, ["retinamnist/*/seed1", "*"])] == [

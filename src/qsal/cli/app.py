@@ -220,15 +220,13 @@ def cmd_run(args):
     if args.dry_run:
         from qsal.study.config import load_run_config
         from qsal.study.plan import format_plan, plan_study
-
-        from qsal.study.runner import plan_groups, select_groups
+        from qsal.study.runner import group_name, plan_groups, select_groups
 
         cfg = load_run_config(args.config)
         chosen = select_groups(plan_groups(cfg), args.only)  # a bad pattern is refused before the timed steps
         print(format_plan(plan_study(cfg), cfg.name))
         if args.only:  # the plan above is the whole study's
-            print(f"--only: {len(chosen)} group(s), in this order: "
-                  + ", ".join(f"{g[0].dataset}/{g[0].model}/seed{g[0].seed}" for g in chosen))
+            print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         return
     statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=_progress(args), only=args.only)

@@ -272,13 +272,18 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     return statuses
 
 
+def group_name(group: list[CellSpec]) -> str:
+    """``dataset/model/seedN``: the name ``--only`` patterns match (a cell's id without its label)."""
+    return group[0].id.rsplit("/", 1)[0]
+
+
 def select_groups(groups: list[list[CellSpec]], only: list[str] | None) -> list[list[CellSpec]]:
     """The groups whose name ``dataset/model/seedN`` matches one of the shell patterns ``only``, in the order of the
     first pattern each matches (then plan order): ``["pneumoniamnist/*/seed1", "*"]`` runs every group, seed 1 of
     PneumoniaMNIST first. ``None`` keeps all. A pattern that matches no group raises ``QsalError``."""
     if not only:
         return groups
-    names = [f"{g[0].dataset}/{g[0].model}/seed{g[0].seed}" for g in groups]
+    names = [group_name(g) for g in groups]
     for pattern in only:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
             raise QsalError(f"--only {pattern!r} matches no cell group; groups are named dataset/model/seedN "
