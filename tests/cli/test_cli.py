@@ -96,6 +96,31 @@ def test_run_only_pattern_that_matches_nothing_is_one_line_and_touches_nothing(t
         assert not (tmp_path / "out").exists()
 
 
+def test_run_data_dir_is_checked_before_the_folder_is_made_and_does_not_change_the_fingerprint(tmp_path, shared_data,
+                                                                                               monkeypatch):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("name: t\ndatasets: [retinamnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [0]\n"
+                   "epochs: {fp32: 1}\nmeasure: {latency: false, saliency: false}\n")
+    monkeypatch.delenv("QSAL_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.medmnist to fall back on
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _run("run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(empty), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(empty) in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before any cell or lock file
+
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(shared_data), "--no-progress",
+                 "--quiet"]) == 0
+    stamp = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert stamp["config"]["data_dir"] == str(shared_data)
+    from qsal.study.config import load_run_config
+
+    assert stamp["fingerprint"] == load_run_config(cfg).fingerprint()  # where files are is not what the study is
+    assert json.loads((tmp_path / "out" / "retinamnist/small_cnn/seed0/fp32/result.json").read_text())["dataset"] == \
+        "retinamnist"
+
+
 def _subcommands():
     from qsal.cli import build_parser
 

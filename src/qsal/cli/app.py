@@ -7,6 +7,7 @@ Every sub-command parses its arguments, builds a config and calls one library fu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -214,21 +215,23 @@ def _setup_demo(p):
 
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
 def cmd_run(args):
+    from qsal.study.config import load_run_config
     from qsal.study.results import report_run
     from qsal.study.runner import run_study
 
+    cfg = load_run_config(args.config)
+    if args.data_dir:  # where the files are, not what the study is: the folder's fingerprint ignores it
+        cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
     if args.dry_run:
-        from qsal.study.config import load_run_config
         from qsal.study.plan import format_plan, plan_study
         from qsal.study.runner import group_name, plan_groups, select_groups
 
-        cfg = load_run_config(args.config)
         chosen = select_groups(plan_groups(cfg), args.only)  # a bad pattern is refused before the timed steps
         print(format_plan(plan_study(cfg), cfg.name))
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         return
-    statuses = run_study(args.config, args.out, workers=args.workers, backend=args.backend,
+    statuses = run_study(cfg, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=_progress(args), only=args.only)
     failed = [s for s in statuses if s["status"].startswith("failed")]
     if not args.quiet and not args.json:
@@ -260,6 +263,7 @@ def _setup_run(p):
                         "first (the local backend starts groups in this order; Ray may not)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells and each one's schedule with an estimated time (a few timed steps); train nothing")
+    _data_dir_arg(p)  # overrides the config's data_dir
     _no_progress_arg(p)
 
 

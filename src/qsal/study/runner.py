@@ -313,8 +313,17 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
         except ImportError:
             raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
     groups = select_groups(plan_groups(cfg), only)  # a bad pattern is refused before the folder is touched
+    _require_data(cfg, groups)
     with run_lock(run_dir):
         return _run_locked(cfg, run_dir, workers, backend, ray_address, force, progress, groups)
+
+
+def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:
+    """Refuse a study whose data is not there before any cell starts (else every cell would fail alone)."""
+    from qsal.data import load_split
+
+    for name in dict.fromkeys(g[0].dataset for g in groups):
+        load_split(name, "test", cfg.data_dir)  # QsalError naming the folder searched and how to get the files
 
 
 def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_address: str | None, force: bool,
