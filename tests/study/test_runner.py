@@ -182,3 +182,29 @@ def test_a_parent_whose_weights_were_not_committed_is_trained_again_only_when_a_
     (fp32 / "best.safetensors").unlink()
     by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
     assert all(s.startswith("skipped") for s in by_id.values())
+
+
+def test_a_cell_made_by_an_older_method_version_is_redone_and_one_that_does_not_say_is_kept(tmp_path):
+    from qsal.quant import PACTConfig
+
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "pact"], "measure": {"latency": False, "saliency": False}})
+    run_study(cfg, tmp_path, progress=False)
+    pact = tmp_path / "breastmnist/small_cnn/seed0/pact-4"
+    old = PACTConfig.version - 1
+    for name, path in (("result.json", ["quant_config"]), ("best.json", ["quant"]), ("run.json", ["config", "quant"])):
+        d = json.loads((pact / name).read_text())
+        q = d[path[0]] if len(path) == 1 else d[path[0]][path[1]]
+        assert q["version"] == PACTConfig.version
+        q["version"] = old  # as the previous definition of PACT wrote it (run.json's: resuming it is refused)
+        (pact / name).write_text(json.dumps(d))
+    by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
+    assert by_id == {"fp32": "skipped (finished earlier)", "pact-4": "done"}
+    assert f"made by pact version {old}; this qsal makes version {PACTConfig.version}: redoing it" in \
+        (pact / "log.txt").read_text()
+    assert json.loads((pact / "result.json").read_text())["quant_config"]["version"] == PACTConfig.version
+    # A folder from before result.json recorded the config, best.json's quant naming no version: kept as it is.
+    for name, key in (("result.json", "quant_config"), ("best.json", "quant")):
+        d = json.loads((pact / name).read_text())
+        d[key] = None if key == "quant_config" else {k: v for k, v in d[key].items() if k != "version"}
+        (pact / name).write_text(json.dumps(d))
+    assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["skipped (finished earlier)"] * 2

@@ -15,6 +15,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -27,6 +28,7 @@ from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
+from qsal.study.redo import cells_to_redo, finished
 from qsal.study.rundir import load_npy, read_json, run_lock
 
 __all__ = ["CellSpec", "plan_groups", "run_study", "explanation_measures"]
@@ -180,15 +182,6 @@ def _redo_fix(run_dir: Path, spec: CellSpec) -> str:
     return f"delete the folder {run_dir / spec.id} and rerun `qsal run` to redo that cell"
 
 
-def _finished(cell: Path) -> bool:
-    """A cell is finished when its ``result.json`` reads back as a result (a truncated one is redone)."""
-    try:
-        read_json(cell / "result.json", "")
-    except QsalError:
-        return False
-    return True
-
-
 def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]:
     """Add map agreement with the FP32 cell to every finished result; returns ``{cell id: problem}``."""
     from qsal.saliency.metrics import agreement
@@ -203,7 +196,7 @@ def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]
     problems = {}
     for spec in group:
         cell = run_dir / spec.id
-        if not _finished(cell) or not (cell / "saliency_maps.npy").is_file():
+        if not finished(cell) or not (cell / "saliency_maps.npy").is_file():
             continue
         try:
             maps = load_npy(cell / "saliency_maps.npy", _redo_fix(run_dir, spec), ndim=4)
@@ -221,15 +214,6 @@ def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]
     return problems
 
 
-def _parents_to_retrain(specs: list[CellSpec], run_dir: Path) -> set[str]:
-    """Labels of finished FP32/SGT cells whose ``best.safetensors`` is gone (committed run folders keep results,
-    not weights) while an unfinished quantized cell of the group starts from them: they are trained again, with
-    the same seed and schedule, before that cell runs."""
-    needed = {s.parent for s in specs if s.parent and not _finished(run_dir / s.id)}
-    return {s.label for s in specs if s.kind in needed and _finished(run_dir / s.id)
-            and not (run_dir / s.id / "best.safetensors").is_file()}
-
-
 def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, progress: bool) -> list[dict]:
     """Run one group's cells in order; returns ``{"id", "status"}`` per cell. Never raises for a cell."""
     import torch
@@ -239,19 +223,17 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     run_path = Path(run_dir)
     specs = [CellSpec(**g) for g in group]
     statuses = []
-    retrain = _parents_to_retrain(specs, run_path)
-    # A retrained parent is a new model (same seed and schedule; GPU and CPU runs, for one, differ): its finished
-    # children are redone from it, so every cell of the group descends from the model the group reports.
-    orphans = {s.label for s in specs if s.parent in retrain and _finished(run_path / s.id)}
+    redo = cells_to_redo(specs, run_path)  # parents whose weights are gone, their children, outdated cells
     for spec in specs:
         cell = run_path / spec.id
-        if spec.label in retrain | orphans:
-            _log(cell, "checkpoint missing (a fresh checkout keeps results, not weights) and a quantized cell of "
-                       "this group still needs it: training it again" if spec.label in retrain else
-                       f"its parent {spec.parent} is being trained again: redoing this cell from the new parent")
+        if spec.label in redo:
+            if redo[spec.label].outdated:  # its run.json names the old method version: nothing in it can be resumed
+                shutil.rmtree(cell)
+                cell.mkdir(parents=True)
+            _log(cell, redo[spec.label].reason)
             for stale in ("last.pt", "result.json"):  # resume state of weights that are gone; redone below
                 (cell / stale).unlink(missing_ok=True)
-        elif _finished(cell):
+        elif finished(cell):
             statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
             continue
         try:
