@@ -119,6 +119,11 @@ def test_run_data_dir_is_checked_before_the_folder_is_made_and_does_not_change_t
     assert stamp["fingerprint"] == load_run_config(cfg).fingerprint()  # where files are is not what the study is
     assert json.loads((tmp_path / "out" / "retinamnist/small_cnn/seed0/fp32/result.json").read_text())["dataset"] == \
         "retinamnist"
+    # Nothing left to do: the data is not needed, and --dry-run on the folder says so.
+    proc = _run("run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(empty), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0 and "out: 1 of these 1 cells finished; a run would redo 0 of them" in proc.stdout
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(empty), "--no-progress",
+                 "--quiet"]) == 0
 
 
 def _subcommands():

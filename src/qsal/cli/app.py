@@ -221,7 +221,7 @@ def cmd_run(args):
 
     cfg = load_run_config(args.config)
     if args.data_dir:  # where the files are, not what the study is: the folder's fingerprint ignores it
-        cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
+        cfg = dataclasses.replace(cfg, data_dir=str(Path(args.data_dir).expanduser().resolve()))
     if args.dry_run:
         from qsal.study.plan import format_plan, plan_study
         from qsal.study.runner import group_name, plan_groups, select_groups
@@ -230,6 +230,7 @@ def cmd_run(args):
         print(format_plan(plan_study(cfg), cfg.name))
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
+        _print_progress_of(Path(args.out), chosen)
         return
     statuses = run_study(cfg, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=_progress(args), only=args.only)
@@ -243,10 +244,26 @@ def cmd_run(args):
         _print_report_result(args, rep["rows"], rep)
     if failed:
         only = (" --only " + " ".join(shlex.quote(p) for p in args.only)) if args.only else ""
+        only += f" --data-dir {shlex.quote(cfg.data_dir)}" if args.data_dir else ""
         print(f"error: {len(failed)} of {len(statuses)} cells failed (listed above; each cell's error.json has the "
               f"traceback); fix the cause and rerun `qsal run {args.config} --out {args.out}{only}` to redo only those",
               file=sys.stderr)
         return 1
+
+
+def _print_progress_of(out: Path, groups) -> None:
+    """``--dry-run`` on an existing run folder: how much is finished and which finished cells a run would redo."""
+    from qsal.study.redo import cells_to_redo, finished
+    from qsal.study.runner import group_name
+
+    if not (out / "run_config.json").is_file():
+        return
+    n = sum(len(g) for g in groups)
+    done = sum(finished(out / s.id) for g in groups for s in g)
+    redo = [f"{group_name(g)}/{label}: {r.reason}" for g in groups for label, r in cells_to_redo(g, out).items()]
+    print(f"{out}: {done} of these {n} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
+    for line in redo:
+        print(f"  {line}")
 
 
 def _setup_run(p):
@@ -262,8 +279,10 @@ def _setup_run(p):
                         "matches /), in this order: --only 'pneumoniamnist/*/seed1' '*' runs everything, that seed "
                         "first (the local backend starts groups in this order; Ray may not)")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the cells and each one's schedule with an estimated time (a few timed steps); train nothing")
-    _data_dir_arg(p)  # overrides the config's data_dir
+                   help="list the cells and each one's schedule with an estimated time (a few timed steps); with the --out "
+                        "of an existing run: how many are finished and which finished cells a run would redo; train nothing")
+    p.add_argument("--data-dir", help="data root, over the config's data_dir (default: the config's, then "
+                                      "$QSAL_DATA_DIR, then ~/.medmnist)")
     _no_progress_arg(p)
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,13 +21,12 @@ from qsal.study.rundir import read_json
 if TYPE_CHECKING:
     from qsal.study.runner import CellSpec
 
-__all__ = ["Redo", "cells_to_redo", "finished", "outdated"]
+__all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "outdated"]
 
 
 @dataclass(frozen=True)
 class Redo:
-    reason: str  # written to the cell's log.txt
-    outdated: bool = False  # its folder is cleared first (its run.json names the old method version)
+    reason: str  # appended to the cell's log.txt
 
 
 def finished(cell: Path) -> bool:
@@ -50,9 +50,10 @@ def outdated(spec: CellSpec, cell: Path) -> str | None:
     made = None
     for name, key in (("result.json", "quant_config"), ("best.json", "quant")):
         try:
-            made = (read_json(cell / name, "").get(key) or {}).get("version")
+            recorded = read_json(cell / name, "").get(key)
         except QsalError:
             continue
+        made = recorded.get("version") if isinstance(recorded, dict) else None
         if made is not None:
             break
     if made is None or made == current.version:
@@ -68,7 +69,21 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path) -> dict[str, Redo]:
                and not (run_dir / s.id / "best.safetensors").is_file()}
     redo = {s.label: Redo(f"its parent {s.parent} is being trained again: redoing this cell from the new parent")
             for s in specs if s.parent in retrain and finished(run_dir / s.id)}
-    redo.update({label: Redo(why, outdated=True) for label, why in old.items()})
+    redo.update({label: Redo(why) for label, why in old.items()})
     redo.update({label: Redo("checkpoint missing (a fresh checkout keeps results, not weights) and a quantized cell "
                              "of this group still needs it: training it again") for label in retrain})
     return redo
+
+
+def clear_cell(cell: Path) -> None:
+    """Empty a cell folder that is redone, all but its ``log.txt`` (the history of what was done and why): its
+    ``run.json`` names the parent's absolute path and the method's version, so resuming in place can be refused
+    (another checkout path, a newer method) and must not be tried."""
+    cell.mkdir(parents=True, exist_ok=True)
+    for item in cell.iterdir():
+        if item.name == "log.txt":
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            item.unlink()

@@ -15,7 +15,6 @@ import contextlib
 import fnmatch
 import json
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -28,7 +27,7 @@ from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
-from qsal.study.redo import cells_to_redo, finished
+from qsal.study.redo import cells_to_redo, clear_cell, finished
 from qsal.study.rundir import load_npy, read_json, run_lock
 
 __all__ = ["CellSpec", "plan_groups", "run_study", "explanation_measures"]
@@ -226,17 +225,13 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     redo = cells_to_redo(specs, run_path)  # parents whose weights are gone, their children, outdated cells
     for spec in specs:
         cell = run_path / spec.id
-        if spec.label in redo:
-            if redo[spec.label].outdated:  # its run.json names the old method version: nothing in it can be resumed
-                shutil.rmtree(cell)
-                cell.mkdir(parents=True)
-            _log(cell, redo[spec.label].reason)
-            for stale in ("last.pt", "result.json"):  # resume state of weights that are gone; redone below
-                (cell / stale).unlink(missing_ok=True)
-        elif finished(cell):
-            statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
-            continue
         try:
+            if spec.label in redo:
+                clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
+                _log(cell, redo[spec.label].reason)
+            elif finished(cell):
+                statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
+                continue
             _run_cell(spec, cfg, run_path, progress)
             (cell / "error.json").unlink(missing_ok=True)
             if spec.kind != "fp32":  # now, not only at the group's end: a run stopped by a time limit keeps it
@@ -295,17 +290,23 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
         except ImportError:
             raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
     groups = select_groups(plan_groups(cfg), only)  # a bad pattern is refused before the folder is touched
-    _require_data(cfg, groups)
+    _require_data(cfg, [g for g in groups if _has_work(g, run_dir)])
     with run_lock(run_dir):
         return _run_locked(cfg, run_dir, workers, backend, ray_address, force, progress, groups)
 
 
+def _has_work(group: list[CellSpec], run_dir: Path) -> bool:
+    return any(not finished(run_dir / s.id) for s in group) or bool(cells_to_redo(group, run_dir))
+
+
 def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:
-    """Refuse a study whose data is not there before any cell starts (else every cell would fail alone)."""
+    """Refuse a study whose data is not there before any cell starts (else every cell would fail alone): every
+    split the cells load, of each dataset of the ``groups`` that have work left (a finished study reruns without it)."""
     from qsal.data import load_split
 
     for name in dict.fromkeys(g[0].dataset for g in groups):
-        load_split(name, "test", cfg.data_dir)  # QsalError naming the folder searched and how to get the files
+        for split in ("train", "test"):  # val comes from train (MNIST, CIFAR-10) or beside test (MedMNIST's one file)
+            load_split(name, split, cfg.data_dir)  # QsalError naming the folder searched and how to get the files
 
 
 def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_address: str | None, force: bool,
