@@ -207,7 +207,7 @@ def main() -> None:
             + cifar_rows(cifar, RESULTS / "study_cifar10_resnet20"))
     head = ("# Issue 13 targets: where each stands\n\n"
             "Written by `python benchmarks/targets.py` from the committed study folders (finished cells only; mean ± "
-            "std over the finished seeds; test split; ONNX artifacts scored; every threshold and epoch chosen on "
+            "population std (ddof 0) over the finished seeds; test split; ONNX artifacts scored; every threshold and epoch chosen on "
             "validation, never on test). A target counts as met only on its seed count (3); rows with fewer seeds "
             "say so. Edge rows: per set, the INT8/4-bit artifact <= 1.1 MB with the highest mean validation AUC among "
             "those with the most finished seeds: the artifacts' own validation AUC where every competitor's result.json "
