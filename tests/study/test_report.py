@@ -124,3 +124,12 @@ def test_a_mean_outside_its_ci_still_plots(tmp_path):
              "size_bytes": 186653}]
     assert tradeoff_plot(rows, "size_bytes", tmp_path / "t.png")[0].is_file()
     assert ci_plot(rows, tmp_path / "c.png").is_file()
+
+
+def test_report_header_numbers_class_labels_since_a_label_may_hold_a_comma():
+    from qsal.data import get_info
+    from qsal.study.report.html import _classes
+
+    assert _classes(list(get_info("breastmnist").labels)) == "0: malignant · 1: normal, benign"
+    assert _classes([str(i) for i in range(10)]) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9"
+    assert _classes([]) is None

@@ -59,6 +59,15 @@ def _positive_per_dataset(rows: list[dict]) -> str | None:
     return "; ".join(f"{d}: {p}" for d, p in per.items()) if len(per) > 1 else None
 
 
+def _classes(names: list[str]) -> str | None:
+    """``0: malignant · 1: normal, benign``: labels numbered, as a label may hold a comma (BreastMNIST's 1)."""
+    if not names:
+        return None
+    if all(n == str(i) for i, n in enumerate(names)):
+        return ", ".join(names)
+    return " · ".join(f"{i}: {n}" for i, n in enumerate(names))
+
+
 def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     env = results.get("environment") or {}
     versions = env.get("versions") or {}
@@ -68,7 +77,7 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
         positive = f"{names[1]} (label 1, the evaluator's default; not chosen for this report)"
     items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
-             ("classes", ", ".join(results["class_names"]) if results.get("class_names") else None),
+             ("classes", _classes(names)),
              ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
              ("operating point", _operating_point(first.get("operating_point"))),
              ("architecture", results.get("architecture")), ("source", results.get("source")),
