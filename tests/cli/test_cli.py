@@ -4,6 +4,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -113,7 +114,7 @@ def test_run_data_dir_is_checked_before_the_folder_is_made_and_does_not_change_t
     assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(shared_data), "--no-progress",
                  "--quiet"]) == 0
     stamp = json.loads((tmp_path / "out" / "run_config.json").read_text())
-    assert stamp["config"]["data_dir"] == str(shared_data)
+    assert stamp["config"]["data_dir"] == str(Path(shared_data).resolve())  # stored resolved: cwd-independent
     from qsal.study.config import load_run_config
 
     assert stamp["fingerprint"] == load_run_config(cfg).fingerprint()  # where files are is not what the study is
