@@ -126,17 +126,35 @@ def test_a_second_run_on_a_locked_folder_refuses(tmp_path, capsys):
         pass
 
 
-def test_run_exits_nonzero_and_prints_each_failure_in_full(tmp_path, capsys, monkeypatch):
+def test_run_without_its_data_is_refused_before_any_cell(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "no_data_here"))
     cfg = tmp_path / "s.yaml"
     cfg.write_text("datasets: [pneumoniamnist]\nmodels: [small_cnn]\nmethods: [fp32, ptq]\nepochs: {fp32: 1}\n")
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: pneumoniamnist.npz not found (looked in")
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_exits_nonzero_and_prints_each_failure_in_full(tmp_path, capsys, monkeypatch):
+    import qsal.pipeline
+
+    why = ("the images could not be read (a message longer than a table column would show: " + "x" * 80 +
+           "); point --data-dir / QSAL_DATA_DIR at its folder")
+
+    def unreadable(*args, **kwargs):  # data that passes the study's check and then fails in every cell
+        raise QsalError(why)
+
+    monkeypatch.setattr(qsal.pipeline, "load_splits", unreadable)
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32, ptq]\nepochs: {fp32: 1}\n")
     capsys.readouterr()
     rc = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"])
     out, err = capsys.readouterr()
     assert rc == 1
     lines = [ln for ln in out.splitlines() if "failed:" in ln]  # the status table, one row per cell
-    assert len(lines) == 2 and all("failed: QsalError: pneumoniamnist.npz not found (looked in" in ln for ln in lines)
-    assert all("or point --data-dir / QSAL_DATA_DIR at its folder" in ln for ln in lines)  # not cut short
+    assert len(lines) == 2 and all(f"failed: QsalError: {why}" in ln for ln in lines)  # not cut short
     assert "has no finished cells yet" not in out + err
     assert "error: 2 of 2 cells failed" in err and "Traceback" not in err
     with pytest.raises(QsalError, match="none of the cells in .* finished: 2 failed"):
