@@ -175,7 +175,7 @@ def test_a_parent_whose_weights_were_not_committed_is_trained_again_only_when_a_
     by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
     # The finished sibling is redone too: it came from the old parent, and the group reports the new one.
     assert by_id == {"fp32": "done", "ptq-int8-minmax": "done", "ptq-int8-percentile": "done"}
-    assert "redoing this cell from the new parent" in (sibling / "log.txt").read_text()
+    assert "its parent fp32 was trained again after this cell was made: redoing it" in (sibling / "log.txt").read_text()
     assert (fp32 / "best.safetensors").is_file() and "training it again" in (fp32 / "log.txt").read_text()
     assert json.loads((fp32 / "result.json").read_text())["test_auc"] == pytest.approx(first, abs=1e-6)  # same seed
     # Nothing left that needs the weights: the parent stays finished without them.
@@ -208,4 +208,28 @@ def test_a_cell_made_by_an_older_method_version_is_redone_and_one_that_does_not_
         d = json.loads((pact / name).read_text())
         d[key] = None if key == "quant_config" else {k: v for k, v in d[key].items() if k != "version"}
         (pact / name).write_text(json.dumps(d))
+    assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["skipped (finished earlier)"] * 2
+
+
+def test_a_child_older_than_its_parent_is_redone_even_after_a_run_stopped_between_the_two(tmp_path):
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "measure": {"latency": False, "saliency": False}})
+    run_study(cfg, tmp_path, progress=False)
+    fp32 = tmp_path / "breastmnist/small_cnn/seed0/fp32"
+    # As if the parent had been trained again and the run then stopped before its child was redone.
+    ptq = tmp_path / "breastmnist/small_cnn/seed0/ptq-int8-minmax"
+    made = json.loads((fp32 / "result.json").read_text())["environment"]["utc"]
+    assert json.loads((ptq / "result.json").read_text())["parent_made_at"] == made  # which parent it came from
+    result = json.loads((fp32 / "result.json").read_text())
+    result["environment"]["utc"] = "1999-01-01T00:00:00+00:00"  # another parent, whatever the clocks say
+    (fp32 / "result.json").write_text(json.dumps(result))
+    by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
+    assert by_id == {"fp32": "skipped (finished earlier)", "ptq-int8-minmax": "done"}
+    assert "was trained again after this cell was made" in (ptq / "log.txt").read_text()
+    assert json.loads((ptq / "result.json").read_text())["parent_made_at"] == "1999-01-01T00:00:00+00:00"
+    # Done once: the redone child names its parent, so the next run keeps it.
+    assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["skipped (finished earlier)"] * 2
+    # A cell from before parent_made_at is compared by time: older than its parent means redone.
+    result = json.loads((ptq / "result.json").read_text())
+    del result["parent_made_at"]
+    (ptq / "result.json").write_text(json.dumps(result))
     assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["skipped (finished earlier)"] * 2

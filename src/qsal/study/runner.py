@@ -27,7 +27,7 @@ from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
-from qsal.study.redo import cells_to_redo, clear_cell, finished
+from qsal.study.redo import cells_to_redo, clear_cell, finished, parent_made_at
 from qsal.study.rundir import load_npy, read_json, run_lock
 
 __all__ = ["CellSpec", "plan_groups", "run_study", "explanation_measures"]
@@ -123,7 +123,9 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
               "val_auc": on_val.get("auc"), "val_acc": on_val.get("acc"),
               "acc_ci": art.ci.get("acc"), "train_s": seconds, "size_bytes": exp["size_bytes"],
               # the method's config with its version: seeds of one row made by different qsal versions show up
-              "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict()}
+              "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict(),
+              # which parent it descends from (that result's time): a retrained parent makes it stale (qsal.study.redo)
+              "parent_made_at": parent_made_at(spec, run_dir)}
     np.save(cell / "test_probs.npy", probs)  # the report's confusion matrix, ROC and reliability figures
     np.save(cell / "test_labels.npy", test.labels)
     if cfg.measure.latency:
@@ -222,13 +224,14 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     run_path = Path(run_dir)
     specs = [CellSpec(**g) for g in group]
     statuses = []
-    redo = cells_to_redo(specs, run_path)  # parents whose weights are gone, their children, outdated cells
     for spec in specs:
         cell = run_path / spec.id
         try:
-            if spec.label in redo:
+            # asked as each cell is reached: a child is redone once its parent has been retrained, not before
+            redo = cells_to_redo(specs, run_path).get(spec.label)
+            if redo is not None and not redo.after_parent:
                 clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
-                _log(cell, redo[spec.label].reason)
+                _log(cell, redo.reason)
             elif finished(cell):
                 statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
                 continue
