@@ -6,6 +6,9 @@
 #   bash benchmarks/gpu/run_study.sh SECONDS PACK_DIR  CONFIG RUN_DIR WORKERS CPUS  [CONFIG RUN_DIR WORKERS CPUS ...]
 # CPUS is a taskset list ("0-5"): each study gets its own cores, so the studies' worker threads (cores // workers,
 # from the affinity) do not oversubscribe the machine and one study's latency timings are not another's noise.
+# ONLY_n (n = 1, 2, ... in argument order), when set, holds the --only patterns of the n-th study, space-separated
+# ("ONLY_1='pneumoniamnist/resnet18/* retinamnist/resnet18/*'"): a call that carries only some groups' folders
+# must not start the others from scratch.
 # Assumes python3 with torch (CUDA) and qsal's dependencies, qsal importable from src/, QSAL_DATA_DIR set.
 set -uo pipefail
 seconds=$1 pack=$2; shift 2
@@ -23,8 +26,10 @@ mains=() run_dirs=()
 while (( $# )); do
     cfg=$1 run_dir=$2 workers=$3 cpus=$4; shift 4
     run_dirs+=("$run_dir")
+    only_var="ONLY_${#run_dirs[@]}"
+    set -f; only=(${!only_var-}); set +f   # patterns, not file names: no globbing here
     timeout -k 5 "$seconds" taskset -c "$cpus" python3 -m qsal.cli run "$cfg" --out "$run_dir" --workers "$workers" \
-        --no-progress > "/tmp/study_${#run_dirs[@]}.log" 2>&1 &
+        ${only[@]+--only "${only[@]}"} --no-progress > "/tmp/study_${#run_dirs[@]}.log" 2>&1 &
     mains+=($!)
 done
 if ! wait $pre || grep -q "failed" /tmp/precheck.log; then
