@@ -36,8 +36,11 @@ def _fmt(row: dict | None, key: str, scale: float = 1.0) -> str:
     if row is None or row.get(key) is None:
         return "not run"
     std = row.get(key + "_std")
-    seeds = f"{row['seeds']} seed{'s' * (row['seeds'] != 1)}"
-    return f"{row[key] * scale:.3f}" + (f" ± {std * scale:.3f}" if std is not None else "") + f" ({seeds})"
+    return f"{row[key] * scale:.3f}" + (f" ± {std * scale:.3f}" if std is not None else "") + f" ({_seeds(row['seeds'])})"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n != 1)}"
 
 
 def _status(ok: bool | None, seeds: int | None, want_seeds: int = 3) -> str:
@@ -162,18 +165,12 @@ CIFAR_NOT_RUN = ("not run: configs/cifar10_resnet20.yaml (`qsal run --dry-run` e
                  "for its 24 cells, SGT's 180 epochs the bulk; a lent GPU is the way)")
 
 
-def _seed_accs(run_dir: Path, label: str) -> dict[str, float]:
-    """``{seedN: test accuracy}`` of one method's finished cells in the CIFAR-10 study folder."""
-    out = {}
-    for f in run_dir.glob(f"cifar10/resnet20/seed*/{label}/result.json"):
-        try:
-            out[f.parts[-3]] = float(json.loads(f.read_text())["test_acc"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return out
+def _seed_accs(study: dict | None, label: str) -> dict[str, float]:
+    """``{seedN: test accuracy}`` of one method's finished cells in the CIFAR-10 study."""
+    return (_row_of(study, label) or {}).get("test_acc_by_seed", {})
 
 
-def cifar_rows(study: dict | None, run_dir: Path) -> list[dict]:
+def cifar_rows(study: dict | None) -> list[dict]:
     """FP32 >= 90 %; PACT-4 within 1 point of FP32, PACT-2 within 3; SGT+PACT-4 within 1 point of SGT. A comparison
     is paired: the mean over the seeds both methods finished of (method - reference), so a quantized seed is never
     held against another seed's float model."""
@@ -184,14 +181,14 @@ def cifar_rows(study: dict | None, run_dir: Path) -> list[dict]:
              "where": _where(study)}]
     for label, ref_label, points in (("pact-4", "fp32", 1), ("pact-2", "fp32", 3), ("sgt+pact-4", "sgt", 1)):
         name, ref_name = label.upper(), ref_label.upper()
-        mine, ref = _seed_accs(run_dir, label), _seed_accs(run_dir, ref_label)
+        mine, ref = _seed_accs(study, label), _seed_accs(study, ref_label)
         shared = sorted(set(mine) & set(ref))
         measured = f"{name} {_fmt(_row_of(study, label), 'test_acc', 100)}, {ref_name} " \
                    f"{_fmt(_row_of(study, ref_label), 'test_acc', 100)}"
         status = not_run
         if shared:
             diff = sum(mine[k] - ref[k] for k in shared) / len(shared) * 100
-            measured += f"; paired difference {diff:+.2f} points ({len(shared)} seed{'s' * (len(shared) > 1)})"
+            measured += f"; paired difference {diff:+.2f} points ({_seeds(len(shared))})"
             status = _status(diff >= -points, len(shared))
         rows.append({"table": CIFAR_TABLE, "row": f"{name} accuracy vs {ref_name}",
                      "target": f"within {points} point{'s' if points > 1 else ''} of {ref_name}",
@@ -204,7 +201,7 @@ def main() -> None:
     edge = [(_study(n), RESULTS / f"study_{n}") for n in ("edge_medmnist", "edge_medmnist_resnet20")]
     cifar = _study("cifar10_resnet20")
     rows = (resnet18_rows(resnet18) + mnist_rows(mnist) + edge_rows(edge)
-            + cifar_rows(cifar, RESULTS / "study_cifar10_resnet20"))
+            + cifar_rows(cifar))
     head = ("# Issue 13 targets: where each stands\n\n"
             "Written by `python benchmarks/targets.py` from the committed study folders (finished cells only; mean ± "
             "population std (ddof 0) over the finished seeds; test split; ONNX artifacts scored; every threshold and epoch chosen on "

@@ -1,6 +1,5 @@
 """benchmarks/targets.py: issue 13's CIFAR-10 rows say met / missed / not run from the study, seed against seed."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -8,25 +7,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import targets  # noqa: E402
 
 
-def _row(model, acc, seeds=3):
-    return {"model": model, "test_acc": acc, "test_acc_std": 0.001, "seeds": seeds}
+def _row(model, acc, seeds=3, by_seed=None):
+    return {"model": model, "test_acc": acc, "test_acc_std": 0.001, "seeds": seeds,
+            "test_acc_by_seed": {f"seed{k}": v for k, v in (by_seed or {}).items()}}
 
 
-def _cells(run_dir, label, accs):
-    for seed, acc in accs.items():
-        cell = run_dir / f"cifar10/resnet20/seed{seed}/{label}"
-        cell.mkdir(parents=True)
-        (cell / "result.json").write_text(json.dumps({"test_acc": acc}))
-
-
-def test_cifar_rows_compare_each_quantized_seed_with_its_own_float_parent(tmp_path):
-    _cells(tmp_path, "fp32", {0: 0.912, 1: 0.915, 2: 0.905})
-    _cells(tmp_path, "pact-4", {0: 0.9025, 1: 0.906, 2: 0.897})  # -0.95, -0.9, -0.8 points: met
-    _cells(tmp_path, "pact-2", {2: 0.880})  # seed 2 only: -2.5 points against seed 2's FP32 (-3.2 against the mean)
-    _cells(tmp_path, "sgt", {0: 0.905})
-    study = {"rows": [_row("fp32", 0.9107), _row("pact-4", 0.9018), _row("pact-2", 0.880, seeds=1),
-                      _row("sgt", 0.905, seeds=1)], "machines": [{"trained_on": "CPU", "cells": 8}]}
-    by_row = {r["row"]: r for r in targets.cifar_rows(study, tmp_path)}
+def test_cifar_rows_compare_each_quantized_seed_with_its_own_float_parent():
+    study = {"rows": [_row("fp32", 0.9107, by_seed={0: 0.912, 1: 0.915, 2: 0.905}),
+                      _row("pact-4", 0.9018, by_seed={0: 0.9025, 1: 0.906, 2: 0.897}),  # -0.95, -0.9, -0.8: met
+                      # seed 2 only: -2.5 points against seed 2's FP32 (-3.2 against the mean)
+                      _row("pact-2", 0.880, seeds=1, by_seed={2: 0.880}),
+                      _row("sgt", 0.905, seeds=1, by_seed={0: 0.905})], "machines": [{"trained_on": "CPU", "cells": 8}]}
+    by_row = {r["row"]: r for r in targets.cifar_rows(study)}
     assert by_row["FP32 accuracy"]["status"] == "met" and by_row["FP32 accuracy"]["measured"] == "91.070 ± 0.100 (3 seeds)"
     assert by_row["PACT-4 accuracy vs FP32"]["status"] == "met"
     assert by_row["PACT-4 accuracy vs FP32"]["measured"].endswith("paired difference -0.88 points (3 seeds)")
@@ -36,8 +28,8 @@ def test_cifar_rows_compare_each_quantized_seed_with_its_own_float_parent(tmp_pa
     assert all(r["where"] == "CPU (8 cells)" for r in by_row.values())
 
 
-def test_cifar_rows_before_the_study_and_with_one_short_seed(tmp_path):
-    assert {r["status"] for r in targets.cifar_rows(None, tmp_path)} == {targets.CIFAR_NOT_RUN}
-    short = targets.cifar_rows({"rows": [_row("fp32", 0.899, seeds=1)]}, tmp_path)[0]
+def test_cifar_rows_before_the_study_and_with_one_short_seed():
+    assert {r["status"] for r in targets.cifar_rows(None)} == {targets.CIFAR_NOT_RUN}
+    short = targets.cifar_rows({"rows": [_row("fp32", 0.899, seeds=1)]})[0]
     assert short["status"] == "missed so far (1 of 3 seeds)" and short["measured"] == "89.900 ± 0.100 (1 seed)"
     assert short["where"] == "—"

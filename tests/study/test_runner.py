@@ -90,6 +90,8 @@ def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     collected = collect_results(tmp_path)
     assert [r["model"] for r in collected["rows"]] == ["fp32", "ptq-int8-minmax", "pact-4"]
     assert collected["rows"][1]["agreement_spearman"] > 0.5  # PTQ maps stay close to FP32's
+    assert collected["rows"][2]["test_acc_by_seed"] == {"seed0": json.loads(
+        (tmp_path / "breastmnist/small_cnn/seed0/pact-4/result.json").read_text())["test_acc"]}  # for paired diffs
     assert [(m["trained_on"], m["cells"]) for m in collected["machines"]] == [("CPU", 3)]
     moved = tmp_path / "breastmnist/small_cnn/seed0/pact-4/result.json"  # as if resumed on a lent GPU
     result = json.loads(moved.read_text())

@@ -253,15 +253,12 @@ def cmd_run(args):
 
 def _print_progress_of(out: Path, groups) -> None:
     """``--dry-run`` on an existing run folder: how much is finished and which finished cells a run would redo."""
-    from qsal.study.redo import cells_to_redo, finished
-    from qsal.study.runner import group_name
+    from qsal.study.redo import progress
 
     if not (out / "run_config.json").is_file():
         return
-    n = sum(len(g) for g in groups)
-    done = sum(finished(out / s.id) for g in groups for s in g)
-    redo = [f"{group_name(g)}/{label}: {r.reason}" for g in groups for label, r in cells_to_redo(g, out).items()]
-    print(f"{out}: {done} of these {n} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
+    done, total, redo = progress(groups, out)
+    print(f"{out}: {done} of these {total} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
     for line in redo:
         print(f"  {line}")
 

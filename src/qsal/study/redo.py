@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from qsal.study.runner import CellSpec
 
 __all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "outdated",
-           "parent_made_at"]
+           "parent_made_at", "progress"]
 
 
 @dataclass(frozen=True)
@@ -33,70 +33,64 @@ class Redo:
     after_parent: bool = False
 
 
+def _result(cell: Path) -> dict | None:
+    """A cell's ``result.json`` as read back (``None``: unfinished, or truncated and so redone)."""
+    try:
+        return read_json(cell / "result.json", "")
+    except QsalError:
+        return None
+
+
 def finished(cell: Path) -> bool:
     """A cell is finished when its ``result.json`` reads back as a result (a truncated one is redone)."""
-    try:
-        read_json(cell / "result.json", "")
-    except QsalError:
-        return False
-    return True
+    return _result(cell) is not None
 
 
-def outdated(spec: CellSpec, cell: Path) -> str | None:
-    """Why a finished quantized cell is out of date: its method's version changed since it was made; ``None`` when
-    current, or when the cell does not say (folders before the runner recorded ``quant_config`` in
-    ``result.json`` have it in ``best.json``; older still, nowhere: kept, not guessed)."""
+def outdated(spec: CellSpec, cell: Path, result: dict) -> str | None:
+    """Why a finished quantized cell (``result``: its ``result.json``) is out of date: its method's version changed
+    since it was made; ``None`` when current, or when the cell does not say (folders before the runner recorded
+    ``quant_config`` in ``result.json`` have it in ``best.json``; older still, nowhere: kept, not guessed)."""
     if spec.parent is None:
         return None
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
 
     current = {"ptq": PTQConfig, "qat": QATConfig, "pact": PACTConfig, "sgt+pact": PACTConfig}[spec.kind]
-    made = None
-    for name, key in (("result.json", "quant_config"), ("best.json", "quant")):
+    recorded = result.get("quant_config")
+    if not (isinstance(recorded, dict) and recorded.get("version") is not None):
         try:
-            recorded = read_json(cell / name, "").get(key)
+            recorded = read_json(cell / "best.json", "").get("quant")
         except QsalError:
-            continue
-        made = recorded.get("version") if isinstance(recorded, dict) else None
-        if made is not None:
-            break
+            recorded = None
+    made = recorded.get("version") if isinstance(recorded, dict) else None
     if made is None or made == current.version:
         return None
     return f"made by {current.method} version {made}; this qsal makes version {current.version}: redoing it"
 
 
-def _made_at(cell: Path) -> str | None:
-    """When a finished cell was made: its result's UTC ISO time (``None`` when unrecorded)."""
-    try:
-        env = read_json(cell / "result.json", "").get("environment")
-    except QsalError:
-        return None
+def _made_at(result: dict | None) -> str | None:
+    """When a finished cell was made: its result's UTC ISO time (``None`` when unfinished or unrecorded)."""
+    env = result.get("environment") if result else None
     return env.get("utc") if isinstance(env, dict) and isinstance(env.get("utc"), str) else None
 
 
 def parent_made_at(spec: CellSpec, run_dir: Path) -> str | None:
     """When the finished parent of a quantized cell was made (``None``: no parent, or not finished)."""
-    return None if spec.parent is None else _made_at(run_dir / spec.id.rsplit("/", 1)[0] / spec.parent)
+    return None if spec.parent is None else _made_at(_result(run_dir / spec.id.rsplit("/", 1)[0] / spec.parent))
 
 
-def older_than_parent(spec: CellSpec, run_dir: Path) -> str | None:
+def older_than_parent(spec: CellSpec, result: dict, parent_result: dict | None) -> str | None:
     """Why a finished quantized cell descends from a model that is gone: its FP32/SGT parent finished after it (it was
-    trained again). Read from the two result files, so a run stopped between the parent's retraining and its
-    children's redo still redoes them next time."""
-    if spec.parent is None:
+    trained again). Decided from the two results (``result.json`` of the cell and of its parent), so a run stopped
+    between the parent's retraining and its children's redo still redoes them next time."""
+    theirs = _made_at(parent_result)
+    if spec.parent is None or theirs is None:
         return None
-    theirs = parent_made_at(spec, run_dir)
-    try:
-        recorded = read_json(run_dir / spec.id / "result.json", "").get("parent_made_at")
-    except QsalError:
-        return None
-    if theirs is None:
-        return None
+    recorded = result.get("parent_made_at")
     if isinstance(recorded, str):  # the parent this cell was made from: exact, whatever the machines' clocks
         if recorded == theirs:
             return None
     else:  # cells made before that field: compare the times
-        mine = _made_at(run_dir / spec.id)
+        mine = _made_at(result)
         if mine is None or mine >= theirs:
             return None
     return f"its parent {spec.parent} was trained again after this cell was made: redoing it from the new parent"
@@ -104,18 +98,33 @@ def older_than_parent(spec: CellSpec, run_dir: Path) -> str | None:
 
 def cells_to_redo(specs: list[CellSpec], run_dir: Path) -> dict[str, Redo]:
     """``{label: Redo}`` for the finished cells of one (dataset, model, seed) group that a run does again. The runner
-    asks again as it reaches each cell, so a child is redone only once its parent has been retrained successfully."""
-    old = {s.label: why for s in specs if finished(run_dir / s.id)
-           and (why := outdated(s, run_dir / s.id) or older_than_parent(s, run_dir))}
-    needed = {s.parent for s in specs if s.parent and (s.label in old or not finished(run_dir / s.id))}
-    retrain = {s.label for s in specs if s.kind in needed and finished(run_dir / s.id)
+    asks again as it reaches each cell, so a child is redone only once its parent has been retrained successfully.
+    Each cell's ``result.json`` is read once per call."""
+    results = {s.label: _result(run_dir / s.id) for s in specs}
+    done = {label for label, r in results.items() if r is not None}
+    old = {s.label: why for s in specs if s.label in done
+           and (why := outdated(s, run_dir / s.id, results[s.label])
+                or older_than_parent(s, results[s.label], results.get(s.parent) if s.parent else None))}
+    needed = {s.parent for s in specs if s.parent and (s.label in old or s.label not in done)}
+    retrain = {s.label for s in specs if s.kind in needed and s.label in done
                and not (run_dir / s.id / "best.safetensors").is_file()}
     redo = {s.label: Redo(f"its parent {s.parent} is being trained again: redoing this cell from the new parent",
-                          after_parent=True) for s in specs if s.parent in retrain and finished(run_dir / s.id)}
+                          after_parent=True) for s in specs if s.parent in retrain and s.label in done}
     redo.update({label: Redo(why) for label, why in old.items()})
     redo.update({label: Redo("checkpoint missing (a fresh checkout keeps results, not weights) and a quantized cell "
                              "of this group still needs it: training it again") for label in retrain})
-    return redo
+    return {s.label: redo[s.label] for s in specs if s.label in redo}  # in the group's order: parents first
+
+
+def progress(groups: list[list[CellSpec]], run_dir: Path) -> tuple[int, int, list[str]]:
+    """For ``--dry-run`` on an existing run folder: (finished cells, cells in ``groups``, one line per finished cell a
+    run would redo, ``dataset/model/seedN/label: why``)."""
+    from qsal.study.runner import group_name
+
+    total = sum(len(g) for g in groups)
+    done = sum(finished(run_dir / s.id) for g in groups for s in g)
+    redo = [f"{group_name(g)}/{label}: {r.reason}" for g in groups for label, r in cells_to_redo(g, run_dir).items()]
+    return done, total, redo
 
 
 def clear_cell(cell: Path) -> None:

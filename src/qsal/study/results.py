@@ -68,6 +68,8 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
                 row[k] = float(np.mean(vals))
                 if len(rs) > 1 and k in ("test_auc", "test_acc", "faithfulness_gap"):
                     row[k + "_std"] = float(np.std(vals))
+        # per seed, for paired comparisons (a quantized seed against its own seed's float model)
+        row["test_acc_by_seed"] = {f"seed{r['seed']}": r["test_acc"] for r in rs if r.get("test_acc") is not None}
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])

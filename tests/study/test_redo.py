@@ -1,0 +1,86 @@
+"""What a rerun redoes, decided from the cells' files alone (no training here: the files are written by hand)."""
+
+import json
+
+import pytest
+
+from qsal.quant import PACTConfig
+from qsal.study import redo as redo_mod
+from qsal.study.config import parse_run_config
+from qsal.study.redo import cells_to_redo, progress
+from qsal.study.runner import plan_groups
+
+STUDY = {"name": "r", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
+         "bits": [4], "observers": ["minmax"], "seeds": [0]}
+T_PARENT, T_OLD = "2026-01-02T00:00:00+00:00", "2026-01-01T00:00:00+00:00"
+
+
+@pytest.fixture
+def group():
+    (g,) = plan_groups(parse_run_config(STUDY))
+    return g  # fp32, ptq-int8-minmax, pact-4
+
+
+def _write(run_dir, spec, utc, weights=True, **extra):
+    cell = run_dir / spec.id
+    cell.mkdir(parents=True, exist_ok=True)
+    (cell / "result.json").write_text(json.dumps({"environment": {"utc": utc}, **extra}))
+    if weights:
+        (cell / "best.safetensors").write_bytes(b"")
+
+
+def _child(run_dir, spec, **extra):
+    version = PACTConfig.version if spec.kind == "pact" else 1
+    fields = {"parent_made_at": T_PARENT, "quant_config": {"method": spec.kind, "version": version}, **extra}
+    _write(run_dir, spec, "2026-01-03T00:00:00+00:00", **fields)
+
+
+def test_nothing_finished_nothing_to_redo(group, tmp_path):
+    assert cells_to_redo(group, tmp_path) == {} and progress([group], tmp_path) == (0, 3, [])
+
+
+def test_children_made_from_the_parent_at_hand_are_kept(group, tmp_path):
+    fp32, ptq, pact = group
+    _write(tmp_path, fp32, T_PARENT)
+    _child(tmp_path, ptq)
+    _child(tmp_path, pact)
+    assert cells_to_redo(group, tmp_path) == {} and progress([group], tmp_path) == (3, 3, [])
+
+
+def test_a_parent_without_weights_is_retrained_only_while_a_child_needs_it(group, tmp_path):
+    fp32, ptq, pact = group
+    _write(tmp_path, fp32, T_PARENT, weights=False)
+    _child(tmp_path, ptq)
+    assert set(cells_to_redo(group, tmp_path)) == {"fp32", "ptq-int8-minmax"}  # pact-4 unfinished needs fp32
+    assert cells_to_redo(group, tmp_path)["ptq-int8-minmax"].after_parent
+    done, total, lines = progress([group], tmp_path)
+    assert (done, total) == (2, 3)
+    assert lines[0].startswith("breastmnist/small_cnn/seed0/fp32: checkpoint missing")
+    _child(tmp_path, pact)  # every child finished: the results stand, weights or not
+    assert cells_to_redo(group, tmp_path) == {}
+
+
+def test_a_child_of_another_parent_or_an_older_method_is_redone(group, tmp_path):
+    fp32, ptq, pact = group
+    _write(tmp_path, fp32, T_PARENT)
+    _child(tmp_path, ptq, parent_made_at=T_OLD)  # made from the parent before this one
+    _child(tmp_path, pact, quant_config={"method": "pact", "version": PACTConfig.version - 1})
+    why = {label: r.reason for label, r in cells_to_redo(group, tmp_path).items()}
+    assert set(why) == {"ptq-int8-minmax", "pact-4"}
+    assert "was trained again after this cell was made" in why["ptq-int8-minmax"]
+    assert f"made by pact version {PACTConfig.version - 1}" in why["pact-4"]
+    # Before results recorded parent_made_at: compared by time (the child made after its parent stays).
+    _write(tmp_path, ptq, "2026-01-03T00:00:00+00:00", quant_config={"method": "ptq", "version": 1})
+    assert "ptq-int8-minmax" not in cells_to_redo(group, tmp_path)
+    _write(tmp_path, ptq, T_OLD, quant_config={"method": "ptq", "version": 1})
+    assert "ptq-int8-minmax" in cells_to_redo(group, tmp_path)
+
+
+def test_each_result_is_read_once_per_decision(group, tmp_path, monkeypatch):
+    for spec in group:
+        (_write if spec.parent is None else _child)(tmp_path, spec, *([T_PARENT] if spec.parent is None else []))
+    reads = []
+    real = redo_mod.read_json
+    monkeypatch.setattr(redo_mod, "read_json", lambda path, *a: reads.append(path.name) or real(path, *a))
+    cells_to_redo(group, tmp_path)
+    assert reads == ["result.json"] * len(group)  # quant_config recorded: best.json is not opened
