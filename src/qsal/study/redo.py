@@ -99,7 +99,7 @@ def older_than_parent(spec: CellSpec, result: dict, parent_result: dict | None) 
 def cells_to_redo(specs: list[CellSpec], run_dir: Path) -> dict[str, Redo]:
     """``{label: Redo}`` for the finished cells of one (dataset, model, seed) group that a run does again. The runner
     asks again as it reaches each cell, so a child is redone only once its parent has been retrained successfully.
-    Each cell's ``result.json`` is read once per call."""
+    ``specs`` is a whole group (``plan_groups``: every parent is in it); each cell's ``result.json`` is read once."""
     results = {s.label: _result(run_dir / s.id) for s in specs}
     done = {label for label, r in results.items() if r is not None}
     old = {s.label: why for s in specs if s.label in done
@@ -122,7 +122,7 @@ def progress(groups: list[list[CellSpec]], run_dir: Path) -> tuple[int, int, lis
     from qsal.study.runner import group_name
 
     total = sum(len(g) for g in groups)
-    done = sum(finished(run_dir / s.id) for g in groups for s in g)
+    done = sum(finished(run_dir / s.id) for g in groups for s in g)  # a second read of each file: a dry run's cost
     redo = [f"{group_name(g)}/{label}: {r.reason}" for g in groups for label, r in cells_to_redo(g, run_dir).items()]
     return done, total, redo
 
