@@ -53,7 +53,10 @@ def _status(ok: bool | None, seeds: int | None, want_seeds: int = 3) -> str:
 def _where(study: dict | None) -> str:
     if not study or not study.get("machines"):
         return "—"
-    return "; ".join(f"{m['trained_on']} ({m['cells']} cells)" for m in study.get("machines", []))
+    cells: dict[str, int] = {}  # one entry per training device: the report's table also splits by CPU and threads
+    for m in study["machines"]:
+        cells[m["trained_on"]] = cells.get(m["trained_on"], 0) + m["cells"]
+    return "; ".join(f"{device} ({n} cell{'s' * (n != 1)})" for device, n in cells.items())
 
 
 def resnet18_rows(study: dict | None) -> list[dict]:

@@ -26,6 +26,10 @@ def test_cifar_rows_compare_each_quantized_seed_with_its_own_float_parent():
     assert by_row["PACT-2 accuracy vs FP32"]["measured"].endswith("-2.50 points (1 seed)")
     assert by_row["SGT+PACT-4 accuracy vs SGT"]["status"] == "not run yet (the study is under way)"
     assert all(r["where"] == "CPU (8 cells)" for r in by_row.values())
+    # cells run with other thread counts are separate machines in the report, one device here
+    study["machines"] = [{"trained_on": "CPU", "cells": 3}, {"trained_on": "NVIDIA H200", "cells": 1},
+                         {"trained_on": "CPU", "cells": 1}]
+    assert targets.cifar_rows(study)[0]["where"] == "CPU (4 cells); NVIDIA H200 (1 cell)"
 
 
 def test_cifar_rows_before_the_study_and_with_one_short_seed():
