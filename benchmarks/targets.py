@@ -36,11 +36,11 @@ def _fmt(row: dict | None, key: str, scale: float = 1.0) -> str:
     if row is None or row.get(key) is None:
         return "not run"
     std = row.get(key + "_std")
-    return f"{row[key] * scale:.3f}" + (f" ± {std * scale:.3f}" if std is not None else "") + f" ({_seeds(row['seeds'])})"
+    return f"{row[key] * scale:.3f}" + (f" ± {std * scale:.3f}" if std is not None else "") + f" ({_count(row['seeds'], 'seed')})"
 
 
-def _seeds(n: int) -> str:
-    return f"{n} seed{'s' * (n != 1)}"
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _status(ok: bool | None, seeds: int | None, want_seeds: int = 3) -> str:
@@ -56,7 +56,7 @@ def _where(study: dict | None) -> str:
     cells: dict[str, int] = {}  # one entry per training device: the report's table also splits by CPU and threads
     for m in study["machines"]:
         cells[m["trained_on"]] = cells.get(m["trained_on"], 0) + m["cells"]
-    return "; ".join(f"{device} ({n} cell{'s' * (n != 1)})" for device, n in cells.items())
+    return "; ".join(f"{device} ({_count(n, 'cell')})" for device, n in cells.items())
 
 
 def resnet18_rows(study: dict | None) -> list[dict]:
@@ -191,7 +191,7 @@ def cifar_rows(study: dict | None) -> list[dict]:
         status = not_run
         if shared:
             diff = sum(mine[k] - ref[k] for k in shared) / len(shared) * 100
-            measured += f"; paired difference {diff:+.2f} points ({_seeds(len(shared))})"
+            measured += f"; paired difference {diff:+.2f} points ({_count(len(shared), 'seed')})"
             status = _status(diff >= -points, len(shared))
         rows.append({"table": CIFAR_TABLE, "row": f"{name} accuracy vs {ref_name}",
                      "target": f"within {points} point{'s' if points > 1 else ''} of {ref_name}",

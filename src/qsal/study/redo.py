@@ -104,7 +104,7 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path) -> dict[str, Redo]:
     done = {label for label, r in results.items() if r is not None}
     old = {s.label: why for s in specs if s.label in done
            and (why := outdated(s, run_dir / s.id, results[s.label])
-                or older_than_parent(s, results[s.label], results.get(s.parent) if s.parent else None))}
+                or older_than_parent(s, results[s.label], results.get(s.parent)))}
     needed = {s.parent for s in specs if s.parent and (s.label in old or s.label not in done)}
     retrain = {s.label for s in specs if s.kind in needed and s.label in done
                and not (run_dir / s.id / "best.safetensors").is_file()}
