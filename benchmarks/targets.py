@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
 from qsal.errors import QsalError  # noqa: E402
-from qsal.study.results import _machines, collect_results  # noqa: E402
+from qsal.study.results import collect_results  # noqa: E402
 
 # MedMNIST v2 (Yang et al. 2023, Table 3), ResNet-18 (28): test AUC / ACC
 MEDMNIST_V2 = {"pneumoniamnist": (0.944, 0.854), "breastmnist": (0.901, 0.863), "retinamnist": (0.717, 0.524)}
@@ -118,38 +118,26 @@ def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
     validation AUC where every competitor's result.json has one, else by their checkpoints' (``_val_auc``)."""
     rows = []
     for ds, (auc, acc) in MEDMNIST_V2.items():
-        candidates = []
-        for r, run_dir in ((r, d) for study, d in studies for r in (study or {}).get("rows", [])):
-            parts = r["model"].split("/")
-            if len(parts) == 1:  # a study of one dataset and one model so far labels its rows by method alone
-                pairs = {(f.parts[-5], f.parts[-4]) for f in run_dir.glob(f"*/*/seed*/{parts[0]}/result.json")}
-                parts = [*pairs.pop(), parts[0]] if len(pairs) == 1 else parts
-            if len(parts) != 3 or parts[0] != ds or parts[2] in ("fp32", "sgt"):
-                continue
-            if (r.get("size_bytes") or EDGE_BYTES + 1) > EDGE_BYTES:
-                continue
-            # each seed's cell folder and its result.json, read once
-            results = [(f.parent, json.loads(f.read_text()))
-                       for f in sorted(run_dir.glob(f"{ds}/{parts[1]}/seed*/{parts[2]}/result.json"))]
-            if results:
-                candidates.append(({**r, "model": "/".join(parts)}, results))
-        most = max((len(c[1]) for c in candidates), default=0)
+        candidates = [(r, run_dir) for study, run_dir in studies for r in (study or {}).get("rows", [])
+                      if r["dataset"] == ds and r["method"] not in ("fp32", "sgt")
+                      and (r.get("size_bytes") or EDGE_BYTES + 1) <= EDGE_BYTES]
+        most = max((r["seeds"] for r, _ in candidates), default=0)
         # One source of validation scores for every competitor: the artifacts' own (result.json val_auc) where all
         # have one, else the checkpoints' (older cells), never a mix
-        own = all(res.get("val_auc") is not None for c in candidates for _, res in c[1])
+        own = all(v is not None for r, _ in candidates for v in r["val_auc_by_seed"].values())
         competing = []
-        for r, results in candidates:
-            vals = [res.get("val_auc") if own else _val_auc(cell) for cell, res in results]
-            if len(results) == most and None not in vals:
-                competing.append((sum(vals) / len(vals), r, results))
+        for r, run_dir in candidates:
+            vals = list(r["val_auc_by_seed"].values()) if own else [_val_auc(run_dir / c) for c in r["cells"]]
+            if r["seeds"] == most and None not in vals:
+                competing.append((sum(vals) / len(vals), r))
         target = f"AUC >= {auc}, ACC >= {acc} (ResNet-18, MedMNIST v2)"
         if not competing:
             rows.append({"table": EDGE_TABLE, "row": ds, "target": target, "measured": "not run",
                          "status": "not run: configs/edge_medmnist.yaml", "where": "—"})
             continue
-        val, r, results = max(competing, key=lambda c: (c[0], -c[1]["size_bytes"]))  # a tie: PTQ observers' parent
+        val, r = max(competing, key=lambda c: (c[0], -c[1]["size_bytes"]))  # a tie: PTQ observers' parent
         source = "the artifacts' own" if own else "checkpoints'"
-        model_label = r["model"].split("/", 1)[1]
+        model_label = f"{r['network']}/{r['method']}"
         ok = r["test_auc"] >= auc and r["test_acc"] >= acc
         rows.append({
             "table": EDGE_TABLE, "row": f"{ds}: {model_label} ({r['size_bytes'] / 1e6:.2f} MB; chosen "
@@ -159,7 +147,7 @@ def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
             "measured": f"AUC {_fmt(r, 'test_auc')}, ACC {_fmt(r, 'test_acc')}",
             "status": _status(ok, r["seeds"]) + ("" if ok else f": AUC {'met' if r['test_auc'] >= auc else 'missed'}, "
                                                               f"ACC {'met' if r['test_acc'] >= acc else 'missed'}"),
-            "where": _where({"machines": _machines([res for _, res in results])})})
+            "where": _where({"machines": r["machines"]})})
     return rows
 
 

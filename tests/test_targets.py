@@ -1,5 +1,6 @@
 """benchmarks/targets.py: issue 13's CIFAR-10 rows say met / missed / not run from the study, seed against seed."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -37,3 +38,42 @@ def test_cifar_rows_before_the_study_and_with_one_short_seed():
     short = targets.cifar_rows({"rows": [_row("fp32", 0.899, seeds=1)]})[0]
     assert short["status"] == "missed so far (1 of 3 seeds)" and short["measured"] == "89.900 ± 0.100 (1 seed)"
     assert short["where"] == "—"
+
+
+def _edge(ds, network, method, val, auc, acc, size, seeds=3):
+    return {"model": f"{ds}/{network}/{method}", "dataset": ds, "network": network, "method": method, "seeds": seeds,
+            "test_auc": auc, "test_acc": acc, "size_bytes": size,
+            "val_auc_by_seed": {f"seed{k}": val for k in range(seeds)},
+            "cells": [f"{ds}/{network}/seed{k}/{method}" for k in range(seeds)],
+            "machines": [{"trained_on": "CPU", "cells": seeds}]}
+
+
+def test_edge_rows_choose_on_validation_among_small_artifacts_with_the_most_seeds(tmp_path):
+    ds = "retinamnist"
+    study = {"rows": [
+        _edge(ds, "edge_mbv2", "fp32", 0.99, 0.80, 0.60, 400_000),  # float: never a candidate
+        _edge(ds, "resnet18", "ptq-minmax", 0.95, 0.75, 0.56, 11_300_000),  # over 1.1 MB
+        _edge(ds, "edge_mbv2", "sgt+pact-4", 0.90, 0.731, 0.531, 110_000),  # best validation: chosen
+        _edge(ds, "edge_mbv2", "pact-4", 0.85, 0.79, 0.59, 110_000),  # best test AUC: not chosen (test chooses nothing)
+        _edge(ds, "small_cnn", "pact-4", 0.97, 0.70, 0.50, 50_000, seeds=1),  # one lucky seed: not competing
+    ]}
+    row = next(r for r in targets.edge_rows([(study, tmp_path)]) if r["row"].startswith(ds))
+    assert row["row"].startswith("retinamnist: edge_mbv2/sgt+pact-4 (0.11 MB; chosen on validation AUC 0.900 (the "
+                                 "artifacts' own) among 2 artifacts <= 1.1 MB with 3 seeds)")
+    assert row["status"] == "met" and row["where"] == "CPU (3 cells)"
+    # a tie on validation goes to the smaller file
+    study["rows"].append(_edge(ds, "small_cnn", "ptq-minmax", 0.90, 0.70, 0.53, 60_000))
+    row = next(r for r in targets.edge_rows([(study, tmp_path)]) if r["row"].startswith(ds))
+    assert row["row"].startswith("retinamnist: small_cnn/ptq-minmax (0.06 MB") and row["status"].startswith("missed")
+
+
+def test_edge_rows_fall_back_to_checkpoints_validation_when_any_result_lacks_its_own(tmp_path):
+    ds = "breastmnist"
+    old = _edge(ds, "small_cnn", "ptq-minmax", None, 0.91, 0.87, 60_000, seeds=1)  # before val_auc was recorded
+    new = _edge(ds, "edge_mbv2", "pact-4", 0.99, 0.95, 0.90, 110_000, seeds=1)
+    for cell, val in ((f"{ds}/small_cnn/seed0/fp32", 0.93), (f"{ds}/edge_mbv2/seed0/pact-4", 0.92)):
+        (tmp_path / cell).mkdir(parents=True)  # a PTQ artifact takes its FP32 parent's checkpoint score
+        (tmp_path / cell / "best.json").write_text(json.dumps({"val": {"val_auc": val}}))
+    row = next(r for r in targets.edge_rows([({"rows": [old, new]}, tmp_path)]) if r["row"].startswith(ds))
+    assert "small_cnn/ptq-minmax" in row["row"] and "0.930 (checkpoints')" in row["row"]
+    assert row["status"] == "met so far (1 of 3 seeds)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from qsal._atomic import write_json_atomic
 from qsal.data import ImageSplit, load_split
 from qsal.errors import QsalError
 from qsal.provenance import environment
+
+if TYPE_CHECKING:
+    from qsal.runtime import Runtime
 
 __all__ = ["evaluate_model", "evaluate_onnx", "artifact_row", "load_for_model", "model_metadata", "SPLITS"]
 
@@ -77,13 +81,14 @@ def evaluate_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: 
     return score_onnx(onnx_path, split, n_bootstrap, seed)[0]
 
 
-def score_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: int = 1000, seed: int = 0):
+def score_onnx(artifact: str | os.PathLike | Runtime, split: ImageSplit, n_bootstrap: int = 1000, seed: int = 0):
     """``(Metrics, probabilities (N, K))`` of the artifact on ``split`` from one inference pass: the metrics as
-    ``evaluate_onnx``, the class probabilities for the report's confusion matrix, ROC and reliability figures."""
+    ``evaluate_onnx``, the class probabilities for the report's confusion matrix, ROC and reliability figures.
+    ``artifact``: the file, or a ``qsal.runtime.Runtime`` already open on it (scoring several splits opens it once)."""
     from qsal.metrics import compute_metrics, scores_from_logits
     from qsal.runtime import Runtime
 
-    rt = Runtime(onnx_path)
+    rt = artifact if isinstance(artifact, Runtime) else Runtime(artifact)
     decision = rt.decision
     logits = rt.predict_logits(split.images)
     metrics = compute_metrics(split.labels, logits, split.info.task, class_names=rt.labels or split.info.labels,

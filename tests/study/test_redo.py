@@ -84,3 +84,21 @@ def test_each_result_is_read_once_per_decision(group, tmp_path, monkeypatch):
     monkeypatch.setattr(redo_mod, "read_json", lambda path, *a: reads.append(path.name) or real(path, *a))
     cells_to_redo(group, tmp_path)
     assert reads == ["result.json"] * len(group)  # quant_config recorded: best.json is not opened
+    reads.clear()
+    assert progress([group], tmp_path) == (3, 3, [])  # the dry run's summary: one read per file too
+    assert reads == ["result.json"] * len(group)
+
+
+def test_a_rerun_of_a_finished_group_reads_each_result_once(group, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from qsal.study.runner import run_group
+
+    for spec in group:
+        (_write if spec.parent is None else _child)(tmp_path, spec, *([T_PARENT] if spec.parent is None else []))
+    reads = []
+    real = redo_mod.read_json
+    monkeypatch.setattr(redo_mod, "read_json", lambda path, *a: reads.append(path.name) or real(path, *a))
+    statuses = run_group([asdict(s) for s in group], str(tmp_path), STUDY, 1, False)
+    assert [s["status"] for s in statuses] == ["skipped (finished earlier)"] * len(group)
+    assert reads == ["result.json"] * len(group)  # not once per cell per cell, as before

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qsal.errors import QsalError
+from qsal.quant import PACTConfig
 from qsal.study.config import load_run_config, parse_run_config
 from qsal.study.plan import format_plan, plan_study
 from qsal.study.runner import run_study
@@ -62,9 +63,26 @@ def test_every_train_config_field_but_seed_device_progress_can_be_scheduled():
 
 def test_fingerprint_of_a_config_without_schedules_is_unchanged_and_schedules_change_it():
     cfg = parse_run_config(BASE)
-    old_style = {k: v for k, v in cfg.to_dict().items() if k not in ("data_dir", "train", "finetune", "schedules")}
+    old_style = {k: v for k, v in cfg.to_dict().items() if k not in ("data_dir", "train", "finetune", "schedules", "pact")}
     assert cfg.fingerprint() == hashlib.sha256(json.dumps(old_style, sort_keys=True).encode()).hexdigest()[:16]
     assert parse_run_config({**BASE, "train": {"hflip": True}}).fingerprint() != cfg.fingerprint()
+
+
+def test_pact_options_per_bit_width_reach_only_those_cells_and_bad_ones_are_listed():
+    cfg = parse_run_config({**BASE, "bits": [4, 2], "pact": {2: {"weight_scheme": "dorefa", "fold_bn": False,
+                                                                  "alpha_lr": None}}})
+    assert cfg.pact_config(2).to_dict() == {**PACTConfig(bits=2).to_dict(), "weight_scheme": "dorefa",
+                                            "fold_bn": False, "alpha_lr": None}
+    assert cfg.pact_config(4) == PACTConfig(bits=4)  # unlisted bit-widths keep the defaults
+    assert parse_run_config(json.loads(json.dumps(cfg.to_dict()))).pact == cfg.pact  # "2" from JSON is 2
+    assert cfg.fingerprint() != parse_run_config({**BASE, "bits": [4, 2]}).fingerprint()
+    with pytest.raises(QsalError) as e:
+        parse_run_config({**BASE, "pact": {2: {"fold_bn": False}, 4: {"bits": 3, "nope": 1}, "x": {}}})
+    msg = str(e.value)
+    assert "3 problem(s)" in msg and "pact.2: not one of the study's bits ([4])" in msg
+    assert "pact.4: unknown option(s) ['bits', 'nope']" in msg and "pact.'x'" in msg
+    with pytest.raises(QsalError, match=r"pact.4: weight_per_channel 'some'"):
+        parse_run_config({**BASE, "pact": {4: {"weight_per_channel": "some"}}})
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -80,6 +98,7 @@ def test_a_schedule_override_reaches_training_and_is_recorded_in_the_checkpoint(
     """One tiny study end to end: the per-dataset override, not the study default, is what trained."""
     cfg = parse_run_config({**BASE, "datasets": ["breastmnist"], "models": ["small_cnn"], "data_dir": str(shared_data),
                             "epochs": {"fp32": 5, "finetune": 4}, "train": {"batch_size": 64},
+                            "pact": {4: {"weight_per_channel": "all", "alpha_lr": None}},
                             "schedules": [{"datasets": ["breastmnist"],
                                            "train": {"epochs": 1, "shift_px": 2, "hflip": True, "weight_decay": 1e-4},
                                            "finetune": {"epochs": 1, "lr": 2e-4, "precision": "fp32"}}]})
@@ -94,6 +113,7 @@ def test_a_schedule_override_reaches_training_and_is_recorded_in_the_checkpoint(
     assert {k: pact["train"][k] for k in ("epochs", "lr", "batch_size", "shift_px", "precision")} == \
         {"epochs": 1, "lr": 2e-4, "batch_size": 64, "shift_px": 2, "precision": "fp32"}
     assert pact["precision"]["training"] == "fp32"
+    assert (pact["quant"]["weight_per_channel"], pact["quant"]["alpha_lr"]) == ("all", None)  # the study's pact.4
 
 
 def test_dry_run_lists_cells_and_schedules_and_estimates_time_without_writing(tmp_path, capsys):

@@ -14,6 +14,7 @@
     train: {optimizer: sgd, weight_decay: 1.0e-4, shift_px: 4, hflip: true}   # qsal.study.schedule
     finetune: {lr: 0.01}
     schedules: [{datasets: [breastmnist], models: [edge_mbv2], train: {epochs: 100}}]
+    pact: {2: {weight_scheme: dorefa, fold_bn: false}}   # PACTConfig options per bit-width (PACT and SGT+PACT)
 
 Every problem in a file is reported at once, each with its path (``epochs.fp32: ...``); unknown keys are errors.
 """
@@ -76,6 +77,8 @@ class RunConfig:
     train: dict = field(default_factory=dict)  # TrainConfig overrides for FP32/SGT parents (qsal.study.schedule)
     finetune: dict = field(default_factory=dict)  # ... for QAT/PACT/SGT+PACT fine-tunes
     schedules: list = field(default_factory=list)  # [Schedule]: per-dataset / per-model overrides
+    # {bits: {PACTConfig field: value}} for the PACT and SGT+PACT cells of that bit-width (others: the defaults)
+    pact: dict = field(default_factory=dict)
     data_dir: str | None = None
 
     def to_dict(self) -> dict:
@@ -87,11 +90,17 @@ class RunConfig:
 
         return resolve_train_configs(self, dataset, model, seed, progress)
 
+    def pact_config(self, bits: int):
+        """The ``PACTConfig`` of this study's PACT and SGT+PACT cells of ``bits``: the defaults and ``pact[bits]``."""
+        from qsal.quant import PACTConfig
+
+        return PACTConfig(bits=bits, **self.pact.get(bits, {}))
+
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not ``data_dir``, which only says where files are)."""
         d = self.to_dict()
         d.pop("data_dir")
-        for key in ("train", "finetune", "schedules"):  # absent when unused: older run folders keep their fingerprint
+        for key in ("train", "finetune", "schedules", "pact"):  # absent when unused: older run folders keep their fingerprint
             if not d[key]:
                 d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -146,7 +155,7 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                         "(see configs/ for an example)")
     values = {}
     for key, value in raw.items():
-        if key not in top or key == "schedules":
+        if key not in top or key in ("schedules", "pact"):
             continue
         if key in ("train", "finetune"):
             from qsal.study.schedule import parse_overrides
@@ -194,11 +203,45 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
 
         values["schedules"] = parse_schedules(problems, raw["schedules"], values.get("datasets", RunConfig().datasets),
                                               values.get("models", RunConfig().models))
+    if "pact" in raw:
+        values["pact"] = _parse_pact(problems, raw["pact"], values.get("bits", RunConfig().bits))
     if problems:
         shown = problems[:_MAX_PROBLEMS] + ([f"... and {len(problems) - _MAX_PROBLEMS} more"]
                                             if len(problems) > _MAX_PROBLEMS else [])
         raise QsalError(f"{where} has {len(problems)} problem(s): " + "; ".join(shown))
     return RunConfig(**values)
+
+
+def _parse_pact(problems: list[str], raw, bits) -> dict:
+    """``pact: {2: {weight_scheme: dorefa}}``: PACTConfig options per bit-width of ``bits`` (``bits`` comes from the
+    cell); each bit-width's options are checked by building its PACTConfig. Keys may be strings ("2": JSON)."""
+    from qsal.quant import PACTConfig
+
+    if not isinstance(raw, dict):
+        problems.append(f"pact: must map bit-widths to PACTConfig options, e.g. {{2: {{weight_scheme: dorefa}}}}, "
+                        f"got {_short(raw)}")
+        return {}
+    allowed = [f for f in PACTConfig.__dataclass_fields__ if f != "bits"]
+    out = {}
+    for key, options in raw.items():
+        b = int(key) if isinstance(key, str) and key.isdigit() else key
+        if not isinstance(b, int) or isinstance(b, bool) or not isinstance(bits, list) or b not in bits:
+            problems.append(f"pact.{_short(key)}: not one of the study's bits ({_short(bits)})")
+            continue
+        if not isinstance(options, dict):
+            problems.append(f"pact.{b}: must be a mapping of PACTConfig options, got {_short(options)}")
+            continue
+        unknown = [k for k in options if k not in allowed]
+        if unknown:
+            problems.append(f"pact.{b}: unknown option(s) {_short(unknown)}; known: {', '.join(allowed)}")
+            continue
+        try:
+            PACTConfig(bits=b, **options)
+        except (QsalError, TypeError, ValueError) as e:
+            problems.append(f"pact.{b}: {e}")
+            continue
+        out[b] = dict(options)
+    return out
 
 
 def load_run_config(path: str | Path) -> RunConfig:

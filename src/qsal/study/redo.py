@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from qsal.study.runner import CellSpec
 
 __all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "outdated",
-           "parent_made_at", "progress"]
+           "parent_made_at", "progress", "read_results"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ def _result(cell: Path) -> dict | None:
 def finished(cell: Path) -> bool:
     """A cell is finished when its ``result.json`` reads back as a result (a truncated one is redone)."""
     return _result(cell) is not None
+
+
+def read_results(specs: list[CellSpec], run_dir: Path) -> dict[str, dict | None]:
+    """``{label: result.json as read back, or None}`` for the cells ``specs``: one read of each file, for the callers
+    that decide several things from the same results (``cells_to_redo``, ``progress``, the runner's group loop)."""
+    return {s.label: _result(run_dir / s.id) for s in specs}
 
 
 def outdated(spec: CellSpec, cell: Path, result: dict) -> str | None:
@@ -96,11 +102,13 @@ def older_than_parent(spec: CellSpec, result: dict, parent_result: dict | None) 
     return f"its parent {spec.parent} was trained again after this cell was made: redoing it from the new parent"
 
 
-def cells_to_redo(specs: list[CellSpec], run_dir: Path) -> dict[str, Redo]:
+def cells_to_redo(specs: list[CellSpec], run_dir: Path,
+                  results: dict[str, dict | None] | None = None) -> dict[str, Redo]:
     """``{label: Redo}`` for the finished cells of one (dataset, model, seed) group that a run does again. The runner
     asks again as it reaches each cell, so a child is redone only once its parent has been retrained successfully.
-    ``specs`` is a whole group (``plan_groups``: every parent is in it); each cell's ``result.json`` is read once."""
-    results = {s.label: _result(run_dir / s.id) for s in specs}
+    ``specs`` is a whole group (``plan_groups``: every parent is in it); ``results`` its ``read_results`` where the
+    caller has them (else each cell's ``result.json`` is read here, once)."""
+    results = read_results(specs, run_dir) if results is None else results
     done = {label for label, r in results.items() if r is not None}
     old = {s.label: why for s in specs if s.label in done
            and (why := outdated(s, run_dir / s.id, results[s.label])
@@ -121,9 +129,11 @@ def progress(groups: list[list[CellSpec]], run_dir: Path) -> tuple[int, int, lis
     run would redo, ``dataset/model/seedN/label: why``)."""
     from qsal.study.runner import group_name
 
-    total = sum(len(g) for g in groups)
-    done = sum(finished(run_dir / s.id) for g in groups for s in g)  # a second read of each file: a dry run's cost
-    redo = [f"{group_name(g)}/{label}: {r.reason}" for g in groups for label, r in cells_to_redo(g, run_dir).items()]
+    done, total, redo = 0, 0, []
+    for g in groups:
+        results = read_results(g, run_dir)
+        done, total = done + sum(r is not None for r in results.values()), total + len(g)
+        redo += [f"{group_name(g)}/{label}: {r.reason}" for label, r in cells_to_redo(g, run_dir, results).items()]
     return done, total, redo
 
 

@@ -59,7 +59,9 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     multi = len({r["dataset"] for r in results}) > 1 or len({r["model"] for r in results}) > 1
     rows = []
     for (ds, model, label), rs in keys.items():
-        row = {"model": f"{ds}/{model}/{label}" if multi else label, "seeds": len(rs)}
+        # "model" names the row (the method alone in a study of one dataset and one network); the three parts too
+        row = {"model": f"{ds}/{model}/{label}" if multi else label, "dataset": ds, "network": model, "method": label,
+               "seeds": len(rs)}
         for k in ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
                   "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap",
                   "deletion_auc", "insertion_auc", "agreement_spearman", "gini"):
@@ -70,6 +72,10 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
                     row[k + "_std"] = float(np.std(vals))
         # per seed, for paired comparisons (a quantized seed against its own seed's float model)
         row["test_acc_by_seed"] = {f"seed{r['seed']}": r["test_acc"] for r in rs if r.get("test_acc") is not None}
+        # validation AUC of each seed's artifact (None: made before result.json recorded it), for choosing on validation
+        row["val_auc_by_seed"] = {f"seed{r['seed']}": r.get("val_auc") for r in rs}
+        row["cells"] = [r["id"] for r in rs]  # each seed's folder, relative to the run folder
+        row["machines"] = _machines(rs)  # where this row's cells ran
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])

@@ -27,7 +27,7 @@ from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
-from qsal.study.redo import cells_to_redo, clear_cell, finished, parent_made_at
+from qsal.study.redo import cells_to_redo, clear_cell, finished, parent_made_at, read_results
 from qsal.study.rundir import load_npy, read_json, run_lock
 
 __all__ = ["CellSpec", "plan_groups", "run_study", "explanation_measures"]
@@ -88,7 +88,8 @@ def _log(cell_dir: Path, message: str) -> None:
 def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
     from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.provenance import environment
-    from qsal.quant import PACTConfig, PTQConfig, QATConfig
+    from qsal.quant import PTQConfig, QATConfig
+    from qsal.runtime import Runtime
     from qsal.saliency import SaliencyGuidedStep
     from qsal.scoring import artifact_row, score_onnx
     from qsal.train import resolve_device
@@ -107,7 +108,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
                     resume=True)  # the study's own check guards mixing
     else:
         qcfg = {"ptq": lambda: PTQConfig(observer=spec.observer), "qat": QATConfig,
-                "pact": lambda: PACTConfig(bits=spec.bits), "sgt+pact": lambda: PACTConfig(bits=spec.bits)}[spec.kind]()
+                "pact": lambda: cfg.pact_config(spec.bits), "sgt+pact": lambda: cfg.pact_config(spec.bits)}[spec.kind]()
         quantize_checkpoint(str(cell.parent / spec.parent / "best.safetensors"), qcfg, cell, data_dir=cfg.data_dir,
                             seed=spec.seed, progress=progress, step=sgt if spec.kind == "sgt+pact" else None,
                             train_config=finetune_cfg, resume=True)
@@ -116,8 +117,10 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
     ckpt = cell / "best.safetensors"
     metrics = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")["test"]
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False, force=True)  # the cell owns its files
-    art, probs = score_onnx(cell / "model.onnx", test, seed=spec.seed)
-    on_val = score_onnx(cell / "model.onnx", val, n_bootstrap=0, seed=spec.seed)[0].to_dict()
+    deployed = Runtime(cell / "model.onnx")  # one session scores both splits
+    art, probs = score_onnx(deployed, test, seed=spec.seed)
+    on_val = score_onnx(deployed, val, n_bootstrap=0, seed=spec.seed)[0].to_dict()
+    del deployed
     result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
               # the artifact on the validation split: what a choice among cells (benchmarks/targets.py) may look at
               "val_auc": on_val.get("auc"), "val_acc": on_val.get("acc"),
@@ -224,18 +227,23 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     run_path = Path(run_dir)
     specs = [CellSpec(**g) for g in group]
     statuses = []
+    results = read_results(specs, run_path)  # kept current below: only the cell being run changes its file
     for spec in specs:
         cell = run_path / spec.id
         try:
             # asked as each cell is reached: a child is redone once its parent has been retrained, not before
-            redo = cells_to_redo(specs, run_path).get(spec.label)
+            redo = cells_to_redo(specs, run_path, results).get(spec.label)
             if redo is not None and not redo.after_parent:
                 clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
+                results[spec.label] = None
                 _log(cell, redo.reason)
-            elif finished(cell):
+            elif results[spec.label] is not None:
                 statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
                 continue
-            _run_cell(spec, cfg, run_path, progress)
+            try:
+                _run_cell(spec, cfg, run_path, progress)
+            finally:  # finished, or failed (no result.json: a failed retrain leaves its children alone)
+                results[spec.label] = read_results([spec], run_path)[spec.label]
             (cell / "error.json").unlink(missing_ok=True)
             if spec.kind != "fp32":  # now, not only at the group's end: a run stopped by a time limit keeps it
                 _agreement_with_fp32([specs[0], spec], run_path)
@@ -299,7 +307,8 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
 
 
 def _has_work(group: list[CellSpec], run_dir: Path) -> bool:
-    return any(not finished(run_dir / s.id) for s in group) or bool(cells_to_redo(group, run_dir))
+    results = read_results(group, run_dir)
+    return None in results.values() or bool(cells_to_redo(group, run_dir, results))
 
 
 def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:
