@@ -29,7 +29,8 @@ from qsal.quant import PACTConfig, PTQConfig, QATConfig, quantize
 
 CONFIGS = {"ptq8": PTQConfig(num_calibration=128), "qat8": QATConfig(bits=8, num_calibration=128),
            "pact8": PACTConfig(bits=8, num_calibration=128), "pact4": PACTConfig(bits=4, num_calibration=128),
-           "pact2": PACTConfig(bits=2, num_calibration=128)}
+           "pact2": PACTConfig(bits=2, num_calibration=128),
+           "pact2mse": PACTConfig(bits=2, num_calibration=128, weight_clip="mse", alpha_calibration="mse")}
 FAST = {"small_cnn"}  # the rest of the registry runs with -m slow
 _TRAINED: dict[str, tuple] = {}
 

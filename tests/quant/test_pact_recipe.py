@@ -10,7 +10,9 @@ from torch import nn
 from qsal.checkpoint import load_checkpoint, load_training_state
 from qsal.data import load_split
 from qsal.models import create_model
+from qsal.errors import QsalError
 from qsal.quant import PACTConfig, PACTQuantizer, QATConfig, qat_callbacks, quantize
+from qsal.quant.config import config_from_dict
 from qsal.quant.graph import act_quantizers, is_add
 from qsal.train import TrainConfig, fit, parameter_groups
 
@@ -145,3 +147,58 @@ def test_pact_never_learns_a_clip_on_the_input_image_so_saliency_reaches_the_bri
     # a checkpoint written before version 3 keeps the learned input clip it was trained with
     v2 = {k: v for k, v in PACTConfig().to_dict().items() if k != "input_clip"} | {"version": 2}
     assert config_from_dict(v2).input_clip == "learned" and PACTConfig().to_dict()["version"] == 3
+
+
+def test_mse_weight_clip_keeps_two_bit_codes_alive_and_stays_exact():
+    """At 2 bits a max-scaled ternary grid rounds nearly every weight of a trained layer to zero (a CIFAR ResNet-20
+    starts at chance); the MSE clip keeps most of them, with less error, and codes * scale is still the weight used."""
+    from qsal.quant.modules import weight_codes
+
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    w[0, 0, 0, 0] = 6.0  # one outlier, as trained layers have
+    for per_channel in (False, True):
+        codes_max, scale_max = weight_codes(w, 2, per_channel, "symmetric", "max")
+        codes, scale = weight_codes(w, 2, per_channel, "symmetric", "mse")
+        assert float((codes_max == 0).float().mean()) > (0.99 if not per_channel else 0.8)  # measured .992 / .844
+        assert float((codes == 0).float().mean()) < 0.55  # measured .506 / .479: a Gaussian's ternary optimum
+        assert set(codes.unique().tolist()) <= {-1.0, 0.0, 1.0}
+        err = lambda c, s: float(((c * s - w) ** 2).sum())  # noqa: E731
+        assert err(codes, scale) < 0.4 * err(codes_max, scale_max)  # measured 271 vs 1156, 261 vs 705
+        assert scale.shape == ((16, 1, 1, 1) if per_channel else ())
+    with pytest.raises(ValueError, match="symmetric"):
+        weight_codes(w, 2, False, "dorefa", "mse")
+
+
+def test_mse_alpha_calibration_lowers_the_two_bit_clip_below_the_percentile():
+    from qsal.quant.modules import PACTQuantizer, mse_clip
+
+    v = np.maximum(np.random.default_rng(0).standard_normal(20000), 0)  # ReLU outputs
+    top = float(np.percentile(v, 99.9))
+    alpha = mse_clip(v, top, 3, signed=False)
+    assert 0.3 * top < alpha < 0.8 * top  # 4 levels: the clip moves well inside the tail
+
+    def err(a):
+        return float(np.mean((np.round(np.clip(v, 0, a) / (a / 3)) * (a / 3) - v) ** 2))
+
+    assert err(alpha) < 0.6 * err(top)
+    q = PACTQuantizer(2, alpha_calibration="mse")
+    q.start_observing()
+    q(torch.from_numpy(v).float().view(1, -1))
+    q.finish_observing()
+    assert float(q.alpha.detach()) == pytest.approx(alpha, rel=1e-5) and float(q.alpha_start) == float(q.alpha.detach())
+
+
+def test_pact_low_bit_start_options_are_validated_and_reach_the_layers():
+    with pytest.raises(QsalError, match="weight_clip='mse' needs weight_scheme='symmetric'"):
+        PACTConfig(bits=2, weight_clip="mse", weight_scheme="dorefa")
+    with pytest.raises(QsalError, match="alpha_calibration"):
+        PACTConfig(bits=2, alpha_calibration="median")
+    x = torch.randn(32, 1, 28, 28)
+    q = quantize(create_model("small_cnn", 2, 1).eval(), PACTConfig(bits=2, num_calibration=32, weight_clip="mse",
+                                                                    alpha_calibration="mse"), x)
+    clips = {m.weight_bits: m.weight_clip for m in q.modules() if hasattr(m, "weight_clip")}
+    assert clips == {2: "mse", 8: "max"}  # first and last layers stay 8-bit max-scaled, as the paper keeps them
+    assert {m.alpha_calibration for m in q.modules() if hasattr(m, "alpha_calibration")} == {"mse"}
+    # a checkpoint written before these fields reads back with the old behaviour
+    old = {k: v for k, v in PACTConfig(bits=2).to_dict().items() if k not in ("weight_clip", "alpha_calibration")}
+    assert config_from_dict(old) == PACTConfig(bits=2)

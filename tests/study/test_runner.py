@@ -109,6 +109,13 @@ def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
                                                    "quant_config": {**result["quant_config"], "version": 2}}))
     assert collect_results(tmp_path, grids=False)["rows"][2]["mixed_configs"]
+    # ... but not one recorded before an option was added (absent = the old behaviour, the option's default)
+    old_fields = {k: v for k, v in result["quant_config"].items() if k not in ("weight_clip", "alpha_calibration")}
+    (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
+                                                   "quant_config": old_fields}))
+    assert "mixed_configs" not in collect_results(tmp_path, grids=False)["rows"][2]
+    (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
+                                                   "quant_config": {**result["quant_config"], "version": 2}}))
     report_run(tmp_path)
     assert "Not one method across seeds: the cells of pact-4" in (tmp_path / "report.md").read_text()
     with pytest.raises(QsalError, match="different config"):

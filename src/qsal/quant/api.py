@@ -59,14 +59,16 @@ def _prepare_pact(gm: fx.GraphModule, cfg: PACTConfig) -> fx.GraphModule:
             return {"weight_bits": cfg.first_last_bits, "per_channel": True, "scheme": "symmetric"}
         per_channel = cfg.weight_per_channel == "all" or (cfg.weight_per_channel == "depthwise"
                                                           and is_depthwise(gm.get_submodule(name)))
-        return {"weight_bits": cfg.bits, "per_channel": per_channel, "scheme": cfg.weight_scheme}
+        return {"weight_bits": cfg.bits, "per_channel": per_channel, "scheme": cfg.weight_scheme,
+                "weight_clip": cfg.weight_clip}
 
     swap_layers(gm, layer_kwargs)
     if cfg.fold_bn:
         fold_batchnorm(gm)  # as for QAT: the fine-tuned graph is the exported graph
     def pact(bits: int) -> PACTQuantizer:
         return PACTQuantizer(bits, alpha=cfg.alpha_init or 10.0, alpha_decay=cfg.alpha_decay,
-                             calibrate_alpha=cfg.alpha_init is None, alpha_lr=cfg.alpha_lr)
+                             calibrate_alpha=cfg.alpha_init is None, alpha_lr=cfg.alpha_lr,
+                             alpha_calibration=cfg.alpha_calibration)
 
     add_quantizer = None if cfg.quantize_add_inputs or cfg.add_input_bits is None else (
         lambda node: pact(cfg.add_input_bits))

@@ -120,6 +120,11 @@ class PACTConfig(QuantConfig):
         fine-tune lr alpha does not move). ``None`` puts alpha in the weights' group (qsal < 0.2).
       - ``alpha_init=None``: alpha starts at the 99.9th percentile of calibration |x| (fine-tuning a
         trained net); the paper starts from 10 (training from scratch).
+      - ``alpha_calibration="percentile"`` (default) is the 99.9th percentile above; ``"mse"`` starts each clip
+        where the calibration values' squared quantization error is least (2-100 % of that percentile), and
+        ``weight_clip="mse"`` (symmetric scheme) does the same for each weight scale on every step instead of
+        ``max|w|``: at 2 bits both percentile/max starts round nearly everything to zero (a trained CIFAR ResNet-20
+        starts at chance; ``benchmarks/results/pact2_start.md``). Not in the paper, which trains from scratch.
       - ``input_clip="fixed"`` (default, as the paper: it quantizes ReLU outputs and never clips the image):
         the network input gets a *non-learned* ``first_last_bits`` quantizer over the calibration images'
         min-max range (for 8-bit images normalised by mean/std, exactly the pixel grid). ``"learned"`` puts
@@ -140,6 +145,8 @@ class PACTConfig(QuantConfig):
     add_input_bits: int | None = 8
     fold_bn: bool = True
     input_clip: str = "fixed"  # fixed | learned
+    alpha_calibration: str = "percentile"  # percentile | mse
+    weight_clip: str = "max"  # max | mse (symmetric scheme)
     num_calibration: int = 256
     skip: tuple[str, ...] = ()
 
@@ -153,6 +160,13 @@ class PACTConfig(QuantConfig):
         if self.weight_scheme == "dorefa" and self.bits == 8:
             raise QsalError("weight_scheme='dorefa' at bits=8 has 256 weight levels whose integer codes (odd, up to "
                             "+-255) do not fit INT8; use bits <= 7 or weight_scheme='symmetric'")
+        if self.alpha_calibration not in ("percentile", "mse"):
+            raise QsalError(f"alpha_calibration {self.alpha_calibration!r} is not one of percentile, mse")
+        if self.weight_clip not in ("max", "mse"):
+            raise QsalError(f"weight_clip {self.weight_clip!r} is not one of max, mse")
+        if self.weight_clip == "mse" and self.weight_scheme != "symmetric":
+            raise QsalError(f"weight_clip='mse' needs weight_scheme='symmetric' (DoReFa normalises by the max "
+                            f"itself), got {self.weight_scheme!r}")
         if self.weight_per_channel not in ("depthwise", "none", "all"):
             raise QsalError(f"weight_per_channel {self.weight_per_channel!r} is not one of depthwise, none, all")
         if self.add_input_bits is not None:

@@ -18,7 +18,7 @@ from qsal.quant.observers import ValueSampler, compute_range
 from qsal.quant.ste import fake_quant_affine, levels, pact_quantize, round_ste
 
 __all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "quantize_weight", "weight_codes",
-           "is_depthwise", "WEIGHT_SCHEMES", "QUANT_LAYERS"]
+           "is_depthwise", "WEIGHT_CLIPS", "WEIGHT_SCHEMES", "QUANT_LAYERS"]
 
 
 class ActQuantizer(nn.Module):
@@ -87,6 +87,24 @@ class ActQuantizer(nn.Module):
         return f"bits={self.bits}, observer={self.observer}, mode={self.mode}"
 
 
+ALPHA_CALIBRATIONS = ("percentile", "mse")
+
+
+def mse_clip(values: np.ndarray, top: float, n_steps: int, signed: bool) -> float:
+    """The PACT clip among 2-100 % of ``top`` (the 99.9th percentile of ``|values|``) with the least squared error of
+    ``round(clip(values, lo, alpha) / s) * s``, ``s = alpha / n_steps``, ``lo = 0`` (``-alpha`` when ``signed``): at 2
+    bits the percentile clip rounds almost every ReLU output to zero."""
+    v = np.asarray(values, dtype=np.float64)
+    best, best_err = top, None
+    for alpha in top * np.geomspace(0.02, 1.0, 48):
+        s = alpha / n_steps
+        q = np.round(np.clip(v, -alpha if signed else 0.0, alpha) / s) * s
+        err = float(np.mean((q - v) ** 2))
+        if best_err is None or err < best_err:
+            best, best_err = float(alpha), err
+    return best
+
+
 class PACTQuantizer(nn.Module):
     """PACT (Choi et al. 2018): ``y = quant_k(clip(x, 0, alpha))`` with a learned clip ``alpha``.
 
@@ -100,9 +118,12 @@ class PACTQuantizer(nn.Module):
     """
 
     def __init__(self, bits: int = 4, alpha: float = 10.0, alpha_decay: float = 1e-4, calibrate_alpha: bool = True,
-                 alpha_lr: float | None = None):
+                 alpha_lr: float | None = None, alpha_calibration: str = "percentile"):
         super().__init__()
         self.bits, self.alpha_decay, self.calibrate_alpha, self.alpha_lr = bits, alpha_decay, calibrate_alpha, alpha_lr
+        if alpha_calibration not in ALPHA_CALIBRATIONS:
+            raise ValueError(f"unknown alpha calibration {alpha_calibration!r}; one of {ALPHA_CALIBRATIONS}")
+        self.alpha_calibration = alpha_calibration
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.register_buffer("alpha_start", torch.tensor(float(alpha)))
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
@@ -142,6 +163,8 @@ class PACTQuantizer(nn.Module):
         self.signed.fill_(bool(self.sampler.lo < 0))
         if self.calibrate_alpha:
             init = float(np.percentile(np.abs(v), 99.9)) if v.size else 1.0
+            if self.alpha_calibration == "mse" and v.size:
+                init = mse_clip(v, init, self.n_steps, bool(self.signed))
             with torch.no_grad():
                 self.alpha.fill_(max(init, 1e-3))
         self.alpha_start.copy_(self.alpha.detach())
@@ -176,12 +199,35 @@ class PACTQuantizer(nn.Module):
 WEIGHT_SCHEMES = ("symmetric", "dorefa", "tanh_symmetric")
 
 
-def weight_codes(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric"):
+WEIGHT_CLIPS = ("max", "mse")
+_MSE_FRACTIONS = torch.linspace(0.05, 1.0, 39)  # candidate clips, as fractions of max|w|
+
+
+def _mse_clip(w: torch.Tensor, m: torch.Tensor, n: int, dims: tuple) -> torch.Tensor:
+    """The clip ``c`` (shaped like ``m``) among ``_MSE_FRACTIONS * m`` with the least squared error of
+    ``clamp(round(w / s), -n, n) * s``, ``s = c / n``: at 2 bits, max-scaled ternary codes are almost all zero."""
+    best_err, best = None, m
+    for f in _MSE_FRACTIONS.tolist():
+        c = m * f
+        s = c / n
+        err = ((torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2).sum(dim=dims, keepdim=True) if dims else \
+            ((torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2).sum()
+        if best_err is None:
+            best_err, best = err, c
+        else:
+            better = err < best_err
+            best_err, best = torch.where(better, err, best_err), torch.where(better, c, best)
+    return best
+
+
+def weight_codes(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric", clip: str = "max"):
     """Integer codes and scale of a k-bit weight ``(C_out, ...)``: ``w_q = codes * scale`` exactly.
 
     Returns ``(codes, scale)``: float-valued integer codes shaped like ``w`` (differentiable through the
     straight-through estimator) and the scale, ``(C_out, 1, ...)`` per channel or ``()`` per tensor.
-    ``m`` below is ``max|w|`` over the channel (or tensor), so a pretrained layer keeps its magnitude.
+    ``m`` below is ``max|w|`` over the channel (or tensor), so a pretrained layer keeps its magnitude;
+    with ``clip="mse"`` (symmetric scheme only) ``m`` is instead the clip among 5-100 % of ``max|w|`` with the
+    least squared quantization error, recomputed from the current weights on every call (no gradient).
 
     - ``symmetric``: ``codes = clamp(round(w / s), -n, n)``, ``n = 2^(k-1) - 1``, ``s = m / n``:
       ``2^k - 1`` levels including zero (ternary at 2 bits); codes fit a signed k-bit integer.
@@ -199,6 +245,13 @@ def weight_codes(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "s
         return (t.abs().amax(dim=dims, keepdim=True) if per_channel else t.abs().max()).clamp_min(1e-8)
 
     m = absmax(w.detach())
+    if clip not in WEIGHT_CLIPS:
+        raise ValueError(f"unknown weight clip {clip!r}; one of {WEIGHT_CLIPS}")
+    if clip == "mse" and scheme != "symmetric":
+        raise ValueError(f"weight clip 'mse' is defined for the symmetric scheme, not {scheme!r}")
+    if clip == "mse":
+        with torch.no_grad():
+            m = _mse_clip(w.detach(), m, levels(bits, signed=True)[1], dims if per_channel else ())
     if scheme == "dorefa":
         top = 2 ** bits - 1
         t = torch.tanh(w)
@@ -215,10 +268,10 @@ def weight_codes(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "s
     raise ValueError(f"unknown weight scheme {scheme!r}; one of {WEIGHT_SCHEMES}")
 
 
-def quantize_weight(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric"):
+def quantize_weight(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric", clip: str = "max"):
     """``(w_q, codes, scale)``: the fake-quantized weight ``codes * scale`` (differentiable), the
     detached integer codes and the scale (``(C_out,)`` per channel, ``()`` per tensor); see ``weight_codes``."""
-    codes, scale = weight_codes(w, bits, per_channel, scheme)
+    codes, scale = weight_codes(w, bits, per_channel, scheme, clip)
     return codes * scale, codes.detach(), scale.reshape(-1) if per_channel else scale
 
 
@@ -235,19 +288,20 @@ def _export_scale(scale: torch.Tensor) -> torch.Tensor:
 class _QuantWeightLayer:
     """Shared state of the quantized layers (a plain helper, not a mixin hierarchy)."""
 
-    def _init_quant(self, weight_bits: int, per_channel: bool, scheme: str) -> None:
+    def _init_quant(self, weight_bits: int, per_channel: bool, scheme: str, clip: str = "max") -> None:
         if scheme not in WEIGHT_SCHEMES:
             raise ValueError(f"unknown weight scheme {scheme!r}; one of {WEIGHT_SCHEMES}")
-        self.weight_bits, self.per_channel, self.scheme = weight_bits, per_channel, scheme
+        self.weight_bits, self.per_channel, self.scheme, self.weight_clip = weight_bits, per_channel, scheme, clip
         self.quant_weights = True
         self.register_buffer("bn_scale", torch.ones(self.weight.shape[0]))
 
     def _quant_repr(self) -> str:
-        return f", weight_bits={self.weight_bits}, per_channel={self.per_channel}, scheme={self.scheme}"
+        clip = "" if self.weight_clip == "max" else f", weight_clip={self.weight_clip}"
+        return f", weight_bits={self.weight_bits}, per_channel={self.per_channel}, scheme={self.scheme}{clip}"
 
     def _codes_and_scale(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes shaped like the weight and the per-output-channel scale ``(C_out,)``, BatchNorm folded in."""
-        codes, scale = weight_codes(weight, self.weight_bits, self.per_channel, self.scheme)
+        codes, scale = weight_codes(weight, self.weight_bits, self.per_channel, self.scheme, self.weight_clip)
         return codes, scale.reshape(-1).expand(weight.shape[0]) * self.bn_scale
 
     def quantized_weight(self) -> torch.Tensor:
@@ -312,9 +366,10 @@ class _QuantWeightLayer:
 class QuantConv2d(nn.Conv2d, _QuantWeightLayer):
     """``nn.Conv2d`` with k-bit fake-quantized weights (``weight_bits``, ``per_channel``, ``scheme``)."""
 
-    def __init__(self, *args, weight_bits: int = 8, per_channel: bool = True, scheme: str = "symmetric", **kwargs):
+    def __init__(self, *args, weight_bits: int = 8, per_channel: bool = True, scheme: str = "symmetric",
+                 weight_clip: str = "max", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_quant(weight_bits, per_channel, scheme)
+        self._init_quant(weight_bits, per_channel, scheme, weight_clip)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, **qkw) -> "QuantConv2d":
@@ -334,9 +389,9 @@ class QuantLinear(nn.Linear, _QuantWeightLayer):
     """``nn.Linear`` with k-bit fake-quantized weights."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_bits: int = 8,
-                 per_channel: bool = True, scheme: str = "symmetric"):
+                 per_channel: bool = True, scheme: str = "symmetric", weight_clip: str = "max"):
         super().__init__(in_features, out_features, bias)
-        self._init_quant(weight_bits, per_channel, scheme)
+        self._init_quant(weight_bits, per_channel, scheme, weight_clip)
 
     @classmethod
     def from_float(cls, lin: nn.Linear, **qkw) -> "QuantLinear":

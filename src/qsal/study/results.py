@@ -79,7 +79,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])
-        configs = {json.dumps(r.get("quant_config"), sort_keys=True) for r in rs if "quant_config" in r}
+        configs = {json.dumps(_canonical(r.get("quant_config")), sort_keys=True) for r in rs if "quant_config" in r}
         if len(configs) > 1:  # cells written before configs were recorded cannot be told apart: not flagged
             row["mixed_configs"] = True  # e.g. a study resumed across a method fix: its seeds are not one method
         rows.append(row)
@@ -105,6 +105,20 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     out = {"rows": rows, "failed": failed, "grids": grid_paths, "n_cells": len(results), "machines": _machines(results)}
     out.update(_report_arrays(run_dir, keys, multi))
     return out
+
+
+def _canonical(quant_config):
+    """A recorded quant config as this qsal reads it back (fields added since at their defaults, which are the old
+    behaviour), so two seeds made before and after an option was added compare equal when they are one method."""
+    from qsal.quant import config_from_dict
+
+    try:
+        if not isinstance(quant_config, dict):
+            return quant_config
+        # the recorded version stays: a version is a change of method that its fields need not show
+        return {**config_from_dict(quant_config).to_dict(), "version": quant_config.get("version")}
+    except QsalError:
+        return quant_config
 
 
 def _machines(results: list[dict]) -> list[dict]:
