@@ -152,7 +152,7 @@ def test_pact_never_learns_a_clip_on_the_input_image_so_saliency_reaches_the_bri
 def test_mse_weight_clip_keeps_two_bit_codes_alive_and_stays_exact():
     """At 2 bits a max-scaled ternary grid rounds nearly every weight of a trained layer to zero (a CIFAR ResNet-20
     starts at chance); the MSE clip keeps most of them, with less error, and codes * scale is still the weight used."""
-    from qsal.quant.modules import weight_codes
+    from qsal.quant.weights import weight_codes
 
     w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0))
     w[0, 0, 0, 0] = 6.0  # one outlier, as trained layers have

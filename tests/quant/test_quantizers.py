@@ -5,7 +5,8 @@ from torch import nn
 
 from qsal.errors import QsalError
 from qsal.quant import ActQuantizer, PACTConfig, PACTQuantizer, PTQConfig, QATConfig, config_from_dict, quantize
-from qsal.quant.modules import QuantConv2d, quantize_weight
+from qsal.quant.modules import QuantConv2d
+from qsal.quant.weights import quantize_weight
 from qsal.quant.observers import OBSERVERS, ValueSampler, compute_range
 from qsal.quant.ste import round_ste
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 from qsal.errors import QsalError
-from qsal.quant.modules import WEIGHT_SCHEMES
+from qsal.quant.weights import WEIGHT_SCHEMES
 from qsal.quant.observers import OBSERVERS
 
 __all__ = ["PTQConfig", "QATConfig", "PACTConfig", "WeightOnlyConfig", "QuantConfig", "config_from_dict"]

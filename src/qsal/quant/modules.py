@@ -1,7 +1,7 @@
 """Quantizer modules: activation fake-quantizers (min-max/EMA and PACT) and drop-in quantized layers.
 
 ``QuantConv2d`` / ``QuantLinear`` subclass the float layers and keep their constructor; weights are
-fake-quantized on every forward (``weight_codes``: symmetric, DoReFa; per channel or per tensor), so gradients
+fake-quantized on every forward (``qsal.quant.weights.weight_codes``: symmetric, DoReFa; per channel or per tensor), so gradients
 flow through the straight-through estimator for QAT, PACT and saliency maps alike. BatchNorm is folded
 in as a per-channel ``bn_scale`` on the quantized weights, which keeps the integer weights unchanged.
 """
@@ -15,10 +15,10 @@ from torch import nn
 
 from qsal.precision import float32_forward
 from qsal.quant.observers import ValueSampler, compute_range
-from qsal.quant.ste import fake_quant_affine, levels, pact_quantize, round_ste
+from qsal.quant.ste import fake_quant_affine, pact_quantize, round_ste
+from qsal.quant.weights import WEIGHT_SCHEMES, weight_codes
 
-__all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "quantize_weight", "weight_codes",
-           "is_depthwise", "WEIGHT_CLIPS", "WEIGHT_SCHEMES", "QUANT_LAYERS"]
+__all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "is_depthwise", "QUANT_LAYERS"]
 
 
 class ActQuantizer(nn.Module):
@@ -194,85 +194,6 @@ class PACTQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, alpha={float(self.alpha):.4g}, signed={bool(self.signed)}"
-
-
-WEIGHT_SCHEMES = ("symmetric", "dorefa", "tanh_symmetric")
-
-
-WEIGHT_CLIPS = ("max", "mse")
-_MSE_FRACTIONS = torch.linspace(0.05, 1.0, 39)  # candidate clips, as fractions of max|w|
-
-
-def _mse_clip(w: torch.Tensor, m: torch.Tensor, n: int, dims: tuple) -> torch.Tensor:
-    """The clip ``c`` (shaped like ``m``) among ``_MSE_FRACTIONS * m`` with the least squared error of
-    ``clamp(round(w / s), -n, n) * s``, ``s = c / n``: at 2 bits, max-scaled ternary codes are almost all zero."""
-    best_err, best = None, m
-    for f in _MSE_FRACTIONS.tolist():
-        c = m * f
-        s = c / n
-        err = ((torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2).sum(dim=dims, keepdim=True) if dims else \
-            ((torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2).sum()
-        if best_err is None:
-            best_err, best = err, c
-        else:
-            better = err < best_err
-            best_err, best = torch.where(better, err, best_err), torch.where(better, c, best)
-    return best
-
-
-def weight_codes(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric", clip: str = "max"):
-    """Integer codes and scale of a k-bit weight ``(C_out, ...)``: ``w_q = codes * scale`` exactly.
-
-    Returns ``(codes, scale)``: float-valued integer codes shaped like ``w`` (differentiable through the
-    straight-through estimator) and the scale, ``(C_out, 1, ...)`` per channel or ``()`` per tensor.
-    ``m`` below is ``max|w|`` over the channel (or tensor), so a pretrained layer keeps its magnitude;
-    with ``clip="mse"`` (symmetric scheme only) ``m`` is instead the clip among 5-100 % of ``max|w|`` with the
-    least squared quantization error, recomputed from the current weights on every call (no gradient).
-
-    - ``symmetric``: ``codes = clamp(round(w / s), -n, n)``, ``n = 2^(k-1) - 1``, ``s = m / n``:
-      ``2^k - 1`` levels including zero (ternary at 2 bits); codes fit a signed k-bit integer.
-    - ``dorefa`` (Zhou et al. 2016): ``u = tanh(w) / (2 max|tanh w|) + 0.5`` quantized to ``2^k``
-      levels, mapped back by ``2u - 1`` and scaled by ``m``: ``codes = 2 round(u (2^k-1)) - (2^k-1)``,
-      odd integers in ``[-(2^k-1), 2^k-1]``, ``s = m / (2^k-1)``: 4 levels at 2 bits, none zero; the
-      codes need k+1 signed bits. (The paper's output is in [-1, 1]; the scale ``m`` is qsal's, and a
-      following BatchNorm makes the two equivalent.)
-    - ``tanh_symmetric``: qsal's pre-0.2 "dorefa": ``tanh(w) / max|tanh w|`` on the symmetric grid;
-      kept only to reproduce old results and checkpoints.
-    """
-    dims = tuple(range(1, w.dim()))
-
-    def absmax(t: torch.Tensor) -> torch.Tensor:
-        return (t.abs().amax(dim=dims, keepdim=True) if per_channel else t.abs().max()).clamp_min(1e-8)
-
-    m = absmax(w.detach())
-    if clip not in WEIGHT_CLIPS:
-        raise ValueError(f"unknown weight clip {clip!r}; one of {WEIGHT_CLIPS}")
-    if clip == "mse" and scheme != "symmetric":
-        raise ValueError(f"weight clip 'mse' is defined for the symmetric scheme, not {scheme!r}")
-    if clip == "mse":
-        with torch.no_grad():
-            m = _mse_clip(w.detach(), m, levels(bits, signed=True)[1], dims if per_channel else ())
-    if scheme == "dorefa":
-        top = 2 ** bits - 1
-        t = torch.tanh(w)
-        u = t / (2 * absmax(t)) + 0.5  # the max stays in the graph, as in the paper's and Distiller's code
-        return 2 * round_ste(u * top) - top, m / top
-    _, n = levels(bits, signed=True)
-    if scheme == "symmetric":
-        scale = m / n
-        return torch.clamp(round_ste(w / scale), -n, n), scale
-    if scheme == "tanh_symmetric":
-        t = torch.tanh(w)
-        t = t / absmax(t).detach()
-        return torch.clamp(round_ste(t * n), -n, n), m / n
-    raise ValueError(f"unknown weight scheme {scheme!r}; one of {WEIGHT_SCHEMES}")
-
-
-def quantize_weight(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric", clip: str = "max"):
-    """``(w_q, codes, scale)``: the fake-quantized weight ``codes * scale`` (differentiable), the
-    detached integer codes and the scale (``(C_out,)`` per channel, ``()`` per tensor); see ``weight_codes``."""
-    codes, scale = weight_codes(w, bits, per_channel, scheme, clip)
-    return codes * scale, codes.detach(), scale.reshape(-1) if per_channel else scale
 
 
 def is_depthwise(conv: nn.Module) -> bool:
