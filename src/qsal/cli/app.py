@@ -230,7 +230,7 @@ def cmd_run(args):
         print(format_plan(plan_study(cfg), cfg.name))
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
-        _print_progress_of(Path(args.out), chosen)
+        _print_progress_of(Path(args.out), chosen, cfg)
         return
     statuses = run_study(cfg, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=_progress(args), only=args.only)
@@ -251,14 +251,18 @@ def cmd_run(args):
         return 1
 
 
-def _print_progress_of(out: Path, groups) -> None:
+def _print_progress_of(out: Path, groups, cfg) -> None:
     """``--dry-run`` on an existing run folder: how much is finished and which finished cells a run would redo."""
     from qsal.study.redo import progress
+    from qsal.study.rundir import read_json
 
     if not (out / "run_config.json").is_file():
         return
     done, total, redo = progress(groups, out)
     print(f"{out}: {done} of these {total} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
+    stamp = read_json(out / "run_config.json", "delete it to adopt the folder for this config (finished cells stay)")
+    if stamp.get("fingerprint") != cfg.fingerprint():
+        print("  (made by a different config: a run there needs --force, which keeps its finished cells)")
     for line in redo:
         print(f"  {line}")
 
