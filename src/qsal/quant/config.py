@@ -123,8 +123,9 @@ class PACTConfig(QuantConfig):
       - ``alpha_calibration="percentile"`` (default) is the 99.9th percentile above; ``"mse"`` starts each clip
         where the calibration values' squared quantization error is least (2-100 % of that percentile), and
         ``weight_clip="mse"`` (symmetric scheme) does the same for each weight scale on every step instead of
-        ``max|w|``: at 2 bits both percentile/max starts round nearly everything to zero (a trained CIFAR ResNet-20
-        starts at chance; ``benchmarks/results/pact2_start.md``). Not in the paper, which trains from scratch.
+        ``max|w|``. At 2 bits the max start rounded 98 % of a trained CIFAR ResNet-20's weights to zero and the
+        fine-tune sat at chance; the MSE weight clip with BatchNorm kept left it, the MSE alpha start alone changed
+        nothing (``benchmarks/results/pact2_start.md``). Neither is in the paper, which trains from scratch.
       - ``input_clip="fixed"`` (default, as the paper: it quantizes ReLU outputs and never clips the image):
         the network input gets a *non-learned* ``first_last_bits`` quantizer over the calibration images'
         min-max range (for 8-bit images normalised by mean/std, exactly the pixel grid). ``"learned"`` puts
