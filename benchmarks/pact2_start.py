@@ -122,7 +122,7 @@ def main() -> None:
             "learned clip then. One seed, one run: a diagnosis, not a result table. "
             f"Total {time.perf_counter() - t0:.0f} s on {torch.get_num_threads()} thread(s). "
             "`python benchmarks/pact2_start.py`.\n\n"
-            "Reading it: every option left at its default starts at chance, and the default fine-tune does not leave "
+            "Reading it (written after the run with 200 steps): every option left at its default starts at chance, and the default fine-tune does not leave "
             "it. With BatchNorm folded nothing can re-estimate the statistics that 2-bit weights shift, and a "
             "max-scaled ternary grid rounds 98 % of this net's 2-bit weights to zero (DoReFa's grid has no zero, and "
             "still starts at chance). BatchNorm kept (the paper's) plus the least-squared-error weight clip is the only "

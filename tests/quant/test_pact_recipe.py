@@ -9,10 +9,11 @@ from torch import nn
 
 from qsal.checkpoint import load_checkpoint, load_training_state
 from qsal.data import load_split
-from qsal.models import create_model
 from qsal.errors import QsalError
-from qsal.quant import PACTConfig, PACTQuantizer, QATConfig, qat_callbacks, quantize
+from qsal.models import create_model
+from qsal.quant import PACTConfig, PACTQuantizer, QATConfig, QuantConv2d, qat_callbacks, quantize
 from qsal.quant.config import config_from_dict
+from qsal.quant.describe import describe_quantization
 from qsal.quant.graph import act_quantizers, is_add
 from qsal.train import TrainConfig, fit, parameter_groups
 
@@ -167,6 +168,11 @@ def test_mse_weight_clip_keeps_two_bit_codes_alive_and_stays_exact():
         assert scale.shape == ((16, 1, 1, 1) if per_channel else ())
     with pytest.raises(ValueError, match="symmetric"):
         weight_codes(w, 2, False, "dorefa", "mse")
+    with pytest.raises(ValueError, match="symmetric scheme only"):  # refused when the layer is made, not at forward
+        QuantConv2d(4, 4, 3, weight_bits=2, scheme="dorefa", weight_clip="mse")
+    # an all-zero channel keeps max|w|'s floor scale (a 20x smaller one would shrink its bias step alike)
+    w[3] = 0.0
+    assert float(weight_codes(w, 2, True, "symmetric", "mse")[1][3]) == float(weight_codes(w, 2, True)[1][3])
 
 
 def test_mse_alpha_calibration_lowers_the_two_bit_clip_below_the_percentile():
@@ -196,8 +202,9 @@ def test_pact_low_bit_start_options_are_validated_and_reach_the_layers():
     x = torch.randn(32, 1, 28, 28)
     q = quantize(create_model("small_cnn", 2, 1).eval(), PACTConfig(bits=2, num_calibration=32, weight_clip="mse",
                                                                     alpha_calibration="mse"), x)
-    clips = {m.weight_bits: m.weight_clip for m in q.modules() if hasattr(m, "weight_clip")}
-    assert clips == {2: "mse", 8: "max"}  # first and last layers stay 8-bit max-scaled, as the paper keeps them
+    clips = {(m.weight_bits, m.weight_clip) for m in q.modules() if hasattr(m, "weight_clip")}
+    assert clips == {(2, "mse"), (8, "max")}  # first and last layers stay 8-bit max-scaled, as the paper keeps them
+    assert {w.get("clip") for w in describe_quantization(q)["weights"]} == {"mse", None}
     assert {m.alpha_calibration for m in q.modules() if hasattr(m, "alpha_calibration")} == {"mse"}
     # a checkpoint written before these fields reads back with the old behaviour
     old = {k: v for k, v in PACTConfig(bits=2).to_dict().items() if k not in ("weight_clip", "alpha_calibration")}

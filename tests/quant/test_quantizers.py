@@ -280,7 +280,7 @@ def test_forward_evaluates_the_weight_grid_once_and_adds_the_exported_bias_grid(
     assert quantized_biases >= 2  # the check reached layers whose bias is on the INT32 grid
 
 
-@pytest.mark.parametrize("scheme", ["symmetric", "dorefa", "tanh_symmetric"])
+@pytest.mark.parametrize("scheme", ["symmetric", "dorefa", "tanh_symmetric", "symmetric+mse"])
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_forward_weight_and_bias_are_the_exported_integer_ones(scheme, per_channel, autocast):
@@ -290,8 +290,9 @@ def test_forward_weight_and_bias_are_the_exported_integer_ones(scheme, per_chann
     from qsal.quant.modules import QuantLinear
 
     torch.manual_seed(0)
-    conv = QuantConv2d(4, 6, 3, weight_bits=3, per_channel=per_channel, scheme=scheme)
-    lin = QuantLinear(8, 6, weight_bits=3, per_channel=per_channel, scheme=scheme)
+    scheme, _, clip = scheme.partition("+")
+    conv = QuantConv2d(4, 6, 3, weight_bits=3, per_channel=per_channel, scheme=scheme, weight_clip=clip or "max")
+    lin = QuantLinear(8, 6, weight_bits=3, per_channel=per_channel, scheme=scheme, weight_clip=clip or "max")
     aq = ActQuantizer(bits=8)
     aq.start_observing()
     aq(torch.rand(256, 8))

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from qsal.quant import PACTConfig
+from qsal.quant import PACTConfig, PTQConfig
 from qsal.study import redo as redo_mod
 from qsal.study.config import parse_run_config
 from qsal.study.redo import cells_to_redo, progress
-from qsal.study.runner import plan_groups
+from qsal.study.runner import expected_configs, plan_groups
 
 STUDY = {"name": "r", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
          "bits": [4], "observers": ["minmax"], "seeds": [0]}
@@ -30,8 +30,8 @@ def _write(run_dir, spec, utc, weights=True, **extra):
 
 
 def _child(run_dir, spec, **extra):
-    version = PACTConfig.version if spec.kind == "pact" else 1
-    fields = {"parent_made_at": T_PARENT, "quant_config": {"method": spec.kind, "version": version}, **extra}
+    made = PACTConfig(bits=spec.bits) if spec.kind == "pact" else PTQConfig(observer=spec.observer)
+    fields = {"parent_made_at": T_PARENT, "quant_config": made.to_dict(), **extra}  # as the runner records it
     _write(run_dir, spec, "2026-01-03T00:00:00+00:00", **fields)
 
 
@@ -64,15 +64,15 @@ def test_a_child_of_another_parent_or_an_older_method_is_redone(group, tmp_path)
     fp32, ptq, pact = group
     _write(tmp_path, fp32, T_PARENT)
     _child(tmp_path, ptq, parent_made_at=T_OLD)  # made from the parent before this one
-    _child(tmp_path, pact, quant_config={"method": "pact", "version": PACTConfig.version - 1})
+    _child(tmp_path, pact, quant_config={**PACTConfig().to_dict(), "version": PACTConfig.version - 1})
     why = {label: r.reason for label, r in cells_to_redo(group, tmp_path).items()}
     assert set(why) == {"ptq-int8-minmax", "pact-4"}
     assert "was trained again after this cell was made" in why["ptq-int8-minmax"]
     assert f"made by pact version {PACTConfig.version - 1}" in why["pact-4"]
     # Before results recorded parent_made_at: compared by time (the child made after its parent stays).
-    _write(tmp_path, ptq, "2026-01-03T00:00:00+00:00", quant_config={"method": "ptq", "version": 1})
+    _write(tmp_path, ptq, "2026-01-03T00:00:00+00:00", quant_config=PTQConfig().to_dict())
     assert "ptq-int8-minmax" not in cells_to_redo(group, tmp_path)
-    _write(tmp_path, ptq, T_OLD, quant_config={"method": "ptq", "version": 1})
+    _write(tmp_path, ptq, T_OLD, quant_config=PTQConfig().to_dict())
     assert "ptq-int8-minmax" in cells_to_redo(group, tmp_path)
 
 
@@ -102,3 +102,19 @@ def test_a_rerun_of_a_finished_group_reads_each_result_once(group, tmp_path, mon
     statuses = run_group([asdict(s) for s in group], str(tmp_path), STUDY, 1, False)
     assert [s["status"] for s in statuses] == ["skipped (finished earlier)"] * len(group)
     assert reads == ["result.json"] * len(group)  # not once per cell per cell, as before
+
+
+def test_a_child_made_with_other_options_than_the_study_now_sets_is_redone(group, tmp_path):
+    fp32, ptq, pact = group
+    _write(tmp_path, fp32, T_PARENT)
+    made = PACTConfig(bits=4).to_dict()
+    _child(tmp_path, pact, quant_config={k: v for k, v in made.items() if k != "weight_clip"})  # before the field
+    cfg = parse_run_config(STUDY)
+    assert cells_to_redo(group, tmp_path, expected=expected_configs(group, cfg)) == {}  # absent = the default
+    edited = parse_run_config({**STUDY, "pact": {4: {"weight_clip": "mse", "fold_bn": False}}})
+    why = cells_to_redo(group, tmp_path, expected=expected_configs(group, edited))
+    assert list(why) == ["pact-4"]
+    assert why["pact-4"].reason.startswith("made with other pact options than this study's (fold_bn: True -> False, "
+                                           "weight_clip: 'max' -> 'mse')")
+    assert progress([group], tmp_path, edited)[2] == [f"breastmnist/small_cnn/seed0/pact-4: {why['pact-4'].reason}"]
+    assert cells_to_redo(group, tmp_path) == {}  # without the study's configs only versions are compared

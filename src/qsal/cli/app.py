@@ -258,7 +258,7 @@ def _print_progress_of(out: Path, groups, cfg) -> None:
 
     if not (out / "run_config.json").is_file():
         return
-    done, total, redo = progress(groups, out)
+    done, total, redo = progress(groups, out, cfg)
     print(f"{out}: {done} of these {total} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
     stamp = read_json(out / "run_config.json", "delete it to adopt the folder for this config (finished cells stay)")
     if stamp.get("fingerprint") != cfg.fingerprint():

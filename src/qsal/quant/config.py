@@ -9,7 +9,8 @@ from qsal.errors import QsalError
 from qsal.quant.weights import WEIGHT_SCHEMES
 from qsal.quant.observers import OBSERVERS
 
-__all__ = ["PTQConfig", "QATConfig", "PACTConfig", "WeightOnlyConfig", "QuantConfig", "config_from_dict"]
+__all__ = ["PTQConfig", "QATConfig", "PACTConfig", "WeightOnlyConfig", "QuantConfig", "config_from_dict",
+           "canonical_config"]
 
 
 def _check_bits(name: str, bits: int, allowed: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)) -> None:
@@ -125,7 +126,8 @@ class PACTConfig(QuantConfig):
         ``weight_clip="mse"`` (symmetric scheme) does the same for each weight scale on every step instead of
         ``max|w|``. At 2 bits the max start rounded 98 % of a trained CIFAR ResNet-20's weights to zero and the
         fine-tune sat at chance; the MSE weight clip with BatchNorm kept left it, the MSE alpha start alone changed
-        nothing (``benchmarks/results/pact2_start.md``). Neither is in the paper, which trains from scratch.
+        nothing (``benchmarks/results/pact2_start.md``). Neither is in the paper, which trains from scratch. The
+        first and last layers keep their ``first_last_bits`` max-scaled weights.
       - ``input_clip="fixed"`` (default, as the paper: it quantizes ReLU outputs and never clips the image):
         the network input gets a *non-learned* ``first_last_bits`` quantizer over the calibration images'
         min-max range (for 8-bit images normalised by mean/std, exactly the pixel grid). ``"learned"`` puts
@@ -234,3 +236,13 @@ def config_from_dict(d: dict) -> QuantConfig:
     if "skip" in d:
         d["skip"] = tuple(d["skip"])
     return cls(**d)
+
+
+def canonical_config(recorded: dict) -> dict | None:
+    """A recorded ``to_dict()`` as this qsal reads it back: fields added since at their defaults (the behaviour before
+    they existed), the recorded ``version`` kept (a version is a change of method its fields need not show). ``None``
+    when it cannot be read back (an unknown method or field): such records are not compared."""
+    try:
+        return {**config_from_dict(recorded).to_dict(), "version": recorded.get("version")}
+    except (QsalError, TypeError, ValueError):
+        return None

@@ -67,6 +67,7 @@ def describe_quantization(model: nn.Module) -> dict | None:
     weights = [{"name": n,
                 "type": "depthwise_conv" if is_depthwise(m) else type(m).__name__.replace("Quant", "").lower(),
                 "weight_bits": m.weight_bits if m.quant_weights else 32, "scheme": m.scheme,
+                **({"clip": m.weight_clip} if m.weight_clip != "max" else {}),
                 "scale": "per_channel" if m.per_channel else "per_tensor"} for n, m in layers]
     nodes = {}
     if isinstance(model, fx.GraphModule):

@@ -16,7 +16,7 @@ from torch import nn
 from qsal.precision import float32_forward
 from qsal.quant.observers import ValueSampler, compute_range
 from qsal.quant.ste import fake_quant_affine, pact_quantize, round_ste
-from qsal.quant.weights import WEIGHT_SCHEMES, weight_codes
+from qsal.quant.weights import WEIGHT_CLIPS, WEIGHT_SCHEMES, weight_codes
 
 __all__ = ["ActQuantizer", "PACTQuantizer", "QuantConv2d", "QuantLinear", "is_depthwise", "QUANT_LAYERS"]
 
@@ -95,6 +95,8 @@ def mse_clip(values: np.ndarray, top: float, n_steps: int, signed: bool) -> floa
     ``round(clip(values, lo, alpha) / s) * s``, ``s = alpha / n_steps``, ``lo = 0`` (``-alpha`` when ``signed``): at 2
     bits the percentile clip rounds almost every ReLU output to zero."""
     v = np.asarray(values, dtype=np.float64)
+    if not top > 0:  # a dead tensor (all zero): nothing to fit
+        return top
     best, best_err = top, None
     for alpha in top * np.geomspace(0.02, 1.0, 48):
         s = alpha / n_steps
@@ -212,6 +214,9 @@ class _QuantWeightLayer:
     def _init_quant(self, weight_bits: int, per_channel: bool, scheme: str, clip: str = "max") -> None:
         if scheme not in WEIGHT_SCHEMES:
             raise ValueError(f"unknown weight scheme {scheme!r}; one of {WEIGHT_SCHEMES}")
+        if clip not in WEIGHT_CLIPS or (clip == "mse" and scheme != "symmetric"):
+            raise ValueError(f"weight clip {clip!r} with scheme {scheme!r}: one of {WEIGHT_CLIPS}, 'mse' for the "
+                             "symmetric scheme only")
         self.weight_bits, self.per_channel, self.scheme, self.weight_clip = weight_bits, per_channel, scheme, clip
         self.quant_weights = True
         self.register_buffer("bn_scale", torch.ones(self.weight.shape[0]))

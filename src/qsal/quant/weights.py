@@ -17,9 +17,10 @@ _MSE_FRACTIONS = torch.linspace(0.05, 1.0, 39)  # candidate clips, as fractions 
 
 def _mse_clip(w: torch.Tensor, m: torch.Tensor, n: int, dims: tuple) -> torch.Tensor:
     """The clip ``c`` (shaped like ``m``) among ``_MSE_FRACTIONS * m`` with the least squared error of
-    ``clamp(round(w / s), -n, n) * s``, ``s = c / n``: at 2 bits, max-scaled ternary codes are almost all zero."""
+    ``clamp(round(w / s), -n, n) * s``, ``s = c / n``: at 2 bits, max-scaled ternary codes are almost all zero.
+    Largest first, so a tie (an all-zero channel: every clip exact) keeps ``max|w|``'s scale, not a 20x smaller one."""
     best_err, best = None, m
-    for f in _MSE_FRACTIONS.tolist():
+    for f in reversed(_MSE_FRACTIONS.tolist()):
         c = m * f
         s = c / n
         sq = (torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2

@@ -94,7 +94,7 @@ class RunConfig:
         """The ``PACTConfig`` of this study's PACT and SGT+PACT cells of ``bits``: the defaults and ``pact[bits]``."""
         from qsal.quant import PACTConfig
 
-        return PACTConfig(bits=bits, **self.pact.get(bits, {}))
+        return PACTConfig(bits=bits, **self.pact.get(bits, self.pact.get(str(bits), {})))  # "2": a RunConfig from JSON
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not ``data_dir``, which only says where files are)."""

@@ -52,13 +52,16 @@ def read_results(specs: list[CellSpec], run_dir: Path) -> dict[str, dict | None]
     return {s.label: _result(run_dir / s.id) for s in specs}
 
 
-def outdated(spec: CellSpec, cell: Path, result: dict) -> str | None:
+def outdated(spec: CellSpec, cell: Path, result: dict, expected: dict | None = None) -> str | None:
     """Why a finished quantized cell (``result``: its ``result.json``) is out of date: its method's version changed
-    since it was made; ``None`` when current, or when the cell does not say (folders before the runner recorded
-    ``quant_config`` in ``result.json`` have it in ``best.json``; older still, nowhere: kept, not guessed)."""
+    since it was made, or (``expected``: the ``to_dict()`` of the config the study would use now) it was made with
+    other options (a study's ``pact:`` edited since); ``None`` when current, or when the cell does not say (folders
+    before the runner recorded ``quant_config`` in ``result.json`` have it in ``best.json``; older still, nowhere:
+    kept, not guessed)."""
     if spec.parent is None:
         return None
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
+    from qsal.quant.config import canonical_config
 
     current = {"ptq": PTQConfig, "qat": QATConfig, "pact": PACTConfig, "sgt+pact": PACTConfig}[spec.kind]
     recorded = result.get("quant_config")
@@ -68,9 +71,18 @@ def outdated(spec: CellSpec, cell: Path, result: dict) -> str | None:
         except QsalError:
             recorded = None
     made = recorded.get("version") if isinstance(recorded, dict) else None
-    if made is None or made == current.version:
+    if made is None:
         return None
-    return f"made by {current.method} version {made}; this qsal makes version {current.version}: redoing it"
+    if made != current.version:
+        return f"made by {current.method} version {made}; this qsal makes version {current.version}: redoing it"
+    mine = canonical_config(recorded) if expected is not None else None
+    if mine is None:  # nothing to compare with, or a record this qsal cannot read back: kept
+        return None
+    changed = sorted(k for k in set(mine) | set(expected) if k != "version" and mine.get(k) != expected.get(k))
+    if not changed:
+        return None
+    return (f"made with other {current.method} options than this study's ("
+            + ", ".join(f"{k}: {mine.get(k)!r} -> {expected.get(k)!r}" for k in changed) + "): redoing it")
 
 
 def _made_at(result: dict | None) -> str | None:
@@ -102,16 +114,17 @@ def older_than_parent(spec: CellSpec, result: dict, parent_result: dict | None) 
     return f"its parent {spec.parent} was trained again after this cell was made: redoing it from the new parent"
 
 
-def cells_to_redo(specs: list[CellSpec], run_dir: Path,
-                  results: dict[str, dict | None] | None = None) -> dict[str, Redo]:
+def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict | None] | None = None,
+                  expected: dict[str, dict] | None = None) -> dict[str, Redo]:
     """``{label: Redo}`` for the finished cells of one (dataset, model, seed) group that a run does again. The runner
     asks again as it reaches each cell, so a child is redone only once its parent has been retrained successfully.
     ``specs`` is a whole group (``plan_groups``: every parent is in it); ``results`` its ``read_results`` where the
-    caller has them (else each cell's ``result.json`` is read here, once)."""
+    caller has them (else each cell's ``result.json`` is read here, once). ``expected``: ``{label: quant config
+    to_dict()}`` the study would make now (``runner.expected_configs``); without it only versions are compared."""
     results = read_results(specs, run_dir) if results is None else results
     done = {label for label, r in results.items() if r is not None}
     old = {s.label: why for s in specs if s.label in done
-           and (why := outdated(s, run_dir / s.id, results[s.label])
+           and (why := outdated(s, run_dir / s.id, results[s.label], (expected or {}).get(s.label))
                 or older_than_parent(s, results[s.label], results.get(s.parent)))}
     needed = {s.parent for s in specs if s.parent and (s.label in old or s.label not in done)}
     retrain = {s.label for s in specs if s.kind in needed and s.label in done
@@ -124,16 +137,18 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path,
     return {s.label: redo[s.label] for s in specs if s.label in redo}  # in the group's order: parents first
 
 
-def progress(groups: list[list[CellSpec]], run_dir: Path) -> tuple[int, int, list[str]]:
+def progress(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> tuple[int, int, list[str]]:
     """For ``--dry-run`` on an existing run folder: (finished cells, cells in ``groups``, one line per finished cell a
-    run would redo, ``dataset/model/seedN/label: why``)."""
-    from qsal.study.runner import group_name
+    run would redo, ``dataset/model/seedN/label: why``). ``cfg``: the study's ``RunConfig``, to compare options."""
+    from qsal.study.runner import expected_configs, group_name
 
     done, total, redo = 0, 0, []
     for g in groups:
         results = read_results(g, run_dir)
         done, total = done + sum(r is not None for r in results.values()), total + len(g)
-        redo += [f"{group_name(g)}/{label}: {r.reason}" for label, r in cells_to_redo(g, run_dir, results).items()]
+        expected = expected_configs(g, cfg) if cfg is not None else None
+        redo += [f"{group_name(g)}/{label}: {r.reason}"
+                 for label, r in cells_to_redo(g, run_dir, results, expected).items()]
     return done, total, redo
 
 

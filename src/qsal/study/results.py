@@ -41,6 +41,8 @@ def _read_error(path: Path, run_dir: Path) -> dict:
 def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     """Aggregate finished cells: one row per (dataset, model, method), mean and std over seeds.
     ``grids=False`` only reads (no saliency-grid PNG is drawn into the folder)."""
+    from qsal.quant.config import canonical_config
+
     run_dir = Path(run_dir)
     if not (run_dir / "run_config.json").is_file():
         raise QsalError(f"{run_dir} is not a qsal run directory (no run_config.json); pass the --out of `qsal run`")
@@ -79,7 +81,10 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])
-        configs = {json.dumps(_canonical(r.get("quant_config")), sort_keys=True) for r in rs if "quant_config" in r}
+        # as read back: a field added later counts as its default (the old behaviour), not as a difference
+        configs = {json.dumps(canonical_config(r["quant_config"]) or r["quant_config"]
+                              if isinstance(r.get("quant_config"), dict) else r.get("quant_config"), sort_keys=True)
+                   for r in rs if "quant_config" in r}
         if len(configs) > 1:  # cells written before configs were recorded cannot be told apart: not flagged
             row["mixed_configs"] = True  # e.g. a study resumed across a method fix: its seeds are not one method
         rows.append(row)
@@ -105,20 +110,6 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     out = {"rows": rows, "failed": failed, "grids": grid_paths, "n_cells": len(results), "machines": _machines(results)}
     out.update(_report_arrays(run_dir, keys, multi))
     return out
-
-
-def _canonical(quant_config):
-    """A recorded quant config as this qsal reads it back (fields added since at their defaults, which are the old
-    behaviour), so two seeds made before and after an option was added compare equal when they are one method."""
-    from qsal.quant import config_from_dict
-
-    try:
-        if not isinstance(quant_config, dict):
-            return quant_config
-        # the recorded version stays: a version is a change of method that its fields need not show
-        return {**config_from_dict(quant_config).to_dict(), "version": quant_config.get("version")}
-    except QsalError:
-        return quant_config
 
 
 def _machines(results: list[dict]) -> list[dict]:

@@ -80,6 +80,22 @@ def plan_groups(cfg: RunConfig) -> list[list[CellSpec]]:
     return groups
 
 
+def quant_config(spec: CellSpec, cfg: RunConfig):
+    """The quantization config a study makes its cell ``spec`` with (``None`` for FP32 and SGT parents)."""
+    from qsal.quant import PTQConfig, QATConfig
+
+    if spec.kind in ("fp32", "sgt"):
+        return None
+    if spec.kind == "ptq":
+        return PTQConfig(observer=spec.observer)
+    return QATConfig() if spec.kind == "qat" else cfg.pact_config(spec.bits)
+
+
+def expected_configs(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]:
+    """``{label: quant config to_dict()}`` of a group's quantized cells, for ``redo.cells_to_redo``."""
+    return {s.label: quant_config(s, cfg).to_dict() for s in specs if s.parent is not None}
+
+
 def _log(cell_dir: Path, message: str) -> None:
     with open(cell_dir / "log.txt", "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
@@ -88,7 +104,6 @@ def _log(cell_dir: Path, message: str) -> None:
 def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
     from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.provenance import environment
-    from qsal.quant import PTQConfig, QATConfig
     from qsal.runtime import Runtime
     from qsal.saliency import SaliencyGuidedStep
     from qsal.scoring import artifact_row, score_onnx
@@ -107,8 +122,7 @@ def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> 
                     sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target,
                     resume=True)  # the study's own check guards mixing
     else:
-        qcfg = {"ptq": lambda: PTQConfig(observer=spec.observer), "qat": QATConfig,
-                "pact": lambda: cfg.pact_config(spec.bits), "sgt+pact": lambda: cfg.pact_config(spec.bits)}[spec.kind]()
+        qcfg = quant_config(spec, cfg)
         quantize_checkpoint(str(cell.parent / spec.parent / "best.safetensors"), qcfg, cell, data_dir=cfg.data_dir,
                             seed=spec.seed, progress=progress, step=sgt if spec.kind == "sgt+pact" else None,
                             train_config=finetune_cfg, resume=True)
@@ -227,15 +241,18 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     run_path = Path(run_dir)
     specs = [CellSpec(**g) for g in group]
     statuses = []
-    results = read_results(specs, run_path)  # kept current below: only the cell being run changes its file
+    # kept current below: only the cell being run changes its result.json (the agreement step after it rewrites the
+    # same file with map-agreement fields, none of which a redo decision reads)
+    results = read_results(specs, run_path)
+    expected = expected_configs(specs, cfg)
     for spec in specs:
         cell = run_path / spec.id
         try:
             # asked as each cell is reached: a child is redone once its parent has been retrained, not before
-            redo = cells_to_redo(specs, run_path, results).get(spec.label)
+            redo = cells_to_redo(specs, run_path, results, expected).get(spec.label)
             if redo is not None and not redo.after_parent:
+                results[spec.label] = None  # first: a clear_cell that fails half-way has removed result.json
                 clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
-                results[spec.label] = None
                 _log(cell, redo.reason)
             elif results[spec.label] is not None:
                 statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
@@ -301,14 +318,14 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
         except ImportError:
             raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
     groups = select_groups(plan_groups(cfg), only)  # a bad pattern is refused before the folder is touched
-    _require_data(cfg, [g for g in groups if _has_work(g, run_dir)])
+    _require_data(cfg, [g for g in groups if _has_work(g, run_dir, cfg)])
     with run_lock(run_dir):
         return _run_locked(cfg, run_dir, workers, backend, ray_address, force, progress, groups)
 
 
-def _has_work(group: list[CellSpec], run_dir: Path) -> bool:
+def _has_work(group: list[CellSpec], run_dir: Path, cfg: RunConfig) -> bool:
     results = read_results(group, run_dir)
-    return None in results.values() or bool(cells_to_redo(group, run_dir, results))
+    return None in results.values() or bool(cells_to_redo(group, run_dir, results, expected_configs(group, cfg)))
 
 
 def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:
