@@ -76,12 +76,18 @@ def test_a_child_of_another_parent_or_an_older_method_is_redone(group, tmp_path)
     assert "ptq-int8-minmax" in cells_to_redo(group, tmp_path)
 
 
-def test_each_result_is_read_once_per_decision(group, tmp_path, monkeypatch):
+def _finished_and_counted(group, run_dir, monkeypatch) -> list[str]:
+    """Every cell of ``group`` finished from the parent at hand; returns the list each later read appends to."""
     for spec in group:
-        (_write if spec.parent is None else _child)(tmp_path, spec, *([T_PARENT] if spec.parent is None else []))
+        (_write if spec.parent is None else _child)(run_dir, spec, *([T_PARENT] if spec.parent is None else []))
     reads = []
     real = redo_mod.read_json
     monkeypatch.setattr(redo_mod, "read_json", lambda path, *a: reads.append(path.name) or real(path, *a))
+    return reads
+
+
+def test_each_result_is_read_once_per_decision(group, tmp_path, monkeypatch):
+    reads = _finished_and_counted(group, tmp_path, monkeypatch)
     cells_to_redo(group, tmp_path)
     assert reads == ["result.json"] * len(group)  # quant_config recorded: best.json is not opened
     reads.clear()
@@ -94,11 +100,7 @@ def test_a_rerun_of_a_finished_group_reads_each_result_once(group, tmp_path, mon
 
     from qsal.study.runner import run_group
 
-    for spec in group:
-        (_write if spec.parent is None else _child)(tmp_path, spec, *([T_PARENT] if spec.parent is None else []))
-    reads = []
-    real = redo_mod.read_json
-    monkeypatch.setattr(redo_mod, "read_json", lambda path, *a: reads.append(path.name) or real(path, *a))
+    reads = _finished_and_counted(group, tmp_path, monkeypatch)
     statuses = run_group([asdict(s) for s in group], str(tmp_path), STUDY, 1, False)
     assert [s["status"] for s in statuses] == ["skipped (finished earlier)"] * len(group)
     assert reads == ["result.json"] * len(group)  # not once per cell per cell, as before
