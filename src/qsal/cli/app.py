@@ -254,14 +254,13 @@ def cmd_run(args):
 def _print_progress_of(out: Path, groups, cfg) -> None:
     """``--dry-run`` on an existing run folder: how much is finished and which finished cells a run would redo."""
     from qsal.study.redo import progress
-    from qsal.study.rundir import read_json
+    from qsal.study.runner import other_config
 
     if not (out / "run_config.json").is_file():
         return
     done, total, redo = progress(groups, out, cfg)
     print(f"{out}: {done} of these {total} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
-    stamp = read_json(out / "run_config.json", "delete it to adopt the folder for this config (finished cells stay)")
-    if stamp.get("fingerprint") != cfg.fingerprint():
+    if other_config(out, cfg) is not None:
         print("  (made by a different config: a run there needs --force, which keeps its finished cells)")
     for line in redo:
         print(f"  {line}")

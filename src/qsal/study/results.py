@@ -82,8 +82,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])
         # as read back: a field added later counts as its default (the old behaviour), not as a difference
-        configs = {json.dumps(canonical_config(r["quant_config"]) or r["quant_config"]
-                              if isinstance(r.get("quant_config"), dict) else r.get("quant_config"), sort_keys=True)
+        configs = {json.dumps(canonical_config(r["quant_config"]) or r["quant_config"], sort_keys=True)
                    for r in rs if "quant_config" in r}
         if len(configs) > 1:  # cells written before configs were recorded cannot be told apart: not flagged
             row["mixed_configs"] = True  # e.g. a study resumed across a method fix: its seeds are not one method

@@ -338,17 +338,23 @@ def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:
             load_split(name, split, cfg.data_dir)  # QsalError naming the folder searched and how to get the files
 
 
+def other_config(run_dir: Path, cfg: RunConfig) -> str | None:
+    """The fingerprint of the config that made ``run_dir`` when it is not ``cfg``'s (``None``: same, or no folder)."""
+    stamp = run_dir / "run_config.json"
+    if not stamp.is_file():
+        return None
+    old = read_json(stamp, "delete it to adopt the folder for this config (finished cells stay), or choose another --out")
+    return None if old.get("fingerprint") == cfg.fingerprint() else str(old.get("fingerprint"))
+
+
 def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_address: str | None, force: bool,
                 progress: bool, groups: list[list[CellSpec]]) -> list[dict]:
     from tqdm import tqdm
 
     stamp = run_dir / "run_config.json"
-    if stamp.is_file():
-        old = read_json(stamp, "delete it to adopt the folder for this config (finished cells stay), or choose "
-                               "another --out")
-        if old.get("fingerprint") != cfg.fingerprint() and not force:
-            raise QsalError(f"{run_dir} was made by a different config (fingerprint {old.get('fingerprint')} vs "
-                            f"{cfg.fingerprint()}); pass --force to reuse it, or choose another --out")
+    if (old := other_config(run_dir, cfg)) is not None and not force:
+        raise QsalError(f"{run_dir} was made by a different config (fingerprint {old} vs {cfg.fingerprint()}); "
+                        "pass --force to reuse it, or choose another --out")
     write_json_atomic(stamp, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
     n_cells = sum(len(g) for g in groups)
     # taskset -c 0 qsal run ... trains on 1 thread; --only one/group --workers 4 gives that group every core
