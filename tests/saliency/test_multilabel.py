@@ -13,7 +13,7 @@ from qsal.models import create_model
 from qsal.saliency import METHODS, SaliencyGuidedStep, explain, input_saliency, mask_lowest
 from qsal.saliency.metrics import deletion_insertion, faithfulness_curve
 from qsal.saliency.targets import multilabel_target_weights
-from qsal.study.runner import explanation_measures
+from qsal.study.cell import explanation_measures
 from qsal.train import TrainConfig, fit
 
 L = 14

@@ -8,7 +8,7 @@ from qsal.quant import PACTConfig, PTQConfig
 from qsal.study import redo as redo_mod
 from qsal.study.config import parse_run_config
 from qsal.study.redo import cells_to_redo, progress
-from qsal.study.runner import expected_configs, plan_groups
+from qsal.study.grid import expected_configs, plan_groups
 
 STUDY = {"name": "r", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
          "bits": [4], "observers": ["minmax"], "seeds": [0]}

@@ -6,7 +6,9 @@ import torch
 from qsal.errors import QsalError
 from qsal.study.config import parse_run_config
 from qsal.study.results import collect_results, report_run
-from qsal.study.runner import explanation_measures, group_name, plan_groups, run_study, select_groups
+from qsal.study.cell import explanation_measures
+from qsal.study.grid import group_name, plan_groups, select_groups
+from qsal.study.runner import run_study
 
 TINY = {"name": "tiny", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
         "bits": [4], "observers": ["minmax"], "seeds": [0], "epochs": {"fp32": 1, "finetune": 1},

@@ -224,7 +224,7 @@ def cmd_run(args):
         cfg = dataclasses.replace(cfg, data_dir=str(Path(args.data_dir).expanduser().resolve()))
     if args.dry_run:
         from qsal.study.plan import format_plan, plan_study
-        from qsal.study.runner import group_name, plan_groups, select_groups
+        from qsal.study.grid import group_name, plan_groups, select_groups
 
         chosen = select_groups(plan_groups(cfg), args.only)  # a bad pattern is refused before the timed steps
         print(format_plan(plan_study(cfg), cfg.name))

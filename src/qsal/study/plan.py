@@ -63,7 +63,7 @@ def plan_study(cfg, measure: bool = True) -> dict:
     """
     from qsal.data import get_info
     from qsal.precision import resolve_precision
-    from qsal.study.runner import plan_groups
+    from qsal.study.grid import plan_groups
     from qsal.train import resolve_device
 
     groups = plan_groups(cfg)

@@ -14,13 +14,10 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from qsal.errors import QsalError
+from qsal.study.grid import CellSpec, expected_configs, group_name
 from qsal.study.rundir import read_json
-
-if TYPE_CHECKING:
-    from qsal.study.runner import CellSpec
 
 __all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "outdated",
            "parent_made_at", "progress", "read_results"]
@@ -120,7 +117,7 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict 
     asks again as it reaches each cell, so a child is redone only once its parent has been retrained successfully.
     ``specs`` is a whole group (``plan_groups``: every parent is in it); ``results`` its ``read_results`` where the
     caller has them (else each cell's ``result.json`` is read here, once). ``expected``: ``{label: quant config
-    to_dict()}`` the study would make now (``runner.expected_configs``); without it only versions are compared."""
+    to_dict()}`` the study would make now (``grid.expected_configs``); without it only versions are compared."""
     results = read_results(specs, run_dir) if results is None else results
     done = {label for label, r in results.items() if r is not None}
     old = {s.label: why for s in specs if s.label in done
@@ -140,8 +137,6 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict 
 def progress(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> tuple[int, int, list[str]]:
     """For ``--dry-run`` on an existing run folder: (finished cells, cells in ``groups``, one line per finished cell a
     run would redo, ``dataset/model/seedN/label: why``). ``cfg``: the study's ``RunConfig``, to compare options."""
-    from qsal.study.runner import expected_configs, group_name
-
     done, total, redo = 0, 0, []
     for g in groups:
         results = read_results(g, run_dir)

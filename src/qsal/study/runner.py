@@ -1,235 +1,31 @@
 """``qsal run CONFIG.yaml``: a study grid as independent, resumable cells.
 
-A cell is one model: (dataset, model, seed, method). Cells of one (dataset, model, seed) form a group
-that runs in order in one worker (the FP32 and SGT parents first); groups run in parallel on local
-processes (``workers``) or on a Ray cluster. Each cell folder holds its config, checkpoint, ONNX
-artifact + model card, ``result.json`` (metrics, size, latency, saliency metrics), saliency maps and a
-log; a finished cell is skipped on rerun, a killed one resumes its training, a failed one records
-``error.json`` and the others go on. One ``qsal run`` holds a run folder at a time (``rundir.run_lock``);
+The cells and their groups are ``study.grid``'s; one cell's work is ``study.cell.run_cell``. Groups run in
+parallel on local processes (``workers``) or on a Ray cluster, each group's cells in order in one worker. A
+finished cell is skipped on rerun, a killed one resumes its training, a failed one records ``error.json``
+and the others go on. One ``qsal run`` holds a run folder at a time (``rundir.run_lock``);
 ``qsal run`` exits non-zero when a cell failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import json
 import os
 import sys
-import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-
-import numpy as np
 
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
+from qsal.study.cell import agreement_with_fp32, log, run_cell
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
-from qsal.study.redo import cells_to_redo, clear_cell, finished, parent_made_at, read_results
-from qsal.study.rundir import load_npy, read_json, run_lock
+from qsal.study.grid import CellSpec, expected_configs, plan_groups, select_groups
+from qsal.study.redo import cells_to_redo, clear_cell, read_results
+from qsal.study.rundir import read_json, run_lock
 
-__all__ = ["CellSpec", "plan_groups", "run_study", "explanation_measures"]
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    dataset: str
-    model: str
-    seed: int
-    kind: str  # fp32 | sgt | ptq | qat | pact | sgt+pact
-    bits: int = 8
-    observer: str = ""
-
-    @property
-    def label(self) -> str:
-        return {"fp32": "fp32", "sgt": "sgt", "ptq": f"ptq-int8-{self.observer}", "qat": "qat-int8",
-                "pact": f"pact-{self.bits}", "sgt+pact": f"sgt+pact-{self.bits}"}[self.kind]
-
-    @property
-    def id(self) -> str:
-        return f"{self.dataset}/{self.model}/seed{self.seed}/{self.label}"
-
-    @property
-    def parent(self) -> str | None:
-        """Label of the float cell a quantized cell starts from (SGT+PACT: the SGT model); None for fp32/sgt."""
-        return None if self.kind in ("fp32", "sgt") else "sgt" if self.kind == "sgt+pact" else "fp32"
-
-
-def plan_groups(cfg: RunConfig) -> list[list[CellSpec]]:
-    """Cells grouped by (dataset, model, seed), each parent before its children and the FP32 family first:
-    SGT's long training comes after the quick quantized cells of FP32, so a run stopped early (a time
-    limit) has finished as many cells as it could."""
-    groups = []
-    for ds in cfg.datasets:
-        for model in cfg.models:
-            for seed in cfg.seeds:
-                cells = [CellSpec(ds, model, seed, "fp32")]
-                if "ptq" in cfg.methods:
-                    cells += [CellSpec(ds, model, seed, "ptq", 8, o) for o in cfg.observers]
-                if "qat" in cfg.methods:
-                    cells.append(CellSpec(ds, model, seed, "qat"))
-                if "pact" in cfg.methods:
-                    cells += [CellSpec(ds, model, seed, "pact", b) for b in cfg.bits]
-                if "sgt" in cfg.methods or "sgt+pact" in cfg.methods:
-                    cells.append(CellSpec(ds, model, seed, "sgt"))
-                if "sgt+pact" in cfg.methods:
-                    cells += [CellSpec(ds, model, seed, "sgt+pact", b) for b in cfg.bits]
-                groups.append(cells)
-    return groups
-
-
-def quant_config(spec: CellSpec, cfg: RunConfig):
-    """The quantization config a study makes its cell ``spec`` with (``None`` for FP32 and SGT parents)."""
-    from qsal.quant import PTQConfig, QATConfig
-
-    if spec.kind in ("fp32", "sgt"):
-        return None
-    if spec.kind == "ptq":
-        return PTQConfig(observer=spec.observer)
-    return QATConfig() if spec.kind == "qat" else cfg.pact_config(spec.bits)
-
-
-def expected_configs(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]:
-    """``{label: quant config to_dict()}`` of a group's quantized cells, for ``redo.cells_to_redo``."""
-    return {s.label: quant_config(s, cfg).to_dict() for s in specs if s.parent is not None}
-
-
-def _log(cell_dir: Path, message: str) -> None:
-    with open(cell_dir / "log.txt", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-
-
-def _run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
-    from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
-    from qsal.provenance import environment
-    from qsal.runtime import Runtime
-    from qsal.saliency import SaliencyGuidedStep
-    from qsal.scoring import artifact_row, score_onnx
-    from qsal.train import resolve_device
-
-    cell = run_dir / spec.id
-    cell.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cell / "config.json", {"cell": asdict(spec), "label": spec.label, "study": cfg.to_dict()})
-    _log(cell, f"start {spec.id}")
-    t0 = time.perf_counter()
-    train, val, test = load_splits(spec.dataset, cfg.data_dir, seed=spec.seed)
-    sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed, target=cfg.sgt.target)
-    train_cfg, finetune_cfg = cfg.train_configs(spec.dataset, spec.model, spec.seed, progress)
-    if spec.kind in ("fp32", "sgt"):
-        train_model(spec.dataset, spec.model, train_cfg, cell, data_dir=cfg.data_dir, saliency_guided=spec.kind == "sgt",
-                    sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target,
-                    resume=True)  # the study's own check guards mixing
-    else:
-        qcfg = quant_config(spec, cfg)
-        quantize_checkpoint(str(cell.parent / spec.parent / "best.safetensors"), qcfg, cell, data_dir=cfg.data_dir,
-                            seed=spec.seed, progress=progress, step=sgt if spec.kind == "sgt+pact" else None,
-                            train_config=finetune_cfg, resume=True)
-    seconds = time.perf_counter() - t0
-    _log(cell, f"trained/quantized in {seconds:.1f} s")
-    ckpt = cell / "best.safetensors"
-    metrics = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")["test"]
-    exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False, force=True)  # the cell owns its files
-    deployed = Runtime(cell / "model.onnx")  # one session scores both splits
-    art, probs = score_onnx(deployed, test, seed=spec.seed)
-    on_val = score_onnx(deployed, val, n_bootstrap=0, seed=spec.seed)[0].to_dict()
-    del deployed
-    result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
-              # the artifact on the validation split: what a choice among cells (benchmarks/targets.py) may look at
-              "val_auc": on_val.get("auc"), "val_acc": on_val.get("acc"),
-              "acc_ci": art.ci.get("acc"), "train_s": seconds, "size_bytes": exp["size_bytes"],
-              # the method's config with its version: seeds of one row made by different qsal versions show up
-              "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict(),
-              # which parent it descends from (that result's time): a retrained parent makes it stale (qsal.study.redo)
-              "parent_made_at": parent_made_at(spec, run_dir)}
-    np.save(cell / "test_probs.npy", probs)  # the report's confusion matrix, ROC and reliability figures
-    np.save(cell / "test_labels.npy", test.labels)
-    if cfg.measure.latency:
-        from qsal.export.bench import bench_onnx
-
-        bench = bench_onnx(cell / "model.onnx", threads=(1,), batches=(1, 64), seconds=1.0)
-        b1, b64 = bench["runs"]
-        result.update(latency_b1_ms=b1["latency_ms_p50"], latency_b1_p95_ms=b1["latency_ms_p95"],
-                      throughput_b64=b64["throughput_img_s"])
-    if cfg.measure.saliency:
-        from qsal.checkpoint import load_checkpoint
-        from qsal.saliency.plot import to_display
-
-        model, _ = load_checkpoint(ckpt)
-        sub = test.subset(cfg.measure.n_explain, 0)  # the same images in every cell
-        x, y = sub.tensors()
-        maps, measures = explanation_measures(model, x, y, spec.seed, str(resolve_device(train_cfg.device)))
-        np.save(cell / "saliency_maps.npy", maps)
-        if spec.kind == "fp32":
-            np.save(cell / "explain_images.npy", to_display(x.numpy(), sub.info.mean, sub.info.std))
-            np.save(cell / "explain_indices.npy", test.subset_indices(cfg.measure.n_explain, 0))
-        result.update(measures)
-    if cfg.measure.latency:
-        write_card(str(ckpt), cell / "model.onnx", bench, metrics=art.to_dict(), explanations={  # scored above
-            k: result[k] for k in ("faithfulness_gap", "deletion_auc", "insertion_auc", "gini") if k in result} or None, data_dir=cfg.data_dir)
-    result["environment"] = environment()
-    _log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
-    write_json_atomic(cell / "result.json", result)
-    return result
-
-
-def explanation_measures(model, x, y, seed: int, device: str = "cpu") -> tuple[np.ndarray, dict]:
-    """A cell's saliency step: |gradient| maps of the labels ``y`` (``(N,)``, or ``(N, L)`` multi-label:
-    see ``qsal.saliency.targets``) and what they are worth: the faithfulness gap (accuracy area with random
-    pixels removed minus with the most salient removed), deletion / insertion AUC of the label's probability
-    (Petsiuk et al. 2018; 20 steps, each image's minimum as the blank) and the Gini index of the maps.
-    Runs on ``device`` (the cell's training device: a GPU when the study trains on one).
-    Returns ``(maps (N, C, H, W), measures)``."""
-    import torch
-
-    from qsal.metrics import predict_logits
-    from qsal.saliency import explain
-    from qsal.saliency.metrics import deletion_insertion, faithfulness_curve, gini
-
-    model = model.to(device)
-    maps = explain(model, x, "gradient_abs", target=y).numpy()
-    model_fn = lambda a: predict_logits(model, torch.from_numpy(a), device=device)  # noqa: E731
-    faith = faithfulness_curve(model_fn, x.numpy(), y.numpy(), maps, seed=seed)
-    curves = deletion_insertion(model_fn, x.numpy(), y.numpy(), maps)
-    return maps, {"faithfulness_gap": faith["gap"], "deletion_auc": curves["deletion_auc"],
-                  "insertion_auc": curves["insertion_auc"], "gini": float(np.mean(gini(maps)))}
-
-
-def _redo_fix(run_dir: Path, spec: CellSpec) -> str:
-    return f"delete the folder {run_dir / spec.id} and rerun `qsal run` to redo that cell"
-
-
-def _agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]:
-    """Add map agreement with the FP32 cell to every finished result; returns ``{cell id: problem}``."""
-    from qsal.saliency.metrics import agreement
-
-    base = run_dir / group[0].id / "saliency_maps.npy"
-    if not base.is_file():
-        return {}
-    try:
-        ref = load_npy(base, _redo_fix(run_dir, group[0]), ndim=4)
-    except QsalError as e:
-        return {group[0].id: str(e)}
-    problems = {}
-    for spec in group:
-        cell = run_dir / spec.id
-        if not finished(cell) or not (cell / "saliency_maps.npy").is_file():
-            continue
-        try:
-            maps = load_npy(cell / "saliency_maps.npy", _redo_fix(run_dir, spec), ndim=4)
-            if maps.shape != ref.shape:
-                raise QsalError(f"{cell / 'saliency_maps.npy'} has shape {maps.shape}, FP32's {ref.shape}; "
-                                f"{_redo_fix(run_dir, spec)}")
-        except QsalError as e:
-            problems[spec.id] = str(e)
-            continue
-        a = agreement(ref, maps)
-        result = read_json(cell / "result.json", _redo_fix(run_dir, spec))
-        result.update(agreement_spearman=a["spearman"], agreement_iou=a["topk_iou"], agreement_ssim=a["ssim"],
-                      most_changed=a["most_changed"])
-        write_json_atomic(cell / "result.json", result)
-    return problems
+__all__ = ["run_study", "run_group", "other_config"]
 
 
 def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, progress: bool) -> list[dict]:
@@ -253,49 +49,28 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
             if redo is not None and not redo.after_parent:
                 results[spec.label] = None  # first: a clear_cell that fails half-way has removed result.json
                 clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
-                _log(cell, redo.reason)
+                log(cell, redo.reason)
             elif results[spec.label] is not None:
                 statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
                 continue
             try:
-                _run_cell(spec, cfg, run_path, progress)
+                run_cell(spec, cfg, run_path, progress)
             finally:  # finished, or failed (no result.json: a failed retrain leaves its children alone)
                 results[spec.label] = read_results([spec], run_path)[spec.label]
             (cell / "error.json").unlink(missing_ok=True)
             if spec.kind != "fp32":  # now, not only at the group's end: a run stopped by a time limit keeps it
-                _agreement_with_fp32([specs[0], spec], run_path)
+                agreement_with_fp32([specs[0], spec], run_path)
             statuses.append({"id": spec.id, "status": "done"})
         except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the study goes on
             cell.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cell / "error.json", {"error": str(e), "type": type(e).__name__,
                                                      "traceback": traceback.format_exc()})
             statuses.append({"id": spec.id, "status": f"failed: {type(e).__name__}: {e}"})
-    problems = _agreement_with_fp32(specs, run_path)
+    problems = agreement_with_fp32(specs, run_path)
     for s in statuses:
         if s["id"] in problems:
             s["status"] = f"failed: QsalError: {problems[s['id']]}"
     return statuses
-
-
-def group_name(group: list[CellSpec]) -> str:
-    """``dataset/model/seedN``: the name ``--only`` patterns match (a cell's id without its label)."""
-    return group[0].id.rsplit("/", 1)[0]
-
-
-def select_groups(groups: list[list[CellSpec]], only: list[str] | None) -> list[list[CellSpec]]:
-    """The groups whose name ``dataset/model/seedN`` matches one of the shell patterns ``only``, in the order of the
-    first pattern each matches (then plan order): ``["pneumoniamnist/*/seed1", "*"]`` runs every group, seed 1 of
-    PneumoniaMNIST first. ``None`` keeps all. A pattern that matches no group raises ``QsalError``."""
-    if not only:
-        return groups
-    names = [group_name(g) for g in groups]
-    for pattern in only:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise QsalError(f"--only {pattern!r} matches no cell group; groups are named dataset/model/seedN "
-                            f"(this study: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
-    rank = {n: min((i for i, p in enumerate(only) if fnmatch.fnmatchcase(n, p)), default=None) for n in names}
-    chosen = [(rank[n], i) for i, n in enumerate(names) if rank[n] is not None]
-    return [groups[i] for _, i in sorted(chosen)]
 
 
 def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: int = 1, backend: str = "local",

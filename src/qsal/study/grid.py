@@ -1,0 +1,99 @@
+"""A study's grid: its cells, grouped per (dataset, model, seed), and the ``--only`` choice among groups.
+
+A cell is one model: (dataset, model, seed, method). A group runs in order in one worker, each parent (FP32, SGT)
+before the quantized cells made from it; ``quant_config`` is the one place a cell's quantization config is made.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from qsal.errors import QsalError
+from qsal.study.config import RunConfig
+
+__all__ = ["CellSpec", "plan_groups", "quant_config", "expected_configs", "group_name", "select_groups"]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    dataset: str
+    model: str
+    seed: int
+    kind: str  # fp32 | sgt | ptq | qat | pact | sgt+pact
+    bits: int = 8
+    observer: str = ""
+
+    @property
+    def label(self) -> str:
+        return {"fp32": "fp32", "sgt": "sgt", "ptq": f"ptq-int8-{self.observer}", "qat": "qat-int8",
+                "pact": f"pact-{self.bits}", "sgt+pact": f"sgt+pact-{self.bits}"}[self.kind]
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.model}/seed{self.seed}/{self.label}"
+
+    @property
+    def parent(self) -> str | None:
+        """Label of the float cell a quantized cell starts from (SGT+PACT: the SGT model); None for fp32/sgt."""
+        return None if self.kind in ("fp32", "sgt") else "sgt" if self.kind == "sgt+pact" else "fp32"
+
+
+def plan_groups(cfg: RunConfig) -> list[list[CellSpec]]:
+    """Cells grouped by (dataset, model, seed), each parent before its children and the FP32 family first:
+    SGT's long training comes after the quick quantized cells of FP32, so a run stopped early (a time
+    limit) has finished as many cells as it could."""
+    groups = []
+    for ds in cfg.datasets:
+        for model in cfg.models:
+            for seed in cfg.seeds:
+                cells = [CellSpec(ds, model, seed, "fp32")]
+                if "ptq" in cfg.methods:
+                    cells += [CellSpec(ds, model, seed, "ptq", 8, o) for o in cfg.observers]
+                if "qat" in cfg.methods:
+                    cells.append(CellSpec(ds, model, seed, "qat"))
+                if "pact" in cfg.methods:
+                    cells += [CellSpec(ds, model, seed, "pact", b) for b in cfg.bits]
+                if "sgt" in cfg.methods or "sgt+pact" in cfg.methods:
+                    cells.append(CellSpec(ds, model, seed, "sgt"))
+                if "sgt+pact" in cfg.methods:
+                    cells += [CellSpec(ds, model, seed, "sgt+pact", b) for b in cfg.bits]
+                groups.append(cells)
+    return groups
+
+
+def quant_config(spec: CellSpec, cfg: RunConfig):
+    """The quantization config a study makes its cell ``spec`` with (``None`` for FP32 and SGT parents)."""
+    from qsal.quant import PTQConfig, QATConfig
+
+    if spec.kind in ("fp32", "sgt"):
+        return None
+    if spec.kind == "ptq":
+        return PTQConfig(observer=spec.observer)
+    return QATConfig() if spec.kind == "qat" else cfg.pact_config(spec.bits)
+
+
+def expected_configs(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]:
+    """``{label: quant config to_dict()}`` of a group's quantized cells, for ``redo.cells_to_redo``."""
+    return {s.label: quant_config(s, cfg).to_dict() for s in specs if s.parent is not None}
+
+
+def group_name(group: list[CellSpec]) -> str:
+    """``dataset/model/seedN``: the name ``--only`` patterns match (a cell's id without its label)."""
+    return group[0].id.rsplit("/", 1)[0]
+
+
+def select_groups(groups: list[list[CellSpec]], only: list[str] | None) -> list[list[CellSpec]]:
+    """The groups whose name ``dataset/model/seedN`` matches one of the shell patterns ``only``, in the order of the
+    first pattern each matches (then plan order): ``["pneumoniamnist/*/seed1", "*"]`` runs every group, seed 1 of
+    PneumoniaMNIST first. ``None`` keeps all. A pattern that matches no group raises ``QsalError``."""
+    if not only:
+        return groups
+    names = [group_name(g) for g in groups]
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise QsalError(f"--only {pattern!r} matches no cell group; groups are named dataset/model/seedN "
+                            f"(this study: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    rank = {n: min((i for i, p in enumerate(only) if fnmatch.fnmatchcase(n, p)), default=None) for n in names}
+    chosen = [(rank[n], i) for i, n in enumerate(names) if rank[n] is not None]
+    return [groups[i] for _, i in sorted(chosen)]
