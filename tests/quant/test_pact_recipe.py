@@ -175,6 +175,42 @@ def test_mse_weight_clip_keeps_two_bit_codes_alive_and_stays_exact():
     assert float(weight_codes(w, 2, True, "symmetric", "mse")[1][3]) == float(weight_codes(w, 2, True)[1][3])
 
 
+@pytest.mark.parametrize("chunk", [1, 5 * 288, 1 << 18])  # one candidate per op, 5 per chunk (a ragged last), all
+def test_mse_weight_clip_search_in_chunks_picks_what_one_at_a_time_picks(chunk, monkeypatch):
+    """The candidates are tried in chunks (few ops per layer: GPU launches); the pick must be the sequential
+    search's, ties included: the largest clip among equal errors (the all-zero channel, the duplicated one)."""
+    from qsal.quant import weights
+
+    def one_at_a_time(w, m, n, dims):
+        best_err, best = None, m
+        for f in reversed(weights._MSE_FRACTIONS.tolist()):
+            c = m * f
+            s = c / n
+            sq = (torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2
+            err = sq.sum(dim=dims, keepdim=True) if dims else sq.sum()
+            better = err < best_err if best_err is not None else torch.ones_like(err, dtype=torch.bool)
+            best_err, best = torch.where(better, err, best_err if best_err is not None else err), \
+                torch.where(better, c, best)
+        return best
+
+    monkeypatch.setattr(weights, "_MSE_CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(1)
+    for shape in ((32, 8, 3, 3), (10, 64)):
+        w = torch.randn(shape, generator=g) * 0.1
+        w[0] = 0.0
+        w[2] = w[1]
+        w[3].view(-1)[0] = 2.0  # an outlier
+        dims = tuple(range(1, w.dim()))
+        for n in (1, 3, 7):
+            for per_channel in (True, False):
+                m = (w.abs().amax(dim=dims, keepdim=True) if per_channel else w.abs().max()).clamp_min(1e-8)
+                d = dims if per_channel else ()
+                got, want = weights._mse_clip(w, m, n, d), one_at_a_time(w, m, n, d)
+                assert got.shape == m.shape and torch.equal(got, want), (shape, n, per_channel)
+                if per_channel:
+                    assert float(got[0]) == float(m[0]) and float(got[1]) == float(got[2])
+
+
 def test_mse_alpha_calibration_lowers_the_two_bit_clip_below_the_percentile():
     from qsal.quant.modules import PACTQuantizer, mse_clip
 

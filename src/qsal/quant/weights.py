@@ -13,22 +13,34 @@ __all__ = ["WEIGHT_CLIPS", "WEIGHT_SCHEMES", "quantize_weight", "weight_codes"]
 WEIGHT_SCHEMES = ("symmetric", "dorefa", "tanh_symmetric")
 WEIGHT_CLIPS = ("max", "mse")
 _MSE_FRACTIONS = torch.linspace(0.05, 1.0, 39)  # candidate clips, as fractions of max|w|
+# candidates tried together: at most this many errors at once (1 MiB of float32), so a small layer's 39 candidates
+# take a few ops, and a large one's stay one at a time (measured here: no slower on this CPU than one per op)
+_MSE_CHUNK_ELEMENTS = 1 << 18
 
 
 def _mse_clip(w: torch.Tensor, m: torch.Tensor, n: int, dims: tuple) -> torch.Tensor:
     """The clip ``c`` (shaped like ``m``) among ``_MSE_FRACTIONS * m`` with the least squared error of
     ``clamp(round(w / s), -n, n) * s``, ``s = c / n``: at 2 bits, max-scaled ternary codes are almost all zero.
-    Largest first, so a tie (an all-zero channel: every clip exact) keeps ``max|w|``'s scale, not a 20x smaller one."""
+    Largest first, so a tie (an all-zero channel: every clip exact) keeps ``max|w|``'s scale, not a 20x smaller one.
+    The candidates are tried in chunks of ``(K, *w.shape)`` (a few ops per chunk, not per candidate: on a GPU a
+    loop over 39 candidates would be hundreds of kernel launches per layer and step)."""
+    fractions = _MSE_FRACTIONS.flip(0).to(device=w.device, dtype=w.dtype)  # largest first
+    lead = (1,) * m.dim()
+    bcast = (1,) * (w.dim() - m.dim())  # a per-tensor m (shape ()) broadcasts over all of w's dims
+    per_chunk = max(1, _MSE_CHUNK_ELEMENTS // max(1, w.numel()))
+    sum_dims = tuple(d + 1 for d in dims) if dims else tuple(range(1, w.dim() + 1))
     best_err, best = None, m
-    for f in reversed(_MSE_FRACTIONS.tolist()):
-        c = m * f
-        s = c / n
-        sq = (torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2
-        err = sq.sum(dim=dims, keepdim=True) if dims else sq.sum()
+    for chunk in fractions.split(per_chunk):
+        c = chunk.view(-1, *lead) * m  # (K, *m.shape)
+        s = (c / n).view(*c.shape, *bcast)
+        sq = (torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2  # (K, *w.shape)
+        err = sq.sum(dim=sum_dims, keepdim=bool(dims))  # (K, *m.shape)
+        i = err.argmin(dim=0, keepdim=True)  # the first of equal errors: the largest clip among them
+        err, c = err.gather(0, i)[0], c.gather(0, i)[0]
         if best_err is None:
             best_err, best = err, c
         else:
-            better = err < best_err
+            better = err < best_err  # strict: an earlier (larger) clip keeps a tie
             best_err, best = torch.where(better, err, best_err), torch.where(better, c, best)
     return best
 
