@@ -29,20 +29,14 @@ def _mse_clip(w: torch.Tensor, m: torch.Tensor, n: int, dims: tuple) -> torch.Te
     bcast = (1,) * (w.dim() - m.dim())  # a per-tensor m (shape ()) broadcasts over all of w's dims
     per_chunk = max(1, _MSE_CHUNK_ELEMENTS // max(1, w.numel()))
     sum_dims = tuple(d + 1 for d in dims) if dims else tuple(range(1, w.dim() + 1))
-    best_err, best = None, m
-    for chunk in fractions.split(per_chunk):
-        c = chunk.view(-1, *lead) * m  # (K, *m.shape)
+    clips = fractions.view(-1, *lead) * m  # (39, *m.shape)
+    errs = []  # (K, *m.shape) per chunk: the chunk bounds only the (K, *w.shape) temporaries
+    for c in clips.split(per_chunk):
         s = (c / n).view(*c.shape, *bcast)
         sq = (torch.clamp(torch.round(w / s), -n, n) * s - w) ** 2  # (K, *w.shape)
-        err = sq.sum(dim=sum_dims, keepdim=bool(dims))  # (K, *m.shape)
-        i = err.argmin(dim=0, keepdim=True)  # the first of equal errors: the largest clip among them
-        err, c = err.gather(0, i)[0], c.gather(0, i)[0]
-        if best_err is None:
-            best_err, best = err, c
-        else:
-            better = err < best_err  # strict: an earlier (larger) clip keeps a tie
-            best_err, best = torch.where(better, err, best_err), torch.where(better, c, best)
-    return best
+        errs.append(sq.sum(dim=sum_dims, keepdim=bool(dims)))
+    i = torch.cat(errs).argmin(dim=0, keepdim=True)  # the first of equal errors: the largest clip among them
+    return clips.gather(0, i)[0]
 
 
 def weight_codes(w: torch.Tensor, bits: int, per_channel: bool, scheme: str = "symmetric", clip: str = "max"):
