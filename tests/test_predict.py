@@ -35,9 +35,11 @@ def test_predict_folder_to_csv_at_the_stored_operating_point(breast_run, image_f
     assert main(["predict", str(onnx_path), str(root)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png", "c.png", "d.jpg"]
-    assert set(rows[0]) == {"file", "p(malignant)", "p(normal, benign)", "predicted_class", "predicted_label"}
+    assert set(rows[0]) == {"file", "p(malignant)", "p(normal, benign)", "predicted_class", "predicted_label", "decided_by"}
     meta = json.loads((run / "best.json").read_text())["decision"]
     threshold = meta["operating_point"]["threshold"]
+    rule = meta["operating_point"]["rule"]
+    assert {r["decided_by"] for r in rows} == {f"p(malignant) >= {threshold:.4g} ({rule}, chosen on validation)"}
     for r in rows:
         p_malignant = float(r["p(malignant)"])
         assert abs(p_malignant + float(r["p(normal, benign)"]) - 1) < 1e-5

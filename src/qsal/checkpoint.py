@@ -24,6 +24,7 @@ from torch import nn
 
 from qsal._atomic import atomic_path
 from qsal.errors import QsalError
+from qsal.metrics.operating_point import validate_decision, validate_labels
 from qsal.provenance import environment
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_meta", "validate_meta", "resolve_checkpoint_path",
@@ -137,6 +138,8 @@ def validate_meta(meta, where: str) -> dict:
                                       and (key == "mean" or all(x > 0 for x in v))):
                 raise QsalError(f"{where}: dataset.{key} must be a list of finite numbers"
                                 f"{' > 0' if key == 'std' else ''}, got {_short(v)}; {fix}")
+        validate_labels(data.get("labels"), arch["num_classes"], f"{where}: dataset", fix)
+    validate_decision(meta.get("decision"), arch["num_classes"], where, fix)
     return meta
 
 

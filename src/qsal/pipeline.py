@@ -108,7 +108,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     from qsal.models import create_model
     from qsal.quant.describe import describe_quantization
     from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder, record_run_folder
-    from qsal.train import fit, seed_everything
+    from qsal.train import fit, resolve_device, seed_everything
 
     parse_rule(operating_point)  # a typo fails before any training
     method = ("sgt+" if saliency_guided else "") + (f"pact-{pact_bits}" if pact_bits is not None else "fp32")
@@ -120,6 +120,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
+    resolve_device(config.device)  # as does --device cuda without one
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
     record_run_folder(out, fp)  # every input is good: only now does the folder appear
@@ -203,7 +204,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
     from qsal.quant.describe import describe_quantization
     from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder, record_run_folder
-    from qsal.train import fit
+    from qsal.train import fit, resolve_device
 
     model, meta = load_checkpoint(checkpoint)
     if meta.get("quant"):
@@ -230,6 +231,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
+    if train_config is not None:
+        resolve_device(train_config.device)
     qmodel = quantize(model, qconfig, calibration=train)
     record_run_folder(out, fp)  # every input is good: only now does the folder appear
     if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
@@ -281,7 +284,11 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
                              "decision": meta.get("decision"), "preprocessing": preprocessing})
     result = {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
     if card:
-        result["card"] = write_card(checkpoint, path, data_dir=data_dir)
+        try:
+            result["card"] = write_card(checkpoint, path, data_dir=data_dir)
+        except BaseException:  # an artifact without its card would pass for a finished export: remove it
+            Path(path).unlink(missing_ok=True)
+            raise
     return result
 
 

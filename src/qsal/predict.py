@@ -90,13 +90,16 @@ def predict_paths(model: str | os.PathLike, paths: list[str | os.PathLike], thre
     "predicted_label"}, ...]}`` for every image under ``paths``."""
     predictor = load_predictor(model, threads)
     files = image_files(paths)
+    predictions = [predictor.predict_file(f) for f in files]
+    # Without stored class names the classes are named by id, as each prediction's probabilities are.
+    classes = [str(n) for n in predictor.labels] if predictor.labels else list(predictions[0]["probabilities"])
     return {"model": str(model), "artifact": Path(model).suffix == ".onnx", "decision": predictor.decision,
-            "classes": [str(n) for n in predictor.labels or []],
-            "predictions": [predictor.predict_file(f) for f in files]}
+            "classes": classes, "predictions": predictions}
 
 
 def format_predictions(result: dict, fmt: str = "csv") -> str:
-    """CSV (``file``, ``p(<class>)`` per class, ``predicted_class``, ``predicted_label``) or JSON text."""
+    """CSV (``file``, ``p(<class>)`` per class, ``predicted_class``, ``predicted_label``, ``decided_by``: the
+    rule that turned the probabilities into the label, e.g. the stored threshold) or JSON text."""
     if fmt == "json":
         return json.dumps(result, indent=2)
     if fmt != "csv":
@@ -104,9 +107,9 @@ def format_predictions(result: dict, fmt: str = "csv") -> str:
     classes = result["classes"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["file", *(f"p({c})" for c in classes), "predicted_class", "predicted_label"])
+    writer.writerow(["file", *(f"p({c})" for c in classes), "predicted_class", "predicted_label", "decided_by"])
     for p in result["predictions"]:
         label = p["predicted_label"]
         writer.writerow([p["file"], *(f"{p['probabilities'][c]:.6f}" for c in classes), p["predicted_class"],
-                         ";".join(map(str, label)) if isinstance(label, list) else label])
+                         ";".join(map(str, label)) if isinstance(label, list) else label, p["decided_by"]])
     return buf.getvalue()

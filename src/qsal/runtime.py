@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from qsal.errors import QsalError
+from qsal.metrics.operating_point import validate_decision, validate_labels
 
-__all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide"]
+__all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision"]
 
 
 def conform_image(image: np.ndarray, n_channels: int, size: int) -> np.ndarray:
@@ -53,6 +54,23 @@ def decide(probs: np.ndarray, task: str, decision: dict | None) -> np.ndarray:
     if task == "binary-class":
         return (probs[:, -1] > 0.5).astype(np.int64)
     return probs.argmax(axis=1).astype(np.int64)
+
+
+def describe_decision(task: str, decision: dict | None, names: list[str]) -> str:
+    """The rule ``decide`` applies, in words, for each prediction's ``decided_by`` (CSV column): for a binary
+    model with an operating point, ``p(malignant) >= 0.0472 (sensitivity:0.95, chosen on validation)``."""
+    if task.startswith("multi-label"):
+        return "p > 0.5 per label"
+    decision = decision or {}
+    op = decision.get("operating_point")
+    if task == "binary-class" and op:
+        pos = int(decision.get("positive_label", 1))
+        name = names[pos] if pos < len(names) else str(pos)
+        return (f"p({name}) >= {float(op['threshold']):.4g} ({op.get('rule', 'stored rule')}, chosen on "
+                f"{op.get('chosen_on', 'an unrecorded split')})")
+    if task == "binary-class":
+        return f"p({names[-1] if names else 1}) > 0.5"
+    return "argmax"
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -104,8 +122,19 @@ def validate_metadata(meta, path) -> dict:
         ok = (isinstance(v, list) and len(v) in (1, shape[0])
               and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v))
         if not ok or (key == "std" and any(x <= 0 for x in v)):
-            raise QsalError(f"{path}: metadata data.{key} must be 1 or {shape[0]} finite numbers"
+            count = "one finite number" if shape[0] == 1 else f"1 or {shape[0]} finite numbers"
+            raise QsalError(f"{path}: metadata data.{key} must be {count}"
                             f"{' > 0 (it divides the pixels)' if key == 'std' else ''}, got {str(v)[:60]}; {fix}")
+    arch = meta.get("arch", {})
+    if not isinstance(arch, dict):
+        raise QsalError(f"{path}: metadata 'arch' must be a mapping, got {str(arch)[:60]}; {fix}")
+    for section, name, key in ((data, "data", "image_size"), (data, "data", "n_channels"), (arch, "arch", "num_classes")):
+        if key in section and not (is_int(section[key]) and section[key] >= 1):
+            raise QsalError(f"{path}: metadata {name}.{key} must be a positive integer, got {str(section[key])[:60]}; "
+                            f"{fix}")
+    num_classes = arch.get("num_classes")
+    validate_labels(data.get("labels"), num_classes, f"{path}: metadata data", fix)
+    validate_decision(meta.get("decision"), num_classes, f"{path}: metadata", fix)
     return meta
 
 
@@ -187,8 +216,8 @@ class Runtime:
         return self._prediction(self.predict_proba(conform_image(image, c, h)[None])[0])
 
     def predict_file(self, path: str | os.PathLike) -> dict:
-        """One PNG/JPEG/DICOM file -> ``{"file", "probabilities": {class name: p}, "predicted_class",
-        "predicted_label"}``, the label decided at the stored operating point."""
+        """One PNG/JPEG/DICOM file -> ``{"file", "probabilities": {class name: p}, "decided_by", "predicted_class",
+        "predicted_label"}``, the label decided at the stored operating point (``decided_by`` says how)."""
         from qsal.data.folder import _read_image
 
         c, h, _ = self.input_shape
@@ -198,7 +227,8 @@ class Runtime:
     def _prediction(self, probs: np.ndarray) -> dict:
         names = [str(n) for n in (self.labels or range(len(probs)))]
         label = decide(probs[None], self.task, self.decision)[0]
-        out = {"probabilities": {n: float(p) for n, p in zip(names, probs)}}
+        out = {"probabilities": {n: float(p) for n, p in zip(names, probs)},
+               "decided_by": describe_decision(self.task, self.decision, names)}
         if self.task.startswith("multi-label"):
             out["predicted_class"] = ";".join(n for n, on in zip(names, label) if on)
             out["predicted_label"] = [int(v) for v in label]

@@ -50,6 +50,16 @@ def checkpoint_variant(good: Path, dest: Path, kind: str) -> Path:
     elif kind == "no_dataset":
         meta.pop("dataset", None)
         meta.pop("data", None)
+    elif kind == "threshold_is_a_string":
+        meta["decision"]["operating_point"]["threshold"] = "x"
+    elif kind == "temperature_zero":
+        meta["decision"]["temperature"] = 0
+    elif kind == "positive_label_out_of_range":
+        meta["decision"]["positive_label"] = 7
+    elif kind == "labels_not_a_list":
+        meta["dataset"]["labels"] = "ab"
+    elif kind == "labels_wrong_count":
+        meta["dataset"]["labels"] = ["a", "b", "c"]
     elif kind == "nan_weights":
         from safetensors.torch import load_file, save_file
 
@@ -95,6 +105,16 @@ def onnx_variant(good: Path, dest: Path, kind: str) -> Path:
         del meta["data"]["name"]
     elif kind == "not_from_qsal":
         del props["qsal"]
+    elif kind == "threshold_is_a_string":
+        meta["decision"]["operating_point"]["threshold"] = "x"
+    elif kind == "temperature_is_a_string":
+        meta["decision"]["temperature"] = "hot"
+    elif kind == "positive_label_out_of_range":
+        meta["decision"]["positive_label"] = 7
+    elif kind == "labels_wrong_count":
+        meta["data"]["labels"] = ["a", "b", "c"]
+    elif kind == "image_size_is_a_string":
+        meta["data"]["image_size"] = "big"
     else:
         raise ValueError(kind)
     if kind not in ("metadata_not_json", "not_from_qsal"):

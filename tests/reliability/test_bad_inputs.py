@@ -67,6 +67,16 @@ CHECKPOINT_CASES = {  # variant: (expected text, commands that must refuse it)
                                     {k: v for k, v in CHECKPOINT_COMMANDS.items() if k != "export"}),
     "no_dataset": ("does not name its dataset", {k: v for k, v in CHECKPOINT_COMMANDS.items() if k != "export"}),
 }
+# The stored decision and class names: refused by every command that reads them, predict included (its image
+# path does not exist; the checkpoint is read first).
+_DECIDING = {**CHECKPOINT_COMMANDS, "predict": lambda ck, out: ["predict", ck, out / "scan.png"]}
+CHECKPOINT_CASES.update({
+    "threshold_is_a_string": ("decision.operating_point.threshold must be a probability in [0, 1], got 'x'", _DECIDING),
+    "temperature_zero": ("decision.temperature must be a finite number > 0", _DECIDING),
+    "positive_label_out_of_range": ("decision.positive_label must be a class id 0-1 or null, got 7", _DECIDING),
+    "labels_not_a_list": ("dataset.labels must be a list of class names (strings), got 'ab'", _DECIDING),
+    "labels_wrong_count": ("dataset.labels: 3 class names for a model with 2 outputs", _DECIDING),
+})
 
 
 @pytest.mark.parametrize("variant,command", [(v, c) for v, (_, cmds) in CHECKPOINT_CASES.items() for c in cmds])
@@ -74,7 +84,7 @@ def test_broken_checkpoints_are_refused_by_every_command(variant, command, good_
     monkeypatch.chdir(tmp_path)
     ck = checkpoint_variant(good_run, tmp_path / "ck", variant)
     before = files_under(tmp_path)
-    rc, out, err = run_cli(CHECKPOINT_COMMANDS[command](ck, tmp_path / "out"), capsys)
+    rc, out, err = run_cli(CHECKPOINT_CASES[variant][1][command](ck, tmp_path / "out"), capsys)
     assert_clean_refusal(rc, out, err, CHECKPOINT_CASES[variant][0])
     assert files_under(tmp_path) == before  # nothing half-written
 
@@ -88,10 +98,20 @@ ONNX_CASES = {
     "garbage": ("is not a readable ONNX file", ONNX_COMMANDS),
     "metadata_not_json": ("'qsal' metadata is not valid JSON", ONNX_COMMANDS),
     "no_input_shape": ("input_shape must be [channels, height, width]", ONNX_COMMANDS),
-    "std_zero": ("data.std must be 1 or 1 finite numbers > 0", ONNX_COMMANDS),
+    "std_zero": ("data.std must be one finite number > 0", ONNX_COMMANDS),
     "not_from_qsal": ("was not exported by qsal", ONNX_COMMANDS),
     "no_data_name": ("does not name its dataset in its metadata; pass --dataset", {"explain": ONNX_COMMANDS["explain"]}),
 }
+_ONNX_DECIDING = {**ONNX_COMMANDS, "evaluate": lambda m, out: ["evaluate", m, "--out", out / "m.json"],
+                  "predict": lambda m, out: ["predict", m, out / "scan.png"]}
+ONNX_CASES.update({
+    "threshold_is_a_string": ("decision.operating_point.threshold must be a probability in [0, 1], got 'x'",
+                              _ONNX_DECIDING),
+    "temperature_is_a_string": ("decision.temperature must be a finite number > 0", _ONNX_DECIDING),
+    "positive_label_out_of_range": ("decision.positive_label must be a class id 0-1 or null, got 7", _ONNX_DECIDING),
+    "labels_wrong_count": ("data.labels: 3 class names for a model with 2 outputs", _ONNX_DECIDING),
+    "image_size_is_a_string": ("metadata data.image_size must be a positive integer, got big", _ONNX_DECIDING),
+})
 
 
 @pytest.mark.parametrize("variant,command", [(v, c) for v, (_, cmds) in ONNX_CASES.items() for c in cmds])
@@ -99,7 +119,7 @@ def test_broken_onnx_files_are_refused(variant, command, good_onnx, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     model = onnx_variant(good_onnx, tmp_path / "m.onnx", variant)
     before = files_under(tmp_path)
-    rc, out, err = run_cli(ONNX_COMMANDS[command](model, tmp_path / "out"), capsys)
+    rc, out, err = run_cli(ONNX_CASES[variant][1][command](model, tmp_path / "out"), capsys)
     assert_clean_refusal(rc, out, err, ONNX_CASES[variant][0])
     assert files_under(tmp_path) == before
 
@@ -130,6 +150,11 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("run", "{dir}"): "is a folder; pass the study YAML file",
     ("export", "{ck}", "--out", "{dir}"): "is a folder",  # an output slot pointing at a folder
     ("bench", "{onnx}", "--threads", "1", "--seconds", "0.05", "--out", "{dir}"): "cannot write",
+    ("bench", "{ck}"): "is a checkpoint; bench times the deployed file: export it first",
+    ("predict", "{onnx}", "{dir}", "--threads", "-1"): "--threads: -1 is out of range",
+    # refused before the run folder (and its fingerprint, which would refuse the next, valid run) appears
+    ("train", "--epochs", "1", "--device", "cuda", "--out", "{dir}/run"): "no CUDA device is available",
+    ("train", "--epochs", "1", "--out", "{file}/run"): "Not a directory; check the path",  # the system refuses it
 }
 
 
@@ -138,12 +163,30 @@ def test_out_of_range_numbers_and_choices(argv, good_run, good_onnx, tmp_path, m
     monkeypatch.chdir(tmp_path)
     (tmp_path / "study.yaml").write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n")
     (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
     subs = {"{ck}": str(good_run / "best.safetensors"), "{onnx}": str(good_onnx), "{cfg}": str(tmp_path / "study.yaml"),
-            "{dir}": str(tmp_path / "a_folder")}
+            "{dir}": str(tmp_path / "a_folder"), "{file}": str(tmp_path / "a_file")}
+    given = [a.replace("{dir}/", subs["{dir}"] + "/").replace("{file}/", subs["{file}"] + "/") for a in argv]
     before = files_under(tmp_path)
-    rc, out, err = run_cli([subs.get(a, a) for a in argv], capsys)
+    rc, out, err = run_cli([subs.get(a, a) for a in given], capsys)
     assert_clean_refusal(rc, out, err, NUMBER_CASES[argv])
     assert files_under(tmp_path) == before
+
+
+def test_export_leaves_no_artifact_when_its_card_fails(good_run, tmp_path, monkeypatch, capsys):
+    """An .onnx without its model card would pass for a finished export: a failed card removes it."""
+    import qsal.pipeline
+    from qsal.errors import QsalError
+
+    def card_fails(*args, **kwargs):
+        raise QsalError("the card could not be written")
+
+    monkeypatch.setattr(qsal.pipeline, "write_card", card_fails)
+    rc, out, err = run_cli(["export", good_run / "best.safetensors", "--out", tmp_path / "m.onnx"], capsys)
+    assert_clean_refusal(rc, out, err, "the card could not be written")
+    assert files_under(tmp_path) == set()
 
 
 YAML_CASES = {
@@ -159,6 +202,13 @@ YAML_CASES = {
     "negative_seed": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [-1]\n",
                       "seeds: must be integers in 0 .. 2**32-1"),
     "wrong_types": (b"datasets: breastmnist\nmodels: [1]\nmethods: [fp32]\nepochs: {fp32: true}\n", "3 problem(s)"),
+    "duplicate_key": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [0]\nseeds: [1]\n",
+                      "key 'seeds' appears twice in one mapping (line 5)"),
+    # each refused value is quoted as given (not TrainConfig's defaults in its place), NaN included
+    "bad_train_values": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
+                         b"train: {epochs: 0, lr: .nan, batch_size: 0}\n",
+                         "3 problem(s): train.epochs: must be positive, got 0; train.lr: must be a finite number, got "
+                         "nan; train.batch_size: must be positive, got 0"),
 }
 
 

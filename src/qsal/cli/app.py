@@ -347,10 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         from qsal._atomic import DISK_FULL_ERRNOS
 
-        if e.errno not in DISK_FULL_ERRNOS:
+        if e.errno in DISK_FULL_ERRNOS:
+            print(f"error: no space left on the device ({e.filename or 'while writing'}); free some space or choose "
+                  "another output folder, then rerun (finished files are intact)", file=sys.stderr)
+            return QsalError.exit_code
+        if e.filename is None:  # not about a path the user gave: a bug, keep the traceback
             raise
-        print(f"error: no space left on the device ({e.filename or 'while writing'}); free some space or choose another "
-              "output folder, then rerun (finished files are intact)", file=sys.stderr)
+        # A path the user gave that the system refuses (an --out under /proc, a read-only or missing folder).
+        print(f"error: {e.filename}: {e.strerror or e}; check the path and its permissions, or choose another one",
+              file=sys.stderr)
         return QsalError.exit_code
     except KeyboardInterrupt:
         print("interrupted; finished files are intact and a rerun resumes", file=sys.stderr)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qsal.cli.arguments import int_range
+
 
 def cmd_predict(args):
     from qsal._atomic import write_text_atomic
     from qsal.predict import format_predictions, predict_paths
 
-    fmt = args.format or ("json" if args.out and Path(args.out).suffix == ".json" else "csv")
+    fmt = args.format or ("json" if args.json or (args.out and Path(args.out).suffix == ".json") else "csv")
     text = format_predictions(predict_paths(args.model, args.paths, threads=args.threads), fmt)
     if args.out:
         write_text_atomic(args.out, text)
@@ -23,8 +25,10 @@ def _setup_predict(p):
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns "
                    "(PNG/JPEG/BMP/TIFF/DICOM)")
     p.add_argument("--out", help="write to this file (default: CSV on stdout)")
-    p.add_argument("--format", choices=["csv", "json"], help="output format (default: from --out's suffix, else csv)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    p.add_argument("--format", choices=["csv", "json"], help="output format (default: json with --json or an --out "
+                   "ending in .json, else csv)")
+    p.add_argument("--threads", type=int_range(1, 1024, "a thread count"), default=None,
+                   help="onnxruntime threads (default: all cores)")
 
 
 def register(command, setup: dict) -> None:

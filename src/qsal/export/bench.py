@@ -169,6 +169,9 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
 
     _check_settings(tuple(threads), tuple(batches), seconds)
     path = Path(path)
+    if path.suffix in (".safetensors", ".json") and path.is_file():
+        raise QsalError(f"{path} is a checkpoint; bench times the deployed file: export it first with "
+                        f"`qsal export {path.with_suffix('.safetensors')}`, then bench the .onnx it writes")
     read_metadata(path)  # a missing, empty or foreign file is refused here, before any worker starts
     runs = [{"threads": t or os.cpu_count(), **_spawn("onnx", str(path), t, b, seconds)} for t in threads for b in batches]
     return {"model": str(path), "size_bytes": path.stat().st_size, "runs": runs}

@@ -244,6 +244,28 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
     return out
 
 
+def _unique_key_loader():
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one, so a
+    second ``seeds:`` would silently replace the first)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, (str, int, float, bool)) or key is None:
+                    continue  # an unhashable key: SafeLoader's own error names it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML study config."""
     import yaml
@@ -256,7 +278,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     if path.stat().st_size > 1_000_000:
         raise QsalError(f"{path} is {path.stat().st_size:,} bytes; a study config is a short YAML file (see configs/)")
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError as e:
         raise QsalError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:

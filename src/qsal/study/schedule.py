@@ -21,6 +21,8 @@ A cell's training config is, in order: the ``TrainConfig`` defaults, ``epochs.fp
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, fields, replace
 
 from qsal.errors import QsalError
@@ -62,6 +64,8 @@ def _check_value(name: str, value, default):
         value = float(value)
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
         return None, f"{value!r} is not a {want.__name__}"
+    if want is float and not math.isfinite(value):
+        return None, f"must be a finite number, got {value!r}"
     if want in (int, float) and value < 0 or (name in ("epochs", "batch_size", "lr", "gamma") and value == 0):
         return None, f"must be positive, got {value!r}"
     return value, None
@@ -74,6 +78,7 @@ def parse_overrides(problems: list[str], path: str, raw) -> dict:
         return {}
     defaults = TrainConfig()
     out = {}
+    already = len(problems)
     for key, value in raw.items():
         if key not in SCHEDULE_FIELDS:
             problems.append(f"{path}.{key}: unknown key; known: {', '.join(SCHEDULE_FIELDS)}")
@@ -83,6 +88,8 @@ def parse_overrides(problems: list[str], path: str, raw) -> dict:
             problems.append(f"{path}.{key}: {problem}")
         else:
             out[key] = value
+    if len(problems) > already:  # TrainConfig's own message would quote defaults for the values refused above
+        return out
     try:  # choices (optimizer, precision, select_on...) are TrainConfig's own checks
         TrainConfig(**out)
     except QsalError as e:
