@@ -84,7 +84,10 @@ def _finish(out: Path, net, test: ImageSplit, decision: dict, seed: int, extra: 
 
 
 def _summary(checkpoint, metrics) -> dict:
-    s = {"checkpoint": str(checkpoint), "test_auc": metrics.auc, "test_acc": metrics.acc,
+    scored = "the PyTorch model, test split" + (
+        f"; positive class {metrics.positive_class}: sensitivity/specificity at the 0.5 point, *_at_op at the operating "
+        "point chosen on validation" if metrics.positive_class is not None else "")
+    s = {"checkpoint": str(checkpoint), "scored": scored, "test_auc": metrics.auc, "test_acc": metrics.acc,
          "auc_95ci": metrics.ci.get("auc"), "positive_class": metrics.positive_class,
          "sensitivity": metrics.sensitivity, "specificity": metrics.specificity,
          "operating_point": metrics.operating_point, "sensitivity_at_op": metrics.sensitivity_at_op,
