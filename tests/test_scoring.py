@@ -39,7 +39,7 @@ def test_model_card_shows_the_artifacts_metrics(breast_run, tmp_path):
     assert card["metrics"]["scored"] == "onnx" and card["metrics"]["test"]["artifact"] is True
     assert card["metrics"]["test"]["auc"] == pytest.approx(evaluate_onnx(out, load_split("breastmnist", "test")).auc)
     md = out.with_suffix(".card.md").read_text()
-    assert "the ONNX file run by onnxruntime" in md and "sensitivity (malignant)" in md
+    assert "the ONNX file run by onnxruntime" in md and "sensitivity (positive: malignant)" in md
     assert "chosen on the validation split, PyTorch model's scores" in md  # whose scores set the artifact's threshold
 
 

@@ -7,7 +7,10 @@ as ``error: ...`` and exits with code 2, never with a traceback.
 
 from __future__ import annotations
 
-__all__ = ["QsalError"]
+__all__ = ["QsalError", "TYPE_WORDS"]
+
+# How a one-line error names the type a value should have had ("is not an integer", not "is not a int").
+TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 class QsalError(Exception):

@@ -155,6 +155,8 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     # refused before the run folder (and its fingerprint, which would refuse the next, valid run) appears
     ("train", "--epochs", "1", "--device", "cuda", "--out", "{dir}/run"): "no CUDA device is available",
     ("train", "--epochs", "1", "--out", "{file}/run"): "Not a directory; check the path",  # the system refuses it
+    ("explain", "{ck}", "--n", "2", "--out", "maps.txt"): "explain writes a PNG figure; name the file .png",
+    ("predict", "{onnx}", "{dir}", "--out", "p.txt"): "name the file .csv or .json, or pass --format csv|json",
 }
 
 

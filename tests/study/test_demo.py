@@ -22,8 +22,8 @@ def test_quick_demo_produces_every_model_and_a_report(tmp_path):
         assert r["positive_class"] == "malignant" and r["positive_label"] == 0
         assert r["operating_point"]["chosen_on"] == "validation" and 0 <= r["ece"] <= 1
     card = (tmp_path / "fp32" / "model.card.md").read_text()
-    assert "sensitivity (malignant)" in card and "the ONNX file run by onnxruntime" in card
-    assert "sens. (malignant)" in (tmp_path / "report.md").read_text()
+    assert "sensitivity (positive: malignant)" in card and "the ONNX file run by onnxruntime" in card
+    assert "spec. (positive: malignant)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "results.json").read_text())["environment"]["versions"]["torch"]
     assert (tmp_path / "report.html").is_file() and (tmp_path / "saliency_grid.png").is_file()

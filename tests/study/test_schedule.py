@@ -48,7 +48,7 @@ def test_every_schedule_problem_is_listed_with_its_path():
     with pytest.raises(QsalError) as e:
         parse_run_config(bad, "study.yaml")
     msg = str(e.value)
-    for expected in ("train.optimiser: unknown key", "train.lr: 'fast' is not a float", "train.hflip: 1 is not a bool",
+    for expected in ("train.optimiser: unknown key", "train.lr: 'fast' is not a number", "train.hflip: 1 is not true or false",
                      "finetune: optimizer 'rmsprop' is not one of",
                      "schedules[0].datasets[0]: 'pathmnist' is not in the study's datasets",
                      "schedules[0].train.milestones: [50, 75]: every milestone is a fraction",
@@ -131,3 +131,21 @@ def test_dry_run_lists_cells_and_schedules_and_estimates_time_without_writing(tm
     assert "train: 7 epochs" in out and "train: 3 epochs" in out and "hflip True" in out
     assert "estimated training time on this machine:" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_without_estimate_times_nothing(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    import qsal.study.plan
+    from qsal.cli import main
+
+    def timed(*args, **kwargs):
+        raise AssertionError("--no-estimate timed a training step")
+
+    monkeypatch.setattr(qsal.study.plan, "_seconds_per_image", timed)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "models": ["small_cnn"]}))
+    assert main(["run", str(path), "--dry-run", "--no-estimate", "--out", str(tmp_path / "out")]) in (0, None)
+    out = capsys.readouterr().out
+    assert "study sched: 4 cells" in out and "official training images\n" in out
+    assert "estimated training time" not in out and not (tmp_path / "out").exists()

@@ -227,7 +227,10 @@ def cmd_run(args):
         from qsal.study.grid import group_name, plan_groups, select_groups
 
         chosen = select_groups(plan_groups(cfg), args.only)  # a bad pattern is refused before the timed steps
-        print(format_plan(plan_study(cfg), cfg.name))
+        if not args.no_estimate and not args.quiet and sys.stderr.isatty():  # seconds to minutes (ResNet-18 SGT)
+            print("timing a few training steps of each model to estimate the time (--no-estimate skips it)...",
+                  file=sys.stderr, flush=True)
+        print(format_plan(plan_study(cfg, measure=not args.no_estimate), cfg.name))
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         _print_progress_of(Path(args.out), chosen, cfg)
@@ -281,6 +284,8 @@ def _setup_run(p):
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells and each one's schedule with an estimated time (a few timed steps); with the --out "
                         "of an existing run: how many are finished and which finished cells a run would redo; train nothing")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="with --dry-run: skip the timed steps (no time estimate; the plan is instant)")
     p.add_argument("--data-dir", help="data root, over the config's data_dir (default: the config's, then "
                                       "$QSAL_DATA_DIR, then ~/.medmnist)")
     _no_progress_arg(p)

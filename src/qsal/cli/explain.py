@@ -16,6 +16,8 @@ def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, 
     from qsal.data import load_split
     from qsal.saliency.plot import save_saliency_grid, to_display
 
+    if Path(out).suffix.lower() != ".png":
+        raise QsalError(f"--out {out}: explain writes a PNG figure; name the file .png")
     path = Path(model_path)
     if path.suffix == ".onnx":
         from qsal.runtime import Runtime

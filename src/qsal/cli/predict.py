@@ -9,9 +9,13 @@ from qsal.cli.arguments import int_range
 
 def cmd_predict(args):
     from qsal._atomic import write_text_atomic
+    from qsal.errors import QsalError
     from qsal.predict import format_predictions, predict_paths
 
-    fmt = args.format or ("json" if args.json or (args.out and Path(args.out).suffix == ".json") else "csv")
+    suffix = Path(args.out).suffix.lower() if args.out else None
+    if suffix not in (None, ".csv", ".json") and not args.format:
+        raise QsalError(f"--out {args.out}: name the file .csv or .json, or pass --format csv|json")
+    fmt = args.format or ("json" if args.json or suffix == ".json" else "csv")
     text = format_predictions(predict_paths(args.model, args.paths, threads=args.threads), fmt)
     if args.out:
         write_text_atomic(args.out, text)

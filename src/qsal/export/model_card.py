@@ -233,7 +233,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
               if op.get("threshold") is not None else "")
            + (f"; positive class: **{positive}**" if positive else "") + ". 95% CIs: percentile bootstrap, 1,000 resamples.", ""]
     if scored:
-        about = f" ({positive})" if positive else ""
+        about = f" (positive: {positive})" if positive else ""  # specificity is the other class's recall
         keys = [("AUC", "auc"), ("accuracy at 0.5", "acc"), (f"sensitivity{about} at 0.5", "sensitivity"),
                 (f"specificity{about} at 0.5", "specificity"),
                 (f"sensitivity{about} at the operating point", "sensitivity_at_op"),
@@ -258,8 +258,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                f"({parent_scored}), on the same test split and operating point:", ""]
         md += _table(("metric", "this model", "FP32 parent", "change"),
                      [(label, scored[k], parent_metrics[k], f"{scored[k] - parent_metrics[k]:+.3f}")
-                      for label, k in (("AUC", "auc"), ("accuracy", "acc"), (f"sensitivity ({positive})", "sensitivity"),
-                                       (f"specificity ({positive})", "specificity"))
+                      for label, k in (("AUC", "auc"), ("accuracy", "acc"), (f"sensitivity (positive: {positive})", "sensitivity"),
+                                       (f"specificity (positive: {positive})", "specificity"))
                       if scored.get(k) is not None and parent_metrics.get(k) is not None])
     if bench:
         md += ["## Latency", "", f"CPU: {bench.get('cpu', 'this machine')}; each configuration in a fresh process.", ""]

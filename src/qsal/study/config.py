@@ -26,7 +26,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qsal.errors import QsalError
+from qsal.errors import TYPE_WORDS, QsalError
 
 __all__ = ["RunConfig", "load_run_config", "METHODS"]
 
@@ -129,7 +129,7 @@ def _check_list(problems, key, value, allowed=None, kind=str):
         return
     for i, v in enumerate(value):
         if not isinstance(v, kind) or isinstance(v, bool) and kind is int:
-            problems.append(f"{key}[{i}]: {_short(v)} is not a {kind.__name__}")
+            problems.append(f"{key}[{i}]: {_short(v)} is not {TYPE_WORDS.get(kind, kind.__name__)}")
         elif allowed is not None and v not in allowed:
             problems.append(f"{key}[{i}]: unknown value {_short(v)}; choose from {', '.join(map(str, allowed))}")
 
@@ -177,7 +177,7 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                 if want is float and isinstance(v, int) and not isinstance(v, bool):
                     v = float(v)
                 if not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                    problems.append(f"{key}.{sub}: {_short(v)} is not a {want.__name__}")
+                    problems.append(f"{key}.{sub}: {_short(v)} is not {TYPE_WORDS.get(want, want.__name__)}")
                     continue
                 if want in (int, float) and v <= 0 and not (key == "sgt" and name == "lam" and v == 0):
                     problems.append(f"{key}.{sub}: must be positive, got {_short(v)}")

@@ -25,7 +25,7 @@ import math
 
 from dataclasses import dataclass, field, fields, replace
 
-from qsal.errors import QsalError
+from qsal.errors import TYPE_WORDS, QsalError
 from qsal.train import TrainConfig
 
 __all__ = ["SCHEDULE_FIELDS", "Schedule", "parse_overrides", "parse_schedules", "resolve_train_configs"]
@@ -63,7 +63,7 @@ def _check_value(name: str, value, default):
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-        return None, f"{value!r} is not a {want.__name__}"
+        return None, f"{value!r} is not {TYPE_WORDS.get(want, want.__name__)}"
     if want is float and not math.isfinite(value):
         return None, f"must be a finite number, got {value!r}"
     if want in (int, float) and value < 0 or (name in ("epochs", "batch_size", "lr", "gamma") and value == 0):

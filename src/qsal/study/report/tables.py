@@ -75,7 +75,7 @@ def format_cell(key: str, v) -> str:
 def _named_columns(rows: list[dict], columns) -> list[tuple[str, str]]:
     """The columns some row has; sensitivity/specificity headers name the positive class they are about."""
     positives = {r.get("positive_class") for r in rows if r.get("positive_class") is not None}
-    about = f" ({positives.pop()})" if len(positives) == 1 else ""
+    about = f" (positive: {positives.pop()})" if len(positives) == 1 else ""  # specificity is the other class's recall
     named = {"sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op"}
     return [(k, h.replace(".", "." + about, 1) if k in named and about else h) for k, h in columns
             if any(r.get(k) is not None for r in rows)]
