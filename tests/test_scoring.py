@@ -29,6 +29,24 @@ def test_evaluate_onnx_scores_the_artifact(breast_run, tmp_path, capsys):
     assert torch_result["artifact"] is False and abs(torch_result["auc"] - result["auc"]) < 0.005
 
 
+def test_evaluate_table_says_what_each_number_is_about(breast_run, capsys):
+    """The terminal table (not --json) names what was scored, where each sensitivity was taken, whose scores chose
+    the threshold and the confusion matrix's order; the reliability bins are left to --json."""
+    run, onnx_path = breast_run
+    threshold = json.loads((run / "best.json").read_text())["decision"]["operating_point"]["threshold"]
+    capsys.readouterr()
+    assert main(["evaluate", str(onnx_path)]) == 0
+    rows = dict(line.split("  ", 1) for line in capsys.readouterr().out.splitlines())
+    rows = {k.strip(): v.strip() for k, v in rows.items()}
+    assert rows["scored"] == "the ONNX file run by onnxruntime" and rows["positive_class"] == "malignant"
+    assert rows["op (operating point)"] == (f"p(malignant) >= {threshold:.4g} (youden, chosen on the validation split "
+                                            "with the PyTorch model's scores)")
+    assert {"sensitivity @ 0.5", "specificity @ 0.5", "sensitivity @ op", "specificity @ op"} <= set(rows)
+    confusion = json.loads(rows["confusion (true x predicted: malignant | normal, benign)"])
+    assert sum(map(sum, confusion)) == 156 and sum(confusion[0]) == 42  # row 0: the 42 malignant test images
+    assert "reliability" not in rows and "undefined" not in rows
+
+
 def test_model_card_shows_the_artifacts_metrics(breast_run, tmp_path):
     from qsal.pipeline import export_checkpoint
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from qsal.cli.arguments import OneLineErrorParser, float_range, int_range, non_negative_int, positive_float, positive_int
-from qsal.cli.output import HelpFormatter, add_output_args, print_result, print_rows
+from qsal.cli.output import HelpFormatter, add_output_args, metrics_table, print_result, print_rows
 from qsal.errors import QsalError
 
 SEED = int_range(0, 2**32 - 1, "a seed")
@@ -171,7 +171,7 @@ def cmd_evaluate(args):
     metrics = evaluate_model(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
                              size=args.size, out=args.out, other_dataset=args.other_dataset,
                              reliability_png=args.reliability)
-    print_result(metrics, args.json)
+    print_result(metrics if args.json else metrics_table(metrics), args.json)
 
 
 def _setup_evaluate(p):

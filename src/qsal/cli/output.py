@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-__all__ = ["HelpFormatter", "add_output_args", "print_result", "print_rows", "format_value", "is_terminal"]
+__all__ = ["metrics_table", "HelpFormatter", "add_output_args", "print_result", "print_rows", "format_value", "is_terminal"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -69,6 +69,31 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
         else:
             items.append((key, v))
     return items
+
+
+def metrics_table(m: dict) -> dict:
+    """``qsal evaluate``'s result as the terminal table shows it: each key says what its number is about (what was
+    scored, the positive class, at 0.5 or at the stored operating point, the confusion matrix's order). The bins of
+    the reliability diagram are left to ``--json`` and ``--reliability r.png``. ``--json`` prints ``m`` unchanged."""
+    pos = m.get("positive_class")  # its row comes just before the sensitivity rows
+    names = list(m.get("per_class_recall") or {})
+    renamed = {"sensitivity": "sensitivity @ 0.5", "specificity": "specificity @ 0.5",
+               "sensitivity_at_op": "sensitivity @ op", "specificity_at_op": "specificity @ op",
+               "operating_point": "op (operating point)",
+               "confusion": "confusion (true x predicted" + (f": {' | '.join(names)})" if names else ")")}
+    out = {}
+    for k, v in m.items():
+        if k in ("reliability", "artifact") or (k == "undefined" and not v):
+            continue
+        if k == "operating_point" and isinstance(v, dict) and v.get("threshold") is not None:
+            chosen = v.get("chosen_on", "an unrecorded split")
+            v = (f"p({pos}) >= {v['threshold']:.4g}" if pos is not None else f"threshold {v['threshold']:.4g}") + (
+                f" ({v.get('rule')}, chosen on the {chosen} split" + (f" with the {v['scores']}'s scores)"
+                                                                        if v.get("scores") else ")"))
+        out[renamed.get(k, k)] = v
+        if k == "n" and "artifact" in m:
+            out["scored"] = "the ONNX file run by onnxruntime" if m["artifact"] else "the PyTorch model"
+    return out
 
 
 def print_result(result: dict, as_json: bool, file=None) -> None:
