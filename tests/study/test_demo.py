@@ -11,7 +11,7 @@ from qsal.study.demo import run_demo
 def test_quick_demo_produces_every_model_and_a_report(tmp_path):
     results = run_demo(out_dir=str(tmp_path), quick=True, progress=False)
     names = [r["model"] for r in results["rows"]]
-    assert names == ["fp32", "ptq-int8", "qat-int8", "pact-4", "sgt+pact-4"]
+    assert names == ["fp32", "ptq-int8", "qat-int8", "pact-4", "sgt", "sgt+pact-4"]
     rows = {r["model"]: r for r in results["rows"]}
     assert rows["fp32"]["test_auc"] > 0.7  # real BreastMNIST, short schedule
     assert abs(rows["ptq-int8"]["test_auc"] - rows["fp32"]["test_auc"]) < 0.03
