@@ -93,6 +93,25 @@ def test_committed_study_configs_load_and_plan(path):
     assert f"{plan['n_cells']} cells" in format_plan(plan, cfg.name)
 
 
+def test_yaml_merge_keys_may_be_overridden_but_a_key_given_twice_is_refused(tmp_path):
+    """`<<: *anchor` brings defaults the mapping's own keys override (YAML's meaning); only a repeated own key is
+    an error, because plain YAML would silently keep the last one."""
+    cfg_path = tmp_path / "study.yaml"
+    cfg_path.write_text("defaults: &base {epochs: 30, lr: 0.1, batch_size: 64}\n"
+                        "name: merged\ndatasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
+                        "train:\n  <<: *base\n  epochs: 12\n")
+    with pytest.raises(QsalError, match="defaults: unknown key"):
+        load_run_config(cfg_path)  # the anchor's holder is not a study key; the merge itself is not the problem
+    cfg_path.write_text("name: merged\ndatasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
+                        "train:\n  <<: {epochs: 30, lr: 0.1, batch_size: 64}\n  epochs: 12\n")
+    train = load_run_config(cfg_path).train
+    assert (train["epochs"], train["lr"], train["batch_size"]) == (12, 0.1, 64)
+    cfg_path.write_text("name: twice\ndatasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
+                        "train:\n  <<: {lr: 0.1}\n  epochs: 12\n  epochs: 13\n")
+    with pytest.raises(QsalError, match="key 'epochs' appears twice in one mapping \\(line 8\\)"):
+        load_run_config(cfg_path)
+
+
 @pytest.mark.slow
 def test_a_schedule_override_reaches_training_and_is_recorded_in_the_checkpoint(shared_data, tmp_path):
     """One tiny study end to end: the per-dataset override, not the study default, is what trained."""

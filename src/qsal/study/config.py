@@ -246,13 +246,15 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
 
 def _unique_key_loader():
     """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one, so a
-    second ``seeds:`` would silently replace the first)."""
+    second ``seeds:`` would silently replace the first). Keys merged in with ``<<: *anchor`` may be overridden."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` brings keys that the mapping's own keys may override, as YAML intends
                 key = self.construct_object(key_node, deep=deep)
                 if not isinstance(key, (str, int, float, bool)) or key is None:
                     continue  # an unhashable key: SafeLoader's own error names it
