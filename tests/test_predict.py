@@ -39,7 +39,8 @@ def test_predict_folder_to_csv_at_the_stored_operating_point(breast_run, image_f
     meta = json.loads((run / "best.json").read_text())["decision"]
     threshold = meta["operating_point"]["threshold"]
     rule = meta["operating_point"]["rule"]
-    assert {r["decided_by"] for r in rows} == {f"p(malignant) >= {threshold:.4g} ({rule}, chosen on validation)"}
+    assert {r["decided_by"] for r in rows} == {f"p(malignant) >= {threshold:.4g} ({rule}, chosen on the validation split "
+                                               "with the PyTorch model's scores)"}
     for r in rows:
         p_malignant = float(r["p(malignant)"])
         assert abs(p_malignant + float(r["p(normal, benign)"]) - 1) < 1e-5

@@ -58,7 +58,7 @@ def test_model_card_shows_the_artifacts_metrics(breast_run, tmp_path):
     assert card["metrics"]["test"]["auc"] == pytest.approx(evaluate_onnx(out, load_split("breastmnist", "test")).auc)
     md = out.with_suffix(".card.md").read_text()
     assert "the ONNX file run by onnxruntime" in md and "sensitivity (positive: malignant)" in md
-    assert "chosen on the validation split, PyTorch model's scores" in md  # whose scores set the artifact's threshold
+    assert "chosen on the validation split with the PyTorch model's scores" in md  # whose scores set the artifact's threshold
 
 
 def test_evaluate_split_all_scores_every_image_of_a_folder_as_valid_json(breast_run, tmp_path):

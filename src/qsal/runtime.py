@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from qsal.errors import QsalError
-from qsal.metrics.operating_point import validate_decision, validate_labels
+from qsal.metrics.operating_point import describe_operating_point, validate_decision, validate_labels
 
 __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision"]
 
@@ -58,16 +58,14 @@ def decide(probs: np.ndarray, task: str, decision: dict | None) -> np.ndarray:
 
 def describe_decision(task: str, decision: dict | None, names: list[str]) -> str:
     """The rule ``decide`` applies, in words, for each prediction's ``decided_by`` (CSV column): for a binary
-    model with an operating point, ``p(malignant) >= 0.0472 (sensitivity:0.95, chosen on validation)``."""
+    model with an operating point, ``p(malignant) >= 0.0472 (sensitivity:0.95, chosen on the validation split)``."""
     if task.startswith("multi-label"):
         return "p > 0.5 per label"
     decision = decision or {}
     op = decision.get("operating_point")
     if task == "binary-class" and op:
         pos = int(decision.get("positive_label", 1))
-        name = names[pos] if pos < len(names) else str(pos)
-        return (f"p({name}) >= {float(op['threshold']):.4g} ({op.get('rule', 'stored rule')}, chosen on "
-                f"{op.get('chosen_on', 'an unrecorded split')})")
+        return describe_operating_point(op, names[pos] if pos < len(names) else str(pos))
     if task == "binary-class":
         return f"p({names[-1] if names else 1}) > 0.5"
     return "argmax"

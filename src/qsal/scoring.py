@@ -94,7 +94,7 @@ def score_onnx(artifact: str | os.PathLike | Runtime, split: ImageSplit, n_boots
     metrics = compute_metrics(split.labels, logits, split.info.task, class_names=rt.labels or split.info.labels,
                               positive_label=decision.get("positive_label", split.info.positive_label),
                               operating_point=decision.get("operating_point"),
-                              temperature=decision.get("temperature", 1.0), n_bootstrap=n_bootstrap, seed=seed,
+                              temperature=decision.get("temperature") or 1.0, n_bootstrap=n_bootstrap, seed=seed,
                               artifact=True)
     return metrics, scores_from_logits(logits, split.info.task)
 

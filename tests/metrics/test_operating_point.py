@@ -62,3 +62,30 @@ def test_decision_for_breastmnist_defaults_to_malignant_and_takes_an_override():
 def test_a_fixed_threshold_is_recorded_as_fixed_not_as_chosen_on_validation():
     op = choose_threshold(np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 0.4, 0.9]), positive_label=1, rule="0.3")
     assert op == {"rule": "0.3", "threshold": 0.3, "chosen_on": "fixed"}
+
+
+@pytest.mark.parametrize("op,positive,words", [
+    ({"rule": "youden", "threshold": 0.047213, "chosen_on": "validation"}, "malignant",
+     "p(malignant) >= 0.04721 (youden, chosen on the validation split)"),
+    ({"rule": "sensitivity:0.95", "threshold": 0.2, "chosen_on": "validation", "scores": "PyTorch model"}, "malignant",
+     "p(malignant) >= 0.2 (sensitivity:0.95, chosen on the validation split with the PyTorch model's scores)"),
+    ({"rule": "0.3", "threshold": 0.3, "chosen_on": "fixed"}, "pneumonia", "p(pneumonia) >= 0.3 (0.3, fixed, not chosen)"),
+    ({"rule": "youden", "threshold": 0.5, "chosen_on": "fixed default"}, None, "threshold 0.5 (youden, fixed, not chosen)"),
+    ({"threshold": 0.4}, "1", "p(1) >= 0.4 (unrecorded rule, chosen on an unrecorded split)"),
+])
+def test_one_wording_of_an_operating_point(op, positive, words):
+    """predict's decided_by, evaluate's table, the model card and the study report all print this one phrase: a
+    fixed threshold must never read as chosen on a split."""
+    from qsal.metrics.operating_point import describe_operating_point
+
+    assert describe_operating_point(op, positive) == words
+
+
+def test_a_stored_threshold_needs_its_positive_class_and_a_null_temperature_means_none_fitted():
+    from qsal.metrics.operating_point import validate_decision
+
+    op = {"rule": "youden", "threshold": 0.3, "chosen_on": "validation"}
+    with pytest.raises(QsalError, match="operating_point is set but decision.positive_label is null"):
+        validate_decision({"positive_label": None, "operating_point": op}, 2, "m.onnx", "re-export it")
+    validate_decision({"positive_label": 0, "operating_point": op, "temperature": None}, 2, "m.onnx", "re-export it")
+    validate_decision({"positive_label": None, "operating_point": None}, 3, "m.onnx", "re-export it")  # argmax

@@ -56,6 +56,8 @@ def checkpoint_variant(good: Path, dest: Path, kind: str) -> Path:
         meta["decision"]["temperature"] = 0
     elif kind == "positive_label_out_of_range":
         meta["decision"]["positive_label"] = 7
+    elif kind == "positive_label_null":  # a threshold with no class to apply it to
+        meta["decision"]["positive_label"] = None
     elif kind == "labels_not_a_list":
         meta["dataset"]["labels"] = "ab"
     elif kind == "labels_wrong_count":
@@ -111,6 +113,8 @@ def onnx_variant(good: Path, dest: Path, kind: str) -> Path:
         meta["decision"]["temperature"] = "hot"
     elif kind == "positive_label_out_of_range":
         meta["decision"]["positive_label"] = 7
+    elif kind == "positive_label_null":  # a threshold with no class to apply it to
+        meta["decision"]["positive_label"] = None
     elif kind == "labels_wrong_count":
         meta["data"]["labels"] = ["a", "b", "c"]
     elif kind == "image_size_is_a_string":

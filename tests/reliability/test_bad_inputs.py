@@ -74,6 +74,7 @@ CHECKPOINT_CASES.update({
     "threshold_is_a_string": ("decision.operating_point.threshold must be a probability in [0, 1], got 'x'", _DECIDING),
     "temperature_zero": ("decision.temperature must be a finite number > 0", _DECIDING),
     "positive_label_out_of_range": ("decision.positive_label must be a class id 0-1 or null, got 7", _DECIDING),
+    "positive_label_null": ("decision.operating_point is set but decision.positive_label is null", _DECIDING),
     "labels_not_a_list": ("dataset.labels must be a list of class names (strings), got 'ab'", _DECIDING),
     "labels_wrong_count": ("dataset.labels: 3 class names for a model with 2 outputs", _DECIDING),
 })
@@ -109,6 +110,7 @@ ONNX_CASES.update({
                               _ONNX_DECIDING),
     "temperature_is_a_string": ("decision.temperature must be a finite number > 0", _ONNX_DECIDING),
     "positive_label_out_of_range": ("decision.positive_label must be a class id 0-1 or null, got 7", _ONNX_DECIDING),
+    "positive_label_null": ("decision.operating_point is set but decision.positive_label is null", _ONNX_DECIDING),
     "labels_wrong_count": ("data.labels: 3 class names for a model with 2 outputs", _ONNX_DECIDING),
     "image_size_is_a_string": ("metadata data.image_size must be a positive integer, got big", _ONNX_DECIDING),
 })

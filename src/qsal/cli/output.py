@@ -86,10 +86,9 @@ def metrics_table(m: dict) -> dict:
         if k in ("reliability", "artifact") or (k == "undefined" and not v):
             continue
         if k == "operating_point" and isinstance(v, dict) and v.get("threshold") is not None:
-            chosen = v.get("chosen_on", "an unrecorded split")
-            v = (f"p({pos}) >= {v['threshold']:.4g}" if pos is not None else f"threshold {v['threshold']:.4g}") + (
-                f" ({v.get('rule')}, chosen on the {chosen} split" + (f" with the {v['scores']}'s scores)"
-                                                                        if v.get("scores") else ")"))
+            from qsal.metrics.operating_point import describe_operating_point  # qsal.metrics loads torch: not at startup
+
+            v = describe_operating_point(v, pos)
         out[renamed.get(k, k)] = v
         if k == "n" and "artifact" in m:
             out["scored"] = "the ONNX file run by onnxruntime" if m["artifact"] else "the PyTorch model"

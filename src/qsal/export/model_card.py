@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from qsal._atomic import write_json_atomic, write_text_atomic
+from qsal.metrics.operating_point import describe_operating_point
 
 __all__ = ["write_model_card", "onnx_layer_storage", "hf_license"]
 
@@ -225,12 +226,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                       for s in counts])
 
     md += ["## Metrics", "", f"Measured on {scored_what}, test split"
-           + (f", n = {scored['n']}" if scored else "") + f"; operating point: {op.get('rule')}"
-           + (f" (threshold {op['threshold']}, " + (f"chosen on the {op['chosen_on']} split"
-                                                     + (f", {op['scores']}'s scores)" if op.get("scores") else ")")
-                                                     if op.get("chosen_on") not in
-                                                     (None, "fixed default", "fixed") else "fixed, not chosen)")
-              if op.get("threshold") is not None else "")
+           + (f", n = {scored['n']}" if scored else "") + "; operating point: "
+           + (describe_operating_point(op, positive) if op.get("threshold") is not None else str(op.get("rule")))
            + (f"; positive class: **{positive}**" if positive else "") + ". 95% CIs: percentile bootstrap, 1,000 resamples.", ""]
     if scored:
         about = f" (positive: {positive})" if positive else ""  # specificity is the other class's recall

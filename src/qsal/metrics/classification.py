@@ -245,5 +245,5 @@ def evaluate(model, split, *, decision: dict | None = None, batch_size: int = 25
     decision = decision or {}
     positive = decision.get("positive_label", split.info.positive_label)
     return compute_metrics(y.numpy(), logits, split.info.task, class_names=split.info.labels, positive_label=positive,
-                           operating_point=decision.get("operating_point"), temperature=decision.get("temperature", 1.0),
+                           operating_point=decision.get("operating_point"), temperature=decision.get("temperature") or 1.0,
                            n_bootstrap=n_bootstrap, seed=seed, artifact=False)

@@ -20,7 +20,7 @@ from qsal.data.registry import TASK_BINARY
 from qsal.errors import QsalError
 
 __all__ = ["parse_rule", "choose_threshold", "choose_decision", "resolve_positive_label", "validate_decision",
-           "validate_labels", "DEFAULT_RULE"]
+           "validate_labels", "describe_operating_point", "DEFAULT_RULE"]
 
 DEFAULT_RULE = "youden"
 
@@ -103,6 +103,22 @@ def choose_decision(val_logits: np.ndarray, val_labels: np.ndarray, info, *, pos
     return decision
 
 
+def describe_operating_point(op: dict, positive_name: str | None = None) -> str:
+    """An operating point in words, one wording wherever qsal shows one (predict's ``decided_by``, evaluate's
+    table, the model card, the study report): ``p(malignant) >= 0.0472 (youden, chosen on the validation split
+    with the PyTorch model's scores)``; a fixed threshold says ``fixed, not chosen``. ``positive_name`` ``None``
+    reads ``threshold 0.0472 (...)``."""
+    chosen = op.get("chosen_on")
+    if chosen in ("fixed", "fixed default"):
+        where = "fixed, not chosen"
+    else:
+        where = f"chosen on the {chosen} split" if chosen else "chosen on an unrecorded split"
+        where += f" with the {op['scores']}'s scores" if op.get("scores") else ""
+    threshold = f"{float(op['threshold']):.4g}"
+    head = f"p({positive_name}) >= {threshold}" if positive_name is not None else f"threshold {threshold}"
+    return f"{head} ({op.get('rule') or 'unrecorded rule'}, {where})"
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
@@ -142,6 +158,9 @@ def validate_decision(decision, num_classes: int | None, where: str, fix: str) -
     if op is not None:
         if not isinstance(op, dict):
             raise QsalError(f"{where}: decision.operating_point must be a mapping or null, got {_short(op)}; {fix}")
+        if pos is None:  # the threshold applies to p(positive): without the class it decides nothing
+            raise QsalError(f"{where}: decision.operating_point is set but decision.positive_label is null; a threshold "
+                            f"applies to one class's probability, so name it (a class id); {fix}")
         if not (_finite(op.get("threshold")) and 0.0 <= op["threshold"] <= 1.0):
             raise QsalError(f"{where}: decision.operating_point.threshold must be a probability in [0, 1], got "
                             f"{_short(op.get('threshold'))}; {fix}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from qsal._atomic import write_text_atomic
+from qsal.metrics.operating_point import describe_operating_point
 from qsal.study.report.plots import ci_plot, diagnostics_plot, tradeoff_plot
 from qsal.study.report.saliency import saliency_figures
 from qsal.study.report.tables import (GLOSSARY, environment_table, glossary_markdown, machines_table,
@@ -42,11 +43,7 @@ def _img(path: Path, alt: str, wide: bool = False) -> str:
 def _operating_point(op: dict | None) -> str | None:
     if not op:
         return None
-    chosen = op.get("chosen_on")
-    where = (", fixed, not chosen" if chosen in ("fixed", "fixed default") else
-             f", chosen on the {chosen} split" + (f", {op['scores']}'s scores" if op.get("scores") else "") if chosen
-             else "")
-    return f"{op.get('rule', '')} (threshold {op.get('threshold')}{where})"
+    return describe_operating_point(op) if op.get("threshold") is not None else None
 
 
 def _positive_per_dataset(rows: list[dict]) -> str | None:
