@@ -100,3 +100,42 @@ def test_export_writes_a_card_when_the_models_data_cannot_be_loaded(breast_run, 
     monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "no_data_here"))
     export_checkpoint(str(tmp_path / "best.safetensors"), tmp_path / "m.onnx", data_dir=str(tmp_path / "no_data_here"))
     assert "Measured on the PyTorch model (ONNX file not scored)" in (tmp_path / "m.card.md").read_text()
+
+
+def test_a_card_names_its_parent_kind_sgt_for_sgt_pact(breast_run, tmp_path):
+    """SGT+PACT is fine-tuned from a saliency-guided parent: its card must not call that parent FP32."""
+    import shutil
+
+    from qsal.pipeline import _parent_kind
+
+    run, _ = breast_run
+    assert _parent_kind(str(run / "best.safetensors")) == "FP32"
+    sgt = tmp_path / "sgt"
+    shutil.copytree(run, sgt)
+    meta = json.loads((sgt / "best.json").read_text())
+    meta["step"] = {"step": "saliency_guided", "k": 0.5, "lambda": 1.0}
+    (sgt / "best.json").write_text(json.dumps(meta))
+    assert _parent_kind(str(sgt / "best.safetensors")) == "SGT"
+    assert _parent_kind(str(tmp_path / "gone" / "best.safetensors")) == "stored"
+
+
+def test_model_card_compares_with_the_parent_it_names(tmp_path):
+    from qsal.export.model_card import write_model_card
+    from qsal.metrics import compute_metrics
+    from qsal.models import create_model
+    from qsal.export import export_onnx
+
+    data = {"name": "breastmnist", "task": "binary-class", "labels": ["malignant", "normal, benign"], "n_channels": 1,
+            "image_size": 28, "mean": [0.5], "std": [0.5]}
+    path = export_onnx(create_model("small_cnn", 2, 1).eval(), tmp_path / "m.onnx", input_shape=(1, 28, 28),
+                       meta={"data": data}, check_untrained=False)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 100)
+    logits = np.stack([-y * 2.0, y * 2.0], 1) + rng.normal(0, 1.5, (100, 2))
+    m = compute_metrics(y, logits, "binary-class", n_bootstrap=0).to_dict()
+    card = write_model_card(path, {"dataset": data, "parent_checkpoint": "runs/sgt/best.safetensors"}, None, None,
+                            artifact_metrics=m, parent_metrics=m, parent_kind="SGT")
+    text = path.with_suffix(".card.md").read_text()
+    assert "## Change against the SGT parent" in text and "| metric | this model | SGT parent | change |" in text
+    assert "parent (SGT)" in text and "FP32 parent" not in text
+    assert card["metrics"]["parent_kind"] == "SGT" and card["metrics"]["parent_test"] == m

@@ -13,7 +13,6 @@ Everything read back is validated (``validate_meta``; finite weights) before a m
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from qsal._atomic import atomic_path
-from qsal.errors import QsalError
+from qsal.errors import QsalError, is_finite_number, is_integer, quote
 from qsal.metrics.operating_point import validate_decision, validate_labels
 from qsal.provenance import environment
 
@@ -86,14 +85,6 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def validate_meta(meta, where: str) -> dict:
     """Check a checkpoint's JSON: a mapping whose ``arch`` can build a model and whose ``dataset`` (if any)
     is well-formed. Raises one ``QsalError`` naming the first bad field."""
@@ -106,49 +97,41 @@ def validate_meta(meta, where: str) -> dict:
     if not isinstance(arch, dict):
         raise QsalError(f"{where}: 'arch' is {'missing' if arch is None else type(arch).__name__}, not a mapping; {fix}")
     if not isinstance(arch.get("name"), str) or not arch["name"]:
-        raise QsalError(f"{where}: arch.name must be a model name, got {_short(arch.get('name'))}; {fix}")
-    for key, ok, want in (("num_classes", lambda v: _is_int(v) and v >= 1, "a positive integer"),
-                          ("in_channels", lambda v: v in (1, 3) and _is_int(v), "1 or 3"),
-                          ("image_size", lambda v: _is_int(v) and MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE,
+        raise QsalError(f"{where}: arch.name must be a model name, got {quote(arch.get('name'))}; {fix}")
+    for key, ok, want in (("num_classes", lambda v: is_integer(v) and v >= 1, "a positive integer"),
+                          ("in_channels", lambda v: v in (1, 3) and is_integer(v), "1 or 3"),
+                          ("image_size", lambda v: is_integer(v) and MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE,
                            f"an integer in {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE}")):
         if (key in arch or key != "image_size") and not ok(arch.get(key)):
-            raise QsalError(f"{where}: arch.{key} must be {want}, got {_short(arch.get(key))}; {fix}")
+            raise QsalError(f"{where}: arch.{key} must be {want}, got {quote(arch.get(key))}; {fix}")
     quant = meta.get("quant")
     if quant is not None and not (isinstance(quant, dict) and isinstance(quant.get("method"), str)):
-        raise QsalError(f"{where}: 'quant' must be null or a mapping with a 'method', got {_short(quant)}; {fix}")
+        raise QsalError(f"{where}: 'quant' must be null or a mapping with a 'method', got {quote(quant)}; {fix}")
     for key in ("data", "train", "val"):  # written by fit(); read back for names and records
         if meta.get(key) is not None and not isinstance(meta[key], dict):
-            raise QsalError(f"{where}: {key!r} must be a mapping, got {_short(meta[key])}; {fix}")
+            raise QsalError(f"{where}: {key!r} must be a mapping, got {quote(meta[key])}; {fix}")
     if not isinstance((meta.get("data") or {}).get("name", ""), str):
-        raise QsalError(f"{where}: data.name must be a string, got {_short(meta['data']['name'])}; {fix}")
+        raise QsalError(f"{where}: data.name must be a string, got {quote(meta['data']['name'])}; {fix}")
     data = meta.get("dataset")
     if data is not None:
         if not isinstance(data, dict):
-            raise QsalError(f"{where}: 'dataset' must be a mapping, got {_short(data)}; {fix}")
+            raise QsalError(f"{where}: 'dataset' must be a mapping, got {quote(data)}; {fix}")
         for key in ("name", "task"):
             if key in data and not isinstance(data[key], str):
-                raise QsalError(f"{where}: dataset.{key} must be a string, got {_short(data[key])}; {fix}")
-        if "image_size" in data and not (_is_int(data["image_size"])
+                raise QsalError(f"{where}: dataset.{key} must be a string, got {quote(data[key])}; {fix}")
+        if "image_size" in data and not (is_integer(data["image_size"])
                                          and MIN_IMAGE_SIZE <= data["image_size"] <= MAX_IMAGE_SIZE):
             raise QsalError(f"{where}: dataset.image_size must be an integer in {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE}, got "
-                            f"{_short(data['image_size'])}; {fix}")
+                            f"{quote(data['image_size'])}; {fix}")
         for key in ("mean", "std"):
             v = data.get(key)
-            if v is not None and not (isinstance(v, list) and v and all(_is_number(x) for x in v)
+            if v is not None and not (isinstance(v, list) and v and all(is_finite_number(x) for x in v)
                                       and (key == "mean" or all(x > 0 for x in v))):
                 raise QsalError(f"{where}: dataset.{key} must be a list of finite numbers"
-                                f"{' > 0' if key == 'std' else ''}, got {_short(v)}; {fix}")
+                                f"{' > 0' if key == 'std' else ''}, got {quote(v)}; {fix}")
         validate_labels(data.get("labels"), arch["num_classes"], f"{where}: dataset", fix)
     validate_decision(meta.get("decision"), arch["num_classes"], where, fix)
     return meta
-
-
-def _short(v, limit: int = 60) -> str:
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxstring, r.maxother, r.maxlevel = limit, limit, 3
-    return r.repr(v)
 
 
 def read_meta(path: str | os.PathLike) -> dict:

@@ -7,7 +7,7 @@ as ``error: ...`` and exits with code 2, never with a traceback.
 
 from __future__ import annotations
 
-__all__ = ["QsalError", "TYPE_WORDS"]
+__all__ = ["QsalError", "TYPE_WORDS", "quote", "is_integer", "is_finite_number"]
 
 # How a one-line error names the type a value should have had ("is not an integer", not "is not a int").
 TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -17,3 +17,25 @@ class QsalError(Exception):
     """A problem with the user's input, data or environment that the user can fix."""
 
     exit_code = 2
+
+
+def quote(value, limit: int = 60) -> str:
+    """``value`` as a one-line error quotes a bad stored value: its ``repr``, cut to about ``limit`` characters
+    (a whole tensor or a long list pasted into a message would drown the fix)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlevel = limit, limit, 3
+    return r.repr(value)
+
+
+def is_integer(value) -> bool:
+    """An ``int`` that is not a ``bool`` (JSON's ``true`` is not a class count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """An ``int`` or ``float``, not a ``bool``, neither NaN nor infinite."""
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -305,11 +305,26 @@ def artifact_test_metrics(onnx_path: str | os.PathLike, data_dir=None, n_bootstr
     return evaluate_onnx(onnx_path, test, n_bootstrap=n_bootstrap).to_dict()
 
 
+def _parent_kind(parent: str) -> str:
+    """What a quantized model's parent is, for its card: ``"SGT"`` (saliency-guided training, the parent of
+    SGT+PACT), ``"FP32"``, or ``"stored"`` where the parent's checkpoint can no longer be read."""
+    from qsal.checkpoint import read_meta
+
+    try:
+        meta = read_meta(parent)
+    except (QsalError, OSError):
+        return "stored"
+    if meta.get("quant"):
+        return str(meta["quant"].get("method") or "quantized").upper()
+    guided = isinstance(meta.get("step"), dict) and meta["step"].get("step") == "saliency_guided"
+    return "SGT" if guided else "FP32"
+
+
 def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, bench: dict | None = None,
                explanations: dict | None = None, metrics: dict | None = None, data_dir=None) -> str:
     """Model card beside ``onnx_path``: the *artifact's* test metrics (``metrics``, a ``Metrics`` dict with
     ``artifact: True``, measured here on the test split unless given), its latency (measured unless ``bench``
-    is given), data counts and class balance, and a quantized model's change against its FP32 parent."""
+    is given), data counts and class balance, and a quantized model's change against its parent (FP32 or SGT)."""
     import numpy as np
 
     from qsal.checkpoint import read_meta
@@ -335,6 +350,7 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
         raise QsalError(f"{metrics_file} holds a {type(torch_metrics).__name__}, not the metrics qsal writes; delete it")
     parent = meta.get("parent_checkpoint")
     parent_metrics = test_metrics(Path(parent).with_name("metrics.json")) if parent else None
+    parent_kind = _parent_kind(parent) if parent else "FP32"
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None
     try:  # the card can still be written without the data; it then says the artifact was not scored
@@ -359,5 +375,5 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     bench = {**bench, "cpu": env["cpu"]}
     write_model_card(onnx_path, meta, torch_metrics, bench, explanations, artifact_metrics=artifact_metrics,
                      parent_metrics=parent_metrics, parent_scored=parent_scored, data_stats=data_stats,
-                     n_parameters=n_parameters, versions=env["versions"])
+                     n_parameters=n_parameters, versions=env["versions"], parent_kind=parent_kind)
     return str(Path(onnx_path).with_suffix(".card.md"))

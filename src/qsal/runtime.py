@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsal.errors import QsalError
+from qsal.errors import QsalError, is_integer, quote
 from qsal.metrics.operating_point import describe_operating_point, validate_decision, validate_labels
 
 __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision"]
@@ -99,20 +99,17 @@ def validate_metadata(meta, path) -> dict:
     ``data.mean`` / ``data.std`` (finite, std > 0, one value or one per channel)."""
     fix = "re-export it with qsal export"
 
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
     if not isinstance(meta, dict):
         raise QsalError(f"{path}: its 'qsal' metadata is a {type(meta).__name__}, not a mapping; {fix}")
     shape = meta.get("input_shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(is_int(v) and v >= 1 for v in shape)):
+    if not (isinstance(shape, list) and len(shape) == 3 and all(is_integer(v) and v >= 1 for v in shape)):
         raise QsalError(f"{path}: metadata input_shape must be [channels, height, width] positive integers, got "
-                        f"{str(shape)[:60]}; {fix}")
+                        f"{quote(shape)}; {fix}")
     data = meta.get("data", {})
     if not isinstance(data, dict):
-        raise QsalError(f"{path}: metadata 'data' must be a mapping, got {str(data)[:60]}; {fix}")
+        raise QsalError(f"{path}: metadata 'data' must be a mapping, got {quote(data)}; {fix}")
     if "name" in data and not isinstance(data["name"], str):
-        raise QsalError(f"{path}: metadata data.name must be a dataset name, got {str(data['name'])[:60]}; {fix}")
+        raise QsalError(f"{path}: metadata data.name must be a dataset name, got {quote(data['name'])}; {fix}")
     for key in ("mean", "std"):
         v = data.get(key)
         if v is None:
@@ -122,13 +119,13 @@ def validate_metadata(meta, path) -> dict:
         if not ok or (key == "std" and any(x <= 0 for x in v)):
             count = "one finite number" if shape[0] == 1 else f"1 or {shape[0]} finite numbers"
             raise QsalError(f"{path}: metadata data.{key} must be {count}"
-                            f"{' > 0 (it divides the pixels)' if key == 'std' else ''}, got {str(v)[:60]}; {fix}")
+                            f"{' > 0 (it divides the pixels)' if key == 'std' else ''}, got {quote(v)}; {fix}")
     arch = meta.get("arch", {})
     if not isinstance(arch, dict):
-        raise QsalError(f"{path}: metadata 'arch' must be a mapping, got {str(arch)[:60]}; {fix}")
+        raise QsalError(f"{path}: metadata 'arch' must be a mapping, got {quote(arch)}; {fix}")
     for section, name, key in ((data, "data", "image_size"), (data, "data", "n_channels"), (arch, "arch", "num_classes")):
-        if key in section and not (is_int(section[key]) and section[key] >= 1):
-            raise QsalError(f"{path}: metadata {name}.{key} must be a positive integer, got {str(section[key])[:60]}; "
+        if key in section and not (is_integer(section[key]) and section[key] >= 1):
+            raise QsalError(f"{path}: metadata {name}.{key} must be a positive integer, got {quote(section[key])}; "
                             f"{fix}")
     num_classes = arch.get("num_classes")
     validate_labels(data.get("labels"), num_classes, f"{path}: metadata data", fix)

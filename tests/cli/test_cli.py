@@ -171,3 +171,20 @@ def test_non_tty_training_writes_one_plain_line_per_epoch(tmp_path):
     assert 0.0 <= float(table["test_auc"]) <= 1.0 and len(table["test_auc"]) <= 6  # 4 significant digits
     quiet = _run("train", "--epochs", "1", "--out", str(tmp_path / "q"), "--quiet", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_only_an_os_error_about_a_users_path_becomes_one_line():
+    """`--out` under a file or a read-only folder is the user's to mend (one line, exit 2); a file missing from
+    qsal's own install, or an errno no path choice mends, is a bug and keeps its traceback."""
+    import errno
+    from pathlib import Path
+
+    import qsal
+    from qsal.cli.app import _is_user_path_error
+
+    assert _is_user_path_error(NotADirectoryError(errno.ENOTDIR, "Not a directory", "/tmp/a_file/run"))
+    assert _is_user_path_error(PermissionError(errno.EACCES, "Permission denied", "/proc/qsal_out"))
+    own = str(Path(qsal.__file__).parent / "data" / "missing_table.json")
+    assert not _is_user_path_error(FileNotFoundError(errno.ENOENT, "No such file or directory", own))
+    assert not _is_user_path_error(OSError(errno.EIO, "Input/output error", "/tmp/x"))
+    assert not _is_user_path_error(OSError(errno.ENOENT, "No such file or directory"))  # no path named

@@ -112,7 +112,7 @@ ONNX_CASES.update({
     "positive_label_out_of_range": ("decision.positive_label must be a class id 0-1 or null, got 7", _ONNX_DECIDING),
     "positive_label_null": ("decision.operating_point is set but decision.positive_label is null", _ONNX_DECIDING),
     "labels_wrong_count": ("data.labels: 3 class names for a model with 2 outputs", _ONNX_DECIDING),
-    "image_size_is_a_string": ("metadata data.image_size must be a positive integer, got big", _ONNX_DECIDING),
+    "image_size_is_a_string": ("metadata data.image_size must be a positive integer, got 'big'", _ONNX_DECIDING),
 })
 
 
@@ -159,6 +159,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("train", "--epochs", "1", "--out", "{file}/run"): "Not a directory; check the path",  # the system refuses it
     ("explain", "{ck}", "--n", "2", "--out", "maps.txt"): "explain writes a PNG figure; name the file .png",
     ("predict", "{onnx}", "{dir}", "--out", "p.txt"): "name the file .csv or .json, or pass --format csv|json",
+    ("predict", "{onnx}", "{dir}", "--json", "--out", "p.csv"): "--json asks for JSON but --out p.csv names a CSV file",
 }
 
 

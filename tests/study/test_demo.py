@@ -27,3 +27,16 @@ def test_quick_demo_produces_every_model_and_a_report(tmp_path):
     assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "results.json").read_text())["environment"]["versions"]["torch"]
     assert (tmp_path / "report.html").is_file() and (tmp_path / "saliency_grid.png").is_file()
+    sgt_card = (tmp_path / "sgt+pact-4" / "model.card.md").read_text()  # fine-tuned from SGT, and says so
+    assert "## Change against the SGT parent" in sgt_card and "FP32 parent" not in sgt_card
+
+    # a stage written with other settings (an older qsal's demo): refused with the flag that starts it over
+    from qsal.errors import QsalError
+    from qsal.run_folder import FINGERPRINT_FILE
+
+    record = tmp_path / "sgt+pact-4" / FINGERPRINT_FILE
+    fp = json.loads(record.read_text())
+    fp["config"]["lr"] = 1e-4
+    record.write_text(json.dumps(fp))
+    with pytest.raises(QsalError, match="lr changed .* pass --force to start over"):
+        run_demo(out_dir=str(tmp_path), quick=True, progress=False, verbose=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import shlex
 import sys
 from pathlib import Path
@@ -190,7 +191,7 @@ def cmd_demo(args):
     from qsal.study.demo import run_demo
 
     results = run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed,
-                       progress=_progress(args), verbose=not args.quiet)
+                       progress=_progress(args), verbose=not args.quiet, force=args.force)
     _print_report_result(args, results["rows"], results["report"])
 
 
@@ -210,6 +211,9 @@ def _setup_demo(p):
     p.add_argument("--out", default="runs/demo", help="output folder (one sub-folder per model, report.html)")
     p.add_argument("--quick", action="store_true", help="a shorter schedule (about a minute)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of every stage")
+    p.add_argument("--force", action="store_true",
+                   help="train every stage anew in --out (needed where a stage's settings changed since the folder "
+                        "was written, e.g. by an older qsal); without it finished stages are reused")
     _no_progress_arg(p)
 
 
@@ -341,6 +345,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_USER_PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                     errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EXDEV, errno.ENOTEMPTY}
+
+
+def _is_user_path_error(e: OSError) -> bool:
+    """An OSError the user can mend by choosing another path: one of the path errnos, about a file outside qsal's
+    own install and Python's (a missing file *there* is a broken install or a bug, and keeps its traceback)."""
+    if e.filename is None or e.errno not in _USER_PATH_ERRNOS:
+        return False
+    import os
+    import sysconfig
+
+    import qsal
+
+    try:
+        path = Path(os.fsdecode(e.filename)).resolve()
+    except (OSError, ValueError, TypeError):
+        return True
+    installed = sysconfig.get_paths()
+    own = [Path(qsal.__file__).resolve().parent] + [Path(installed[k]).resolve() for k in ("stdlib", "purelib", "platlib")]
+    return not any(path.is_relative_to(root) for root in own)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -356,10 +383,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no space left on the device ({e.filename or 'while writing'}); free some space or choose "
                   "another output folder, then rerun (finished files are intact)", file=sys.stderr)
             return QsalError.exit_code
-        if e.filename is None:  # not about a path the user gave: a bug, keep the traceback
+        if not _is_user_path_error(e):  # not about a path the user gave: a bug, keep the traceback
             raise
         # A path the user gave that the system refuses (an --out under /proc, a read-only or missing folder).
-        print(f"error: {e.filename}: {e.strerror or e}; check the path and its permissions, or choose another one",
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+        print(f"error: {where}: {e.strerror or e}; check the path and its permissions, or choose another one",
               file=sys.stderr)
         return QsalError.exit_code
     except KeyboardInterrupt:

@@ -15,6 +15,8 @@ def cmd_predict(args):
     suffix = Path(args.out).suffix.lower() if args.out else None
     if suffix not in (None, ".csv", ".json") and not args.format:
         raise QsalError(f"--out {args.out}: name the file .csv or .json, or pass --format csv|json")
+    if args.json and suffix == ".csv" and args.format != "json":  # JSON text in a .csv file reads as a broken CSV
+        raise QsalError(f"--json asks for JSON but --out {args.out} names a CSV file; name it .json, or drop --json")
     fmt = args.format or ("json" if args.json or suffix == ".json" else "csv")
     text = format_predictions(predict_paths(args.model, args.paths, threads=args.threads), fmt)
     if args.out:
@@ -31,8 +33,8 @@ def _setup_predict(p):
     p.add_argument("--out", help="write to this file (default: CSV on stdout)")
     p.add_argument("--format", choices=["csv", "json"], help="output format (default: json with --json or an --out "
                    "ending in .json, else csv)")
-    p.add_argument("--threads", type=int_range(1, 1024, "a thread count"), default=None,
-                   help="onnxruntime threads (default: all cores)")
+    p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), default=None,
+                   help="onnxruntime threads (0 or default: all cores, as in qsal bench)")
 
 
 def register(command, setup: dict) -> None:

@@ -1,7 +1,7 @@
 """Model cards in the Hugging Face format with the sections of Mitchell et al. (2019), *Model Cards for
 Model Reporting*: YAML metadata (licence, tags, datasets, metrics, base model, ``model-index``), then
 model details, intended and out-of-scope use, data, metrics of the deployed *artifact* with CIs, factors
-(per class), the change against the FP32 parent, explanation metrics, and caveats.
+(per class), the change against the parent (FP32, or SGT for SGT+PACT), explanation metrics, and caveats.
 
 Written beside an exported model as ``<name>.card.md`` (the card) and ``<name>.card.json`` (the same
 facts, machine-readable). Everything comes from records: the checkpoint's JSON, its ``metrics.json``,
@@ -37,14 +37,15 @@ _CAVEATS = [
     "Latency was measured on the CPU named in the Latency section, possibly shared with other work; compare "
     "latencies within one machine.",
     "Quantization changes individual predictions and saliency maps even when aggregate metrics agree; the "
-    "comparison with the FP32 parent and the map agreement metrics show by how much.",
+    "comparison with the parent model and the map agreement metrics show by how much.",
 ]
 _EXPLANATIONS = {
     "faithfulness_gap": "accuracy lost when the most salient pixels are removed minus that lost for random pixels "
                         "(higher = the map points at evidence the model uses)",
     "gini": "sparseness of the map, 0 = spread evenly, 1 = one pixel",
-    "map_spearman_vs_fp32": "rank correlation with the FP32 parent's map of the same image (1 = same ranking)",
-    "map_top10_iou_vs_fp32": "overlap of the 10% most salient pixels with the FP32 parent's map",
+    "map_spearman_vs_fp32": "rank correlation with the plain FP32 model's map of the same image (the FP32 model of the "
+                            "same run, which is not the parent of an SGT+PACT model; 1 = same ranking)",
+    "map_top10_iou_vs_fp32": "overlap of the 10% most salient pixels with the plain FP32 model's map",
     "deletion_auc": "probability area as salient pixels are deleted (lower = more faithful)",
     "insertion_auc": "probability area as salient pixels are inserted (higher = more faithful)",
 }
@@ -119,7 +120,7 @@ def _ci(m: dict, key: str) -> str:
 def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, bench: dict | None,
                      explanations: dict | None = None, *, artifact_metrics: dict | None = None,
                      parent_metrics: dict | None = None, parent_scored: str = "its PyTorch model", data_stats: dict | None = None,
-                     n_parameters: int | None = None, versions: dict | None = None) -> dict:
+                     n_parameters: int | None = None, versions: dict | None = None, parent_kind: str = "FP32") -> dict:
     """Write ``<name>.card.md`` and ``<name>.card.json`` beside ``onnx_path``; returns the card dict.
 
     Args:
@@ -128,8 +129,9 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         bench: ``bench_onnx`` output for the artifact (size, latency, ``cpu``).
         explanations: saliency metrics (``faithfulness_gap``, ``gini``, ``map_spearman_vs_fp32``...), if measured.
         artifact_metrics: metrics of the ONNX file itself on the test split (with ``ci``); preferred over ``metrics``.
-        parent_metrics: test metrics of the FP32 parent (quantized models), for the change against it;
-            ``parent_scored`` says what was scored (its ONNX file or its PyTorch model).
+        parent_metrics: test metrics of the parent a quantized model was made from, for the change against it;
+            ``parent_scored`` says what was scored (its ONNX file or its PyTorch model), ``parent_kind`` what the
+            parent is (``"FP32"``, or ``"SGT"`` for SGT+PACT fine-tuned from a saliency-guided model).
         data_stats: ``{"counts": {split: n}, "class_counts": {split: [n per class]}}``.
         n_parameters: trainable parameters of the architecture.
         versions: package versions (``qsal``, ``onnxruntime``...).
@@ -197,7 +199,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                ("training", f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch "
                             f"{train.get('batch_size')}, seed {meta.get('seed')}; best validation {train.get('select_on', 'auc')}"
                             if train else None),
-               ("parent (FP32)", meta.get("parent_checkpoint"))]
+               (f"parent ({parent_kind})", meta.get("parent_checkpoint"))]
     md += _table(("item", "value"), [d for d in details if d[1]])
     md += ["### Quantization", ""]
     if quant.get("method") == "fp32":
@@ -251,9 +253,9 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         md += ["Not measured (run `qsal evaluate`, or export with the data available).", ""]
 
     if parent_metrics and scored:
-        md += ["## Change against the FP32 parent", "", f"This model ({scored_what}) minus its FP32 parent "
+        md += [f"## Change against the {parent_kind} parent", "", f"This model ({scored_what}) minus its {parent_kind} parent "
                f"({parent_scored}), on the same test split and operating point:", ""]
-        md += _table(("metric", "this model", "FP32 parent", "change"),
+        md += _table(("metric", "this model", f"{parent_kind} parent", "change"),
                      [(label, scored[k], parent_metrics[k], f"{scored[k] - parent_metrics[k]:+.3f}")
                       for label, k in (("AUC", "auc"), ("accuracy", "acc"), (f"sensitivity (positive: {positive})", "sensitivity"),
                                        (f"specificity (positive: {positive})", "specificity"))
@@ -279,8 +281,9 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
             "quantization": quant, "data": {**{k: data.get(k) for k in ("name", "task", "labels", "license")},
                                             **(data_stats or {})},
             "metrics": {"scored": "onnx" if artifact_metrics else "pytorch", "test": scored, "operating_point": op,
-                        "positive_class": positive, "pytorch_test": pytorch, "fp32_parent_test": parent_metrics,
-                        "fp32_parent_scored": parent_scored if parent_metrics else None},
+                        "positive_class": positive, "pytorch_test": pytorch, "parent_test": parent_metrics,
+                        "parent_scored": parent_scored if parent_metrics else None,
+                        "parent_kind": parent_kind if meta.get("parent_checkpoint") else None},
             "latency": bench, "explanations": explanations, "training": {"config": train, "seed": meta.get("seed"),
                                                                         "parent": meta.get("parent_checkpoint")},
             "out_of_scope": _OUT_OF_SCOPE, "caveats": _CAVEATS}

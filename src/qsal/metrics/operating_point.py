@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from qsal.data.registry import TASK_BINARY
-from qsal.errors import QsalError
+from qsal.errors import QsalError, is_finite_number, is_integer, quote
 
 __all__ = ["parse_rule", "choose_threshold", "choose_decision", "resolve_positive_label", "validate_decision",
            "validate_labels", "describe_operating_point", "DEFAULT_RULE"]
@@ -119,21 +119,13 @@ def describe_operating_point(op: dict, positive_name: str | None = None) -> str:
     return f"{head} ({op.get('rule') or 'unrecorded rule'}, {where})"
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
-
-
-def _short(v) -> str:
-    return repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
-
-
 def validate_labels(labels, num_classes: int | None, where: str, fix: str) -> None:
     """Refuse stored class names (``dataset.labels`` / ``data.labels``) that are not ``num_classes`` strings;
     ``None`` (absent) passes: predictions then name classes by id."""
     if labels is None:
         return
     if not (isinstance(labels, list) and labels and all(isinstance(n, str) for n in labels)):
-        raise QsalError(f"{where}.labels must be a list of class names (strings), got {_short(labels)}; {fix}")
+        raise QsalError(f"{where}.labels must be a list of class names (strings), got {quote(labels)}; {fix}")
     if num_classes is not None and len(labels) != num_classes:
         raise QsalError(f"{where}.labels: {len(labels)} class names for a model with {num_classes} outputs; {fix}")
 
@@ -145,33 +137,32 @@ def validate_decision(decision, num_classes: int | None, where: str, fix: str) -
     if decision is None:
         return
     if not isinstance(decision, dict):
-        raise QsalError(f"{where}: 'decision' must be a mapping, got {_short(decision)}; {fix}")
+        raise QsalError(f"{where}: 'decision' must be a mapping, got {quote(decision)}; {fix}")
     pos = decision.get("positive_label")
-    if pos is not None and not (isinstance(pos, int) and not isinstance(pos, bool)
-                                and 0 <= pos < (num_classes if num_classes is not None else 2)):
+    if pos is not None and not (is_integer(pos) and 0 <= pos < (num_classes if num_classes is not None else 2)):
         raise QsalError(f"{where}: decision.positive_label must be a class id 0-{(num_classes or 2) - 1} or null, "
-                        f"got {_short(pos)}; {fix}")
+                        f"got {quote(pos)}; {fix}")
     if decision.get("positive_class") is not None and not isinstance(decision["positive_class"], str):
         raise QsalError(f"{where}: decision.positive_class must be a class name, got "
-                        f"{_short(decision['positive_class'])}; {fix}")
+                        f"{quote(decision['positive_class'])}; {fix}")
     op = decision.get("operating_point")
     if op is not None:
         if not isinstance(op, dict):
-            raise QsalError(f"{where}: decision.operating_point must be a mapping or null, got {_short(op)}; {fix}")
+            raise QsalError(f"{where}: decision.operating_point must be a mapping or null, got {quote(op)}; {fix}")
         if pos is None:  # the threshold applies to p(positive): without the class it decides nothing
             raise QsalError(f"{where}: decision.operating_point is set but decision.positive_label is null; a threshold "
                             f"applies to one class's probability, so name it (a class id); {fix}")
-        if not (_finite(op.get("threshold")) and 0.0 <= op["threshold"] <= 1.0):
+        if not (is_finite_number(op.get("threshold")) and 0.0 <= op["threshold"] <= 1.0):
             raise QsalError(f"{where}: decision.operating_point.threshold must be a probability in [0, 1], got "
-                            f"{_short(op.get('threshold'))}; {fix}")
+                            f"{quote(op.get('threshold'))}; {fix}")
         for key in ("rule", "chosen_on", "scores"):
             if op.get(key) is not None and not isinstance(op[key], str):
-                raise QsalError(f"{where}: decision.operating_point.{key} must be a string, got {_short(op[key])}; "
+                raise QsalError(f"{where}: decision.operating_point.{key} must be a string, got {quote(op[key])}; "
                                 f"{fix}")
     t = decision.get("temperature")
-    if t is not None and not (_finite(t) and t > 0):
+    if t is not None and not (is_finite_number(t) and t > 0):
         raise QsalError(f"{where}: decision.temperature must be a finite number > 0 (it divides the logits), got "
-                        f"{_short(t)}; {fix}")
+                        f"{quote(t)}; {fix}")
     if decision.get("temperature_scaling") is not None and not isinstance(decision["temperature_scaling"], bool):
         raise QsalError(f"{where}: decision.temperature_scaling must be true or false, got "
-                        f"{_short(decision['temperature_scaling'])}; {fix}")
+                        f"{quote(decision['temperature_scaling'])}; {fix}")

@@ -24,8 +24,12 @@ DEMO_STAGES = ("fp32", "ptq-int8", "qat-int8", "pact-4", "sgt", "sgt+pact-4")
 
 
 def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=None, quick: bool = False,
-             seed: int = 0, model: str = "small_cnn", progress: bool = True, verbose: bool = True) -> dict:
+             seed: int = 0, model: str = "small_cnn", progress: bool = True, verbose: bool = True,
+             force: bool = False) -> dict:
     """Run every stage and write the results; returns the results dict (rows per model, ``report`` paths).
+
+    A stage whose folder already holds the same finished run is reused (``resume``); one whose settings changed
+    since (an older qsal's demo, another ``--quick``) is refused unless ``force``, which trains every stage anew.
 
     ``progress``: training progress (bars on a terminal, one line per epoch otherwise); ``verbose``: a
     line per stage on stderr. Nothing is printed to stdout: the CLI prints the table.
@@ -58,7 +62,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         f"{'quick' if quick else 'full'} schedule")
     ckpts = {}
     fp32 = train_model(dataset, model, TrainConfig(epochs=epochs["fp32"], seed=seed, progress=progress), out / "fp32",
-                       data_dir=data_dir, resume=True)
+                       data_dir=data_dir, resume=True, force=force)
     ckpts["fp32"] = fp32["checkpoint"]
     guided = SaliencyGuidedStep(task, k=0.5, lam=1.0, seed=seed)
     # (name, parent, config, epochs, lr, step). SGT+PACT-4 starts from the SGT parent: guiding the fine-tune of
@@ -72,10 +76,10 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         if parent is None:  # the SGT parent: trained like FP32, with saliency guidance
             ckpts[name] = train_model(dataset, model, TrainConfig(epochs=ep, seed=seed, progress=progress), out / name,
                                       data_dir=data_dir, saliency_guided=True, sgt_k=guided.k, sgt_lambda=guided.lam,
-                                      resume=True)["checkpoint"]
+                                      resume=True, force=force)["checkpoint"]
             continue
         ckpts[name] = quantize_checkpoint(ckpts[parent], cfg, out / name, epochs=ep, lr=lr, data_dir=data_dir, seed=seed,
-                                          progress=progress, step=step, resume=True)["checkpoint"]
+                                          progress=progress, step=step, resume=True, force=force)["checkpoint"]
     sal_split = test.subset(8, seed)
     x_sal, y_sal = sal_split.tensors()
     sal_index = test.subset_indices(8, seed)
