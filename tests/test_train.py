@@ -36,10 +36,11 @@ def test_same_seed_same_weights(tiny_splits, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_after_kill_gives_the_same_result_as_an_uninterrupted_run(tiny_splits, tmp_path):
-    _fit(tiny_splits, tmp_path / "full", epochs=4)
-    _fit(tiny_splits, tmp_path / "resumed", epochs=2)  # "killed" after epoch 2 ...
-    _, result = _fit(tiny_splits, tmp_path / "resumed", epochs=4)  # ... and run again
+@pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["live weights", "weight EMA"])
+def test_resume_after_kill_gives_the_same_result_as_an_uninterrupted_run(tiny_splits, tmp_path, ema_decay):
+    _fit(tiny_splits, tmp_path / "full", epochs=4, ema_decay=ema_decay)
+    _fit(tiny_splits, tmp_path / "resumed", epochs=2, ema_decay=ema_decay)  # "killed" after epoch 2 ...
+    _, result = _fit(tiny_splits, tmp_path / "resumed", epochs=4, ema_decay=ema_decay)  # ... and run again
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     full, resumed = load_file(str(tmp_path / "full/best.safetensors")), load_file(str(tmp_path / "resumed/best.safetensors"))
     assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)
@@ -87,3 +88,48 @@ def test_fit_refuses_to_resume_with_another_hyper_parameter(tiny_splits, tmp_pat
     fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(epochs=1, progress=False), tmp_path)
     with pytest.raises(QsalError, match=r"lr changed \(0.001 -> 0.01\)"):
         fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(epochs=1, lr=0.01, progress=False), tmp_path)
+
+
+def test_weight_ema_averages_float_state_and_copies_integer_state():
+    """ema <- decay * ema + (1 - decay) * live after each step, the first update a copy (timm's ModelEmaV3); BN's
+    num_batches_tracked is copied, not averaged through floats."""
+    from qsal.ema import WeightEMA
+
+    live = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    ema = WeightEMA(live, decay=0.75)
+    for value in (1.0, 3.0, 5.0):
+        with torch.no_grad():
+            live[0].weight.fill_(value)
+            live[1].running_mean.fill_(10 * value)
+            live[1].num_batches_tracked.fill_(int(value))
+        ema.update(live)
+    want = (1.0 * 0.75 + 3.0 * 0.25) * 0.75 + 5.0 * 0.25  # 2.1875
+    assert torch.allclose(ema.module[0].weight, torch.full((1, 2), want))
+    assert torch.allclose(ema.module[1].running_mean, torch.tensor([10 * want]))
+    assert int(ema.module[1].num_batches_tracked) == 5 and ema.updates == 3
+    assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
+
+
+def test_with_ema_the_checkpoint_holds_the_averaged_weights_not_the_live_ones(tiny_splits, tmp_path):
+    """The average is what is validated, selected and saved; config and checkpoint record the decay."""
+    train, val, _ = tiny_splits
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 2, 1)
+    seen = {}
+
+    class Spy:  # records the live weights at the end of the run, before fit loads the best (averaged) epoch
+        def __call__(self, m, x, y):
+            seen["live"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            logits = m(x)
+            return {"loss": torch.nn.functional.cross_entropy(logits, y), "logits": logits}
+
+    config = TrainConfig(epochs=3, batch_size=32, progress=False, ema_decay=0.8, select_on="loss")
+    result = fit(model, train, val, config, tmp_path, step=Spy())
+    saved = load_file(str(tmp_path / "best.safetensors"))
+    assert json.loads((tmp_path / "best.json").read_text())["train"]["ema_decay"] == 0.8
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())  # fit left the saved weights loaded
+    w = "conv1.weight" if "conv1.weight" in saved else next(k for k in saved if k.endswith("weight"))
+    assert not torch.allclose(saved[w], seen["live"][w])  # an average, not the live weights of any one step
+    assert result.best_epoch >= 1
+    with pytest.raises(QsalError, match="ema_decay 1.5 must be a number between 0 and 1"):
+        TrainConfig(ema_decay=1.5)

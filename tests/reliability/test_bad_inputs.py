@@ -130,6 +130,8 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("quantize", "{ck}", "--num-calibration", "-1"): "--num-calibration: -1 is out of range",
     ("quantize", "{ck}", "--bits", "9"): "--bits: 9 is out of range",
     ("train", "--seed", "-1"): "--seed: -1 is out of range",
+    ("train", "--ema-decay", "0"): "--ema-decay: 0 is out of range: an EMA decay must be finite, > 0.0",
+    ("train", "--ema-decay", "1", "--epochs", "1", "--out", "{dir}/run"): "ema_decay 1.0 must be a number between 0 and 1",
     ("train", "--device", "tpu"): "--device: invalid choice: 'tpu'",
     ("train", "--precision", "fp16"): "--precision: invalid choice: 'fp16'",
     ("train", "--epochs", "abc"): "--epochs: 'abc' is not an integer",
@@ -214,6 +216,8 @@ YAML_CASES = {
                          b"train: {epochs: 0, lr: .nan, batch_size: 0}\n",
                          "3 problem(s): train.epochs: must be positive, got 0; train.lr: must be a finite number, got "
                          "nan; train.batch_size: must be positive, got 0"),
+    "bad_ema_decay": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\ntrain: {ema_decay: 1.5}\n",
+                      "ema_decay 1.5 must be a number between 0 and 1"),
 }
 
 

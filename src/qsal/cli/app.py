@@ -100,6 +100,9 @@ def _train_config_args(p):
     p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer (sgd: momentum 0.9, Nesterov)")
     p.add_argument("--shift-px", type=non_negative_int, default=d.shift_px, help="random-translation augmentation (px)")
     p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation")
+    p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, what="an EMA decay"), default=d.ema_decay,
+                   help="validate, select and save an exponential moving average of the weights (e.g. 0.99; "
+                        "default: off, the live weights)")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: CUDA where there is one")
     p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"],
                    help="training arithmetic; auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 "
@@ -116,7 +119,7 @@ def _train_config(args):
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                        shift_px=args.shift_px, seed=args.seed, device=args.device, precision=args.precision,
-                       progress=_progress(args))
+                       ema_decay=args.ema_decay, progress=_progress(args))
 
 
 @command("train", "train a model (FP32, or saliency-guided with --saliency-guided) and save the best checkpoint")

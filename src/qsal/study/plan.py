@@ -115,7 +115,7 @@ def format_plan(plan: dict, name: str) -> str:
             lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
                          f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
                          f"shift {c['shift_px']} px, hflip {c['hflip']}, precision {c['precision']} "
-                         f"({c['precision_here']} here)")
+                         f"({c['precision_here']} here)" + (f", weight EMA {c['ema_decay']:g}" if c.get("ema_decay") else ""))
     if "est_seconds" in plan:
         lines.append(f"estimated training time on this machine: {_duration(plan['est_seconds'])} "
                      "(training steps only, measured with the current load and thread count)")

@@ -59,6 +59,10 @@ def _check_value(name: str, value, default):
         if value == "auto" or isinstance(value, bool):
             return value, None
         return None, f"{value!r} is not one of auto, true, false"
+    if name == "ema_decay":  # null (off) or a decay in (0, 1); TrainConfig checks the range
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return (None if value is None else float(value)), None
+        return None, f"{value!r} is not a number between 0 and 1, or null"
     want = type(default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
