@@ -110,9 +110,13 @@ def _val_auc(cell: Path) -> float | None:
     return None
 
 
+# What sets an edge study's recipe apart, in its winner's label (configs/edge_breastmnist_ema.yaml)
+EDGE_RECIPES = {"study_edge_breastmnist_ema": " with weight EMA 0.99"}
+
+
 def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
     """Per set: among the quantized artifacts <= 1.1 MB of the edge studies (``(collected study, run dir)`` pairs:
-    configs/edge_medmnist.yaml and edge_medmnist_resnet20.yaml), the one with the highest mean validation AUC (the test
+    configs/edge_medmnist.yaml, edge_medmnist_resnet20.yaml and edge_breastmnist_ema.yaml), the one with the highest mean validation AUC (the test
     split chooses nothing; a tie goes to the smaller file), against the ResNet-18 (28) MedMNIST v2 figures. Only
     artifacts with the most finished seeds compete, so a lucky single seed cannot win; they are ranked by their own
     validation AUC where every competitor's result.json has one, else by their checkpoints' (``_val_auc``)."""
@@ -137,7 +141,9 @@ def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:
             continue
         val, r = max(competing, key=lambda c: (c[0], -c[1]["size_bytes"]))  # a tie: PTQ observers' parent
         source = "the artifacts' own" if own else "checkpoints'"
-        model_label = f"{r['network']}/{r['method']}"
+        study_dir = next(run_dir for c, run_dir in candidates if c is r)
+        recipe = EDGE_RECIPES.get(study_dir.name, "")  # two studies may hold the same net and method
+        model_label = f"{r['network']}{recipe}/{r['method']}"
         ok = r["test_auc"] >= auc and r["test_acc"] >= acc
         rows.append({
             "table": EDGE_TABLE, "row": f"{ds}: {model_label} ({r['size_bytes'] / 1e6:.2f} MB; chosen "
@@ -189,7 +195,8 @@ def cifar_rows(study: dict | None) -> list[dict]:
 
 def main() -> None:
     resnet18, mnist = _study("medmnist_resnet18_full"), _study("mnist_sgt_pact")
-    edge = [(_study(n), RESULTS / f"study_{n}") for n in ("edge_medmnist", "edge_medmnist_resnet20")]
+    edge = [(_study(n), RESULTS / f"study_{n}") for n in ("edge_medmnist", "edge_medmnist_resnet20",
+                                                          "edge_breastmnist_ema")]
     cifar = _study("cifar10_resnet20")
     rows = (resnet18_rows(resnet18) + mnist_rows(mnist) + edge_rows(edge)
             + cifar_rows(cifar))

@@ -289,8 +289,10 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     if card:
         try:
             result["card"] = write_card(checkpoint, path, data_dir=data_dir)
-        except BaseException:  # an artifact without its card would pass for a finished export: remove it
-            Path(path).unlink(missing_ok=True)
+        except BaseException:  # an artifact without its card would pass for a finished export: remove it, and
+            Path(path).unlink(missing_ok=True)  # a card an earlier export (--force) left, now about no file
+            for stale in (Path(path).with_suffix(".card.md"), Path(path).with_suffix(".card.json")):
+                stale.unlink(missing_ok=True)
             raise
     return result
 

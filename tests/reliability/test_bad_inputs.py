@@ -147,6 +147,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("bench", "{onnx}", "--seconds", "0"): "--seconds: 0 is out of range",
     ("bench", "{onnx}", "--seconds", "-1"): "--seconds: -1 is out of range",
     ("run", "{cfg}", "--workers", "0"): "--workers: 0 is out of range",
+    ("run", "{cfg}", "--no-estimate"): "--no-estimate skips --dry-run's timing; it does nothing without --dry-run",
     ("demo", "--seed", "-5"): "--seed: -5 is out of range",
     ("export", "{ck}", "--format", "tflite"): "--format: invalid choice: 'tflite'",
     ("quantize", "{ck}", "--skip", "nosuchlayer"): "--skip names ['nosuchlayer'] are not layers of small_cnn",
@@ -192,6 +193,23 @@ def test_export_leaves_no_artifact_when_its_card_fails(good_run, tmp_path, monke
 
     monkeypatch.setattr(qsal.pipeline, "write_card", card_fails)
     rc, out, err = run_cli(["export", good_run / "best.safetensors", "--out", tmp_path / "m.onnx"], capsys)
+    assert_clean_refusal(rc, out, err, "the card could not be written")
+    assert files_under(tmp_path) == set()
+
+
+def test_a_forced_export_whose_card_fails_leaves_no_stale_card(good_run, tmp_path, monkeypatch, capsys):
+    """export --force over an earlier export: if the new card fails, the old card (about the old file) goes too."""
+    import qsal.pipeline
+    from qsal.errors import QsalError
+
+    rc, _, _ = run_cli(["export", good_run / "best.safetensors", "--out", tmp_path / "m.onnx"], capsys)
+    assert rc == 0 and files_under(tmp_path) >= {"m.onnx", "m.card.md", "m.card.json"}
+
+    def card_fails(*args, **kwargs):
+        raise QsalError("the card could not be written")
+
+    monkeypatch.setattr(qsal.pipeline, "write_card", card_fails)
+    rc, out, err = run_cli(["export", good_run / "best.safetensors", "--out", tmp_path / "m.onnx", "--force"], capsys)
     assert_clean_refusal(rc, out, err, "the card could not be written")
     assert files_under(tmp_path) == set()
 

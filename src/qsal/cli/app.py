@@ -226,6 +226,9 @@ def cmd_run(args):
     from qsal.study.results import report_run
     from qsal.study.runner import run_study
 
+    if args.no_estimate and not args.dry_run:
+        raise QsalError("--no-estimate skips --dry-run's timing; it does nothing without --dry-run (drop it, or add "
+                        "--dry-run to see the plan)")
     cfg = load_run_config(args.config)
     if args.data_dir:  # where the files are, not what the study is: the folder's fingerprint ignores it
         cfg = dataclasses.replace(cfg, data_dir=str(Path(args.data_dir).expanduser().resolve()))
