@@ -91,8 +91,8 @@ def test_fit_refuses_to_resume_with_another_hyper_parameter(tiny_splits, tmp_pat
 
 
 def test_weight_ema_averages_float_state_and_copies_integer_state():
-    """ema <- decay * ema + (1 - decay) * live after each step, the first update a copy (timm's ModelEmaV3); BN's
-    num_batches_tracked is copied, not averaged through floats."""
+    """ema <- d * ema + (1 - d) * live after each step, d = min(decay, (1 + t) / (10 + t)), the first update a copy
+    (TensorFlow's ExponentialMovingAverage, timm's ModelEmaV3 with warm-up); BN's num_batches_tracked is copied."""
     from qsal.ema import WeightEMA
 
     live = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
@@ -103,10 +103,13 @@ def test_weight_ema_averages_float_state_and_copies_integer_state():
             live[1].running_mean.fill_(10 * value)
             live[1].num_batches_tracked.fill_(int(value))
         ema.update(live)
-    want = (1.0 * 0.75 + 3.0 * 0.25) * 0.75 + 5.0 * 0.25  # 2.1875
+    d1, d2 = min(0.75, 2 / 11), min(0.75, 3 / 12)  # the warm-up (1 + t) / (10 + t) is below 0.75 for t < 26
+    want = (1.0 * d1 + 3.0 * (1 - d1)) * d2 + 5.0 * (1 - d2)
     assert torch.allclose(ema.module[0].weight, torch.full((1, 2), want))
     assert torch.allclose(ema.module[1].running_mean, torch.tensor([10 * want]))
     assert int(ema.module[1].num_batches_tracked) == 5 and ema.updates == 3
+    ema.updates = 1000
+    assert ema.current_decay() == 0.75  # the cap, once the warm-up passes it
     assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
 
 

@@ -5,10 +5,17 @@ Semantics of timm's ``ModelEmaV3`` (and of ``torch.optim.swa_utils.AveragedModel
 averaged: after each optimizer step every floating-point parameter *and buffer* (BatchNorm running statistics,
 PACT clipping levels, observer ranges) moves toward the live model's,
 
-    ema <- decay * ema + (1 - decay) * live,
+    ema <- decay_t * ema + (1 - decay_t) * live,
 
 and the first update copies the live model. ``AveragedModel`` would average integer buffers through floats
 (``num_batches_tracked``) and boolean ones (a quantizer's "calibrated" flag), so the update is written here.
+
+The decay warms up as in TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` and timm's ``use_warmup``:
+at update ``t`` it is ``min(decay, (1 + t) / (10 + t))``, so the average covers roughly the last tenth of the
+steps taken so far until ``decay`` caps it. Without it, a fixed 0.99 on a small set (BreastMNIST: 5 steps per
+epoch) kept a third of the random initial weights after 100 steps and averaged weights from far-apart points of
+the early trajectory, whose BatchNorm statistics no longer fit them: validation AUC .70 after 30 epochs where the
+live weights reached .91 (ResNet-20, seed 0).
 """
 
 from __future__ import annotations
@@ -37,13 +44,18 @@ class WeightEMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         live = model.state_dict()
+        decay = self.current_decay()
         for name, avg in self.module.state_dict().items():
             now = live[name].detach()
             if self.updates == 0 or not avg.is_floating_point():
                 avg.copy_(now)
             else:
-                avg.lerp_(now.to(avg.dtype), 1.0 - self.decay)
+                avg.lerp_(now.to(avg.dtype), 1.0 - decay)
         self.updates += 1
+
+    def current_decay(self) -> float:
+        """The decay the next update applies: ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates."""
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     def state_dict(self) -> dict:
         """For the resume state (``last.pt``): the averaged tensors and the update count."""

@@ -58,7 +58,8 @@ class TrainConfig:
     channels_last: str | bool = "auto"  # auto | true | false: NHWC memory format while training
     # Exponential moving average of the weights and BN statistics, updated after every optimizer step
     # (torch.optim.swa_utils.AveragedModel, as timm's ModelEmaV2): the average is what is validated, selected and
-    # saved. None = off (the MedMNIST recipe). 0.99 averages over about the last 100 steps.
+    # saved. None = off (the MedMNIST recipe). The decay warms up, min(ema_decay, (1 + t) / (10 + t)) at step t
+    # (qsal.ema), so on a short run the average covers about the last tenth of the steps; 0.99 caps it at ~100.
     ema_decay: float | None = None
 
     def __post_init__(self):
