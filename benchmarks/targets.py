@@ -111,7 +111,7 @@ def _val_auc(cell: Path) -> float | None:
 
 
 # What sets an edge study's recipe apart, in its winner's label (configs/edge_breastmnist_ema.yaml)
-EDGE_RECIPES = {"study_edge_breastmnist_ema": " with weight EMA 0.99"}
+EDGE_RECIPES = {"study_edge_breastmnist_ema": " with weight EMA (warm-up, cap 0.99)"}
 
 
 def edge_rows(studies: list[tuple[dict | None, Path]]) -> list[dict]:

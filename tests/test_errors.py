@@ -16,3 +16,4 @@ def test_bool_is_neither_an_integer_nor_a_number():
     assert is_integer(3) and not is_integer(True) and not is_integer(3.0)
     assert is_finite_number(0.5) and is_finite_number(2) and not is_finite_number(False)
     assert not is_finite_number(math.nan) and not is_finite_number(math.inf) and not is_finite_number("1")
+    assert not is_finite_number(10 ** 400)  # too large for a float: not a usable number, and no OverflowError

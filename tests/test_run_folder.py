@@ -27,6 +27,20 @@ def test_claim_refuses_another_run_and_changed_settings(tmp_path):
     assert json.loads((out / "run.json").read_text())["dataset"] == "pneumoniamnist"
 
 
+def test_a_fine_tune_written_before_a_new_null_field_still_resumes_and_a_nested_change_is_named(tmp_path):
+    """A fine-tune's fingerprint nests its whole TrainConfig: a field added since with a null default (ema_decay)
+    or another --quiet must not refuse the resume, and a changed nested value is named by its own key."""
+    out = tmp_path / "pact"
+    old_train = {"epochs": 15, "lr": 1e-4, "progress": True, "device": "auto"}
+    claim_run_folder(out, fingerprint("breastmnist", "resnet20", "pact-4", {"train_config": old_train, "seed": 0}))
+    (out / "last.pt").write_bytes(b"state")
+    now = {**old_train, "progress": False, "ema_decay": None}
+    claim_run_folder(out, fingerprint("breastmnist", "resnet20", "pact-4", {"train_config": now, "seed": 0}), resume=True)
+    with pytest.raises(QsalError, match=r"cannot resume .*: train_config.ema_decay changed \(None -> 0.99\)"):
+        claim_run_folder(out, fingerprint("breastmnist", "resnet20", "pact-4",
+                                          {"train_config": {**now, "ema_decay": 0.99}, "seed": 0}), resume=True)
+
+
 def test_fresh_folder_never_reuses(tmp_path):
     first = fresh_folder(tmp_path, "breastmnist-small_cnn")
     first.mkdir()

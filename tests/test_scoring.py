@@ -116,7 +116,7 @@ def test_a_card_names_its_parent_kind_sgt_for_sgt_pact(breast_run, tmp_path):
     meta["step"] = {"step": "saliency_guided", "k": 0.5, "lambda": 1.0}
     (sgt / "best.json").write_text(json.dumps(meta))
     assert _parent_kind(str(sgt / "best.safetensors")) == "SGT"
-    assert _parent_kind(str(tmp_path / "gone" / "best.safetensors")) == "stored"
+    assert _parent_kind(str(tmp_path / "gone" / "best.safetensors")) is None  # the card then says "parent"
 
 
 def test_model_card_compares_with_the_parent_it_names(tmp_path):

@@ -113,26 +113,64 @@ def test_weight_ema_averages_float_state_and_copies_integer_state():
     assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
 
 
-def test_with_ema_the_checkpoint_holds_the_averaged_weights_not_the_live_ones(tiny_splits, tmp_path):
-    """The average is what is validated, selected and saved; config and checkpoint record the decay."""
+def test_with_ema_the_checkpoint_holds_the_averaged_weights_not_the_live_ones(tiny_splits, tmp_path, monkeypatch):
+    """The average is what is validated, selected and saved: the saved tensors equal the EMA copy's at the best
+    epoch, and differ from the live weights of that epoch's end."""
+    import qsal.train
+    from qsal.ema import WeightEMA
+
     train, val, _ = tiny_splits
+    made, at_epoch_end = [], {}
+
+    class Recording(WeightEMA):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(qsal.train, "WeightEMA", Recording)
+
+    def remember(model, epoch, epochs):  # runs at the start of each epoch: the previous epoch's end state
+        if made:
+            at_epoch_end[epoch] = ({k: v.clone() for k, v in model.state_dict().items()},
+                                   {k: v.clone() for k, v in made[0].module.state_dict().items()})
+
     torch.manual_seed(0)
     model = create_model("small_cnn", 2, 1)
-    seen = {}
-
-    class Spy:  # records the live weights at the end of the run, before fit loads the best (averaged) epoch
-        def __call__(self, m, x, y):
-            seen["live"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            logits = m(x)
-            return {"loss": torch.nn.functional.cross_entropy(logits, y), "logits": logits}
-
-    config = TrainConfig(epochs=3, batch_size=32, progress=False, ema_decay=0.8, select_on="loss")
-    result = fit(model, train, val, config, tmp_path, step=Spy())
+    config = TrainConfig(epochs=4, batch_size=32, progress=False, ema_decay=0.8)
+    result = fit(model, train, val, config, tmp_path, callbacks=[remember])
     saved = load_file(str(tmp_path / "best.safetensors"))
-    assert json.loads((tmp_path / "best.json").read_text())["train"]["ema_decay"] == 0.8
+    meta = json.loads((tmp_path / "best.json").read_text())
+    assert meta["train"]["ema_decay"] == 0.8 and meta["weight_ema"]["warmup"] == "min(decay, (1 + t) / (10 + t))"
+    if result.best_epoch < 4:  # the best epoch's end was seen by the next epoch's callback
+        live, averaged = at_epoch_end[result.best_epoch]
+    else:
+        live, averaged = None, made[0].module.state_dict()
+    assert all(torch.equal(saved[k], averaged[k]) for k in saved)
+    if live is not None:
+        assert not all(torch.equal(saved[k], live[k]) for k in saved if saved[k].is_floating_point())
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())  # fit left the saved weights loaded
-    w = "conv1.weight" if "conv1.weight" in saved else next(k for k in saved if k.endswith("weight"))
-    assert not torch.allclose(saved[w], seen["live"][w])  # an average, not the live weights of any one step
-    assert result.best_epoch >= 1
     with pytest.raises(QsalError, match="ema_decay 1.5 must be a number between 0 and 1"):
         TrainConfig(ema_decay=1.5)
+
+
+def test_ema_of_a_qat_model_keeps_whole_zero_points_on_its_averaged_range():
+    """QAT's activation grids are buffers (scale, zero_point, range): averaging the zero point would leave a
+    fraction the exporter truncates. The average re-derives each grid from its averaged range."""
+    from qsal.ema import WeightEMA
+    from qsal.quant import QATConfig, quantize
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 28, 28)
+    live = quantize(create_model("small_cnn", 2, 1), QATConfig(bits=8, num_calibration=64), x)
+    ema = WeightEMA(live, decay=0.9)
+    quantizers = [m for m in live.modules() if hasattr(m, "set_range") and hasattr(m, "range")]
+    assert quantizers
+    for shift in (0.0, 0.37, 1.9):
+        for m in quantizers:
+            lo, hi = m.range.tolist()
+            m.set_range(lo - shift, hi + shift)
+        ema.update(live)
+    for m in (m for m in ema.module.modules() if hasattr(m, "set_range") and hasattr(m, "range")):
+        assert float(m.zero_point) == round(float(m.zero_point))
+        lo, hi = m.range.tolist()
+        assert float(m.scale) == pytest.approx((hi - lo) / (2 ** m.bits - 1))

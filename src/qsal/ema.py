@@ -7,7 +7,8 @@ PACT clipping levels, observer ranges) moves toward the live model's,
 
     ema <- decay_t * ema + (1 - decay_t) * live,
 
-and the first update copies the live model. ``AveragedModel`` would average integer buffers through floats
+and the first update copies the live model. An activation quantizer's scale and zero point are then re-derived
+from its averaged range (``set_range``), so the grid stays one the exporter can write. ``AveragedModel`` would average integer buffers through floats
 (``num_batches_tracked``) and boolean ones (a quantizer's "calibrated" flag), so the update is written here.
 
 The decay warms up as in TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` and timm's ``use_warmup``:
@@ -51,11 +52,20 @@ class WeightEMA:
                 avg.copy_(now)
             else:
                 avg.lerp_(now.to(avg.dtype), 1.0 - decay)
+        for m in self.module.modules():  # an activation grid (QAT): its zero point must stay a whole number, and
+            if hasattr(m, "set_range") and hasattr(m, "range"):  # the averaged range, not the averaged zero point,
+                m.set_range(*m.range.tolist())  # is what the grid is re-derived from (as the exporter reads it)
         self.updates += 1
 
     def current_decay(self) -> float:
         """The decay the next update applies: ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates."""
         return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+
+    def describe(self) -> dict:
+        """What the checkpoint records about the averaging (so a later change of the rule is visible)."""
+        return {"decay": self.decay, "warmup": "min(decay, (1 + t) / (10 + t))", "updates": self.updates,
+                "averaged": "floating-point parameters and buffers; integer/boolean state copied; activation grids "
+                            "re-derived from the averaged range"}
 
     def state_dict(self) -> dict:
         """For the resume state (``last.pt``): the averaged tensors and the update count."""

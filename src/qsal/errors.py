@@ -38,4 +38,7 @@ def is_finite_number(value) -> bool:
     """An ``int`` or ``float``, not a ``bool``, neither NaN nor infinite."""
     import math
 
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float (a 400-digit number in a hand-edited JSON)
+        return False

@@ -15,7 +15,7 @@ from qsal._atomic import write_json_atomic
 from qsal.data import ImageSplit, get_info, load_split
 from qsal.checkpoint import check_model_fits_data
 from qsal.errors import QsalError
-from qsal.metrics.operating_point import DEFAULT_RULE, parse_rule, resolve_positive_label
+from qsal.metrics.operating_point import DEFAULT_RULE, describe_operating_point, parse_rule, resolve_positive_label
 from qsal.provenance import environment
 from qsal.scoring import evaluate_model, evaluate_onnx, load_for_model
 from qsal.train import TrainConfig
@@ -84,9 +84,11 @@ def _finish(out: Path, net, test: ImageSplit, decision: dict, seed: int, extra: 
 
 
 def _summary(checkpoint, metrics) -> dict:
+    op = metrics.operating_point
     scored = "the PyTorch model, test split" + (
-        f"; positive class {metrics.positive_class}: sensitivity/specificity at the 0.5 point, *_at_op at the operating "
-        "point chosen on validation" if metrics.positive_class is not None else "")
+        f"; positive class {metrics.positive_class}: sensitivity/specificity at the 0.5 point, *_at_op at "
+        + (describe_operating_point(op, metrics.positive_class) if op and op.get("threshold") is not None
+           else "the operating point") if metrics.positive_class is not None else "")
     s = {"checkpoint": str(checkpoint), "scored": scored, "test_auc": metrics.auc, "test_acc": metrics.acc,
          "auc_95ci": metrics.ci.get("auc"), "positive_class": metrics.positive_class,
          "sensitivity": metrics.sensitivity, "specificity": metrics.specificity,
@@ -307,15 +309,15 @@ def artifact_test_metrics(onnx_path: str | os.PathLike, data_dir=None, n_bootstr
     return evaluate_onnx(onnx_path, test, n_bootstrap=n_bootstrap).to_dict()
 
 
-def _parent_kind(parent: str) -> str:
+def _parent_kind(parent: str) -> str | None:
     """What a quantized model's parent is, for its card: ``"SGT"`` (saliency-guided training, the parent of
-    SGT+PACT), ``"FP32"``, or ``"stored"`` where the parent's checkpoint can no longer be read."""
+    SGT+PACT), ``"FP32"``, or ``None`` where the parent's checkpoint can no longer be read."""
     from qsal.checkpoint import read_meta
 
     try:
         meta = read_meta(parent)
     except (QsalError, OSError):
-        return "stored"
+        return None
     if meta.get("quant"):
         return str(meta["quant"].get("method") or "quantized").upper()
     guided = isinstance(meta.get("step"), dict) and meta["step"].get("step") == "saliency_guided"
@@ -352,7 +354,7 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
         raise QsalError(f"{metrics_file} holds a {type(torch_metrics).__name__}, not the metrics qsal writes; delete it")
     parent = meta.get("parent_checkpoint")
     parent_metrics = test_metrics(Path(parent).with_name("metrics.json")) if parent else None
-    parent_kind = _parent_kind(parent) if parent else "FP32"
+    parent_kind = _parent_kind(parent) if parent else None
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None
     try:  # the card can still be written without the data; it then says the artifact was not scored

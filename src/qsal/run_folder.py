@@ -57,22 +57,47 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     elif old is None and has_outputs:
         raise QsalError(f"{out} already holds a model from an unrecorded run; pass --force to replace it or choose "
                         "another --out (--resume needs a folder written by this version)")
-    elif old is not None and (has_outputs or old != fp):
+    elif old is not None and (has_outputs or _settings(old) != _settings(fp)
+                              or any(old.get(k) != fp[k] for k in _IDENTITY)):
         if any(old.get(k) != fp[k] for k in _IDENTITY):
             raise QsalError(f"{out} holds a {_describe(old)} run, not {_describe(fp)}; choose another --out, or pass "
                             "--force to replace it (--resume continues only the same run)")
         if not resume:
             raise QsalError(f"{out} already holds this {_describe(fp)} run; pass --resume to continue it, --force to "
                             "start over, or choose another --out")
-        changed = sorted(k for k in set(old["config"]) | set(fp["config"]) if old["config"].get(k) != fp["config"].get(k))
+        was, now = _settings(old), _settings(fp)
+        changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
         if changed:
             k = changed[0]
-            raise QsalError(f"cannot resume {out}: {k} changed ({old['config'].get(k)!r} -> {fp['config'].get(k)!r}"
+            raise QsalError(f"cannot resume {out}: {k} changed ({was.get(k)!r} -> {now.get(k)!r}"
                             f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); pass --force to start over "
                             "with the new settings, or choose another --out")
     if write:
         record_run_folder(out, fp)
     return out
+
+
+# Nested settings that say how a run is shown or where it runs, not what it computes (a fine-tune's train_config
+# carries them; the top-level config leaves them out).
+_NOT_SETTINGS = ("progress", "device")
+
+
+def _settings(fp: dict) -> dict:
+    """A fingerprint's config flattened to dotted keys (``train_config.lr``), without null values and display
+    settings: a field added later with a null default (``ema_decay``) reads as unchanged, and a changed nested value
+    is named by its own key."""
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not (prefix and k in _NOT_SETTINGS):
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif value is not None:
+            flat[prefix] = value
+
+    walk("", fp.get("config") or {})
+    return flat
 
 
 def record_run_folder(out: str | os.PathLike, fp: dict) -> Path:

@@ -57,9 +57,10 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16: training forwards (qsal.precision); evaluation is always fp32
     channels_last: str | bool = "auto"  # auto | true | false: NHWC memory format while training
     # Exponential moving average of the weights and BN statistics, updated after every optimizer step
-    # (torch.optim.swa_utils.AveragedModel, as timm's ModelEmaV2): the average is what is validated, selected and
-    # saved. None = off (the MedMNIST recipe). The decay warms up, min(ema_decay, (1 + t) / (10 + t)) at step t
-    # (qsal.ema), so on a short run the average covers about the last tenth of the steps; 0.99 caps it at ~100.
+    # (qsal.ema.WeightEMA: timm's ModelEmaV3 with warm-up, TensorFlow's ExponentialMovingAverage); the average is
+    # what is validated, selected and saved. None = off (the MedMNIST recipe). The decay warms up,
+    # min(ema_decay, (1 + t) / (10 + t)) at step t, so on a short run the average covers about the last tenth of
+    # the steps; 0.99 caps it at about the last 100.
     ema_decay: float | None = None
 
     def __post_init__(self):
@@ -231,7 +232,11 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
         if "step" in state and hasattr(step, "load_state_dict"):
             step.load_state_dict(state["step"])  # e.g. SGT's random-fill generator
         if ema is not None:
-            ema.load_state_dict(state["ema"])
+            try:
+                ema.load_state_dict(state["ema"])
+            except (KeyError, TypeError, RuntimeError):
+                raise QsalError(f"cannot resume from {out / 'last.pt'}: it holds no usable weight average for "
+                                f"ema_decay {config.ema_decay}; delete it to start the training over") from None
         start_epoch = int(state["epoch"]) + 1
         best = FitResult(out / "best.safetensors", int(state["best_epoch"]), float(state["best_score"]),
                          list(state.get("history", [])))
@@ -285,7 +290,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             best.best_score, best.best_epoch = score, epoch + 1
             if out:
                 best.best_path = save_checkpoint(evaluated, out / "best.safetensors",
-                                                 {**meta, "epoch": epoch + 1, "val": val_metrics})
+                                                 {**meta, "epoch": epoch + 1, "val": val_metrics,
+                                                  **({"weight_ema": ema.describe()} if ema is not None else {})})
             else:
                 best.best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
         if out:

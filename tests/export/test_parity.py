@@ -18,7 +18,8 @@ Stated tolerance (logit scale = max |logit| of the PyTorch model on the split):
   Which value sits on a boundary depends on the CPU's kernels: on an AMD EPYC (Zen 4) machine, ResNet-20 PACT-2 with
   MSE clipping moved 4 of 156 images by one 2-bit step (up to 21 % of the logit scale; 97.1 % of logits within
   1 %, argmax agreement 100 %), where the first machine's max had been under 5 %. So the bound is on how many
-  images move, not on how far one coarse step moves them.
+  images move; how far stays capped at 35 % of the scale (one 2-bit step and a margin), so a grossly wrong logit
+  still fails.
 """
 
 import numpy as np
@@ -85,4 +86,4 @@ def test_artifact_matches_pytorch_model_on_real_test_images(name, method, shared
     moved = float(np.mean(err.max(axis=1) > 5e-2))  # images with a logit moved by more than 5 % of the scale
     summary = (f"{name} {method}: median {np.median(err):.2e}, {within:.1%} within 1 %, {moved:.1%} of images moved "
                f"> 5 %, max {err.max():.2e}")
-    assert np.median(err) <= 5e-3 and within >= 0.90 and moved <= 0.05, summary
+    assert np.median(err) <= 5e-3 and within >= 0.90 and moved <= 0.05 and err.max() <= 0.35, summary

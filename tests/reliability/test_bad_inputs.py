@@ -131,7 +131,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("quantize", "{ck}", "--bits", "9"): "--bits: 9 is out of range",
     ("train", "--seed", "-1"): "--seed: -1 is out of range",
     ("train", "--ema-decay", "0"): "--ema-decay: 0 is out of range: an EMA decay must be finite, > 0.0",
-    ("train", "--ema-decay", "1", "--epochs", "1", "--out", "{dir}/run"): "ema_decay 1.0 must be a number between 0 and 1",
+    ("train", "--ema-decay", "1"): "--ema-decay: 1 is out of range: an EMA decay must be finite, > 0.0, < 1.0",
     ("train", "--device", "tpu"): "--device: invalid choice: 'tpu'",
     ("train", "--precision", "fp16"): "--precision: invalid choice: 'fp16'",
     ("train", "--epochs", "abc"): "--epochs: 'abc' is not an integer",

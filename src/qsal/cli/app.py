@@ -100,7 +100,7 @@ def _train_config_args(p):
     p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer (sgd: momentum 0.9, Nesterov)")
     p.add_argument("--shift-px", type=non_negative_int, default=d.shift_px, help="random-translation augmentation (px)")
     p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation")
-    p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, what="an EMA decay"), default=d.ema_decay,
+    p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, high_open=True, what="an EMA decay"), default=d.ema_decay,
                    help="validate, select and save an exponential moving average of the weights (e.g. 0.99; "
                         "default: off, the live weights)")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: CUDA where there is one")

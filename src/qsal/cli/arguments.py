@@ -39,8 +39,10 @@ def int_range(low: int | None = None, high: int | None = None, what: str = "an i
     return parse
 
 
-def float_range(low: float | None = None, high: float | None = None, low_open: bool = False, what: str = "a number"):
-    """An argparse ``type`` accepting finite floats in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+def float_range(low: float | None = None, high: float | None = None, low_open: bool = False, what: str = "a number",
+                high_open: bool = False):
+    """An argparse ``type`` accepting finite floats in ``[low, high]`` (``(low, ...`` with ``low_open``,
+    ``..., high)`` with ``high_open``)."""
 
     def parse(text: str) -> float:
         try:
@@ -48,9 +50,10 @@ def float_range(low: float | None = None, high: float | None = None, low_open: b
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         too_low = low is not None and (value <= low if low_open else value < low)
-        if not math.isfinite(value) or too_low or (high is not None and value > high):
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
             lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-            hi = "" if high is None else f"<= {high}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
             raise argparse.ArgumentTypeError(f"{text} is out of range: {what} must be finite"
                                              f"{', ' + lo if lo else ''}{', ' + hi if hi else ''}")
         return value

@@ -120,7 +120,7 @@ def _ci(m: dict, key: str) -> str:
 def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, bench: dict | None,
                      explanations: dict | None = None, *, artifact_metrics: dict | None = None,
                      parent_metrics: dict | None = None, parent_scored: str = "its PyTorch model", data_stats: dict | None = None,
-                     n_parameters: int | None = None, versions: dict | None = None, parent_kind: str = "FP32") -> dict:
+                     n_parameters: int | None = None, versions: dict | None = None, parent_kind: str | None = "FP32") -> dict:
     """Write ``<name>.card.md`` and ``<name>.card.json`` beside ``onnx_path``; returns the card dict.
 
     Args:
@@ -198,8 +198,10 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                          f"channel(s); x/255, then (x - {data.get('mean')}) / {data.get('std')}"),
                ("training", f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch "
                             f"{train.get('batch_size')}, seed {meta.get('seed')}; best validation {train.get('select_on', 'auc')}"
+                            + (f"; the weights are an exponential moving average (decay {train['ema_decay']} with "
+                               "warm-up), as validated and selected" if train.get("ema_decay") else "")
                             if train else None),
-               (f"parent ({parent_kind})", meta.get("parent_checkpoint"))]
+               (f"parent ({parent_kind or 'unreadable now'})", meta.get("parent_checkpoint"))]
     md += _table(("item", "value"), [d for d in details if d[1]])
     md += ["### Quantization", ""]
     if quant.get("method") == "fp32":
@@ -253,9 +255,10 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         md += ["Not measured (run `qsal evaluate`, or export with the data available).", ""]
 
     if parent_metrics and scored:
-        md += [f"## Change against the {parent_kind} parent", "", f"This model ({scored_what}) minus its {parent_kind} parent "
+        parent_name = f"{parent_kind} parent" if parent_kind else "parent"
+        md += [f"## Change against the {parent_name}", "", f"This model ({scored_what}) minus its {parent_name} "
                f"({parent_scored}), on the same test split and operating point:", ""]
-        md += _table(("metric", "this model", f"{parent_kind} parent", "change"),
+        md += _table(("metric", "this model", parent_name, "change"),
                      [(label, scored[k], parent_metrics[k], f"{scored[k] - parent_metrics[k]:+.3f}")
                       for label, k in (("AUC", "auc"), ("accuracy", "acc"), (f"sensitivity (positive: {positive})", "sensitivity"),
                                        (f"specificity (positive: {positive})", "specificity"))

@@ -250,20 +250,26 @@ def _unique_key_loader():
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<: *defaults` brings keys that the mapping's own keys may override, as YAML intends
-                key = self.construct_object(key_node, deep=deep)
-                if not isinstance(key, (str, int, float, bool)) or key is None:
-                    continue  # an unhashable key: SafeLoader's own error names it
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})",
-                        key_node.start_mark)
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
+        # The check runs in flatten_mapping, which SafeLoader calls on every mapping before it is built, and
+        # which is the only thing that rewrites a mapping's keys (merging `<<: *anchor` keys in front): its first
+        # call on a node therefore sees the keys as written, even where another mapping merged this one first.
+        def flatten_mapping(self, node):
+            checked = self.__dict__.setdefault("_qsal_checked", set())
+            if id(node) not in checked:
+                checked.add(id(node))
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue  # `<<: *defaults` brings keys the mapping's own keys may override, as YAML intends
+                    key = self.construct_object(key_node)
+                    if not isinstance(key, (str, int, float, bool)) or key is None:
+                        continue  # an unhashable key: SafeLoader's own error names it
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})",
+                            key_node.start_mark)
+                    seen.add(key)
+            return super().flatten_mapping(node)
 
     return UniqueKeyLoader
 
