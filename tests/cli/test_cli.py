@@ -188,3 +188,20 @@ def test_only_an_os_error_about_a_users_path_becomes_one_line():
     assert not _is_user_path_error(FileNotFoundError(errno.ENOENT, "No such file or directory", own))
     assert not _is_user_path_error(OSError(errno.EIO, "Input/output error", "/tmp/x"))
     assert not _is_user_path_error(OSError(errno.ENOENT, "No such file or directory"))  # no path named
+
+
+def test_demo_force_reaches_run_demo(monkeypatch, tmp_path, capsys):
+    """`qsal demo --force` is the flag a refused older demo folder asks for: it must reach run_demo."""
+    import qsal.study.demo
+    from qsal.errors import QsalError
+
+    seen = {}
+
+    def fake_run_demo(**kwargs):
+        seen.update(kwargs)
+        raise QsalError("stopped after the arguments were seen")
+
+    monkeypatch.setattr(qsal.study.demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--force", "--quick", "--out", str(tmp_path / "d")]) == 2
+    assert seen["force"] is True and seen["quick"] is True and seen["out_dir"] == str(tmp_path / "d")
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2 and seen["force"] is False
