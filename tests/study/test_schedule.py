@@ -173,3 +173,13 @@ def test_dry_run_without_estimate_times_nothing(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "study sched: 4 cells" in out and "official training images\n" in out
     assert "estimated training time" not in out and not (tmp_path / "out").exists()
+
+
+def test_a_plan_timed_on_a_busy_machine_says_so():
+    """A dry-run estimate timed beside other work was 14x too high here (204 h vs 14.3 h): the plan says when."""
+    plan = {"n_cells": 1, "rows": [], "est_seconds": 7200.0}
+    quiet = format_plan({**plan, "load_when_timed": {"load_1min": 0.2, "cores": 2}}, "s")
+    busy = format_plan({**plan, "load_when_timed": {"load_1min": 2.1, "cores": 2}}, "s")
+    assert "estimated training time on this machine: 2.0 h" in quiet and "busy" not in quiet
+    assert "the machine was busy when the steps were timed (1-min load average 2.1 on 2 cores)" in busy
+    assert "rerun --dry-run with nothing else running" in busy

@@ -67,6 +67,7 @@ def plan_study(cfg, measure: bool = True) -> dict:
     from qsal.train import resolve_device
 
     groups = plan_groups(cfg)
+    load = _load_average() if measure else None  # before the timed steps add their own
     cache: dict = {}
     rows = []
     for dataset in cfg.datasets:
@@ -96,7 +97,22 @@ def plan_study(cfg, measure: bool = True) -> dict:
     out = {"n_cells": sum(r["n_cells"] for r in rows), "rows": rows}
     if measure:
         out["est_seconds"] = sum(r["est_seconds"] for r in rows)
+        if load is not None:
+            out["load_when_timed"] = load
     return out
+
+
+def _load_average() -> dict | None:
+    """``{"load_1min", "cores"}``: how busy the machine was when the estimate timed its steps (None where the OS
+    does not say). A 2-thread step timed beside a training run took 14x its quiet time here (204 h vs 14.3 h)."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"load_1min": round(load, 2), "cores": cores}
 
 
 def _duration(seconds: float) -> str:
@@ -119,4 +135,9 @@ def format_plan(plan: dict, name: str) -> str:
     if "est_seconds" in plan:
         lines.append(f"estimated training time on this machine: {_duration(plan['est_seconds'])} "
                      "(training steps only, measured with the current load and thread count)")
+        load = plan.get("load_when_timed")
+        if load and load["load_1min"] >= 0.5 * load["cores"]:
+            lines.append(f"  the machine was busy when the steps were timed (1-min load average {load['load_1min']:g} "
+                         f"on {load['cores']} cores): other work slows them, so the estimate is too high; rerun "
+                         "--dry-run with nothing else running")
     return "\n".join(lines)
