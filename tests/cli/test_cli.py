@@ -205,3 +205,17 @@ def test_demo_force_reaches_run_demo(monkeypatch, tmp_path, capsys):
     assert main(["demo", "--force", "--quick", "--out", str(tmp_path / "d")]) == 2
     assert seen["force"] is True and seen["quick"] is True and seen["out_dir"] == str(tmp_path / "d")
     assert main(["demo", "--out", str(tmp_path / "d")]) == 2 and seen["force"] is False
+
+
+def test_quantize_can_average_the_fine_tuned_weights(breast_run, tmp_path, capsys):
+    """`qsal quantize --method qat --ema-decay 0.9`: the saved QAT model is the average, with whole zero points."""
+    from safetensors.torch import load_file
+
+    run, _ = breast_run
+    out = tmp_path / "qat"
+    assert main(["quantize", str(run / "best.safetensors"), "--method", "qat", "--epochs", "1", "--ema-decay", "0.9",
+                 "--out", str(out), "--no-progress"]) == 0
+    meta = json.loads((out / "best.json").read_text())
+    assert meta["train"]["ema_decay"] == 0.9 and meta["weight_ema"]["decay"] == 0.9
+    zero_points = [v for k, v in load_file(str(out / "best.safetensors")).items() if k.endswith("zero_point")]
+    assert zero_points and all(float(z) == round(float(z)) for zp in zero_points for z in zp.flatten())

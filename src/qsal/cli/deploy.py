@@ -33,10 +33,15 @@ def cmd_quantize(args):
 
         step = SaliencyGuidedStep(dataset_task(args.checkpoint), k=args.sgt_k, lam=args.sgt_lambda,
                                   seed=args.seed, target=args.sgt_target)
+    train_config = None
+    if args.ema_decay is not None:  # only then: a plain fine-tune keeps the fingerprint it always had
+        from qsal.train import TrainConfig
+
+        train_config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, ema_decay=args.ema_decay)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
                                  data_dir=args.data_dir, seed=args.seed, progress=not (args.no_progress or args.quiet), step=step,
                                  operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
-                                 resume=args.resume, force=args.force)
+                                 resume=args.resume, force=args.force, train_config=train_config)
     print_result(result, args.json)
 
 
@@ -51,6 +56,9 @@ def _setup_quantize(p):
     p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (default: none)")
     p.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (QAT/PACT)")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
+    p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, high_open=True, what="an EMA decay"),
+                   default=None, help="QAT/PACT: validate, select and save an average of the fine-tuned weights "
+                                      "(e.g. 0.99; default: off)")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
     p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5,
                    help="saliency-guided: fraction of features masked per step")
