@@ -131,6 +131,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("quantize", "{ck}", "--bits", "9"): "--bits: 9 is out of range",
     ("train", "--seed", "-1"): "--seed: -1 is out of range",
     ("quantize", "{ck}", "--method", "qat", "--ema-decay", "1.5"): "--ema-decay: 1.5 is out of range",
+    ("quantize", "{ck}", "--ema-decay", "0.9"): "--ema-decay averages fine-tuned weights; --method ptq trains nothing",
     ("train", "--ema-decay", "0"): "--ema-decay: 0 is out of range: an EMA decay must be finite, > 0.0",
     ("train", "--ema-decay", "1"): "--ema-decay: 1 is out of range: an EMA decay must be finite, > 0.0, < 1.0",
     ("train", "--device", "tpu"): "--device: invalid choice: 'tpu'",

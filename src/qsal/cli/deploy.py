@@ -34,6 +34,11 @@ def cmd_quantize(args):
         step = SaliencyGuidedStep(dataset_task(args.checkpoint), k=args.sgt_k, lam=args.sgt_lambda,
                                   seed=args.seed, target=args.sgt_target)
     train_config = None
+    if args.ema_decay is not None and args.method not in ("qat", "pact"):
+        from qsal.errors import QsalError
+
+        raise QsalError(f"--ema-decay averages fine-tuned weights; --method {args.method} trains nothing (use it with "
+                        "qat or pact, or drop it)")
     if args.ema_decay is not None:  # only then: a plain fine-tune keeps the fingerprint it always had
         from qsal.train import TrainConfig
 
