@@ -92,7 +92,7 @@ def test_fit_refuses_to_resume_with_another_hyper_parameter(tiny_splits, tmp_pat
 
 def test_weight_ema_averages_float_state_and_copies_integer_state():
     """ema <- d * ema + (1 - d) * live after each step, d = min(decay, (1 + t) / (10 + t)), the first update a copy
-    (TensorFlow's ExponentialMovingAverage, timm's ModelEmaV3 with warm-up); BN's num_batches_tracked is copied."""
+    (TensorFlow's ExponentialMovingAverage warm-up, timm's ModelEmaV3 averaging); BN's num_batches_tracked is copied."""
     from qsal.ema import WeightEMA
 
     live = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))

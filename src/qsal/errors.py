@@ -7,6 +7,9 @@ as ``error: ...`` and exits with code 2, never with a traceback.
 
 from __future__ import annotations
 
+import math
+import reprlib
+
 __all__ = ["QsalError", "TYPE_WORDS", "quote", "is_integer", "is_finite_number"]
 
 # How a one-line error names the type a value should have had ("is not an integer", not "is not a int").
@@ -22,8 +25,6 @@ class QsalError(Exception):
 def quote(value, limit: int = 60) -> str:
     """``value`` as a one-line error quotes a bad stored value: its ``repr``, cut to about ``limit`` characters
     (a whole tensor or a long list pasted into a message would drown the fix)."""
-    import reprlib
-
     r = reprlib.Repr()
     r.maxstring, r.maxother, r.maxlevel = limit, limit, 3
     return r.repr(value)
@@ -36,8 +37,6 @@ def is_integer(value) -> bool:
 
 def is_finite_number(value) -> bool:
     """An ``int`` or ``float``, not a ``bool``, neither NaN nor infinite."""
-    import math
-
     try:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     except OverflowError:  # an int too large for a float (a 400-digit number in a hand-edited JSON)

@@ -28,7 +28,7 @@ from qsal.data.arrays import ImageSplit
 from qsal.data.registry import TASK_MULTILABEL
 from qsal.data.transforms import random_hflip, random_shift
 from qsal.ema import WeightEMA
-from qsal.errors import QsalError
+from qsal.errors import QsalError, is_finite_number
 from qsal.metrics import acc_score, auc_score, predict_logits, scores_from_logits
 from qsal.precision import PRECISIONS, TrainingForward, resolve_channels_last, resolve_precision
 
@@ -57,7 +57,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16: training forwards (qsal.precision); evaluation is always fp32
     channels_last: str | bool = "auto"  # auto | true | false: NHWC memory format while training
     # Exponential moving average of the weights and BN statistics, updated after every optimizer step
-    # (qsal.ema.WeightEMA: timm's ModelEmaV3 with warm-up, TensorFlow's ExponentialMovingAverage); the average is
+    # (qsal.ema.WeightEMA: timm's ModelEmaV3, TensorFlow's ExponentialMovingAverage warm-up); the average is
     # what is validated, selected and saved. None = off (the MedMNIST recipe). The decay warms up,
     # min(ema_decay, (1 + t) / (10 + t)) at step t, so on a short run the average covers about the last tenth of
     # the steps; 0.99 caps it at about the last 100.
@@ -74,8 +74,7 @@ class TrainConfig:
             raise QsalError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
             raise QsalError(f"channels_last {self.channels_last!r} is not one of auto, true, false")
-        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
-                                               and not isinstance(self.ema_decay, bool) and 0.0 < self.ema_decay < 1.0):
+        if self.ema_decay is not None and not (is_finite_number(self.ema_decay) and 0.0 < self.ema_decay < 1.0):
             raise QsalError(f"ema_decay {self.ema_decay!r} must be a number between 0 and 1 (such as 0.99), or null "
                             "for no averaging")
         self.milestones = tuple(self.milestones)

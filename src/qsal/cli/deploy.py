@@ -33,15 +33,14 @@ def cmd_quantize(args):
 
         step = SaliencyGuidedStep(dataset_task(args.checkpoint), k=args.sgt_k, lam=args.sgt_lambda,
                                   seed=args.seed, target=args.sgt_target)
-    train_config = None
-    if args.ema_decay is not None and args.method not in ("qat", "pact"):
+    train_config = None  # a plain fine-tune keeps the fingerprint it always had
+    if args.ema_decay is not None:
         from qsal.errors import QsalError
-
-        raise QsalError(f"--ema-decay averages fine-tuned weights; --method {args.method} trains nothing (use it with "
-                        "qat or pact, or drop it)")
-    if args.ema_decay is not None:  # only then: a plain fine-tune keeps the fingerprint it always had
         from qsal.train import TrainConfig
 
+        if args.method not in ("qat", "pact"):
+            raise QsalError(f"--ema-decay averages fine-tuned weights; --method {args.method} trains nothing (use it "
+                            "with qat or pact, or drop it)")
         train_config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, ema_decay=args.ema_decay)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
                                  data_dir=args.data_dir, seed=args.seed, progress=not (args.no_progress or args.quiet), step=step,

@@ -25,7 +25,7 @@ import math
 
 from dataclasses import dataclass, field, fields, replace
 
-from qsal.errors import TYPE_WORDS, QsalError
+from qsal.errors import TYPE_WORDS, QsalError, is_finite_number
 from qsal.train import TrainConfig
 
 __all__ = ["SCHEDULE_FIELDS", "Schedule", "parse_overrides", "parse_schedules", "resolve_train_configs"]
@@ -60,7 +60,7 @@ def _check_value(name: str, value, default):
             return value, None
         return None, f"{value!r} is not one of auto, true, false"
     if name == "ema_decay":  # null (off) or a decay in (0, 1); TrainConfig checks the range
-        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        if value is None or is_finite_number(value):
             return (None if value is None else float(value)), None
         return None, f"{value!r} is not a number between 0 and 1, or null"
     want = type(default)
