@@ -77,3 +77,23 @@ def test_edge_rows_fall_back_to_checkpoints_validation_when_any_result_lacks_its
     row = next(r for r in targets.edge_rows([({"rows": [old, new]}, tmp_path)]) if r["row"].startswith(ds))
     assert "small_cnn/ptq-minmax" in row["row"] and "0.930 (checkpoints')" in row["row"]
     assert row["status"] == "met so far (1 of 3 seeds)"
+
+
+def test_committed_cards_name_an_sgt_parent_sgt(tmp_path):
+    """Cards written before d3a1288 called an SGT+PACT model's SGT parent 'FP32'; the relabel script found them all."""
+    import relabel_sgt_pact_cards as relabel
+
+    assert relabel.stale_cards(relabel.RESULTS) == []
+    card = {"training": {"parent": "s/seed0/sgt/best.safetensors"}, "caveats": [relabel.OLD_CAVEAT],
+            "metrics": {"test": {"acc": 0.9}, "fp32_parent_test": {"acc": 0.91}, "fp32_parent_scored": "its ONNX file"}}
+    (tmp_path / "model.card.json").write_text(json.dumps(card))
+    (tmp_path / "model.card.md").write_text("| parent (FP32) | x |\n## Change against the FP32 parent\n"
+                                            "| metric | this model | FP32 parent | change |\n")
+    assert relabel.stale_cards(tmp_path) == [tmp_path / "model.card.json"]
+    relabel.relabel(tmp_path / "model.card.json", "2026-11-27")
+    out = json.loads((tmp_path / "model.card.json").read_text())
+    assert out["metrics"] == {"test": {"acc": 0.9}, "parent_test": {"acc": 0.91}, "parent_scored": "its ONNX file",
+                              "parent_kind": "SGT"}
+    assert out["caveats"] == [relabel.NEW_CAVEAT] and relabel.stale_cards(tmp_path) == []
+    md = (tmp_path / "model.card.md").read_text()
+    assert "FP32" not in md.split("_Note")[0] and "| parent (SGT) |" in md and "| SGT parent |" in md

@@ -71,6 +71,33 @@ def test_checkpoint_for_another_model_is_refused(tiny_splits, tmp_path):
         load_checkpoint(tmp_path / "best.safetensors")
 
 
+def test_rotation_and_zoom_reach_the_training_batches_and_are_validated(tiny_splits, monkeypatch):
+    import qsal.train as train_module
+
+    seen = []
+    real = train_module.random_rotate_zoom
+    monkeypatch.setattr(train_module, "random_rotate_zoom",
+                        lambda x, deg, zoom, gen: seen.append((x.shape[0], deg, zoom)) or real(x, deg, zoom, gen))
+    train, val = tiny_splits[0], tiny_splits[1]
+    cfg = TrainConfig(epochs=1, batch_size=32, seed=0, progress=False, rotate_deg=15, zoom=0.1)
+    fit(create_model("small_cnn", 2), train, val, cfg)
+    assert seen and {s[1:] for s in seen} == {(15.0, 0.1)} and sum(s[0] for s in seen) == len(train)
+    seen.clear()
+    fit(create_model("small_cnn", 2), train, val, TrainConfig(epochs=1, seed=0, progress=False, rotate_deg=0))
+    assert not seen  # 0 is off, as None is
+    assert TrainConfig(rotate_deg=0, zoom=0.0).to_dict()["rotate_deg"] is None
+    for bad in ({"rotate_deg": -5}, {"rotate_deg": 200}, {"zoom": 0.9}, {"zoom": "wide"}, {"rotate_deg": float("nan")}):
+        with pytest.raises(QsalError, match=f"{next(iter(bad))} .* must be a number from 0 to"):
+            TrainConfig(**bad)
+
+
+def test_when_no_epoch_has_a_validation_score_the_last_epoch_is_saved(tiny_splits, tmp_path):
+    train, val = tiny_splits[0], tiny_splits[1]
+    val.labels[:] = 0  # one class: AUC undefined every epoch (the pipeline refuses this split before fit)
+    result = fit(create_model("small_cnn", 2), train, val, TrainConfig(epochs=3, seed=0, progress=False), tmp_path)
+    assert result.best_epoch == 3 and result.best_path is not None and result.best_path.is_file()
+
+
 def test_bad_config_is_one_line():
     with pytest.raises(QsalError, match="must be positive"):
         TrainConfig(epochs=0)

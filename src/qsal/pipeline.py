@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from qsal._atomic import write_json_atomic
-from qsal.data import ImageSplit, get_info, load_split
+from qsal.data import TASK_BINARY, ImageSplit, get_info, load_split
 from qsal.checkpoint import check_model_fits_data
 from qsal.errors import QsalError
 from qsal.metrics.operating_point import DEFAULT_RULE, describe_operating_point, parse_rule, resolve_positive_label
@@ -50,6 +50,23 @@ def _require_classes(train: ImageSplit) -> None:
         only = train.info.labels[int(present[0])] if len(present) else "none"
         raise QsalError(f"the training split of {train.info.name} has a single class ({only!r}, {len(labels)} images); "
                         "a classifier needs examples of at least 2 classes: add images of the other classes")
+
+
+def _require_validation_classes(val: ImageSplit, select_on: str | None, rule: str) -> None:
+    """A validation split of a single class has no AUC (to choose the epoch by) and no ROC (to place a threshold by a
+    rule): refuse before anything is trained or written, not after the training."""
+    import numpy as np
+
+    labels = np.asarray(val.labels)
+    if val.info.task.startswith("multi-label") or labels.ndim != 1 or len(np.unique(labels)) != 1:
+        return
+    cannot = ["choose the epoch by its AUC (qsal train --select-on loss)"] if select_on == "auc" else []
+    if val.info.task == TASK_BINARY and parse_rule(rule)[0] != "fixed":
+        cannot.append(f"place a threshold by rule {rule!r} (--operating-point 0.5)")
+    if cannot:
+        only = val.info.labels[int(labels[0])] if int(labels[0]) < len(val.info.labels) else int(labels[0])
+        raise QsalError(f"the validation split of {val.info.name} has a single class ({only!r}, {len(labels)} images), "
+                        f"so it cannot {' or '.join(cannot)}; better, give it images of the other classes")
 
 
 def _write_metrics(out: Path, metrics, extra: dict) -> Path:
@@ -123,6 +140,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     fp = fingerprint(dataset, model, method, run_config)
     claim_run_folder(out, fp, resume=resume, force=force, write=False)
     train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
+    _require_validation_classes(val, config.select_on, operating_point)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
     resolve_device(config.device)  # as does --device cuda without one
@@ -236,6 +254,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
+    fine_tuned = isinstance(qconfig, (QATConfig, PACTConfig))
+    _require_validation_classes(val, (train_config.select_on if train_config else "auc") if fine_tuned else None, rule)
     if train_config is not None:
         resolve_device(train_config.device)
     qmodel = quantize(model, qconfig, calibration=train)
@@ -245,7 +265,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     qmeta = {"dataset": meta.get("dataset") or data_meta(train), "quant": qconfig.to_dict(),
              "parent_checkpoint": str(checkpoint)}
     seconds = 0.0
-    if isinstance(qconfig, (QATConfig, PACTConfig)):
+    if fine_tuned:
         cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress) if train_config is None \
             else replace(train_config, seed=seed, progress=progress)
         result = fit(qmodel, train, val, cfg, out, step=step, meta=qmeta, callbacks=qat_callbacks(qconfig))

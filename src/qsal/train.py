@@ -26,7 +26,7 @@ from tqdm import tqdm
 from qsal.checkpoint import load_training_state, save_checkpoint, save_training_state
 from qsal.data.arrays import ImageSplit
 from qsal.data.registry import TASK_MULTILABEL
-from qsal.data.transforms import random_hflip, random_shift
+from qsal.data.transforms import random_hflip, random_rotate_zoom, random_shift
 from qsal.ema import WeightEMA
 from qsal.errors import QsalError, is_finite_number
 from qsal.metrics import acc_score, auc_score, predict_logits, scores_from_logits
@@ -50,6 +50,11 @@ class TrainConfig:
     gamma: float = 0.1
     shift_px: int = 0  # random translation augmentation, pixels
     hflip: bool = False
+    # Random rotation (uniform in +-rotate_deg degrees) and zoom (factor uniform in [1 - zoom, 1 + zoom]) about the
+    # image centre, after the shift and flip (qsal.data.transforms.random_rotate_zoom). None = off (0 reads as None),
+    # so configs written before these fields keep their fingerprints and random streams.
+    rotate_deg: float | None = None
+    zoom: float | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     select_on: str = "auc"  # auc | acc | loss (validation metric that picks the saved model)
@@ -77,6 +82,11 @@ class TrainConfig:
         if self.ema_decay is not None and not (is_finite_number(self.ema_decay) and 0.0 < self.ema_decay < 1.0):
             raise QsalError(f"ema_decay {self.ema_decay!r} must be a number between 0 and 1 (such as 0.99), or null "
                             "for no averaging")
+        for name, high in (("rotate_deg", 180.0), ("zoom", 0.5)):
+            value = getattr(self, name)
+            if value is not None and not (is_finite_number(value) and 0.0 <= value <= high):
+                raise QsalError(f"{name} {value!r} must be a number from 0 to {high:g}, or null for none")
+            setattr(self, name, float(value) if value else None)
         self.milestones = tuple(self.milestones)
 
     def to_dict(self) -> dict:
@@ -258,6 +268,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 xb = random_shift(xb, config.shift_px, gen)
             if config.hflip:
                 xb = random_hflip(xb, gen)
+            if config.rotate_deg or config.zoom:
+                xb = random_rotate_zoom(xb, config.rotate_deg, config.zoom, gen)
             xb, yb = xb.to(device), yb.to(device)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -285,7 +297,9 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             print(f"epoch {epoch + 1}/{config.epochs}  train_loss {record['train_loss']:.4f}  val_auc "
                   f"{val_metrics['val_auc']:.4f}  val_acc {val_metrics['val_acc']:.4f}  lr {record['lr']:.2g}",
                   file=sys.stderr, flush=True)
-        if score > best.best_score:
+        # An undefined validation score (-inf) never beats a defined one; while every score so far is undefined the
+        # latest epoch stands in, so a run always ends with a saved model.
+        if score > best.best_score or score == best.best_score == -math.inf:
             best.best_score, best.best_epoch = score, epoch + 1
             if out:
                 best.best_path = save_checkpoint(evaluated, out / "best.safetensors",

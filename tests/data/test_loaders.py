@@ -12,7 +12,7 @@ import torch
 from qsal.data import load_split
 from qsal.data.download import download_file
 from qsal.data.mnist import read_idx
-from qsal.data.transforms import random_shift
+from qsal.data.transforms import random_rotate_zoom, random_shift, rotate_zoom
 from qsal.errors import QsalError
 
 
@@ -154,6 +154,32 @@ def test_random_shift_moves_content_by_at_most_max_px():
     rows, cols = pos // 28, pos % 28
     assert ((rows - 14).abs() <= 2).all() and ((cols - 14).abs() <= 2).all()
     assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(8))
+
+
+def test_rotate_zoom_geometry_rotates_counter_clockwise_and_magnifies_about_the_centre():
+    square = torch.arange(2 * 16.0).view(2, 1, 4, 4)
+    quarter = rotate_zoom(square, torch.tensor([90.0, -90.0]), torch.ones(2))
+    torch.testing.assert_close(quarter[0], torch.rot90(square[0], 1, (1, 2)))  # counter-clockwise as displayed
+    torch.testing.assert_close(quarter[1], torch.rot90(square[1], -1, (1, 2)))
+    wide = torch.arange(24.0).view(1, 1, 4, 6)  # the aspect correction: a half turn of a non-square image
+    torch.testing.assert_close(rotate_zoom(wide, torch.tensor([180.0]), torch.ones(1)), wide.flip(2, 3))
+    torch.testing.assert_close(rotate_zoom(wide, torch.zeros(1), torch.ones(1)), wide)
+    dot = torch.zeros(1, 1, 8, 8)
+    dot[..., 3:5, 3:5] = 1.0  # a 2x2 square at the centre: zoom 2 doubles its side, so its mass grows 4-fold
+    big = rotate_zoom(dot, torch.zeros(1), torch.full((1,), 2.0))
+    assert big.sum().item() == pytest.approx(16.0) and big[0, 0, 2:6, 2:6].gt(0.5).all() and big[0, 0, 0].eq(0).all()
+
+
+def test_random_rotate_zoom_reflects_at_borders_and_draws_nothing_when_off():
+    flat = torch.full((16, 1, 28, 28), 0.7)  # zero padding would darken the corners of a rotated or shrunk image
+    out = random_rotate_zoom(flat, 30.0, 0.2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, flat)
+    gen = torch.Generator().manual_seed(3)
+    before = gen.get_state()
+    x = torch.rand(4, 1, 28, 28)
+    assert random_rotate_zoom(x, None, 0.0, gen) is x and torch.equal(gen.get_state(), before)
+    moved = random_rotate_zoom(x, 15.0, None, gen)
+    assert not torch.equal(gen.get_state(), before) and (moved - x).abs().amax(dim=(1, 2, 3)).gt(0.01).all()
 
 
 def test_channel_conversion_both_ways():

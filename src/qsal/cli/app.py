@@ -13,14 +13,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from qsal.cli.arguments import OneLineErrorParser, float_range, int_range, non_negative_int, positive_float, positive_int
+from qsal.cli.arguments import (IMAGE_SIZE, SEED, OneLineErrorParser, data_args, data_dir_arg, int_range, no_progress_arg,
+                                progress_wanted)
 from qsal.cli.output import HelpFormatter, add_output_args, metrics_table, print_result, print_rows
 from qsal.errors import QsalError
 
-SEED = int_range(0, 2**32 - 1, "a seed")
-IMAGE_SIZE = int_range(12, 1024, "an image size in px")
-SGT_K = float_range(0.0, 0.99, what="the masked fraction")
-SGT_LAMBDA = float_range(0.0, None, what="the KL weight")
 
 __all__ = ["main", "build_parser"]
 
@@ -33,25 +30,6 @@ def command(name: str, help: str):
         return fn
 
     return wrap
-
-
-def _data_args(p: argparse.ArgumentParser, dataset_default: str | None = "breastmnist") -> None:
-    p.add_argument("--dataset", default=dataset_default,
-                   help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders"
-                        + ("" if dataset_default else " (default: the one the checkpoint records)"))
-    _data_dir_arg(p)
-    p.add_argument("--size", type=IMAGE_SIZE, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224; "
-                   "default: the model's, else 28)")
-    p.add_argument("--download", action="store_true", help="download missing files from the official source")
-
-
-def _data_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist; BreastMNIST 28 px is embedded)")
-
-
-def _progress(args) -> bool:
-    """Progress output unless --quiet or --no-progress (bars on a terminal, one line per epoch otherwise)."""
-    return not (args.quiet or getattr(args, "no_progress", False))
 
 
 def _note(args, text: str) -> None:
@@ -68,7 +46,7 @@ def cmd_datasets(args):
 
 
 def _setup_datasets(p):
-    _data_dir_arg(p)
+    data_dir_arg(p)
     p.add_argument("--no-verify", action="store_true", help="skip MD5 checks (faster on large files)")
 
 
@@ -90,83 +68,6 @@ def _setup_models(p):
     p.add_argument("--image-size", type=IMAGE_SIZE, default=28, help="input side in px, 12-1024 (MACs depend on it)")
 
 
-def _train_config_args(p):
-    from qsal.train import TrainConfig
-
-    d = TrainConfig()
-    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="training epochs (MedMNIST v2 uses 100)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per optimizer step")
-    p.add_argument("--lr", type=positive_float, default=d.lr, help="learning rate (x0.1 at 50%% and 75%% of the epochs)")
-    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer (sgd: momentum 0.9, Nesterov)")
-    p.add_argument("--shift-px", type=non_negative_int, default=d.shift_px, help="random-translation augmentation (px)")
-    p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation")
-    p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, high_open=True, what="an EMA decay"), default=d.ema_decay,
-                   help="validate, select and save an exponential moving average of the weights (e.g. 0.99; "
-                        "default: off, the live weights)")
-    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: CUDA where there is one")
-    p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"],
-                   help="training arithmetic; auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 "
-                        "(evaluation is always fp32)")
-    _no_progress_arg(p)
-
-
-def _no_progress_arg(p):
-    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines (results still print)")
-
-
-def _train_config(args):
-    from qsal.train import TrainConfig
-
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       shift_px=args.shift_px, seed=args.seed, device=args.device, precision=args.precision,
-                       ema_decay=args.ema_decay, progress=_progress(args))
-
-
-@command("train", "train a model (FP32, or saliency-guided with --saliency-guided) and save the best checkpoint")
-def cmd_train(args):
-    from qsal.pipeline import train_model
-
-    result = train_model(dataset=args.dataset, model=args.model, config=_train_config(args), out_dir=args.out,
-                         data_dir=args.data_dir, size=args.size, download=args.download,
-                         saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
-                         sgt_target=args.sgt_target, pact_bits=args.pact_bits, positive_class=args.positive_class,
-                         operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
-                         resume=args.resume, force=args.force)
-    print_result(result, args.json)
-
-
-def decision_args(p, inherit: bool = False) -> None:
-    """--operating-point / --temperature-scaling (shared by train and quantize)."""
-    p.add_argument("--operating-point", default=None if inherit else "youden", metavar="RULE",
-                   help="threshold rule chosen on the validation split: youden, sensitivity:0.95 or a fixed "
-                        "probability such as 0.5 (default: " + ("the parent's rule)" if inherit else "%(default)s)"))
-    p.add_argument("--temperature-scaling", action="store_true", default=None if inherit else False,
-                   help="fit a softmax temperature on validation and store it with the model")
-
-
-def run_folder_args(p) -> None:
-    p.add_argument("--resume", action="store_true", help="continue the run already in --out (same settings only)")
-    p.add_argument("--force", action="store_true", help="replace the run already in --out")
-
-
-def _setup_train(p):
-    _data_args(p)
-    p.add_argument("--model", default="small_cnn", help="model name (see `qsal models`)")
-    p.add_argument("--out", default=None, help="output folder (default: a fresh runs/train/<dataset>-<model>-N)")
-    run_folder_args(p)
-    p.add_argument("--positive-class", default=None, metavar="CLASS",
-                   help="binary sets: the class sensitivity is about, by name or id (default: the dataset table's, "
-                        "e.g. malignant for BreastMNIST, pneumonia for PneumoniaMNIST)")
-    decision_args(p)
-    _train_config_args(p)
-    p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")
-    p.add_argument("--sgt-k", type=SGT_K, default=0.5, help="saliency-guided: fraction of features masked per step")
-    p.add_argument("--sgt-lambda", type=SGT_LAMBDA, default=1.0, help="saliency-guided: weight of the KL term")
-    p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
-                   help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
-    p.add_argument("--pact-bits", type=int_range(2, 8, "a bit-width"), default=None, help="train PACT-quantized at this many bits (2-8)")
-
-
 @command("evaluate", "score a checkpoint or an exported .onnx file: AUC/ACC with 95% CIs, sensitivity and "
                      "specificity of the positive class at 0.5 and at the stored operating point, ECE")
 def cmd_evaluate(args):
@@ -180,7 +81,7 @@ def cmd_evaluate(args):
 
 def _setup_evaluate(p):
     p.add_argument("model", help="a .safetensors checkpoint or an .onnx file (scores the artifact) written by qsal")
-    _data_args(p, dataset_default=None)
+    data_args(p, dataset_default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                    help="all: every image (of a folder: every file, not the test part of its split)")
     p.add_argument("--other-dataset", action="store_true",
@@ -194,7 +95,7 @@ def cmd_demo(args):
     from qsal.study.demo import run_demo
 
     results = run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed,
-                       progress=_progress(args), verbose=not args.quiet, force=args.force)
+                       progress=progress_wanted(args), verbose=not args.quiet, force=args.force)
     _print_report_result(args, results["rows"], results["report"])
 
 
@@ -210,14 +111,14 @@ def _print_report_result(args, rows: list[dict], report: dict) -> None:
 
 def _setup_demo(p):
     p.add_argument("--dataset", default="breastmnist", help="dataset to run the story on (see `qsal datasets`)")
-    _data_dir_arg(p)
+    data_dir_arg(p)
     p.add_argument("--out", default="runs/demo", help="output folder (one sub-folder per model, report.html)")
     p.add_argument("--quick", action="store_true", help="a shorter schedule (about a minute)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of every stage")
     p.add_argument("--force", action="store_true",
                    help="train every stage anew in --out (needed where a stage's settings changed since the folder "
                         "was written, e.g. by an older qsal); without it finished stages are reused")
-    _no_progress_arg(p)
+    no_progress_arg(p)
 
 
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
@@ -246,7 +147,7 @@ def cmd_run(args):
         _print_progress_of(Path(args.out), chosen, cfg)
         return
     statuses = run_study(cfg, args.out, workers=args.workers, backend=args.backend,
-                         ray_address=args.ray_address, force=args.force, progress=_progress(args), only=args.only)
+                         ray_address=args.ray_address, force=args.force, progress=progress_wanted(args), only=args.only)
     failed = [s for s in statuses if s["status"].startswith("failed")]
     if not args.quiet and not args.json:
         sys.stderr.flush()
@@ -298,7 +199,7 @@ def _setup_run(p):
                    help="with --dry-run: skip the timed steps (no time estimate; the plan is instant)")
     p.add_argument("--data-dir", help="data root, over the config's data_dir (default: the config's, then "
                                       "$QSAL_DATA_DIR, then ~/.medmnist)")
-    _no_progress_arg(p)
+    no_progress_arg(p)
 
 
 @command("report", "markdown + self-contained HTML report of a `qsal run` folder, or of checkpoints and ONNX files you "
@@ -321,12 +222,12 @@ def _setup_report(p):
                    help="a `qsal run` folder, or checkpoints (.safetensors) / ONNX files (.onnx) / folders holding "
                         "best.safetensors or model.onnx; the first is the reference the others' maps are compared to")
     p.add_argument("--out", default="runs/report", help="output folder for files (a run folder gets its report inside)")
-    _data_dir_arg(p)
+    data_dir_arg(p)
     p.add_argument("--n-explain", type=int, default=8, help="test images explained per model")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement (faster)")
 
 
-_SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_datasets, "models": _setup_models, "train": _setup_train,
+_SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_datasets, "models": _setup_models,
           "evaluate": _setup_evaluate, "demo": _setup_demo}
 
 
@@ -336,13 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     from qsal.cli import predict as cli_predict
 
+    from qsal.cli import train as cli_train
+
+    cli_train.register(command, _SETUP)
     cli_quant.register(command, _SETUP)
     cli_predict.register(command, _SETUP)
     parser = OneLineErrorParser(prog="qsal", description="Quantized, saliency-guided image classifiers "
                                 "for edge hardware. Start with `qsal demo`.", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"qsal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (fn, help_text) in _COMMANDS.items():
+    # `qsal --help` lists the commands in the order of the work: the ones registered by other modules take their place
+    order = ("datasets", "models", "train", "evaluate", "demo", "run", "report")
+    listed = sorted(_COMMANDS.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+    for name, (fn, help_text) in listed:
         # help= is %-formatted by argparse (the command list), description= is printed as written
         p = sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text, formatter_class=HelpFormatter)
         _SETUP[name](p)

@@ -1,4 +1,5 @@
-"""Argument types that check ranges as the command line is parsed, and a parser whose errors are one line.
+"""Argument types that check ranges as the command line is parsed, a parser whose errors are one line, and the
+argument groups several commands share (data, progress, decision, run folder).
 
 argparse prints its usage block before an error; qsal prints only ``error: qsal <command>: <what> ...``
 (exit 2), like every other bad input, and points at ``--help``.
@@ -11,7 +12,8 @@ import math
 import sys
 
 __all__ = ["OneLineErrorParser", "int_range", "float_range", "positive_int", "non_negative_int", "positive_float",
-           "fraction"]
+           "fraction", "SEED", "IMAGE_SIZE", "SGT_K", "SGT_LAMBDA", "data_args", "data_dir_arg", "no_progress_arg",
+           "progress_wanted", "decision_args", "run_folder_args"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -66,3 +68,47 @@ positive_int = int_range(1, None, "a count")
 non_negative_int = int_range(0, None, "a count")
 positive_float = float_range(0.0, None, low_open=True)
 fraction = float_range(0.0, 1.0, low_open=False, what="a fraction")
+
+
+SEED = int_range(0, 2**32 - 1, "a seed")
+IMAGE_SIZE = int_range(12, 1024, "an image size in px")
+SGT_K = float_range(0.0, 0.99, what="the masked fraction")
+SGT_LAMBDA = float_range(0.0, None, what="the KL weight")
+
+
+def data_args(p: argparse.ArgumentParser, dataset_default: str | None = "breastmnist") -> None:
+    """--dataset / --data-dir / --size / --download."""
+    p.add_argument("--dataset", default=dataset_default,
+                   help="dataset name (see `qsal datasets`) or folder:PATH of class sub-folders"
+                        + ("" if dataset_default else " (default: the one the checkpoint records)"))
+    data_dir_arg(p)
+    p.add_argument("--size", type=IMAGE_SIZE, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224; "
+                   "default: the model's, else 28)")
+    p.add_argument("--download", action="store_true", help="download missing files from the official source")
+
+
+def data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist; BreastMNIST 28 px is embedded)")
+
+
+def no_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines (results still print)")
+
+
+def progress_wanted(args) -> bool:
+    """Progress output unless --quiet or --no-progress (bars on a terminal, one line per epoch otherwise)."""
+    return not (args.quiet or getattr(args, "no_progress", False))
+
+
+def decision_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
+    """--operating-point / --temperature-scaling (shared by train and quantize)."""
+    p.add_argument("--operating-point", default=None if inherit else "youden", metavar="RULE",
+                   help="threshold rule chosen on the validation split: youden, sensitivity:0.95 or a fixed "
+                        "probability such as 0.5 (default: " + ("the parent's rule)" if inherit else "%(default)s)"))
+    p.add_argument("--temperature-scaling", action="store_true", default=None if inherit else False,
+                   help="fit a softmax temperature on validation and store it with the model")
+
+
+def run_folder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue the run already in --out (same settings only)")
+    p.add_argument("--force", action="store_true", help="replace the run already in --out")

@@ -73,7 +73,7 @@ def _setup_quantize(p):
     p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of calibration sampling and fine-tuning")
     p.add_argument("--out", default=None, help="output folder (default: a fresh runs/quantized/<method>-N)")
-    from qsal.cli.app import decision_args, run_folder_args
+    from qsal.cli.arguments import decision_args, run_folder_args
 
     run_folder_args(p)
     decision_args(p, inherit=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_shift", "random_hflip"]
+__all__ = ["random_shift", "random_hflip", "random_rotate_zoom", "rotate_zoom"]
 
 
 def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator) -> torch.Tensor:
@@ -29,3 +29,31 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     out = x.clone()
     out[flip] = x[flip].flip(-1)
     return out
+
+
+def rotate_zoom(x: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
+    """Rotate image ``i`` of ``x`` ``(N, C, H, W)`` about its centre by ``degrees[i]`` (counter-clockwise as
+    displayed, rows downward) and scale it by ``zoom[i]`` (> 1 magnifies); bilinear, reflecting at the borders."""
+    n, _, h, w = x.shape
+    angle = torch.deg2rad(degrees.to(torch.float64))
+    cos, sin = torch.cos(angle) / zoom.to(torch.float64), torch.sin(angle) / zoom.to(torch.float64)
+    zero = torch.zeros_like(cos)
+    # affine_grid maps each output pixel to where it samples the input, in coordinates normalised to [-1, 1] per
+    # axis; a rotation of the pixel grid is R conjugated by diag(w, h), hence h / w and w / h off the diagonal.
+    theta = torch.stack([torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), [n, x.shape[1], h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_rotate_zoom(x: torch.Tensor, max_deg: float | None, max_zoom: float | None,
+                       generator: torch.Generator) -> torch.Tensor:
+    """``rotate_zoom`` each image of ``x`` ``(N, C, H, W)`` by an angle uniform in ``±max_deg`` degrees and a
+    factor uniform in ``[1 - max_zoom, 1 + max_zoom]``. ``None`` or 0 turns either off; both off returns ``x`` and
+    draws nothing, so recipes without it keep their random streams."""
+    max_deg, max_zoom = max_deg or 0.0, max_zoom or 0.0
+    if max_deg <= 0 and max_zoom <= 0:
+        return x
+    n = x.shape[0]
+    degrees = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * max_deg
+    zoom = 1 + (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * max_zoom
+    return rotate_zoom(x, degrees, zoom)

@@ -119,6 +119,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
+def _rotate_zoom(c: dict) -> str:
+    text = f", rotation +-{c['rotate_deg']:g} deg" if c.get("rotate_deg") else ""
+    return text + (f", zoom +-{c['zoom']:g}" if c.get("zoom") else "")
+
+
 def format_plan(plan: dict, name: str) -> str:
     """The plan as text: one block per (dataset, model), then the total."""
     lines = [f"study {name}: {plan['n_cells']} cells"]
@@ -130,7 +135,7 @@ def format_plan(plan: dict, name: str) -> str:
         for label, c in (("train", t), ("finetune", f)):
             lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
                          f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
-                         f"shift {c['shift_px']} px, hflip {c['hflip']}, precision {c['precision']} "
+                         f"shift {c['shift_px']} px, hflip {c['hflip']}" + _rotate_zoom(c) + f", precision {c['precision']} "
                          f"({c['precision_here']} here)" + (f", weight EMA {c['ema_decay']:g}" if c.get("ema_decay") else ""))
     if "est_seconds" in plan:
         lines.append(f"estimated training time on this machine: {_duration(plan['est_seconds'])} "

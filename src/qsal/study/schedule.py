@@ -47,6 +47,11 @@ class Schedule:
         return (not self.datasets or dataset in self.datasets) and (not self.models or model in self.models)
 
 
+# Fields whose default is null (off); the words say what a value must be.
+_OPTIONAL_NUMBERS = {"ema_decay": "a number between 0 and 1", "rotate_deg": "a number of degrees from 0 to 180",
+                     "zoom": "a number from 0 to 0.5"}
+
+
 def _check_value(name: str, value, default):
     """``value`` converted to the type of the TrainConfig default, or a problem string."""
     if name == "milestones":
@@ -59,10 +64,10 @@ def _check_value(name: str, value, default):
         if value == "auto" or isinstance(value, bool):
             return value, None
         return None, f"{value!r} is not one of auto, true, false"
-    if name == "ema_decay":  # null (off) or a decay in (0, 1); TrainConfig checks the range
+    if name in _OPTIONAL_NUMBERS:  # null (off) or a number; TrainConfig checks the range
         if value is None or is_finite_number(value):
             return (None if value is None else float(value)), None
-        return None, f"{value!r} is not a number between 0 and 1, or null"
+        return None, f"{value!r} is not {_OPTIONAL_NUMBERS[name]}, or null"
     want = type(default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
