@@ -214,8 +214,10 @@ def test_quantize_can_average_the_fine_tuned_weights(breast_run, tmp_path, capsy
     run, _ = breast_run
     out = tmp_path / "qat"
     assert main(["quantize", str(run / "best.safetensors"), "--method", "qat", "--epochs", "1", "--ema-decay", "0.9",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--shift-px", "2", "--hflip", "--rotate-deg", "10", "--out", str(out), "--no-progress"]) == 0
     meta = json.loads((out / "best.json").read_text())
     assert meta["train"]["ema_decay"] == 0.9 and meta["weight_ema"]["decay"] == 0.9
+    # the study's fine-tunes inherit their parent's augmentation; on the command line it is given the same way
+    assert (meta["train"]["shift_px"], meta["train"]["hflip"], meta["train"]["rotate_deg"]) == (2, True, 10.0)
     zero_points = [v for k, v in load_file(str(out / "best.safetensors")).items() if k.endswith("zero_point")]
     assert zero_points and all(float(z) == round(float(z)) for zp in zero_points for z in zp.flatten())

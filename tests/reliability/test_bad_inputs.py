@@ -132,6 +132,8 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("train", "--seed", "-1"): "--seed: -1 is out of range",
     ("quantize", "{ck}", "--method", "qat", "--ema-decay", "1.5"): "--ema-decay: 1.5 is out of range",
     ("quantize", "{ck}", "--ema-decay", "0.9"): "--ema-decay averages fine-tuned weights; --method ptq trains nothing",
+    ("quantize", "{ck}", "--method", "weight-only", "--bits", "4", "--hflip", "--zoom", "0.1"):
+        "--hflip and --zoom shape the fine-tune; --method weight-only trains nothing (use them with qat or pact",
     ("train", "--ema-decay", "0"): "--ema-decay: 0 is out of range: an EMA decay must be finite, > 0.0",
     ("train", "--ema-decay", "1"): "--ema-decay: 1 is out of range: an EMA decay must be finite, > 0.0, < 1.0",
     ("train", "--device", "tpu"): "--device: invalid choice: 'tpu'",

@@ -13,7 +13,7 @@ import sys
 
 __all__ = ["OneLineErrorParser", "int_range", "float_range", "positive_int", "non_negative_int", "positive_float",
            "fraction", "SEED", "IMAGE_SIZE", "SGT_K", "SGT_LAMBDA", "data_args", "data_dir_arg", "no_progress_arg",
-           "progress_wanted", "decision_args", "run_folder_args"]
+           "progress_wanted", "decision_args", "augmentation_args", "run_folder_args"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -107,6 +107,17 @@ def decision_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
                         "probability such as 0.5 (default: " + ("the parent's rule)" if inherit else "%(default)s)"))
     p.add_argument("--temperature-scaling", action="store_true", default=None if inherit else False,
                    help="fit a softmax temperature on validation and store it with the model")
+
+
+def augmentation_args(p: argparse.ArgumentParser, what: str = "") -> None:
+    """--shift-px / --hflip / --rotate-deg / --zoom (TrainConfig's augmentation; ``what`` prefixes each help)."""
+    p.add_argument("--shift-px", type=non_negative_int, default=0, help=f"{what}random-translation augmentation (px)")
+    p.add_argument("--hflip", action="store_true", help=f"{what}random horizontal flips (not for anatomically "
+                   "asymmetric images such as chest X-rays)")
+    p.add_argument("--rotate-deg", type=float_range(0.0, 180.0, what="a rotation in degrees"), default=None,
+                   help=f"{what}random rotation, uniform in +-this many degrees (default: none)")
+    p.add_argument("--zoom", type=float_range(0.0, 0.5, what="a zoom range"), default=None,
+                   help=f"{what}random zoom, a factor uniform in [1 - ZOOM, 1 + ZOOM] (e.g. 0.1; default: none)")
 
 
 def run_folder_args(p: argparse.ArgumentParser) -> None:

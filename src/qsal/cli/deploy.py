@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qsal.cli.output import print_result
 
-from qsal.cli.arguments import float_range, int_range, positive_float, positive_int
+from qsal.cli.arguments import augmentation_args, float_range, int_range, positive_float, positive_int
 
 SEED = int_range(0, 2**32 - 1, "a seed")
 
@@ -23,6 +23,28 @@ def _quant_config(args):
     return WeightOnlyConfig(bits=args.bits, skip=skip)
 
 
+_FINETUNE_OPTIONS = ("ema_decay", "shift_px", "hflip", "rotate_deg", "zoom")
+
+
+def _finetune_config(args):
+    """The fine-tune's TrainConfig when an option of it is given, else None: a plain fine-tune keeps the fingerprint
+    it always had (TrainConfig's defaults: no augmentation, no averaging)."""
+    from qsal.errors import QsalError
+    from qsal.train import TrainConfig
+
+    given = {k: getattr(args, k) for k in _FINETUNE_OPTIONS if getattr(args, k) not in (None, 0, False)}
+    if not given:
+        return None
+    if args.method not in ("qat", "pact"):
+        names = ["--" + k.replace("_", "-") for k in given]
+        what = ("averages fine-tuned weights" if names == ["--ema-decay"] else
+                ("shapes" if len(names) == 1 else "shape") + " the fine-tune")
+        it = "it" if len(names) == 1 else "them"
+        raise QsalError(f"{' and '.join(names)} {what}; --method {args.method} trains nothing (use {it} with qat or "
+                        f"pact, or drop {it})")
+    return TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, **given)
+
+
 def cmd_quantize(args):
     from qsal.pipeline import quantize_checkpoint
 
@@ -33,15 +55,7 @@ def cmd_quantize(args):
 
         step = SaliencyGuidedStep(dataset_task(args.checkpoint), k=args.sgt_k, lam=args.sgt_lambda,
                                   seed=args.seed, target=args.sgt_target)
-    train_config = None  # a plain fine-tune keeps the fingerprint it always had
-    if args.ema_decay is not None:
-        from qsal.errors import QsalError
-        from qsal.train import TrainConfig
-
-        if args.method not in ("qat", "pact"):
-            raise QsalError(f"--ema-decay averages fine-tuned weights; --method {args.method} trains nothing (use it "
-                            "with qat or pact, or drop it)")
-        train_config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, ema_decay=args.ema_decay)
+    train_config = _finetune_config(args)
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
                                  data_dir=args.data_dir, seed=args.seed, progress=not (args.no_progress or args.quiet), step=step,
                                  operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
@@ -63,6 +77,7 @@ def _setup_quantize(p):
     p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, high_open=True, what="an EMA decay"),
                    default=None, help="QAT/PACT: validate, select and save an average of the fine-tuned weights "
                                       "(e.g. 0.99; default: off)")
+    augmentation_args(p, "QAT/PACT fine-tune: ")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
     p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5,
                    help="saliency-guided: fraction of features masked per step")

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from qsal.cli.arguments import (SEED, SGT_K, SGT_LAMBDA, data_args, decision_args, float_range, int_range,
-                                no_progress_arg, non_negative_int, positive_float, positive_int, progress_wanted,
+from qsal.cli.arguments import (SEED, SGT_K, SGT_LAMBDA, augmentation_args, data_args, decision_args, float_range,
+                                int_range, no_progress_arg, positive_float, positive_int, progress_wanted,
                                 run_folder_args)
 from qsal.cli.output import print_result
 
@@ -21,13 +21,7 @@ def _train_config_args(p) -> None:
     p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer (sgd: momentum 0.9, Nesterov)")
     p.add_argument("--weight-decay", type=float_range(0.0, None, what="a weight decay"), default=d.weight_decay,
                    help="L2 weight decay of the optimizer (the MedMNIST recipe has none)")
-    p.add_argument("--shift-px", type=non_negative_int, default=d.shift_px, help="random-translation augmentation (px)")
-    p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for anatomically "
-                   "asymmetric images such as chest X-rays)")
-    p.add_argument("--rotate-deg", type=float_range(0.0, 180.0, what="a rotation in degrees"), default=None,
-                   help="random rotation, uniform in +-this many degrees (default: none)")
-    p.add_argument("--zoom", type=float_range(0.0, 0.5, what="a zoom range"), default=None,
-                   help="random zoom, a factor uniform in [1 - ZOOM, 1 + ZOOM] (e.g. 0.1; default: none)")
+    augmentation_args(p)
     p.add_argument("--select-on", default=d.select_on, choices=["auc", "acc", "loss"],
                    help="validation metric whose best epoch is saved (MedMNIST: auc)")
     p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation")
