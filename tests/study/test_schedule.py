@@ -42,7 +42,7 @@ def test_schedules_layer_defaults_train_finetune_and_matching_overrides_in_order
 
 
 def test_every_schedule_problem_is_listed_with_its_path():
-    bad = {**BASE, "train": {"optimiser": "sgd", "lr": "fast", "hflip": 1, "rotate_deg": "some"},
+    bad = {**BASE, "train": {"optimiser": "sgd", "lr": "fast", "hflip": 1, "rotate_deg": "some", "zoom": 0.9},
            "finetune": {"optimizer": "rmsprop"},
            "schedules": [{"datasets": ["pathmnist"], "train": {"milestones": [50, 75]}}, {"models": ["small_cnn"]}, 3]}
     with pytest.raises(QsalError) as e:
@@ -50,12 +50,13 @@ def test_every_schedule_problem_is_listed_with_its_path():
     msg = str(e.value)
     for expected in ("train.optimiser: unknown key", "train.lr: 'fast' is not a number", "train.hflip: 1 is not true or false",
                      "train.rotate_deg: 'some' is not a number of degrees from 0 to 180, or null",
+                     "train.zoom: 0.9 is not a number from 0 to 0.5, or null",
                      "finetune: optimizer 'rmsprop' is not one of",
                      "schedules[0].datasets[0]: 'pathmnist' is not in the study's datasets",
                      "schedules[0].train.milestones: [50, 75]: every milestone is a fraction",
                      "schedules[1]: sets nothing", "schedules[2]: must be a mapping"):
         assert expected in msg, (expected, msg)
-    assert "9 problem(s)" in msg
+    assert "10 problem(s)" in msg
 
 
 def test_every_train_config_field_but_seed_device_progress_can_be_scheduled():

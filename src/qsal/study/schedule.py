@@ -47,9 +47,10 @@ class Schedule:
         return (not self.datasets or dataset in self.datasets) and (not self.models or model in self.models)
 
 
-# Fields whose default is null (off); the words say what a value must be.
-_OPTIONAL_NUMBERS = {"ema_decay": "a number between 0 and 1", "rotate_deg": "a number of degrees from 0 to 180",
-                     "zoom": "a number from 0 to 0.5"}
+# Fields whose default is null (off): what a value must be, and the test (every problem of a file is listed at once).
+_OPTIONAL_NUMBERS = {"ema_decay": ("a number between 0 and 1", lambda v: 0 < v < 1),
+                     "rotate_deg": ("a number of degrees from 0 to 180", lambda v: 0 <= v <= 180),
+                     "zoom": ("a number from 0 to 0.5", lambda v: 0 <= v <= 0.5)}
 
 
 def _check_value(name: str, value, default):
@@ -64,10 +65,11 @@ def _check_value(name: str, value, default):
         if value == "auto" or isinstance(value, bool):
             return value, None
         return None, f"{value!r} is not one of auto, true, false"
-    if name in _OPTIONAL_NUMBERS:  # null (off) or a number; TrainConfig checks the range
-        if value is None or is_finite_number(value):
+    if name in _OPTIONAL_NUMBERS:  # null (off) or a number in range
+        words, in_range = _OPTIONAL_NUMBERS[name]
+        if value is None or (is_finite_number(value) and in_range(value)):
             return (None if value is None else float(value)), None
-        return None, f"{value!r} is not {_OPTIONAL_NUMBERS[name]}, or null"
+        return None, f"{value!r} is not {words}, or null"
     want = type(default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
