@@ -32,7 +32,7 @@ from qsal.errors import QsalError, is_finite_number
 from qsal.metrics import acc_score, auc_score, predict_logits, scores_from_logits
 from qsal.precision import PRECISIONS, TrainingForward, resolve_channels_last, resolve_precision
 
-__all__ = ["TrainConfig", "ClassificationStep", "task_loss", "fit", "FitResult", "resolve_device", "seed_everything",
+__all__ = ["augment", "TrainConfig", "ClassificationStep", "task_loss", "fit", "FitResult", "resolve_device", "seed_everything",
            "parameter_groups"]
 
 
@@ -96,6 +96,18 @@ class TrainConfig:
     def medmnist(cls, **overrides) -> "TrainConfig":
         """The MedMNIST v2 benchmark recipe in full: 100 epochs (the defaults shorten only ``epochs``)."""
         return cls(**{"epochs": 100, **overrides})
+
+
+def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """A training batch ``(N, C, H, W)`` under ``config``'s augmentation: shift, flip, then rotation/zoom; each
+    step that is off draws no random numbers."""
+    if config.shift_px:
+        x = random_shift(x, config.shift_px, generator)
+    if config.hflip:
+        x = random_hflip(x, generator)
+    if config.rotate_deg or config.zoom:
+        x = random_rotate_zoom(x, config.rotate_deg, config.zoom, generator)
+    return x
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -264,12 +276,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
         for b in range(n_batches):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             xb, yb = x[idx], y[idx]
-            if config.shift_px:
-                xb = random_shift(xb, config.shift_px, gen)
-            if config.hflip:
-                xb = random_hflip(xb, gen)
-            if config.rotate_deg or config.zoom:
-                xb = random_rotate_zoom(xb, config.rotate_deg, config.zoom, gen)
+            xb = augment(xb, config, gen)
             xb, yb = xb.to(device), yb.to(device)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)

@@ -1,8 +1,9 @@
 """``qsal run --dry-run``: what a study will train, with which schedule, and about how long it takes here.
 
 The estimate times a few real training steps of each distinct (model, input shape, batch, precision,
-step) on this machine, with random inputs of the dataset's shape, and multiplies by the images each
-cell trains on (``epochs x`` the official training-split size). It counts training steps only:
+step, augmentation) on this machine, with random inputs of the dataset's shape augmented as ``fit`` augments
+them, and multiplies by the images each cell trains on (``epochs x`` the official training-split size). It
+counts training steps only:
 validation, evaluation, export and saliency metrics add some seconds per cell, and fake-quantized
 fine-tunes are counted at the float model's step cost (their quantizers make them slower).
 """
@@ -21,12 +22,13 @@ def _seconds_per_image(model_name: str, info, side: int, tc, saliency_guided: bo
     from qsal.models import create_model
     from qsal.precision import TrainingForward, resolve_channels_last, resolve_precision
     from qsal.saliency import SaliencyGuidedStep
-    from qsal.train import ClassificationStep, resolve_device
+    from qsal.train import ClassificationStep, augment, resolve_device
 
     device = resolve_device(tc.device)
     precision = resolve_precision(tc.precision, device)
     channels_last = resolve_channels_last(tc.channels_last, precision, device)
-    key = (model_name, info.n_channels, side, info.num_classes, tc.batch_size, precision, channels_last, saliency_guided)
+    key = (model_name, info.n_channels, side, info.num_classes, tc.batch_size, precision, channels_last, saliency_guided,
+           tc.shift_px, tc.hflip, tc.rotate_deg, tc.zoom)
     if key in cache:
         return cache[key]
     torch.manual_seed(0)
@@ -37,12 +39,17 @@ def _seconds_per_image(model_name: str, info, side: int, tc, saliency_guided: bo
     forward.train()
     step = SaliencyGuidedStep(info.task, k=cfg.sgt.k, lam=cfg.sgt.lam) if saliency_guided else ClassificationStep(info.task)
     opt = torch.optim.Adam(model.parameters())
-    x = torch.randn(tc.batch_size, info.n_channels, side, side, device=device)
+    x = torch.randn(tc.batch_size, info.n_channels, side, side)
     y = torch.randint(0, 2, (tc.batch_size, info.num_classes), device=device) if "multi-label" in info.task \
         else torch.randint(0, info.num_classes, (tc.batch_size,), device=device)
 
-    def one():
-        loss = step(forward, x, y)["loss"]
+    gen = torch.Generator().manual_seed(0)
+
+    def one():  # a step as qsal.train.fit takes it: the batch augmented on the CPU, then moved
+        xb = augment(x, tc, gen).to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        loss = step(forward, xb, y)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -139,7 +146,7 @@ def format_plan(plan: dict, name: str) -> str:
                          f"({c['precision_here']} here)" + (f", weight EMA {c['ema_decay']:g}" if c.get("ema_decay") else ""))
     if "est_seconds" in plan:
         lines.append(f"estimated training time on this machine: {_duration(plan['est_seconds'])} "
-                     "(training steps only, measured with the current load and thread count)")
+                     "(training steps with their augmentation only, measured with the current load and thread count)")
         load = plan.get("load_when_timed")
         if load and load["load_1min"] >= 0.5 * load["cores"]:
             lines.append(f"  the machine was busy when the steps were timed (1-min load average {load['load_1min']:g} "
