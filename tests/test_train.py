@@ -91,11 +91,12 @@ def test_rotation_and_zoom_reach_the_training_batches_and_are_validated(tiny_spl
             TrainConfig(**bad)
 
 
-def test_when_no_epoch_has_a_validation_score_the_last_epoch_is_saved(tiny_splits, tmp_path):
+def test_when_no_epoch_has_a_validation_score_the_last_epoch_is_saved_with_a_note(tiny_splits, tmp_path, capsys):
     train, val = tiny_splits[0], tiny_splits[1]
     val.labels[:] = 0  # one class: AUC undefined every epoch (the pipeline refuses this split before fit)
     result = fit(create_model("small_cnn", 2), train, val, TrainConfig(epochs=3, seed=0, progress=False), tmp_path)
     assert result.best_epoch == 3 and result.best_path is not None and result.best_path.is_file()
+    assert "note: no epoch had a defined validation auc; the last epoch was kept" in capsys.readouterr().err
 
 
 def test_bad_config_is_one_line():

@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from qsal._atomic import write_json_atomic
-from qsal.data import TASK_BINARY, ImageSplit, get_info, load_split
+from qsal.data import ImageSplit, get_info, load_split
+from qsal.data.checks import require_training_classes, require_validation_classes
 from qsal.checkpoint import check_model_fits_data
 from qsal.errors import QsalError
 from qsal.metrics.operating_point import DEFAULT_RULE, describe_operating_point, parse_rule, resolve_positive_label
@@ -35,38 +36,8 @@ def data_meta(split: ImageSplit) -> dict:
 def load_splits(dataset: str, data_dir=None, size=None, download=False, seed: int = 0) -> tuple[ImageSplit, ...]:
     """``(train, val, test)`` of a dataset; a training split with a single class is refused (nothing to learn)."""
     splits = tuple(load_split(dataset, s, data_dir, size=size, download=download, seed=seed) for s in ("train", "val", "test"))
-    _require_classes(splits[0])
+    require_training_classes(splits[0])
     return splits
-
-
-def _require_classes(train: ImageSplit) -> None:
-    import numpy as np
-
-    labels = np.asarray(train.labels)
-    if train.info.task.startswith("multi-label") or labels.ndim != 1:
-        return
-    present = np.unique(labels)
-    if len(present) < 2:
-        only = train.info.labels[int(present[0])] if len(present) else "none"
-        raise QsalError(f"the training split of {train.info.name} has a single class ({only!r}, {len(labels)} images); "
-                        "a classifier needs examples of at least 2 classes: add images of the other classes")
-
-
-def _require_validation_classes(val: ImageSplit, select_on: str | None, rule: str) -> None:
-    """A validation split of a single class has no AUC (to choose the epoch by) and no ROC (to place a threshold by a
-    rule): refuse before anything is trained or written, not after the training."""
-    import numpy as np
-
-    labels = np.asarray(val.labels)
-    if val.info.task.startswith("multi-label") or labels.ndim != 1 or len(np.unique(labels)) != 1:
-        return
-    cannot = ["choose the epoch by its AUC (qsal train --select-on loss)"] if select_on == "auc" else []
-    if val.info.task == TASK_BINARY and parse_rule(rule)[0] != "fixed":
-        cannot.append(f"place a threshold by rule {rule!r} (--operating-point 0.5)")
-    if cannot:
-        only = val.info.labels[int(labels[0])] if int(labels[0]) < len(val.info.labels) else int(labels[0])
-        raise QsalError(f"the validation split of {val.info.name} has a single class ({only!r}, {len(labels)} images), "
-                        f"so it cannot {' or '.join(cannot)}; better, give it images of the other classes")
 
 
 def _write_metrics(out: Path, metrics, extra: dict) -> Path:
@@ -140,7 +111,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     fp = fingerprint(dataset, model, method, run_config)
     claim_run_folder(out, fp, resume=resume, force=force, write=False)
     train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
-    _require_validation_classes(val, config.select_on, operating_point)
+    require_validation_classes(val, config.select_on, operating_point)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
     resolve_device(config.device)  # as does --device cuda without one
@@ -255,7 +226,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
     fine_tuned = isinstance(qconfig, (QATConfig, PACTConfig))
-    _require_validation_classes(val, (train_config.select_on if train_config else "auc") if fine_tuned else None, rule)
+    require_validation_classes(val, (train_config.select_on if train_config else "auc") if fine_tuned else None, rule)
     if train_config is not None:
         resolve_device(train_config.device)
     qmodel = quantize(model, qconfig, calibration=train)

@@ -325,6 +325,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history})
     bar.close()
     best.seconds = time.perf_counter() - t0
+    if best.best_score == -math.inf:  # a warning, not progress: printed whatever the progress setting
+        print(f"note: no epoch had a defined validation {config.select_on}; the last epoch was kept", file=sys.stderr)
     _restore_best(model, best)
     model.qsal_untrained = False
     return best

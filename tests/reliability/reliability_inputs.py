@@ -1,4 +1,5 @@
-"""Bad inputs, made here: broken checkpoints, ONNX files, images, YAML, run folders, resume states."""
+"""Bad inputs, made here: broken checkpoints, ONNX files, images, YAML, run folders, resume states; and the checks
+every refusal must pass (one ``error:`` line, exit 2, no traceback, no new file)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
+from qsal.cli import main
 
 ALIAS_BOMB = """\
 a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
@@ -193,3 +196,26 @@ def bad_image(folder: Path, kind: str) -> Path:
     else:
         raise ValueError(kind)
     return folder
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".qsal-run.lock"}
+
+
+def assert_clean_refusal(rc, out, err, expected: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in out + err, err
+    assert rc == 2, f"exit {rc}; stderr: {err[-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    assert expected in lines[0], lines[0]
+    assert len(lines[0]) < 1500, f"{len(lines[0])}-character message"

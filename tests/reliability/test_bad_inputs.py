@@ -14,31 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from qsal.cli import main
-from reliability_inputs import ALIAS_BOMB, bad_image, checkpoint_variant, image_folder, onnx_variant
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def files_under(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".qsal-run.lock"}
-
-
-def assert_clean_refusal(rc, out, err, expected: str) -> None:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert "Traceback" not in out + err, err
-    assert rc == 2, f"exit {rc}; stderr: {err[-2000:]}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
-    assert expected in lines[0], lines[0]
-    assert len(lines[0]) < 1500, f"{len(lines[0])}-character message"
+from reliability_inputs import (ALIAS_BOMB, assert_clean_refusal, bad_image, checkpoint_variant, files_under,
+                                image_folder, onnx_variant, run_cli)
 
 
 CHECKPOINT_COMMANDS = {
@@ -344,33 +321,6 @@ def test_bad_image_files_in_a_folder_dataset(kind, tmp_path, monkeypatch, capsys
                             "--no-progress"], capsys)
     assert_clean_refusal(rc, out, err, IMAGE_CASES[kind])
     assert files_under(tmp_path) == before
-
-
-def test_a_validation_split_of_one_class_is_refused_before_training_or_quantizing(tmp_path, monkeypatch, capsys):
-    """It has no AUC to choose an epoch by and no ROC to place a threshold by: qsal used to train for the whole
-    schedule and then stop with a traceback (fixed threshold) or an error (a rule), leaving a half-written folder."""
-    monkeypatch.chdir(tmp_path)
-    folder = image_folder(tmp_path / "imgs", per_class=20)
-    for i in range(2, 20):  # 20 images of a, 2 of b: the seeded 10 % validation part holds only a's
-        (folder / "b" / f"{i}.png").unlink()
-    train = ["train", "--dataset", f"folder:{folder}", "--epochs", "1", "--no-progress", "--out"]
-    for extra, expected in (([], "cannot choose the epoch by its AUC (qsal train --select-on loss) or place a "
-                                 "threshold by rule 'youden' (--operating-point 0.5)"),
-                            (["--operating-point", "0.5"], "cannot choose the epoch by its AUC"),
-                            (["--select-on", "loss"], "cannot place a threshold by rule 'youden'")):
-        before = files_under(tmp_path)
-        assert_clean_refusal(*run_cli([*train, tmp_path / "out", *extra], capsys),
-                             f"validation split of folder:{folder} has a single class ('a', 2 images), so it {expected}")
-        assert files_under(tmp_path) == before
-    rc, _, err = run_cli([*train, tmp_path / "ok", "--select-on", "loss", "--operating-point", "0.5"], capsys)
-    assert rc == 0, err
-    ckpt = tmp_path / "ok" / "best.safetensors"
-    for extra, expected in ((["--method", "ptq", "--operating-point", "youden"], "cannot place a threshold"),
-                            (["--method", "qat", "--epochs", "1"], "cannot choose the epoch by its AUC")):
-        before = files_under(tmp_path)
-        assert_clean_refusal(*run_cli(["quantize", ckpt, "--out", tmp_path / "q", "--no-progress", *extra], capsys),
-                             expected)
-        assert files_under(tmp_path) == before
 
 
 def test_resume_state_of_another_model_or_with_wrong_types(good_run, tmp_path, monkeypatch, capsys):

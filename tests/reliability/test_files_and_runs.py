@@ -166,13 +166,13 @@ def test_run_exits_nonzero_and_prints_each_failure_in_full(tmp_path, capsys, mon
 def test_single_class_training_split_is_refused():
     from qsal.data import get_info
     from qsal.data.arrays import ImageSplit
-    from qsal.pipeline import _require_classes
+    from qsal.data.checks import require_training_classes
 
     info = get_info("breastmnist")
     images = np.zeros((12, 28, 28, 1), np.uint8)
     with pytest.raises(QsalError, match=f"has a single class \\('{info.labels[1]}', 12 images\\)"):
-        _require_classes(ImageSplit(info, "train", images, np.ones(12, np.int64), "test"))
-    _require_classes(ImageSplit(info, "train", images, np.arange(12, dtype=np.int64) % 2, "test"))
+        require_training_classes(ImageSplit(info, "train", images, np.ones(12, np.int64), "test"))
+    require_training_classes(ImageSplit(info, "train", images, np.arange(12, dtype=np.int64) % 2, "test"))
 
 
 def _png16(path: Path, px: np.ndarray) -> None:

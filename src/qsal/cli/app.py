@@ -246,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "for edge hardware. Start with `qsal demo`.", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"qsal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # `qsal --help` lists the commands in the order of the work: the ones registered by other modules take their place
-    order = ("datasets", "models", "train", "evaluate", "demo", "run", "report")
+    # `qsal --help` lists the commands in the order of the work (the README's table), wherever they are registered
+    order = ("datasets", "models", "train", "evaluate", "predict", "quantize", "export", "bench", "explain", "demo", "run",
+             "report")
     listed = sorted(_COMMANDS.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
     for name, (fn, help_text) in listed:
         # help= is %-formatted by argparse (the command list), description= is printed as written

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from qsal.cli.output import print_result
 
-from qsal.cli.arguments import augmentation_args, float_range, int_range, positive_float, positive_int
-
-SEED = int_range(0, 2**32 - 1, "a seed")
+from qsal.cli.arguments import SEED, augmentation_args, float_range, int_range, positive_float, positive_int
 
 
 def _quant_config(args):
@@ -23,7 +21,8 @@ def _quant_config(args):
     return WeightOnlyConfig(bits=args.bits, skip=skip)
 
 
-_FINETUNE_OPTIONS = ("ema_decay", "shift_px", "hflip", "rotate_deg", "zoom")
+# fine-tune options and their values when not given (TrainConfig's defaults)
+_FINETUNE_OPTIONS = {"ema_decay": None, "shift_px": 0, "hflip": False, "rotate_deg": None, "zoom": None, "select_on": "auc"}
 
 
 def _finetune_config(args):
@@ -32,7 +31,7 @@ def _finetune_config(args):
     from qsal.errors import QsalError
     from qsal.train import TrainConfig
 
-    given = {k: getattr(args, k) for k in _FINETUNE_OPTIONS if getattr(args, k) not in (None, 0, False)}
+    given = {k: getattr(args, k) for k, unset in _FINETUNE_OPTIONS.items() if getattr(args, k) not in (unset, 0)}
     if not given:
         return None
     if args.method not in ("qat", "pact"):
@@ -78,6 +77,8 @@ def _setup_quantize(p):
                    default=None, help="QAT/PACT: validate, select and save an average of the fine-tuned weights "
                                       "(e.g. 0.99; default: off)")
     augmentation_args(p, "QAT/PACT fine-tune: ")
+    p.add_argument("--select-on", default="auc", choices=["auc", "acc", "loss"],
+                   help="QAT/PACT fine-tune: validation metric whose best epoch is saved")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
     p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5,
                    help="saliency-guided: fraction of features masked per step")
