@@ -137,6 +137,30 @@ def test_progress_off_a_terminal_is_one_line_per_finished_cell(tmp_path, capsys)
     assert capsys.readouterr().err.splitlines() == ["[1/1] done: breastmnist/small_cnn/seed0/fp32"]
 
 
+def test_the_command_line_reproduces_a_study_cell_weight_for_weight(tmp_path):
+    """A study's FP32 cell and its PACT-4 fine-tune (which inherits the train: recipe) are the same `qsal train` and
+    `qsal quantize` runs, bit for bit: the keys a study sets have flags, and the command line's defaults are the API's
+    (quantize used to calibrate PACT on 512 images where PACTConfig, and so every study, uses 256)."""
+    from safetensors.torch import load_file
+
+    from qsal.cli import main
+
+    recipe = {"shift_px": 2, "hflip": True, "rotate_deg": 10.0, "zoom": 0.1, "weight_decay": 1e-4, "ema_decay": 0.9}
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "pact"], "train": recipe, "finetune": {"lr": 2e-4},
+                            "measure": {"latency": False, "saliency": False}})
+    assert [s["status"] for s in run_study(cfg, tmp_path / "study", progress=False)] == ["done", "done"]
+    flags = ["--shift-px", "2", "--hflip", "--rotate-deg", "10", "--zoom", "0.1", "--ema-decay", "0.9", "--seed", "0",
+             "--no-progress", "--quiet"]
+    assert main(["train", "--dataset", "breastmnist", "--model", "small_cnn", "--epochs", "1", "--weight-decay",
+                 "1e-4", "--out", str(tmp_path / "fp32"), *flags]) == 0
+    assert main(["quantize", str(tmp_path / "fp32" / "best.safetensors"), "--method", "pact", "--bits", "4", "--epochs",
+                 "1", "--lr", "2e-4", "--weight-decay", "1e-4", "--out", str(tmp_path / "pact-4"), *flags]) == 0
+    cell = tmp_path / "study/breastmnist/small_cnn/seed0"
+    for name in ("fp32", "pact-4"):
+        ours, theirs = load_file(str(tmp_path / name / "best.safetensors")), load_file(str(cell / name / "best.safetensors"))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
 def test_ray_backend_in_local_mode(tmp_path):
     ray = pytest.importorskip("ray")
     cfg = parse_run_config({**TINY, "methods": ["fp32"], "seeds": [0]})

@@ -11,18 +11,21 @@ def _quant_config(args):
     from qsal.quant import PACTConfig, PTQConfig, QATConfig, WeightOnlyConfig
 
     skip = tuple(args.skip or ())
+    # the config's own default unless given (PTQ/QAT 512, PACT 256): the command line makes what the API makes
+    calibration = {"num_calibration": args.num_calibration} if args.num_calibration is not None else {}
     if args.method == "ptq":
         return PTQConfig(observer=args.observer, weight_bits=args.bits, act_bits=args.bits,
-                         per_channel=not args.per_tensor, num_calibration=args.num_calibration, skip=skip)
+                         per_channel=not args.per_tensor, skip=skip, **calibration)
     if args.method == "qat":
-        return QATConfig(bits=args.bits, per_channel=not args.per_tensor, num_calibration=args.num_calibration, skip=skip)
+        return QATConfig(bits=args.bits, per_channel=not args.per_tensor, skip=skip, **calibration)
     if args.method == "pact":
-        return PACTConfig(bits=args.bits, num_calibration=args.num_calibration, skip=skip)
+        return PACTConfig(bits=args.bits, skip=skip, **calibration)
     return WeightOnlyConfig(bits=args.bits, skip=skip)
 
 
 # fine-tune options and their values when not given (TrainConfig's defaults)
-_FINETUNE_OPTIONS = {"ema_decay": None, "shift_px": 0, "hflip": False, "rotate_deg": None, "zoom": None, "select_on": "auc"}
+_FINETUNE_OPTIONS = {"ema_decay": None, "shift_px": 0, "hflip": False, "rotate_deg": None, "zoom": None, "select_on": "auc",
+                     "optimizer": "adam", "batch_size": 128, "weight_decay": 0.0}
 
 
 def _finetune_config(args):
@@ -69,7 +72,8 @@ def _setup_quantize(p):
     p.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="PTQ calibration observer")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
-    p.add_argument("--num-calibration", type=positive_int, default=512, help="training images used for calibration")
+    p.add_argument("--num-calibration", type=positive_int, default=None,
+                   help="training images used for calibration (default: the method's, PTQ/QAT 512, PACT 256)")
     p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (default: none)")
     p.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (QAT/PACT)")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
@@ -79,6 +83,11 @@ def _setup_quantize(p):
     augmentation_args(p, "QAT/PACT fine-tune: ")
     p.add_argument("--select-on", default="auc", choices=["auc", "acc", "loss"],
                    help="QAT/PACT fine-tune: validation metric whose best epoch is saved")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                   help="QAT/PACT fine-tune: optimizer (sgd: momentum 0.9, Nesterov)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="QAT/PACT fine-tune: images per optimizer step")
+    p.add_argument("--weight-decay", type=float_range(0.0, None, what="a weight decay"), default=0.0,
+                   help="QAT/PACT fine-tune: L2 weight decay of the optimizer")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
     p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5,
                    help="saliency-guided: fraction of features masked per step")
