@@ -225,8 +225,11 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
-    fine_tuned = isinstance(qconfig, (QATConfig, PACTConfig))
-    require_validation_classes(val, (train_config.select_on if train_config else "auc") if fine_tuned else None, rule)
+    cfg = None  # the fine-tune's schedule (QAT/PACT); PTQ and weight-only train nothing
+    if isinstance(qconfig, (QATConfig, PACTConfig)):
+        cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress) if train_config is None \
+            else replace(train_config, seed=seed, progress=progress)
+    require_validation_classes(val, cfg.select_on if cfg else None, rule)
     if train_config is not None:
         resolve_device(train_config.device)
     qmodel = quantize(model, qconfig, calibration=train)
@@ -236,9 +239,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     qmeta = {"dataset": meta.get("dataset") or data_meta(train), "quant": qconfig.to_dict(),
              "parent_checkpoint": str(checkpoint)}
     seconds = 0.0
-    if fine_tuned:
-        cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress) if train_config is None \
-            else replace(train_config, seed=seed, progress=progress)
+    if cfg is not None:
         result = fit(qmodel, train, val, cfg, out, step=step, meta=qmeta, callbacks=qat_callbacks(qconfig))
         path, seconds = result.best_path, result.seconds
     else:

@@ -216,7 +216,7 @@ YAML_CASES = {
                          "3 problem(s): train.epochs: must be positive, got 0; train.lr: must be a finite number, got "
                          "nan; train.batch_size: must be positive, got 0"),
     "bad_ema_decay": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\ntrain: {ema_decay: 1.5}\n",
-                      "train.ema_decay: 1.5 is not a number between 0 and 1, or null"),
+                      "train.ema_decay: ema_decay 1.5 must be a number between 0 and 1 (such as 0.99), or null"),
 }
 
 

@@ -49,8 +49,8 @@ def test_every_schedule_problem_is_listed_with_its_path():
         parse_run_config(bad, "study.yaml")
     msg = str(e.value)
     for expected in ("train.optimiser: unknown key", "train.lr: 'fast' is not a number", "train.hflip: 1 is not true or false",
-                     "train.rotate_deg: 'some' is not a number of degrees from 0 to 180, or null",
-                     "train.zoom: 0.9 is not a number from 0 to 0.5, or null",
+                     "train.rotate_deg: rotate_deg 'some' must be a number from 0 to 180, or null for none",
+                     "train.zoom: zoom 0.9 must be a number from 0 to 0.5, or null for none",
                      "finetune: optimizer 'rmsprop' is not one of",
                      "schedules[0].datasets[0]: 'pathmnist' is not in the study's datasets",
                      "schedules[0].train.milestones: [50, 75]: every milestone is a fraction",

@@ -13,7 +13,7 @@ import sys
 
 __all__ = ["OneLineErrorParser", "int_range", "float_range", "positive_int", "non_negative_int", "positive_float",
            "fraction", "SEED", "IMAGE_SIZE", "SGT_K", "SGT_LAMBDA", "data_args", "data_dir_arg", "no_progress_arg",
-           "progress_wanted", "decision_args", "augmentation_args", "run_folder_args"]
+           "progress_wanted", "decision_args", "RECIPE_FIELDS", "recipe_args", "recipe_from_args", "run_folder_args"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -109,15 +109,38 @@ def decision_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
                    help="fit a softmax temperature on validation and store it with the model")
 
 
-def augmentation_args(p: argparse.ArgumentParser, what: str = "") -> None:
-    """--shift-px / --hflip / --rotate-deg / --zoom (TrainConfig's augmentation; ``what`` prefixes each help)."""
-    p.add_argument("--shift-px", type=non_negative_int, default=0, help=f"{what}random-translation augmentation (px)")
+# TrainConfig fields that qsal train and qsal quantize's fine-tune both take as flags (recipe_args)
+RECIPE_FIELDS = ("batch_size", "optimizer", "weight_decay", "shift_px", "hflip", "rotate_deg", "zoom", "select_on",
+                 "ema_decay")
+
+
+def recipe_args(p: argparse.ArgumentParser, what: str = "") -> None:
+    """The flags of ``RECIPE_FIELDS``, defaults TrainConfig's; ``what`` prefixes each help."""
+    from qsal.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"{what}images per optimizer step")
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"],
+                   help=f"{what}optimizer (sgd: momentum 0.9, Nesterov)")
+    p.add_argument("--weight-decay", type=float_range(0.0, None, what="a weight decay"), default=d.weight_decay,
+                   help=f"{what}L2 weight decay of the optimizer (the MedMNIST recipe has none)")
+    p.add_argument("--shift-px", type=non_negative_int, default=d.shift_px, help=f"{what}random-translation augmentation (px)")
     p.add_argument("--hflip", action="store_true", help=f"{what}random horizontal flips (not for anatomically "
                    "asymmetric images such as chest X-rays)")
-    p.add_argument("--rotate-deg", type=float_range(0.0, 180.0, what="a rotation in degrees"), default=None,
+    p.add_argument("--rotate-deg", type=float_range(0.0, 180.0, what="a rotation in degrees"), default=d.rotate_deg,
                    help=f"{what}random rotation, uniform in +-this many degrees (default: none)")
-    p.add_argument("--zoom", type=float_range(0.0, 0.5, what="a zoom range"), default=None,
+    p.add_argument("--zoom", type=float_range(0.0, 0.5, what="a zoom range"), default=d.zoom,
                    help=f"{what}random zoom, a factor uniform in [1 - ZOOM, 1 + ZOOM] (e.g. 0.1; default: none)")
+    p.add_argument("--select-on", default=d.select_on, choices=["auc", "acc", "loss"],
+                   help=f"{what}validation metric whose best epoch is saved (MedMNIST: auc)")
+    p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, high_open=True, what="an EMA decay"),
+                   default=d.ema_decay, help=f"{what}validate, select and save an exponential moving average of the "
+                                             "weights (e.g. 0.99; default: off, the live weights)")
+
+
+def recipe_from_args(args) -> dict:
+    """``{field: value}`` of ``RECIPE_FIELDS`` as parsed by ``recipe_args``."""
+    return {k: getattr(args, k) for k in RECIPE_FIELDS}
 
 
 def run_folder_args(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qsal.cli.output import print_result
 
-from qsal.cli.arguments import SEED, augmentation_args, float_range, int_range, positive_float, positive_int
+from qsal.cli.arguments import SEED, float_range, int_range, positive_float, positive_int, recipe_args, recipe_from_args
 
 
 def _quant_config(args):
@@ -23,18 +23,14 @@ def _quant_config(args):
     return WeightOnlyConfig(bits=args.bits, skip=skip)
 
 
-# fine-tune options and their values when not given (TrainConfig's defaults)
-_FINETUNE_OPTIONS = {"ema_decay": None, "shift_px": 0, "hflip": False, "rotate_deg": None, "zoom": None, "select_on": "auc",
-                     "optimizer": "adam", "batch_size": 128, "weight_decay": 0.0}
-
-
 def _finetune_config(args):
     """The fine-tune's TrainConfig when an option of it is given, else None: a plain fine-tune keeps the fingerprint
     it always had (TrainConfig's defaults: no augmentation, no averaging)."""
     from qsal.errors import QsalError
     from qsal.train import TrainConfig
 
-    given = {k: getattr(args, k) for k, unset in _FINETUNE_OPTIONS.items() if getattr(args, k) not in (unset, 0)}
+    unset = TrainConfig()
+    given = {k: v for k, v in recipe_from_args(args).items() if v not in (getattr(unset, k), 0)}
     if not given:
         return None
     if args.method not in ("qat", "pact"):
@@ -77,17 +73,7 @@ def _setup_quantize(p):
     p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (default: none)")
     p.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (QAT/PACT)")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
-    p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, high_open=True, what="an EMA decay"),
-                   default=None, help="QAT/PACT: validate, select and save an average of the fine-tuned weights "
-                                      "(e.g. 0.99; default: off)")
-    augmentation_args(p, "QAT/PACT fine-tune: ")
-    p.add_argument("--select-on", default="auc", choices=["auc", "acc", "loss"],
-                   help="QAT/PACT fine-tune: validation metric whose best epoch is saved")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
-                   help="QAT/PACT fine-tune: optimizer (sgd: momentum 0.9, Nesterov)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="QAT/PACT fine-tune: images per optimizer step")
-    p.add_argument("--weight-decay", type=float_range(0.0, None, what="a weight decay"), default=0.0,
-                   help="QAT/PACT fine-tune: L2 weight decay of the optimizer")
+    recipe_args(p, "QAT/PACT fine-tune: ")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
     p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5,
                    help="saliency-guided: fraction of features masked per step")

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from qsal.cli.arguments import (SEED, SGT_K, SGT_LAMBDA, augmentation_args, data_args, decision_args, float_range,
-                                int_range, no_progress_arg, positive_float, positive_int, progress_wanted,
+from qsal.cli.arguments import (SEED, SGT_K, SGT_LAMBDA, data_args, decision_args, int_range, no_progress_arg,
+                                positive_float, positive_int, progress_wanted, recipe_args, recipe_from_args,
                                 run_folder_args)
 from qsal.cli.output import print_result
 
@@ -16,18 +16,9 @@ def _train_config_args(p) -> None:
 
     d = TrainConfig()
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="training epochs (MedMNIST v2 uses 100)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per optimizer step")
     p.add_argument("--lr", type=positive_float, default=d.lr, help="learning rate (x0.1 at 50%% and 75%% of the epochs)")
-    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer (sgd: momentum 0.9, Nesterov)")
-    p.add_argument("--weight-decay", type=float_range(0.0, None, what="a weight decay"), default=d.weight_decay,
-                   help="L2 weight decay of the optimizer (the MedMNIST recipe has none)")
-    augmentation_args(p)
-    p.add_argument("--select-on", default=d.select_on, choices=["auc", "acc", "loss"],
-                   help="validation metric whose best epoch is saved (MedMNIST: auc)")
+    recipe_args(p)
     p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation")
-    p.add_argument("--ema-decay", type=float_range(0.0, 1.0, low_open=True, high_open=True, what="an EMA decay"), default=d.ema_decay,
-                   help="validate, select and save an exponential moving average of the weights (e.g. 0.99; "
-                        "default: off, the live weights)")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: CUDA where there is one")
     p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"],
                    help="training arithmetic; auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 "
@@ -38,10 +29,8 @@ def _train_config_args(p) -> None:
 def _train_config(args):
     from qsal.train import TrainConfig
 
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       weight_decay=args.weight_decay, shift_px=args.shift_px, hflip=args.hflip,
-                       rotate_deg=args.rotate_deg, zoom=args.zoom, select_on=args.select_on, seed=args.seed, device=args.device,
-                       precision=args.precision, ema_decay=args.ema_decay, progress=progress_wanted(args))
+    return TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, device=args.device, precision=args.precision,
+                       progress=progress_wanted(args), **recipe_from_args(args))
 
 
 def cmd_train(args):

@@ -25,7 +25,7 @@ import math
 
 from dataclasses import dataclass, field, fields, replace
 
-from qsal.errors import TYPE_WORDS, QsalError, is_finite_number
+from qsal.errors import TYPE_WORDS, QsalError
 from qsal.train import TrainConfig
 
 __all__ = ["SCHEDULE_FIELDS", "Schedule", "parse_overrides", "parse_schedules", "resolve_train_configs"]
@@ -47,12 +47,6 @@ class Schedule:
         return (not self.datasets or dataset in self.datasets) and (not self.models or model in self.models)
 
 
-# Fields whose default is null (off): what a value must be, and the test (every problem of a file is listed at once).
-_OPTIONAL_NUMBERS = {"ema_decay": ("a number between 0 and 1", lambda v: 0 < v < 1),
-                     "rotate_deg": ("a number of degrees from 0 to 180", lambda v: 0 <= v <= 180),
-                     "zoom": ("a number from 0 to 0.5", lambda v: 0 <= v <= 0.5)}
-
-
 def _check_value(name: str, value, default):
     """``value`` converted to the type of the TrainConfig default, or a problem string."""
     if name == "milestones":
@@ -65,11 +59,11 @@ def _check_value(name: str, value, default):
         if value == "auto" or isinstance(value, bool):
             return value, None
         return None, f"{value!r} is not one of auto, true, false"
-    if name in _OPTIONAL_NUMBERS:  # null (off) or a number in range
-        words, in_range = _OPTIONAL_NUMBERS[name]
-        if value is None or (is_finite_number(value) and in_range(value)):
-            return (None if value is None else float(value)), None
-        return None, f"{value!r} is not {words}, or null"
+    if default is None:  # null (off) or a number in range: TrainConfig's own check, run for this field alone so
+        try:              # every problem of a file is listed at once
+            return getattr(TrainConfig(**{name: value}), name), None
+        except QsalError as e:
+            return None, str(e)
     want = type(default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
