@@ -47,11 +47,11 @@ done
 mkdir -p "$pack"; rm -f "$pack"/results.tgz.*   # parts of an earlier, larger pack would corrupt the rejoined one
 find "${run_dirs[@]}" -type f -newer /tmp/run_study.start ! -name '*.safetensors' ! -name '*.onnx' ! -name last.pt \
     ! -name .qsal-run.lock > /tmp/results.list
-# Weights too, when they fit (WEIGHTS_MB, default 60; the trip back holds 8 files of 16 MB): a finished parent's
-# best.safetensors spares the CPU its retraining, an unfinished cell's last.pt lets it resume mid-schedule. Small
-# nets (edge_mbv2 0.35 MB, small_cnn 4.7 MB) fit; ResNet-18's 45 MB per cell mostly do not. Biggest files are dropped first.
-find "${run_dirs[@]}" -type f -newer /tmp/run_study.start \( -name best.safetensors -o -name last.pt \) -printf '%s %p\n' \
-    | sort -n | awk -v cap=$(( ${WEIGHTS_MB:-60} * 1000000 )) '{ if (t + $1 <= cap) { t += $1; print $2 } }' \
+# Weights too, when they fit (WEIGHTS_MB, default 60; the trip back holds 64 MiB in all): an unfinished cell's last.pt
+# lets it resume mid-schedule, a finished parent's best.safetensors spares the CPU its retraining when a child still
+# needs it; an unfinished cell's best.safetensors is never sent (pick_weights.py says why and in which order). Small
+# nets (edge_mbv2 0.35 MB, small_cnn 4.7 MB) fit; ResNet-18's 45 MB per cell: one.
+python3 "$(dirname "$0")/pick_weights.py" $(( ${WEIGHTS_MB:-60} * 1000000 )) /tmp/run_study.start "${run_dirs[@]}" \
     >> /tmp/results.list
 echo "packing $(wc -l < /tmp/results.list) files written during the run (weights: up to ${WEIGHTS_MB:-60} MB)"
 tar czf /tmp/results.tgz -T /tmp/results.list
