@@ -10,6 +10,15 @@
 # ("ONLY_1='pneumoniamnist/resnet18/* retinamnist/resnet18/*'"): a call that carries only some groups' folders
 # must not start the others from scratch.
 # Assumes python3 with torch (CUDA) and qsal's dependencies, qsal importable from src/, QSAL_DATA_DIR set.
+# Before the call, here: the tree must travel in 64 MiB and the data with it (benchmarks/gpu/payload.py: hold the other
+# results, copy the data to .devdata, check the size; restore afterwards), and captum, missing from the device image,
+# goes as a wheel in .whl (pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl captum==0.9.0).
+# The call (session 13's, 3 ResNet-18 SGT groups; carry [".whl", ".devdata"], timeout_s 600):
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit
+#   export QSAL_DATA_DIR=$PWD/.devdata WEIGHTS_MB=46 ONLY_1='pneumoniamnist/resnet18/seed0 ...'
+#   bash benchmarks/gpu/run_study.sh 515 $OUT configs/medmnist_resnet18_full.yaml \
+#       benchmarks/results/study_medmnist_resnet18_full 3 0-15 > $OUT/run.log 2>&1
+# Timings seen on the H200 with 3 groups side by side: ResNet-18 (28) PneumoniaMNIST SGT 410 s a seed (100 epochs).
 set -uo pipefail
 seconds=$1 pack=$2; shift 2
 if (( $# == 0 || $# % 4 != 0 )); then echo "usage: $0 SECONDS PACK_DIR CONFIG RUN_DIR WORKERS CPUS [...]"; exit 2; fi
