@@ -120,3 +120,24 @@ def test_a_child_made_with_other_options_than_the_study_now_sets_is_redone(group
                                            "weight_clip: 'max' -> 'mse')")
     assert progress([group], tmp_path, edited)[2] == [f"breastmnist/small_cnn/seed0/pact-4: {why['pact-4'].reason}"]
     assert cells_to_redo(group, tmp_path) == {}  # without the study's configs only versions are compared
+
+
+def test_pending_is_what_a_run_would_do_and_the_estimate_adds_up_only_those(group, tmp_path):
+    from qsal.study.plan import estimate_cells
+    from qsal.study.redo import pending
+
+    fp32, ptq, pact = group
+    assert pending([group], tmp_path) == [fp32, ptq, pact]  # nothing finished
+    _write(tmp_path, fp32, T_PARENT, weights=False)  # a fresh checkout: results, no weights
+    _child(tmp_path, ptq)
+    # pact-4 is unfinished and needs fp32, which is trained again; ptq is then older than its parent: redone
+    assert pending([group], tmp_path) == [fp32, ptq, pact]
+    _child(tmp_path, pact)
+    assert pending([group], tmp_path) == []  # every child finished: the results stand
+    (tmp_path / pact.id / "result.json").unlink()
+    (tmp_path / fp32.id / "best.safetensors").write_bytes(b"")
+    assert pending([group], tmp_path) == [pact]
+    plan = {"rows": [{"dataset": "breastmnist", "model": "small_cnn",
+                      "cell_seconds": {"fp32": 100.0, "ptq-int8-minmax": 0.0, "pact-4": 30.0}}]}
+    assert estimate_cells(plan, pending([group], tmp_path)) == 30.0
+    assert estimate_cells(plan, group) == 130.0

@@ -159,6 +159,21 @@ def test_dry_run_lists_cells_and_schedules_and_estimates_time_without_writing(tm
     assert not (tmp_path / "out").exists()
 
 
+def test_dry_run_estimates_the_part_of_the_study_a_run_would_do(tmp_path, capsys):
+    """--only (or finished cells) leaves less than the whole study: the plan's total is not the time a run takes."""
+    import yaml
+
+    from qsal.cli import main
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "models": ["small_cnn"], "train": {"epochs": 2}}))
+    assert main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out"), "--only", "breastmnist/*"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "a run would train or quantize 2 of the study's 4 cells: ~" in out
+    assert main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")]) in (0, None)
+    assert "a run would train" not in capsys.readouterr().out  # the whole study: the plan's total says it
+
+
 def test_dry_run_without_estimate_times_nothing(tmp_path, capsys, monkeypatch):
     import yaml
 

@@ -141,10 +141,12 @@ def cmd_run(args):
         if not args.no_estimate and not args.quiet and sys.stderr.isatty():  # seconds to minutes (ResNet-18 SGT)
             print("timing a few training steps of each model to estimate the time (--no-estimate skips it)...",
                   file=sys.stderr, flush=True)
-        print(format_plan(plan_study(cfg, measure=not args.no_estimate), cfg.name))
+        plan = plan_study(cfg, measure=not args.no_estimate)
+        print(format_plan(plan, cfg.name))
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         _print_progress_of(Path(args.out), chosen, cfg)
+        _print_time_left(plan, Path(args.out), chosen, cfg)
         return
     statuses = run_study(cfg, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=progress_wanted(args), only=args.only)
@@ -178,6 +180,23 @@ def _print_progress_of(out: Path, groups, cfg) -> None:
         print("  (made by a different config: a run there needs --force, which keeps its finished cells)")
     for line in redo:
         print(f"  {line}")
+
+
+def _print_time_left(plan: dict, out: Path, groups, cfg) -> None:
+    """``--dry-run``: the estimate for what a run would do (the chosen groups' unfinished and redone cells), when
+    that is not the whole study the plan's total is about."""
+    from qsal.study.plan import estimate_cells, format_duration
+    from qsal.study.redo import pending
+
+    if "est_seconds" not in plan:
+        return
+    started = (out / "run_config.json").is_file()
+    todo = pending(groups, out, cfg) if started else [c for g in groups for c in g]
+    if len(todo) == plan["n_cells"]:
+        return  # the plan's total is this run's
+    print(f"a run would train or quantize {len(todo)} of the study's {plan['n_cells']} cells"
+          + (f": ~{format_duration(estimate_cells(plan, todo))} of training on this machine (same measurement)"
+             if todo else ""))
 
 
 def _setup_run(p):

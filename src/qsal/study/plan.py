@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["plan_study", "format_plan"]
+__all__ = ["plan_study", "format_plan", "estimate_cells", "format_duration"]
 
 
 def _seconds_per_image(model_name: str, info, side: int, tc, saliency_guided: bool, cfg, cache: dict,
@@ -66,7 +66,8 @@ def plan_study(cfg, measure: bool = True) -> dict:
     """Cells of ``cfg`` (a ``RunConfig``) with their resolved schedules; with ``measure``, estimated seconds.
 
     Returns ``{"n_cells", "rows": [{"dataset", "model", "seeds", "cells", "train", "finetune",
-    "n_train", "est_seconds"}], "est_seconds"}``; ``est_seconds`` is per row for all its seeds.
+    "n_train", "est_seconds", "cell_seconds"}], "est_seconds"}``; ``est_seconds`` is per row for all its seeds,
+    ``cell_seconds`` ``{label: seconds}`` for one seed.
     """
     from qsal.data import get_info
     from qsal.precision import resolve_precision
@@ -92,14 +93,17 @@ def plan_study(cfg, measure: bool = True) -> dict:
             for section, tc in (("train", train), ("finetune", finetune)):
                 row[section]["precision_here"] = resolve_precision(tc.precision, resolve_device(tc.device))
             if measure:
-                seconds = 0.0
+                per_cell = {}  # label -> seconds for one seed
                 for cell in mine[0]:
                     if cell.kind == "ptq":
-                        continue  # calibration only
+                        per_cell[cell.label] = 0.0  # calibration only
+                        continue
                     tc = train if cell.kind in ("fp32", "sgt") else finetune
                     guided = cell.kind in ("sgt", "sgt+pact")
-                    seconds += tc.epochs * n_train * _seconds_per_image(model, info, side, tc, guided, cfg, cache)
-                row["est_seconds"] = seconds * len(mine)
+                    per_cell[cell.label] = tc.epochs * n_train * _seconds_per_image(model, info, side, tc, guided,
+                                                                                    cfg, cache)
+                row["cell_seconds"] = per_cell
+                row["est_seconds"] = sum(per_cell.values()) * len(mine)
             rows.append(row)
     out = {"n_cells": sum(r["n_cells"] for r in rows), "rows": rows}
     if measure:
@@ -107,6 +111,12 @@ def plan_study(cfg, measure: bool = True) -> dict:
         if load is not None:
             out["load_when_timed"] = load
     return out
+
+
+def estimate_cells(plan: dict, cells) -> float:
+    """Estimated training seconds of ``cells`` (``CellSpec``s of the planned study) from a measured ``plan``."""
+    rows = {(r["dataset"], r["model"]): r["cell_seconds"] for r in plan["rows"]}
+    return sum(rows[(c.dataset, c.model)][c.label] for c in cells)
 
 
 def _load_average() -> dict | None:
@@ -122,7 +132,8 @@ def _load_average() -> dict | None:
     return {"load_1min": round(load, 2), "cores": cores}
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``seconds`` as "1.5 h" from an hour up, else "25 min"."""
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
@@ -136,7 +147,7 @@ def format_plan(plan: dict, name: str) -> str:
     lines = [f"study {name}: {plan['n_cells']} cells"]
     for r in plan["rows"]:
         t, f = r["train"], r["finetune"]
-        est = f", ~{_duration(r['est_seconds'])}" if "est_seconds" in r else ""
+        est = f", ~{format_duration(r['est_seconds'])}" if "est_seconds" in r else ""
         lines.append(f"  {r['dataset']}/{r['model']}: {r['seeds']} seed(s) x {len(r['cells'])} cells "
                      f"({', '.join(r['cells'])}), {r['n_train']} official training images{est}")
         for label, c in (("train", t), ("finetune", f)):
@@ -145,7 +156,7 @@ def format_plan(plan: dict, name: str) -> str:
                          f"shift {c['shift_px']} px, hflip {c['hflip']}" + _rotate_zoom(c) + f", precision {c['precision']} "
                          f"({c['precision_here']} here)" + (f", weight EMA {c['ema_decay']:g}" if c.get("ema_decay") else ""))
     if "est_seconds" in plan:
-        lines.append(f"estimated training time on this machine: {_duration(plan['est_seconds'])} "
+        lines.append(f"estimated training time on this machine: {format_duration(plan['est_seconds'])} "
                      "(training steps with their augmentation only, measured with the current load and thread count)")
         load = plan.get("load_when_timed")
         if load and load["load_1min"] >= 0.5 * load["cores"]:

@@ -20,7 +20,7 @@ from qsal.study.grid import CellSpec, expected_configs, group_name
 from qsal.study.rundir import read_json
 
 __all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "outdated",
-           "parent_made_at", "progress", "read_results"]
+           "parent_made_at", "pending", "progress", "read_results"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,18 @@ def progress(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> tuple[int
         redo += [f"{group_name(g)}/{label}: {r.reason}"
                  for label, r in cells_to_redo(g, run_dir, results, expected).items()]
     return done, total, redo
+
+
+def pending(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> list[CellSpec]:
+    """The cells of ``groups`` a run in ``run_dir`` would train or quantize: unfinished ones and finished ones it
+    redoes (``cells_to_redo``), in run order; for ``--dry-run``'s estimate of the time left."""
+    out = []
+    for g in groups:
+        results = read_results(g, run_dir)
+        expected = expected_configs(g, cfg) if cfg is not None else None
+        redo = cells_to_redo(g, run_dir, results, expected)
+        out += [s for s in g if results[s.label] is None or s.label in redo]
+    return out
 
 
 def clear_cell(cell: Path) -> None:
