@@ -202,3 +202,16 @@ def test_ema_of_a_qat_model_keeps_whole_zero_points_on_its_averaged_range():
         assert float(m.zero_point) == round(float(m.zero_point))
         lo, hi = m.range.tolist()
         assert float(m.scale) == pytest.approx((hi - lo) / (2 ** m.bits - 1))
+
+
+def test_a_resume_whose_best_checkpoint_is_gone_is_refused_before_training(tiny_splits, tmp_path):
+    """A last.pt brought back without its best.safetensors (a GPU trip back) resumed, kept the last epoch's weights
+    as 'best' when no later epoch scored higher, and wrote best.json and metrics for them."""
+    train, val, _ = tiny_splits
+    cfg = TrainConfig(epochs=3, batch_size=32, progress=False)
+    fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), tmp_path)
+    best_epoch = json.loads((tmp_path / "best.json").read_text())["epoch"]
+    (tmp_path / "best.safetensors").unlink()
+    with pytest.raises(QsalError, match=rf"best epoch so far \({best_epoch}\) was saved as .*best.safetensors, which is "
+                                        r"missing; put it back beside last.pt, or delete last.pt"):
+        fit(create_model("small_cnn", 2, 1), train, val, cfg, tmp_path)

@@ -7,7 +7,8 @@ results alone are ~170 MB, and the data (../shared/data) does not travel at all.
     python3 benchmarks/gpu/payload.py data FILE [FILE ...]    # copy data files into .devdata/ (git-ignored, carried)
     python3 benchmarks/gpu/payload.py size                    # what would travel, in MB (must stay under 67.1)
 
-and after it, always (also when the call failed):
+and after it, always (also when the call failed), before any commit (a commit while files are held out would
+delete them from the repository):
 
     python3 benchmarks/gpu/payload.py restore
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path("benchmarks/results")
-HOLD = ROOT.parent / "gpu-payload-hold"  # outside the checkout, so it never travels
+HOLD = ROOT.parent / f"gpu-payload-hold-{ROOT.name}"  # outside the checkout, so it never travels; one per checkout
 DEVDATA = ROOT / ".devdata"
 LIMIT_MB = 64 * 1024 * 1024 / 1e6
 
@@ -75,14 +76,23 @@ def restore() -> None:
     if not HOLD.exists():
         print("nothing held")
         return
-    moved = 0
+    moved, conflicts = 0, []
     for src in sorted(p for p in HOLD.rglob("*") if p.is_file()):
         dst = ROOT / src.relative_to(HOLD)
         if dst.exists():
-            sys.exit(f"{dst} exists in the tree and in {HOLD}: resolve by hand (the call may have written it)")
+            if dst.read_bytes() == src.read_bytes():
+                src.unlink()  # the same file is back in the tree (git checkout, an unpacked result)
+            else:
+                conflicts.append(dst)
+            continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(src, dst)
         moved += 1
+    if conflicts:
+        for dst in conflicts:
+            print(f"  {dst.relative_to(ROOT)}: the tree's copy differs from the held one", file=sys.stderr)
+        sys.exit(f"restored {moved} files; {len(conflicts)} exist in the tree and differ from the copies still held in "
+                 f"{HOLD} (listed above): keep one of each by hand, then delete {HOLD}")
     shutil.rmtree(HOLD)
     print(f"restored {moved} files; `git status` should show only what the call brought back")
 
@@ -90,6 +100,8 @@ def restore() -> None:
 def data(files: list[str]) -> None:
     src_root = Path(os.environ.get("QSAL_DATA_DIR", ROOT.parent / "shared" / "data"))
     for f in files:
+        if Path(f).is_absolute() or ".." in Path(f).parts:
+            sys.exit(f"{f}: give data files relative to QSAL_DATA_DIR ({src_root}), e.g. medmnist/breastmnist.npz")
         src = src_root / f
         if not src.is_file():
             sys.exit(f"{src}: no such data file (QSAL_DATA_DIR={src_root})")

@@ -60,9 +60,11 @@ find "${run_dirs[@]}" -type f -newer /tmp/run_study.start ! -name '*.safetensors
 # lets it resume mid-schedule, a finished parent's best.safetensors spares the CPU its retraining when a child still
 # needs it; an unfinished cell's best.safetensors is never sent (pick_weights.py says why and in which order). Small
 # nets (edge_mbv2 0.35 MB, small_cnn 4.7 MB) fit; ResNet-18's 45 MB per cell: one.
-python3 "$(dirname "$0")/pick_weights.py" $(( ${WEIGHTS_MB:-60} * 1000000 )) /tmp/run_study.start "${run_dirs[@]}" \
-    >> /tmp/results.list
-echo "packing $(wc -l < /tmp/results.list) files written during the run (weights: up to ${WEIGHTS_MB:-60} MB)"
+# The cap is also what the trip's 64 MiB leaves beside the other files (weights barely compress).
+room=$(( 67108864 - $(tar czf - -T /tmp/results.list | wc -c) - 1000000 ))
+cap=$(( ${WEIGHTS_MB:-60} * 1000000 )); (( cap > room )) && cap=$room
+python3 "$(dirname "$0")/pick_weights.py" "$cap" /tmp/run_study.start "${run_dirs[@]}" >> /tmp/results.list
+echo "packing $(wc -l < /tmp/results.list) files written during the run (weights: up to $(( cap / 1000000 )) MB)"
 tar czf /tmp/results.tgz -T /tmp/results.list
 split -b 15M -d /tmp/results.tgz "$pack/results.tgz."
 ls -la "$pack"

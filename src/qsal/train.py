@@ -261,6 +261,10 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
         start_epoch = int(state["epoch"]) + 1
         best = FitResult(out / "best.safetensors", int(state["best_epoch"]), float(state["best_score"]),
                          list(state.get("history", [])))
+        if best.best_epoch > 0 and not best.best_path.is_file():  # else the end would keep the last epoch's weights
+            raise QsalError(f"cannot resume from {out / 'last.pt'}: the best epoch so far ({best.best_epoch}) was "
+                            f"saved as {best.best_path}, which is missing; put it back beside last.pt, or delete "
+                            "last.pt to start the training over")
     t0 = time.perf_counter()
     n_batches = math.ceil(len(x) / config.batch_size)
     # Progress: one bar (never nested) on a terminal; one plain line per epoch into a log file or pipe.

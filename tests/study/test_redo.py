@@ -137,6 +137,13 @@ def test_pending_is_what_a_run_would_do_and_the_estimate_adds_up_only_those(grou
     (tmp_path / pact.id / "result.json").unlink()
     (tmp_path / fp32.id / "best.safetensors").write_bytes(b"")
     assert pending([group], tmp_path) == [pact]
+    # a retrain cut off mid-way: the parent's folder was emptied, its finished children are redone after it
+    for f in (tmp_path / fp32.id).iterdir():
+        f.unlink()
+    _child(tmp_path, pact)
+    assert pending([group], tmp_path) == [fp32, ptq, pact]
+    _write(tmp_path, fp32, T_PARENT)
+    (tmp_path / pact.id / "result.json").unlink()
     plan = {"rows": [{"dataset": "breastmnist", "model": "small_cnn",
                       "cell_seconds": {"fp32": 100.0, "ptq-int8-minmax": 0.0, "pact-4": 30.0}}]}
     assert estimate_cells(plan, pending([group], tmp_path)) == 30.0

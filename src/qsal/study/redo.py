@@ -155,7 +155,12 @@ def pending(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> list[CellS
         results = read_results(g, run_dir)
         expected = expected_configs(g, cfg) if cfg is not None else None
         redo = cells_to_redo(g, run_dir, results, expected)
-        out += [s for s in g if results[s.label] is None or s.label in redo]
+        todo: set[str] = set()
+        for s in g:  # parents come before their children in a group
+            # a finished child of a parent that is trained (again) is redone from it once it is
+            if results[s.label] is None or s.label in redo or (s.parent is not None and s.parent in todo):
+                todo.add(s.label)
+        out += [s for s in g if s.label in todo]
     return out
 
 
