@@ -41,6 +41,41 @@ def test_a_fine_tune_written_before_a_new_null_field_still_resumes_and_a_nested_
                                           {"train_config": {**now, "ema_decay": 0.99}, "seed": 0}), resume=True)
 
 
+def test_a_fine_tune_resumes_in_another_checkout_and_not_from_another_parent(tmp_path):
+    """A fine-tune names its parent by content: a study copied elsewhere (a GPU machine's checkout, then this one)
+    resumes; a parent retrained at the same path does not, though its path is unchanged."""
+    out = tmp_path / "pact"
+    gpu = {"parent": "/gpu/checkout/fp32/best.safetensors", "parent_sha256": "aa", "seed": 0}
+    claim_run_folder(out, fingerprint("breastmnist", "resnet20", "pact-4", gpu))
+    (out / "last.pt").write_bytes(b"state")
+    here = {**gpu, "parent": "/work/main/fp32/best.safetensors"}
+    claim_run_folder(out, fingerprint("breastmnist", "resnet20", "pact-4", here), resume=True)
+    with pytest.raises(QsalError, match=r"cannot resume .*: parent_sha256 changed \('aa' -> 'bb'\)"):
+        claim_run_folder(out, fingerprint("breastmnist", "resnet20", "pact-4", {**gpu, "parent_sha256": "bb"}),
+                         resume=True)
+    # a folder written before the hash compares paths, as it did
+    old = tmp_path / "old"
+    claim_run_folder(old, fingerprint("breastmnist", "resnet20", "pact-4", {"parent": "/a/best.safetensors"}))
+    (old / "last.pt").write_bytes(b"state")
+    with pytest.raises(QsalError, match=r"parent changed"):
+        claim_run_folder(old, fingerprint("breastmnist", "resnet20", "pact-4",
+                                          {"parent": "/b/best.safetensors", "parent_sha256": "aa"}), resume=True)
+    claim_run_folder(old, fingerprint("breastmnist", "resnet20", "pact-4",
+                                      {"parent": "/a/best.safetensors", "parent_sha256": "aa"}), resume=True)
+    assert json.loads((old / "run.json").read_text())["config"]["parent_sha256"] == "aa"  # recorded from now on
+
+
+def test_quantize_records_its_parents_content(breast_run, tmp_path):
+    from qsal.pipeline import quantize_checkpoint
+    from qsal.quant import PTQConfig
+    from qsal.run_folder import file_sha256
+
+    run, _ = breast_run
+    quantize_checkpoint(str(run / "best.safetensors"), PTQConfig(num_calibration=32), tmp_path / "ptq", progress=False)
+    recorded = json.loads((tmp_path / "ptq" / "run.json").read_text())["config"]
+    assert recorded["parent_sha256"] == file_sha256(run / "best.safetensors") and len(recorded["parent_sha256"]) == 64
+
+
 def test_fresh_folder_never_reuses(tmp_path):
     first = fresh_folder(tmp_path, "breastmnist-small_cnn")
     first.mkdir()

@@ -6,8 +6,8 @@ reads it (``qsal.study.redo.pending``: unfinished cells, and finished ones a run
    mid-schedule here (a ``last.pt`` alone cannot finish: the best epoch's weights are in the other file);
    a finished float parent's ``best.safetensors`` while a child of it (PTQ, PACT-k; of SGT, SGT+PACT-k) is still to
    do: the child starts from it here instead of the parent's whole schedule being trained again;
-1. an unfinished fine-tune's ``last.pt`` + ``best.safetensors`` (its ``run.json`` names the parent by absolute path,
-   so it resumes here only if this checkout's path is the device's);
+1. an unfinished fine-tune's ``last.pt`` + ``best.safetensors`` (it resumes here only beside the very parent it
+   started from, whose weights must be here too: its ``run.json`` names the parent by content);
 2. any other finished cell's ``best.safetensors`` (re-export, re-scoring).
 An unfinished cell's ``best.safetensors`` never travels alone, and nothing a run would redo travels. (Session 13
 learned this: three ResNet-18 SGT cells finished on the H200 and the one 45 MB slot went to a cut-off SGT+PACT-4

@@ -197,7 +197,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     from qsal.checkpoint import load_checkpoint, save_checkpoint
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
     from qsal.quant.describe import describe_quantization
-    from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder, record_run_folder
+    from qsal.run_folder import claim_run_folder, file_sha256, fingerprint, fresh_folder, record_run_folder
     from qsal.train import fit, resolve_device
 
     model, meta = load_checkpoint(checkpoint)
@@ -219,6 +219,9 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     run_config = {"quant": qconfig.to_dict(), "epochs": epochs, "lr": lr, "seed": seed, "train_subset": train_subset,
                   "train_config": train_config.to_dict() if train_config is not None else None,
                   "parent": str(Path(checkpoint).resolve()),
+                  # what the parent is, wherever the folders are: a resume elsewhere (a study copied from a GPU
+                  # machine) is the same run, one from a retrained parent at the same path is not
+                  "parent_sha256": file_sha256(checkpoint),
                   "step": step.describe() if hasattr(step, "describe") else None}
     fp = fingerprint(name, meta["arch"]["name"], label, run_config)
     claim_run_folder(out, fp, resume=resume, force=force, write=False)

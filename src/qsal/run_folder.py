@@ -8,6 +8,7 @@ Writing into a folder that already holds a run needs ``resume`` (same run, same 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 
-__all__ = ["fingerprint", "claim_run_folder", "fresh_folder", "refuse_overwrite", "FINGERPRINT_FILE"]
+__all__ = ["fingerprint", "claim_run_folder", "file_sha256", "fresh_folder", "refuse_overwrite", "FINGERPRINT_FILE"]
 
 FINGERPRINT_FILE = "run.json"
 _RUN_OUTPUTS = ("best.safetensors", "best.json", "last.pt", "metrics.json", "reliability.png", "fp32_warmup")
@@ -57,7 +58,7 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     elif old is None and has_outputs:
         raise QsalError(f"{out} already holds a model from an unrecorded run; pass --force to replace it or choose "
                         "another --out (--resume needs a folder written by this version)")
-    elif old is not None and (has_outputs or _settings(old) != _settings(fp)
+    elif old is not None and (has_outputs or _compared(old, fp)[0] != _compared(old, fp)[1]
                               or any(old.get(k) != fp[k] for k in _IDENTITY)):
         if any(old.get(k) != fp[k] for k in _IDENTITY):
             raise QsalError(f"{out} holds a {_describe(old)} run, not {_describe(fp)}; choose another --out, or pass "
@@ -65,7 +66,7 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
         if not resume:
             raise QsalError(f"{out} already holds this {_describe(fp)} run; pass --resume to continue it, --force to "
                             "start over, or choose another --out")
-        was, now = _settings(old), _settings(fp)
+        was, now = _compared(old, fp)
         changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
         if changed:
             k = changed[0]
@@ -80,6 +81,26 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
 # Nested settings that say how a run is shown or where it runs, not what it computes (a fine-tune's train_config
 # carries them; the top-level config leaves them out).
 _NOT_SETTINGS = ("progress", "device")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _compared(old: dict, new: dict) -> tuple[dict, dict]:
+    """The settings of two fingerprints as compared: a fine-tune's parent is its checkpoint's content where both
+    record it (the absolute path differs between checkouts), else its path (folders written before the hash)."""
+    was, now = _settings(old), _settings(new)
+    if "parent_sha256" in was and "parent_sha256" in now:
+        was.pop("parent", None), now.pop("parent", None)
+    else:
+        was.pop("parent_sha256", None), now.pop("parent_sha256", None)
+    return was, now
 
 
 def _settings(fp: dict) -> dict:

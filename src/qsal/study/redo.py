@@ -166,8 +166,8 @@ def pending(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> list[CellS
 
 def clear_cell(cell: Path) -> None:
     """Empty a cell folder that is redone, all but its ``log.txt`` (the history of what was done and why): its
-    ``run.json`` names the parent's absolute path and the method's version, so resuming in place can be refused
-    (another checkout path, a newer method) and must not be tried."""
+    ``run.json`` names the parent (by its content, or by path in folders written before) and the method's version,
+    so resuming in place can be refused (a retrained parent, a newer method) and must not be tried."""
     cell.mkdir(parents=True, exist_ok=True)
     for item in cell.iterdir():
         if item.name == "log.txt":
