@@ -106,3 +106,12 @@ def test_weights_written_before_the_run_are_already_here_and_stay(tmp_path):
     _cell(run, "fp32", finished=True, files={"best.safetensors": 5}, when=START - 10)
     _cell(run, "sgt", finished=False, files={"last.pt": 5}, when=START - 10)
     assert _picked(run, cap=1000) == []
+
+
+def test_an_unreadable_study_costs_only_its_own_weights(tmp_path, capsys):
+    good, bad = _study(tmp_path / "good"), _study(tmp_path / "bad")
+    (bad / "run_config.json").write_text('{"config": {"name": "x"}}')  # no datasets: not a study config
+    _cell(good, "sgt", finished=False, files={"last.pt": 3})
+    _cell(bad, "sgt", finished=False, files={"last.pt": 3})
+    assert pick_weights.pick([bad, good], 100, START) == [good / "pneumoniamnist/resnet18/seed0/sgt/last.pt"]
+    assert "bad: " in capsys.readouterr().err

@@ -58,7 +58,12 @@ def pick(run_dirs: list[Path], cap_bytes: int, newer_than: float) -> list[Path]:
         if not (run_dir / "run_config.json").is_file():
             print(f"pick_weights: {run_dir} has no run_config.json; none of its weights are sent", file=sys.stderr)
             continue
-        for rank, files in _units(run_dir, newer_than):
+        try:
+            units = _units(run_dir, newer_than)
+        except Exception as e:  # an unreadable study must not cost the other studies their weights
+            print(f"pick_weights: {run_dir}: {type(e).__name__}: {e}; none of its weights are sent", file=sys.stderr)
+            continue
+        for rank, files in units:
             ranked.append((rank, sum(f.stat().st_size for f in files), str(files[0]), files))
     chosen, total = [], 0
     for _, size, _, files in sorted(ranked):
