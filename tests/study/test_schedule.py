@@ -200,3 +200,19 @@ def test_a_plan_timed_on_a_busy_machine_says_so():
     assert "estimated training time on this machine: 2.0 h" in quiet and "busy" not in quiet
     assert "the machine was busy when the steps were timed (1-min load average 2.1 on 2 cores)" in busy
     assert "rerun --dry-run with nothing else running" in busy
+
+
+def test_the_estimate_counts_the_images_an_epoch_trains_on(monkeypatch):
+    """MNIST and CIFAR-10 hold 10 % of train out for validation: an epoch is 54,000 MNIST images, not 60,000."""
+    import qsal.study.plan
+
+    monkeypatch.setattr(qsal.study.plan, "_seconds_per_image", lambda *a, **k: 1.0)
+    cfg = parse_run_config({**BASE, "datasets": ["mnist", "breastmnist"], "models": ["small_cnn"],
+                            "train": {"epochs": 2}})
+    plan = plan_study(cfg)
+    mnist, breast = plan["rows"]
+    assert (mnist["n_train"], mnist["n_fit"], mnist["cell_seconds"]["fp32"]) == (60000, 54000, 2 * 54000.0)
+    assert (breast["n_train"], breast["n_fit"]) == (546, 546)  # MedMNIST's own validation split
+    text = format_plan(plan, "s")
+    assert "60000 official training images (54000 trained on, the rest held out for validation)" in text
+    assert "546 official training images, ~" in text

@@ -65,9 +65,9 @@ def _seconds_per_image(model_name: str, info, side: int, tc, saliency_guided: bo
 def plan_study(cfg, measure: bool = True) -> dict:
     """Cells of ``cfg`` (a ``RunConfig``) with their resolved schedules; with ``measure``, estimated seconds.
 
-    Returns ``{"n_cells", "rows": [{"dataset", "model", "seeds", "cells", "train", "finetune",
-    "n_train", "est_seconds", "cell_seconds"}], "est_seconds"}``; ``est_seconds`` is per row for all its seeds,
-    ``cell_seconds`` ``{label: seconds}`` for one seed.
+    Returns ``{"n_cells", "rows": [{"dataset", "model", "seeds", "cells", "train", "finetune", "n_train", "n_fit",
+    "est_seconds", "cell_seconds"}], "est_seconds"}``: ``n_fit`` the images an epoch trains on, ``est_seconds`` per
+    row for all its seeds, ``cell_seconds`` ``{label: seconds}`` for one seed.
     """
     from qsal.data import get_info
     from qsal.precision import resolve_precision
@@ -82,12 +82,15 @@ def plan_study(cfg, measure: bool = True) -> dict:
         info = get_info(dataset)
         side = info.image_size
         n_train = int(info.n_samples.get("train", 0))
+        # MNIST and CIFAR-10 have no official validation split: qsal.data holds out 10 % of train (load_split's
+        # default val_fraction), and an epoch trains on the rest
+        n_fit = n_train if info.n_samples.get("val") else n_train - int(round(0.1 * n_train))
         for model in cfg.models:
             mine = [g for g in groups if g[0].dataset == dataset and g[0].model == model]
             train, finetune = cfg.train_configs(dataset, model, cfg.seeds[0], progress=False)
             labels = [c.label for c in mine[0]]
             row = {"dataset": dataset, "model": model, "seeds": len(mine), "cells": labels,
-                   "n_cells": sum(len(g) for g in mine), "n_train": n_train,
+                   "n_cells": sum(len(g) for g in mine), "n_train": n_train, "n_fit": n_fit,
                    "train": {k: v for k, v in train.to_dict().items() if k not in ("seed", "progress", "device")},
                    "finetune": {k: v for k, v in finetune.to_dict().items() if k not in ("seed", "progress", "device")}}
             for section, tc in (("train", train), ("finetune", finetune)):
@@ -100,7 +103,7 @@ def plan_study(cfg, measure: bool = True) -> dict:
                         continue
                     tc = train if cell.kind in ("fp32", "sgt") else finetune
                     guided = cell.kind in ("sgt", "sgt+pact")
-                    per_cell[cell.label] = tc.epochs * n_train * _seconds_per_image(model, info, side, tc, guided,
+                    per_cell[cell.label] = tc.epochs * n_fit * _seconds_per_image(model, info, side, tc, guided,
                                                                                     cfg, cache)
                 row["cell_seconds"] = per_cell
                 row["est_seconds"] = sum(per_cell.values()) * len(mine)
@@ -149,7 +152,9 @@ def format_plan(plan: dict, name: str) -> str:
         t, f = r["train"], r["finetune"]
         est = f", ~{format_duration(r['est_seconds'])}" if "est_seconds" in r else ""
         lines.append(f"  {r['dataset']}/{r['model']}: {r['seeds']} seed(s) x {len(r['cells'])} cells "
-                     f"({', '.join(r['cells'])}), {r['n_train']} official training images{est}")
+                     f"({', '.join(r['cells'])}), {r['n_train']} official training images"
+                     + (f" ({r['n_fit']} trained on, the rest held out for validation)"
+                        if r.get("n_fit", r["n_train"]) != r["n_train"] else "") + est)
         for label, c in (("train", t), ("finetune", f)):
             lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
                          f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
