@@ -50,7 +50,9 @@ def test_a_fine_tune_resumes_in_another_checkout_and_not_from_another_parent(tmp
     (out / "last.pt").write_bytes(b"state")
     here = {**gpu, "parent": "/work/main/fp32/best.safetensors"}
     claim_run_folder(out, fingerprint("breastmnist", "resnet20", "pact-4", here), resume=True)
-    with pytest.raises(QsalError, match=r"cannot resume .*: parent_sha256 changed \('aa' -> 'bb'\)"):
+    with pytest.raises(QsalError, match=r"cannot resume .*: its parent checkpoint \(/gpu/checkout/fp32/best.safetensors\)"
+                                        r" is not the model this fine-tune started from \(its content changed: SHA-256 "
+                                        r"aa\.\.\. -> bb\.\.\.\); pass --force to start over from it"):
         claim_run_folder(out, fingerprint("breastmnist", "resnet20", "pact-4", {**gpu, "parent_sha256": "bb"}),
                          resume=True)
     # a folder written before the hash compares paths, as it did

@@ -68,6 +68,11 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
                             "start over, or choose another --out")
         was, now = _compared(old, fp)
         changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+        if "parent_sha256" in changed:  # a hash pair says nothing to a reader: say what it means
+            raise QsalError(f"cannot resume {out}: its parent checkpoint ({now.get('parent', fp['config'].get('parent'))}"
+                            f") is not the model this fine-tune started from (its content changed: SHA-256 "
+                            f"{str(was['parent_sha256'])[:12]}... -> {str(now['parent_sha256'])[:12]}...); pass --force "
+                            "to start over from it, or choose another --out")
         if changed:
             k = changed[0]
             raise QsalError(f"cannot resume {out}: {k} changed ({was.get(k)!r} -> {now.get(k)!r}"
