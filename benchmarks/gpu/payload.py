@@ -44,15 +44,14 @@ def _tracked(under: Path | None = None, untracked: bool = False) -> list[Path]:
     return [Path(p) for p in out.split("\0") if p]
 
 
+def _study_of(path: Path) -> Path:
+    """The study folder (``benchmarks/results/study_x``) a results path is in."""
+    return Path(*path.parts[:3])
+
+
 def _kept(path: Path, keep: list[Path]) -> bool:
-    for k in keep:
-        if path == k or k in path.parents:
-            return True
-        # a kept group's study folder keeps its run_config.json
-        study = Path(*k.parts[:3]) if len(k.parts) > 3 else None
-        if study is not None and path == study / "run_config.json":
-            return True
-    return False
+    # a kept path keeps what is under it, and a kept group its study's run_config.json
+    return any(path == k or k in path.parents or path == _study_of(k) / "run_config.json" for k in keep)
 
 
 def hold(keep: list[str]) -> None:
@@ -61,7 +60,7 @@ def hold(keep: list[str]) -> None:
     keep_paths = [Path(os.path.normpath(k)) for k in keep]
     for k in keep_paths:
         # a group not begun yet has no folder: its study folder must exist (its run_config.json is kept)
-        if RESULTS not in k.parents or not (ROOT / Path(*k.parts[:3])).exists():
+        if RESULTS not in k.parents or not (ROOT / _study_of(k)).exists():
             sys.exit(f"{k}: not under a folder of {RESULTS} in this checkout")
     moved = 0
     for path in _tracked(RESULTS):

@@ -57,8 +57,9 @@ mkdir -p "$pack"; rm -f "$pack"/results.tgz.*   # parts of an earlier, larger pa
 find "${run_dirs[@]}" -type f -newer /tmp/run_study.start ! -name '*.safetensors' ! -name '*.onnx' ! -name last.pt \
     ! -name .qsal-run.lock > /tmp/results.list
 # Weights too, when they fit (WEIGHTS_MB, default 60; the trip back holds 64 MiB in all): an unfinished cell's last.pt
-# lets it resume mid-schedule, a finished parent's best.safetensors spares the CPU its retraining when a child still
-# needs it; an unfinished cell's best.safetensors is never sent (pick_weights.py says why and in which order). Small
+# with its best.safetensors lets it resume mid-schedule, a finished parent's best.safetensors spares the CPU its
+# retraining when a child still needs it; an unfinished cell's best.safetensors never goes alone (pick_weights.py
+# says why and in which order). Small
 # nets (edge_mbv2 0.35 MB, small_cnn 4.7 MB) fit; ResNet-18's 45 MB per cell: one.
 # The cap is also what the trip's 64 MiB leaves beside the other files (weights barely compress).
 room=$(( 67108864 - $(tar czf - -T /tmp/results.list | wc -c) - 1000000 ))

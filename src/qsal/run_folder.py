@@ -48,6 +48,7 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     record = out / FINGERPRINT_FILE
     old = json.loads(record.read_text()) if record.is_file() else None
     has_outputs = any((out / name).exists() for name in _RUN_OUTPUTS)
+    was, now = _compared(old, fp) if old is not None else ({}, {})
     if force:
         for name in _RUN_OUTPUTS:
             target = out / name
@@ -58,19 +59,17 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     elif old is None and has_outputs:
         raise QsalError(f"{out} already holds a model from an unrecorded run; pass --force to replace it or choose "
                         "another --out (--resume needs a folder written by this version)")
-    elif old is not None and (has_outputs or _compared(old, fp)[0] != _compared(old, fp)[1]
-                              or any(old.get(k) != fp[k] for k in _IDENTITY)):
+    elif old is not None and (has_outputs or was != now or any(old.get(k) != fp[k] for k in _IDENTITY)):
         if any(old.get(k) != fp[k] for k in _IDENTITY):
             raise QsalError(f"{out} holds a {_describe(old)} run, not {_describe(fp)}; choose another --out, or pass "
                             "--force to replace it (--resume continues only the same run)")
         if not resume:
             raise QsalError(f"{out} already holds this {_describe(fp)} run; pass --resume to continue it, --force to "
                             "start over, or choose another --out")
-        was, now = _compared(old, fp)
         changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
         if "parent_sha256" in changed:  # a hash pair says nothing to a reader: say what it means
-            raise QsalError(f"cannot resume {out}: its parent checkpoint ({now.get('parent', fp['config'].get('parent'))}"
-                            f") is not the model this fine-tune started from (its content changed: SHA-256 "
+            raise QsalError(f"cannot resume {out}: its parent checkpoint ({fp['config'].get('parent')}) "
+                            "is not the model this fine-tune started from (its content changed: SHA-256 "
                             f"{str(was['parent_sha256'])[:12]}... -> {str(now['parent_sha256'])[:12]}...); pass --force "
                             "to start over from it, or choose another --out")
         if changed:

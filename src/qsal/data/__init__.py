@@ -19,12 +19,22 @@ from qsal.data.registry import (DATASETS, TASK_BINARY, TASK_MULTICLASS, TASK_MUL
 from qsal.errors import QsalError
 
 __all__ = ["ImageSplit", "DatasetInfo", "DATASETS", "get_info", "list_datasets", "resolve_data_dir",
-           "load_split", "dataset_status", "split_validation",
+           "load_split", "dataset_status", "split_validation", "VAL_FRACTION", "held_out_count",
            "TASK_BINARY", "TASK_MULTICLASS", "TASK_MULTILABEL", "TASK_ORDINAL"]
 
 
+# MNIST and CIFAR-10 have no official validation split: this fraction of train is held out for it
+VAL_FRACTION = 0.1
+
+
+def held_out_count(n_train: int, val_fraction: float = VAL_FRACTION) -> int:
+    """How many of ``n_train`` official training images ``split_validation`` holds out for validation."""
+    return int(round(n_train * val_fraction))
+
+
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, size: int | None = None,
-               download: bool = False, verify: bool = True, val_fraction: float = 0.1, seed: int = 0) -> ImageSplit:
+               download: bool = False, verify: bool = True, val_fraction: float = VAL_FRACTION,
+               seed: int = 0) -> ImageSplit:
     """Load one split of a dataset.
 
     Args:
@@ -62,7 +72,7 @@ def split_validation(train: ImageSplit, split: str, val_fraction: float, seed: i
     if split not in ("train", "val"):
         raise QsalError(f"unknown split {split!r}; use train, val or test")
     order = np.random.default_rng(seed).permutation(len(train))
-    n_val = int(round(len(train) * val_fraction))
+    n_val = held_out_count(len(train), val_fraction)
     idx = np.sort(order[:n_val] if split == "val" else order[n_val:])
     return ImageSplit(train.info, split, train.images[idx], train.labels[idx], train.source)
 

@@ -2,7 +2,8 @@
 
 The estimate times a few real training steps of each distinct (model, input shape, batch, precision,
 step, augmentation) on this machine, with random inputs of the dataset's shape augmented as ``fit`` augments
-them, and multiplies by the images each cell trains on (``epochs x`` the official training-split size). It
+them, and multiplies by the images each cell trains on (``epochs x`` the official training split, less the
+validation part MNIST and CIFAR-10 hold out of it). It
 counts training steps only:
 validation, evaluation, export and saliency metrics add some seconds per cell, and fake-quantized
 fine-tunes are counted at the float model's step cost (their quantizers make them slower).
@@ -69,7 +70,7 @@ def plan_study(cfg, measure: bool = True) -> dict:
     "est_seconds", "cell_seconds"}], "est_seconds"}``: ``n_fit`` the images an epoch trains on, ``est_seconds`` per
     row for all its seeds, ``cell_seconds`` ``{label: seconds}`` for one seed.
     """
-    from qsal.data import get_info
+    from qsal.data import get_info, held_out_count
     from qsal.precision import resolve_precision
     from qsal.study.grid import plan_groups
     from qsal.train import resolve_device
@@ -82,9 +83,8 @@ def plan_study(cfg, measure: bool = True) -> dict:
         info = get_info(dataset)
         side = info.image_size
         n_train = int(info.n_samples.get("train", 0))
-        # MNIST and CIFAR-10 have no official validation split: qsal.data holds out 10 % of train (load_split's
-        # default val_fraction), and an epoch trains on the rest
-        n_fit = n_train if info.n_samples.get("val") else n_train - int(round(0.1 * n_train))
+        # MNIST and CIFAR-10 have no official validation split: an epoch trains on what qsal.data does not hold out
+        n_fit = n_train if info.n_samples.get("val") else n_train - held_out_count(n_train)
         for model in cfg.models:
             mine = [g for g in groups if g[0].dataset == dataset and g[0].model == model]
             train, finetune = cfg.train_configs(dataset, model, cfg.seeds[0], progress=False)

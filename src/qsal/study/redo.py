@@ -134,17 +134,22 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict 
     return {s.label: redo[s.label] for s in specs if s.label in redo}  # in the group's order: parents first
 
 
+def _group_state(g: list[CellSpec], run_dir: Path, cfg) -> tuple[dict[str, dict | None], dict[str, Redo]]:
+    """One group's results as read back and the finished cells a run would redo (``cfg``: to compare options)."""
+    results = read_results(g, run_dir)
+    expected = expected_configs(g, cfg) if cfg is not None else None
+    return results, cells_to_redo(g, run_dir, results, expected)
+
+
 def progress(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> tuple[int, int, list[str]]:
     """For ``--dry-run`` on an existing run folder: (finished cells, cells in ``groups``, one line per finished cell a
     run would redo, ``dataset/model/seedN/label: why``). ``cfg``: the study's ``RunConfig``, to compare options."""
-    done, total, redo = 0, 0, []
+    done, total, lines = 0, 0, []
     for g in groups:
-        results = read_results(g, run_dir)
+        results, redo = _group_state(g, run_dir, cfg)
         done, total = done + sum(r is not None for r in results.values()), total + len(g)
-        expected = expected_configs(g, cfg) if cfg is not None else None
-        redo += [f"{group_name(g)}/{label}: {r.reason}"
-                 for label, r in cells_to_redo(g, run_dir, results, expected).items()]
-    return done, total, redo
+        lines += [f"{group_name(g)}/{label}: {r.reason}" for label, r in redo.items()]
+    return done, total, lines
 
 
 def pending(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> list[CellSpec]:
@@ -152,9 +157,7 @@ def pending(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> list[CellS
     redoes (``cells_to_redo``), in run order; for ``--dry-run``'s estimate of the time left."""
     out = []
     for g in groups:
-        results = read_results(g, run_dir)
-        expected = expected_configs(g, cfg) if cfg is not None else None
-        redo = cells_to_redo(g, run_dir, results, expected)
+        results, redo = _group_state(g, run_dir, cfg)
         todo: set[str] = set()
         for s in g:  # parents come before their children in a group
             # a finished child of a parent that is trained (again) is redone from it once it is
