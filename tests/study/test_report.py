@@ -133,3 +133,15 @@ def test_report_header_numbers_class_labels_since_a_label_may_hold_a_comma():
     assert _classes(list(get_info("breastmnist").labels)) == "0: malignant · 1: normal, benign"
     assert _classes([str(i) for i in range(10)]) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9"
     assert _classes([]) is None
+
+
+def test_where_the_cells_ran_says_whose_thread_count_it_shows():
+    # the latency columns are ONNX Runtime on 1 thread whatever the cells trained on; a bare "torch threads" next to
+    # the CPU that timed them read as the latency's thread count
+    from qsal.study.report.tables import machines_table
+
+    table = machines_table([{"trained_on": "NVIDIA H200", "cpu": "Xeon", "torch": "2.11.0", "torch_threads": 5,
+                             "cells": 3, "datasets": ["pneumoniamnist"]}])
+    header, _, row = table.splitlines()
+    assert "torch threads (training)" in header
+    assert row == "| NVIDIA H200 | Xeon | 2.11.0 | 5 | 3 | pneumoniamnist |"

@@ -109,7 +109,9 @@ def environment_table(env: dict) -> str:
 
 def machines_table(machines: list[dict]) -> str:
     """Markdown table of where a study's cells ran (``collect_results``'s ``machines``)."""
-    lines = ["| trained on | CPU (ONNX scoring, latency) | torch | torch threads | cells | datasets |", "|---|---|---|---|---|---|"]
+    # torch threads are the training's; latency is always ONNX Runtime on 1 thread (qsal.study.cell)
+    lines = ["| trained on | CPU (ONNX scoring, latency) | torch | torch threads (training) | cells | datasets |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {m['trained_on']} | {m['cpu']} | {m['torch']} | {m['torch_threads']} | {m['cells']} | "
               f"{', '.join(m['datasets'])} |" for m in machines]
     return "\n".join(lines)
