@@ -18,11 +18,21 @@ from pathlib import Path
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 
-__all__ = ["fingerprint", "claim_run_folder", "file_sha256", "fresh_folder", "refuse_overwrite", "FINGERPRINT_FILE"]
+__all__ = ["fingerprint", "claim_run_folder", "CannotResume", "file_sha256", "fresh_folder", "refuse_overwrite",
+           "FINGERPRINT_FILE"]
 
 FINGERPRINT_FILE = "run.json"
 _RUN_OUTPUTS = ("best.safetensors", "best.json", "last.pt", "metrics.json", "reliability.png", "fp32_warmup")
 _IDENTITY = ("dataset", "model", "method")
+
+
+class CannotResume(QsalError):
+    """A folder holds this run cut off part-way, made from another parent checkpoint or with other settings: it
+    cannot be continued. ``why`` says which, in words (a study starts such an unfinished cell over)."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
 
 
 def fingerprint(dataset: str, model: str, method: str, config: dict) -> dict:
@@ -68,15 +78,17 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
                             "start over, or choose another --out")
         changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
         if "parent_sha256" in changed:  # a hash pair says nothing to a reader: say what it means
-            raise QsalError(f"cannot resume {out}: its parent checkpoint ({fp['config'].get('parent')}) "
-                            "is not the model this fine-tune started from (its content changed: SHA-256 "
-                            f"{str(was['parent_sha256'])[:12]}... -> {str(now['parent_sha256'])[:12]}...); pass --force "
-                            "to start over from it, or choose another --out")
+            why = "its parent checkpoint is not the model this fine-tune started from"
+            raise CannotResume(f"cannot resume {out}: its parent checkpoint ({fp['config'].get('parent')}) "
+                               "is not the model this fine-tune started from (its content changed: SHA-256 "
+                               f"{str(was['parent_sha256'])[:12]}... -> {str(now['parent_sha256'])[:12]}...); pass "
+                               "--force to start over from it, or choose another --out", why)
         if changed:
             k = changed[0]
-            raise QsalError(f"cannot resume {out}: {k} changed ({was.get(k)!r} -> {now.get(k)!r}"
-                            f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); pass --force to start over "
-                            "with the new settings, or choose another --out")
+            why = (f"{k} changed ({was.get(k)!r} -> {now.get(k)!r}"
+                   f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''})")
+            raise CannotResume(f"cannot resume {out}: {why}; pass --force to start over with the new settings, or "
+                               "choose another --out", why)
     if write:
         record_run_folder(out, fp)
     return out

@@ -268,3 +268,32 @@ def test_a_child_older_than_its_parent_is_redone_even_after_a_run_stopped_betwee
     del result["parent_made_at"]
     (ptq / "result.json").write_text(json.dumps(result))
     assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["skipped (finished earlier)"] * 2
+
+
+def test_a_cut_off_fine_tune_that_cannot_be_continued_is_started_over(tmp_path):
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "pact"], "epochs": {"fp32": 1, "finetune": 2},
+                            "measure": {"latency": False, "saliency": False}})
+    run_study(cfg, tmp_path, progress=False)
+    pact = tmp_path / "breastmnist/small_cnn/seed0/pact-4"
+
+    def cut_off(**config_changes):  # as if the run had stopped mid fine-tune: last.pt and run.json stay
+        (pact / "result.json").unlink()
+        assert (pact / "last.pt").is_file()
+        run = json.loads((pact / "run.json").read_text())
+        run["config"].update(config_changes)
+        (pact / "run.json").write_text(json.dumps(run))
+
+    # It began from a parent since trained again (a GPU-made SGT model retrained here): resuming it was refused
+    # ("pass --force") on every rerun, and the cell stayed failed.
+    cut_off(parent_sha256="0" * 64)
+    by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
+    assert by_id == {"fp32": "skipped (finished earlier)", "pact-4": "done"}
+    assert ("cut off earlier, and its parent checkpoint is not the model this fine-tune started from: starting it "
+            "over") in (pact / "log.txt").read_text()
+    parent_sha = json.loads((pact / "run.json").read_text())["config"]["parent_sha256"]
+    assert parent_sha != "0" * 64 and not (pact / "error.json").exists()
+    # Cut off under other settings than the study's now (a config edited, the folder reused with --force).
+    lr = json.loads((pact / "run.json").read_text())["config"]["train_config"]["lr"]
+    cut_off(train_config={**json.loads((pact / "run.json").read_text())["config"]["train_config"], "lr": lr * 2})
+    assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["skipped (finished earlier)", "done"]
+    assert f"train_config.lr changed ({lr * 2!r} -> {lr!r}): starting it over" in (pact / "log.txt").read_text()

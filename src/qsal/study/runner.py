@@ -2,7 +2,8 @@
 
 The cells and their groups are ``study.grid``'s; one cell's work is ``study.cell.run_cell``. Groups run in
 parallel on local processes (``workers``) or on a Ray cluster, each group's cells in order in one worker. A
-finished cell is skipped on rerun, a killed one resumes its training, a failed one records ``error.json``
+finished cell is skipped on rerun, a killed one resumes its training (or starts over where that cannot continue:
+``run_folder.CannotResume``, a parent trained again since), a failed one records ``error.json``
 and the others go on. One ``qsal run`` holds a run folder at a time (``rundir.run_lock``);
 ``qsal run`` exits non-zero when a cell failed.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
+from qsal.run_folder import CannotResume
 from qsal.study.cell import agreement_with_fp32, log, run_cell
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
 from qsal.study.grid import CellSpec, expected_configs, plan_groups, select_groups
@@ -54,7 +56,15 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
                 statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
                 continue
             try:
-                run_cell(spec, cfg, run_path, progress)
+                try:
+                    run_cell(spec, cfg, run_path, progress)
+                except CannotResume as e:
+                    # Cut off earlier and made from another parent (retrained since) or with other settings (--force
+                    # over an edited config): what it trained cannot be continued, and the study wants the cell made
+                    # from what it has now, as it redoes a finished child of a retrained parent.
+                    clear_cell(cell)
+                    log(cell, f"cut off earlier, and {e.why}: starting it over")
+                    run_cell(spec, cfg, run_path, progress)
             finally:  # finished, or failed (no result.json: a failed retrain leaves its children alone)
                 results[spec.label] = read_results([spec], run_path)[spec.label]
             (cell / "error.json").unlink(missing_ok=True)
