@@ -27,7 +27,7 @@ from qsal.metrics.operating_point import validate_decision, validate_labels
 from qsal.provenance import environment
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_meta", "validate_meta", "resolve_checkpoint_path",
-           "check_model_fits_data"]
+           "check_model_fits_data", "save_training_state", "load_training_state", "epochs_trained"]
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
 
@@ -235,3 +235,14 @@ def load_training_state(path: Path, model: nn.Module | None = None) -> dict:
             raise QsalError(f"cannot resume from {path}: it was written for another model (its tensors do not match "
                             f"{getattr(model, 'qsal_arch', {}).get('name', 'this model')}); {fix}")
     return state
+
+
+def epochs_trained(path: Path) -> int | None:
+    """How many epochs the resume state ``last.pt`` at ``path`` has trained (``None``: missing, unreadable or not a
+    qsal training state). Read memory-mapped with ``weights_only``: a 135 MB ResNet-18 state costs a few ms."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - for a progress line: resuming says what is wrong with the file
+        return None
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return epoch + 1 if is_integer(epoch) and epoch >= 0 else None

@@ -144,7 +144,39 @@ def test_pending_is_what_a_run_would_do_and_the_estimate_adds_up_only_those(grou
     assert pending([group], tmp_path) == [fp32, ptq, pact]
     _write(tmp_path, fp32, T_PARENT)
     (tmp_path / pact.id / "result.json").unlink()
-    plan = {"rows": [{"dataset": "breastmnist", "model": "small_cnn",
+    plan = {"rows": [{"dataset": "breastmnist", "model": "small_cnn", "train": {"epochs": 40}, "finetune": {"epochs": 10},
                       "cell_seconds": {"fp32": 100.0, "ptq-int8-minmax": 0.0, "pact-4": 30.0}}]}
     assert estimate_cells(plan, pending([group], tmp_path)) == 30.0
     assert estimate_cells(plan, group) == 130.0
+
+
+def test_a_part_trained_cell_counts_only_its_epochs_left(group, tmp_path):
+    from qsal.checkpoint import epochs_trained, save_training_state
+    from qsal.study.plan import estimate_cells
+    from qsal.study.redo import pending, under_way
+
+    fp32, ptq, pact = group
+    plan = {"rows": [{"dataset": "breastmnist", "model": "small_cnn", "train": {"epochs": 40}, "finetune": {"epochs": 10},
+                      "cell_seconds": {"fp32": 100.0, "ptq-int8-minmax": 0.0, "pact-4": 30.0}}]}
+    (tmp_path / fp32.id).mkdir(parents=True)
+    save_training_state(tmp_path / fp32.id / "last.pt", {"epoch": 9, "model": {}})  # epochs 0-9 done: 10 of 40
+    assert epochs_trained(tmp_path / fp32.id / "last.pt") == 10
+    todo = pending([group], tmp_path)
+    assert under_way(todo, tmp_path) == {fp32.id: 10}  # its children have not started: nothing to resume there
+    assert estimate_cells(plan, todo, under_way(todo, tmp_path)) == 75.0 + 30.0
+    # The parent finished; a cut-off fine-tune resumes at its epoch.
+    _write(tmp_path, fp32, T_PARENT)
+    _child(tmp_path, ptq)
+    (tmp_path / pact.id).mkdir(parents=True)
+    save_training_state(tmp_path / pact.id / "last.pt", {"epoch": 7, "model": {}})
+    todo = pending([group], tmp_path)
+    assert todo == [pact] and under_way(todo, tmp_path) == {pact.id: 8}
+    assert estimate_cells(plan, todo, under_way(todo, tmp_path)) == pytest.approx(6.0)
+    # The parent is trained again (its weights gone): the fine-tune starts over from it, so all of it counts.
+    (tmp_path / fp32.id / "best.safetensors").unlink()
+    todo = pending([group], tmp_path)
+    assert pact in todo and under_way(todo, tmp_path) == {}
+    # A last.pt that is not a resume state (truncated, or another program's file) counts as nothing trained.
+    (tmp_path / fp32.id / "best.safetensors").write_bytes(b"")
+    (tmp_path / pact.id / "last.pt").write_bytes(b"not a zip")
+    assert under_way(pending([group], tmp_path), tmp_path) == {}

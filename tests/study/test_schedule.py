@@ -174,6 +174,28 @@ def test_dry_run_estimates_the_part_of_the_study_a_run_would_do(tmp_path, capsys
     assert "a run would train" not in capsys.readouterr().out  # the whole study: the plan's total says it
 
 
+def test_dry_run_names_a_part_trained_cell_and_how_far_it_got(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from qsal.checkpoint import save_training_state
+    from qsal.cli import main
+    from qsal.study.config import load_run_config
+
+    path, out = tmp_path / "study.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump({**BASE, "models": ["small_cnn"], "train": {"epochs": 20}}))
+    cfg = load_run_config(path)
+    out.mkdir()
+    (out / "run_config.json").write_text(json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}))
+    cell = out / "retinamnist/small_cnn/seed0/fp32"
+    cell.mkdir(parents=True)
+    save_training_state(cell / "last.pt", {"epoch": 4, "model": {}})  # a run stopped after its fifth epoch
+    assert main(["run", str(path), "--dry-run", "--no-estimate", "--out", str(out)]) in (0, None)
+    printed = capsys.readouterr().out
+    assert "retinamnist/small_cnn/seed0/fp32: 5 of 20 epochs trained (its last.pt); a run continues from there" in printed
+
+
 def test_dry_run_without_estimate_times_nothing(tmp_path, capsys, monkeypatch):
     import yaml
 

@@ -183,20 +183,22 @@ def _print_progress_of(out: Path, groups, cfg) -> None:
 
 
 def _print_time_left(plan: dict, out: Path, groups, cfg) -> None:
-    """``--dry-run``: the estimate for what a run would do (the chosen groups' unfinished and redone cells), when
-    that is not the whole study the plan's total is about."""
-    from qsal.study.plan import estimate_cells, format_duration
-    from qsal.study.redo import pending
+    """``--dry-run``: the estimate for what a run would do (the chosen groups' unfinished and redone cells, a cut-off
+    one's remaining epochs only) when that is not the whole study the plan's total is about; the part-trained cells."""
+    from qsal.study.plan import cell_epochs, estimate_cells, format_duration
+    from qsal.study.redo import pending, under_way
 
-    if "est_seconds" not in plan:
-        return
     started = (out / "run_config.json").is_file()
     todo = pending(groups, out, cfg) if started else [c for g in groups for c in g]
-    if len(todo) == plan["n_cells"]:
-        return  # the plan's total is this run's
-    print(f"a run would train or quantize {len(todo)} of the study's {plan['n_cells']} cells"
-          + (f": ~{format_duration(estimate_cells(plan, todo))} of training on this machine (same measurement)"
-             if todo else ""))
+    resumed = under_way(todo, out) if started else {}
+    if "est_seconds" in plan and (len(todo) < plan["n_cells"] or resumed):  # else the plan's total is this run's
+        print(f"a run would train or quantize {len(todo)} of the study's {plan['n_cells']} cells"
+              + (f": ~{format_duration(estimate_cells(plan, todo, resumed))} of training on this machine (same "
+                 "measurement" + (", only the epochs left of cells part-trained" if resumed else "") + ")" if todo else ""))
+    by_id = {c.id: c for c in todo}
+    for cell_id, epochs in resumed.items():
+        print(f"  {cell_id}: {epochs} of {cell_epochs(plan, by_id[cell_id])} epochs trained (its last.pt); a run "
+              "continues from there")
 
 
 def _setup_run(p):

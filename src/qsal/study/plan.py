@@ -116,10 +116,21 @@ def plan_study(cfg, measure: bool = True) -> dict:
     return out
 
 
-def estimate_cells(plan: dict, cells) -> float:
-    """Estimated training seconds of ``cells`` (``CellSpec``s of the planned study) from a measured ``plan``."""
+def cell_epochs(plan: dict, cell) -> int:
+    """The epochs ``cell`` (a ``CellSpec`` of the planned study) trains: its schedule's, or its fine-tune's."""
+    row = next(r for r in plan["rows"] if (r["dataset"], r["model"]) == (cell.dataset, cell.model))
+    return int(row["train" if cell.kind in ("fp32", "sgt") else "finetune"]["epochs"])
+
+
+def estimate_cells(plan: dict, cells, trained: dict[str, int] | None = None) -> float:
+    """Estimated training seconds of ``cells`` (``CellSpec``s of the planned study) from a measured ``plan``;
+    ``trained``: ``{cell id: epochs done}`` of cells a run resumes (``redo.under_way``), which count only the rest."""
     rows = {(r["dataset"], r["model"]): r["cell_seconds"] for r in plan["rows"]}
-    return sum(rows[(c.dataset, c.model)][c.label] for c in cells)
+    total = 0.0
+    for c in cells:
+        epochs = cell_epochs(plan, c)
+        total += rows[(c.dataset, c.model)][c.label] * (1 - min((trained or {}).get(c.id, 0), epochs) / epochs)
+    return total
 
 
 def _load_average() -> dict | None:

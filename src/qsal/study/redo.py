@@ -20,7 +20,7 @@ from qsal.study.grid import CellSpec, expected_configs, group_name
 from qsal.study.rundir import read_json
 
 __all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "outdated",
-           "parent_made_at", "pending", "progress", "read_results"]
+           "parent_made_at", "pending", "progress", "read_results", "under_way"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,23 @@ def pending(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> list[CellS
             if results[s.label] is None or s.label in redo or (s.parent is not None and s.parent in todo):
                 todo.add(s.label)
         out += [s for s in g if s.label in todo]
+    return out
+
+
+def under_way(todo: list[CellSpec], run_dir: Path) -> dict[str, int]:
+    """``{cell id: epochs trained}`` for the cells of ``todo`` (``pending``'s) that a run continues from their
+    ``last.pt``: unfinished, with a readable resume state, and not children of a cell in ``todo`` (a parent trained
+    (again) starts its cut-off children over: ``run_folder.CannotResume``). For ``--dry-run``."""
+    from qsal.checkpoint import epochs_trained
+
+    ids = {c.id for c in todo}
+    out = {}
+    for c in todo:
+        cell = run_dir / c.id
+        if c.parent is not None and f"{c.id.rsplit('/', 1)[0]}/{c.parent}" in ids or finished(cell):
+            continue  # a finished cell in todo is redone from scratch
+        if (epochs := epochs_trained(cell / "last.pt")) is not None:
+            out[c.id] = epochs
     return out
 
 
