@@ -116,6 +116,13 @@ def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
                                                    "quant_config": old_fields}))
     assert "mixed_configs" not in collect_results(tmp_path, grids=False)["rows"][2]
+    # ... and one from before result.json recorded its config: best.json's is read (as a rerun's redo check does)
+    unrecorded = {k: v for k, v in result.items() if k != "quant_config"}
+    (other / "result.json").write_text(json.dumps({**unrecorded, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4"}))
+    assert "mixed_configs" not in collect_results(tmp_path, grids=False)["rows"][2]  # recorded nowhere: not flagged
+    (other / "best.json").write_text(json.dumps({"quant": {**result["quant_config"], "version": 2}}))
+    assert collect_results(tmp_path, grids=False)["rows"][2]["mixed_configs"]
+    (other / "best.json").unlink()
     (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
                                                    "quant_config": {**result["quant_config"], "version": 2}}))
     report_run(tmp_path)

@@ -20,7 +20,7 @@ from qsal.study.grid import CellSpec, expected_configs, group_name
 from qsal.study.rundir import read_json
 
 __all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "outdated",
-           "parent_made_at", "pending", "progress", "read_results", "under_way"]
+           "parent_made_at", "pending", "progress", "read_results", "recorded_quant_config", "under_way"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,19 @@ def read_results(specs: list[CellSpec], run_dir: Path) -> dict[str, dict | None]
     return {s.label: _result(run_dir / s.id) for s in specs}
 
 
+def recorded_quant_config(cell: Path, result: dict) -> dict | None:
+    """The quantization config a finished cell was made with, as recorded: its ``result.json``'s ``quant_config``,
+    else (folders from before the runner recorded it there) its ``best.json``'s ``quant``; ``None`` when neither
+    names a version (a float cell, or a folder older still)."""
+    recorded = result.get("quant_config")
+    if not (isinstance(recorded, dict) and recorded.get("version") is not None):
+        try:
+            recorded = read_json(cell / "best.json", "").get("quant")
+        except QsalError:
+            recorded = None
+    return recorded if isinstance(recorded, dict) and recorded.get("version") is not None else None
+
+
 def outdated(spec: CellSpec, cell: Path, result: dict, expected: dict | None = None) -> str | None:
     """Why a finished quantized cell (``result``: its ``result.json``) is out of date: its method's version changed
     since it was made, or (``expected``: the ``to_dict()`` of the config the study would use now) it was made with
@@ -61,12 +74,7 @@ def outdated(spec: CellSpec, cell: Path, result: dict, expected: dict | None = N
     from qsal.quant.config import canonical_config
 
     current = {"ptq": PTQConfig, "qat": QATConfig, "pact": PACTConfig, "sgt+pact": PACTConfig}[spec.kind]
-    recorded = result.get("quant_config")
-    if not (isinstance(recorded, dict) and recorded.get("version") is not None):
-        try:
-            recorded = read_json(cell / "best.json", "").get("quant")
-        except QsalError:
-            recorded = None
+    recorded = recorded_quant_config(cell, result)
     made = recorded.get("version") if isinstance(recorded, dict) else None
     if made is None:
         return None

@@ -42,6 +42,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     """Aggregate finished cells: one row per (dataset, model, method), mean and std over seeds.
     ``grids=False`` only reads (no saliency-grid PNG is drawn into the folder)."""
     from qsal.quant.config import canonical_config
+    from qsal.study.redo import recorded_quant_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "run_config.json").is_file():
@@ -81,10 +82,12 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         row["most_changed"] = rs[0].get("most_changed", [])
-        # as read back: a field added later counts as its default (the old behaviour), not as a difference
-        configs = {json.dumps(canonical_config(r["quant_config"]) or r["quant_config"], sort_keys=True)
-                   for r in rs if "quant_config" in r}
-        if len(configs) > 1:  # cells written before configs were recorded cannot be told apart: not flagged
+        # as read back: a field added later counts as its default (the old behaviour), not as a difference; a cell
+        # from before result.json recorded its config has it in best.json (redo.recorded_quant_config)
+        recorded = [q for r in rs if (q := recorded_quant_config(run_dir / ds / model / f"seed{r['seed']}" / label, r))
+                    is not None]
+        configs = {json.dumps(canonical_config(q) or q, sort_keys=True) for q in recorded}
+        if len(configs) > 1:  # cells whose config is recorded nowhere cannot be told apart: not flagged
             row["mixed_configs"] = True  # e.g. a study resumed across a method fix: its seeds are not one method
         rows.append(row)
     fp32 = {r["model"]: r for r in rows}
