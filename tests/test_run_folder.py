@@ -115,3 +115,14 @@ def test_cli_refuses_mixing_and_defaults_never_overwrite(breast_run, tmp_path, m
     assert q["decision"]["positive_class"] == "malignant" and q["decision"]["operating_point"]["chosen_on"] == "validation"
 
 
+
+
+def test_cannot_resume_crosses_a_process_boundary_whole():
+    import pickle
+
+    from qsal.errors import QsalError
+    from qsal.run_folder import CannotResume
+
+    back = pickle.loads(pickle.dumps(CannotResume("cannot resume x: lr changed (0.1 -> 0.2)", "lr changed (0.1 -> 0.2)")))
+    assert isinstance(back, QsalError) and str(back) == "cannot resume x: lr changed (0.1 -> 0.2)"
+    assert back.why == "lr changed (0.1 -> 0.2)"

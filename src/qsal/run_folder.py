@@ -34,6 +34,9 @@ class CannotResume(QsalError):
         super().__init__(message)
         self.why = why
 
+    def __reduce__(self):  # across a worker process (Ray, a process pool): both arguments, not only the message
+        return type(self), (str(self), self.why)
+
 
 def fingerprint(dataset: str, model: str, method: str, config: dict) -> dict:
     """What makes two runs the same run: data, architecture, method and every hyper-parameter in ``config``."""

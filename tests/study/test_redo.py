@@ -152,6 +152,7 @@ def test_pending_is_what_a_run_would_do_and_the_estimate_adds_up_only_those(grou
 
 def test_a_part_trained_cell_counts_only_its_epochs_left(group, tmp_path):
     from qsal.checkpoint import epochs_trained, save_training_state
+    from qsal.run_folder import file_sha256
     from qsal.study.plan import estimate_cells
     from qsal.study.redo import pending, under_way
 
@@ -172,6 +173,10 @@ def test_a_part_trained_cell_counts_only_its_epochs_left(group, tmp_path):
     todo = pending([group], tmp_path)
     assert todo == [pact] and under_way(todo, tmp_path) == {pact.id: 8}
     assert estimate_cells(plan, todo, under_way(todo, tmp_path)) == pytest.approx(6.0)
+    # ... when it started from the parent there now (run.json names it by content); from another, it starts over
+    for started_from, resumed in ((file_sha256(tmp_path / fp32.id / "best.safetensors"), {pact.id: 8}), ("0" * 64, {})):
+        (tmp_path / pact.id / "run.json").write_text(json.dumps({"config": {"parent_sha256": started_from}}))
+        assert under_way(todo, tmp_path) == resumed
     # The parent is trained again (its weights gone): the fine-tune starts over from it, so all of it counts.
     (tmp_path / fp32.id / "best.safetensors").unlink()
     todo = pending([group], tmp_path)
@@ -180,3 +185,14 @@ def test_a_part_trained_cell_counts_only_its_epochs_left(group, tmp_path):
     (tmp_path / fp32.id / "best.safetensors").write_bytes(b"")
     (tmp_path / pact.id / "last.pt").write_bytes(b"not a zip")
     assert under_way(pending([group], tmp_path), tmp_path) == {}
+
+
+def test_a_run_holding_the_folder_is_seen_without_taking_the_lock(tmp_path):
+    import os
+
+    from qsal.study.rundir import run_holder, run_lock
+
+    assert run_holder(tmp_path) is None and not any(tmp_path.iterdir())  # nothing created
+    with run_lock(tmp_path):
+        assert run_holder(tmp_path) == str(os.getpid())
+    assert run_holder(tmp_path) is None

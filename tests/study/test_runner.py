@@ -304,3 +304,23 @@ def test_a_cut_off_fine_tune_that_cannot_be_continued_is_started_over(tmp_path):
     cut_off(train_config={**json.loads((pact / "run.json").read_text())["config"]["train_config"], "lr": lr * 2})
     assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["skipped (finished earlier)", "done"]
     assert f"train_config.lr changed ({lr * 2!r} -> {lr!r}): starting it over" in (pact / "log.txt").read_text()
+
+
+def test_a_child_whose_parent_failed_in_the_run_is_not_run_from_what_the_parent_left(tmp_path, monkeypatch):
+    import qsal.pipeline
+
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "measure": {"latency": False, "saliency": False}})
+    real = qsal.pipeline.train_model
+
+    def fails_late(*args, **kwargs):  # best.safetensors written, then the cell fails (a late divergence, a full disk)
+        real(*args, **kwargs)
+        raise RuntimeError("simulated failure after the best epoch was saved")
+
+    monkeypatch.setattr(qsal.pipeline, "train_model", fails_late)
+    by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
+    assert by_id["fp32"].startswith("failed: RuntimeError: simulated failure")
+    assert by_id["ptq-int8-minmax"] == "not run: its parent fp32 did not finish"
+    assert (tmp_path / "breastmnist/small_cnn/seed0/fp32/best.safetensors").is_file()  # what it would have used
+    assert not (tmp_path / "breastmnist/small_cnn/seed0/ptq-int8-minmax").exists()
+    monkeypatch.setattr(qsal.pipeline, "train_model", real)
+    assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["done", "done"]

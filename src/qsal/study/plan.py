@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["plan_study", "format_plan", "estimate_cells", "format_duration"]
+__all__ = ["plan_study", "format_plan", "cell_epochs", "estimate_cells", "format_duration"]
 
 
 def _seconds_per_image(model_name: str, info, side: int, tc, saliency_guided: bool, cfg, cache: dict,

@@ -177,19 +177,35 @@ def pending(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> list[CellS
 
 def under_way(todo: list[CellSpec], run_dir: Path) -> dict[str, int]:
     """``{cell id: epochs trained}`` for the cells of ``todo`` (``pending``'s) that a run continues from their
-    ``last.pt``: unfinished, with a readable resume state, and not children of a cell in ``todo`` (a parent trained
-    (again) starts its cut-off children over: ``run_folder.CannotResume``). For ``--dry-run``."""
+    ``last.pt``: unfinished, with a readable resume state, and started from the parent that is there now. A child of
+    a parent in ``todo`` (trained (again) first), or of one trained again since the child started (its ``run.json``
+    names another parent checkpoint by content), starts over (``run_folder.CannotResume``). For ``--dry-run``."""
     from qsal.checkpoint import epochs_trained
 
     ids = {c.id for c in todo}
     out = {}
     for c in todo:
         cell = run_dir / c.id
-        if c.parent is not None and f"{c.id.rsplit('/', 1)[0]}/{c.parent}" in ids or finished(cell):
+        parent = cell.parent / c.parent if c.parent is not None else None
+        if parent is not None and f"{c.id.rsplit('/', 1)[0]}/{c.parent}" in ids or finished(cell):
             continue  # a finished cell in todo is redone from scratch
-        if (epochs := epochs_trained(cell / "last.pt")) is not None:
+        if (epochs := epochs_trained(cell / "last.pt")) is not None and not _other_parent(cell, parent):
             out[c.id] = epochs
     return out
+
+
+def _other_parent(cell: Path, parent: Path | None) -> bool:
+    """Whether a part-trained fine-tune in ``cell`` started from another checkpoint than ``parent``'s
+    best.safetensors now (by the content hash its run.json records; folders from before the hash: not known, False)."""
+    from qsal.run_folder import file_sha256
+
+    if parent is None or not (parent / "best.safetensors").is_file():
+        return False
+    try:
+        started_from = read_json(cell / "run.json", "").get("config", {}).get("parent_sha256")
+    except (QsalError, AttributeError):
+        return False
+    return started_from is not None and started_from != file_sha256(parent / "best.safetensors")
 
 
 def clear_cell(cell: Path) -> None:

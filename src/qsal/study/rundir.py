@@ -18,7 +18,7 @@ import numpy as np
 
 from qsal.errors import QsalError
 
-__all__ = ["run_lock", "read_json", "load_npy", "LOCK_NAME"]
+__all__ = ["run_lock", "run_holder", "read_json", "load_npy", "LOCK_NAME"]
 
 LOCK_NAME = ".qsal-run.lock"
 
@@ -46,6 +46,26 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def run_holder(run_dir: str | os.PathLike) -> str | None:
+    """The pid of the ``qsal run`` holding ``run_dir``'s lock now (``"unknown"`` if it did not say), else ``None``;
+    takes nothing and creates nothing (for ``--dry-run``, whose counts then are as of this moment)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: never run, or run by a qsal from before the lock
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds it exclusively
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str | os.PathLike, fix: str, kind: type = dict):

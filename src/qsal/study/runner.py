@@ -3,7 +3,8 @@
 The cells and their groups are ``study.grid``'s; one cell's work is ``study.cell.run_cell``. Groups run in
 parallel on local processes (``workers``) or on a Ray cluster, each group's cells in order in one worker. A
 finished cell is skipped on rerun, a killed one resumes its training (or starts over where that cannot continue:
-``run_folder.CannotResume``, a parent trained again since), a failed one records ``error.json``
+``run_folder.CannotResume``, a parent trained again since), a failed one records ``error.json`` (and its
+children are not run from what it left)
 and the others go on. One ``qsal run`` holds a run folder at a time (``rundir.run_lock``);
 ``qsal run`` exits non-zero when a cell failed.
 """
@@ -48,6 +49,12 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
         try:
             # asked as each cell is reached: a child is redone once its parent has been retrained, not before
             redo = cells_to_redo(specs, run_path, results, expected).get(spec.label)
+            if spec.parent is not None and results[spec.parent] is None:
+                # its parent failed in this run (the group runs parents first): no model to start from, only a
+                # half-trained best.safetensors maybe; a finished child stays as it is, as for a failed retrain
+                statuses.append({"id": spec.id, "status": "skipped (finished earlier)" if results[spec.label] is not None
+                                 else f"not run: its parent {spec.parent} did not finish"})
+                continue
             if redo is not None and not redo.after_parent:
                 results[spec.label] = None  # first: a clear_cell that fails half-way has removed result.json
                 clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
