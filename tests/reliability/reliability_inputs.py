@@ -133,8 +133,10 @@ def onnx_variant(good: Path, dest: Path, kind: str) -> Path:
     return dest
 
 
-def write_dicom(path: Path, frames: int = 1, pixels: bool = True, size: int = 32) -> Path:
-    """A 12-bit MONOCHROME2 secondary-capture DICOM with a gradient (or no PixelData / several frames)."""
+def write_dicom(path: Path, frames: int = 1, pixels: bool = True, size: int = 32,
+                photometric: str = "MONOCHROME2", constant: bool = False) -> Path:
+    """A 12-bit secondary-capture DICOM with a gradient (or no PixelData / several frames / one value everywhere);
+    ``photometric="MONOCHROME1"`` stores the same values meaning the inverse image (lowest shown white)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -146,12 +148,13 @@ def write_dicom(path: Path, frames: int = 1, pixels: bool = True, size: int = 32
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Rows = ds.Columns = size
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     if frames > 1:
         ds.NumberOfFrames = frames
     if pixels:
-        ramp = np.linspace(0, 4095, frames * size * size).astype(np.uint16)
+        ramp = np.full(frames * size * size, 1000, np.uint16) if constant else \
+            np.linspace(0, 4095, frames * size * size).astype(np.uint16)
         ds.PixelData = ramp.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path

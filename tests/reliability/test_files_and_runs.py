@@ -199,3 +199,16 @@ def test_dicom_is_min_max_scaled(tmp_path):
 
     img = _read_image(write_dicom(tmp_path / "x.dcm", size=32), 1, 32)
     assert img.dtype == np.uint8 and img.min() == 0 and img.max() == 255 and len(np.unique(img)) > 200
+
+
+def test_a_monochrome1_dicom_reads_as_displayed_and_a_blank_one_is_refused(tmp_path):
+    # MONOCHROME1 (CR/DX radiographs) shows its lowest value white: read as stored, a model saw the negative image
+    pytest.importorskip("pydicom")
+    from qsal.data.folder import _read_image
+    from reliability_inputs import write_dicom
+
+    mono2 = _read_image(write_dicom(tmp_path / "m2.dcm", size=32), 1, 32).astype(int)
+    mono1 = _read_image(write_dicom(tmp_path / "m1.dcm", size=32, photometric="MONOCHROME1"), 1, 32).astype(int)
+    np.testing.assert_array_equal(mono1, 255 - mono2)
+    with pytest.raises(QsalError, match="holds one value \\(1000\\) in every pixel, a blank frame; remove it"):
+        _read_image(write_dicom(tmp_path / "blank.dcm", size=32, constant=True), 1, 32)

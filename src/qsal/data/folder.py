@@ -67,7 +67,9 @@ MAX_UPSCALE = 4
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    """One DICOM frame as uint8, min-max scaled over its own range (stored values have no fixed scale)."""
+    """One DICOM frame as uint8 as it is displayed, min-max scaled over its own range (stored values have no fixed
+    scale): MONOCHROME1 (lowest value shown white, common in CR/DX radiographs) is inverted to read like MONOCHROME2
+    and every other picture."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -92,7 +94,13 @@ def _read_dicom(path: Path) -> np.ndarray:
         px = px[..., :3].mean(axis=-1)
     if px.ndim != 2 or not np.isfinite(px).all():
         raise QsalError(f"DICOM {path} has pixel array of shape {px.shape}; qsal needs one 2-D image: remove or convert it")
-    return (255 * (px - px.min()) / max(px.max() - px.min(), 1e-9)).round().astype(np.uint8)
+    span = px.max() - px.min()
+    if span <= 0:  # min-max scaling would turn any value into black: there is no picture to classify
+        raise QsalError(f"DICOM {path} holds one value ({px.min():g}) in every pixel, a blank frame; remove it")
+    scaled = 255 * (px - px.min()) / span
+    if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        scaled = 255 - scaled
+    return scaled.round().astype(np.uint8)
 
 
 def _open_picture(path: Path):
