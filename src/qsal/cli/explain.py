@@ -10,22 +10,31 @@ from qsal.cli.arguments import int_range
 from qsal.errors import QsalError
 
 
-def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, out: str, dataset: str | None = None,
-                 seed: int = 0) -> dict:
-    """Explain ``n`` images of the model's own dataset and write a PNG grid (image, map, overlay)."""
+def explain_file(model_path: str, *, method: str | None, n: int, split: str, data_dir, out: str,
+                 dataset: str | None = None, seed: int = 0) -> dict:
+    """Explain ``n`` images of the model's own dataset and write a PNG grid (image, map, overlay).
+
+    Each row's predicted class is the one ``qsal predict`` gives for that image (the stored operating point and
+    temperature: ``runtime.decide``), and its map explains that class. ``method`` None: occlusion for an ONNX file,
+    integrated gradients for a checkpoint. With ``dataset`` another set's images are explained: "true" names their
+    class in that set, "pred" the model's own class names.
+    """
     from qsal.data import load_split
+    from qsal.metrics import scores_from_logits
+    from qsal.runtime import describe_decision
     from qsal.saliency.plot import save_saliency_grid, to_display
 
     if Path(out).suffix.lower() != ".png":
         raise QsalError(f"--out {out}: explain writes a PNG figure; name the file .png")
     path = Path(model_path)
-    if path.suffix == ".onnx":
+    if path.suffix.lower() == ".onnx":
         from qsal.runtime import Runtime
         from qsal.saliency.onnx_occlusion import occlusion_numpy
 
+        method = method or "occlusion"
         if method != "occlusion":
             raise QsalError(f"method {method!r} needs gradients, which an ONNX file does not have; use --method occlusion "
-                            "or explain the .safetensors checkpoint")
+                            "(the default for .onnx) or explain the .safetensors checkpoint")
         rt = Runtime(path)
         name = dataset or rt.meta.get("data", {}).get("name")
         if not name:
@@ -37,7 +46,8 @@ def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, 
                             f"channel(s) but {path} takes {h} px with {c}; pass the dataset it was exported for")
         x = rt.preprocess(split_data.images)
         logits = rt.run_normalized(x)
-        target = logits.argmax(axis=1)
+        task, decision, names = rt.task, rt.decision, rt.labels
+        target = _explained_class(logits, task, decision)
         maps = occlusion_numpy(rt.run_normalized, x, target)
     else:
         import torch
@@ -46,28 +56,50 @@ def explain_file(model_path: str, *, method: str, n: int, split: str, data_dir, 
         from qsal.pipeline import dataset_info
         from qsal.saliency import explain
 
+        method = method or "integrated_gradients"
         model, meta = load_checkpoint(path)
-        name = dataset or (meta.get("dataset") or meta.get("data") or {}).get("name")
+        own = meta.get("dataset") or {}
+        name = dataset or (own or meta.get("data") or {}).get("name")
         if not name:
             raise QsalError(f"{path} does not name its dataset; pass --dataset")
         check_model_fits_data(meta["arch"], dataset_info(name), str(path))
-        size = (meta.get("dataset") or {}).get("image_size")
-        split_data = load_split(name, split, data_dir, size=size).subset(n, seed)
+        split_data = load_split(name, split, data_dir, size=own.get("image_size")).subset(n, seed)
         xt, _ = split_data.tensors()
         with torch.no_grad():
             logits = model.eval()(xt).numpy()
-        target = logits.argmax(axis=1)
+        task, decision, names = own.get("task", split_data.info.task), meta.get("decision"), own.get("labels")
+        target = _explained_class(logits, task, decision)
         maps = explain(model, xt, method, target=torch.from_numpy(target)).numpy()
         x = xt.numpy()
     info = split_data.info
-    z = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    captions = [f"true: {info.labels[int(t)][:16]}\npred: {info.labels[int(p)][:16]} {probs[i, p]:.2f}"
+    names = _class_names(names, logits.shape[1])
+    probs = scores_from_logits(logits, task, float((decision or {}).get("temperature") or 1.0))
+    rule = describe_decision(task, decision, names)
+    captions = [f"true: {info.labels[int(t)][:16]}\npred: {names[int(p)][:16]} {probs[i, p]:.2f}"
                 for i, (t, p) in enumerate(zip(np.atleast_1d(split_data.labels), target))] \
         if split_data.labels.ndim == 1 else None
     png = save_saliency_grid(to_display(x, info.mean, info.std), {f"{path.parent.name}/{path.stem}": maps}, out, captions,
-                             title=f"{info.name} {split}: {method}")
-    return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist()}
+                             title=f"{info.name} {split}: {method}; pred = {rule}")
+    return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist(), "decided_by": rule}
+
+
+def _explained_class(logits: np.ndarray, task: str, decision: dict | None) -> np.ndarray:
+    """The class each row's map explains ``(N,)``: the one ``qsal predict`` decides (operating point, temperature);
+    for a multi-label model, which decides each label apart, the highest-scoring label."""
+    if task.startswith("multi-label"):
+        return logits.argmax(axis=1)
+    from qsal.metrics import scores_from_logits
+    from qsal.runtime import decide
+
+    return decide(scores_from_logits(logits, task, float((decision or {}).get("temperature") or 1.0)), task, decision)
+
+
+def _class_names(names, k: int) -> list[str]:
+    """The model's class names, or their ids where the model does not record them."""
+    if isinstance(names, dict):  # {"0": name, ...}
+        names = [names[k] for k in sorted(names, key=lambda k: int(k) if str(k).isdigit() else -1)]
+    names = [str(v) for v in names or []]
+    return names if len(names) == k else [str(i) for i in range(k)]
 
 
 def cmd_explain(args):
@@ -81,7 +113,8 @@ def _setup_explain(p):
     from qsal.saliency.methods import METHODS
 
     p.add_argument("model", help="a checkpoint (.safetensors) or an exported .onnx (occlusion only)")
-    p.add_argument("--method", default="integrated_gradients", choices=METHODS, help="attribution method")
+    p.add_argument("--method", choices=METHODS,
+                   help="attribution method (default: integrated_gradients for a checkpoint, occlusion for an .onnx)")
     p.add_argument("--n", type=int_range(1, 256, "the number of images"), default=8, help="number of images, one row each (1-256)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split the images come from")
     p.add_argument("--dataset", help="override the dataset recorded in the model (default: the model's own)")

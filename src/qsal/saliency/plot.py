@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -47,7 +48,10 @@ def saliency_grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], captio
     per_model = 1 if overlay_only else 2
     cols = 1 + per_model * len(maps)
     label_w = 1.1 if captions else 0.3
-    fig, axes = plt.subplots(n, cols, figsize=(cell_inches * cols + label_w + 0.9, cell_inches * n + (0.7 if title else 0.4)),
+    width = cell_inches * cols + label_w + 0.9
+    # a title longer than the figure (explain's decision rule) wraps, about 11 characters an inch at 10 pt
+    title_lines = textwrap.wrap(title, width=max(30, int(width * 11))) if title else []
+    fig, axes = plt.subplots(n, cols, figsize=(width, cell_inches * n + (0.53 + 0.17 * len(title_lines) if title else 0.4)),
                              squeeze=False, layout="constrained")
     gray = "gray" if images.ndim == 3 else None
     heat_im = None
@@ -86,7 +90,7 @@ def saliency_grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], captio
         fig.colorbar(scale, ax=axes, shrink=min(1.0, 3.0 / max(n, 1)), aspect=25, pad=0.01,
                      label="|attribution| / its maximum")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle("\n".join(title_lines), fontsize=10)
     # constrained layout settles over passes (right-aligned row labels move the axes); one pass here, so the
     # pass that saves the figure is the second
     fig.draw_without_rendering()
