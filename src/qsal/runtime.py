@@ -159,8 +159,10 @@ class Runtime:
             raise QsalError(f"onnxruntime cannot load {self.path} ({str(e).splitlines()[0][:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
         data = self.meta.get("data", {})
-        self.mean = np.asarray(data.get("mean", [0.0]), np.float32).reshape(1, -1, 1, 1)
-        self.std = np.asarray(data.get("std", [1.0]), np.float32).reshape(1, -1, 1, 1)
+        # None when the export recorded no normalisation (export_onnx without meta): preprocess refuses, rather than
+        # feed the network pixels on a scale it was not trained on and return confident wrong answers
+        self.mean = np.asarray(data["mean"], np.float32).reshape(1, -1, 1, 1) if "mean" in data else None
+        self.std = np.asarray(data["std"], np.float32).reshape(1, -1, 1, 1) if "std" in data else None
         self.input_shape = tuple(self.meta["input_shape"])
         self.task = data.get("task", "multi-class")
         self.labels = data.get("labels")
@@ -181,6 +183,11 @@ class Runtime:
             images = images[..., None]
         if images.ndim != 4 or images.shape[1:3] != (h, w) or images.shape[3] != c:
             raise QsalError(f"images have shape {given}; this model takes (N, {h}, {w}) or (N, {h}, {w}, {c}) uint8")
+        if self.mean is None or self.std is None:
+            raise QsalError(f"{self.path} records no input normalisation (metadata data.mean / data.std), so its pixels "
+                            "cannot be prepared as in training; export it with `qsal export CHECKPOINT` (or pass "
+                            "export_onnx meta={'data': ...} with the dataset's mean and std), or feed normalised "
+                            "tensors to run_normalized()")
         x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
         return np.ascontiguousarray((x - self.mean) / self.std, dtype=np.float32)
 

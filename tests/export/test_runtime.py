@@ -49,3 +49,13 @@ def test_corrupt_and_foreign_onnx_files(tmp_path):
     onnx.save(helper.make_model(g), str(tmp_path / "foreign.onnx"))
     with pytest.raises(QsalError, match="not exported by qsal"):
         Runtime(tmp_path / "foreign.onnx")
+
+
+def test_a_file_exported_without_its_normalisation_refuses_raw_pixels(tmp_path):
+    # export_onnx without meta used to run on mean 0 / std 1: a BreastMNIST model then scored other numbers with exit 0
+    path = export_onnx(create_model("small_cnn", 2, 1).eval(), tmp_path / "bare.onnx", input_shape=(1, 28, 28),
+                       check_untrained=False)
+    rt = Runtime(path)
+    with pytest.raises(QsalError, match="records no input normalisation .*qsal export CHECKPOINT"):
+        rt.predict_proba(np.zeros((2, 28, 28), np.uint8))
+    assert rt.run_normalized(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 2)  # normalised input still runs
