@@ -83,3 +83,30 @@ def test_layer_storage_and_licences(pact_card):
     opset, layers = onnx_layer_storage(pact_card[0])
     assert opset == 21 and layers == {"conv1": "INT8", "conv2": "INT4", "fc1": "INT4", "fc2": "INT8"}
     assert hf_license("CC BY-NC 4.0") == "cc-by-nc-4.0" and hf_license("unknown (cite the tech report)") == "other"
+
+
+def test_the_header_and_the_change_table_give_the_deployed_decisions_figures(tmp_path):
+    # The Hugging Face header called a model that finds 95 % of malignant cases at its operating point "sensitivity
+    # 0.0" (its figure at 0.5), and the change-against-parent table said "same operating point" over 0.5 figures.
+    path = export_onnx(create_model("small_cnn", 2, 1).eval(), tmp_path / "m.onnx", input_shape=(1, 28, 28),
+                       meta={"data": DATA}, check_untrained=False)
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 156)
+    logits = np.stack([y * 0.3, y * 0.3 + 2.0], 1) + rng.normal(0, 1.0, (156, 2))  # p(malignant) always low
+    op = {"rule": "sensitivity:0.95", "threshold": 0.1, "chosen_on": "validation"}
+    scored = compute_metrics(y, logits, "binary-class", positive_label=0, operating_point=op, n_bootstrap=0).to_dict()
+    parent = compute_metrics(y, logits + 0.2, "binary-class", positive_label=0, operating_point=op,
+                             n_bootstrap=0).to_dict()
+    assert scored["sensitivity"] != scored["sensitivity_at_op"]
+    meta = {"dataset": DATA, "arch": {"name": "small_cnn", "num_classes": 2, "in_channels": 1, "image_size": 28},
+            "quant": {"method": "fp32"}}
+    write_model_card(path, meta, None, None, None, artifact_metrics=scored, parent_metrics=parent)
+    text = path.with_suffix(".card.md").read_text()
+    metrics = {m["type"]: m for m in _front_matter(text)["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["recall"]["value"] == round(scored["sensitivity_at_op"], 4)
+    assert metrics["recall"]["name"] == "test sensitivity (malignant positive) at the operating point"
+    assert metrics["specificity"]["value"] == round(scored["specificity_at_op"], 4)
+    change = text.split("## Change against the FP32 parent")[1].split("##")[0]
+    assert (f"| sensitivity (positive: malignant) at the operating point | {scored['sensitivity_at_op']:.3f} | "
+            f"{parent['sensitivity_at_op']:.3f} |") in change
+    assert "| accuracy at 0.5 |" in change

@@ -166,9 +166,14 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     if scored:
         hf_metrics += [{"type": "roc_auc", "value": round(scored["auc"], 4), "name": "test AUC"},
                        {"type": "accuracy", "value": round(scored["acc"], 4), "name": "test accuracy"}]
+        # the deployed decision's figures where the card has them (the stored operating point), else at 0.5: a
+        # header saying "sensitivity 0.0" for a model that finds 95 % of the positives at its operating point misleads
         for k, hf in (("sensitivity", "recall"), ("specificity", "specificity")):
-            if scored.get(k) is not None:
-                hf_metrics.append({"type": hf, "value": round(scored[k], 4), "name": f"test {k} ({positive} positive)"})
+            at_op = scored.get(f"{k}_at_op") is not None
+            value = scored.get(f"{k}_at_op") if at_op else scored.get(k)
+            if value is not None:
+                hf_metrics.append({"type": hf, "value": round(value, 4), "name": f"test {k} ({positive} positive) "
+                                   + ("at the operating point" if at_op else "at 0.5")})
     front = {"license": hf_license(data.get("license")), "library_name": "onnx", "pipeline_tag": "image-classification",
              "tags": ["qsal", "onnx", "medical-imaging", "edge", data.get("name") or "custom",
                       "fp32" if quant.get("method") == "fp32" else "quantized", quant.get("method")],
@@ -258,11 +263,14 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         parent_name = f"{parent_kind} parent" if parent_kind else "parent"
         md += [f"## Change against the {parent_name}", "", f"This model ({scored_what}) minus its {parent_name} "
                f"({parent_scored}), on the same test split and operating point:", ""]
+        rows = [("AUC", "auc"), ("accuracy at 0.5", "acc")]
+        for k in ("sensitivity", "specificity"):  # at the operating point where both sides have it, else at 0.5
+            at_op = scored.get(f"{k}_at_op") is not None and parent_metrics.get(f"{k}_at_op") is not None
+            rows.append((f"{k} (positive: {positive}) " + ("at the operating point" if at_op else "at 0.5"),
+                         f"{k}_at_op" if at_op else k))
         md += _table(("metric", "this model", parent_name, "change"),
                      [(label, scored[k], parent_metrics[k], f"{scored[k] - parent_metrics[k]:+.3f}")
-                      for label, k in (("AUC", "auc"), ("accuracy", "acc"), (f"sensitivity (positive: {positive})", "sensitivity"),
-                                       (f"specificity (positive: {positive})", "specificity"))
-                      if scored.get(k) is not None and parent_metrics.get(k) is not None])
+                      for label, k in rows if scored.get(k) is not None and parent_metrics.get(k) is not None])
     if bench:
         md += ["## Latency", "", f"CPU: {bench.get('cpu', 'this machine')}; each configuration in a fresh process.", ""]
         md += _table(("threads", "batch", "p50 ms", "p95 ms", "images/s"),
