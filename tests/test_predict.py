@@ -101,3 +101,27 @@ def test_runtime_applies_the_stored_temperature_and_threshold(tmp_path):
     assert np.allclose(probs, scores_from_logits(logits, "binary-class", temperature=2.5), atol=1e-6)
     labels = [rt.predict_image(img)["predicted_label"] for img in test.images[:16, :, :, 0]]
     assert labels == [0 if p >= 0.3 else 1 for p in probs[:, 0]]
+
+
+def test_hidden_files_in_a_folder_are_not_images_of_it(tmp_path):
+    # macOS copies leave ._name.png resource forks beside each image: one unreadable fork aborted the whole folder
+    from qsal.predict import image_files
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 not a picture")
+    (tmp_path / ".cache").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / ".cache" / "b.png")
+    assert image_files([tmp_path]) == [tmp_path / "a.png"]
+    assert image_files([tmp_path / "._a.png"]) == [tmp_path / "._a.png"]  # named on purpose: read (and refused)
+
+
+def test_a_picture_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    from qsal.data.folder import _read_image
+
+    upright = np.zeros((28, 28), np.uint8)
+    upright[:4, :] = 255  # a bright top edge
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as a sideways camera wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    stored.save(tmp_path / "sideways.png", exif=exif)
+    np.testing.assert_array_equal(_read_image(tmp_path / "sideways.png", 1, 28), upright)

@@ -26,12 +26,15 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".di
 
 
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
-    """Every image named by ``paths`` (files, folders searched recursively, glob patterns), in order, once each."""
+    """Every image named by ``paths`` (files, folders searched recursively but for hidden files and folders, glob
+    patterns), in order, once each."""
     found: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            # hidden files and folders are not images of the study (macOS's ._x.png resource forks, .git, .cache)
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.is_file():
             found.append(p)
         elif any(ch in str(raw) for ch in "*?["):

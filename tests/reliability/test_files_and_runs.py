@@ -154,10 +154,11 @@ def test_run_exits_nonzero_and_prints_each_failure_in_full(tmp_path, capsys, mon
     out, err = capsys.readouterr()
     assert rc == 1
     lines = [ln for ln in out.splitlines() if "failed:" in ln]  # the status table, one row per cell
-    assert len(lines) == 2 and all(f"failed: QsalError: {why}" in ln for ln in lines)  # not cut short
-    assert "has no finished cells yet" not in out + err
-    assert "error: 2 of 2 cells failed" in err and "Traceback" not in err
-    with pytest.raises(QsalError, match="none of the cells in .* finished: 2 failed"):
+    assert len(lines) == 1 and f"failed: QsalError: {why}" in lines[0]  # not cut short
+    assert "not run: its parent fp32 did not finish" in out  # the PTQ cell has nothing to start from
+    assert "has no finished cells yet" not in out + err and "none of the cells" not in out + err
+    assert "error: 1 of 2 cells failed and 1 more were not run (their parent failed)" in err and "Traceback" not in err
+    with pytest.raises(QsalError, match="none of the cells in .* finished: 1 failed"):
         from qsal.study.results import collect_results
 
         collect_results(tmp_path / "run")

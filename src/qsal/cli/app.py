@@ -151,19 +151,21 @@ def cmd_run(args):
     statuses = run_study(cfg, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=progress_wanted(args), only=args.only)
     failed = [s for s in statuses if s["status"].startswith("failed")]
+    not_run = [s for s in statuses if s["status"].startswith("not run")]  # children of a failed parent
     if not args.quiet and not args.json:
         sys.stderr.flush()
         print()
         print_rows([{"status": s["status"], "cell": s["id"]} for s in statuses])  # in full: a failure names its fix
-    if len(failed) < len(statuses):
+    if len(failed) + len(not_run) < len(statuses):
         rep = report_run(args.out)
         _print_report_result(args, rep["rows"], rep)
     if failed:
         only = (" --only " + " ".join(shlex.quote(p) for p in args.only)) if args.only else ""
         only += f" --data-dir {shlex.quote(cfg.data_dir)}" if args.data_dir else ""
-        print(f"error: {len(failed)} of {len(statuses)} cells failed (listed above; each cell's error.json has the "
-              f"traceback); fix the cause and rerun `qsal run {args.config} --out {args.out}{only}` to redo only those",
-              file=sys.stderr)
+        waiting = f" and {len(not_run)} more were not run (their parent failed)" if not_run else ""
+        print(f"error: {len(failed)} of {len(statuses)} cells failed{waiting} (listed above; each failed cell's "
+              f"error.json has the traceback); fix the cause and rerun `qsal run {args.config} --out {args.out}{only}` "
+              "to redo only those", file=sys.stderr)
         return 1
 
 

@@ -50,7 +50,8 @@ def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: flo
     rng = np.random.default_rng(seed)
     out: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
     for cid, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in _IMAGE_EXT | _DICOM_EXT)
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in _IMAGE_EXT | _DICOM_EXT
+                       and not any(part.startswith(".") for part in p.relative_to(root / name).parts))  # ._x.png
         if not files:
             raise QsalError(f"class folder {root / name} has no PNG/JPEG/DICOM images")
         order = rng.permutation(len(files))
@@ -104,12 +105,14 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 
 def _open_picture(path: Path):
-    """A PNG/JPEG/... as a Pillow image in mode L or RGB; 16-bit images are scaled by 255/65535, not clipped."""
-    from PIL import Image
+    """A PNG/JPEG/... as a Pillow image in mode L or RGB, upright as a viewer shows it (EXIF orientation applied);
+    16-bit images are scaled by 255/65535, not clipped."""
+    from PIL import Image, ImageOps
 
     try:
         img = Image.open(path)
         img.load()
+        img = ImageOps.exif_transpose(img)  # a phone's or scanner's JPEG is stored sideways with an EXIF rotation
     except Image.DecompressionBombError as e:
         raise QsalError(f"refusing image {path}: {e}; remove it or shrink it") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -134,7 +137,8 @@ def _read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
     w, h = img.size
     if min(w, h) * MAX_UPSCALE < size:
         raise QsalError(f"image {path} is {w}x{h} px; resizing it to {size} px would upscale it more than "
-                        f"{MAX_UPSCALE}x: remove it or pass a smaller --size")
+                        f"{MAX_UPSCALE}x: remove it, or use the image at a larger size (training on a folder: or "
+                        "pass a smaller --size)")
     img = img.convert("L" if n_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
