@@ -125,3 +125,4 @@ def test_a_picture_is_read_upright_as_its_exif_orientation_says(tmp_path):
     exif[0x0112] = 6  # "rotate 90 clockwise to display"
     stored.save(tmp_path / "sideways.png", exif=exif)
     np.testing.assert_array_equal(_read_image(tmp_path / "sideways.png", 1, 28), upright)
+

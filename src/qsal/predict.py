@@ -22,24 +22,25 @@ from qsal.runtime import Runtime
 
 __all__ = ["image_files", "load_predictor", "predict_paths", "format_predictions", "CheckpointRuntime"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
     """Every image named by ``paths`` (files, folders searched recursively but for hidden files and folders, glob
     patterns), in order, once each."""
+    from qsal.data.folder import is_image_file
+
     found: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             # hidden files and folders are not images of the study (macOS's ._x.png resource forks, .git, .cache)
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            found += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
                             and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.is_file():
             found.append(p)
         elif any(ch in str(raw) for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
-            found += [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            found += [m for m in matches if m.is_file() and is_image_file(m)]
             if not matches:
                 raise QsalError(f"no file matches {raw!r}")
         else:

@@ -213,3 +213,18 @@ def test_a_monochrome1_dicom_reads_as_displayed_and_a_blank_one_is_refused(tmp_p
     np.testing.assert_array_equal(mono1, 255 - mono2)
     with pytest.raises(QsalError, match="holds one value \\(1000\\) in every pixel, a blank frame; remove it"):
         _read_image(write_dicom(tmp_path / "blank.dcm", size=32, constant=True), 1, 32)
+
+
+def test_a_dicom_named_without_a_suffix_is_found_and_read(tmp_path):
+    # PACS exports name images IM0001: a folder of them was empty to qsal, and one named directly was not a picture
+    pytest.importorskip("pydicom")
+    from qsal.data.folder import _read_image
+    from qsal.predict import image_files
+    from reliability_inputs import write_dicom
+
+    named = write_dicom(tmp_path / "x.dcm", size=32)
+    bare = tmp_path / "IM0001"
+    bare.write_bytes(named.read_bytes())
+    (tmp_path / "README").write_text("not an image, no suffix either")
+    assert image_files([tmp_path]) == [bare, named]
+    np.testing.assert_array_equal(_read_image(bare, 1, 28), _read_image(named, 1, 28))

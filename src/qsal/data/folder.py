@@ -25,6 +25,26 @@ _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _DICOM_EXT = {".dcm", ".dicom"}
 
 
+def is_dicom(path: Path) -> bool:
+    """A ``.dcm``/``.dicom`` file, or one without a suffix that holds the DICOM preamble's ``DICM`` marker at byte 128
+    (PACS exports name images ``IM0001``)."""
+    if path.suffix.lower() in _DICOM_EXT:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_image_file(path: Path) -> bool:
+    """A file qsal reads as an image: a picture by its suffix, or a DICOM (``is_dicom``)."""
+    return path.suffix.lower() in _IMAGE_EXT or (path.is_file() and is_dicom(path))
+
+
 def _classes(root: Path) -> list[str]:
     if not root.is_dir():
         raise QsalError(f"image folder {root} does not exist; pass a folder with one sub-folder per class")
@@ -50,7 +70,7 @@ def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: flo
     rng = np.random.default_rng(seed)
     out: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
     for cid, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in _IMAGE_EXT | _DICOM_EXT
+        files = sorted(p for p in (root / name).rglob("*") if is_image_file(p)
                        and not any(part.startswith(".") for part in p.relative_to(root / name).parts))  # ._x.png
         if not files:
             raise QsalError(f"class folder {root / name} has no PNG/JPEG/DICOM images")
@@ -130,7 +150,7 @@ def _open_picture(path: Path):
 def _read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
     from PIL import Image
 
-    if path.suffix.lower() in _DICOM_EXT:
+    if is_dicom(path):
         img = Image.fromarray(_read_dicom(path))
     else:
         img = _open_picture(path)
