@@ -82,9 +82,9 @@ class CheckpointRuntime(Runtime):
 def load_predictor(model: str | os.PathLike, threads: int | None = None) -> Runtime:
     """A ``Runtime`` for an ``.onnx`` file, a ``CheckpointRuntime`` for a ``.safetensors`` checkpoint."""
     path = Path(model)
-    if path.suffix == ".onnx":
+    if path.suffix.lower() == ".onnx":
         return Runtime(path, threads=threads)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return CheckpointRuntime(path)
     raise QsalError(f"{model} is neither an .onnx file nor a .safetensors checkpoint written by qsal")
 

@@ -21,6 +21,8 @@ def _run(*args, cwd=None):
     (["train", "--epochs", "0"], "--epochs: 0 is out of range"),
     (["evaluate", "missing.safetensors"], "checkpoint missing.safetensors not found"),
     (["bench", "missing.onnx"], "model file missing.onnx not found"),
+    (["export", "m.safetensors", "--out", "m.txt"], "--out m.txt: export writes an ONNX file; name it .onnx"),
+    (["export", "model.onnx"], "model.onnx is already an ONNX file; export takes the .safetensors checkpoint"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
     proc = _run(*args, cwd=tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qsal.cli.output import print_result
 
 from qsal.cli.arguments import SEED, float_range, int_range, positive_float, positive_int, recipe_args, recipe_from_args
@@ -97,6 +99,11 @@ def cmd_export(args):
 
     if args.format != "onnx":
         raise QsalError(f"format {args.format!r} is not supported; use --format onnx")
+    if args.out and Path(args.out).suffix.lower() != ".onnx":  # else predict and bench refuse the file it wrote
+        raise QsalError(f"--out {args.out}: export writes an ONNX file; name it .onnx")
+    if Path(args.checkpoint).suffix.lower() == ".onnx":
+        raise QsalError(f"{args.checkpoint} is already an ONNX file; export takes the .safetensors checkpoint it "
+                        "was made from")
     print_result(export_checkpoint(args.checkpoint, args.out, force=args.force, data_dir=args.data_dir), args.json)
 
 
