@@ -34,8 +34,8 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             # hidden files and folders are not images of the study (macOS's ._x.png resource forks, .git, .cache)
-            found += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found += sorted(f for f in p.rglob("*") if not any(part.startswith(".") for part in f.relative_to(p).parts)
+                            and is_image_file(f))
         elif p.is_file():
             found.append(p)
         elif any(ch in str(raw) for ch in "*?["):
@@ -97,7 +97,7 @@ def predict_paths(model: str | os.PathLike, paths: list[str | os.PathLike], thre
     predictions = [predictor.predict_file(f) for f in files]
     # Without stored class names the classes are named by id, as each prediction's probabilities are.
     classes = [str(n) for n in predictor.labels] if predictor.labels else list(predictions[0]["probabilities"])
-    return {"model": str(model), "artifact": Path(model).suffix == ".onnx", "decision": predictor.decision,
+    return {"model": str(model), "artifact": Path(model).suffix.lower() == ".onnx", "decision": predictor.decision,
             "classes": classes, "predictions": predictions}
 
 

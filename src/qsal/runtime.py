@@ -161,8 +161,8 @@ class Runtime:
         data = self.meta.get("data", {})
         # None when the export recorded no normalisation (export_onnx without meta): preprocess refuses, rather than
         # feed the network pixels on a scale it was not trained on and return confident wrong answers
-        self.mean = np.asarray(data["mean"], np.float32).reshape(1, -1, 1, 1) if "mean" in data else None
-        self.std = np.asarray(data["std"], np.float32).reshape(1, -1, 1, 1) if "std" in data else None
+        self.mean = np.asarray(data["mean"], np.float32).reshape(1, -1, 1, 1) if data.get("mean") is not None else None
+        self.std = np.asarray(data["std"], np.float32).reshape(1, -1, 1, 1) if data.get("std") is not None else None
         self.input_shape = tuple(self.meta["input_shape"])
         self.task = data.get("task", "multi-class")
         self.labels = data.get("labels")

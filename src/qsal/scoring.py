@@ -29,7 +29,7 @@ SPLITS = ("train", "val", "test", "all")
 
 def model_metadata(path: str | os.PathLike) -> tuple[dict, dict, bool]:
     """``(data, decision, is_artifact)`` recorded in a checkpoint sidecar or an ONNX file's metadata."""
-    if Path(path).suffix == ".onnx":
+    if Path(path).suffix.lower() == ".onnx":
         from qsal.runtime import read_metadata
 
         meta = read_metadata(path)

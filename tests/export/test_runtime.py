@@ -59,3 +59,7 @@ def test_a_file_exported_without_its_normalisation_refuses_raw_pixels(tmp_path):
     with pytest.raises(QsalError, match="records no input normalisation .*qsal export CHECKPOINT"):
         rt.predict_proba(np.zeros((2, 28, 28), np.uint8))
     assert rt.run_normalized(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 2)  # normalised input still runs
+    nulls = export_onnx(create_model("small_cnn", 2, 1).eval(), tmp_path / "nulls.onnx", input_shape=(1, 28, 28),
+                        meta={"data": {"mean": None, "std": None}}, check_untrained=False)  # null: NaN outputs before
+    with pytest.raises(QsalError, match="records no input normalisation"):
+        Runtime(nulls).predict_proba(np.zeros((2, 28, 28), np.uint8))

@@ -223,8 +223,11 @@ def test_a_dicom_named_without_a_suffix_is_found_and_read(tmp_path):
     from reliability_inputs import write_dicom
 
     named = write_dicom(tmp_path / "x.dcm", size=32)
-    bare = tmp_path / "IM0001"
+    bare, by_uid = tmp_path / "IM0001", tmp_path / "1.2.840.113619.2.55.3.6"  # a UID's last part reads as a suffix
     bare.write_bytes(named.read_bytes())
+    by_uid.write_bytes(named.read_bytes())
     (tmp_path / "README").write_text("not an image, no suffix either")
-    assert image_files([tmp_path]) == [bare, named]
-    np.testing.assert_array_equal(_read_image(bare, 1, 28), _read_image(named, 1, 28))
+    (tmp_path / "notes.txt").write_text("nor this")
+    assert image_files([tmp_path]) == [by_uid, bare, named]
+    for path in (bare, by_uid):
+        np.testing.assert_array_equal(_read_image(path, 1, 28), _read_image(named, 1, 28))

@@ -167,6 +167,8 @@ def cmd_run(args):
               f"error.json has the traceback); fix the cause and rerun `qsal run {args.config} --out {args.out}{only}` "
               "to redo only those", file=sys.stderr)
         return 1
+    if not_run:  # cannot happen without a failed parent; never a silent success
+        return 1
 
 
 def _print_progress_of(out: Path, groups, cfg) -> None:

@@ -74,7 +74,8 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     info = split_data.info
     names = _class_names(names, logits.shape[1])
     probs = scores_from_logits(logits, task, float((decision or {}).get("temperature") or 1.0))
-    rule = describe_decision(task, decision, names)
+    rule = describe_decision(task, decision, names) if not task.startswith("multi-label") else \
+        "the highest-scoring label (each label is decided at p > 0.5)"
     captions = [f"true: {info.labels[int(t)][:16]}\npred: {names[int(p)][:16]} {probs[i, p]:.2f}"
                 for i, (t, p) in enumerate(zip(np.atleast_1d(split_data.labels), target))] \
         if split_data.labels.ndim == 1 else None

@@ -11,6 +11,7 @@ written out by ``describe_folder`` so a user can see exactly which file went whe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,11 @@ _DICOM_EXT = {".dcm", ".dicom"}
 
 
 def is_dicom(path: Path) -> bool:
-    """A ``.dcm``/``.dicom`` file, or one without a suffix that holds the DICOM preamble's ``DICM`` marker at byte 128
-    (PACS exports name images ``IM0001``)."""
+    """A ``.dcm``/``.dicom`` file, or another that is not a picture by its suffix and holds the DICOM preamble's
+    ``DICM`` marker at byte 128 (PACS exports name images ``IM0001``, or by UID: ``1.2.840.113619.2.55.3.6``)."""
     if path.suffix.lower() in _DICOM_EXT:
         return True
-    if path.suffix:
+    if path.suffix.lower() in _IMAGE_EXT:
         return False
     try:
         with open(path, "rb") as f:
@@ -42,7 +43,7 @@ def is_dicom(path: Path) -> bool:
 
 def is_image_file(path: Path) -> bool:
     """A file qsal reads as an image: a picture by its suffix, or a DICOM (``is_dicom``)."""
-    return path.suffix.lower() in _IMAGE_EXT or (path.is_file() and is_dicom(path))
+    return path.suffix.lower() in _IMAGE_EXT or (os.path.isfile(path) and is_dicom(path))  # isfile: False on OSError
 
 
 def _classes(root: Path) -> list[str]:
@@ -70,8 +71,9 @@ def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: flo
     rng = np.random.default_rng(seed)
     out: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
     for cid, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if is_image_file(p)
-                       and not any(part.startswith(".") for part in p.relative_to(root / name).parts))  # ._x.png
+        files = sorted(p for p in (root / name).rglob("*")  # hidden first: ._x.png forks, .git's files go unread
+                       if not any(part.startswith(".") for part in p.relative_to(root / name).parts)
+                       and is_image_file(p))
         if not files:
             raise QsalError(f"class folder {root / name} has no PNG/JPEG/DICOM images")
         order = rng.permutation(len(files))
@@ -132,7 +134,10 @@ def _open_picture(path: Path):
     try:
         img = Image.open(path)
         img.load()
-        img = ImageOps.exif_transpose(img)  # a phone's or scanner's JPEG is stored sideways with an EXIF rotation
+        try:  # a phone's or scanner's JPEG is stored sideways with an EXIF rotation
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # noqa: BLE001 - malformed EXIF (older Pillow raise TypeError, ZeroDivisionError): as stored
+            pass
     except Image.DecompressionBombError as e:
         raise QsalError(f"refusing image {path}: {e}; remove it or shrink it") from None
     except (OSError, SyntaxError, ValueError) as e:

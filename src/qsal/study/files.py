@@ -47,10 +47,10 @@ def resolve_input(path: str | os.PathLike) -> tuple[Path | None, Path | None]:
         return (ckpt if ckpt.is_file() else None), (onnx if onnx.is_file() else None)
     if not p.is_file():
         raise QsalError(f"{p} not found; pass checkpoints (.safetensors), ONNX files (.onnx) or a `qsal run` folder")
-    if p.suffix == ".safetensors":
+    if p.suffix.lower() == ".safetensors":
         beside = p.with_name("model.onnx")
         return p, (beside if beside.is_file() else None)
-    if p.suffix == ".onnx":
+    if p.suffix.lower() == ".onnx":
         from qsal.runtime import read_metadata
 
         ckpt = read_metadata(p).get("checkpoint")  # a file name (no paths of the exporting machine): look beside it
