@@ -99,7 +99,8 @@ def cmd_export(args):
 
     if args.format != "onnx":
         raise QsalError(f"format {args.format!r} is not supported; use --format onnx")
-    if args.out and Path(args.out).suffix.lower() != ".onnx":  # else predict and bench refuse the file it wrote
+    # a file not named .onnx would be refused by predict and bench; a folder is refused later, in its own words
+    if args.out and Path(args.out).suffix.lower() != ".onnx" and not Path(args.out).is_dir():
         raise QsalError(f"--out {args.out}: export writes an ONNX file; name it .onnx")
     if Path(args.checkpoint).suffix.lower() == ".onnx":
         raise QsalError(f"{args.checkpoint} is already an ONNX file; export takes the .safetensors checkpoint it "
