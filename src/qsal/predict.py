@@ -23,19 +23,16 @@ from qsal.runtime import Runtime
 __all__ = ["image_files", "load_predictor", "predict_paths", "format_predictions", "CheckpointRuntime"]
 
 
-
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
     """Every image named by ``paths`` (files, folders searched recursively but for hidden files and folders, glob
     patterns), in order, once each."""
-    from qsal.data.folder import is_image_file
+    from qsal.data.folder import images_under, is_image_file
 
     found: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            # hidden files and folders are not images of the study (macOS's ._x.png resource forks, .git, .cache)
-            found += sorted(f for f in p.rglob("*") if not any(part.startswith(".") for part in f.relative_to(p).parts)
-                            and is_image_file(f))
+            found += images_under(p)
         elif p.is_file():
             found.append(p)
         elif any(ch in str(raw) for ch in "*?["):

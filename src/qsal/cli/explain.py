@@ -20,7 +20,6 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     class in that set, "pred" the model's own class names.
     """
     from qsal.data import load_split
-    from qsal.metrics import scores_from_logits
     from qsal.runtime import describe_decision
     from qsal.saliency.plot import save_saliency_grid, to_display
 
@@ -47,7 +46,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         x = rt.preprocess(split_data.images)
         logits = rt.run_normalized(x)
         task, decision, names = rt.task, rt.decision, rt.labels
-        target = _explained_class(logits, task, decision)
+        probs, target = _decided(logits, task, decision)
         maps = occlusion_numpy(rt.run_normalized, x, target)
     else:
         import torch
@@ -68,12 +67,11 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         with torch.no_grad():
             logits = model.eval()(xt).numpy()
         task, decision, names = own.get("task", split_data.info.task), meta.get("decision"), own.get("labels")
-        target = _explained_class(logits, task, decision)
+        probs, target = _decided(logits, task, decision)
         maps = explain(model, xt, method, target=torch.from_numpy(target)).numpy()
         x = xt.numpy()
     info = split_data.info
     names = _class_names(names, logits.shape[1])
-    probs = scores_from_logits(logits, task, float((decision or {}).get("temperature") or 1.0))
     rule = describe_decision(task, decision, names) if not task.startswith("multi-label") else \
         "the highest-scoring label (each label is decided at p > 0.5)"
     captions = [f"true: {info.labels[int(t)][:16]}\npred: {names[int(p)][:16]} {probs[i, p]:.2f}"
@@ -84,15 +82,15 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist(), "decided_by": rule}
 
 
-def _explained_class(logits: np.ndarray, task: str, decision: dict | None) -> np.ndarray:
-    """The class each row's map explains ``(N,)``: the one ``qsal predict`` decides (operating point, temperature);
-    for a multi-label model, which decides each label apart, the highest-scoring label."""
-    if task.startswith("multi-label"):
-        return logits.argmax(axis=1)
+def _decided(logits: np.ndarray, task: str, decision: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities (N, K) at the stored temperature, the class each row's map explains (N,))``: the class
+    ``qsal predict`` decides (operating point); for a multi-label model, which decides each label apart, the
+    highest-scoring label."""
     from qsal.metrics import scores_from_logits
     from qsal.runtime import decide
 
-    return decide(scores_from_logits(logits, task, float((decision or {}).get("temperature") or 1.0)), task, decision)
+    probs = scores_from_logits(logits, task, float((decision or {}).get("temperature") or 1.0))
+    return probs, (logits.argmax(axis=1) if task.startswith("multi-label") else decide(probs, task, decision))
 
 
 def _class_names(names, k: int) -> list[str]:

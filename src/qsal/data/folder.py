@@ -46,6 +46,13 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in _IMAGE_EXT or (os.path.isfile(path) and is_dicom(path))  # isfile: False on OSError
 
 
+def images_under(folder: Path) -> list[Path]:
+    """The image files under ``folder``, recursively and sorted, but for hidden files and folders (macOS's ._x.png
+    forks, .git, .cache), which are skipped before any file is opened."""
+    return sorted(p for p in folder.rglob("*")
+                  if not any(part.startswith(".") for part in p.relative_to(folder).parts) and is_image_file(p))
+
+
 def _classes(root: Path) -> list[str]:
     if not root.is_dir():
         raise QsalError(f"image folder {root} does not exist; pass a folder with one sub-folder per class")
@@ -71,9 +78,7 @@ def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: flo
     rng = np.random.default_rng(seed)
     out: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
     for cid, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*")  # hidden first: ._x.png forks, .git's files go unread
-                       if not any(part.startswith(".") for part in p.relative_to(root / name).parts)
-                       and is_image_file(p))
+        files = images_under(root / name)
         if not files:
             raise QsalError(f"class folder {root / name} has no PNG/JPEG/DICOM images")
         order = rng.permutation(len(files))

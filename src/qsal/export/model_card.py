@@ -162,6 +162,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         name += f"-{quant.get('bits') or quant.get('weight_bits')}bit"
     today = _dt.date.today().isoformat()
 
+    accuracy = "accuracy at 0.5" if binary else "accuracy (argmax)"  # what "acc" is, in the tables below
     hf_metrics = []
     if scored:
         hf_metrics += [{"type": "roc_auc", "value": round(scored["auc"], 4), "name": "test AUC"},
@@ -240,7 +241,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
            + (f"; positive class: **{positive}**" if positive else "") + ". 95% CIs: percentile bootstrap, 1,000 resamples.", ""]
     if scored:
         about = f" (positive: {positive})" if positive else ""  # specificity is the other class's recall
-        keys = [("AUC", "auc"), ("accuracy at 0.5" if binary else "accuracy (argmax)", "acc"), (f"sensitivity{about} at 0.5", "sensitivity"),
+        keys = [("AUC", "auc"), (accuracy, "acc"), (f"sensitivity{about} at 0.5", "sensitivity"),
                 (f"specificity{about} at 0.5", "specificity"),
                 (f"sensitivity{about} at the operating point", "sensitivity_at_op"),
                 (f"specificity{about} at the operating point", "specificity_at_op"), ("balanced accuracy", "balanced_accuracy"),
@@ -263,7 +264,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         parent_name = f"{parent_kind} parent" if parent_kind else "parent"
         md += [f"## Change against the {parent_name}", "", f"This model ({scored_what}) minus its {parent_name} "
                f"({parent_scored}), on the same test split and operating point:", ""]
-        rows = [("AUC", "auc"), ("accuracy at 0.5" if binary else "accuracy (argmax)", "acc")]
+        rows = [("AUC", "auc"), (accuracy, "acc")]
         for k in ("sensitivity", "specificity"):  # at the operating point where both sides have it, else at 0.5
             at_op = scored.get(f"{k}_at_op") is not None and parent_metrics.get(f"{k}_at_op") is not None
             rows.append((f"{k} (positive: {positive}) " + ("at the operating point" if at_op else "at 0.5"),

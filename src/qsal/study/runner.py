@@ -47,14 +47,14 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     for spec in specs:
         cell = run_path / spec.id
         try:
-            # asked as each cell is reached: a child is redone once its parent has been retrained, not before
-            redo = cells_to_redo(specs, run_path, results, expected).get(spec.label)
             if spec.parent is not None and results[spec.parent] is None:
                 # its parent failed in this run (the group runs parents first): no model to start from, only a
                 # half-trained best.safetensors maybe; a finished child stays as it is, as for a failed retrain
                 statuses.append({"id": spec.id, "status": "skipped (finished earlier)" if results[spec.label] is not None
                                  else f"not run: its parent {spec.parent} did not finish"})
                 continue
+            # asked as each cell is reached: a child is redone once its parent has been retrained, not before
+            redo = cells_to_redo(specs, run_path, results, expected).get(spec.label)
             if redo is not None and not redo.after_parent:
                 results[spec.label] = None  # first: a clear_cell that fails half-way has removed result.json
                 clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
