@@ -309,3 +309,36 @@ def test_forward_weight_and_bias_are_the_exported_integer_ones(scheme, per_chann
             w_fwd, b_fwd = layer._quantized_weight_and_bias()
         assert torch.equal(w_fwd.detach(), w) and torch.equal(b_fwd.detach(), b)
         assert torch.equal(layer.bias_scale(), step)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_scale_tensor_is_the_exported_scale_bit_for_bit(bits):
+    # The quantized bias's grid reads the input step without a host copy (GPU speed); it must still be exactly the
+    # float the ONNX file stores, or the PyTorch model and the deployed integer kernel add different biases.
+    gen = torch.Generator().manual_seed(bits)
+    for alpha in (torch.rand(200, generator=gen) * 20).tolist() + [1e-3, 0.1, 6.0, 10.0]:
+        for signed in (False, True):
+            q = PACTQuantizer(bits, alpha=alpha)
+            q.signed.fill_(signed)
+            q._signed_host = None
+            t = q.scale_tensor()
+            assert t.dtype == torch.float32 and t.shape == ()
+            assert t.item() == torch.tensor(q.export_params()["scale"], dtype=torch.float32).item()
+    a = ActQuantizer(bits)
+    a.set_range(-0.37, 5.3)
+    assert a.scale_tensor().item() == torch.tensor(a.export_params()["scale"], dtype=torch.float32).item()
+
+
+def test_pact_signedness_follows_a_loaded_state():
+    # is_signed caches the buffer (a GPU read per forward waited for the device); a load must not leave it stale
+    q = PACTQuantizer(4)
+    assert q.is_signed is False and q.n_steps == 15
+    signed = PACTQuantizer(4)
+    signed.signed.fill_(True)
+    q.load_state_dict(signed.state_dict())
+    assert q.is_signed is True and q.n_steps == 7
+    assert float(q(torch.tensor([-20.0])).detach()) < 0
+    q.start_observing()
+    q(torch.rand(100))
+    q.finish_observing()  # non-negative values: unsigned again
+    assert q.is_signed is False and q.n_steps == 15

@@ -144,3 +144,19 @@ def test_sgt_kill_and_resume_is_bit_identical(tiny_splits, tmp_path):
     assert full["history"] == resumed["history"]
     a, b = (load_file(str(tmp_path / d / "best.safetensors")) for d in ("full", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changed_buffers_decides_as_torch_equal():
+    from qsal.saliency.guided import _changed_buffers
+    m = nn.BatchNorm2d(3)
+    m.running_mean[0] = float("nan")
+    before = [(n, b.detach().clone()) for n, b in m.named_buffers()]
+    # a NaN is never equal to itself (torch.equal), so the NaN-holding buffer reads as changed
+    assert _changed_buffers(m, before) == ["running_mean"]
+    m.running_mean[0] = 0.0
+    before = [(n, b.detach().clone()) for n, b in m.named_buffers()]
+    assert _changed_buffers(m, before) == []
+    m.num_batches_tracked += 1
+    m.running_var = torch.ones(4)  # another shape
+    assert _changed_buffers(m, before) == ["running_var", "num_batches_tracked"]
+    assert _changed_buffers(nn.ReLU(), []) == []

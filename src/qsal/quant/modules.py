@@ -83,6 +83,11 @@ class ActQuantizer(nn.Module):
         clip = None if self.bits == 8 else ((qmin - zp) * s, (qmax - zp) * s)
         return {"scale": s, "zero_point": zp, "clip": clip, "bits": self.bits}
 
+    def scale_tensor(self) -> torch.Tensor:
+        """``export_params()["scale"]`` as a float32 0-dim tensor on the quantizer's device, read without a host
+        copy (each host read waits for the GPU; a quantized bias asks for it in every forward)."""
+        return self.scale.detach().reshape(()).float()
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, observer={self.observer}, mode={self.mode}"
 
@@ -131,12 +136,22 @@ class PACTQuantizer(nn.Module):
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
         self.mode = "off"
         self.sampler: ValueSampler | None = None
+        self._signed_host: bool | None = None  # is_signed's copy of the buffer
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before alpha_start existed: their start is unknown, record the clip they hold
         if prefix + "alpha" in state_dict and prefix + "alpha_start" not in state_dict:
             state_dict[prefix + "alpha_start"] = state_dict[prefix + "alpha"].detach().clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._signed_host = None
+
+    @property
+    def is_signed(self) -> bool:
+        """The ``signed`` buffer as a Python bool, read once: on a GPU every read waits for the device, and the
+        forward needs it about three times per quantizer (it changes only in ``finish_observing`` and loads)."""
+        if self._signed_host is None:
+            self._signed_host = bool(self.signed)
+        return self._signed_host
 
     def param_group(self) -> dict | None:
         """Optimizer options for ``alpha`` (its own group), or None to train it with the model's options.
@@ -152,7 +167,7 @@ class PACTQuantizer(nn.Module):
 
     @property
     def n_steps(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if bool(self.signed) else 2 ** self.bits - 1
+        return 2 ** (self.bits - 1) - 1 if self.is_signed else 2 ** self.bits - 1
 
     def start_observing(self) -> None:
         self.mode, self.sampler = "observe", ValueSampler()
@@ -163,10 +178,11 @@ class PACTQuantizer(nn.Module):
         # on an untrained net it would be tiny and cap the logits while the weights grow.
         v = self.sampler.values()
         self.signed.fill_(bool(self.sampler.lo < 0))
+        self._signed_host = None
         if self.calibrate_alpha:
             init = float(np.percentile(np.abs(v), 99.9)) if v.size else 1.0
             if self.alpha_calibration == "mse" and v.size:
-                init = mse_clip(v, init, self.n_steps, bool(self.signed))
+                init = mse_clip(v, init, self.n_steps, self.is_signed)
             with torch.no_grad():
                 self.alpha.fill_(max(init, 1e-3))
         self.alpha_start.copy_(self.alpha.detach())
@@ -181,7 +197,7 @@ class PACTQuantizer(nn.Module):
             return x
         # Forward: exactly the grid value. Backward: d(out) = d(clip), which w.r.t. alpha is 1 where
         # x >= alpha and 0 elsewhere: PACT's gradient (the step size gets no gradient of its own).
-        return pact_quantize(x, self.alpha.abs() + 1e-6, self.n_steps, bool(self.signed))
+        return pact_quantize(x, self.alpha.abs() + 1e-6, self.n_steps, self.is_signed)
 
     def regularization(self) -> torch.Tensor:
         return self.alpha_decay * self.alpha ** 2
@@ -189,13 +205,19 @@ class PACTQuantizer(nn.Module):
     def export_params(self) -> dict:
         alpha = float(self.alpha.detach().abs()) + 1e-6
         s = alpha / self.n_steps
-        zp = 2 ** (self.bits - 1) if bool(self.signed) else 0
-        clip = (-alpha, alpha) if bool(self.signed) else (0.0, alpha)
-        return {"scale": s, "zero_point": zp, "clip": None if (self.bits == 8 and not bool(self.signed)) else clip,
+        zp = 2 ** (self.bits - 1) if self.is_signed else 0
+        clip = (-alpha, alpha) if self.is_signed else (0.0, alpha)
+        return {"scale": s, "zero_point": zp, "clip": None if (self.bits == 8 and not self.is_signed) else clip,
                 "bits": self.bits}
 
+    def scale_tensor(self) -> torch.Tensor:
+        """``export_params()["scale"]`` as a float32 0-dim tensor on alpha's device, without a host read: the same
+        float64 arithmetic (``float32 |alpha|`` widened, ``+ 1e-6``, ``/ n_steps``) rounded once to float32, so the
+        bias grid a forward uses is bit for bit the exported one."""
+        return ((self.alpha.detach().abs().double() + 1e-6) / self.n_steps).float()
+
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, alpha={float(self.alpha):.4g}, signed={bool(self.signed)}"
+        return f"bits={self.bits}, alpha={float(self.alpha):.4g}, signed={self.is_signed}"
 
 
 def is_depthwise(conv: nn.Module) -> bool:
@@ -254,8 +276,7 @@ class _QuantWeightLayer:
         if self.bias is None or not self.quant_weights or q is None or q.mode != "quant":
             return None
         scale = weight_scale()
-        s_in = torch.tensor(q.export_params()["scale"], dtype=torch.float32)
-        return s_in.to(scale.device) * scale  # float32 x float32: the product integer_weight's export computes
+        return q.scale_tensor().to(scale.device) * scale  # float32 x float32: the product integer_weight's export computes
 
     def bias_scale(self) -> torch.Tensor | None:
         """Per-channel step ``s_in * s_w`` (float32, ``(C_out,)``) of the INT32 bias an integer kernel adds,
