@@ -26,10 +26,16 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch, qsal; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0))" || exit 1
 nproc
 # the chain once, tiny, beside the studies: a broken step stops everything within a minute or two
+# PRECHECK=0 skips it: when the lease leaves no time for a second call, stopping early saves nothing, and the
+# precheck's training competes with the studies' for the GPU and the cores.
 rm -rf /tmp/gpu_precheck /tmp/precheck.log   # a leftover finished precheck would pass without running
-timeout -k 5 "$seconds" python3 -m qsal.cli run benchmarks/gpu/precheck.yaml --out /tmp/gpu_precheck --workers 3 \
-    --no-progress >/tmp/precheck.log 2>&1 &   # a hung precheck must not keep the studies from being packed
-pre=$!
+if [[ ${PRECHECK:-1} == 0 ]]; then
+    echo "precheck skipped (PRECHECK=0)" > /tmp/precheck.log; true & pre=$!
+else
+    timeout -k 5 "$seconds" python3 -m qsal.cli run benchmarks/gpu/precheck.yaml --out /tmp/gpu_precheck --workers 3 \
+        --no-progress >/tmp/precheck.log 2>&1 &   # a hung precheck must not keep the studies from being packed
+    pre=$!
+fi
 touch /tmp/run_study.start   # only files written from here on go back: a resumed study's old cells are already there
 mains=() run_dirs=()
 while (( $# )); do
