@@ -201,7 +201,15 @@ class Runtime:
     def predict_logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits ``(N, K)`` for uint8 images, in batches of ``batch_size``."""
         x = self.preprocess(images)
+        if len(x) == 0:  # an empty batch (a filter that kept no file) gives no rows, as a numpy model would
+            return np.zeros((0, self.n_outputs), np.float32)
         return np.concatenate([self.run_normalized(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    @property
+    def n_outputs(self) -> int:
+        """Logits per image ``K``: the graph's output width, else the recorded class names."""
+        width = self.session.get_outputs()[0].shape[-1]
+        return width if isinstance(width, int) else len(self.labels or [])
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, K)`` (sigmoid per label for multi-label models), after dividing the

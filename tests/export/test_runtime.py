@@ -30,6 +30,8 @@ def test_runtime_preprocesses_uint8_like_training(tmp_path):
     assert rt.predict_logits(images[0]).shape == (1, 2)  # a single image
     probs = rt.predict_proba(images)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    empty = rt.predict_proba(images[:0])  # was numpy's "need at least one array to concatenate"
+    assert empty.shape == (0, 2) and rt.predict_logits(images[:0]).dtype == np.float32
     with pytest.raises(QsalError, match=r"images have shape \(5, 32, 32\)"):
         rt.predict_logits(np.zeros((5, 32, 32), np.uint8))
     with pytest.raises(QsalError, match="must be uint8"):
