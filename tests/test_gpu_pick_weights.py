@@ -24,6 +24,14 @@ def _study(run_dir: Path) -> Path:
     return run_dir
 
 
+def _identity(name: str, seed: int = 0) -> dict:
+    """The fields that make result.json a cell result (``results.check_result``)."""
+    kind, bits, observer = {"fp32": ("fp32", 8, ""), "sgt": ("sgt", 8, ""), "ptq-int8-minmax": ("ptq", 8, "minmax"),
+                            "pact-4": ("pact", 4, ""), "sgt+pact-4": ("sgt+pact", 4, "")}[name]
+    return {"id": f"pneumoniamnist/resnet18/seed{seed}/{name}", "dataset": "pneumoniamnist", "model": "resnet18",
+            "kind": kind, "bits": bits, "observer": observer, "seed": seed, "label": name}
+
+
 def _cell(run_dir: Path, name: str, *, finished: bool, files: dict[str, int], seed: int = 0, when=START + 10,
           made_at: str = T_PARENT) -> None:
     """A cell folder as the runner leaves it: result.json when finished (a child records its parent's time and its
@@ -31,7 +39,7 @@ def _cell(run_dir: Path, name: str, *, finished: bool, files: dict[str, int], se
     cell = run_dir / "pneumoniamnist" / "resnet18" / f"seed{seed}" / name
     cell.mkdir(parents=True, exist_ok=True)
     if finished:
-        result = {"environment": {"utc": T_PARENT if name in ("fp32", "sgt") else T_CHILD}}
+        result = {**_identity(name, seed), "environment": {"utc": T_PARENT if name in ("fp32", "sgt") else T_CHILD}}
         if name not in ("fp32", "sgt"):
             made = PTQConfig(observer="minmax") if name.startswith("ptq") else PACTConfig(bits=4)
             result.update(parent_made_at=made_at, quant_config=made.to_dict())
@@ -93,7 +101,7 @@ def test_a_parent_retrained_this_run_comes_back_when_its_old_children_will_be_re
     run = _study(tmp_path)
     _cell(run, "fp32", finished=True, files={"best.safetensors": 5})  # retrained: result.json newer than the children's
     (run / "pneumoniamnist/resnet18/seed0/fp32/result.json").write_text(
-        json.dumps({"environment": {"utc": "2026-02-01T00:00:00+00:00"}}))
+        json.dumps({**_identity("fp32"), "environment": {"utc": "2026-02-01T00:00:00+00:00"}}))
     _cell(run, "ptq-int8-minmax", finished=True, files={})
     _cell(run, "pact-4", finished=True, files={})
     _cell(run, "sgt", finished=True, files={"best.safetensors": 4})

@@ -126,3 +126,18 @@ def test_cannot_resume_crosses_a_process_boundary_whole():
     back = pickle.loads(pickle.dumps(CannotResume("cannot resume x: lr changed (0.1 -> 0.2)", "lr changed (0.1 -> 0.2)")))
     assert isinstance(back, QsalError) and str(back) == "cannot resume x: lr changed (0.1 -> 0.2)"
     assert back.why == "lr changed (0.1 -> 0.2)"
+
+
+def test_a_damaged_run_record_cannot_be_resumed_and_force_starts_over(tmp_path):
+    # was a bare JSONDecodeError naming no file (and a traceback from qsal train --resume)
+    from qsal.run_folder import CannotResume
+
+    fp = fingerprint("breastmnist", "small_cnn", "fp32", {"epochs": 1})
+    out = claim_run_folder(tmp_path / "r", fp)
+    (out / "run.json").write_text("garbage{")
+    with pytest.raises(CannotResume, match=r"cannot resume .*: its run.json is damaged \(JSONDecodeError\); pass "
+                                           r"--force") as e:
+        claim_run_folder(out, fp, resume=True)
+    assert e.value.why == "its run.json is damaged (JSONDecodeError)"  # a study then starts the cell over
+    claim_run_folder(out, fp, force=True)
+    assert json.loads((out / "run.json").read_text())["method"] == "fp32"

@@ -47,6 +47,20 @@ def _describe(fp: dict) -> str:
     return "/".join(str(fp.get(k)) for k in _IDENTITY)
 
 
+def _read_record(record: Path) -> dict:
+    """The fingerprint a folder's run wrote; a damaged one (a write cut off, an edit) cannot be compared with, so
+    the run cannot be continued: ``CannotResume``, which a study answers by starting the cell over."""
+    try:
+        old = json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        old = e
+    if not isinstance(old, dict):
+        why = f"its {record.name} is damaged ({type(old).__name__})"
+        raise CannotResume(f"cannot resume {record.parent}: {why}; pass --force to start the run over, or choose "
+                           "another --out", why)
+    return old
+
+
 def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, force: bool = False,
                      write: bool = True) -> Path:
     """Make ``out`` this run's folder, or refuse. ``write=False`` only checks (nothing is created), so a
@@ -59,7 +73,7 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     """
     out = Path(out)
     record = out / FINGERPRINT_FILE
-    old = json.loads(record.read_text()) if record.is_file() else None
+    old = _read_record(record) if record.is_file() and not force else None
     has_outputs = any((out / name).exists() for name in _RUN_OUTPUTS)
     was, now = _compared(old, fp) if old is not None else ({}, {})
     if force:

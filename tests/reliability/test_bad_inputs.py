@@ -204,7 +204,27 @@ YAML_CASES = {
     "list": (b"- breastmnist\n- small_cnn\n", "the top level must be a mapping"),
     "meaningless_keys": (b"foo: 1\n", "foo: unknown key"),
     "name_only": (b"name: x\n", "datasets, models, methods: missing"),
-    "invalid_yaml": (b"datasets: [breastmnist\n", "is not valid YAML"),
+    "invalid_yaml": (b"name: x\ndatasets: [breastmnist\n", "is not valid YAML: expected ',' or ']', but got "
+                     "'<stream end>' at line 3, column 1; fix that line"),
+    "tab_indent": (b"datasets:\n\t- breastmnist\n", "at line 2, column 1"),
+    # two seeds 0 trained one cell folder from two workers at once
+    "duplicate_seed": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [0, 0]\n",
+                       "seeds[1]: 0 is listed twice; give each value once"),
+    "duplicate_dataset": (b"datasets: [breastmnist, breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n",
+                          "datasets[1]: 'breastmnist' is listed twice"),
+    "infinite_nested_values": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32, sgt]\n"
+                               b"lr: {fp32: .inf}\nsgt: {lambda: .nan}\n",
+                               "2 problem(s): lr.fp32: must be a finite number, got inf; sgt.lambda: must be a finite "
+                               "number, got nan"),
+    "data_dir_not_a_path": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\ndata_dir: 5\n",
+                            "data_dir: must be a folder path (a string), got 5"),
+    # a string "no" is truthy: it folded BatchNorm; -5 failed only after the parent had trained
+    "pact_option_types": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [pact]\nbits: [4]\n"
+                          b"pact: {4: {fold_bn: 'no', num_calibration: -5, skip: 5}}\n",
+                          "pact.4: fold_bn: 'no' is not true or false; num_calibration: -5 is not a positive integer; "
+                          "skip: 5 is not a list of layer names"),
+    "pact_class_constants": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [pact]\nbits: [4]\n"
+                             b"pact: {4: {version: 2}}\n", "pact.4: unknown option(s) ['version']"),
     "negative_seed": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [-1]\n",
                       "seeds: must be integers in 0 .. 2**32-1"),
     "wrong_types": (b"datasets: breastmnist\nmodels: [1]\nmethods: [fp32]\nepochs: {fp32: true}\n", "3 problem(s)"),
@@ -263,6 +283,26 @@ def _run_folder(root: Path, kind: str) -> Path:
         np.save(cell / "saliency_maps.npy", np.zeros((2, 1, 14, 14), np.float32))
     elif kind == "not_a_run":
         (run / "run_config.json").unlink()
+    elif kind == "result_with_text_auc":
+        (cell / "result.json").write_text(json.dumps({**result, "test_auc": "high"}))
+    elif kind == "result_without_id":
+        (cell / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "id"}))
+    elif kind == "result_with_nan_auc":  # was averaged into a row reading "nan", naming no cell
+        (cell / "result.json").write_text(json.dumps({**result, "test_auc": float("nan")}))
+    elif kind == "result_with_infinite_latency":  # crashed the plot after some PNGs were rewritten
+        (cell / "result.json").write_text(json.dumps({**result, "latency_b1_ms": float("inf"), "size_bytes": 10}))
+    elif kind == "result_with_zero_size":  # divided by zero for the size ratio
+        (cell / "result.json").write_text(json.dumps({**result, "size_bytes": 0}))
+    elif kind == "text_in_test_probs":
+        (cell / "test_probs.npy").write_text("not an array")
+        np.save(cell / "test_labels.npy", np.zeros(4, np.int64))
+    elif kind == "test_probs_of_another_length":
+        np.save(cell / "test_probs.npy", np.full((3, 2), 0.5, np.float32))
+        np.save(cell / "test_labels.npy", np.zeros(4, np.int64))
+    elif kind == "explain_indices_out_of_range":
+        np.save(cell / "test_probs.npy", np.full((4, 2), 0.5, np.float32))
+        np.save(cell / "test_labels.npy", np.zeros(4, np.int64))
+        np.save(cell / "explain_indices.npy", np.array([0, 9]))
     else:
         raise ValueError(kind)
     return run
@@ -274,6 +314,14 @@ RUN_FOLDER_CASES = {
     "corrupt_run_config": "run_config.json is not valid JSON", "garbage_npy": "is not a readable .npy array",
     "pickled_npy": "is not a readable .npy array", "maps_of_another_shape": "do not match explain_images.npy",
     "not_a_run": "is not a qsal run directory",
+    "result_with_text_auc": "measurements that are not finite numbers (test_auc='high')",
+    "result_without_id": "is not a qsal cell result (missing ['id'])",
+    "result_with_nan_auc": "not finite numbers (test_auc=nan)",
+    "result_with_infinite_latency": "not finite numbers (latency_b1_ms=inf)",
+    "result_with_zero_size": "not finite numbers (size_bytes=0)",
+    "text_in_test_probs": "test_probs.npy is not a readable .npy array",
+    "test_probs_of_another_length": "do not describe the same finite test images",
+    "explain_indices_out_of_range": "not indices of the 4 test images",
 }
 
 
@@ -353,3 +401,30 @@ def test_ray_backend_without_ray_is_refused_before_the_folder_is_touched(tmp_pat
     rc, out, err = run_cli(["run", "study.yaml", "--backend", "ray", "--out", "run", "--no-progress"], capsys)
     assert_clean_refusal(rc, out, err, "the Ray backend needs ray")
     assert not (tmp_path / "run").exists()
+
+
+def test_report_refuses_run_folders_among_files_and_a_run_folder_as_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = _run_folder(tmp_path, "result_with_zero_size").parent / "run"
+    (run / "breastmnist/small_cnn/seed0/fp32/result.json").unlink()
+    before = files_under(tmp_path)
+    # two run folders were "not a qsal run directory (no run_config.json)", which both have
+    rc, out, err = run_cli(["report", run, run], capsys)
+    assert_clean_refusal(rc, out, err, "is a `qsal run` folder, which is reported on its own")
+    # a report of files written into a run folder replaced that run's report.md
+    rc, out, err = run_cli(["report", tmp_path / "m.onnx", "--out", run], capsys)
+    assert_clean_refusal(rc, out, err, "is a `qsal run` folder; its report.md belongs to that run")
+    assert files_under(tmp_path) == before
+    rc, out, err = run_cli(["report", run, "--n-explain", "0"], capsys)  # was an IndexError traceback
+    assert rc == 2 and "the number of images" in err
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    # `qsal datasets | head -1`: the reader leaves before qsal writes; was a BrokenPipeError traceback, exit 1
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "qsal.cli", "datasets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and "Traceback" not in err and err == ""

@@ -24,7 +24,8 @@ def group():
 def _write(run_dir, spec, utc, weights=True, **extra):
     cell = run_dir / spec.id
     cell.mkdir(parents=True, exist_ok=True)
-    (cell / "result.json").write_text(json.dumps({"environment": {"utc": utc}, **extra}))
+    fields = {k: getattr(spec, k) for k in ("id", "dataset", "model", "kind", "bits", "observer", "seed", "label")}
+    (cell / "result.json").write_text(json.dumps({**fields, "environment": {"utc": utc}, **extra}))
     if weights:
         (cell / "best.safetensors").write_bytes(b"")
 

@@ -324,3 +324,57 @@ def test_a_child_whose_parent_failed_in_the_run_is_not_run_from_what_the_parent_
     assert not (tmp_path / "breastmnist/small_cnn/seed0/ptq-int8-minmax").exists()
     monkeypatch.setattr(qsal.pipeline, "train_model", real)
     assert [s["status"] for s in run_study(cfg, tmp_path, progress=False)] == ["done", "done"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_run_ends_its_workers_and_a_rerun_resumes(tmp_path):
+    """`kill PID` on `qsal run --workers 2` used to leave both workers training, orphaned, holding the folder's lock."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [0, 1]\n"
+                   "train: {epochs: 200}\nmeasure: {latency: false, saliency: false}\n")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "qsal.cli", "run", str(cfg), "--out", str(run), "--workers", "2",
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lasts = [run / f"breastmnist/small_cnn/seed{s}/fp32/last.pt" for s in (0, 1)]
+    deadline = time.monotonic() + 240
+    while not all(p.is_file() for p in lasts) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert all(p.is_file() for p in lasts), proc.stderr.read() if proc.poll() is not None else "no epoch in 240 s"
+    workers = [int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted; finished files are intact and a rerun resumes"
+    time.sleep(1)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read()]
+    assert alive == []
+    from qsal.study.redo import progress
+    from qsal.study.grid import plan_groups
+    from qsal.study.config import load_run_config
+
+    groups = plan_groups(load_run_config(cfg))
+    assert progress(groups, run)[0] == 0  # nothing finished, both part-trained: a rerun continues them
+    from qsal.study.rundir import run_holder
+
+    assert run_holder(run) is None  # the lock went with the workers
+
+
+def test_every_pact_option_a_study_may_set_is_type_checked():
+    # a PACTConfig field without a check here would pass any YAML value through (fold_bn: "no" folded BatchNorm)
+    import dataclasses
+
+    from qsal.quant import PACTConfig
+    from qsal.study.config import _PACT_TYPES
+
+    assert sorted(_PACT_TYPES) == sorted(f.name for f in dataclasses.fields(PACTConfig) if f.name != "bits")
+    defaults = PACTConfig()
+    for name, (check, words) in _PACT_TYPES.items():  # the default passes (a tuple default as YAML gives it: a list)
+        value = getattr(defaults, name)
+        assert check(list(value) if isinstance(value, tuple) else value), (name, words)

@@ -238,8 +238,15 @@ def cmd_report(args):
     from qsal.study.results import report_run
 
     paths = [Path(p) for p in args.inputs]
-    if len(paths) == 1 and (paths[0] / "run_config.json").is_file():
+    runs = [p for p in paths if (p / "run_config.json").is_file()]
+    if len(paths) == 1 and runs:
         rep = report_run(paths[0])
+    elif runs:
+        raise QsalError(f"{runs[0]} is a `qsal run` folder, which is reported on its own: `qsal report {runs[0]}`; "
+                        "to compare models across runs, name their best.safetensors or model.onnx files")
+    elif (Path(args.out) / "run_config.json").is_file():
+        raise QsalError(f"--out {args.out} is a `qsal run` folder; its report.md belongs to that run: choose another "
+                        "--out for this report")
     else:
         rep = report_files(paths, args.out, data_dir=args.data_dir, latency=not args.no_latency,
                            n_explain=args.n_explain, progress=not args.quiet)
@@ -252,7 +259,8 @@ def _setup_report(p):
                         "best.safetensors or model.onnx; the first is the reference the others' maps are compared to")
     p.add_argument("--out", default="runs/report", help="output folder for files (a run folder gets its report inside)")
     data_dir_arg(p)
-    p.add_argument("--n-explain", type=int, default=8, help="test images explained per model")
+    p.add_argument("--n-explain", type=int_range(1, 256, "the number of images"), default=8,
+                   help="test images explained per model (1-256)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement (faster)")
 
 
@@ -319,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     except QsalError as e:
         print(f"error: {e}", file=sys.stderr)
         return QsalError.exit_code
+    except BrokenPipeError:  # `qsal ... | head`: the reader left; say nothing more (as cat and grep do)
+        _silence_stdout()
+        return 141
     except OSError as e:
         from qsal._atomic import DISK_FULL_ERRNOS
 
@@ -336,6 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished files are intact and a rerun resumes", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not raise a second BrokenPipeError."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ Every problem in a file is reported at once, each with its path (``epochs.fp32: 
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -132,6 +135,8 @@ def _check_list(problems, key, value, allowed=None, kind=str):
             problems.append(f"{key}[{i}]: {_short(v)} is not {TYPE_WORDS.get(kind, kind.__name__)}")
         elif allowed is not None and v not in allowed:
             problems.append(f"{key}[{i}]: unknown value {_short(v)}; choose from {', '.join(map(str, allowed))}")
+        elif v in value[:i]:  # two seeds 0 would train one cell folder twice, at once with --workers 2
+            problems.append(f"{key}[{i}]: {_short(v)} is listed twice; give each value once")
 
 
 def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
@@ -179,6 +184,9 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                 if not isinstance(v, want) or (want is int and isinstance(v, bool)):
                     problems.append(f"{key}.{sub}: {_short(v)} is not {TYPE_WORDS.get(want, want.__name__)}")
                     continue
+                if want is float and not math.isfinite(v):
+                    problems.append(f"{key}.{sub}: must be a finite number, got {_short(v)}")
+                    continue
                 if want in (int, float) and v <= 0 and not (key == "sgt" and name == "lam" and v == 0):
                     problems.append(f"{key}.{sub}: must be positive, got {_short(v)}")
                 kwargs[name] = v
@@ -198,6 +206,8 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
         problems.append(f"sgt.target: must be log_softmax or logit, got {values['sgt'].target!r}")
     if "name" in values and not isinstance(values["name"], str):
         problems.append(f"name: must be a string, got {_short(values['name'])}")
+    if values.get("data_dir") is not None and not (isinstance(values["data_dir"], str) and values["data_dir"]):
+        problems.append(f"data_dir: must be a folder path (a string), got {_short(values['data_dir'])}")
     if "schedules" in raw:
         from qsal.study.schedule import parse_schedules
 
@@ -212,6 +222,34 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
     return RunConfig(**values)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+# PACTConfig's options as YAML gives them: (check, words). The dataclass takes any value, and a string "no" for
+# fold_bn is truthy: it would fold BatchNorm, the opposite of what was meant.
+_PACT_TYPES = {
+    "first_last_bits": (lambda v: _is_int(v) and 2 <= v <= 8, "a bit-width 2-8"),
+    "alpha_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "alpha_init": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
+    "alpha_lr": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
+    "weight_scheme": (lambda v: isinstance(v, str), "a string"),
+    "weight_per_channel": (lambda v: isinstance(v, str), "a string"),
+    "quantize_add_inputs": (lambda v: isinstance(v, bool), "true or false"),
+    "add_input_bits": (lambda v: v is None or (_is_int(v) and 2 <= v <= 8), "a bit-width 2-8 or null"),
+    "fold_bn": (lambda v: isinstance(v, bool), "true or false"),
+    "input_clip": (lambda v: isinstance(v, str), "a string"),
+    "alpha_calibration": (lambda v: isinstance(v, str), "a string"),
+    "weight_clip": (lambda v: isinstance(v, str), "a string"),
+    "num_calibration": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "skip": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of layer names"),
+}
+
+
 def _parse_pact(problems: list[str], raw, bits) -> dict:
     """``pact: {2: {weight_scheme: dorefa}}``: PACTConfig options per bit-width of ``bits`` (``bits`` comes from the
     cell); each bit-width's options are checked by building its PACTConfig. Keys may be strings ("2": JSON)."""
@@ -221,7 +259,7 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
         problems.append(f"pact: must map bit-widths to PACTConfig options, e.g. {{2: {{weight_scheme: dorefa}}}}, "
                         f"got {_short(raw)}")
         return {}
-    allowed = [f for f in PACTConfig.__dataclass_fields__ if f != "bits"]
+    allowed = [f.name for f in dataclasses.fields(PACTConfig) if f.name != "bits"]  # not the ClassVars
     out = {}
     for key, options in raw.items():
         b = int(key) if isinstance(key, str) and key.isdigit() else key
@@ -234,6 +272,10 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
         unknown = [k for k in options if k not in allowed]
         if unknown:
             problems.append(f"pact.{b}: unknown option(s) {_short(unknown)}; known: {', '.join(allowed)}")
+            continue
+        wrong = [f"{k}: {_short(v)} is not {_PACT_TYPES[k][1]}" for k, v in options.items() if not _PACT_TYPES[k][0](v)]
+        if wrong:
+            problems.append(f"pact.{b}: " + "; ".join(wrong))
             continue
         try:
             PACTConfig(bits=b, **options)
@@ -274,6 +316,14 @@ def _unique_key_loader():
     return UniqueKeyLoader
 
 
+def _yaml_problem(e) -> str:
+    """PyYAML's complaint and where (``line 5, column 9``): its message's first line names no place."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{str(what)[:120]}{where}"
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML study config."""
     import yaml
@@ -290,7 +340,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     except UnicodeDecodeError as e:
         raise QsalError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise QsalError(f"{path} is not valid YAML ({str(e).splitlines()[0][:120]}); fix the line it names") from None
+        raise QsalError(f"{path} is not valid YAML: {_yaml_problem(e)}; fix that line") from None
     if raw is None:
         raise QsalError(f"{path} is empty; a study names at least its datasets, models and methods (see configs/)")
     return parse_run_config(raw, str(path))

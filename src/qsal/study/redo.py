@@ -31,9 +31,13 @@ class Redo:
 
 
 def _result(cell: Path) -> dict | None:
-    """A cell's ``result.json`` as read back (``None``: unfinished, or truncated and so redone)."""
+    """A cell's ``result.json`` as read back (``None``: unfinished, or truncated and so redone). A file the report
+    would refuse (``results._read_result``: ``{}``, a field missing or of the wrong type, a measurement that is not a
+    finite number) is not a finished cell either: the run redoes it rather than leave a report that cannot be written."""
+    from qsal.study.results import check_result
+
     try:
-        return read_json(cell / "result.json", "")
+        return check_result(read_json(cell / "result.json", ""), cell / "result.json", cell.parents[3])
     except QsalError:
         return None
 

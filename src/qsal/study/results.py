@@ -4,6 +4,7 @@ aggregated over seeds (mean and std), and ``qsal report RUN_DIR``'s inputs (pred
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,25 @@ from qsal.study.rundir import load_npy, read_json
 __all__ = ["collect_results", "report_run"]
 
 
-_RESULT_KEYS = ("dataset", "model", "kind", "bits", "observer", "seed", "label")
+_RESULT_KEYS = ("id", "dataset", "model", "kind", "bits", "observer", "seed", "label")
+# the measured fields a report averages, plots or divides by: each is null or a finite number (size_bytes above 0)
+_NUMBER_KEYS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
+                "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap", "deletion_auc",
+                "insertion_auc", "agreement_spearman", "gini", "val_auc")
 
 
 def _read_result(path: Path, run_dir: Path) -> dict:
-    fix = f"delete the folder {path.parent} and rerun `qsal run --out {run_dir}` to redo that cell"
-    result = read_json(path, fix)
+    return check_result(read_json(path, _redo_fix(path, run_dir)), path, run_dir)
+
+
+def _redo_fix(path: Path, run_dir: Path) -> str:
+    return f"delete the folder {path.parent} and rerun `qsal run --out {run_dir}` to redo that cell"
+
+
+def check_result(result: dict, path: Path, run_dir: Path) -> dict:
+    """``result`` (read from ``path``) if it is a cell result a report can use, else ``QsalError``: its identifying
+    fields present and typed, its measurements null or finite numbers. ``qsal run`` counts only such a cell finished."""
+    fix = _redo_fix(path, run_dir)
     missing = [k for k in _RESULT_KEYS if k not in result]
     if missing or result.get("kind") not in ("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"):
         raise QsalError(f"{path} is not a qsal cell result (missing {missing or ['a known kind']}); {fix}")
@@ -27,6 +41,11 @@ def _read_result(path: Path, run_dir: Path) -> dict:
              or isinstance(result[k], bool)]
     if wrong:
         raise QsalError(f"{path} has fields of the wrong type ({', '.join(wrong)}); {fix}")
+    bad = [f"{k}={result[k]!r}"[:40] for k in _NUMBER_KEYS if result.get(k) is not None and not (
+        isinstance(result[k], (int, float)) and not isinstance(result[k], bool) and math.isfinite(result[k])
+        and (k != "size_bytes" or result[k] > 0))]
+    if bad:
+        raise QsalError(f"{path} has measurements that are not finite numbers ({', '.join(bad)}); {fix}")
     return result
 
 
@@ -95,6 +114,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         base = fp32.get(r["model"].rsplit("/", 1)[0] + "/fp32" if multi else "fp32")
         if base and r.get("size_bytes"):
             r["size_ratio"] = r["size_bytes"] / base["size_bytes"]
+    arrays = _report_arrays(run_dir, keys, multi)  # checked before any grid PNG is drawn: a damaged folder writes nothing
     grid_paths = []
     for img_path in sorted(run_dir.glob("*/*/seed*/fp32/explain_images.npy")) if grids else []:
         group = img_path.parents[1]
@@ -110,7 +130,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         grid_paths.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
     out = {"rows": rows, "failed": failed, "grids": grid_paths, "n_cells": len(results), "machines": _machines(results)}
-    out.update(_report_arrays(run_dir, keys, multi))
+    out.update(arrays)
     return out
 
 
@@ -138,8 +158,12 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
         name = f"{ds}/{model}/{label}" if multi else label
         cells[name] = cell
         if (cell / "test_probs.npy").is_file() and (cell / "test_labels.npy").is_file():
-            predictions[name] = {"y_true": np.load(cell / "test_labels.npy"), "probs": np.load(cell / "test_probs.npy"),
-                                 "scored": "ONNX artifact, first seed"}
+            fix = f"delete the folder {cell} and rerun `qsal run --out {run_dir}` to redo that cell"
+            y_true, probs = load_npy(cell / "test_labels.npy", fix, ndim=(1, 2)), load_npy(cell / "test_probs.npy", fix, ndim=2)
+            if len(y_true) != len(probs) or not np.isfinite(probs).all():
+                raise QsalError(f"{cell}: test_probs.npy ({probs.shape}) and test_labels.npy ({y_true.shape}) do not "
+                                f"describe the same finite test images; {fix}")
+            predictions[name] = {"y_true": y_true, "probs": probs, "scored": "ONNX artifact, first seed"}
     datasets = {ds for ds, _, _ in keys}
     info = get_info(next(iter(datasets))) if len(datasets) == 1 else None
     extra = {"predictions": predictions}
@@ -150,9 +174,14 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
     ref = cells.get("fp32")
     if multi or ref is None or not (ref / "explain_images.npy").is_file() or not (ref / "explain_indices.npy").is_file():
         return extra
-    idx = np.load(ref / "explain_indices.npy")
-    maps = {n: np.load(c / "saliency_maps.npy") for n, c in cells.items() if (c / "saliency_maps.npy").is_file()}
-    extra["saliency"] = {"images": np.load(ref / "explain_images.npy"), "maps": maps,
+    fix = "delete that cell's folder and rerun `qsal run` to redo it"
+    idx = load_npy(ref / "explain_indices.npy", fix, ndim=1)
+    n_test = len(predictions["fp32"]["y_true"]) if "fp32" in predictions else None
+    if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or (n_test is not None and idx.max() >= n_test):
+        raise QsalError(f"{ref / 'explain_indices.npy'} holds {idx.dtype} values {idx.min()}..{idx.max()}, not indices "
+                        f"of the {n_test or 'test'} test images; {fix}")
+    maps = {n: load_npy(c / "saliency_maps.npy", fix, ndim=4) for n, c in cells.items() if (c / "saliency_maps.npy").is_file()}
+    extra["saliency"] = {"images": load_npy(ref / "explain_images.npy", fix, ndim=(3, 4)), "maps": maps,
                          "y_true": predictions["fp32"]["y_true"][idx] if "fp32" in predictions else None,
                          "probs": {n: p["probs"][idx] for n, p in predictions.items() if n in maps},
                          "class_names": extra.get("class_names"), "method": "|input gradient|",

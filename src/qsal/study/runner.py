@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -177,16 +178,58 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with _safe_path_env(), ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(run_group, *p, False) for p in payload]
-            for f in as_completed(futures):
-                finished(f.result())
+        with _safe_path_env(), _sigterm_as_interrupt():
+            pool = ProcessPoolExecutor(max_workers=workers)
+            try:
+                futures = [pool.submit(run_group, *p, False) for p in payload]
+                for f in as_completed(futures):
+                    finished(f.result())
+            except BaseException:  # Ctrl-C or `kill` on this process alone: end the workers too, or they train on
+                _end_workers(pool)  # for hours, orphaned, holding the folder's lock
+                raise
+            pool.shutdown()
     else:
         for p in payload:
             finished(run_group(*p, False))
     bar.close()
     write_json_atomic(run_dir / "statuses.json", statuses)
     return statuses
+
+
+def _end_workers(pool) -> None:
+    """Stop a process pool's workers now (their cells keep what they saved: a rerun resumes them)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the pool runs, SIGTERM to this process ends the run as Ctrl-C does (workers ended, one line, exit 130);
+    a forked worker that inherits the handler dies of SIGTERM as it would without it."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    parent = os.getpid()
+
+    def interrupt(signum, frame):
+        if os.getpid() != parent:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager

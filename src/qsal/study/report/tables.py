@@ -25,7 +25,9 @@ GLOSSARY = [
     ("ACC", "Fraction of test images classified correctly at the operating point."),
     ("95% CI", "Percentile bootstrap interval over 1,000 resamples of the test set: the range the metric would "
                "plausibly take on another test set of the same size. Overlapping intervals mean the data cannot "
-               "tell the models apart."),
+               "tell the models apart. A row with several seeds shows the interval of its lowest seed's "
+               "predictions (test-set sampling only; the std column is the seed-to-seed spread), so its mean "
+               "over seeds can lie outside it."),
     ("Sensitivity / specificity", "Recall of the positive class / of the negative class. Which class is "
                                   "positive is stated in the header; for BreastMNIST label 0 is malignant."),
     ("Operating point", "The decision threshold on the positive-class probability (0.5 unless a rule chose "
