@@ -428,3 +428,19 @@ def test_output_into_a_closed_pipe_ends_quietly():
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait() == 141 and "Traceback" not in err and err == ""
+
+
+@pytest.mark.parametrize("kind", ["empty", "file", "other_folder"])
+def test_a_study_out_that_is_not_a_study_folder(kind, tmp_path, monkeypatch, capsys):
+    # --out "" ran the study into the working folder; a file failed late naming result.json; another folder was filled
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    out, expected = {"empty": ("", "--out is empty"), "file": (tmp_path / "notes.txt", "is a file; a study writes a folder"),
+                     "other_folder": (tmp_path, "holds other files and is not a `qsal run` folder")}[kind]
+    before = files_under(tmp_path)
+    for dry in ([], ["--dry-run", "--no-estimate"]):
+        rc, stdout, err = run_cli(["run", cfg, "--out", out, "--no-progress", *dry], capsys)
+        assert_clean_refusal(rc, stdout, err, expected)
+    assert files_under(tmp_path) == before

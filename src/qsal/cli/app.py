@@ -121,6 +121,21 @@ def _setup_demo(p):
     no_progress_arg(p)
 
 
+def _check_study_out(out: str) -> None:
+    """``--out`` must be a new or empty folder or one a study wrote (cell folders ``dataset/model/seedN/method``):
+    an empty string ran the study into the working folder, and any other folder was filled without a word."""
+    if not str(out).strip():
+        raise QsalError("--out is empty; name the study's folder (a new or empty one, or a `qsal run` folder to continue)")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise QsalError(f"--out {out} is a file; a study writes a folder: name a new or empty one, or a `qsal run` "
+                        "folder to continue")
+    if path.is_dir() and not (path / "run_config.json").is_file() and not any(path.glob("*/*/seed*/*")) \
+            and any(p.name != ".qsal-run.lock" for p in path.iterdir()):
+        raise QsalError(f"--out {out} holds other files and is not a `qsal run` folder (no run_config.json, no cell "
+                        "folders); name a new or empty folder: a study writes dataset/model/seed folders into it")
+
+
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
 def cmd_run(args):
     from qsal.study.config import load_run_config
@@ -131,6 +146,7 @@ def cmd_run(args):
         raise QsalError("--no-estimate skips --dry-run's timing; it does nothing without --dry-run (drop it, or add "
                         "--dry-run to see the plan)")
     cfg = load_run_config(args.config)
+    _check_study_out(args.out)
     if args.data_dir:  # where the files are, not what the study is: the folder's fingerprint ignores it
         cfg = dataclasses.replace(cfg, data_dir=str(Path(args.data_dir).expanduser().resolve()))
     if args.dry_run:
