@@ -197,3 +197,17 @@ def test_a_run_holding_the_folder_is_seen_without_taking_the_lock(tmp_path):
     with run_lock(tmp_path):
         assert run_holder(tmp_path) == str(os.getpid())
     assert run_holder(tmp_path) is None
+
+
+def test_a_parent_whose_best_json_is_damaged_is_retrained_while_a_child_needs_it(group, tmp_path):
+    # the child failed on the parent's best.json in every rerun, as the parent counted finished and was skipped
+    fp32, ptq, pact = group
+    _write(tmp_path, fp32, T_PARENT)
+    (tmp_path / fp32.id / "best.json").write_text('{"epoch": 3, "trunc')
+    _child(tmp_path, ptq)
+    redo = cells_to_redo(group, tmp_path)
+    assert list(redo) == ["fp32", "ptq-int8-minmax"]  # ptq redone from the new parent; pact-4 runs anyway
+    assert redo["fp32"].reason == "its best.json is damaged and a quantized cell of this group still needs it: " \
+                                  "training it again"
+    _child(tmp_path, pact)
+    assert cells_to_redo(group, tmp_path) == {}  # nothing needs the parent: its damage is left alone

@@ -136,14 +136,28 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict 
            and (why := outdated(s, run_dir / s.id, results[s.label], (expected or {}).get(s.label))
                 or older_than_parent(s, results[s.label], results.get(s.parent)))}
     needed = {s.parent for s in specs if s.parent and (s.label in old or s.label not in done)}
-    retrain = {s.label for s in specs if s.kind in needed and s.label in done
-               and not (run_dir / s.id / "best.safetensors").is_file()}
+    unusable = {s.label: why for s in specs if s.kind in needed and s.label in done
+                and (why := _unusable_checkpoint(run_dir / s.id))}
+    retrain = set(unusable)
     redo = {s.label: Redo(f"its parent {s.parent} is being trained again: redoing this cell from the new parent",
                           after_parent=True) for s in specs if s.parent in retrain and s.label in done}
     redo.update({label: Redo(why) for label, why in old.items()})
-    redo.update({label: Redo("checkpoint missing (a fresh checkout keeps results, not weights) and a quantized cell "
-                             "of this group still needs it: training it again") for label in retrain})
+    redo.update({label: Redo(f"{why} and a quantized cell of this group still needs it: training it again")
+                 for label, why in unusable.items()})
     return {s.label: redo[s.label] for s in specs if s.label in redo}  # in the group's order: parents first
+
+
+def _unusable_checkpoint(cell: Path) -> str | None:
+    """Why a finished parent's checkpoint cannot start its children (``None``: it can): missing, or its
+    ``best.json`` damaged (every rerun's child failed on it while the parent counted as finished)."""
+    if not (cell / "best.safetensors").is_file():
+        return "checkpoint missing (a fresh checkout keeps results, not weights)"
+    if (cell / "best.json").exists():
+        try:
+            read_json(cell / "best.json", "")
+        except QsalError:
+            return "its best.json is damaged"
+    return None
 
 
 def _group_state(g: list[CellSpec], run_dir: Path, cfg) -> tuple[dict[str, dict | None], dict[str, Redo]]:
