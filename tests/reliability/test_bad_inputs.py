@@ -444,3 +444,9 @@ def test_a_study_out_that_is_not_a_study_folder(kind, tmp_path, monkeypatch, cap
         rc, stdout, err = run_cli(["run", cfg, "--out", out, "--no-progress", *dry], capsys)
         assert_clean_refusal(rc, stdout, err, expected)
     assert files_under(tmp_path) == before
+
+
+def test_a_study_config_that_is_a_device_is_named_as_such(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli(["run", "/dev/null", "--out", tmp_path / "run"], capsys)  # was "not found"
+    assert_clean_refusal(rc, out, err, "/dev/null is not a regular file; pass the study YAML file")

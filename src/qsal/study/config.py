@@ -331,6 +331,8 @@ def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if path.is_dir():
         raise QsalError(f"{path} is a folder; pass the study YAML file (see configs/)")
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: "not found" sent the user looking for a typo
+        raise QsalError(f"{path} is not a regular file; pass the study YAML file (see configs/)")
     if not path.is_file():
         raise QsalError(f"config file {path} not found")
     if path.stat().st_size > 1_000_000:
