@@ -211,3 +211,20 @@ def test_a_parent_whose_best_json_is_damaged_is_retrained_while_a_child_needs_it
                                   "training it again"
     _child(tmp_path, pact)
     assert cells_to_redo(group, tmp_path) == {}  # nothing needs the parent: its damage is left alone
+
+
+def test_an_undefined_measurement_is_written_as_null_so_the_cell_stays_finished(group, tmp_path):
+    # constant saliency maps give a NaN Spearman: written as NaN, the cell would count unfinished and be redone forever
+    from qsal.study.cell import defined
+    from qsal.study.redo import finished
+
+    fp32 = group[0]
+    result = defined({**{k: getattr(fp32, k) for k in ("id", "dataset", "model", "kind", "bits", "observer", "seed",
+                                                         "label")}, "test_auc": 0.9, "agreement_spearman": float("nan"),
+                      "latency_b1_ms": float("inf")})
+    assert result["agreement_spearman"] is None and result["latency_b1_ms"] is None and result["test_auc"] == 0.9
+    assert result["undefined"] == ["agreement_spearman", "latency_b1_ms"]
+    (tmp_path / fp32.id).mkdir(parents=True)
+    (tmp_path / fp32.id / "result.json").write_text(json.dumps(result))
+    assert finished(tmp_path / fp32.id)
+    assert defined({"test_auc": 0.5}) == {"test_auc": 0.5}

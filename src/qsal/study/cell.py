@@ -8,6 +8,7 @@ with its group's FP32 cell to its ``result.json``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -97,6 +98,7 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> d
         write_card(str(ckpt), cell / "model.onnx", bench, metrics=art.to_dict(), explanations={  # scored above
             k: result[k] for k in ("faithfulness_gap", "deletion_auc", "insertion_auc", "gini") if k in result} or None, data_dir=cfg.data_dir)
     result["environment"] = environment()
+    result = defined(result)
     log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
     write_json_atomic(cell / "result.json", result)
     return result
@@ -156,5 +158,15 @@ def agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]:
         result = read_json(cell / "result.json", _redo_fix(run_dir, spec))
         result.update(agreement_spearman=a["spearman"], agreement_iou=a["topk_iou"], agreement_ssim=a["ssim"],
                       most_changed=a["most_changed"])
-        write_json_atomic(cell / "result.json", result)
+        write_json_atomic(cell / "result.json", defined(result))
     return problems
+
+
+def defined(result: dict) -> dict:
+    """``result`` with each top-level measurement that is not a finite number (a Spearman correlation of maps that
+    are constant: NaN) written as null and named under ``undefined``: a report shows it as missing, and neither the
+    report nor the runner's finished-cell check (``results.check_result``) meets a NaN."""
+    bad = sorted(k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v))
+    if not bad:
+        return result
+    return {**result, **{k: None for k in bad}, "undefined": sorted(set(result.get("undefined") or []) | set(bad))}
