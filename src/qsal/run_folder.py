@@ -52,7 +52,7 @@ def _read_record(record: Path) -> dict:
     the run cannot be continued: ``CannotResume``, which a study answers by starting the cell over."""
     try:
         old = json.loads(record.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # not OSError: an unreadable file is not a damaged one
         old = e
     if not isinstance(old, dict):
         why = f"its {record.name} is damaged ({type(old).__name__})"

@@ -287,10 +287,8 @@ def _run_folder(root: Path, kind: str) -> Path:
         (cell / "result.json").write_text(json.dumps({**result, "test_auc": "high"}))
     elif kind == "result_without_id":
         (cell / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "id"}))
-    elif kind == "result_with_nan_auc":  # was averaged into a row reading "nan", naming no cell
-        (cell / "result.json").write_text(json.dumps({**result, "test_auc": float("nan")}))
-    elif kind == "result_with_infinite_latency":  # crashed the plot after some PNGs were rewritten
-        (cell / "result.json").write_text(json.dumps({**result, "latency_b1_ms": float("inf"), "size_bytes": 10}))
+    elif kind == "result_with_huge_size":  # math.isfinite raised OverflowError: a traceback
+        (cell / "result.json").write_text(json.dumps({**result, "size_bytes": 10 ** 400}))
     elif kind == "result_with_zero_size":  # divided by zero for the size ratio
         (cell / "result.json").write_text(json.dumps({**result, "size_bytes": 0}))
     elif kind == "text_in_test_probs":
@@ -316,8 +314,7 @@ RUN_FOLDER_CASES = {
     "not_a_run": "is not a qsal run directory",
     "result_with_text_auc": "measurements that are not finite numbers (test_auc='high')",
     "result_without_id": "is not a qsal cell result (missing ['id'])",
-    "result_with_nan_auc": "not finite numbers (test_auc=nan)",
-    "result_with_infinite_latency": "not finite numbers (latency_b1_ms=inf)",
+    "result_with_huge_size": "not finite numbers (size_bytes=1000000",
     "result_with_zero_size": "not finite numbers (size_bytes=0)",
     "text_in_test_probs": "test_probs.npy is not a readable .npy array",
     "test_probs_of_another_length": "do not describe the same finite test images",
@@ -450,3 +447,19 @@ def test_a_study_config_that_is_a_device_is_named_as_such(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     rc, out, err = run_cli(["run", "/dev/null", "--out", tmp_path / "run"], capsys)  # was "not found"
     assert_clean_refusal(rc, out, err, "/dev/null is not a regular file; pass the study YAML file")
+
+
+def test_a_nan_measurement_reads_as_not_measured(tmp_path, monkeypatch, capsys):
+    # an older qsal wrote NaN (the Spearman agreement of constant maps); the row read "nan" and qsal run now redid the
+    # cell: both read it as null, as qsal now writes it
+    monkeypatch.chdir(tmp_path)
+    run = _run_folder(tmp_path, "not_a_run").parent / "run"
+    (run / "run_config.json").write_text(json.dumps({"fingerprint": "x", "config": {"name": "t"}}))
+    cell = run / "breastmnist/small_cnn/seed0/fp32"
+    result = json.loads((cell / "result.json").read_text())
+    (cell / "result.json").write_text(json.dumps({**result, "agreement_spearman": float("nan")}))
+    rc, out, err = run_cli(["report", run], capsys)
+    assert rc == 0 and " nan " not in (run / "report.md").read_text().lower()
+    from qsal.study.redo import finished
+
+    assert finished(cell)

@@ -15,6 +15,16 @@ STUDY = {"name": "r", "datasets": ["breastmnist"], "models": ["small_cnn"], "met
 T_PARENT, T_OLD = "2026-01-02T00:00:00+00:00", "2026-01-01T00:00:00+00:00"
 
 
+REAL_CHECKPOINT_DAMAGE = redo_mod.checkpoint_damage
+
+
+@pytest.fixture(autouse=True)
+def placeholder_weights_load(monkeypatch):
+    """The cells here hold placeholder weight files (empty, no best.json): let them count as loadable; the test of
+    damaged checkpoints puts the real check back."""
+    monkeypatch.setattr(redo_mod, "checkpoint_damage", lambda weights: None)
+
+
 @pytest.fixture
 def group():
     (g,) = plan_groups(parse_run_config(STUDY))
@@ -199,19 +209,37 @@ def test_a_run_holding_the_folder_is_seen_without_taking_the_lock(tmp_path):
     assert run_holder(tmp_path) is None
 
 
-def test_a_parent_whose_best_json_is_damaged_is_retrained_while_a_child_needs_it(group, tmp_path):
-    # the child failed on the parent's best.json in every rerun, as the parent counted finished and was skipped
-    fp32, ptq, pact = group
-    _write(tmp_path, fp32, T_PARENT)
-    (tmp_path / fp32.id / "best.json").write_text('{"epoch": 3, "trunc')
-    _child(tmp_path, ptq)
-    redo = cells_to_redo(group, tmp_path)
-    assert list(redo) == ["fp32", "ptq-int8-minmax"]  # ptq redone from the new parent; pact-4 runs anyway
-    assert redo["fp32"].reason == "its best.json is damaged and a quantized cell of this group still needs it: " \
-                                  "training it again"
-    _child(tmp_path, pact)
-    assert cells_to_redo(group, tmp_path) == {}  # nothing needs the parent: its damage is left alone
+def test_a_parent_whose_checkpoint_is_damaged_is_retrained_while_a_child_needs_it(group, tmp_path, monkeypatch):
+    # the child failed on the parent's checkpoint in every rerun, as the parent counted finished and was skipped
+    import torch
 
+    from qsal.checkpoint import save_checkpoint
+    from qsal.models import create_model
+
+    monkeypatch.setattr(redo_mod, "checkpoint_damage", REAL_CHECKPOINT_DAMAGE)
+    fp32, ptq, pact = group
+    _write(tmp_path, fp32, T_PARENT, weights=False)
+    weights = tmp_path / fp32.id / "best.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(create_model("small_cnn", 2, 1), weights,
+                    {"arch": {"name": "small_cnn", "num_classes": 2, "in_channels": 1, "image_size": 28}})
+    _child(tmp_path, ptq)
+    assert cells_to_redo(group, tmp_path) == {}  # a whole checkpoint: pact-4 starts from it
+    whole_json, whole_weights = weights.with_suffix(".json").read_text(), weights.read_bytes()
+    for damage, why in ((lambda: weights.with_suffix(".json").write_text('{"epoch": 3, "trunc'), "best.json is missing or damaged"),
+                        (lambda: weights.with_suffix(".json").write_text("{}"), "best.json is missing or damaged"),
+                        (lambda: weights.with_suffix(".json").unlink(), "best.json is missing or damaged"),
+                        (lambda: weights.write_bytes(whole_weights[:len(whole_weights) // 2]),
+                         "best.safetensors is damaged")):
+        damage()
+        redo = cells_to_redo(group, tmp_path)
+        assert list(redo) == ["fp32", "ptq-int8-minmax"]  # ptq redone from the new parent; pact-4 runs anyway
+        assert redo["fp32"].reason == f"its {why} and a quantized cell of this group still needs it: training it again"
+        weights.with_suffix(".json").write_text(whole_json)
+        weights.write_bytes(whole_weights)
+    _child(tmp_path, pact)
+    weights.with_suffix(".json").write_text("{}")
+    assert cells_to_redo(group, tmp_path) == {}  # nothing needs the parent: its damage is left alone
 
 def test_an_undefined_measurement_is_written_as_null_so_the_cell_stays_finished(group, tmp_path):
     # constant saliency maps give a NaN Spearman: written as NaN, the cell would count unfinished and be redone forever

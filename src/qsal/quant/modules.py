@@ -214,7 +214,9 @@ class PACTQuantizer(nn.Module):
         """``export_params()["scale"]`` as a float32 0-dim tensor on alpha's device, without a host read: the same
         float64 arithmetic (``float32 |alpha|`` widened, ``+ 1e-6``, ``/ n_steps``) rounded once to float32, so the
         bias grid a forward uses is bit for bit the exported one."""
-        return ((self.alpha.detach().abs().double() + 1e-6) / self.n_steps).float()
+        alpha = self.alpha.detach().abs().double() + 1e-6
+        # a tensor divisor: CUDA divides by a Python number as a multiply by its reciprocal (1 ulp off at times)
+        return (alpha / torch.full((), self.n_steps, dtype=torch.float64, device=alpha.device)).float()
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, alpha={float(self.alpha):.4g}, signed={self.is_signed}"

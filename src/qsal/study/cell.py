@@ -8,7 +8,6 @@ with its group's FP32 cell to its ``result.json``.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +19,7 @@ from qsal.errors import QsalError
 from qsal.study.config import RunConfig
 from qsal.study.grid import CellSpec, quant_config
 from qsal.study.redo import finished, parent_made_at
+from qsal.study.results import defined
 from qsal.study.rundir import load_npy, read_json
 
 __all__ = ["run_cell", "explanation_measures", "agreement_with_fp32", "log"]
@@ -161,12 +161,3 @@ def agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]:
         write_json_atomic(cell / "result.json", defined(result))
     return problems
 
-
-def defined(result: dict) -> dict:
-    """``result`` with each top-level measurement that is not a finite number (a Spearman correlation of maps that
-    are constant: NaN) written as null and named under ``undefined``: a report shows it as missing, and neither the
-    report nor the runner's finished-cell check (``results.check_result``) meets a NaN."""
-    bad = sorted(k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v))
-    if not bad:
-        return result
-    return {**result, **{k: None for k in bad}, "undefined": sorted(set(result.get("undefined") or []) | set(bad))}

@@ -34,10 +34,10 @@ def _result(cell: Path) -> dict | None:
     """A cell's ``result.json`` as read back (``None``: unfinished, or truncated and so redone). A file the report
     would refuse (``results._read_result``: ``{}``, a field missing or of the wrong type, a measurement that is not a
     finite number) is not a finished cell either: the run redoes it rather than leave a report that cannot be written."""
-    from qsal.study.results import check_result
+    from qsal.study.results import check_result, defined
 
-    try:
-        return check_result(read_json(cell / "result.json", ""), cell / "result.json", cell.parents[3])
+    try:  # defined(): a NaN an older qsal wrote reads as null, as this one writes it, not as a cell to redo
+        return check_result(defined(read_json(cell / "result.json", "")), cell / "result.json", cell.parents[3])
     except QsalError:
         return None
 
@@ -150,13 +150,27 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict 
 def _unusable_checkpoint(cell: Path) -> str | None:
     """Why a finished parent's checkpoint cannot start its children (``None``: it can): missing, or its
     ``best.json`` damaged (every rerun's child failed on it while the parent counted as finished)."""
-    if not (cell / "best.safetensors").is_file():
+    weights = cell / "best.safetensors"
+    if not weights.is_file():
         return "checkpoint missing (a fresh checkout keeps results, not weights)"
-    if (cell / "best.json").exists():
-        try:
-            read_json(cell / "best.json", "")
-        except QsalError:
-            return "its best.json is damaged"
+    return checkpoint_damage(weights)
+
+
+def checkpoint_damage(weights: Path) -> str | None:
+    """What keeps a child from loading the checkpoint ``weights`` (``None``: nothing): checked as a child loads it,
+    ``best.json`` beside it and valid, the weights' header whole (reads no tensor data)."""
+    from qsal.checkpoint import read_meta, resolve_checkpoint_path
+
+    try:
+        read_meta(resolve_checkpoint_path(weights))
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            f.keys()
+    except QsalError:
+        return "its best.json is missing or damaged"
+    except Exception:  # noqa: BLE001 - safetensors' own errors: a cut-off or foreign file
+        return "its best.safetensors is damaged"
     return None
 
 

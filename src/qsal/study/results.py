@@ -23,7 +23,7 @@ _NUMBER_KEYS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivi
 
 
 def _read_result(path: Path, run_dir: Path) -> dict:
-    return check_result(read_json(path, _redo_fix(path, run_dir)), path, run_dir)
+    return check_result(defined(read_json(path, _redo_fix(path, run_dir))), path, run_dir)  # NaN: not measured
 
 
 def _redo_fix(path: Path, run_dir: Path) -> str:
@@ -41,12 +41,20 @@ def check_result(result: dict, path: Path, run_dir: Path) -> dict:
              or isinstance(result[k], bool)]
     if wrong:
         raise QsalError(f"{path} has fields of the wrong type ({', '.join(wrong)}); {fix}")
-    bad = [f"{k}={result[k]!r}"[:40] for k in _NUMBER_KEYS if result.get(k) is not None and not (
-        isinstance(result[k], (int, float)) and not isinstance(result[k], bool) and math.isfinite(result[k])
-        and (k != "size_bytes" or result[k] > 0))]
+    bad = [f"{k}={result[k]!r}"[:40] for k in _NUMBER_KEYS if result.get(k) is not None and not _measured(k, result[k])]
     if bad:
         raise QsalError(f"{path} has measurements that are not finite numbers ({', '.join(bad)}); {fix}")
     return result
+
+
+def _measured(key: str, value) -> bool:
+    """A finite number (an integer too large for a float is not: ``math.isfinite`` would raise); a size above 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and (key != "size_bytes" or value > 0)
+    except OverflowError:
+        return False
 
 
 def _read_error(path: Path, run_dir: Path) -> dict:
@@ -206,3 +214,13 @@ def report_run(run_dir: str | Path) -> dict:
     if "saliency" not in results:
         results["saliency_grids"] = collected["grids"]
     return write_report(run_dir, results)
+
+
+def defined(result: dict) -> dict:
+    """``result`` with each top-level measurement that is not a finite number (a Spearman correlation of maps that
+    are constant: NaN) written as null and named under ``undefined``: a report shows it as missing, and neither the
+    report nor the runner's finished-cell check (``results.check_result``) meets a NaN."""
+    bad = sorted(k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v))
+    if not bad:
+        return result
+    return {**result, **{k: None for k in bad}, "undefined": sorted(set(result.get("undefined") or []) | set(bad))}
