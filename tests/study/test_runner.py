@@ -378,3 +378,14 @@ def test_every_pact_option_a_study_may_set_is_type_checked():
     for name, (check, words) in _PACT_TYPES.items():  # the default passes (a tuple default as YAML gives it: a list)
         value = getattr(defaults, name)
         assert check(list(value) if isinstance(value, tuple) else value), (name, words)
+
+
+def test_a_half_finished_run_says_so_where_its_report_names_the_source():
+    from qsal.study.results import _cells_done
+
+    cfg = parse_run_config({"datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "pact"],
+                            "bits": [4], "seeds": [0, 1, 2]}).to_dict()  # as run_config.json records it: 6 cells
+    assert _cells_done(2, cfg) == "2 of 6 cells finished"
+    assert _cells_done(6, cfg) == "6 cells"
+    assert _cells_done(2, {}) == "2 cells"  # a folder without its config: the count alone
+    assert _cells_done(2, {"datasets": "garbage"}) == "2 cells"

@@ -197,6 +197,19 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
     return extra
 
 
+def _cells_done(n_done: int, cfg: dict) -> str:
+    """``"51 cells"``, or ``"5 of 24 cells finished"`` while the study's plan has more: a half-finished run's table
+    says so where its source is named (the plan from the config the folder records; without one, the count)."""
+    from qsal.study.config import parse_run_config
+    from qsal.study.grid import plan_groups
+
+    try:
+        planned = sum(len(g) for g in plan_groups(parse_run_config(cfg))) if cfg else None
+    except QsalError:
+        planned = None
+    return f"{n_done} of {planned} cells finished" if planned and planned > n_done else f"{n_done} cells"
+
+
 def report_run(run_dir: str | Path) -> dict:
     """Write ``report.md`` / ``report.html`` for a run directory; returns their paths and the table."""
     from qsal.provenance import environment
@@ -208,7 +221,7 @@ def report_run(run_dir: str | Path) -> dict:
     cfg = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
     name = str(cfg.get("name", Path(run_dir).name))
     results = {"dataset": collected.get("dataset_name", name), "rows": collected["rows"], "failed": collected["failed"],
-               "environment": environment(), "source": f"qsal run ({collected['n_cells']} cells, config {name})",
+               "environment": environment(), "source": f"qsal run ({_cells_done(collected['n_cells'], cfg)}, config {name})",
                **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines")
                   if k in collected}}
     if "saliency" not in results:
