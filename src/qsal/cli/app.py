@@ -124,6 +124,8 @@ def _setup_demo(p):
 def _check_study_out(out: str) -> None:
     """``--out`` must be a new or empty folder or one a study wrote (cell folders ``dataset/model/seedN/method``):
     an empty string ran the study into the working folder, and any other folder was filled without a word."""
+    from qsal.study.rundir import LOCK_NAME
+
     if not str(out).strip():
         raise QsalError("--out is empty; name the study's folder (a new or empty one, or a `qsal run` folder to continue)")
     path = Path(out)
@@ -131,7 +133,7 @@ def _check_study_out(out: str) -> None:
         raise QsalError(f"--out {out} is a file; a study writes a folder: name a new or empty one, or a `qsal run` "
                         "folder to continue")
     if path.is_dir() and not (path / "run_config.json").is_file() and not any(path.glob("*/*/seed*/*")) \
-            and any(p.name != ".qsal-run.lock" for p in path.iterdir()):
+            and any(p.name != LOCK_NAME for p in path.iterdir()):
         raise QsalError(f"--out {out} holds other files and is not a `qsal run` folder (no run_config.json, no cell "
                         "folders); name a new or empty folder: a study writes dataset/model/seed folders into it")
 

@@ -160,4 +160,3 @@ def agreement_with_fp32(group: list[CellSpec], run_dir: Path) -> dict[str, str]:
                       most_changed=a["most_changed"])
         write_json_atomic(cell / "result.json", defined(result))
     return problems
-

@@ -21,12 +21,10 @@ Every problem in a file is reported at once, each with its path (``epochs.fp32: 
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from qsal.errors import TYPE_WORDS, QsalError
@@ -226,17 +224,24 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+def finite_number(v) -> bool:
+    """An int or float (not a bool) that is finite; an integer too large for a float is not (``math.isfinite`` would
+    raise ``OverflowError`` on it)."""
+    if not (_is_int(v) or isinstance(v, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 # PACTConfig's options as YAML gives them: (check, words). The dataclass takes any value, and a string "no" for
 # fold_bn is truthy: it would fold BatchNorm, the opposite of what was meant.
 _PACT_TYPES = {
     "first_last_bits": (lambda v: _is_int(v) and 2 <= v <= 8, "a bit-width 2-8"),
-    "alpha_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "alpha_init": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
-    "alpha_lr": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
+    "alpha_decay": (lambda v: finite_number(v) and v >= 0, "a number >= 0"),
+    "alpha_init": (lambda v: v is None or (finite_number(v) and v > 0), "a positive number or null"),
+    "alpha_lr": (lambda v: v is None or (finite_number(v) and v > 0), "a positive number or null"),
     "weight_scheme": (lambda v: isinstance(v, str), "a string"),
     "weight_per_channel": (lambda v: isinstance(v, str), "a string"),
     "quantize_add_inputs": (lambda v: isinstance(v, bool), "true or false"),
@@ -259,7 +264,7 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
         problems.append(f"pact: must map bit-widths to PACTConfig options, e.g. {{2: {{weight_scheme: dorefa}}}}, "
                         f"got {_short(raw)}")
         return {}
-    allowed = [f.name for f in dataclasses.fields(PACTConfig) if f.name != "bits"]  # not the ClassVars
+    allowed = [f.name for f in fields(PACTConfig) if f.name != "bits"]  # not the ClassVars
     out = {}
     for key, options in raw.items():
         b = int(key) if isinstance(key, str) and key.isdigit() else key

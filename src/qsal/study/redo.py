@@ -34,10 +34,10 @@ def _result(cell: Path) -> dict | None:
     """A cell's ``result.json`` as read back (``None``: unfinished, or truncated and so redone). A file the report
     would refuse (``results._read_result``: ``{}``, a field missing or of the wrong type, a measurement that is not a
     finite number) is not a finished cell either: the run redoes it rather than leave a report that cannot be written."""
-    from qsal.study.results import check_result, defined
+    from qsal.study.results import check_result
 
-    try:  # defined(): a NaN an older qsal wrote reads as null, as this one writes it, not as a cell to redo
-        return check_result(defined(read_json(cell / "result.json", "")), cell / "result.json", cell.parents[3])
+    try:
+        return check_result(read_json(cell / "result.json", ""), cell / "result.json", cell.parents[3])
     except QsalError:
         return None
 

@@ -23,17 +23,18 @@ _NUMBER_KEYS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivi
 
 
 def _read_result(path: Path, run_dir: Path) -> dict:
-    return check_result(defined(read_json(path, _redo_fix(path, run_dir))), path, run_dir)  # NaN: not measured
+    return check_result(read_json(path, _redo_fix(path.parent, run_dir)), path, run_dir)
 
 
-def _redo_fix(path: Path, run_dir: Path) -> str:
-    return f"delete the folder {path.parent} and rerun `qsal run --out {run_dir}` to redo that cell"
+def _redo_fix(cell: Path, run_dir: Path) -> str:
+    return f"delete the folder {cell} and rerun `qsal run --out {run_dir}` to redo that cell"
 
 
 def check_result(result: dict, path: Path, run_dir: Path) -> dict:
-    """``result`` (read from ``path``) if it is a cell result a report can use, else ``QsalError``: its identifying
-    fields present and typed, its measurements null or finite numbers. ``qsal run`` counts only such a cell finished."""
-    fix = _redo_fix(path, run_dir)
+    """``result`` (read from ``path``) as a report uses it, if it is a cell result, else ``QsalError``: its identifying
+    fields present and typed, its measurements null or finite numbers (a NaN or inf an older qsal wrote reads as null,
+    ``defined``). ``qsal run`` counts only such a cell finished."""
+    result, fix = defined(result), _redo_fix(path.parent, run_dir)
     missing = [k for k in _RESULT_KEYS if k not in result]
     if missing or result.get("kind") not in ("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"):
         raise QsalError(f"{path} is not a qsal cell result (missing {missing or ['a known kind']}); {fix}")
@@ -48,13 +49,10 @@ def check_result(result: dict, path: Path, run_dir: Path) -> dict:
 
 
 def _measured(key: str, value) -> bool:
-    """A finite number (an integer too large for a float is not: ``math.isfinite`` would raise); a size above 0."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value) and (key != "size_bytes" or value > 0)
-    except OverflowError:
-        return False
+    """A finite number; a size above 0."""
+    from qsal.study.config import finite_number
+
+    return finite_number(value) and (key != "size_bytes" or value > 0)
 
 
 def _read_error(path: Path, run_dir: Path) -> dict:
@@ -166,7 +164,7 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
         name = f"{ds}/{model}/{label}" if multi else label
         cells[name] = cell
         if (cell / "test_probs.npy").is_file() and (cell / "test_labels.npy").is_file():
-            fix = f"delete the folder {cell} and rerun `qsal run --out {run_dir}` to redo that cell"
+            fix = _redo_fix(cell, run_dir)
             y_true, probs = load_npy(cell / "test_labels.npy", fix, ndim=(1, 2)), load_npy(cell / "test_probs.npy", fix, ndim=2)
             if len(y_true) != len(probs) or not np.isfinite(probs).all():
                 raise QsalError(f"{cell}: test_probs.npy ({probs.shape}) and test_labels.npy ({y_true.shape}) do not "
