@@ -216,6 +216,8 @@ YAML_CASES = {
                                b"lr: {fp32: .inf}\nsgt: {lambda: .nan}\n",
                                "2 problem(s): lr.fp32: must be a finite number, got inf; sgt.lambda: must be a finite "
                                "number, got nan"),
+    "huge_integer_lr": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nlr: {fp32: 1" + b"0" * 400 + b"}\n",
+                        "lr.fp32: 1000"),  # float() raised OverflowError: a traceback
     "data_dir_not_a_path": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\ndata_dir: 5\n",
                             "data_dir: must be a folder path (a string), got 5"),
     # a string "no" is truthy: it folded BatchNorm; -5 failed only after the parent had trained

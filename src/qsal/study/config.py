@@ -177,9 +177,9 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                     problems.append(f"{key}.{sub if isinstance(sub, str) else _short(sub)}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
                     continue
                 want = type(getattr(cls(), name))
-                if want is float and isinstance(v, int) and not isinstance(v, bool):
+                if want is float and _is_int(v) and finite_number(v):  # a 400-digit integer: float() would raise
                     v = float(v)
-                if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                if want is float and _is_int(v) or not isinstance(v, want) or (want is int and isinstance(v, bool)):
                     problems.append(f"{key}.{sub}: {_short(v)} is not {TYPE_WORDS.get(want, want.__name__)}")
                     continue
                 if want is float and not math.isfinite(v):
