@@ -113,7 +113,7 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
 
 # Nested settings that say how a run is shown or where it runs, not what it computes (a fine-tune's train_config
 # carries them; the top-level config leaves them out).
-_NOT_SETTINGS = ("progress", "device")
+NOT_SETTINGS = ("progress", "device")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -145,7 +145,7 @@ def _settings(fp: dict) -> dict:
     def walk(prefix: str, value) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                if not (prefix and k in _NOT_SETTINGS):
+                if not (prefix and k in NOT_SETTINGS):
                     walk(f"{prefix}.{k}" if prefix else str(k), v)
         elif value is not None:
             flat[prefix] = value

@@ -8,7 +8,7 @@ from qsal.quant import PACTConfig, PTQConfig
 from qsal.study import redo as redo_mod
 from qsal.study.config import parse_run_config
 from qsal.study.redo import cells_to_redo, progress
-from qsal.study.grid import expected_configs, plan_groups
+from qsal.study.grid import expected_configs, expected_schedules, plan_groups
 
 STUDY = {"name": "r", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "ptq", "pact"],
          "bits": [4], "observers": ["minmax"], "seeds": [0]}
@@ -114,7 +114,8 @@ def test_a_rerun_of_a_finished_group_reads_each_result_once(group, tmp_path, mon
     reads = _finished_and_counted(group, tmp_path, monkeypatch)
     statuses = run_group([asdict(s) for s in group], str(tmp_path), STUDY, 1, False)
     assert [s["status"] for s in statuses] == ["skipped (finished earlier)"] * len(group)
-    assert reads == ["result.json"] * len(group)  # not once per cell per cell, as before
+    # not once per cell per cell, as before; run.json of the cells that train (fp32, pact-4) for their schedule
+    assert sorted(reads) == ["result.json"] * len(group) + ["run.json"] * 2
 
 
 def test_a_child_made_with_other_options_than_the_study_now_sets_is_redone(group, tmp_path):
@@ -131,6 +132,26 @@ def test_a_child_made_with_other_options_than_the_study_now_sets_is_redone(group
                                            "weight_clip: 'max' -> 'mse')")
     assert progress([group], tmp_path, edited)[2] == [f"breastmnist/small_cnn/seed0/pact-4: {why['pact-4'].reason}"]
     assert cells_to_redo(group, tmp_path) == {}  # without the study's configs only versions are compared
+
+
+def test_a_cell_trained_on_another_schedule_is_redone_and_one_that_does_not_say_is_kept(group, tmp_path):
+    fp32, ptq, pact = group
+    cfg = parse_run_config(STUDY)
+    schedules = expected_schedules(group, cfg)
+    assert set(schedules) == {"fp32", "pact-4"}  # PTQ trains nothing
+    _write(tmp_path, fp32, T_PARENT)
+    _child(tmp_path, ptq)
+    _child(tmp_path, pact)
+    recorded = {k: v for k, v in schedules["fp32"].items() if k != "ema_decay"}  # a record from before the field
+    (tmp_path / fp32.id / "run.json").write_text(json.dumps({"config": {**recorded, "epochs": 99}}))
+    (tmp_path / pact.id / "run.json").write_text("{")  # unreadable: nothing to compare with, kept
+    why = cells_to_redo(group, tmp_path, schedules=schedules)
+    assert why["fp32"].reason == (f"trained on another schedule than this study's (epochs: 99 -> "
+                                  f"{schedules['fp32']['epochs']}): redoing it")
+    assert why["ptq-int8-minmax"].after_parent and why["pact-4"].after_parent  # from the new parent, once it is made
+    (tmp_path / fp32.id / "run.json").write_text(json.dumps({"config": recorded}))
+    assert cells_to_redo(group, tmp_path, schedules=schedules) == {}  # the field it lacks is not compared
+    assert progress([group], tmp_path, cfg)[2] == []
 
 
 def test_pending_is_what_a_run_would_do_and_the_estimate_adds_up_only_those(group, tmp_path):

@@ -306,6 +306,35 @@ def test_a_cut_off_fine_tune_that_cannot_be_continued_is_started_over(tmp_path):
     assert f"train_config.lr changed ({lr * 2!r} -> {lr!r}): starting it over" in (pact / "log.txt").read_text()
 
 
+def test_a_config_edited_and_rerun_with_force_redoes_the_cells_trained_on_the_old_schedule(tmp_path):
+    base = {**TINY, "methods": ["fp32", "ptq", "pact"], "measure": {"latency": False, "saliency": False}}
+    run_study(parse_run_config(base), tmp_path, progress=False)
+    cells = {n: tmp_path / f"breastmnist/small_cnn/seed0/{n}" for n in ("fp32", "ptq-int8-minmax", "pact-4")}
+
+    def rerun(study):
+        run_study(parse_run_config(study), tmp_path, progress=False, force=True)  # --force: the folder's config changed
+        return {n: json.loads((c / "run.json").read_text())["config"] for n, c in cells.items()}
+
+    # The fine-tune's schedule edited: only the fine-tuned cell was trained on the old one.
+    before = {n: (c / "result.json").stat().st_mtime_ns for n, c in cells.items()}
+    runs = rerun({**base, "finetune": {"weight_decay": 0.001}})
+    assert runs["pact-4"]["train_config"]["weight_decay"] == 0.001
+    assert [(c / "result.json").stat().st_mtime_ns == before[n] for n, c in cells.items()] == [True, True, False]
+    assert ("trained on another schedule than this study's (train_config.weight_decay: 0.0 -> 0.001): redoing it"
+            in (cells["pact-4"] / "log.txt").read_text())
+    # The training schedule edited: the parent is trained again, and its children from the new parent.
+    runs = rerun({**base, "finetune": {"weight_decay": 0.001}, "train": {"weight_decay": 0.001}})
+    assert runs["fp32"]["weight_decay"] == 0.001 and runs["pact-4"]["train_config"]["weight_decay"] == 0.001
+    assert "(weight_decay: 0.0 -> 0.001): redoing it" in (cells["fp32"] / "log.txt").read_text()
+    made = json.loads((cells["fp32"] / "result.json").read_text())["environment"]["utc"]
+    assert all(json.loads((cells[n] / "result.json").read_text())["parent_made_at"] == made
+               for n in ("ptq-int8-minmax", "pact-4"))
+    # Nothing changed since: all kept.
+    statuses = run_study(parse_run_config({**base, "finetune": {"weight_decay": 0.001}, "train": {"weight_decay": 0.001}}),
+                         tmp_path, progress=False)
+    assert [s["status"] for s in statuses] == ["skipped (finished earlier)"] * 3
+
+
 def test_a_child_whose_parent_failed_in_the_run_is_not_run_from_what_the_parent_left(tmp_path, monkeypatch):
     import qsal.pipeline
 

@@ -203,7 +203,8 @@ def _print_progress_of(out: Path, groups, cfg) -> None:
               "there is refused until it ends")
     print(f"{out}: {done} of these {total} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
     if other_config(out, cfg) is not None:
-        print("  (made by a different config: a run there needs --force, which keeps its finished cells)")
+        print("  (made by a different config: a run there needs --force, which keeps the finished cells the edit leaves "
+              "current and redoes those listed)")
     for line in redo:
         print(f"  {line}")
 

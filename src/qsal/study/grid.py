@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from qsal.errors import QsalError
 from qsal.study.config import RunConfig
 
-__all__ = ["CellSpec", "plan_groups", "quant_config", "expected_configs", "group_name", "select_groups"]
+__all__ = ["CellSpec", "plan_groups", "quant_config", "expected_configs", "expected_schedules", "group_name",
+           "select_groups"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,25 @@ def quant_config(spec: CellSpec, cfg: RunConfig):
 def expected_configs(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]:
     """``{label: quant config to_dict()}`` of a group's quantized cells, for ``redo.cells_to_redo``."""
     return {s.label: quant_config(s, cfg).to_dict() for s in specs if s.parent is not None}
+
+
+def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]:
+    """``{label: schedule}`` of a group's cells that train, for ``redo.cells_to_redo``: the part of the ``run.json``
+    config each would write now that the study decides. FP32/SGT: the training ``TrainConfig`` and the SGT settings
+    (as ``pipeline.train_model`` records them); QAT/PACT/SGT+PACT: the fine-tune's ``train_config`` (with the cell's
+    seed, as ``pipeline.quantize_checkpoint`` records it) and the SGT step's settings. PTQ trains nothing."""
+    out = {}
+    for s in specs:
+        if s.kind == "ptq":
+            continue
+        train, finetune = cfg.train_configs(s.dataset, s.model, s.seed, progress=False)
+        guided = s.kind in ("sgt", "sgt+pact")
+        sgt = {"k": cfg.sgt.k, "lambda": cfg.sgt.lam, "target": cfg.sgt.target} if guided else None
+        if s.parent is None:
+            out[s.label] = {**train.to_dict(), "size": None, "sgt": sgt}
+        else:
+            out[s.label] = {"train_config": finetune.to_dict(), "step": sgt}
+    return out
 
 
 def group_name(group: list[CellSpec]) -> str:

@@ -7,20 +7,25 @@
   as each cell is reached, so a run stopped mid-way loses nothing, and a failed retrain leaves the children alone.
 - A finished quantized cell made by an older version of its method (``PACTConfig.version``...) is redone from
   scratch: a row must not mix two definitions of a method.
+- A finished cell trained on another schedule than the study's now (its ``run.json``: a study config edited and
+  rerun with ``--force``) is redone, and a parent's children after it: a table labelled with one schedule must not
+  hold cells trained on another.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from qsal.errors import QsalError
-from qsal.study.grid import CellSpec, expected_configs, group_name
+from qsal.study.grid import CellSpec, expected_configs, expected_schedules, group_name
 from qsal.study.rundir import read_json
 
-__all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "outdated",
-           "parent_made_at", "pending", "progress", "read_results", "recorded_quant_config", "under_way"]
+__all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "other_schedule", "outdated",
+           "parent_made_at", "pending", "progress", "read_results", "read_schedules", "recorded_quant_config",
+           "under_way"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,51 @@ def outdated(spec: CellSpec, cell: Path, result: dict, expected: dict | None = N
             + ", ".join(f"{k}: {mine.get(k)!r} -> {expected.get(k)!r}" for k in changed) + "): redoing it")
 
 
+def _flat(value, prefix: str = "") -> dict:
+    """A JSON config flattened to dotted keys (``train_config.lr``), nulls kept, display settings left out."""
+    from qsal.run_folder import NOT_SETTINGS
+
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict = {}
+    for k, v in value.items():
+        if k not in NOT_SETTINGS:
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def read_schedules(specs: list[CellSpec], run_dir: Path) -> dict[str, dict | None]:
+    """``{label: the config its run.json records, or None}`` for the cells of ``specs`` that train (PTQ trains
+    nothing): one read of each file, as ``read_results``; ``None`` when missing or unreadable."""
+    out = {}
+    for s in specs:
+        if s.kind == "ptq":
+            continue
+        try:
+            recorded = read_json(run_dir / s.id / "run.json", "").get("config")
+        except (QsalError, AttributeError):
+            recorded = None
+        out[s.label] = recorded if isinstance(recorded, dict) else None
+    return out
+
+
+def other_schedule(recorded: dict | None, expected: dict | None) -> str | None:
+    """Why a finished cell was trained on another schedule than ``expected`` (``grid.expected_schedules``: what it
+    would record now); ``recorded``: the config its ``run.json`` holds (``read_schedules``). ``None`` when the same,
+    when nothing is expected (PTQ), or when the cell does not say (no readable ``run.json``: kept, not guessed). A
+    setting the record lacks (a field added to ``TrainConfig`` after the cell was made) is not compared: the cell ran
+    that field's behaviour of its time."""
+    if expected is None or recorded is None:
+        return None
+    mine, now = _flat(recorded), _flat(json.loads(json.dumps(expected, default=str)))  # tuples read back as lists
+    changed = sorted(k for k in set(mine) & set(now) if mine[k] != now[k])
+    if not changed:
+        return None
+    return ("trained on another schedule than this study's ("
+            + ", ".join(f"{k}: {mine[k]!r} -> {now[k]!r}" for k in changed[:4])
+            + (f" and {len(changed) - 4} more" if len(changed) > 4 else "") + "): redoing it")
+
+
 def _made_at(result: dict | None) -> str | None:
     """When a finished cell was made: its result's UTC ISO time (``None`` when unfinished or unrecorded)."""
     env = result.get("environment") if result else None
@@ -124,21 +174,27 @@ def older_than_parent(spec: CellSpec, result: dict, parent_result: dict | None) 
 
 
 def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict | None] | None = None,
-                  expected: dict[str, dict] | None = None) -> dict[str, Redo]:
+                  expected: dict[str, dict] | None = None, schedules: dict[str, dict] | None = None,
+                  recorded: dict[str, dict | None] | None = None) -> dict[str, Redo]:
     """``{label: Redo}`` for the finished cells of one (dataset, model, seed) group that a run does again. The runner
     asks again as it reaches each cell, so a child is redone only once its parent has been retrained successfully.
     ``specs`` is a whole group (``plan_groups``: every parent is in it); ``results`` its ``read_results`` where the
     caller has them (else each cell's ``result.json`` is read here, once). ``expected``: ``{label: quant config
-    to_dict()}`` the study would make now (``grid.expected_configs``); without it only versions are compared."""
+    to_dict()}`` the study would make now (``grid.expected_configs``); without it only versions are compared.
+    ``schedules``: ``grid.expected_schedules`` (without it schedules are not compared); ``recorded``: the group's
+    ``read_schedules`` where the caller has them."""
     results = read_results(specs, run_dir) if results is None else results
+    if schedules is not None and recorded is None:
+        recorded = read_schedules(specs, run_dir)
     done = {label for label, r in results.items() if r is not None}
     old = {s.label: why for s in specs if s.label in done
            and (why := outdated(s, run_dir / s.id, results[s.label], (expected or {}).get(s.label))
+                or other_schedule((recorded or {}).get(s.label), (schedules or {}).get(s.label))
                 or older_than_parent(s, results[s.label], results.get(s.parent)))}
     needed = {s.parent for s in specs if s.parent and (s.label in old or s.label not in done)}
-    unusable = {s.label: why for s in specs if s.kind in needed and s.label in done
+    unusable = {s.label: why for s in specs if s.kind in needed and s.label in done and s.label not in old
                 and (why := _unusable_checkpoint(run_dir / s.id))}
-    retrain = set(unusable)
+    retrain = set(unusable) | {s.label for s in specs if s.parent is None and s.label in old}
     redo = {s.label: Redo(f"its parent {s.parent} is being trained again: redoing this cell from the new parent",
                           after_parent=True) for s in specs if s.parent in retrain and s.label in done}
     redo.update({label: Redo(why) for label, why in old.items()})
@@ -177,8 +233,9 @@ def checkpoint_damage(weights: Path) -> str | None:
 def _group_state(g: list[CellSpec], run_dir: Path, cfg) -> tuple[dict[str, dict | None], dict[str, Redo]]:
     """One group's results as read back and the finished cells a run would redo (``cfg``: to compare options)."""
     results = read_results(g, run_dir)
-    expected = expected_configs(g, cfg) if cfg is not None else None
-    return results, cells_to_redo(g, run_dir, results, expected)
+    if cfg is None:
+        return results, cells_to_redo(g, run_dir, results)
+    return results, cells_to_redo(g, run_dir, results, expected_configs(g, cfg), expected_schedules(g, cfg))
 
 
 def progress(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> tuple[int, int, list[str]]:

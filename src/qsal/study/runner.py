@@ -25,8 +25,8 @@ from qsal.provenance import usable_cpus
 from qsal.run_folder import CannotResume
 from qsal.study.cell import agreement_with_fp32, log, run_cell
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
-from qsal.study.grid import CellSpec, expected_configs, plan_groups, select_groups
-from qsal.study.redo import cells_to_redo, clear_cell, read_results
+from qsal.study.grid import CellSpec, expected_configs, expected_schedules, plan_groups, select_groups
+from qsal.study.redo import cells_to_redo, clear_cell, read_results, read_schedules
 from qsal.study.rundir import read_json, run_lock
 
 __all__ = ["run_study", "run_group", "other_config"]
@@ -44,7 +44,8 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     # kept current below: only the cell being run changes its result.json (the agreement step after it rewrites the
     # same file with map-agreement fields, none of which a redo decision reads)
     results = read_results(specs, run_path)
-    expected = expected_configs(specs, cfg)
+    expected, schedules = expected_configs(specs, cfg), expected_schedules(specs, cfg)
+    recorded = read_schedules(specs, run_path)  # the same: only the cell being run rewrites its run.json
     for spec in specs:
         cell = run_path / spec.id
         try:
@@ -55,7 +56,7 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
                                  else f"not run: its parent {spec.parent} did not finish"})
                 continue
             # asked as each cell is reached: a child is redone once its parent has been retrained, not before
-            redo = cells_to_redo(specs, run_path, results, expected).get(spec.label)
+            redo = cells_to_redo(specs, run_path, results, expected, schedules, recorded).get(spec.label)
             if redo is not None and not redo.after_parent:
                 results[spec.label] = None  # first: a clear_cell that fails half-way has removed result.json
                 clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
@@ -75,6 +76,7 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
                     run_cell(spec, cfg, run_path, progress)
             finally:  # finished, or failed (no result.json: a failed retrain leaves its children alone)
                 results[spec.label] = read_results([spec], run_path)[spec.label]
+                recorded.update(read_schedules([spec], run_path))
             (cell / "error.json").unlink(missing_ok=True)
             if spec.kind != "fp32":  # now, not only at the group's end: a run stopped by a time limit keeps it
                 agreement_with_fp32([specs[0], spec], run_path)
