@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from qsal.cli import main
+from qsal.errors import QsalError
 from qsal.data import load_split
 from qsal.pipeline import evaluate_onnx
 
@@ -98,6 +99,10 @@ def test_export_writes_a_card_when_the_models_data_cannot_be_loaded(breast_run, 
     meta["dataset"]["name"] = "pneumoniamnist"  # not embedded, and no data folder holds it below
     (tmp_path / "best.json").write_text(json.dumps(meta))
     monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "no_data_here"))
+    with pytest.raises(QsalError, match="no_data_here \\(--data-dir\\) does not exist"):  # named, so not a typo
+        export_checkpoint(str(tmp_path / "best.safetensors"), tmp_path / "m.onnx", data_dir=str(tmp_path / "no_data_here"))
+    assert not (tmp_path / "m.onnx").exists()
+    (tmp_path / "no_data_here").mkdir()
     export_checkpoint(str(tmp_path / "best.safetensors"), tmp_path / "m.onnx", data_dir=str(tmp_path / "no_data_here"))
     assert "Measured on the PyTorch model (ONNX file not scored)" in (tmp_path / "m.card.md").read_text()
 

@@ -266,10 +266,13 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     unless ``force``.
     """
     from qsal.checkpoint import load_checkpoint
+    from qsal.data.registry import resolve_data_dir
     from qsal.export import export_onnx
     from qsal.run_folder import refuse_overwrite
 
     out = refuse_overwrite(Path(out) if out is not None else Path(checkpoint).with_name("model.onnx"), force)
+    if card and data_dir:  # named for the card's metrics: a typo must not quietly leave the artifact unscored
+        resolve_data_dir(data_dir, must_exist=True)
     model, meta = load_checkpoint(checkpoint)
     data = meta.get("dataset") or {}
     arch = meta["arch"]

@@ -34,3 +34,26 @@ def test_data_root_resolution_order(monkeypatch, tmp_path):
     assert resolve_data_dir(None) == tmp_path / "env"
     monkeypatch.delenv("QSAL_DATA_DIR")
     assert resolve_data_dir(None).name == ".medmnist"
+
+
+def test_a_mistyped_data_folder_is_refused_not_replaced_by_the_embedded_copy(monkeypatch, tmp_path, capsys):
+    from qsal.cli import main
+    from qsal.data import load_split
+
+    # BreastMNIST 28 px is embedded: before, a wrong --data-dir trained on that copy and said nothing.
+    with pytest.raises(QsalError, match=r"data folder .*typo \(--data-dir\) does not exist; give the folder"):
+        load_split("breastmnist", "train", data_dir=tmp_path / "typo")
+    monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "typo"))
+    with pytest.raises(QsalError, match=r"typo \(from \$QSAL_DATA_DIR\) does not exist"):
+        load_split("breastmnist", "train")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(QsalError, match="is a file, not a folder"):
+        load_split("breastmnist", "train", data_dir=tmp_path / "file", download=True)
+    (tmp_path / "typo").mkdir()  # an existing folder without the file: the embedded copy, as documented
+    assert load_split("breastmnist", "test").source == "embedded"
+    capsys.readouterr()
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(tmp_path / "nope"), "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope (--data-dir) does not exist" in err and not out.exists()
+    assert main(["datasets", "--data-dir", str(tmp_path / "nope")]) == 2

@@ -128,6 +128,7 @@ def test_a_second_run_on_a_locked_folder_refuses(tmp_path, capsys):
 
 def test_run_without_its_data_is_refused_before_any_cell(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "no_data_here"))
+    (tmp_path / "no_data_here").mkdir()  # there, without the file (a folder that is not there: test_registry)
     cfg = tmp_path / "s.yaml"
     cfg.write_text("datasets: [pneumoniamnist]\nmodels: [small_cnn]\nmethods: [fp32, ptq]\nepochs: {fp32: 1}\n")
     capsys.readouterr()

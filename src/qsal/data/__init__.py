@@ -47,7 +47,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if name.startswith("folder:"):
         return load_folder(Path(name[len("folder:"):]), split, size=size or 28, seed=seed)
     info = get_info(name)
-    root = resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir, must_exist=not download)
     if info.family == "medmnist":
         return load_medmnist(info, split, root, size or 28, download=download, verify=verify)
     if size not in (None, info.image_size):
@@ -81,7 +81,7 @@ def dataset_status(data_dir: str | os.PathLike | None = None, verify: bool = Tru
     """For each table entry: where its 28 px (or native) file was found and whether its MD5 matches."""
     from qsal.data.download import md5_of
 
-    root = resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir, must_exist=True)
     rows = []
     for name in list_datasets():
         info = DATASETS[name]

@@ -140,11 +140,21 @@ def get_info(name: str) -> DatasetInfo:
     return DATASETS[key]
 
 
-def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The data root: ``explicit`` if given, else ``$QSAL_DATA_DIR``, else ``~/.medmnist``."""
+def resolve_data_dir(explicit: str | os.PathLike | None = None, must_exist: bool = False) -> Path:
+    """The data root: ``explicit`` if given, else ``$QSAL_DATA_DIR``, else ``~/.medmnist``.
+
+    A root that was named (``explicit`` or the variable) must be a folder, and with ``must_exist`` one that exists
+    (not when a download may create it): a mistyped path would otherwise read as "no files there" and BreastMNIST
+    28 px quietly come from the embedded copy instead of the user's data."""
     if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".medmnist"
+        root, named = Path(explicit).expanduser(), f"data folder {explicit} (--data-dir)"
+    elif os.environ.get(ENV_VAR):
+        root, named = Path(os.environ[ENV_VAR]).expanduser(), f"data folder {os.environ[ENV_VAR]} (from ${ENV_VAR})"
+    else:
+        return Path.home() / ".medmnist"
+    if root.exists() and not root.is_dir():
+        raise QsalError(f"{named} is a file, not a folder; give the folder that holds the dataset files")
+    if must_exist and not root.exists():
+        raise QsalError(f"{named} does not exist; give the folder that holds the dataset files (`qsal datasets "
+                        "--data-dir DIR` lists what it finds there), or pass --download to fetch them into it")
+    return root
