@@ -12,6 +12,7 @@ from PIL import Image
 
 from qsal.cli import main
 from qsal.data import load_split
+from qsal.errors import QsalError
 
 
 @pytest.fixture
@@ -101,6 +102,10 @@ def test_runtime_applies_the_stored_temperature_and_threshold(tmp_path):
     assert np.allclose(probs, scores_from_logits(logits, "binary-class", temperature=2.5), atol=1e-6)
     labels = [rt.predict_image(img)["predicted_label"] for img in test.images[:16, :, :, 0]]
     assert labels == [0 if p >= 0.3 else 1 for p in probs[:, 0]]
+    # An array gets the limit an image file gets: 7 px to 28 is 4x, 6 px more (the detail would be invented).
+    assert set(rt.predict_image(np.zeros((7, 40), np.uint8))["probabilities"]) == {"malignant", "normal, benign"}
+    with pytest.raises(QsalError, match="an image of 40x6 px resized to 28 px would be upscaled more than 4x"):
+        rt.predict_image(np.zeros((6, 40), np.uint8))
 
 
 def test_hidden_files_in_a_folder_are_not_images_of_it(tmp_path):

@@ -27,12 +27,18 @@ __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "de
 
 def conform_image(image: np.ndarray, n_channels: int, size: int) -> np.ndarray:
     """A uint8 ``(H, W)`` / ``(H, W, C)`` image of any size -> ``(size, size, n_channels)``, converted and resized
-    as ``qsal.data.folder`` reads training images (PIL ``convert('L'|'RGB')``, bilinear resize)."""
+    as ``qsal.data.folder`` reads training images (PIL ``convert('L'|'RGB')``, bilinear resize), with its limit:
+    an image that would be upscaled more than ``MAX_UPSCALE`` times is refused, as an image file is."""
     from PIL import Image
+
+    from qsal.data.folder import MAX_UPSCALE
 
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
         raise QsalError(f"an image must be uint8 (H, W) or (H, W, 1|3|4) pixels, got {image.dtype} {image.shape}")
+    if min(image.shape[:2]) * MAX_UPSCALE < size:
+        raise QsalError(f"an image of {image.shape[1]}x{image.shape[0]} px resized to {size} px would be upscaled more "
+                        f"than {MAX_UPSCALE}x, inventing the detail the model reads; pass the image at a larger size")
     pil = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
     pil = pil.convert("L" if n_channels == 1 else "RGB")
     if pil.size != (size, size):
