@@ -124,6 +124,18 @@ def test_a_second_run_on_a_locked_folder_refuses(tmp_path, capsys):
     assert not (run / "run_config.json").exists()  # it refused before touching anything
     with run_lock(run):  # released: it can be taken again
         pass
+    # The run named in the lock was killed (SIGKILL) and its workers, which inherited the lock, hold it still.
+    import subprocess
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    with run_lock(run):
+        (run / ".qsal-run.lock").write_text(f"{ended.pid}\n")
+        capsys.readouterr()
+        assert main(["run", str(cfg), "--out", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert (f"(pid {ended.pid}, which has ended; the worker processes it started still hold the folder: wait for "
+                "them, or end them (`pkill -f 'qsal run'`))") in err and err.count("\n") == 1
 
 
 def test_run_without_its_data_is_refused_before_any_cell(tmp_path, capsys, monkeypatch):

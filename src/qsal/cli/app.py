@@ -192,15 +192,15 @@ def cmd_run(args):
 def _print_progress_of(out: Path, groups, cfg) -> None:
     """``--dry-run`` on an existing run folder: how much is finished and which finished cells a run would redo."""
     from qsal.study.redo import progress
-    from qsal.study.rundir import run_holder
+    from qsal.study.rundir import describe_holder, run_holder
     from qsal.study.runner import other_config
 
     if not (out / "run_config.json").is_file():
         return
     done, total, redo = progress(groups, out, cfg)
     if (pid := run_holder(out)) is not None:
-        print(f"{out} is being run now (qsal run, pid {pid}): what follows is as of this moment; a second run "
-              "there is refused until it ends")
+        print(f"{out} is being run now (qsal run, {describe_holder(pid)}): what follows is as of this moment; a "
+              "second run there is refused until it ends")
     print(f"{out}: {done} of these {total} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
     if other_config(out, cfg) is not None:
         print("  (made by a different config: a run there needs --force, which keeps the finished cells the edit leaves "

@@ -18,7 +18,7 @@ import numpy as np
 
 from qsal.errors import QsalError
 
-__all__ = ["run_lock", "run_holder", "read_json", "load_npy", "LOCK_NAME"]
+__all__ = ["run_lock", "run_holder", "describe_holder", "read_json", "load_npy", "LOCK_NAME"]
 
 LOCK_NAME = ".qsal-run.lock"
 
@@ -39,13 +39,27 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise QsalError(f"{run_dir} is in use by another `qsal run` (pid {holder}); wait for it to finish, "
-                            "or pass another --out") from None
+            raise QsalError(f"{run_dir} is in use by another `qsal run` ({describe_holder(holder)}); wait for it to "
+                            "finish, or pass another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def describe_holder(pid: str) -> str:
+    """``pid N`` of the run holding a lock, and where that process has ended (killed with SIGKILL, which its worker
+    processes outlive: they inherited the lock and hold it while they finish their cells) what holds it instead."""
+    if pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return (f"pid {pid}, which has ended; the worker processes it started still hold the folder: wait for "
+                    "them, or end them (`pkill -f 'qsal run'`)")
+        except OSError:  # alive, another user's
+            pass
+    return f"pid {pid}"
 
 
 def run_holder(run_dir: str | os.PathLike) -> str | None:
