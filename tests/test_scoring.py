@@ -144,3 +144,52 @@ def test_model_card_compares_with_the_parent_it_names(tmp_path):
     assert "## Change against the SGT parent" in text and "| metric | this model | SGT parent | change |" in text
     assert "parent (SGT)" in text and "FP32 parent" not in text
     assert card["metrics"]["parent_kind"] == "SGT" and card["metrics"]["parent_test"] == m
+
+
+def test_a_card_compares_only_with_the_parent_it_was_made_from(breast_run, tmp_path, monkeypatch):
+    """A parent retrained in place since (same path, other weights) is another model: its numbers are not the
+    change this model made; a relative path typed at quantize time still finds the parent from another folder."""
+    import shutil
+
+    from qsal.pipeline import export_checkpoint, quantize_checkpoint
+    from qsal.quant import PTQConfig
+
+    run, _ = breast_run
+    parent = tmp_path / "fp"
+    shutil.copytree(run, parent)
+    monkeypatch.chdir(tmp_path)
+    quantize_checkpoint("fp/best.safetensors", PTQConfig(), "q", progress=False)  # a relative path, as typed
+    assert json.loads((tmp_path / "q/best.json").read_text())["parent_checkpoint"] == str(parent / "best.safetensors")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m1.onnx")
+    text = (tmp_path / "q/m1.card.md").read_text()
+    assert "## Change against the FP32 parent" in text and "each model decides at its own operating point" in text
+    # The parent retrained in place (here: its weights replaced by other ones of the same network).
+    weights = parent / "best.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + bytes(4))
+    export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m2.onnx")
+    text = (tmp_path / "q/m2.card.md").read_text()
+    assert "## Change against" not in text
+    assert "parent (FP32, replaced since this model was made from it: not compared)" in text
+
+
+def test_quantize_refuses_to_write_over_its_parent_or_among_a_users_files(breast_run, tmp_path, capsys):
+    import shutil
+
+    run, _ = breast_run
+    parent = tmp_path / "fp"
+    shutil.copytree(run, parent)
+    before = (parent / "best.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["quantize", str(parent / "best.safetensors"), "--out", str(parent), "--force", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the folder of the checkpoint it quantizes" in err
+    assert (parent / "best.safetensors").read_bytes() == before
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "scan.png").write_bytes(b"")
+    assert main(["quantize", str(parent / "best.safetensors"), "--out", str(images), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not empty and holds no qsal run; choose a new or empty --out" in err
+    assert sorted(p.name for p in images.iterdir()) == ["scan.png"]

@@ -216,6 +216,9 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     name = _dataset_name(meta, None)
     label = f"{qconfig.label}".replace("/", "_")
     out = Path(out_dir) if out_dir is not None else fresh_folder("runs/quantized", label)
+    if out.resolve() == Path(checkpoint).resolve().parent:  # --force there would replace the model being read
+        raise QsalError(f"--out {out} is the folder of the checkpoint it quantizes ({checkpoint}); its files would "
+                        "be replaced by the quantized model's: choose another --out")
     run_config = {"quant": qconfig.to_dict(), "epochs": epochs, "lr": lr, "seed": seed, "train_subset": train_subset,
                   "train_config": train_config.to_dict() if train_config is not None else None,
                   "parent": str(Path(checkpoint).resolve()),
@@ -239,8 +242,11 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     record_run_folder(out, fp)  # every input is good: only now does the folder appear
     if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
         train = train.subset(train_subset, seed)
+    # the parent by absolute path (a card written from another folder finds it) and by content (a parent retrained
+    # in place since is not compared with: pipeline.write_card)
+    parent_path = str(Path(checkpoint).resolve())
     qmeta = {"dataset": meta.get("dataset") or data_meta(train), "quant": qconfig.to_dict(),
-             "parent_checkpoint": str(checkpoint)}
+             "parent_checkpoint": parent_path, "parent_sha256": run_config["parent_sha256"]}
     seconds = 0.0
     if cfg is not None:
         result = fit(qmodel, train, val, cfg, out, step=step, meta=qmeta, callbacks=qat_callbacks(qconfig))
@@ -251,7 +257,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
                                   operating_point=rule, temperature_scaling=temperature_scaling)
     metrics = _finish(out, qmodel, test, decision, seed, {
         "checkpoint": str(path), "quant": qconfig.to_dict(), "seed": seed, "train_seconds": seconds,
-        "parent_checkpoint": str(checkpoint), "decision": decision,
+        "parent_checkpoint": parent_path, "decision": decision,
         "quantization": describe_quantization(qmodel)})
     return {**_summary(path, metrics), "method": qconfig.label}
 
@@ -332,6 +338,7 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     from qsal.checkpoint import read_meta
     from qsal.export.bench import bench_onnx
     from qsal.export.model_card import write_model_card
+    from qsal.run_folder import file_sha256
     from qsal.models import count_parameters, create_model
 
     def test_metrics(path: Path) -> dict | None:
@@ -351,8 +358,11 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     if torch_metrics is not None and not isinstance(torch_metrics, dict):
         raise QsalError(f"{metrics_file} holds a {type(torch_metrics).__name__}, not the metrics qsal writes; delete it")
     parent = meta.get("parent_checkpoint")
-    parent_metrics = test_metrics(Path(parent).with_name("metrics.json")) if parent else None
     parent_kind = _parent_kind(parent) if parent else None
+    if parent and parent_kind and meta.get("parent_sha256") not in (None, file_sha256(parent)):
+        # retrained or replaced in place since this model was made from it: another model, not compared with
+        parent_kind, parent = f"{parent_kind}, replaced since this model was made from it: not compared", None
+    parent_metrics = test_metrics(Path(parent).with_name("metrics.json")) if parent else None
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None
     try:  # the card can still be written without the data; it then says the artifact was not scored

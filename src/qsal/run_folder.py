@@ -86,6 +86,10 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     elif old is None and has_outputs:
         raise QsalError(f"{out} already holds a model from an unrecorded run; pass --force to replace it or choose "
                         "another --out (--resume needs a folder written by this version)")
+    elif old is None and not resume and out.is_dir() and any(out.iterdir()):
+        # a folder of the user's own files (images, notes): a run would write its model among them
+        raise QsalError(f"{out} is not empty and holds no qsal run; choose a new or empty --out (or pass --force to "
+                        "write the run among its files)")
     elif old is not None and (has_outputs or was != now or any(old.get(k) != fp[k] for k in _IDENTITY)):
         if any(old.get(k) != fp[k] for k in _IDENTITY):
             raise QsalError(f"{out} holds a {_describe(old)} run, not {_describe(fp)}; choose another --out, or pass "

@@ -263,7 +263,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     if parent_metrics and scored:
         parent_name = f"{parent_kind} parent" if parent_kind else "parent"
         md += [f"## Change against the {parent_name}", "", f"This model ({scored_what}) minus its {parent_name} "
-               f"({parent_scored}), on the same test split and operating point:", ""]
+               f"({parent_scored}), on the same test split; each model decides at its own operating point, chosen on "
+               "validation for it:", ""]
         rows = [("AUC", "auc"), (accuracy, "acc")]
         for k in ("sensitivity", "specificity"):  # at the operating point where both sides have it, else at 0.5
             at_op = scored.get(f"{k}_at_op") is not None and parent_metrics.get(f"{k}_at_op") is not None
