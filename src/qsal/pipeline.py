@@ -231,6 +231,11 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
+    asked = getattr(qconfig, "num_calibration", None)
+    if asked is not None and asked > len(train) and asked != type(qconfig)().num_calibration:
+        # a default reads "up to N"; a number asked for is recorded, so it must be the number used
+        raise QsalError(f"num_calibration {asked} is more than the {len(train)} training images of {name}; pass "
+                        f"--num-calibration {len(train)} or fewer")
     cfg = None  # the fine-tune's schedule (QAT/PACT); PTQ and weight-only train nothing
     if isinstance(qconfig, (QATConfig, PACTConfig)):
         cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress) if train_config is None \

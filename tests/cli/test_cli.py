@@ -67,6 +67,17 @@ def test_already_quantized_checkpoint_is_refused(tmp_path, capsys):
     assert "already quantized" in capsys.readouterr().err
 
 
+def test_per_tensor_reaches_every_method_that_has_weight_scales(breast_run, tmp_path):
+    # --per-tensor was dropped for weight-only and PACT, while the records said per-channel
+    run, _ = breast_run
+    ck = str(run / "best.safetensors")
+    assert main(["quantize", ck, "--method", "weight-only", "--per-tensor", "--out", str(tmp_path / "w")]) == 0
+    assert json.loads((tmp_path / "w/best.json").read_text())["quant"]["per_channel"] is False
+    assert main(["quantize", ck, "--method", "pact", "--bits", "4", "--epochs", "1", "--per-tensor", "--no-progress",
+                 "--out", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p/best.json").read_text())["quant"]["weight_per_channel"] == "none"
+
+
 def test_pact_saliency_guided_training_from_the_cli_reloads_and_explains(tmp_path, capsys):
     out = tmp_path / "sgt_pact"
     assert main(["train", "--epochs", "2", "--pact-bits", "4", "--saliency-guided", "--out", str(out), "--no-progress"]) == 0

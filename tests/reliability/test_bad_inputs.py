@@ -132,6 +132,20 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("demo", "--seed", "-5"): "--seed: -5 is out of range",
     ("export", "{ck}", "--format", "tflite"): "--format: invalid choice: 'tflite'",
     ("quantize", "{ck}", "--skip", "nosuchlayer"): "--skip names ['nosuchlayer'] are not layers of small_cnn",
+    # options the method does not use: refused, not recorded as if they had done something
+    ("quantize", "{ck}", "--epochs", "3"): "--epochs shapes the fine-tune; --method ptq trains nothing",
+    ("quantize", "{ck}", "--saliency-guided", "--lr", "0.01"):
+        "--lr and --saliency-guided shape the fine-tune; --method ptq trains nothing (use them with qat or pact)",
+    ("quantize", "{ck}", "--method", "pact", "--sgt-k", "0.3"):
+        "--sgt-k sets the saliency-guided fine-tune; add --saliency-guided, or drop it",
+    ("quantize", "{ck}", "--method", "pact", "--observer", "mse"):
+        "--observer picks PTQ's calibration; --method pact learns its clipping range: drop --observer",
+    ("quantize", "{ck}", "--method", "weight-only", "--num-calibration", "5"):
+        "--num-calibration: --method weight-only calibrates no activations",
+    ("quantize", "{ck}", "--num-calibration", "100000"):
+        "num_calibration 100000 is more than the 546 training images of breastmnist",
+    ("quantize", "{ck}", "--resume", "--force"): "--resume continues the run in --out and --force starts it over",
+    ("train", "--resume", "--force"): "--resume continues the run in --out and --force starts it over",
     ("nosuchcommand",): "invalid choice: 'nosuchcommand'",
     ("run", "{dir}"): "is a folder; pass the study YAML file",
     ("export", "{ck}", "--out", "{dir}"): "is a folder",  # an output slot pointing at a folder

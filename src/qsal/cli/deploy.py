@@ -20,9 +20,46 @@ def _quant_config(args):
                          per_channel=not args.per_tensor, skip=skip, **calibration)
     if args.method == "qat":
         return QATConfig(bits=args.bits, per_channel=not args.per_tensor, skip=skip, **calibration)
-    if args.method == "pact":
-        return PACTConfig(bits=args.bits, skip=skip, **calibration)
-    return WeightOnlyConfig(bits=args.bits, skip=skip)
+    if args.method == "pact":  # --per-tensor: one scale per layer everywhere (the default: all but depthwise)
+        return PACTConfig(bits=args.bits, skip=skip, **calibration,
+                          **({"weight_per_channel": "none"} if args.per_tensor else {}))
+    return WeightOnlyConfig(bits=args.bits, per_channel=not args.per_tensor, skip=skip)
+
+
+# Options with no effect on some methods, and their defaults (argparse's default is None, so that given is known):
+# the command refuses them there rather than record a setting that did nothing.
+_FINETUNE_ONLY = {"epochs": 5, "lr": 1e-4}
+_SGT_OPTIONS = {"sgt_k": 0.5, "sgt_lambda": 1.0, "sgt_target": "log_softmax"}
+
+
+def _check_quantize_options(args) -> None:
+    """Refuse an option the chosen method does not use (one line naming it), then fill in the defaults."""
+    from qsal.errors import QsalError
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    trains = args.method in ("qat", "pact")
+    given = [flag(k) for k in _FINETUNE_ONLY if getattr(args, k) is not None]
+    if not trains and (given or args.saliency_guided):
+        names = given + (["--saliency-guided"] if args.saliency_guided else [])
+        raise QsalError(f"{' and '.join(names)} shape{'s' if len(names) == 1 else ''} the fine-tune; --method "
+                        f"{args.method} trains nothing (use {'it' if len(names) == 1 else 'them'} with qat or pact)")
+    sgt = [flag(k) for k in _SGT_OPTIONS if getattr(args, k) is not None]
+    if sgt and not args.saliency_guided:
+        raise QsalError(f"{' and '.join(sgt)} set{'s' if len(sgt) == 1 else ''} the saliency-guided fine-tune; add "
+                        "--saliency-guided, or drop " + ("it" if len(sgt) == 1 else "them"))
+    if args.observer is not None and args.method != "ptq":
+        raise QsalError(f"--observer picks PTQ's calibration; --method {args.method} "
+                        + ("learns its clipping range" if args.method == "pact" else
+                           "tracks ranges while it trains" if args.method == "qat" else "calibrates no activations")
+                        + ": drop --observer")
+    if args.num_calibration is not None and args.method == "weight-only":
+        raise QsalError("--num-calibration: --method weight-only calibrates no activations (its weights need no "
+                        "images); drop it")
+    for name, default in {**_FINETUNE_ONLY, **_SGT_OPTIONS, "observer": "minmax"}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _finetune_config(args):
@@ -48,6 +85,7 @@ def _finetune_config(args):
 def cmd_quantize(args):
     from qsal.pipeline import quantize_checkpoint
 
+    _check_quantize_options(args)
     step = None
     if args.saliency_guided:
         from qsal.pipeline import dataset_task
@@ -67,22 +105,23 @@ def _setup_quantize(p):
     p.add_argument("checkpoint", help="FP32 checkpoint (.safetensors) from qsal train")
     p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"], help="quantization method")
     p.add_argument("--bits", type=int_range(2, 8, "a bit-width"), default=8, help="bit-width (PTQ/QAT/PACT: 2-8; weight-only: 4 or 8)")
-    p.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
-                   help="PTQ calibration observer")
-    p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
+    p.add_argument("--observer", default=None, choices=["minmax", "percentile", "mse", "entropy"],
+                   help="PTQ calibration observer (default: minmax)")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales "
+                   "(PACT: per-tensor for depthwise layers too)")
     p.add_argument("--num-calibration", type=positive_int, default=None,
                    help="training images used for calibration (default: the method's, PTQ/QAT 512, PACT 256)")
     p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (default: none)")
-    p.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (QAT/PACT)")
-    p.add_argument("--lr", type=positive_float, default=1e-4, help="fine-tuning learning rate (QAT/PACT)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="fine-tuning epochs (QAT/PACT; default: 5)")
+    p.add_argument("--lr", type=positive_float, default=None, help="fine-tuning learning rate (QAT/PACT; default: 1e-4)")
     recipe_args(p, "QAT/PACT fine-tune: ")
     p.add_argument("--saliency-guided", action="store_true", help="fine-tune with the saliency-guided step (SGT+PACT)")
-    p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=0.5,
-                   help="saliency-guided: fraction of features masked per step")
-    p.add_argument("--sgt-lambda", type=float_range(0.0, None, what="the KL weight"), default=1.0,
-                   help="saliency-guided: weight of the KL term")
-    p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
-                   help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
+    p.add_argument("--sgt-k", type=float_range(0.0, 0.99, what="the masked fraction"), default=None,
+                   help="saliency-guided: fraction of features masked per step (default: 0.5)")
+    p.add_argument("--sgt-lambda", type=float_range(0.0, None, what="the KL weight"), default=None,
+                   help="saliency-guided: weight of the KL term (default: 1.0)")
+    p.add_argument("--sgt-target", default=None, choices=["log_softmax", "logit"],
+                   help="score whose input gradient ranks pixels (default log_softmax: the SGT authors')")
     p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of calibration sampling and fine-tuning")
     p.add_argument("--out", default=None, help="output folder (default: a fresh runs/quantized/<method>-N)")
