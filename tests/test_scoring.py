@@ -193,3 +193,18 @@ def test_quantize_refuses_to_write_over_its_parent_or_among_a_users_files(breast
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not empty and holds no qsal run; choose a new or empty --out" in err
     assert sorted(p.name for p in images.iterdir()) == ["scan.png"]
+
+
+def test_a_card_lists_a_skipped_layer_as_float_not_at_the_configs_bits(breast_run, tmp_path):
+    from qsal.pipeline import export_checkpoint, quantize_checkpoint
+    from qsal.quant import PTQConfig
+
+    run, _ = breast_run
+    quantize_checkpoint(str(run / "best.safetensors"), PTQConfig(skip=("conv1",), num_calibration=64), tmp_path / "q",
+                        progress=False)
+    export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m.onnx")
+    text = (tmp_path / "q/m.card.md").read_text()
+    assert "| conv1 | 32 | FP32 |" in text and "| conv2 | 8 | INT8 |" in text
+    assert "QDQ with integer weights" in text
+    card = json.loads((tmp_path / "q/m.card.json").read_text())
+    assert card["layers"]["conv1"] == {"storage": "FP32", "bits": 32}

@@ -147,6 +147,15 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     scored_what = "the ONNX file run by onnxruntime" if artifact_metrics else "the PyTorch model (ONNX file not scored)"
     opset, storage = onnx_layer_storage(onnx_path)
     bits = _quant_bits(quant, list(storage)) if quant.get("method") != "fp32" else {k: 32 for k in storage}
+    recorded = (meta.get("quantization") or {}).get("weights")
+    if quant.get("method") != "fp32" and isinstance(recorded, list):  # the layers quantized, as the model recorded
+        by_name = {w.get("name"): w.get("weight_bits") for w in recorded if isinstance(w, dict)}
+        for k, kind in storage.items():
+            found = by_name.get(k, by_name.get(k.replace("_", ".")))
+            if found is not None:
+                bits[k] = found
+            elif kind == "FP32":  # left float (--skip): not the config's bit-width
+                bits[k] = 32
     size = onnx_path.stat().st_size
     binary = data.get("task") == "binary-class"
     positive = (scored or {}).get("positive_class")
@@ -197,7 +206,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                ("architecture", f"{arch.get('name')} ({arch.get('in_channels')} channel(s) in, {arch.get('num_classes')} outputs)"),
                ("parameters", f"{n_parameters:,}" if n_parameters else None),
                ("file", f"{onnx_path.name}, {size / 1024:,.1f} KiB ({size:,} bytes)"),
-               ("format", f"ONNX opset {opset}" + (", QDQ with integer weights" if quant.get("method") != "fp32" else "")),
+               ("format", f"ONNX opset {opset}" + (", QDQ with integer weights" if any(v != "FP32" for v in storage.values())
+                                                 else ", float weights")),
                ("runtime", f"onnxruntime {versions.get('onnxruntime', '')} (CPU); `qsal.runtime.Runtime` applies the "
                            "preprocessing stored in the file"),
                ("input", f"uint8 images {data.get('image_size')}x{data.get('image_size')}, {data.get('n_channels')} "
