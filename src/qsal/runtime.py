@@ -170,6 +170,10 @@ class Runtime:
         self.mean = np.asarray(data["mean"], np.float32).reshape(1, -1, 1, 1) if data.get("mean") is not None else None
         self.std = np.asarray(data["std"], np.float32).reshape(1, -1, 1, 1) if data.get("std") is not None else None
         self.input_shape = tuple(self.meta["input_shape"])
+        graph = self.session.get_inputs()[0].shape[1:]  # (C, H, W): an int where fixed, a name where dynamic
+        if len(graph) != 3 or any(isinstance(g, int) and g != m for g, m in zip(graph, self.input_shape)):
+            raise QsalError(f"{self.path}: its metadata says input_shape {list(self.input_shape)} but its graph takes "
+                            f"{['N', *graph]}; re-export it with qsal export")
         self.task = data.get("task", "multi-class")
         self.labels = data.get("labels")
         self.decision = self.meta.get("decision") or {}

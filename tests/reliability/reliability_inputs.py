@@ -122,6 +122,9 @@ def onnx_variant(good: Path, dest: Path, kind: str) -> Path:
         meta["data"]["labels"] = ["a", "b", "c"]
     elif kind == "image_size_is_a_string":
         meta["data"]["image_size"] = "big"
+    elif kind == "input_shape_not_the_graphs":  # metadata edited to 3 channels; the graph still takes 1
+        meta["input_shape"] = [3, 28, 28]
+        meta["data"]["n_channels"] = 3
     else:
         raise ValueError(kind)
     if kind not in ("metadata_not_json", "not_from_qsal"):

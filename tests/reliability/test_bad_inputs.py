@@ -90,6 +90,8 @@ ONNX_CASES.update({
     "positive_label_null": ("decision.operating_point is set but decision.positive_label is null", _ONNX_DECIDING),
     "labels_wrong_count": ("data.labels: 3 class names for a model with 2 outputs", _ONNX_DECIDING),
     "image_size_is_a_string": ("metadata data.image_size must be a positive integer, got 'big'", _ONNX_DECIDING),
+    "input_shape_not_the_graphs": ("its metadata says input_shape [3, 28, 28] but its graph takes ['N', 1, 28, 28]",
+                                   _ONNX_DECIDING),
 })
 
 
