@@ -131,3 +131,13 @@ def test_a_picture_is_read_upright_as_its_exif_orientation_says(tmp_path):
     stored.save(tmp_path / "sideways.png", exif=exif)
     np.testing.assert_array_equal(_read_image(tmp_path / "sideways.png", 1, 28), upright)
 
+
+
+def test_an_image_of_several_frames_is_refused_not_read_at_its_first(breast_run, tmp_path, capsys):
+    _, onnx_path = breast_run
+    pages = [Image.fromarray(np.full((28, 28), v, np.uint8)) for v in (0, 255)]
+    pages[0].save(tmp_path / "cine.gif", save_all=True, append_images=pages[1:])
+    capsys.readouterr()
+    assert main(["predict", str(onnx_path), str(tmp_path / "cine.gif")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cine.gif has 2 frames; qsal classifies single images" in err

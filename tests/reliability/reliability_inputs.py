@@ -197,6 +197,9 @@ def bad_image(folder: Path, kind: str) -> Path:
         write_dicom(target / "bad.dcm", pixels=False)
     elif kind == "multiframe_dicom":
         write_dicom(target / "bad.dcm", frames=3)
+    elif kind == "multipage_tiff":  # classified on its first page, silently, before
+        pages = [Image.fromarray(np.full((28, 28), v, np.uint8)) for v in (0, 128, 255)]
+        pages[0].save(target / "bad.tif", save_all=True, append_images=pages[1:])
     elif kind == "decompression_bomb":  # with Pillow's limit lowered by the test to 1000 pixels
         Image.fromarray(np.zeros((60, 60), np.uint8)).save(target / "bad.png")
     else:

@@ -366,6 +366,7 @@ IMAGE_CASES = {
     "float_tiff": "floating-point pixels", "garbage_dicom": "cannot read DICOM",
     "truncated_dicom": "DICOM", "dicom_without_pixels": "has no pixel data",
     "multiframe_dicom": "has 3 frames", "decompression_bomb": "decompression bomb",
+    "multipage_tiff": "has 3 frames; qsal classifies single images",
 }
 
 

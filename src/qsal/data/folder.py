@@ -138,6 +138,7 @@ def _open_picture(path: Path):
 
     try:
         img = Image.open(path)
+        frames = int(getattr(img, "n_frames", 1) or 1)
         img.load()
         try:  # a phone's or scanner's JPEG is stored sideways with an EXIF rotation
             img = ImageOps.exif_transpose(img)
@@ -147,6 +148,9 @@ def _open_picture(path: Path):
         raise QsalError(f"refusing image {path}: {e}; remove it or shrink it") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise QsalError(f"cannot read image {path} ({e}); remove or replace it") from None
+    if frames > 1:  # a multi-page TIFF or an animation: which frame is the image is not for qsal to guess
+        raise QsalError(f"image {path} has {frames} frames; qsal classifies single images: save the frame you mean as "
+                        "its own file")
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         px = np.asarray(img, dtype=np.float64)
         if px.min() < 0 or px.max() > 65535:
