@@ -141,3 +141,15 @@ def test_an_image_of_several_frames_is_refused_not_read_at_its_first(breast_run,
     assert main(["predict", str(onnx_path), str(tmp_path / "cine.gif")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cine.gif has 2 frames; qsal classifies single images" in err
+
+
+def test_predict_refuses_a_format_that_contradicts_the_file_it_writes(breast_run, tmp_path, capsys):
+    _, onnx_path = breast_run
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a.png")
+    for argv, said in ((["--json", "--format", "csv"], "--json asks for JSON but --format csv for CSV"),
+                       (["--out", str(tmp_path / "x.json"), "--format", "csv"], "names a JSON file; name it .csv"),
+                       (["--out", str(tmp_path / "x.csv"), "--format", "json"], "names a CSV file; name it .json")):
+        capsys.readouterr()
+        assert main(["predict", str(onnx_path), str(tmp_path / "a.png"), *argv]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.csv").exists()

@@ -208,3 +208,41 @@ def test_a_card_lists_a_skipped_layer_as_float_not_at_the_configs_bits(breast_ru
     assert "QDQ with integer weights" in text
     card = json.loads((tmp_path / "q/m.card.json").read_text())
     assert card["layers"]["conv1"] == {"storage": "FP32", "bits": 32}
+
+
+def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys):
+    from qsal.scoring import evaluate_model
+
+    _, onnx_path = breast_run
+    # Another dataset: the same class ids mean other classes there, and the output names both.
+    r = evaluate_model(onnx_path, dataset="pneumoniamnist", other_dataset=True, n_bootstrap=0)
+    assert r["positive_class"] == "malignant (label 0; 'normal' in pneumoniamnist)"
+    assert list(r["per_class_recall"]) == ["normal", "pneumonia"]
+    assert "0 is 'malignant' to the model, 'normal' in pneumoniamnist" in r["dataset_mismatch"]
+    # Splits that chose the model or its threshold, or trained it, are flagged as in-sample; test is not.
+    assert "in_sample" not in evaluate_model(onnx_path, n_bootstrap=0)
+    assert "chose this model's epoch and its operating point" in evaluate_model(onnx_path, split="val",
+                                                                               n_bootstrap=0)["in_sample"]
+    # Numbers decided at 0.5, not at the operating point, say so in the table.
+    capsys.readouterr()
+    assert main(["evaluate", str(onnx_path)]) == 0
+    table = capsys.readouterr().out
+    assert "balanced_accuracy @ 0.5" in table and "per_class_recall @ 0.5.malignant" in table
+    # Outputs are checked before the work, and a failure leaves no half of the result behind.
+    assert main(["evaluate", str(onnx_path), "--reliability", str(tmp_path / "r.jpg")]) == 2
+    assert "the diagram is a PNG figure; name the file .png" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert main(["evaluate", str(onnx_path), "--reliability", str(tmp_path / "r.png"),
+                 "--out", str(tmp_path / "a_file" / "m.json")]) == 2
+    assert "a_file is a file, not a folder" in capsys.readouterr().err and not (tmp_path / "r.png").exists()
+
+
+def test_export_keeps_a_card_it_did_not_write_and_bench_takes_a_dash_name(breast_run, tmp_path, monkeypatch, capsys):
+    run, onnx_path = breast_run
+    (tmp_path / "notes.card.md").write_text("my notes")
+    assert main(["export", str(run / "best.safetensors"), "--out", str(tmp_path / "notes.onnx")]) == 2
+    assert "notes.card.md already exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "notes.card.md").read_text() == "my notes" and not (tmp_path / "notes.onnx").exists()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-m.onnx").write_bytes(onnx_path.read_bytes())
+    assert main(["bench", "--threads", "1", "--seconds", "0.05", "--", "-m.onnx"]) == 0

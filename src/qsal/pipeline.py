@@ -282,6 +282,9 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     from qsal.run_folder import refuse_overwrite
 
     out = refuse_overwrite(Path(out) if out is not None else Path(checkpoint).with_name("model.onnx"), force)
+    if card:  # the card's files are outputs too: someone's notes named like them are not overwritten either
+        for written in (out.with_suffix(".card.md"), out.with_suffix(".card.json")):
+            refuse_overwrite(written, force)
     if card and data_dir:  # named for the card's metrics: a typo must not quietly leave the artifact unscored
         resolve_data_dir(data_dir, must_exist=True)
     model, meta = load_checkpoint(checkpoint)

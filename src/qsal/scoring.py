@@ -108,6 +108,16 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     and, when scored on another dataset, ``dataset_mismatch``.
     """
     path = Path(model_path)
+    if reliability_png is not None and Path(reliability_png).suffix.lower() != ".png":
+        raise QsalError(f"--reliability {reliability_png}: the diagram is a PNG figure; name the file .png")
+    for what, target in (("--reliability", reliability_png), ("--out", out)):  # before the work, not after it
+        if target is None:
+            continue
+        if Path(target).is_dir():
+            raise QsalError(f"{what} {target} is a folder; name the file to write")
+        above = next(p for p in Path(target).absolute().parents if p.exists())  # the folders below it are made
+        if not above.is_dir():
+            raise QsalError(f"{what} {target}: {above} is a file, not a folder; choose another path")
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
             raise QsalError(f"model file {path} not found; pass a .safetensors checkpoint or an .onnx file written by qsal")
@@ -147,9 +157,23 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     result = {"model": str(path), "dataset": name, "split": split, **metrics.to_dict()}
     if own and name != own:
         result["dataset_mismatch"] = f"model trained on {own}, scored on {name} (--other-dataset)"
+        theirs = [str(n) for n in data.info.labels]
+        if theirs != model_labels:  # the same class ids, other meanings: name each side's
+            result["dataset_mismatch"] += ("; class ids compared as numbers: " + ", ".join(
+                f"{i} is {m!r} to the model, {t!r} in {name}" for i, (m, t) in enumerate(zip(model_labels, theirs))))
+            if isinstance(result.get("per_class_recall"), dict):  # recall is per true class: the data's names
+                result["per_class_recall"] = dict(zip(theirs, result["per_class_recall"].values()))
+            if result.get("positive_class") in model_labels:
+                i = model_labels.index(result["positive_class"])
+                result["positive_class"] += f" (label {i}; {theirs[i]!r} in {name})"
     if name.startswith("folder:") and split != "all":
         result["note"] = (f"scored the {split} part of a seeded 70/10/20 split of the folder ({metrics.n} images); "
                           "--split all scores every image")
+    in_sample = {"train": "the model was trained on these images",
+                 "val": "the validation split chose this model's epoch and its operating point",
+                 "all": "these include the images the model was trained on and those that chose its operating point"}
+    if split in in_sample:  # numbers measured where they were fitted read better than they are
+        result["in_sample"] = f"{in_sample[split]}: optimistic numbers; quote --split test"
     if reliability_png:
         from qsal.metrics import save_reliability_diagram
 
@@ -157,7 +181,12 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
                                  title=f"{name} {split}: ECE {metrics.ece:.3f}")
         result["reliability_png"] = str(reliability_png)
     if out:
-        write_json_atomic(out, {**result, "environment": environment()})
+        try:
+            write_json_atomic(out, {**result, "environment": environment()})
+        except BaseException:
+            if reliability_png:  # no half of a result: the diagram goes with the JSON that failed
+                Path(reliability_png).unlink(missing_ok=True)
+            raise
     return result
 
 

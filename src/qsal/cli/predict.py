@@ -17,6 +17,11 @@ def cmd_predict(args):
         raise QsalError(f"--out {args.out}: name the file .csv or .json, or pass --format csv|json")
     if args.json and suffix == ".csv" and args.format != "json":  # JSON text in a .csv file reads as a broken CSV
         raise QsalError(f"--json asks for JSON but --out {args.out} names a CSV file; name it .json, or drop --json")
+    if args.json and args.format == "csv":
+        raise QsalError("--json asks for JSON but --format csv for CSV; pass one of them")
+    if args.format and suffix in (".csv", ".json") and suffix != f".{args.format}":
+        raise QsalError(f"--format {args.format} but --out {args.out} names a {suffix[1:].upper()} file; name it "
+                        f".{args.format}, or drop --format")
     fmt = args.format or ("json" if args.json or suffix == ".json" else "csv")
     text = format_predictions(predict_paths(args.model, args.paths, threads=args.threads), fmt)
     if args.out:

@@ -134,6 +134,8 @@ def worker_command(module: str, *args: str) -> list[str]:
 
 
 def _spawn(kind: str, target: str, threads: int, batch: int, seconds: float) -> dict:
+    if os.path.exists(target):  # a file named "-m.onnx" must not read as an option of the worker
+        target = os.path.abspath(target)
     cmd = worker_command("qsal.export.bench", "--worker", kind, target, "--threads", str(threads),
                          "--batch", str(batch), "--seconds", str(seconds))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or os.cpu_count())}

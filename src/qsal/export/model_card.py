@@ -251,14 +251,17 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
            + (f"; positive class: **{positive}**" if positive else "") + ". 95% CIs: percentile bootstrap, 1,000 resamples.", ""]
     if scored:
         about = f" (positive: {positive})" if positive else ""  # specificity is the other class's recall
+        # these count the most probable class as the decision: for a binary model that is 0.5, not the operating point
+        at_argmax = " at 0.5" if binary else " (most probable class)"
         keys = [("AUC", "auc"), (accuracy, "acc"), (f"sensitivity{about} at 0.5", "sensitivity"),
                 (f"specificity{about} at 0.5", "specificity"),
                 (f"sensitivity{about} at the operating point", "sensitivity_at_op"),
-                (f"specificity{about} at the operating point", "specificity_at_op"), ("balanced accuracy", "balanced_accuracy"),
-                ("macro F1", "macro_f1"), ("ECE (calibration error, 15 bins)", "ece"), ("temperature", "temperature")]
+                (f"specificity{about} at the operating point", "specificity_at_op"),
+                (f"balanced accuracy{at_argmax}", "balanced_accuracy"), (f"macro F1{at_argmax}", "macro_f1"), ("ECE (calibration error, 15 bins)", "ece"), ("temperature", "temperature")]
         md += _table(("metric", "value", "95% CI"), [(label, scored[k], _ci(scored, k)) for label, k in keys
                                                      if scored.get(k) is not None])
-        md += ["## Factors", "", "Per-class recall (how often images of each class are recognised); other factors "
+        md += ["## Factors", "", f"Per-class recall{at_argmax} (how often images of each class are recognised"
+               + ("; at the operating point, sensitivity and specificity above" if binary else "") + "); other factors "
                "(site, device, age, sex) are not recorded in the dataset and were not evaluated.", ""]
         recall = scored.get("per_class_recall") or {}
         cm = scored.get("confusion") or []

@@ -240,6 +240,12 @@ def evaluate(model, split, *, decision: dict | None = None, batch_size: int = 25
     ``decision``: the ``{"positive_label", "operating_point", "temperature"}`` chosen on validation
     (``choose_decision``); without it the dataset table's positive class and temperature 1 are used.
     """
+    from qsal.metrics.operating_point import validate_decision
+
+    if not hasattr(split, "tensors"):
+        raise QsalError(f"evaluate needs an ImageSplit (qsal.load_split(...)), got {type(split).__name__}")
+    validate_decision(decision, split.info.num_classes, "evaluate", "pass the decision a checkpoint records "
+                      "(its best.json's 'decision'), or none")
     x, y = split.tensors()
     logits = predict_logits(model, x, batch_size, device)
     decision = decision or {}

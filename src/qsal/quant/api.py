@@ -112,6 +112,12 @@ def _as_tensor(calibration, n: int) -> torch.Tensor:
     if hasattr(calibration, "tensors"):  # an ImageSplit
         calibration = calibration.subset(n).tensors()[0]
     x = torch.as_tensor(calibration)[:n]
+    if not x.is_floating_point() or x.ndim != 4:
+        raise QsalError(f"calibration images must be normalised float (N, C, H, W), got {x.dtype} {tuple(x.shape)}; "
+                        "pass an ImageSplit (its .tensors() are) or a float tensor")
+    if not torch.isfinite(x).all():
+        raise QsalError("the calibration images hold NaN or infinite values; the ranges calibrated from them would "
+                        "be meaningless: check how they were made")
     if len(x) < MIN_CALIBRATION_IMAGES:
         raise QsalError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} images, got {len(x)}; pass more training images")
     return x
@@ -149,9 +155,23 @@ def quantize(model: nn.Module, config: QuantConfig, calibration=None) -> fx.Grap
     Example:
         >>> qmodel = quantize(model, PTQConfig(observer="mse"), calibration=train_split)
     """
+    from qsal.quant.modules import QuantConv2d, QuantLinear
+
+    if any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules()):
+        raise QsalError("this model is already quantized; quantize the float model it was made from")
+    layers = {name for name, m in model.named_modules() if name and not list(m.children())}
+    unknown = [name for name in config.skip if name not in layers]
+    if unknown:
+        raise QsalError(f"skip names {unknown} that are not layers of this model; its layers are "
+                        f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
     gm = prepare_structure(model, config)
     if act_quantizers(gm):
-        calibrate(gm, _as_tensor(calibration, getattr(config, "num_calibration", 512)))
+        x = _as_tensor(calibration, getattr(config, "num_calibration", 512))
+        try:
+            calibrate(gm, x)
+        except RuntimeError as e:  # images of another shape or channel count than the model's
+            raise QsalError(f"the calibration images, shape {tuple(x.shape)}, do not fit this model "
+                            f"({str(e).splitlines()[0][:160]}); pass the model's own training images") from None
     return gm
 
 

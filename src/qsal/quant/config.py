@@ -18,6 +18,24 @@ def _check_bits(name: str, bits: int, allowed: tuple[int, ...] = (2, 3, 4, 5, 6,
         raise QsalError(f"{name}={bits} is not supported; use one of {allowed}")
 
 
+def _check_common(cfg) -> None:
+    """What every config holds: ``skip`` a tuple of layer names (a lone string is one name, not its letters),
+    ``num_calibration`` a positive count, PACT's ``alpha_init`` a clip above zero or ``None``."""
+    import math
+
+    skip = (cfg.skip,) if isinstance(cfg.skip, str) else tuple(cfg.skip)
+    if not all(isinstance(name, str) for name in skip):
+        raise QsalError(f"skip must name layers (strings), got {list(skip)!r}")
+    object.__setattr__(cfg, "skip", skip)
+    n = getattr(cfg, "num_calibration", None)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise QsalError(f"num_calibration must be a whole number of images >= 1, got {n!r}")
+    alpha = getattr(cfg, "alpha_init", None)
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha)
+                              or alpha <= 0):
+        raise QsalError(f"alpha_init is PACT's starting clip, a finite number > 0 (or None to calibrate it), got {alpha!r}")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     method: ClassVar[str] = ""
@@ -53,7 +71,7 @@ class PTQConfig(QuantConfig):
             raise QsalError(f"observer {self.observer!r} is not one of {', '.join(OBSERVERS)}")
         _check_bits("weight_bits", self.weight_bits)
         _check_bits("act_bits", self.act_bits)
-        object.__setattr__(self, "skip", tuple(self.skip))
+        _check_common(self)
 
     @property
     def label(self) -> str:
@@ -83,7 +101,7 @@ class QATConfig(QuantConfig):
         _check_bits("bits", self.bits)
         if not (0 < self.ema <= 1 and 0 <= self.freeze_observers_at <= 1 and 0 <= self.freeze_bn_at <= 1):
             raise QsalError("QATConfig: ema must be in (0, 1], freeze_* fractions in [0, 1]")
-        object.__setattr__(self, "skip", tuple(self.skip))
+        _check_common(self)
 
     @property
     def label(self) -> str:
@@ -176,7 +194,7 @@ class PACTConfig(QuantConfig):
             _check_bits("add_input_bits", self.add_input_bits)
         if self.alpha_lr is not None and not self.alpha_lr > 0:
             raise QsalError(f"alpha_lr must be positive (or None to share the weights' lr), got {self.alpha_lr}")
-        object.__setattr__(self, "skip", tuple(self.skip))
+        _check_common(self)
 
     @property
     def label(self) -> str:
@@ -205,7 +223,7 @@ class WeightOnlyConfig(QuantConfig):
 
     def __post_init__(self):
         _check_bits("bits", self.bits, (4, 8))
-        object.__setattr__(self, "skip", tuple(self.skip))
+        _check_common(self)
 
     @property
     def label(self) -> str:

@@ -34,6 +34,8 @@ def _check(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         x = x[None]
     if x.dim() != 4:
         raise QsalError(f"images have shape {tuple(x.shape)}; pass a batch (N, C, H, W) of normalised images")
+    if x.shape[0] == 0:
+        raise QsalError("no images to explain (a batch of 0); pass at least one")
     want_c = arch.get("in_channels")
     if want_c is not None and x.shape[1] != want_c:
         raise QsalError(f"images have {x.shape[1]} channel(s) but the model takes {want_c}")
@@ -43,6 +45,9 @@ def _check(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         if t.shape[0] != x.shape[0] or (n_classes is not None and t.shape[1] != n_classes) or ((t != 0) & (t != 1)).any():
             raise QsalError(f"multi-label target has shape {tuple(t.shape)}; pass 0/1 label vectors (N, L) for the "
                             f"{x.shape[0]} images, one column per label of the model")
+    elif target is not None and torch.as_tensor(target).dim() == 1 and len(target) != x.shape[0]:
+        raise QsalError(f"target names {len(target)} classes for {x.shape[0]} images; pass one per image, or one "
+                        "int for all")
     elif n_classes is not None and target is not None:
         t = torch.as_tensor(target)
         if (t < 0).any() or (t >= n_classes).any():

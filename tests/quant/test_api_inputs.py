@@ -1,0 +1,69 @@
+"""The Python API refuses bad input in one QsalError naming it, as the CLI does (found by a new-user audit:
+before, a string skip was split into letters and the layer still quantized, a negative count raised numpy's
+ValueError, NaN calibration quantized "successfully")."""
+
+import pytest
+import torch
+
+from qsal.errors import QsalError
+from qsal.models import create_model
+from qsal.quant import PACTConfig, PTQConfig, QATConfig, WeightOnlyConfig, quantize
+from qsal.quant.modules import QuantConv2d
+
+
+def _model():
+    return create_model("small_cnn", 2, 1).eval()
+
+
+def test_a_lone_layer_name_is_one_name_and_unknown_names_are_refused():
+    x = torch.randn(32, 1, 28, 28)
+    q = quantize(_model(), PTQConfig(skip="conv2", num_calibration=32), calibration=x)
+    assert not isinstance(q.get_submodule("conv2"), QuantConv2d) and isinstance(q.get_submodule("conv1"), QuantConv2d)
+    with pytest.raises(QsalError, match=r"skip names \['bogus'\] that are not layers of this model"):
+        quantize(_model(), PTQConfig(skip=["bogus"], num_calibration=32), calibration=x)
+    with pytest.raises(QsalError, match="this model is already quantized"):
+        quantize(q, PTQConfig(num_calibration=32), calibration=x)
+
+
+@pytest.mark.parametrize("make,said", [
+    (lambda: PTQConfig(num_calibration=-1), "num_calibration must be a whole number of images >= 1, got -1"),
+    (lambda: QATConfig(num_calibration=0), "num_calibration must be a whole number"),
+    (lambda: PACTConfig(num_calibration=2.5), "got 2.5"),
+    (lambda: PACTConfig(alpha_init=-1.0), "alpha_init is PACT's starting clip, a finite number > 0"),
+    (lambda: PACTConfig(alpha_init=float("nan")), "alpha_init"),
+    (lambda: WeightOnlyConfig(skip=[1]), "skip must name layers (strings), got [1]"),
+])
+def test_configs_refuse_impossible_values(make, said):
+    with pytest.raises(QsalError, match=said.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        make()
+
+
+@pytest.mark.parametrize("calibration,said", [
+    (torch.full((32, 1, 28, 28), float("nan")), "hold NaN or infinite values"),
+    (torch.randn(32, 3, 28, 28), r"the calibration images, shape \(32, 3, 28, 28\), do not fit this model"),
+    (torch.zeros(32, 1, 28, 28, dtype=torch.uint8), "must be normalised float"),
+])
+def test_calibration_images_that_cannot_calibrate_are_refused(calibration, said):
+    with pytest.raises(QsalError, match=said):
+        quantize(_model(), PTQConfig(num_calibration=32), calibration=calibration)
+
+
+def test_explain_and_evaluate_refuse_what_they_cannot_use(tiny_splits):
+    from qsal.metrics import evaluate
+    from qsal.saliency import explain
+
+    model = _model()
+    x = torch.randn(4, 1, 28, 28)
+    with pytest.raises(QsalError, match="no images to explain"):
+        explain(model, x[:0], method="gradient")
+    with pytest.raises(QsalError, match="target names 2 classes for 4 images"):
+        explain(model, x, method="gradient", target=torch.tensor([0, 1]))
+    _, _, test = tiny_splits
+    with pytest.raises(QsalError, match="evaluate needs an ImageSplit"):
+        evaluate(model, None)
+    with pytest.raises(QsalError, match="decision.positive_label must be a class id 0-1"):
+        evaluate(model, test, decision={"positive_label": 5})
+    with pytest.raises(QsalError, match="decision.operating_point.threshold must be a probability"):
+        evaluate(model, test, decision={"positive_label": 0, "operating_point": {"threshold": 2.0}})
+    with pytest.raises(QsalError, match="'decision' must be a mapping"):
+        evaluate(model, test, decision="youden")
