@@ -153,3 +153,13 @@ def test_predict_refuses_a_format_that_contradicts_the_file_it_writes(breast_run
         assert main(["predict", str(onnx_path), str(tmp_path / "a.png"), *argv]) == 2
         assert said in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.csv").exists()
+
+
+def test_a_camera_jpeg_with_a_secondary_image_is_read_at_its_picture(tmp_path):
+    # Pillow opens a JPEG carrying an MPF gain map / stereo view as MPO with 2 frames; its first is the picture
+    from qsal.data.folder import _read_image
+
+    a, b = (Image.fromarray(np.full((28, 28, 3), v, np.uint8)) for v in (40, 200))
+    a.save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[b])
+    assert Image.open(tmp_path / "phone.jpg").format == "MPO"
+    assert abs(int(_read_image(tmp_path / "phone.jpg", 1, 28).mean()) - 40) <= 2

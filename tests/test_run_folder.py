@@ -141,3 +141,16 @@ def test_a_damaged_run_record_cannot_be_resumed_and_force_starts_over(tmp_path):
     assert e.value.why == "its run.json is damaged (JSONDecodeError)"  # a study then starts the cell over
     claim_run_folder(out, fp, force=True)
     assert json.loads((out / "run.json").read_text())["method"] == "fp32"
+
+
+def test_resume_with_force_from_the_api_starts_over_as_the_demo_asks(tmp_path):
+    # qsal demo passes resume=True always and force when asked: the pair must start the run over, not be refused
+    # (the CLI refuses --resume with --force as mutually exclusive flags)
+    from qsal.run_folder import claim_run_folder, fingerprint
+
+    fp = fingerprint("breastmnist", "small_cnn", "fp32", {"epochs": 1})
+    claim_run_folder(tmp_path / "r", fp)
+    (tmp_path / "r" / "best.safetensors").write_bytes(b"x")
+    claim_run_folder(tmp_path / "r", fingerprint("breastmnist", "small_cnn", "fp32", {"epochs": 2}), resume=True,
+                     force=True)
+    assert not (tmp_path / "r" / "best.safetensors").exists()

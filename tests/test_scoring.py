@@ -172,6 +172,9 @@ def test_a_card_compares_only_with_the_parent_it_was_made_from(breast_run, tmp_p
     text = (tmp_path / "q/m2.card.md").read_text()
     assert "## Change against" not in text
     assert "parent (FP32, replaced since this model was made from it: not compared)" in text
+    weights.unlink()  # a copy without the parent's weights still exports, and says why nothing is compared
+    export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m3.onnx")
+    assert "parent (FP32, its weights are gone: not compared)" in (tmp_path / "q/m3.card.md").read_text()
 
 
 def test_quantize_refuses_to_write_over_its_parent_or_among_a_users_files(breast_run, tmp_path, capsys):
@@ -219,6 +222,11 @@ def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys):
     assert r["positive_class"] == "malignant (label 0; 'normal' in pneumoniamnist)"
     assert list(r["per_class_recall"]) == ["normal", "pneumonia"]
     assert "0 is 'malignant' to the model, 'normal' in pneumoniamnist" in r["dataset_mismatch"]
+    run, _ = breast_run
+    r = evaluate_model(run / "best.safetensors", dataset="pneumoniamnist", other_dataset=True, split="train",
+                       n_bootstrap=0)
+    assert r["positive_class"] == "malignant (label 0; 'normal' in pneumoniamnist)"  # the checkpoint's path too
+    assert "in_sample" not in r  # another dataset's training images were not this model's
     # Splits that chose the model or its threshold, or trained it, are flagged as in-sample; test is not.
     assert "in_sample" not in evaluate_model(onnx_path, n_bootstrap=0)
     assert "chose this model's epoch and its operating point" in evaluate_model(onnx_path, split="val",

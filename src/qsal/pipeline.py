@@ -285,7 +285,7 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     if card:  # the card's files are outputs too: someone's notes named like them are not overwritten either
         for written in (out.with_suffix(".card.md"), out.with_suffix(".card.json")):
             refuse_overwrite(written, force)
-    if card and data_dir:  # named for the card's metrics: a typo must not quietly leave the artifact unscored
+    if card:  # named for the card's metrics (or by $QSAL_DATA_DIR): a typo must not quietly leave it unscored
         resolve_data_dir(data_dir, must_exist=True)
     model, meta = load_checkpoint(checkpoint)
     data = meta.get("dataset") or {}
@@ -367,9 +367,11 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
         raise QsalError(f"{metrics_file} holds a {type(torch_metrics).__name__}, not the metrics qsal writes; delete it")
     parent = meta.get("parent_checkpoint")
     parent_kind = _parent_kind(parent) if parent else None
-    if parent and parent_kind and meta.get("parent_sha256") not in (None, file_sha256(parent)):
+    if parent and parent_kind and meta.get("parent_sha256") is not None and (
+            not Path(parent).is_file() or file_sha256(parent) != meta["parent_sha256"]):
         # retrained or replaced in place since this model was made from it: another model, not compared with
-        parent_kind, parent = f"{parent_kind}, replaced since this model was made from it: not compared", None
+        gone = "its weights are gone" if not Path(parent).is_file() else "replaced since this model was made from it"
+        parent_kind, parent = f"{parent_kind}, {gone}: not compared", None
     parent_metrics = test_metrics(Path(parent).with_name("metrics.json")) if parent else None
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None

@@ -72,8 +72,6 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     and starts over.
     """
     out = Path(out)
-    if resume and force:
-        raise QsalError("--resume continues the run in --out and --force starts it over; pass one of them")
     record = out / FINGERPRINT_FILE
     old = _read_record(record) if record.is_file() and not force else None
     has_outputs = any((out / name).exists() for name in _RUN_OUTPUTS)

@@ -40,7 +40,8 @@ def model_metadata(path: str | os.PathLike) -> tuple[dict, dict, bool]:
     return meta.get("dataset") or {}, meta.get("decision") or {}, False
 
 
-def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, data_dir=None) -> ImageSplit:
+def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, data_dir=None,
+                   download: bool = False) -> ImageSplit:
     """One split (or ``"all"``) of dataset ``name``, with the channels and size the model takes."""
     if split not in SPLITS:
         raise QsalError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -55,11 +56,11 @@ def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, 
         images, labels = validate_arrays(info, images, np.array([c for _, c in files], np.int64), str(root))
         data = ImageSplit(info, "all", images, labels, str(root))
     elif split == "all":
-        parts = [load_split(name, s, data_dir, size=size) for s in ("train", "val", "test")]
+        parts = [load_split(name, s, data_dir, size=size, download=download) for s in ("train", "val", "test")]
         data = ImageSplit(parts[0].info, "all", np.concatenate([p.images for p in parts]),
                           np.concatenate([p.labels for p in parts]), parts[0].source)
     else:
-        data = load_split(name, split, data_dir, size=size)
+        data = load_split(name, split, data_dir, size=size, download=download)
     return data.with_channels(n_channels)
 
 
@@ -101,7 +102,8 @@ def score_onnx(artifact: str | os.PathLike | Runtime, split: ImageSplit, n_boots
 
 def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None, split: str = "test", data_dir=None,
                    size: int | None = None, other_dataset: bool = False, n_bootstrap: int = 1000,
-                   out: str | os.PathLike | None = None, reliability_png: str | os.PathLike | None = None) -> dict:
+                   out: str | os.PathLike | None = None, reliability_png: str | os.PathLike | None = None,
+                   download: bool = False) -> dict:
     """Metrics of a checkpoint (``.safetensors``) or an exported ``.onnx`` on one split (or ``"all"``).
 
     Returns a JSON-safe dict: the ``Metrics`` fields plus ``model``, ``dataset``, ``split``, ``artifact``
@@ -140,7 +142,7 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
         check_model_fits_data(read_meta(path)["arch"], dataset_info(name), str(path))
     n_channels = int(data_meta.get("n_channels") or 1)
     data = load_for_model(name, split, n_channels=n_channels, size=size or data_meta.get("image_size"),
-                          data_dir=data_dir)
+                          data_dir=data_dir, download=download)
     model_labels = [str(n) for n in data_meta.get("labels") or data.info.labels]
     if len(model_labels) != data.info.num_classes:
         raise QsalError(f"{name} has {data.info.num_classes} classes but {path} was built for {len(model_labels)}; "
@@ -163,16 +165,16 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
                 f"{i} is {m!r} to the model, {t!r} in {name}" for i, (m, t) in enumerate(zip(model_labels, theirs))))
             if isinstance(result.get("per_class_recall"), dict):  # recall is per true class: the data's names
                 result["per_class_recall"] = dict(zip(theirs, result["per_class_recall"].values()))
-            if result.get("positive_class") in model_labels:
-                i = model_labels.index(result["positive_class"])
-                result["positive_class"] += f" (label {i}; {theirs[i]!r} in {name})"
+            i = result.get("positive_label")
+            if isinstance(i, int) and 0 <= i < len(theirs):
+                result["positive_class"] = f"{model_labels[i]} (label {i}; {theirs[i]!r} in {name})"
     if name.startswith("folder:") and split != "all":
         result["note"] = (f"scored the {split} part of a seeded 70/10/20 split of the folder ({metrics.n} images); "
                           "--split all scores every image")
     in_sample = {"train": "the model was trained on these images",
                  "val": "the validation split chose this model's epoch and its operating point",
                  "all": "these include the images the model was trained on and those that chose its operating point"}
-    if split in in_sample:  # numbers measured where they were fitted read better than they are
+    if split in in_sample and (not own or name == own):  # measured where they were fitted: they read better
         result["in_sample"] = f"{in_sample[split]}: optimistic numbers; quote --split test"
     if reliability_png:
         from qsal.metrics import save_reliability_diagram

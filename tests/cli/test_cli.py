@@ -234,3 +234,14 @@ def test_quantize_can_average_the_fine_tuned_weights(breast_run, tmp_path, capsy
     assert (meta["train"]["shift_px"], meta["train"]["hflip"], meta["train"]["rotate_deg"]) == (2, True, 10.0)
     zero_points = [v for k, v in load_file(str(out / "best.safetensors")).items() if k.endswith("zero_point")]
     assert zero_points and all(float(z) == round(float(z)) for zp in zero_points for z in zp.flatten())
+
+
+def test_the_evaluate_table_says_how_each_count_decided():
+    from qsal.cli.output import metrics_table
+
+    base = {"n": 10, "per_class_recall": {"a": 1.0, "b": 0.5}, "balanced_accuracy": 0.75, "macro_f1": 0.7,
+            "sensitivity": None}  # Metrics.to_dict keeps a multi-class model's sensitivity key, as None
+    multi = metrics_table({**base, "task": "multi-class"})
+    assert "balanced_accuracy (most probable class)" in multi and "macro_f1 (most probable class)" in multi
+    binary = metrics_table({**base, "task": "binary-class", "sensitivity": 0.5})
+    assert "balanced_accuracy @ 0.5" in binary and "per_class_recall @ 0.5" in binary

@@ -67,3 +67,23 @@ def test_explain_and_evaluate_refuse_what_they_cannot_use(tiny_splits):
         evaluate(model, test, decision={"positive_label": 0, "operating_point": {"threshold": 2.0}})
     with pytest.raises(QsalError, match="'decision' must be a mapping"):
         evaluate(model, test, decision="youden")
+
+
+def test_skip_names_what_the_traced_graph_calls():
+    from torch import nn
+
+    class Net(nn.Module):  # fx traces into nn.Sequential: naming the container would skip nothing
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+            self.head = nn.Linear(4 * 26 * 26, 2)
+
+        def forward(self, x):
+            return self.head(self.block(x).flatten(1))
+
+    x = torch.randn(16, 1, 28, 28)
+    with pytest.raises(QsalError, match=r"skip names \['block'\] that are not layers of this model's graph; its "
+                                        r"layers are block.0, block.1, head"):
+        quantize(Net().eval(), PTQConfig(skip=("block",), num_calibration=16), calibration=x)
+    q = quantize(Net().eval(), PTQConfig(skip=("block.0",), num_calibration=16), calibration=x)
+    assert not isinstance(q.get_submodule("block.0"), QuantConv2d)

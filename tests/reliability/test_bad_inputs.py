@@ -139,15 +139,16 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("quantize", "{ck}", "--saliency-guided", "--lr", "0.01"):
         "--lr and --saliency-guided shape the fine-tune; --method ptq trains nothing (use them with qat or pact)",
     ("quantize", "{ck}", "--method", "pact", "--sgt-k", "0.3"):
-        "--sgt-k sets the saliency-guided fine-tune; add --saliency-guided, or drop it",
+        "--sgt-k sets the saliency-guided training; add --saliency-guided, or drop it",
+    ("train", "--sgt-lambda", "5"): "--sgt-lambda sets the saliency-guided training; add --saliency-guided",
     ("quantize", "{ck}", "--method", "pact", "--observer", "mse"):
         "--observer picks PTQ's calibration; --method pact learns its clipping range: drop --observer",
     ("quantize", "{ck}", "--method", "weight-only", "--num-calibration", "5"):
         "--num-calibration: --method weight-only calibrates no activations",
     ("quantize", "{ck}", "--num-calibration", "100000"):
         "num_calibration 100000 is more than the 546 training images of breastmnist",
-    ("quantize", "{ck}", "--resume", "--force"): "--resume continues the run in --out and --force starts it over",
-    ("train", "--resume", "--force"): "--resume continues the run in --out and --force starts it over",
+    ("quantize", "{ck}", "--resume", "--force"): "argument --force: not allowed with argument --resume",
+    ("train", "--resume", "--force"): "argument --force: not allowed with argument --resume",
     ("nosuchcommand",): "invalid choice: 'nosuchcommand'",
     ("run", "{dir}"): "is a folder; pass the study YAML file",
     ("export", "{ck}", "--out", "{dir}"): "is a folder",  # an output slot pointing at a folder

@@ -149,9 +149,12 @@ def test_a_cell_trained_on_another_schedule_is_redone_and_one_that_does_not_say_
     assert why["fp32"].reason == (f"trained on another schedule than this study's (epochs: 99 -> "
                                   f"{schedules['fp32']['epochs']}): redoing it")
     assert why["ptq-int8-minmax"].after_parent and why["pact-4"].after_parent  # from the new parent, once it is made
+    from qsal.study.runner import _has_work
+
+    assert _has_work(group, tmp_path, cfg)  # the run checks the data of a group with only a schedule redo too
     (tmp_path / fp32.id / "run.json").write_text(json.dumps({"config": recorded}))
     assert cells_to_redo(group, tmp_path, schedules=schedules) == {}  # the field it lacks is not compared
-    assert progress([group], tmp_path, cfg)[2] == []
+    assert progress([group], tmp_path, cfg)[2] == [] and not _has_work(group, tmp_path, cfg)
 
 
 def test_pending_is_what_a_run_would_do_and_the_estimate_adds_up_only_those(group, tmp_path):

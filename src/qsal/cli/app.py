@@ -75,7 +75,7 @@ def cmd_evaluate(args):
 
     metrics = evaluate_model(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
                              size=args.size, out=args.out, other_dataset=args.other_dataset,
-                             reliability_png=args.reliability)
+                             reliability_png=args.reliability, download=args.download)
     print_result(metrics if args.json else metrics_table(metrics), args.json)
 
 

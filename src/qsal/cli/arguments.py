@@ -143,6 +143,24 @@ def recipe_from_args(args) -> dict:
     return {k: getattr(args, k) for k in RECIPE_FIELDS}
 
 
+SGT_DEFAULTS = {"sgt_k": 0.5, "sgt_lambda": 1.0, "sgt_target": "log_softmax"}  # argparse's default is None
+
+
+def resolve_sgt_options(args) -> None:
+    """Refuse ``--sgt-*`` without ``--saliency-guided`` (they would be ignored while the user thinks them applied),
+    then fill in the defaults of those not given."""
+    from qsal.errors import QsalError
+
+    given = ["--" + k.replace("_", "-") for k in SGT_DEFAULTS if getattr(args, k) is not None]
+    if given and not args.saliency_guided:
+        raise QsalError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} the saliency-guided training; "
+                        "add --saliency-guided, or drop " + ("it" if len(given) == 1 else "them"))
+    for name, default in SGT_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def run_folder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", action="store_true", help="continue the run already in --out (same settings only)")
-    p.add_argument("--force", action="store_true", help="replace the run already in --out")
+    either = p.add_mutually_exclusive_group()  # one continues the run in --out, the other starts it over
+    either.add_argument("--resume", action="store_true", help="continue the run already in --out (same settings only)")
+    either.add_argument("--force", action="store_true", help="replace the run already in --out")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from qsal.cli.output import print_result
 
-from qsal.cli.arguments import SEED, float_range, int_range, positive_float, positive_int, recipe_args, recipe_from_args
+from qsal.cli.arguments import (SEED, float_range, int_range, positive_float, positive_int, recipe_args, recipe_from_args,
+                                resolve_sgt_options)
 
 
 def _quant_config(args):
@@ -29,7 +30,6 @@ def _quant_config(args):
 # Options with no effect on some methods, and their defaults (argparse's default is None, so that given is known):
 # the command refuses them there rather than record a setting that did nothing.
 _FINETUNE_ONLY = {"epochs": 5, "lr": 1e-4}
-_SGT_OPTIONS = {"sgt_k": 0.5, "sgt_lambda": 1.0, "sgt_target": "log_softmax"}
 
 
 def _check_quantize_options(args) -> None:
@@ -45,10 +45,7 @@ def _check_quantize_options(args) -> None:
         names = given + (["--saliency-guided"] if args.saliency_guided else [])
         raise QsalError(f"{' and '.join(names)} shape{'s' if len(names) == 1 else ''} the fine-tune; --method "
                         f"{args.method} trains nothing (use {'it' if len(names) == 1 else 'them'} with qat or pact)")
-    sgt = [flag(k) for k in _SGT_OPTIONS if getattr(args, k) is not None]
-    if sgt and not args.saliency_guided:
-        raise QsalError(f"{' and '.join(sgt)} set{'s' if len(sgt) == 1 else ''} the saliency-guided fine-tune; add "
-                        "--saliency-guided, or drop " + ("it" if len(sgt) == 1 else "them"))
+    resolve_sgt_options(args)
     if args.observer is not None and args.method != "ptq":
         raise QsalError(f"--observer picks PTQ's calibration; --method {args.method} "
                         + ("learns its clipping range" if args.method == "pact" else
@@ -57,7 +54,7 @@ def _check_quantize_options(args) -> None:
     if args.num_calibration is not None and args.method == "weight-only":
         raise QsalError("--num-calibration: --method weight-only calibrates no activations (its weights need no "
                         "images); drop it")
-    for name, default in {**_FINETUNE_ONLY, **_SGT_OPTIONS, "observer": "minmax"}.items():
+    for name, default in {**_FINETUNE_ONLY, "observer": "minmax"}.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
 

@@ -34,8 +34,10 @@ def _train_config(args):
 
 
 def cmd_train(args):
+    from qsal.cli.arguments import resolve_sgt_options
     from qsal.pipeline import train_model
 
+    resolve_sgt_options(args)
     result = train_model(dataset=args.dataset, model=args.model, config=_train_config(args), out_dir=args.out,
                          data_dir=args.data_dir, size=args.size, download=args.download,
                          saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
@@ -56,10 +58,12 @@ def _setup_train(p) -> None:
     decision_args(p)
     _train_config_args(p)
     p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")
-    p.add_argument("--sgt-k", type=SGT_K, default=0.5, help="saliency-guided: fraction of features masked per step")
-    p.add_argument("--sgt-lambda", type=SGT_LAMBDA, default=1.0, help="saliency-guided: weight of the KL term")
-    p.add_argument("--sgt-target", default="log_softmax", choices=["log_softmax", "logit"],
-                   help="score whose input gradient ranks pixels (log_softmax: the SGT authors')")
+    p.add_argument("--sgt-k", type=SGT_K, default=None, help="saliency-guided: fraction of features masked per step "
+                   "(default: 0.5)")
+    p.add_argument("--sgt-lambda", type=SGT_LAMBDA, default=None, help="saliency-guided: weight of the KL term "
+                   "(default: 1.0)")
+    p.add_argument("--sgt-target", default=None, choices=["log_softmax", "logit"],
+                   help="score whose input gradient ranks pixels (default log_softmax: the SGT authors')")
     p.add_argument("--pact-bits", type=int_range(2, 8, "a bit-width"), default=None, help="train PACT-quantized at this many bits (2-8)")
 
 

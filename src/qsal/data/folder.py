@@ -138,7 +138,8 @@ def _open_picture(path: Path):
 
     try:
         img = Image.open(path)
-        frames = int(getattr(img, "n_frames", 1) or 1)
+        # MPO: a camera JPEG with a secondary image (a gain map, a stereo view); its first frame is the picture
+        frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
         img.load()
         try:  # a phone's or scanner's JPEG is stored sideways with an EXIF rotation
             img = ImageOps.exif_transpose(img)

@@ -155,6 +155,6 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None, must_exist: bool
     if root.exists() and not root.is_dir():
         raise QsalError(f"{named} is a file, not a folder; give the folder that holds the dataset files")
     if must_exist and not root.exists():
-        raise QsalError(f"{named} does not exist; give the folder that holds the dataset files (`qsal datasets "
-                        "--data-dir DIR` lists what it finds there), or pass --download to fetch them into it")
+        raise QsalError(f"{named} does not exist; give the folder that holds the dataset files (or, to fetch "
+                        "them, create it and use a command's --download)")
     return root

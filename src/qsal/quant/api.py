@@ -159,12 +159,15 @@ def quantize(model: nn.Module, config: QuantConfig, calibration=None) -> fx.Grap
 
     if any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules()):
         raise QsalError("this model is already quantized; quantize the float model it was made from")
-    layers = {name for name, m in model.named_modules() if name and not list(m.children())}
+    gm = prepare_structure(model, config)
+    # the layers the traced graph calls, which is what skip matches: a leaf, or a container fx keeps whole (not an
+    # nn.Sequential, which it traces into: naming one would skip nothing)
+    layers = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"
+              and not isinstance(gm.get_submodule(str(n.target)), (ActQuantizer, PACTQuantizer))}
     unknown = [name for name in config.skip if name not in layers]
     if unknown:
-        raise QsalError(f"skip names {unknown} that are not layers of this model; its layers are "
+        raise QsalError(f"skip names {unknown} that are not layers of this model's graph; its layers are "
                         f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
-    gm = prepare_structure(model, config)
     if act_quantizers(gm):
         x = _as_tensor(calibration, getattr(config, "num_calibration", 512))
         try:

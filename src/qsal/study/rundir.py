@@ -56,7 +56,7 @@ def describe_holder(pid: str) -> str:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             return (f"pid {pid}, which has ended; the worker processes it started still hold the folder: wait for "
-                    "them, or end them (`pkill -f 'qsal run'`)")
+                    f"them, or end them (`fuser -v {LOCK_NAME}` in the folder lists them)")
         except OSError:  # alive, another user's
             pass
     return f"pid {pid}"

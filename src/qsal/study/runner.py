@@ -120,7 +120,8 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
 
 def _has_work(group: list[CellSpec], run_dir: Path, cfg: RunConfig) -> bool:
     results = read_results(group, run_dir)
-    return None in results.values() or bool(cells_to_redo(group, run_dir, results, expected_configs(group, cfg)))
+    return None in results.values() or bool(cells_to_redo(group, run_dir, results, expected_configs(group, cfg),
+                                                          expected_schedules(group, cfg)))
 
 
 def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:
