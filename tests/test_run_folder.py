@@ -154,3 +154,32 @@ def test_resume_with_force_from_the_api_starts_over_as_the_demo_asks(tmp_path):
     claim_run_folder(tmp_path / "r", fingerprint("breastmnist", "small_cnn", "fp32", {"epochs": 2}), resume=True,
                      force=True)
     assert not (tmp_path / "r" / "best.safetensors").exists()
+
+
+def test_force_leaves_the_old_run_whole_when_the_new_command_is_refused(breast_run, tmp_path, capsys):
+    # --force deleted the run's model before the new inputs were checked: a typo destroyed the old model
+    import shutil
+
+    from qsal.cli import main
+
+    run, _ = breast_run
+    out = tmp_path / "r"
+    shutil.copytree(run, out)
+    (out / "model.card.md").write_text("card of the old model")
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--force", "--positive-class", "nosuch", "--epochs", "1"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == before
+    # accepted: the old run's files go, exported artifact and card included (they described the old model)
+    assert main(["train", "--out", str(out), "--force", "--epochs", "1", "--no-progress", "-q"]) == 0
+    assert not (out / "model.onnx").exists() and not (out / "model.card.md").exists()
+    assert (out / "best.safetensors").is_file()
+
+
+def test_an_operating_point_for_a_set_that_decides_by_argmax_is_refused(shared_data, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["train", "--dataset", "retinamnist", "--operating-point", "sensitivity:0.9", "--epochs", "1",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--operating-point applies to binary sets only" in err
+    assert not (tmp_path / "r").exists()

@@ -88,7 +88,7 @@ def _summary(checkpoint, metrics) -> dict:
 def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os.PathLike | None = None, *,
                 data_dir=None, size: int | None = None, download: bool = False, saliency_guided: bool = False,
                 sgt_k: float = 0.5, sgt_lambda: float = 1.0, pact_bits: int | None = None,
-                sgt_target: str = "log_softmax", positive_class: str | int | None = None, operating_point: str = DEFAULT_RULE,
+                sgt_target: str = "log_softmax", positive_class: str | int | None = None, operating_point: str | None = None,
                 temperature_scaling: bool = False, resume: bool = False, force: bool = False) -> dict:
     """Train ``model`` on ``dataset`` (optionally PACT-quantized and/or saliency-guided), choose its
     operating point (and temperature) on validation, evaluate on test.
@@ -103,6 +103,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     from qsal.run_folder import claim_run_folder, fingerprint, fresh_folder, record_run_folder
     from qsal.train import fit, resolve_device, seed_everything
 
+    rule_asked, operating_point = operating_point is not None, operating_point or DEFAULT_RULE  # None: Youden
     parse_rule(operating_point)  # a typo fails before any training
     method = ("sgt+" if saliency_guided else "") + (f"pact-{pact_bits}" if pact_bits is not None else "fp32")
     run_config = {**{k: v for k, v in config.to_dict().items() if k not in ("progress", "device")}, "size": size,
@@ -114,10 +115,13 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     require_validation_classes(val, config.select_on, operating_point)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
+    if rule_asked and info.task != "binary-class":  # it would be dropped: such a model decides by argmax
+        raise QsalError(f"{info.name} is {info.task}; --operating-point applies to binary sets only (a {info.task} "
+                        "model decides by its most probable class)")
     resolve_device(config.device)  # as does --device cuda without one
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
-    record_run_folder(out, fp)  # every input is good: only now does the folder appear
+    record_run_folder(out, fp, force=force)  # every input is good: only now does the folder appear (or clear)
     meta = {"dataset": data_meta(train), "quant": None}
     step = None
     if saliency_guided:
@@ -231,6 +235,9 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
+    if operating_point is not None and train.info.task != "binary-class":  # it would be dropped: argmax decides
+        raise QsalError(f"{name} is {train.info.task}; --operating-point applies to binary sets only (a "
+                        f"{train.info.task} model decides by its most probable class)")
     asked = getattr(qconfig, "num_calibration", None)
     if asked is not None and asked > len(train) and asked != type(qconfig)().num_calibration:
         # a default reads "up to N"; a number asked for is recorded, so it must be the number used
@@ -244,7 +251,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     if train_config is not None:
         resolve_device(train_config.device)
     qmodel = quantize(model, qconfig, calibration=train)
-    record_run_folder(out, fp)  # every input is good: only now does the folder appear
+    record_run_folder(out, fp, force=force)  # every input is good: only now does the folder appear (or clear)
     if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
         train = train.subset(train_subset, seed)
     # the parent by absolute path (a card written from another folder finds it) and by content (a parent retrained

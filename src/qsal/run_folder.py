@@ -22,7 +22,9 @@ __all__ = ["fingerprint", "claim_run_folder", "CannotResume", "file_sha256", "fr
            "FINGERPRINT_FILE"]
 
 FINGERPRINT_FILE = "run.json"
-_RUN_OUTPUTS = ("best.safetensors", "best.json", "last.pt", "metrics.json", "reliability.png", "fp32_warmup")
+_RUN_OUTPUTS = ("best.safetensors", "best.json", "last.pt", "metrics.json", "reliability.png", "fp32_warmup",
+                # what qsal export wrote beside the model by default: a run started over must not keep the old artifact
+                "model.onnx", "model.card.md", "model.card.json")
 _IDENTITY = ("dataset", "model", "method")
 
 
@@ -77,12 +79,8 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     has_outputs = any((out / name).exists() for name in _RUN_OUTPUTS)
     was, now = _compared(old, fp) if old is not None else ({}, {})
     if force:
-        for name in _RUN_OUTPUTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        if write:  # with write=False only checked: record_run_folder(force=True) clears once every input is good
+            _clear_outputs(out)
     elif old is None and has_outputs:
         raise QsalError(f"{out} already holds a model from an unrecorded run; pass --force to replace it or choose "
                         "another --out (--resume needs a folder written by this version)")
@@ -158,9 +156,23 @@ def _settings(fp: dict) -> dict:
     return flat
 
 
-def record_run_folder(out: str | os.PathLike, fp: dict) -> Path:
-    """Create ``out`` and write its fingerprint (after ``claim_run_folder(..., write=False)`` accepted it)."""
+def _clear_outputs(out: Path) -> None:
+    """Remove a run's model files from ``out`` (``--force``), leaving anything else there."""
+    for name in _RUN_OUTPUTS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def record_run_folder(out: str | os.PathLike, fp: dict, force: bool = False) -> Path:
+    """Create ``out`` and write its fingerprint (after ``claim_run_folder(..., write=False)`` accepted it); ``force``
+    first removes the model files of the run it replaces (only now, when every input has been checked: a refused
+    command leaves the old run whole)."""
     out = Path(out)
+    if force:
+        _clear_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / FINGERPRINT_FILE, fp)
     return out

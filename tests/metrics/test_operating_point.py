@@ -89,3 +89,14 @@ def test_a_stored_threshold_needs_its_positive_class_and_a_null_temperature_mean
         validate_decision({"positive_label": None, "operating_point": op}, 2, "m.onnx", "re-export it")
     validate_decision({"positive_label": 0, "operating_point": op, "temperature": None}, 2, "m.onnx", "re-export it")
     validate_decision({"positive_label": None, "operating_point": None}, 3, "m.onnx", "re-export it")  # argmax
+
+
+def test_diverged_scores_are_refused_in_one_line():
+    import numpy as np
+    import pytest
+
+    from qsal.errors import QsalError
+    from qsal.metrics.operating_point import choose_threshold
+
+    with pytest.raises(QsalError, match=r"validation scores are not finite numbers \(training diverged\)"):
+        choose_threshold(np.array([0, 1, 0, 1]), np.array([0.1, np.nan, 0.3, 0.9]), 1, "youden")

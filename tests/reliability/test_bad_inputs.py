@@ -148,6 +148,11 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("quantize", "{ck}", "--num-calibration", "100000"):
         "num_calibration 100000 is more than the 546 training images of breastmnist",
     ("quantize", "{ck}", "--resume", "--force"): "argument --force: not allowed with argument --resume",
+    # --resume with no run to continue started a new one from scratch
+    ("train", "--epochs", "1", "--resume"): "--resume continues the run in --out, and no --out was given",
+    ("train", "--epochs", "1", "--resume", "--out", "{dir}"): "holds no run (run.json); pass --out of the run",
+    ("quantize", "{ck}", "--resume", "--out", "{dir}"): "holds no run (run.json)",
+    ("train", "--dataset", "folder:", "--epochs", "1"): "--dataset folder: needs the path of a folder",
     ("train", "--resume", "--force"): "argument --force: not allowed with argument --resume",
     ("nosuchcommand",): "invalid choice: 'nosuchcommand'",
     ("run", "{dir}"): "is a folder; pass the study YAML file",

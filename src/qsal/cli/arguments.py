@@ -102,9 +102,9 @@ def progress_wanted(args) -> bool:
 
 def decision_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     """--operating-point / --temperature-scaling (shared by train and quantize)."""
-    p.add_argument("--operating-point", default=None if inherit else "youden", metavar="RULE",
-                   help="threshold rule chosen on the validation split: youden, sensitivity:0.95 or a fixed "
-                        "probability such as 0.5 (default: " + ("the parent's rule)" if inherit else "%(default)s)"))
+    p.add_argument("--operating-point", default=None, metavar="RULE",  # None: the default, so a rule given is known
+                   help="binary sets: threshold rule chosen on the validation split: youden, sensitivity:0.95 or a "
+                        "fixed probability such as 0.5 (default: " + ("the parent's rule)" if inherit else "youden)"))
     p.add_argument("--temperature-scaling", action="store_true", default=None if inherit else False,
                    help="fit a softmax temperature on validation and store it with the model")
 
@@ -158,6 +158,20 @@ def resolve_sgt_options(args) -> None:
     for name, default in SGT_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
+
+
+def check_resume(args) -> None:
+    """``--resume`` continues the run in ``--out``: without one there (no ``--out``, a mistyped one), it would quietly
+    start a new run from scratch."""
+    from pathlib import Path
+
+    from qsal.errors import QsalError
+    from qsal.run_folder import FINGERPRINT_FILE
+
+    if args.resume and (args.out is None or not (Path(args.out) / FINGERPRINT_FILE).is_file()):
+        where = "no --out was given" if args.out is None else f"{args.out} holds no run ({FINGERPRINT_FILE})"
+        raise QsalError(f"--resume continues the run in --out, and {where}; pass --out of the run, or drop --resume "
+                        "to start one")
 
 
 def run_folder_args(p: argparse.ArgumentParser) -> None:

@@ -82,6 +82,9 @@ def _finetune_config(args):
 def cmd_quantize(args):
     from qsal.pipeline import quantize_checkpoint
 
+    from qsal.cli.arguments import check_resume
+
+    check_resume(args)
     _check_quantize_options(args)
     step = None
     if args.saliency_guided:

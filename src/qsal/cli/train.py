@@ -34,9 +34,10 @@ def _train_config(args):
 
 
 def cmd_train(args):
-    from qsal.cli.arguments import resolve_sgt_options
+    from qsal.cli.arguments import check_resume, resolve_sgt_options
     from qsal.pipeline import train_model
 
+    check_resume(args)
     resolve_sgt_options(args)
     result = train_model(dataset=args.dataset, model=args.model, config=_train_config(args), out_dir=args.out,
                          data_dir=args.data_dir, size=args.size, download=args.download,

@@ -45,6 +45,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
         size: image size in pixels (MedMNIST: 28, 64, 128 or 224).
     """
     if name.startswith("folder:"):
+        if not name[len("folder:"):].strip():  # Path("") is the working directory: its sub-folders are not classes
+            raise QsalError("--dataset folder: needs the path of a folder of class sub-folders, e.g. folder:scans/")
         return load_folder(Path(name[len("folder:"):]), split, size=size or 28, seed=seed)
     info = get_info(name)
     root = resolve_data_dir(data_dir, must_exist=not download)

@@ -184,7 +184,8 @@ def load_folder(root: Path, split: str, n_channels: int = 1, size: int = 28, see
     info = folder_info(root, n_channels, size)
     files = folder_split_files(root, val_fraction, test_fraction, seed)[split]
     if not files:
-        raise QsalError(f"the {split} split of {root} is empty; add images or change the split fractions")
+        raise QsalError(f"the {split} split of {root} is empty; add images to each class (the folder is split "
+                        "70/10/20 into train/val/test per class, so a class of a few images leaves a part empty)")
     images = np.stack([_read_image(root / rel, n_channels, size) for rel, _ in files])
     labels = np.array([c for _, c in files], dtype=np.int64)
     images, labels = validate_arrays(info, images, labels, str(root))

@@ -56,6 +56,9 @@ def choose_threshold(y_true: np.ndarray, p_positive: np.ndarray, positive_label:
     if is_pos.all() or not is_pos.any():
         raise QsalError(f"the validation split has only one class, so rule {rule!r} cannot pick a threshold; "
                         "pass --operating-point 0.5 (a fixed threshold)")
+    if not np.isfinite(np.asarray(p_positive, dtype=np.float64)).all():
+        raise QsalError("the model's validation scores are not finite numbers (training diverged), so no threshold "
+                        "can be chosen; train again with a lower --lr")
     fpr, tpr, thresholds = roc_curve(is_pos.astype(int), np.asarray(p_positive, dtype=np.float64))
     thresholds = np.minimum(thresholds, 1.0)  # roc_curve's first threshold is +inf: "nothing positive"
     if kind == "youden":
