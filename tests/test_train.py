@@ -215,3 +215,36 @@ def test_a_resume_whose_best_checkpoint_is_gone_is_refused_before_training(tiny_
     with pytest.raises(QsalError, match=rf"best epoch so far \({best_epoch}\) was saved as .*best.safetensors, which is "
                                         r"missing; put it back beside last.pt, or delete last.pt"):
         fit(create_model("small_cnn", 2, 1), train, val, cfg, tmp_path)
+
+
+def test_a_last_pt_of_another_run_in_out_dir_is_not_continued(tiny_splits, tmp_path):
+    # fit(out_dir=X) took any last.pt there as its own: a second notebook run on other data returned the first model
+    from qsal.data.arrays import ImageSplit
+    from qsal.errors import QsalError
+    from qsal.models import create_model
+    from qsal.train import TrainConfig, fit
+
+    train, val, _ = tiny_splits
+    cfg = TrainConfig(epochs=1, batch_size=32, progress=False)
+    fit(create_model("small_cnn", 2, 1), train, val, cfg, tmp_path)
+    fewer = ImageSplit(train.info, "train", train.images[:100], train.labels[:100], train.source)
+    with pytest.raises(QsalError, match=r"cannot resume .*: its last.pt is from a run on .*'n_train': 160.* not this "
+                                        r"one on .*'n_train': 100"):
+        fit(create_model("small_cnn", 2, 1), fewer, val, cfg, tmp_path)
+    # the same run continues (for more epochs)
+    r = fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(epochs=2, batch_size=32, progress=False), tmp_path)
+    assert len(r.history) == 2
+
+
+@pytest.mark.parametrize("field,value,said", [
+    ("epochs", 2.5, "epochs must be a whole number >= 1"), ("weight_decay", float("nan"), "weight_decay must be"),
+    ("weight_decay", -1, "weight_decay must be"), ("shift_px", -3, "shift_px must be"),
+    ("gamma", float("nan"), "gamma (the lr factor"), ("milestones", (2.0,), "every milestone is a fraction"),
+    ("lr", float("inf"), "lr must be a finite number > 0"),
+])
+def test_train_config_refuses_impossible_numbers(field, value, said):
+    from qsal.errors import QsalError
+    from qsal.train import TrainConfig
+
+    with pytest.raises(QsalError, match=said.replace("(", r"\(")):
+        TrainConfig(**{field: value})

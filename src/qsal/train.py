@@ -9,6 +9,7 @@ The best epoch (validation AUC, the MedMNIST selection rule) is saved in safeten
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -69,8 +70,22 @@ class TrainConfig:
     ema_decay: float | None = None
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise QsalError(f"epochs ({self.epochs}), batch_size ({self.batch_size}) and lr ({self.lr}) must be positive")
+        from qsal.errors import is_integer
+
+        for name in ("epochs", "batch_size"):
+            if not (is_integer(getattr(self, name)) and getattr(self, name) >= 1):
+                raise QsalError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if not (is_integer(self.shift_px) and self.shift_px >= 0):
+            raise QsalError(f"shift_px must be a whole number of pixels >= 0, got {self.shift_px!r}")
+        if not (is_finite_number(self.lr) and self.lr > 0):
+            raise QsalError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (is_finite_number(self.weight_decay) and self.weight_decay >= 0):
+            raise QsalError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (is_finite_number(self.gamma) and self.gamma > 0):
+            raise QsalError(f"gamma (the lr factor at each milestone) must be a finite number > 0, got {self.gamma!r}")
+        if not all(is_finite_number(f) and 0 < f <= 1 for f in self.milestones):
+            raise QsalError(f"milestones {list(self.milestones)!r}: every milestone is a fraction of the epochs, in "
+                            "(0, 1] (0.5 = halfway)")
         if self.optimizer not in ("adam", "sgd"):
             raise QsalError(f"optimizer {self.optimizer!r} is not one of adam, sgd")
         if self.select_on not in ("auc", "acc", "loss"):
@@ -240,9 +255,17 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             "precision": {"training": precision, "channels_last": channels_last, "evaluation": "fp32"}}
     best = FitResult(None, -1, -math.inf)
     start_epoch = 0
+    # what the run trains on and how (not where the files are: a run moved between machines resumes): a last.pt
+    # left by another run in out_dir is not continued as if it were this one
+    identity = json.loads(json.dumps({"data": {k: meta["data"][k] for k in ("name", "n_train", "n_val")},
+                                      "step": meta["step"]}, default=str))
     if out and (out / "last.pt").is_file():
         state = load_training_state(out / "last.pt", model)
         _check_same_settings(out, state.get("config"), config)
+        if "run" in state and state["run"] != identity:  # last.pt files from before the field: not compared
+            raise QsalError(f"cannot resume {out}: its last.pt is from a run on {state['run'].get('data')} with "
+                            f"{(state['run'].get('step') or {}).get('step')}, not this one on {identity['data']} with "
+                            f"{identity['step'].get('step')}; choose another out_dir, or delete last.pt to start over")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -325,7 +348,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 **({"step": step.state_dict()} if hasattr(step, "state_dict") else {}),
                 **({"ema": ema.state_dict()} if ema is not None else {}),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "config": _resume_settings(config),
+                "config": _resume_settings(config), "run": identity,
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history})
     bar.close()
     best.seconds = time.perf_counter() - t0
