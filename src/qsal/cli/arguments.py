@@ -83,7 +83,7 @@ def data_args(p: argparse.ArgumentParser, dataset_default: str | None = "breastm
                         + ("" if dataset_default else " (default: the one the checkpoint records)"))
     data_dir_arg(p)
     p.add_argument("--size", type=IMAGE_SIZE, default=None, help="image size in px (MedMNIST: 28, 64, 128, 224; "
-                   "default: the model's, else 28)")
+                   "default: the dataset's own, 28 for MedMNIST and folders; --model does not change it)")
     p.add_argument("--download", action="store_true", help="download missing files from the official source")
 
 
