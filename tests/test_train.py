@@ -100,7 +100,7 @@ def test_when_no_epoch_has_a_validation_score_the_last_epoch_is_saved_with_a_not
 
 
 def test_bad_config_is_one_line():
-    with pytest.raises(QsalError, match="must be positive"):
+    with pytest.raises(QsalError, match="epochs must be a whole number >= 1, got 0"):
         TrainConfig(epochs=0)
 
 

@@ -135,7 +135,7 @@ def test_a_second_run_on_a_locked_folder_refuses(tmp_path, capsys):
         assert main(["run", str(cfg), "--out", str(run), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert (f"(pid {ended.pid}, which has ended; the worker processes it started still hold the folder: wait for "
-                "them, or end them (`pkill -f 'qsal run'`))") in err and err.count("\n") == 1
+                "them, or end them (`fuser -v .qsal-run.lock` in the folder lists them))") in err and err.count("\n") == 1
 
 
 def test_run_without_its_data_is_refused_before_any_cell(tmp_path, capsys, monkeypatch):
