@@ -16,7 +16,8 @@ from qsal.data import ImageSplit, get_info, load_split
 from qsal.data.checks import require_training_classes, require_validation_classes
 from qsal.checkpoint import check_model_fits_data
 from qsal.errors import QsalError
-from qsal.metrics.operating_point import DEFAULT_RULE, describe_operating_point, parse_rule, resolve_positive_label
+from qsal.metrics.operating_point import (DEFAULT_RULE, describe_operating_point, parse_rule, require_binary_for_rule,
+                                          resolve_positive_label)
 from qsal.provenance import environment
 from qsal.scoring import evaluate_model, evaluate_onnx, load_for_model
 from qsal.train import TrainConfig
@@ -115,9 +116,8 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     require_validation_classes(val, config.select_on, operating_point)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
-    if rule_asked and info.task != "binary-class":  # it would be dropped: such a model decides by argmax
-        raise QsalError(f"{info.name} is {info.task}; --operating-point applies to binary sets only (a {info.task} "
-                        "model decides by its most probable class)")
+    if rule_asked:
+        require_binary_for_rule(info)
     resolve_device(config.device)  # as does --device cuda without one
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
@@ -235,9 +235,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
     train, val, test = load_splits(name, data_dir, size, seed=seed)
-    if operating_point is not None and train.info.task != "binary-class":  # it would be dropped: argmax decides
-        raise QsalError(f"{name} is {train.info.task}; --operating-point applies to binary sets only (a "
-                        f"{train.info.task} model decides by its most probable class)")
+    if operating_point is not None:
+        require_binary_for_rule(train.info)
     asked = getattr(qconfig, "num_calibration", None)
     if asked is not None and asked > len(train) and asked != type(qconfig)().num_calibration:
         # a default reads "up to N"; a number asked for is recorded, so it must be the number used
@@ -289,10 +288,11 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     from qsal.run_folder import refuse_overwrite
 
     out = refuse_overwrite(Path(out) if out is not None else Path(checkpoint).with_name("model.onnx"), force)
-    if card:  # the card's files are outputs too: someone's notes named like them are not overwritten either
+    if card:
+        # the card's files are outputs too: someone's notes named like them are not overwritten either
         for written in (out.with_suffix(".card.md"), out.with_suffix(".card.json")):
             refuse_overwrite(written, force)
-    if card:  # named for the card's metrics (or by $QSAL_DATA_DIR): a typo must not quietly leave it unscored
+        # named for the card's metrics (or by $QSAL_DATA_DIR): a typo must not quietly leave it unscored
         resolve_data_dir(data_dir, must_exist=True)
     model, meta = load_checkpoint(checkpoint)
     data = meta.get("dataset") or {}

@@ -18,8 +18,8 @@ from pathlib import Path
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 
-__all__ = ["fingerprint", "claim_run_folder", "CannotResume", "file_sha256", "fresh_folder", "refuse_overwrite",
-           "FINGERPRINT_FILE"]
+__all__ = ["fingerprint", "claim_run_folder", "CannotResume", "file_sha256", "flat_settings", "fresh_folder",
+           "refuse_overwrite", "FINGERPRINT_FILE"]
 
 FINGERPRINT_FILE = "run.json"
 _RUN_OUTPUTS = ("best.safetensors", "best.json", "last.pt", "metrics.json", "reliability.png", "fp32_warmup",
@@ -138,22 +138,28 @@ def _compared(old: dict, new: dict) -> tuple[dict, dict]:
     return was, now
 
 
-def _settings(fp: dict) -> dict:
-    """A fingerprint's config flattened to dotted keys (``train_config.lr``), without null values and display
-    settings: a field added later with a null default (``ema_decay``) reads as unchanged, and a changed nested value
-    is named by its own key."""
+def flat_settings(config: dict, keep_null: bool = False) -> dict:
+    """A run's config flattened to dotted keys (``train_config.lr``), display settings (``NOT_SETTINGS``) left out
+    at every level; nulls dropped unless ``keep_null`` (``study.redo`` compares a null with a value)."""
     flat: dict = {}
 
     def walk(prefix: str, value) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                if not (prefix and k in NOT_SETTINGS):
+                if k not in NOT_SETTINGS:
                     walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif value is not None:
+        elif value is not None or keep_null:
             flat[prefix] = value
 
-    walk("", fp.get("config") or {})
+    walk("", config)
     return flat
+
+
+def _settings(fp: dict) -> dict:
+    """A fingerprint's config flattened to dotted keys (``train_config.lr``), without null values and display
+    settings: a field added later with a null default (``ema_decay``) reads as unchanged, and a changed nested value
+    is named by its own key."""
+    return flat_settings(fp.get("config") or {})
 
 
 def _clear_outputs(out: Path) -> None:

@@ -65,8 +65,9 @@ def _setup_train(p) -> None:
                    "(default: 1.0)")
     p.add_argument("--sgt-target", default=None, choices=["log_softmax", "logit"],
                    help="score whose input gradient ranks pixels (default log_softmax: the SGT authors')")
-    p.add_argument("--pact-bits", type=int_range(2, 8, "a bit-width"), default=None, help="train PACT-quantized at this many bits (2-8), after an FP32 warm-up of a quarter of --epochs (at "
-                        "least 1) that sets the clipping levels; the PACT part gets the rest (at least 1)")
+    p.add_argument("--pact-bits", type=int_range(2, 8, "a bit-width"), default=None,
+                   help="train PACT-quantized at this many bits (2-8), after an FP32 warm-up of a quarter of --epochs "
+                        "(at least 1) that sets the clipping levels; the PACT part gets the rest (at least 1)")
 
 
 def register(command, setup: dict) -> None:

@@ -78,15 +78,24 @@ def onnx_layer_storage(onnx_path: str | Path) -> tuple[int, dict[str, str]]:
     return opset, layers
 
 
-def _quant_bits(quant: dict, layers: list[str]) -> dict[str, int | None]:
-    """Bits of each layer's weights from the quantization record (per-layer entries win over the config)."""
+def _quant_bits(quant: dict, storage: dict[str, str], recorded: list | None = None) -> dict[str, int | None]:
+    """Bits of each ONNX layer's weights (``storage``: ``onnx_layer_storage``'s). ``recorded``: the checkpoint's own
+    per-layer record (``describe_quantization``'s ``weights``) wins, and a layer it leaves out that is stored float
+    was kept float (``skip``); else per-layer entries of the config, else the config's bit-width."""
     per_layer = quant.get("layers") or quant.get("per_layer") or quant.get("per_layer_bits") or {}
+    by_name = {w.get("name"): w.get("weight_bits") for w in recorded or [] if isinstance(w, dict)}
     method = quant.get("method")
     default = quant.get("weight_bits") or quant.get("bits")
+    layers = list(storage)
     out = {}
     for i, name in enumerate(layers):
+        found = by_name.get(name, by_name.get(name.replace("_", ".")))
         entry = per_layer.get(name) or per_layer.get(name.replace("_", "."))
-        if isinstance(entry, dict):
+        if found is not None:
+            out[name] = found
+        elif isinstance(recorded, list) and storage[name] == "FP32":
+            out[name] = 32
+        elif isinstance(entry, dict):
             out[name] = entry.get("weight_bits") or entry.get("bits")
         elif isinstance(entry, int):
             out[name] = entry
@@ -146,16 +155,9 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     scored = artifact_metrics or pytorch
     scored_what = "the ONNX file run by onnxruntime" if artifact_metrics else "the PyTorch model (ONNX file not scored)"
     opset, storage = onnx_layer_storage(onnx_path)
-    bits = _quant_bits(quant, list(storage)) if quant.get("method") != "fp32" else {k: 32 for k in storage}
     recorded = (meta.get("quantization") or {}).get("weights")
-    if quant.get("method") != "fp32" and isinstance(recorded, list):  # the layers quantized, as the model recorded
-        by_name = {w.get("name"): w.get("weight_bits") for w in recorded if isinstance(w, dict)}
-        for k, kind in storage.items():
-            found = by_name.get(k, by_name.get(k.replace("_", ".")))
-            if found is not None:
-                bits[k] = found
-            elif kind == "FP32":  # left float (--skip): not the config's bit-width
-                bits[k] = 32
+    bits = _quant_bits(quant, storage, recorded if isinstance(recorded, list) else None) \
+        if quant.get("method") != "fp32" else {k: 32 for k in storage}
     size = onnx_path.stat().st_size
     binary = data.get("task") == "binary-class"
     positive = (scored or {}).get("positive_class")
@@ -257,7 +259,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                 (f"specificity{about} at 0.5", "specificity"),
                 (f"sensitivity{about} at the operating point", "sensitivity_at_op"),
                 (f"specificity{about} at the operating point", "specificity_at_op"),
-                (f"balanced accuracy{at_argmax}", "balanced_accuracy"), (f"macro F1{at_argmax}", "macro_f1"), ("ECE (calibration error, 15 bins)", "ece"), ("temperature", "temperature")]
+                (f"balanced accuracy{at_argmax}", "balanced_accuracy"), (f"macro F1{at_argmax}", "macro_f1"),
+                ("ECE (calibration error, 15 bins)", "ece"), ("temperature", "temperature")]
         md += _table(("metric", "value", "95% CI"), [(label, scored[k], _ci(scored, k)) for label, k in keys
                                                      if scored.get(k) is not None])
         md += ["## Factors", "", f"Per-class recall{at_argmax} (how often images of each class are recognised"

@@ -19,8 +19,8 @@ import numpy as np
 from qsal.data.registry import TASK_BINARY
 from qsal.errors import QsalError, is_finite_number, is_integer, quote
 
-__all__ = ["parse_rule", "choose_threshold", "choose_decision", "resolve_positive_label", "validate_decision",
-           "validate_labels", "describe_operating_point", "DEFAULT_RULE"]
+__all__ = ["parse_rule", "choose_threshold", "choose_decision", "require_binary_for_rule", "resolve_positive_label",
+           "validate_decision", "validate_labels", "describe_operating_point", "DEFAULT_RULE"]
 
 DEFAULT_RULE = "youden"
 
@@ -45,6 +45,14 @@ def parse_rule(rule: str) -> tuple[str, float | None]:
                     "between 0 and 1 such as 0.5")
 
 
+def require_binary_for_rule(info) -> None:
+    """An ``--operating-point`` asked for applies to a binary set's positive class; on any other task it would be
+    dropped without a word (such a model decides by its most probable class)."""
+    if info.task != TASK_BINARY:
+        raise QsalError(f"{info.name} is {info.task}; --operating-point applies to binary sets only (a {info.task} "
+                        "model decides by its most probable class)")
+
+
 def choose_threshold(y_true: np.ndarray, p_positive: np.ndarray, positive_label: int, rule: str = DEFAULT_RULE) -> dict:
     """``{"rule", "threshold", "chosen_on": "validation"}`` for scores ``p_positive`` ``(N,)`` of the positive class."""
     from sklearn.metrics import roc_curve
@@ -56,10 +64,11 @@ def choose_threshold(y_true: np.ndarray, p_positive: np.ndarray, positive_label:
     if is_pos.all() or not is_pos.any():
         raise QsalError(f"the validation split has only one class, so rule {rule!r} cannot pick a threshold; "
                         "pass --operating-point 0.5 (a fixed threshold)")
-    if not np.isfinite(np.asarray(p_positive, dtype=np.float64)).all():
+    p_positive = np.asarray(p_positive, dtype=np.float64)
+    if not np.isfinite(p_positive).all():
         raise QsalError("the model's validation scores are not finite numbers (training diverged), so no threshold "
                         "can be chosen; train again with a lower --lr")
-    fpr, tpr, thresholds = roc_curve(is_pos.astype(int), np.asarray(p_positive, dtype=np.float64))
+    fpr, tpr, thresholds = roc_curve(is_pos.astype(int), p_positive)
     thresholds = np.minimum(thresholds, 1.0)  # roc_curve's first threshold is +inf: "nothing positive"
     if kind == "youden":
         i = int(np.argmax(tpr - fpr))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
-from qsal.errors import QsalError
+from qsal.errors import QsalError, is_finite_number, is_integer
 from qsal.quant.weights import WEIGHT_SCHEMES
 from qsal.quant.observers import OBSERVERS
 
@@ -21,19 +21,17 @@ def _check_bits(name: str, bits: int, allowed: tuple[int, ...] = (2, 3, 4, 5, 6,
 def _check_common(cfg) -> None:
     """What every config holds: ``skip`` a tuple of layer names (a lone string is one name, not its letters),
     ``num_calibration`` a positive count, PACT's ``alpha_init`` a clip above zero or ``None``."""
-    import math
-
     skip = (cfg.skip,) if isinstance(cfg.skip, str) else tuple(cfg.skip)
     if not all(isinstance(name, str) for name in skip):
         raise QsalError(f"skip must name layers (strings), got {list(skip)!r}")
     object.__setattr__(cfg, "skip", skip)
     n = getattr(cfg, "num_calibration", None)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    if n is not None and not (is_integer(n) and n >= 1):
         raise QsalError(f"num_calibration must be a whole number of images >= 1, got {n!r}")
     alpha = getattr(cfg, "alpha_init", None)
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha)
-                              or alpha <= 0):
-        raise QsalError(f"alpha_init is PACT's starting clip, a finite number > 0 (or None to calibrate it), got {alpha!r}")
+    if alpha is not None and not (is_finite_number(alpha) and alpha > 0):
+        raise QsalError(f"alpha_init is PACT's starting clip, a finite number > 0 (or None to calibrate it), got "
+                        f"{alpha!r}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from qsal.errors import TYPE_WORDS, QsalError
+from qsal.errors import TYPE_WORDS, QsalError, is_finite_number, is_integer
 
 __all__ = ["RunConfig", "load_run_config", "METHODS"]
 
@@ -177,9 +177,9 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                     problems.append(f"{key}.{sub if isinstance(sub, str) else _short(sub)}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
                     continue
                 want = type(getattr(cls(), name))
-                if want is float and _is_int(v) and finite_number(v):  # a 400-digit integer: float() would raise
+                if want is float and is_integer(v) and is_finite_number(v):  # a 400-digit integer: float() would raise
                     v = float(v)
-                if want is float and _is_int(v) or not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                if want is float and is_integer(v) or not isinstance(v, want) or (want is int and isinstance(v, bool)):
                     problems.append(f"{key}.{sub}: {_short(v)} is not {TYPE_WORDS.get(want, want.__name__)}")
                     continue
                 if want is float and not math.isfinite(v):
@@ -220,37 +220,22 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
     return RunConfig(**values)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def finite_number(v) -> bool:
-    """An int or float (not a bool) that is finite; an integer too large for a float is not (``math.isfinite`` would
-    raise ``OverflowError`` on it)."""
-    if not (_is_int(v) or isinstance(v, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
-
-
 # PACTConfig's options as YAML gives them: (check, words). The dataclass takes any value, and a string "no" for
 # fold_bn is truthy: it would fold BatchNorm, the opposite of what was meant.
 _PACT_TYPES = {
-    "first_last_bits": (lambda v: _is_int(v) and 2 <= v <= 8, "a bit-width 2-8"),
-    "alpha_decay": (lambda v: finite_number(v) and v >= 0, "a number >= 0"),
-    "alpha_init": (lambda v: v is None or (finite_number(v) and v > 0), "a positive number or null"),
-    "alpha_lr": (lambda v: v is None or (finite_number(v) and v > 0), "a positive number or null"),
+    "first_last_bits": (lambda v: is_integer(v) and 2 <= v <= 8, "a bit-width 2-8"),
+    "alpha_decay": (lambda v: is_finite_number(v) and v >= 0, "a number >= 0"),
+    "alpha_init": (lambda v: v is None or (is_finite_number(v) and v > 0), "a positive number or null"),
+    "alpha_lr": (lambda v: v is None or (is_finite_number(v) and v > 0), "a positive number or null"),
     "weight_scheme": (lambda v: isinstance(v, str), "a string"),
     "weight_per_channel": (lambda v: isinstance(v, str), "a string"),
     "quantize_add_inputs": (lambda v: isinstance(v, bool), "true or false"),
-    "add_input_bits": (lambda v: v is None or (_is_int(v) and 2 <= v <= 8), "a bit-width 2-8 or null"),
+    "add_input_bits": (lambda v: v is None or (is_integer(v) and 2 <= v <= 8), "a bit-width 2-8 or null"),
     "fold_bn": (lambda v: isinstance(v, bool), "true or false"),
     "input_clip": (lambda v: isinstance(v, str), "a string"),
     "alpha_calibration": (lambda v: isinstance(v, str), "a string"),
     "weight_clip": (lambda v: isinstance(v, str), "a string"),
-    "num_calibration": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "num_calibration": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "skip": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of layer names"),
 }
 

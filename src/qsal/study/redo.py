@@ -99,19 +99,6 @@ def outdated(spec: CellSpec, cell: Path, result: dict, expected: dict | None = N
             + ", ".join(f"{k}: {mine.get(k)!r} -> {expected.get(k)!r}" for k in changed) + "): redoing it")
 
 
-def _flat(value, prefix: str = "") -> dict:
-    """A JSON config flattened to dotted keys (``train_config.lr``), nulls kept, display settings left out."""
-    from qsal.run_folder import NOT_SETTINGS
-
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict = {}
-    for k, v in value.items():
-        if k not in NOT_SETTINGS:
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def read_schedules(specs: list[CellSpec], run_dir: Path) -> dict[str, dict | None]:
     """``{label: the config its run.json records, or None}`` for the cells of ``specs`` that train (PTQ trains
     nothing): one read of each file, as ``read_results``; ``None`` when missing or unreadable."""
@@ -135,7 +122,10 @@ def other_schedule(recorded: dict | None, expected: dict | None) -> str | None:
     that field's behaviour of its time."""
     if expected is None or recorded is None:
         return None
-    mine, now = _flat(recorded), _flat(json.loads(json.dumps(expected, default=str)))  # tuples read back as lists
+    from qsal.run_folder import flat_settings
+
+    # tuples read back as lists
+    mine, now = (flat_settings(c, keep_null=True) for c in (recorded, json.loads(json.dumps(expected, default=str))))
     changed = sorted(k for k in set(mine) & set(now) if mine[k] != now[k])
     if not changed:
         return None

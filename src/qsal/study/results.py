@@ -50,9 +50,9 @@ def check_result(result: dict, path: Path, run_dir: Path) -> dict:
 
 def _measured(key: str, value) -> bool:
     """A finite number; a size above 0."""
-    from qsal.study.config import finite_number
+    from qsal.errors import is_finite_number
 
-    return finite_number(value) and (key != "size_bytes" or value > 0)
+    return is_finite_number(value) and (key != "size_bytes" or value > 0)
 
 
 def _read_error(path: Path, run_dir: Path) -> dict:
