@@ -40,7 +40,7 @@ def test_predict_folder_to_csv_at_the_stored_operating_point(breast_run, image_f
     meta = json.loads((run / "best.json").read_text())["decision"]
     threshold = meta["operating_point"]["threshold"]
     rule = meta["operating_point"]["rule"]
-    assert {r["decided_by"] for r in rows} == {f"p(malignant) >= {threshold:.4g} ({rule}, chosen on the validation split "
+    assert {r["decided_by"] for r in rows} == {f"p(malignant) >= {threshold:.6g} ({rule}, chosen on the validation split "
                                                "with the PyTorch model's scores)"}
     for r in rows:
         p_malignant = float(r["p(malignant)"])
@@ -163,3 +163,50 @@ def test_a_camera_jpeg_with_a_secondary_image_is_read_at_its_picture(tmp_path):
     a.save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[b])
     assert Image.open(tmp_path / "phone.jpg").format == "MPO"
     assert abs(int(_read_image(tmp_path / "phone.jpg", 1, 28).mean()) - 40) <= 2
+
+
+def test_predict_never_writes_over_what_it_reads_nor_an_old_file(breast_run, image_folder, tmp_path, capsys):
+    _, onnx_path = breast_run
+    root, _ = image_folder
+    size = onnx_path.stat().st_size
+    for out in (onnx_path, root / "a.png"):  # not even with --force: the command would destroy its input
+        assert main(["predict", str(onnx_path), str(root), "--out", str(out), "--format", "csv", "--force"]) == 2
+        assert "this command reads; choose another file" in capsys.readouterr().err
+    assert onnx_path.stat().st_size == size
+    old = tmp_path / "old.csv"
+    old.write_text("yesterday's predictions\n")
+    assert main(["predict", str(onnx_path), str(root), "--out", str(old)]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err and old.read_text() == "yesterday's predictions\n"
+    assert main(["predict", str(onnx_path), str(root), "--out", str(tmp_path), "--format", "csv"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["predict", str(onnx_path), str(root), "--out", str(old), "--force"]) == 0
+    io_ = capsys.readouterr()
+    assert io_.out == "" and f"wrote {old}" in io_.err  # stdout holds only results
+    assert len(old.read_text().splitlines()) == 5
+
+
+def test_image_files_once_each_through_links_and_odd_names(breast_run, tmp_path):
+    import os
+
+    from qsal.predict import image_files, predict_paths
+
+    px = np.zeros((28, 28), np.uint8)
+    (tmp_path / "scans" / "series.png").mkdir(parents=True)  # a folder named like an image is searched, not read
+    Image.fromarray(px).save(tmp_path / "scans" / "series.png" / "a.png")
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(px).save(tmp_path / "elsewhere" / "b.png")
+    (tmp_path / "scans" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "scans", target_is_directory=True)  # a link loop ends
+    a = tmp_path / "scans" / "series.png" / "a.png"
+    assert image_files([tmp_path / "scans"]) == [tmp_path / "scans/linked/b.png", a]
+    assert image_files([a, tmp_path / "scans/series.png/../series.png/a.png", str(a.resolve())]) == [a]
+    odd = os.fsdecode(b"scan\xff.png")  # a name that is not UTF-8 (copied from another system)
+    Image.fromarray(px).save(tmp_path / "elsewhere" / odd)
+    found = image_files([tmp_path / "elsewhere" / odd])
+    assert found == [tmp_path / "elsewhere" / odd]
+    _, onnx_path = breast_run
+    rows = predict_paths(onnx_path, found)["predictions"]
+    assert rows[0]["file"].endswith("scan\\xff.png")  # written escaped: JSON/CSV/stdout stay valid UTF-8
+    from qsal.predict import format_predictions
+
+    format_predictions(predict_paths(onnx_path, found), "csv").encode("utf-8")

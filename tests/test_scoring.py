@@ -40,7 +40,7 @@ def test_evaluate_table_says_what_each_number_is_about(breast_run, capsys):
     rows = dict(line.split("  ", 1) for line in capsys.readouterr().out.splitlines())
     rows = {k.strip(): v.strip() for k, v in rows.items()}
     assert rows["scored"] == "the ONNX file run by onnxruntime" and rows["positive_class"] == "malignant"
-    assert rows["op (operating point)"] == (f"p(malignant) >= {threshold:.4g} (youden, chosen on the validation split "
+    assert rows["op (operating point)"] == (f"p(malignant) >= {threshold:.6g} (youden, chosen on the validation split "
                                             "with the PyTorch model's scores)")
     assert {"sensitivity @ 0.5", "specificity @ 0.5", "sensitivity @ op", "specificity @ op"} <= set(rows)
     confusion = json.loads(rows["confusion (true x predicted: malignant | normal, benign)"])

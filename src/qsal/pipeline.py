@@ -285,7 +285,7 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     from qsal.checkpoint import load_checkpoint
     from qsal.data.registry import resolve_data_dir
     from qsal.export import export_onnx
-    from qsal.run_folder import refuse_overwrite
+    from qsal.run_folder import file_sha256, refuse_overwrite
 
     out = refuse_overwrite(Path(out) if out is not None else Path(checkpoint).with_name("model.onnx"), force)
     if card:
@@ -305,6 +305,9 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
                      "normalise": {"mean": data.get("mean"), "std": data.get("std")}}
     path = export_onnx(model, out, input_shape=(channels, side, side),
                        meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint),
+                             # which weights made this file: a report handed the checkpoint scores this file only
+                             # while it matches (every study file is named best.safetensors)
+                             "checkpoint_sha256": file_sha256(checkpoint),
                              "decision": meta.get("decision"), "preprocessing": preprocessing})
     result = {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
     if card:

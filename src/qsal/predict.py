@@ -42,7 +42,12 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
                 raise QsalError(f"no file matches {raw!r}")
         else:
             raise QsalError(f"{raw} does not exist; pass image files, folders or glob patterns")
-    unique = list(dict.fromkeys(found))
+    # once each: the same file named twice (a/x.png, a/../a/x.png, its absolute path, a link to it) is scored once,
+    # under the name it was first given
+    first: dict[str, Path] = {}
+    for p in found:
+        first.setdefault(os.path.realpath(p), p)
+    unique = list(first.values())
     if not unique:
         raise QsalError(f"no PNG/JPEG/DICOM images found in {', '.join(map(str, paths))}")
     return unique
@@ -92,6 +97,8 @@ def predict_paths(model: str | os.PathLike, paths: list[str | os.PathLike], thre
     predictor = load_predictor(model, threads)
     files = image_files(paths)
     predictions = [predictor.predict_file(f) for f in files]
+    for p in predictions:  # a name that is not valid UTF-8 (bytes from another system) is written with \x escapes
+        p["file"] = os.fsencode(p["file"]).decode("utf-8", "backslashreplace")
     # Without stored class names the classes are named by id, as each prediction's probabilities are.
     classes = [str(n) for n in predictor.labels] if predictor.labels else list(predictions[0]["probabilities"])
     return {"model": str(model), "artifact": Path(model).suffix.lower() == ".onnx", "decision": predictor.decision,

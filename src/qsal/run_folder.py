@@ -194,11 +194,11 @@ def fresh_folder(root: str | os.PathLike, stem: str) -> Path:
     return root / f"{stem}-{i}"
 
 
-def refuse_overwrite(path: str | os.PathLike, force: bool = False) -> Path:
+def refuse_overwrite(path: str | os.PathLike, force: bool = False, example: str = "model.onnx") -> Path:
     """``path`` if it does not exist yet (or ``force``); a one-line error otherwise."""
     path = Path(path)
     if path.is_dir():
-        raise QsalError(f"{path} is a folder; --out names the file to write (e.g. {path / 'model.onnx'})")
+        raise QsalError(f"{path} is a folder; --out names the file to write (e.g. {path / example})")
     if path.exists() and not force:
         raise QsalError(f"{path} already exists; pass --force to overwrite it or choose another --out")
     return path

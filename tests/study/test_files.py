@@ -38,3 +38,36 @@ def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
     assert main(["report", str(tmp_path / "x.txt"), "--out", str(tmp_path / "r")]) == 2
     assert "expected a .safetensors checkpoint or an .onnx file" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.onnx")]) == 2
+
+
+def test_report_scores_only_the_file_exported_from_the_named_checkpoint(models, tmp_path, capsys):
+    """Every study file is named best.safetensors / model.onnx: a model.onnx beside a checkpoint is that checkpoint's
+    artifact only while its metadata's checkpoint_sha256 matches; else the checkpoint is exported afresh."""
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("best.safetensors", "best.json"):
+        shutil.copy(models / "fp32" / name, mixed / name)
+    shutil.copy(models / "ptq/int8.onnx", mixed / "model.onnx")  # another model's file under the generic name
+    out = tmp_path / "rep"
+    args = ["report", str(mixed / "best.safetensors"), "--out", str(out), "--no-latency", "--n-explain", "2", "--json",
+            "--quiet"]
+    capsys.readouterr()
+    assert main(args) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["quant"] == "fp32" and row["onnx"] == str(out / "mixed/model.onnx")
+    assert main(args) == 0  # a second report into the same folder exports again (it owns out/<label>/)
+    capsys.readouterr()
+    from qsal.study.files import resolve_input
+
+    assert resolve_input(models / "ptq/int8.onnx") == (models / "ptq/best.safetensors", models / "ptq/int8.onnx")
+    assert resolve_input(mixed / "model.onnx") == (None, mixed / "model.onnx")  # its checkpoint is not the one beside
+
+
+def test_a_run_folders_report_is_written_inside_it_not_into_out(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.json").write_text("{}")
+    assert main(["report", str(run), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "report is written inside it" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()

@@ -145,3 +145,55 @@ def test_where_the_cells_ran_says_whose_thread_count_it_shows():
     header, _, row = table.splitlines()
     assert "torch threads (training)" in header
     assert row == "| NVIDIA H200 | Xeon | 2.11.0 | 5 | 3 | pneumoniamnist |"
+
+
+def test_captions_and_diagnostics_decide_at_each_models_operating_point(tmp_path, monkeypatch):
+    """A model deployed with p(malignant) >= 0.3 calls p = .38 malignant: its caption must say so, not the argmax."""
+    from qsal.study.report import saliency as saliency_figures_module
+
+    captured = {}
+
+    def fake_grid(images, maps, path, row_labels, title, cell_captions, **_):
+        captured.setdefault(Path(path).name, cell_captions)
+        Path(path).write_bytes(b"")
+        return Path(path)
+
+    monkeypatch.setattr(saliency_figures_module, "save_saliency_grid", fake_grid)
+    probs = np.array([[0.38, 0.62], [0.2, 0.8]])
+    op = {"rule": "youden", "threshold": 0.3, "chosen_on": "validation"}
+    sal = {"images": np.zeros((2, 28, 28)), "maps": {m: np.zeros((2, 1, 28, 28)) for m in ("fp32", "pact-4")},
+           "y_true": np.array([0, 1]), "probs": {"fp32": probs, "pact-4": probs},
+           "class_names": ["malignant", "normal, benign"], "task": "binary-class", "reference": "fp32",
+           "decisions": {"fp32": {"positive_label": 0, "operating_point": op}, "pact-4": {}}}
+    saliency_figures_module.saliency_figures(sal, {}, tmp_path)
+    captions = captured["saliency_grid.png"]
+    assert captions["fp32"] == ["malignant 0.38", "normal, benign 0.80"]
+    assert captions["pact-4"] == ["normal, benign 0.62 ✗", "normal, benign 0.80"]  # no operating point: 0.5
+
+    # the report: a threshold column where models differ, and diagnostics for rows of several datasets
+    results = _results(tmp_path)
+    results["rows"][0]["operating_point"] = op
+    results["rows"][1]["operating_point"] = {**op, "threshold": 0.04512}
+    results["rows"][0]["sensitivity"] = 0.7
+    for r in results["rows"]:
+        r.update(model="breastmnist/small_cnn/" + r["model"], class_names=["malignant", "normal, benign"],
+                 positive_label=0, positive_class="malignant")
+    results["predictions"] = {"breastmnist/small_cnn/" + m: p for m, p in results["predictions"].items()}
+    del results["class_names"], results["saliency"]
+    write_report(tmp_path / "r", results)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "**operating point**: each model's own" in md and "| op threshold |" in md.replace(" (positive: malignant)", "")
+    assert "| 0.3 |" in md and "| 0.04512 |" in md and "sens. (positive: malignant) @ 0.5" in md
+    assert md.count("![breastmnist/small_cnn/") == 3  # one diagnostics figure per row, from each row's classes
+
+
+def test_a_failed_cell_whose_error_file_lacks_fields_is_still_listed(tmp_path):
+    from qsal.study.results import _read_error
+
+    cell = tmp_path / "breastmnist/small_cnn/seed0/qat-int8"
+    cell.mkdir(parents=True)
+    (cell / "error.json").write_text('{"error": "boom"}')
+    assert _read_error(cell / "error.json", tmp_path) == {"error": "boom", "type": "unknown error",
+                                                         "id": "breastmnist/small_cnn/seed0/qat-int8"}
+    (cell / "error.json").write_text('["not", "a", "dict"]')
+    assert _read_error(cell / "error.json", tmp_path)["type"] == "QsalError"  # read_json's own refusal, as text

@@ -250,6 +250,9 @@ def _setup_run(p):
     no_progress_arg(p)
 
 
+_REPORT_OUT = "runs/report"
+
+
 @command("report", "markdown + self-contained HTML report of a `qsal run` folder, or of checkpoints and ONNX files you "
                    "name (each scored on its dataset's test split)")
 def cmd_report(args):
@@ -259,15 +262,18 @@ def cmd_report(args):
     paths = [Path(p) for p in args.inputs]
     runs = [p for p in paths if (p / "run_config.json").is_file()]
     if len(paths) == 1 and runs:
+        if args.out is not None and Path(args.out).resolve() != paths[0].resolve():
+            raise QsalError(f"a `qsal run` folder's report is written inside it ({paths[0] / 'report.md'}), not into "
+                            f"--out {args.out}; drop --out (copy the run folder first to keep its current report)")
         rep = report_run(paths[0])
     elif runs:
         raise QsalError(f"{runs[0]} is a `qsal run` folder, which is reported on its own: `qsal report {runs[0]}`; "
                         "to compare models across runs, name their best.safetensors or model.onnx files")
-    elif (Path(args.out) / "run_config.json").is_file():
-        raise QsalError(f"--out {args.out} is a `qsal run` folder; its report.md belongs to that run: choose another "
+    elif (Path(out := args.out or _REPORT_OUT) / "run_config.json").is_file():
+        raise QsalError(f"--out {out} is a `qsal run` folder; its report.md belongs to that run: choose another "
                         "--out for this report")
     else:
-        rep = report_files(paths, args.out, data_dir=args.data_dir, latency=not args.no_latency,
+        rep = report_files(paths, out, data_dir=args.data_dir, latency=not args.no_latency,
                            n_explain=args.n_explain, progress=not args.quiet)
     _print_report_result(args, rep["rows"], rep)
 
@@ -276,7 +282,8 @@ def _setup_report(p):
     p.add_argument("inputs", nargs="+", metavar="PATH",
                    help="a `qsal run` folder, or checkpoints (.safetensors) / ONNX files (.onnx) / folders holding "
                         "best.safetensors or model.onnx; the first is the reference the others' maps are compared to")
-    p.add_argument("--out", default="runs/report", help="output folder for files (a run folder gets its report inside)")
+    p.add_argument("--out", help=f"output folder for a report of files (default: {_REPORT_OUT}); a run folder's "
+                                 "report is written inside it")
     data_dir_arg(p)
     p.add_argument("--n-explain", type=int_range(1, 256, "the number of images"), default=8,
                    help="test images explained per model (1-256)")

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from qsal.cli.arguments import int_range
 
 
+def _check_out(out: Path, inputs: list[Path], force: bool) -> None:
+    """``--out`` must not be the model or one of the images (not even with --force: the command would destroy what
+    it reads), nor an existing file without --force, nor a folder."""
+    from qsal.errors import QsalError
+    from qsal.run_folder import refuse_overwrite
+
+    real = os.path.realpath(out)
+    for p in inputs:
+        if os.path.realpath(p) == real:
+            raise QsalError(f"--out {out} is {'the model' if p is inputs[0] else 'one of the images'} this command "
+                            "reads; choose another file")
+    refuse_overwrite(out, force, example="predictions.csv")
+
+
 def cmd_predict(args):
     from qsal._atomic import write_text_atomic
     from qsal.errors import QsalError
-    from qsal.predict import format_predictions, predict_paths
+    from qsal.predict import format_predictions, image_files, predict_paths
 
     suffix = Path(args.out).suffix.lower() if args.out else None
     if suffix not in (None, ".csv", ".json") and not args.format:
@@ -23,10 +39,14 @@ def cmd_predict(args):
         raise QsalError(f"--format {args.format} but --out {args.out} names a {suffix[1:].upper()} file; name it "
                         f".{args.format}, or drop --format")
     fmt = args.format or ("json" if args.json or suffix == ".json" else "csv")
-    text = format_predictions(predict_paths(args.model, args.paths, threads=args.threads), fmt)
+    files = image_files(args.paths)
+    if args.out:  # checked before any image is scored
+        _check_out(Path(args.out), [Path(args.model), *files], args.force)
+    text = format_predictions(predict_paths(args.model, files, threads=args.threads), fmt)
     if args.out:
         write_text_atomic(args.out, text)
-        print(f"wrote {args.out}")
+        if not args.quiet:  # stdout holds only results
+            print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text, end="")
 
@@ -35,7 +55,8 @@ def _setup_predict(p):
     p.add_argument("model", help="an .onnx file from qsal export (runs without PyTorch) or a .safetensors checkpoint")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns "
                    "(PNG/JPEG/BMP/TIFF/DICOM)")
-    p.add_argument("--out", help="write to this file (default: CSV on stdout)")
+    p.add_argument("--out", help="write to this file (default: CSV on stdout); an existing file only with --force")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--format", choices=["csv", "json"], help="output format (default: json with --json or an --out "
                    "ending in .json, else csv)")
     p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), default=None,

@@ -48,9 +48,20 @@ def is_image_file(path: Path) -> bool:
 
 def images_under(folder: Path) -> list[Path]:
     """The image files under ``folder``, recursively and sorted, but for hidden files and folders (macOS's ._x.png
-    forks, .git, .cache), which are skipped before any file is opened."""
-    return sorted(p for p in folder.rglob("*")
-                  if not any(part.startswith(".") for part in p.relative_to(folder).parts) and is_image_file(p))
+    forks, .git, .cache), which are skipped before any file is opened. Linked sub-folders are followed (datasets are
+    often assembled from links), each real folder once, so a link loop ends; a folder named like an image
+    (``series.png/``) is searched, not read."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # reached again through a link: already searched
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [p for name in files if not name.startswith(".") and (p := Path(top) / name).is_file()
+                  and is_image_file(p)]
+    return sorted(found)
 
 
 def _classes(root: Path) -> list[str]:

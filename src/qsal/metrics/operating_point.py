@@ -117,16 +117,16 @@ def choose_decision(val_logits: np.ndarray, val_labels: np.ndarray, info, *, pos
 
 def describe_operating_point(op: dict, positive_name: str | None = None) -> str:
     """An operating point in words, one wording wherever qsal shows one (predict's ``decided_by``, evaluate's
-    table, the model card, the study report): ``p(malignant) >= 0.0472 (youden, chosen on the validation split
+    table, the model card, the study report): ``p(malignant) >= 0.0472135 (youden, chosen on the validation split
     with the PyTorch model's scores)``; a fixed threshold says ``fixed, not chosen``. ``positive_name`` ``None``
-    reads ``threshold 0.0472 (...)``."""
+    reads ``threshold 0.0472135 (...)``."""
     chosen = op.get("chosen_on")
     if chosen in ("fixed", "fixed default"):
         where = "fixed, not chosen"
     else:
         where = f"chosen on the {chosen} split" if chosen else "chosen on an unrecorded split"
         where += f" with the {op['scores']}'s scores" if op.get("scores") else ""
-    threshold = f"{float(op['threshold']):.4g}"
+    threshold = f"{float(op['threshold']):.6g}"
     head = f"p({positive_name}) >= {threshold}" if positive_name is not None else f"threshold {threshold}"
     return f"{head} ({op.get('rule') or 'unrecorded rule'}, {where})"
 

@@ -44,19 +44,31 @@ def resolve_input(path: str | os.PathLike) -> tuple[Path | None, Path | None]:
         if not ckpt.is_file() and not onnx.is_file():
             raise QsalError(f"{p} is not a qsal run directory (no run_config.json) and holds neither best.safetensors "
                             "nor model.onnx; pass a `qsal run` folder, or name checkpoint / ONNX files themselves")
+        if ckpt.is_file() and onnx.is_file() and not _exported_from(onnx, ckpt):
+            return ckpt, None  # the file beside it is another model's: the checkpoint is exported afresh
         return (ckpt if ckpt.is_file() else None), (onnx if onnx.is_file() else None)
     if not p.is_file():
         raise QsalError(f"{p} not found; pass checkpoints (.safetensors), ONNX files (.onnx) or a `qsal run` folder")
     if p.suffix.lower() == ".safetensors":
         beside = p.with_name("model.onnx")
-        return p, (beside if beside.is_file() else None)
+        return p, (beside if beside.is_file() and _exported_from(beside, p) else None)
     if p.suffix.lower() == ".onnx":
         from qsal.runtime import read_metadata
 
         ckpt = read_metadata(p).get("checkpoint")  # a file name (no paths of the exporting machine): look beside it
         ckpt = (p.parent / Path(ckpt).name) if ckpt else None
-        return (ckpt if ckpt is not None and ckpt.is_file() else None), p
+        return (ckpt if ckpt is not None and ckpt.is_file() and _exported_from(p, ckpt) else None), p
     raise QsalError(f"{p}: expected a .safetensors checkpoint or an .onnx file, not {p.suffix or 'a file without suffix'}")
+
+
+def _exported_from(onnx: Path, ckpt: Path) -> bool:
+    """Whether ``onnx`` was exported from these very weights (its metadata's ``checkpoint_sha256``): every study
+    file is named ``best.safetensors`` / ``model.onnx``, so names cannot tell a retrained or copied-in model apart.
+    A file exported before the hash was recorded cannot be matched and counts as another model's."""
+    from qsal.run_folder import file_sha256
+    from qsal.runtime import read_metadata
+
+    return read_metadata(onnx).get("checkpoint_sha256") == file_sha256(ckpt)
 
 
 def _labels(inputs: list[tuple[Path | None, Path | None]]) -> list[str]:
@@ -99,7 +111,8 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         if progress:
             print(f"[{label}] scoring {onnx or ckpt}", file=sys.stderr, flush=True)
         if onnx is None:
-            onnx = Path(export_checkpoint(str(ckpt), out / label / "model.onnx", card=False)["onnx"])
+            # the report owns out/<label>/: a second report into the same folder exports again
+            onnx = Path(export_checkpoint(str(ckpt), out / label / "model.onnx", card=False, force=True)["onnx"])
         rt = Runtime(onnx)
         data = rt.meta.get("data") or {}
         if not data.get("name"):
@@ -147,7 +160,9 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     saliency = {"images": to_display(Runtime(rows[0]["onnx"]).preprocess(sub.images), info.mean, info.std),
                 "maps": maps, "y_true": sub.labels, "probs": sal_probs, "class_names": list(info.labels),
                 "method": "integrated gradients (PyTorch models)" if use_gradients else "occlusion (ONNX artifacts)",
-                "indices": test.subset_indices(n_explain, seed).tolist(), "reference": reference}
+                "indices": test.subset_indices(n_explain, seed).tolist(), "reference": reference, "task": info.task,
+                "decisions": {r["model"]: {"positive_label": r.get("positive_label"),
+                                           "operating_point": r.get("operating_point")} for r in rows}}
     results = {"dataset": info.name, "n_test": len(test), "class_names": list(info.labels),
                "positive_class": rows[0].get("positive_class"), "source": "qsal report " + " ".join(map(str, paths)),
                "rows": rows, "predictions": predictions, "saliency": saliency, "environment": environment()}

@@ -56,11 +56,14 @@ def _measured(key: str, value) -> bool:
 
 
 def _read_error(path: Path, run_dir: Path) -> dict:
+    """A failed cell's ``error.json`` as the report lists it: ``error`` and ``type`` always strings (a hand-edited or
+    truncated file reads as what it holds, never stops the report halfway through its figures)."""
     try:
         err = read_json(path, "")
     except QsalError as e:
         err = {"error": str(e), "type": "QsalError"}
-    return {**err, "id": str(path.parent.relative_to(run_dir))}
+    return {"error": str(err.get("error", "no message recorded")), "type": str(err.get("type", "unknown error")),
+            "id": str(path.parent.relative_to(run_dir))}
 
 
 def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
@@ -106,6 +109,10 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["machines"] = _machines(rs)  # where this row's cells ran
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
+        # the first seed's decision (its plots and captions are the first seed's predictions) and its dataset's classes:
+        # a study's sets differ, and an unnamed positive label would read as label 1
+        row["positive_label"], row["operating_point"] = rs[0].get("positive_label"), rs[0].get("operating_point")
+        row["class_names"], row["task"] = _classes_of(ds)
         row["most_changed"] = rs[0].get("most_changed", [])
         # as read back: a field added later counts as its default (the old behaviour), not as a difference; a cell
         # from before result.json recorded its config has it in best.json (redo.recorded_quant_config)
@@ -140,6 +147,17 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     return out
 
 
+def _classes_of(dataset: str) -> tuple[list[str] | None, str | None]:
+    """A study dataset's class names and task from the dataset table (``None``s for one it no longer knows)."""
+    from qsal.data import get_info
+
+    try:
+        info = get_info(dataset)
+    except QsalError:
+        return None, None
+    return list(info.labels), info.task
+
+
 def _machines(results: list[dict]) -> list[dict]:
     """Where the cells ran (from each result's ``environment``): training device, the CPU that scored the ONNX
     artifact and timed it, torch version; with the cells' count. A study can span machines (a lent GPU, then a
@@ -169,7 +187,8 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
             if len(y_true) != len(probs) or not np.isfinite(probs).all():
                 raise QsalError(f"{cell}: test_probs.npy ({probs.shape}) and test_labels.npy ({y_true.shape}) do not "
                                 f"describe the same finite test images; {fix}")
-            predictions[name] = {"y_true": y_true, "probs": probs, "scored": "ONNX artifact, first seed"}
+            predictions[name] = {"y_true": y_true, "probs": probs, "scored": "ONNX artifact, first seed",
+                                 "ece": rs[0].get("ece")}  # these probabilities' ECE, not the seeds' mean
     datasets = {ds for ds, _, _ in keys}
     info = get_info(next(iter(datasets))) if len(datasets) == 1 else None
     extra = {"predictions": predictions}
@@ -190,6 +209,11 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
     extra["saliency"] = {"images": load_npy(ref / "explain_images.npy", fix, ndim=(3, 4)), "maps": maps,
                          "y_true": predictions["fp32"]["y_true"][idx] if "fp32" in predictions else None,
                          "probs": {n: p["probs"][idx] for n, p in predictions.items() if n in maps},
+                         # each model decides at its own operating point, as the deployed file would
+                         "decisions": {n: {"positive_label": rs[0].get("positive_label"),
+                                           "operating_point": rs[0].get("operating_point")}
+                                       for (_, _, n), rs in keys.items() if n in maps},
+                         "task": info.task if info is not None else None,
                          "class_names": extra.get("class_names"), "method": "|input gradient|",
                          "indices": idx.tolist(), "reference": "fp32"}
     return extra

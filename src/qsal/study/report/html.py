@@ -69,6 +69,9 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     env = results.get("environment") or {}
     versions = env.get("versions") or {}
     first = rows[0] if rows else {}
+    ops = {_operating_point(r.get("operating_point")) for r in rows}
+    op_text = (ops.pop() if len(ops) == 1 else
+               "each model's own (the 'op threshold' column)")
     positive = results.get("positive_class") or _positive_per_dataset(rows) or first.get("positive_class")
     names = results.get("class_names") or []
     if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
@@ -76,7 +79,7 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
              ("classes", _classes(names)),
              ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
-             ("operating point", _operating_point(first.get("operating_point"))),
+             ("operating point", op_text),
              ("architecture", results.get("architecture")), ("source", results.get("source")),
              ("date (UTC)", (env.get("utc") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))[:16]
               .replace("T", " ")),
@@ -96,6 +99,9 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = results["rows"]
+    for r in rows:  # the threshold each model decides at: models differ, so it is a column, not a header line
+        if r.get("threshold") is None and (r.get("operating_point") or {}).get("threshold") is not None:
+            r["threshold"] = float(r["operating_point"]["threshold"])
     table = results_table(rows)
     header = _header(results, rows)
     notes: list[str] = []
@@ -125,11 +131,15 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
         positive_default = class_names.index(results["positive_class"])
     for r in rows:
         pred = predictions.get(r["model"])
-        if pred is None or not class_names:
+        names = r.get("class_names") or class_names  # a study's rows span datasets: each row its own classes
+        if pred is None or not names:
             continue
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in r["model"])
-        png = diagnostics_plot(r["model"], np.asarray(pred["y_true"]), np.asarray(pred["probs"]), class_names,
-                               out / f"diagnostics_{safe}.png", positive=r.get("positive_label", positive_default), ece=r.get("ece"))
+        op = r.get("operating_point") or {}
+        positive = r["positive_label"] if r.get("positive_label") is not None else positive_default
+        png = diagnostics_plot(r["model"], np.asarray(pred["y_true"]), np.asarray(pred["probs"]), names,
+                               out / f"diagnostics_{safe}.png", positive=positive, ece=pred.get("ece", r.get("ece")),
+                               threshold=op.get("threshold") if positive is not None else None)
         diagnostics.append((png, f"{r['model']}: confusion matrix, ROC curve and reliability diagram on the test set "
                                  f"({pred.get('scored', 'ONNX artifact')})"))
     if rows and len(diagnostics) < len(rows):

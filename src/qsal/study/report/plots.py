@@ -14,8 +14,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from qsal._atomic import save_figure_atomic  # noqa: E402
 
-__all__ = ["pareto_front", "robust_pareto_front", "size_unit", "tradeoff_plot", "ci_plot", "diagnostics_plot",
-           "reliability_bins"]
+__all__ = ["pareto_front", "robust_pareto_front", "size_unit", "tradeoff_plot", "ci_plot", "diagnostics_plot"]
 
 _DPI = 110
 # Latencies closer than this factor count as equal: repeated runs on a shared CPU move by about this much.
@@ -120,37 +119,31 @@ def ci_plot(rows: list[dict], path: Path) -> Path:
     return save_figure_atomic(fig, path)
 
 
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> tuple[list, float]:
-    """Equal-width confidence bins: ``[(mean confidence, accuracy, count)]`` and the binned ECE."""
-    edges = np.linspace(0, 1, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, n_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(n_bins):
-        sel = which == b
-        if sel.any():
-            conf, acc = float(confidence[sel].mean()), float(correct[sel].mean())
-            bins.append((conf, acc, int(sel.sum())))
-            ece += sel.mean() * abs(conf - acc)
-    return bins, float(ece)
-
-
 def diagnostics_plot(model: str, y_true: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path,
-                     positive: int | None = None, ece: float | None = None) -> Path:
+                     positive: int | None = None, ece: float | None = None, threshold: float | None = None) -> Path:
     """Confusion matrix, ROC curve(s) and reliability diagram of one model's test probabilities ``(N, K)``.
 
-    Binary tasks: predictions at probability > 0.5 of ``positive`` and one ROC curve for it; otherwise
-    argmax and one-vs-rest curves. ``ece``: the metrics' own ECE if recorded, else the binned one is shown.
+    Binary tasks: one ROC curve for ``positive`` (label 1 when ``None``), and the confusion matrix at the model's
+    operating point ``p(positive) >= threshold`` (marked on the curve), or at 0.5 without one; otherwise argmax
+    and one-vs-rest curves. The reliability curve has the ECE's 15 bins (``metrics.calibration``); ``ece``: the
+    recorded ECE of these probabilities, else the one computed here.
     """
     from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+    from qsal.data.registry import TASK_BINARY, TASK_MULTICLASS
+    from qsal.metrics.calibration import N_BINS, expected_calibration_error
 
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     k = probs.shape[1]
     binary = k == 2
     if binary:
         positive = k - 1 if positive is None else positive
-        pred = np.where(probs[:, positive] > 0.5, positive, 1 - positive)
+        cut = 0.5 if threshold is None else float(threshold)
+        pred = np.where(probs[:, positive] >= cut, positive, 1 - positive)
+        at = f"p({class_names[positive]}) >= {cut:.4g}" + ("" if threshold is not None else " (no operating point)")
     else:
         pred = probs.argmax(axis=1)
+        at = "most probable class"
     fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.6), dpi=_DPI)
     cm = confusion_matrix(y_true, pred, labels=list(range(k)))
     ax = axes[0]
@@ -162,30 +155,32 @@ def diagnostics_plot(model: str, y_true: np.ndarray, probs: np.ndarray, class_na
     ax.set_yticks(range(k), short, fontsize=8)
     ax.set_xlabel("predicted", fontsize=9)
     ax.set_ylabel("true", fontsize=9)
-    ax.set_title(f"confusion matrix (n = {len(y_true)})", fontsize=9)
+    ax.set_title(f"confusion matrix (n = {len(y_true)})\nat {at}", fontsize=9)
     ax = axes[1]
     for c in ([positive] if binary else range(k)):
         yc = (y_true == c).astype(int)
         if 0 < yc.sum() < len(yc):
             fpr, tpr, _ = roc_curve(yc, probs[:, c])
             ax.plot(fpr, tpr, label=f"{short[c]} (AUC {roc_auc_score(yc, probs[:, c]):.3f})")
+            if binary:  # where the confusion matrix's decision sits on the curve
+                hit = probs[:, c] >= cut
+                ax.plot(hit[yc == 0].mean(), hit[yc == 1].mean(), "o", c="tab:red", ms=5,
+                        label="operating point" if threshold is not None else "p = 0.5")
     ax.plot([0, 1], [0, 1], ":", c="gray")
     ax.set_xlabel("1 − specificity (false-positive rate)", fontsize=9)
     ax.set_ylabel("sensitivity (true-positive rate)", fontsize=9)
     ax.set_title("ROC, positive class: " + short[positive] if binary else "ROC, one class vs rest", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax = axes[2]
-    confidence = probs.max(axis=1)
-    bins, binned_ece = reliability_bins(confidence, (probs.argmax(axis=1) == y_true).astype(float))
+    binned_ece, bins = expected_calibration_error(y_true, probs, TASK_BINARY if binary else TASK_MULTICLASS)
     lo = 1.0 / k
     ax.plot([lo, 1], [lo, 1], ":", c="gray", label="perfect calibration")
     if bins:
-        conf, acc, count = zip(*bins)
-        ax.plot(conf, acc, "o-", c="tab:blue", label="model")
-        for cx, ay, n in bins:
-            ax.annotate(str(n), (cx, ay), fontsize=6, xytext=(3, -9), textcoords="offset points")
-    ece_text = f"ECE {ece:.3f}" if ece is not None else f"ECE {binned_ece:.3f} (10 bins)"
-    ax.set_title(f"reliability: {ece_text}", fontsize=9)
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", c="tab:blue", label="model")
+        for b in bins:
+            ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), fontsize=6, xytext=(3, -9),
+                        textcoords="offset points")
+    ax.set_title(f"reliability: ECE {binned_ece if ece is None else ece:.3f} ({N_BINS} bins)", fontsize=9)
     ax.set_xlabel("confidence (top-class probability)", fontsize=9)
     ax.set_ylabel("accuracy in the bin", fontsize=9)
     ax.set_xlim(lo - 0.02, 1.01)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qsal.runtime import decide
 from qsal.saliency.plot import save_saliency_grid
 
 __all__ = ["saliency_figures", "most_changed_rows"]
@@ -33,7 +34,9 @@ def saliency_figures(sal: dict, most_changed: dict[str, list[dict]], out_dir: Pa
 
     ``sal``: ``images`` ``(N, H, W[, 3])`` in [0, 1]; ``maps`` model -> ``(N, C, H, W)``; ``y_true`` ``(N,)``;
     ``probs`` model -> ``(N, K)``; ``class_names``; ``method``; optional ``indices`` (test-set index of
-    each image) and ``reference`` (the model the others' maps are compared with).
+    each image), ``reference`` (the model the others' maps are compared with), ``task`` and ``decisions``
+    (model -> ``{"positive_label", "operating_point"}``: a binary model's caption is its decision there, else
+    0.5 on label 1, as ``runtime.decide``).
     """
     images = np.asarray(sal["images"])
     n = len(images)
@@ -45,12 +48,18 @@ def saliency_figures(sal: dict, most_changed: dict[str, list[dict]], out_dir: Pa
         truth = f"\ntrue: {_short(names[int(y_true[i])])}" if y_true is not None and y_true.ndim == 1 else ""
         return f"test #{idx[i]}{truth}"
 
+    decisions = sal.get("decisions") or {}
+    task = sal.get("task") or ("binary-class" if len(names) == 2 else "multi-class")
+
     def cell_captions(rows: list[int]) -> dict[str, list[str]]:
         out = {}
         for model, p in (sal.get("probs") or {}).items():
             p = np.asarray(p)
-            out[model] = [f"{_short(names[int(p[i].argmax())])} {p[i].max():.2f}"
-                          + (" ✗" if y_true is not None and y_true.ndim == 1 and p[i].argmax() != y_true[i] else "")
+            decided = decide(p, task, decisions.get(model))  # at the model's operating point, as it is deployed
+            if decided.ndim != 1:  # multi-label: one caption names the most probable label
+                decided = p.argmax(axis=1)
+            out[model] = [f"{_short(names[int(decided[i])])} {p[i, int(decided[i])]:.2f}"
+                          + (" ✗" if y_true is not None and y_true.ndim == 1 and decided[i] != y_true[i] else "")
                           for i in rows]
         return out
 
@@ -63,8 +72,8 @@ def saliency_figures(sal: dict, most_changed: dict[str, list[dict]], out_dir: Pa
     figures = []
     rows = list(range(min(n, MAX_ROWS)))
     figures.append((grid(rows, out_dir / "saliency_grid.png", f"{method}: the same test images, every model"),
-                    f"Saliency maps ({method}) of {len(rows)} test images for every model; under each map the model's "
-                    "predicted class and its probability (✗ = wrong)"))
+                    f"Saliency maps ({method}) of {len(rows)} test images for every model; under each map the class the "
+                    "model decides at its operating point and that class's probability (✗ = wrong)"))
     changed = most_changed_rows({m: c for m, c in most_changed.items() if m != sal.get("reference")})
     if changed:
         figures.append((grid(changed, out_dir / "saliency_most_changed.png",

@@ -9,8 +9,9 @@ __all__ = ["COLUMNS", "GLOSSARY", "results_table", "results_text_table", "enviro
 
 COLUMNS = [("model", "model"), ("seeds", "seeds"), ("scored", "scored as"), ("test_auc", "AUC"),
            ("test_auc_std", "AUC std"), ("auc_ci", "AUC 95% CI"), ("test_acc", "ACC"), ("test_acc_std", "ACC std"),
-           ("acc_ci", "ACC 95% CI"), ("sensitivity", "sens."), ("specificity", "spec."),
-           ("sensitivity_at_op", "sens. @ op"), ("specificity_at_op", "spec. @ op"), ("ece", "ECE"),
+           ("acc_ci", "ACC 95% CI"), ("sensitivity", "sens. @ 0.5"), ("specificity", "spec. @ 0.5"),
+           ("sensitivity_at_op", "sens. @ op"), ("specificity_at_op", "spec. @ op"), ("threshold", "op threshold"),
+           ("ece", "ECE"),
            ("pytorch_acc", "PyTorch ACC"), ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
            ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"), ("faithfulness_gap", "faithfulness gap"),
            ("faithfulness_gap_std", "gap std"), ("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC ↑"),
@@ -22,7 +23,8 @@ GLOSSARY = [
                             "standard deviation (ddof 1) is 1.22x that for 3 seeds, 1.41x for 2."),
     ("AUC", "Area under the ROC curve of the positive-class probability (binary) or the mean one-vs-rest AUC "
             "(multi-class), as the MedMNIST evaluator defines it. 0.5 is chance, 1 is perfect ranking."),
-    ("ACC", "Fraction of test images classified correctly at the operating point."),
+    ("ACC", "Fraction of test images whose most probable class is the true one (MedMNIST's ACC: for two classes, "
+            "probability 0.5), not at the operating point; the '@ op' columns are."),
     ("95% CI", "Percentile bootstrap interval over 1,000 resamples of the test set: the range the metric would "
                "plausibly take on another test set of the same size. Overlapping intervals mean the data cannot "
                "tell the models apart. A row with several seeds shows the interval of its lowest seed's "
@@ -31,7 +33,14 @@ GLOSSARY = [
     ("Sensitivity / specificity", "Recall of the positive class / of the negative class. Which class is "
                                   "positive is stated in the header; for BreastMNIST label 0 is malignant."),
     ("Operating point", "The decision threshold on the positive-class probability (0.5 unless a rule chose "
-                        "another one on the validation split); '@ op' columns are measured there."),
+                        "another one on the validation split); '@ op' columns are measured there, '@ 0.5' ones at "
+                        "probability 0.5. Each model has its own ('op threshold'; a row of several seeds shows its "
+                        "first seed's, the seed its plots and captions show), which the deployed file applies."),
+    ("Explanation columns", "Faithfulness gap, deletion/insertion AUC, Gini and map ρ: in a `qsal run` report, "
+                            "measured on each cell's PyTorch model (a quantized cell's fake-quantized forward, the "
+                            "grid the deployed file computes on) with |input gradient| maps; in a report of files, "
+                            "the maps are the PyTorch checkpoints' integrated gradients (occlusion of the ONNX files "
+                            "when one has no checkpoint) and the removal curves run the ONNX files."),
     ("ECE", "Expected calibration error: the gap between confidence and accuracy, averaged over 15 equal-width "
             "confidence bins weighted by their size. 0 means the probabilities can be read as frequencies."),
     ("ONNX ACC / scored as", "Metrics of the exported ONNX file run by onnxruntime (the artifact that would be "
@@ -69,6 +78,8 @@ def format_cell(key: str, v) -> str:
         return f"{v:,.0f}"
     if key == "size_ratio":
         return f"{v:.3f}x"
+    if key == "threshold":  # a threshold near 0.05 (Youden on a rare class) needs its significant digits
+        return f"{v:.4g}"
     if key == "scored":
         return "ONNX artifact" if v == "onnx" else "PyTorch model"
     return f"{v:.3f}" if isinstance(v, float) else str(v)
