@@ -48,9 +48,12 @@ def test_occlusion_numpy_matches_captum():
     model = create_model("small_cnn", 2, 1).eval()
     x = torch.randn(3, 1, 28, 28)
     target = torch.tensor([0, 1, 1])
-    ours = occlusion_numpy(lambda a: model(torch.from_numpy(a)).detach().numpy(), x.numpy(), target.numpy())
-    ref = explain(model, x, "occlusion", target=target).numpy()
-    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    run = lambda a: model(torch.from_numpy(a)).detach().numpy()  # noqa: E731
+    for window, stride, baseline in ((4, 2, 0.0), (5, 2, -1.0)):  # 5/2: the last patch is cut at the border
+        ours = occlusion_numpy(run, x.numpy(), target.numpy(), window=window, stride=stride, baseline=baseline)
+        ref = explain(model, x, "occlusion", target=target, window=window, stride=stride, baseline=baseline).numpy()
+        np.testing.assert_allclose(ours, ref, atol=1e-4)
+        assert (np.abs(ours[:, :, -1, :]).sum() > 0)  # the last row is occluded too
 
 
 def test_bad_target_and_shape_are_one_line_errors():
@@ -61,3 +64,64 @@ def test_bad_target_and_shape_are_one_line_errors():
         explain(model, torch.randn(1, 3, 28, 28), "gradient")
     with pytest.raises(QsalError, match="unknown saliency method"):
         explain(model, torch.randn(1, 1, 28, 28), "lime")
+
+
+def test_gradcam_keeps_each_feature_over_the_centre_of_its_receptive_field():
+    from qsal.saliency.methods import cam_to_input
+
+    cam = torch.zeros(1, 1, 24, 24)
+    cam[0, 0, 5, 7] = 1.0  # small_cnn: two unpadded 3x3 convs, feature (5, 7) is centred on input pixel (7, 9)
+    placed = cam_to_input(cam, (28, 28))
+    assert placed.shape[-2:] == (28, 28) and placed[0, 0, 7, 9] == 1.0 and placed.sum() == 1.0
+    tiled = cam_to_input(torch.ones(1, 1, 8, 8), (32, 32))  # ResNet-20: 8x8 tiles of 4 px, upsampled
+    assert tiled.shape[-2:] == (32, 32) and torch.allclose(tiled, torch.ones_like(tiled))
+
+
+def test_smoothgrad_noise_is_each_images_own_range_and_seeded():
+    from qsal.saliency.methods import _smoothgrad
+
+    x = torch.stack([torch.linspace(0, 0.2, 784).view(1, 28, 28), torch.linspace(-2, 2, 784).view(1, 28, 28)])
+    seen = []
+
+    def forward(inp):
+        seen.append((inp - x).detach())
+        return inp.sum(dim=(1, 2, 3))[:, None].repeat(1, 2)
+
+    _smoothgrad(forward, x.clone(), {"target": 0}, n_samples=40, noise_std=0.1, seed=0)
+    noise = torch.cat(seen)
+    assert abs(noise[0::2].std().item() - 0.02) < 0.002 and abs(noise[1::2].std().item() - 0.4) < 0.04
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2), torch.nn.Tanh())
+    a, b = (explain(model, x, "smoothgrad", target=0, n_samples=3) for _ in range(2))
+    assert torch.equal(a, b)
+
+
+def test_bad_options_are_one_line_errors():
+    from qsal.models import create_model
+
+    model = create_model("small_cnn", 2, 1)
+    model.qsal_arch = {"in_channels": 1, "num_classes": 2, "image_size": 28}
+    x = torch.randn(2, 1, 28, 28)
+    for kwargs, message in (({"target": torch.tensor([0.0, 1.0])}, "integer class ids"),
+                            ({"target": "1"}, "not class ids"), ({"window": 0}, "window must be"),
+                            ({"window": 40}, "window must be"), ({"stride": 0}, "stride must be"),
+                            ({"ig_steps": 0}, "ig_steps must be"), ({"n_samples": 0}, "n_samples must be"),
+                            ({"noise_std": -1.0}, "noise_std must be"), ({"baseline": float("nan")}, "baseline must be")):
+        with pytest.raises(QsalError, match=message):
+            explain(model, x, "integrated_gradients", **kwargs)
+    with pytest.raises(QsalError, match="NaN or infinite"):
+        explain(model, torch.full((1, 1, 28, 28), float("nan")), "gradient")
+    with pytest.raises(QsalError, match="trained on 28x28"):
+        explain(model, torch.randn(1, 1, 64, 64), "gradient")
+
+
+def test_randomization_check_leaves_the_model_and_the_rng_as_they_were():
+    from qsal.models import create_model
+    from qsal.saliency.methods import randomization_check
+
+    model = create_model("small_cnn", 2, 1).train()
+    images = torch.randn(2, 1, 28, 28)
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    randomization_check(model, images)
+    assert model.training and torch.equal(torch.rand(1), expected)

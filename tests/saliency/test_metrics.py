@@ -79,3 +79,32 @@ def test_gini_matches_quantus_sparseness():
     x = rng.random((4, 1, 28, 28))
     theirs = quantus.Sparseness(disable_warnings=True)(model=None, x_batch=x, y_batch=np.zeros(4, int), a_batch=a)
     np.testing.assert_allclose(gini(a), theirs, atol=1e-6)
+
+
+def test_maps_without_information_get_no_agreement_and_no_ranking():
+    """A constant map (a zeroed gradient) ranks nothing: it must not score a perfect agreement, nor remove pixels in
+    raster order, which would read as a map that points somewhere."""
+    from scipy.stats import spearmanr
+
+    from qsal.errors import QsalError
+    from qsal.saliency.metrics import agreement, faithfulness_curve, salient_first, spearman_per_image
+
+    zeros = np.zeros((2, 1, 28, 28))
+    a = agreement(zeros, zeros)
+    assert np.isnan(a["spearman"]) and np.isnan(a["topk_iou"]) and np.isnan(a["ssim"]) and a["most_changed"] == []
+    rng = np.random.default_rng(0)
+    u, v = rng.random((1, 1, 5, 6)), rng.random((1, 1, 5, 6))
+    u[0, 0, :2] = 0  # a third of the pixels tied
+    assert spearman_per_image(u, v)[0] == pytest.approx(spearmanr(u.ravel(), v.ravel())[0])
+    order = salient_first(np.zeros((1, 100)))
+    assert sorted(order[0]) == list(range(100)) and not (order[0] == np.arange(100)).all()
+    assert (salient_first(np.array([[0.0, 3, 1, 2]]))[0][:3] == [1, 3, 2]).all()
+    with pytest.raises(QsalError, match="fill 'mean' is not a removal qsal knows"):
+        faithfulness_curve(lambda x: np.zeros((len(x), 2)), zeros, np.zeros(2, int), zeros, fill="mean")
+
+
+def test_ssim_of_a_map_that_is_not_square():
+    from qsal.saliency.metrics import ssim_per_image
+
+    m = np.random.default_rng(0).random((2, 1, 28, 32))
+    assert np.allclose(ssim_per_image(m, m), 1.0)

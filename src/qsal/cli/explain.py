@@ -15,12 +15,14 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     """Explain ``n`` images of the model's own dataset and write a PNG grid (image, map, overlay).
 
     Each row's predicted class is the one ``qsal predict`` gives for that image (the stored operating point and
-    temperature: ``runtime.decide``), and its map explains that class. ``method`` None: occlusion for an ONNX file,
+    temperature: ``runtime.decide``), and its map explains that class. Images are normalised with the model's own
+    mean/std; integrated gradients and occlusion start from / fill with black. ``method`` None: occlusion for an ONNX file,
     integrated gradients for a checkpoint. With ``dataset`` another set's images are explained: "true" names their
     class in that set, "pred" the model's own class names.
     """
     from qsal.data import load_split
     from qsal.runtime import describe_decision
+    from qsal.saliency.methods import black_baseline
     from qsal.saliency.plot import save_saliency_grid, to_display
 
     if Path(out).suffix.lower() != ".png":
@@ -45,9 +47,13 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
                             f"channel(s) but {path} takes {h} px with {c}; pass the dataset it was exported for")
         x = rt.preprocess(split_data.images)
         logits = rt.run_normalized(x)
+        if split_data.info.num_classes != logits.shape[1]:  # as a checkpoint is refused (check_model_fits_data)
+            raise QsalError(f"{name} has {split_data.info.num_classes} classes but {path} scores {logits.shape[1]}; "
+                            "pass the dataset it was trained on")
         task, decision, names = rt.task, rt.decision, rt.labels
+        mean, std = rt.mean.ravel(), rt.std.ravel()
         probs, target = _decided(logits, task, decision)
-        maps = occlusion_numpy(rt.run_normalized, x, target)
+        maps = occlusion_numpy(rt.run_normalized, x, target, baseline=black_baseline(mean, std))
     else:
         import torch
 
@@ -63,12 +69,17 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
             raise QsalError(f"{path} does not name its dataset; pass --dataset")
         check_model_fits_data(meta["arch"], dataset_info(name), str(path))
         split_data = load_split(name, split, data_dir, size=own.get("image_size")).subset(n, seed)
-        xt, _ = split_data.tensors()
+        # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
+        # dataset's images (--dataset) are fed to the model as they would be in deployment
+        mean = np.asarray(own.get("mean") or split_data.info.mean, np.float32)
+        std = np.asarray(own.get("std") or split_data.info.std, np.float32)
+        pixels = split_data.images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        xt = torch.from_numpy(np.ascontiguousarray((pixels - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)))
         with torch.no_grad():
             logits = model.eval()(xt).numpy()
         task, decision, names = own.get("task", split_data.info.task), meta.get("decision"), own.get("labels")
         probs, target = _decided(logits, task, decision)
-        maps = explain(model, xt, method, target=torch.from_numpy(target)).numpy()
+        maps = explain(model, xt, method, target=torch.from_numpy(target), baseline=black_baseline(mean, std)).numpy()
         x = xt.numpy()
     info = split_data.info
     names = _class_names(names, logits.shape[1])
@@ -77,9 +88,11 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     captions = [f"true: {info.labels[int(t)][:16]}\npred: {names[int(p)][:16]} {probs[i, p]:.2f}"
                 for i, (t, p) in enumerate(zip(np.atleast_1d(split_data.labels), target))] \
         if split_data.labels.ndim == 1 else None
-    png = save_saliency_grid(to_display(x, info.mean, info.std), {f"{path.parent.name}/{path.stem}": maps}, out, captions,
+    png = save_saliency_grid(to_display(x, tuple(mean), tuple(std)), {f"{path.parent.name}/{path.stem}": maps}, out, captions,
                              title=f"{info.name} {split}: {method}; pred = {rule}")
-    return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist(), "decided_by": rule}
+    decided_p = probs[np.arange(len(x)), target] if target.ndim == 1 else None
+    return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist(),
+            "probability": None if decided_p is None else [round(float(p), 6) for p in decided_p], "decided_by": rule}
 
 
 def _decided(logits: np.ndarray, task: str, decision: dict | None) -> tuple[np.ndarray, np.ndarray]:

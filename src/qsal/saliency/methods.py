@@ -9,14 +9,13 @@ estimator. Occlusion needs no gradient at all, so it also explains exported ONNX
 from __future__ import annotations
 
 import torch
-from captum.attr import (InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion,
-                         Saliency)
+from captum.attr import InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
 from torch import nn
 
 from qsal.errors import QsalError
 from qsal.saliency.targets import multilabel_target_weights
 
-__all__ = ["explain", "METHODS", "last_conv_layer", "randomization_check"]
+__all__ = ["explain", "METHODS", "last_conv_layer", "cam_to_input", "black_baseline", "randomization_check"]
 
 METHODS = ("gradient", "gradient_abs", "input_x_gradient", "integrated_gradients", "smoothgrad", "gradcam", "occlusion")
 
@@ -28,6 +27,21 @@ def last_conv_layer(model: nn.Module) -> nn.Conv2d:
     return convs[-1]
 
 
+def _as_target(target):
+    """``target`` as an integer (or 0/1) tensor, or a one-line error: a float class id would be rounded by gather."""
+    if target is None:
+        return None
+    try:
+        t = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):
+        raise QsalError(f"target {target!r} is not class ids; pass an int, or one int per image") from None
+    if t.is_complex() or (t.is_floating_point() and t.dim() != 2):  # (N, L) label vectors may be 0./1. floats
+        raise QsalError(f"target has {t.dtype} values; pass integer class ids (or 0/1 label vectors for multi-label)")
+    if t.is_floating_point() and ((t != 0) & (t != 1)).any():
+        raise QsalError("a multi-label target holds values other than 0 and 1; pass 0/1 label vectors (N, L)")
+    return t.long()
+
+
 def _check(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     arch = getattr(model, "qsal_arch", None) or {}
     if x.dim() == 3:
@@ -36,9 +50,14 @@ def _check(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         raise QsalError(f"images have shape {tuple(x.shape)}; pass a batch (N, C, H, W) of normalised images")
     if x.shape[0] == 0:
         raise QsalError("no images to explain (a batch of 0); pass at least one")
-    want_c = arch.get("in_channels")
+    if not torch.isfinite(x).all():
+        raise QsalError("the images hold NaN or infinite values; a map of them would mean nothing")
+    want_c, side = arch.get("in_channels"), arch.get("image_size")
     if want_c is not None and x.shape[1] != want_c:
         raise QsalError(f"images have {x.shape[1]} channel(s) but the model takes {want_c}")
+    if side is not None and tuple(x.shape[-2:]) != (side, side):
+        raise QsalError(f"images are {x.shape[-1]}x{x.shape[-2]} px but the model was trained on {side}x{side}; "
+                        "resize them as its preprocessing does (qsal.runtime.conform_image)")
     n_classes = arch.get("num_classes")
     if target is not None and torch.as_tensor(target).dim() == 2:
         t = torch.as_tensor(target)
@@ -60,27 +79,94 @@ def _weighted_logits(model: nn.Module):
     return lambda inp, weights: (model(inp) * weights).sum(dim=1)
 
 
+def _check_options(x: torch.Tensor, baseline, n_samples: int, noise_std: float, window: int, stride: int,
+                   ig_steps: int) -> None:
+    from qsal.errors import is_finite_number, is_integer
+
+    side = min(x.shape[-2:])
+    for name, value, lo, hi in (("n_samples", n_samples, 1, 10_000), ("ig_steps", ig_steps, 1, 10_000),
+                                ("window", window, 1, side), ("stride", stride, 1, side)):
+        if not is_integer(value) or not lo <= value <= hi:
+            raise QsalError(f"{name} must be an integer in {lo}-{hi} (for {x.shape[-1]}x{x.shape[-2]} px images), "
+                            f"got {value!r}")
+    if not is_finite_number(noise_std) or noise_std < 0:
+        raise QsalError(f"noise_std must be a finite number >= 0 (a fraction of each image's value range), got {noise_std!r}")
+    values = baseline if isinstance(baseline, (list, tuple)) else [baseline]
+    if not values or not all(is_finite_number(v) for v in values) or len(values) not in (1, x.shape[1]):
+        raise QsalError(f"baseline must be a finite number or one per channel ({x.shape[1]}), got {baseline!r}")
+
+
+def black_baseline(mean, std) -> tuple[float, ...]:
+    """Pixel value 0 in a model's normalised units, one per channel (``(0 - mean) / std``): the black image
+    integrated gradients starts from (Sundararajan et al. 2017) and occlusion fills with; normalised 0 would be
+    the training set's mean intensity."""
+    import numpy as np
+
+    return tuple(float(-m / s) for m, s in zip(np.ravel(mean), np.ravel(std)))
+
+
+def _baseline_tensor(baseline, x: torch.Tensor):
+    """A number, or one value per channel broadcast over ``(N, C, H, W)``."""
+    if isinstance(baseline, (list, tuple)):
+        return torch.tensor([float(v) for v in baseline], dtype=x.dtype, device=x.device).view(1, -1, 1, 1).expand_as(x)
+    return float(baseline)
+
+
+def cam_to_input(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A Grad-CAM map ``(N, 1, h, w)`` placed on the input grid ``size``. A feature map that tiles the input (``H``
+    a multiple of ``h``: padded, strided nets) is upsampled bilinearly, each feature at the centre of its tile; one
+    that only lost an even border to unpadded stride-1 convolutions (``small_cnn``: 28 -> 24) is padded back by
+    that border, replicating the edge features, so feature ``(i, j)`` stays over input pixel ``(i + b, j + b)``,
+    the centre of its receptive field (resizing would stretch it up to ``b`` px off)."""
+    (h, w), (H, W) = cam.shape[-2:], size
+    bh, bw = H - h, W - w
+    if H % h and W % w and bh % 2 == 0 and bw % 2 == 0 and 0 < bh < h and 0 < bw < w:
+        return torch.nn.functional.pad(cam, (bw // 2, bw // 2, bh // 2, bh // 2), mode="replicate")
+    return LayerAttribution.interpolate(cam, size, interpolate_mode="bilinear")
+
+
+def _smoothgrad(forward, x: torch.Tensor, kw: dict, n_samples: int, noise_std: float, seed: int) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017): the mean gradient over ``n_samples`` copies of each image with Gaussian
+    noise of std ``noise_std`` x that image's own value range (max - min); seeded, so a map can be reproduced."""
+    spread = (x.detach().amax(dim=(1, 2, 3)) - x.detach().amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
+    generator = torch.Generator().manual_seed(seed)
+    total = torch.zeros_like(x)
+    for _ in range(n_samples):
+        noise = torch.randn(x.shape, generator=generator).to(x.device) * (noise_std * spread)
+        noisy = (x.detach() + noise).requires_grad_(True)
+        total += Saliency(forward).attribute(noisy, abs=False, **kw)
+    return total / n_samples
+
+
 def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gradients", target=None, *,
-            baseline: float = 0.0, n_samples: int = 16, noise_std: float = 0.15, window: int = 4,
-            stride: int = 2, ig_steps: int = 32) -> torch.Tensor:
+            baseline: float | tuple[float, ...] = 0.0, n_samples: int = 16, noise_std: float = 0.15, window: int = 4,
+            stride: int = 2, ig_steps: int = 32, seed: int = 0) -> torch.Tensor:
     """Attribution maps for ``images`` ``(N, C, H, W)`` (normalised, as the model takes them).
 
     Args:
         method: one of ``METHODS``: vanilla gradient (signed / absolute), gradient x input, integrated
             gradients (``ig_steps``, constant ``baseline``), SmoothGrad (``n_samples``, noise std as a
-            fraction of each image's value range), Grad-CAM (last conv layer, upsampled) and occlusion
-            (``window`` x ``window`` patches set to ``baseline``, moved by ``stride``).
-        target: class index per image (int or ``(N,)``); default: the model's predicted class. For a
-            multi-label model, ``(N, L)`` 0/1 label vectors: each image is explained by the sum of its
-            positive labels' logits, or by its most probable label when it has none
-            (``qsal.saliency.targets``); the default (argmax) explains the most probable label.
+            fraction of each image's own value range, seeded by ``seed``), Grad-CAM (last conv layer, placed
+            on the input grid by ``cam_to_input``) and occlusion (``window`` x ``window`` patches set to
+            ``baseline``, moved by ``stride``).
+        baseline: in *normalised* units, a number or one per channel. The default 0.0 is the dataset's mean
+            intensity (mid-grey for MedMNIST's mean 0.5), not the black image of Sundararajan et al. (2017):
+            pass ``black_baseline(mean, std)`` for black, as ``qsal explain``, ``qsal report`` and the demo do.
+        target: class index per image (int or ``(N,)``); default: the model's most probable class (argmax),
+            which for a binary model deployed at another operating point can differ from the class it reports:
+            pass ``qsal.runtime.decide``'s class to explain the decision. For a multi-label model, ``(N, L)``
+            0/1 label vectors: each image is explained by the sum of its positive labels' logits, or by its
+            most probable label when it has none (``qsal.saliency.targets``); the default (argmax) explains the
+            most probable label.
         The score explained is the raw logit (Captum's convention), not its log-softmax.
     Returns:
         Tensor ``(N, C, H, W)``, detached, on the CPU (computed on the model's device).
     """
     if method not in METHODS:
         raise QsalError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
+    target = _as_target(target)
     x = _check(model, torch.as_tensor(images, dtype=torch.float32), target)
+    _check_options(x, baseline, n_samples, noise_std, window, stride, ig_steps)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = x.to(device)
     was_training = model.training
@@ -102,18 +188,18 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
             out = Saliency(forward).attribute(x, abs=method == "gradient_abs", **kw)
         elif method == "input_x_gradient":
             out = InputXGradient(forward).attribute(x, **kw)
-        elif method == "integrated_gradients":
-            out = IntegratedGradients(forward).attribute(x, baselines=baseline, n_steps=ig_steps, **kw)
+        elif method == "integrated_gradients":  # in batches of 64 path points: memory bounded for any N
+            out = IntegratedGradients(forward).attribute(x, baselines=_baseline_tensor(baseline, x), n_steps=ig_steps,
+                                                         internal_batch_size=64, **kw)
         elif method == "smoothgrad":
-            spread = (x.detach().amax(dim=(1, 2, 3)) - x.detach().amin(dim=(1, 2, 3))).mean().item()
-            out = NoiseTunnel(Saliency(forward)).attribute(x, nt_type="smoothgrad", nt_samples=n_samples,
-                                                           stdevs=noise_std * spread, abs=False, **kw)
+            out = _smoothgrad(forward, x, kw, n_samples, noise_std, seed)
         elif method == "gradcam":
             cam = LayerGradCam(forward, last_conv_layer(model)).attribute(x, relu_attributions=True, **kw)
-            out = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear").expand_as(x)
+            out = cam_to_input(cam, tuple(x.shape[-2:])).expand_as(x)
         else:
             out = Occlusion(forward).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
-                                               strides=(x.shape[1], stride, stride), baselines=baseline, **kw)
+                                               strides=(x.shape[1], stride, stride),
+                                               baselines=_baseline_tensor(baseline, x), **kw)
     finally:
         model.train(was_training)
     return out.detach().cpu().contiguous()
@@ -130,13 +216,16 @@ def randomization_check(model: nn.Module, images: torch.Tensor, method: str = "g
     from qsal.saliency.metrics import spearman_per_image
 
     if target is None:
+        was_training = model.training
         with torch.no_grad():
             target = model.eval()(torch.as_tensor(images)).argmax(dim=1)
+        model.train(was_training)  # the caller's model comes back as it was given
     trained = explain(model, images, method, target=target).numpy()
     randomized = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for m in randomized.modules():
-        if hasattr(m, "reset_parameters") and m is not randomized:
-            m.reset_parameters()
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG stream is left where it was
+        torch.manual_seed(seed)
+        for m in randomized.modules():
+            if hasattr(m, "reset_parameters") and m is not randomized:
+                m.reset_parameters()
     rho = spearman_per_image(trained, explain(randomized, images, method, target=target).numpy())
     return {"method": method, "spearman_mean": float(rho.mean()), "passed": bool(abs(rho.mean()) < 0.5)}

@@ -8,6 +8,7 @@ array ``(N, C, H, W)`` to logits ``(N, K)``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -16,7 +17,7 @@ from scipy.ndimage import uniform_filter
 from qsal.saliency.targets import multilabel_target_weights
 
 __all__ = ["pixel_saliency", "remove_features", "faithfulness_curve", "deletion_insertion", "agreement",
-           "spearman_per_image", "topk_iou", "ssim_per_image", "gini", "FRACTIONS"]
+           "spearman_per_image", "topk_iou", "ssim_per_image", "gini", "salient_first", "FRACTIONS", "FILLS"]
 
 FRACTIONS = tuple(np.round(np.arange(0.0, 0.91, 0.1), 2))
 ModelFn = Callable[[np.ndarray], np.ndarray]
@@ -28,12 +29,30 @@ def pixel_saliency(maps: np.ndarray) -> np.ndarray:
     return np.abs(maps).mean(axis=1).reshape(maps.shape[0], -1)
 
 
+FILLS = ("constant", "random")
+
+
+def _check_fill(fill: str) -> None:
+    from qsal.errors import QsalError
+
+    if fill not in FILLS:
+        raise QsalError(f"fill {fill!r} is not a removal qsal knows; choose one of {', '.join(FILLS)}")
+
+
+def salient_first(sal: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Pixel order ``(N, P)``, most salient first; equal values in random order (seeded, its own stream): a map that
+    ties many pixels (a zero gradient) must not rank them by raster position, which would pass for information."""
+    keys = np.random.default_rng([seed, 1]).random(sal.shape)
+    return np.lexsort((keys, -sal))
+
+
 def remove_features(x: np.ndarray, order: np.ndarray, fraction: float, fill: str, rng: np.random.Generator) -> np.ndarray:
     """Replace the first ``fraction`` of pixels in ``order`` ``(N, H*W)`` in every channel.
 
     ``fill``: ``constant`` (each image's minimum, the background of these scans) or ``random`` (uniform
     in each image's range), as in Ismail et al.
     """
+    _check_fill(fill)
     n, c, h, w = x.shape
     count = int(round(fraction * h * w))
     out = x.copy().reshape(n, c, h * w)
@@ -69,9 +88,10 @@ def faithfulness_curve(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, maps: np
     Returns ``fractions``, ``acc_top``, ``acc_random``, their areas (mean accuracy over the fractions)
     and ``gap = area_random - area_top``: the larger, the more the map points at what the model uses.
     """
+    _check_fill(fill)
     rng = np.random.default_rng(seed)
     sal = pixel_saliency(maps)
-    top_order = np.argsort(-sal, axis=1, kind="stable")
+    top_order = salient_first(sal, seed)
     rand_order = np.stack([rng.permutation(sal.shape[1]) for _ in range(len(x))])
     acc_top, acc_rand = [], []
     for f in fractions:
@@ -82,7 +102,8 @@ def faithfulness_curve(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, maps: np
             "area_top": area_top, "area_random": area_rand, "gap": area_rand - area_top, "fill": fill}
 
 
-def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, maps: np.ndarray, steps: int = 20) -> dict:
+def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, maps: np.ndarray, steps: int = 20,
+                       seed: int = 0) -> dict:
     """Deletion and insertion AUC (Petsiuk et al. 2018) of the target class probability.
 
     ``target``: ``(N,)`` class indices (softmax probability), or ``(N, L)`` 0/1 label vectors of a
@@ -90,10 +111,11 @@ def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, map
     (``qsal.saliency.targets``: its positive labels, else its most probable label on the intact image).
 
     Deletion removes the most salient pixels first (lower AUC = more faithful); insertion reveals them
-    first on a blank (each image's minimum) canvas (higher = more faithful).
+    first on a blank (each image's minimum) canvas (higher = more faithful). Pixels of equal saliency go in a
+    random order (``seed``, ``salient_first``).
     """
     sal = pixel_saliency(maps)
-    order = np.argsort(-sal, axis=1, kind="stable")
+    order = salient_first(sal, seed)
     n, c, h, w = x.shape
     blank = np.broadcast_to(x.reshape(n, -1).min(axis=1).reshape(n, 1, 1, 1), x.shape)
     deletion, insertion = [], []
@@ -120,40 +142,47 @@ def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, map
             "deletion_per_image": trap(d).tolist(), "insertion_per_image": trap(i).tolist()}
 
 
-def _ranks(a: np.ndarray) -> np.ndarray:
-    order = a.argsort(axis=1, kind="stable")
-    ranks = np.empty_like(order, dtype=np.float64)
-    rows = np.arange(a.shape[0])[:, None]
-    ranks[rows, order] = np.arange(a.shape[1])[None, :]
-    return ranks
-
-
 def spearman_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of two maps, per image ``(N,)`` (ties broken by position)."""
-    ra, rb = _ranks(pixel_saliency(a)), _ranks(pixel_saliency(b))
+    """Spearman rank correlation of two maps, per image ``(N,)``: tied pixels share their average rank (scipy's
+    ``rankdata``), so a constant map (no ranking at all) gives NaN, not a correlation of raster positions."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(pixel_saliency(a), axis=1), rankdata(pixel_saliency(b), axis=1)
     ra -= ra.mean(axis=1, keepdims=True)
     rb -= rb.mean(axis=1, keepdims=True)
-    return (ra * rb).sum(axis=1) / np.sqrt((ra ** 2).sum(axis=1) * (rb ** 2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra * rb).sum(axis=1) / np.sqrt((ra ** 2).sum(axis=1) * (rb ** 2).sum(axis=1))
+
+
+def _constant(u: np.ndarray) -> bool:
+    return not np.ptp(u) > 0
 
 
 def topk_iou(a: np.ndarray, b: np.ndarray, k: float = 0.1) -> np.ndarray:
-    """Intersection over union of the top ``k`` fraction of pixels of two maps, per image."""
+    """Intersection over union of the top ``k`` fraction of pixels of two maps, per image; NaN where a map is
+    constant (it has no top pixels); ties at the cut-off in random order (``salient_first``)."""
     sa, sb = pixel_saliency(a), pixel_saliency(b)
     count = max(1, int(round(k * sa.shape[1])))
+    oa, ob = salient_first(sa), salient_first(sb)
     out = []
-    for u, v in zip(sa, sb):
-        ta = set(np.argsort(-u, kind="stable")[:count].tolist())
-        tb = set(np.argsort(-v, kind="stable")[:count].tolist())
+    for u, v, pa, pb in zip(sa, sb, oa, ob):
+        if _constant(u) or _constant(v):
+            out.append(np.nan)
+            continue
+        ta, tb = set(pa[:count].tolist()), set(pb[:count].tolist())
         out.append(len(ta & tb) / len(ta | tb))
-    return np.asarray(out)
+    return np.asarray(out, dtype=np.float64)
 
 
 def ssim_per_image(a: np.ndarray, b: np.ndarray, window: int = 7) -> np.ndarray:
-    """Structural similarity (Wang et al. 2004, uniform window) of two maps normalised to [0, 1]."""
-    n = a.shape[0]
-    side = int(np.sqrt(pixel_saliency(a).shape[1]))
+    """Structural similarity (Wang et al. 2004, with a uniform ``window`` rather than their Gaussian, and mirrored
+    borders) of two maps ``(N, C, H, W)`` each normalised to [0, 1]; NaN where a map is constant."""
+    n, h, w = a.shape[0], *np.shape(a)[-2:]
     out = []
-    for u, v in zip(pixel_saliency(a).reshape(n, side, -1), pixel_saliency(b).reshape(n, side, -1)):
+    for u, v in zip(pixel_saliency(a).reshape(n, h, w), pixel_saliency(b).reshape(n, h, w)):
+        if _constant(u) or _constant(v):
+            out.append(np.nan)
+            continue
         u = (u - u.min()) / max(np.ptp(u), 1e-12)
         v = (v - v.min()) / max(np.ptp(v), 1e-12)
         c1, c2 = 0.01 ** 2, 0.03 ** 2
@@ -170,8 +199,11 @@ def agreement(a: np.ndarray, b: np.ndarray, k: float = 0.1, n_worst: int = 5) ->
     """How alike two models' maps of the same images are: Spearman, top-k IoU and SSIM, per image and
     on average, plus the ``n_worst`` images where they disagree most (lowest Spearman)."""
     rho, iou, ssim = spearman_per_image(a, b), topk_iou(a, b, k), ssim_per_image(a, b)
-    worst = np.argsort(rho, kind="stable")[:n_worst]
-    return {"spearman": float(np.nanmean(rho)), "topk_iou": float(iou.mean()), "ssim": float(ssim.mean()), "k": k,
+    worst = [i for i in np.argsort(rho, kind="stable") if np.isfinite(rho[i])][:n_worst]  # undefined: not "changed"
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():  # all maps constant: NaN, reported as undefined
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = [float(np.nanmean(m)) for m in (rho, iou, ssim)]
+    return {"spearman": means[0], "topk_iou": means[1], "ssim": means[2], "k": k,
             "per_image": {"spearman": rho.tolist(), "topk_iou": iou.tolist(), "ssim": ssim.tolist()},
             "most_changed": [{"index": int(i), "spearman": float(rho[i]), "topk_iou": float(iou[i])} for i in worst]}
 

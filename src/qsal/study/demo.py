@@ -45,6 +45,8 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
     from qsal.study.report import write_report
     from qsal.saliency import SaliencyGuidedStep, explain
+    from qsal.runtime import decide
+    from qsal.saliency.methods import black_baseline
     from qsal.saliency.metrics import agreement, faithfulness_curve, gini
     from qsal.saliency.plot import to_display
     from qsal.train import TrainConfig
@@ -84,7 +86,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     x_sal, y_sal = sal_split.tensors()
     sal_index = test.subset_indices(8, seed)
     x_faith, y_faith = test.subset(64 if quick else 156, seed).tensors()
-    rows, maps, predictions, sal_probs, reliability, artifact_metrics = [], {}, {}, {}, {}, {}
+    rows, maps, predictions, sal_probs, reliability, artifact_metrics, decisions = [], {}, {}, {}, {}, {}, {}
     say("[export, score the ONNX artifacts, time, explain]")
     for name, ckpt in ckpts.items():
         import json
@@ -97,12 +99,16 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1, 64), seconds=0.3 if quick else 1.0)
         b1, b64 = bench["runs"]
         model_obj, _ = load_checkpoint(ckpt)
-        maps[name] = explain(model_obj, x_sal, "integrated_gradients").numpy()
+        sal_probs[name] = probs[sal_index]
+        decisions[name] = {"positive_label": art.to_dict().get("positive_label"),
+                           "operating_point": art.to_dict().get("operating_point")}
+        decided = decide(sal_probs[name], test.info.task, decisions[name])  # the class the deployed file reports
+        maps[name] = explain(model_obj, x_sal, "integrated_gradients", target=torch.from_numpy(decided),
+                             baseline=black_baseline(test.info.mean, test.info.std)).numpy()
         faith_maps = explain(model_obj, x_faith, "gradient_abs").numpy()
 
         faith = faithfulness_curve(lambda a, m=model_obj: predict_logits(m, torch.from_numpy(a)), x_faith.numpy(), y_faith.numpy(), faith_maps, fill="constant", seed=seed)
         predictions[name] = {"y_true": test.labels, "probs": probs, "scored": "ONNX artifact"}
-        sal_probs[name] = probs[sal_index]
         rows.append({"model": name, **artifact_row(art, metrics), "acc_ci": art.ci.get("acc"), "scored": "onnx",
                      "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
                      "latency_b1_p95_ms": b1["latency_ms_p95"], "throughput_b64": b64["throughput_img_s"],
@@ -118,7 +124,8 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
             "map_top10_iou_vs_fp32": r["agreement_iou"]}, data_dir=data_dir)
     info = test.info
     saliency = {"images": to_display(x_sal.numpy(), info.mean, info.std), "maps": maps, "y_true": y_sal.numpy(),
-                "probs": sal_probs, "class_names": list(info.labels), "method": "integrated gradients",
+                "probs": sal_probs, "class_names": list(info.labels), "task": info.task, "decisions": decisions,
+                "method": "integrated gradients of the decided class, black baseline",
                 "indices": sal_index.tolist(), "reference": "fp32"}
     rel = save_reliability_diagram(reliability, out / "reliability.png",
                                    title=f"{info.name} test, ONNX artifacts: " + ", ".join(

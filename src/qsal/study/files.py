@@ -94,6 +94,7 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     from qsal.provenance import environment
     from qsal.runtime import Runtime
     from qsal.scoring import score_onnx
+    from qsal.saliency.methods import black_baseline
     from qsal.saliency.metrics import agreement, faithfulness_curve, gini
     from qsal.saliency.onnx_occlusion import occlusion_numpy
     from qsal.saliency.plot import to_display
@@ -141,9 +142,10 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
 
             model, _ = load_checkpoint(ckpt)
             xt = torch.from_numpy(x)
-            maps[label] = explain(model, xt, "integrated_gradients", target=torch.from_numpy(sub.labels)).numpy()
+            maps[label] = explain(model, xt, "integrated_gradients", target=torch.from_numpy(sub.labels),
+                                  baseline=black_baseline(rt.mean, rt.std)).numpy()
         else:
-            maps[label] = occlusion_numpy(rt.run_normalized, x, sub.labels)
+            maps[label] = occlusion_numpy(rt.run_normalized, x, sub.labels, baseline=black_baseline(rt.mean, rt.std))
         sal_probs[label] = probs[test.subset_indices(n_explain, seed)]
         faith = faithfulness_curve(rt.run_normalized, x, sub.labels, maps[label], seed=seed)
         row.update(faithfulness_gap=faith["gap"], gini=float(np.mean(gini(maps[label]))))
