@@ -210,3 +210,13 @@ def test_image_files_once_each_through_links_and_odd_names(breast_run, tmp_path)
     from qsal.predict import format_predictions
 
     format_predictions(predict_paths(onnx_path, found), "csv").encode("utf-8")
+
+
+def test_an_empty_batch_and_twice_named_classes(breast_run):
+    from qsal.metrics.operating_point import validate_labels
+    from qsal.predict import CheckpointRuntime
+
+    run, _ = breast_run
+    assert CheckpointRuntime(run / "best.safetensors").predict_proba(np.zeros((0, 28, 28), np.uint8)).shape == (0, 2)
+    with pytest.raises(QsalError, match="names 'benign' twice"):  # one CSV column would hold two classes
+        validate_labels(["benign", "benign"], 2, "data", "re-export it")

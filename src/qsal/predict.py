@@ -73,6 +73,10 @@ class CheckpointRuntime(Runtime):
         self.decision = meta.get("decision") or {}
         self.temperature = float(self.decision.get("temperature") or 1.0)
 
+    @property
+    def n_outputs(self) -> int:
+        return int(self.meta["arch"]["num_classes"])  # no onnxruntime session to ask
+
     def run_normalized(self, x: np.ndarray) -> np.ndarray:
         import torch
 

@@ -197,3 +197,13 @@ def test_a_failed_cell_whose_error_file_lacks_fields_is_still_listed(tmp_path):
                                                          "id": "breastmnist/small_cnn/seed0/qat-int8"}
     (cell / "error.json").write_text('["not", "a", "dict"]')
     assert _read_error(cell / "error.json", tmp_path)["type"] == "QsalError"  # read_json's own refusal, as text
+
+
+def test_a_run_folders_rows_say_what_was_scored_and_whose_classes_they_are():
+    from qsal.study.results import collect_results
+
+    run = Path(__file__).parents[2] / "benchmarks/results/study_breast_quick"
+    rows = collect_results(run, grids=False)["rows"]
+    assert rows and all(r["scored"] == "onnx" for r in rows)
+    assert all(r["class_names"] == ["malignant", "normal, benign"] and r["positive_label"] == 0 for r in rows)
+    assert all(0 < r["operating_point"]["threshold"] < 1 for r in rows)  # the first seed's, as its plots show

@@ -140,6 +140,9 @@ def validate_labels(labels, num_classes: int | None, where: str, fix: str) -> No
         raise QsalError(f"{where}.labels must be a list of class names (strings), got {quote(labels)}; {fix}")
     if num_classes is not None and len(labels) != num_classes:
         raise QsalError(f"{where}.labels: {len(labels)} class names for a model with {num_classes} outputs; {fix}")
+    if len(set(labels)) != len(labels):  # predictions are keyed by class name: two classes would share one column
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        raise QsalError(f"{where}.labels names {quote(twice[0])} twice; class names must be distinct; {fix}")
 
 
 def validate_decision(decision, num_classes: int | None, where: str, fix: str) -> None:

@@ -109,6 +109,8 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["machines"] = _machines(rs)  # where this row's cells ran
         row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
+        if rs[0].get("artifact") is not None:  # the table's "scored as": what the metrics columns measured
+            row["scored"] = "onnx" if rs[0]["artifact"] else "pytorch"
         # the first seed's decision (its plots and captions are the first seed's predictions) and its dataset's classes:
         # a study's sets differ, and an unnamed positive label would read as label 1
         row["positive_label"], row["operating_point"] = rs[0].get("positive_label"), rs[0].get("operating_point")
