@@ -102,6 +102,10 @@ def test_runtime_applies_the_stored_temperature_and_threshold(tmp_path):
     assert np.allclose(probs, scores_from_logits(logits, "binary-class", temperature=2.5), atol=1e-6)
     labels = [rt.predict_image(img)["predicted_label"] for img in test.images[:16, :, :, 0]]
     assert labels == [0 if p >= 0.3 else 1 for p in probs[:, 0]]
+    from qsal.scoring import score_onnx
+
+    # a report's confusion matrix and captions decide on the probabilities the file outputs, at its temperature
+    assert np.allclose(score_onnx(path, test, n_bootstrap=10)[1], rt.predict_proba(test.images), atol=1e-6)
     # An array gets the limit an image file gets: 7 px to 28 is 4x, 6 px more (the detail would be invented).
     assert set(rt.predict_image(np.zeros((7, 40), np.uint8))["probabilities"]) == {"malignant", "normal, benign"}
     with pytest.raises(QsalError, match="an image of 40x6 px resized to 28 px would be upscaled more than 4x"):
@@ -199,6 +203,9 @@ def test_image_files_once_each_through_links_and_odd_names(breast_run, tmp_path)
     (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "scans", target_is_directory=True)  # a link loop ends
     a = tmp_path / "scans" / "series.png" / "a.png"
     assert image_files([tmp_path / "scans"]) == [tmp_path / "scans/linked/b.png", a]
+    from qsal.data.folder import images_under
+
+    assert images_under(tmp_path / "scans") == [a]  # a folder dataset's split is drawn without links, as before
     assert image_files([a, tmp_path / "scans/series.png/../series.png/a.png", str(a.resolve())]) == [a]
     odd = os.fsdecode(b"scan\xff.png")  # a name that is not UTF-8 (copied from another system)
     Image.fromarray(px).save(tmp_path / "elsewhere" / odd)

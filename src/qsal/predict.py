@@ -32,7 +32,7 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found += images_under(p)
+            found += images_under(p, follow_links=True)
         elif p.is_file():
             found.append(p)
         elif any(ch in str(raw) for ch in "*?["):

@@ -84,7 +84,8 @@ def evaluate_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: 
 
 def score_onnx(artifact: str | os.PathLike | Runtime, split: ImageSplit, n_bootstrap: int = 1000, seed: int = 0):
     """``(Metrics, probabilities (N, K))`` of the artifact on ``split`` from one inference pass: the metrics as
-    ``evaluate_onnx``, the class probabilities for the report's confusion matrix, ROC and reliability figures.
+    ``evaluate_onnx``, the class probabilities (at the stored temperature, as ``Runtime.predict_proba``) for the
+    report's confusion matrix, ROC and reliability figures.
     ``artifact``: the file, or a ``qsal.runtime.Runtime`` already open on it (scoring several splits opens it once)."""
     from qsal.metrics import compute_metrics, scores_from_logits
     from qsal.runtime import Runtime
@@ -97,7 +98,9 @@ def score_onnx(artifact: str | os.PathLike | Runtime, split: ImageSplit, n_boots
                               operating_point=decision.get("operating_point"),
                               temperature=decision.get("temperature") or 1.0, n_bootstrap=n_bootstrap, seed=seed,
                               artifact=True)
-    return metrics, scores_from_logits(logits, split.info.task)
+    # the probabilities the deployed file outputs (at its stored temperature): its threshold was chosen on these,
+    # so a confusion matrix or caption at the operating point must decide on them too
+    return metrics, scores_from_logits(logits, split.info.task, decision.get("temperature") or 1.0)
 
 
 def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None, split: str = "test", data_dir=None,

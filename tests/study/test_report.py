@@ -74,7 +74,7 @@ def test_markdown_and_self_contained_html(tmp_path):
 def test_report_without_probabilities_says_so(tmp_path):
     write_report(tmp_path, _results(tmp_path, with_arrays=False))
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 6 and "test-set probabilities; they are shown" in page
+    assert page.count("data:image/png;base64,") == 6 and "they are shown for the models that recorded them" in page
 
 
 def _chromium():
@@ -207,3 +207,12 @@ def test_a_run_folders_rows_say_what_was_scored_and_whose_classes_they_are():
     assert rows and all(r["scored"] == "onnx" for r in rows)
     assert all(r["class_names"] == ["malignant", "normal, benign"] and r["positive_label"] == 0 for r in rows)
     assert all(0 < r["operating_point"]["threshold"] < 1 for r in rows)  # the first seed's, as its plots show
+
+
+def test_a_multi_label_row_gets_no_confusion_matrix_and_stops_nothing(tmp_path):
+    results = _results(tmp_path)
+    rng = np.random.default_rng(1)
+    results["predictions"]["pact-2"] = {"y_true": rng.integers(0, 2, (156, 2)), "probs": rng.random((156, 2))}
+    write_report(tmp_path / "r", results)  # a ChestMNIST row beside binary ones: sklearn refused the mix
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "diagnostics_pact-2.png" not in md and "diagnostics_fp32.png" in md

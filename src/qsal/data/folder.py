@@ -46,13 +46,14 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in _IMAGE_EXT or (os.path.isfile(path) and is_dicom(path))  # isfile: False on OSError
 
 
-def images_under(folder: Path) -> list[Path]:
+def images_under(folder: Path, follow_links: bool = False) -> list[Path]:
     """The image files under ``folder``, recursively and sorted, but for hidden files and folders (macOS's ._x.png
-    forks, .git, .cache), which are skipped before any file is opened. Linked sub-folders are followed (datasets are
-    often assembled from links), each real folder once, so a link loop ends; a folder named like an image
-    (``series.png/``) is searched, not read."""
+    forks, .git, .cache), which are skipped before any file is opened; a folder named like an image
+    (``series.png/``) is searched, not read. ``follow_links`` (``qsal predict``) also searches linked sub-folders,
+    each real folder once, so a link loop ends. A folder dataset does not: its split is drawn from this list, and
+    a model trained before must be scored on the same test images."""
     found, seen = [], set()
-    for top, dirs, files in os.walk(folder, followlinks=True):
+    for top, dirs, files in os.walk(folder, followlinks=follow_links):
         real = os.path.realpath(top)
         if real in seen:  # reached again through a link: already searched
             dirs[:] = []

@@ -8,6 +8,9 @@ estimator. Occlusion needs no gradient at all, so it also explains exported ONNX
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
 from torch import nn
@@ -79,21 +82,29 @@ def _weighted_logits(model: nn.Module):
     return lambda inp, weights: (model(inp) * weights).sum(dim=1)
 
 
-def _check_options(x: torch.Tensor, baseline, n_samples: int, noise_std: float, window: int, stride: int,
-                   ig_steps: int) -> None:
-    from qsal.errors import is_finite_number, is_integer
-
+def _check_options(x: torch.Tensor, n_samples: int, noise_std: float, window: int, stride: int, ig_steps: int) -> None:
     side = min(x.shape[-2:])
     for name, value, lo, hi in (("n_samples", n_samples, 1, 10_000), ("ig_steps", ig_steps, 1, 10_000),
                                 ("window", window, 1, side), ("stride", stride, 1, side)):
-        if not is_integer(value) or not lo <= value <= hi:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not lo <= value <= hi:
             raise QsalError(f"{name} must be an integer in {lo}-{hi} (for {x.shape[-1]}x{x.shape[-2]} px images), "
                             f"got {value!r}")
-    if not is_finite_number(noise_std) or noise_std < 0:
+    if not isinstance(noise_std, numbers.Real) or not math.isfinite(noise_std) or noise_std < 0:
         raise QsalError(f"noise_std must be a finite number >= 0 (a fraction of each image's value range), got {noise_std!r}")
-    values = baseline if isinstance(baseline, (list, tuple)) else [baseline]
-    if not values or not all(is_finite_number(v) for v in values) or len(values) not in (1, x.shape[1]):
-        raise QsalError(f"baseline must be a finite number or one per channel ({x.shape[1]}), got {baseline!r}")
+
+
+def _baseline_values(baseline, channels: int) -> tuple[float, ...]:
+    """``baseline`` (a number, a sequence, an array or a tensor) as one value or one per channel, checked."""
+    import numpy as np
+
+    raw = baseline.detach().cpu().numpy() if isinstance(baseline, torch.Tensor) else baseline
+    try:
+        values = np.asarray(raw, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.asarray([np.nan])
+    if values.size not in (1, channels) or not np.isfinite(values).all():
+        raise QsalError(f"baseline must be a finite number or one per channel ({channels}), got {baseline!r}")
+    return tuple(float(v) for v in values)
 
 
 def black_baseline(mean, std) -> tuple[float, ...]:
@@ -105,11 +116,11 @@ def black_baseline(mean, std) -> tuple[float, ...]:
     return tuple(float(-m / s) for m, s in zip(np.ravel(mean), np.ravel(std)))
 
 
-def _baseline_tensor(baseline, x: torch.Tensor):
-    """A number, or one value per channel broadcast over ``(N, C, H, W)``."""
-    if isinstance(baseline, (list, tuple)):
-        return torch.tensor([float(v) for v in baseline], dtype=x.dtype, device=x.device).view(1, -1, 1, 1).expand_as(x)
-    return float(baseline)
+def _baseline_tensor(values: tuple[float, ...], x: torch.Tensor):
+    """One value, or one per channel broadcast over ``(N, C, H, W)``."""
+    if len(values) == 1:
+        return values[0]
+    return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1).expand_as(x)
 
 
 def cam_to_input(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -127,7 +138,8 @@ def cam_to_input(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _smoothgrad(forward, x: torch.Tensor, kw: dict, n_samples: int, noise_std: float, seed: int) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): the mean gradient over ``n_samples`` copies of each image with Gaussian
-    noise of std ``noise_std`` x that image's own value range (max - min); seeded, so a map can be reproduced."""
+    noise of std ``noise_std`` x that image's own value range (max - min); seeded, so the same batch gives the same
+    maps (the noise is drawn for the whole batch: an image explained in another batch gets other draws)."""
     spread = (x.detach().amax(dim=(1, 2, 3)) - x.detach().amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
     generator = torch.Generator().manual_seed(seed)
     total = torch.zeros_like(x)
@@ -136,6 +148,20 @@ def _smoothgrad(forward, x: torch.Tensor, kw: dict, n_samples: int, noise_std: f
         noisy = (x.detach() + noise).requires_grad_(True)
         total += Saliency(forward).attribute(noisy, abs=False, **kw)
     return total / n_samples
+
+
+def _integrated_gradients(forward, x: torch.Tensor, kw: dict, baseline, ig_steps: int, chunk: int = 64) -> torch.Tensor:
+    """Integrated gradients over chunks of at most ``chunk`` images, each run ``chunk`` path points per forward
+    (Captum's ``internal_batch_size`` cannot go below the number of images): memory bounded for any N."""
+    parts = []
+    for i in range(0, len(x), chunk):
+        part = {**kw, "target": kw["target"][i:i + chunk] if kw.get("target") is not None else None}
+        if "additional_forward_args" in kw:
+            part["additional_forward_args"] = tuple(a[i:i + chunk] for a in kw["additional_forward_args"])
+        base = baseline[i:i + chunk] if isinstance(baseline, torch.Tensor) else baseline
+        parts.append(IntegratedGradients(forward).attribute(x[i:i + chunk], baselines=base, n_steps=ig_steps,
+                                                            internal_batch_size=chunk, **part))
+    return torch.cat(parts)
 
 
 def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gradients", target=None, *,
@@ -166,7 +192,8 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
         raise QsalError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
     target = _as_target(target)
     x = _check(model, torch.as_tensor(images, dtype=torch.float32), target)
-    _check_options(x, baseline, n_samples, noise_std, window, stride, ig_steps)
+    _check_options(x, n_samples, noise_std, window, stride, ig_steps)
+    baseline = _baseline_values(baseline, x.shape[1])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = x.to(device)
     was_training = model.training
@@ -188,9 +215,8 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
             out = Saliency(forward).attribute(x, abs=method == "gradient_abs", **kw)
         elif method == "input_x_gradient":
             out = InputXGradient(forward).attribute(x, **kw)
-        elif method == "integrated_gradients":  # in batches of 64 path points: memory bounded for any N
-            out = IntegratedGradients(forward).attribute(x, baselines=_baseline_tensor(baseline, x), n_steps=ig_steps,
-                                                         internal_batch_size=64, **kw)
+        elif method == "integrated_gradients":
+            out = _integrated_gradients(forward, x, kw, _baseline_tensor(baseline, x), ig_steps)
         elif method == "smoothgrad":
             out = _smoothgrad(forward, x, kw, n_samples, noise_std, seed)
         elif method == "gradcam":
@@ -213,6 +239,8 @@ def randomization_check(model: nn.Module, images: torch.Tensor, method: str = "g
     """
     import copy
 
+    import numpy as np
+
     from qsal.saliency.metrics import spearman_per_image
 
     if target is None:
@@ -228,4 +256,7 @@ def randomization_check(model: nn.Module, images: torch.Tensor, method: str = "g
             if hasattr(m, "reset_parameters") and m is not randomized:
                 m.reset_parameters()
     rho = spearman_per_image(trained, explain(randomized, images, method, target=target).numpy())
-    return {"method": method, "spearman_mean": float(rho.mean()), "passed": bool(abs(rho.mean()) < 0.5)}
+    defined = rho[~np.isnan(rho)]  # a constant map (all-zero Grad-CAM) ranks nothing: left out, and counted
+    mean = float(defined.mean()) if defined.size else float("nan")
+    return {"method": method, "spearman_mean": mean, "undefined": int(rho.size - defined.size),
+            "passed": bool(defined.size and abs(mean) < 0.5)}

@@ -160,10 +160,11 @@ def _constant(u: np.ndarray) -> bool:
 
 def topk_iou(a: np.ndarray, b: np.ndarray, k: float = 0.1) -> np.ndarray:
     """Intersection over union of the top ``k`` fraction of pixels of two maps, per image; NaN where a map is
-    constant (it has no top pixels); ties at the cut-off in random order (``salient_first``)."""
+    constant (it has no top pixels); ties at the cut-off in random order (``salient_first``), independently for
+    each map, so a map whose top ``k`` is mostly ties (a sparse map) is below 1 even against itself."""
     sa, sb = pixel_saliency(a), pixel_saliency(b)
     count = max(1, int(round(k * sa.shape[1])))
-    oa, ob = salient_first(sa), salient_first(sb)
+    oa, ob = salient_first(sa, 0), salient_first(sb, 1)  # each map's ties broken apart: shared keys would align them
     out = []
     for u, v, pa, pb in zip(sa, sb, oa, ob):
         if _constant(u) or _constant(v):

@@ -132,7 +132,7 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     for r in rows:
         pred = predictions.get(r["model"])
         names = r.get("class_names") or class_names  # a study's rows span datasets: each row its own classes
-        if pred is None or not names:
+        if pred is None or not names or np.ndim(pred["y_true"]) != 1:  # multi-label: no one confusion matrix
             continue
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in r["model"])
         op = r.get("operating_point") or {}
@@ -144,7 +144,7 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
                                  f"({pred.get('scored', 'ONNX artifact')})"))
     if rows and len(diagnostics) < len(rows):
         notes.append("Confusion matrices, ROC curves and reliability diagrams need each model's test-set "
-                      "probabilities; they are shown for the models that recorded them.")
+                      "probabilities of a single-label set; they are shown for the models that recorded them.")
     sal_figs: list[tuple[Path, str]] = []
     most_changed = {r["model"]: r.get("most_changed") or [] for r in rows}
     if results.get("saliency"):

@@ -72,8 +72,9 @@ def saliency_figures(sal: dict, most_changed: dict[str, list[dict]], out_dir: Pa
     figures = []
     rows = list(range(min(n, MAX_ROWS)))
     figures.append((grid(rows, out_dir / "saliency_grid.png", f"{method}: the same test images, every model"),
-                    f"Saliency maps ({method}) of {len(rows)} test images for every model; under each map the class the "
-                    "model decides at its operating point and that class's probability (✗ = wrong)"))
+                    f"Saliency maps ({method}) of {len(rows)} test images for every model, each of the image's true class "
+                    "(so the models' maps compare); under each map the class the model decides at its operating "
+                    "point and that class's probability (✗ = wrong)"))
     changed = most_changed_rows({m: c for m, c in most_changed.items() if m != sal.get("reference")})
     if changed:
         figures.append((grid(changed, out_dir / "saliency_most_changed.png",
