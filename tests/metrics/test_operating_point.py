@@ -66,7 +66,7 @@ def test_a_fixed_threshold_is_recorded_as_fixed_not_as_chosen_on_validation():
 
 @pytest.mark.parametrize("op,positive,words", [
     ({"rule": "youden", "threshold": 0.047213, "chosen_on": "validation"}, "malignant",
-     "p(malignant) >= 0.04721 (youden, chosen on the validation split)"),
+     "p(malignant) >= 0.047213 (youden, chosen on the validation split)"),
     ({"rule": "sensitivity:0.95", "threshold": 0.2, "chosen_on": "validation", "scores": "PyTorch model"}, "malignant",
      "p(malignant) >= 0.2 (sensitivity:0.95, chosen on the validation split with the PyTorch model's scores)"),
     ({"rule": "0.3", "threshold": 0.3, "chosen_on": "fixed"}, "pneumonia", "p(pneumonia) >= 0.3 (0.3, fixed, not chosen)"),
