@@ -95,17 +95,19 @@ def load_predictor(model: str | os.PathLike, threads: int | None = None) -> Runt
     raise QsalError(f"{model} is neither an .onnx file nor a .safetensors checkpoint written by qsal")
 
 
-def predict_paths(model: str | os.PathLike, paths: list[str | os.PathLike], threads: int | None = None) -> dict:
+def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathLike], threads: int | None = None) -> dict:
     """``{"model", "artifact", "decision", "predictions": [{"file", "probabilities", "predicted_class",
-    "predicted_label"}, ...]}`` for every image under ``paths``."""
-    predictor = load_predictor(model, threads)
+    "predicted_label"}, ...]}`` for every image under ``paths``. ``model``: a file, or a predictor ``load_predictor``
+    already opened (the CLI checks the model before it lists the images)."""
+    predictor = model if isinstance(model, Runtime) else load_predictor(model, threads)
     files = image_files(paths)
     predictions = [predictor.predict_file(f) for f in files]
     for p in predictions:  # a name that is not valid UTF-8 (bytes from another system) is written with \x escapes
         p["file"] = os.fsencode(p["file"]).decode("utf-8", "backslashreplace")
     # Without stored class names the classes are named by id, as each prediction's probabilities are.
     classes = [str(n) for n in predictor.labels] if predictor.labels else list(predictions[0]["probabilities"])
-    return {"model": str(model), "artifact": Path(model).suffix.lower() == ".onnx", "decision": predictor.decision,
+    return {"model": str(predictor.path), "artifact": not isinstance(predictor, CheckpointRuntime),
+            "decision": predictor.decision,
             "classes": classes, "predictions": predictions}
 
 

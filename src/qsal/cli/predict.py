@@ -26,7 +26,7 @@ def _check_out(out: Path, inputs: list[Path], force: bool) -> None:
 def cmd_predict(args):
     from qsal._atomic import write_text_atomic
     from qsal.errors import QsalError
-    from qsal.predict import format_predictions, image_files, predict_paths
+    from qsal.predict import format_predictions, image_files, load_predictor, predict_paths
 
     suffix = Path(args.out).suffix.lower() if args.out else None
     if suffix not in (None, ".csv", ".json") and not args.format:
@@ -39,10 +39,11 @@ def cmd_predict(args):
         raise QsalError(f"--format {args.format} but --out {args.out} names a {suffix[1:].upper()} file; name it "
                         f".{args.format}, or drop --format")
     fmt = args.format or ("json" if args.json or suffix == ".json" else "csv")
+    predictor = load_predictor(args.model, args.threads)  # a broken model is named before the images are listed
     files = image_files(args.paths)
     if args.out:  # checked before any image is scored
         _check_out(Path(args.out), [Path(args.model), *files], args.force)
-    text = format_predictions(predict_paths(args.model, files, threads=args.threads), fmt)
+    text = format_predictions(predict_paths(predictor, files), fmt)
     if args.out:
         write_text_atomic(args.out, text)
         if not args.quiet:  # stdout holds only results
