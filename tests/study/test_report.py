@@ -163,9 +163,9 @@ def test_captions_and_diagnostics_decide_at_each_models_operating_point(tmp_path
     op = {"rule": "youden", "threshold": 0.3, "chosen_on": "validation"}
     sal = {"images": np.zeros((2, 28, 28)), "maps": {m: np.zeros((2, 1, 28, 28)) for m in ("fp32", "pact-4")},
            "y_true": np.array([0, 1]), "probs": {"fp32": probs, "pact-4": probs},
-           "class_names": ["malignant", "normal, benign"], "task": "binary-class", "reference": "fp32",
-           "decisions": {"fp32": {"positive_label": 0, "operating_point": op}, "pact-4": {}}}
-    saliency_figures_module.saliency_figures(sal, {}, tmp_path)
+           "class_names": ["malignant", "normal, benign"], "task": "binary-class", "reference": "fp32"}
+    saliency_figures_module.saliency_figures(sal, {}, tmp_path, {"fp32": {"positive_label": 0, "operating_point": op},
+                                                                 "pact-4": {}})
     captions = captured["saliency_grid.png"]
     assert captions["fp32"] == ["malignant 0.38", "normal, benign 0.80"]
     assert captions["pact-4"] == ["normal, benign 0.62 ✗", "normal, benign 0.80"]  # no operating point: 0.5

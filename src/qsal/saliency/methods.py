@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
 from torch import nn
@@ -45,7 +46,8 @@ def _as_target(target):
     return t.long()
 
 
-def _check(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+def _check(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """``x`` as a checked ``(N, C, H, W)`` batch; ``target``: ``_as_target``'s tensor, checked against it."""
     arch = getattr(model, "qsal_arch", None) or {}
     if x.dim() == 3:
         x = x[None]
@@ -62,16 +64,15 @@ def _check(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         raise QsalError(f"images are {x.shape[-1]}x{x.shape[-2]} px but the model was trained on {side}x{side}; "
                         "resize them as its preprocessing does (qsal.runtime.conform_image)")
     n_classes = arch.get("num_classes")
-    if target is not None and torch.as_tensor(target).dim() == 2:
-        t = torch.as_tensor(target)
+    t = target
+    if t is not None and t.dim() == 2:
         if t.shape[0] != x.shape[0] or (n_classes is not None and t.shape[1] != n_classes) or ((t != 0) & (t != 1)).any():
             raise QsalError(f"multi-label target has shape {tuple(t.shape)}; pass 0/1 label vectors (N, L) for the "
                             f"{x.shape[0]} images, one column per label of the model")
-    elif target is not None and torch.as_tensor(target).dim() == 1 and len(target) != x.shape[0]:
-        raise QsalError(f"target names {len(target)} classes for {x.shape[0]} images; pass one per image, or one "
+    elif t is not None and t.dim() == 1 and len(t) != x.shape[0]:
+        raise QsalError(f"target names {len(t)} classes for {x.shape[0]} images; pass one per image, or one "
                         "int for all")
-    elif n_classes is not None and target is not None:
-        t = torch.as_tensor(target)
+    elif n_classes is not None and t is not None:
         if (t < 0).any() or (t >= n_classes).any():
             raise QsalError(f"target {t.tolist()} is out of range: the model has classes 0..{n_classes - 1}")
     return x
@@ -95,8 +96,6 @@ def _check_options(x: torch.Tensor, n_samples: int, noise_std: float, window: in
 
 def _baseline_values(baseline, channels: int) -> tuple[float, ...]:
     """``baseline`` (a number, a sequence, an array or a tensor) as one value or one per channel, checked."""
-    import numpy as np
-
     raw = baseline.detach().cpu().numpy() if isinstance(baseline, torch.Tensor) else baseline
     try:
         values = np.asarray(raw, dtype=np.float64).ravel()
@@ -111,8 +110,6 @@ def black_baseline(mean, std) -> tuple[float, ...]:
     """Pixel value 0 in a model's normalised units, one per channel (``(0 - mean) / std``): the black image
     integrated gradients starts from (Sundararajan et al. 2017) and occlusion fills with; normalised 0 would be
     the training set's mean intensity."""
-    import numpy as np
-
     return tuple(float(-m / s) for m, s in zip(np.ravel(mean), np.ravel(std)))
 
 
@@ -238,8 +235,6 @@ def randomization_check(model: nn.Module, images: torch.Tensor, method: str = "g
     two (near 0 passes; near 1 means the method ignores what the model learned).
     """
     import copy
-
-    import numpy as np
 
     from qsal.saliency.metrics import spearman_per_image
 

@@ -85,7 +85,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     x_sal, y_sal = sal_split.tensors()
     sal_index = test.subset_indices(8, seed)
     x_faith, y_faith = test.subset(64 if quick else 156, seed).tensors()
-    rows, maps, predictions, sal_probs, reliability, artifact_metrics, decisions = [], {}, {}, {}, {}, {}, {}
+    rows, maps, predictions, sal_probs, reliability, artifact_metrics = [], {}, {}, {}, {}, {}
     say("[export, score the ONNX artifacts, time, explain]")
     for name, ckpt in ckpts.items():
         import json
@@ -99,8 +99,6 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         b1, b64 = bench["runs"]
         model_obj, _ = load_checkpoint(ckpt)
         sal_probs[name] = probs[sal_index]
-        decisions[name] = {"positive_label": art.to_dict().get("positive_label"),
-                           "operating_point": art.to_dict().get("operating_point")}  # the captions' decisions
         # every model's map of the same class (each image's true one), so maps compare across models
         maps[name] = explain(model_obj, x_sal, "integrated_gradients", target=y_sal,
                              baseline=black_baseline(test.info.mean, test.info.std)).numpy()
@@ -123,7 +121,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
             "map_top10_iou_vs_fp32": r["agreement_iou"]}, data_dir=data_dir)
     info = test.info
     saliency = {"images": to_display(x_sal.numpy(), info.mean, info.std), "maps": maps, "y_true": y_sal.numpy(),
-                "probs": sal_probs, "class_names": list(info.labels), "task": info.task, "decisions": decisions,
+                "probs": sal_probs, "class_names": list(info.labels), "task": info.task,
                 "method": "integrated gradients of the true class, black baseline",
                 "indices": sal_index.tolist(), "reference": "fp32"}
     rel = save_reliability_diagram(reliability, out / "reliability.png",

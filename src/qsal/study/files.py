@@ -162,9 +162,7 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     saliency = {"images": to_display(Runtime(rows[0]["onnx"]).preprocess(sub.images), info.mean, info.std),
                 "maps": maps, "y_true": sub.labels, "probs": sal_probs, "class_names": list(info.labels),
                 "method": "integrated gradients (PyTorch models)" if use_gradients else "occlusion (ONNX artifacts)",
-                "indices": test.subset_indices(n_explain, seed).tolist(), "reference": reference, "task": info.task,
-                "decisions": {r["model"]: {"positive_label": r.get("positive_label"),
-                                           "operating_point": r.get("operating_point")} for r in rows}}
+                "indices": test.subset_indices(n_explain, seed).tolist(), "reference": reference, "task": info.task}
     results = {"dataset": info.name, "n_test": len(test), "class_names": list(info.labels),
                "positive_class": rows[0].get("positive_class"), "source": "qsal report " + " ".join(map(str, paths)),
                "rows": rows, "predictions": predictions, "saliency": saliency, "environment": environment()}

@@ -114,7 +114,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         # the first seed's decision (its plots and captions are the first seed's predictions) and its dataset's classes:
         # a study's sets differ, and an unnamed positive label would read as label 1
         row["positive_label"], row["operating_point"] = rs[0].get("positive_label"), rs[0].get("operating_point")
-        row["class_names"], row["task"] = _classes_of(ds)
+        row["class_names"] = _class_names(ds)
         row["most_changed"] = rs[0].get("most_changed", [])
         # as read back: a field added later counts as its default (the old behaviour), not as a difference; a cell
         # from before result.json recorded its config has it in best.json (redo.recorded_quant_config)
@@ -149,15 +149,14 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     return out
 
 
-def _classes_of(dataset: str) -> tuple[list[str] | None, str | None]:
-    """A study dataset's class names and task from the dataset table (``None``s for one it no longer knows)."""
+def _class_names(dataset: str) -> list[str] | None:
+    """A study dataset's class names from the dataset table (``None`` for one it no longer knows)."""
     from qsal.data import get_info
 
     try:
-        info = get_info(dataset)
+        return list(get_info(dataset).labels)
     except QsalError:
-        return None, None
-    return list(info.labels), info.task
+        return None
 
 
 def _machines(results: list[dict]) -> list[dict]:
@@ -211,10 +210,6 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
     extra["saliency"] = {"images": load_npy(ref / "explain_images.npy", fix, ndim=(3, 4)), "maps": maps,
                          "y_true": predictions["fp32"]["y_true"][idx] if "fp32" in predictions else None,
                          "probs": {n: p["probs"][idx] for n, p in predictions.items() if n in maps},
-                         # each model decides at its own operating point, as the deployed file would
-                         "decisions": {n: {"positive_label": rs[0].get("positive_label"),
-                                           "operating_point": rs[0].get("operating_point")}
-                                       for (_, _, n), rs in keys.items() if n in maps},
                          "task": info.task if info is not None else None,
                          "class_names": extra.get("class_names"), "method": "|input gradient|",
                          "indices": idx.tolist(), "reference": "fp32"}

@@ -148,7 +148,9 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     sal_figs: list[tuple[Path, str]] = []
     most_changed = {r["model"]: r.get("most_changed") or [] for r in rows}
     if results.get("saliency"):
-        sal_figs = saliency_figures(results["saliency"], most_changed, out)
+        decisions = {r["model"]: {"positive_label": r.get("positive_label"), "operating_point": r.get("operating_point")}
+                     for r in rows}  # each caption decides as its row's model does
+        sal_figs = saliency_figures(results["saliency"], most_changed, out, decisions)
     else:
         grids = results.get("saliency_grids") or ([results["saliency_grid"]] if results.get("saliency_grid") else [])
         sal_figs = [(Path(g), f"Saliency grid: {Path(g).parent.name}") for g in grids]

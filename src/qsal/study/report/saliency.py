@@ -29,14 +29,15 @@ def most_changed_rows(most_changed: dict[str, list[dict]], per_model: int = 2, m
     return rows
 
 
-def saliency_figures(sal: dict, most_changed: dict[str, list[dict]], out_dir: Path) -> list[tuple[Path, str]]:
+def saliency_figures(sal: dict, most_changed: dict[str, list[dict]], out_dir: Path,
+                     decisions: dict[str, dict] | None = None) -> list[tuple[Path, str]]:
     """PNG figures ``[(path, alt text)]`` from ``sal``.
 
     ``sal``: ``images`` ``(N, H, W[, 3])`` in [0, 1]; ``maps`` model -> ``(N, C, H, W)``; ``y_true`` ``(N,)``;
     ``probs`` model -> ``(N, K)``; ``class_names``; ``method``; optional ``indices`` (test-set index of
-    each image), ``reference`` (the model the others' maps are compared with), ``task`` and ``decisions``
-    (model -> ``{"positive_label", "operating_point"}``: a binary model's caption is its decision there, else
-    0.5 on label 1, as ``runtime.decide``).
+    each image), ``reference`` (the model the others' maps are compared with) and ``task``. ``decisions``: model ->
+    ``{"positive_label", "operating_point"}`` (``write_report`` takes them from the rows): a binary model's caption
+    is its decision there, else 0.5 on label 1, as ``runtime.decide``.
     """
     images = np.asarray(sal["images"])
     n = len(images)
@@ -48,7 +49,7 @@ def saliency_figures(sal: dict, most_changed: dict[str, list[dict]], out_dir: Pa
         truth = f"\ntrue: {_short(names[int(y_true[i])])}" if y_true is not None and y_true.ndim == 1 else ""
         return f"test #{idx[i]}{truth}"
 
-    decisions = sal.get("decisions") or {}
+    decisions = decisions or {}
     task = sal.get("task") or ("binary-class" if len(names) == 2 else "multi-class")
 
     def cell_captions(rows: list[int]) -> dict[str, list[str]]:
