@@ -125,3 +125,46 @@ def test_randomization_check_leaves_the_model_and_the_rng_as_they_were():
     torch.manual_seed(123)
     randomization_check(model, images)
     assert model.training and torch.equal(torch.rand(1), expected)
+
+
+_GRADCAM_CASES = ([(name, False) for name in ("small_cnn", "resnet20", "resnet18", "edge_mbv2")]
+                  + [(name, True) for name in ("small_cnn", "resnet20", "edge_mbv2")])  # resnet18: resnet20's blocks
+
+
+@pytest.mark.parametrize("name, quantized", _GRADCAM_CASES)
+def test_gradcam_weighs_the_rectified_maps_the_classifier_pools(name, quantized):
+    """Grad-CAM by hand (Selvaraju et al. 2017, eq. 1-2) on the maps entering the last pooling layer: the ReLU
+    output for ``small_cnn`` (VGG's ``features.29``), the last residual block's output for ResNets (``layer4``)."""
+    from qsal.saliency.methods import cam_to_input, gradcam_layer
+
+    torch.manual_seed(0)
+    side, channels = (32, 3) if name == "resnet20" else (28, 1)
+    model = create_model(name, 3, channels, image_size=side).eval()
+    if quantized:
+        model = quantize(model, PACTConfig(bits=4, num_calibration=16), torch.randn(16, channels, side, side)).eval()
+    layer, reads_input = gradcam_layer(model)
+    assert reads_input and isinstance(layer, (torch.nn.AdaptiveAvgPool2d, torch.nn.MaxPool2d))
+    seen = {}
+    handle = layer.register_forward_pre_hook(lambda _m, args: seen.update(maps=args[0]))
+    x = torch.randn(2, channels, side, side)
+    logits = model(x)
+    handle.remove()
+    maps = seen["maps"]
+    assert (maps >= 0).all(), "the maps Grad-CAM weighs are rectified"
+    predicted = logits.argmax(dim=1)  # a random net's other classes may score below zero everywhere: an empty CAM
+    grads = torch.autograd.grad(logits.gather(1, predicted[:, None]).sum(), maps)[0]
+    by_hand = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * maps).sum(dim=1, keepdim=True))
+    expected = cam_to_input(by_hand.detach(), (side, side)).expand(-1, channels, -1, -1)
+    got = explain(model, x, "gradcam")
+    assert got.abs().sum() > 0 and torch.allclose(got, expected, atol=1e-6)
+
+
+def test_gradcam_falls_back_to_the_last_conv_without_a_pooling_layer():
+    from qsal.saliency.methods import gradcam_layer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.randn(1, 1, 12, 12))
+    assert gradcam_layer(model) == (model[2], False)
+    with pytest.raises(QsalError, match="needs a convolutional layer"):
+        gradcam_layer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)))

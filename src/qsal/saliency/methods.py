@@ -19,16 +19,27 @@ from torch import nn
 from qsal.errors import QsalError
 from qsal.saliency.targets import multilabel_target_weights
 
-__all__ = ["explain", "METHODS", "last_conv_layer", "cam_to_input", "black_baseline", "randomization_check"]
+__all__ = ["explain", "METHODS", "gradcam_layer", "cam_to_input", "black_baseline", "randomization_check"]
 
 METHODS = ("gradient", "gradient_abs", "input_x_gradient", "integrated_gradients", "smoothgrad", "gradcam", "occlusion")
 
 
-def last_conv_layer(model: nn.Module) -> nn.Conv2d:
+_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+
+
+def gradcam_layer(model: nn.Module) -> tuple[nn.Module, bool]:
+    """The layer Grad-CAM reads, and whether it reads that layer's *input*. Grad-CAM (Selvaraju et al. 2017) weighs
+    the last convolutional feature maps the classifier sees: the rectified maps before the final pooling (the
+    reference code's ``features.29``, the ReLU before VGG-16's last max-pool; ``layer4`` in ResNets: after the last
+    residual add and ReLU). That is the input of the model's last pooling layer (every qsal model, FP32 or
+    quantized); a model without one falls back to its last ``Conv2d``'s output (before BN and ReLU)."""
+    pools = [m for m in model.modules() if isinstance(m, _POOLS)]
+    if pools:
+        return pools[-1], True
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise QsalError("Grad-CAM needs a convolutional layer and this model has none; use method='gradient'")
-    return convs[-1]
+    return convs[-1], False
 
 
 def _as_target(target):
@@ -169,9 +180,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
     Args:
         method: one of ``METHODS``: vanilla gradient (signed / absolute), gradient x input, integrated
             gradients (``ig_steps``, constant ``baseline``), SmoothGrad (``n_samples``, noise std as a
-            fraction of each image's own value range, seeded by ``seed``), Grad-CAM (last conv layer, placed
-            on the input grid by ``cam_to_input``) and occlusion (``window`` x ``window`` patches set to
-            ``baseline``, moved by ``stride``).
+            fraction of each image's own value range, seeded by ``seed``), Grad-CAM (the rectified feature maps
+            before the last pooling, ``gradcam_layer``; placed on the input grid by ``cam_to_input``) and
+            occlusion (``window`` x ``window`` patches set to ``baseline``, moved by ``stride``).
         baseline: in *normalised* units, a number or one per channel. The default 0.0 is the dataset's mean
             intensity (mid-grey for MedMNIST's mean 0.5), not the black image of Sundararajan et al. (2017):
             pass ``black_baseline(mean, std)`` for black, as ``qsal explain``, ``qsal report`` and the demo do.
@@ -217,7 +228,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
         elif method == "smoothgrad":
             out = _smoothgrad(forward, x, kw, n_samples, noise_std, seed)
         elif method == "gradcam":
-            cam = LayerGradCam(forward, last_conv_layer(model)).attribute(x, relu_attributions=True, **kw)
+            layer, reads_input = gradcam_layer(model)
+            cam = LayerGradCam(forward, layer).attribute(x, relu_attributions=True,
+                                                         attribute_to_layer_input=reads_input, **kw)
             out = cam_to_input(cam, tuple(x.shape[-2:])).expand_as(x)
         else:
             out = Occlusion(forward).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
