@@ -56,6 +56,10 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
 class CheckpointRuntime(Runtime):
     """``Runtime``'s interface over a PyTorch checkpoint (the same preprocessing and decision)."""
 
+    _normalisation_key = "metadata dataset.mean / dataset.std"
+    _normalisation_fix = ("save it with save_checkpoint(..., meta={'dataset': {'mean': [...], 'std': [...]}, ...}) "
+                          "(qsal train's checkpoints record them)")
+
     def __init__(self, path: str | os.PathLike):
         from qsal.checkpoint import load_checkpoint
 
@@ -66,8 +70,10 @@ class CheckpointRuntime(Runtime):
         side = int(data.get("image_size") or arch.get("image_size", 28))
         self.meta = meta
         self.input_shape = (int(arch["in_channels"]), side, side)
-        self.mean = np.asarray(data.get("mean", [0.0]), np.float32).reshape(1, -1, 1, 1)
-        self.std = np.asarray(data.get("std", [1.0]), np.float32).reshape(1, -1, 1, 1)
+        # None where the checkpoint records no normalisation: preprocess refuses, as Runtime does for the file
+        # exported from it, instead of scoring raw 0-1 pixels (a model trained on normalised input answers wrongly)
+        self.mean, self.std = (None if data.get(k) is None else np.asarray(data[k], np.float32).reshape(1, -1, 1, 1)
+                               for k in ("mean", "std"))
         self.task = data.get("task", "multi-class")
         self.labels = data.get("labels")
         self.decision = meta.get("decision") or {}

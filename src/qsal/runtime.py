@@ -147,6 +147,11 @@ class Runtime:
         threads: intra-op threads (1 = the single-core edge case; None = onnxruntime's default).
     """
 
+    _normalisation_key = "metadata data.mean / data.std"
+    _normalisation_fix = ("export it with `qsal export CHECKPOINT` from a checkpoint that records its training set's "
+                          "mean and std (qsal train's do), or pass export_onnx meta={'data': {'mean': [...], "
+                          "'std': [...]}}")
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime as ort
 
@@ -194,10 +199,9 @@ class Runtime:
         if images.ndim != 4 or images.shape[1:3] != (h, w) or images.shape[3] != c:
             raise QsalError(f"images have shape {given}; this model takes (N, {h}, {w}) or (N, {h}, {w}, {c}) uint8")
         if self.mean is None or self.std is None:
-            raise QsalError(f"{self.path} records no input normalisation (metadata data.mean / data.std), so its pixels "
-                            "cannot be prepared as in training; export it with `qsal export CHECKPOINT` (or pass "
-                            "export_onnx meta={'data': ...} with the dataset's mean and std), or feed normalised "
-                            "tensors to run_normalized()")
+            raise QsalError(f"{self.path} records no input normalisation ({self._normalisation_key}), so its pixels "
+                            f"cannot be prepared as in training; {self._normalisation_fix}, or feed normalised tensors "
+                            "to run_normalized()")
         x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
         return np.ascontiguousarray((x - self.mean) / self.std, dtype=np.float32)
 

@@ -2,6 +2,9 @@
 
 import json
 
+import numpy as np
+import pytest
+
 from qsal.cli import main
 from qsal.data import load_split
 from qsal.runtime import Runtime, decide
@@ -47,3 +50,46 @@ def test_a_checkpoint_is_explained_on_its_own_normalisation_as_its_onnx_file_is(
         outs.append(json.loads(capsys.readouterr().out))
     assert outs[0]["predicted"] == outs[1]["predicted"]
     assert all(abs(a - b) < 1e-4 for a, b in zip(outs[0]["probability"], outs[1]["probability"]))
+
+
+def _checkpoint(path, dataset: dict):
+    from qsal.checkpoint import save_checkpoint
+    from qsal.models import create_model
+
+    arch = {"name": "small_cnn", "num_classes": 2, "in_channels": 1, "image_size": 28}
+    return save_checkpoint(create_model("small_cnn", 2, 1), path, {"arch": arch, "dataset": dataset})
+
+
+def test_integrated_gradients_and_occlusion_start_from_black_in_the_models_own_units(tmp_path, capsys, monkeypatch):
+    """Black is (0 - mean) / std in the model's normalised units; the API's default 0.0 would be its mean grey."""
+    import qsal.saliency
+    import qsal.saliency.onnx_occlusion
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors", {"name": "breastmnist", "task": "binary-class", "mean": [0.3],
+                                                    "std": [0.2], "labels": ["malignant", "benign"]})
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 0
+    seen = []
+    for module, name in ((qsal.saliency, "explain"), (qsal.saliency.onnx_occlusion, "occlusion_numpy")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, **kw: seen.append(kw["baseline"]) or _real(*a, **kw))
+    for model in (ckpt, tmp_path / "m.onnx"):
+        assert main(["explain", str(model), "--n", "2", "--out", str(tmp_path / "x.png")]) == 0
+    assert [float(np.ravel(b)[0]) for b in seen] == [pytest.approx(-1.5)] * 2
+
+
+def test_a_checkpoint_without_its_normalisation_is_refused_as_its_onnx_file_is(tmp_path, capsys):
+    """Raw 0-1 pixels into a model trained on normalised ones give confident wrong answers: predict and explain
+    refuse the checkpoint, as they refuse the file exported from it, with the fix."""
+    from PIL import Image
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors", {"name": "breastmnist", "task": "binary-class"})
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "a.png")
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    for model in (ckpt, tmp_path / "m.onnx"):
+        for args in (["predict", str(model), str(tmp_path / "a.png")],
+                     ["explain", str(model), "--n", "2", "--out", str(tmp_path / "y.png")]):
+            assert main(args) == 2
+            err = capsys.readouterr().err
+            assert "records no input normalisation" in err and "mean" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "y.png").exists()

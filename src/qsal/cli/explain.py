@@ -16,7 +16,8 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
 
     Each row's predicted class is the one ``qsal predict`` gives for that image (the stored operating point and
     temperature: ``runtime.decide``), and its map explains that class. Images are normalised with the model's own
-    mean/std; integrated gradients and occlusion start from / fill with black. ``method`` None: occlusion for an ONNX file,
+    mean/std (``Runtime.preprocess``: a model that records none is refused, as ``qsal predict`` refuses it);
+    integrated gradients and occlusion start from / fill with black. ``method`` None: occlusion for an ONNX file,
     integrated gradients for a checkpoint. With ``dataset`` another set's images are explained: "true" names their
     class in that set, "pred" the model's own class names.
     """
@@ -57,30 +58,28 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     else:
         import torch
 
-        from qsal.checkpoint import check_model_fits_data, load_checkpoint
+        from qsal.checkpoint import check_model_fits_data
         from qsal.pipeline import dataset_info
+        from qsal.predict import CheckpointRuntime
         from qsal.saliency import explain
 
         method = method or "integrated_gradients"
-        model, meta = load_checkpoint(path)
-        own = meta.get("dataset") or {}
-        name = dataset or (own or meta.get("data") or {}).get("name")
+        rt = CheckpointRuntime(path)  # qsal predict's preprocessing and decision for this checkpoint
+        own = rt.meta.get("dataset") or {}
+        name = dataset or (own or rt.meta.get("data") or {}).get("name")
         if not name:
             raise QsalError(f"{path} does not name its dataset; pass --dataset")
-        check_model_fits_data(meta["arch"], dataset_info(name), str(path))
+        check_model_fits_data(rt.meta["arch"], dataset_info(name), str(path))
         split_data = load_split(name, split, data_dir, size=own.get("image_size")).subset(n, seed)
         # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
         # dataset's images (--dataset) are fed to the model as they would be in deployment
-        mean = np.asarray(own.get("mean") or split_data.info.mean, np.float32)
-        std = np.asarray(own.get("std") or split_data.info.std, np.float32)
-        pixels = split_data.images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        xt = torch.from_numpy(np.ascontiguousarray((pixels - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)))
-        with torch.no_grad():
-            logits = model.eval()(xt).numpy()
-        task, decision, names = own.get("task", split_data.info.task), meta.get("decision"), own.get("labels")
+        x = rt.preprocess(split_data.images)
+        logits = rt.run_normalized(x)
+        task, decision, names = rt.task, rt.decision, rt.labels
+        mean, std = rt.mean.ravel(), rt.std.ravel()
         probs, target = _decided(logits, task, decision)
-        maps = explain(model, xt, method, target=torch.from_numpy(target), baseline=black_baseline(mean, std)).numpy()
-        x = xt.numpy()
+        maps = explain(rt.model, torch.from_numpy(x), method, target=torch.from_numpy(target),
+                       baseline=black_baseline(mean, std)).numpy()
     info = split_data.info
     names = _class_names(names, logits.shape[1])
     rule = describe_decision(task, decision, names) if not task.startswith("multi-label") else \
