@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def remove_stale_temps(dest: str | os.PathLike) -> list[Path]:
             stale = (not _pid_alive(int(m.group(1))) if m.group(1)
                      else time.time() - p.stat().st_mtime > _LEGACY_STALE_SECONDS)
             if stale:
-                p.unlink()
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # a dir: staging_dir's
                 removed.append(p)
         except OSError:
             pass
@@ -119,6 +120,29 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def staging_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``dest`` (same file system: ``os.replace`` out of it is atomic),
+    removed afterwards with whatever is left in it; one a killed process left is removed by the next writer."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(dest)
+        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pid{os.getpid()}.", suffix=".tmp", dir=dest.parent))
+    except OSError as e:
+        err = _write_error(dest, e)
+        if e.errno == errno.ENOENT:
+            err = QsalError(f"cannot write {dest} (its folder does not exist and cannot be created); "
+                            "choose another output path")
+        if err:
+            raise err from None
+        raise
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> Path:

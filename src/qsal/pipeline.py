@@ -198,13 +198,14 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     is chosen again on validation for the quantized model, with the parent's positive class, rule and
     temperature scaling unless ``operating_point`` / ``temperature_scaling`` are given.
     """
-    from qsal.checkpoint import load_checkpoint, save_checkpoint
+    from qsal.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
     from qsal.quant.describe import describe_quantization
     from qsal.run_folder import claim_run_folder, file_sha256, fingerprint, fresh_folder, record_run_folder
     from qsal.train import fit, resolve_device
 
     model, meta = load_checkpoint(checkpoint)
+    checkpoint = resolve_checkpoint_path(checkpoint)  # x.json names x.safetensors: the parent is the weights file
     if meta.get("quant"):
         raise QsalError(f"{checkpoint} is already quantized ({meta['quant']['method']}); start from the FP32 checkpoint")
     layers = {name for name, m in model.named_modules() if name and not list(m.children())}
@@ -282,19 +283,21 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     ``out`` defaults to ``model.onnx`` beside the checkpoint; an existing file is never overwritten
     unless ``force``.
     """
-    from qsal.checkpoint import load_checkpoint
+    from qsal._atomic import staging_dir
+    from qsal.checkpoint import load_checkpoint, resolve_checkpoint_path
     from qsal.data.registry import resolve_data_dir
     from qsal.export import export_onnx
     from qsal.run_folder import file_sha256, refuse_overwrite
 
     out = refuse_overwrite(Path(out) if out is not None else Path(checkpoint).with_name("model.onnx"), force)
-    if card:
-        # the card's files are outputs too: someone's notes named like them are not overwritten either
-        for written in (out.with_suffix(".card.md"), out.with_suffix(".card.json")):
-            refuse_overwrite(written, force)
-        # named for the card's metrics (or by $QSAL_DATA_DIR): a typo must not quietly leave it unscored
+    cards = (out.with_suffix(".card.md"), out.with_suffix(".card.json")) if card else ()
+    # the card's files are outputs too: someone's notes named like them are not overwritten either
+    for written in cards:
+        refuse_overwrite(written, force)
+    if card:  # named for the card's metrics (or by $QSAL_DATA_DIR): a typo must not quietly leave it unscored
         resolve_data_dir(data_dir, must_exist=True)
     model, meta = load_checkpoint(checkpoint)
+    checkpoint = resolve_checkpoint_path(checkpoint)  # x.json names x.safetensors: the hash is of the weights
     data = meta.get("dataset") or {}
     arch = meta["arch"]
     side = data.get("image_size", arch.get("image_size", 28))
@@ -303,21 +306,25 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
                      "channels": "PIL convert('L')" if channels == 1 else "PIL convert('RGB')",
                      "resize": f"PIL bilinear to {side}x{side} px", "scale": "x / 255",
                      "normalise": {"mean": data.get("mean"), "std": data.get("std")}}
-    path = export_onnx(model, out, input_shape=(channels, side, side),
-                       meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint),
-                             # which weights made this file: a report handed the checkpoint scores this file only
-                             # while it matches (every study file is named best.safetensors)
-                             "checkpoint_sha256": file_sha256(checkpoint),
-                             "decision": meta.get("decision"), "preprocessing": preprocessing})
-    result = {"onnx": str(path), "size_bytes": Path(path).stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
+    # The file and its card are made in a staging folder beside --out and moved into place only once all are
+    # written: a failed export (bad metrics.json, no data, Ctrl-C) leaves an earlier export (--force) as it was.
+    with staging_dir(out) as stage:
+        staged = export_onnx(model, stage / out.name, input_shape=(channels, side, side),
+                             meta={"data": data, "arch": arch, "quant": meta.get("quant"), "checkpoint": str(checkpoint),
+                                   # which weights made this file: a report handed the checkpoint scores this file
+                                   # only while it matches (every study file is named best.safetensors)
+                                   "checkpoint_sha256": file_sha256(checkpoint),
+                                   "decision": meta.get("decision"), "preprocessing": preprocessing})
+        if card:
+            write_card(checkpoint, staged, data_dir=data_dir)
+        for written in (*cards, out):
+            try:
+                os.replace(stage / written.name, written)
+            except OSError as e:
+                raise QsalError(f"cannot write {written} ({e.strerror}); choose another --out") from None
+    result = {"onnx": str(out), "size_bytes": out.stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
     if card:
-        try:
-            result["card"] = write_card(checkpoint, path, data_dir=data_dir)
-        except BaseException:  # an artifact without its card would pass for a finished export: remove it, and
-            Path(path).unlink(missing_ok=True)  # a card an earlier export (--force) left, now about no file
-            for stale in (Path(path).with_suffix(".card.md"), Path(path).with_suffix(".card.json")):
-                stale.unlink(missing_ok=True)
-            raise
+        result["card"] = str(cards[0])
     return result
 
 

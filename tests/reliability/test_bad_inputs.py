@@ -157,7 +157,11 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("nosuchcommand",): "invalid choice: 'nosuchcommand'",
     ("run", "{dir}"): "is a folder; pass the study YAML file",
     ("export", "{ck}", "--out", "{dir}"): "is a folder",  # an output slot pointing at a folder
-    ("bench", "{onnx}", "--threads", "1", "--seconds", "0.05", "--out", "{dir}"): "cannot write",
+    ("bench", "{onnx}", "--threads", "1", "--seconds", "0.05", "--out", "{dir}"): "is a folder; --out names the file",
+    # refused before timing: the JSON would have replaced the model being timed, or someone's file
+    ("bench", "{onnx}", "--seconds", "0.05", "--out", "{onnx}"): "is the model this command reads",
+    ("bench", "{onnx}", "--seconds", "0.05", "--out", "{onnx}", "--force"): "is the model this command reads",
+    ("bench", "{onnx}", "--seconds", "0.05", "--out", "{file}"): "already exists; pass --force",
     ("bench", "{ck}"): "is a checkpoint; bench times the deployed file: export it first",
     ("predict", "{onnx}", "{dir}", "--threads", "-1"): "--threads: -1 is out of range",
     # refused before the run folder (and its fingerprint, which would refuse the next, valid run) appears
@@ -200,13 +204,15 @@ def test_export_leaves_no_artifact_when_its_card_fails(good_run, tmp_path, monke
     assert files_under(tmp_path) == set()
 
 
-def test_a_forced_export_whose_card_fails_leaves_no_stale_card(good_run, tmp_path, monkeypatch, capsys):
-    """export --force over an earlier export: if the new card fails, the old card (about the old file) goes too."""
+def test_a_forced_export_whose_card_fails_leaves_the_earlier_export(good_run, tmp_path, monkeypatch, capsys):
+    """export --force over an earlier export: if the new card fails, the earlier file and its card stay as they
+    were (the new pair is staged), never a new file beside the old card nor nothing at all."""
     import qsal.pipeline
     from qsal.errors import QsalError
 
     rc, _, _ = run_cli(["export", good_run / "best.safetensors", "--out", tmp_path / "m.onnx"], capsys)
     assert rc == 0 and files_under(tmp_path) >= {"m.onnx", "m.card.md", "m.card.json"}
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     def card_fails(*args, **kwargs):
         raise QsalError("the card could not be written")
@@ -214,7 +220,7 @@ def test_a_forced_export_whose_card_fails_leaves_no_stale_card(good_run, tmp_pat
     monkeypatch.setattr(qsal.pipeline, "write_card", card_fails)
     rc, out, err = run_cli(["export", good_run / "best.safetensors", "--out", tmp_path / "m.onnx", "--force"], capsys)
     assert_clean_refusal(rc, out, err, "the card could not be written")
-    assert files_under(tmp_path) == set()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 YAML_CASES = {

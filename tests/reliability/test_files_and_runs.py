@@ -4,15 +4,17 @@ the run-folder lock, ``qsal run``'s exit code, and images decoded without silent
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from qsal._atomic import atomic_path, write_json_atomic
+from qsal._atomic import atomic_path, staging_dir, write_json_atomic
 from qsal.checkpoint import load_checkpoint, save_checkpoint
 from qsal.cli import main
 from qsal.errors import QsalError
@@ -75,6 +77,35 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     assert (tmp_path / "last.pt").read_bytes() == b"new"
     assert not dead.exists() and not legacy.exists()
     assert live.exists() and other.exists()
+
+
+def test_a_failed_re_export_leaves_the_earlier_file_and_card_as_they_were(good_run, tmp_path, capsys):
+    """export --force builds the file and its card in a staging folder: a card that cannot be written (here a
+    corrupt metrics.json) leaves the earlier export, not a file without its card, nor nothing at all."""
+    from qsal.runtime import read_metadata
+
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    assert main(["export", str(run / "best.json"), "--out", str(run / "m.onnx")]) == 0  # the .json names the weights
+    assert main(["quantize", str(run / "best.json"), "--method", "ptq", "--out", str(tmp_path / "q")]) == 0
+    quantized = json.loads((tmp_path / "q" / "best.json").read_text())
+    assert quantized["parent_checkpoint"].endswith("best.safetensors")
+    assert quantized["parent_sha256"] == read_metadata(run / "m.onnx")["checkpoint_sha256"]
+    before = {p.name: p.read_bytes() for p in run.glob("m.*")}
+    assert sorted(before) == ["m.card.json", "m.card.md", "m.onnx"]
+    assert read_metadata(run / "m.onnx")["checkpoint_sha256"] == hashlib.sha256(
+        (run / "best.safetensors").read_bytes()).hexdigest()
+    (run / "metrics.json").write_text('{"test": ')
+    capsys.readouterr()
+    assert main(["export", str(run / "best.safetensors"), "--out", str(run / "m.onnx"), "--force"]) == 2
+    assert "metrics.json is not valid JSON" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.glob("m.*")} == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    stale = tmp_path / ".model.onnx.pid999999999.abcd.tmp"  # a killed export's staging folder
+    (stale / "sub").mkdir(parents=True)
+    with staging_dir(tmp_path / "model.onnx") as stage:
+        assert stage.is_dir() and not stale.exists()
+    assert not stage.exists()
 
 
 def test_a_full_disk_is_a_clean_error_and_keeps_the_old_file(tmp_path, monkeypatch, capsys):

@@ -159,8 +159,10 @@ def _setup_export(p):
 def cmd_bench(args):
     from qsal.export.bench import bench_onnx
 
-    from qsal.cli.output import print_rows
+    from qsal.cli.output import check_out, print_rows
 
+    if args.out:  # checked before any timing: a typo must not cost the run, nor overwrite the model timed
+        check_out(args.out, {args.model: "the model"}, args.force, example="bench.json")
     result = bench_onnx(args.model, threads=tuple(args.threads), seconds=args.seconds)
     if args.out:
         from qsal._atomic import write_json_atomic
@@ -180,7 +182,9 @@ def _setup_bench(p):
                    help="thread counts (0 = all cores)")
     p.add_argument("--seconds", type=float_range(0.0, 3600.0, low_open=True, what="seconds"), default=2.0,
                    help="minimum timed seconds per configuration")
-    p.add_argument("--out", help="also write the results to this JSON file (default: print only)")
+    p.add_argument("--out", help="also write the results to this JSON file (default: print only; never overwritten "
+                   "without --force)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
 def register(command, setup: dict) -> None:

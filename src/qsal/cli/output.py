@@ -129,3 +129,19 @@ def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
     print(line(keys), file=file)
     for c in cells:
         print(line(c), file=file)
+
+
+def check_out(out, reads: dict, force: bool, example: str) -> None:
+    """``--out`` must not be a file the command reads (not even with --force: the command would destroy what it
+    reads; ``reads`` maps each such path to how the message names it), nor an existing file without --force, nor a
+    folder (``example`` names a file inside it)."""
+    import os
+
+    from qsal.errors import QsalError
+    from qsal.run_folder import refuse_overwrite
+
+    real = os.path.realpath(out)
+    for path, what in reads.items():
+        if os.path.realpath(path) == real:
+            raise QsalError(f"--out {out} is {what} this command reads; choose another file")
+    refuse_overwrite(out, force, example=example)

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from qsal.cli.arguments import int_range
-
-
-def _check_out(out: Path, inputs: list[Path], force: bool) -> None:
-    """``--out`` must not be the model or one of the images (not even with --force: the command would destroy what
-    it reads), nor an existing file without --force, nor a folder."""
-    from qsal.errors import QsalError
-    from qsal.run_folder import refuse_overwrite
-
-    real = os.path.realpath(out)
-    for p in inputs:
-        if os.path.realpath(p) == real:
-            raise QsalError(f"--out {out} is {'the model' if p is inputs[0] else 'one of the images'} this command "
-                            "reads; choose another file")
-    refuse_overwrite(out, force, example="predictions.csv")
+from qsal.cli.output import check_out
 
 
 def cmd_predict(args):
@@ -42,7 +28,8 @@ def cmd_predict(args):
     predictor = load_predictor(args.model, args.threads)  # a broken model is named before the images are listed
     files = image_files(args.paths)
     if args.out:  # checked before any image is scored
-        _check_out(Path(args.out), [Path(args.model), *files], args.force)
+        check_out(args.out, {args.model: "the model", **{f: "one of the images" for f in files if f != args.model}},
+                  args.force, example="predictions.csv")
     text = format_predictions(predict_paths(predictor, files), fmt)
     if args.out:
         write_text_atomic(args.out, text)
