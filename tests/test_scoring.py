@@ -165,6 +165,10 @@ def test_a_card_compares_only_with_the_parent_it_was_made_from(breast_run, tmp_p
     export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m1.onnx")
     text = (tmp_path / "q/m1.card.md").read_text()
     assert "## Change against the FP32 parent" in text and "each model decides at its own operating point" in text
+    assert "minus its FP32 parent (its ONNX file)" in text  # the parent's model.onnx, exported from its weights
+    shutil.copy(tmp_path / "q/m1.onnx", parent / "model.onnx")  # another model's file in the parent's folder
+    export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m1b.onnx")
+    assert "minus its FP32 parent (its PyTorch model)" in (tmp_path / "q/m1b.card.md").read_text()
     # The parent retrained in place (here: its weights replaced by other ones of the same network).
     weights = parent / "best.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + bytes(4))

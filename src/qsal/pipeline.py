@@ -353,6 +353,15 @@ def _parent_kind(parent: str) -> str | None:
     return "SGT" if guided else "FP32"
 
 
+def _parent_file_is_its_export(onnx_path: Path, parent_sha256: str) -> bool:
+    from qsal.runtime import exported_from
+
+    try:
+        return exported_from(onnx_path, parent_sha256)
+    except QsalError:  # unreadable: not compared with, as a file of other weights is not
+        return False
+
+
 def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, bench: dict | None = None,
                explanations: dict | None = None, metrics: dict | None = None, data_dir=None) -> str:
     """Model card beside ``onnx_path``: the *artifact's* test metrics (``metrics``, a ``Metrics`` dict with
@@ -397,7 +406,10 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
         if artifact_metrics is None:
             artifact_metrics = evaluate_onnx(onnx_path, splits[2], n_bootstrap=1000).to_dict()
         parent_onnx = Path(parent).with_name("model.onnx") if parent else None
-        if parent_onnx is not None and parent_onnx.is_file():  # compare artifact with artifact where both exist
+        # compare artifact with artifact where the parent's file was exported from the parent's weights (any other
+        # model.onnx beside it, an older export or a copied one, would make up the change)
+        if parent_onnx is not None and parent_onnx.is_file() and _parent_file_is_its_export(
+                parent_onnx, meta.get("parent_sha256") or file_sha256(parent)):
             parent_metrics, parent_scored = evaluate_onnx(parent_onnx, splits[2]).to_dict(), "its ONNX file"
         k = len(data.get("labels") or [])
         data_stats = {"counts": {s.split: len(s) for s in splits},

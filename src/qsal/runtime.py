@@ -100,6 +100,13 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return validate_metadata(meta, path)
 
 
+def exported_from(onnx_path: str | os.PathLike, checkpoint_sha256: str) -> bool:
+    """Whether ``onnx_path`` was exported from the checkpoint whose file hashes to ``checkpoint_sha256`` (its
+    metadata's ``checkpoint_sha256``): files are named ``best.safetensors`` / ``model.onnx`` everywhere, so names
+    cannot tell a retrained or copied-in model apart. A file exported before the hash was recorded never matches."""
+    return read_metadata(onnx_path).get("checkpoint_sha256") == checkpoint_sha256
+
+
 def validate_metadata(meta, path) -> dict:
     """Check the fields inference relies on: ``input_shape`` (C, H, W) and, if given, the preprocessing
     ``data.mean`` / ``data.std`` (finite, std > 0, one value or one per channel)."""

@@ -14,7 +14,7 @@ from qsal.quant import PACTConfig, quantize
 
 DATA = {"name": "breastmnist", "task": "binary-class", "labels": ["malignant", "normal, benign"], "mean": [0.5],
         "std": [0.5], "n_channels": 1, "image_size": 28, "license": "CC BY 4.0"}
-HF_KEYS = {"license", "library_name", "pipeline_tag", "tags", "datasets", "metrics", "base_model", "model-index"}
+HF_KEYS = {"license", "library_name", "pipeline_tag", "tags", "datasets", "metrics", "model-index"}
 
 
 def _front_matter(text: str) -> dict:
@@ -53,7 +53,12 @@ def test_card_has_hugging_face_metadata(pact_card):
     front = _front_matter(text)
     assert HF_KEYS <= set(front)
     assert front["pipeline_tag"] == "image-classification" and front["license"] == "cc-by-4.0"
-    assert front["datasets"] == ["breastmnist"] and front["base_model"] == "runs/fp32/best.safetensors"
+    assert front["datasets"] == ["breastmnist"]
+    assert "base_model" not in front  # Hugging Face takes a Hub id there; the parent is a local file
+    assert "| parent (FP32) | fp32/best.safetensors |" in text  # folder and name, not the machine's path
+    assert card["versions"] == {"qsal": "0.1.0"} and card["training"]["fine_tune"]
+    assert "| fine-tune | 5 epochs, adam lr 0.0001, batch 128, seed 0;" in text
+    assert card["kernels"]["integer_kernels"] is True and "| kernels | integer: onnxruntime runs every" in text
     result = front["model-index"][0]["results"][0]
     assert result["task"]["type"] == "image-classification" and result["dataset"]["split"] == "test"
     by_type = {m["type"]: m["value"] for m in result["metrics"]}
@@ -110,3 +115,20 @@ def test_the_header_and_the_change_table_give_the_deployed_decisions_figures(tmp
     assert (f"| sensitivity (positive: malignant) at the operating point | {scored['sensitivity_at_op']:.3f} | "
             f"{parent['sensitivity_at_op']:.3f} |") in change
     assert "| accuracy at 0.5 |" in change
+
+
+def test_a_weight_only_card_says_its_file_runs_on_float_kernels(tmp_path):
+    """Integer weights on disk, FP32 compute: onnxruntime dequantizes them at load. The card must not read like an
+    integer-kernel artifact's (the export measured which it is on the optimised graph)."""
+    from qsal.quant import WeightOnlyConfig
+
+    qcfg = WeightOnlyConfig(bits=4)
+    model = quantize(create_model("small_cnn", 2, 1), qcfg)
+    path = export_onnx(model, tmp_path / "w.onnx", input_shape=(1, 28, 28), meta={"data": DATA, "quant": qcfg.to_dict()},
+                       check_untrained=False)
+    card = write_model_card(path, {"dataset": DATA, "arch": {"name": "small_cnn"}, "quant": qcfg.to_dict(), "seed": 3},
+                            None, None)
+    text = path.with_suffix(".card.md").read_text()
+    assert card["kernels"]["integer_kernels"] is False and card["kernels"]["float_ops_after_optimization"]
+    assert "| kernels | float: onnxruntime dequantizes these layers' weights when it loads the file" in text
+    assert "| seed | 3 |" in text

@@ -190,8 +190,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
              "tags": ["qsal", "onnx", "medical-imaging", "edge", data.get("name") or "custom",
                       "fp32" if quant.get("method") == "fp32" else "quantized", quant.get("method")],
              "datasets": [data.get("name")], "metrics": ["roc_auc", "accuracy"] + (["recall", "specificity"] if binary else [])}
-    if meta.get("parent_checkpoint"):
-        front["base_model"] = str(meta["parent_checkpoint"])
+    # no base_model: Hugging Face takes a Hub model id there, and the parent is a local file (named in the details)
     front["model-index"] = [{"name": name, "results": [{
         "task": {"type": "image-classification", "name": "Image Classification"},
         "dataset": {"type": data.get("name"), "name": data.get("name"), "split": "test"},
@@ -204,23 +203,34 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
           f"exported to ONNX for CPU inference. Card written by qsal {versions.get('qsal', '')} on {today}.", "",
           "## Model details", ""]
     train = meta.get("train") or {}
+    parent = meta.get("parent_checkpoint")
+    # the parent by its folder and name (the exporting machine's absolute path says nothing to a reader, and the
+    # ONNX metadata strips it too) and by content
+    parent_file = f"{Path(parent).parent.name}/{Path(parent).name}" if parent else None
+    parent_named = parent_file and parent_file + (f" (sha256 {meta['parent_sha256'][:12]}...)"
+                                                  if meta.get("parent_sha256") else "")
+    kernels = _kernels(onnx_path, quant)
     details = [("name / version", f"{name} / qsal {versions.get('qsal', '?')}, {today}"),
                ("architecture", f"{arch.get('name')} ({arch.get('in_channels')} channel(s) in, {arch.get('num_classes')} outputs)"),
                ("parameters", f"{n_parameters:,}" if n_parameters else None),
                ("file", f"{onnx_path.name}, {size / 1024:,.1f} KiB ({size:,} bytes)"),
                ("format", f"ONNX opset {opset}" + (", QDQ with integer weights" if any(v != "FP32" for v in storage.values())
                                                  else ", float weights")),
+               ("kernels", kernels["text"]),
                ("runtime", f"onnxruntime {versions.get('onnxruntime', '')} (CPU); `qsal.runtime.Runtime` applies the "
                            "preprocessing stored in the file"),
+               ("software", ", ".join(f"{k} {v}" for k, v in versions.items() if v) or None),
                ("input", f"uint8 images {data.get('image_size')}x{data.get('image_size')}, {data.get('n_channels')} "
                          f"channel(s); x/255, then (x - {data.get('mean')}) / {data.get('std')}"),
-               ("training", f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch "
+               ("fine-tune" if parent else "training", f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch "
                             f"{train.get('batch_size')}, seed {meta.get('seed')}; best validation {train.get('select_on', 'auc')}"
                             + (f"; the weights are an exponential moving average (decay {train['ema_decay']} with "
                                "warm-up), as validated and selected" if train.get("ema_decay") else "")
                             if train else None),
-               (f"parent ({parent_kind or 'unreadable now'})", meta.get("parent_checkpoint"))]
-    md += _table(("item", "value"), [d for d in details if d[1]])
+               ("seed", None if train or meta.get("seed") is None else
+                f"{meta['seed']} (picks the calibration images)" if parent else meta["seed"]),
+               (f"parent ({parent_kind or 'unreadable now'})", parent_named)]
+    md += _table(("item", "value"), [d for d in details if d[1] is not None and d[1] != ""])
     md += ["### Quantization", ""]
     if quant.get("method") == "fp32":
         md += ["None: FP32 weights and activations.", ""]
@@ -313,12 +323,41 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                         "positive_class": positive, "pytorch_test": pytorch, "parent_test": parent_metrics,
                         "parent_scored": parent_scored if parent_metrics else None,
                         "parent_kind": parent_kind if meta.get("parent_checkpoint") else None},
-            "latency": bench, "explanations": explanations, "training": {"config": train, "seed": meta.get("seed"),
-                                                                        "parent": meta.get("parent_checkpoint")},
+            "kernels": {k: v for k, v in kernels.items() if k != "text"}, "versions": versions,
+            "latency": bench, "explanations": explanations,
+            "training": {"config": train, "seed": meta.get("seed"), "fine_tune": bool(parent and train),
+                         "parent": parent_file, "parent_sha256": meta.get("parent_sha256")},
             "out_of_scope": _OUT_OF_SCOPE, "caveats": _CAVEATS}
     write_json_atomic(onnx_path.with_suffix(".card.json"), card)
     write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(md))
     return card
+
+
+def _kernels(onnx_path: Path, quant: dict) -> dict:
+    """What onnxruntime runs the file on, as export measured it on the optimised graph (``integer_kernels``,
+    ``float_ops_after_optimization`` in the metadata): a quantized file whose layers fall back to float kernels
+    (weight-only, a skipped layer) keeps integer weights on disk but computes, and holds its weights, in FP32."""
+    import json
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    try:
+        info = json.loads(props.get("qsal", "{}"))
+    except json.JSONDecodeError:
+        info = {}
+    integer, float_ops = info.get("integer_kernels"), info.get("float_ops_after_optimization")
+    if quant.get("method") == "fp32":
+        text = "float (FP32)"
+    elif integer:
+        text = "integer: onnxruntime runs every conv/gemm on integer kernels (checked on its optimised graph at export)"
+    elif integer is None:
+        text = None
+    else:
+        ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items()))
+        text = (f"float: onnxruntime dequantizes these layers' weights when it loads the file and runs them on float "
+                f"kernels ({ops or 'see the metadata'}); the file is smaller, the compute and memory are FP32's")
+    return {"integer_kernels": integer, "float_ops_after_optimization": float_ops, "text": text}
 
 
 def _table_positive_class(name: str | None) -> str | None:

@@ -16,6 +16,8 @@ import numpy as np
 
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
+from qsal.run_folder import file_sha256
+from qsal.runtime import exported_from
 
 __all__ = ["report_files", "resolve_input"]
 
@@ -44,31 +46,21 @@ def resolve_input(path: str | os.PathLike) -> tuple[Path | None, Path | None]:
         if not ckpt.is_file() and not onnx.is_file():
             raise QsalError(f"{p} is not a qsal run directory (no run_config.json) and holds neither best.safetensors "
                             "nor model.onnx; pass a `qsal run` folder, or name checkpoint / ONNX files themselves")
-        if ckpt.is_file() and onnx.is_file() and not _exported_from(onnx, ckpt):
+        if ckpt.is_file() and onnx.is_file() and not exported_from(onnx, file_sha256(ckpt)):
             return ckpt, None  # the file beside it is another model's: the checkpoint is exported afresh
         return (ckpt if ckpt.is_file() else None), (onnx if onnx.is_file() else None)
     if not p.is_file():
         raise QsalError(f"{p} not found; pass checkpoints (.safetensors), ONNX files (.onnx) or a `qsal run` folder")
     if p.suffix.lower() == ".safetensors":
         beside = p.with_name("model.onnx")
-        return p, (beside if beside.is_file() and _exported_from(beside, p) else None)
+        return p, (beside if beside.is_file() and exported_from(beside, file_sha256(p)) else None)
     if p.suffix.lower() == ".onnx":
         from qsal.runtime import read_metadata
 
         ckpt = read_metadata(p).get("checkpoint")  # a file name (no paths of the exporting machine): look beside it
         ckpt = (p.parent / Path(ckpt).name) if ckpt else None
-        return (ckpt if ckpt is not None and ckpt.is_file() and _exported_from(p, ckpt) else None), p
+        return (ckpt if ckpt is not None and ckpt.is_file() and exported_from(p, file_sha256(ckpt)) else None), p
     raise QsalError(f"{p}: expected a .safetensors checkpoint or an .onnx file, not {p.suffix or 'a file without suffix'}")
-
-
-def _exported_from(onnx: Path, ckpt: Path) -> bool:
-    """Whether ``onnx`` was exported from these very weights (its metadata's ``checkpoint_sha256``): every study
-    file is named ``best.safetensors`` / ``model.onnx``, so names cannot tell a retrained or copied-in model apart.
-    A file exported before the hash was recorded cannot be matched and counts as another model's."""
-    from qsal.run_folder import file_sha256
-    from qsal.runtime import read_metadata
-
-    return read_metadata(onnx).get("checkpoint_sha256") == file_sha256(ckpt)
 
 
 def _labels(inputs: list[tuple[Path | None, Path | None]]) -> list[str]:
