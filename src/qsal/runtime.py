@@ -182,7 +182,10 @@ class Runtime:
         self.mean = np.asarray(data["mean"], np.float32).reshape(1, -1, 1, 1) if data.get("mean") is not None else None
         self.std = np.asarray(data["std"], np.float32).reshape(1, -1, 1, 1) if data.get("std") is not None else None
         self.input_shape = tuple(self.meta["input_shape"])
-        graph = self.session.get_inputs()[0].shape[1:]  # (C, H, W): an int where fixed, a name where dynamic
+        batch, *graph = self.session.get_inputs()[0].shape  # (N, C, H, W): an int where fixed, a name where dynamic
+        # a file whose batch size was fixed for an edge runtime (onnxruntime.tools.make_dynamic_shape_fixed, as
+        # NNAPI / CoreML want) takes exactly that many images a call: run_normalized feeds it in such batches
+        self.fixed_batch = batch if isinstance(batch, int) and batch >= 1 else None
         if len(graph) != 3 or any(isinstance(g, int) and g != m for g, m in zip(graph, self.input_shape)):
             raise QsalError(f"{self.path}: its metadata says input_shape {list(self.input_shape)} but its graph takes "
                             f"{['N', *graph]}; re-export it with qsal export")
@@ -217,7 +220,15 @@ class Runtime:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise QsalError(f"input has shape {x.shape}; this model takes (N, {', '.join(map(str, self.input_shape))})")
-        return self.session.run(None, {self.input_name: x})[0]
+        b = self.fixed_batch
+        if b is None or len(x) == b:
+            return self.session.run(None, {self.input_name: x})[0]
+        if len(x) == 0:
+            return np.zeros((0, self.n_outputs), np.float32)
+        pad = -len(x) % b  # the last call is filled up with copies of the last image; their rows are dropped
+        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+        return np.concatenate([self.session.run(None, {self.input_name: x[i:i + b]})[0]
+                               for i in range(0, len(x), b)])[:len(x) - pad]
 
     def predict_logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits ``(N, K)`` for uint8 images, in batches of ``batch_size``."""

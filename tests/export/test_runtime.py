@@ -18,6 +18,31 @@ def test_importing_the_runtime_does_not_import_torch():
     assert out.stdout.strip() == "ok"
 
 
+def test_a_file_with_its_batch_size_fixed_for_an_edge_runtime_is_fed_and_timed_in_that_batch(tmp_path):
+    """``make_dynamic_shape_fixed`` (NNAPI / CoreML preparation) pins the batch: 10 images through a batch-4 graph
+    are three calls (the last filled up), with the logits of the dynamic file; bench times only batch 4."""
+    import onnx
+
+    from qsal.export.bench import bench_onnx
+
+    torch.manual_seed(0)
+    meta = {"data": {"name": "breastmnist", "task": "binary-class", "mean": [0.5], "std": [0.5]}}
+    dynamic = export_onnx(create_model("small_cnn", 2, 1).eval(), tmp_path / "m.onnx", input_shape=(1, 28, 28),
+                          meta=meta, check_untrained=False)
+    model = onnx.load(str(dynamic))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.ClearField("dim_param")
+    dim.dim_value = 4
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    images = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    fixed = Runtime(tmp_path / "fixed.onnx", threads=1)
+    assert fixed.fixed_batch == 4 and Runtime(dynamic).fixed_batch is None
+    np.testing.assert_allclose(fixed.predict_logits(images), Runtime(dynamic).predict_logits(images), atol=1e-5)
+    assert fixed.predict_logits(images[:4]).shape == (4, 2) and fixed.predict_logits(images[:0]).shape == (0, 2)
+    timed = bench_onnx(tmp_path / "fixed.onnx", threads=(1,), seconds=0.05)
+    assert timed["fixed_batch"] == 4 and [r["batch"] for r in timed["runs"]] == [4]
+
+
 def test_runtime_preprocesses_uint8_like_training(tmp_path):
     torch.manual_seed(0)
     m = create_model("small_cnn", 2, 1).eval()

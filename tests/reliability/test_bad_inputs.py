@@ -163,6 +163,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{onnx}", "--force"): "is the model this command reads",
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{file}"): "already exists; pass --force",
     ("bench", "{ck}"): "is a checkpoint; bench times the deployed file: export it first",
+    ("bench", "model.pt"): "is a PyTorch pickle; bench times the deployed ONNX file",
     ("predict", "{onnx}", "{dir}", "--threads", "-1"): "--threads: -1 is out of range",
     # refused before the run folder (and its fingerprint, which would refuse the next, valid run) appears
     ("train", "--epochs", "1", "--device", "cuda", "--out", "{dir}/run"): "no CUDA device is available",

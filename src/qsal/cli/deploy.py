@@ -171,7 +171,9 @@ def cmd_bench(args):
     if args.json:
         print_result(result, True)
         return
-    print(f"{args.model}: {result['size_bytes'] / 1024:,.1f} KiB")
+    print(f"{args.model}: {result['size_bytes'] / 1024:,.1f} KiB"
+          + (f"; its graph fixes the batch at {result['fixed_batch']}: only that batch size is timed"
+             if result.get("fixed_batch") else ""))
     print_rows([{"threads": r["threads"], "batch": r["batch"], "p50 ms": round(r["latency_ms_p50"], 3),
                  "p95 ms": round(r["latency_ms_p95"], 3), "img/s": round(r["throughput_img_s"])} for r in result["runs"]])
 

@@ -170,13 +170,32 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
     from qsal.runtime import read_metadata
 
     _check_settings(tuple(threads), tuple(batches), seconds)
+    from qsal.checkpoint import _PICKLE_SUFFIXES
+
     path = Path(path)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise QsalError(f"{path} is a PyTorch pickle; bench times the deployed ONNX file (qsal never unpickles files: "
+                        "that can run code): export the .safetensors checkpoint with `qsal export`, then bench the .onnx")
     if path.suffix in (".safetensors", ".json") and path.is_file():
         raise QsalError(f"{path} is a checkpoint; bench times the deployed file: export it first with "
                         f"`qsal export {path.with_suffix('.safetensors')}`, then bench the .onnx it writes")
     read_metadata(path)  # a missing, empty or foreign file is refused here, before any worker starts
+    fixed = _fixed_batch(path)
+    if fixed is not None:  # the graph takes no other batch size: time the one it takes
+        batches = (fixed,)
     runs = [{"threads": t or os.cpu_count(), **_spawn("onnx", str(path), t, b, seconds)} for t in threads for b in batches]
-    return {"model": str(path), "size_bytes": path.stat().st_size, "runs": runs}
+    result = {"model": str(path), "size_bytes": path.stat().st_size, "runs": runs}
+    if fixed is not None:
+        result["fixed_batch"] = fixed
+    return result
+
+
+def _fixed_batch(path: Path) -> int | None:
+    """The batch size the graph's input fixes, or ``None`` where it is dynamic."""
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return dim[0].dim_value if dim and dim[0].HasField("dim_value") and dim[0].dim_value >= 1 else None
 
 
 def bench_torch(checkpoint: str | os.PathLike, threads: tuple[int, ...] = (1,), batches: tuple[int, ...] = (1, 64),
