@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 from torch import nn
 
 from qsal._atomic import atomic_path
-from qsal.errors import QsalError, is_finite_number, is_integer, quote
+from qsal.errors import QsalError, is_finite_number, is_integer, is_utf8_path, quote
 from qsal.metrics.operating_point import validate_decision, validate_labels
 from qsal.provenance import environment
 
@@ -175,7 +175,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
                             "rerun the command that wrote it") from None
         model = prepare_structure(model, qcfg)
     try:
-        state = load_file(str(path))
+        # a name that is not valid UTF-8 (bytes from another system) is read by Python, not by the Rust loader,
+        # which refuses such paths and would have the file called corrupt
+        state = load_file(str(path)) if is_utf8_path(path) else load(path.read_bytes())
     except (SafetensorError, OSError) as e:
         raise QsalError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt") from None
     own = model.state_dict()

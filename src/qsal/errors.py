@@ -7,7 +7,9 @@ as ``error: ...`` and exits with code 2, never with a traceback.
 
 from __future__ import annotations
 
+
 import math
+import os
 import reprlib
 
 __all__ = ["QsalError", "TYPE_WORDS", "quote", "is_integer", "is_finite_number"]
@@ -41,3 +43,19 @@ def is_finite_number(value) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     except OverflowError:  # an int too large for a float (a 400-digit number in a hand-edited JSON)
         return False
+
+
+def is_utf8_path(path) -> bool:
+    """Whether ``path`` is valid UTF-8: a name from another system may hold other bytes (surrogate escapes), which
+    the Rust/C++ loaders (safetensors, onnxruntime) refuse as if the file were broken."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path) -> str:
+    """``path`` as valid UTF-8 text for a file qsal writes (CSV, JSON, Markdown): bytes that are not UTF-8 are
+    written as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsal.errors import QsalError
+from qsal.errors import QsalError, printable_path
 from qsal.runtime import Runtime
 
 __all__ = ["image_files", "load_predictor", "predict_paths", "format_predictions", "CheckpointRuntime"]
@@ -109,7 +109,7 @@ def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathL
     files = image_files(paths)
     predictions = [predictor.predict_file(f) for f in files]
     for p in predictions:  # a name that is not valid UTF-8 (bytes from another system) is written with \x escapes
-        p["file"] = os.fsencode(p["file"]).decode("utf-8", "backslashreplace")
+        p["file"] = printable_path(p["file"])
     # Without stored class names the classes are named by id, as each prediction's probabilities are.
     classes = [str(n) for n in predictor.labels] if predictor.labels else list(predictions[0]["probabilities"])
     return {"model": str(predictor.path), "artifact": not isinstance(predictor, CheckpointRuntime),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsal.errors import QsalError, is_integer, quote
+from qsal.errors import QsalError, is_integer, is_utf8_path, quote
 from qsal.metrics.operating_point import describe_operating_point, validate_decision, validate_labels
 
 __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision"]
@@ -172,7 +172,9 @@ class Runtime:
         # Otherwise default options: a qsal artifact needs no special session settings to run on integer
         # kernels, so what is measured here is what any onnxruntime application gets.
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            # a name that is not valid UTF-8 cannot cross into onnxruntime: the file is handed over as bytes
+            source = str(self.path) if is_utf8_path(self.path) else self.path.read_bytes()
+            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
             raise QsalError(f"onnxruntime cannot load {self.path} ({str(e).splitlines()[0][:200]})") from None
         self.input_name = self.session.get_inputs()[0].name

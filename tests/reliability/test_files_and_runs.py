@@ -275,3 +275,19 @@ def test_a_dicom_named_without_a_suffix_is_found_and_read(tmp_path):
     assert image_files([tmp_path]) == [by_uid, bare, named]
     for path in (bare, by_uid):
         np.testing.assert_array_equal(_read_image(path, 1, 28), _read_image(named, 1, 28))
+
+
+def test_names_that_are_not_utf8_load_export_and_bench(good_run, tmp_path):
+    """A folder or file named with bytes from another system (not UTF-8): the Rust/C++ loaders refuse such paths,
+    which read as 'truncated or corrupt'; qsal hands them the bytes, and writes the names escaped in its cards."""
+    from qsal.export.bench import bench_onnx
+    from qsal.pipeline import export_checkpoint
+    from qsal.runtime import Runtime
+
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/scans\xff"))
+    shutil.copytree(good_run, folder)
+    load_checkpoint(folder / "best.safetensors")
+    onnx_path = Path(export_checkpoint(str(folder / "best.safetensors"), folder / os.fsdecode(b"m\xff.onnx"))["onnx"])
+    assert Runtime(onnx_path).n_outputs == 2
+    assert bench_onnx(onnx_path, threads=(1,), batches=(1,), seconds=0.05)["runs"][0]["batch"] == 1
+    assert "| file | m\\xff.onnx," in onnx_path.with_suffix(".card.md").read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from qsal._atomic import write_json_atomic, write_text_atomic
+from qsal.errors import printable_path
 from qsal.metrics.operating_point import describe_operating_point
 
 __all__ = ["write_model_card", "onnx_layer_storage", "hf_license"]
@@ -206,14 +207,14 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     parent = meta.get("parent_checkpoint")
     # the parent by its folder and name (the exporting machine's absolute path says nothing to a reader, and the
     # ONNX metadata strips it too) and by content
-    parent_file = f"{Path(parent).parent.name}/{Path(parent).name}" if parent else None
+    parent_file = printable_path(f"{Path(parent).parent.name}/{Path(parent).name}") if parent else None
     parent_named = parent_file and parent_file + (f" (sha256 {meta['parent_sha256'][:12]}...)"
                                                   if meta.get("parent_sha256") else "")
     kernels = _kernels(onnx_path, quant)
     details = [("name / version", f"{name} / qsal {versions.get('qsal', '?')}, {today}"),
                ("architecture", f"{arch.get('name')} ({arch.get('in_channels')} channel(s) in, {arch.get('num_classes')} outputs)"),
                ("parameters", f"{n_parameters:,}" if n_parameters else None),
-               ("file", f"{onnx_path.name}, {size / 1024:,.1f} KiB ({size:,} bytes)"),
+               ("file", f"{printable_path(onnx_path.name)}, {size / 1024:,.1f} KiB ({size:,} bytes)"),
                ("format", f"ONNX opset {opset}" + (", QDQ with integer weights" if any(v != "FP32" for v in storage.values())
                                                  else ", float weights")),
                ("kernels", kernels["text"]),
@@ -314,7 +315,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         md += ["## Citation", "", "Data: Yang et al., MedMNIST v2, Scientific Data 10, 41 (2023) and the subset's source. "
                "Card format: Mitchell et al., Model Cards for Model Reporting, FAT* 2019.", ""]
 
-    card = {"name": name, "date": today, "metadata": front, "model": onnx_path.name, "architecture": arch,
+    card = {"name": name, "date": today, "metadata": front, "model": printable_path(onnx_path.name), "architecture": arch,
             "parameters": n_parameters, "size_bytes": size, "opset": opset, "layers": {k: {"storage": v, "bits": bits.get(k)}
                                                                                     for k, v in storage.items()},
             "quantization": quant, "data": {**{k: data.get(k) for k in ("name", "task", "labels", "license")},
