@@ -293,7 +293,7 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     cards = (out.with_suffix(".card.md"), out.with_suffix(".card.json")) if card else ()
     # the card's files are outputs too: someone's notes named like them are not overwritten either
     for written in cards:
-        refuse_overwrite(written, force)
+        refuse_overwrite(written, force, written_for=str(out))
     if card:  # named for the card's metrics (or by $QSAL_DATA_DIR): a typo must not quietly leave it unscored
         resolve_data_dir(data_dir, must_exist=True)
     model, meta = load_checkpoint(checkpoint)

@@ -194,9 +194,14 @@ def fresh_folder(root: str | os.PathLike, stem: str) -> Path:
     return root / f"{stem}-{i}"
 
 
-def refuse_overwrite(path: str | os.PathLike, force: bool = False, example: str = "model.onnx") -> Path:
-    """``path`` if it does not exist yet (or ``force``); a one-line error otherwise."""
+def refuse_overwrite(path: str | os.PathLike, force: bool = False, example: str = "model.onnx",
+                     written_for: str | None = None) -> Path:
+    """``path`` if it does not exist yet (or ``force``); a one-line error otherwise. ``written_for``: the --out
+    this file goes beside (a model card), named in the error instead of advice to name the file itself."""
     path = Path(path)
+    if path.is_dir() and written_for:
+        raise QsalError(f"{path} is a folder, where the model card of {written_for} goes; move it or choose another "
+                        "--out")
     if path.is_dir():
         raise QsalError(f"{path} is a folder; --out names the file to write (e.g. {path / example})")
     if path.exists() and not force:

@@ -495,3 +495,10 @@ def test_a_nan_measurement_reads_as_not_measured(tmp_path, monkeypatch, capsys):
     from qsal.study.redo import finished
 
     assert finished(cell)
+
+
+def test_a_folder_where_the_card_goes_is_named_as_such(good_run, tmp_path, capsys):
+    (tmp_path / "m.card.md").mkdir()
+    rc, out, err = run_cli(["export", good_run / "best.safetensors", "--out", tmp_path / "m.onnx"], capsys)
+    assert_clean_refusal(rc, out, err, "m.card.md is a folder, where the model card of")
+    assert "choose another --out" in err and files_under(tmp_path) == set()  # files only: the folder stays

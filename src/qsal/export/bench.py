@@ -184,7 +184,10 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
     if fixed is not None:  # the graph takes no other batch size: time the one it takes
         batches = (fixed,)
     runs = [{"threads": t or os.cpu_count(), **_spawn("onnx", str(path), t, b, seconds)} for t in threads for b in batches]
-    result = {"model": str(path), "size_bytes": path.stat().st_size, "runs": runs}
+    from qsal.provenance import environment
+
+    # where and with what it was timed (CPU, cores usable, onnxruntime version, when): a latency means nothing alone
+    result = {"model": str(path), "size_bytes": path.stat().st_size, "runs": runs, "environment": environment()}
     if fixed is not None:
         result["fixed_batch"] = fixed
     return result
