@@ -258,3 +258,35 @@ def test_export_keeps_a_card_it_did_not_write_and_bench_takes_a_dash_name(breast
     monkeypatch.chdir(tmp_path)
     (tmp_path / "-m.onnx").write_bytes(onnx_path.read_bytes())
     assert main(["bench", "--threads", "1", "--seconds", "0.05", "--", "-m.onnx"]) == 0
+
+
+def test_a_folder_model_is_scored_and_quantized_on_its_own_split(tmp_path):
+    """A folder is split 70/10/20 by the training seed: evaluate and quantize (whatever their --seed) must use that
+    split, or images the model trained on are scored as test images. --seed draws the calibration images."""
+    import torch
+
+    from qsal.checkpoint import load_checkpoint
+    from qsal.pipeline import quantize_checkpoint, train_model
+    from qsal.quant import PTQConfig
+    from qsal.scoring import evaluate_model
+    from qsal.train import TrainConfig
+
+    train = load_split("breastmnist", "train")
+    root = tmp_path / "folder"
+    for c, name in enumerate(("malignant", "normal, benign")):
+        (root / name).mkdir(parents=True)
+        for i in np.where(train.labels == c)[0][:60]:
+            Image.fromarray(train.images[i, :, :, 0]).save(root / name / f"{i}.png")
+    run = tmp_path / "run"
+    train_model(f"folder:{root}", "small_cnn", TrainConfig(epochs=1, seed=1, progress=False, precision="fp32"), run)
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+    assert json.loads((run / "best.json").read_text())["dataset"]["split_seed"] == 1
+    assert evaluate_model(run / "best.safetensors", n_bootstrap=0)["auc"] == pytest.approx(trained["auc"])
+    scales = []
+    for seed in (0, 3):
+        q = tmp_path / f"q{seed}"
+        quantize_checkpoint(str(run / "best.safetensors"), PTQConfig(num_calibration=16), q, seed=seed, progress=False)
+        assert json.loads((q / "best.json").read_text())["dataset"]["split_seed"] == 1
+        model, _ = load_checkpoint(q / "best.safetensors")
+        scales.append(torch.cat([v.ravel() for k, v in model.state_dict().items() if "act_quant" in k and "scale" in k]))
+    assert not torch.equal(*scales)  # another seed, other calibration images, other activation ranges

@@ -23,7 +23,7 @@ from qsal.scoring import evaluate_model, evaluate_onnx, load_for_model
 from qsal.train import TrainConfig
 
 __all__ = ["dataset_task", "dataset_info", "train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint",
-           "write_card", "evaluate_onnx", "artifact_test_metrics", "data_meta", "load_splits"]
+           "write_card", "evaluate_onnx", "artifact_test_metrics", "data_meta", "load_splits", "split_seed"]
 
 
 def data_meta(split: ImageSplit) -> dict:
@@ -32,6 +32,15 @@ def data_meta(split: ImageSplit) -> dict:
     return {"name": info.name, "task": info.task, "labels": list(info.labels), "mean": list(info.mean),
             "std": list(info.std), "n_channels": info.n_channels, "image_size": int(split.images.shape[1]),
             "license": info.license}
+
+
+def split_seed(meta: dict) -> int:
+    """The seed that split the model's data (a folder's train/val/test, MNIST's and CIFAR-10's validation slice):
+    recorded at training (``dataset.split_seed``), else the checkpoint's own seed (a model trained before it was
+    recorded; a quantized one's may be its fine-tune's), else 0. Scoring or fine-tuning on another seed's split
+    would count images the model trained on as test or validation images."""
+    seed = (meta.get("dataset") or meta.get("data") or {}).get("split_seed", meta.get("seed"))
+    return int(seed) if seed is not None else 0
 
 
 def load_splits(dataset: str, data_dir=None, size=None, download=False, seed: int = 0) -> tuple[ImageSplit, ...]:
@@ -122,7 +131,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
     record_run_folder(out, fp, force=force)  # every input is good: only now does the folder appear (or clear)
-    meta = {"dataset": data_meta(train), "quant": None}
+    meta = {"dataset": {**data_meta(train), "split_seed": config.seed}, "quant": None}
     step = None
     if saliency_guided:
         from qsal.saliency import SaliencyGuidedStep
@@ -235,7 +244,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     claim_run_folder(out, fp, resume=resume, force=force, write=False)
     size = (meta.get("dataset") or {}).get("image_size")
     check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
-    train, val, test = load_splits(name, data_dir, size, seed=seed)
+    # the parent's split, whatever --seed (which draws the calibration images and seeds the fine-tune) says
+    train, val, test = load_splits(name, data_dir, size, seed=split_seed(meta))
     if operating_point is not None:
         require_binary_for_rule(train.info)
     asked = getattr(qconfig, "num_calibration", None)
@@ -250,14 +260,17 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     require_validation_classes(val, cfg.select_on if cfg else None, rule)
     if train_config is not None:
         resolve_device(train_config.device)
-    qmodel = quantize(model, qconfig, calibration=train)
+    n_calibration = getattr(qconfig, "num_calibration", None)
+    # --seed draws the calibration images (quantize() alone takes a seed-0 draw): seeds are independent replicates
+    qmodel = quantize(model, qconfig, calibration=train.subset(n_calibration, seed) if n_calibration else train)
     record_run_folder(out, fp, force=force)  # every input is good: only now does the folder appear (or clear)
     if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
         train = train.subset(train_subset, seed)
     # the parent by absolute path (a card written from another folder finds it) and by content (a parent retrained
     # in place since is not compared with: pipeline.write_card)
     parent_path = str(Path(checkpoint).resolve())
-    qmeta = {"dataset": meta.get("dataset") or data_meta(train), "quant": qconfig.to_dict(),
+    qmeta = {"dataset": {**(meta.get("dataset") or data_meta(train)), "split_seed": split_seed(meta)},
+             "quant": qconfig.to_dict(),
              "parent_checkpoint": parent_path, "parent_sha256": run_config["parent_sha256"]}
     seconds = 0.0
     if cfg is not None:
@@ -334,7 +347,7 @@ def artifact_test_metrics(onnx_path: str | os.PathLike, data_dir=None, n_bootstr
 
     data = read_metadata(onnx_path).get("data") or {}
     test = load_for_model(data["name"], "test", n_channels=int(data.get("n_channels") or 1),
-                          size=data.get("image_size"), data_dir=data_dir)
+                          size=data.get("image_size"), data_dir=data_dir, seed=split_seed({"data": data}))
     return evaluate_onnx(onnx_path, test, n_bootstrap=n_bootstrap).to_dict()
 
 
@@ -402,7 +415,7 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None
     try:  # the card can still be written without the data; it then says the artifact was not scored
-        splits = load_splits(data["name"], data_dir, size=data.get("image_size"), seed=meta.get("seed") or 0)
+        splits = load_splits(data["name"], data_dir, size=data.get("image_size"), seed=split_seed(meta))
         if artifact_metrics is None:
             artifact_metrics = evaluate_onnx(onnx_path, splits[2], n_bootstrap=1000).to_dict()
         parent_onnx = Path(parent).with_name("model.onnx") if parent else None

@@ -41,8 +41,9 @@ def model_metadata(path: str | os.PathLike) -> tuple[dict, dict, bool]:
 
 
 def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, data_dir=None,
-                   download: bool = False) -> ImageSplit:
-    """One split (or ``"all"``) of dataset ``name``, with the channels and size the model takes."""
+                   download: bool = False, seed: int = 0) -> ImageSplit:
+    """One split (or ``"all"``) of dataset ``name``, with the channels and size the model takes; ``seed``: the
+    model's own split seed (``pipeline.split_seed``) for a folder's or MNIST's / CIFAR-10's seeded split."""
     if split not in SPLITS:
         raise QsalError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if split == "all" and name.startswith("folder:"):
@@ -56,11 +57,12 @@ def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, 
         images, labels = validate_arrays(info, images, np.array([c for _, c in files], np.int64), str(root))
         data = ImageSplit(info, "all", images, labels, str(root))
     elif split == "all":
-        parts = [load_split(name, s, data_dir, size=size, download=download) for s in ("train", "val", "test")]
+        parts = [load_split(name, s, data_dir, size=size, download=download, seed=seed)
+                 for s in ("train", "val", "test")]
         data = ImageSplit(parts[0].info, "all", np.concatenate([p.images for p in parts]),
                           np.concatenate([p.labels for p in parts]), parts[0].source)
     else:
-        data = load_split(name, split, data_dir, size=size, download=download)
+        data = load_split(name, split, data_dir, size=size, download=download, seed=seed)
     return data.with_channels(n_channels)
 
 
@@ -144,8 +146,14 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
 
         check_model_fits_data(read_meta(path)["arch"], dataset_info(name), str(path))
     n_channels = int(data_meta.get("n_channels") or 1)
+    from qsal.checkpoint import read_meta
+    from qsal.pipeline import split_seed
+
+    # the model's own split: a folder's test part under another seed holds images it trained on
+    seed = split_seed({"dataset": data_meta, "seed": None if is_artifact else read_meta(path).get("seed")}) \
+        if name == own else 0
     data = load_for_model(name, split, n_channels=n_channels, size=size or data_meta.get("image_size"),
-                          data_dir=data_dir, download=download)
+                          data_dir=data_dir, download=download, seed=seed)
     model_labels = [str(n) for n in data_meta.get("labels") or data.info.labels]
     if len(model_labels) != data.info.num_classes:
         raise QsalError(f"{name} has {data.info.num_classes} classes but {path} was built for {len(model_labels)}; "

@@ -29,6 +29,16 @@ def test_sensitivity_target_is_met_with_the_highest_threshold():
     assert all(sens(t) < 0.95 for t in np.unique(p) if t > op["threshold"])
 
 
+def test_sensitivity_target_is_met_with_the_highest_threshold_inside_a_straight_run_of_the_roc():
+    """Positives scored above every negative but one: the ROC climbs straight up from (0.1, 0), and roc_curve's
+    default drops the points inside that run, the highest threshold reaching 90 % sensitivity (0.641) among them."""
+    y = np.r_[np.ones(20), np.zeros(10)].astype(int)
+    p = np.r_[np.linspace(0.99, 0.60, 20), np.linspace(0.5, 0.05, 10)]
+    p[20] = 0.995
+    op = choose_threshold(y, p, positive_label=1, rule="sensitivity:0.9")
+    assert op["threshold"] == pytest.approx(p[17]) and np.mean(p[y == 1] >= op["threshold"]) == 0.9
+
+
 def test_positive_label_zero_uses_that_class_scores():
     y, p = _data(2)
     op = choose_threshold(1 - y, 1 - p, positive_label=0, rule="sensitivity:0.9")

@@ -164,6 +164,11 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{file}"): "already exists; pass --force",
     ("bench", "{ck}"): "is a checkpoint; bench times the deployed file: export it first",
     ("bench", "model.pt"): "is a PyTorch pickle; bench times the deployed ONNX file",
+    # evaluate's result files never replace the model scored (nor its checkpoint's other half) or someone's file
+    ("evaluate", "{onnx}", "--out", "{onnx}", "--force"): "is the model this command reads",
+    ("evaluate", "{ck}", "--out", "{ck}"): "is the model this command reads",
+    ("evaluate", "{ck}", "--reliability", "{ck}"): "is the model this command reads",
+    ("evaluate", "{ck}", "--out", "{file}"): "already exists; pass --force",
     ("predict", "{onnx}", "{dir}", "--threads", "-1"): "--threads: -1 is out of range",
     # refused before the run folder (and its fingerprint, which would refuse the next, valid run) appears
     ("train", "--epochs", "1", "--device", "cuda", "--out", "{dir}/run"): "no CUDA device is available",

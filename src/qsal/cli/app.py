@@ -71,8 +71,17 @@ def _setup_models(p):
 @command("evaluate", "score a checkpoint or an exported .onnx file: AUC/ACC with 95% CIs, sensitivity and "
                      "specificity of the positive class at 0.5 and at the stored operating point, ECE")
 def cmd_evaluate(args):
+    from qsal.cli.output import check_out
     from qsal.scoring import evaluate_model
 
+    model = Path(args.model)
+    reads = {model: "the model"}  # a result file must never replace what it scored, nor a checkpoint's other half
+    if model.suffix.lower() in (".safetensors", ".json"):
+        reads.setdefault(model.with_suffix(".json"), "the checkpoint's JSON")
+        reads.setdefault(model.with_suffix(".safetensors"), "the checkpoint's weights")
+    for target, example in ((args.out, "metrics.json"), (args.reliability, "reliability.png")):
+        if target:  # before the work, not after it
+            check_out(target, reads, args.force, example=example)
     metrics = evaluate_model(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
                              size=args.size, out=args.out, other_dataset=args.other_dataset,
                              reliability_png=args.reliability, download=args.download)
@@ -87,7 +96,9 @@ def _setup_evaluate(p):
     p.add_argument("--other-dataset", action="store_true",
                    help="allow scoring on a dataset other than the model's own (the output says so)")
     p.add_argument("--reliability", metavar="PNG", help="also draw the reliability diagram to this PNG")
-    p.add_argument("--out", help="also write the metrics to this JSON file (default: print only)")
+    p.add_argument("--out", help="also write the metrics to this JSON file (default: print only; never overwritten "
+                   "without --force)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out / --reliability file")
 
 
 @command("demo", "the main job on the embedded BreastMNIST: train, evaluate (and more, see --help)")

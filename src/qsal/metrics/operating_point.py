@@ -68,7 +68,9 @@ def choose_threshold(y_true: np.ndarray, p_positive: np.ndarray, positive_label:
     if not np.isfinite(p_positive).all():
         raise QsalError("the model's validation scores are not finite numbers (training diverged), so no threshold "
                         "can be chosen; train again with a lower --lr")
-    fpr, tpr, thresholds = roc_curve(is_pos.astype(int), p_positive)
+    # every threshold: by default roc_curve drops points inside straight runs of the curve, and with them the
+    # highest threshold that reaches a sensitivity target (Youden's maximum is a vertex, kept either way)
+    fpr, tpr, thresholds = roc_curve(is_pos.astype(int), p_positive, drop_intermediate=False)
     thresholds = np.minimum(thresholds, 1.0)  # roc_curve's first threshold is +inf: "nothing positive"
     if kind == "youden":
         i = int(np.argmax(tpr - fpr))

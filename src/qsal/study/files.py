@@ -82,7 +82,7 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     import torch
 
     from qsal.data import load_split
-    from qsal.pipeline import export_checkpoint
+    from qsal.pipeline import export_checkpoint, split_seed
     from qsal.provenance import environment
     from qsal.runtime import Runtime
     from qsal.scoring import score_onnx
@@ -111,7 +111,8 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         if not data.get("name"):
             raise QsalError(f"{onnx} does not record its dataset; export it with `qsal export`")
         if test is None:
-            test = load_split(data["name"], "test", data_dir, size=data.get("image_size"))
+            test = load_split(data["name"], "test", data_dir, size=data.get("image_size"),
+                              seed=split_seed({"data": data}))  # a folder's test part is the model's own
         elif data["name"] != test.info.name:
             raise QsalError(f"{label} was trained on {data['name']} but {labels[0]} on {test.info.name}; "
                             "a report compares models of one dataset")
