@@ -88,7 +88,10 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
 def validate_meta(meta, where: str) -> dict:
     """Check a checkpoint's JSON: a mapping whose ``arch`` can build a model and whose ``dataset`` (if any)
     is well-formed. Raises one ``QsalError`` naming the first bad field."""
+    from qsal.data.registry import TASK_BINARY, TASK_MULTICLASS, TASK_MULTILABEL, TASK_ORDINAL
     from qsal.models.registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+    TASKS = (TASK_BINARY, TASK_MULTICLASS, TASK_ORDINAL, TASK_MULTILABEL)
 
     fix = "it was not written by qsal or was edited; rerun the command that wrote it"
     if not isinstance(meta, dict):
@@ -129,8 +132,18 @@ def validate_meta(meta, where: str) -> dict:
                                       and (key == "mean" or all(x > 0 for x in v))):
                 raise QsalError(f"{where}: dataset.{key} must be a list of finite numbers"
                                 f"{' > 0' if key == 'std' else ''}, got {quote(v)}; {fix}")
+        if data.get("task") is not None and data["task"] not in TASKS:
+            raise QsalError(f"{where}: dataset.task must be one of {', '.join(TASKS)}, got {quote(data['task'])}; {fix}")
+        channels = arch.get("in_channels")
+        if "n_channels" in data and data["n_channels"] != channels:  # the images are prepared with dataset's
+            raise QsalError(f"{where}: dataset.n_channels is {quote(data['n_channels'])} but the model takes "
+                            f"{channels} channel(s) (arch.in_channels); {fix}")
+        for key in ("mean", "std"):
+            if data.get(key) is not None and len(data[key]) not in (1, channels):
+                raise QsalError(f"{where}: dataset.{key} has {len(data[key])} values for a {channels}-channel model; "
+                                f"give one, or one per channel; {fix}")
         validate_labels(data.get("labels"), arch["num_classes"], f"{where}: dataset", fix)
-    validate_decision(meta.get("decision"), arch["num_classes"], where, fix)
+    validate_decision(meta.get("decision"), arch["num_classes"], where, fix, labels=(data or {}).get("labels"))
     return meta
 
 

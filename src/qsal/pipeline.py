@@ -209,6 +209,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     """
     from qsal.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
+    from qsal.quant.api import check_skip_holds_weights
     from qsal.quant.describe import describe_quantization
     from qsal.run_folder import claim_run_folder, file_sha256, fingerprint, fresh_folder, record_run_folder
     from qsal.train import fit, resolve_device
@@ -222,6 +223,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     if unknown:
         raise QsalError(f"--skip names {unknown} are not layers of {meta['arch']['name']}; its layers are "
                         f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
+    check_skip_holds_weights(model, getattr(qconfig, "skip", ()))
     parent = meta.get("decision") or {}
     rule = operating_point or (parent.get("operating_point") or {}).get("rule") or DEFAULT_RULE
     parse_rule(rule)

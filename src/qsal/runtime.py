@@ -142,7 +142,7 @@ def validate_metadata(meta, path) -> dict:
                             f"{fix}")
     num_classes = arch.get("num_classes")
     validate_labels(data.get("labels"), num_classes, f"{path}: metadata data", fix)
-    validate_decision(meta.get("decision"), num_classes, f"{path}: metadata", fix)
+    validate_decision(meta.get("decision"), num_classes, f"{path}: metadata", fix, labels=data.get("labels"))
     return meta
 
 

@@ -44,8 +44,16 @@ def checkpoint_variant(good: Path, dest: Path, kind: str) -> Path:
         text = json.dumps(meta)[:40]
     elif kind == "quant_garbage":
         meta["quant"] = {"method": "ptq", "bogus_field": 1}
-    elif kind == "dataset_with_other_channels":
-        meta["dataset"] = {**meta["dataset"], "name": "cifar10", "n_channels": 3}
+    elif kind == "dataset_with_other_channels":  # a grey model relabelled as trained on an RGB set
+        meta["dataset"] = {**meta["dataset"], "name": "cifar10"}
+    elif kind == "n_channels_contradicts_arch":
+        meta["dataset"]["n_channels"] = 3
+    elif kind == "task_unknown":
+        meta["dataset"]["task"] = "segmentation"
+    elif kind == "rule_unknown":
+        meta["decision"]["operating_point"]["rule"] = "nonsense"
+    elif kind == "positive_class_contradicts_label":  # the name says malignant, the id benign
+        meta["decision"]["positive_label"] = 1 - meta["decision"]["positive_label"]
     elif kind == "data_is_a_list":
         meta["data"] = ["breastmnist"]
     elif kind == "dataset_name_is_a_number":

@@ -54,6 +54,11 @@ CHECKPOINT_CASES.update({
     "positive_label_null": ("decision.operating_point is set but decision.positive_label is null", _DECIDING),
     "labels_not_a_list": ("dataset.labels must be a list of class names (strings), got 'ab'", _DECIDING),
     "labels_wrong_count": ("dataset.labels: 3 class names for a model with 2 outputs", _DECIDING),
+    "n_channels_contradicts_arch": ("dataset.n_channels is 3 but the model takes 1 channel(s)", _DECIDING),
+    "task_unknown": ("dataset.task must be one of binary-class", _DECIDING),
+    "rule_unknown": ("decision.operating_point.rule 'nonsense' is not youden, sensitivity:S", _DECIDING),
+    "positive_class_contradicts_label": ("decision.positive_class is 'malignant' but decision.positive_label 1 is "
+                                         "'normal, benign'", _DECIDING),
 })
 
 
@@ -164,6 +169,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{file}"): "already exists; pass --force",
     ("bench", "{ck}"): "is a checkpoint; bench times the deployed file: export it first",
     ("bench", "model.pt"): "is a PyTorch pickle; bench times the deployed ONNX file",
+    ("quantize", "{ck}", "--skip", "relu1", "pool"): "which hold no conv or linear weights",  # skipped nothing
     # evaluate's result files never replace the model scored (nor its checkpoint's other half) or someone's file
     ("evaluate", "{onnx}", "--out", "{onnx}", "--force"): "is the model this command reads",
     ("evaluate", "{ck}", "--out", "{ck}"): "is the model this command reads",

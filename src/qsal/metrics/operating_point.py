@@ -147,7 +147,7 @@ def validate_labels(labels, num_classes: int | None, where: str, fix: str) -> No
         raise QsalError(f"{where}.labels names {quote(twice[0])} twice; class names must be distinct; {fix}")
 
 
-def validate_decision(decision, num_classes: int | None, where: str, fix: str) -> None:
+def validate_decision(decision, num_classes: int | None, where: str, fix: str, labels=None) -> None:
     """Refuse a stored decision (``choose_decision``'s dict, read back from a checkpoint or ONNX metadata) that
     would not decide correctly: a positive label outside ``[0, num_classes)``, a threshold that is not a
     probability, a temperature that is not a finite number > 0. ``None`` (absent) passes: argmax / 0.5."""
@@ -162,6 +162,11 @@ def validate_decision(decision, num_classes: int | None, where: str, fix: str) -
     if decision.get("positive_class") is not None and not isinstance(decision["positive_class"], str):
         raise QsalError(f"{where}: decision.positive_class must be a class name, got "
                         f"{quote(decision['positive_class'])}; {fix}")
+    named = decision.get("positive_class")
+    if named is not None and pos is not None and labels and pos < len(labels) and str(labels[pos]) != named:
+        # output names the class by id (labels[positive_label]): two answers to "which class is positive"
+        raise QsalError(f"{where}: decision.positive_class is {named!r} but decision.positive_label {pos} is "
+                        f"{str(labels[pos])!r}; {fix}")
     op = decision.get("operating_point")
     if op is not None:
         if not isinstance(op, dict):
@@ -176,6 +181,12 @@ def validate_decision(decision, num_classes: int | None, where: str, fix: str) -
             if op.get(key) is not None and not isinstance(op[key], str):
                 raise QsalError(f"{where}: decision.operating_point.{key} must be a string, got {quote(op[key])}; "
                                 f"{fix}")
+        if op.get("rule") is not None:  # quantize re-applies it to its child: refused here, where it was read
+            try:
+                parse_rule(op["rule"])
+            except QsalError:
+                raise QsalError(f"{where}: decision.operating_point.rule {op['rule']!r} is not youden, "
+                                f"sensitivity:S or a threshold; {fix}") from None
     t = decision.get("temperature")
     if t is not None and not (is_finite_number(t) and t > 0):
         raise QsalError(f"{where}: decision.temperature must be a finite number > 0 (it divides the logits), got "

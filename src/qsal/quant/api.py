@@ -90,6 +90,18 @@ def _prepare_weight_only(gm: fx.GraphModule, cfg: WeightOnlyConfig) -> fx.GraphM
     return swap_layers(gm, lambda name: None if name in cfg.skip else {"weight_bits": cfg.bits, "per_channel": cfg.per_channel})
 
 
+def check_skip_holds_weights(model: nn.Module, skip) -> None:
+    """``skip`` keeps conv / linear layers (or blocks holding them) in FP32; a ReLU, pool or dropout has no
+    weights to keep, and its activations are quantized all the same: naming one would change nothing, silently."""
+    weightless = [name for name in skip if not any(isinstance(m, (nn.Conv2d, nn.Linear))
+                                                   for m in model.get_submodule(name).modules())]
+    if weightless:
+        held = sorted(n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        raise QsalError(f"skip names {weightless}, which hold no conv or linear weights: skip keeps weight layers "
+                        f"in FP32 (activations are quantized either way); this model's are {', '.join(held[:12])}"
+                        f"{', ...' if len(held) > 12 else ''}")
+
+
 def prepare_structure(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
     """The quantized model's structure (layers swapped, quantizers placed) with quantizers switched on
     but not calibrated: what a checkpoint's weights are loaded into."""
@@ -168,6 +180,7 @@ def quantize(model: nn.Module, config: QuantConfig, calibration=None) -> fx.Grap
     if unknown:
         raise QsalError(f"skip names {unknown} that are not layers of this model's graph; its layers are "
                         f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
+    check_skip_holds_weights(model, config.skip)
     if act_quantizers(gm):
         x = _as_tensor(calibration, getattr(config, "num_calibration", 512))
         try:
