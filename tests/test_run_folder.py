@@ -19,6 +19,12 @@ def test_claim_refuses_another_run_and_changed_settings(tmp_path):
     assert "--force" in str(e.value) and "--out" in str(e.value) and "--resume" in str(e.value)
     with pytest.raises(QsalError, match="pass --resume to continue it, --force to start over"):
         claim_run_folder(out, breast)
+    with pytest.raises(QsalError, match=r"holds a breastmnist/small_cnn/fp32 run with other settings \(lr: 0.001 "
+                                        r"there, 0.0005 now\); pass --force"):  # not "pass --resume", which refuses
+        claim_run_folder(out, fingerprint("breastmnist", "small_cnn", "fp32", {"lr": 5e-4}))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(QsalError, match="--out .*a_file is a file; a run writes a folder"):
+        claim_run_folder(tmp_path / "a_file", breast)
     with pytest.raises(QsalError, match=r"lr changed \(0.001 -> 0.0005\)"):
         claim_run_folder(out, fingerprint("breastmnist", "small_cnn", "fp32", {"lr": 5e-4}), resume=True)
     claim_run_folder(out, breast, resume=True)  # the same run continues

@@ -74,6 +74,8 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     and starts over.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QsalError(f"--out {out} is a file; a run writes a folder: name a new or empty one (or this run's folder)")
     record = out / FINGERPRINT_FILE
     old = _read_record(record) if record.is_file() and not force else None
     has_outputs = any((out / name).exists() for name in _RUN_OUTPUTS)
@@ -92,6 +94,10 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
         if any(old.get(k) != fp[k] for k in _IDENTITY):
             raise QsalError(f"{out} holds a {_describe(old)} run, not {_describe(fp)}; choose another --out, or pass "
                             "--force to replace it (--resume continues only the same run)")
+        if not resume and was != now:  # the same kind of run with other settings: --resume would refuse it too
+            k = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))[0]
+            raise QsalError(f"{out} holds a {_describe(fp)} run with other settings ({k}: {was.get(k)!r} there, "
+                            f"{now.get(k)!r} now); pass --force to start over, or choose another --out")
         if not resume:
             raise QsalError(f"{out} already holds this {_describe(fp)} run; pass --resume to continue it, --force to "
                             "start over, or choose another --out")
