@@ -189,3 +189,15 @@ def test_an_operating_point_for_a_set_that_decides_by_argmax_is_refused(shared_d
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--operating-point applies to binary sets only" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_that_failed_before_writing_anything_does_not_hold_its_folder(tmp_path):
+    """Diverged at epoch 1 (only run.json written): the next run, with a lower --lr, takes the folder without
+    --force; --resume there would have refused (settings changed) and nothing was there to keep."""
+    out = tmp_path / "run"
+    claim_run_folder(out, fingerprint("breastmnist", "small_cnn", "fp32", {"lr": 1e30}))
+    claim_run_folder(out, fingerprint("breastmnist", "small_cnn", "fp32", {"lr": 1e-3}))
+    assert json.loads((out / "run.json").read_text())["config"]["lr"] == 1e-3
+    (out / "last.pt").write_bytes(b"state")  # from here on there is something to continue
+    with pytest.raises(QsalError, match="with other settings"):
+        claim_run_folder(out, fingerprint("breastmnist", "small_cnn", "fp32", {"lr": 1e30}))

@@ -79,6 +79,9 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     record = out / FINGERPRINT_FILE
     old = _read_record(record) if record.is_file() and not force else None
     has_outputs = any((out / name).exists() for name in _RUN_OUTPUTS)
+    # a run that failed before writing anything (diverged, bad data): nothing to keep or continue, so not refused
+    abandoned = old is not None and not has_outputs and not resume
+    old = None if abandoned else old
     was, now = _compared(old, fp) if old is not None else ({}, {})
     if force:
         if write:  # with write=False only checked: record_run_folder(force=True) clears once every input is good
@@ -86,7 +89,7 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
     elif old is None and has_outputs:
         raise QsalError(f"{out} already holds a model from an unrecorded run; pass --force to replace it or choose "
                         "another --out (--resume needs a folder written by this version)")
-    elif old is None and not resume and out.is_dir() and any(out.iterdir()):
+    elif old is None and not resume and not abandoned and out.is_dir() and any(out.iterdir()):
         # a folder of the user's own files (images, notes): a run would write its model among them
         raise QsalError(f"{out} is not empty and holds no qsal run; choose a new or empty --out (or pass --force to "
                         "write the run among its files)")
