@@ -274,19 +274,24 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     qmeta = {"dataset": {**(meta.get("dataset") or data_meta(train)), "split_seed": split_seed(meta)},
              "quant": qconfig.to_dict(),
              "parent_checkpoint": parent_path, "parent_sha256": run_config["parent_sha256"]}
-    seconds = 0.0
+    seconds, best_epoch = 0.0, None
     if cfg is not None:
         result = fit(qmodel, train, val, cfg, out, step=step, meta=qmeta, callbacks=qat_callbacks(qconfig))
-        path, seconds = result.best_path, result.seconds
+        path, seconds, best_epoch = result.best_path, result.seconds, result.best_epoch
     else:
         path = save_checkpoint(qmodel, out / "best.safetensors", {**qmeta, "arch": qmodel.qsal_arch, "seed": seed})
     decision = _decide_and_record(qmodel, val, path, positive_class=parent.get("positive_label"),
                                   operating_point=rule, temperature_scaling=temperature_scaling)
+    # what made this model, as train_model's metrics.json says it: the fine-tune's settings and, for SGT+PACT,
+    # the saliency-guided step (a PACT and an SGT+PACT result must not read alike)
+    method = ("sgt+" if step is not None else "") + qconfig.label
     metrics = _finish(out, qmodel, test, decision, seed, {
-        "checkpoint": str(path), "quant": qconfig.to_dict(), "seed": seed, "train_seconds": seconds,
-        "parent_checkpoint": parent_path, "decision": decision,
-        "quantization": describe_quantization(qmodel)})
-    return {**_summary(path, metrics), "method": qconfig.label}
+        "checkpoint": str(path), "method": method, "dataset": name, "model": meta["arch"]["name"],
+        "quant": qconfig.to_dict(), "seed": seed, "config": cfg.to_dict() if cfg is not None else None,
+        "best_epoch": best_epoch, "train_seconds": seconds, "parent_checkpoint": parent_path, "decision": decision,
+        "quantization": describe_quantization(qmodel),
+        "saliency_guided": step.describe() if hasattr(step, "describe") else None})
+    return {**_summary(path, metrics), "method": method}
 
 
 def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, card: bool = True, *,

@@ -86,6 +86,12 @@ def test_pact_saliency_guided_training_from_the_cli_reloads_and_explains(tmp_pat
     assert main(["explain", str(out / "best.safetensors"), "--method", "gradcam", "--n", "2",
                  "--out", str(tmp_path / "gc.png")]) == 0
     assert (tmp_path / "gc.png").stat().st_size > 1000
+    # SGT+PACT as a fine-tune of that run's FP32 warm-up: its metrics.json says what made it, as train's does
+    assert main(["quantize", str(out / "fp32_warmup" / "best.safetensors"), "--method", "pact", "--bits", "4", "--epochs", "1", "--saliency-guided",
+                 "--out", str(tmp_path / "q"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "q" / "metrics.json").read_text())
+    assert record["method"] == "sgt+pact-4bit" and record["saliency_guided"]["step"] == "saliency_guided"
+    assert record["config"]["epochs"] == 1 and record["best_epoch"] == 1 and record["dataset"] == "breastmnist"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -21,7 +21,7 @@ def _quant_config(args):
                          per_channel=not args.per_tensor, skip=skip, **calibration)
     if args.method == "qat":
         return QATConfig(bits=args.bits, per_channel=not args.per_tensor, skip=skip, **calibration)
-    if args.method == "pact":  # --per-tensor: one scale per layer everywhere (the default: all but depthwise)
+    if args.method == "pact":  # --per-tensor: one scale per k-bit layer (the default: all but depthwise)
         return PACTConfig(bits=args.bits, skip=skip, **calibration,
                           **({"weight_per_channel": "none"} if args.per_tensor else {}))
     return WeightOnlyConfig(bits=args.bits, per_channel=not args.per_tensor, skip=skip)
@@ -108,7 +108,7 @@ def _setup_quantize(p):
     p.add_argument("--observer", default=None, choices=["minmax", "percentile", "mse", "entropy"],
                    help="PTQ calibration observer (default: minmax)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales "
-                   "(PACT: per-tensor for depthwise layers too)")
+                   "(PACT: for every k-bit layer, depthwise too; its 8-bit first and last layers stay per-channel)")
     p.add_argument("--num-calibration", type=positive_int, default=None,
                    help="training images used for calibration (default: the method's, PTQ/QAT 512, PACT 256)")
     p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (default: none)")
