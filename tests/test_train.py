@@ -39,9 +39,11 @@ def test_same_seed_same_weights(tiny_splits, tmp_path):
 @pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["live weights", "weight EMA"])
 def test_resume_after_kill_gives_the_same_result_as_an_uninterrupted_run(tiny_splits, tmp_path, ema_decay):
     _fit(tiny_splits, tmp_path / "full", epochs=4, ema_decay=ema_decay)
-    _fit(tiny_splits, tmp_path / "resumed", epochs=2, ema_decay=ema_decay)  # "killed" after epoch 2 ...
+    _, first = _fit(tiny_splits, tmp_path / "resumed", epochs=2, ema_decay=ema_decay)  # "killed" after epoch 2 ...
     _, result = _fit(tiny_splits, tmp_path / "resumed", epochs=4, ema_decay=ema_decay)  # ... and run again
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    _, again = _fit(tiny_splits, tmp_path / "resumed", epochs=4, ema_decay=ema_decay)  # finished: nothing left
+    assert again.seconds >= result.seconds > first.seconds  # the whole training's time, not the last invocation's
     full, resumed = load_file(str(tmp_path / "full/best.safetensors")), load_file(str(tmp_path / "resumed/best.safetensors"))
     assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)
 

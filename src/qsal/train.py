@@ -254,7 +254,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                                           "n_train": len(train), "n_val": len(val)},
             "precision": {"training": precision, "channels_last": channels_last, "evaluation": "fp32"}}
     best = FitResult(None, -1, -math.inf)
-    start_epoch = 0
+    start_epoch, earlier_seconds = 0, 0.0
     # what the run trains on and how (not where the files are: a run moved between machines resumes): a last.pt
     # left by another run in out_dir is not continued as if it were this one
     identity = json.loads(json.dumps({"data": {k: meta["data"][k] for k in ("name", "n_train", "n_val")},
@@ -282,6 +282,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 raise QsalError(f"cannot resume from {out / 'last.pt'}: it holds no usable weight average for "
                                 f"ema_decay {config.ema_decay}; delete it to start the training over") from None
         start_epoch = int(state["epoch"]) + 1
+        earlier_seconds = float(state.get("seconds", 0.0))  # the invocations before this one (absent: not recorded)
         best = FitResult(out / "best.safetensors", int(state["best_epoch"]), float(state["best_score"]),
                          list(state.get("history", [])))
         if best.best_epoch > 0 and not best.best_path.is_file():  # else the end would keep the last epoch's weights
@@ -349,9 +350,10 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 **({"ema": ema.state_dict()} if ema is not None else {}),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 "config": _resume_settings(config), "run": identity,
-                "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history})
+                "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history,
+                "seconds": earlier_seconds + time.perf_counter() - t0})
     bar.close()
-    best.seconds = time.perf_counter() - t0
+    best.seconds = earlier_seconds + time.perf_counter() - t0  # the whole training, resumed or not
     if best.best_score == -math.inf:  # a warning, not progress: printed whatever the progress setting
         print(f"note: no epoch had a defined validation {config.select_on}; the last epoch was kept", file=sys.stderr)
     _restore_best(model, best)
