@@ -281,7 +281,9 @@ def test_a_folder_model_is_scored_and_quantized_on_its_own_split(tmp_path):
     train_model(f"folder:{root}", "small_cnn", TrainConfig(epochs=1, seed=1, progress=False, precision="fp32"), run)
     trained = json.loads((run / "metrics.json").read_text())["test"]
     assert json.loads((run / "best.json").read_text())["dataset"]["split_seed"] == 1
-    assert evaluate_model(run / "best.safetensors", n_bootstrap=0)["auc"] == pytest.approx(trained["auc"])
+    scored = evaluate_model(run / "best.safetensors")
+    assert scored["auc"] == pytest.approx(trained["auc"])
+    assert scored["ci"]["auc"] == pytest.approx(trained["ci"]["auc"])  # the bootstrap drawn with the run's seed too
     scales = []
     for seed in (0, 3):
         q = tmp_path / f"q{seed}"

@@ -165,8 +165,9 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
         from qsal.checkpoint import load_checkpoint
         from qsal.metrics import evaluate
 
-        model, _ = load_checkpoint(path)
-        metrics = evaluate(model, data, decision=decision, n_bootstrap=n_bootstrap)
+        model, meta = load_checkpoint(path)
+        # the bootstrap drawn with the run's seed, as train / quantize drew it: the same model, split and CIs
+        metrics = evaluate(model, data, decision=decision, n_bootstrap=n_bootstrap, seed=int(meta.get("seed") or 0))
     result = {"model": str(path), "dataset": name, "split": split, **metrics.to_dict()}
     if own and name != own:
         result["dataset_mismatch"] = f"model trained on {own}, scored on {name} (--other-dataset)"
