@@ -144,19 +144,23 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
         from qsal.quant import PACTConfig, quantize
 
         warmup = max(1, config.epochs // 4)
-        fit(net, train, val, replace(config, epochs=warmup), out / "fp32_warmup", step=step, meta=meta)
+        warmup_seconds = fit(net, train, val, replace(config, epochs=warmup), out / "fp32_warmup", step=step,
+                             meta=meta).seconds
         qcfg = PACTConfig(bits=pact_bits)
         net = quantize(net, qcfg, calibration=train)
         meta["quant"] = qcfg.to_dict()
         meta["fp32_warmup_epochs"] = warmup
         config = replace(config, epochs=max(1, config.epochs - warmup))
     result = fit(net, train, val, config, out, step=step, meta=meta)
+    if pact_bits is not None:  # the record covers the whole run: warm-up epochs and seconds, then PACT's
+        result.seconds += warmup_seconds
     decision = _decide_and_record(net, val, result.best_path, positive_class=positive_class,
                                   operating_point=operating_point, temperature_scaling=temperature_scaling)
     metrics = _finish(out, net, test, decision, config.seed, {
         "checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "train_seconds": result.seconds,
         "config": config.to_dict(), "seed": config.seed, "dataset": dataset, "model": model, "quant": meta["quant"],
         "decision": decision, "quantization": describe_quantization(net),
+        "fp32_warmup_epochs": meta.get("fp32_warmup_epochs"),  # config.epochs: the PACT epochs after it
         "saliency_guided": step.describe() if saliency_guided else None})
     return {**_summary(result.best_path, metrics), "best_epoch": result.best_epoch,
             "train_seconds": round(result.seconds, 1)}

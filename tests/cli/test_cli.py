@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from qsal.cli import main
 
@@ -83,6 +84,10 @@ def test_pact_saliency_guided_training_from_the_cli_reloads_and_explains(tmp_pat
     assert main(["train", "--epochs", "2", "--pact-bits", "4", "--saliency-guided", "--out", str(out), "--no-progress"]) == 0
     meta = json.loads((out / "best.json").read_text())
     assert meta["quant"]["method"] == "pact" and meta["quant"]["bits"] == 4 and meta["step"]["step"] == "saliency_guided"
+    record = json.loads((out / "metrics.json").read_text())  # the whole run: 1 FP32 warm-up epoch, then 1 of PACT
+    assert record["fp32_warmup_epochs"] == 1 and record["config"]["epochs"] == 1
+    warm, pact = (torch.load(d / "last.pt", weights_only=True)["seconds"] for d in (out / "fp32_warmup", out))
+    assert record["train_seconds"] == pytest.approx(warm + pact, rel=0.05)
     assert main(["explain", str(out / "best.safetensors"), "--method", "gradcam", "--n", "2",
                  "--out", str(tmp_path / "gc.png")]) == 0
     assert (tmp_path / "gc.png").stat().st_size > 1000
