@@ -89,6 +89,17 @@ def _write_error(dest: Path, e: OSError) -> QsalError | None:
     return None
 
 
+def _raise_folder_error(dest: Path, e: OSError):
+    """``e`` from preparing a write beside ``dest`` (its folder, a temp name) as one line where the user can fix it."""
+    err = _write_error(dest, e)
+    if e.errno == errno.ENOENT:  # the folder could not be made (e.g. under /proc)
+        err = QsalError(f"cannot write {dest} (its folder does not exist and cannot be created); "
+                        "choose another output path")
+    if err:
+        raise err from None
+    raise e
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; move it onto ``dest`` (mode 0666 minus umask) only if the block succeeds."""
@@ -99,13 +110,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.pid{os.getpid()}.", suffix=suffix + ".tmp", dir=dest.parent)
         os.close(fd)
     except OSError as e:
-        err = _write_error(dest, e)
-        if e.errno == errno.ENOENT:  # the folder could not be made (e.g. under /proc)
-            err = QsalError(f"cannot write {dest} (its folder does not exist and cannot be created); "
-                            "choose another output path")
-        if err:
-            raise err from None
-        raise
+        _raise_folder_error(dest, e)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -132,13 +137,7 @@ def staging_dir(dest: str | os.PathLike) -> Iterator[Path]:
         remove_stale_temps(dest)
         stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pid{os.getpid()}.", suffix=".tmp", dir=dest.parent))
     except OSError as e:
-        err = _write_error(dest, e)
-        if e.errno == errno.ENOENT:
-            err = QsalError(f"cannot write {dest} (its folder does not exist and cannot be created); "
-                            "choose another output path")
-        if err:
-            raise err from None
-        raise
+        _raise_folder_error(dest, e)
     try:
         yield stage
     finally:

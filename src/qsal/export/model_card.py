@@ -338,15 +338,9 @@ def _kernels(onnx_path: Path, quant: dict) -> dict:
     """What onnxruntime runs the file on, as export measured it on the optimised graph (``integer_kernels``,
     ``float_ops_after_optimization`` in the metadata): a quantized file whose layers fall back to float kernels
     (weight-only, a skipped layer) keeps integer weights on disk but computes, and holds its weights, in FP32."""
-    import json
+    from qsal.runtime import read_metadata
 
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    try:
-        info = json.loads(props.get("qsal", "{}"))
-    except json.JSONDecodeError:
-        info = {}
+    info = read_metadata(onnx_path)
     integer, float_ops = info.get("integer_kernels"), info.get("float_ops_after_optimization")
     if quant.get("method") == "fp32":
         text = "float (FP32)"
