@@ -71,3 +71,33 @@ def test_a_run_folders_report_is_written_inside_it_not_into_out(tmp_path, capsys
     (run / "run_config.json").write_text("{}")
     assert main(["report", str(run), "--out", str(tmp_path / "elsewhere")]) == 2
     assert "report is written inside it" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+
+
+def test_report_refuses_folder_models_split_with_different_seeds(tmp_path, capsys):
+    """A folder's test part is drawn by the training seed: scoring a seed-2 model on seed 1's test part would count
+    images it trained on as test images, so one report takes models of one split only."""
+    import numpy as np
+    from PIL import Image
+
+    from qsal.data import load_split
+    from qsal.pipeline import train_model
+    from qsal.train import TrainConfig
+
+    train = load_split("breastmnist", "train")
+    root = tmp_path / "folder"
+    for c, name in enumerate(("malignant", "normal, benign")):
+        (root / name).mkdir(parents=True)
+        for i in np.where(train.labels == c)[0][:40]:
+            Image.fromarray(train.images[i, :, :, 0]).save(root / name / f"{i}.png")
+    for seed in (1, 2):
+        train_model(f"folder:{root}", "small_cnn", TrainConfig(epochs=1, seed=seed, progress=False, precision="fp32"),
+                    tmp_path / f"s{seed}")
+    args = ["report", "--out", str(tmp_path / "rep"), "--no-latency", "--n-explain", "2", "--quiet"]
+    capsys.readouterr()
+    assert main([*args, str(tmp_path / "s1/best.safetensors"), str(tmp_path / "s2/best.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "s2 split folder:" in err and "with seed 2 but s1 with seed 1" in err and "Traceback" not in err
+    assert not (tmp_path / "rep/results.json").exists()
+    assert main([*args, "--json", str(tmp_path / "s2/best.safetensors")]) == 0
+    trained = json.loads((tmp_path / "s2/metrics.json").read_text())["test"]
+    assert json.loads(capsys.readouterr().out)[0]["test_auc"] == pytest.approx(trained["auc"], abs=1e-4)

@@ -111,11 +111,17 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         if not data.get("name"):
             raise QsalError(f"{onnx} does not record its dataset; export it with `qsal export`")
         if test is None:
+            test_seed = split_seed({"data": data})
             test = load_split(data["name"], "test", data_dir, size=data.get("image_size"),
-                              seed=split_seed({"data": data}))  # a folder's test part is the model's own
+                              seed=test_seed)  # a folder's test part is the model's own
         elif data["name"] != test.info.name:
             raise QsalError(f"{label} was trained on {data['name']} but {labels[0]} on {test.info.name}; "
                             "a report compares models of one dataset")
+        elif test.info.family == "folder" and split_seed({"data": data}) != test_seed:
+            # another seed's test part holds images this model trained on: its numbers would be inflated
+            raise QsalError(f"{label} split {data['name']} with seed {split_seed({'data': data})} but {labels[0]} with "
+                            f"seed {test_seed}, so they have different test images; report each on its own, or train "
+                            "them with one --seed")
         art, probs = score_onnx(onnx, test, seed=seed)  # at the artifact's stored positive class and threshold
         metrics = art.to_dict()
         row = {**metrics_row(label, metrics), "scored": "onnx", "onnx_auc": metrics["auc"], "onnx_acc": metrics["acc"],
