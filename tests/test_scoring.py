@@ -62,6 +62,32 @@ def test_model_card_shows_the_artifacts_metrics(breast_run, tmp_path):
     assert "chosen on the validation split with the PyTorch model's scores" in md  # whose scores set the artifact's threshold
 
 
+def test_a_card_shows_pytorch_metrics_only_when_written_for_these_weights(breast_run, tmp_path):
+    """metrics.json records the weights it scored; a card beside other weights (a copied or retrained file) leaves
+    those numbers out instead of quoting them as this model's."""
+    import shutil
+
+    from qsal.pipeline import export_checkpoint, quantize_checkpoint
+    from qsal.quant import PTQConfig
+    from qsal.run_folder import file_sha256
+
+    run, _ = breast_run
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["checkpoint_sha256"] == file_sha256(run / "best.safetensors")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("best.safetensors", "best.json", "metrics.json"):
+        shutil.copy(run / name, copy / name)
+    export_checkpoint(str(copy / "best.safetensors"), copy / "m.onnx")
+    card = json.loads((copy / "m.card.json").read_text())
+    assert card["metrics"]["pytorch_test"]["auc"] == pytest.approx(record["test"]["auc"])
+    quantize_checkpoint(str(run / "best.safetensors"), PTQConfig(num_calibration=32), tmp_path / "q", progress=False)
+    shutil.copy(tmp_path / "q/metrics.json", copy / "metrics.json")  # another model's numbers beside these weights
+    export_checkpoint(str(copy / "best.safetensors"), copy / "m.onnx", force=True)
+    card = json.loads((copy / "m.card.json").read_text())
+    assert card["metrics"]["pytorch_test"] is None and card["metrics"]["scored"] == "onnx"
+
+
 def test_evaluate_split_all_scores_every_image_of_a_folder_as_valid_json(breast_run, tmp_path):
     """The issue's case: a folder of six images was split 70/10/20, scored on one image, printed NaN and warnings."""
     _, onnx_path = breast_run

@@ -51,7 +51,13 @@ def load_splits(dataset: str, data_dir=None, size=None, download=False, seed: in
 
 
 def _write_metrics(out: Path, metrics, extra: dict) -> Path:
-    return write_json_atomic(out / "metrics.json", {**extra, "test": metrics.to_dict(), "environment": environment()})
+    from qsal.run_folder import file_sha256
+
+    # the weights these numbers are about: a model card (or a reader) beside other weights can tell they are not theirs
+    weights = out / "best.safetensors"
+    sha = {"checkpoint_sha256": file_sha256(weights)} if weights.is_file() else {}
+    return write_json_atomic(out / "metrics.json", {**extra, **sha, "test": metrics.to_dict(),
+                                                    "environment": environment()})
 
 
 def _decide_and_record(net, val: ImageSplit, checkpoint: Path, *, positive_class, operating_point: str,
@@ -399,10 +405,18 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     from qsal.run_folder import file_sha256
     from qsal.models import count_parameters, create_model
 
-    def test_metrics(path: Path) -> dict | None:
+    def belongs(record: dict, weights: str | os.PathLike) -> bool:
+        """metrics.json written for these weights (records before the hash was kept are taken as theirs)."""
+        sha = record.get("checkpoint_sha256")
+        return sha is None or sha == file_sha256(weights)
+
+    def test_metrics(weights: Path) -> dict | None:
+        """The test metrics in ``metrics.json`` beside ``weights``, if written for them."""
+        path = weights.with_name("metrics.json")
         try:
-            return json.loads(path.read_text(encoding="utf-8")).get("test") if path.is_file() else None
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+            return record.get("test") if record is not None and belongs(record, weights) else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
             return None
 
     meta = read_meta(checkpoint)
@@ -415,6 +429,8 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
                         "test metrics) or rerun the command that wrote it") from None
     if torch_metrics is not None and not isinstance(torch_metrics, dict):
         raise QsalError(f"{metrics_file} holds a {type(torch_metrics).__name__}, not the metrics qsal writes; delete it")
+    if torch_metrics is not None and not belongs(torch_metrics, checkpoint):
+        torch_metrics = None  # written for other weights (a copied or retrained file): not this model's numbers
     parent = meta.get("parent_checkpoint")
     parent_kind = _parent_kind(parent) if parent else None
     if parent and parent_kind and meta.get("parent_sha256") is not None and (
@@ -422,7 +438,7 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
         # retrained or replaced in place since this model was made from it: another model, not compared with
         gone = "its weights are gone" if not Path(parent).is_file() else "replaced since this model was made from it"
         parent_kind, parent = f"{parent_kind}, {gone}: not compared", None
-    parent_metrics = test_metrics(Path(parent).with_name("metrics.json")) if parent else None
+    parent_metrics = test_metrics(Path(parent)) if parent else None
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None
     try:  # the card can still be written without the data; it then says the artifact was not scored
