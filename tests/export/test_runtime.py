@@ -43,6 +43,26 @@ def test_a_file_with_its_batch_size_fixed_for_an_edge_runtime_is_fed_and_timed_i
     assert timed["fixed_batch"] == 4 and [r["batch"] for r in timed["runs"]] == [4]
 
 
+def test_bench_records_the_thread_count_that_ran_and_flags_more_than_the_usable_cores(tmp_path, monkeypatch, capsys):
+    """--threads 0 is the cores this process may use, recorded as that number (onnxruntime's own default is one per
+    physical core, os.cpu_count() counts withheld cores); a count above them is marked and noted as contention."""
+    import json
+
+    import qsal.provenance
+    from qsal.cli import main
+
+    meta = {"data": {"name": "breastmnist", "task": "binary-class", "mean": [0.5], "std": [0.5]}}
+    path = export_onnx(create_model("small_cnn", 2, 1).eval(), tmp_path / "m.onnx", input_shape=(1, 28, 28),
+                       meta=meta, check_untrained=False)
+    monkeypatch.setattr(qsal.provenance, "usable_cpus", lambda: 1)
+    capsys.readouterr()
+    assert main(["bench", str(path), "--threads", "0", "2", "--seconds", "0.05", "--out", str(tmp_path / "b.json")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 2 threads on 1 usable cores: those rows time contention" in err
+    runs = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert [(r["threads"], r.get("oversubscribed", False)) for r in runs] == [(1, False)] * 2 + [(2, True)] * 2
+
+
 def test_runtime_preprocesses_uint8_like_training(tmp_path):
     torch.manual_seed(0)
     m = create_model("small_cnn", 2, 1).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from qsal.cli.output import print_result
@@ -174,6 +175,10 @@ def cmd_bench(args):
     print(f"{args.model}: {result['size_bytes'] / 1024:,.1f} KiB"
           + (f"; its graph fixes the batch at {result['fixed_batch']}: only that batch size is timed"
              if result.get("fixed_batch") else ""))
+    over = sorted({r["threads"] for r in result["runs"] if r.get("oversubscribed")})
+    if over:
+        print(f"note: {', '.join(map(str, over))} threads on {result['environment']['cpus_usable']} usable cores: "
+              "those rows time contention between threads, not the model", file=sys.stderr)
     print_rows([{"threads": r["threads"], "batch": r["batch"], "p50 ms": round(r["latency_ms_p50"], 3),
                  "p95 ms": round(r["latency_ms_p95"], 3), "img/s": round(r["throughput_img_s"])} for r in result["runs"]])
 
@@ -181,7 +186,7 @@ def cmd_bench(args):
 def _setup_bench(p):
     p.add_argument("model", help="an ONNX file from qsal export")
     p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), nargs="+", default=[1, 0],
-                   help="thread counts (0 = all cores)")
+                   help="thread counts (0 = all cores this process may use)")
     p.add_argument("--seconds", type=float_range(0.0, 3600.0, low_open=True, what="seconds"), default=2.0,
                    help="minimum timed seconds per configuration")
     p.add_argument("--out", help="also write the results to this JSON file (default: print only; never overwritten "

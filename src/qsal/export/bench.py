@@ -45,7 +45,8 @@ def measure(fn, warmup: int, min_iters: int, min_seconds: float) -> list[float]:
 
 
 def onnx_session(path: str | os.PathLike, threads: int):
-    """A default onnxruntime CPU session; ``threads`` intra-op threads (0 = onnxruntime's default, all cores)."""
+    """A default onnxruntime CPU session; ``threads`` intra-op threads (0 = onnxruntime's default, one per physical
+    core)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -161,11 +162,27 @@ def _check_settings(threads: tuple[int, ...], batches: tuple[int, ...], seconds:
         raise QsalError(f"seconds per configuration must be in (0, 3600], got {seconds}")
 
 
+def _thread_counts(threads: tuple[int, ...]) -> list[int]:
+    """The counts actually run: 0 becomes the cores this process may use (not onnxruntime's own default, one per
+    physical core, nor ``os.cpu_count()``, which counts cores a container or affinity mask withholds), so a result's
+    ``threads`` is what ran."""
+    from qsal.provenance import usable_cpus
+
+    return [t or usable_cpus() for t in threads]
+
+
+def _run_record(threads: int, timing: dict) -> dict:
+    from qsal.provenance import usable_cpus
+
+    # more threads than usable cores time contention, not the model: the record says so
+    return {"threads": threads, **timing, **({"oversubscribed": True} if threads > usable_cpus() else {})}
+
+
 def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batches: tuple[int, ...] = (1, 64),
                seconds: float = 2.0) -> dict:
     """Size on disk and, per (threads, batch), latency p50/p95 (ms) and throughput (images/s).
 
-    ``threads=0`` means all cores. Each configuration runs in its own process.
+    ``threads=0`` means all cores this process may use. Each configuration runs in its own process.
     """
     from qsal.runtime import read_metadata
 
@@ -183,7 +200,7 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
     fixed = _fixed_batch(path)
     if fixed is not None:  # the graph takes no other batch size: time the one it takes
         batches = (fixed,)
-    runs = [{"threads": t or os.cpu_count(), **_spawn("onnx", str(path), t, b, seconds)} for t in threads for b in batches]
+    runs = [_run_record(t, _spawn("onnx", str(path), t, b, seconds)) for t in _thread_counts(threads) for b in batches]
     from qsal.provenance import environment
 
     # where and with what it was timed (CPU, cores usable, onnxruntime version, when): a latency means nothing alone
@@ -208,8 +225,8 @@ def bench_torch(checkpoint: str | os.PathLike, threads: tuple[int, ...] = (1,), 
 
     _check_settings(tuple(threads), tuple(batches), seconds)
     read_meta(resolve_checkpoint_path(checkpoint))
-    runs = [{"threads": t or os.cpu_count(), **_spawn("torch", str(checkpoint), t, b, seconds)}
-            for t in threads for b in batches]
+    runs = [_run_record(t, _spawn("torch", str(checkpoint), t, b, seconds)) for t in _thread_counts(threads)
+            for b in batches]
     return {"model": str(checkpoint), "runs": runs}
 
 
