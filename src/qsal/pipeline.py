@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -276,6 +277,11 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     # --seed draws the calibration images (quantize() alone takes a seed-0 draw): seeds are independent replicates
     qmodel = quantize(model, qconfig, calibration=train.subset(n_calibration, seed) if n_calibration else train)
     record_run_folder(out, fp, force=force)  # every input is good: only now does the folder appear (or clear)
+    guided_step = hasattr(step, "describe") and step.describe().get("step") == "saliency_guided"
+    if guided_step and not _trained_guided(meta):  # a note once every input is checked, not a refusal
+        print(f"note: {checkpoint} was not trained saliency-guided; qsal's SGT+PACT fine-tunes an SGT parent "
+              "(`qsal train --saliency-guided`), and its tables and cards compare SGT+PACT with that parent",
+              file=sys.stderr)
     if train_subset:  # fine-tune on a seeded subset (a CPU-time budget), calibrated on the full split
         train = train.subset(train_subset, seed)
     # the parent by absolute path (a card written from another folder finds it) and by content (a parent retrained
@@ -379,8 +385,12 @@ def _parent_kind(parent: str) -> str | None:
         return None
     if meta.get("quant"):
         return str(meta["quant"].get("method") or "quantized").upper()
-    guided = isinstance(meta.get("step"), dict) and meta["step"].get("step") == "saliency_guided"
-    return "SGT" if guided else "FP32"
+    return "SGT" if _trained_guided(meta) else "FP32"
+
+
+def _trained_guided(meta: dict) -> bool:
+    """Whether a checkpoint's JSON records saliency-guided training."""
+    return isinstance(meta.get("step"), dict) and meta["step"].get("step") == "saliency_guided"
 
 
 def _parent_file_is_its_export(onnx_path: Path, parent_sha256: str) -> bool:

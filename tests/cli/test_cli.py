@@ -68,6 +68,15 @@ def test_already_quantized_checkpoint_is_refused(tmp_path, capsys):
     assert "already quantized" in capsys.readouterr().err
 
 
+def test_guiding_the_fine_tune_of_a_plain_fp32_parent_is_noted(breast_run, tmp_path, capsys):
+    run, _ = breast_run
+    capsys.readouterr()
+    assert main(["quantize", str(run / "best.safetensors"), "--method", "pact", "--bits", "4", "--epochs", "1",
+                 "--saliency-guided", "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was not trained saliency-guided; qsal's SGT+PACT fine-tunes an SGT parent" in err
+
+
 def test_per_tensor_reaches_every_method_that_has_weight_scales(breast_run, tmp_path):
     # --per-tensor was dropped for weight-only and PACT, while the records said per-channel
     run, _ = breast_run
@@ -92,8 +101,11 @@ def test_pact_saliency_guided_training_from_the_cli_reloads_and_explains(tmp_pat
                  "--out", str(tmp_path / "gc.png")]) == 0
     assert (tmp_path / "gc.png").stat().st_size > 1000
     # SGT+PACT as a fine-tune of that run's FP32 warm-up: its metrics.json says what made it, as train's does
+    assert json.loads((out / "fp32_warmup/best.json").read_text())["step"]["step"] == "saliency_guided"
+    capsys.readouterr()
     assert main(["quantize", str(out / "fp32_warmup" / "best.safetensors"), "--method", "pact", "--bits", "4", "--epochs", "1", "--saliency-guided",
                  "--out", str(tmp_path / "q"), "--no-progress"]) == 0
+    assert "was not trained saliency-guided" not in capsys.readouterr().err  # an SGT parent, as qsal's SGT+PACT
     record = json.loads((tmp_path / "q" / "metrics.json").read_text())
     assert record["method"] == "sgt+pact-4bit" and record["saliency_guided"]["step"] == "saliency_guided"
     assert record["config"]["epochs"] == 1 and record["best_epoch"] == 1 and record["dataset"] == "breastmnist"
