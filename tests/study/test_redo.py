@@ -280,3 +280,19 @@ def test_an_undefined_measurement_is_written_as_null_so_the_cell_stays_finished(
     (tmp_path / fp32.id / "result.json").write_text(json.dumps(result))
     assert finished(tmp_path / fp32.id)
     assert defined({"test_auc": 0.5}) == {"test_auc": 0.5}
+
+
+def test_a_cell_measured_with_other_settings_is_only_measured_again_and_one_that_does_not_say_is_kept(group, tmp_path):
+    fp32, ptq, pact = group
+    measured = {"latency": True, "saliency": True, "n_explain": 8}
+    _write(tmp_path, fp32, T_PARENT, measure=measured)
+    _child(tmp_path, ptq, measure=measured)
+    _child(tmp_path, pact)  # made before result.json recorded its measure settings
+    assert cells_to_redo(group, tmp_path, measure=measured) == {}
+    why = cells_to_redo(group, tmp_path, measure={**measured, "n_explain": 24})
+    assert list(why) == ["fp32", "ptq-int8-minmax"] and all(r.remeasure and not r.after_parent for r in why.values())
+    assert why["fp32"].reason == ("measured with other settings than this study's (n_explain: 8 -> 24): "
+                                  "measuring it again")
+    assert not redo_mod.weights_kept(pact, tmp_path / pact.id)  # no last.pt: a fine-tune would train afresh
+    (tmp_path / pact.id / "last.pt").write_bytes(b"")
+    assert redo_mod.weights_kept(pact, tmp_path / pact.id) and redo_mod.weights_kept(ptq, tmp_path / ptq.id)

@@ -105,7 +105,11 @@ def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     where = md.split("## Where the cells ran")[1].split("##")[0]
     assert "| CPU |" in where and "| NVIDIA H200 |" in where and "| 2 | breastmnist |" in where
     assert result["quant_config"]["method"] == "pact" and "Not one method across seeds" not in md
-    # a second seed of the row made by another PACTConfig version: the report says the row mixes methods
+    # a second seed of the row made by another PACTConfig version: the report says the row mixes methods (the
+    # folder's config names seed 1 too: a cell of a seed it does not name is left out of the report)
+    stamp = tmp_path / "run_config.json"
+    recorded = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({**recorded, "config": {**recorded["config"], "seeds": [0, 1]}}))
     other = tmp_path / "breastmnist/small_cnn/seed1/pact-4"
     other.mkdir(parents=True)
     (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
@@ -259,10 +263,10 @@ def test_a_child_older_than_its_parent_is_redone_even_after_a_run_stopped_betwee
     fp32 = tmp_path / "breastmnist/small_cnn/seed0/fp32"
     # As if the parent had been trained again and the run then stopped before its child was redone.
     ptq = tmp_path / "breastmnist/small_cnn/seed0/ptq-int8-minmax"
-    made = json.loads((fp32 / "result.json").read_text())["environment"]["utc"]
+    made = json.loads((fp32 / "result.json").read_text())["made_at"]
     assert json.loads((ptq / "result.json").read_text())["parent_made_at"] == made  # which parent it came from
     result = json.loads((fp32 / "result.json").read_text())
-    result["environment"]["utc"] = "1999-01-01T00:00:00+00:00"  # another parent, whatever the clocks say
+    result["made_at"] = "1999-01-01T00:00:00+00:00"  # another parent, whatever the clocks say
     (fp32 / "result.json").write_text(json.dumps(result))
     by_id = {s["id"].split("/")[-1]: s["status"] for s in run_study(cfg, tmp_path, progress=False)}
     assert by_id == {"fp32": "skipped (finished earlier)", "ptq-int8-minmax": "done"}
@@ -418,3 +422,36 @@ def test_a_half_finished_run_says_so_where_its_report_names_the_source():
     assert _cells_done(6, cfg) == "6 cells"
     assert _cells_done(2, {}) == "2 cells"  # a folder without its config: the count alone
     assert _cells_done(2, {"datasets": "garbage"}) == "2 cells"
+
+
+def test_measure_settings_edited_are_measured_again_from_the_same_weights_and_dropped_seeds_leave_the_report(tmp_path):
+    """--force over an edited ``measure:`` measured nothing again (a row then averaged maps of 8 and 24 images, its
+    latency from one seed); a seed dropped from the config stayed in every mean."""
+    import numpy as np
+
+    from qsal.run_folder import file_sha256
+
+    base = {**TINY, "seeds": [0, 1], "measure": {"latency": False, "saliency": True, "n_explain": 4}}
+    run_study(parse_run_config(base), tmp_path, progress=False)
+    cells = {n: tmp_path / f"breastmnist/small_cnn/seed0/{n}" for n in ("fp32", "ptq-int8-minmax", "pact-4")}
+    before = {n: json.loads((c / "result.json").read_text()) for n, c in cells.items()}
+    weights = {n: file_sha256(cells[n] / "best.safetensors") for n in ("fp32", "pact-4")}
+    # n_explain edited and seed 1 dropped (its cells stay on disk)
+    edited = {**base, "seeds": [0], "measure": {"latency": False, "saliency": True, "n_explain": 6}}
+    statuses = run_study(parse_run_config(edited), tmp_path, progress=False, force=True)
+    assert [s["status"] for s in statuses] == ["done"] * 3
+    for n, c in cells.items():
+        r = json.loads((c / "result.json").read_text())
+        assert r["measure"]["n_explain"] == 6 and np.load(c / "saliency_maps.npy").shape[0] == 6
+        # the same model: its weights, its time of making (its children stay its children) and its test metrics
+        assert r["made_at"] == before[n]["made_at"] and r["test_auc"] == pytest.approx(before[n]["test_auc"])
+        assert "measured with other settings than this study's (n_explain: 4 -> 6): measuring it again" in (
+            c / "log.txt").read_text()
+    assert {n: file_sha256(cells[n] / "best.safetensors") for n in weights} == weights
+    assert json.loads((cells["pact-4"] / "result.json").read_text())["train_s"] == pytest.approx(
+        before["pact-4"]["train_s"], rel=0.02)  # the fine-tune's seconds, not the measuring run's
+    collected = collect_results(tmp_path, grids=False)
+    assert {r["seeds"] for r in collected["rows"]} == {1} and len(collected["left_out"]) == 3
+    report = report_run(tmp_path)
+    text = open(report["markdown"]).read()
+    assert "## Cells left out" in text and "breastmnist/small_cnn/seed1/fp32" in text

@@ -30,7 +30,10 @@ def log(cell_dir: Path, message: str) -> None:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
-def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
+def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made_at: str | None = None) -> dict:
+    """Train or quantize one cell (resuming what its folder holds), then export, score, time and explain it into
+    ``result.json``. ``made_at``: when its model was made, for a finished cell only measured again (its training
+    resumes with nothing left to do); by default now."""
     from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.provenance import environment
     from qsal.runtime import Runtime
@@ -56,9 +59,12 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> d
                             seed=spec.seed, progress=progress, step=sgt if spec.kind == "sgt+pact" else None,
                             train_config=finetune_cfg, resume=True)
     seconds = time.perf_counter() - t0
-    log(cell, f"trained/quantized in {seconds:.1f} s")
+    log(cell, f"trained/quantized in {seconds:.1f} s (this invocation)")
     ckpt = cell / "best.safetensors"
-    metrics = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")["test"]
+    record = read_json(cell / "metrics.json", "rerun `qsal run` to redo this cell")
+    metrics = record["test"]
+    # training time over every invocation (metrics.json counts resumed ones; a PTQ cell trains nothing: its call)
+    trained_s = record.get("train_seconds") if spec.kind != "ptq" else None
     exp = export_checkpoint(str(ckpt), cell / "model.onnx", card=False, force=True)  # the cell owns its files
     deployed = Runtime(cell / "model.onnx")  # one session scores both splits
     art, probs = score_onnx(deployed, test, seed=spec.seed)
@@ -67,7 +73,8 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> d
     result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
               # the artifact on the validation split: what a choice among cells (benchmarks/targets.py) may look at
               "val_auc": on_val.get("auc"), "val_acc": on_val.get("acc"),
-              "acc_ci": art.ci.get("acc"), "train_s": seconds, "size_bytes": exp["size_bytes"],
+              "acc_ci": art.ci.get("acc"), "train_s": trained_s if isinstance(trained_s, (int, float)) else seconds,
+              "size_bytes": exp["size_bytes"], "measure": asdict(cfg.measure),
               # the method's config with its version: seeds of one row made by different qsal versions show up
               "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict(),
               # which parent it descends from (that result's time): a retrained parent makes it stale (qsal.study.redo)
@@ -98,6 +105,7 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool) -> d
         write_card(str(ckpt), cell / "model.onnx", bench, metrics=art.to_dict(), explanations={  # scored above
             k: result[k] for k in ("faithfulness_gap", "deletion_auc", "insertion_auc", "gini") if k in result} or None, data_dir=cfg.data_dir)
     result["environment"] = environment()
+    result["made_at"] = made_at or result["environment"]["utc"]  # redo.older_than_parent compares children with it
     result = defined(result)
     log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
     write_json_atomic(cell / "result.json", result)

@@ -10,6 +10,10 @@
 - A finished cell trained on another schedule than the study's now (its ``run.json``: a study config edited and
   rerun with ``--force``) is redone, and a parent's children after it: a table labelled with one schedule must not
   hold cells trained on another.
+- A finished cell measured with other ``measure:`` settings (``n_explain``, ``latency``, ``saliency``: its
+  ``result.json``'s ``measure``) is measured again from its own weights where they are all there (``last.pt`` of a
+  finished training resumes with nothing left to train), else trained again: a row's mean must not average maps of 8
+  and of 24 images, nor take its latency from one seed.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from qsal.errors import QsalError
 from qsal.study.grid import CellSpec, expected_configs, expected_schedules, group_name
 from qsal.study.rundir import read_json
 
-__all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "older_than_parent", "other_schedule", "outdated",
-           "parent_made_at", "pending", "progress", "read_results", "read_schedules", "recorded_quant_config",
-           "under_way"]
+__all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "made_at", "older_than_parent", "other_measures",
+           "other_schedule", "outdated", "parent_made_at", "pending", "progress", "read_results", "read_schedules",
+           "recorded_quant_config", "under_way", "weights_kept"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Redo:
     reason: str  # appended to the cell's log.txt
     # redone once its parent's retraining has finished (then ``older_than_parent`` says so); for --dry-run only
     after_parent: bool = False
+    # only measured again (its weights kept, the time it was made kept: its children stay its children)
+    remeasure: bool = False
 
 
 def _result(cell: Path) -> dict | None:
@@ -134,10 +140,32 @@ def other_schedule(recorded: dict | None, expected: dict | None) -> str | None:
             + (f" and {len(changed) - 4} more" if len(changed) > 4 else "") + "): redoing it")
 
 
+def other_measures(result: dict, expected: dict | None) -> str | None:
+    """Why a finished cell's measurements are not the study's now: its ``result.json`` records other ``measure``
+    settings than ``expected`` (``asdict(cfg.measure)``); ``None`` when the same, or when the cell does not say
+    (made before ``measure`` was recorded: kept, not guessed)."""
+    recorded = result.get("measure")
+    if expected is None or not isinstance(recorded, dict):
+        return None
+    changed = sorted(k for k in expected if k in recorded and recorded[k] != expected[k])
+    if not changed:
+        return None
+    return ("measured with other settings than this study's ("
+            + ", ".join(f"{k}: {recorded[k]!r} -> {expected[k]!r}" for k in changed) + "): measuring it again")
+
+
 def _made_at(result: dict | None) -> str | None:
-    """When a finished cell was made: its result's UTC ISO time (``None`` when unfinished or unrecorded)."""
+    """When a finished cell's model was made: its ``made_at`` (kept when the cell is only measured again), else its
+    result's UTC ISO time (``None`` when unfinished or unrecorded)."""
+    if result and isinstance(result.get("made_at"), str):
+        return result["made_at"]
     env = result.get("environment") if result else None
     return env.get("utc") if isinstance(env, dict) and isinstance(env.get("utc"), str) else None
+
+
+def made_at(result: dict | None) -> str | None:
+    """When a finished cell's model was made (``_made_at``), for a cell that is only measured again."""
+    return _made_at(result)
 
 
 def parent_made_at(spec: CellSpec, run_dir: Path) -> str | None:
@@ -165,14 +193,15 @@ def older_than_parent(spec: CellSpec, result: dict, parent_result: dict | None) 
 
 def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict | None] | None = None,
                   expected: dict[str, dict] | None = None, schedules: dict[str, dict] | None = None,
-                  recorded: dict[str, dict | None] | None = None) -> dict[str, Redo]:
+                  recorded: dict[str, dict | None] | None = None, measure: dict | None = None) -> dict[str, Redo]:
     """``{label: Redo}`` for the finished cells of one (dataset, model, seed) group that a run does again. The runner
     asks again as it reaches each cell, so a child is redone only once its parent has been retrained successfully.
     ``specs`` is a whole group (``plan_groups``: every parent is in it); ``results`` its ``read_results`` where the
     caller has them (else each cell's ``result.json`` is read here, once). ``expected``: ``{label: quant config
     to_dict()}`` the study would make now (``grid.expected_configs``); without it only versions are compared.
     ``schedules``: ``grid.expected_schedules`` (without it schedules are not compared); ``recorded``: the group's
-    ``read_schedules`` where the caller has them."""
+    ``read_schedules`` where the caller has them; ``measure``: the study's ``asdict(cfg.measure)`` (without it
+    measurements are not compared)."""
     results = read_results(specs, run_dir) if results is None else results
     if schedules is not None and recorded is None:
         recorded = read_schedules(specs, run_dir)
@@ -187,10 +216,21 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict 
     retrain = set(unusable) | {s.label for s in specs if s.parent is None and s.label in old}
     redo = {s.label: Redo(f"its parent {s.parent} is being trained again: redoing this cell from the new parent",
                           after_parent=True) for s in specs if s.parent in retrain and s.label in done}
+    redo.update({s.label: Redo(why, remeasure=True) for s in specs if s.label in done and s.label not in redo
+                 and s.label not in old and (why := other_measures(results[s.label], measure))})
     redo.update({label: Redo(why) for label, why in old.items()})
     redo.update({label: Redo(f"{why} and a quantized cell of this group still needs it: training it again")
                  for label, why in unusable.items()})
     return {s.label: redo[s.label] for s in specs if s.label in redo}  # in the group's order: parents first
+
+
+def weights_kept(spec: CellSpec, cell: Path) -> bool:
+    """Whether a finished cell can be measured again from its own model: its weights, and for a cell that trained,
+    the ``last.pt`` of its finished training (a resume with nothing left to train; without it the run would train
+    afresh). A PTQ cell is calibrated again from its parent, with the same seed's images."""
+    if spec.kind == "ptq":
+        return (cell.parent / spec.parent / "best.safetensors").is_file()
+    return (cell / "best.safetensors").is_file() and (cell / "last.pt").is_file()
 
 
 def _unusable_checkpoint(cell: Path) -> str | None:
@@ -222,10 +262,13 @@ def checkpoint_damage(weights: Path) -> str | None:
 
 def _group_state(g: list[CellSpec], run_dir: Path, cfg) -> tuple[dict[str, dict | None], dict[str, Redo]]:
     """One group's results as read back and the finished cells a run would redo (``cfg``: to compare options)."""
+    from dataclasses import asdict
+
     results = read_results(g, run_dir)
     if cfg is None:
         return results, cells_to_redo(g, run_dir, results)
-    return results, cells_to_redo(g, run_dir, results, expected_configs(g, cfg), expected_schedules(g, cfg))
+    return results, cells_to_redo(g, run_dir, results, expected_configs(g, cfg), expected_schedules(g, cfg),
+                                  measure=asdict(cfg.measure))
 
 
 def progress(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> tuple[int, int, list[str]]:

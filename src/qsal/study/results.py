@@ -76,9 +76,16 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     if not (run_dir / "run_config.json").is_file():
         raise QsalError(f"{run_dir} is not a qsal run directory (no run_config.json); pass the --out of `qsal run`")
     order = {k: i for i, k in enumerate(("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"))}
-    results = sorted((_read_result(p, run_dir) for p in run_dir.glob("*/*/seed*/*/result.json")),
+    planned = _planned_cells(run_dir)
+    # cells the study's config no longer plans (a seed or method dropped, rerun with --force) are left out, by name:
+    # a row's mean must be over the seeds the report's config names
+    left_out = sorted(str(p.parent.relative_to(run_dir)) for p in run_dir.glob("*/*/seed*/*/result.json")
+                      if planned is not None and str(p.parent.relative_to(run_dir)) not in planned)
+    results = sorted((_read_result(p, run_dir) for p in run_dir.glob("*/*/seed*/*/result.json")
+                      if str(p.parent.relative_to(run_dir)) not in left_out),
                      key=lambda r: (r["dataset"], r["model"], order[r["kind"]], -r["bits"], r["observer"], r["seed"]))
-    failed = [_read_error(p, run_dir) for p in sorted(run_dir.glob("*/*/seed*/*/error.json"))]
+    failed = [_read_error(p, run_dir) for p in sorted(run_dir.glob("*/*/seed*/*/error.json"))
+              if str(p.parent.relative_to(run_dir)) not in left_out]
     if not results and failed:
         raise QsalError(f"none of the cells in {run_dir} finished: {len(failed)} failed (first, {failed[0]['id']}: "
                         f"{str(failed[0].get('error'))[:200]}); fix the cause and rerun `qsal run`")
@@ -144,9 +151,23 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
 
         grid_paths.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
-    out = {"rows": rows, "failed": failed, "grids": grid_paths, "n_cells": len(results), "machines": _machines(results)}
+    out = {"rows": rows, "failed": failed, "grids": grid_paths, "n_cells": len(results), "machines": _machines(results),
+           "left_out": left_out}
     out.update(arrays)
     return out
+
+
+def _planned_cells(run_dir: Path) -> set[str] | None:
+    """The cell ids (``dataset/model/seedN/label``) the folder's recorded study config plans; ``None`` when it records
+    none this qsal can read (then every finished cell is reported)."""
+    from qsal.study.config import parse_run_config
+    from qsal.study.grid import plan_groups
+
+    try:
+        cfg = read_json(run_dir / "run_config.json", "").get("config")
+        return {s.id for g in plan_groups(parse_run_config(cfg)) for s in g} if isinstance(cfg, dict) else None
+    except (QsalError, AttributeError):
+        return None
 
 
 def _class_names(dataset: str) -> list[str] | None:
@@ -241,7 +262,7 @@ def report_run(run_dir: str | Path) -> dict:
     name = str(cfg.get("name", Path(run_dir).name))
     results = {"dataset": collected.get("dataset_name", name), "rows": collected["rows"], "failed": collected["failed"],
                "environment": environment(), "source": f"qsal run ({_cells_done(collected['n_cells'], cfg)}, config {name})",
-               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines")
+               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines", "left_out")
                   if k in collected}}
     if "saliency" not in results:
         results["saliency_grids"] = collected["grids"]

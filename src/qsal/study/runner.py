@@ -26,7 +26,7 @@ from qsal.run_folder import CannotResume
 from qsal.study.cell import agreement_with_fp32, log, run_cell
 from qsal.study.config import RunConfig, load_run_config, parse_run_config
 from qsal.study.grid import CellSpec, expected_configs, expected_schedules, plan_groups, select_groups
-from qsal.study.redo import cells_to_redo, clear_cell, read_results, read_schedules
+from qsal.study.redo import cells_to_redo, clear_cell, made_at, read_results, read_schedules, weights_kept
 from qsal.study.rundir import read_json, run_lock
 
 __all__ = ["run_study", "run_group", "other_config"]
@@ -44,7 +44,7 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     # kept current below: only the cell being run changes its result.json (the agreement step after it rewrites the
     # same file with map-agreement fields, none of which a redo decision reads)
     results = read_results(specs, run_path)
-    expected, schedules = expected_configs(specs, cfg), expected_schedules(specs, cfg)
+    expected, schedules, measure = expected_configs(specs, cfg), expected_schedules(specs, cfg), asdict(cfg.measure)
     recorded = read_schedules(specs, run_path)  # the same: only the cell being run rewrites its run.json
     for spec in specs:
         cell = run_path / spec.id
@@ -56,17 +56,22 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
                                  else f"not run: its parent {spec.parent} did not finish"})
                 continue
             # asked as each cell is reached: a child is redone once its parent has been retrained, not before
-            redo = cells_to_redo(specs, run_path, results, expected, schedules, recorded).get(spec.label)
-            if redo is not None and not redo.after_parent:
+            redo = cells_to_redo(specs, run_path, results, expected, schedules, recorded, measure).get(spec.label)
+            kept_model = None  # when the cell's model was made, for a cell only measured again
+            if redo is not None and redo.remeasure and weights_kept(spec, cell):
+                kept_model = made_at(results[spec.label])
+                log(cell, redo.reason)
+            elif redo is not None and not redo.after_parent:
                 results[spec.label] = None  # first: a clear_cell that fails half-way has removed result.json
                 clear_cell(cell)  # its run.json may name another parent path or method version: start afresh
-                log(cell, redo.reason)
+                log(cell, redo.reason + (" (its weights are not all here: training it again)" if redo.remeasure
+                                         else ""))
             elif results[spec.label] is not None:
                 statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
                 continue
             try:
                 try:
-                    run_cell(spec, cfg, run_path, progress)
+                    run_cell(spec, cfg, run_path, progress, made_at=kept_model)
                 except CannotResume as e:
                     # Cut off earlier and made from another parent (retrained since) or with other settings (--force
                     # over an edited config): what it trained cannot be continued, and the study wants the cell made
@@ -121,7 +126,7 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
 def _has_work(group: list[CellSpec], run_dir: Path, cfg: RunConfig) -> bool:
     results = read_results(group, run_dir)
     return None in results.values() or bool(cells_to_redo(group, run_dir, results, expected_configs(group, cfg),
-                                                          expected_schedules(group, cfg)))
+                                                          expected_schedules(group, cfg), measure=asdict(cfg.measure)))
 
 
 def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:

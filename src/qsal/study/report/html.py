@@ -177,6 +177,11 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
         md += ["", f"### Images whose explanation changed most vs {reference}", "", changed_table]
     if results.get("failed"):
         md += ["", "## Failed cells", ""] + [f"- `{f['id']}`: {f['type']}: {f['error']}" for f in results["failed"]]
+    left_out = results.get("left_out") or []
+    left_note = (f"{len(left_out)} finished cells in this folder are not in the study's config now (a seed or method "
+                 "dropped since) and are left out of every table and figure: " + ", ".join(left_out)) if left_out else ""
+    if left_note:
+        md += ["", "## Cells left out", "", left_note]
     machines = results.get("machines") or []
     if machines:
         md += ["", "## Where the cells ran", "", machines_table(machines)]
@@ -200,6 +205,8 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
         body += ["<h2>Failed cells</h2><ul>"] + [f"<li><code>{html.escape(f['id'])}</code>: "
                                                  f"{html.escape(f['type'])}: {html.escape(f['error'])}</li>"
                                                  for f in results["failed"]] + ["</ul>"]
+    if left_note:
+        body += ["<h2>Cells left out</h2>", f"<p class='note'>{html.escape(left_note)}</p>"]
     body += ["<h2>Glossary</h2><dl>"] + [f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in GLOSSARY]
     body += ["</dl>"]
     if machines:
