@@ -21,7 +21,7 @@ from qsal.metrics.operating_point import (DEFAULT_RULE, describe_operating_point
                                           resolve_positive_label)
 from qsal.provenance import environment
 from qsal.scoring import evaluate_model, evaluate_onnx, load_for_model
-from qsal.train import TrainConfig
+from qsal.train import TrainConfig, check_augmentation_fits
 
 __all__ = ["dataset_task", "dataset_info", "train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint",
            "write_card", "evaluate_onnx", "artifact_test_metrics", "data_meta", "load_splits", "split_seed"]
@@ -137,6 +137,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     resolve_device(config.device)  # as does --device cuda without one
     seed_everything(config.seed)  # the initial weights are part of the run
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
+    check_augmentation_fits(config, train)
     record_run_folder(out, fp, force=force)  # every input is good: only now does the folder appear (or clear)
     meta = {"dataset": {**data_meta(train), "split_seed": config.seed}, "quant": None}
     step = None
@@ -271,6 +272,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
         cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress) if train_config is None \
             else replace(train_config, seed=seed, progress=progress)
     require_validation_classes(val, cfg.select_on if cfg else None, rule)
+    if cfg is not None:
+        check_augmentation_fits(cfg, train)
     if train_config is not None:
         resolve_device(train_config.device)
     n_calibration = getattr(qconfig, "num_calibration", None)

@@ -211,6 +211,15 @@ def _validation_score(model, xv, yv, task, select_on, device) -> tuple[float, di
     return (score if not math.isnan(score) else -math.inf), {"val_loss": loss, "val_auc": auc, "val_acc": acc}
 
 
+def check_augmentation_fits(config: TrainConfig, split) -> None:
+    """Refuse a shift augmentation as large as the images (``split.images``: ``(N, H, W[, C])``) before a run folder
+    is made: reflect padding cannot draw it, and every epoch would fail on its first batch."""
+    h, w = split.images.shape[1:3]
+    if config.shift_px >= min(h, w):
+        raise QsalError(f"shift_px {config.shift_px} is as large as the images ({h}x{w} px); use a shift below "
+                        f"{min(h, w)} px")
+
+
 def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfig, out_dir: str | Path | None = None,
         step: Callable | None = None, meta: dict | None = None,
         callbacks: list[Callable[[nn.Module, int, int], None]] = ()) -> FitResult:

@@ -126,6 +126,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("train", "--lr", "nan"): "--lr: nan is out of range",
     ("train", "--size", "100000"): "--size: 100000 is out of range",
     ("train", "--sgt-k", "1.5"): "--sgt-k: 1.5 is out of range",
+    ("train", "--epochs", "1", "--shift-px", "28"): "shift_px 28 is as large as the images (28x28 px); use a shift below",
     ("explain", "{ck}", "--n", "0"): "--n: 0 is out of range",
     ("explain", "{ck}", "--split", "holdout"): "--split: invalid choice",
     ("models", "--image-size", "1"): "--image-size: 1 is out of range",

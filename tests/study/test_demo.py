@@ -40,3 +40,16 @@ def test_quick_demo_produces_every_model_and_a_report(tmp_path):
     record.write_text(json.dumps(fp))
     with pytest.raises(QsalError, match="lr changed .* pass --force to start over"):
         run_demo(out_dir=str(tmp_path), quick=True, progress=False, verbose=False)
+
+
+@pytest.mark.parametrize("marker", ["run_config.json", "best.safetensors"])
+def test_the_demo_refuses_to_write_into_a_study_or_a_model_folder(marker, tmp_path, capsys):
+    from qsal.cli import main
+
+    (tmp_path / marker).write_text("{}")
+    (tmp_path / "report.md").write_text("the study's report")
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"({marker}); the demo would overwrite its report" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([marker, "report.md"])
+    assert (tmp_path / "report.md").read_text() == "the study's report"

@@ -26,6 +26,29 @@ def test_every_config_problem_is_listed_with_its_path():
         assert path in msg
 
 
+def test_config_values_that_cannot_run_or_read_as_text_are_named_and_plain_training_is_allowed():
+    with pytest.raises(QsalError) as e:
+        parse_run_config({**TINY, "lr": {"fp32": "1e-3"}}, "study.yaml")
+    assert "lr.fp32: '1e-3' is not a number (YAML reads it as text: write 0.001)" in str(e.value)
+    with pytest.raises(QsalError) as e:  # reflect padding cannot draw it: refused here, not by every cell
+        parse_run_config({**TINY, "schedules": [{"datasets": ["breastmnist"], "train": {"shift_px": 28}}]}, "s.yaml")
+    assert "train.shift_px: 28 px for breastmnist/small_cnn, whose images are 28 px; shift by less than 28" in str(e.value)
+    assert parse_run_config({**TINY, "train": {"shift_px": 27}}).train["shift_px"] == 27
+    assert parse_run_config({**TINY, "sgt": {"k": 0}}).sgt.k == 0  # k = 0 masks nothing: plain training
+
+
+def test_a_config_data_dir_that_is_not_a_folder_is_named_as_the_configs(tmp_path, capsys):
+    import yaml
+
+    from qsal.cli import main
+
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "data_dir": str(tmp_path / "missing")}))
+    assert main(["run", str(config), "--out", str(tmp_path / "o"), "--dry-run", "--no-estimate"]) == 2
+    err = capsys.readouterr().err
+    assert f"data_dir {tmp_path / 'missing'} in {config} is not a folder" in err and "(--data-dir)" not in err
+
+
 def test_plan_puts_parents_first_and_the_long_sgt_training_after_fp32s_children():
     cfg = parse_run_config({**TINY, "methods": ["sgt+pact", "qat", "fp32", "pact"], "bits": [8, 2], "seeds": [0, 1]})
     groups = plan_groups(cfg)

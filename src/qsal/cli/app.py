@@ -106,7 +106,7 @@ def cmd_demo(args):
     from qsal.study.demo import run_demo
 
     results = run_demo(dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, quick=args.quick, seed=args.seed,
-                       progress=progress_wanted(args), verbose=not args.quiet, force=args.force)
+                       progress=progress_wanted(args), verbose=not args.quiet, force=args.force, download=args.download)
     _print_report_result(args, results["rows"], results["report"])
 
 
@@ -125,6 +125,7 @@ def _setup_demo(p):
     data_dir_arg(p)
     p.add_argument("--out", default="runs/demo", help="output folder (one sub-folder per model, report.html)")
     p.add_argument("--quick", action="store_true", help="a shorter schedule (about a minute)")
+    p.add_argument("--download", action="store_true", help="download the dataset's missing files from the official source")
     p.add_argument("--seed", type=SEED, default=0, help="seed of every stage")
     p.add_argument("--force", action="store_true",
                    help="train every stage anew in --out (needed where a stage's settings changed since the folder "
@@ -162,6 +163,13 @@ def cmd_run(args):
     _check_study_out(args.out)
     if args.data_dir:  # where the files are, not what the study is: the folder's fingerprint ignores it
         cfg = dataclasses.replace(cfg, data_dir=str(Path(args.data_dir).expanduser().resolve()))
+    elif cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():  # named as the config's, not as a flag
+        raise QsalError(f"data_dir {cfg.data_dir} in {args.config} is not a folder; point it at the folder that holds "
+                        "the dataset files, or pass --data-dir")
+    if args.download:  # before the plan and the lock: the files the cells will read
+        from qsal.study.runner import fetch_data
+
+        fetch_data(cfg)
     if args.dry_run:
         from qsal.study.plan import format_plan, plan_study
         from qsal.study.grid import group_name, plan_groups, select_groups
@@ -258,6 +266,8 @@ def _setup_run(p):
                    help="with --dry-run: skip the timed steps (no time estimate; the plan is instant)")
     p.add_argument("--data-dir", help="data root, over the config's data_dir (default: the config's, then "
                                       "$QSAL_DATA_DIR, then ~/.medmnist)")
+    p.add_argument("--download", action="store_true",
+                   help="download the study's missing dataset files from the official source first")
     no_progress_arg(p)
 
 

@@ -13,6 +13,11 @@ def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator) -> to
     if max_px <= 0:
         return x
     n, _, h, w = x.shape
+    if max_px >= min(h, w):  # reflect padding takes less than the image; a larger shift moves it out of view
+        from qsal.errors import QsalError
+
+        raise QsalError(f"a shift of up to {max_px} px needs images larger than that; these are {h}x{w} px: "
+                        f"use a shift below {min(h, w)} px")
     padded = F.pad(x, (max_px,) * 4, mode="reflect")
     dy = torch.randint(0, 2 * max_px + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * max_px + 1, (n,), generator=generator)

@@ -180,12 +180,20 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                 if want is float and is_integer(v) and is_finite_number(v):  # a 400-digit integer: float() would raise
                     v = float(v)
                 if want is float and is_integer(v) or not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                    problems.append(f"{key}.{sub}: {_short(v)} is not {TYPE_WORDS.get(want, want.__name__)}")
+                    hint = ""
+                    if isinstance(v, str) and want in (int, float):
+                        try:  # YAML 1.1 reads 1e-3 (no dot) as text
+                            float(v)
+                            hint = f" (YAML reads it as text: write {float(v)!r})"
+                        except ValueError:
+                            pass
+                    problems.append(f"{key}.{sub}: {_short(v)} is not {TYPE_WORDS.get(want, want.__name__)}{hint}")
                     continue
                 if want is float and not math.isfinite(v):
                     problems.append(f"{key}.{sub}: must be a finite number, got {_short(v)}")
                     continue
-                if want in (int, float) and v <= 0 and not (key == "sgt" and name == "lam" and v == 0):
+                # sgt.lam 0 and sgt.k 0 are plain training (checked as fractions below)
+                if want in (int, float) and v <= 0 and not (key == "sgt" and name in ("lam", "k") and v == 0):
                     problems.append(f"{key}.{sub}: must be positive, got {_short(v)}")
                 kwargs[name] = v
             values[key] = cls(**kwargs)
@@ -213,11 +221,29 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
                                               values.get("models", RunConfig().models))
     if "pact" in raw:
         values["pact"] = _parse_pact(problems, raw["pact"], values.get("bits", RunConfig().bits))
+    if not problems:
+        cfg = RunConfig(**values)
+        problems += _shifts_too_large(cfg)
     if problems:
         shown = problems[:_MAX_PROBLEMS] + ([f"... and {len(problems) - _MAX_PROBLEMS} more"]
                                             if len(problems) > _MAX_PROBLEMS else [])
         raise QsalError(f"{where} has {len(problems)} problem(s): " + "; ".join(shown))
-    return RunConfig(**values)
+    return cfg
+
+
+def _shifts_too_large(cfg: RunConfig) -> list[str]:
+    """A shift augmentation as large as the images cannot be drawn (reflect padding): refused here, not by every cell."""
+    from qsal.data import get_info
+
+    problems = []
+    for ds in cfg.datasets:
+        size = get_info(ds).image_size
+        for model in cfg.models:
+            for part, tc in zip(("train", "finetune"), cfg.train_configs(ds, model, 0, progress=False)):
+                if tc.shift_px >= size:
+                    problems.append(f"{part}.shift_px: {tc.shift_px} px for {ds}/{model}, whose images are {size} px; "
+                                    f"shift by less than {size}")
+    return list(dict.fromkeys(problems))
 
 
 # PACTConfig's options as YAML gives them: (check, words). The dataclass takes any value, and a string "no" for

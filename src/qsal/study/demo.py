@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from qsal._atomic import write_json_atomic
+from qsal.errors import QsalError
 from qsal.provenance import environment
 
 __all__ = ["run_demo", "DEMO_STAGES"]
@@ -25,7 +26,7 @@ DEMO_STAGES = ("fp32", "ptq-int8", "qat-int8", "pact-4", "sgt", "sgt+pact-4")
 
 def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=None, quick: bool = False,
              seed: int = 0, model: str = "small_cnn", progress: bool = True, verbose: bool = True,
-             force: bool = False) -> dict:
+             force: bool = False, download: bool = False) -> dict:
     """Run every stage and write the results; returns the results dict (rows per model, ``report`` paths).
 
     A stage whose folder already holds the same finished run is reused (``resume``); one whose settings changed
@@ -55,9 +56,13 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
             print(text, file=sys.stderr, flush=True)
 
     out = Path(out_dir)
+    for marker, what in (("run_config.json", "a `qsal run` study folder"), ("best.safetensors", "a model's run folder")):
+        if (out / marker).is_file():  # its report.md / report.html / results.json would be replaced by the demo's
+            raise QsalError(f"--out {out} is {what} ({marker}); the demo would overwrite its report and files: "
+                            "choose a new or empty --out, or the folder of an earlier demo")
     t_start = time.perf_counter()
     epochs = {"fp32": 12 if quick else 40, "qat": 2 if quick else 5, "pact": 4 if quick else 15}
-    train, val, test = load_splits(dataset, data_dir, seed=seed)
+    train, val, test = load_splits(dataset, data_dir, seed=seed, download=download)
     task = train.info.task
     say(f"qsal demo: {train.info.name} ({len(train)}/{len(val)}/{len(test)} images, {task}); model {model}; "
         f"{'quick' if quick else 'full'} schedule")

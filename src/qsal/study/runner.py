@@ -129,6 +129,15 @@ def _has_work(group: list[CellSpec], run_dir: Path, cfg: RunConfig) -> bool:
                                                           expected_schedules(group, cfg), measure=asdict(cfg.measure)))
 
 
+def fetch_data(cfg: RunConfig) -> None:
+    """Download the missing files of every dataset of the study (``qsal run --download``) from the official source."""
+    from qsal.data import load_split
+
+    for name in cfg.datasets:
+        for split in ("train", "test"):
+            load_split(name, split, cfg.data_dir, download=True)
+
+
 def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:
     """Refuse a study whose data is not there before any cell starts (else every cell would fail alone): every
     split the cells load, of each dataset of the ``groups`` that have work left (a finished study reruns without it)."""
