@@ -334,6 +334,11 @@ def _run_folder(root: Path, kind: str) -> Path:
         (cell / "result.json").write_text(json.dumps({**result, "size_bytes": 10 ** 400}))
     elif kind == "result_with_zero_size":  # divided by zero for the size ratio
         (cell / "result.json").write_text(json.dumps({**result, "size_bytes": 0}))
+    elif kind == "result_with_auc_above_one":
+        (cell / "result.json").write_text(json.dumps({**result, "test_auc": 1.7, "sensitivity": -0.2}))
+    elif kind == "test_probs_above_one":
+        np.save(cell / "test_probs.npy", np.array([[2.0, -1.0]] * 4, np.float32))
+        np.save(cell / "test_labels.npy", np.zeros(4, np.int64))
     elif kind == "text_in_test_probs":
         (cell / "test_probs.npy").write_text("not an array")
         np.save(cell / "test_labels.npy", np.zeros(4, np.int64))
@@ -355,12 +360,14 @@ RUN_FOLDER_CASES = {
     "corrupt_run_config": "run_config.json is not valid JSON", "garbage_npy": "is not a readable .npy array",
     "pickled_npy": "is not a readable .npy array", "maps_of_another_shape": "do not match explain_images.npy",
     "not_a_run": "is not a qsal run directory",
-    "result_with_text_auc": "measurements that are not finite numbers (test_auc='high')",
+    "result_with_text_auc": "measurements that are not finite numbers or out of their range (test_auc='high')",
+    "result_with_auc_above_one": "out of their range (test_auc=1.7, sensitivity=-0.2)",
+    "test_probs_above_one": "with probabilities in [0, 1]",
     "result_without_id": "is not a qsal cell result (missing ['id'])",
-    "result_with_huge_size": "not finite numbers (size_bytes=1000000",
-    "result_with_zero_size": "not finite numbers (size_bytes=0)",
+    "result_with_huge_size": "out of their range (size_bytes=1000000",
+    "result_with_zero_size": "out of their range (size_bytes=0)",
     "text_in_test_probs": "test_probs.npy is not a readable .npy array",
-    "test_probs_of_another_length": "do not describe the same finite test images",
+    "test_probs_of_another_length": "do not describe the same test images with probabilities in [0, 1]",
     "explain_indices_out_of_range": "not indices of the 4 test images",
 }
 

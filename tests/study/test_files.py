@@ -71,6 +71,9 @@ def test_a_run_folders_report_is_written_inside_it_not_into_out(tmp_path, capsys
     (run / "run_config.json").write_text("{}")
     assert main(["report", str(run), "--out", str(tmp_path / "elsewhere")]) == 2
     assert "report is written inside it" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+    # what a report of files measures is not measured for a run folder: said, not ignored
+    assert main(["report", str(run), "--n-explain", "50", "--no-latency"]) == 2
+    assert "--n-explain, --no-latency set(s) what a report of files measures" in capsys.readouterr().err
 
 
 def test_report_refuses_folder_models_split_with_different_seeds(tmp_path, capsys):

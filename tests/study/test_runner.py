@@ -79,6 +79,10 @@ def test_only_runs_the_selected_group_alone(tmp_path):
     statuses = run_study(cfg, tmp_path, progress=False, only=["*/seed1"])
     assert [(s["id"], s["status"]) for s in statuses] == [("breastmnist/small_cnn/seed1/fp32", "done")]
     assert not (tmp_path / "breastmnist/small_cnn/seed0").exists()
+    run_study(cfg, tmp_path, progress=False, only=["*/seed0"])  # statuses.json keeps seed 1's, in plan order
+    recorded = json.loads((tmp_path / "statuses.json").read_text())
+    assert [(s["id"], s["status"]) for s in recorded] == [("breastmnist/small_cnn/seed0/fp32", "done"),
+                                                          ("breastmnist/small_cnn/seed1/fp32", "done")]
 
 
 def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):

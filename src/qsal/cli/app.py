@@ -101,7 +101,8 @@ def _setup_evaluate(p):
     p.add_argument("--force", action="store_true", help="overwrite an existing --out / --reliability file")
 
 
-@command("demo", "the main job on the embedded BreastMNIST: train, evaluate (and more, see --help)")
+@command("demo", "the whole story on one dataset (default: the embedded BreastMNIST): FP32, PTQ-INT8, QAT-INT8, "
+         "PACT-4, SGT and SGT+PACT-4, each exported, scored as its ONNX file, timed and explained")
 def cmd_demo(args):
     from qsal.study.demo import run_demo
 
@@ -286,6 +287,12 @@ def cmd_report(args):
         if args.out is not None and Path(args.out).resolve() != paths[0].resolve():
             raise QsalError(f"a `qsal run` folder's report is written inside it ({paths[0] / 'report.md'}), not into "
                             f"--out {args.out}; drop --out (copy the run folder first to keep its current report)")
+        given = [flag for flag, value in (("--n-explain", args.n_explain), ("--no-latency", args.no_latency or None),
+                                          ("--data-dir", args.data_dir)) if value is not None]
+        if given:  # a run folder's report shows what its cells measured: nothing is measured here
+            raise QsalError(f"{', '.join(given)} set(s) what a report of files measures; a run folder's report shows "
+                            "what its cells measured (its config's measure: n_explain, latency): drop "
+                            f"{'it' if len(given) == 1 else 'them'}, or edit the config and rerun `qsal run`")
         rep = report_run(paths[0])
     elif runs:
         raise QsalError(f"{runs[0]} is a `qsal run` folder, which is reported on its own: `qsal report {runs[0]}`; "
@@ -295,7 +302,7 @@ def cmd_report(args):
                         "--out for this report")
     else:
         rep = report_files(paths, out, data_dir=args.data_dir, latency=not args.no_latency,
-                           n_explain=args.n_explain, progress=not args.quiet)
+                           n_explain=args.n_explain or 8, progress=not args.quiet)
     _print_report_result(args, rep["rows"], rep)
 
 
@@ -306,9 +313,10 @@ def _setup_report(p):
     p.add_argument("--out", help=f"output folder for a report of files (default: {_REPORT_OUT}); a run folder's "
                                  "report is written inside it")
     data_dir_arg(p)
-    p.add_argument("--n-explain", type=int_range(1, 256, "the number of images"), default=8,
-                   help="test images explained per model (1-256)")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement (faster)")
+    p.add_argument("--n-explain", type=int_range(1, 256, "the number of images"), default=None,
+                   help="test images explained per model (1-256; default 8); files only: a run folder's report shows "
+                        "what its cells measured")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement (faster; files only)")
 
 
 _SETUP = {"run": _setup_run, "report": _setup_report, "datasets": _setup_datasets, "models": _setup_models,

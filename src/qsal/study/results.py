@@ -44,15 +44,25 @@ def check_result(result: dict, path: Path, run_dir: Path) -> dict:
         raise QsalError(f"{path} has fields of the wrong type ({', '.join(wrong)}); {fix}")
     bad = [f"{k}={result[k]!r}"[:40] for k in _NUMBER_KEYS if result.get(k) is not None and not _measured(k, result[k])]
     if bad:
-        raise QsalError(f"{path} has measurements that are not finite numbers ({', '.join(bad)}); {fix}")
+        raise QsalError(f"{path} has measurements that are not finite numbers or out of their range "
+                        f"({', '.join(bad)}); {fix}")
     return result
 
 
+# fractions: an AUC of 1.7 or a sensitivity of -0.2 is a damaged file, not a result
+_FRACTIONS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
+              "pytorch_acc", "val_auc", "gini", "deletion_auc", "insertion_auc")
+
+
 def _measured(key: str, value) -> bool:
-    """A finite number; a size above 0."""
+    """A finite number; a fraction in [0, 1]; a size, latency or throughput above 0."""
     from qsal.errors import is_finite_number
 
-    return is_finite_number(value) and (key != "size_bytes" or value > 0)
+    if not is_finite_number(value):
+        return False
+    if key in _FRACTIONS:
+        return 0 <= value <= 1
+    return key not in ("size_bytes", "latency_b1_ms", "throughput_b64") or value > 0
 
 
 def _read_error(path: Path, run_dir: Path) -> dict:
@@ -206,9 +216,9 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
         if (cell / "test_probs.npy").is_file() and (cell / "test_labels.npy").is_file():
             fix = _redo_fix(cell, run_dir)
             y_true, probs = load_npy(cell / "test_labels.npy", fix, ndim=(1, 2)), load_npy(cell / "test_probs.npy", fix, ndim=2)
-            if len(y_true) != len(probs) or not np.isfinite(probs).all():
+            if len(y_true) != len(probs) or not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
                 raise QsalError(f"{cell}: test_probs.npy ({probs.shape}) and test_labels.npy ({y_true.shape}) do not "
-                                f"describe the same finite test images; {fix}")
+                                f"describe the same test images with probabilities in [0, 1]; {fix}")
             predictions[name] = {"y_true": y_true, "probs": probs, "scored": "ONNX artifact, first seed",
                                  "ece": rs[0].get("ece")}  # these probabilities' ECE, not the seeds' mean
     datasets = {ds for ds, _, _ in keys}

@@ -209,8 +209,23 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
         for p in payload:
             finished(run_group(*p, False))
     bar.close()
-    write_json_atomic(run_dir / "statuses.json", statuses)
+    write_json_atomic(run_dir / "statuses.json", _merged_statuses(run_dir, cfg, statuses))
     return statuses
+
+
+def _merged_statuses(run_dir: Path, cfg: RunConfig, statuses: list[dict]) -> list[dict]:
+    """Every planned cell's latest status: this run's, and an earlier run's for the groups it did not run (``--only``
+    replaced the file with its own groups while the report counted all), in plan order."""
+    import json
+
+    try:  # a list (read_json takes objects); unreadable: only this run's
+        earlier = json.loads((run_dir / "statuses.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = []
+    latest = {s["id"]: s for s in earlier if isinstance(s, dict) and isinstance(s.get("id"), str)} \
+        if isinstance(earlier, list) else {}
+    latest.update({s["id"]: s for s in statuses})
+    return [latest[c.id] for g in plan_groups(cfg) for c in g if c.id in latest]
 
 
 def _end_workers(pool) -> None:

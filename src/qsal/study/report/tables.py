@@ -43,8 +43,11 @@ GLOSSARY = [
                             "when one has no checkpoint) and the removal curves run the ONNX files."),
     ("ECE", "Expected calibration error: the gap between confidence and accuracy, averaged over 15 equal-width "
             "confidence bins weighted by their size. 0 means the probabilities can be read as frequencies."),
-    ("ONNX ACC / scored as", "Metrics of the exported ONNX file run by onnxruntime (the artifact that would be "
-                             "deployed) rather than of the PyTorch model it came from."),
+    ("Scored as / ONNX ACC", "'onnx': the metrics are the exported ONNX file's, run by onnxruntime (the artifact "
+                             "that would be deployed), not the PyTorch model's it came from; 'ONNX ACC' (a report of "
+                             "files) is that file's accuracy."),
+    ("PyTorch ACC", "Test accuracy of the PyTorch model the ONNX file was exported from (a quantized cell's "
+                    "fake-quantized model), beside the file's own: a gap between the two is what export changed."),
     ("Size vs FP32", "ONNX file size divided by the FP32 model's. Sizes are in KiB/MiB (1 KiB = 1,024 bytes)."),
     ("Latency / throughput", "Median time for one image on one thread (batch 1), and images per second at "
                              "batch 64, each measured in a fresh process on the CPU in the environment table."),
