@@ -216,3 +216,19 @@ def test_a_multi_label_row_gets_no_confusion_matrix_and_stops_nothing(tmp_path):
     write_report(tmp_path / "r", results)  # a ChestMNIST row beside binary ones: sklearn refused the mix
     md = (tmp_path / "r" / "report.md").read_text()
     assert "diagnostics_pact-2.png" not in md and "diagnostics_fp32.png" in md
+
+
+def test_a_study_of_two_datasets_draws_one_front_per_dataset(tmp_path):
+    """An accuracy on PneumoniaMNIST's test set neither beats nor ties one on BreastMNIST's: the trade-off plots and
+    their fronts are per dataset, and the header names the datasets, not the study."""
+    results = _results(tmp_path, with_arrays=False)
+    rows = [{**r, "model": f"breastmnist/small_cnn/{r['model']}", "dataset": "breastmnist"} for r in results["rows"]]
+    rows += [{**rows[0], "model": "pneumoniamnist/small_cnn/fp32", "dataset": "pneumoniamnist", "test_acc": 0.99,
+              "acc_ci": [0.98, 1.0], "test_auc": 0.99, "auc_ci": [0.98, 1.0], "size_bytes": 100}]
+    write_report(tmp_path, {**results, "rows": rows, "dataset": "breastmnist, pneumoniamnist"})
+    md = (tmp_path / "report.md").read_text()
+    assert "# qsal report: breastmnist, pneumoniamnist" in md
+    assert (tmp_path / "acc_vs_size_breastmnist.png").is_file() and (tmp_path / "acc_vs_size_pneumoniamnist.png").is_file()
+    assert not (tmp_path / "acc_vs_size.png").exists()
+    assert "breastmnist: Test ACC against ONNX file size" in md and "No model beats breastmnist/small_cnn/ptq-int8" in md
+    assert "pneumoniamnist/small_cnn/fp32" not in md.split("breastmnist: Test ACC against ONNX file size")[1].split("\n")[0]

@@ -270,7 +270,8 @@ def report_run(run_dir: str | Path) -> dict:
     collected = collect_results(run_dir)  # before any file is written: a damaged folder writes nothing
     cfg = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
     name = str(cfg.get("name", Path(run_dir).name))
-    results = {"dataset": collected.get("dataset_name", name), "rows": collected["rows"], "failed": collected["failed"],
+    datasets = ", ".join(sorted({r["dataset"] for r in collected["rows"]}))  # a study of several: all named
+    results = {"dataset": collected.get("dataset_name", datasets or name), "rows": collected["rows"], "failed": collected["failed"],
                "environment": environment(), "source": f"qsal run ({_cells_done(collected['n_cells'], cfg)}, config {name})",
                **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines", "left_out")
                   if k in collected}}

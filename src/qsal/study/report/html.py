@@ -110,15 +110,22 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
         notes.append(f"Not one method across seeds: the cells of {', '.join(mixed)} were made with different "
                      "quantization configs (or versions); compare their result.json 'quant_config', and redo the odd ones.")
     tradeoffs: list[tuple[Path, str]] = []
-    for x_key, name in (("size_bytes", "size"), ("latency_b1_ms", "latency")):
-        for y_key in ("test_acc", "test_auc"):
-            if rows and all(r.get(x_key) is not None and r.get(y_key) is not None for r in rows):
-                metric = "ACC" if y_key == "test_acc" else "AUC"
-                png, front = tradeoff_plot(rows, x_key, out / f"{metric.lower()}_vs_{name}.png", y_key)
-                tie = (f"No model beats {front[0]} beyond the 95% CI, so no front is drawn."
-                       if len(front) == 1 else f"Front (beyond the 95% CI): {', '.join(front)}.")
-                tradeoffs.append((png, f"Test {metric} against {'ONNX file size' if name == 'size' else 'latency'}, "
-                                       f"with 95% bootstrap CIs. {tie}"))
+    # one front per dataset: an accuracy on one test set does not beat or tie an accuracy on another
+    datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
+    by_dataset = [(ds, [r for r in rows if r.get("dataset") == ds]) for ds in datasets] if len(datasets) > 1 \
+        else [(None, rows)]
+    for ds, ds_rows in by_dataset:
+        suffix = "_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in ds) if ds else ""
+        for x_key, name in (("size_bytes", "size"), ("latency_b1_ms", "latency")):
+            for y_key in ("test_acc", "test_auc"):
+                if ds_rows and all(r.get(x_key) is not None and r.get(y_key) is not None for r in ds_rows):
+                    metric = "ACC" if y_key == "test_acc" else "AUC"
+                    png, front = tradeoff_plot(ds_rows, x_key, out / f"{metric.lower()}_vs_{name}{suffix}.png", y_key)
+                    tie = (f"No model beats {front[0]} beyond the 95% CI, so no front is drawn."
+                           if len(front) == 1 else f"Front (beyond the 95% CI): {', '.join(front)}.")
+                    tradeoffs.append((png, (f"{ds}: " if ds else "") + f"Test {metric} against "
+                                      f"{'ONNX file size' if name == 'size' else 'latency'}, with 95% bootstrap CIs. "
+                                      f"{tie}"))
     forest = None
     if rows and any(r.get("auc_ci") for r in rows):
         forest = (ci_plot(rows, out / "metrics_ci.png"),
