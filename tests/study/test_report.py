@@ -232,3 +232,19 @@ def test_a_study_of_two_datasets_draws_one_front_per_dataset(tmp_path):
     assert not (tmp_path / "acc_vs_size.png").exists()
     assert "breastmnist: Test ACC against ONNX file size" in md and "No model beats breastmnist/small_cnn/ptq-int8" in md
     assert "pneumoniamnist/small_cnn/fp32" not in md.split("breastmnist: Test ACC against ONNX file size")[1].split("\n")[0]
+
+
+def test_the_header_says_how_the_models_were_trained_and_how_each_threshold_was_chosen(tmp_path):
+    from qsal.study.results import _schedule_words
+
+    results = _results(tmp_path, with_arrays=False)
+    for i, r in enumerate(results["rows"]):
+        r["operating_point"] = {"rule": "youden", "chosen_on": "validation", "scores": "PyTorch model",
+                                "threshold": 0.2 + 0.1 * i}
+    study = {"name": "s", "datasets": ["breastmnist"], "models": ["small_cnn"], "methods": ["fp32", "pact"],
+             "epochs": {"fp32": 12, "finetune": 3}}
+    write_report(tmp_path, {**results, "schedule": _schedule_words(study)})
+    md = (tmp_path / "report.md").read_text()
+    assert ("**operating point**: each model's own (the 'op threshold' column), each by youden on the validation split "
+            "with the PyTorch model's scores") in md
+    assert "**schedule**: FP32/SGT 12 epochs (adam, lr 0.001, batch 128); fine-tunes 3 epochs (adam, lr 0.0005, batch 128)" in md

@@ -271,13 +271,39 @@ def report_run(run_dir: str | Path) -> dict:
     cfg = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
     name = str(cfg.get("name", Path(run_dir).name))
     datasets = ", ".join(sorted({r["dataset"] for r in collected["rows"]}))  # a study of several: all named
+    schedule = _schedule_words(cfg)
     results = {"dataset": collected.get("dataset_name", datasets or name), "rows": collected["rows"], "failed": collected["failed"],
                "environment": environment(), "source": f"qsal run ({_cells_done(collected['n_cells'], cfg)}, config {name})",
                **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines", "left_out")
                   if k in collected}}
+    if schedule:
+        results["schedule"] = schedule
     if "saliency" not in results:
         results["saliency_grids"] = collected["grids"]
     return write_report(run_dir, results)
+
+
+def _schedule_words(cfg: dict) -> str | None:
+    """How the study's models were trained, from its recorded config: ``FP32/SGT 180 epochs (sgd, lr 0.1, batch 128);
+    fine-tunes 30 epochs (sgd, lr 0.01, batch 128)``, per dataset/model where they differ (``None``: unreadable)."""
+    from qsal.study.config import parse_run_config
+
+    try:
+        study = parse_run_config(cfg)
+    except QsalError:
+        return None
+
+    def words(tc) -> str:
+        return f"{tc.epochs} epochs ({tc.optimizer}, lr {tc.lr:g}, batch {tc.batch_size})"
+
+    fine_tuned = any(m in study.methods for m in ("qat", "pact", "sgt+pact"))
+    per = {}
+    for ds in study.datasets:
+        for model in study.models:
+            train, finetune = study.train_configs(ds, model, 0, progress=False)
+            per[f"{ds}/{model}"] = f"FP32/SGT {words(train)}" + (f"; fine-tunes {words(finetune)}" if fine_tuned else "")
+    kinds = set(per.values())
+    return kinds.pop() if len(kinds) == 1 else "; ".join(f"{k}: {v}" for k, v in per.items())
 
 
 def defined(result: dict) -> dict:

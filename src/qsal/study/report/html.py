@@ -46,6 +46,19 @@ def _operating_point(op: dict | None) -> str | None:
     return describe_operating_point(op) if op.get("threshold") is not None else None
 
 
+def _common_rule(rows: list[dict]) -> str:
+    """How every model's threshold was chosen, when they share it: ``, each by youden on the validation split with
+    the PyTorch model's scores`` (empty when the rows differ or do not record it)."""
+    how = {(op.get("rule"), op.get("chosen_on"), op.get("scores")) for r in rows
+           if isinstance(op := r.get("operating_point"), dict) and op.get("threshold") is not None}
+    if len(how) != 1:
+        return ""
+    rule, chosen, scores = how.pop()
+    if chosen in ("fixed", "fixed default") or not rule or not chosen:
+        return ""
+    return f", each by {rule} on the {chosen} split" + (f" with the {scores}'s scores" if scores else "")
+
+
 def _positive_per_dataset(rows: list[dict]) -> str | None:
     """``"breastmnist: malignant; retinamnist: none (multi-class)"`` when rows (labelled ``dataset/model/...``)
     span several datasets: one study's sets have different positive classes, and the first row's is not the others'."""
@@ -70,8 +83,7 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     versions = env.get("versions") or {}
     first = rows[0] if rows else {}
     ops = {_operating_point(r.get("operating_point")) for r in rows}
-    op_text = (ops.pop() if len(ops) == 1 else
-               "each model's own (the 'op threshold' column)")
+    op_text = ops.pop() if len(ops) == 1 else "each model's own (the 'op threshold' column)" + _common_rule(rows)
     positive = results.get("positive_class") or _positive_per_dataset(rows) or first.get("positive_class")
     names = results.get("class_names") or []
     if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
@@ -80,7 +92,8 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
              ("classes", _classes(names)),
              ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
              ("operating point", op_text),
-             ("architecture", results.get("architecture")), ("source", results.get("source")),
+             ("architecture", results.get("architecture")), ("schedule", results.get("schedule")),
+             ("source", results.get("source")),
              ("date (UTC)", (env.get("utc") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))[:16]
               .replace("T", " ")),
              ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("qsal", "torch", "onnxruntime") and v))]
