@@ -242,7 +242,7 @@ def test_a_last_pt_of_another_run_in_out_dir_is_not_continued(tiny_splits, tmp_p
 @pytest.mark.parametrize("field,value,said", [
     ("epochs", 2.5, "epochs must be a whole number >= 1"), ("weight_decay", float("nan"), "weight_decay must be"),
     ("weight_decay", -1, "weight_decay must be"), ("shift_px", -3, "shift_px must be"),
-    ("gamma", float("nan"), "gamma (the lr factor"), ("milestones", (2.0,), "every milestone is a fraction"),
+    ("gamma", float("nan"), "gamma (the lr factor"), ("gamma", 10.0, "must be a decay factor in (0, 1]"), ("milestones", (2.0,), "every milestone is a fraction"),
     ("lr", float("inf"), "lr must be a finite number > 0"),
 ])
 def test_train_config_refuses_impossible_numbers(field, value, said):

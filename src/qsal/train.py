@@ -81,8 +81,8 @@ class TrainConfig:
             raise QsalError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not (is_finite_number(self.weight_decay) and self.weight_decay >= 0):
             raise QsalError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if not (is_finite_number(self.gamma) and self.gamma > 0):
-            raise QsalError(f"gamma (the lr factor at each milestone) must be a finite number > 0, got {self.gamma!r}")
+        if not (is_finite_number(self.gamma) and 0 < self.gamma <= 1):  # above 1 the lr would grow at each milestone
+            raise QsalError(f"gamma (the lr factor at each milestone) must be a decay factor in (0, 1], got {self.gamma!r}")
         if not all(is_finite_number(f) and 0 < f <= 1 for f in self.milestones):
             raise QsalError(f"milestones {list(self.milestones)!r}: every milestone is a fraction of the epochs, in "
                             "(0, 1] (0.5 = halfway)")

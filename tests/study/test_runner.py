@@ -35,6 +35,16 @@ def test_config_values_that_cannot_run_or_read_as_text_are_named_and_plain_train
     assert "train.shift_px: 28 px for breastmnist/small_cnn, whose images are 28 px; shift by less than 28" in str(e.value)
     assert parse_run_config({**TINY, "train": {"shift_px": 27}}).train["shift_px"] == 27
     assert parse_run_config({**TINY, "sgt": {"k": 0}}).sgt.k == 0  # k = 0 masks nothing: plain training
+    # settings no cell uses, or that another setting overrides, in a config a user wrote (a recorded config holds
+    # every field, defaults included)
+    with pytest.raises(QsalError) as e:
+        parse_run_config({**TINY, "methods": ["fp32", "ptq"], "pact": {4: {"fold_bn": False}}, "sgt": {"k": 0.9},
+                          "train": {"epochs": 5}}, "s.yaml", authored=True)
+    assert ("pact: set, but no method uses it (pact, sgt+pact)" in str(e.value)
+            and "sgt: set, but no method uses it" in str(e.value)
+            and "epochs.fp32 and train.epochs both set; train.epochs wins: keep one" in str(e.value))
+    recorded = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "train": {"epochs": 5}}).to_dict()
+    assert parse_run_config(recorded).train["epochs"] == 5
 
 
 def test_a_config_data_dir_that_is_not_a_folder_is_named_as_the_configs(tmp_path, capsys):

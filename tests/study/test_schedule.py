@@ -109,7 +109,7 @@ def test_yaml_merge_keys_may_be_overridden_but_a_key_given_twice_is_refused(tmp_
     train = load_run_config(cfg_path).train
     assert (train["epochs"], train["lr"], train["batch_size"]) == (12, 0.1, 64)
     # an anchored mapping that itself merges, merged by a later one: its keys are checked as written
-    cfg_path.write_text("name: nested\ndatasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
+    cfg_path.write_text("name: nested\ndatasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32, pact]\n"
                         "train: &t {<<: {epochs: 30, lr: 0.1}, epochs: 12}\nfinetune: {<<: *t, lr: 0.01}\n")
     cfg = load_run_config(cfg_path)
     assert (cfg.train["epochs"], cfg.train["lr"], cfg.finetune["epochs"], cfg.finetune["lr"]) == (12, 0.1, 12, 0.01)

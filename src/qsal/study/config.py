@@ -137,8 +137,10 @@ def _check_list(problems, key, value, allowed=None, kind=str):
             problems.append(f"{key}[{i}]: {_short(v)} is listed twice; give each value once")
 
 
-def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
-    """Validate a dict (from YAML) into a ``RunConfig``; raises one error that lists every problem."""
+def parse_run_config(raw: dict, where: str = "config", authored: bool = False) -> RunConfig:
+    """Validate a dict (from YAML) into a ``RunConfig``; raises one error that lists every problem. ``authored``: a
+    config a user wrote (``load_run_config``), also refused where a setting changes nothing or another overrides it;
+    a recorded one (``RunConfig.to_dict()``: every field, defaults included) is not."""
     from qsal.data import list_datasets
     from qsal.models import list_models
     from qsal.quant.observers import OBSERVERS
@@ -223,12 +225,29 @@ def parse_run_config(raw: dict, where: str = "config") -> RunConfig:
         values["pact"] = _parse_pact(problems, raw["pact"], values.get("bits", RunConfig().bits))
     if not problems:
         cfg = RunConfig(**values)
-        problems += _shifts_too_large(cfg)
+        problems += _shifts_too_large(cfg) + (_settings_without_effect(raw, cfg) if authored else [])
     if problems:
         shown = problems[:_MAX_PROBLEMS] + ([f"... and {len(problems) - _MAX_PROBLEMS} more"]
                                             if len(problems) > _MAX_PROBLEMS else [])
         raise QsalError(f"{where} has {len(problems)} problem(s): " + "; ".join(shown))
     return cfg
+
+
+def _settings_without_effect(raw: dict, cfg: RunConfig) -> list[str]:
+    """Settings that change nothing in this study (no cell uses them) or that another setting overrides: a config
+    that reads as one study must be that study."""
+    methods = set(cfg.methods)
+    problems = [f"{key}: set, but no method uses it ({uses}); drop it, or add such a method"
+                for key, used, uses in (("pact", methods & {"pact", "sgt+pact"}, "pact, sgt+pact"),
+                                        ("observers", methods & {"ptq"}, "ptq"),
+                                        ("sgt", methods & {"sgt", "sgt+pact"}, "sgt, sgt+pact"),
+                                        ("finetune", methods & {"qat", "pact", "sgt+pact"}, "qat, pact, sgt+pact"))
+                if key in raw and not used]
+    for short in ("epochs", "lr"):
+        for part, long_part in (("fp32", "train"), ("finetune", "finetune")):
+            if part in (raw.get(short) or {}) and short in (raw.get(long_part) or {}):
+                problems.append(f"{short}.{part} and {long_part}.{short} both set; {long_part}.{short} wins: keep one")
+    return problems
 
 
 def _shifts_too_large(cfg: RunConfig) -> list[str]:
@@ -361,4 +380,4 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise QsalError(f"{path} is not valid YAML: {_yaml_problem(e)}; fix that line") from None
     if raw is None:
         raise QsalError(f"{path} is empty; a study names at least its datasets, models and methods (see configs/)")
-    return parse_run_config(raw, str(path))
+    return parse_run_config(raw, str(path), authored=True)
