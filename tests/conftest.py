@@ -32,6 +32,26 @@ def tiny_splits():
 
 
 @pytest.fixture
+def breast_folder(tmp_path):
+    """``make(per_class) -> root``: a folder dataset (one sub-folder per class) of the first ``per_class`` BreastMNIST
+    training images of each class, as PNG files."""
+    from PIL import Image
+
+    from qsal.data import load_split
+
+    def make(per_class: int) -> Path:
+        train = load_split("breastmnist", "train")
+        root = tmp_path / "folder"
+        for c, name in enumerate(("malignant", "normal, benign")):
+            (root / name).mkdir(parents=True)
+            for i in np.where(train.labels == c)[0][:per_class]:
+                Image.fromarray(train.images[i, :, :, 0]).save(root / name / f"{i}.png")
+        return root
+
+    return make
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "medmnist" / "breastmnist.npz").is_file():
         pytest.skip(f"shared data not found at {SHARED_DATA}; set QSAL_DATA_DIR")

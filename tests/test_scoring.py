@@ -286,7 +286,7 @@ def test_export_keeps_a_card_it_did_not_write_and_bench_takes_a_dash_name(breast
     assert main(["bench", "--threads", "1", "--seconds", "0.05", "--", "-m.onnx"]) == 0
 
 
-def test_a_folder_model_is_scored_and_quantized_on_its_own_split(tmp_path):
+def test_a_folder_model_is_scored_and_quantized_on_its_own_split(breast_folder, tmp_path):
     """A folder is split 70/10/20 by the training seed: evaluate and quantize (whatever their --seed) must use that
     split, or images the model trained on are scored as test images. --seed draws the calibration images."""
     import torch
@@ -297,12 +297,7 @@ def test_a_folder_model_is_scored_and_quantized_on_its_own_split(tmp_path):
     from qsal.scoring import evaluate_model
     from qsal.train import TrainConfig
 
-    train = load_split("breastmnist", "train")
-    root = tmp_path / "folder"
-    for c, name in enumerate(("malignant", "normal, benign")):
-        (root / name).mkdir(parents=True)
-        for i in np.where(train.labels == c)[0][:60]:
-            Image.fromarray(train.images[i, :, :, 0]).save(root / name / f"{i}.png")
+    root = breast_folder(60)
     run = tmp_path / "run"
     train_model(f"folder:{root}", "small_cnn", TrainConfig(epochs=1, seed=1, progress=False, precision="fp32"), run)
     trained = json.loads((run / "metrics.json").read_text())["test"]

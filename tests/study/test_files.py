@@ -76,22 +76,13 @@ def test_a_run_folders_report_is_written_inside_it_not_into_out(tmp_path, capsys
     assert "--n-explain, --no-latency set(s) what a report of files measures" in capsys.readouterr().err
 
 
-def test_report_refuses_folder_models_split_with_different_seeds(tmp_path, capsys):
+def test_report_refuses_folder_models_split_with_different_seeds(breast_folder, tmp_path, capsys):
     """A folder's test part is drawn by the training seed: scoring a seed-2 model on seed 1's test part would count
     images it trained on as test images, so one report takes models of one split only."""
-    import numpy as np
-    from PIL import Image
-
-    from qsal.data import load_split
     from qsal.pipeline import train_model
     from qsal.train import TrainConfig
 
-    train = load_split("breastmnist", "train")
-    root = tmp_path / "folder"
-    for c, name in enumerate(("malignant", "normal, benign")):
-        (root / name).mkdir(parents=True)
-        for i in np.where(train.labels == c)[0][:40]:
-            Image.fromarray(train.images[i, :, :, 0]).save(root / name / f"{i}.png")
+    root = breast_folder(40)
     for seed in (1, 2):
         train_model(f"folder:{root}", "small_cnn", TrainConfig(epochs=1, seed=seed, progress=False, precision="fp32"),
                     tmp_path / f"s{seed}")
