@@ -125,7 +125,7 @@ def test_hidden_files_in_a_folder_are_not_images_of_it(tmp_path):
 
 
 def test_a_picture_is_read_upright_as_its_exif_orientation_says(tmp_path):
-    from qsal.data.folder import _read_image
+    from qsal.data.folder import read_image
 
     upright = np.zeros((28, 28), np.uint8)
     upright[:4, :] = 255  # a bright top edge
@@ -133,7 +133,7 @@ def test_a_picture_is_read_upright_as_its_exif_orientation_says(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 clockwise to display"
     stored.save(tmp_path / "sideways.png", exif=exif)
-    np.testing.assert_array_equal(_read_image(tmp_path / "sideways.png", 1, 28), upright)
+    np.testing.assert_array_equal(read_image(tmp_path / "sideways.png", 1, 28), upright)
 
 
 
@@ -161,12 +161,12 @@ def test_predict_refuses_a_format_that_contradicts_the_file_it_writes(breast_run
 
 def test_a_camera_jpeg_with_a_secondary_image_is_read_at_its_picture(tmp_path):
     # Pillow opens a JPEG carrying an MPF gain map / stereo view as MPO with 2 frames; its first is the picture
-    from qsal.data.folder import _read_image
+    from qsal.data.folder import read_image
 
     a, b = (Image.fromarray(np.full((28, 28, 3), v, np.uint8)) for v in (40, 200))
     a.save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[b])
     assert Image.open(tmp_path / "phone.jpg").format == "MPO"
-    assert abs(int(_read_image(tmp_path / "phone.jpg", 1, 28).mean()) - 40) <= 2
+    assert abs(int(read_image(tmp_path / "phone.jpg", 1, 28).mean()) - 40) <= 2
 
 
 def test_predict_never_writes_over_what_it_reads_nor_an_old_file(breast_run, image_folder, tmp_path, capsys):
@@ -227,3 +227,32 @@ def test_an_empty_batch_and_twice_named_classes(breast_run):
     assert CheckpointRuntime(run / "best.safetensors").predict_proba(np.zeros((0, 28, 28), np.uint8)).shape == (0, 2)
     with pytest.raises(QsalError, match="names 'benign' twice"):  # one CSV column would hold two classes
         validate_labels(["benign", "benign"], 2, "data", "re-export it")
+
+
+def test_an_unreadable_image_stops_the_batch_unless_skipped_and_the_output_says_which(breast_run, image_folder,
+                                                                                       tmp_path, capsys):
+    _, onnx_path = breast_run
+    root, _ = image_folder
+    (root / "more" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a copy cut short
+    # default: one line naming the file and the way to score the others, exit 2, nothing written
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(onnx_path), str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "--skip-unreadable scores the other 4 images" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    # skipped: the other four are scored as before, the broken one is listed on stderr and in the JSON
+    assert main(["predict", str(onnx_path), str(root), "--out", str(out), "--skip-unreadable", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("skipped 1 of 5 images that could not be read (not in the output; listed under 'skipped'")
+    result = json.loads(out.read_text())
+    assert [p["file"].rsplit("/", 1)[-1] for p in result["predictions"]] == ["a.png", "b.png", "c.png", "d.jpg"]
+    assert [s["file"].rsplit("/", 1)[-1] for s in result["skipped"]] == ["broken.png"]
+    assert "cannot read image" in result["skipped"][0]["reason"]
+    from qsal.runtime import Runtime
+
+    assert result["predictions"][0]["probabilities"] == Runtime(onnx_path).predict_file(root / "a.png")["probabilities"]
+    # nothing readable is still an error, with the first reason
+    with pytest.raises(QsalError, match="none of the 1 images could be read; the first: cannot read image"):
+        from qsal.predict import predict_paths
+
+        predict_paths(onnx_path, [root / "more" / "broken.png"], skip_unreadable=True)

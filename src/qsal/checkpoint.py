@@ -27,9 +27,10 @@ from qsal.metrics.operating_point import validate_decision, validate_labels
 from qsal.provenance import environment
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_meta", "validate_meta", "resolve_checkpoint_path",
-           "check_model_fits_data", "save_training_state", "load_training_state", "epochs_trained"]
+           "check_model_fits_data", "save_training_state", "load_training_state", "epochs_trained", "PICKLE_SUFFIXES"]
 
-_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
+# files qsal refuses to open (unpickling can run code), named so the refusal can point at the safe format
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
@@ -70,7 +71,7 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     """The ``.safetensors`` file a user meant (``x.json`` -> ``x.safetensors``); pickles are refused by name."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in _PICKLE_SUFFIXES:
+    if suffix in PICKLE_SUFFIXES:
         raise QsalError(f"{path} is a PyTorch pickle ({suffix}); qsal never unpickles files because that can run code: "
                         "pass the .safetensors checkpoint written by qsal train")
     if suffix == ".json":

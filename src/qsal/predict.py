@@ -101,20 +101,36 @@ def load_predictor(model: str | os.PathLike, threads: int | None = None) -> Runt
     raise QsalError(f"{model} is neither an .onnx file nor a .safetensors checkpoint written by qsal")
 
 
-def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathLike], threads: int | None = None) -> dict:
-    """``{"model", "artifact", "decision", "predictions": [{"file", "probabilities", "predicted_class",
-    "predicted_label"}, ...]}`` for every image under ``paths``. ``model``: a file, or a predictor ``load_predictor``
-    already opened (the CLI checks the model before it lists the images)."""
+def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathLike], threads: int | None = None,
+                  skip_unreadable: bool = False) -> dict:
+    """``{"model", "artifact", "decision", "classes", "predictions": [{"file", "probabilities", "predicted_class",
+    "predicted_label", "decided_by"}, ...], "skipped": [{"file", "reason"}, ...]}`` for every image under ``paths``.
+    ``model``: a file, or a predictor ``load_predictor`` already opened (the CLI checks the model before it lists the
+    images). An image that cannot be read stops the batch, unless ``skip_unreadable``: then it is listed under
+    ``skipped`` with the reason and the others are scored (all unreadable is still an error)."""
     predictor = model if isinstance(model, Runtime) else load_predictor(model, threads)
     files = image_files(paths)
-    predictions = [predictor.predict_file(f) for f in files]
-    for p in predictions:  # a name that is not valid UTF-8 (bytes from another system) is written with \x escapes
-        p["file"] = printable_path(p["file"])
+    predictions, skipped = [], []
+    for f in files:
+        try:
+            pixels = predictor.read_file(f)
+        except QsalError as e:
+            if not skip_unreadable:
+                if len(files) > 1:  # the others could still be scored
+                    raise QsalError(f"{e} (or skip it: --skip-unreadable scores the other {len(files) - 1} images and "
+                                    "lists the ones it could not read)") from None
+                raise
+            # a name that is not valid UTF-8 (bytes from another system) is written with \x escapes
+            skipped.append({"file": printable_path(str(f)), "reason": printable_path(str(e))})
+            continue
+        predictions.append({"file": printable_path(str(f)),
+                            **predictor.prediction(predictor.predict_proba(pixels)[0])})
+    if not predictions:
+        raise QsalError(f"none of the {len(files)} images could be read; the first: {skipped[0]['reason']}")
     # Without stored class names the classes are named by id, as each prediction's probabilities are.
     classes = [str(n) for n in predictor.labels] if predictor.labels else list(predictions[0]["probabilities"])
     return {"model": str(predictor.path), "artifact": not isinstance(predictor, CheckpointRuntime),
-            "decision": predictor.decision,
-            "classes": classes, "predictions": predictions}
+            "decision": predictor.decision, "classes": classes, "predictions": predictions, "skipped": skipped}
 
 
 def format_predictions(result: dict, fmt: str = "csv") -> str:

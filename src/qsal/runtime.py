@@ -257,18 +257,24 @@ class Runtime:
     def predict_image(self, image: np.ndarray) -> dict:
         """One uint8 image of any size (converted like training images) -> a prediction dict (``predict_file``)."""
         c, h, _ = self.input_shape
-        return self._prediction(self.predict_proba(conform_image(image, c, h)[None])[0])
+        return self.prediction(self.predict_proba(conform_image(image, c, h)[None])[0])
+
+    def read_file(self, path: str | os.PathLike) -> np.ndarray:
+        """One PNG/JPEG/DICOM file as this model's input pixels, uint8 ``(1, H, W, C)`` (``QsalError`` naming the file
+        when it cannot be read)."""
+        from qsal.data.folder import read_image
+
+        c, h, _ = self.input_shape
+        return read_image(Path(path), c, h).reshape(1, h, h, c)
 
     def predict_file(self, path: str | os.PathLike) -> dict:
         """One PNG/JPEG/DICOM file -> ``{"file", "probabilities": {class name: p}, "decided_by", "predicted_class",
         "predicted_label"}``, the label decided at the stored operating point (``decided_by`` says how)."""
-        from qsal.data.folder import _read_image
+        return {"file": str(path), **self.prediction(self.predict_proba(self.read_file(path))[0])}
 
-        c, h, _ = self.input_shape
-        pixels = _read_image(Path(path), c, h).reshape(h, h, c)
-        return {"file": str(path), **self._prediction(self.predict_proba(pixels[None])[0])}
-
-    def _prediction(self, probs: np.ndarray) -> dict:
+    def prediction(self, probs: np.ndarray) -> dict:
+        """One image's class probabilities ``(K,)`` -> ``{"probabilities", "decided_by", "predicted_class",
+        "predicted_label"}`` at the stored operating point."""
         names = [str(n) for n in (self.labels or range(len(probs)))]
         label = decide(probs[None], self.task, self.decision)[0]
         out = {"probabilities": {n: float(p) for n, p in zip(names, probs)},

@@ -48,12 +48,12 @@ def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, 
         raise QsalError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if split == "all" and name.startswith("folder:"):
         from qsal.data.arrays import validate_arrays
-        from qsal.data.folder import _read_image, folder_info, folder_split_files
+        from qsal.data.folder import read_image, folder_info, folder_split_files
 
         root = Path(name[len("folder:"):])
         info = folder_info(root, n_channels, size or 28)
         files = [f for part in folder_split_files(root).values() for f in part]
-        images = np.stack([_read_image(root / rel, n_channels, size or 28) for rel, _ in files])
+        images = np.stack([read_image(root / rel, n_channels, size or 28) for rel, _ in files])
         images, labels = validate_arrays(info, images, np.array([c for _, c in files], np.int64), str(root))
         data = ImageSplit(info, "all", images, labels, str(root))
     elif split == "all":

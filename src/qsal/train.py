@@ -27,7 +27,7 @@ from tqdm import tqdm
 from qsal.checkpoint import load_training_state, save_checkpoint, save_training_state
 from qsal.data.arrays import ImageSplit
 from qsal.data.registry import TASK_MULTILABEL
-from qsal.data.transforms import random_hflip, random_rotate_zoom, random_shift
+from qsal.data.transforms import random_hflip, random_rotate_zoom, random_shift, shift_too_large
 from qsal.ema import WeightEMA
 from qsal.errors import QsalError, is_finite_number
 from qsal.metrics import acc_score, auc_score, predict_logits, scores_from_logits
@@ -214,10 +214,8 @@ def _validation_score(model, xv, yv, task, select_on, device) -> tuple[float, di
 def check_augmentation_fits(config: TrainConfig, split) -> None:
     """Refuse a shift augmentation as large as the images (``split.images``: ``(N, H, W[, C])``) before a run folder
     is made: reflect padding cannot draw it, and every epoch would fail on its first batch."""
-    h, w = split.images.shape[1:3]
-    if config.shift_px >= min(h, w):
-        raise QsalError(f"shift_px {config.shift_px} is as large as the images ({h}x{w} px); use a shift below "
-                        f"{min(h, w)} px")
+    if (problem := shift_too_large(config.shift_px, *split.images.shape[1:3])) is not None:
+        raise QsalError(problem)
 
 
 def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfig, out_dir: str | Path | None = None,

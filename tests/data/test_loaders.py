@@ -154,6 +154,10 @@ def test_random_shift_moves_content_by_at_most_max_px():
     rows, cols = pos // 28, pos % 28
     assert ((rows - 14).abs() <= 2).all() and ((cols - 14).abs() <= 2).all()
     assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(8))
+    # the widest shift reflect padding can draw is one less than the shorter side; wider is refused, not garbled
+    assert random_shift(torch.rand(2, 1, 6, 9), 5, torch.Generator().manual_seed(0)).shape == (2, 1, 6, 9)
+    with pytest.raises(QsalError, match=r"shift_px 6 is as large as the images \(6x9 px\); use a shift below 6 px"):
+        random_shift(torch.rand(2, 1, 6, 9), 6, torch.Generator().manual_seed(0))
 
 
 def test_rotate_zoom_geometry_rotates_counter_clockwise_and_magnifies_about_the_centre():

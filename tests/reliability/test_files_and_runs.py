@@ -227,11 +227,11 @@ def _png16(path: Path, px: np.ndarray) -> None:
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
-    from qsal.data.folder import _read_image
+    from qsal.data.folder import read_image
 
     ramp = np.tile(np.linspace(0, 65535, 64), (64, 1))
     _png16(tmp_path / "ramp.png", ramp)
-    img = _read_image(tmp_path / "ramp.png", 1, 64)
+    img = read_image(tmp_path / "ramp.png", 1, 64)
     assert img.min() == 0 and img.max() == 255
     assert len(np.unique(img)) == 64  # every level kept (clipping left 2)
     np.testing.assert_allclose(img[0], np.round(np.linspace(0, 255, 64)), atol=1)
@@ -239,30 +239,30 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 def test_dicom_is_min_max_scaled(tmp_path):
     pytest.importorskip("pydicom")
-    from qsal.data.folder import _read_image
+    from qsal.data.folder import read_image
     from reliability_inputs import write_dicom
 
-    img = _read_image(write_dicom(tmp_path / "x.dcm", size=32), 1, 32)
+    img = read_image(write_dicom(tmp_path / "x.dcm", size=32), 1, 32)
     assert img.dtype == np.uint8 and img.min() == 0 and img.max() == 255 and len(np.unique(img)) > 200
 
 
 def test_a_monochrome1_dicom_reads_as_displayed_and_a_blank_one_is_refused(tmp_path):
     # MONOCHROME1 (CR/DX radiographs) shows its lowest value white: read as stored, a model saw the negative image
     pytest.importorskip("pydicom")
-    from qsal.data.folder import _read_image
+    from qsal.data.folder import read_image
     from reliability_inputs import write_dicom
 
-    mono2 = _read_image(write_dicom(tmp_path / "m2.dcm", size=32), 1, 32).astype(int)
-    mono1 = _read_image(write_dicom(tmp_path / "m1.dcm", size=32, photometric="MONOCHROME1"), 1, 32).astype(int)
+    mono2 = read_image(write_dicom(tmp_path / "m2.dcm", size=32), 1, 32).astype(int)
+    mono1 = read_image(write_dicom(tmp_path / "m1.dcm", size=32, photometric="MONOCHROME1"), 1, 32).astype(int)
     np.testing.assert_array_equal(mono1, 255 - mono2)
     with pytest.raises(QsalError, match="holds one value \\(1000\\) in every pixel, a blank frame; remove it"):
-        _read_image(write_dicom(tmp_path / "blank.dcm", size=32, constant=True), 1, 32)
+        read_image(write_dicom(tmp_path / "blank.dcm", size=32, constant=True), 1, 32)
 
 
 def test_a_dicom_named_without_a_suffix_is_found_and_read(tmp_path):
     # PACS exports name images IM0001: a folder of them was empty to qsal, and one named directly was not a picture
     pytest.importorskip("pydicom")
-    from qsal.data.folder import _read_image
+    from qsal.data.folder import read_image
     from qsal.predict import image_files
     from reliability_inputs import write_dicom
 
@@ -274,7 +274,7 @@ def test_a_dicom_named_without_a_suffix_is_found_and_read(tmp_path):
     (tmp_path / "notes.txt").write_text("nor this")
     assert image_files([tmp_path]) == [by_uid, bare, named]
     for path in (bare, by_uid):
-        np.testing.assert_array_equal(_read_image(path, 1, 28), _read_image(named, 1, 28))
+        np.testing.assert_array_equal(read_image(path, 1, 28), read_image(named, 1, 28))
 
 
 def test_names_that_are_not_utf8_load_export_and_bench(good_run, tmp_path):

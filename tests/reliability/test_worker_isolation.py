@@ -2,47 +2,18 @@
 
 A folder with ``argparse.py``, ``json.py`` and ``concurrent.py`` (each writes a marker file when imported)
 is the working directory of every command that starts a worker process: bench, export (its model card
-is benchmarked), run (local worker pool + bench) and demo. No marker may appear.
+is benchmarked), run (local worker pool + bench) and demo (in tests/study/test_demo.py, whose one demo run is made
+from such a folder). No marker may appear.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-SHADOWS = ("argparse", "json", "concurrent")
-
-
-def plant(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in SHADOWS:
-        (folder / f"{name}.py").write_text(
-            "import os\n"
-            f"open(os.path.join({str(folder)!r}, 'IMPORTED_{name}'), 'w').close()\n"
-            "raise SystemExit('planted module ran')\n")
-    return folder
-
-
-def markers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("IMPORTED_*"))
-
-
-def qsal_command() -> list[str]:
-    """The installed console script (what a user runs), else the module under -P (no cwd on the path)."""
-    script = Path(sys.executable).parent / "qsal"
-    return [str(script)] if script.is_file() else [sys.executable, "-P", "-m", "qsal.cli"]
-
-
-def run_in(folder: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*qsal_command(), *args], cwd=folder, capture_output=True, text=True, env=env,
-                          timeout=timeout)
-
+from shadowing import markers, plant, run_in
 
 def test_the_planted_modules_do_run_under_python_m(tmp_path):
     """The control: ``python -m`` (how the worker used to start) imports them."""
@@ -71,12 +42,4 @@ def test_run_with_a_worker_pool_ignores_the_working_directory(tmp_path):
     proc = run_in(cwd, "run", str(cfg), "--out", str(tmp_path / "run"), "--workers", "2", "--no-progress", timeout=500)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sum(ln.startswith("done ") for ln in proc.stdout.splitlines()) == 2  # the status table
-    assert markers(cwd) == []
-
-
-@pytest.mark.slow
-def test_demo_ignores_the_working_directory(tmp_path):
-    cwd = plant(tmp_path / "cwd")
-    proc = run_in(cwd, "demo", "--quick", "--out", str(tmp_path / "demo"), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
     assert markers(cwd) == []

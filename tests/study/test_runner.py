@@ -32,7 +32,12 @@ def test_config_values_that_cannot_run_or_read_as_text_are_named_and_plain_train
     assert "lr.fp32: '1e-3' is not a number (YAML reads it as text: write 0.001)" in str(e.value)
     with pytest.raises(QsalError) as e:  # reflect padding cannot draw it: refused here, not by every cell
         parse_run_config({**TINY, "schedules": [{"datasets": ["breastmnist"], "train": {"shift_px": 28}}]}, "s.yaml")
-    assert "train.shift_px: 28 px for breastmnist/small_cnn, whose images are 28 px; shift by less than 28" in str(e.value)
+    assert ("train.shift_px 28 is as large as the images (28x28 px); use a shift below 28 px (breastmnist/small_cnn)"
+            in str(e.value))
+    assert "finetune.shift_px" not in str(e.value)  # inherited from train: one setting to fix, named once
+    with pytest.raises(QsalError) as e:  # a fine-tune's own shift is checked on its own
+        parse_run_config({**TINY, "finetune": {"shift_px": 30}}, "s.yaml")
+    assert "finetune.shift_px 30 is as large as the images (28x28 px)" in str(e.value) and "train.shift" not in str(e.value)
     assert parse_run_config({**TINY, "train": {"shift_px": 27}}).train["shift_px"] == 27
     assert parse_run_config({**TINY, "sgt": {"k": 0}}).sgt.k == 0  # k = 0 masks nothing: plain training
     # settings no cell uses, or that another setting overrides, in a config a user wrote (a recorded config holds

@@ -168,9 +168,9 @@ def cmd_run(args):
         raise QsalError(f"data_dir {cfg.data_dir} in {args.config} is not a folder; point it at the folder that holds "
                         "the dataset files, or pass --data-dir")
     if args.download:  # before the plan and the lock: the files the cells will read
-        from qsal.study.runner import fetch_data
+        from qsal.study.runner import require_data
 
-        fetch_data(cfg)
+        require_data(cfg, cfg.datasets, download=True)
     if args.dry_run:
         from qsal.study.plan import format_plan, plan_study
         from qsal.study.grid import group_name, plan_groups, select_groups

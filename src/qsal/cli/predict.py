@@ -30,7 +30,14 @@ def cmd_predict(args):
     if args.out:  # checked before any image is scored
         check_out(args.out, {args.model: "the model", **{f: "one of the images" for f in files if f != args.model}},
                   args.force, example="predictions.csv")
-    text = format_predictions(predict_paths(predictor, files), fmt)
+    result = predict_paths(predictor, files, skip_unreadable=args.skip_unreadable)
+    text = format_predictions(result, fmt)
+    if result["skipped"]:  # even with --quiet: the output lacks these images, and must not look complete
+        print(f"skipped {len(result['skipped'])} of {len(files)} images that could not be read (not in the output"
+              + (f"; listed under 'skipped' in {args.out}" if fmt == "json" and args.out else "") + "):",
+              file=sys.stderr)
+        for s in result["skipped"]:
+            print(f"  {s['reason']}", file=sys.stderr)
     if args.out:
         write_text_atomic(args.out, text)
         if not args.quiet:  # stdout holds only results
@@ -47,6 +54,8 @@ def _setup_predict(p):
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--format", choices=["csv", "json"], help="output format (default: json with --json or an --out "
                    "ending in .json, else csv)")
+    p.add_argument("--skip-unreadable", action="store_true", help="score the images that can be read and list the "
+                   "others on stderr (and under 'skipped' in JSON); default: an unreadable image stops the batch")
     p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), default=None,
                    help="onnxruntime threads (0 or default: all cores, as in qsal bench)")
 

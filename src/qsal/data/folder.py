@@ -174,7 +174,9 @@ def _open_picture(path: Path):
     return img
 
 
-def _read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
+def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
+    """A PNG/JPEG/BMP/TIFF/DICOM file as ``(size, size)`` (grayscale) or ``(size, size, 3)`` uint8 pixels, converted
+    exactly as a folder dataset's images are (``QsalError`` naming the file when it cannot be read)."""
     from PIL import Image
 
     if is_dicom(path):
@@ -198,7 +200,7 @@ def load_folder(root: Path, split: str, n_channels: int = 1, size: int = 28, see
     if not files:
         raise QsalError(f"the {split} split of {root} is empty; add images to each class (the folder is split "
                         "70/10/20 into train/val/test per class, so a class of a few images leaves a part empty)")
-    images = np.stack([_read_image(root / rel, n_channels, size) for rel, _ in files])
+    images = np.stack([read_image(root / rel, n_channels, size) for rel, _ in files])
     labels = np.array([c for _, c in files], dtype=np.int64)
     images, labels = validate_arrays(info, images, labels, str(root))
     return ImageSplit(info, split, images, labels, str(root))

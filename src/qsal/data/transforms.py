@@ -5,7 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_shift", "random_hflip", "random_rotate_zoom", "rotate_zoom"]
+__all__ = ["shift_too_large", "random_shift", "random_hflip", "random_rotate_zoom", "rotate_zoom"]
+
+
+def shift_too_large(shift_px: int, h: int, w: int, setting: str = "shift_px") -> str | None:
+    """Why a shift of up to ``shift_px`` pixels cannot be drawn on ``h`` x ``w`` images (``None``: it can): reflect
+    padding takes less than the image, and a larger shift moves it out of view. One wording for the config check, the
+    check before training and the augmentation itself; ``setting`` names the option as the user wrote it."""
+    if shift_px < min(h, w):
+        return None
+    return f"{setting} {shift_px} is as large as the images ({h}x{w} px); use a shift below {min(h, w)} px"
 
 
 def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator) -> torch.Tensor:
@@ -13,11 +22,10 @@ def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator) -> to
     if max_px <= 0:
         return x
     n, _, h, w = x.shape
-    if max_px >= min(h, w):  # reflect padding takes less than the image; a larger shift moves it out of view
+    if (problem := shift_too_large(max_px, h, w)) is not None:
         from qsal.errors import QsalError
 
-        raise QsalError(f"a shift of up to {max_px} px needs images larger than that; these are {h}x{w} px: "
-                        f"use a shift below {min(h, w)} px")
+        raise QsalError(problem)
     padded = F.pad(x, (max_px,) * 4, mode="reflect")
     dy = torch.randint(0, 2 * max_px + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * max_px + 1, (n,), generator=generator)

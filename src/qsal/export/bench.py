@@ -162,20 +162,16 @@ def _check_settings(threads: tuple[int, ...], batches: tuple[int, ...], seconds:
         raise QsalError(f"seconds per configuration must be in (0, 3600], got {seconds}")
 
 
-def _thread_counts(threads: tuple[int, ...]) -> list[int]:
-    """The counts actually run: 0 becomes the cores this process may use (not onnxruntime's own default, one per
-    physical core, nor ``os.cpu_count()``, which counts cores a container or affinity mask withholds), so a result's
-    ``threads`` is what ran."""
+def _timed_runs(kind: str, target: str, threads: tuple[int, ...], batches: tuple[int, ...], seconds: float) -> list[dict]:
+    """One record per (threads, batch), each timed in its own process. A thread count of 0 becomes the cores this
+    process may use (not onnxruntime's own default, one per physical core, nor ``os.cpu_count()``, which counts cores a
+    container or affinity mask withholds), so a record's ``threads`` is what ran; more threads than usable cores time
+    contention, not the model, and the record says so (``oversubscribed``)."""
     from qsal.provenance import usable_cpus
 
-    return [t or usable_cpus() for t in threads]
-
-
-def _run_record(threads: int, timing: dict) -> dict:
-    from qsal.provenance import usable_cpus
-
-    # more threads than usable cores time contention, not the model: the record says so
-    return {"threads": threads, **timing, **({"oversubscribed": True} if threads > usable_cpus() else {})}
+    cores = usable_cpus()
+    return [{"threads": t, **_spawn(kind, target, t, b, seconds), **({"oversubscribed": True} if t > cores else {})}
+            for t in (t or cores for t in threads) for b in batches]
 
 
 def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batches: tuple[int, ...] = (1, 64),
@@ -187,10 +183,10 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
     from qsal.runtime import read_metadata
 
     _check_settings(tuple(threads), tuple(batches), seconds)
-    from qsal.checkpoint import _PICKLE_SUFFIXES
+    from qsal.checkpoint import PICKLE_SUFFIXES
 
     path = Path(path)
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise QsalError(f"{path} is a PyTorch pickle; bench times the deployed ONNX file (qsal never unpickles files: "
                         "that can run code): export the .safetensors checkpoint with `qsal export`, then bench the .onnx")
     if path.suffix in (".safetensors", ".json") and path.is_file():
@@ -200,7 +196,7 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
     fixed = _fixed_batch(path)
     if fixed is not None:  # the graph takes no other batch size: time the one it takes
         batches = (fixed,)
-    runs = [_run_record(t, _spawn("onnx", str(path), t, b, seconds)) for t in _thread_counts(threads) for b in batches]
+    runs = _timed_runs("onnx", str(path), tuple(threads), tuple(batches), seconds)
     from qsal.provenance import environment
 
     # where and with what it was timed (CPU, cores usable, onnxruntime version, when): a latency means nothing alone
@@ -225,8 +221,7 @@ def bench_torch(checkpoint: str | os.PathLike, threads: tuple[int, ...] = (1,), 
 
     _check_settings(tuple(threads), tuple(batches), seconds)
     read_meta(resolve_checkpoint_path(checkpoint))
-    runs = [_run_record(t, _spawn("torch", str(checkpoint), t, b, seconds)) for t in _thread_counts(threads)
-            for b in batches]
+    runs = _timed_runs("torch", str(checkpoint), tuple(threads), tuple(batches), seconds)
     return {"model": str(checkpoint), "runs": runs}
 
 

@@ -253,15 +253,18 @@ def _settings_without_effect(raw: dict, cfg: RunConfig) -> list[str]:
 def _shifts_too_large(cfg: RunConfig) -> list[str]:
     """A shift augmentation as large as the images cannot be drawn (reflect padding): refused here, not by every cell."""
     from qsal.data import get_info
+    from qsal.data.transforms import shift_too_large
 
     problems = []
     for ds in cfg.datasets:
         size = get_info(ds).image_size
         for model in cfg.models:
-            for part, tc in zip(("train", "finetune"), cfg.train_configs(ds, model, 0, progress=False)):
-                if tc.shift_px >= size:
-                    problems.append(f"{part}.shift_px: {tc.shift_px} px for {ds}/{model}, whose images are {size} px; "
-                                    f"shift by less than {size}")
+            train, finetune = cfg.train_configs(ds, model, 0, progress=False)
+            # a fine-tune takes train's shift unless it sets its own: one fix, named once
+            parts = [("train", train)] + ([("finetune", finetune)] if finetune.shift_px != train.shift_px else [])
+            for part, tc in parts:
+                if (problem := shift_too_large(tc.shift_px, size, size, f"{part}.shift_px")) is not None:
+                    problems.append(f"{problem} ({ds}/{model})")
     return list(dict.fromkeys(problems))
 
 

@@ -154,7 +154,7 @@ def other_measures(result: dict, expected: dict | None) -> str | None:
             + ", ".join(f"{k}: {recorded[k]!r} -> {expected[k]!r}" for k in changed) + "): measuring it again")
 
 
-def _made_at(result: dict | None) -> str | None:
+def made_at(result: dict | None) -> str | None:
     """When a finished cell's model was made: its ``made_at`` (kept when the cell is only measured again), else its
     result's UTC ISO time (``None`` when unfinished or unrecorded)."""
     if result and isinstance(result.get("made_at"), str):
@@ -163,21 +163,16 @@ def _made_at(result: dict | None) -> str | None:
     return env.get("utc") if isinstance(env, dict) and isinstance(env.get("utc"), str) else None
 
 
-def made_at(result: dict | None) -> str | None:
-    """When a finished cell's model was made (``_made_at``), for a cell that is only measured again."""
-    return _made_at(result)
-
-
 def parent_made_at(spec: CellSpec, run_dir: Path) -> str | None:
     """When the finished parent of a quantized cell was made (``None``: no parent, or not finished)."""
-    return None if spec.parent is None else _made_at(_result(run_dir / spec.id.rsplit("/", 1)[0] / spec.parent))
+    return None if spec.parent is None else made_at(_result(run_dir / spec.id.rsplit("/", 1)[0] / spec.parent))
 
 
 def older_than_parent(spec: CellSpec, result: dict, parent_result: dict | None) -> str | None:
     """Why a finished quantized cell descends from a model that is gone: its FP32/SGT parent finished after it (it was
     trained again). Decided from the two results (``result.json`` of the cell and of its parent), so a run stopped
     between the parent's retraining and its children's redo still redoes them next time."""
-    theirs = _made_at(parent_result)
+    theirs = made_at(parent_result)
     if spec.parent is None or theirs is None:
         return None
     recorded = result.get("parent_made_at")
@@ -185,7 +180,7 @@ def older_than_parent(spec: CellSpec, result: dict, parent_result: dict | None) 
         if recorded == theirs:
             return None
     else:  # cells made before that field: compare the times
-        mine = _made_at(result)
+        mine = made_at(result)
         if mine is None or mine >= theirs:
             return None
     return f"its parent {spec.parent} was trained again after this cell was made: redoing it from the new parent"

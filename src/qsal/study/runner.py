@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
         except ImportError:
             raise QsalError("the Ray backend needs ray: pip install 'qsal[ray]'") from None
     groups = select_groups(plan_groups(cfg), only)  # a bad pattern is refused before the folder is touched
-    _require_data(cfg, [g for g in groups if _has_work(g, run_dir, cfg)])
+    require_data(cfg, [g[0].dataset for g in groups if _has_work(g, run_dir, cfg)])
     with run_lock(run_dir):
         return _run_locked(cfg, run_dir, workers, backend, ray_address, force, progress, groups)
 
@@ -129,23 +130,17 @@ def _has_work(group: list[CellSpec], run_dir: Path, cfg: RunConfig) -> bool:
                                                           expected_schedules(group, cfg), measure=asdict(cfg.measure)))
 
 
-def fetch_data(cfg: RunConfig) -> None:
-    """Download the missing files of every dataset of the study (``qsal run --download``) from the official source."""
+def require_data(cfg: RunConfig, datasets: Iterable[str], download: bool = False) -> None:
+    """Refuse a study whose data is not there before any cell starts (else every cell would fail alone): every split
+    the cells load, of each of ``datasets`` (the runner passes those of the groups with work left, so a finished study
+    reruns without its data). ``download=True`` (``qsal run --download``) fetches missing files from the official
+    source instead."""
     from qsal.data import load_split
 
-    for name in cfg.datasets:
-        for split in ("train", "test"):
-            load_split(name, split, cfg.data_dir, download=True)
-
-
-def _require_data(cfg: RunConfig, groups: list[list[CellSpec]]) -> None:
-    """Refuse a study whose data is not there before any cell starts (else every cell would fail alone): every
-    split the cells load, of each dataset of the ``groups`` that have work left (a finished study reruns without it)."""
-    from qsal.data import load_split
-
-    for name in dict.fromkeys(g[0].dataset for g in groups):
+    for name in dict.fromkeys(datasets):
         for split in ("train", "test"):  # val comes from train (MNIST, CIFAR-10) or beside test (MedMNIST's one file)
-            load_split(name, split, cfg.data_dir)  # QsalError naming the folder searched and how to get the files
+            # QsalError naming the folder searched and how to get the files
+            load_split(name, split, cfg.data_dir, download=download)
 
 
 def other_config(run_dir: Path, cfg: RunConfig) -> str | None:
