@@ -43,7 +43,7 @@ def test_evaluate_table_says_what_each_number_is_about(breast_run, capsys):
     assert rows["op (operating point)"] == (f"p(malignant) >= {threshold:.6g} (youden, chosen on the validation split "
                                             "with the PyTorch model's scores)")
     assert {"sensitivity @ 0.5", "specificity @ 0.5", "sensitivity @ op", "specificity @ op"} <= set(rows)
-    confusion = json.loads(rows["confusion (true x predicted: malignant | normal, benign)"])
+    confusion = json.loads(rows["confusion @ 0.5 (true x predicted: malignant | normal, benign)"])  # as acc @ 0.5
     assert sum(map(sum, confusion)) == 156 and sum(confusion[0]) == 42  # row 0: the 42 malignant test images
     assert "reliability" not in rows and "undefined" not in rows
 
@@ -273,6 +273,12 @@ def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys):
     assert main(["evaluate", str(onnx_path), "--reliability", str(tmp_path / "r.png"),
                  "--out", str(tmp_path / "a_file" / "m.json")]) == 2
     assert "a_file is a file, not a folder" in capsys.readouterr().err and not (tmp_path / "r.png").exists()
+    # each refusal names the option it is about
+    (tmp_path / "r.png").write_bytes(b"")
+    assert main(["evaluate", str(onnx_path), "--reliability", str(tmp_path / "r.png")]) == 2
+    assert "r.png already exists; pass --force to overwrite it or choose another --reliability" in capsys.readouterr().err
+    assert main(["evaluate", str(onnx_path), "--reliability", str(onnx_path), "--force"]) == 2
+    assert f"--reliability {onnx_path} is the model this command reads" in capsys.readouterr().err
 
 
 def test_export_keeps_a_card_it_did_not_write_and_bench_takes_a_dash_name(breast_run, tmp_path, monkeypatch, capsys):

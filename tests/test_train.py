@@ -23,6 +23,10 @@ def test_fit_learns_and_saves_a_safetensors_checkpoint_with_provenance(tiny_spli
     meta = json.loads((tmp_path / "best.json").read_text())
     assert meta["arch"]["name"] == "small_cnn" and meta["seed"] == 0 and meta["train"]["epochs"] == 4
     assert "torch" in meta["environment"]["versions"]
+    # each epoch's lr is the rate it trained at (milestones 0.5, 0.75 of 4 epochs: x0.1 from epochs 3 and 4), not the
+    # next epoch's rate the scheduler had already set
+    lr = TrainConfig().lr
+    assert [h["lr"] for h in result.history] == pytest.approx([lr, lr, lr * 0.1, lr * 0.01])
     loaded, _ = load_checkpoint(tmp_path / "best.safetensors")
     x = tiny_splits[2].tensors()[0]
     model.eval()

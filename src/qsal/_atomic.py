@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from qsal.errors import QsalError
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "save_figure_atomic",
+__all__ = ["output_target", "atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "save_figure_atomic",
            "remove_stale_temps", "disk_full_error", "DISK_FULL_ERRNOS"]
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
@@ -100,10 +100,31 @@ def _raise_folder_error(dest: Path, e: OSError):
     raise e
 
 
+def output_target(dest: str | os.PathLike) -> Path:
+    """The file an atomic write to ``dest`` replaces: ``dest``, or the file a symbolic link there points to (the
+    link stays a link, as ``>`` in a shell writes through it). A pipe, device or socket is refused: moving a new
+    file into its place would replace it (``--out /dev/stdout --force`` run as root would remove /dev/stdout's
+    link target), and nothing would reach a reader."""
+    import stat
+
+    dest = Path(dest)
+    target = Path(os.path.realpath(dest)) if dest.is_symlink() else dest
+    try:
+        mode = target.stat().st_mode
+    except OSError:  # not there yet (or unreadable: the write itself says why)
+        return target
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: the caller's own message names it
+        kind = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise QsalError(f"{dest} is {kind}, not a file: qsal writes a complete file and moves it into place, which "
+                        "would replace it; name a regular file")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; move it onto ``dest`` (mode 0666 minus umask) only if the block succeeds."""
-    dest = Path(dest)
+    """Yield a temporary path beside ``dest`` (beside the file it links to, for a link); move it onto that file (mode
+    0666 minus umask) only if the block succeeds."""
+    dest = output_target(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(dest)

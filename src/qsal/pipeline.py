@@ -91,7 +91,8 @@ def _finish(out: Path, net, test: ImageSplit, decision: dict, seed: int, extra: 
 def _summary(checkpoint, metrics) -> dict:
     op = metrics.operating_point
     scored = "the PyTorch model, test split" + (
-        f"; positive class {metrics.positive_class}: sensitivity/specificity at the 0.5 point, *_at_op at "
+        f"; positive class {metrics.positive_class}: accuracy, sensitivity and specificity '@ 0.5' at probability "
+        "0.5, '@ op' (JSON: *_at_op) at "
         + (describe_operating_point(op, metrics.positive_class) if op and op.get("threshold") is not None
            else "the operating point") if metrics.positive_class is not None else "")
     s = {"checkpoint": str(checkpoint), "scored": scored, "test_auc": metrics.auc, "test_acc": metrics.acc,

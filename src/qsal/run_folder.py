@@ -204,15 +204,20 @@ def fresh_folder(root: str | os.PathLike, stem: str) -> Path:
 
 
 def refuse_overwrite(path: str | os.PathLike, force: bool = False, example: str = "model.onnx",
-                     written_for: str | None = None) -> Path:
-    """``path`` if it does not exist yet (or ``force``); a one-line error otherwise. ``written_for``: the --out
-    this file goes beside (a model card), named in the error instead of advice to name the file itself."""
+                     written_for: str | None = None, flag: str = "--out") -> Path:
+    """The file to write for ``path`` (``path``, or the file its link points to) if it does not exist yet (or
+    ``force``); a one-line error otherwise. ``written_for``: the --out this file goes beside (a model card), named in
+    the error instead of advice to name the file itself. A pipe or device is refused even with ``force``
+    (``output_target``)."""
+    from qsal._atomic import output_target
+
+    target = output_target(path)  # what is written: the file a link points to
     path = Path(path)
     if path.is_dir() and written_for:
         raise QsalError(f"{path} is a folder, where the model card of {written_for} goes; move it or choose another "
-                        "--out")
+                        f"{flag}")
     if path.is_dir():
-        raise QsalError(f"{path} is a folder; --out names the file to write (e.g. {path / example})")
+        raise QsalError(f"{path} is a folder; {flag} names the file to write (e.g. {path / example})")
     if path.exists() and not force:
-        raise QsalError(f"{path} already exists; pass --force to overwrite it or choose another --out")
-    return path
+        raise QsalError(f"{path} already exists; pass --force to overwrite it or choose another {flag}")
+    return target

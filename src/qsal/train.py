@@ -308,6 +308,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             cb(model, epoch, config.epochs)
         order = torch.randperm(len(x), generator=gen)
         running, seen = 0.0, 0
+        lr_used = opt.param_groups[0]["lr"]  # this epoch's rate: sched.step() below sets the next epoch's
         for b in range(n_batches):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             xb, yb = x[idx], y[idx]
@@ -331,7 +332,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             bar.update(1)
         sched.step()
         score, val_metrics = _validation_score(evaluated, xv, yv, task, config.select_on, device)
-        record = {"epoch": epoch + 1, "train_loss": running / seen, **val_metrics, "lr": opt.param_groups[0]["lr"]}
+        record = {"epoch": epoch + 1, "train_loss": running / seen, **val_metrics, "lr": lr_used}
         best.history.append(record)
         bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{record['train_loss']:.4f}",
                         val_auc=f"{val_metrics['val_auc']:.4f}")

@@ -268,3 +268,8 @@ def test_the_evaluate_table_says_how_each_count_decided():
     assert "balanced_accuracy (most probable class)" in multi and "macro_f1 (most probable class)" in multi
     binary = metrics_table({**base, "task": "binary-class", "sensitivity": 0.5})
     assert "balanced_accuracy @ 0.5" in binary and "per_class_recall @ 0.5" in binary
+    # only a confidence interval prints as lo–hi; two images' probabilities are a list
+    from qsal.cli.output import format_value
+
+    assert format_value([0.6695, 0.6569], "probability") == "[0.6695, 0.6569]"
+    assert format_value([0.65, 0.82], "ci.auc") == format_value([0.65, 0.82], "auc_95ci") == "0.65–0.82"

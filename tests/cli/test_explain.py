@@ -27,7 +27,7 @@ def test_explain_decides_each_image_as_predict_does_at_the_stored_operating_poin
     assert (decided == 0).all() and (deployed.predict_proba(images).argmax(axis=1) == 1).any()
     for model, method in ((run / "best.safetensors", "integrated_gradients"), (tmp_path / "m.onnx", "occlusion")):
         # no --method: the one each kind of file can use (ONNX has no gradients)
-        assert main(["explain", str(model), "--n", "8", "--out", str(tmp_path / "x.png"), "--json"]) == 0
+        assert main(["explain", str(model), "--n", "8", "--out", str(tmp_path / "x.png"), "--json", "--force"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["method"] == method and out["predicted"] == decided.tolist()
         assert out["decided_by"].startswith("p(malignant) >= 1e-09 (youden, chosen on the validation split")
@@ -46,10 +46,20 @@ def test_a_checkpoint_is_explained_on_its_own_normalisation_as_its_onnx_file_is(
     outs = []
     for model in (run / "best.safetensors", tmp_path / "m.onnx"):
         assert main(["explain", str(model), "--method", "occlusion", "--dataset", "pneumoniamnist", "--n", "4",
-                     "--out", str(tmp_path / "x.png"), "--json"]) == 0
+                     "--out", str(tmp_path / "x.png"), "--json", "--force"]) == 0
         outs.append(json.loads(capsys.readouterr().out))
     assert outs[0]["predicted"] == outs[1]["predicted"]
-    assert all(abs(a - b) < 1e-4 for a, b in zip(outs[0]["probability"], outs[1]["probability"]))
+    assert all(abs(a - b) < 1e-4 for a, b in zip(outs[0]["probability_of_predicted"], outs[1]["probability_of_predicted"]))
+    # each row traced to its image: its position in the split named, and its class by name
+    from qsal.data import load_split
+
+    test = load_split("pneumoniamnist", "test")
+    assert outs[0]["dataset"] == "pneumoniamnist" and outs[0]["split"] == "test" and outs[0]["indices"] == \
+        test.subset_indices(4, 0).tolist() == outs[1]["indices"]
+    assert outs[0]["predicted_class"] == [["malignant", "normal, benign"][p] for p in outs[0]["predicted"]]
+    # a second run onto the same PNG needs --force, as every other --out does
+    assert main(["explain", str(run / "best.safetensors"), "--n", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "x.png already exists; pass --force" in capsys.readouterr().err
 
 
 def _checkpoint(path, dataset: dict):
@@ -73,7 +83,7 @@ def test_integrated_gradients_and_occlusion_start_from_black_in_the_models_own_u
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, **kw: seen.append(kw["baseline"]) or _real(*a, **kw))
     for model in (ckpt, tmp_path / "m.onnx"):
-        assert main(["explain", str(model), "--n", "2", "--out", str(tmp_path / "x.png")]) == 0
+        assert main(["explain", str(model), "--n", "2", "--out", str(tmp_path / "x.png"), "--force"]) == 0
     assert [float(np.ravel(b)[0]) for b in seen] == [pytest.approx(-1.5)] * 2
 
 

@@ -166,6 +166,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("bench", "{onnx}", "--threads", "1", "--seconds", "0.05", "--out", "{dir}"): "is a folder; --out names the file",
     # refused before timing: the JSON would have replaced the model being timed, or someone's file
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{onnx}"): "is the model this command reads",
+    ("bench", "{onnx}", "--seconds", "0.05", "--out", "b.csv"): "bench writes its result as JSON; name the file .json",
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{onnx}", "--force"): "is the model this command reads",
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{file}"): "already exists; pass --force",
     ("bench", "{ck}"): "is a checkpoint; bench times the deployed file: export it first",

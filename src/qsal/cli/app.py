@@ -79,9 +79,10 @@ def cmd_evaluate(args):
     if model.suffix.lower() in (".safetensors", ".json"):
         reads.setdefault(model.with_suffix(".json"), "the checkpoint's JSON")
         reads.setdefault(model.with_suffix(".safetensors"), "the checkpoint's weights")
-    for target, example in ((args.out, "metrics.json"), (args.reliability, "reliability.png")):
+    for target, example, flag in ((args.out, "metrics.json", "--out"),
+                                  (args.reliability, "reliability.png", "--reliability")):
         if target:  # before the work, not after it
-            check_out(target, reads, args.force, example=example)
+            check_out(target, reads, args.force, example=example, flag=flag)
     metrics = evaluate_model(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
                              size=args.size, out=args.out, other_dataset=args.other_dataset,
                              reliability_png=args.reliability, download=args.download)

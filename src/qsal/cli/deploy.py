@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qsal.cli.output import print_result
+from qsal.cli.output import print_result, summary_table
 
 from qsal.cli.arguments import (SEED, float_range, int_range, positive_float, positive_int, recipe_args, recipe_from_args,
                                 resolve_sgt_options)
@@ -99,7 +99,7 @@ def cmd_quantize(args):
                                  data_dir=args.data_dir, seed=args.seed, progress=not (args.no_progress or args.quiet), step=step,
                                  operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
                                  resume=args.resume, force=args.force, train_config=train_config)
-    print_result(result, args.json)
+    print_result(result if args.json else summary_table(result), args.json)
 
 
 def _setup_quantize(p):
@@ -164,6 +164,10 @@ def cmd_bench(args):
 
     if args.out:  # checked before any timing: a typo must not cost the run, nor overwrite the model timed
         check_out(args.out, {args.model: "the model"}, args.force, example="bench.json")
+        if Path(args.out).suffix.lower() != ".json":  # JSON in a .csv file reads as a broken table
+            from qsal.errors import QsalError
+
+            raise QsalError(f"--out {args.out}: bench writes its result as JSON; name the file .json")
     result = bench_onnx(args.model, threads=tuple(args.threads), seconds=args.seconds)
     if args.out:
         from qsal._atomic import write_json_atomic

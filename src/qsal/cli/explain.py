@@ -41,7 +41,8 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         name = dataset or rt.meta.get("data", {}).get("name")
         if not name:
             raise QsalError(f"{path} does not name its dataset in its metadata; pass --dataset")
-        split_data = load_split(name, split, data_dir).subset(n, seed)
+        full = load_split(name, split, data_dir)
+        split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         c, h, w = rt.input_shape
         if split_data.info.n_channels != c or split_data.images.shape[1:3] != (h, w):
             raise QsalError(f"{name} images are {split_data.images.shape[1]} px with {split_data.info.n_channels} "
@@ -70,7 +71,8 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         if not name:
             raise QsalError(f"{path} does not name its dataset; pass --dataset")
         check_model_fits_data(rt.meta["arch"], dataset_info(name), str(path))
-        split_data = load_split(name, split, data_dir, size=own.get("image_size")).subset(n, seed)
+        full = load_split(name, split, data_dir, size=own.get("image_size"))
+        split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
         # dataset's images (--dataset) are fed to the model as they would be in deployment
         x = rt.preprocess(split_data.images)
@@ -90,8 +92,13 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     png = save_saliency_grid(to_display(x, tuple(mean), tuple(std)), {f"{path.parent.name}/{path.stem}": maps}, out, captions,
                              title=f"{info.name} {split}: {method}; pred = {rule}")
     decided_p = probs[np.arange(len(x)), target] if target.ndim == 1 else None
-    return {"png": str(png), "method": method, "images": len(x), "predicted": target.tolist(),
-            "probability": None if decided_p is None else [round(float(p), 6) for p in decided_p], "decided_by": rule}
+    # which images: their positions in the split (load_split(dataset, split).images[i]), so a row can be traced to
+    # its scan; "probability_of_predicted" is each row's own predicted class's (the class differs between rows)
+    return {"png": str(png), "method": method, "dataset": info.name, "split": split, "images": len(x),
+            "indices": indices.tolist(), "predicted": target.tolist(),
+            "predicted_class": [names[int(t)] for t in target] if target.ndim == 1 else None,
+            "probability_of_predicted": None if decided_p is None else [round(float(p), 6) for p in decided_p],
+            "decided_by": rule}
 
 
 def _decided(logits: np.ndarray, task: str, decision: dict | None) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +121,9 @@ def _class_names(names, k: int) -> list[str]:
 
 
 def cmd_explain(args):
-    from qsal.cli.output import print_result
+    from qsal.cli.output import check_out, print_result
+
+    check_out(args.out, {args.model: "the model"}, args.force, example="saliency.png")
 
     print_result(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
                                   out=args.out, dataset=args.dataset, seed=args.seed), args.json)
@@ -131,7 +140,8 @@ def _setup_explain(p):
     p.add_argument("--dataset", help="override the dataset recorded in the model (default: the model's own)")
     p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
     p.add_argument("--seed", type=int_range(0, 2**32 - 1, "a seed"), default=0, help="seed of the image sample")
-    p.add_argument("--out", default="saliency.png", help="output PNG")
+    p.add_argument("--out", default="saliency.png", help="output PNG (an existing file only with --force)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
 
 def register(command, setup: dict) -> None:

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-__all__ = ["metrics_table", "HelpFormatter", "add_output_args", "print_result", "print_rows", "format_value", "is_terminal"]
+__all__ = ["metrics_table", "summary_table", "HelpFormatter", "add_output_args", "print_result", "print_rows", "format_value", "is_terminal"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -39,8 +39,18 @@ def is_terminal(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-def format_value(v) -> str:
-    """A value for a table cell: 4 significant digits for floats, ``lo–hi`` for CI pairs, compact lists."""
+def is_ci_key(key: str) -> bool:
+    """Whether a result key holds a confidence interval ``[lo, hi]`` (``auc_ci``, ``ci.auc``): only those print as
+    ``lo–hi``; any other pair of numbers (two images' probabilities) is a list."""
+    import re
+
+    parts = str(key).split(".")
+    return re.search(r"(^|_)(\d+)?ci$", parts[-1]) is not None or "ci" in parts[:-1]
+
+
+def format_value(v, key: str = "") -> str:
+    """A value for a table cell: 4 significant digits for floats, ``lo–hi`` for a CI (``key``: ``is_ci_key``),
+    compact lists."""
     if v is None:
         return "—"
     if isinstance(v, bool):
@@ -52,7 +62,7 @@ def format_value(v) -> str:
     if isinstance(v, int):
         return f"{v:,}" if abs(v) >= 1e4 else str(v)
     if isinstance(v, (list, tuple)):
-        if len(v) == 2 and all(isinstance(x, float) for x in v):
+        if len(v) == 2 and all(isinstance(x, float) for x in v) and is_ci_key(key):
             return f"{format_value(v[0])}–{format_value(v[1])}"
         return "[" + ", ".join(format_value(x) for x in v) + "]"
     if isinstance(v, dict):
@@ -83,7 +93,8 @@ def metrics_table(m: dict) -> dict:
                "macro_f1": f"macro_f1{at}",
                "sensitivity_at_op": "sensitivity @ op", "specificity_at_op": "specificity @ op",
                "operating_point": "op (operating point)",
-               "confusion": "confusion (true x predicted" + (f": {' | '.join(names)})" if names else ")")}
+               "acc": f"acc{at}",
+               "confusion": f"confusion{at} (true x predicted" + (f": {' | '.join(names)})" if names else ")")}
     out = {}
     for k, v in m.items():
         if k in ("reliability", "artifact") or (k == "undefined" and not v):
@@ -98,6 +109,17 @@ def metrics_table(m: dict) -> dict:
     return out
 
 
+def summary_table(result: dict) -> dict:
+    """``qsal train`` / ``qsal quantize``'s result as the terminal table shows it: for a model with a positive class,
+    each count says where it was decided (@ 0.5, or @ op: the stored operating point, which the ``scored`` line
+    names). ``--json`` prints ``result`` unchanged."""
+    if result.get("positive_class") is None:
+        return result
+    renamed = {"test_acc": "test_acc @ 0.5", "sensitivity": "sensitivity @ 0.5", "specificity": "specificity @ 0.5",
+               "sensitivity_at_op": "sensitivity @ op", "specificity_at_op": "specificity @ op"}
+    return {renamed.get(k, k): v for k, v in result.items()}
+
+
 def print_result(result: dict, as_json: bool, file=None) -> None:
     """One result: JSON (``as_json``), else a two-column table of ``key  value`` (nested keys dotted)."""
     file = file or sys.stdout
@@ -107,7 +129,7 @@ def print_result(result: dict, as_json: bool, file=None) -> None:
     items = _flatten(result)
     width = max((len(k) for k, _ in items), default=0)
     for k, v in items:
-        print(f"{k.ljust(width)}  {format_value(v)}", file=file)
+        print(f"{k.ljust(width)}  {format_value(v, k)}", file=file)
 
 
 def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
@@ -119,7 +141,7 @@ def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
     if not rows:
         return
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    cells = [[format_value(r.get(k)) if not isinstance(r.get(k), str) else r[k] for k in keys] for r in rows]
+    cells = [[format_value(r.get(k), k) if not isinstance(r.get(k), str) else r[k] for k in keys] for r in rows]
     numeric = [all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in rows) for k in keys]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
 
@@ -131,10 +153,10 @@ def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
         print(line(c), file=file)
 
 
-def check_out(out, reads: dict, force: bool, example: str) -> None:
+def check_out(out, reads: dict, force: bool, example: str, flag: str = "--out") -> None:
     """``--out`` must not be a file the command reads (not even with --force: the command would destroy what it
     reads; ``reads`` maps each such path to how the message names it), nor an existing file without --force, nor a
-    folder (``example`` names a file inside it)."""
+    folder (``example`` names a file inside it). ``flag``: the option the messages name."""
     import os
 
     from qsal.errors import QsalError
@@ -143,5 +165,5 @@ def check_out(out, reads: dict, force: bool, example: str) -> None:
     real = os.path.realpath(out)
     for path, what in reads.items():
         if os.path.realpath(path) == real:
-            raise QsalError(f"--out {out} is {what} this command reads; choose another file")
-    refuse_overwrite(out, force, example=example)
+            raise QsalError(f"{flag} {out} is {what} this command reads; choose another file")
+    refuse_overwrite(out, force, example=example, flag=flag)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from qsal.cli.arguments import (SEED, SGT_K, SGT_LAMBDA, data_args, decision_args, int_range, no_progress_arg,
                                 positive_float, positive_int, progress_wanted, recipe_args, recipe_from_args,
                                 run_folder_args)
-from qsal.cli.output import print_result
+from qsal.cli.output import print_result, summary_table
 
 __all__ = ["register"]
 
@@ -45,7 +45,7 @@ def cmd_train(args):
                          sgt_target=args.sgt_target, pact_bits=args.pact_bits, positive_class=args.positive_class,
                          operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
                          resume=args.resume, force=args.force)
-    print_result(result, args.json)
+    print_result(result if args.json else summary_table(result), args.json)
 
 
 def _setup_train(p) -> None:
