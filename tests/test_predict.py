@@ -14,6 +14,7 @@ from qsal.cli import main
 from qsal.data import load_split
 from qsal.errors import QsalError
 
+RAMP = np.add.outer(np.arange(28), np.arange(28)).astype(np.uint8)  # a picture of something: not one value throughout
 
 @pytest.fixture
 def image_folder(tmp_path):
@@ -116,10 +117,10 @@ def test_hidden_files_in_a_folder_are_not_images_of_it(tmp_path):
     # macOS copies leave ._name.png resource forks beside each image: one unreadable fork aborted the whole folder
     from qsal.predict import image_files
 
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(RAMP).save(tmp_path / "a.png")
     (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 not a picture")
     (tmp_path / ".cache").mkdir()
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / ".cache" / "b.png")
+    Image.fromarray(RAMP).save(tmp_path / ".cache" / "b.png")
     assert image_files([tmp_path]) == [tmp_path / "a.png"]
     assert image_files([tmp_path / "._a.png"]) == [tmp_path / "._a.png"]  # named on purpose: read (and refused)
 
@@ -149,7 +150,7 @@ def test_an_image_of_several_frames_is_refused_not_read_at_its_first(breast_run,
 
 def test_predict_refuses_a_format_that_contradicts_the_file_it_writes(breast_run, tmp_path, capsys):
     _, onnx_path = breast_run
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(RAMP).save(tmp_path / "a.png")
     for argv, said in ((["--json", "--format", "csv"], "--json asks for JSON but --format csv for CSV"),
                        (["--out", str(tmp_path / "x.json"), "--format", "csv"], "names a JSON file; name it .csv"),
                        (["--out", str(tmp_path / "x.csv"), "--format", "json"], "names a CSV file; name it .json")):
@@ -163,7 +164,7 @@ def test_a_camera_jpeg_with_a_secondary_image_is_read_at_its_picture(tmp_path):
     # Pillow opens a JPEG carrying an MPF gain map / stereo view as MPO with 2 frames; its first is the picture
     from qsal.data.folder import read_image
 
-    a, b = (Image.fromarray(np.full((28, 28, 3), v, np.uint8)) for v in (40, 200))
+    a, b = (Image.fromarray(np.full((28, 28, 3), v, np.uint8) + (RAMP[..., None] > 50)) for v in (40, 200))
     a.save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[b])
     assert Image.open(tmp_path / "phone.jpg").format == "MPO"
     assert abs(int(read_image(tmp_path / "phone.jpg", 1, 28).mean()) - 40) <= 2
@@ -194,7 +195,7 @@ def test_image_files_once_each_through_links_and_odd_names(breast_run, tmp_path)
 
     from qsal.predict import image_files, predict_paths
 
-    px = np.zeros((28, 28), np.uint8)
+    px = RAMP
     (tmp_path / "scans" / "series.png").mkdir(parents=True)  # a folder named like an image is searched, not read
     Image.fromarray(px).save(tmp_path / "scans" / "series.png" / "a.png")
     (tmp_path / "elsewhere").mkdir()
@@ -243,7 +244,8 @@ def test_an_unreadable_image_stops_the_batch_unless_skipped_and_the_output_says_
     # skipped: the other four are scored as before, the broken one is listed on stderr and in the JSON
     assert main(["predict", str(onnx_path), str(root), "--out", str(out), "--skip-unreadable", "-q"]) == 0
     err = capsys.readouterr().err
-    assert err.startswith("skipped 1 of 5 images that could not be read (not in the output; listed under 'skipped'")
+    assert err.startswith("skipped 1 of 5 images that could not be read or are blank (not in the output; listed under "
+                          "'skipped'")
     result = json.loads(out.read_text())
     assert [p["file"].rsplit("/", 1)[-1] for p in result["predictions"]] == ["a.png", "b.png", "c.png", "d.jpg"]
     assert [s["file"].rsplit("/", 1)[-1] for s in result["skipped"]] == ["broken.png"]
@@ -256,3 +258,51 @@ def test_an_unreadable_image_stops_the_batch_unless_skipped_and_the_output_says_
         from qsal.predict import predict_paths
 
         predict_paths(onnx_path, [root / "more" / "broken.png"], skip_unreadable=True)
+
+
+def test_a_checkpoint_of_a_run_cut_off_part_way_is_noted_and_decides_by_the_most_probable_class(breast_run, tmp_path,
+                                                                                                 capsys):
+    """A killed `qsal train` leaves its best epoch so far, with no operating point and no metrics.json: predict,
+    evaluate and export used it silently, and predict ('p(normal, benign) > 0.5') and the card ('p(malignant) >= 0.5
+    (probability of the positive class > 0.5 ...)') described its rule two ways."""
+    import shutil
+
+    run, _ = breast_run
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for name in ("best.safetensors", "best.json", "run.json"):  # as the run was when it was stopped
+        shutil.copy(run / name, cut / name)
+    meta = json.loads((cut / "best.json").read_text())
+    meta["decision"], meta["epoch"] = None, 1
+    (cut / "best.json").write_text(json.dumps(meta))
+    Image.fromarray(load_split("breastmnist", "test").images[0, :, :, 0]).save(tmp_path / "scan.png")
+    capsys.readouterr()
+    assert main(["predict", str(cut / "best.safetensors"), str(tmp_path / "scan.png"), "--json"]) == 0
+    io_ = capsys.readouterr()
+    assert f"note: {cut / 'best.safetensors'} comes from a run that stopped before it finished (the best of its " \
+           f"first epochs: epoch 1 of {meta['train']['epochs']}): no operating point was chosen" in io_.err
+    from qsal.runtime import NO_OPERATING_POINT
+
+    assert json.loads(io_.out)["predictions"][0]["decided_by"] == NO_OPERATING_POINT
+    assert main(["export", str(cut / "best.safetensors"), "-q"]) == 0
+    assert "note:" not in capsys.readouterr().err  # --quiet
+    card = (cut / "model.card.md").read_text()
+    assert "> **Unfinished training run.**" in card and f"operating point: {NO_OPERATING_POINT}" in card
+    assert "best validation auc at epoch 1" in card
+    # a finished run (metrics.json beside it) is not noted
+    assert main(["predict", str(run / "best.safetensors"), str(tmp_path / "scan.png")]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_blank_image_is_refused_not_diagnosed(breast_run, image_folder, tmp_path, capsys):
+    """An all-black PNG was predicted malignant (p 0.32 above a 0.05 threshold), an all-white one benign."""
+    _, onnx_path = breast_run
+    root, _ = image_folder
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "black.png")
+    assert main(["predict", str(onnx_path), str(root / "black.png")]) == 2
+    assert "black.png holds one value (0) in every pixel, a blank image; remove it" in capsys.readouterr().err
+    Image.fromarray(np.full((28, 28, 3), 255, np.uint8)).save(root / "white.png")
+    assert main(["predict", str(onnx_path), str(root), "--skip-unreadable", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(s["file"].rsplit("/", 1)[-1] for s in out["skipped"]) == ["black.png", "white.png"]
+    assert len(out["predictions"]) == 4

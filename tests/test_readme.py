@@ -31,6 +31,13 @@ def test_readme_python_block_runs_with_one_epoch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sensitivity (malignant)" in proc.stdout
     assert (tmp_path / "int8.onnx").is_file() and (tmp_path / "runs/fp32/best.safetensors").is_file()
+    # the INT8 file decides at a threshold chosen on its own validation scores, and says whose they were
+    from qsal.runtime import Runtime, describe_decision
+
+    rt = Runtime(tmp_path / "int8.onnx")
+    assert rt.decision["operating_point"]["scores"] == "INT8 PyTorch model"
+    assert "chosen on the validation split with the INT8 PyTorch model's scores" in describe_decision(
+        rt.task, rt.decision, rt.labels)
 
 
 @pytest.mark.slow

@@ -69,10 +69,9 @@ def _decide_and_record(net, val: ImageSplit, checkpoint: Path, *, positive_class
     from qsal.metrics import choose_decision, predict_logits
 
     x, y = val.tensors()
+    # whose scores chose it (recorded): the exported artifact inherits this threshold
     decision = choose_decision(predict_logits(net, x), y.numpy(), val.info, positive_class=positive_class,
-                               rule=operating_point, temperature_scaling=temperature_scaling)
-    if decision.get("operating_point"):  # whose scores chose it: the exported artifact inherits this threshold
-        decision["operating_point"]["scores"] = "PyTorch model"
+                               rule=operating_point, temperature_scaling=temperature_scaling, scores="PyTorch model")
     write_json_atomic(Path(checkpoint).with_suffix(".json"), {**read_meta(checkpoint), "decision": decision})
     return decision
 
@@ -416,7 +415,7 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     from qsal.checkpoint import read_meta
     from qsal.export.bench import bench_onnx
     from qsal.export.model_card import write_model_card
-    from qsal.run_folder import file_sha256
+    from qsal.run_folder import file_sha256, unfinished_run
     from qsal.models import count_parameters, create_model
 
     def belongs(record: dict, weights: str | os.PathLike) -> bool:
@@ -480,5 +479,6 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     bench = {**bench, "cpu": env["cpu"]}
     write_model_card(onnx_path, meta, torch_metrics, bench, explanations, artifact_metrics=artifact_metrics,
                      parent_metrics=parent_metrics, parent_scored=parent_scored, data_stats=data_stats,
-                     n_parameters=n_parameters, versions=env["versions"], parent_kind=parent_kind)
+                     n_parameters=n_parameters, versions=env["versions"], parent_kind=parent_kind,
+                     unfinished=unfinished_run(checkpoint))
     return str(Path(onnx_path).with_suffix(".card.md"))

@@ -19,7 +19,7 @@ from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 
 __all__ = ["fingerprint", "claim_run_folder", "CannotResume", "file_sha256", "flat_settings", "fresh_folder",
-           "refuse_overwrite", "FINGERPRINT_FILE"]
+           "refuse_overwrite", "unfinished_run", "FINGERPRINT_FILE"]
 
 FINGERPRINT_FILE = "run.json"
 _RUN_OUTPUTS = ("best.safetensors", "best.json", "last.pt", "metrics.json", "reliability.png", "fp32_warmup",
@@ -125,6 +125,26 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
 # Nested settings that say how a run is shown or where it runs, not what it computes (a fine-tune's train_config
 # carries them; the top-level config leaves them out).
 NOT_SETTINGS = ("progress", "device")
+
+
+def unfinished_run(checkpoint: str | os.PathLike) -> str | None:
+    """Why ``checkpoint`` is the best epoch so far of a ``qsal train`` / ``qsal quantize`` run that stopped before it
+    finished (``None``: finished, or not a run folder's). A run writes ``metrics.json`` when it ends, after choosing
+    its operating point; a folder with its run record (``run.json``) and no ``metrics.json`` was cut off."""
+    import json
+
+    path = Path(checkpoint)
+    folder = path.parent
+    if not (folder / FINGERPRINT_FILE).is_file() or (folder / "metrics.json").is_file():
+        return None
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        epoch, epochs = meta.get("epoch"), (meta.get("train") or {}).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        epoch = epochs = None
+    where = f" (the best of its first epochs: epoch {epoch} of {epochs})" if epoch and epochs else ""
+    return (f"{path} comes from a run that stopped before it finished{where}: no operating point was chosen and it "
+            f"was not scored on test; resume it with --resume --out {folder}, or use it knowing that")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

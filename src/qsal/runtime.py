@@ -22,7 +22,8 @@ import numpy as np
 from qsal.errors import QsalError, is_integer, is_utf8_path, quote
 from qsal.metrics.operating_point import describe_operating_point, validate_decision, validate_labels
 
-__all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision"]
+__all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision",
+           "NO_OPERATING_POINT"]
 
 
 def conform_image(image: np.ndarray, n_channels: int, size: int) -> np.ndarray:
@@ -62,6 +63,11 @@ def decide(probs: np.ndarray, task: str, decision: dict | None) -> np.ndarray:
     return probs.argmax(axis=1).astype(np.int64)
 
 
+# How a binary model without a chosen operating point decides (a checkpoint from the Python API's fit, or from a
+# run cut off before it chose one): the same words in predict's decided_by, explain's title and the model card.
+NO_OPERATING_POINT = "the most probable class (no operating point was chosen)"
+
+
 def describe_decision(task: str, decision: dict | None, names: list[str]) -> str:
     """The rule ``decide`` applies, in words, for each prediction's ``decided_by`` (CSV column): for a binary
     model with an operating point, ``p(malignant) >= 0.0472 (sensitivity:0.95, chosen on the validation split)``."""
@@ -72,8 +78,8 @@ def describe_decision(task: str, decision: dict | None, names: list[str]) -> str
     if task == "binary-class" and op:
         pos = int(decision.get("positive_label", 1))
         return describe_operating_point(op, names[pos] if pos < len(names) else str(pos))
-    if task == "binary-class":
-        return f"p({names[-1] if names else 1}) > 0.5"
+    if task == "binary-class":  # one wording with the model card's (qsal.export.model_card)
+        return NO_OPERATING_POINT
     return "argmax"
 
 

@@ -104,7 +104,7 @@ def test_image_folder_split_is_stratified_and_seeded(tmp_path):
     for cls in ("benign", "malignant"):
         (tmp_path / cls).mkdir()
         for i in range(10):
-            Image.fromarray(np.full((40, 40), 20 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+            Image.fromarray((np.full((40, 40), 20 * i) + np.arange(40)).astype(np.uint8)).save(tmp_path / cls / f"{i}.png")
     splits = {s: load_split(f"folder:{tmp_path}", s, size=28) for s in ("train", "val", "test")}
     assert [len(splits[s]) for s in ("train", "val", "test")] == [14, 2, 4]
     assert splits["test"].info.labels == ("benign", "malignant")

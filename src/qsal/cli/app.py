@@ -71,7 +71,7 @@ def _setup_models(p):
 @command("evaluate", "score a checkpoint or an exported .onnx file: AUC/ACC with 95% CIs, sensitivity and "
                      "specificity of the positive class at 0.5 and at the stored operating point, ECE")
 def cmd_evaluate(args):
-    from qsal.cli.output import check_out
+    from qsal.cli.output import check_out, note_unfinished
     from qsal.scoring import evaluate_model
 
     model = Path(args.model)
@@ -83,6 +83,7 @@ def cmd_evaluate(args):
                                   (args.reliability, "reliability.png", "--reliability")):
         if target:  # before the work, not after it
             check_out(target, reads, args.force, example=example, flag=flag)
+    note_unfinished(args.model, args.quiet)
     metrics = evaluate_model(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
                              size=args.size, out=args.out, other_dataset=args.other_dataset,
                              reliability_png=args.reliability, download=args.download)

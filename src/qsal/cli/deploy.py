@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qsal.cli.output import print_result, summary_table
+from qsal.cli.output import note_unfinished, print_result, summary_table
 
 from qsal.cli.arguments import (SEED, float_range, int_range, positive_float, positive_int, recipe_args, recipe_from_args,
                                 resolve_sgt_options)
@@ -87,6 +87,7 @@ def cmd_quantize(args):
 
     check_resume(args)
     _check_quantize_options(args)
+    note_unfinished(args.checkpoint, args.quiet)  # its children inherit a parent cut off part-way
     step = None
     if args.saliency_guided:
         from qsal.pipeline import dataset_task
@@ -139,6 +140,7 @@ def cmd_export(args):
 
     if args.format != "onnx":
         raise QsalError(f"format {args.format!r} is not supported; use --format onnx")
+    note_unfinished(args.checkpoint, args.quiet)
     # a file not named .onnx would be refused by predict and bench; a folder is refused later, in its own words
     if args.out and Path(args.out).suffix.lower() != ".onnx" and not Path(args.out).is_dir():
         raise QsalError(f"--out {args.out}: export writes an ONNX file; name it .onnx")

@@ -121,9 +121,10 @@ def _class_names(names, k: int) -> list[str]:
 
 
 def cmd_explain(args):
-    from qsal.cli.output import check_out, print_result
+    from qsal.cli.output import check_out, note_unfinished, print_result
 
     check_out(args.out, {args.model: "the model"}, args.force, example="saliency.png")
+    note_unfinished(args.model, args.quiet)
 
     print_result(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
                                   out=args.out, dataset=args.dataset, seed=args.seed), args.json)

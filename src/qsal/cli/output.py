@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-__all__ = ["metrics_table", "summary_table", "HelpFormatter", "add_output_args", "print_result", "print_rows", "format_value", "is_terminal"]
+__all__ = ["metrics_table", "summary_table", "note_unfinished", "HelpFormatter", "add_output_args", "print_result", "print_rows", "format_value", "is_terminal"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -107,6 +107,20 @@ def metrics_table(m: dict) -> dict:
         if k == "n" and "artifact" in m:
             out["scored"] = "the ONNX file run by onnxruntime" if m["artifact"] else "the PyTorch model"
     return out
+
+
+def note_unfinished(model, quiet: bool) -> None:
+    """A one-line note on stderr when ``model`` is a checkpoint of a run that stopped before it finished (its best
+    epoch so far, no operating point, not scored: ``run_folder.unfinished_run``); nothing with ``--quiet``."""
+    from pathlib import Path
+
+    if quiet or Path(str(model)).suffix.lower() not in (".safetensors", ".json"):
+        return
+    from qsal.run_folder import unfinished_run
+
+    why = unfinished_run(Path(str(model)).with_suffix(".safetensors"))
+    if why:
+        print(f"note: {why}", file=sys.stderr)
 
 
 def summary_table(result: dict) -> dict:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from qsal.cli.arguments import int_range
-from qsal.cli.output import check_out
+from qsal.cli.output import check_out, note_unfinished
 
 
 def cmd_predict(args):
@@ -26,6 +26,7 @@ def cmd_predict(args):
                         f".{args.format}, or drop --format")
     fmt = args.format or ("json" if args.json or suffix == ".json" else "csv")
     predictor = load_predictor(args.model, args.threads)  # a broken model is named before the images are listed
+    note_unfinished(args.model, args.quiet)
     files = image_files(args.paths)
     if args.out:  # checked before any image is scored
         check_out(args.out, {args.model: "the model", **{f: "one of the images" for f in files if f != args.model}},
@@ -33,7 +34,8 @@ def cmd_predict(args):
     result = predict_paths(predictor, files, skip_unreadable=args.skip_unreadable)
     text = format_predictions(result, fmt)
     if result["skipped"]:  # even with --quiet: the output lacks these images, and must not look complete
-        print(f"skipped {len(result['skipped'])} of {len(files)} images that could not be read (not in the output"
+        print(f"skipped {len(result['skipped'])} of {len(files)} images that could not be read or are blank (not in "
+              "the output"
               + (f"; listed under 'skipped' in {args.out}" if fmt == "json" and args.out else "") + "):",
               file=sys.stderr)
         for s in result["skipped"]:
@@ -55,7 +57,8 @@ def _setup_predict(p):
     p.add_argument("--format", choices=["csv", "json"], help="output format (default: json with --json or an --out "
                    "ending in .json, else csv)")
     p.add_argument("--skip-unreadable", action="store_true", help="score the images that can be read and list the "
-                   "others on stderr (and under 'skipped' in JSON); default: an unreadable image stops the batch")
+                   "others (unreadable or blank) on stderr and under 'skipped' in JSON; default: such an image stops "
+                   "the batch")
     p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), default=None,
                    help="onnxruntime threads (0 or default: all cores, as in qsal bench)")
 

@@ -148,11 +148,15 @@ def _open_picture(path: Path):
     16-bit images are scaled by 255/65535, not clipped."""
     from PIL import Image, ImageOps
 
+    import warnings
+
     try:
-        img = Image.open(path)
-        # MPO: a camera JPEG with a secondary image (a gain map, a stereo view); its first frame is the picture
-        frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
-        img.load()
+        with warnings.catch_warnings():  # Pillow's warning between 89 and 179 megapixels: read, as below the limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            # MPO: a camera JPEG with a secondary image (a gain map, a stereo view); its first frame is the picture
+            frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
+            img.load()
         try:  # a phone's or scanner's JPEG is stored sideways with an EXIF rotation
             img = ImageOps.exif_transpose(img)
         except Exception:  # noqa: BLE001 - malformed EXIF (older Pillow raise TypeError, ZeroDivisionError): as stored
@@ -188,8 +192,12 @@ def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
         raise QsalError(f"image {path} is {w}x{h} px; resizing it to {size} px would upscale it more than "
                         f"{MAX_UPSCALE}x: remove it, or use the image at a larger size (training on a folder: or "
                         "pass a smaller --size)")
-    img = img.convert("L" if n_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    img = img.convert("L" if n_channels == 1 else "RGB")
+    lo, hi = img.getextrema() if img.mode == "L" else (min(e[0] for e in img.getextrema()),
+                                                      max(e[1] for e in img.getextrema()))
+    if lo == hi:  # no picture: a model would still give it a confident class (an all-black image read as malignant)
+        raise QsalError(f"image {path} holds one value ({lo}) in every pixel, a blank image; remove it")
+    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 def load_folder(root: Path, split: str, n_channels: int = 1, size: int = 28, seed: int = 0,

@@ -18,6 +18,7 @@ import yaml
 from qsal._atomic import write_json_atomic, write_text_atomic
 from qsal.errors import printable_path
 from qsal.metrics.operating_point import describe_operating_point
+from qsal.runtime import NO_OPERATING_POINT
 
 __all__ = ["write_model_card", "onnx_layer_storage", "hf_license"]
 
@@ -130,7 +131,8 @@ def _ci(m: dict, key: str) -> str:
 def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, bench: dict | None,
                      explanations: dict | None = None, *, artifact_metrics: dict | None = None,
                      parent_metrics: dict | None = None, parent_scored: str = "its PyTorch model", data_stats: dict | None = None,
-                     n_parameters: int | None = None, versions: dict | None = None, parent_kind: str | None = "FP32") -> dict:
+                     n_parameters: int | None = None, versions: dict | None = None, parent_kind: str | None = "FP32",
+                     unfinished: str | None = None) -> dict:
     """Write ``<name>.card.md`` and ``<name>.card.json`` beside ``onnx_path``; returns the card dict.
 
     Args:
@@ -145,6 +147,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         data_stats: ``{"counts": {split: n}, "class_counts": {split: [n per class]}}``.
         n_parameters: trainable parameters of the architecture.
         versions: package versions (``qsal``, ``onnxruntime``...).
+        unfinished: why the checkpoint is an unfinished run's (``run_folder.unfinished_run``), shown first.
     """
     onnx_path = Path(onnx_path)
     data = meta.get("dataset") or {}
@@ -166,8 +169,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         positive = classes[int(positive)]  # metrics computed without the dataset table name the label id
     positive = positive or (_table_positive_class(data.get("name")) if binary else None) \
         or (classes[-1] if binary and classes else None)
-    op = (scored or {}).get("operating_point") or ({"rule": "probability of the positive class > 0.5",
-                                                     "threshold": 0.5, "chosen_on": "fixed default"} if binary else
+    op = (scored or {}).get("operating_point") or ({"rule": NO_OPERATING_POINT} if binary else
                                                     {"rule": "argmax of the class probabilities"})
     name = f"qsal-{arch.get('name', 'model')}-{data.get('name', 'data')}-{quant.get('method')}"
     if quant.get("method") != "fp32":
@@ -201,8 +203,10 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
           f"# Model card: {name}", "",
           f"A {arch.get('name')} image classifier for {data.get('name')} ({data.get('task')}), "
           f"{'stored in FP32' if quant.get('method') == 'fp32' else 'quantized with ' + str(quant.get('method'))}, "
-          f"exported to ONNX for CPU inference. Card written by qsal {versions.get('qsal', '')} on {today}.", "",
-          "## Model details", ""]
+          f"exported to ONNX for CPU inference. Card written by qsal {versions.get('qsal', '')} on {today}.", ""]
+    if unfinished:
+        md += [f"> **Unfinished training run.** {unfinished}.", ""]
+    md += ["## Model details", ""]
     train = meta.get("train") or {}
     parent = meta.get("parent_checkpoint")
     # the parent by its folder and name (the exporting machine's absolute path says nothing to a reader, and the
@@ -225,6 +229,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                          f"channel(s); x/255, then (x - {data.get('mean')}) / {data.get('std')}"),
                ("fine-tune" if parent else "training", f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch "
                             f"{train.get('batch_size')}, seed {meta.get('seed')}; best validation {train.get('select_on', 'auc')}"
+                            + (f" at epoch {meta['epoch']}" if meta.get("epoch") else "")
                             + (f"; the weights are an exponential moving average (decay {train['ema_decay']} with "
                                "warm-up), as validated and selected" if train.get("ema_decay") else "")
                             if train else None),
@@ -327,6 +332,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
             "kernels": {k: v for k, v in kernels.items() if k != "text"}, "versions": versions,
             "latency": bench, "explanations": explanations,
             "training": {"config": train, "seed": meta.get("seed"), "fine_tune": bool(parent and train),
+                         "best_epoch": meta.get("epoch"), "unfinished": unfinished,
                          "parent": parent_file, "parent_sha256": meta.get("parent_sha256")},
             "out_of_scope": _OUT_OF_SCOPE, "caveats": _CAVEATS}
     write_json_atomic(onnx_path.with_suffix(".card.json"), card)

@@ -97,8 +97,11 @@ def resolve_positive_label(info, positive_class: str | int | None = None) -> int
 
 
 def choose_decision(val_logits: np.ndarray, val_labels: np.ndarray, info, *, positive_class: str | int | None = None,
-                    rule: str = DEFAULT_RULE, temperature_scaling: bool = False) -> dict:
+                    rule: str = DEFAULT_RULE, temperature_scaling: bool = False, scores: str | None = None) -> dict:
     """Everything a deployed model needs to decide, fitted on the validation split.
+
+    ``scores``: whose logits ``val_logits`` are (``"PyTorch model"``, ``"INT8 PyTorch model"``): recorded in the
+    operating point and said wherever it is described, so a file exported with another model's threshold shows it.
 
     Returns ``{"positive_label", "positive_class", "operating_point", "temperature", "temperature_scaling"}``
     (the operating point is ``None`` for tasks that decide by argmax; the temperature 1.0 without scaling).
@@ -114,6 +117,8 @@ def choose_decision(val_logits: np.ndarray, val_labels: np.ndarray, info, *, pos
     if info.task == TASK_BINARY:
         probs = scores_from_logits(val_logits, info.task, temperature)
         decision["operating_point"] = choose_threshold(y, probs[:, positive], positive, rule)
+        if scores:
+            decision["operating_point"]["scores"] = str(scores)
     return decision
 
 
