@@ -452,6 +452,14 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
         gone = "its weights are gone" if not Path(parent).is_file() else "replaced since this model was made from it"
         parent_kind, parent = f"{parent_kind}, {gone}: not compared", None
     parent_metrics = test_metrics(Path(parent)) if parent else None
+    parent_training = None
+    if parent:  # how the parent was trained: a quantized model's own seed only picked its calibration images
+        try:
+            pm = read_meta(parent)
+            parent_training = {"seed": pm.get("seed"), "epochs": (pm.get("train") or {}).get("epochs"),
+                               "best_epoch": pm.get("epoch")}
+        except QsalError:
+            pass
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None
     try:  # the card can still be written without the data; it then says the artifact was not scored
@@ -480,5 +488,5 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     write_model_card(onnx_path, meta, torch_metrics, bench, explanations, artifact_metrics=artifact_metrics,
                      parent_metrics=parent_metrics, parent_scored=parent_scored, data_stats=data_stats,
                      n_parameters=n_parameters, versions=env["versions"], parent_kind=parent_kind,
-                     unfinished=unfinished_run(checkpoint))
+                     unfinished=unfinished_run(checkpoint), parent_training=parent_training)
     return str(Path(onnx_path).with_suffix(".card.md"))

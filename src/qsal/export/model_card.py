@@ -132,7 +132,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                      explanations: dict | None = None, *, artifact_metrics: dict | None = None,
                      parent_metrics: dict | None = None, parent_scored: str = "its PyTorch model", data_stats: dict | None = None,
                      n_parameters: int | None = None, versions: dict | None = None, parent_kind: str | None = "FP32",
-                     unfinished: str | None = None) -> dict:
+                     unfinished: str | None = None, parent_training: dict | None = None) -> dict:
     """Write ``<name>.card.md`` and ``<name>.card.json`` beside ``onnx_path``; returns the card dict.
 
     Args:
@@ -148,6 +148,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         n_parameters: trainable parameters of the architecture.
         versions: package versions (``qsal``, ``onnxruntime``...).
         unfinished: why the checkpoint is an unfinished run's (``run_folder.unfinished_run``), shown first.
+        parent_training: the parent's ``{"seed", "epochs", "best_epoch"}`` (its checkpoint's JSON), if readable.
     """
     onnx_path = Path(onnx_path)
     data = meta.get("dataset") or {}
@@ -212,8 +213,13 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     # the parent by its folder and name (the exporting machine's absolute path says nothing to a reader, and the
     # ONNX metadata strips it too) and by content
     parent_file = printable_path(f"{Path(parent).parent.name}/{Path(parent).name}") if parent else None
-    parent_named = parent_file and parent_file + (f" (sha256 {meta['parent_sha256'][:12]}...)"
-                                                  if meta.get("parent_sha256") else "")
+    pt = parent_training or {}
+    about_parent = [f"sha256 {meta['parent_sha256'][:12]}..." if meta.get("parent_sha256") else "",
+                    f"seed {pt['seed']}" if pt.get("seed") is not None else "",
+                    f"{pt['epochs']} epochs" + (f", best at epoch {pt['best_epoch']}" if pt.get("best_epoch") else "")
+                    if pt.get("epochs") else ""]
+    parent_named = parent_file and parent_file + (f" ({'; '.join(a for a in about_parent if a)})"
+                                                  if any(about_parent) else "")
     kernels = _kernels(onnx_path, quant)
     details = [("name / version", f"{name} / qsal {versions.get('qsal', '?')}, {today}"),
                ("architecture", f"{arch.get('name')} ({arch.get('in_channels')} channel(s) in, {arch.get('num_classes')} outputs)"),
@@ -333,7 +339,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
             "latency": bench, "explanations": explanations,
             "training": {"config": train, "seed": meta.get("seed"), "fine_tune": bool(parent and train),
                          "best_epoch": meta.get("epoch"), "unfinished": unfinished,
-                         "parent": parent_file, "parent_sha256": meta.get("parent_sha256")},
+                         "parent": parent_file, "parent_sha256": meta.get("parent_sha256"),
+                         "parent_training": parent_training},
             "out_of_scope": _OUT_OF_SCOPE, "caveats": _CAVEATS}
     write_json_atomic(onnx_path.with_suffix(".card.json"), card)
     write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(md))
