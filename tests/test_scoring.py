@@ -194,7 +194,7 @@ def test_a_card_compares_only_with_the_parent_it_was_made_from(breast_run, tmp_p
     assert "minus its FP32 parent (its ONNX file)" in text  # the parent's model.onnx, exported from its weights
     # how the parent was trained (this model's own seed only drew its calibration images)
     best = json.loads((parent / "best.json").read_text())["epoch"]
-    assert f"| parent (FP32) | fp/best.safetensors (sha256 " in text and f"; seed 0; 2 epochs, best at epoch {best}) |" in text
+    assert "| parent (FP32) | fp/best.safetensors (sha256 " in text and f"; seed 0; 2 epochs, best at epoch {best}) |" in text
     shutil.copy(tmp_path / "q/m1.onnx", parent / "model.onnx")  # another model's file in the parent's folder
     export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m1b.onnx")
     assert "minus its FP32 parent (its PyTorch model)" in (tmp_path / "q/m1b.card.md").read_text()
