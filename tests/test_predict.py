@@ -81,7 +81,7 @@ def test_predict_bad_paths_are_one_line_errors(breast_run, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(onnx_path), str(tmp_path / "empty")]) == 2
-    assert "no PNG/JPEG/DICOM images" in capsys.readouterr().err
+    assert "no PNG/JPEG/BMP/TIFF/DICOM images found in" in capsys.readouterr().err
 
 
 def test_runtime_applies_the_stored_temperature_and_threshold(tmp_path):

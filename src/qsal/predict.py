@@ -49,7 +49,8 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
         first.setdefault(os.path.realpath(p), p)
     unique = list(first.values())
     if not unique:
-        raise QsalError(f"no PNG/JPEG/DICOM images found in {', '.join(map(str, paths))}")
+        raise QsalError(f"no PNG/JPEG/BMP/TIFF/DICOM images found in {', '.join(map(str, paths))} (files and folders "
+                        "whose names start with '.' are skipped); name the image files or the folder that holds them")
     return unique
 
 
