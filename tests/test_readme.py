@@ -38,6 +38,11 @@ def test_readme_python_block_runs_with_one_epoch(tmp_path):
     assert rt.decision["operating_point"]["scores"] == "INT8 PyTorch model"
     assert "chosen on the validation split with the INT8 PyTorch model's scores" in describe_decision(
         rt.task, rt.decision, rt.labels)
+    # and what it is: the per-layer quantization read off the model, though the block's meta does not give it
+    from qsal.runtime import read_metadata
+
+    layers = read_metadata(tmp_path / "int8.onnx")["quantization"]["weights"]
+    assert layers and {w["weight_bits"] for w in layers} == {8}
 
 
 @pytest.mark.slow

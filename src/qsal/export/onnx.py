@@ -317,6 +317,10 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     quantized = any(isinstance(m, (QuantConv2d, QuantLinear)) for m in gm.modules())
     info["integer_kernels"] = quantized and not float_ops
     info["float_ops_after_optimization"] = float_ops
+    if quantized and "quantization" not in info:  # read off the model when the caller's meta does not record it
+        from qsal.quant.describe import describe_quantization
+
+        info["quantization"] = _portable(describe_quantization(model))
     helper.set_model_props(onnx_model, {"qsal": json.dumps(info)})
     path = Path(path)
     with atomic_path(path) as tmp:
