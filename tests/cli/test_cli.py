@@ -273,3 +273,15 @@ def test_the_evaluate_table_says_how_each_count_decided():
 
     assert format_value([0.6695, 0.6569], "probability") == "[0.6695, 0.6569]"
     assert format_value([0.65, 0.82], "ci.auc") == format_value([0.65, 0.82], "auc_95ci") == "0.65–0.82"
+
+
+def test_a_quantized_child_takes_its_parents_temperature_scaling_unless_turned_off(tmp_path, capsys):
+    run = tmp_path / "fp32"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--temperature-scaling", "-q"]) == 0
+    scaled = {}
+    for name, flag in (("inherited", []), ("off", ["--no-temperature-scaling"])):
+        assert main(["quantize", str(run / "best.safetensors"), "--method", "ptq", "--out", str(tmp_path / name),
+                     "--num-calibration", "64", "-q", *flag]) == 0
+        scaled[name] = json.loads((tmp_path / name / "best.json").read_text())["decision"]
+    assert scaled["inherited"]["temperature_scaling"] is True
+    assert scaled["off"]["temperature_scaling"] is False and scaled["off"]["temperature"] == 1.0

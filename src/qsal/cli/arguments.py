@@ -105,8 +105,10 @@ def decision_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     p.add_argument("--operating-point", default=None, metavar="RULE",  # None: the default, so a rule given is known
                    help="binary sets: threshold rule chosen on the validation split: youden, sensitivity:0.95 or a "
                         "fixed probability such as 0.5 (default: " + ("the parent's rule)" if inherit else "youden)"))
-    p.add_argument("--temperature-scaling", action="store_true", default=None if inherit else False,
-                   help="fit a softmax temperature on validation and store it with the model")
+    # --no-temperature-scaling: a quantized child otherwise takes its parent's choice, with no way to turn it off
+    p.add_argument("--temperature-scaling", action=argparse.BooleanOptionalAction, default=None if inherit else False,
+                   help="fit a softmax temperature on validation and store it with the model" +
+                        (" (default: as the parent did)" if inherit else ""))
 
 
 # TrainConfig fields that qsal train and qsal quantize's fine-tune both take as flags (recipe_args)
