@@ -112,6 +112,26 @@ def test_image_folder_split_is_stratified_and_seeded(tmp_path):
     assert splits["train"].images.shape[1:] == (28, 28, 1)
 
 
+def test_a_folder_of_colour_photographs_keeps_its_colour_and_a_grey_one_saved_as_rgb_stays_grey(tmp_path):
+    """Folder datasets were always read as grayscale: dermoscopy or fundus colour was dropped without a word."""
+    from PIL import Image
+
+    from qsal.pipeline import dataset_info
+
+    rng = np.random.default_rng(0)
+    for kind, colour in (("colour", True), ("grey", False)):
+        for cls in ("a", "b"):
+            (tmp_path / kind / cls).mkdir(parents=True)
+            for i in range(5):
+                px = rng.integers(0, 255, (32, 32, 3 if colour else 1)).astype(np.uint8)
+                Image.fromarray(px if colour else np.repeat(px, 3, -1)).convert("RGB").save(tmp_path / kind / cls / f"{i}.png")
+    colour = load_split(f"folder:{tmp_path / 'colour'}", "train", size=28)
+    assert colour.images.shape[1:] == (28, 28, 3) and colour.info.n_channels == 3
+    assert dataset_info(f"folder:{tmp_path / 'colour'}").n_channels == 3  # what a model for it is built with
+    grey = load_split(f"folder:{tmp_path / 'grey'}", "train", size=28)
+    assert grey.images.shape[1:] == (28, 28, 1) and grey.info.n_channels == 1
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a):
         pass

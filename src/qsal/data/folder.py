@@ -74,9 +74,31 @@ def _classes(root: Path) -> list[str]:
     return classes
 
 
-def folder_info(root: Path, n_channels: int = 1, size: int = 28) -> DatasetInfo:
-    """A table row for a folder dataset (task binary for 2 classes, multi-class otherwise)."""
+COLOUR_SAMPLE = 8  # images per class looked at to tell a colour folder from a grayscale one
+
+
+def folder_channels(root: Path) -> int:
+    """3 where any of the first ``COLOUR_SAMPLE`` images of a class is in colour (channels that differ somewhere),
+    else 1: dermoscopy or fundus photographs keep their colour, and a grayscale scan saved as RGB stays grayscale.
+    A file that cannot be read is left to the loader, which names it."""
+    for name in _classes(root):
+        for path in images_under(root / name)[:COLOUR_SAMPLE]:
+            try:
+                img = _open_picture(path) if not is_dicom(path) else None
+            except QsalError:
+                continue
+            if img is not None and img.mode != "L":
+                rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+                if (rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any():
+                    return 3
+    return 1
+
+
+def folder_info(root: Path, n_channels: int | None = None, size: int = 28) -> DatasetInfo:
+    """A table row for a folder dataset (task binary for 2 classes, multi-class otherwise); ``n_channels`` ``None``:
+    as the images are (``folder_channels``)."""
     classes = _classes(root)
+    n_channels = n_channels or folder_channels(root)
     return DatasetInfo(name=f"folder:{root}", family="folder",
                        task=TASK_BINARY if len(classes) == 2 else TASK_MULTICLASS,
                        n_channels=n_channels, labels=tuple(classes), n_samples={}, license="user data",
@@ -200,10 +222,12 @@ def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def load_folder(root: Path, split: str, n_channels: int = 1, size: int = 28, seed: int = 0,
+def load_folder(root: Path, split: str, n_channels: int | None = None, size: int = 28, seed: int = 0,
                 val_fraction: float = 0.1, test_fraction: float = 0.2) -> ImageSplit:
-    """Read one split of a class-per-folder dataset, resized to ``size`` px."""
+    """Read one split of a class-per-folder dataset, resized to ``size`` px, in grayscale or colour as its images are
+    (``n_channels`` ``None``) or as asked."""
     info = folder_info(root, n_channels, size)
+    n_channels = info.n_channels
     files = folder_split_files(root, val_fraction, test_fraction, seed)[split]
     if not files:
         raise QsalError(f"the {split} split of {root} is empty; add images to each class (the folder is split "
