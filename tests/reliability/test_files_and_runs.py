@@ -265,6 +265,27 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     np.testing.assert_allclose(img[0], np.round(np.linspace(0, 255, 64)), atol=1)
 
 
+def test_a_12_bit_scan_in_a_16_bit_png_that_says_so_is_scaled_to_its_own_white(tmp_path):
+    """A 12-bit X-ray (0-4095) in a 16-bit PNG read at most 16 of 255 (scaled by 255/65535): nearly black. The PNG's
+    sBIT chunk declares 12 significant bits; Pillow ignores it, qsal reads it."""
+    import struct
+    import zlib
+
+    from qsal.data.folder import png_significant_bits, read_image
+
+    ramp = np.tile(np.linspace(0, 4095, 64), (64, 1))
+    _png16(tmp_path / "plain.png", ramp)
+    raw = (tmp_path / "plain.png").read_bytes()
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, its 13 bytes, CRC
+    sbit = struct.pack(">I4sB", 1, b"sBIT", 12) + struct.pack(">I", zlib.crc32(b"sBIT" + bytes([12])))
+    (tmp_path / "xray.png").write_bytes(raw[:ihdr_end] + sbit + raw[ihdr_end:])
+    assert png_significant_bits(tmp_path / "xray.png") == 12 and png_significant_bits(tmp_path / "plain.png") is None
+    img = read_image(tmp_path / "xray.png", 1, 64)
+    assert img.min() == 0 and img.max() == 255
+    np.testing.assert_allclose(img[0], np.round(np.linspace(0, 255, 64)), atol=1)
+    assert read_image(tmp_path / "plain.png", 1, 64).max() == 16  # without the declaration: the 16-bit rule, as before
+
+
 def test_dicom_is_min_max_scaled(tmp_path):
     pytest.importorskip("pydicom")
     from qsal.data.folder import read_image

@@ -165,6 +165,28 @@ def _read_dicom(path: Path) -> np.ndarray:
     return scaled.round().astype(np.uint8)
 
 
+def png_significant_bits(path: Path) -> int | None:
+    """The significant bits a PNG declares for its (gray) samples in its ``sBIT`` chunk, which Pillow does not read
+    (``None``: no such chunk, or not a PNG). A 12-bit X-ray stored in a 16-bit PNG declares 12."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while len(head := f.read(8)) == 8:
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"sBIT":
+                    data = f.read(length)
+                    return data[0] if data else None
+                if kind in (b"IDAT", b"IEND"):  # sBIT comes before the image data
+                    return None
+                f.seek(length + 4, 1)  # the chunk's data and CRC
+    except OSError:
+        return None
+    return None
+
+
 def _open_picture(path: Path):
     """A PNG/JPEG/... as a Pillow image in mode L or RGB, upright as a viewer shows it (EXIF orientation applied);
     16-bit images are scaled by 255/65535, not clipped."""
@@ -177,7 +199,8 @@ def _open_picture(path: Path):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
             # MPO: a camera JPEG with a secondary image (a gain map, a stereo view); its first frame is the picture
-            frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
+            fmt = img.format  # an EXIF-transposed copy below has none
+            frames = 1 if fmt == "MPO" else int(getattr(img, "n_frames", 1) or 1)
             img.load()
         try:  # a phone's or scanner's JPEG is stored sideways with an EXIF rotation
             img = ImageOps.exif_transpose(img)
@@ -194,7 +217,11 @@ def _open_picture(path: Path):
         px = np.asarray(img, dtype=np.float64)
         if px.min() < 0 or px.max() > 65535:
             raise QsalError(f"image {path} has 32-bit pixel values outside 0-65535; convert it to 8- or 16-bit")
-        img = Image.fromarray(np.round(px * (255.0 / 65535.0)).astype(np.uint8))
+        white = 65535.0
+        bits = png_significant_bits(path) if fmt == "PNG" else None
+        if bits is not None and 8 < bits < 16 and px.max() <= 2 ** bits - 1:
+            white = 2.0 ** bits - 1  # a 12-bit scan in a 16-bit PNG that says so (sBIT): its white is 4095, not 65535
+        img = Image.fromarray(np.round(px * (255.0 / white)).astype(np.uint8))
     elif img.mode == "F":
         raise QsalError(f"image {path} has floating-point pixels (mode F) with no fixed scale; save it as 8- or 16-bit")
     return img
