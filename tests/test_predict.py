@@ -239,12 +239,13 @@ def test_an_unreadable_image_stops_the_batch_unless_skipped_and_the_output_says_
     out = tmp_path / "pred.json"
     assert main(["predict", str(onnx_path), str(root), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "broken.png" in err and "--skip-unreadable scores the other 4 images" in err and len(err.splitlines()) == 1
+    assert "broken.png" in err and len(err.splitlines()) == 1
+    assert "--skip-unreadable, skip_unreadable=True in Python, scores the others" in err
     assert not out.exists()
     # skipped: the other four are scored as before, the broken one is listed on stderr and in the JSON
     assert main(["predict", str(onnx_path), str(root), "--out", str(out), "--skip-unreadable", "-q"]) == 0
     err = capsys.readouterr().err
-    assert err.startswith("skipped 1 of 5 images that could not be read or are blank (not in the output; listed under "
+    assert err.startswith("skipped 1 of 5 images that could not be read or used (not in the output; listed under "
                           "'skipped'")
     result = json.loads(out.read_text())
     assert [p["file"].rsplit("/", 1)[-1] for p in result["predictions"]] == ["a.png", "b.png", "c.png", "d.jpg"]
@@ -254,7 +255,7 @@ def test_an_unreadable_image_stops_the_batch_unless_skipped_and_the_output_says_
 
     assert result["predictions"][0]["probabilities"] == Runtime(onnx_path).predict_file(root / "a.png")["probabilities"]
     # nothing readable is still an error, with the first reason
-    with pytest.raises(QsalError, match="none of the 1 images could be read; the first: cannot read image"):
+    with pytest.raises(QsalError, match="none of the 1 images could be used; the first: cannot read image"):
         from qsal.predict import predict_paths
 
         predict_paths(onnx_path, [root / "more" / "broken.png"], skip_unreadable=True)
@@ -279,15 +280,17 @@ def test_a_checkpoint_of_a_run_cut_off_part_way_is_noted_and_decides_by_the_most
     capsys.readouterr()
     assert main(["predict", str(cut / "best.safetensors"), str(tmp_path / "scan.png"), "--json"]) == 0
     io_ = capsys.readouterr()
-    assert f"note: {cut / 'best.safetensors'} comes from a run that stopped before it finished (the best of its " \
-           f"first epochs: epoch 1 of {meta['train']['epochs']}): no operating point was chosen" in io_.err
+    assert f"note: {cut / 'best.safetensors'} comes from a run that has not finished (stopped, or still running) " \
+           f"(its best epoch so far: epoch 1 of {meta['train']['epochs']}): no operating point was chosen" in io_.err
+    assert f"finish it with --resume --out {cut}, or use it knowing that" in io_.err
     from qsal.runtime import NO_OPERATING_POINT
 
     assert json.loads(io_.out)["predictions"][0]["decided_by"] == NO_OPERATING_POINT
     assert main(["export", str(cut / "best.safetensors"), "-q"]) == 0
     assert "note:" not in capsys.readouterr().err  # --quiet
     card = (cut / "model.card.md").read_text()
-    assert "> **Unfinished training run.**" in card and f"operating point: {NO_OPERATING_POINT}" in card
+    assert "> **Unfinished training run.** cut/best.safetensors comes from a run that has not finished" in card
+    assert str(tmp_path) not in card and f"operating point: {NO_OPERATING_POINT}" in card
     assert "best validation auc at epoch 1" in card
     # a finished run (metrics.json beside it) is not noted
     assert main(["predict", str(run / "best.safetensors"), str(tmp_path / "scan.png")]) == 0

@@ -101,29 +101,29 @@ def _raise_folder_error(dest: Path, e: OSError):
 
 
 def output_target(dest: str | os.PathLike) -> Path:
-    """The file an atomic write to ``dest`` replaces: ``dest``, or the file a symbolic link there points to (the
-    link stays a link, as ``>`` in a shell writes through it). A pipe, device or socket is refused: moving a new
-    file into its place would replace it (``--out /dev/stdout --force`` run as root would remove /dev/stdout's
-    link target), and nothing would reach a reader."""
+    """``dest``, checked for an atomic write: a pipe, device or socket there (or at the end of a link there, as
+    ``/dev/stdout`` is) is refused, since moving a new file into its place would replace it (``--out /dev/full
+    --force`` run as root replaced the device) and nothing would reach a reader. A link to a regular file is replaced
+    by the new file, its target left as it was: writing through it could overwrite a file the command reads (an
+    ``.onnx``-named link to the checkpoint being exported)."""
     import stat
 
     dest = Path(dest)
-    target = Path(os.path.realpath(dest)) if dest.is_symlink() else dest
     try:
-        mode = target.stat().st_mode
-    except OSError:  # not there yet (or unreadable: the write itself says why)
-        return target
+        mode = os.stat(dest).st_mode  # follows links, /proc's /dev/fd/N ones to an unnamed pipe included
+    except OSError:  # not there yet, a dangling link (or unreadable: the write itself says why)
+        return dest
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: the caller's own message names it
         kind = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         raise QsalError(f"{dest} is {kind}, not a file: qsal writes a complete file and moves it into place, which "
                         "would replace it; name a regular file")
-    return target
+    return dest
 
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``dest`` (beside the file it links to, for a link); move it onto that file (mode
-    0666 minus umask) only if the block succeeds."""
+    """Yield a temporary path beside ``dest``; move it onto ``dest`` (mode 0666 minus umask) only if the block
+    succeeds. A pipe or device at ``dest`` is refused (``output_target``)."""
     dest = output_target(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)

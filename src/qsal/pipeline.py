@@ -44,9 +44,12 @@ def split_seed(meta: dict) -> int:
     return int(seed) if seed is not None else 0
 
 
-def load_splits(dataset: str, data_dir=None, size=None, download=False, seed: int = 0) -> tuple[ImageSplit, ...]:
-    """``(train, val, test)`` of a dataset; a training split with a single class is refused (nothing to learn)."""
-    splits = tuple(load_split(dataset, s, data_dir, size=size, download=download, seed=seed) for s in ("train", "val", "test"))
+def load_splits(dataset: str, data_dir=None, size=None, download=False, seed: int = 0,
+                n_channels: int | None = None) -> tuple[ImageSplit, ...]:
+    """``(train, val, test)`` of a dataset; a training split with a single class is refused (nothing to learn).
+    ``n_channels``: a folder dataset read for a model with that many channels (``None``: as its images are)."""
+    splits = tuple(load_split(dataset, s, data_dir, size=size, download=download, seed=seed, n_channels=n_channels)
+                   for s in ("train", "val", "test"))
     require_training_classes(splits[0])
     return splits
 
@@ -183,11 +186,12 @@ def dataset_task(checkpoint: str | os.PathLike) -> str:
     return task if isinstance(task, str) else dataset_info(_dataset_name(meta, None)).task
 
 
-def dataset_info(name: str):
-    """The ``DatasetInfo`` of a table name or ``folder:PATH`` (without loading images)."""
+def dataset_info(name: str, n_channels: int | None = None):
+    """The ``DatasetInfo`` of a table name or ``folder:PATH`` (without loading images; a folder's channels are
+    ``n_channels``, a model's, or as its images are)."""
     from qsal.data.folder import folder_info
 
-    return folder_info(Path(name[len("folder:"):])) if name.startswith("folder:") else get_info(name)
+    return folder_info(Path(name[len("folder:"):]), n_channels) if name.startswith("folder:") else get_info(name)
 
 
 def _dataset_name(meta: dict, dataset: str | None) -> str:
@@ -257,9 +261,10 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     fp = fingerprint(name, meta["arch"]["name"], label, run_config)
     claim_run_folder(out, fp, resume=resume, force=force, write=False)
     size = (meta.get("dataset") or {}).get("image_size")
-    check_model_fits_data(meta["arch"], dataset_info(name), str(checkpoint))
+    channels = meta["arch"].get("in_channels")  # a folder is read as the parent was trained on it
+    check_model_fits_data(meta["arch"], dataset_info(name, channels), str(checkpoint))
     # the parent's split, whatever --seed (which draws the calibration images and seeds the fine-tune) says
-    train, val, test = load_splits(name, data_dir, size, seed=split_seed(meta))
+    train, val, test = load_splits(name, data_dir, size, seed=split_seed(meta), n_channels=channels)
     if operating_point is not None:
         require_binary_for_rule(train.info)
     asked = getattr(qconfig, "num_calibration", None)
@@ -463,7 +468,8 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None
     try:  # the card can still be written without the data; it then says the artifact was not scored
-        splits = load_splits(data["name"], data_dir, size=data.get("image_size"), seed=split_seed(meta))
+        splits = load_splits(data["name"], data_dir, size=data.get("image_size"), seed=split_seed(meta),
+                             n_channels=(meta.get("arch") or {}).get("in_channels"))
         if artifact_metrics is None:
             artifact_metrics = evaluate_onnx(onnx_path, splits[2], n_bootstrap=1000).to_dict()
         parent_onnx = Path(parent).with_name("model.onnx") if parent else None
@@ -488,5 +494,5 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     write_model_card(onnx_path, meta, torch_metrics, bench, explanations, artifact_metrics=artifact_metrics,
                      parent_metrics=parent_metrics, parent_scored=parent_scored, data_stats=data_stats,
                      n_parameters=n_parameters, versions=env["versions"], parent_kind=parent_kind,
-                     unfinished=unfinished_run(checkpoint), parent_training=parent_training)
+                     unfinished=unfinished_run(checkpoint, short=True), parent_training=parent_training)
     return str(Path(onnx_path).with_suffix(".card.md"))

@@ -118,8 +118,8 @@ def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathL
         except QsalError as e:
             if not skip_unreadable:
                 if len(files) > 1:  # the others could still be scored
-                    raise QsalError(f"{e} (or skip it: --skip-unreadable scores the other {len(files) - 1} images and "
-                                    "lists the ones it could not read)") from None
+                    raise QsalError(f"{e} (or skip it: --skip-unreadable, skip_unreadable=True in Python, scores the "
+                                    "others and lists the ones it could not use)") from None
                 raise
             # a name that is not valid UTF-8 (bytes from another system) is written with \x escapes
             skipped.append({"file": printable_path(str(f)), "reason": printable_path(str(e))})
@@ -127,7 +127,7 @@ def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathL
         predictions.append({"file": printable_path(str(f)),
                             **predictor.prediction(predictor.predict_proba(pixels)[0])})
     if not predictions:
-        raise QsalError(f"none of the {len(files)} images could be read; the first: {skipped[0]['reason']}")
+        raise QsalError(f"none of the {len(files)} images could be used; the first: {skipped[0]['reason']}")
     # Without stored class names the classes are named by id, as each prediction's probabilities are.
     classes = [str(n) for n in predictor.labels] if predictor.labels else list(predictions[0]["probabilities"])
     return {"model": str(predictor.path), "artifact": not isinstance(predictor, CheckpointRuntime),

@@ -127,11 +127,14 @@ def claim_run_folder(out: str | os.PathLike, fp: dict, *, resume: bool = False, 
 NOT_SETTINGS = ("progress", "device")
 
 
-def unfinished_run(checkpoint: str | os.PathLike) -> str | None:
-    """Why ``checkpoint`` is the best epoch so far of a ``qsal train`` / ``qsal quantize`` run that stopped before it
-    finished (``None``: finished, or not a run folder's). A run writes ``metrics.json`` when it ends, after choosing
-    its operating point; a folder with its run record (``run.json``) and no ``metrics.json`` was cut off."""
+def unfinished_run(checkpoint: str | os.PathLike, short: bool = False) -> str | None:
+    """Why ``checkpoint`` is the best epoch so far of a ``qsal train`` / ``qsal quantize`` run that has not finished
+    (``None``: finished, or not a run folder's). A run writes ``metrics.json`` when it ends, after choosing its
+    operating point; a folder with its run record (``run.json``) and no ``metrics.json`` was stopped (or is still
+    running). ``short``: the file and folder by their names, not the machine's paths (a model card)."""
     import json
+
+    from qsal.errors import printable_path
 
     path = Path(checkpoint)
     folder = path.parent
@@ -142,9 +145,14 @@ def unfinished_run(checkpoint: str | os.PathLike) -> str | None:
         epoch, epochs = meta.get("epoch"), (meta.get("train") or {}).get("epochs")
     except (OSError, ValueError, AttributeError):
         epoch = epochs = None
-    where = f" (the best of its first epochs: epoch {epoch} of {epochs})" if epoch and epochs else ""
-    return (f"{path} comes from a run that stopped before it finished{where}: no operating point was chosen and it "
-            f"was not scored on test; resume it with --resume --out {folder}, or use it knowing that")
+    named = printable_path(f"{folder.name}/{path.name}" if short else str(path))
+    where = f" (its best epoch so far: epoch {epoch} of {epochs})" if epoch and epochs else ""
+    # a study cell (its study's run_config.json a few folders up) is finished by rerunning the study
+    study = any((p / "run_config.json").is_file() for p in list(folder.parents)[:4])
+    fix = ("rerun its `qsal run` to finish it" if study
+           else f"finish it with --resume --out {printable_path(folder.name if short else str(folder))}")
+    return (f"{named} comes from a run that has not finished (stopped, or still running){where}: no operating point "
+            f"was chosen and it was not scored on test; {fix}, or use it knowing that")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -225,13 +233,12 @@ def fresh_folder(root: str | os.PathLike, stem: str) -> Path:
 
 def refuse_overwrite(path: str | os.PathLike, force: bool = False, example: str = "model.onnx",
                      written_for: str | None = None, flag: str = "--out") -> Path:
-    """The file to write for ``path`` (``path``, or the file its link points to) if it does not exist yet (or
-    ``force``); a one-line error otherwise. ``written_for``: the --out this file goes beside (a model card), named in
+    """``path`` if it does not exist yet (or ``force``); a one-line error otherwise. ``written_for``: the --out this file goes beside (a model card), named in
     the error instead of advice to name the file itself. A pipe or device is refused even with ``force``
     (``output_target``)."""
     from qsal._atomic import output_target
 
-    target = output_target(path)  # what is written: the file a link points to
+    output_target(path)  # a pipe or device: refused even with force
     path = Path(path)
     if path.is_dir() and written_for:
         raise QsalError(f"{path} is a folder, where the model card of {written_for} goes; move it or choose another "
@@ -240,4 +247,4 @@ def refuse_overwrite(path: str | os.PathLike, force: bool = False, example: str 
         raise QsalError(f"{path} is a folder; {flag} names the file to write (e.g. {path / example})")
     if path.exists() and not force:
         raise QsalError(f"{path} already exists; pass --force to overwrite it or choose another {flag}")
-    return target
+    return path

@@ -57,12 +57,12 @@ def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, 
         images, labels = validate_arrays(info, images, np.array([c for _, c in files], np.int64), str(root))
         data = ImageSplit(info, "all", images, labels, str(root))
     elif split == "all":
-        parts = [load_split(name, s, data_dir, size=size, download=download, seed=seed)
+        parts = [load_split(name, s, data_dir, size=size, download=download, seed=seed, n_channels=n_channels)
                  for s in ("train", "val", "test")]
         data = ImageSplit(parts[0].info, "all", np.concatenate([p.images for p in parts]),
                           np.concatenate([p.labels for p in parts]), parts[0].source)
     else:
-        data = load_split(name, split, data_dir, size=size, download=download, seed=seed)
+        data = load_split(name, split, data_dir, size=size, download=download, seed=seed, n_channels=n_channels)
     return data.with_channels(n_channels)
 
 
@@ -144,7 +144,8 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
         from qsal.checkpoint import check_model_fits_data, read_meta
         from qsal.pipeline import dataset_info
 
-        check_model_fits_data(read_meta(path)["arch"], dataset_info(name), str(path))
+        arch = read_meta(path)["arch"]
+        check_model_fits_data(arch, dataset_info(name, arch.get("in_channels")), str(path))
     n_channels = int(data_meta.get("n_channels") or 1)
     from qsal.checkpoint import read_meta
     from qsal.pipeline import split_seed

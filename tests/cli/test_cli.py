@@ -268,6 +268,7 @@ def test_the_evaluate_table_says_how_each_count_decided():
     assert "balanced_accuracy (most probable class)" in multi and "macro_f1 (most probable class)" in multi
     binary = metrics_table({**base, "task": "binary-class", "sensitivity": 0.5})
     assert "balanced_accuracy @ 0.5" in binary and "per_class_recall @ 0.5" in binary
+    assert "acc (p > 0.5 per label)" in metrics_table({**base, "acc": 0.9, "task": "multi-label, binary-class"})
     # only a confidence interval prints as lo–hi; two images' probabilities are a list
     from qsal.cli.output import format_value
 

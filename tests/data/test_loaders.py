@@ -130,6 +130,39 @@ def test_a_folder_of_colour_photographs_keeps_its_colour_and_a_grey_one_saved_as
     assert dataset_info(f"folder:{tmp_path / 'colour'}").n_channels == 3  # what a model for it is built with
     grey = load_split(f"folder:{tmp_path / 'grey'}", "train", size=28)
     assert grey.images.shape[1:] == (28, 28, 1) and grey.info.n_channels == 1
+    # a model trained on the colour folder when folders were always grey is checked and fed as it was trained
+    from qsal.checkpoint import check_model_fits_data
+
+    arch = {"name": "small_cnn", "num_classes": 2, "in_channels": 1}
+    check_model_fits_data(arch, dataset_info(f"folder:{tmp_path / 'colour'}", 1), "old.safetensors")
+    as_trained = load_split(f"folder:{tmp_path / 'colour'}", "train", size=28, n_channels=1)
+    assert as_trained.images.shape[1:] == (28, 28, 1)
+    # grey pictures with a transparent corner of another colour (not shown) stay grey
+    (tmp_path / "rgba" / "a").mkdir(parents=True)
+    (tmp_path / "rgba" / "b").mkdir(parents=True)
+    for cls in ("a", "b"):
+        px = np.zeros((32, 32, 4), np.uint8)
+        px[..., :3], px[..., 3] = np.add.outer(np.arange(32), np.arange(32))[..., None], 255
+        px[0, 0] = (255, 0, 0, 0)
+        Image.fromarray(px).save(tmp_path / "rgba" / cls / "0.png")
+    from qsal.data.folder import folder_channels
+
+    assert folder_channels(tmp_path / "rgba") == 1
+
+
+def test_a_blank_picture_is_judged_on_its_own_values_whatever_the_model_reads(tmp_path):
+    from PIL import Image
+
+    from qsal.data.folder import read_image
+    from qsal.errors import QsalError
+
+    Image.fromarray(np.tile(np.array([200, 30, 30], np.uint8), (30, 30, 1))).save(tmp_path / "red.png")
+    for channels in (1, 3):  # one colour throughout: refused for a grey model and a colour one alike
+        with pytest.raises(QsalError, match=r"red.png holds one colour \(200, 30, 30\) in every pixel, a blank image"):
+            read_image(tmp_path / "red.png", channels, 28)
+    # a 16-bit gradient too narrow for two 8-bit levels is a picture (the file's values differ), read as it scales
+    Image.fromarray((30000 + 4 * np.tile(np.arange(30), (30, 1))).astype(np.uint16)).save(tmp_path / "narrow.png")
+    assert read_image(tmp_path / "narrow.png", 1, 28).shape == (28, 28)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

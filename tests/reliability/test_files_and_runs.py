@@ -141,32 +141,34 @@ def test_a_full_disk_is_a_clean_error_and_keeps_the_old_file(tmp_path, monkeypat
     assert err.count("\n") == 1 and err.startswith("error: no space left on the device (/full/model.onnx)")
 
 
-def test_out_writes_through_a_link_and_refuses_a_pipe_even_with_force(good_onnx, tmp_path, capsys):
-    """--out --force moved a new file onto whatever was there: a link became a file (its target unchanged), a named
-    pipe's reader got nothing and the pipe was gone, and run as root --out /dev/full replaced the device."""
+def test_out_refuses_a_pipe_even_with_force_and_replaces_a_link_not_its_target(good_run, good_onnx, tmp_path, capsys):
+    """--out --force moved a new file onto whatever was there: a named pipe's reader got nothing and the pipe was
+    gone, and run as root --out /dev/full replaced the device. A link is replaced, its target kept: written through,
+    an .onnx-named link to the checkpoint would overwrite the checkpoint being exported."""
     from PIL import Image
 
     from qsal.data import load_split
 
     Image.fromarray(load_split("breastmnist", "test").images[0, :, :, 0]).save(tmp_path / "scan.png")
-    real, link = tmp_path / "real.csv", tmp_path / "link.csv"
-    real.write_text("old\n")
-    link.symlink_to(real.name)
-    assert main(["predict", str(good_onnx), str(tmp_path / "scan.png"), "--out", str(link), "--force", "-q"]) == 0
-    assert link.is_symlink() and real.read_text().startswith("file,p(malignant)")  # written through, as `>` does
     pipe = tmp_path / "pipe.csv"
     os.mkfifo(pipe)
     assert main(["predict", str(good_onnx), str(tmp_path / "scan.png"), "--out", str(pipe), "--force"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{pipe} is a pipe, not a file" in err and "name a regular file" in err
     assert pipe.is_fifo()
-    # the same rule below the CLI: an atomic write goes to a link's target and never onto a pipe
-    write_json_atomic(link, {"a": 1})
-    assert link.is_symlink() and json.loads(real.read_text()) == {"a": 1}
-    with pytest.raises(QsalError, match="is a pipe, not a file"):
-        write_json_atomic(pipe, {"a": 1})
-    assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "pipe.csv", "real.csv",
-                                                                            "scan.png"]
+    link = tmp_path / "to_pipe.csv"  # as /dev/stdout is a link to the process's pipe or terminal
+    link.symlink_to(pipe.name)
+    with pytest.raises(QsalError, match="to_pipe.csv is a pipe, not a file"):
+        write_json_atomic(link, {"a": 1})
+    # a link to the checkpoint, named as the export's --out: the checkpoint is not what gets written
+    weights = tmp_path / "weights.safetensors"
+    shutil.copy(good_run / "best.safetensors", weights)
+    shutil.copy(good_run / "best.json", tmp_path / "weights.json")
+    before = weights.read_bytes()
+    (tmp_path / "m.onnx").symlink_to(weights.name)
+    assert main(["export", str(weights), "--out", str(tmp_path / "m.onnx"), "--force", "-q"]) == 0
+    assert weights.read_bytes() == before and not (tmp_path / "m.onnx").is_symlink()
+    assert (tmp_path / "m.onnx").read_bytes()[:2] != before[:2] and pipe.is_fifo()
 
 
 def test_a_second_run_on_a_locked_folder_refuses(tmp_path, capsys):

@@ -38,6 +38,9 @@ def test_config_values_that_cannot_run_or_read_as_text_are_named_and_plain_train
     with pytest.raises(QsalError) as e:  # a fine-tune's own shift is checked on its own
         parse_run_config({**TINY, "finetune": {"shift_px": 30}}, "s.yaml")
     assert "finetune.shift_px 30 is as large as the images (28x28 px)" in str(e.value) and "train.shift" not in str(e.value)
+    with pytest.raises(QsalError) as e:  # set to the same value in both: both named, both to fix
+        parse_run_config({**TINY, "train": {"shift_px": 28}, "finetune": {"shift_px": 28}}, "s.yaml")
+    assert "train.shift_px 28" in str(e.value) and "finetune.shift_px 28" in str(e.value)
     assert parse_run_config({**TINY, "train": {"shift_px": 27}}).train["shift_px"] == 27
     assert parse_run_config({**TINY, "sgt": {"k": 0}}).sgt.k == 0  # k = 0 masks nothing: plain training
     # settings no cell uses, or that another setting overrides, in a config a user wrote (a recorded config holds

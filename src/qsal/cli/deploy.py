@@ -165,11 +165,12 @@ def cmd_bench(args):
     from qsal.cli.output import check_out, print_rows
 
     if args.out:  # checked before any timing: a typo must not cost the run, nor overwrite the model timed
-        check_out(args.out, {args.model: "the model"}, args.force, example="bench.json")
+        check_out(args.out, {args.model: "the model"}, True, example="bench.json")  # the model, a folder, a pipe
         if Path(args.out).suffix.lower() != ".json":  # JSON in a .csv file reads as a broken table
             from qsal.errors import QsalError
 
             raise QsalError(f"--out {args.out}: bench writes its result as JSON; name the file .json")
+        check_out(args.out, {args.model: "the model"}, args.force, example="bench.json")
     result = bench_onnx(args.model, threads=tuple(args.threads), seconds=args.seconds)
     if args.out:
         from qsal._atomic import write_json_atomic

@@ -41,9 +41,9 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         name = dataset or rt.meta.get("data", {}).get("name")
         if not name:
             raise QsalError(f"{path} does not name its dataset in its metadata; pass --dataset")
-        full = load_split(name, split, data_dir)
-        split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         c, h, w = rt.input_shape
+        full = load_split(name, split, data_dir, n_channels=c)  # a folder read as the model was trained on it
+        split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         if split_data.info.n_channels != c or split_data.images.shape[1:3] != (h, w):
             raise QsalError(f"{name} images are {split_data.images.shape[1]} px with {split_data.info.n_channels} "
                             f"channel(s) but {path} takes {h} px with {c}; pass the dataset it was exported for")
@@ -70,8 +70,9 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         name = dataset or (own or rt.meta.get("data") or {}).get("name")
         if not name:
             raise QsalError(f"{path} does not name its dataset; pass --dataset")
-        check_model_fits_data(rt.meta["arch"], dataset_info(name), str(path))
-        full = load_split(name, split, data_dir, size=own.get("image_size"))
+        channels = rt.meta["arch"].get("in_channels")  # a folder is read as the model was trained on it
+        check_model_fits_data(rt.meta["arch"], dataset_info(name, channels), str(path))
+        full = load_split(name, split, data_dir, size=own.get("image_size"), n_channels=channels)
         split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
         # dataset's images (--dataset) are fed to the model as they would be in deployment

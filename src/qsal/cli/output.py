@@ -87,7 +87,10 @@ def metrics_table(m: dict) -> dict:
     the reliability diagram are left to ``--json`` and ``--reliability r.png``. ``--json`` prints ``m`` unchanged."""
     pos = m.get("positive_class")  # its row comes just before the sensitivity rows
     names = list(m.get("per_class_recall") or {})
-    at = " @ 0.5" if m.get("task") == "binary-class" else " (most probable class)"  # binary: decided at 0.5, not at op
+    task = str(m.get("task") or "")
+    # binary: decided at 0.5, not at op; multi-label: each label at p > 0.5; multi-class: the most probable class
+    at = " @ 0.5" if task == "binary-class" else " (p > 0.5 per label)" if task.startswith("multi-label") else \
+        " (most probable class)"
     renamed = {"sensitivity": "sensitivity @ 0.5", "specificity": "specificity @ 0.5",
                "per_class_recall": f"per_class_recall{at}", "balanced_accuracy": f"balanced_accuracy{at}",
                "macro_f1": f"macro_f1{at}",

@@ -34,7 +34,7 @@ def cmd_predict(args):
     result = predict_paths(predictor, files, skip_unreadable=args.skip_unreadable)
     text = format_predictions(result, fmt)
     if result["skipped"]:  # even with --quiet: the output lacks these images, and must not look complete
-        print(f"skipped {len(result['skipped'])} of {len(files)} images that could not be read or are blank (not in "
+        print(f"skipped {len(result['skipped'])} of {len(files)} images that could not be read or used (not in "
               "the output"
               + (f"; listed under 'skipped' in {args.out}" if fmt == "json" and args.out else "") + "):",
               file=sys.stderr)
@@ -57,8 +57,8 @@ def _setup_predict(p):
     p.add_argument("--format", choices=["csv", "json"], help="output format (default: json with --json or an --out "
                    "ending in .json, else csv)")
     p.add_argument("--skip-unreadable", action="store_true", help="score the images that can be read and list the "
-                   "others (unreadable or blank) on stderr and under 'skipped' in JSON; default: such an image stops "
-                   "the batch")
+                   "others (unreadable, blank, too small, several frames) with the reason on stderr and under 'skipped' "
+                   "in JSON; default: such an image stops the batch")
     p.add_argument("--threads", type=int_range(0, 1024, "a thread count"), default=None,
                    help="onnxruntime threads (0 or default: all cores, as in qsal bench)")
 

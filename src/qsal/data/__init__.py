@@ -34,7 +34,7 @@ def held_out_count(n_train: int, val_fraction: float = VAL_FRACTION) -> int:
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, size: int | None = None,
                download: bool = False, verify: bool = True, val_fraction: float = VAL_FRACTION,
-               seed: int = 0) -> ImageSplit:
+               seed: int = 0, n_channels: int | None = None) -> ImageSplit:
     """Load one split of a dataset.
 
     Args:
@@ -43,11 +43,12 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
             last ``val_fraction`` of a seeded shuffle of train, and ``train`` is the rest.
         data_dir: data root; ``None`` resolves ``$QSAL_DATA_DIR`` then ``~/.medmnist``.
         size: image size in pixels (MedMNIST: 28, 64, 128 or 224).
+        n_channels: a folder dataset's channels (a model's, read as it was trained); ``None``: as its images are.
     """
     if name.startswith("folder:"):
         if not name[len("folder:"):].strip():  # Path("") is the working directory: its sub-folders are not classes
             raise QsalError("--dataset folder: needs the path of a folder of class sub-folders, e.g. folder:scans/")
-        return load_folder(Path(name[len("folder:"):]), split, size=size or 28, seed=seed)
+        return load_folder(Path(name[len("folder:"):]), split, n_channels=n_channels, size=size or 28, seed=seed)
     info = get_info(name)
     root = resolve_data_dir(data_dir, must_exist=not download)
     if info.family == "medmnist":

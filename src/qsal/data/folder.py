@@ -11,6 +11,7 @@ written out by ``describe_folder`` so a user can see exactly which file went whe
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -78,19 +79,27 @@ COLOUR_SAMPLE = 8  # images per class looked at to tell a colour folder from a g
 
 
 def folder_channels(root: Path) -> int:
-    """3 where any of the first ``COLOUR_SAMPLE`` images of a class is in colour (channels that differ somewhere),
-    else 1: dermoscopy or fundus photographs keep their colour, and a grayscale scan saved as RGB stays grayscale.
-    A file that cannot be read is left to the loader, which names it."""
-    for name in _classes(root):
-        for path in images_under(root / name)[:COLOUR_SAMPLE]:
+    """3 where any of the first ``COLOUR_SAMPLE`` images of a class is in colour (channels that differ in a pixel
+    that is not fully transparent), else 1: dermoscopy or fundus photographs keep their colour, and a grayscale scan
+    saved as RGB stays grayscale. A file that cannot be read is left to the loader, which names it. Decided once per
+    folder and process (each split and the model check ask again)."""
+    return _folder_channels(str(Path(root).resolve()))
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_channels(root: str) -> int:
+    for name in _classes(Path(root)):
+        for path in images_under(Path(root) / name)[:COLOUR_SAMPLE]:
             try:
                 img = _open_picture(path) if not is_dicom(path) else None
             except QsalError:
                 continue
-            if img is not None and img.mode != "L":
-                rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
-                if (rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any():
-                    return 3
+            if img is None or img.mode in ("L", "1", "I", "F"):
+                continue
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.int16)
+            seen = rgba[..., 3] > 0  # a transparent pixel's colour is not shown
+            if ((rgba[..., 0] != rgba[..., 1]) | (rgba[..., 1] != rgba[..., 2]))[seen].any():
+                return 3
     return 1
 
 
@@ -217,6 +226,8 @@ def _open_picture(path: Path):
         px = np.asarray(img, dtype=np.float64)
         if px.min() < 0 or px.max() > 65535:
             raise QsalError(f"image {path} has 32-bit pixel values outside 0-65535; convert it to 8- or 16-bit")
+        if px.min() == px.max():  # judged on the file's own values: a narrow 16-bit range may map to one 8-bit level
+            raise _blank(path, f"one value ({px.min():g})")
         white = 65535.0
         bits = png_significant_bits(path) if fmt == "PNG" else None
         if bits is not None and 8 < bits < 16 and px.max() <= 2 ** bits - 1:
@@ -224,7 +235,18 @@ def _open_picture(path: Path):
         img = Image.fromarray(np.round(px * (255.0 / white)).astype(np.uint8))
     elif img.mode == "F":
         raise QsalError(f"image {path} has floating-point pixels (mode F) with no fixed scale; save it as 8- or 16-bit")
+    else:
+        bands = [b for b in img.getbands() if b != "A"]  # transparency is dropped: the picture is the colour bands
+        extrema = img.getextrema() if len(img.getbands()) > 1 else (img.getextrema(),)
+        values = [lo for (lo, hi), b in zip(extrema, img.getbands()) if b != "A" and lo == hi]
+        if len(values) == len(bands):
+            raise _blank(path, f"one value ({values[0]})" if len(values) == 1 else f"one colour {tuple(values)}")
     return img
+
+
+def _blank(path: Path, what: str) -> QsalError:
+    # no picture: a model would still give it a confident class (an all-black PNG was read as malignant)
+    return QsalError(f"image {path} holds {what} in every pixel, a blank image; remove it")
 
 
 def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
@@ -241,12 +263,8 @@ def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
         raise QsalError(f"image {path} is {w}x{h} px; resizing it to {size} px would upscale it more than "
                         f"{MAX_UPSCALE}x: remove it, or use the image at a larger size (training on a folder: or "
                         "pass a smaller --size)")
-    img = img.convert("L" if n_channels == 1 else "RGB")
-    lo, hi = img.getextrema() if img.mode == "L" else (min(e[0] for e in img.getextrema()),
-                                                      max(e[1] for e in img.getextrema()))
-    if lo == hi:  # no picture: a model would still give it a confident class (an all-black image read as malignant)
-        raise QsalError(f"image {path} holds one value ({lo}) in every pixel, a blank image; remove it")
-    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    img = img.convert("L" if n_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def load_folder(root: Path, split: str, n_channels: int | None = None, size: int = 28, seed: int = 0,

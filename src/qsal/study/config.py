@@ -260,8 +260,10 @@ def _shifts_too_large(cfg: RunConfig) -> list[str]:
         size = get_info(ds).image_size
         for model in cfg.models:
             train, finetune = cfg.train_configs(ds, model, 0, progress=False)
-            # a fine-tune takes train's shift unless it sets its own: one fix, named once
-            parts = [("train", train)] + ([("finetune", finetune)] if finetune.shift_px != train.shift_px else [])
+            # a fine-tune takes train's shift unless it sets its own: inherited, it is one fix, named once
+            own = "shift_px" in cfg.finetune or any("shift_px" in sc.finetune for sc in cfg.schedules
+                                                   if sc.matches(ds, model))
+            parts = [("train", train)] + ([("finetune", finetune)] if own else [])
             for part, tc in parts:
                 if (problem := shift_too_large(tc.shift_px, size, size, f"{part}.shift_px")) is not None:
                     problems.append(f"{problem} ({ds}/{model})")
