@@ -226,27 +226,31 @@ def _open_picture(path: Path):
         px = np.asarray(img, dtype=np.float64)
         if px.min() < 0 or px.max() > 65535:
             raise QsalError(f"image {path} has 32-bit pixel values outside 0-65535; convert it to 8- or 16-bit")
-        if px.min() == px.max():  # judged on the file's own values: a narrow 16-bit range may map to one 8-bit level
-            raise _blank(path, f"one value ({px.min():g})")
+        one_value = px.min() == px.max()  # the file's own values: a narrow 16-bit range may map to one 8-bit level
         white = 65535.0
         bits = png_significant_bits(path) if fmt == "PNG" else None
         if bits is not None and 8 < bits < 16 and px.max() <= 2 ** bits - 1:
             white = 2.0 ** bits - 1  # a 12-bit scan in a 16-bit PNG that says so (sBIT): its white is 4095, not 65535
         img = Image.fromarray(np.round(px * (255.0 / white)).astype(np.uint8))
+        img.info["blank_16bit"] = f"one value ({px.min():g})" if one_value else None
     elif img.mode == "F":
         raise QsalError(f"image {path} has floating-point pixels (mode F) with no fixed scale; save it as 8- or 16-bit")
+    return img
+
+
+def _refuse_blank(img, path: Path) -> None:
+    """No picture, one value (or colour) in every pixel of the file: a model would still give it a confident class
+    (an all-black PNG was read as malignant). Judged on the file's values, whatever channels the model reads."""
+    if "blank_16bit" in img.info:  # judged before its 16-bit values were scaled to 8 bits
+        what = img.info["blank_16bit"]
     else:
         bands = [b for b in img.getbands() if b != "A"]  # transparency is dropped: the picture is the colour bands
         extrema = img.getextrema() if len(img.getbands()) > 1 else (img.getextrema(),)
         values = [lo for (lo, hi), b in zip(extrema, img.getbands()) if b != "A" and lo == hi]
-        if len(values) == len(bands):
-            raise _blank(path, f"one value ({values[0]})" if len(values) == 1 else f"one colour {tuple(values)}")
-    return img
-
-
-def _blank(path: Path, what: str) -> QsalError:
-    # no picture: a model would still give it a confident class (an all-black PNG was read as malignant)
-    return QsalError(f"image {path} holds {what} in every pixel, a blank image; remove it")
+        what = None if len(values) < len(bands) else \
+            f"one value ({values[0]})" if len(values) == 1 else f"one colour {tuple(values)}"
+    if what:
+        raise QsalError(f"image {path} holds {what} in every pixel, a blank image; remove it")
 
 
 def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
@@ -263,6 +267,7 @@ def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
         raise QsalError(f"image {path} is {w}x{h} px; resizing it to {size} px would upscale it more than "
                         f"{MAX_UPSCALE}x: remove it, or use the image at a larger size (training on a folder: or "
                         "pass a smaller --size)")
+    _refuse_blank(img, path)  # after the size check: a 1-pixel image is named as too small
     img = img.convert("L" if n_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
