@@ -168,7 +168,7 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{onnx}"): "is the model this command reads",
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "b.csv"): "bench writes its result as JSON; name the file .json",
     ("bench", "{onnx}", "--seconds", "0.05", "--out", "{onnx}", "--force"): "is the model this command reads",
-    ("bench", "{onnx}", "--seconds", "0.05", "--out", "{file}"): "bench writes its result as JSON; name the file .json",  # before: exists
+    ("bench", "{onnx}", "--seconds", "0.05", "--out", "{file}"): "bench writes its result as JSON; name the file .json",
     ("bench", "{ck}"): "is a checkpoint; bench times the deployed file: export it first",
     ("bench", "model.pt"): "is a PyTorch pickle; bench times the deployed ONNX file",
     ("quantize", "{ck}", "--skip", "relu1", "pool"): "which hold no conv or linear weights",  # skipped nothing
