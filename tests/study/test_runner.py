@@ -103,6 +103,27 @@ def test_only_runs_the_selected_group_alone(tmp_path):
                                                           ("breastmnist/small_cnn/seed1/fp32", "done")]
 
 
+
+def test_statuses_are_written_as_each_group_ends_so_a_stopped_run_says_what_it_finished(tmp_path, monkeypatch):
+    import qsal.study.runner as runner
+
+    cfg = parse_run_config({**TINY, "methods": ["fp32"], "seeds": [0, 1], "measure": {"latency": False,
+                                                                                     "saliency": False}})
+    real, calls = runner.run_group, []
+
+    def stopped_after_the_first_group(*args):
+        if calls:
+            raise KeyboardInterrupt  # Ctrl-C during the second group
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(runner, "run_group", stopped_after_the_first_group)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, tmp_path, progress=False)
+    recorded = json.loads((tmp_path / "statuses.json").read_text())
+    assert [(s["id"], s["status"]) for s in recorded] == [("breastmnist/small_cnn/seed0/fp32", "done")]
+
+
 def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     import qsal.pipeline
 

@@ -171,6 +171,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
 
     def finished(res: list[dict]) -> None:
         statuses.extend(res)
+        # as each group ends, not only at the run's end: a run stopped after hours still says what it finished
+        write_json_atomic(run_dir / "statuses.json", _merged_statuses(run_dir, cfg, statuses))
         bar.update(len(res))
         if progress and not on_terminal:
             for s in res:
@@ -204,7 +206,6 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
         for p in payload:
             finished(run_group(*p, False))
     bar.close()
-    write_json_atomic(run_dir / "statuses.json", _merged_statuses(run_dir, cfg, statuses))
     return statuses
 
 
