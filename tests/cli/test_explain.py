@@ -103,3 +103,22 @@ def test_a_checkpoint_without_its_normalisation_is_refused_as_its_onnx_file_is(t
             err = capsys.readouterr().err
             assert "records no input normalisation" in err and "mean" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "y.png").exists()
+
+
+def test_a_folder_model_is_explained_on_its_own_test_part_and_names_the_files(breast_folder, tmp_path, capsys):
+    """explain drew a folder's split with seed 0 whatever the model's training seed: with --seed 3 its "test" images
+    included ones the model trained on, and the result named them only by position."""
+    from qsal.data.folder import folder_split_files
+
+    root = breast_folder(15)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"folder:{root}", "--epochs", "1", "--seed", "3", "--out", str(run),
+                 "--no-progress", "-q"]) == 0
+    assert main(["export", str(run / "best.safetensors"), "-q"]) == 0
+    test_files = [f for f, _ in folder_split_files(root, seed=3)["test"]]
+    train_files = {f for f, _ in folder_split_files(root, seed=3)["train"]}
+    capsys.readouterr()
+    for model in (run / "best.safetensors", run / "model.onnx"):
+        assert main(["explain", str(model), "--n", "4", "--out", str(tmp_path / "x.png"), "--json", "--force"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["files"] == [test_files[i] for i in out["indices"]] and not set(out["files"]) & train_files

@@ -22,6 +22,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     class in that set, "pred" the model's own class names.
     """
     from qsal.data import load_split
+    from qsal.pipeline import split_seed
     from qsal.runtime import describe_decision
     from qsal.saliency.methods import black_baseline
     from qsal.saliency.plot import save_saliency_grid, to_display
@@ -42,7 +43,10 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         if not name:
             raise QsalError(f"{path} does not name its dataset in its metadata; pass --dataset")
         c, h, w = rt.input_shape
-        full = load_split(name, split, data_dir, n_channels=c)  # a folder read as the model was trained on it
+        # a folder read as the model was trained on it, split by its training seed (another seed's test part holds
+        # images it trained on)
+        data_seed = split_seed({"data": rt.meta.get("data") or {}})
+        full = load_split(name, split, data_dir, n_channels=c, seed=data_seed)
         split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         if split_data.info.n_channels != c or split_data.images.shape[1:3] != (h, w):
             raise QsalError(f"{name} images are {split_data.images.shape[1]} px with {split_data.info.n_channels} "
@@ -72,7 +76,8 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
             raise QsalError(f"{path} does not name its dataset; pass --dataset")
         channels = rt.meta["arch"].get("in_channels")  # a folder is read as the model was trained on it
         check_model_fits_data(rt.meta["arch"], dataset_info(name, channels), str(path))
-        full = load_split(name, split, data_dir, size=own.get("image_size"), n_channels=channels)
+        data_seed = split_seed(rt.meta)
+        full = load_split(name, split, data_dir, size=own.get("image_size"), n_channels=channels, seed=data_seed)
         split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
         # dataset's images (--dataset) are fed to the model as they would be in deployment
@@ -96,10 +101,23 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     # which images: their positions in the split (load_split(dataset, split).images[i]), so a row can be traced to
     # its scan; "probability_of_predicted" is each row's own predicted class's (the class differs between rows)
     return {"png": str(png), "method": method, "dataset": info.name, "split": split, "images": len(x),
-            "indices": indices.tolist(), "predicted": target.tolist(),
+            "indices": indices.tolist(), **_folder_files(name, split, data_seed, indices),
+            "predicted": target.tolist(),
             "predicted_class": [names[int(t)] for t in target] if target.ndim == 1 else None,
             "probability_of_predicted": None if decided_p is None else [round(float(p), 6) for p in decided_p],
             "decided_by": rule}
+
+
+def _folder_files(name: str, split: str, seed: int, indices: np.ndarray) -> dict:
+    """``{"files": [path of each explained image, relative to the folder]}`` for a folder dataset (its ``indices``
+    alone name positions in a drawn split); ``{}`` for a table dataset, whose split files are fixed."""
+    if not name.startswith("folder:"):
+        return {}
+    from qsal.data.folder import folder_split_files
+    from qsal.errors import printable_path
+
+    files = folder_split_files(Path(name[len("folder:"):]), seed=seed)[split]
+    return {"files": [printable_path(files[int(i)][0]) for i in indices]}
 
 
 def _decided(logits: np.ndarray, task: str, decision: dict | None) -> tuple[np.ndarray, np.ndarray]:
