@@ -137,17 +137,18 @@ def test_a_card_names_its_parent_kind_sgt_for_sgt_pact(breast_run, tmp_path):
     """SGT+PACT is fine-tuned from a saliency-guided parent: its card must not call that parent FP32."""
     import shutil
 
-    from qsal.pipeline import _parent_kind
+    from qsal.pipeline import _parent_kind, _parent_meta
 
     run, _ = breast_run
-    assert _parent_kind(str(run / "best.safetensors")) == "FP32"
+    assert _parent_kind(_parent_meta(str(run / "best.safetensors"))) == "FP32"
     sgt = tmp_path / "sgt"
     shutil.copytree(run, sgt)
     meta = json.loads((sgt / "best.json").read_text())
     meta["step"] = {"step": "saliency_guided", "k": 0.5, "lambda": 1.0}
     (sgt / "best.json").write_text(json.dumps(meta))
-    assert _parent_kind(str(sgt / "best.safetensors")) == "SGT"
-    assert _parent_kind(str(tmp_path / "gone" / "best.safetensors")) is None  # the card then says "parent"
+    assert _parent_kind(_parent_meta(str(sgt / "best.safetensors"))) == "SGT"
+    gone = tmp_path / "gone" / "best.safetensors"
+    assert _parent_kind(_parent_meta(str(gone))) is None  # the card then says "parent"
 
 
 def test_model_card_compares_with_the_parent_it_names(tmp_path):

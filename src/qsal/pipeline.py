@@ -382,14 +382,20 @@ def artifact_test_metrics(onnx_path: str | os.PathLike, data_dir=None, n_bootstr
     return evaluate_onnx(onnx_path, test, n_bootstrap=n_bootstrap).to_dict()
 
 
-def _parent_kind(parent: str) -> str | None:
-    """What a quantized model's parent is, for its card: ``"SGT"`` (saliency-guided training, the parent of
-    SGT+PACT), ``"FP32"``, or ``None`` where the parent's checkpoint can no longer be read."""
+def _parent_meta(parent: str) -> dict | None:
+    """The JSON of a quantized model's parent checkpoint, or ``None`` where it can no longer be read."""
     from qsal.checkpoint import read_meta
 
     try:
-        meta = read_meta(parent)
+        return read_meta(parent)
     except (QsalError, OSError):
+        return None
+
+
+def _parent_kind(meta: dict | None) -> str | None:
+    """What a quantized model's parent is (``meta``: its checkpoint's JSON, ``_parent_meta``), for its card:
+    ``"SGT"`` (saliency-guided training, the parent of SGT+PACT), ``"FP32"``, or ``None`` where it was unreadable."""
+    if meta is None:
         return None
     if meta.get("quant"):
         return str(meta["quant"].get("method") or "quantized").upper()
@@ -450,21 +456,17 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     if torch_metrics is not None and not belongs(torch_metrics, checkpoint):
         torch_metrics = None  # written for other weights (a copied or retrained file): not this model's numbers
     parent = meta.get("parent_checkpoint")
-    parent_kind = _parent_kind(parent) if parent else None
+    parent_meta = _parent_meta(parent) if parent else None  # read once: its kind and how it was trained
+    parent_kind = _parent_kind(parent_meta) if parent else None
     if parent and parent_kind and meta.get("parent_sha256") is not None and (
             not Path(parent).is_file() or file_sha256(parent) != meta["parent_sha256"]):
         # retrained or replaced in place since this model was made from it: another model, not compared with
         gone = "its weights are gone" if not Path(parent).is_file() else "replaced since this model was made from it"
         parent_kind, parent = f"{parent_kind}, {gone}: not compared", None
     parent_metrics = test_metrics(Path(parent)) if parent else None
-    parent_training = None
-    if parent:  # how the parent was trained: a quantized model's own seed only picked its calibration images
-        try:
-            pm = read_meta(parent)
-            parent_training = {"seed": pm.get("seed"), "epochs": (pm.get("train") or {}).get("epochs"),
-                               "best_epoch": pm.get("epoch")}
-        except QsalError:
-            pass
+    # how the parent was trained: a quantized model's own seed only picked its calibration images
+    parent_training = {"seed": parent_meta.get("seed"), "epochs": (parent_meta.get("train") or {}).get("epochs"),
+                       "best_epoch": parent_meta.get("epoch")} if parent and parent_meta else None
     parent_scored = "its PyTorch model"
     artifact_metrics, data_stats = metrics, None
     try:  # the card can still be written without the data; it then says the artifact was not scored

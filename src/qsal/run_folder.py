@@ -233,9 +233,9 @@ def fresh_folder(root: str | os.PathLike, stem: str) -> Path:
 
 def refuse_overwrite(path: str | os.PathLike, force: bool = False, example: str = "model.onnx",
                      written_for: str | None = None, flag: str = "--out") -> Path:
-    """``path`` if it does not exist yet (or ``force``); a one-line error otherwise. ``written_for``: the --out this file goes beside (a model card), named in
-    the error instead of advice to name the file itself. A pipe or device is refused even with ``force``
-    (``output_target``)."""
+    """``path`` if it does not exist yet (or ``force``); a one-line error otherwise. ``written_for``: the --out
+    this file goes beside (a model card), named in the error instead of advice to name the file itself. A pipe or
+    device is refused even with ``force`` (``output_target``); ``flag``: the option the messages name."""
     from qsal._atomic import output_target
 
     output_target(path)  # a pipe or device: refused even with force

@@ -81,6 +81,11 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     return items
 
 
+# A binary model's counts as every table labels them: at probability 0.5, or at its stored operating point
+_DECIDED_AT = {"sensitivity": "sensitivity @ 0.5", "specificity": "specificity @ 0.5",
+               "sensitivity_at_op": "sensitivity @ op", "specificity_at_op": "specificity @ op"}
+
+
 def metrics_table(m: dict) -> dict:
     """``qsal evaluate``'s result as the terminal table shows it: each key says what its number is about (what was
     scored, the positive class, at 0.5 or at the stored operating point, the confusion matrix's order). The bins of
@@ -91,10 +96,9 @@ def metrics_table(m: dict) -> dict:
     # binary: decided at 0.5, not at op; multi-label: each label at p > 0.5; multi-class: the most probable class
     at = " @ 0.5" if task == "binary-class" else " (p > 0.5 per label)" if task.startswith("multi-label") else \
         " (most probable class)"
-    renamed = {"sensitivity": "sensitivity @ 0.5", "specificity": "specificity @ 0.5",
+    renamed = {**_DECIDED_AT,
                "per_class_recall": f"per_class_recall{at}", "balanced_accuracy": f"balanced_accuracy{at}",
                "macro_f1": f"macro_f1{at}",
-               "sensitivity_at_op": "sensitivity @ op", "specificity_at_op": "specificity @ op",
                "operating_point": "op (operating point)",
                "acc": f"acc{at}",
                "confusion": f"confusion{at} (true x predicted" + (f": {' | '.join(names)})" if names else ")")}
@@ -132,8 +136,7 @@ def summary_table(result: dict) -> dict:
     names). ``--json`` prints ``result`` unchanged."""
     if result.get("positive_class") is None:
         return result
-    renamed = {"test_acc": "test_acc @ 0.5", "sensitivity": "sensitivity @ 0.5", "specificity": "specificity @ 0.5",
-               "sensitivity_at_op": "sensitivity @ op", "specificity_at_op": "specificity @ op"}
+    renamed = {**_DECIDED_AT, "test_acc": "test_acc @ 0.5"}
     return {renamed.get(k, k): v for k, v in result.items()}
 
 

@@ -199,9 +199,9 @@ def png_significant_bits(path: Path) -> int | None:
 def _open_picture(path: Path):
     """A PNG/JPEG/... as a Pillow image in mode L or RGB, upright as a viewer shows it (EXIF orientation applied);
     16-bit images are scaled by 255/65535, not clipped."""
-    from PIL import Image, ImageOps
-
     import warnings
+
+    from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():  # Pillow's warning between 89 and 179 megapixels: read, as below the limit
@@ -258,16 +258,17 @@ def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
     exactly as a folder dataset's images are (``QsalError`` naming the file when it cannot be read)."""
     from PIL import Image
 
-    if is_dicom(path):
-        img = Image.fromarray(_read_dicom(path))
-    else:
-        img = _open_picture(path)
+    dicom = is_dicom(path)
+    img = Image.fromarray(_read_dicom(path)) if dicom else _open_picture(path)
     w, h = img.size
     if min(w, h) * MAX_UPSCALE < size:
         raise QsalError(f"image {path} is {w}x{h} px; resizing it to {size} px would upscale it more than "
                         f"{MAX_UPSCALE}x: remove it, or use the image at a larger size (training on a folder: or "
                         "pass a smaller --size)")
-    _refuse_blank(img, path)  # after the size check: a 1-pixel image is named as too small
+    # after the size check: a 1-pixel image is named as too small; a blank DICOM was already refused by _read_dicom,
+    # before its min-max scaling
+    if not dicom:
+        _refuse_blank(img, path)
     img = img.convert("L" if n_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
