@@ -137,7 +137,7 @@ def test_a_card_names_its_parent_kind_sgt_for_sgt_pact(breast_run, tmp_path):
     """SGT+PACT is fine-tuned from a saliency-guided parent: its card must not call that parent FP32."""
     import shutil
 
-    from qsal.pipeline import _parent_kind, _parent_meta
+    from qsal.export.card_sources import _parent_kind, _parent_meta
 
     run, _ = breast_run
     assert _parent_kind(_parent_meta(str(run / "best.safetensors"))) == "FP32"

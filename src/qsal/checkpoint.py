@@ -160,6 +160,11 @@ def read_meta(path: str | os.PathLike) -> dict:
     return validate_meta(meta, str(side))
 
 
+def trained_saliency_guided(meta: dict) -> bool:
+    """Whether a checkpoint's JSON records saliency-guided training (its ``step``)."""
+    return isinstance(meta.get("step"), dict) and meta["step"].get("step") == "saliency_guided"
+
+
 def check_model_fits_data(arch: dict, info, where: str) -> None:
     """Refuse a dataset whose class or channel count differs from the model's (``info``: a ``DatasetInfo``)."""
     if info.num_classes != arch["num_classes"] or info.n_channels != arch["in_channels"]:
