@@ -132,3 +132,30 @@ def test_runtime_runs_the_artifact_with_default_session_options(tmp_path):
     np.testing.assert_array_equal(rt.run_normalized(x), bare)
     with pytest.raises(RuntimeError, match="does not have configuration"):  # no special session settings
         rt.session.get_session_options().get_session_config_entry("session.disable_quant_qdq")
+
+
+def test_a_layer_kept_fp32_after_a_pool_stays_float_in_onnxruntime(tmp_path):
+    """skip=('fc1',): small_cnn's fc1 reads max-pool -> flatten of a quantized tensor. The exporter's exact
+    re-quantization there fed it a DequantizeLinear, and onnxruntime's WeightBiasQuantization then ran it as
+    a per-tensor INT8 QGemm: not the FP32 layer the model trained, its card described, nor the PyTorch logits."""
+    x = torch.randn(32, 1, 28, 28)
+    q = quantize(model_with_bn_stats("small_cnn"), PTQConfig(num_calibration=32, skip=("fc1",)), x)
+    path = export_onnx(q, tmp_path / "skip_fc1.onnx", input_shape=(1, 28, 28), check_untrained=False)
+    ops = _optimized_ops(path, tmp_path)
+    assert ops.count("QGemm") == 1 and ops.count("Gemm") + ops.count("FusedGemm") == 1  # fc2 integer, fc1 float
+    meta = read_metadata(path)
+    assert meta["fp32_layers_int8_in_onnxruntime"] == [] and meta["integer_kernels"] is False
+    with torch.no_grad():
+        expected = q(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_a_layer_kept_fp32_that_onnxruntime_quantizes_is_named_in_the_metadata(tmp_path):
+    """A skipped conv fed straight by a quantized tensor (a ResNet block's first conv: its input also feeds the
+    shortcut) reads a DequantizeLinear in any QDQ graph; onnxruntime then quantizes its weights itself. The
+    file cannot prevent that, so its metadata says so (the model card quotes it)."""
+    q = quantize(model_with_bn_stats("resnet20"), PTQConfig(num_calibration=32, skip=("layers.0.conv1",)),
+                 torch.randn(32, 1, 28, 28))
+    path = export_onnx(q, tmp_path / "skip_conv.onnx", input_shape=(1, 28, 28), check_untrained=False)
+    assert read_metadata(path)["fp32_layers_int8_in_onnxruntime"] == ["layers.0.conv1"]

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from qsal.metrics import compute_metrics
@@ -132,3 +133,23 @@ def test_a_weight_only_card_says_its_file_runs_on_float_kernels(tmp_path):
     assert card["kernels"]["integer_kernels"] is False and card["kernels"]["float_ops_after_optimization"]
     assert "| kernels | float: onnxruntime dequantizes these layers' weights when it loads the file" in text
     assert "| seed | 3 |" in text
+
+
+@pytest.mark.parametrize("arch,skip,int8_in_ort", [("small_cnn", ("fc1",), False),
+                                                   ("resnet20", ("layers.0.conv1",), True)])
+def test_a_card_with_layers_kept_fp32_says_what_onnxruntime_runs_them_on(tmp_path, arch, skip, int8_in_ort):
+    """skip keeps layers FP32. small_cnn's fc1 (read through a pool and flatten) stays float in onnxruntime; a
+    ResNet block's first conv is read straight from a quantized tensor (the shortcut reads it too), and onnxruntime
+    quantizes its weights itself (per-tensor INT8): that file's card must not call it FP32 without saying so."""
+    from qsal.quant import PTQConfig
+
+    qcfg = PTQConfig(num_calibration=16, skip=skip)
+    model = quantize(create_model(arch, 2, 1), qcfg, torch.randn(16, 1, 28, 28))
+    path = export_onnx(model, tmp_path / "s.onnx", input_shape=(1, 28, 28), meta={"data": DATA, "quant": qcfg.to_dict()},
+                       check_untrained=False)
+    card = write_model_card(path, {"dataset": DATA, "arch": {"name": arch}, "quant": qcfg.to_dict()}, None, None)
+    text = path.with_suffix(".card.md").read_text()
+    assert card["kernels"]["fp32_layers_int8_in_onnxruntime"] == (list(skip) if int8_in_ort else [])
+    assert ("run by onnxruntime on per-tensor INT8 weights it makes itself" in text) == int8_in_ort
+    if not int8_in_ort:
+        assert f"| kernels | integer but for float kernels (1 Gemm): the layers kept in FP32 ({skip[0]})" in text

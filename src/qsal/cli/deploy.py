@@ -113,7 +113,7 @@ def _setup_quantize(p):
                    "(PACT: for every k-bit layer, depthwise too; its 8-bit first and last layers stay per-channel)")
     p.add_argument("--num-calibration", type=positive_int, default=None,
                    help="training images used for calibration (default: the method's, PTQ/QAT 512, PACT 256)")
-    p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (default: none)")
+    p.add_argument("--skip", nargs="*", help="layer names to keep FP32 (their weights; activations stay quantized; onnxruntime quantizes a kept layer read straight from a quantized tensor itself, and the export metadata and model card name any it does; default: none)")
     p.add_argument("--epochs", type=positive_int, default=None, help="fine-tuning epochs (QAT/PACT; default: 5)")
     p.add_argument("--lr", type=positive_float, default=None, help="fine-tuning learning rate (QAT/PACT; default: 1e-4)")
     recipe_args(p, "QAT/PACT fine-tune: ")

@@ -14,7 +14,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["optimized_op_types", "float_compute_ops", "FLOAT_COMPUTE_OPS"]
+__all__ = ["optimized_graph", "optimized_op_types", "float_compute_ops", "requantized_by_runtime", "FLOAT_COMPUTE_OPS"]
 
 # Ops that do multiply-accumulate (or residual) work in float when they survive optimisation; their
 # integer counterparts are QLinearConv, QGemm, QLinearMatMul/MatMulInteger, QLinearAdd.
@@ -22,8 +22,8 @@ FLOAT_COMPUTE_OPS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "Gemm", "Fu
                                "Add"})
 
 
-def optimized_op_types(model: str | os.PathLike | bytes) -> Counter:
-    """Op-type counts of ``model`` after onnxruntime's graph optimisation with default session options
+def optimized_graph(model: str | os.PathLike | bytes):
+    """``model``'s graph (``onnx.GraphProto``) after onnxruntime's graph optimisation with default session options
     (the CPU provider, ``ORT_ENABLE_ALL``), as saved by ``SessionOptions.optimized_model_filepath``."""
     import onnx
     import onnxruntime as ort
@@ -34,10 +34,23 @@ def optimized_op_types(model: str | os.PathLike | bytes) -> Counter:
         opts.log_severity_level = 3
         src = model if isinstance(model, bytes) else str(model)
         ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+        return onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+
+
+def optimized_op_types(model) -> Counter:
+    """Op-type counts of ``model`` (a file, its bytes, or an ``optimized_graph``) after default optimisation."""
+    graph = model if hasattr(model, "node") else optimized_graph(model)
     return Counter(n.op_type for n in graph.node)
 
 
-def float_compute_ops(model: str | os.PathLike | bytes) -> dict[str, int]:
+def float_compute_ops(model) -> dict[str, int]:
     """The float conv/gemm/matmul/add ops left after default optimisation (empty: all on integer kernels)."""
     return {op: n for op, n in optimized_op_types(model).items() if op in FLOAT_COMPUTE_OPS}
+
+
+def requantized_by_runtime(graph, node_names) -> list[str]:
+    """Which of the float Conv/Gemm nodes ``node_names`` onnxruntime quantized itself (``graph``: an
+    ``optimized_graph``). Its WeightBiasQuantization optimiser gives a float-weight Conv/Gemm fed by a
+    DequantizeLinear per-tensor INT8 weights, in an initializer named ``<node>_weight_q``."""
+    made = {name for n in graph.node for name in n.input} | {t.name for t in graph.initializer}
+    return [name for name in node_names if any(m.startswith(f"{name}_weight_q") for m in made)]

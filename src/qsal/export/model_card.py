@@ -361,11 +361,21 @@ def _kernels(onnx_path: Path, quant: dict) -> dict:
         text = "integer: onnxruntime runs every conv/gemm on integer kernels (checked on its optimised graph at export)"
     elif integer is None:
         text = None
+    elif quant.get("skip") and quant.get("method") != "weight_only":
+        ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items()))
+        text = (f"integer but for float kernels ({ops or 'see the metadata'}): the layers kept in FP32 "
+                f"({', '.join(quant['skip'])}) and what they feed before the next quantized tensor")
     else:
         ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items()))
         text = (f"float: onnxruntime dequantizes these layers' weights when it loads the file and runs them on float "
                 f"kernels ({ops or 'see the metadata'}); the file is smaller, the compute and memory are FP32's")
-    return {"integer_kernels": integer, "float_ops_after_optimization": float_ops, "text": text}
+    requantized = info.get("fp32_layers_int8_in_onnxruntime") or []
+    if requantized and text:  # measured at export: the deployed file does not run these as the model describes
+        text += (f". Kept in FP32 but run by onnxruntime on per-tensor INT8 weights it makes itself when it loads the "
+                 f"file: {', '.join(requantized)} (its WeightBiasQuantization optimiser quantizes a float conv/gemm "
+                 "read from a quantized tensor); the metrics above are the file's as onnxruntime runs it")
+    return {"integer_kernels": integer, "float_ops_after_optimization": float_ops, "text": text,
+            "fp32_layers_int8_in_onnxruntime": requantized}
 
 
 def _table_positive_class(name: str | None) -> str | None:

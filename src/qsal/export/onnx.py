@@ -37,7 +37,7 @@ from torch import fx, nn
 
 from qsal._atomic import atomic_path
 from qsal.errors import QsalError
-from qsal.export.fusion import float_compute_ops
+from qsal.export.fusion import float_compute_ops, optimized_graph, requantized_by_runtime
 from qsal.provenance import environment
 from qsal.quant.graph import ADD_FUNCTIONS, fold_batchnorm, trace
 from qsal.quant.modules import ActQuantizer, PACTQuantizer, QuantConv2d, QuantLinear
@@ -58,6 +58,11 @@ class _Emitter:
         self.qparams: dict[fx.Node, dict] = {}
         self.relu6_inputs: dict[fx.Node, str] = {}
         self.deferred_clip: set[fx.Node] = set()
+        # a grid-preserving op's output before its exact re-quantization: what a layer kept in FP32 (skip) reads,
+        # since onnxruntime turns a float Conv/Gemm fed straight by a DequantizeLinear into an INT8 per-tensor
+        # kernel (its WeightBiasQuantization optimiser), which is not the layer the model trained or describes
+        self.float_reads: dict[fx.Node, str] = {}
+        self.float_layers: dict[str, str] = {}  # plain Conv/Linear in a quantized graph (skip): layer -> ONNX node
         self.counter = 0
 
     def fresh(self, base: str) -> str:
@@ -168,6 +173,8 @@ class _Emitter:
         # runtime can keep it in integers (DQ -> MaxPool -> Q fuses to an integer MaxPool).
         p = self.qparams.get(node.args[0])
         if p is not None:
+            if node.args[0] not in self.deferred_clip:  # values already on the grid: the re-quantization is exact
+                self.float_reads[node] = out
             out = self.qdq(out, p if node.args[0] in self.deferred_clip else {**p, "clip": None}, node.name)
             self.qparams[node] = p
         self.names[node] = out
@@ -194,7 +201,14 @@ class _Emitter:
             else:
                 self.names[node] = self.qdq(x, p, node.name)
             self.qparams[node] = p
-        elif isinstance(mod, nn.Conv2d):
+        elif isinstance(mod, (nn.Conv2d, nn.Linear)) and not isinstance(mod, (QuantConv2d, QuantLinear)) and self.qparams:
+            self.emit_module(node, mod, self.float_reads.get(node.args[0], x))
+            self.float_layers[node.target] = self.names[node]
+        else:
+            self.emit_module(node, mod, x)
+
+    def emit_module(self, node: fx.Node, mod: nn.Module, x: str) -> None:
+        if isinstance(mod, nn.Conv2d):
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
                 raise QsalError(f"layer {node.target}: only numeric zero padding exports to ONNX")
             w, b = self.layer_params(node, mod)
@@ -228,6 +242,8 @@ class _Emitter:
             self.names[node] = x
             if node.args[0] in self.qparams:
                 self.qparams[node] = self.qparams[node.args[0]]
+            if node.args[0] in self.float_reads:
+                self.float_reads[node] = self.float_reads[node.args[0]]
         elif isinstance(mod, nn.BatchNorm2d):
             raise QsalError(f"layer {node.target}: a BatchNorm that does not follow a conv cannot be exported")
         else:
@@ -313,10 +329,14 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
         raise QsalError(f"qsal built an invalid ONNX graph ({str(e).splitlines()[0]}); please report this") from None
     # integer_kernels: whether onnxruntime (default options) runs every conv/gemm/add on integer kernels;
     # read off the optimised graph, since that, not the config, decides it.
-    float_ops = float_compute_ops(onnx_model.SerializeToString())
+    optimized = optimized_graph(onnx_model.SerializeToString())
+    float_ops = float_compute_ops(optimized)
     quantized = any(isinstance(m, (QuantConv2d, QuantLinear)) for m in gm.modules())
     info["integer_kernels"] = quantized and not float_ops
     info["float_ops_after_optimization"] = float_ops
+    if em.float_layers:  # kept in FP32 (skip): does onnxruntime keep them so? (not where a DequantizeLinear feeds one)
+        onnx_names = {node: layer for layer, node in em.float_layers.items()}
+        info["fp32_layers_int8_in_onnxruntime"] = [onnx_names[n] for n in requantized_by_runtime(optimized, onnx_names)]
     if quantized and "quantization" not in info:  # read off the model when the caller's meta does not record it
         from qsal.quant.describe import describe_quantization
 
