@@ -522,3 +522,8 @@ def test_measure_settings_edited_are_measured_again_from_the_same_weights_and_dr
     report = report_run(tmp_path)
     text = open(report["markdown"]).read()
     assert "## Cells left out" in text and "breastmnist/small_cnn/seed1/fp32" in text
+    # and out of every figure: the dropped seed's saliency grid was drawn and embedded all the same
+    assert "seed1/saliency_grid.png" not in text and not (tmp_path / "breastmnist/small_cnn/seed1/saliency_grid.png").exists()
+    # latency: false left every cell without its model card; it only leaves the card's latency out
+    card = (cells["pact-4"] / "model.card.md").read_text()
+    assert "## Latency" not in card and "pact" in card.lower()

@@ -46,10 +46,11 @@ def _parent_file_is_its_export(onnx_path: Path, parent_sha256: str) -> bool:
 
 
 def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, bench: dict | None = None,
-               explanations: dict | None = None, metrics: dict | None = None, data_dir=None) -> str:
+               explanations: dict | None = None, metrics: dict | None = None, data_dir=None, latency: bool = True) -> str:
     """Model card beside ``onnx_path``: the *artifact's* test metrics (``metrics``, a ``Metrics`` dict with
     ``artifact: True``, measured here on the test split unless given), its latency (measured unless ``bench``
-    is given), data counts and class balance, and a quantized model's change against its parent (FP32 or SGT)."""
+    is given; ``latency=False``: none, the card then has no latency section), data counts and class balance, and a
+    quantized model's change against its parent (FP32 or SGT)."""
     import numpy as np
 
     from qsal.checkpoint import read_meta
@@ -120,10 +121,10 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     arch = meta.get("arch") or {}
     n_parameters = count_parameters(create_model(arch["name"], arch["num_classes"], arch["in_channels"],
                                                  arch.get("image_size", 28))) if arch.get("name") else None
-    if bench is None:
+    if bench is None and latency:
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1,), seconds=0.5)
     env = environment()
-    bench = {**bench, "cpu": env["cpu"]}
+    bench = {**bench, "cpu": env["cpu"]} if bench is not None else None
     write_model_card(onnx_path, meta, torch_metrics, bench, explanations, artifact_metrics=artifact_metrics,
                      parent_metrics=parent_metrics, parent_scored=parent_scored, data_stats=data_stats,
                      n_parameters=n_parameters, versions=env["versions"], parent_kind=parent_kind,

@@ -101,9 +101,10 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
             np.save(cell / "explain_images.npy", to_display(x.numpy(), sub.info.mean, sub.info.std))
             np.save(cell / "explain_indices.npy", test.subset_indices(cfg.measure.n_explain, 0))
         result.update(measures)
-    if cfg.measure.latency:
-        write_card(str(ckpt), cell / "model.onnx", bench, metrics=art.to_dict(), explanations={  # scored above
-            k: result[k] for k in ("faithfulness_gap", "deletion_auc", "insertion_auc", "gini") if k in result} or None, data_dir=cfg.data_dir)
+    # every cell's artifact gets its card (measure.latency: false leaves only its latency out)
+    write_card(str(ckpt), cell / "model.onnx", bench if cfg.measure.latency else None, metrics=art.to_dict(),
+               explanations={k: result[k] for k in ("faithfulness_gap", "deletion_auc", "insertion_auc", "gini")
+                             if k in result} or None, data_dir=cfg.data_dir, latency=cfg.measure.latency)
     result["environment"] = environment()
     result["made_at"] = made_at or result["environment"]["utc"]  # redo.older_than_parent compares children with it
     result = defined(result)

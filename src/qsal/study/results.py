@@ -27,7 +27,7 @@ def _read_result(path: Path, run_dir: Path) -> dict:
 
 
 def _redo_fix(cell: Path, run_dir: Path) -> str:
-    return f"delete the folder {cell} and rerun `qsal run --out {run_dir}` to redo that cell"
+    return f"delete the folder {cell} and rerun `qsal run STUDY.yaml --out {run_dir}` (the study's config) to redo that cell"
 
 
 def check_result(result: dict, path: Path, run_dir: Path) -> dict:
@@ -151,7 +151,10 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     for img_path in sorted(run_dir.glob("*/*/seed*/fp32/explain_images.npy")) if grids else []:
         group = img_path.parents[1]
         found = {p.parent.name: p for p in group.glob("*/saliency_maps.npy")}
-        labels = [r["label"] for r in results if r["label"] in found]
+        # this group's reported cells only: a left-out cell (a seed or method the config no longer plans) is in no figure
+        labels = [r["label"] for r in results if r["label"] in found and r["id"] == f"{group.relative_to(run_dir)}/{r['label']}"]
+        if "fp32" not in labels:
+            continue
         fix = "delete that cell's folder and rerun `qsal run` to redo it"
         maps = {label: load_npy(found[label], fix, ndim=4)[:6] for label in dict.fromkeys(labels)}
         images = load_npy(img_path, fix, ndim=(3, 4))[:6]

@@ -173,7 +173,9 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
         sal_figs = saliency_figures(results["saliency"], most_changed, out, decisions)
     else:
         grids = results.get("saliency_grids") or ([results["saliency_grid"]] if results.get("saliency_grid") else [])
-        sal_figs = [(Path(g), f"Saliency grid: {Path(g).parent.name}") for g in grids]
+        # a run's grids are one per dataset/model/seed folder: named by all three (seed0 alone reads alike across sets)
+        sal_figs = [(Path(g), f"Saliency grid: {'/'.join(Path(g).parts[-4:-1]) if results.get('saliency_grids') else Path(g).parent.name}")
+                    for g in grids]
     reference = (results.get("saliency") or {}).get("reference") or (rows[0]["model"] if rows else "")
     if any(m.endswith("/fp32") for m in most_changed):  # several (dataset, model) groups: each against its own FP32
         reference = "each group's FP32"
