@@ -296,7 +296,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     # in place since is not compared with: export.card_sources.write_card)
     parent_path = str(Path(checkpoint).resolve())
     qmeta = {"dataset": {**(meta.get("dataset") or data_meta(train)), "split_seed": split_seed(meta)},
-             "quant": qconfig.to_dict(),
+             "quant": qconfig.to_dict(), "calibration_images": qmodel.qsal_calibration_images,  # num_calibration: at most
              "parent_checkpoint": parent_path, "parent_sha256": run_config["parent_sha256"]}
     seconds, best_epoch = 0.0, None
     if cfg is not None:
@@ -311,7 +311,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     method = ("sgt+" if step is not None else "") + qconfig.label
     metrics = _finish(out, qmodel, test, decision, seed, {
         "checkpoint": str(path), "method": method, "dataset": name, "model": meta["arch"]["name"],
-        "quant": qconfig.to_dict(), "seed": seed, "config": cfg.to_dict() if cfg is not None else None,
+        "quant": qconfig.to_dict(), "calibration_images": qmodel.qsal_calibration_images, "seed": seed,
+        "config": cfg.to_dict() if cfg is not None else None,
         "best_epoch": best_epoch, "train_seconds": seconds, "parent_checkpoint": parent_path, "decision": decision,
         "quantization": describe_quantization(qmodel),
         "saliency_guided": step.describe() if hasattr(step, "describe") else None})

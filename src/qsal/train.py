@@ -107,6 +107,18 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The schedule in words, every setting that shapes the weights: ``30 epochs (sgd, lr 0.01 x0.1 at 50/75 %,
+        weight decay 0.0005, batch 128; shift 4 px, h-flip; EMA 0.99; best validation auc)``."""
+        steps = "/".join(f"{f * 100:g}" for f in self.milestones)
+        opt = [self.optimizer, f"lr {self.lr:g}" + (f" x{self.gamma:g} at {steps} %" if steps and self.gamma < 1 else ""),
+               f"weight decay {self.weight_decay:g}" if self.weight_decay else "", f"batch {self.batch_size}"]
+        aug = [f"shift {self.shift_px} px" if self.shift_px else "", "h-flip" if self.hflip else "",
+               f"rotate {self.rotate_deg:g} deg" if self.rotate_deg else "", f"zoom {self.zoom:g}" if self.zoom else ""]
+        parts = [", ".join(w for w in opt if w), ", ".join(w for w in aug if w) or "no augmentation",
+                 f"EMA {self.ema_decay:g}" if self.ema_decay else "", f"best validation {self.select_on}"]
+        return f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({'; '.join(w for w in parts if w)})"
+
     @classmethod
     def medmnist(cls, **overrides) -> "TrainConfig":
         """The MedMNIST v2 benchmark recipe in full: 100 epochs (the defaults shorten only ``epochs``)."""

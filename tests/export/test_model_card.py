@@ -58,7 +58,7 @@ def test_card_has_hugging_face_metadata(pact_card):
     assert "base_model" not in front  # Hugging Face takes a Hub id there; the parent is a local file
     assert "| parent (FP32) | fp32/best.safetensors |" in text  # folder and name, not the machine's path
     assert card["versions"] == {"qsal": "0.1.0"} and card["training"]["fine_tune"]
-    assert "| fine-tune | 5 epochs, adam lr 0.0001, batch 128, seed 0;" in text
+    assert "| fine-tune | 5 epochs (adam, lr 0.0001 x0.1 at 50/75 %, batch 128; no augmentation; best validation auc), seed 0 |" in text
     assert card["kernels"]["integer_kernels"] is True and "| kernels | integer: onnxruntime runs every" in text
     result = front["model-index"][0]["results"][0]
     assert result["task"]["type"] == "image-classification" and result["dataset"]["split"] == "test"
@@ -153,3 +153,24 @@ def test_a_card_with_layers_kept_fp32_says_what_onnxruntime_runs_them_on(tmp_pat
     assert ("run by onnxruntime on per-tensor INT8 weights it makes itself" in text) == int8_in_ort
     if not int8_in_ort:
         assert f"| kernels | integer but for float kernels (1 Gemm): the layers kept in FP32 ({skip[0]})" in text
+
+
+def test_an_sgt_pact_card_is_named_so_and_its_fine_tune_row_gives_every_setting(tmp_path):
+    """An SGT+PACT fine-tune's card read as PACT's (named ...-pact-4bit, no word of saliency guidance), and its
+    fine-tune row left out augmentation and weight decay, which the card's JSON had."""
+    from qsal.train import TrainConfig
+
+    qcfg = PACTConfig(bits=4, num_calibration=16)
+    model = quantize(create_model("small_cnn", 2, 1), qcfg, torch.randn(16, 1, 28, 28))
+    path = export_onnx(model, tmp_path / "g.onnx", input_shape=(1, 28, 28), meta={"data": DATA, "quant": qcfg.to_dict()},
+                       check_untrained=False)
+    train = TrainConfig(epochs=1, lr=1e-4, shift_px=2, hflip=True, weight_decay=1e-4, select_on="loss").to_dict()
+    meta = {"dataset": DATA, "arch": {"name": "small_cnn"}, "quant": qcfg.to_dict(), "seed": 0, "train": train,
+            "epoch": 1, "step": {"step": "saliency_guided", "k": 0.5, "lambda": 1.0},
+            "parent_checkpoint": str(tmp_path / "sgt" / "best.safetensors")}
+    card = write_model_card(path, meta, None, None, None)
+    text = path.with_suffix(".card.md").read_text()
+    assert card["name"].endswith("-sgt+pact-4bit")
+    assert ("| fine-tune | 1 epoch (adam, lr 0.0001 x0.1 at 50/75 %, weight decay 0.0001, batch 128; shift 2 px, "
+            "h-flip; best validation loss), seed 0; selected at epoch 1; saliency-guided (Ismail et al. 2021: k 0.5, "
+            "lambda 1.0) |") in text

@@ -87,3 +87,17 @@ def test_skip_names_what_the_traced_graph_calls():
         quantize(Net().eval(), PTQConfig(skip=("block",), num_calibration=16), calibration=x)
     q = quantize(Net().eval(), PTQConfig(skip=("block.0",), num_calibration=16), calibration=x)
     assert not isinstance(q.get_submodule("block.0"), QuantConv2d)
+
+
+def test_the_number_of_calibration_images_used_is_recorded_not_the_upper_bound():
+    """num_calibration is 'at most': 40 images given, 2000 asked. The model says 40 (the pipeline writes it to
+    best.json, metrics.json and the card), where only 2000 was recorded before."""
+    import torch
+
+    from qsal.models import create_model
+    from qsal.quant import PTQConfig, WeightOnlyConfig, quantize
+
+    model = create_model("small_cnn", 2, 1)
+    assert quantize(model, PTQConfig(num_calibration=2000), torch.randn(40, 1, 28, 28)).qsal_calibration_images == 40
+    assert quantize(model, PTQConfig(num_calibration=16), torch.randn(40, 1, 28, 28)).qsal_calibration_images == 16
+    assert quantize(model, WeightOnlyConfig(bits=4)).qsal_calibration_images == 0

@@ -151,6 +151,8 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
         "--observer picks PTQ's calibration; --method pact learns its clipping range: drop --observer",
     ("quantize", "{ck}", "--method", "weight-only", "--num-calibration", "5"):
         "--num-calibration: --method weight-only calibrates no activations",
+    ("quantize", "{ck}", "--method", "weight-only", "--seed", "5"):
+        "--seed draws the calibration images and seeds the fine-tune; --method weight-only has neither",
     ("quantize", "{ck}", "--num-calibration", "100000"):
         "num_calibration 100000 is more than the 546 training images of breastmnist",
     ("quantize", "{ck}", "--resume", "--force"): "argument --force: not allowed with argument --resume",

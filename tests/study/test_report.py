@@ -247,4 +247,12 @@ def test_the_header_says_how_the_models_were_trained_and_how_each_threshold_was_
     md = (tmp_path / "report.md").read_text()
     assert ("**operating point**: each model's own (the 'op threshold' column), each by youden on the validation split "
             "with the PyTorch model's scores") in md
-    assert "**schedule**: FP32/SGT 12 epochs (adam, lr 0.001, batch 128); fine-tunes 3 epochs (adam, lr 0.0005, batch 128)" in md
+    # every setting that shapes the weights (EMA and augmentation made two studies read alike), SGT only where trained
+    assert ("**schedule**: FP32 12 epochs (adam, lr 0.001 x0.1 at 50/75 %, batch 128; no augmentation; best validation "
+            "auc); fine-tunes 3 epochs (adam, lr 0.0005 x0.1 at 50/75 %, batch 128; no augmentation; best validation auc)") in md
+    guided = {**study, "methods": ["fp32", "sgt", "sgt+pact"], "train": {"ema_decay": 0.99, "shift_px": 2},
+              "sgt": {"k": 0.3}, "pact": {4: {"weight_clip": "mse"}}}
+    assert _schedule_words(guided) == (
+        "FP32/SGT 12 epochs (adam, lr 0.001 x0.1 at 50/75 %, batch 128; shift 2 px; EMA 0.99; best validation auc); "
+        "fine-tunes 3 epochs (adam, lr 0.0005 x0.1 at 50/75 %, batch 128; shift 2 px; EMA 0.99; best validation auc); "
+        "SGT k 0.3, lambda 1, target log_softmax; PACT options 4-bit: weight_clip mse")

@@ -55,6 +55,11 @@ def _check_quantize_options(args) -> None:
     if args.num_calibration is not None and args.method == "weight-only":
         raise QsalError("--num-calibration: --method weight-only calibrates no activations (its weights need no "
                         "images); drop it")
+    if args.seed is not None and args.method == "weight-only":
+        raise QsalError("--seed draws the calibration images and seeds the fine-tune; --method weight-only has "
+                        "neither (its weights need no images): drop it")
+    if args.seed is None:
+        args.seed = 0
     for name, default in {**_FINETUNE_ONLY, "observer": "minmax"}.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -125,7 +130,8 @@ def _setup_quantize(p):
     p.add_argument("--sgt-target", default=None, choices=["log_softmax", "logit"],
                    help="score whose input gradient ranks pixels (default log_softmax: the SGT authors')")
     p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of calibration sampling and fine-tuning")
+    p.add_argument("--seed", type=SEED, default=None,
+                   help="seed of calibration sampling and fine-tuning (default: 0; not for weight-only)")
     p.add_argument("--out", default=None, help="output folder (default: a fresh runs/quantized/<method>-N)")
     from qsal.cli.arguments import decision_args, run_folder_args
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import yaml
 
 from qsal._atomic import write_json_atomic, write_text_atomic
-from qsal.errors import printable_path
+from qsal.checkpoint import trained_saliency_guided
+from qsal.errors import QsalError, printable_path
 from qsal.metrics.operating_point import describe_operating_point
 from qsal.runtime import NO_OPERATING_POINT
 
@@ -172,7 +173,11 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         or (classes[-1] if binary and classes else None)
     op = (scored or {}).get("operating_point") or ({"rule": NO_OPERATING_POINT} if binary else
                                                     {"rule": "argmax of the class probabilities"})
-    name = f"qsal-{arch.get('name', 'model')}-{data.get('name', 'data')}-{quant.get('method')}"
+    # a saliency-guided model (or fine-tune) is named so: an SGT+PACT card must not read as a PACT one
+    guided = trained_saliency_guided(meta)
+    method = str(quant.get("method")).replace("_", "-")  # as the CLI spells it (weight-only)
+    method = ("sgt" if method == "fp32" else f"sgt+{method}") if guided else method
+    name = f"qsal-{arch.get('name', 'model')}-{data.get('name', 'data')}-{method}"
     if quant.get("method") != "fp32":
         name += f"-{quant.get('bits') or quant.get('weight_bits')}bit"
     today = _dt.date.today().isoformat()
@@ -233,14 +238,18 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                ("software", ", ".join(f"{k} {v}" for k, v in versions.items() if v) or None),
                ("input", f"uint8 images {data.get('image_size')}x{data.get('image_size')}, {data.get('n_channels')} "
                          f"channel(s); x/255, then (x - {data.get('mean')}) / {data.get('std')}"),
-               ("fine-tune" if parent else "training", f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch "
-                            f"{train.get('batch_size')}, seed {meta.get('seed')}; best validation {train.get('select_on', 'auc')}"
-                            + (f" at epoch {meta['epoch']}" if meta.get("epoch") else "")
+               ("fine-tune" if parent else "training", f"{_schedule(train)}, seed {meta.get('seed')}"
+                            + (f"; selected at epoch {meta['epoch']}" if meta.get("epoch") else "")
                             + (f"; the weights are an exponential moving average (decay {train['ema_decay']} with "
                                "warm-up), as validated and selected" if train.get("ema_decay") else "")
+                            + (f"; saliency-guided (Ismail et al. 2021: k {step.get('k')}, lambda {step.get('lambda')})"
+                               if guided and isinstance(step := meta.get("step"), dict) else "")
                             if train else None),
                ("seed", None if train or meta.get("seed") is None else
-                f"{meta['seed']} (picks the calibration images)" if parent else meta["seed"]),
+                f"{meta['seed']} (picks the calibration images)" if parent and quant.get("method") != "weight_only"
+                else meta["seed"]),
+               ("calibration images", f"{meta['calibration_images']} training images (num_calibration "
+                f"{quant.get('num_calibration')}: at most that many)" if meta.get("calibration_images") else None),
                (f"parent ({parent_kind or 'unreadable now'})", parent_named)]
     md += _table(("item", "value"), [d for d in details if d[1] is not None and d[1] != ""])
     md += ["### Quantization", ""]
@@ -345,6 +354,18 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     write_json_atomic(onnx_path.with_suffix(".card.json"), card)
     write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(md))
     return card
+
+
+def _schedule(train: dict) -> str:
+    """A recorded ``TrainConfig`` dict in words (``TrainConfig.describe``: augmentation, weight decay, lr steps...)."""
+    from dataclasses import fields
+
+    from qsal.train import TrainConfig
+
+    try:
+        return TrainConfig(**{f.name: train[f.name] for f in fields(TrainConfig) if f.name in train}).describe()
+    except (QsalError, TypeError, ValueError):  # a record this qsal cannot read back: its main figures
+        return f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch {train.get('batch_size')}"
 
 
 def _kernels(onnx_path: Path, quant: dict) -> dict:

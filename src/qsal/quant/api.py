@@ -181,8 +181,10 @@ def quantize(model: nn.Module, config: QuantConfig, calibration=None) -> fx.Grap
         raise QsalError(f"skip names {unknown} that are not layers of this model's graph; its layers are "
                         f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
     check_skip_holds_weights(model, config.skip)
+    gm.qsal_calibration_images = 0  # how many images calibrated it: num_calibration is an upper bound
     if act_quantizers(gm):
         x = _as_tensor(calibration, getattr(config, "num_calibration", 512))
+        gm.qsal_calibration_images = len(x)
         try:
             calibrate(gm, x)
         except RuntimeError as e:  # images of another shape or channel count than the model's

@@ -146,7 +146,9 @@ class PACTConfig(QuantConfig):
         first and last layers keep their ``first_last_bits`` max-scaled weights.
       - ``input_clip="fixed"`` (default, as the paper: it quantizes ReLU outputs and never clips the image):
         the network input gets a *non-learned* ``first_last_bits`` quantizer over the calibration images'
-        min-max range (for 8-bit images normalised by mean/std, exactly the pixel grid). ``"learned"`` puts
+        min-max range: for 8-bit images normalised by mean/std, the pixel grid when those images hold the darkest
+        and the brightest value (MNIST's do), else a grid over the range they span, pixels beyond it clipped
+        (BreastMNIST's 256 hold no 0: its 0-valued pixels read as 1, the step is 254/255 of a pixel's). ``"learned"`` puts
         a PACT clip there (qsal 0.2): on MNIST it learned to clip below the brightest stroke pixels, so the
         input gradient vanished on the strokes and saliency maps turned anti-faithful.
     """

@@ -296,17 +296,23 @@ def _schedule_words(cfg: dict) -> str | None:
     except QsalError:
         return None
 
-    def words(tc) -> str:
-        return f"{tc.epochs} epochs ({tc.optimizer}, lr {tc.lr:g}, batch {tc.batch_size})"
-
     fine_tuned = any(m in study.methods for m in ("qat", "pact", "sgt+pact"))
+    guided = any(m in study.methods for m in ("sgt", "sgt+pact"))
+    trained = "/".join(k for k, used in (("FP32", "fp32" in study.methods), ("SGT", guided)) if used) or "FP32"
     per = {}
     for ds in study.datasets:
         for model in study.models:
             train, finetune = study.train_configs(ds, model, 0, progress=False)
-            per[f"{ds}/{model}"] = f"FP32/SGT {words(train)}" + (f"; fine-tunes {words(finetune)}" if fine_tuned else "")
+            per[f"{ds}/{model}"] = f"{trained} {train.describe()}" + (
+                f"; fine-tunes {finetune.describe()}" if fine_tuned else "")
     kinds = set(per.values())
-    return kinds.pop() if len(kinds) == 1 else "; ".join(f"{k}: {v}" for k, v in per.items())
+    words = kinds.pop() if len(kinds) == 1 else "; ".join(f"{k}: {v}" for k, v in per.items())
+    if guided:  # the saliency guidance's own settings (Ismail et al. 2021)
+        words += f"; SGT k {study.sgt.k:g}, lambda {study.sgt.lam:g}, target {study.sgt.target}"
+    if study.pact and any(m in study.methods for m in ("pact", "sgt+pact")):  # PACTConfig options per bit-width
+        words += "; PACT options " + ", ".join(f"{b}-bit: " + ", ".join(f"{k} {v}" for k, v in o.items())
+                                               for b, o in sorted(study.pact.items()))
+    return words
 
 
 def defined(result: dict) -> dict:
