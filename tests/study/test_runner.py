@@ -208,10 +208,16 @@ def test_two_local_workers(tmp_path):
 
 
 def test_progress_off_a_terminal_is_one_line_per_finished_cell(tmp_path, capsys):
-    cfg = parse_run_config({**TINY, "methods": ["fp32"], "measure": {"latency": False, "saliency": False}})
+    """Numbered in the order cells end, each as it ends ('[2/2]' twice, at the group's end, before), and each cell's
+    epochs in its log.txt (it held only start / trained / done: an hours-long cell said nothing of its progress)."""
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "epochs": {"fp32": 2},
+                            "measure": {"latency": False, "saliency": False}})
     statuses = run_study(cfg, tmp_path, progress=True)  # the default of `qsal run`; stderr here is not a terminal
-    assert [s["status"] for s in statuses] == ["done"]
-    assert capsys.readouterr().err.splitlines() == ["[1/1] done: breastmnist/small_cnn/seed0/fp32"]
+    assert [s["status"] for s in statuses] == ["done", "done"]
+    assert capsys.readouterr().err.splitlines() == ["[1/2] done: breastmnist/small_cnn/seed0/fp32",
+                                                    "[2/2] done: breastmnist/small_cnn/seed0/ptq-int8-minmax"]
+    log = (tmp_path / "breastmnist/small_cnn/seed0/fp32/log.txt").read_text()
+    assert "epoch 1/2  train_loss" in log and "epoch 2/2  train_loss" in log and "\r" not in log
 
 
 def test_the_command_line_reproduces_a_study_cell_weight_for_weight(tmp_path):

@@ -33,15 +33,27 @@ from qsal.study.rundir import read_json, run_lock
 __all__ = ["run_study", "run_group", "other_config"]
 
 
-def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, progress: bool) -> list[dict]:
-    """Run one group's cells in order; returns ``{"id", "status"}`` per cell. Never raises for a cell."""
+@contextlib.contextmanager
+def _stderr_into_log(cell: Path):
+    """What a cell's training writes to stderr (one plain line per epoch, notes) appended to its ``log.txt``: an
+    hours-long cell shows how far it is there (``tail -f``), and a run's own output stays one line per cell."""
+    cell.mkdir(parents=True, exist_ok=True)
+    with open(cell / "log.txt", "a", encoding="utf-8") as f, contextlib.redirect_stderr(f):
+        yield
+
+
+def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, progress: bool = False,
+              on_cell=None) -> list[dict]:
+    """Run one group's cells in order; returns ``{"id", "status"}`` per cell. Never raises for a cell.
+    ``on_cell(status)`` is called as each cell ends (in-process runs: a line per cell, not per group); each cell's
+    epochs are logged into its ``log.txt`` (``progress`` is kept for callers; cells never draw bars)."""
     import torch
 
     torch.set_num_threads(threads)
     cfg = parse_run_config(cfg_dict)
     run_path = Path(run_dir)
     specs = [CellSpec(**g) for g in group]
-    statuses = []
+    statuses = _Statuses(on_cell)
     # kept current below: only the cell being run changes its result.json (the agreement step after it rewrites the
     # same file with map-agreement fields, none of which a redo decision reads)
     results = read_results(specs, run_path)
@@ -72,14 +84,16 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
                 continue
             try:
                 try:
-                    run_cell(spec, cfg, run_path, progress, made_at=kept_model)
+                    with _stderr_into_log(cell):
+                        run_cell(spec, cfg, run_path, True, made_at=kept_model)
                 except CannotResume as e:
                     # Cut off earlier and made from another parent (retrained since) or with other settings (--force
                     # over an edited config): what it trained cannot be continued, and the study wants the cell made
                     # from what it has now, as it redoes a finished child of a retrained parent.
                     clear_cell(cell)
                     log(cell, f"cut off earlier, and {e.why}: starting it over")
-                    run_cell(spec, cfg, run_path, progress)
+                    with _stderr_into_log(cell):
+                        run_cell(spec, cfg, run_path, True)
             finally:  # finished, or failed (no result.json: a failed retrain leaves its children alone)
                 results[spec.label] = read_results([spec], run_path)[spec.label]
                 recorded.update(read_schedules([spec], run_path))
@@ -96,7 +110,20 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
     for s in statuses:
         if s["id"] in problems:
             s["status"] = f"failed: QsalError: {problems[s['id']]}"
-    return statuses
+    return list(statuses)
+
+
+class _Statuses(list):
+    """A group's cell statuses; ``on_cell`` hears each as it is added."""
+
+    def __init__(self, on_cell=None):
+        super().__init__()
+        self.on_cell = on_cell
+
+    def append(self, status: dict) -> None:
+        super().append(status)
+        if self.on_cell is not None:
+            self.on_cell(dict(status))
 
 
 def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: int = 1, backend: str = "local",
@@ -107,8 +134,9 @@ def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: i
     ``only``: shell patterns on group names ``dataset/model/seedN`` (``select_groups``): run those groups only,
     in the patterns' order; finished cells are skipped as always, and the folder's config check is unchanged.
 
-    ``progress``: one study bar on a terminal (cells log into their own ``log.txt``, so bars never
-    nest), one plain line per finished cell otherwise. Holds the folder's lock throughout: a second run
+    ``progress``: one study bar on a terminal (cells log into their own ``log.txt``, a line per epoch, so bars
+    never nest), one plain line per finished cell otherwise (as each ends; with several workers, as its group
+    ends). Holds the folder's lock throughout: a second run
     on the same folder raises ``QsalError`` at once.
     """
     cfg = config if isinstance(config, RunConfig) else load_run_config(config)
@@ -169,14 +197,24 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     on_terminal = progress and sys.stderr.isatty()
     bar = tqdm(total=n_cells, desc=f"study {cfg.name}", disable=not on_terminal, unit="cell")
 
+    shown: dict[str, str] = {}  # cell id -> the status its line gave
+
+    def show(s: dict) -> None:
+        """One line per cell as it ends (a bar step on a terminal), numbered in the order they end."""
+        if shown.get(s["id"]) == s["status"]:
+            return
+        if s["id"] not in shown:
+            bar.update(1)
+        shown[s["id"]] = s["status"]
+        if progress and not on_terminal:
+            print(f"[{len(shown)}/{n_cells}] {s['status']}: {s['id']}", file=sys.stderr, flush=True)
+
     def finished(res: list[dict]) -> None:
         statuses.extend(res)
         # as each group ends, not only at the run's end: a run stopped after hours still says what it finished
         write_json_atomic(run_dir / "statuses.json", _merged_statuses(run_dir, cfg, statuses))
-        bar.update(len(res))
-        if progress and not on_terminal:
-            for s in res:
-                print(f"[{len(statuses)}/{n_cells}] {s['status']}: {s['id']}", file=sys.stderr, flush=True)
+        for s in res:  # cells not shown yet (workers report a group at its end), or whose status changed since
+            show(s)
 
     if backend == "ray":
         import ray
@@ -204,7 +242,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
             pool.shutdown()
     else:
         for p in payload:
-            finished(run_group(*p, False))
+            finished(run_group(*p, False, on_cell=show))
     bar.close()
     return statuses
 
