@@ -101,3 +101,22 @@ def test_the_number_of_calibration_images_used_is_recorded_not_the_upper_bound()
     assert quantize(model, PTQConfig(num_calibration=2000), torch.randn(40, 1, 28, 28)).qsal_calibration_images == 40
     assert quantize(model, PTQConfig(num_calibration=16), torch.randn(40, 1, 28, 28)).qsal_calibration_images == 16
     assert quantize(model, WeightOnlyConfig(bits=4)).qsal_calibration_images == 0
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: PTQConfig(per_channel="no"), "per_channel must be True or False, got 'no'"),
+    (lambda: QATConfig(fold_bn="no"), "fold_bn must be True or False"),
+    (lambda: PTQConfig(weight_bits=4.0), "weight_bits=4.0 is not supported"),
+    (lambda: WeightOnlyConfig(bits=4.0), "bits=4.0 is not supported"),
+    (lambda: PACTConfig(alpha_decay=-1.0), "alpha_decay (the L2 weight on each clip alpha) must be a finite number >= 0"),
+    (lambda: PACTConfig(alpha_decay=float("nan")), "alpha_decay"),
+    (lambda: PACTConfig(alpha_lr=float("inf")), "alpha_lr must be a finite number > 0"),
+    (lambda: QATConfig(ema="x"), "ema (the range tracker's update weight) must be a number in (0, 1], got 'x'"),
+    (lambda: QATConfig(freeze_bn_at=None), "freeze_bn_at is a fraction of the epochs"),
+])
+def test_a_config_refuses_a_value_of_the_wrong_type_by_name(make, message):
+    """Accepted before: a string switch ran as True and was recorded as given, 4.0 bits labelled 'int4.0', a
+    negative or NaN alpha decay trained, and a string ema was a TypeError traceback."""
+    with pytest.raises(QsalError) as e:
+        make()
+    assert message in str(e.value)

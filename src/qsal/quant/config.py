@@ -14,7 +14,7 @@ __all__ = ["PTQConfig", "QATConfig", "PACTConfig", "WeightOnlyConfig", "QuantCon
 
 
 def _check_bits(name: str, bits: int, allowed: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)) -> None:
-    if bits not in allowed:
+    if not is_integer(bits) or bits not in allowed:  # 4.0 (== 4) ran and labelled the model "int4.0"
         raise QsalError(f"{name}={bits} is not supported; use one of {allowed}")
 
 
@@ -25,6 +25,10 @@ def _check_common(cfg) -> None:
     if not all(isinstance(name, str) for name in skip):
         raise QsalError(f"skip must name layers (strings), got {list(skip)!r}")
     object.__setattr__(cfg, "skip", skip)
+    # a switch must be one: per_channel='no' is truthy, and ran per-channel while the record said 'no'
+    for f in fields(cfg):
+        if isinstance(f.default, bool) and not isinstance(getattr(cfg, f.name), bool):
+            raise QsalError(f"{f.name} must be True or False, got {getattr(cfg, f.name)!r}")
     n = getattr(cfg, "num_calibration", None)
     if n is not None and not (is_integer(n) and n >= 1):
         raise QsalError(f"num_calibration must be a whole number of images >= 1, got {n!r}")
@@ -97,8 +101,13 @@ class QATConfig(QuantConfig):
 
     def __post_init__(self):
         _check_bits("bits", self.bits)
-        if not (0 < self.ema <= 1 and 0 <= self.freeze_observers_at <= 1 and 0 <= self.freeze_bn_at <= 1):
-            raise QsalError("QATConfig: ema must be in (0, 1], freeze_* fractions in [0, 1]")
+        if not (is_finite_number(self.ema) and 0 < self.ema <= 1):
+            raise QsalError(f"QATConfig: ema (the range tracker's update weight) must be a number in (0, 1], got "
+                            f"{self.ema!r}")
+        for name in ("freeze_observers_at", "freeze_bn_at"):
+            if not (is_finite_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                raise QsalError(f"QATConfig: {name} is a fraction of the epochs, a number in [0, 1], got "
+                                f"{getattr(self, name)!r}")
         _check_common(self)
 
     @property
@@ -192,8 +201,11 @@ class PACTConfig(QuantConfig):
             raise QsalError(f"weight_per_channel {self.weight_per_channel!r} is not one of depthwise, none, all")
         if self.add_input_bits is not None:
             _check_bits("add_input_bits", self.add_input_bits)
-        if self.alpha_lr is not None and not self.alpha_lr > 0:
-            raise QsalError(f"alpha_lr must be positive (or None to share the weights' lr), got {self.alpha_lr}")
+        if self.alpha_lr is not None and not (is_finite_number(self.alpha_lr) and self.alpha_lr > 0):
+            raise QsalError(f"alpha_lr must be a finite number > 0 (or None to share the weights' lr), got {self.alpha_lr!r}")
+        if not (is_finite_number(self.alpha_decay) and self.alpha_decay >= 0):
+            raise QsalError(f"alpha_decay (the L2 weight on each clip alpha) must be a finite number >= 0, got "
+                            f"{self.alpha_decay!r}")
         _check_common(self)
 
     @property
