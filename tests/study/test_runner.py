@@ -50,7 +50,18 @@ def test_config_values_that_cannot_run_or_read_as_text_are_named_and_plain_train
                           "train": {"epochs": 5}}, "s.yaml", authored=True)
     assert ("pact: set, but no method uses it (pact, sgt+pact)" in str(e.value)
             and "sgt: set, but no method uses it" in str(e.value)
-            and "epochs.fp32 and train.epochs both set; train.epochs wins: keep one" in str(e.value))
+            and "epochs.fp32 and train.epochs both set; train.epochs wins: keep one" in str(e.value)
+            # bits and the fine-tune's epochs with no PACT or fine-tune cell: accepted silently before
+            and "bits: set, but no method uses it (pact, sgt+pact)" in str(e.value)
+            and "epochs.finetune: set, but no method uses it" in str(e.value))
+    with pytest.raises(QsalError) as e:
+        parse_run_config({**TINY, "methods": ["fp32"], "bits": [4], "epochs": {"fp32": 1},
+                          "schedules": [{"models": ["small_cnn"], "finetune": {"epochs": 3}}],
+                          "measure": {"saliency": False, "n_explain": 4}}, "s.yaml", authored=True)
+    assert "schedules[0].finetune: set, but no method fine-tunes" in str(e.value)
+    assert "measure.n_explain: set, but measure.saliency is false" in str(e.value)
+    with pytest.raises(QsalError, match="sgt.lambda and sgt.lam both set"):  # the last one silently won
+        parse_run_config({**TINY, "methods": ["fp32", "sgt"], "sgt": {"lambda": 1.0, "lam": 2.0}}, "s.yaml")
     recorded = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "train": {"epochs": 5}}).to_dict()
     assert parse_run_config(recorded).train["epochs"] == 5
 

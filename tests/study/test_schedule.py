@@ -18,7 +18,7 @@ from qsal.train import TrainConfig
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BASE = {"name": "sched", "datasets": ["breastmnist", "retinamnist"], "models": ["small_cnn", "edge_mbv2"],
         "methods": ["fp32", "pact"], "bits": [4], "seeds": [0],
-        "measure": {"latency": False, "saliency": False, "n_explain": 8}}
+        "measure": {"latency": False, "saliency": False}}
 
 
 def test_schedules_layer_defaults_train_finetune_and_matching_overrides_in_order():

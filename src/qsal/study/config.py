@@ -175,6 +175,9 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False) -
             kwargs = {}
             for sub, v in value.items():
                 name = _ALIASES.get(key, {}).get(sub, sub)
+                if name != sub and name in value:  # sgt: {lambda: 1, lam: 2}: the last one silently won
+                    problems.append(f"{key}.{sub} and {key}.{name} both set (one setting, two names): keep one")
+                    continue
                 if name not in cls.__dataclass_fields__:
                     problems.append(f"{key}.{sub if isinstance(sub, str) else _short(sub)}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
                     continue
@@ -241,8 +244,20 @@ def _settings_without_effect(raw: dict, cfg: RunConfig) -> list[str]:
                 for key, used, uses in (("pact", methods & {"pact", "sgt+pact"}, "pact, sgt+pact"),
                                         ("observers", methods & {"ptq"}, "ptq"),
                                         ("sgt", methods & {"sgt", "sgt+pact"}, "sgt, sgt+pact"),
-                                        ("finetune", methods & {"qat", "pact", "sgt+pact"}, "qat, pact, sgt+pact"))
+                                        ("finetune", methods & {"qat", "pact", "sgt+pact"}, "qat, pact, sgt+pact"),
+                                        ("bits", methods & {"pact", "sgt+pact"}, "pact, sgt+pact"))
                 if key in raw and not used]
+    fine_tunes = methods & {"qat", "pact", "sgt+pact"}
+    for short in ("epochs", "lr"):  # every group trains FP32: only the fine-tune's part can go unused
+        if "finetune" in (raw.get(short) or {}) and not fine_tunes:
+            problems.append(f"{short}.finetune: set, but no method uses it (qat, pact, sgt+pact); drop it, or add such "
+                            "a method")
+    for i, sc in enumerate(raw.get("schedules") or []):
+        if isinstance(sc, dict) and sc.get("finetune") and not fine_tunes:
+            problems.append(f"schedules[{i}].finetune: set, but no method fine-tunes (qat, pact, sgt+pact); drop it")
+    measure = raw.get("measure") or {}
+    if isinstance(measure, dict) and "n_explain" in measure and measure.get("saliency") is False:
+        problems.append("measure.n_explain: set, but measure.saliency is false (nothing is explained); drop one")
     for short in ("epochs", "lr"):
         for part, long_part in (("fp32", "train"), ("finetune", "finetune")):
             if part in (raw.get(short) or {}) and short in (raw.get(long_part) or {}):
