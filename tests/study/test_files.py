@@ -33,6 +33,32 @@ def test_report_over_a_checkpoint_and_an_onnx_file(models, tmp_path, capsys):
     assert "integrated gradients (PyTorch models)" in page  # the ONNX file's checkpoint was found via its metadata
 
 
+def test_report_out_is_a_new_folder_or_an_earlier_report_replaced_whole(models, tmp_path, capsys):
+    """--out was written into whatever folder it named (a cell's, someone's notes), and a second report into the
+    same folder left the first one's figures behind."""
+    args = ["report", "--no-latency", "--n-explain", "2", "--quiet"]
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main([*args, str(models / "ptq/int8.onnx"), "--out", str(foreign)]) == 2
+    assert "holds other files and no earlier `qsal report` of files" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    out = tmp_path / "rep"
+    assert main([*args, str(models / "fp32/best.safetensors"), str(models / "ptq/int8.onnx"), "--out", str(out)]) == 0
+    first = {p.relative_to(out) for p in out.rglob("*")}
+    assert "fp32/model.onnx" in {str(p) for p in first} and (out.stat().st_mode & 0o777) == 0o755
+    assert main([*args, str(models / "ptq/int8.onnx"), "--out", str(out)]) == 0  # one model: fewer figures
+    second = {p.relative_to(out) for p in out.rglob("*")}
+    assert second < first and not any(str(p).startswith("fp32") for p in second)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no staging or replaced folder left
+    import shutil
+
+    shutil.copy(models / "ptq/int8.onnx", out / "mine.onnx")  # an input inside the folder the report replaces
+    capsys.readouterr()
+    assert main([*args, str(out / "mine.onnx"), "--out", str(out)]) == 2
+    assert "is inside --out" in capsys.readouterr().err and (out / "mine.onnx").is_file()
+
+
 def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
     (tmp_path / "x.txt").write_text("hi")
     assert main(["report", str(tmp_path / "x.txt"), "--out", str(tmp_path / "r")]) == 2
@@ -92,6 +118,7 @@ def test_report_refuses_folder_models_split_with_different_seeds(breast_folder, 
     err = capsys.readouterr().err
     assert "s2 split folder:" in err and "with seed 2 but s1 with seed 1" in err and "Traceback" not in err
     assert not (tmp_path / "rep/results.json").exists()
+    assert not (tmp_path / "rep").exists()  # nor the first model's export: a refused report leaves nothing
     assert main([*args, "--json", str(tmp_path / "s2/best.safetensors")]) == 0
     trained = json.loads((tmp_path / "s2/metrics.json").read_text())["test"]
     assert json.loads(capsys.readouterr().out)[0]["test_auc"] == pytest.approx(trained["auc"], abs=1e-4)

@@ -8,13 +8,15 @@ diagnostic figures; timed (optional) and explained on the same test images; then
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from qsal._atomic import write_json_atomic
+from qsal._atomic import staging_dir, write_json_atomic
 from qsal.errors import QsalError
 from qsal.run_folder import file_sha256
 from qsal.runtime import exported_from
@@ -78,7 +80,53 @@ def _labels(inputs: list[tuple[Path | None, Path | None]]) -> list[str]:
 
 def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, data_dir=None, latency: bool = True,
                  n_explain: int = 8, seed: int = 0, progress: bool = True) -> dict:
-    """Score, time and explain each input on its dataset's test split; write the report into ``out_dir``."""
+    """Score, time and explain each input on its dataset's test split; write the report into ``out_dir`` (a new or
+    empty folder, or an earlier files report, replaced whole)."""
+    if not paths:
+        raise QsalError("name at least one checkpoint or ONNX file")
+    out = Path(out_dir)
+    inputs = [resolve_input(p) for p in paths]
+    labels = _labels(inputs)
+    _check_report_out(out, inputs)
+    # Written whole into a staging folder beside --out and swapped in at the end: a refused or failed report leaves
+    # --out as it was, and a second report into the same folder leaves none of the first one's figures behind.
+    with staging_dir(out) as stage:
+        report = _report_into(stage, out, paths, inputs, labels, data_dir=data_dir, latency=latency,
+                              n_explain=n_explain, seed=seed, progress=progress)
+        os.chmod(stage, 0o755)  # a folder like any other (mkdtemp makes it private)
+        replaced = out.with_name(f".{out.name}.pid{os.getpid()}.replaced.tmp") if out.exists() else None
+        if replaced is not None:
+            os.replace(out, replaced)
+        os.replace(stage, out)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+    return {k: str(out / Path(v).relative_to(stage)) if isinstance(v, str) and v.startswith(str(stage)) else v
+            for k, v in report.items()}
+
+
+def _check_report_out(out: Path, inputs: list[tuple[Path | None, Path | None]]) -> None:
+    """``--out`` of a files report: a new or empty folder, or an earlier files report (which it replaces whole); never
+    another folder (a cell's, a project's: its files were mixed with the report's), nor one holding an input."""
+    if out.exists() and not out.is_dir():
+        raise QsalError(f"--out {out} is a file; a report writes a folder: name a new or empty one")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            earlier = json.loads((out / "results.json").read_text(encoding="utf-8"))
+            ours = isinstance(earlier, dict) and str(earlier.get("source", "")).startswith("qsal report ")
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise QsalError(f"--out {out} holds other files and no earlier `qsal report` of files; name a new or empty "
+                            "folder (a report replaces its folder's contents)")
+        inside = [f for pair in inputs for f in pair if f is not None and out.resolve() in f.resolve().parents]
+        if inside:
+            raise QsalError(f"{inside[0]} is inside --out {out}, which this report replaces; copy it elsewhere first, "
+                            "or name another --out")
+
+
+def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, latency: bool, n_explain: int, seed: int,
+                 progress: bool) -> dict:
+    """The report of ``inputs`` written into ``stage``; file paths it records name their place in ``out``."""
     import torch
 
     from qsal.data import load_split
@@ -92,11 +140,6 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     from qsal.saliency.plot import to_display
     from qsal.study.report import write_report
 
-    if not paths:
-        raise QsalError("name at least one checkpoint or ONNX file")
-    out = Path(out_dir)
-    inputs = [resolve_input(p) for p in paths]
-    labels = _labels(inputs)
     use_gradients = all(ckpt is not None for ckpt, _ in inputs)  # one method for all, or the maps don't compare
     rows, predictions, maps, sal_probs = [], {}, {}, {}
     test = None
@@ -105,7 +148,7 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
             print(f"[{label}] scoring {onnx or ckpt}", file=sys.stderr, flush=True)
         if onnx is None:
             # the report owns out/<label>/: a second report into the same folder exports again
-            onnx = Path(export_checkpoint(str(ckpt), out / label / "model.onnx", card=False, force=True)["onnx"])
+            onnx = Path(export_checkpoint(str(ckpt), stage / label / "model.onnx", card=False, force=True)["onnx"])
         rt = Runtime(onnx)
         data = rt.meta.get("data") or {}
         if not data.get("name"):
@@ -162,9 +205,11 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
                 "maps": maps, "y_true": sub.labels, "probs": sal_probs, "class_names": list(info.labels),
                 "method": "integrated gradients (PyTorch models)" if use_gradients else "occlusion (ONNX artifacts)",
                 "indices": test.subset_indices(n_explain, seed).tolist(), "reference": reference, "task": info.task}
+    for r in rows:  # an exported file's place once the staging folder is --out
+        if r["onnx"].startswith(str(stage)):
+            r["onnx"] = str(out / Path(r["onnx"]).relative_to(stage))
     results = {"dataset": info.name, "n_test": len(test), "class_names": list(info.labels),
                "positive_class": rows[0].get("positive_class"), "source": "qsal report " + " ".join(map(str, paths)),
                "rows": rows, "predictions": predictions, "saliency": saliency, "environment": environment()}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "results.json", {k: v for k, v in results.items() if k not in ("predictions", "saliency")})
-    return write_report(out, results)
+    write_json_atomic(stage / "results.json", {k: v for k, v in results.items() if k not in ("predictions", "saliency")})
+    return write_report(stage, results)
