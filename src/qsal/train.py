@@ -14,7 +14,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -118,6 +118,16 @@ class TrainConfig:
         parts = [", ".join(w for w in opt if w), ", ".join(w for w in aug if w) or "no augmentation",
                  f"EMA {self.ema_decay:g}" if self.ema_decay else "", f"best validation {self.select_on}"]
         return f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({'; '.join(w for w in parts if w)})"
+
+    @classmethod
+    def describe_record(cls, record: dict) -> str:
+        """``describe`` of a recorded ``to_dict()`` (a checkpoint's ``train``); its main figures where this qsal cannot
+        read it back."""
+        try:
+            return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record}).describe()
+        except (QsalError, TypeError, ValueError):
+            return (f"{record.get('epochs')} epochs, {record.get('optimizer')} lr {record.get('lr')}, batch "
+                    f"{record.get('batch_size')}")
 
     @classmethod
     def medmnist(cls, **overrides) -> "TrainConfig":

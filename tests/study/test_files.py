@@ -27,6 +27,11 @@ def test_report_over_a_checkpoint_and_an_onnx_file(models, tmp_path, capsys):
     assert all(r["scored"] == "onnx" and r["n"] == 156 and r["acc_ci"][0] <= r["test_acc"] <= r["acc_ci"][1] for r in rows)
     assert rows[1]["size_ratio"] < 0.3  # INT8 weights vs the FP32 file exported for the checkpoint
     assert (out / "fp32/model.onnx").is_file()  # the checkpoint was exported to be scored as an artifact
+    # what made each model, from its checkpoint (the ONNX file's by the checkpoint its metadata names, unchanged)
+    results = json.loads((out / "results.json").read_text())
+    assert [r["seed"] for r in results["rows"]] == [0, 0] and results["rows"][0]["schedule"].startswith("1 epoch (adam")
+    assert all(len(r["onnx_sha256"]) == 64 for r in results["rows"]) and results["measure"]["n_explain"] == 4
+    assert "**schedule**: fp32: 1 epoch (adam" in (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     # CI forest, 2 trade-offs (size), 2 diagnostics, the saliency grid and the most-changed grid
     assert page.count("data:image/png;base64,") == 1 + 2 + 2 + 1 + 1

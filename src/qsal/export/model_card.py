@@ -17,7 +17,8 @@ import yaml
 
 from qsal._atomic import write_json_atomic, write_text_atomic
 from qsal.checkpoint import trained_saliency_guided
-from qsal.errors import QsalError, printable_path
+from qsal.train import TrainConfig
+from qsal.errors import printable_path
 from qsal.metrics.operating_point import describe_operating_point
 from qsal.runtime import NO_OPERATING_POINT
 
@@ -238,7 +239,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                ("software", ", ".join(f"{k} {v}" for k, v in versions.items() if v) or None),
                ("input", f"uint8 images {data.get('image_size')}x{data.get('image_size')}, {data.get('n_channels')} "
                          f"channel(s); x/255, then (x - {data.get('mean')}) / {data.get('std')}"),
-               ("fine-tune" if parent else "training", f"{_schedule(train)}, seed {meta.get('seed')}"
+               ("fine-tune" if parent else "training", f"{TrainConfig.describe_record(train)}, seed {meta.get('seed')}"
                             + (f"; selected at epoch {meta['epoch']}" if meta.get("epoch") else "")
                             + (f"; the weights are an exponential moving average (decay {train['ema_decay']} with "
                                "warm-up), as validated and selected" if train.get("ema_decay") else "")
@@ -354,18 +355,6 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     write_json_atomic(onnx_path.with_suffix(".card.json"), card)
     write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(md))
     return card
-
-
-def _schedule(train: dict) -> str:
-    """A recorded ``TrainConfig`` dict in words (``TrainConfig.describe``: augmentation, weight decay, lr steps...)."""
-    from dataclasses import fields
-
-    from qsal.train import TrainConfig
-
-    try:
-        return TrainConfig(**{f.name: train[f.name] for f in fields(TrainConfig) if f.name in train}).describe()
-    except (QsalError, TypeError, ValueError):  # a record this qsal cannot read back: its main figures
-        return f"{train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch {train.get('batch_size')}"
 
 
 def _kernels(onnx_path: Path, quant: dict) -> dict:

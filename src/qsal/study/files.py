@@ -104,6 +104,28 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
             for k, v in report.items()}
 
 
+def _provenance(ckpt: Path | None, onnx: Path, meta: dict) -> dict:
+    """What made a reported model, for its row: the scored file by content, and where a checkpoint is known (named,
+    or the one the file records it was exported from, while unchanged) its seed and training or fine-tune schedule."""
+    from qsal.checkpoint import read_meta
+    from qsal.train import TrainConfig
+
+    row = {"onnx_sha256": file_sha256(onnx)}
+    source = ckpt
+    if source is None and meta.get("checkpoint") and Path(meta["checkpoint"]).is_file() and \
+            file_sha256(meta["checkpoint"]) == meta.get("checkpoint_sha256"):
+        source = Path(meta["checkpoint"])
+    try:
+        recorded = read_meta(source) if source is not None else None
+    except (QsalError, OSError):
+        recorded = None
+    if recorded is not None:
+        row["seed"] = recorded.get("seed")  # training seed (a PTQ model: its calibration draw)
+        if isinstance(recorded.get("train"), dict):
+            row["schedule"] = TrainConfig.describe_record(recorded["train"])
+    return row
+
+
 def _check_report_out(out: Path, inputs: list[tuple[Path | None, Path | None]]) -> None:
     """``--out`` of a files report: a new or empty folder, or an earlier files report (which it replaces whole); never
     another folder (a cell's, a project's: its files were mixed with the report's), nor one holding an input."""
@@ -169,7 +191,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
         metrics = art.to_dict()
         row = {**metrics_row(label, metrics), "scored": "onnx", "onnx_auc": metrics["auc"], "onnx_acc": metrics["acc"],
                "size_bytes": onnx.stat().st_size, "onnx": str(onnx), "checkpoint": str(ckpt) if ckpt else None,
-               "quant": (rt.meta.get("quant") or {}).get("method", "fp32")}
+               "quant": (rt.meta.get("quant") or {}).get("method", "fp32"), **_provenance(ckpt, onnx, rt.meta)}
         predictions[label] = {"y_true": test.labels, "probs": probs, "scored": "ONNX artifact"}
         if latency:
             from qsal.export.bench import bench_onnx
@@ -208,8 +230,12 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
     for r in rows:  # an exported file's place once the staging folder is --out
         if r["onnx"].startswith(str(stage)):
             r["onnx"] = str(out / Path(r["onnx"]).relative_to(stage))
+    schedules = {r["model"]: r["schedule"] for r in rows if r.get("schedule")}
     results = {"dataset": info.name, "n_test": len(test), "class_names": list(info.labels),
                "positive_class": rows[0].get("positive_class"), "source": "qsal report " + " ".join(map(str, paths)),
+               "schedule": "; ".join(f"{m}: {w}" for m, w in schedules.items()) or None,
+               "measure": {"n_explain": n_explain, "latency": latency, "seed": seed,  # explained images, bootstrap
+                           "explained": "integrated gradients" if use_gradients else "occlusion"},
                "rows": rows, "predictions": predictions, "saliency": saliency, "environment": environment()}
     write_json_atomic(stage / "results.json", {k: v for k, v in results.items() if k not in ("predictions", "saliency")})
     return write_report(stage, results)
