@@ -159,6 +159,24 @@ def test_dry_run_lists_cells_and_schedules_and_estimates_time_without_writing(tm
     assert not (tmp_path / "out").exists()
 
 
+def test_dry_run_says_when_the_data_a_run_needs_is_missing_and_lists_only_schedules_cells_use(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """It printed a plan, image counts and exit 0 for a study whose data was not there (the run was then refused),
+    and a fine-tune schedule for a study with no fine-tune."""
+    import yaml
+
+    from qsal.cli import main
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "fp", "datasets": ["pneumoniamnist"], "models": ["small_cnn"],
+                                    "methods": ["fp32"], "epochs": {"fp32": 1}}))
+    monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "nowhere"))
+    assert main(["run", str(path), "--dry-run", "--no-estimate", "--out", str(tmp_path / "out")]) in (0, None)
+    captured = capsys.readouterr()
+    assert "train: 1 epochs" in captured.out and "finetune:" not in captured.out
+    assert "note: a run would be refused now: data folder" in captured.err and "does not exist" in captured.err
+
+
 def test_dry_run_estimates_the_part_of_the_study_a_run_would_do(tmp_path, capsys):
     """--only (or finished cells) leaves less than the whole study: the plan's total is not the time a run takes."""
     import yaml

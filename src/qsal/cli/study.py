@@ -112,6 +112,12 @@ def cmd_run(args):
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         _print_progress_of(Path(args.out), chosen, cfg)
         _print_time_left(plan, Path(args.out), chosen, cfg)
+        from qsal.study.runner import require_data
+
+        try:  # the plan stands without the data (timed on synthetic images); the run itself would be refused
+            require_data(cfg, [g[0].dataset for g in chosen])
+        except QsalError as e:
+            print(f"note: a run would be refused now: {e}", file=sys.stderr)
         return
     statuses = run_study(cfg, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=progress_wanted(args), only=args.only)

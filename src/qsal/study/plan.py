@@ -166,7 +166,8 @@ def format_plan(plan: dict, name: str) -> str:
                      f"({', '.join(r['cells'])}), {r['n_train']} official training images"
                      + (f" ({r['n_fit']} trained on, the rest held out for validation)"
                         if r.get("n_fit", r["n_train"]) != r["n_train"] else "") + est)
-        for label, c in (("train", t), ("finetune", f)):
+        fine_tunes = any(c.split("-")[0] in ("qat", "pact", "sgt+pact") for c in r["cells"])
+        for label, c in (("train", t), ("finetune", f)) if fine_tunes else (("train", t),):  # only what a cell uses
             lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
                          f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
                          f"shift {c['shift_px']} px, hflip {c['hflip']}" + _rotate_zoom(c) + f", precision {c['precision']} "
