@@ -536,6 +536,7 @@ def test_measure_settings_edited_are_measured_again_from_the_same_weights_and_dr
         (cells["pact-4"] / "metrics.json").read_text())["train_seconds"]
     collected = collect_results(tmp_path, grids=False)
     assert {r["seeds"] for r in collected["rows"]} == {1} and len(collected["left_out"]) == 3
+    assert {r["seed_ids"] for r in collected["rows"]} == {"0"}  # which seed, not only how many
     report = report_run(tmp_path)
     text = open(report["markdown"]).read()
     assert "## Cells left out" in text and "breastmnist/small_cnn/seed1/fp32" in text

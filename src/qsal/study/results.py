@@ -109,7 +109,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     for (ds, model, label), rs in keys.items():
         # "model" names the row (the method alone in a study of one dataset and one network); the three parts too
         row = {"model": f"{ds}/{model}/{label}" if multi else label, "dataset": ds, "network": model, "method": label,
-               "seeds": len(rs)}
+               "seeds": len(rs), "seed_ids": ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))}
         for k in ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
                   "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap",
                   "deletion_auc", "insertion_auc", "agreement_spearman", "gini"):
@@ -222,7 +222,7 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
             if len(y_true) != len(probs) or not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
                 raise QsalError(f"{cell}: test_probs.npy ({probs.shape}) and test_labels.npy ({y_true.shape}) do not "
                                 f"describe the same test images with probabilities in [0, 1]; {fix}")
-            predictions[name] = {"y_true": y_true, "probs": probs, "scored": "ONNX artifact, first seed",
+            predictions[name] = {"y_true": y_true, "probs": probs, "scored": f"ONNX artifact, seed {rs[0]['seed']}",
                                  "ece": rs[0].get("ece")}  # these probabilities' ECE, not the seeds' mean
     datasets = {ds for ds, _, _ in keys}
     info = get_info(next(iter(datasets))) if len(datasets) == 1 else None
