@@ -57,3 +57,16 @@ def test_a_mistyped_data_folder_is_refused_not_replaced_by_the_embedded_copy(mon
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope (--data-dir) does not exist" in err and not out.exists()
     assert main(["datasets", "--data-dir", str(tmp_path / "nope")]) == 2
+
+
+def test_qsal_datasets_names_each_binary_sets_positive_class(capsys):
+    """The README says binary sets name their positive class in the dataset table; `qsal datasets` showed neither it
+    nor its label (BreastMNIST's is label 0, malignant)."""
+    import json
+
+    from qsal.cli import main
+
+    assert main(["datasets", "--no-verify", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["breastmnist"]["positive class"] == "malignant (label 0)"
+    assert rows["pneumoniamnist"]["positive class"] == "pneumonia (label 1)" and rows["mnist"]["positive class"] == "—"

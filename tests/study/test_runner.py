@@ -545,3 +545,41 @@ def test_measure_settings_edited_are_measured_again_from_the_same_weights_and_dr
     # latency: false left every cell without its model card; it only leaves the card's latency out
     card = (cells["pact-4"] / "model.card.md").read_text()
     assert "## Latency" not in card and "pact" in card.lower()
+
+
+def test_sigterm_to_a_one_worker_run_ends_it_as_ctrl_c_does(tmp_path):
+    """With workers 2 a `kill` printed one line and exited 130; with one worker it died silently with 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
+                   "train: {epochs: 200}\nmeasure: {latency: false, saliency: false}\n")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "qsal.cli", "run", str(cfg), "--out", str(run), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run / "breastmnist/small_cnn/seed0/fp32/last.pt"
+    deadline = time.monotonic() + 240
+    while not last.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+    assert last.is_file(), proc.stderr.read() if proc.poll() is not None else "no epoch in 240 s"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted; finished files are intact and a rerun resumes"
+
+
+def test_a_report_of_a_run_under_way_with_nothing_finished_says_a_run_holds_it(tmp_path):
+    """It said 'run `qsal run` first' while a run was working on the folder."""
+    from qsal.study.results import report_run
+    from qsal.study.rundir import run_lock
+
+    cfg = parse_run_config(TINY)
+    (tmp_path / "run_config.json").write_text(json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}))
+    with pytest.raises(QsalError, match="run `qsal run` first"):
+        report_run(tmp_path)
+    with run_lock(tmp_path):
+        with pytest.raises(QsalError, match=r"a `qsal run` \(pid \d+\) is working on it"):
+            report_run(tmp_path)

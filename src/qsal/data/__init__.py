@@ -102,6 +102,9 @@ def dataset_status(data_dir: str | os.PathLike | None = None, verify: bool = Tru
         elif path and verify and info.family == "mnist" and path.suffix == ".gz":
             checksum = "ok" if md5_of(path) == info.md5[path.name] else "MISMATCH"
         rows.append({"name": name, "task": info.task, "channels": info.n_channels, "classes": info.num_classes,
+                     # what sensitivity and specificity are about (binary sets): the dataset table's, e.g. malignant
+                     "positive class": (f"{info.positive_class} (label {info.labels.index(info.positive_class)})"
+                                        if info.positive_class else "—"),
                      "train/val/test": "/".join(str(info.n_samples.get(s, 0)) for s in ("train", "val", "test")),
                      "found": str(path) if path else "not found", "md5": checksum})
     return rows

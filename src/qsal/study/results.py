@@ -100,7 +100,12 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         raise QsalError(f"none of the cells in {run_dir} finished: {len(failed)} failed (first, {failed[0]['id']}: "
                         f"{str(failed[0].get('error'))[:200]}); fix the cause and rerun `qsal run`")
     if not results:
-        raise QsalError(f"{run_dir} has no finished cells yet; run `qsal run` first")
+        from qsal.study.rundir import run_holder
+
+        holder = run_holder(run_dir)
+        raise QsalError(f"{run_dir} has no finished cells yet; " + (
+            f"a `qsal run` (pid {holder}) is working on it: report it once a cell has finished" if holder
+            else "run `qsal run` first"))
     keys = {}
     for r in results:
         keys.setdefault((r["dataset"], r["model"], r["label"]), []).append(r)

@@ -241,8 +241,9 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
                 raise
             pool.shutdown()
     else:
-        for p in payload:
-            finished(run_group(*p, False, on_cell=show))
+        with _sigterm_as_interrupt():  # `kill` ends it as Ctrl-C does (one line, exit 130), as with workers
+            for p in payload:
+                finished(run_group(*p, False, on_cell=show))
     bar.close()
     return statuses
 
