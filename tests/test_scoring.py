@@ -263,7 +263,7 @@ def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys):
     assert "in_sample" not in r  # another dataset's training images were not this model's
     # Splits that chose the model or its threshold, or trained it, are flagged as in-sample; test is not.
     assert "in_sample" not in evaluate_model(onnx_path, n_bootstrap=0)
-    assert "chose this model's epoch and its operating point" in evaluate_model(onnx_path, split="val",
+    assert "chose this model's operating point (and, where it trained, its best epoch)" in evaluate_model(onnx_path, split="val",
                                                                                n_bootstrap=0)["in_sample"]
     # Numbers decided at 0.5, not at the operating point, say so in the table.
     capsys.readouterr()

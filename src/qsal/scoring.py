@@ -185,7 +185,7 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
         result["note"] = (f"scored the {split} part of a seeded 70/10/20 split of the folder ({metrics.n} images); "
                           "--split all scores every image")
     in_sample = {"train": "the model was trained on these images",
-                 "val": "the validation split chose this model's epoch and its operating point",
+                 "val": "the validation split chose this model's operating point (and, where it trained, its best epoch)",
                  "all": "these include the images the model was trained on and those that chose its operating point"}
     if split in in_sample and (not own or name == own):  # measured where they were fitted: they read better
         result["in_sample"] = f"{in_sample[split]}: optimistic numbers; quote --split test"
