@@ -152,7 +152,7 @@ def test_a_card_with_layers_kept_fp32_says_what_onnxruntime_runs_them_on(tmp_pat
     assert card["kernels"]["fp32_layers_int8_in_onnxruntime"] == (list(skip) if int8_in_ort else [])
     assert ("run by onnxruntime on per-tensor INT8 weights it makes itself" in text) == int8_in_ort
     if not int8_in_ort:
-        assert f"| kernels | integer but for float kernels (1 Gemm): the layers kept in FP32 ({skip[0]})" in text
+        assert f"| kernels | integer but for float kernels (1 Gemm), the layers kept in FP32 among them ({skip[0]})" in text
 
 
 def test_an_sgt_pact_card_is_named_so_and_its_fine_tune_row_gives_every_setting(tmp_path):

@@ -56,8 +56,25 @@ def test_report_out_is_a_new_folder_or_an_earlier_report_replaced_whole(models, 
     second = {p.relative_to(out) for p in out.rglob("*")}
     assert second < first and not any(str(p).startswith("fp32") for p in second)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no staging or replaced folder left
+    # a link: the report goes to its target, replaced there (the link was replaced by a folder, the target kept the
+    # first report); '.': refused by name (a traceback after all the scoring, and it would swap the shell's folder)
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    for _ in range(2):
+        assert main([*args, str(models / "ptq/int8.onnx"), "--out", str(tmp_path / "link")]) == 0
+    assert (tmp_path / "link").is_symlink() and (target / "report.md").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    import os
     import shutil
 
+    cwd = os.getcwd()
+    try:
+        os.chdir(target)
+        assert main([*args, str(models / "ptq/int8.onnx"), "--out", "."]) == 2
+        assert "is the current folder; a report replaces its folder whole" in capsys.readouterr().err
+    finally:
+        os.chdir(cwd)
     shutil.copy(models / "ptq/int8.onnx", out / "mine.onnx")  # an input inside the folder the report replaces
     capsys.readouterr()
     assert main([*args, str(out / "mine.onnx"), "--out", str(out)]) == 2

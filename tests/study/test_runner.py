@@ -583,3 +583,25 @@ def test_a_report_of_a_run_under_way_with_nothing_finished_says_a_run_holds_it(t
     with run_lock(tmp_path):
         with pytest.raises(QsalError, match=r"a `qsal run` \(pid \d+\) is working on it"):
             report_run(tmp_path)
+
+
+def test_a_status_changed_at_the_groups_end_keeps_its_cells_number(tmp_path, capsys, monkeypatch):
+    """Map agreement is checked again at a group's end and can fail a cell already shown as done: its new line
+    reused the last cell's number ('[3/3]' twice)."""
+    import qsal.study.runner as runner
+
+    real = runner.agreement_with_fp32
+
+    def agreement(specs, run_dir):
+        found = real(specs, run_dir)
+        return {**found, specs[1].id: "made-up agreement problem"} if len(specs) == 3 else found  # the group's end
+
+    monkeypatch.setattr(runner, "agreement_with_fp32", agreement)
+    cfg = parse_run_config({**TINY, "methods": ["fp32", "ptq"], "observers": ["minmax", "percentile"],
+                            "measure": {"latency": False, "saliency": False}})
+    run_study(cfg, tmp_path, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["[1/3] done: breastmnist/small_cnn/seed0/fp32",
+                     "[2/3] done: breastmnist/small_cnn/seed0/ptq-int8-minmax",
+                     "[3/3] done: breastmnist/small_cnn/seed0/ptq-int8-percentile",
+                     "[2/3] now failed: QsalError: made-up agreement problem: breastmnist/small_cnn/seed0/ptq-int8-minmax"]

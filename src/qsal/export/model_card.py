@@ -241,8 +241,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                          f"channel(s); x/255, then (x - {data.get('mean')}) / {data.get('std')}"),
                ("fine-tune" if parent else "training", f"{TrainConfig.describe_record(train)}, seed {meta.get('seed')}"
                             + (f"; selected at epoch {meta['epoch']}" if meta.get("epoch") else "")
-                            + (f"; the weights are an exponential moving average (decay {train['ema_decay']} with "
-                               "warm-up), as validated and selected" if train.get("ema_decay") else "")
+                            + ("; the weights are that moving average (with warm-up), as validated and selected"
+                               if train.get("ema_decay") else "")
                             + (f"; saliency-guided (Ismail et al. 2021: k {step.get('k')}, lambda {step.get('lambda')})"
                                if guided and isinstance(step := meta.get("step"), dict) else "")
                             if train else None),
@@ -373,8 +373,8 @@ def _kernels(onnx_path: Path, quant: dict) -> dict:
         text = None
     elif quant.get("skip") and quant.get("method") != "weight_only":
         ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items()))
-        text = (f"integer but for float kernels ({ops or 'see the metadata'}): the layers kept in FP32 "
-                f"({', '.join(quant['skip'])}) and what they feed before the next quantized tensor")
+        text = (f"integer but for float kernels ({ops or 'see the metadata'}), the layers kept in FP32 among them "
+                f"({', '.join(quant['skip'])})")
     else:
         ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items()))
         text = (f"float: onnxruntime dequantizes these layers' weights when it loads the file and runs them on float "

@@ -84,7 +84,7 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     empty folder, or an earlier files report, replaced whole)."""
     if not paths:
         raise QsalError("name at least one checkpoint or ONNX file")
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser().resolve()  # a link's target, and '.' a named folder: both are swapped below
     inputs = [resolve_input(p) for p in paths]
     labels = _labels(inputs)
     _check_report_out(out, inputs)
@@ -95,9 +95,14 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
                               n_explain=n_explain, seed=seed, progress=progress)
         os.chmod(stage, 0o755)  # a folder like any other (mkdtemp makes it private)
         replaced = out.with_name(f".{out.name}.pid{os.getpid()}.replaced.tmp") if out.exists() else None
-        if replaced is not None:
-            os.replace(out, replaced)
-        os.replace(stage, out)
+        try:
+            if replaced is not None:
+                os.replace(out, replaced)
+            os.replace(stage, out)
+        except OSError as e:
+            if replaced is not None and replaced.exists() and not out.exists():
+                os.replace(replaced, out)  # the earlier report back in place
+            raise QsalError(f"cannot move the report into {out} ({e.strerror}); choose another --out") from None
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)
     return {k: str(out / Path(v).relative_to(stage)) if isinstance(v, str) and v.startswith(str(stage)) else v
@@ -131,6 +136,10 @@ def _check_report_out(out: Path, inputs: list[tuple[Path | None, Path | None]]) 
     another folder (a cell's, a project's: its files were mixed with the report's), nor one holding an input."""
     if out.exists() and not out.is_dir():
         raise QsalError(f"--out {out} is a file; a report writes a folder: name a new or empty one")
+    here = Path.cwd().resolve()
+    if out == here or out in here.parents:  # the folder is swapped whole: the shell's working folder would vanish
+        raise QsalError(f"--out {out} is the current folder{'' if out == here else ' or holds it'}; a report replaces "
+                        "its folder whole: name a sub-folder (e.g. --out report)")
     if out.is_dir() and any(out.iterdir()):
         try:
             earlier = json.loads((out / "results.json").read_text(encoding="utf-8"))

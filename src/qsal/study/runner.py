@@ -197,17 +197,19 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     on_terminal = progress and sys.stderr.isatty()
     bar = tqdm(total=n_cells, desc=f"study {cfg.name}", disable=not on_terminal, unit="cell")
 
-    shown: dict[str, str] = {}  # cell id -> the status its line gave
+    shown: dict[str, tuple[int, str]] = {}  # cell id -> (its number, the status its line gave)
 
     def show(s: dict) -> None:
-        """One line per cell as it ends (a bar step on a terminal), numbered in the order they end."""
-        if shown.get(s["id"]) == s["status"]:
+        """One line per cell as it ends (a bar step on a terminal), numbered in the order they end; a status that
+        changes later (map agreement checked at the group's end) is a line under the cell's own number."""
+        number, before = shown.get(s["id"], (len(shown) + 1, None))
+        if before == s["status"]:
             return
-        if s["id"] not in shown:
+        if before is None:
             bar.update(1)
-        shown[s["id"]] = s["status"]
+        shown[s["id"]] = (number, s["status"])
         if progress and not on_terminal:
-            print(f"[{len(shown)}/{n_cells}] {s['status']}: {s['id']}", file=sys.stderr, flush=True)
+            print(f"[{number}/{n_cells}] {'now ' if before else ''}{s['status']}: {s['id']}", file=sys.stderr, flush=True)
 
     def finished(res: list[dict]) -> None:
         statuses.extend(res)
