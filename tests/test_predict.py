@@ -291,7 +291,7 @@ def test_a_checkpoint_of_a_run_cut_off_part_way_is_noted_and_decides_by_the_most
     card = (cut / "model.card.md").read_text()
     assert "> **Unfinished training run.** cut/best.safetensors comes from a run that has not finished" in card
     assert str(tmp_path) not in card and f"operating point: {NO_OPERATING_POINT}" in card
-    assert "best validation auc at epoch 1" in card
+    assert "best validation auc), seed 0; selected at epoch 1" in card
     # a finished run (metrics.json beside it) is not noted
     assert main(["predict", str(run / "best.safetensors"), str(tmp_path / "scan.png")]) == 0
     assert "note:" not in capsys.readouterr().err

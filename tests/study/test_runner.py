@@ -122,11 +122,11 @@ def test_statuses_are_written_as_each_group_ends_so_a_stopped_run_says_what_it_f
                                                                                      "saliency": False}})
     real, calls = runner.run_group, []
 
-    def stopped_after_the_first_group(*args):
+    def stopped_after_the_first_group(*args, **kwargs):
         if calls:
             raise KeyboardInterrupt  # Ctrl-C during the second group
         calls.append(args)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "run_group", stopped_after_the_first_group)
     with pytest.raises(KeyboardInterrupt):
