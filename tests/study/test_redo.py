@@ -112,7 +112,7 @@ def test_a_rerun_of_a_finished_group_reads_each_result_once(group, tmp_path, mon
     from qsal.study.runner import run_group
 
     reads = _finished_and_counted(group, tmp_path, monkeypatch)
-    statuses = run_group([asdict(s) for s in group], str(tmp_path), STUDY, 1, False)
+    statuses = run_group([asdict(s) for s in group], str(tmp_path), STUDY, 1)
     assert [s["status"] for s in statuses] == ["skipped (finished earlier)"] * len(group)
     # not once per cell per cell, as before; run.json of the cells that train (fp32, pact-4) for their schedule
     assert sorted(reads) == ["result.json"] * len(group) + ["run.json"] * 2

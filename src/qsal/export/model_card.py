@@ -365,6 +365,7 @@ def _kernels(onnx_path: Path, quant: dict) -> dict:
 
     info = read_metadata(onnx_path)
     integer, float_ops = info.get("integer_kernels"), info.get("float_ops_after_optimization")
+    ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items())) or "see the metadata"
     if quant.get("method") == "fp32":
         text = "float (FP32)"
     elif integer:
@@ -372,13 +373,10 @@ def _kernels(onnx_path: Path, quant: dict) -> dict:
     elif integer is None:
         text = None
     elif quant.get("skip") and quant.get("method") != "weight_only":
-        ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items()))
-        text = (f"integer but for float kernels ({ops or 'see the metadata'}), the layers kept in FP32 among them "
-                f"({', '.join(quant['skip'])})")
+        text = f"integer but for float kernels ({ops}), the layers kept in FP32 among them ({', '.join(quant['skip'])})"
     else:
-        ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items()))
         text = (f"float: onnxruntime dequantizes these layers' weights when it loads the file and runs them on float "
-                f"kernels ({ops or 'see the metadata'}); the file is smaller, the compute and memory are FP32's")
+                f"kernels ({ops}); the file is smaller, the compute and memory are FP32's")
     requantized = info.get("fp32_layers_int8_in_onnxruntime") or []
     if requantized and text:  # measured at export: the deployed file does not run these as the model describes
         text += (f". Kept in FP32 but run by onnxruntime on per-tensor INT8 weights it makes itself when it loads the "

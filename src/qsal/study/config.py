@@ -32,6 +32,7 @@ from qsal.errors import TYPE_WORDS, QsalError, is_finite_number, is_integer
 __all__ = ["RunConfig", "load_run_config", "METHODS"]
 
 METHODS = ("fp32", "ptq", "qat", "pact", "sgt", "sgt+pact")
+FINE_TUNED = frozenset({"qat", "pact", "sgt+pact"})  # the methods whose cells fine-tune a parent
 
 
 @dataclass
@@ -244,10 +245,10 @@ def _settings_without_effect(raw: dict, cfg: RunConfig) -> list[str]:
                 for key, used, uses in (("pact", methods & {"pact", "sgt+pact"}, "pact, sgt+pact"),
                                         ("observers", methods & {"ptq"}, "ptq"),
                                         ("sgt", methods & {"sgt", "sgt+pact"}, "sgt, sgt+pact"),
-                                        ("finetune", methods & {"qat", "pact", "sgt+pact"}, "qat, pact, sgt+pact"),
+                                        ("finetune", methods & FINE_TUNED, "qat, pact, sgt+pact"),
                                         ("bits", methods & {"pact", "sgt+pact"}, "pact, sgt+pact"))
                 if key in raw and not used]
-    fine_tunes = methods & {"qat", "pact", "sgt+pact"}
+    fine_tunes = methods & FINE_TUNED
     for short in ("epochs", "lr"):  # every group trains FP32: only the fine-tune's part can go unused
         if "finetune" in (raw.get(short) or {}) and not fine_tunes:
             problems.append(f"{short}.finetune: set, but no method uses it (qat, pact, sgt+pact); drop it, or add such "

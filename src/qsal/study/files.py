@@ -105,8 +105,14 @@ def report_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
             raise QsalError(f"cannot move the report into {out} ({e.strerror}); choose another --out") from None
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)
-    return {k: str(out / Path(v).relative_to(stage)) if isinstance(v, str) and v.startswith(str(stage)) else v
-            for k, v in report.items()}
+    return {k: _moved(v, stage, out) for k, v in report.items()}
+
+
+def _moved(value, stage: Path, out: Path):
+    """A path written under the staging folder, as it reads once that folder is ``out``; anything else as it is."""
+    if isinstance(value, str) and value.startswith(str(stage)):
+        return str(out / Path(value).relative_to(stage))
+    return value
 
 
 def _provenance(ckpt: Path | None, onnx: Path, meta: dict) -> dict:
@@ -149,7 +155,7 @@ def _check_report_out(out: Path, inputs: list[tuple[Path | None, Path | None]]) 
         if not ours:
             raise QsalError(f"--out {out} holds other files and no earlier `qsal report` of files; name a new or empty "
                             "folder (a report replaces its folder's contents)")
-        inside = [f for pair in inputs for f in pair if f is not None and out.resolve() in f.resolve().parents]
+        inside = [f for pair in inputs for f in pair if f is not None and out in f.resolve().parents]
         if inside:
             raise QsalError(f"{inside[0]} is inside --out {out}, which this report replaces; copy it elsewhere first, "
                             "or name another --out")
@@ -178,8 +184,8 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
         if progress:
             print(f"[{label}] scoring {onnx or ckpt}", file=sys.stderr, flush=True)
         if onnx is None:
-            # the report owns out/<label>/: a second report into the same folder exports again
-            onnx = Path(export_checkpoint(str(ckpt), stage / label / "model.onnx", card=False, force=True)["onnx"])
+            # exported into the report's own <label>/ folder (the staging folder is new: nothing to overwrite)
+            onnx = Path(export_checkpoint(str(ckpt), stage / label / "model.onnx", card=False)["onnx"])
         rt = Runtime(onnx)
         data = rt.meta.get("data") or {}
         if not data.get("name"):
@@ -237,8 +243,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
                 "method": "integrated gradients (PyTorch models)" if use_gradients else "occlusion (ONNX artifacts)",
                 "indices": test.subset_indices(n_explain, seed).tolist(), "reference": reference, "task": info.task}
     for r in rows:  # an exported file's place once the staging folder is --out
-        if r["onnx"].startswith(str(stage)):
-            r["onnx"] = str(out / Path(r["onnx"]).relative_to(stage))
+        r["onnx"] = _moved(r["onnx"], stage, out)
     schedules = {r["model"]: r["schedule"] for r in rows if r.get("schedule")}
     results = {"dataset": info.name, "n_test": len(test), "class_names": list(info.labels),
                "positive_class": rows[0].get("positive_class"), "source": "qsal report " + " ".join(map(str, paths)),

@@ -66,12 +66,14 @@ def _seconds_per_image(model_name: str, info, side: int, tc, saliency_guided: bo
 def plan_study(cfg, measure: bool = True) -> dict:
     """Cells of ``cfg`` (a ``RunConfig``) with their resolved schedules; with ``measure``, estimated seconds.
 
-    Returns ``{"n_cells", "rows": [{"dataset", "model", "seeds", "cells", "train", "finetune", "n_train", "n_fit",
-    "est_seconds", "cell_seconds"}], "est_seconds"}``: ``n_fit`` the images an epoch trains on, ``est_seconds`` per
+    Returns ``{"n_cells", "rows": [{"dataset", "model", "seeds", "cells", "fine_tunes", "train", "finetune", "n_train",
+    "n_fit", "est_seconds", "cell_seconds"}], "est_seconds"}``: ``fine_tunes`` whether a cell uses ``finetune``,
+    ``n_fit`` the images an epoch trains on, ``est_seconds`` per
     row for all its seeds, ``cell_seconds`` ``{label: seconds}`` for one seed.
     """
     from qsal.data import get_info, held_out_count
     from qsal.precision import resolve_precision
+    from qsal.study.config import FINE_TUNED
     from qsal.study.grid import plan_groups
     from qsal.train import resolve_device
 
@@ -90,6 +92,7 @@ def plan_study(cfg, measure: bool = True) -> dict:
             train, finetune = cfg.train_configs(dataset, model, cfg.seeds[0], progress=False)
             labels = [c.label for c in mine[0]]
             row = {"dataset": dataset, "model": model, "seeds": len(mine), "cells": labels,
+                   "fine_tunes": any(c.kind in FINE_TUNED for c in mine[0]),
                    "n_cells": sum(len(g) for g in mine), "n_train": n_train, "n_fit": n_fit,
                    "train": {k: v for k, v in train.to_dict().items() if k not in ("seed", "progress", "device")},
                    "finetune": {k: v for k, v in finetune.to_dict().items() if k not in ("seed", "progress", "device")}}
@@ -166,8 +169,7 @@ def format_plan(plan: dict, name: str) -> str:
                      f"({', '.join(r['cells'])}), {r['n_train']} official training images"
                      + (f" ({r['n_fit']} trained on, the rest held out for validation)"
                         if r.get("n_fit", r["n_train"]) != r["n_train"] else "") + est)
-        fine_tunes = any(c.split("-")[0] in ("qat", "pact", "sgt+pact") for c in r["cells"])
-        for label, c in (("train", t), ("finetune", f)) if fine_tunes else (("train", t),):  # only what a cell uses
+        for label, c in (("train", t), ("finetune", f)) if r["fine_tunes"] else (("train", t),):  # what a cell uses
             lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
                          f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
                          f"shift {c['shift_px']} px, hflip {c['hflip']}" + _rotate_zoom(c) + f", precision {c['precision']} "

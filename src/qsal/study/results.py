@@ -294,14 +294,14 @@ def report_run(run_dir: str | Path) -> dict:
 def _schedule_words(cfg: dict) -> str | None:
     """How the study's models were trained, from its recorded config: ``FP32/SGT 180 epochs (sgd, lr 0.1, batch 128);
     fine-tunes 30 epochs (sgd, lr 0.01, batch 128)``, per dataset/model where they differ (``None``: unreadable)."""
-    from qsal.study.config import parse_run_config
+    from qsal.study.config import FINE_TUNED, parse_run_config
 
     try:
         study = parse_run_config(cfg)
     except QsalError:
         return None
 
-    fine_tuned = any(m in study.methods for m in ("qat", "pact", "sgt+pact"))
+    fine_tuned = bool(FINE_TUNED & set(study.methods))
     guided = any(m in study.methods for m in ("sgt", "sgt+pact"))
     trained = "/".join(k for k, used in (("FP32", "fp32" in study.methods), ("SGT", guided)) if used) or "FP32"
     per = {}

@@ -42,18 +42,23 @@ def _stderr_into_log(cell: Path):
         yield
 
 
-def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, progress: bool = False,
-              on_cell=None) -> list[dict]:
+def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, on_cell=None) -> list[dict]:
     """Run one group's cells in order; returns ``{"id", "status"}`` per cell. Never raises for a cell.
     ``on_cell(status)`` is called as each cell ends (in-process runs: a line per cell, not per group); each cell's
-    epochs are logged into its ``log.txt`` (``progress`` is kept for callers; cells never draw bars)."""
+    epochs are logged into its ``log.txt`` (cells never draw bars)."""
     import torch
 
     torch.set_num_threads(threads)
     cfg = parse_run_config(cfg_dict)
     run_path = Path(run_dir)
     specs = [CellSpec(**g) for g in group]
-    statuses = _Statuses(on_cell)
+    statuses: list[dict] = []
+
+    def record(status: dict) -> None:
+        statuses.append(status)
+        if on_cell is not None:
+            on_cell(dict(status))
+
     # kept current below: only the cell being run changes its result.json (the agreement step after it rewrites the
     # same file with map-agreement fields, none of which a redo decision reads)
     results = read_results(specs, run_path)
@@ -65,7 +70,7 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
             if spec.parent is not None and results[spec.parent] is None:
                 # its parent failed in this run (the group runs parents first): no model to start from, only a
                 # half-trained best.safetensors maybe; a finished child stays as it is, as for a failed retrain
-                statuses.append({"id": spec.id, "status": "skipped (finished earlier)" if results[spec.label] is not None
+                record({"id": spec.id, "status": "skipped (finished earlier)" if results[spec.label] is not None
                                  else f"not run: its parent {spec.parent} did not finish"})
                 continue
             # asked as each cell is reached: a child is redone once its parent has been retrained, not before
@@ -80,7 +85,7 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
                 log(cell, redo.reason + (" (its weights are not all here: training it again)" if redo.remeasure
                                          else ""))
             elif results[spec.label] is not None:
-                statuses.append({"id": spec.id, "status": "skipped (finished earlier)"})
+                record({"id": spec.id, "status": "skipped (finished earlier)"})
                 continue
             try:
                 try:
@@ -100,30 +105,17 @@ def run_group(group: list[dict], run_dir: str, cfg_dict: dict, threads: int, pro
             (cell / "error.json").unlink(missing_ok=True)
             if spec.kind != "fp32":  # now, not only at the group's end: a run stopped by a time limit keeps it
                 agreement_with_fp32([specs[0], spec], run_path)
-            statuses.append({"id": spec.id, "status": "done"})
+            record({"id": spec.id, "status": "done"})
         except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the study goes on
             cell.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cell / "error.json", {"error": str(e), "type": type(e).__name__,
                                                      "traceback": traceback.format_exc()})
-            statuses.append({"id": spec.id, "status": f"failed: {type(e).__name__}: {e}"})
+            record({"id": spec.id, "status": f"failed: {type(e).__name__}: {e}"})
     problems = agreement_with_fp32(specs, run_path)
     for s in statuses:
         if s["id"] in problems:
             s["status"] = f"failed: QsalError: {problems[s['id']]}"
-    return list(statuses)
-
-
-class _Statuses(list):
-    """A group's cell statuses; ``on_cell`` hears each as it is added."""
-
-    def __init__(self, on_cell=None):
-        super().__init__()
-        self.on_cell = on_cell
-
-    def append(self, status: dict) -> None:
-        super().append(status)
-        if self.on_cell is not None:
-            self.on_cell(dict(status))
+    return statuses
 
 
 def run_study(config: str | Path | RunConfig, run_dir: str | Path, *, workers: int = 1, backend: str = "local",
@@ -225,7 +217,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
             ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
                      log_to_driver=False)
         remote = ray.remote(run_group)
-        pending = [remote.remote(*p, False) for p in payload]
+        pending = [remote.remote(*p) for p in payload]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             finished(ray.get(ready[0]))
@@ -235,7 +227,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
         with _safe_path_env(), _sigterm_as_interrupt():
             pool = ProcessPoolExecutor(max_workers=workers)
             try:
-                futures = [pool.submit(run_group, *p, False) for p in payload]
+                futures = [pool.submit(run_group, *p) for p in payload]
                 for f in as_completed(futures):
                     finished(f.result())
             except BaseException:  # Ctrl-C or `kill` on this process alone: end the workers too, or they train on
@@ -245,7 +237,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     else:
         with _sigterm_as_interrupt():  # `kill` ends it as Ctrl-C does (one line, exit 130), as with workers
             for p in payload:
-                finished(run_group(*p, False, on_cell=show))
+                finished(run_group(*p, on_cell=show))
     bar.close()
     return statuses
 
