@@ -323,3 +323,15 @@ def test_a_folder_model_is_scored_and_quantized_on_its_own_split(breast_folder, 
         model, _ = load_checkpoint(q / "best.safetensors")
         scales.append(torch.cat([v.ravel() for k, v in model.state_dict().items() if "act_quant" in k and "scale" in k]))
     assert not torch.equal(*scales)  # another seed, other calibration images, other activation ranges
+    # the default (512) is an upper bound: its 84 training images calibrate it, and the record says 84; the same 512
+    # asked for on the command line is a number the user expects used, so it is refused like any other
+    q = tmp_path / "default"
+    quantize_checkpoint(str(run / "best.safetensors"), PTQConfig(), q, progress=False)
+    assert json.loads((q / "best.json").read_text())["calibration_images"] == 84
+    with pytest.raises(QsalError, match="num_calibration 512 is more than the 84 training images"):
+        quantize_checkpoint(str(run / "best.safetensors"), PTQConfig(), tmp_path / "asked", progress=False,
+                            num_calibration_given=True)
+    assert not (tmp_path / "asked").exists()
+    assert main(["quantize", str(run / "best.safetensors"), "--num-calibration", "512", "--out",
+                 str(tmp_path / "cli")]) == 2
+    assert not (tmp_path / "cli").exists()

@@ -212,7 +212,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
                         lr: float = 1e-4, data_dir=None, seed: int = 0, progress: bool = True, step=None,
                         train_subset: int | None = None, operating_point: str | None = None,
                         temperature_scaling: bool | None = None, resume: bool = False, force: bool = False,
-                        train_config: TrainConfig | None = None) -> dict:
+                        train_config: TrainConfig | None = None, num_calibration_given: bool | None = None) -> dict:
     """Quantize a float checkpoint with ``qconfig`` (PTQ: calibrate; QAT/PACT: also fine-tune ``epochs``,
     on ``train_subset`` images of the training split if given). ``train_config`` gives the whole fine-tune
     schedule instead (a study's ``finetune``; its seed is ``seed``), ``epochs`` and ``lr`` are then unused.
@@ -222,6 +222,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     model and the fingerprint ``run.json`` (see ``train_model`` for ``resume``/``force``). The decision
     is chosen again on validation for the quantized model, with the parent's positive class, rule and
     temperature scaling unless ``operating_point`` / ``temperature_scaling`` are given.
+    ``num_calibration_given``: the config's ``num_calibration`` was asked for (then it must not exceed the training
+    images) rather than its default (an upper bound); ``None`` takes any value but the default as asked for.
     """
     from qsal.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
@@ -268,7 +270,9 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     if operating_point is not None:
         require_binary_for_rule(train.info)
     asked = getattr(qconfig, "num_calibration", None)
-    if asked is not None and asked > len(train) and asked != type(qconfig)().num_calibration:
+    if num_calibration_given is None:  # the API cannot tell an explicit default from none: a default is "up to"
+        num_calibration_given = asked != type(qconfig)().num_calibration if asked is not None else False
+    if asked is not None and asked > len(train) and num_calibration_given:
         # a default reads "up to N"; a number asked for is recorded, so it must be the number used
         raise QsalError(f"num_calibration {asked} is more than the {len(train)} training images of {name}; pass "
                         f"--num-calibration {len(train)} or fewer")

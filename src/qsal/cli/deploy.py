@@ -104,7 +104,8 @@ def cmd_quantize(args):
     result = quantize_checkpoint(args.checkpoint, _quant_config(args), args.out, epochs=args.epochs, lr=args.lr,
                                  data_dir=args.data_dir, seed=args.seed, progress=not (args.no_progress or args.quiet), step=step,
                                  operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
-                                 resume=args.resume, force=args.force, train_config=train_config)
+                                 resume=args.resume, force=args.force, train_config=train_config,
+                                 num_calibration_given=args.num_calibration is not None)
     print_result(result if args.json else summary_table(result), args.json)
 
 
