@@ -79,7 +79,7 @@ def test_checkpoint_for_another_model_is_refused(tiny_splits, tmp_path):
 
 
 def test_rotation_and_zoom_reach_the_training_batches_and_are_validated(tiny_splits, monkeypatch):
-    import qsal.train as train_module
+    import qsal.train_config as train_module  # augment() lives beside TrainConfig
 
     seen = []
     real = train_module.random_rotate_zoom
