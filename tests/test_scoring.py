@@ -335,3 +335,39 @@ def test_a_folder_model_is_scored_and_quantized_on_its_own_split(breast_folder, 
     assert main(["quantize", str(run / "best.safetensors"), "--num-calibration", "512", "--out",
                  str(tmp_path / "cli")]) == 2
     assert not (tmp_path / "cli").exists()
+
+
+def test_a_folder_model_records_its_folder_whole_and_refuses_it_changed(breast_folder, tmp_path, monkeypatch, capsys):
+    """A model trained on ``folder:scans`` (relative) read another ``scans/`` when scored from another folder, and a
+    folder grown since training redrew the split, so images the model trained on were scored as test images."""
+    import shutil
+
+    from qsal.pipeline import train_model
+    from qsal.scoring import evaluate_model
+    from qsal.train import TrainConfig
+
+    root = breast_folder(40)
+    monkeypatch.chdir(root.parent)
+    run = tmp_path / "run"
+    train_model(f"folder:{root.name}", "small_cnn", TrainConfig(epochs=1, progress=False, precision="fp32"), run)
+    recorded = json.loads((run / "best.json").read_text())["dataset"]
+    assert recorded["name"] == f"folder:{root}" and len(recorded["listing_sha256"]) == 64
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / root.name / "a").mkdir(parents=True)  # another folder of the same name: not the model's data
+    monkeypatch.chdir(elsewhere)
+    scored = evaluate_model(run / "best.safetensors")
+    assert scored["dataset"] == f"folder:{root}" and scored["n"] == 16
+    # the same folder spelled otherwise is the model's own data (no --other-dataset, no mismatch)
+    assert "dataset_mismatch" not in evaluate_model(run / "best.safetensors", dataset=f"folder:{root}/./")
+    # two images more per class: the split is drawn anew, so the model's own folder is refused by every reader
+    for c, name in enumerate(sorted(p.name for p in root.iterdir())):
+        src = sorted((root / name).iterdir())[0]
+        for k in range(2):
+            shutil.copy(src, root / name / f"added{k}.png")
+    with pytest.raises(QsalError, match="holds other images than when .* was trained on it"):
+        evaluate_model(run / "best.safetensors")
+    assert main(["quantize", str(run / "best.safetensors"), "--out", str(tmp_path / "q")]) == 2
+    assert main(["explain", str(run / "best.safetensors"), "--n", "2", "--out", str(tmp_path / "e.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("holds other images than when") == 2 and not (tmp_path / "q").exists()
+    assert evaluate_model(run / "best.safetensors", split="all")["n"] == 84  # every file, whatever the split

@@ -14,6 +14,7 @@ from pathlib import Path
 from qsal._atomic import write_json_atomic
 from qsal.data import ImageSplit, get_info, load_split
 from qsal.data.checks import require_training_classes, require_validation_classes
+from qsal.data.folder import check_same_listing
 from qsal.checkpoint import check_model_fits_data, trained_saliency_guided
 from qsal.errors import QsalError
 from qsal.export.card_sources import write_card
@@ -32,7 +33,9 @@ def data_meta(split: ImageSplit) -> dict:
     info = split.info
     return {"name": info.name, "task": info.task, "labels": list(info.labels), "mean": list(info.mean),
             "std": list(info.std), "n_channels": info.n_channels, "image_size": int(split.images.shape[1]),
-            "license": info.license}
+            "license": info.license,
+            # a folder's split as drawn: a folder changed since is refused as the model's own data
+            **({"listing_sha256": split.listing_sha256} if split.listing_sha256 else {})}
 
 
 def split_seed(meta: dict) -> int:
@@ -189,9 +192,9 @@ def dataset_task(checkpoint: str | os.PathLike) -> str:
 def dataset_info(name: str, n_channels: int | None = None):
     """The ``DatasetInfo`` of a table name or ``folder:PATH`` (without loading images; a folder's channels are
     ``n_channels``, a model's, or as its images are)."""
-    from qsal.data.folder import folder_info
+    from qsal.data.folder import folder_info, folder_root
 
-    return folder_info(Path(name[len("folder:"):]), n_channels) if name.startswith("folder:") else get_info(name)
+    return folder_info(folder_root(name), n_channels) if name.startswith("folder:") else get_info(name)
 
 
 def _dataset_name(meta: dict, dataset: str | None) -> str:
@@ -267,6 +270,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     check_model_fits_data(meta["arch"], dataset_info(name, channels), str(checkpoint))
     # the parent's split, whatever --seed (which draws the calibration images and seeds the fine-tune) says
     train, val, test = load_splits(name, data_dir, size, seed=split_seed(meta), n_channels=channels)
+    check_same_listing(train, (meta.get("dataset") or {}).get("listing_sha256"), str(checkpoint))
     if operating_point is not None:
         require_binary_for_rule(train.info)
     asked = getattr(qconfig, "num_calibration", None)

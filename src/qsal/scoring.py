@@ -48,9 +48,9 @@ def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, 
         raise QsalError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if split == "all" and name.startswith("folder:"):
         from qsal.data.arrays import validate_arrays
-        from qsal.data.folder import read_image, folder_info, folder_split_files
+        from qsal.data.folder import folder_info, folder_root, folder_split_files, read_image
 
-        root = Path(name[len("folder:"):])
+        root = folder_root(name)
         info = folder_info(root, n_channels, size or 28)
         files = [f for part in folder_split_files(root).values() for f in part]
         images = np.stack([read_image(root / rel, n_channels, size or 28) for rel, _ in files])
@@ -133,10 +133,14 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
 
         path = resolve_checkpoint_path(path)  # pickles refused by name; a weights file needs its JSON
     data_meta, decision, is_artifact = model_metadata(path)
+    from qsal.data import dataset_key
+
     own = data_meta.get("name")
     name = dataset or own
     if not name:
         raise QsalError(f"{path} does not name its dataset; pass --dataset")
+    # a folder by its absolute path: the same folder spelled otherwise is the model's own data, another is not
+    own, name = (dataset_key(own) if own else own), dataset_key(name)
     if own and name != own and not other_dataset:
         raise QsalError(f"{path} was trained on {own}; scoring it on {name} needs --other-dataset (the output "
                         "then says so)")
@@ -155,6 +159,10 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
         if name == own else 0
     data = load_for_model(name, split, n_channels=n_channels, size=size or data_meta.get("image_size"),
                           data_dir=data_dir, download=download, seed=seed)
+    if name == own and split != "all":  # "all" scores every file, whatever the split drawn
+        from qsal.data.folder import check_same_listing
+
+        check_same_listing(data, data_meta.get("listing_sha256"), str(path))
     model_labels = [str(n) for n in data_meta.get("labels") or data.info.labels]
     if len(model_labels) != data.info.num_classes:
         raise QsalError(f"{name} has {data.info.num_classes} classes but {path} was built for {len(model_labels)}; "

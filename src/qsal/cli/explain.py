@@ -47,6 +47,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         # images it trained on)
         data_seed = split_seed({"data": rt.meta.get("data") or {}})
         full = load_split(name, split, data_dir, n_channels=c, seed=data_seed)
+        _check_own_data(path, rt.meta.get("data") or {}, name, full)
         split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         if split_data.info.n_channels != c or split_data.images.shape[1:3] != (h, w):
             raise QsalError(f"{name} images are {split_data.images.shape[1]} px with {split_data.info.n_channels} "
@@ -78,6 +79,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         check_model_fits_data(rt.meta["arch"], dataset_info(name, channels), str(path))
         data_seed = split_seed(rt.meta)
         full = load_split(name, split, data_dir, size=own.get("image_size"), n_channels=channels, seed=data_seed)
+        _check_own_data(path, own or rt.meta.get("data") or {}, name, full)
         split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
         # dataset's images (--dataset) are fed to the model as they would be in deployment
@@ -108,15 +110,30 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
             "decided_by": rule}
 
 
+def _check_own_data(path: Path, own: dict, name: str, data) -> None:
+    """Explaining another dataset's images is allowed (``--dataset``), and said; the model's own folder must still
+    hold the files it was split from (``folder.check_same_listing``)."""
+    import sys
+
+    from qsal.data import dataset_key
+    from qsal.data.folder import check_same_listing
+
+    if own.get("name") and dataset_key(own["name"]) != dataset_key(name):
+        print(f"note: {path} was trained on {own['name']}; explaining images of {name} (--dataset): its maps show "
+              "what the model attends to on data it never saw", file=sys.stderr)
+    elif own.get("name"):
+        check_same_listing(data, own.get("listing_sha256"), str(path))
+
+
 def _folder_files(name: str, split: str, seed: int, indices: np.ndarray) -> dict:
     """``{"files": [path of each explained image, relative to the folder]}`` for a folder dataset (its ``indices``
     alone name positions in a drawn split); ``{}`` for a table dataset, whose split files are fixed."""
     if not name.startswith("folder:"):
         return {}
-    from qsal.data.folder import folder_split_files
+    from qsal.data.folder import folder_root, folder_split_files
     from qsal.errors import printable_path
 
-    files = folder_split_files(Path(name[len("folder:"):]), seed=seed)[split]
+    files = folder_split_files(folder_root(name), seed=seed)[split]
     return {"files": [printable_path(files[int(i)][0]) for i in indices]}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qsal.data.arrays import ImageSplit
 from qsal.data.cifar import find_cifar10_dir, load_cifar10
-from qsal.data.folder import folder_info, load_folder
+from qsal.data.folder import dataset_key, folder_info, folder_root, load_folder
 from qsal.data.medmnist import find_medmnist, load_medmnist
 from qsal.data.mnist import load_mnist
 from qsal.data.registry import (DATASETS, TASK_BINARY, TASK_MULTICLASS, TASK_MULTILABEL, TASK_ORDINAL,
@@ -19,7 +19,7 @@ from qsal.data.registry import (DATASETS, TASK_BINARY, TASK_MULTICLASS, TASK_MUL
 from qsal.errors import QsalError
 
 __all__ = ["ImageSplit", "DatasetInfo", "DATASETS", "get_info", "list_datasets", "resolve_data_dir",
-           "load_split", "dataset_status", "split_validation", "VAL_FRACTION", "held_out_count",
+           "load_split", "dataset_key", "dataset_status", "split_validation", "VAL_FRACTION", "held_out_count",
            "TASK_BINARY", "TASK_MULTICLASS", "TASK_MULTILABEL", "TASK_ORDINAL"]
 
 
@@ -48,7 +48,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if name.startswith("folder:"):
         if not name[len("folder:"):].strip():  # Path("") is the working directory: its sub-folders are not classes
             raise QsalError("--dataset folder: needs the path of a folder of class sub-folders, e.g. folder:scans/")
-        return load_folder(Path(name[len("folder:"):]), split, n_channels=n_channels, size=size or 28, seed=seed)
+        return load_folder(folder_root(name), split, n_channels=n_channels, size=size or 28, seed=seed)
     info = get_info(name)
     root = resolve_data_dir(data_dir, must_exist=not download)
     if info.family == "medmnist":

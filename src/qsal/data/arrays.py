@@ -20,6 +20,8 @@ class ImageSplit:
         info: the dataset's table row (task, classes, normalisation).
         split: ``train``, ``val`` or ``test``.
         source: where the arrays were read from (a path, or ``embedded``).
+        listing_sha256: a folder dataset's split as drawn (every file's path, class and split; ``folder.listing_sha256``):
+            recorded at training, so a folder changed since is not scored as the model's own split. ``None`` otherwise.
     """
 
     info: DatasetInfo
@@ -27,6 +29,7 @@ class ImageSplit:
     images: np.ndarray
     labels: np.ndarray
     source: str = ""
+    listing_sha256: str | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

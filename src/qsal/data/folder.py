@@ -12,6 +12,8 @@ written out by ``describe_folder`` so a user can see exactly which file went whe
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from qsal.data.arrays import ImageSplit, validate_arrays
 from qsal.data.registry import TASK_BINARY, TASK_MULTICLASS, DatasetInfo
 from qsal.errors import QsalError
 
-__all__ = ["folder_info", "load_folder", "folder_split_files"]
+__all__ = ["folder_info", "load_folder", "folder_split_files", "folder_root", "listing_sha256", "check_same_listing"]
 
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _DICOM_EXT = {".dcm", ".dicom"}
@@ -66,6 +68,34 @@ def images_under(folder: Path, follow_links: bool = False) -> list[Path]:
     return sorted(found)
 
 
+def folder_root(name: str) -> Path:
+    """The folder a ``folder:PATH`` dataset name means, absolute (``~`` expanded): a model records it so, and is scored
+    on the same images from whichever folder a later command runs (a relative ``folder:scans`` read another
+    ``scans/`` there)."""
+    return Path(name[len("folder:"):]).expanduser().resolve()
+
+
+def dataset_key(name: str) -> str:
+    """``name`` as recorded and compared: a folder by its absolute path (``folder:./scans/`` and ``folder:scans`` are
+    one dataset), a table name as it is."""
+    return f"folder:{folder_root(name)}" if name.startswith("folder:") else name
+
+
+def listing_sha256(files: dict[str, list[tuple[str, int]]]) -> str:
+    """A digest of a folder's split (``folder_split_files``: each file's relative path and class, per split)."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def check_same_listing(split, recorded: str | None, model: str) -> None:
+    """Refuse to score ``model`` on a folder that holds other files than when it was trained (``recorded``: the
+    digest in its metadata; ``None`` for a model that predates it): images added or removed redraw the seeded split,
+    so its test part would hold images the model trained on."""
+    if recorded and split.listing_sha256 and split.listing_sha256 != recorded:
+        raise QsalError(f"{split.source} holds other images than when {model} was trained on it (files added, removed "
+                        "or renamed since): its split is drawn anew, so its test part would mix in training images; "
+                        "restore the folder as it was, or train a new model on it")
+
+
 def _classes(root: Path) -> list[str]:
     if not root.is_dir():
         raise QsalError(f"image folder {root} does not exist; pass a folder with one sub-folder per class")
@@ -108,7 +138,7 @@ def folder_info(root: Path, n_channels: int | None = None, size: int = 28) -> Da
     as the images are (``folder_channels``)."""
     classes = _classes(root)
     n_channels = n_channels or folder_channels(root)
-    return DatasetInfo(name=f"folder:{root}", family="folder",
+    return DatasetInfo(name=f"folder:{Path(root).expanduser().resolve()}", family="folder",
                        task=TASK_BINARY if len(classes) == 2 else TASK_MULTICLASS,
                        n_channels=n_channels, labels=tuple(classes), n_samples={}, license="user data",
                        mean=(0.5,) * n_channels, std=(0.5,) * n_channels, sizes=(size,))
@@ -279,11 +309,12 @@ def load_folder(root: Path, split: str, n_channels: int | None = None, size: int
     (``n_channels`` ``None``) or as asked."""
     info = folder_info(root, n_channels, size)
     n_channels = info.n_channels
-    files = folder_split_files(root, val_fraction, test_fraction, seed)[split]
+    listing = folder_split_files(root, val_fraction, test_fraction, seed)
+    files = listing[split]
     if not files:
         raise QsalError(f"the {split} split of {root} is empty; add images to each class (the folder is split "
                         "70/10/20 into train/val/test per class, so a class of a few images leaves a part empty)")
     images = np.stack([read_image(root / rel, n_channels, size) for rel, _ in files])
     labels = np.array([c for _, c in files], dtype=np.int64)
     images, labels = validate_arrays(info, images, labels, str(root))
-    return ImageSplit(info, split, images, labels, str(root))
+    return ImageSplit(info, split, images, labels, str(root), listing_sha256=listing_sha256(listing))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from qsal.checkpoint import trained_saliency_guided
+from qsal.data.folder import check_same_listing
 from qsal.errors import QsalError
 from qsal.provenance import environment
 
@@ -104,6 +106,7 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
     try:  # the card can still be written without the data; it then says the artifact was not scored
         splits = load_splits(data["name"], data_dir, size=data.get("image_size"), seed=split_seed(meta),
                              n_channels=(meta.get("arch") or {}).get("in_channels"))
+        check_same_listing(splits[2], data.get("listing_sha256"), str(checkpoint))
         if artifact_metrics is None:
             artifact_metrics = evaluate_onnx(onnx_path, splits[2], n_bootstrap=1000).to_dict()
         parent_onnx = Path(parent).with_name("model.onnx") if parent else None
@@ -116,8 +119,10 @@ def write_card(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, benc
         data_stats = {"counts": {s.split: len(s) for s in splits},
                       "class_counts": {s.split: np.bincount(s.labels, minlength=k).tolist() for s in splits
                                        if s.labels.ndim == 1}}
-    except (QsalError, KeyError, OSError):
-        pass  # no data here: the card then shows the PyTorch model's metrics and says the file was not scored
+    except (QsalError, KeyError, OSError) as e:  # the card then shows the PyTorch model's metrics, and says so
+        if artifact_metrics is None:
+            print(f"note: the model card quotes the PyTorch model's test metrics; the ONNX file was not scored "
+                  f"({str(e).rstrip('.')})", file=sys.stderr)
     arch = meta.get("arch") or {}
     n_parameters = count_parameters(create_model(arch["name"], arch["num_classes"], arch["in_channels"],
                                                  arch.get("image_size", 28))) if arch.get("name") else None

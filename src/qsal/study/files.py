@@ -166,7 +166,8 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
     """The report of ``inputs`` written into ``stage``; file paths it records name their place in ``out``."""
     import torch
 
-    from qsal.data import load_split
+    from qsal.data import dataset_key, load_split
+    from qsal.data.folder import check_same_listing
     from qsal.pipeline import export_checkpoint, split_seed
     from qsal.provenance import environment
     from qsal.runtime import Runtime
@@ -194,7 +195,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
             test_seed = split_seed({"data": data})
             test = load_split(data["name"], "test", data_dir, size=data.get("image_size"),
                               seed=test_seed)  # a folder's test part is the model's own
-        elif data["name"] != test.info.name:
+        elif dataset_key(data["name"]) != test.info.name:
             raise QsalError(f"{label} was trained on {data['name']} but {labels[0]} on {test.info.name}; "
                             "a report compares models of one dataset")
         elif test.info.family == "folder" and split_seed({"data": data}) != test_seed:
@@ -202,6 +203,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
             raise QsalError(f"{label} split {data['name']} with seed {split_seed({'data': data})} but {labels[0]} with "
                             f"seed {test_seed}, so they have different test images; report each on its own, or train "
                             "them with one --seed")
+        check_same_listing(test, data.get("listing_sha256"), label)
         art, probs = score_onnx(onnx, test, seed=seed)  # at the artifact's stored positive class and threshold
         metrics = art.to_dict()
         row = {**metrics_row(label, metrics), "scored": "onnx", "onnx_auc": metrics["auc"], "onnx_acc": metrics["acc"],
