@@ -352,6 +352,8 @@ def test_a_folder_model_records_its_folder_whole_and_refuses_it_changed(breast_f
     train_model(f"folder:{root.name}", "small_cnn", TrainConfig(epochs=1, progress=False, precision="fp32"), run)
     recorded = json.loads((run / "best.json").read_text())["dataset"]
     assert recorded["name"] == f"folder:{root}" and len(recorded["listing_sha256"]) == 64
+    # a folder has no table naming its positive class: which one sensitivity is about is said
+    assert "note: positive class 'normal, benign' (the second of the class folders" in capsys.readouterr().err
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / root.name / "a").mkdir(parents=True)  # another folder of the same name: not the model's data
     monkeypatch.chdir(elsewhere)

@@ -138,6 +138,11 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     require_validation_classes(val, config.select_on, operating_point)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
+    if info.family == "folder" and info.positive_class is not None and positive_class is None:
+        # a folder has no table row naming its clinically positive class: say which one sensitivity will be about
+        print(f"note: positive class {info.positive_class!r} (the second of the class folders, alphabetically): "
+              "sensitivity, specificity and the operating point are about it; pass --positive-class NAME for the "
+              "other", file=sys.stderr)
     if rule_asked:
         require_binary_for_rule(info)
     resolve_device(config.device)  # as does --device cuda without one

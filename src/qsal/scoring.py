@@ -190,7 +190,9 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
             if isinstance(i, int) and 0 <= i < len(theirs):
                 result["positive_class"] = f"{model_labels[i]} (label {i}; {theirs[i]!r} in {name})"
     if name.startswith("folder:") and split != "all":
-        result["note"] = (f"scored the {split} part of a seeded 70/10/20 split of the folder ({metrics.n} images); "
+        from qsal.data.folder import describe_split, folder_root
+
+        result["note"] = (f"scored the {split} part of {describe_split(folder_root(name))} ({metrics.n} images); "
                           "--split all scores every image")
     in_sample = {"train": "the model was trained on these images",
                  "val": "the validation split chose this model's operating point (and, where it trained, its best epoch)",

@@ -112,6 +112,43 @@ def test_image_folder_split_is_stratified_and_seeded(tmp_path):
     assert splits["train"].images.shape[1:] == (28, 28, 1)
 
 
+def test_a_folder_that_comes_split_keeps_its_split(tmp_path):
+    """train/ val/ test/ each with class folders (Kaggle's chest X-rays) was read as a 3-class set, the classes
+    'test', 'train' and 'val', without a word."""
+    from PIL import Image
+
+    from qsal.data.folder import describe_split, folder_split_files
+
+    def fill(folder, n):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((np.full((40, 40), 9 * i) + np.arange(40)).astype(np.uint8)).save(folder / f"{i}.png")
+
+    for split, n in (("train", 20), ("Test", 5)):  # no validation folder: 10 % of each training class held out
+        for cls in ("NORMAL", "PNEUMONIA"):
+            fill(tmp_path / "kaggle" / split / cls, n)
+    root = tmp_path / "kaggle"
+    splits = {s: load_split(f"folder:{root}", s, size=28) for s in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [36, 4, 10]
+    assert splits["train"].info.labels == ("NORMAL", "PNEUMONIA")
+    files = folder_split_files(root, seed=3)
+    assert all(f.startswith("Test/") for f, _ in files["test"]) and all(f.startswith("train/") for f, _ in files["val"])
+    assert not {f for f, _ in files["val"]} & {f for f, _ in files["train"]}
+    assert folder_split_files(root, seed=3) == files != folder_split_files(root, seed=4)  # the held-out slice: seeded
+    assert "train/ for training, a seeded 10 % of each class of train/ for validation, Test/ for test" in describe_split(root)
+    for cls in ("NORMAL", "PNEUMONIA"):
+        fill(root / "val" / cls, 2)
+    assert [len(load_split(f"folder:{root}", s, size=28)) for s in ("train", "val", "test")] == [40, 4, 10]
+    fill(root / "val" / "COVID", 2)
+    with pytest.raises(QsalError, match="has class folder.*COVID.*lacks"):
+        load_split(f"folder:{root}", "train", size=28)
+    for cls in ("a", "b"):
+        fill(tmp_path / "half" / "train" / cls, 4)
+        fill(tmp_path / "half" / "val" / cls, 4)
+    with pytest.raises(QsalError, match="holds split folders .* but not both train and test"):
+        load_split(f"folder:{tmp_path / 'half'}", "train", size=28)
+
+
 def test_a_folder_of_colour_photographs_keeps_its_colour_and_a_grey_one_saved_as_rgb_stays_grey(tmp_path):
     """Folder datasets were always read as grayscale: dermoscopy or fundus colour was dropped without a word."""
     from PIL import Image

@@ -174,3 +174,32 @@ def test_an_sgt_pact_card_is_named_so_and_its_fine_tune_row_gives_every_setting(
     assert ("| fine-tune | 1 epoch (adam, lr 0.0001 x0.1 at 50/75 %, weight decay 0.0001, batch 128; shift 2 px, "
             "h-flip; best validation loss), seed 0; selected at epoch 1; saliency-guided (Ismail et al. 2021: k 0.5, "
             "lambda 1.0) |") in text
+
+
+@pytest.mark.parametrize("name, splits, caveat, cited", [
+    ("breastmnist", "the official train/validation/test splits", "one public test split", True),
+    ("mnist", "the official training and test sets, validation a seeded 10% of the training images (held out of "
+     "training)", "one public",
+     False),  # MNIST is not MedMNIST: its card cited MedMNIST v2
+    ("folder:{root}", "a seeded 70/10/20 train/validation/test split of each class", "the test part of one image folder",
+     False),
+])
+def test_a_card_says_where_its_splits_came_from(tmp_path, breast_folder, name, splits, caveat, cited):
+    """Every card said "official train/validation/test splits" and "one public test split", a folder's and MNIST's
+    too, and cited MedMNIST for MNIST; an FP32 card's tags listed fp32 twice."""
+    if name.startswith("folder:"):
+        name = name.format(root=breast_folder(5))
+    data = {**DATA, "name": name}
+    path = export_onnx(create_model("small_cnn", 2, 1), tmp_path / "m.onnx", input_shape=(1, 28, 28),
+                       meta={"data": data}, check_untrained=False)
+    meta = {"dataset": data, "arch": {"name": "small_cnn", "num_classes": 2, "in_channels": 1, "image_size": 28}}
+    metrics = compute_metrics(np.array([0, 1, 0, 1]), np.array([[1., 0], [0, 1], [0, 1], [0, 1]]), "binary-class",
+                              n_bootstrap=0).to_dict()
+    card = write_model_card(path, meta, metrics, None, None, versions={})
+    text = path.with_suffix(".card.md").read_text()
+    assert f"{splits}; model selected on the validation split" in text and "official train/validation/test" not in \
+        text.replace(splits, "")
+    assert f"- Metrics come from {caveat}" in text and card["caveats"][0].startswith(f"Metrics come from {caveat}")
+    assert ("MedMNIST v2, Scientific Data" in text) is cited
+    tags = _front_matter(text)["tags"]
+    assert tags.count("fp32") == 1 and len(tags) == len(set(tags))

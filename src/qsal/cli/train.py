@@ -55,7 +55,8 @@ def _setup_train(p) -> None:
     run_folder_args(p)
     p.add_argument("--positive-class", default=None, metavar="CLASS",
                    help="binary sets: the class sensitivity is about, by name or id (default: the dataset table's, "
-                        "e.g. malignant for BreastMNIST, pneumonia for PneumoniaMNIST)")
+                        "e.g. malignant for BreastMNIST, pneumonia for PneumoniaMNIST; a folder's: its second class "
+                        "folder alphabetically, said in a note)")
     decision_args(p)
     _train_config_args(p)
     p.add_argument("--saliency-guided", action="store_true", help="saliency-guided training (Ismail et al. 2021)")

@@ -19,7 +19,7 @@ from qsal.data.registry import (DATASETS, TASK_BINARY, TASK_MULTICLASS, TASK_MUL
 from qsal.errors import QsalError
 
 __all__ = ["ImageSplit", "DatasetInfo", "DATASETS", "get_info", "list_datasets", "resolve_data_dir",
-           "load_split", "dataset_key", "dataset_status", "split_validation", "VAL_FRACTION", "held_out_count",
+           "load_split", "dataset_key", "describe_splits", "dataset_status", "split_validation", "VAL_FRACTION", "held_out_count",
            "TASK_BINARY", "TASK_MULTICLASS", "TASK_MULTILABEL", "TASK_ORDINAL"]
 
 
@@ -60,6 +60,24 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
             return _load_official(info, "test", root, download, verify)
         return split_validation(_load_official(info, "train", root, download, verify), split, val_fraction, seed)
     raise QsalError(f"no loader for dataset family {info.family!r}")
+
+
+def describe_splits(name: str) -> str:
+    """Where a dataset's train/validation/test images come from, in words (model cards): a table set's official
+    splits (MNIST and CIFAR-10: validation held out of the official training set), a folder's own or drawn split."""
+    if name.startswith("folder:"):
+        from qsal.data.folder import describe_split
+
+        root = folder_root(name)
+        return describe_split(root) if root.is_dir() else f"a split of the image folder {root} (no longer there)"
+    try:
+        info = get_info(name)
+    except QsalError:
+        return "the splits it was trained with (not a dataset this qsal knows)"
+    if info.family in ("mnist", "cifar10"):
+        return (f"the official training and test sets, validation a seeded {VAL_FRACTION:.0%} of the training images "
+                "(held out of training)")
+    return "the official train/validation/test splits"
 
 
 def _load_official(info: DatasetInfo, split: str, root: Path, download: bool, verify: bool) -> ImageSplit:

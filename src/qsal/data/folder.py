@@ -23,7 +23,7 @@ from qsal.data.arrays import ImageSplit, validate_arrays
 from qsal.data.registry import TASK_BINARY, TASK_MULTICLASS, DatasetInfo
 from qsal.errors import QsalError
 
-__all__ = ["folder_info", "load_folder", "folder_split_files", "folder_root", "listing_sha256", "check_same_listing"]
+__all__ = ["folder_info", "load_folder", "folder_split_files", "split_folders", "describe_split", "folder_root", "listing_sha256", "check_same_listing"]
 
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _DICOM_EXT = {".dcm", ".dicom"}
@@ -96,13 +96,64 @@ def check_same_listing(split, recorded: str | None, model: str) -> None:
                         "restore the folder as it was, or train a new model on it")
 
 
-def _classes(root: Path) -> list[str]:
+# A folder that comes split (Kaggle's chest X-rays: train/ val/ test/, each with one folder per class): its own
+# split is used, not redrawn. Names compared in lower case.
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def split_folders(root: Path) -> dict[str, Path] | None:
+    """``{"train": root/train, "test": root/test[, "val": root/val]}`` where ``root``'s sub-folders are split folders
+    (``SPLIT_FOLDERS``; train and test both needed), else ``None`` (one folder per class, split by qsal)."""
+    subs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+    names = [p.name.lower() for p in subs]
+    if not names or not set(names) <= set(SPLIT_FOLDERS):
+        return None
+    splits = [SPLIT_FOLDERS[n] for n in names]
+    if len(set(splits)) < len(splits):
+        raise QsalError(f"{root} has two validation folders ({', '.join(sorted(p.name for p in subs))}); keep one")
+    if not {"train", "test"} <= set(splits):
+        raise QsalError(f"{root} holds split folders ({', '.join(sorted(p.name for p in subs))}) but not both train "
+                        "and test; add the missing one (each with one sub-folder per class), or point --dataset at a "
+                        "folder whose sub-folders are the classes")
+    return {split: p for split, p in zip(splits, subs)}
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    """Each class name and its folder(s): ``root/<class>``, or in a split folder ``root/<split>/<class>`` per split."""
     if not root.is_dir():
         raise QsalError(f"image folder {root} does not exist; pass a folder with one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise QsalError(f"{root} has {len(classes)} class sub-folder(s); a classifier needs at least 2")
-    return classes
+    parts = split_folders(root)
+    if parts is None:
+        folders = {p.name: [p] for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    else:
+        by_split = {split: {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+                    for split, folder in parts.items()}
+        for split, classes in by_split.items():
+            extra = sorted(set(classes) - set(by_split["train"]))
+            if extra:
+                raise QsalError(f"{parts[split]} has class folder(s) {extra} that {parts['train']} lacks; a class must "
+                                "have training images: add them, or remove the folder")
+        folders = {name: [by_split[s][name] for s in ("train", "val", "test") if name in by_split.get(s, {})]
+                   for name in by_split["train"]}
+    if len(folders) < 2:
+        where = root if parts is None else parts["train"]
+        raise QsalError(f"{where} has {len(folders)} class sub-folder(s); a classifier needs at least 2")
+    return dict(sorted(folders.items()))
+
+
+def _classes(root: Path) -> list[str]:
+    return list(_class_folders(root))
+
+
+def describe_split(root: Path) -> str:
+    """How the folder's images are split, in words for notes, errors and cards."""
+    parts = split_folders(Path(root))
+    if parts is None:
+        return "a seeded 70/10/20 train/validation/test split of each class"
+    val = f"its {parts['val'].name}/ folder" if "val" in parts else \
+        f"a seeded 10 % of each class of {parts['train'].name}/"
+    return f"the folder's own split: {parts['train'].name}/ for training, {val} for validation, " \
+           f"{parts['test'].name}/ for test"
 
 
 COLOUR_SAMPLE = 8  # images per class looked at to tell a colour folder from a grayscale one
@@ -118,8 +169,8 @@ def folder_channels(root: Path) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _folder_channels(root: str) -> int:
-    for name in _classes(Path(root)):
-        for path in images_under(Path(root) / name)[:COLOUR_SAMPLE]:
+    for name, folders in _class_folders(Path(root)).items():
+        for path in images_under(folders[0])[:COLOUR_SAMPLE]:
             try:
                 img = _open_picture(path) if not is_dicom(path) else None
             except QsalError:
@@ -146,14 +197,32 @@ def folder_info(root: Path, n_channels: int | None = None, size: int = 28) -> Da
 
 def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: float = 0.2,
                        seed: int = 0) -> dict[str, list[tuple[str, int]]]:
-    """``{split: [(relative path, class id), ...]}``: a stratified, seeded split of every class."""
-    classes = _classes(root)
+    """``{split: [(relative path, class id), ...]}``: a stratified, seeded split of every class; for a folder that comes
+    split (``split_folders``) its own train/test (and validation, else a seeded ``val_fraction`` of each training
+    class)."""
+    folders = _class_folders(root)
     rng = np.random.default_rng(seed)
     out: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
-    for cid, name in enumerate(classes):
-        files = images_under(root / name)
+    parts = split_folders(root)
+    for cid, (name, where) in enumerate(folders.items()):
+        if parts is not None:
+            for folder in where:
+                split = next(s for s, p in parts.items() if folder.parent == p)
+                files = images_under(folder)
+                if split == "train" and "val" not in parts:  # a validation slice held out of training
+                    order = rng.permutation(len(files))
+                    n_val = int(round(len(files) * val_fraction))
+                    out["val"] += [(str(files[i].relative_to(root)), cid) for i in order[:n_val]]
+                    files = [files[i] for i in order[n_val:]]
+                out[split] += [(str(f.relative_to(root)), cid) for f in files]
+            if not images_under(where[0]):
+                raise QsalError(f"class folder {where[0]} has no images (PNG, JPEG, BMP, TIFF or DICOM); add some, or "
+                                "remove the folder")
+            continue
+        files = images_under(where[0])
         if not files:
-            raise QsalError(f"class folder {root / name} has no PNG/JPEG/DICOM images")
+            raise QsalError(f"class folder {where[0]} has no images (PNG, JPEG, BMP, TIFF or DICOM); add some, or "
+                            "remove the folder")
         order = rng.permutation(len(files))
         n_test = int(round(len(files) * test_fraction))
         n_val = int(round(len(files) * val_fraction))
@@ -312,8 +381,8 @@ def load_folder(root: Path, split: str, n_channels: int | None = None, size: int
     listing = folder_split_files(root, val_fraction, test_fraction, seed)
     files = listing[split]
     if not files:
-        raise QsalError(f"the {split} split of {root} is empty; add images to each class (the folder is split "
-                        "70/10/20 into train/val/test per class, so a class of a few images leaves a part empty)")
+        raise QsalError(f"the {split} split of {root} is empty; add images to each class (its split: "
+                        f"{describe_split(root)}; a class of a few images leaves a part empty)")
     images = np.stack([read_image(root / rel, n_channels, size) for rel, _ in files])
     labels = np.array([c for _, c in files], dtype=np.int64)
     images, labels = validate_arrays(info, images, labels, str(root))

@@ -17,6 +17,7 @@ import yaml
 
 from qsal._atomic import write_json_atomic, write_text_atomic
 from qsal.checkpoint import trained_saliency_guided
+from qsal.data import DATASETS, describe_splits
 from qsal.train import TrainConfig
 from qsal.errors import printable_path
 from qsal.metrics.operating_point import describe_operating_point
@@ -33,9 +34,10 @@ _OUT_OF_SCOPE = [
     "even when sensitivity and specificity do not.",
     "Reading the saliency maps as causal or clinical explanations: they show what the model is sensitive to.",
 ]
+MEDMNIST_NAMES = frozenset(n for n, info in DATASETS.items() if info.family == "medmnist")  # cited in the card
+
+# the first caveat names the data the test split came from (_caveats)
 _CAVEATS = [
-    "Metrics come from one public test split of low-resolution (MedMNIST-style) images; confidence intervals "
-    "are percentile bootstraps over that split and do not cover other sites or shifts.",
     "The operating point is fixed in the card; moving it trades sensitivity for specificity (see the ROC curve in "
     "`qsal report`).",
     "Latency was measured on the CPU named in the Latency section, possibly shared with other work; compare "
@@ -198,7 +200,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                                    + ("at the operating point" if at_op else "at 0.5")})
     front = {"license": hf_license(data.get("license")), "library_name": "onnx", "pipeline_tag": "image-classification",
              "tags": ["qsal", "onnx", "medical-imaging", "edge", data.get("name") or "custom",
-                      "fp32" if quant.get("method") == "fp32" else "quantized", quant.get("method")],
+                      *dict.fromkeys(["fp32" if quant.get("method") == "fp32" else "quantized", quant.get("method")])],
              "datasets": [data.get("name")], "metrics": ["roc_auc", "accuracy"] + (["recall", "specificity"] if binary else [])}
     # no base_model: Hugging Face takes a Hub model id there, and the parent is a local file (named in the details)
     front["model-index"] = [{"name": name, "results": [{
@@ -272,7 +274,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
 
     md += ["## Training and evaluation data", "",
            f"{data.get('name')} ({data.get('task')}; classes: {', '.join(classes)}); licence {data.get('license')}; "
-           "official train/validation/test splits, model selected on the validation split, metrics on test.", ""]
+           f"{describe_splits(data.get('name') or '')}; model selected on the validation split, metrics on test.", ""]
     if data_stats:
         counts, per_class = data_stats.get("counts") or {}, data_stats.get("class_counts") or {}
         md += _table(("split", "images") + tuple(classes),
@@ -331,8 +333,12 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         md += _table(("metric", "value", "meaning"), [(k, v, _EXPLANATIONS.get(k, "")) for k, v in explanations.items()])
     else:
         md += ["Not measured (`qsal demo`, `qsal run` and `qsal report` measure them).", ""]
-    md += ["## Caveats and recommendations", ""] + [f"- {t}" for t in _CAVEATS] + [""]
-    if data.get("citation") or data.get("name", "").endswith("mnist"):
+    caveats = [("Metrics come from the test part of one image folder" if str(data.get("name")).startswith("folder:")
+                else "Metrics come from one public test split of low-resolution images")
+               + "; confidence intervals are percentile bootstraps over that split and do not cover other sites or "
+               "shifts.", *_CAVEATS]
+    md += ["## Caveats and recommendations", ""] + [f"- {t}" for t in caveats] + [""]
+    if data.get("name") in MEDMNIST_NAMES:  # MNIST and CIFAR-10 are not MedMNIST's
         md += ["## Citation", "", "Data: Yang et al., MedMNIST v2, Scientific Data 10, 41 (2023) and the subset's source. "
                "Card format: Mitchell et al., Model Cards for Model Reporting, FAT* 2019.", ""]
 
@@ -351,7 +357,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                          "best_epoch": meta.get("epoch"), "unfinished": unfinished,
                          "parent": parent_file, "parent_sha256": meta.get("parent_sha256"),
                          "parent_training": parent_training},
-            "out_of_scope": _OUT_OF_SCOPE, "caveats": _CAVEATS}
+            "out_of_scope": _OUT_OF_SCOPE, "caveats": caveats}
     write_json_atomic(onnx_path.with_suffix(".card.json"), card)
     write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(md))
     return card
