@@ -150,6 +150,11 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
 
         arch = read_meta(path)["arch"]
         check_model_fits_data(arch, dataset_info(name, arch.get("in_channels")), str(path))
+    trained_size = data_meta.get("image_size")
+    if size is not None and trained_size is not None and int(size) != int(trained_size):  # the model's input size
+        raise QsalError(f"{path} was trained on {trained_size} px images; --size {size} would feed it images of "
+                        f"another size (a checkpoint's layers fail on them, or score them unlike deployment): drop "
+                        "--size")
     n_channels = int(data_meta.get("n_channels") or 1)
     from qsal.checkpoint import read_meta
     from qsal.pipeline import split_seed

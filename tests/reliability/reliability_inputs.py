@@ -145,9 +145,11 @@ def onnx_variant(good: Path, dest: Path, kind: str) -> Path:
 
 
 def write_dicom(path: Path, frames: int = 1, pixels: bool = True, size: int = 32,
-                photometric: str = "MONOCHROME2", constant: bool = False) -> Path:
+                photometric: str = "MONOCHROME2", constant: bool = False, slope: float | None = None,
+                rgb: np.ndarray | None = None) -> Path:
     """A 12-bit secondary-capture DICOM with a gradient (or no PixelData / several frames / one value everywhere);
-    ``photometric="MONOCHROME1"`` stores the same values meaning the inverse image (lowest shown white)."""
+    ``photometric="MONOCHROME1"`` stores the same values meaning the inverse image (lowest shown white); ``slope``: a
+    rescale slope (intercept 0); ``rgb``: an 8-bit ``(size, size, 3)`` colour picture instead."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -163,7 +165,13 @@ def write_dicom(path: Path, frames: int = 1, pixels: bool = True, size: int = 32
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     if frames > 1:
         ds.NumberOfFrames = frames
-    if pixels:
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+    if rgb is not None:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = np.ascontiguousarray(rgb, np.uint8).tobytes()
+    elif pixels:
         ramp = np.full(frames * size * size, 1000, np.uint16) if constant else \
             np.linspace(0, 4095, frames * size * size).astype(np.uint16)
         ds.PixelData = ramp.tobytes()

@@ -179,6 +179,9 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("evaluate", "{ck}", "--out", "{ck}"): "is the model this command reads",
     ("evaluate", "{ck}", "--reliability", "{ck}"): "is the model this command reads",
     ("evaluate", "{ck}", "--out", "{file}"): "already exists; pass --force",
+    # another input size: a checkpoint failed with a matrix-shape traceback, an ONNX file with no fix named
+    ("evaluate", "{ck}", "--size", "56"): "was trained on 28 px images; --size 56 would feed it images of another size",
+    ("evaluate", "{onnx}", "--size", "64"): "was trained on 28 px images; --size 64",
     ("predict", "{onnx}", "{dir}", "--threads", "-1"): "--threads: -1 is out of range",
     # refused before the run folder (and its fingerprint, which would refuse the next, valid run) appears
     ("train", "--epochs", "1", "--device", "cuda", "--out", "{dir}/run"): "no CUDA device is available",

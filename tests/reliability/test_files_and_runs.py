@@ -310,6 +310,27 @@ def test_a_monochrome1_dicom_reads_as_displayed_and_a_blank_one_is_refused(tmp_p
         read_image(write_dicom(tmp_path / "blank.dcm", size=32, constant=True), 1, 32)
 
 
+def test_a_colour_dicom_stays_in_colour_and_a_negative_slope_inverts(tmp_path):
+    """Colour DICOMs (fundus, dermoscopy photographs) were averaged to gray, so a folder of them trained a grayscale
+    model; a negative rescale slope (the display inverted) was ignored."""
+    pytest.importorskip("pydicom")
+    from qsal.data.folder import folder_channels, read_image
+    from reliability_inputs import write_dicom
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(write_dicom(tmp_path / "c.dcm", rgb=picture), 3, 32), picture)
+    for cls in ("a", "b"):
+        (tmp_path / "fundus" / cls).mkdir(parents=True)
+        write_dicom(tmp_path / "fundus" / cls / "x.dcm", rgb=rng.integers(0, 256, (32, 32, 3)).astype(np.uint8))
+        (tmp_path / "xray" / cls).mkdir(parents=True)
+        write_dicom(tmp_path / "xray" / cls / "x.dcm")
+    assert folder_channels(tmp_path / "fundus") == 3 and folder_channels(tmp_path / "xray") == 1
+    plain = read_image(write_dicom(tmp_path / "p.dcm"), 1, 32).astype(int)
+    np.testing.assert_array_equal(read_image(write_dicom(tmp_path / "n.dcm", slope=-1.0), 1, 32), 255 - plain)
+    np.testing.assert_array_equal(read_image(write_dicom(tmp_path / "s.dcm", slope=2.5), 1, 32), plain)
+
+
 def test_a_dicom_named_without_a_suffix_is_found_and_read(tmp_path):
     # PACS exports name images IM0001: a folder of them was empty to qsal, and one named directly was not a picture
     pytest.importorskip("pydicom")

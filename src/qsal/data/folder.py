@@ -1,12 +1,12 @@
-"""A user's own images: one sub-folder per class (PNG/JPEG; DICOM with the ``dicom`` extra).
+"""A user's own images: one sub-folder per class (PNG/JPEG/BMP/TIFF; DICOM with the ``dicom`` extra, ``dicom.py``).
 
 Every file is checked as it is decoded: unreadable files, decompression bombs (Pillow's limit), DICOMs
 without pixel data or with several frames, and images so small that resizing would upscale them more
 than 4x are refused by name. 16-bit PNG/TIFF pixels are scaled by 255/65535 (the full range kept,
-not clipped at 255); DICOMs are min-max scaled per image.
+not clipped at 255; a PNG's ``sBIT`` white where it declares one); grayscale DICOMs are min-max scaled per image.
 
-Classes are the sorted sub-folder names; the split is a seeded stratified shuffle, and both are
-written out by ``describe_folder`` so a user can see exactly which file went where.
+Classes are the sorted sub-folder names; the split is a seeded stratified shuffle (or the folder's own, where it
+comes as ``train/ [val/] test/``: ``split_folders``), recorded by its digest (``listing_sha256``).
 """
 
 from __future__ import annotations
@@ -20,33 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from qsal.data.arrays import ImageSplit, validate_arrays
+from qsal.data.dicom import IMAGE_EXT, dicom_picture, is_dicom
 from qsal.data.registry import TASK_BINARY, TASK_MULTICLASS, DatasetInfo
 from qsal.errors import QsalError
 
 __all__ = ["folder_info", "load_folder", "folder_split_files", "split_folders", "describe_split", "folder_root", "listing_sha256", "check_same_listing"]
 
-_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-_DICOM_EXT = {".dcm", ".dicom"}
-
-
-def is_dicom(path: Path) -> bool:
-    """A ``.dcm``/``.dicom`` file, or another that is not a picture by its suffix and holds the DICOM preamble's
-    ``DICM`` marker at byte 128 (PACS exports name images ``IM0001``, or by UID: ``1.2.840.113619.2.55.3.6``)."""
-    if path.suffix.lower() in _DICOM_EXT:
-        return True
-    if path.suffix.lower() in _IMAGE_EXT:
-        return False
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def is_image_file(path: Path) -> bool:
     """A file qsal reads as an image: a picture by its suffix, or a DICOM (``is_dicom``)."""
-    return path.suffix.lower() in _IMAGE_EXT or (os.path.isfile(path) and is_dicom(path))  # isfile: False on OSError
+    return path.suffix.lower() in IMAGE_EXT or (os.path.isfile(path) and is_dicom(path))  # isfile: False on OSError
 
 
 def images_under(folder: Path, follow_links: bool = False) -> list[Path]:
@@ -172,10 +156,10 @@ def _folder_channels(root: str) -> int:
     for name, folders in _class_folders(Path(root)).items():
         for path in images_under(folders[0])[:COLOUR_SAMPLE]:
             try:
-                img = _open_picture(path) if not is_dicom(path) else None
+                img = _open_picture(path) if not is_dicom(path) else dicom_picture(path)
             except QsalError:
                 continue
-            if img is None or img.mode in ("L", "1", "I", "F"):
+            if img.mode in ("L", "1", "I", "F"):
                 continue
             rgba = np.asarray(img.convert("RGBA"), dtype=np.int16)
             seen = rgba[..., 3] > 0  # a transparent pixel's colour is not shown
@@ -234,43 +218,6 @@ def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: flo
 
 # Upscaling a tiny image by more than this factor invents the detail a classifier would learn from.
 MAX_UPSCALE = 4
-
-
-def _read_dicom(path: Path) -> np.ndarray:
-    """One DICOM frame as uint8 as it is displayed, min-max scaled over its own range (stored values have no fixed
-    scale): MONOCHROME1 (lowest value shown white, common in CR/DX radiographs) is inverted to read like MONOCHROME2
-    and every other picture."""
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-    except ImportError:
-        raise QsalError("reading DICOM needs pydicom: pip install 'qsal[dicom]'") from None
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise QsalError(f"cannot read DICOM {path} ({type(e).__name__}: {str(e)[:80]}); remove or replace it") from None
-    if "PixelData" not in ds:
-        raise QsalError(f"DICOM {path} has no pixel data (a report or structured file?); remove it from the image folder")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise QsalError(f"DICOM {path} has {frames} frames; qsal classifies single images: export the frame you mean "
-                        "as its own file")
-    try:
-        px = np.asarray(ds.pixel_array, dtype=np.float64)
-    except Exception as e:  # noqa: BLE001 - pydicom/numpy raise many types for truncated or compressed data
-        raise QsalError(f"cannot decode the pixels of DICOM {path} ({type(e).__name__}: {str(e)[:80]}); it is truncated or "
-                        "uses a compression without a decoder installed: remove or convert it") from None
-    if px.ndim == 3 and px.shape[-1] in (3, 4):
-        px = px[..., :3].mean(axis=-1)
-    if px.ndim != 2 or not np.isfinite(px).all():
-        raise QsalError(f"DICOM {path} has pixel array of shape {px.shape}; qsal needs one 2-D image: remove or convert it")
-    span = px.max() - px.min()
-    if span <= 0:  # min-max scaling would turn any value into black: there is no picture to classify
-        raise QsalError(f"DICOM {path} holds one value ({px.min():g}) in every pixel, a blank frame; remove it")
-    scaled = 255 * (px - px.min()) / span
-    if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-        scaled = 255 - scaled
-    return scaled.round().astype(np.uint8)
 
 
 def png_significant_bits(path: Path) -> int | None:
@@ -358,7 +305,7 @@ def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
     from PIL import Image
 
     dicom = is_dicom(path)
-    img = Image.fromarray(_read_dicom(path)) if dicom else _open_picture(path)
+    img = dicom_picture(path) if dicom else _open_picture(path)
     w, h = img.size
     if min(w, h) * MAX_UPSCALE < size:
         raise QsalError(f"image {path} is {w}x{h} px; resizing it to {size} px would upscale it more than "
