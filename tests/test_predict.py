@@ -82,6 +82,11 @@ def test_predict_bad_paths_are_one_line_errors(breast_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(onnx_path), str(tmp_path / "empty")]) == 2
     assert "no PNG/JPEG/BMP/TIFF/DICOM images found in" in capsys.readouterr().err
+    assert main(["predict", str(onnx_path), str(tmp_path / "empty" / "*.jpg")]) == 2
+    assert "no file matches" in (err := capsys.readouterr().err) and "name the folder" in err
+    Image.fromarray(RAMP).save(tmp_path / "empty" / "x.png")
+    assert main(["predict", str(onnx_path), str(tmp_path / "empty"), "--json"]) == 0
+    assert capsys.readouterr().out.endswith("}\n")  # the prompt after it starts a line of its own
 
 
 def test_runtime_applies_the_stored_temperature_and_threshold(tmp_path):
@@ -309,3 +314,34 @@ def test_a_blank_image_is_refused_not_diagnosed(breast_run, image_folder, tmp_pa
     out = json.loads(capsys.readouterr().out)
     assert sorted(s["file"].rsplit("/", 1)[-1] for s in out["skipped"]) == ["black.png", "white.png"]
     assert len(out["predictions"]) == 4
+
+
+def test_conversions_a_user_would_not_guess_are_said_once(breast_run, tmp_path, capsys):
+    """A non-square image was stretched to a square, and a 12-bit scan in a 16-bit PNG without sBIT read nearly black
+    (p(malignant) moved, the label flipped), with no word from predict or the folder loader."""
+    from qsal.data.folder import load_folder
+    from qsal.predict import predict_paths
+
+    _, onnx_path = breast_run
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(np.tile(RAMP, (1, 2))).save(scans / "wide.png")                   # 56x28
+    Image.fromarray((RAMP.astype(np.uint16) * 70)).save(scans / "twelve_bit.png")      # max 3780: no sBIT
+    Image.fromarray(RAMP).save(scans / "plain.png")
+    result = predict_paths(onnx_path, [scans])
+    assert result["notes"] == [
+        "1 of 3 images is not square: each is resized whole to 28x28 px, stretching it (crop them to a square first "
+        "to keep their proportions)",
+        "1 of 3 images is 16-bit with no value above 4095 and no sBIT chunk (12-bit scans?): scaled by 255/65535 "
+        "they use the darkest 1/16 of the gray range (save them as 8-bit, or as 16-bit PNG with sBIT 12)"]
+    assert capsys.readouterr().err.count("note: ") == 2
+    assert "notes" not in predict_paths(onnx_path, [scans / "plain.png"])
+    for cls in ("a", "b"):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.tile(RAMP + i, (1, 2))).save(tmp_path / "folder" / cls / f"{i}.png")
+    capsys.readouterr()
+    for _ in range(2):  # a run reads a split again per stage: said once
+        load_folder(tmp_path / "folder", "train", size=28)
+    err = capsys.readouterr().err
+    assert err.count("note: 14 of 14 images of the train split of") == 1 and "are not square" in err

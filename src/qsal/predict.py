@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
             matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
             found += [m for m in matches if m.is_file() and is_image_file(m)]
             if not matches:
-                raise QsalError(f"no file matches {raw!r}")
+                raise QsalError(f"no file matches {raw!r}; check its folder and suffix (patterns match case: "
+                                "'*.png' does not find X.PNG), or name the folder to score every image in it")
         else:
             raise QsalError(f"{raw} does not exist; pass image files, folders or glob patterns")
     # once each: the same file named twice (a/x.png, a/../a/x.png, its absolute path, a link to it) is scored once,
@@ -111,10 +113,10 @@ def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathL
     ``skipped`` with the reason and the others are scored (all unreadable is still an error)."""
     predictor = model if isinstance(model, Runtime) else load_predictor(model, threads)
     files = image_files(paths)
-    predictions, skipped = [], []
+    predictions, skipped, notes = [], [], {}
     for f in files:
         try:
-            pixels = predictor.read_file(f)
+            pixels = predictor.read_file(f, notes)
         except QsalError as e:
             if not skip_unreadable:
                 if len(files) > 1:  # the others could still be scored
@@ -130,15 +132,22 @@ def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathL
         raise QsalError(f"none of the {len(files)} images could be used; the first: {skipped[0]['reason']}")
     # Without stored class names the classes are named by id, as each prediction's probabilities are.
     classes = [str(n) for n in predictor.labels] if predictor.labels else list(predictions[0]["probabilities"])
+    from qsal.data.folder import conversion_notes
+
+    side = predictor.input_shape[1]
+    said = [line.format(size=side) for line in conversion_notes(notes, len(predictions), "")]
+    for line in said:
+        print(f"note: {line}", file=sys.stderr)
     return {"model": str(predictor.path), "artifact": not isinstance(predictor, CheckpointRuntime),
-            "decision": predictor.decision, "classes": classes, "predictions": predictions, "skipped": skipped}
+            "decision": predictor.decision, "classes": classes, "predictions": predictions, "skipped": skipped,
+            **({"notes": said} if said else {})}
 
 
 def format_predictions(result: dict, fmt: str = "csv") -> str:
     """CSV (``file``, ``p(<class>)`` per class, ``predicted_class``, ``predicted_label``, ``decided_by``: the
     rule that turned the probabilities into the label, e.g. the stored threshold) or JSON text."""
     if fmt == "json":
-        return json.dumps(result, indent=2)
+        return json.dumps(result, indent=2) + "\n"  # a text file (and a terminal's prompt) ends with a newline
     if fmt != "csv":
         raise QsalError(f"output format {fmt!r} is not csv or json")
     classes = result["classes"]

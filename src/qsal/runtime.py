@@ -265,13 +265,13 @@ class Runtime:
         c, h, _ = self.input_shape
         return self.prediction(self.predict_proba(conform_image(image, c, h)[None])[0])
 
-    def read_file(self, path: str | os.PathLike) -> np.ndarray:
+    def read_file(self, path: str | os.PathLike, notes: dict[str, int] | None = None) -> np.ndarray:
         """One PNG/JPEG/DICOM file as this model's input pixels, uint8 ``(1, H, W, C)`` (``QsalError`` naming the file
-        when it cannot be read)."""
+        when it cannot be read; ``notes``: ``qsal.data.folder.read_image``'s conversion counts, added to)."""
         from qsal.data.folder import read_image
 
         c, h, _ = self.input_shape
-        return read_image(Path(path), c, h).reshape(1, h, h, c)
+        return read_image(Path(path), c, h, notes).reshape(1, h, h, c)
 
     def predict_file(self, path: str | os.PathLike) -> dict:
         """One PNG/JPEG/DICOM file -> ``{"file", "probabilities": {class name: p}, "decided_by", "predicted_class",

@@ -279,6 +279,8 @@ def _open_picture(path: Path):
             white = 2.0 ** bits - 1  # a 12-bit scan in a 16-bit PNG that says so (sBIT): its white is 4095, not 65535
         img = Image.fromarray(np.round(px * (255.0 / white)).astype(np.uint8))
         img.info["blank_16bit"] = f"one value ({px.min():g})" if one_value else None
+        # no value above 4095 and no sBIT to say so: most likely a 12-bit scan, which 255/65535 renders nearly black
+        img.info["dim_16bit"] = white == 65535.0 and 0 < px.max() <= 4095
     elif img.mode == "F":
         raise QsalError(f"image {path} has floating-point pixels (mode F) with no fixed scale; save it as 8- or 16-bit")
     return img
@@ -299,9 +301,26 @@ def _refuse_blank(img, path: Path) -> None:
         raise QsalError(f"image {path} holds {what} in every pixel, a blank image; remove it")
 
 
-def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
+# What reading changed in a way a user would not guess, counted per kind (``read_image(notes=...)``): said once, as
+# one line per kind, by the folder loader and by qsal predict.
+CONVERSION_NOTES = {
+    "not_square": "not square: each is resized whole to {size}x{size} px, stretching it (crop them to a square "
+                  "first to keep their proportions)",
+    "dim_16bit": "16-bit with no value above 4095 and no sBIT chunk (12-bit scans?): scaled by 255/65535 they use "
+                 "the darkest 1/16 of the gray range (save them as 8-bit, or as 16-bit PNG with sBIT 12)",
+}
+
+
+def conversion_notes(notes: dict[str, int], total: int, where: str) -> list[str]:
+    """``notes`` counted by ``read_image`` as sentences: ``3 of 84 images in scans/ are not square: ...``."""
+    return [f"{n} of {total} image{'s' if total != 1 else ''}{where} {'is' if n == 1 else 'are'} "
+            + CONVERSION_NOTES[kind] for kind, n in notes.items() if n]
+
+
+def read_image(path: Path, n_channels: int, size: int, notes: dict[str, int] | None = None) -> np.ndarray:
     """A PNG/JPEG/BMP/TIFF/DICOM file as ``(size, size)`` (grayscale) or ``(size, size, 3)`` uint8 pixels, converted
-    exactly as a folder dataset's images are (``QsalError`` naming the file when it cannot be read)."""
+    exactly as a folder dataset's images are (``QsalError`` naming the file when it cannot be read). ``notes``: counts
+    of the conversions ``CONVERSION_NOTES`` names, added to."""
     from PIL import Image
 
     dicom = is_dicom(path)
@@ -315,6 +334,9 @@ def read_image(path: Path, n_channels: int, size: int) -> np.ndarray:
     # before its min-max scaling
     if not dicom:
         _refuse_blank(img, path)
+    if notes is not None:
+        for kind, happened in (("not_square", w != h), ("dim_16bit", bool(img.info.get("dim_16bit")))):
+            notes[kind] = notes.get(kind, 0) + int(happened)
     img = img.convert("L" if n_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
@@ -330,7 +352,23 @@ def load_folder(root: Path, split: str, n_channels: int | None = None, size: int
     if not files:
         raise QsalError(f"the {split} split of {root} is empty; add images to each class (its split: "
                         f"{describe_split(root)}; a class of a few images leaves a part empty)")
-    images = np.stack([read_image(root / rel, n_channels, size) for rel, _ in files])
+    notes: dict[str, int] = {}
+    images = np.stack([read_image(root / rel, n_channels, size, notes) for rel, _ in files])
     labels = np.array([c for _, c in files], dtype=np.int64)
     images, labels = validate_arrays(info, images, labels, str(root))
+    _say_once(root, split, size, conversion_notes(notes, len(files), f" of the {split} split of {root}"))
     return ImageSplit(info, split, images, labels, str(root), listing_sha256=listing_sha256(listing))
+
+
+_SAID: set[tuple[str, str, int, str]] = set()
+
+
+def _say_once(root: Path, split: str, size: int, lines: list[str]) -> None:
+    """Each note once per folder, split and size in a process (a run reads a split again for each stage)."""
+    import sys
+
+    for line in lines:
+        key = (str(root), split, size, line)
+        if key not in _SAID:
+            _SAID.add(key)
+            print(f"note: {line.format(size=size)}", file=sys.stderr)
