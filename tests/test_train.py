@@ -255,3 +255,53 @@ def test_train_config_refuses_impossible_numbers(field, value, said):
 
     with pytest.raises(QsalError, match=said.replace("(", r"\(")):
         TrainConfig(**{field: value})
+
+
+def test_the_python_api_records_and_checks_what_the_cli_does(tiny_splits, tmp_path, capsys):
+    """Found by a new user of the Python API: a quantized model saved by fit(out_dir) did not load back (its config
+    was not recorded); QAT through fit never froze its observers (only the CLI passed qat_callbacks); a model for
+    another class count trained on; a rerun into a finished run's folder silently loaded the old model; a checkpoint
+    from fit() could not be evaluated ('does not name its dataset')."""
+    from qsal.checkpoint import load_checkpoint
+    from qsal.quant import PACTConfig, QATConfig, quantize
+    from qsal.quant.modules import ActQuantizer
+    from qsal.scoring import evaluate_model
+
+    train, val = tiny_splits[0], tiny_splits[1]
+    cfg = TrainConfig(epochs=2, batch_size=64, progress=False, precision="fp32")
+    fp32 = create_model("small_cnn", 2, 1)
+    fit(fp32, train, val, cfg, tmp_path / "fp32")
+    assert evaluate_model(tmp_path / "fp32" / "best.safetensors", n_bootstrap=0)["n"] == 156
+    pact = quantize(fp32, PACTConfig(bits=4), calibration=train)
+    fit(pact, train, val, cfg, tmp_path / "pact")
+    loaded, meta = load_checkpoint(tmp_path / "pact" / "best.safetensors")
+    x = val.tensors()[0][:4]
+    assert meta["quant"]["method"] == "pact" and torch.equal(loaded.eval()(x), pact.eval()(x))
+    qat = quantize(fp32, QATConfig(freeze_observers_at=0.0), calibration=train)
+    ranges = [q.scale.clone() for q in qat.modules() if isinstance(q, ActQuantizer)]
+    fit(qat, train, val, cfg)
+    assert all(torch.equal(a, q.scale) for a, q in zip(ranges, [q for q in qat.modules() if isinstance(q, ActQuantizer)]))
+    with pytest.raises(QsalError, match="breastmnist has 2 classes / 1 channels but the model \\(small_cnn\\) was "
+                                        "built for 10 / 1"):
+        fit(create_model("small_cnn", 10, 1), train, val, cfg)
+    with pytest.raises(QsalError, match="holds a run \\(last.pt\\); pass resume=True"):
+        fit(create_model("small_cnn", 2, 1), train, val, cfg, tmp_path / "fp32", resume=False)
+    fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(**{**cfg.to_dict(), "progress": True}), tmp_path / "fp32")
+    assert "holds this run finished; its best epoch is loaded, nothing is trained" in capsys.readouterr().err
+    with pytest.raises(QsalError, match="this model records none"):
+        fit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2)), train, val, cfg, tmp_path / "custom")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hflip", "no", "hflip must be True or False, got 'no'"),
+    ("progress", 1, "progress must be True or False"),
+    ("seed", -1, "seed must be a whole number >= 0, got -1"),
+    ("seed", 1.5, "seed must be a whole number >= 0"),
+    ("device", "gpu", "device 'gpu' is not one of auto, cpu, cuda"),
+    ("milestones", 0.5, "milestones must be a list of fractions"),
+    ("channels_last", "true", "channels_last 'true' must be 'auto' or a boolean"),
+])
+def test_train_config_refuses_values_fit_would_misread(field, value, message):
+    with pytest.raises(QsalError, match=message):
+        TrainConfig(**{field: value})
+    TrainConfig(device="cuda:1")  # a device index is a device

@@ -36,3 +36,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'qsal' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # tab completion lists the lazily imported API too
+    return sorted(set(globals()) | set(_LAZY))

@@ -43,6 +43,16 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> Pa
     path = Path(path).with_suffix(".safetensors")
     from qsal.quant.describe import describe_quantization
 
+    # what load_checkpoint rebuilds the model from: the model's own record where meta leaves it out (a quantized
+    # model saved without its config read back as the FP32 net, and failed on the quantizers' tensors)
+    meta = {**meta, "arch": meta.get("arch") or getattr(model, "qsal_arch", None)}
+    if getattr(model, "qsal_quant", None) and not meta.get("quant"):
+        meta["quant"] = model.qsal_quant
+    if not isinstance(meta["arch"], dict):
+        raise QsalError(f"cannot save {path} so that it loads back: the model records no architecture (build it with "
+                        "qsal.create_model, or pass meta={'arch': {'name', 'num_classes', 'in_channels', "
+                        "'image_size'}})")
+
     quantization = describe_quantization(model)  # scheme, bits, placement, observers, PACT alphas at start/end
     if quantization:
         meta = {**meta, "quantization": quantization}

@@ -1,4 +1,5 @@
-"""Run an exported model with onnxruntime and numpy only: importing this module never imports torch.
+"""Run an exported model with onnxruntime, onnx (its metadata) and numpy (Pillow to read image files): importing or
+using this module never imports torch, scikit-learn or SciPy.
 
     >>> from qsal.runtime import Runtime
     >>> rt = Runtime("model.onnx", threads=1)

@@ -37,7 +37,8 @@ def model_metadata(path: str | os.PathLike) -> tuple[dict, dict, bool]:
     from qsal.checkpoint import read_meta
 
     meta = read_meta(path)
-    return meta.get("dataset") or {}, meta.get("decision") or {}, False
+    # qsal.train.fit records "data" (name, source, counts); the pipeline "dataset" (with labels, normalisation)
+    return meta.get("dataset") or meta.get("data") or {}, meta.get("decision") or {}, False
 
 
 def load_for_model(name: str, split: str, *, n_channels: int, size: int | None, data_dir=None,

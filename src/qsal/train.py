@@ -126,19 +126,38 @@ def _validation_score(model, xv, yv, task, select_on, device) -> tuple[float, di
 
 def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfig, out_dir: str | Path | None = None,
         step: Callable | None = None, meta: dict | None = None,
-        callbacks: list[Callable[[nn.Module, int, int], None]] = ()) -> FitResult:
+        callbacks: list[Callable[[nn.Module, int, int], None]] | None = None, resume: bool = True) -> FitResult:
     """Train ``model`` on ``train``, select on ``val``, save the best epoch under ``out_dir``.
 
     Args:
         step: ``step(model, x, y) -> {"loss", "logits"}``; defaults to ``ClassificationStep``. A step
             with random state exposes ``state_dict()`` (tensors) / ``load_state_dict()`` for the resume state.
         meta: extra JSON for the checkpoint (``arch``, ``quant``, ``data``...); config and seed are added.
-        callbacks: ``cb(model, epoch, epochs)`` run at the start of every epoch, after ``model.train()``
-            (QAT freezing).
+        callbacks: ``cb(model, epoch, epochs)`` run at the start of every epoch, after ``model.train()``;
+            ``None``: a QAT model's ``qat_callbacks`` (its observers and BatchNorm freeze when its config says).
+        resume: continue the run whose ``last.pt`` is in ``out_dir`` (said in a note; a finished one trains nothing
+            and loads its best epoch); ``False`` refuses a folder holding one.
     Returns:
         ``FitResult``; the model is left with the *best* epoch's weights loaded.
     """
     task = train.info.task
+    arch = (meta or {}).get("arch") or getattr(model, "qsal_arch", None)
+    if isinstance(arch, dict) and {"num_classes", "in_channels"} <= set(arch):  # a wrong model fails here, not in torch
+        from qsal.checkpoint import check_model_fits_data
+
+        check_model_fits_data(arch, train.info, f"the model ({arch.get('name')})")
+    quant = getattr(model, "qsal_quant", None)
+    if callbacks is None:
+        from qsal.quant import qat_callbacks
+        from qsal.quant.config import config_from_dict
+
+        callbacks = qat_callbacks(config_from_dict(quant)) if quant and quant.get("method") == "qat" else []
+    if out_dir and not isinstance(arch, dict):  # refused before training, not at the first checkpoint
+        raise QsalError("fit(out_dir=...) saves checkpoints that load_checkpoint rebuilds from the model's architecture, "
+                        "and this model records none: build it with qsal.create_model, pass meta={'arch': {...}}, or "
+                        "leave out_dir out (the best weights are then kept in memory)")
+    if out_dir and (Path(out_dir) / "last.pt").is_file() and not resume:
+        raise QsalError(f"{out_dir} holds a run (last.pt); pass resume=True to continue it, or another out_dir")
     step = step or ClassificationStep(task)
     device = resolve_device(config.device)
     gen = seed_everything(config.seed)
@@ -161,7 +180,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     milestones = sorted({max(1, int(round(f * config.epochs))) for f in config.milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=config.gamma)
     out = Path(out_dir) if out_dir else None
-    meta = {**(meta or {}), "arch": getattr(model, "qsal_arch", None), "train": config.to_dict(),
+    meta = {**(meta or {}), "arch": arch, **({"quant": quant} if quant and not (meta or {}).get("quant") else {}),
+            "train": config.to_dict(),
             "step": step.describe() if hasattr(step, "describe") else {"step": type(step).__name__},
             "seed": config.seed, "data": {"name": train.info.name, "source": train.source,
                                           "n_train": len(train), "n_val": len(val)},
@@ -195,6 +215,10 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 raise QsalError(f"cannot resume from {out / 'last.pt'}: it holds no usable weight average for "
                                 f"ema_decay {config.ema_decay}; delete it to start the training over") from None
         start_epoch = int(state["epoch"]) + 1
+        if config.progress:  # a rerun of the same call continues (or, finished, reloads) the run in out_dir
+            print(f"note: resuming {out} at epoch {start_epoch + 1} of {config.epochs}" if start_epoch < config.epochs
+                  else f"note: {out} holds this run finished; its best epoch is loaded, nothing is trained (pass "
+                       "another out_dir to train anew)", file=sys.stderr)
         earlier_seconds = float(state.get("seconds", 0.0))  # the invocations before this one (absent: not recorded)
         best = FitResult(out / "best.safetensors", int(state["best_epoch"]), float(state["best_score"]),
                          list(state.get("history", [])))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -62,6 +63,9 @@ class TrainConfig:
             raise QsalError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not (is_finite_number(self.gamma) and 0 < self.gamma <= 1):  # above 1 the lr would grow at each milestone
             raise QsalError(f"gamma (the lr factor at each milestone) must be a decay factor in (0, 1], got {self.gamma!r}")
+        if not isinstance(self.milestones, (tuple, list)):  # milestones=0.5 raised a TypeError
+            raise QsalError(f"milestones must be a list of fractions of the epochs (e.g. [0.5, 0.75]), got "
+                            f"{self.milestones!r}")
         if not all(is_finite_number(f) and 0 < f <= 1 for f in self.milestones):
             raise QsalError(f"milestones {list(self.milestones)!r}: every milestone is a fraction of the epochs, in "
                             "(0, 1] (0.5 = halfway)")
@@ -72,7 +76,16 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise QsalError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
-            raise QsalError(f"channels_last {self.channels_last!r} is not one of auto, true, false")
+            raise QsalError(f"channels_last {self.channels_last!r} must be 'auto' or a boolean (True/False; YAML "
+                            "true/false)")
+        if not (is_integer(self.seed) and self.seed >= 0):  # numpy and torch refuse others deep inside fit
+            raise QsalError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if not (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
+                                                  or re.fullmatch(r"cuda:\d+", self.device))):
+            raise QsalError(f"device {self.device!r} is not one of auto, cpu, cuda (or cuda:N)")
+        for name in ("hflip", "progress"):  # 'no' is truthy: flipping ran while the checkpoint recorded 'no'
+            if not isinstance(getattr(self, name), bool):
+                raise QsalError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.ema_decay is not None and not (is_finite_number(self.ema_decay) and 0.0 < self.ema_decay < 1.0):
             raise QsalError(f"ema_decay {self.ema_decay!r} must be a number between 0 and 1 (such as 0.99), or null "
                             "for no averaging")

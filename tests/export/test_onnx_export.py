@@ -102,3 +102,19 @@ def test_nan_model_is_refused_and_no_file_is_written(tmp_path):
 def test_untrained_model_is_refused():
     with pytest.raises(QsalError, match="never trained"):
         export_onnx(create_model("small_cnn", 2, 1), "/tmp/never.onnx", input_shape=(1, 28, 28))
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((28, 28), "input_shape must be \\(C, H, W\\) of one image"),
+    ((3, 28, 28), "input_shape \\(3, 28, 28\\) is not the model's \\(\\(1, 28, 28\\)"),
+    ((1, 64, 64), "is not the model's"),
+])
+def test_an_input_shape_the_model_does_not_take_is_refused_before_a_file_is_written(tmp_path, shape, message):
+    """(3, 28, 28) for a one-channel model wrote a file that failed only at predict; (1, 64, 64) raised onnxruntime's
+    Fail; (28, 28) a ValueError from unpacking."""
+    with pytest.raises(QsalError, match=message):
+        export_onnx(create_model("small_cnn", 2, 1), tmp_path / "m.onnx", input_shape=shape, check_untrained=False)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 2))
+    with pytest.raises(QsalError, match="the model does not take images of input_shape \\(3, 28, 28\\)"):
+        export_onnx(net, tmp_path / "n.onnx", input_shape=(3, 28, 28))  # no recorded architecture: its layers tell
+    assert not list(tmp_path.iterdir())

@@ -131,3 +131,25 @@ def test_rank_auc_equals_scikit_learn_with_ties():
     logits = np.round(rng.normal(size=(500, 2)) + np.stack([np.zeros(500), y], axis=1), 1)  # many ties
     m = compute_metrics(y, logits, TASK_BINARY, n_bootstrap=0)
     assert np.isclose(m.auc, roc_auc_score(y, scores_from_logits(logits, TASK_BINARY)[:, 1]), rtol=0, atol=1e-12)
+
+
+def test_compute_metrics_refuses_what_it_would_misread():
+    """Found by a new-user audit: temperature -1 inverted every prediction (AUC .09 for .91), task 'binary' was scored
+    as multi-class with no sensitivity, three logit columns passed for a binary task, and a bad positive_label or an
+    operating point without a threshold raised IndexError / KeyError."""
+    import pytest
+
+    from qsal.errors import QsalError
+
+    y, logits = np.array([0, 1, 0, 1]), np.array([[2., 0], [0, 2], [1, 0], [0, 1]])
+    assert compute_metrics(y, logits, TASK_BINARY, n_bootstrap=0).auc == 1.0
+    for kwargs, message in ((dict(temperature=-1), "temperature must be a number > 0"),
+                            (dict(temperature=0), "temperature must be a number > 0"),
+                            (dict(task="binary"), "task 'binary' is not one of binary-class"),
+                            (dict(logits=np.zeros((4, 3))), "K = 2 for a binary task, got shape \\(4, 3\\)"),
+                            (dict(positive_label=2), "positive_label must be a class id 0-1, got 2"),
+                            (dict(class_names=["a"]), "class_names names 1 classes but the logits score 2"),
+                            (dict(operating_point={"rule": "youden"}), "operating_point needs a 'threshold'")):
+        args = {"task": TASK_BINARY, "logits": logits, "n_bootstrap": 0, **kwargs}
+        with pytest.raises(QsalError, match=message):
+            compute_metrics(y, args.pop("logits"), args.pop("task"), **args)

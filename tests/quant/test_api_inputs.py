@@ -120,3 +120,22 @@ def test_a_config_refuses_a_value_of_the_wrong_type_by_name(make, message):
     with pytest.raises(QsalError) as e:
         make()
     assert message in str(e.value)
+
+
+def test_a_ptq_label_names_both_bit_widths_where_they_differ():
+    """PTQConfig(weight_bits=8, act_bits=4) was labelled ptq-int8-minmax (its run folder and card name too)."""
+    from qsal.quant import PTQConfig
+
+    assert PTQConfig().label == "ptq-int8-minmax" and PTQConfig(weight_bits=4, act_bits=4).label == "ptq-int4-minmax"
+    assert PTQConfig(weight_bits=8, act_bits=4, observer="mse").label == "ptq-w8a4-mse"
+    with pytest.raises(QsalError, match="weight_bits='8' is not supported; use a whole number"):
+        PTQConfig(weight_bits="8")
+
+
+def test_a_layer_the_user_froze_stays_frozen_after_quantization():
+    model = _model()
+    model.conv1.requires_grad_(False)
+    for config in (QATConfig(), PACTConfig(bits=4)):
+        q = quantize(model, config, calibration=torch.randn(32, 1, 28, 28))
+        assert [p.requires_grad for p in q.conv1.parameters()] == [False, False]
+        assert all(p.requires_grad for p in q.conv2.parameters())

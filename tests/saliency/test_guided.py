@@ -160,3 +160,13 @@ def test_changed_buffers_decides_as_torch_equal():
     m.running_var = torch.ones(4)  # another shape
     assert _changed_buffers(m, before) == ["running_var", "num_batches_tracked"]
     assert _changed_buffers(nn.ReLU(), []) == []
+
+
+def test_a_task_or_seed_it_would_misread_is_refused():
+    """SaliencyGuidedStep('binary') (for 'binary-class') trained as multi-class; seed '1' failed inside torch."""
+    from qsal.errors import QsalError
+
+    with pytest.raises(QsalError, match="task 'binary' is not one of binary-class"):
+        SaliencyGuidedStep("binary")
+    with pytest.raises(QsalError, match="seed must be a whole number >= 0, got '1'"):
+        SaliencyGuidedStep("binary-class", seed="1")

@@ -22,6 +22,7 @@ TASK_BINARY = "binary-class"
 TASK_MULTICLASS = "multi-class"
 TASK_ORDINAL = "ordinal-regression"
 TASK_MULTILABEL = "multi-label, binary-class"
+TASKS = (TASK_BINARY, TASK_MULTICLASS, TASK_ORDINAL, TASK_MULTILABEL)
 MEDMNIST_SIZES = (28, 64, 128, 224)
 ENV_VAR = "QSAL_DATA_DIR"
 

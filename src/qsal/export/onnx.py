@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
 
 from qsal._atomic import atomic_path
-from qsal.errors import QsalError
+from qsal.errors import QsalError, is_integer
 from qsal.export.fusion import float_compute_ops, optimized_graph, requantized_by_runtime
 from qsal.provenance import environment
 from qsal.quant.graph import ADD_FUNCTIONS, fold_batchnorm, trace
@@ -305,8 +305,22 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     if check_untrained and getattr(model, "qsal_untrained", False):
         raise QsalError("this model was never trained; train it (qsal train) or load a checkpoint before exporting "
                         "(check_untrained=False exports it anyway)")
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
+            and all(is_integer(v) and v >= 1 for v in input_shape)):
+        raise QsalError(f"input_shape must be (C, H, W) of one image, e.g. (1, 28, 28), got {input_shape!r}")
+    arch = getattr(model, "qsal_arch", None) or {}
+    trained = (arch.get("in_channels"), arch.get("image_size"), arch.get("image_size"))
+    if all(v is not None for v in trained) and tuple(input_shape) != trained:  # a file for images it never saw
+        raise QsalError(f"input_shape {tuple(input_shape)} is not the model's ({trained}: {arch.get('name')} built for "
+                        f"{trained[1]} px images with {trained[0]} channel(s)); pass input_shape={trained}")
     model = copy.deepcopy(model).cpu().eval()
     _check_finite(model)
+    try:  # a shape the layers cannot take fails here in one line, not as a broken file or an onnxruntime error
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    except RuntimeError as e:
+        raise QsalError(f"the model does not take images of input_shape {tuple(input_shape)} "
+                        f"({str(e).splitlines()[0][:120]}); pass the (C, H, W) it was trained on") from None
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
     fold_batchnorm(gm)
     em = _Emitter(gm)

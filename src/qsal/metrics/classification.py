@@ -23,8 +23,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import confusion_matrix, f1_score
 
-from qsal.data.registry import TASK_BINARY, TASK_MULTILABEL
-from qsal.errors import QsalError
+from qsal.data.registry import TASK_BINARY, TASK_MULTILABEL, TASKS
+from qsal.errors import QsalError, is_finite_number, is_integer
 from qsal.metrics.calibration import expected_calibration_error
 
 __all__ = ["Metrics", "scores_from_logits", "auc_score", "acc_score", "compute_metrics", "evaluate", "predict_logits",
@@ -158,11 +158,24 @@ def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_
         temperature: logits are divided by it before softmax/sigmoid (1 = uncalibrated).
         n_bootstrap: resamples of the split for percentile 95 % CIs; 0 disables them.
     """
+    if task not in TASKS:  # 'binary' was scored as multi-class, with no positive class and no sensitivity
+        raise QsalError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    if not (is_finite_number(temperature) and temperature > 0):  # -1 inverted every prediction (AUC .09 for .91)
+        raise QsalError(f"temperature must be a number > 0 (1 = the logits as they are), got {temperature!r}")
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or (task == TASK_BINARY and logits.shape[1] != 2):
+        raise QsalError(f"logits must be (N, K) with K = 2 for a binary task, got shape {tuple(logits.shape)}")
     y = as_label_vector(y_true, task)
     scores = scores_from_logits(logits, task, temperature)
     if len(y) != len(scores):
         raise QsalError(f"{len(y)} labels but {len(scores)} predictions")
     k = scores.shape[1]
+    if class_names is not None and len(class_names) != k:
+        raise QsalError(f"class_names names {len(class_names)} classes but the logits score {k}")
+    if positive_label is not None and not (is_integer(positive_label) and 0 <= positive_label < k):
+        raise QsalError(f"positive_label must be a class id 0-{k - 1}, got {positive_label!r}")
+    if operating_point is not None and not is_finite_number((operating_point or {}).get("threshold")):
+        raise QsalError(f"operating_point needs a 'threshold' (a probability), got {operating_point!r}")
     names = [str(c) for c in (class_names if class_names is not None else range(k))]
     m = Metrics(task=task, n=int(len(y)), auc=auc_score(y, scores, task), acc=acc_score(y, scores, task),
                 temperature=float(temperature), artifact=artifact)

@@ -158,8 +158,9 @@ def quantize(model: nn.Module, config: QuantConfig, calibration=None) -> fx.Grap
     Args:
         model: a float model (from ``create_model`` / a checkpoint), traceable by ``torch.fx``.
         config: ``PTQConfig``, ``QATConfig``, ``PACTConfig`` or ``WeightOnlyConfig``.
-        calibration: an ``ImageSplit`` or a tensor ``(N, C, H, W)`` of training images; the first
-            ``config.num_calibration`` are used (not needed for weight-only).
+        calibration: an ``ImageSplit`` (a seeded draw of ``config.num_calibration`` of its images, seed 0) or a
+            tensor ``(N, C, H, W)`` of training images (its first ``config.num_calibration``); not needed for
+            weight-only.
     Returns:
         A ``torch.fx.GraphModule`` that fake-quantizes (gradients flow through the STE), ready to
         evaluate, fine-tune (QAT/PACT), explain, save or export.

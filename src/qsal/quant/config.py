@@ -15,7 +15,7 @@ __all__ = ["PTQConfig", "QATConfig", "PACTConfig", "WeightOnlyConfig", "QuantCon
 
 def _check_bits(name: str, bits: int, allowed: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)) -> None:
     if not is_integer(bits) or bits not in allowed:  # 4.0 (== 4) ran and labelled the model "int4.0"
-        raise QsalError(f"{name}={bits} is not supported; use one of {allowed}")
+        raise QsalError(f"{name}={bits!r} is not supported; use a whole number, one of {allowed}")
 
 
 def _check_common(cfg) -> None:
@@ -77,7 +77,8 @@ class PTQConfig(QuantConfig):
 
     @property
     def label(self) -> str:
-        return f"ptq-int{self.weight_bits}-{self.observer}"
+        bits = f"int{self.weight_bits}" if self.weight_bits == self.act_bits else f"w{self.weight_bits}a{self.act_bits}"
+        return f"ptq-{bits}-{self.observer}"
 
 
 @dataclass(frozen=True)

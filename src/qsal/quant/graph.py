@@ -107,6 +107,8 @@ def swap_layers(gm: fx.GraphModule, make_kwargs: Callable[[str], dict | None]) -
         if kw is None:
             continue
         new = (QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear).from_float(mod, **kw)
+        for name, param in mod.named_parameters(recurse=False):  # a layer frozen by the user stays frozen
+            getattr(new, name).requires_grad_(param.requires_grad)
         gm.set_submodule(node.target, new.to(mod.weight.device))
     gm.recompile()
     return gm

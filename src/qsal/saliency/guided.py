@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qsal.data.registry import TASK_MULTILABEL
-from qsal.errors import QsalError
+from qsal.data.registry import TASK_MULTILABEL, TASKS
+from qsal.errors import QsalError, is_integer
 from qsal.saliency.targets import multilabel_target_weights
 from qsal.train import regularization, task_loss
 
@@ -195,6 +195,10 @@ class SaliencyGuidedStep:
     target: str = "log_softmax"
 
     def __post_init__(self):
+        if self.task not in TASKS:  # 'binary' trained as multi-class without a word
+            raise QsalError(f"task {self.task!r} is not one of {', '.join(TASKS)} (the dataset's info.task)")
+        if not (is_integer(self.seed) and self.seed >= 0):
+            raise QsalError(f"seed must be a whole number >= 0, got {self.seed!r}")
         if not 0 <= self.k < 1:
             raise QsalError(f"saliency-guided k={self.k} must be a fraction in [0, 1)")
         if self.lam < 0:

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from qsal.errors import QsalError
 from qsal.saliency.targets import multilabel_target_weights
 
 __all__ = ["pixel_saliency", "remove_features", "faithfulness_curve", "deletion_insertion", "agreement",
@@ -23,9 +24,21 @@ FRACTIONS = tuple(np.round(np.arange(0.0, 0.91, 0.1), 2))
 ModelFn = Callable[[np.ndarray], np.ndarray]
 
 
+def as_array(values, name: str = "maps", ndim: int | None = 4) -> np.ndarray:
+    """A numpy array of ``values`` (a torch tensor taken off its graph and device), ``ndim`` dimensions checked:
+    ``(N, H, W)`` maps were ranked as N x H "pixels" of width W without a word."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    values = np.asarray(values)
+    if ndim is not None and values.ndim != ndim:
+        raise QsalError(f"{name} must be (N, C, H, W) arrays, as qsal.explain returns them; got shape "
+                        f"{tuple(values.shape)}")
+    return values
+
+
 def pixel_saliency(maps: np.ndarray) -> np.ndarray:
     """``(N, C, H, W)`` -> ``(N, H*W)`` per-pixel importance: |map| averaged over channels."""
-    maps = np.asarray(maps, dtype=np.float64)
+    maps = as_array(maps).astype(np.float64)
     return np.abs(maps).mean(axis=1).reshape(maps.shape[0], -1)
 
 
@@ -88,6 +101,7 @@ def faithfulness_curve(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, maps: np
     Returns ``fractions``, ``acc_top``, ``acc_random``, their areas (mean accuracy over the fractions)
     and ``gap = area_random - area_top``: the larger, the more the map points at what the model uses.
     """
+    x, maps, y = as_array(x, "images"), as_array(maps), as_array(y, "labels", ndim=None)
     _check_fill(fill)
     rng = np.random.default_rng(seed)
     sal = pixel_saliency(maps)
@@ -114,6 +128,7 @@ def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, map
     first on a blank (each image's minimum) canvas (higher = more faithful). Pixels of equal saliency go in a
     random order (``seed``, ``salient_first``).
     """
+    x, maps, target = as_array(x, "images"), as_array(maps), as_array(target, "targets", ndim=None)
     sal = pixel_saliency(maps)
     order = salient_first(sal, seed)
     n, c, h, w = x.shape
