@@ -337,12 +337,13 @@ def test_conversions_a_user_would_not_guess_are_said_once(breast_run, tmp_path, 
         "they use the darkest 1/16 of the gray range (save them as 8-bit, or as 16-bit PNG with sBIT 12)"]
     assert capsys.readouterr().err.count("note: ") == 2
     assert "notes" not in predict_paths(onnx_path, [scans / "plain.png"])
+    folder = tmp_path / "scans {x}"  # braces in a path: the note's text is not formatted again (a KeyError)
     for cls in ("a", "b"):
-        (tmp_path / "folder" / cls).mkdir(parents=True)
+        (folder / cls).mkdir(parents=True)
         for i in range(10):
-            Image.fromarray(np.tile(RAMP + i, (1, 2))).save(tmp_path / "folder" / cls / f"{i}.png")
+            Image.fromarray(np.tile(RAMP + i, (1, 2))).save(folder / cls / f"{i}.png")
     capsys.readouterr()
     for _ in range(2):  # a run reads a split again per stage: said once
-        load_folder(tmp_path / "folder", "train", size=28)
+        load_folder(folder, "train", size=28)
     err = capsys.readouterr().err
     assert err.count("note: 14 of 14 images of the train split of") == 1 and "are not square" in err

@@ -305,3 +305,19 @@ def test_train_config_refuses_values_fit_would_misread(field, value, message):
     with pytest.raises(QsalError, match=message):
         TrainConfig(**{field: value})
     TrainConfig(device="cuda:1")  # a device index is a device
+
+
+def test_a_checkpoint_fit_wrote_by_itself_is_evaluated_and_exported_by_the_cli(tiny_splits, tmp_path, capsys):
+    """fit() recorded only the data's name and counts: evaluate of a 64 px model loaded 28 px images (a shape
+    traceback), and export wrote a file with no data record (no normalisation, 'does not name its dataset')."""
+    from qsal.cli import main
+
+    train, val = tiny_splits[0], tiny_splits[1]
+    fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(epochs=1, progress=False, precision="fp32"),
+        tmp_path / "run")
+    data = json.loads((tmp_path / "run" / "best.json").read_text())["data"]
+    assert data["image_size"] == 28 and data["labels"] == ["malignant", "normal, benign"] and data["mean"] == [0.5]
+    assert main(["export", str(tmp_path / "run" / "best.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "m.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == "breastmnist"

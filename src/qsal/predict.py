@@ -135,7 +135,7 @@ def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathL
     from qsal.data.folder import conversion_notes
 
     side = predictor.input_shape[1]
-    said = [line.format(size=side) for line in conversion_notes(notes, len(predictions), "")]
+    said = conversion_notes(notes, len(predictions), "", side)
     for line in said:
         print(f"note: {line}", file=sys.stderr)
     return {"model": str(predictor.path), "artifact": not isinstance(predictor, CheckpointRuntime),

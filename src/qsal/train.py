@@ -184,7 +184,12 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             "train": config.to_dict(),
             "step": step.describe() if hasattr(step, "describe") else {"step": type(step).__name__},
             "seed": config.seed, "data": {"name": train.info.name, "source": train.source,
-                                          "n_train": len(train), "n_val": len(val)},
+                                          "n_train": len(train), "n_val": len(val),
+                                          # what evaluate/export read from a checkpoint fit() wrote by itself
+                                          "task": train.info.task, "labels": list(train.info.labels),
+                                          "mean": list(train.info.mean), "std": list(train.info.std),
+                                          "n_channels": train.info.n_channels,
+                                          "image_size": int(train.images.shape[1])},
             "precision": {"training": precision, "channels_last": channels_last, "evaluation": "fp32"}}
     best = FitResult(None, -1, -math.inf)
     start_epoch, earlier_seconds = 0, 0.0
@@ -217,8 +222,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
         start_epoch = int(state["epoch"]) + 1
         if config.progress:  # a rerun of the same call continues (or, finished, reloads) the run in out_dir
             print(f"note: resuming {out} at epoch {start_epoch + 1} of {config.epochs}" if start_epoch < config.epochs
-                  else f"note: {out} holds this run finished; its best epoch is loaded, nothing is trained (pass "
-                       "another out_dir to train anew)", file=sys.stderr)
+                  else f"note: {out} holds this run finished; its best epoch is loaded, nothing is trained (another output "
+                       "folder trains anew)", file=sys.stderr)
         earlier_seconds = float(state.get("seconds", 0.0))  # the invocations before this one (absent: not recorded)
         best = FitResult(out / "best.safetensors", int(state["best_epoch"]), float(state["best_score"]),
                          list(state.get("history", [])))

@@ -147,6 +147,14 @@ def test_a_folder_that_comes_split_keeps_its_split(tmp_path):
         fill(tmp_path / "half" / "val" / cls, 4)
     with pytest.raises(QsalError, match="holds split folders .* but not both train and test"):
         load_split(f"folder:{tmp_path / 'half'}", "train", size=28)
+    # found in review: a class with no test/ folder scored NaN without a word; train/ test/ extra/ became 3 classes
+    fill(tmp_path / "half" / "test" / "a", 2)
+    with pytest.raises(QsalError, match="has no folder for class\\(es\\) \\['b'\\]"):
+        load_split(f"folder:{tmp_path / 'half'}", "train", size=28)
+    fill(tmp_path / "half" / "test" / "b", 2)
+    (tmp_path / "half" / "extra").mkdir()
+    with pytest.raises(QsalError, match="holds split folders and others \\(extra, test, train, val\\)"):
+        load_split(f"folder:{tmp_path / 'half'}", "train", size=28)
 
 
 def test_a_folder_of_colour_photographs_keeps_its_colour_and_a_grey_one_saved_as_rgb_stays_grey(tmp_path):

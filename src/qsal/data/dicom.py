@@ -79,8 +79,10 @@ def read_dicom(path: Path) -> np.ndarray:
             raise QsalError(f"DICOM {path} holds one value ({rgb.min()}) in every pixel, a blank frame; remove it")
         return rgb
     try:
-        from pydicom.pixels import apply_modality_lut
-
+        try:
+            from pydicom.pixels import apply_modality_lut
+        except ImportError:  # pydicom 2.x
+            from pydicom.pixel_data_handlers.util import apply_modality_lut
         px = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     except Exception:  # noqa: BLE001 - a malformed LUT: the stored values, as before
         px = np.asarray(stored, dtype=np.float64)

@@ -76,8 +76,9 @@ def check_same_listing(split, recorded: str | None, model: str) -> None:
     so its test part would hold images the model trained on."""
     if recorded and split.listing_sha256 and split.listing_sha256 != recorded:
         raise QsalError(f"{split.source} holds other images than when {model} was trained on it (files added, removed "
-                        "or renamed since): its split is drawn anew, so its test part would mix in training images; "
-                        "restore the folder as it was, or train a new model on it")
+                        "or renamed since): its splits are not the ones the model was trained, selected and scored on "
+                        "(a drawn split is drawn anew, mixing training images into test); restore the folder as it "
+                        "was, or train a new model on it")
 
 
 # A folder that comes split (Kaggle's chest X-rays: train/ val/ test/, each with one folder per class): its own
@@ -90,11 +91,14 @@ def split_folders(root: Path) -> dict[str, Path] | None:
     (``SPLIT_FOLDERS``; train and test both needed), else ``None`` (one folder per class, split by qsal)."""
     subs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
     names = [p.name.lower() for p in subs]
-    if not names or not set(names) <= set(SPLIT_FOLDERS):
+    if not names or not set(names) & {"train", "test"}:
         return None
+    if not set(names) <= set(SPLIT_FOLDERS):  # train/ test/ extra/ read as three classes named so
+        raise QsalError(f"{root} holds split folders and others ({', '.join(sorted(p.name for p in subs))}); a folder "
+                        "that comes split holds only train/, test/ and val/, each with one sub-folder per class")
     splits = [SPLIT_FOLDERS[n] for n in names]
     if len(set(splits)) < len(splits):
-        raise QsalError(f"{root} has two validation folders ({', '.join(sorted(p.name for p in subs))}); keep one")
+        raise QsalError(f"{root} has two folders for one split ({', '.join(sorted(p.name for p in subs))}); keep one")
     if not {"train", "test"} <= set(splits):
         raise QsalError(f"{root} holds split folders ({', '.join(sorted(p.name for p in subs))}) but not both train "
                         "and test; add the missing one (each with one sub-folder per class), or point --dataset at a "
@@ -117,6 +121,10 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
             if extra:
                 raise QsalError(f"{parts[split]} has class folder(s) {extra} that {parts['train']} lacks; a class must "
                                 "have training images: add them, or remove the folder")
+        missing = sorted(set(by_split["train"]) - set(by_split["test"]))
+        if missing:  # its test metrics would be NaN (no image of the class), with no word
+            raise QsalError(f"{parts['test']} has no folder for class(es) {missing}; add their test images, or remove "
+                            "the class from train/")
         folders = {name: [by_split[s][name] for s in ("train", "val", "test") if name in by_split.get(s, {})]
                    for name in by_split["train"]}
     if len(folders) < 2:
@@ -311,10 +319,10 @@ CONVERSION_NOTES = {
 }
 
 
-def conversion_notes(notes: dict[str, int], total: int, where: str) -> list[str]:
+def conversion_notes(notes: dict[str, int], total: int, where: str, size: int) -> list[str]:
     """``notes`` counted by ``read_image`` as sentences: ``3 of 84 images in scans/ are not square: ...``."""
     return [f"{n} of {total} image{'s' if total != 1 else ''}{where} {'is' if n == 1 else 'are'} "
-            + CONVERSION_NOTES[kind] for kind, n in notes.items() if n]
+            + CONVERSION_NOTES[kind].format(size=size) for kind, n in notes.items() if n]
 
 
 def read_image(path: Path, n_channels: int, size: int, notes: dict[str, int] | None = None) -> np.ndarray:
@@ -356,7 +364,7 @@ def load_folder(root: Path, split: str, n_channels: int | None = None, size: int
     images = np.stack([read_image(root / rel, n_channels, size, notes) for rel, _ in files])
     labels = np.array([c for _, c in files], dtype=np.int64)
     images, labels = validate_arrays(info, images, labels, str(root))
-    _say_once(root, split, size, conversion_notes(notes, len(files), f" of the {split} split of {root}"))
+    _say_once(root, split, size, conversion_notes(notes, len(files), f" of the {split} split of {root}", size))
     return ImageSplit(info, split, images, labels, str(root), listing_sha256=listing_sha256(listing))
 
 
@@ -371,4 +379,4 @@ def _say_once(root: Path, split: str, size: int, lines: list[str]) -> None:
         key = (str(root), split, size, line)
         if key not in _SAID:
             _SAID.add(key)
-            print(f"note: {line.format(size=size)}", file=sys.stderr)
+            print(f"note: {line}", file=sys.stderr)

@@ -308,11 +308,10 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
             and all(is_integer(v) and v >= 1 for v in input_shape)):
         raise QsalError(f"input_shape must be (C, H, W) of one image, e.g. (1, 28, 28), got {input_shape!r}")
-    arch = getattr(model, "qsal_arch", None) or {}
-    trained = (arch.get("in_channels"), arch.get("image_size"), arch.get("image_size"))
-    if all(v is not None for v in trained) and tuple(input_shape) != trained:  # a file for images it never saw
-        raise QsalError(f"input_shape {tuple(input_shape)} is not the model's ({trained}: {arch.get('name')} built for "
-                        f"{trained[1]} px images with {trained[0]} channel(s)); pass input_shape={trained}")
+    channels = (getattr(model, "qsal_arch", None) or {}).get("in_channels")
+    if channels is not None and input_shape[0] != channels:  # a file for images it never saw
+        raise QsalError(f"input_shape {tuple(input_shape)} has {input_shape[0]} channel(s) but the model takes "
+                        f"{channels}; pass ({channels}, H, W) at the size it was trained on")
     model = copy.deepcopy(model).cpu().eval()
     _check_finite(model)
     try:  # a shape the layers cannot take fails here in one line, not as a broken file or an onnxruntime error
