@@ -282,7 +282,8 @@ def test_the_python_api_records_and_checks_what_the_cli_does(tiny_splits, tmp_pa
     fit(qat, train, val, cfg)
     assert all(torch.equal(a, q.scale) for a, q in zip(ranges, [q for q in qat.modules() if isinstance(q, ActQuantizer)]))
     with pytest.raises(QsalError, match="breastmnist has 2 classes / 1 channels but the model \\(small_cnn\\) was "
-                                        "built for 10 / 1"):
+                                        "built for 10 / 1; build it for this data: "
+                                        "qsal.create_model\\('small_cnn', 2, 1\\)"):
         fit(create_model("small_cnn", 10, 1), train, val, cfg)
     with pytest.raises(QsalError, match="holds a run \\(last.pt\\); pass resume=True"):
         fit(create_model("small_cnn", 2, 1), train, val, cfg, tmp_path / "fp32", resume=False)

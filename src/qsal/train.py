@@ -142,10 +142,14 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     """
     task = train.info.task
     arch = (meta or {}).get("arch") or getattr(model, "qsal_arch", None)
-    if isinstance(arch, dict) and {"num_classes", "in_channels"} <= set(arch):  # a wrong model fails here, not in torch
-        from qsal.checkpoint import check_model_fits_data
-
-        check_model_fits_data(arch, train.info, f"the model ({arch.get('name')})")
+    info = train.info
+    if isinstance(arch, dict) and {"num_classes", "in_channels"} <= set(arch) and \
+            (arch["num_classes"], arch["in_channels"]) != (info.num_classes, info.n_channels):
+        # a wrong model fails here, not inside torch
+        raise QsalError(f"{info.name} has {info.num_classes} classes / {info.n_channels} channels but the model "
+                        f"({arch.get('name')}) was built for {arch.get('num_classes')} / {arch.get('in_channels')}; "
+                        f"build it for this data: qsal.create_model({arch.get('name')!r}, {info.num_classes}, "
+                        f"{info.n_channels})")
     quant = getattr(model, "qsal_quant", None)
     if callbacks is None:
         from qsal.quant import qat_callbacks

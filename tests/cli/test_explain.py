@@ -122,3 +122,17 @@ def test_a_folder_model_is_explained_on_its_own_test_part_and_names_the_files(br
         assert main(["explain", str(model), "--n", "4", "--out", str(tmp_path / "x.png"), "--json", "--force"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["files"] == [test_files[i] for i in out["indices"]] and not set(out["files"]) & train_files
+
+
+def test_an_onnx_model_of_a_folder_at_another_size_is_explained_at_its_size(breast_folder, tmp_path):
+    """explain of an ONNX file loaded a folder at 28 px whatever the file takes: a 56 px model was refused
+    ('images are 28 px ... but model.onnx takes 56 px')."""
+    from qsal.pipeline import export_checkpoint, train_model
+    from qsal.train import TrainConfig
+
+    root = breast_folder(20)
+    run = tmp_path / "run"
+    train_model(f"folder:{root}", "small_cnn", TrainConfig(epochs=1, progress=False, precision="fp32"), run, size=56)
+    onnx = export_checkpoint(str(run / "best.safetensors"), tmp_path / "m.onnx", card=False)["onnx"]
+    assert main(["explain", onnx, "--n", "2", "--out", str(tmp_path / "e.png")]) == 0
+    assert (tmp_path / "e.png").is_file()

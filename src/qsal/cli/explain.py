@@ -46,7 +46,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         # a folder read as the model was trained on it, split by its training seed (another seed's test part holds
         # images it trained on)
         data_seed = split_seed({"data": rt.meta.get("data") or {}})
-        full = load_split(name, split, data_dir, n_channels=c, seed=data_seed)
+        full = load_split(name, split, data_dir, size=h, n_channels=c, seed=data_seed)  # a folder at the file's size
         _check_own_data(path, rt.meta.get("data") or {}, name, full)
         split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
         if split_data.info.n_channels != c or split_data.images.shape[1:3] != (h, w):
