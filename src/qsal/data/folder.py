@@ -197,24 +197,21 @@ def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: flo
     out: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
     parts = split_folders(root)
     for cid, (name, where) in enumerate(folders.items()):
+        files = images_under(where[0])  # the class's only folder, or its train/ folder (listed first)
+        if not files:
+            raise QsalError(f"class folder {where[0]} has no images (PNG, JPEG, BMP, TIFF or DICOM); add some, or "
+                            "remove the folder")
         if parts is not None:
             for folder in where:
                 split = next(s for s, p in parts.items() if folder.parent == p)
-                files = images_under(folder)
+                files = images_under(folder) if folder != where[0] else files
                 if split == "train" and "val" not in parts:  # a validation slice held out of training
                     order = rng.permutation(len(files))
                     n_val = int(round(len(files) * val_fraction))
                     out["val"] += [(str(files[i].relative_to(root)), cid) for i in order[:n_val]]
                     files = [files[i] for i in order[n_val:]]
                 out[split] += [(str(f.relative_to(root)), cid) for f in files]
-            if not images_under(where[0]):
-                raise QsalError(f"class folder {where[0]} has no images (PNG, JPEG, BMP, TIFF or DICOM); add some, or "
-                                "remove the folder")
             continue
-        files = images_under(where[0])
-        if not files:
-            raise QsalError(f"class folder {where[0]} has no images (PNG, JPEG, BMP, TIFF or DICOM); add some, or "
-                            "remove the folder")
         order = rng.permutation(len(files))
         n_test = int(round(len(files) * test_fraction))
         n_val = int(round(len(files) * val_fraction))
