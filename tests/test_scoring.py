@@ -373,3 +373,28 @@ def test_a_folder_model_records_its_folder_whole_and_refuses_it_changed(breast_f
     err = capsys.readouterr().err
     assert err.count("holds other images than when") == 2 and not (tmp_path / "q").exists()
     assert evaluate_model(run / "best.safetensors", split="all")["n"] == 84  # every file, whatever the split
+
+
+def test_a_folder_model_fit_wrote_by_itself_records_its_split_and_refuses_it_changed(breast_folder, tmp_path):
+    """fit() recorded a folder's name and counts but not its split digest nor the seed that drew it: a folder grown
+    since was scored as the model's own (training images counted as test images), on split seed 0 whatever drew it."""
+    import shutil
+
+    from qsal import create_model, fit
+    from qsal.scoring import evaluate_model
+    from qsal.train import TrainConfig
+
+    root = breast_folder(40)
+    train, val, test = (load_split(f"folder:{root}", s, seed=3) for s in ("train", "val", "test"))
+    assert train.split_seed == 3 and train.subset(5).listing_sha256 == train.listing_sha256
+    assert train.with_channels(3).split_seed == 3 and load_split("breastmnist", "test").split_seed is None
+    fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(epochs=1, progress=False, precision="fp32"),
+        tmp_path / "run")
+    data = json.loads((tmp_path / "run" / "best.json").read_text())["data"]
+    assert data["split_seed"] == 3 and data["listing_sha256"] == train.listing_sha256
+    scored = evaluate_model(tmp_path / "run" / "best.safetensors", n_bootstrap=0)
+    assert scored["split_seed"] == 3 and scored["n"] == len(test)  # the draw that trained it, not seed 0's
+    for name in sorted(p.name for p in root.iterdir()):
+        shutil.copy(sorted((root / name).iterdir())[0], root / name / "added.png")
+    with pytest.raises(QsalError, match="holds other images than when .* was trained on it"):
+        evaluate_model(tmp_path / "run" / "best.safetensors")

@@ -20,7 +20,7 @@ _LAZY = {
     "create_model": "qsal.models", "list_models": "qsal.models",
     "fit": "qsal.train", "TrainConfig": "qsal.train", "ClassificationStep": "qsal.train",
     "evaluate": "qsal.metrics", "compute_metrics": "qsal.metrics", "choose_decision": "qsal.metrics",
-    "predict_logits": "qsal.metrics", "data_meta": "qsal.pipeline",
+    "predict_logits": "qsal.metrics", "data_meta": "qsal.data",
     "quantize": "qsal.quant", "PTQConfig": "qsal.quant", "QATConfig": "qsal.quant", "PACTConfig": "qsal.quant",
     "WeightOnlyConfig": "qsal.quant",
     "save_checkpoint": "qsal.checkpoint", "load_checkpoint": "qsal.checkpoint",

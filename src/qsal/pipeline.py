@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from qsal._atomic import write_json_atomic
-from qsal.data import ImageSplit, get_info, load_split
+from qsal.data import ImageSplit, data_meta, get_info, load_split
 from qsal.data.checks import require_training_classes, require_validation_classes
 from qsal.data.folder import check_same_listing
 from qsal.checkpoint import check_model_fits_data, trained_saliency_guided
@@ -26,16 +26,6 @@ from qsal.train import TrainConfig, check_augmentation_fits
 
 __all__ = ["dataset_task", "dataset_info", "train_model", "evaluate_checkpoint", "quantize_checkpoint", "export_checkpoint",
            "write_card", "evaluate_onnx", "data_meta", "load_splits", "split_seed"]
-
-
-def data_meta(split: ImageSplit) -> dict:
-    """What a deployed model must know about its data: name, task, labels and normalisation."""
-    info = split.info
-    return {"name": info.name, "task": info.task, "labels": list(info.labels), "mean": list(info.mean),
-            "std": list(info.std), "n_channels": info.n_channels, "image_size": int(split.images.shape[1]),
-            "license": info.license,
-            # a folder's split as drawn: a folder changed since is refused as the model's own data
-            **({"listing_sha256": split.listing_sha256} if split.listing_sha256 else {})}
 
 
 def split_seed(meta: dict) -> int:

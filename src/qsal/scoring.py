@@ -76,7 +76,7 @@ def _align_labels(data: ImageSplit, model_labels: list[str]) -> ImageSplit:
         return data
     mapping = np.array([model_labels.index(n) for n in names])
     info = replace(data.info, labels=tuple(model_labels))
-    return ImageSplit(info, data.split, data.images, mapping[data.labels], data.source)
+    return replace(data, info=info, labels=mapping[data.labels])
 
 
 def evaluate_onnx(onnx_path: str | os.PathLike, split: ImageSplit, n_bootstrap: int = 1000, seed: int = 0):
@@ -183,7 +183,9 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
         model, meta = load_checkpoint(path)
         # the bootstrap drawn with the run's seed, as train / quantize drew it: the same model, split and CIs
         metrics = evaluate(model, data, decision=decision, n_bootstrap=n_bootstrap, seed=int(meta.get("seed") or 0))
-    result = {"model": str(path), "dataset": name, "split": split, **metrics.to_dict()}
+    result = {"model": str(path), "dataset": name, "split": split,
+              # which draw of a folder's (or MNIST's / CIFAR-10's validation) split these images are
+              **({"split_seed": data.split_seed} if data.split_seed is not None else {}), **metrics.to_dict()}
     if own and name != own:
         result["dataset_mismatch"] = f"model trained on {own}, scored on {name} (--other-dataset)"
         theirs = [str(n) for n in data.info.labels]
@@ -198,7 +200,8 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     if name.startswith("folder:") and split != "all":
         from qsal.data.folder import describe_split, folder_root
 
-        result["note"] = (f"scored the {split} part of {describe_split(folder_root(name))} ({metrics.n} images); "
+        drawn = f"drawn with seed {data.split_seed}, " if data.split_seed is not None else ""
+        result["note"] = (f"scored the {split} part of {describe_split(folder_root(name))} ({drawn}{metrics.n} images); "
                           "--split all scores every image")
     in_sample = {"train": "the model was trained on these images",
                  "val": "the validation split chose this model's operating point (and, where it trained, its best epoch)",

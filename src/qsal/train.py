@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from qsal.checkpoint import load_training_state, save_checkpoint, save_training_state
-from qsal.data.arrays import ImageSplit
+from qsal.data.arrays import ImageSplit, data_meta
 from qsal.data.registry import TASK_MULTILABEL
 from qsal.ema import WeightEMA
 from qsal.errors import QsalError
@@ -187,13 +187,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     meta = {**(meta or {}), "arch": arch, **({"quant": quant} if quant and not (meta or {}).get("quant") else {}),
             "train": config.to_dict(),
             "step": step.describe() if hasattr(step, "describe") else {"step": type(step).__name__},
-            "seed": config.seed, "data": {"name": train.info.name, "source": train.source,
-                                          "n_train": len(train), "n_val": len(val),
-                                          # what evaluate/export read from a checkpoint fit() wrote by itself
-                                          "task": train.info.task, "labels": list(train.info.labels),
-                                          "mean": list(train.info.mean), "std": list(train.info.std),
-                                          "n_channels": train.info.n_channels,
-                                          "image_size": int(train.images.shape[1])},
+            "seed": config.seed, "data": {**data_meta(train), "source": train.source, "n_train": len(train),
+                                          "n_val": len(val)},
             "precision": {"training": precision, "channels_last": channels_last, "evaluation": "fp32"}}
     best = FitResult(None, -1, -math.inf)
     start_epoch, earlier_seconds = 0, 0.0

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qsal.data.arrays import ImageSplit
+from dataclasses import replace
+
+from qsal.data.arrays import ImageSplit, data_meta
 from qsal.data.cifar import find_cifar10_dir, load_cifar10
 from qsal.data.folder import dataset_key, folder_info, folder_root, load_folder
 from qsal.data.medmnist import find_medmnist, load_medmnist
@@ -18,7 +20,7 @@ from qsal.data.registry import (DATASETS, TASK_BINARY, TASK_MULTICLASS, TASK_MUL
                                 DatasetInfo, get_info, list_datasets, resolve_data_dir)
 from qsal.errors import QsalError
 
-__all__ = ["ImageSplit", "DatasetInfo", "DATASETS", "get_info", "list_datasets", "resolve_data_dir",
+__all__ = ["ImageSplit", "data_meta", "DatasetInfo", "DATASETS", "get_info", "list_datasets", "resolve_data_dir",
            "load_split", "dataset_key", "describe_splits", "dataset_status", "split_validation", "VAL_FRACTION", "held_out_count",
            "TASK_BINARY", "TASK_MULTICLASS", "TASK_MULTILABEL", "TASK_ORDINAL"]
 
@@ -95,7 +97,7 @@ def split_validation(train: ImageSplit, split: str, val_fraction: float, seed: i
     order = np.random.default_rng(seed).permutation(len(train))
     n_val = held_out_count(len(train), val_fraction)
     idx = np.sort(order[:n_val] if split == "val" else order[n_val:])
-    return ImageSplit(train.info, split, train.images[idx], train.labels[idx], train.source)
+    return replace(train, split=split, images=train.images[idx], labels=train.labels[idx], split_seed=int(seed))
 
 
 def dataset_status(data_dir: str | os.PathLike | None = None, verify: bool = True) -> list[dict]:

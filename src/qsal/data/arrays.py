@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from qsal.data.registry import TASK_MULTILABEL, DatasetInfo
 from qsal.errors import QsalError
 
-__all__ = ["ImageSplit", "validate_arrays"]
+__all__ = ["ImageSplit", "validate_arrays", "data_meta"]
 
 
 @dataclass
@@ -22,6 +22,8 @@ class ImageSplit:
         source: where the arrays were read from (a path, or ``embedded``).
         listing_sha256: a folder dataset's split as drawn (every file's path, class and split; ``folder.listing_sha256``):
             recorded at training, so a folder changed since is not scored as the model's own split. ``None`` otherwise.
+        split_seed: the seed that drew this split (a folder's train/val/test, MNIST's and CIFAR-10's validation
+            slice of train); ``None`` for an official split, which no seed changes.
     """
 
     info: DatasetInfo
@@ -30,6 +32,7 @@ class ImageSplit:
     labels: np.ndarray
     source: str = ""
     listing_sha256: str | None = None
+    split_seed: int | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -51,8 +54,6 @@ class ImageSplit:
 
     def with_channels(self, channels: int) -> "ImageSplit":
         """The same images with 1 (ITU-R 601 luma) or 3 (gray repeated) channels, for a model of the other kind."""
-        from dataclasses import replace
-
         have = self.images.shape[-1]
         if channels == have:
             return self
@@ -66,7 +67,7 @@ class ImageSplit:
         mean, std = self.info.mean, self.info.std
         m, sd = (mean * 3, std * 3) if channels == 3 else ((float(np.mean(mean)),), (float(np.mean(std)),))
         info = replace(self.info, n_channels=channels, mean=tuple(m)[:channels], std=tuple(sd)[:channels])
-        return ImageSplit(info, self.split, images, self.labels, self.source)
+        return replace(self, info=info, images=images)
 
     def subset_indices(self, n: int, seed: int = 0) -> np.ndarray:
         """Positions in this split of the images ``subset(n, seed)`` returns (sorted)."""
@@ -79,7 +80,20 @@ class ImageSplit:
         if n >= len(self):
             return self
         idx = self.subset_indices(n, seed)
-        return ImageSplit(self.info, self.split, self.images[idx], self.labels[idx], self.source)
+        return replace(self, images=self.images[idx], labels=self.labels[idx])
+
+
+def data_meta(split: ImageSplit) -> dict:
+    """What a model trained on ``split`` records of its data, and what a deployed model must know: name, task,
+    labels, normalisation, channels and size; a folder's split digest and the seed that drew a split, where they apply.
+    """
+    info = split.info
+    return {"name": info.name, "task": info.task, "labels": list(info.labels), "mean": list(info.mean),
+            "std": list(info.std), "n_channels": info.n_channels, "image_size": int(split.images.shape[1]),
+            "license": info.license,
+            # a folder's split as drawn: a folder changed since is refused as the model's own data
+            **({"listing_sha256": split.listing_sha256} if split.listing_sha256 else {}),
+            **({"split_seed": int(split.split_seed)} if split.split_seed is not None else {})}
 
 
 def validate_arrays(info: DatasetInfo, images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -362,7 +362,8 @@ def load_folder(root: Path, split: str, n_channels: int | None = None, size: int
     labels = np.array([c for _, c in files], dtype=np.int64)
     images, labels = validate_arrays(info, images, labels, str(root))
     _say_once(root, split, size, conversion_notes(notes, len(files), f" of the {split} split of {root}", size))
-    return ImageSplit(info, split, images, labels, str(root), listing_sha256=listing_sha256(listing))
+    return ImageSplit(info, split, images, labels, str(root), listing_sha256=listing_sha256(listing),
+                      split_seed=int(seed))
 
 
 _SAID: set[tuple[str, str, int, str]] = set()
