@@ -9,7 +9,8 @@ import yaml
 
 from qsal.metrics import compute_metrics
 from qsal.export import export_onnx
-from qsal.export.model_card import hf_license, onnx_layer_storage, write_model_card
+from qsal.export.card_storage import onnx_layer_storage
+from qsal.export.model_card import hf_license, write_model_card
 from qsal.models import count_parameters, create_model
 from qsal.quant import PACTConfig, quantize
 

@@ -20,10 +20,11 @@ from qsal.checkpoint import trained_saliency_guided
 from qsal.data import DATASETS, describe_splits
 from qsal.train import TrainConfig
 from qsal.errors import printable_path
+from qsal.export.card_storage import kernels_run, onnx_layer_storage, quant_bits
 from qsal.metrics.operating_point import describe_operating_point
 from qsal.runtime import NO_OPERATING_POINT
 
-__all__ = ["write_model_card", "onnx_layer_storage", "hf_license"]
+__all__ = ["write_model_card", "onnx_layer_storage", "hf_license"]  # onnx_layer_storage: card_storage's
 
 _OUT_OF_SCOPE = [
     "Clinical diagnosis, triage or treatment decisions: this is a research prototype, not a medical device, and it "
@@ -55,9 +56,6 @@ _EXPLANATIONS = {
     "deletion_auc": "probability area as salient pixels are deleted (lower = more faithful)",
     "insertion_auc": "probability area as salient pixels are inserted (higher = more faithful)",
 }
-_ONNX_TYPES = {1: "FP32", 3: "INT8", 22: "INT4", 2: "UINT8", 6: "INT32", 10: "FP16", 16: "BF16"}
-
-
 def hf_license(text: str | None) -> str:
     """The Hugging Face licence id of a dataset licence string (``"CC BY 4.0"`` -> ``"cc-by-4.0"``), else ``other``."""
     t = (text or "").lower().replace(" ", "-")
@@ -66,50 +64,6 @@ def hf_license(text: str | None) -> str:
         if t.startswith(key):
             return key
     return "other"
-
-
-def onnx_layer_storage(onnx_path: str | Path) -> tuple[int, dict[str, str]]:
-    """``(opset, {layer: weight storage type})`` read from the ONNX graph (``INT8``, ``INT4`` or ``FP32``)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    layers = {}
-    for init in model.graph.initializer:
-        name = init.name
-        if name.endswith("_weight_q"):
-            layers[name[: -len("_weight_q")]] = _ONNX_TYPES.get(init.data_type, str(init.data_type))
-        elif name.endswith("_weight") and len(init.dims) >= 2:  # a float layer
-            layers.setdefault(name[: -len("_weight")], _ONNX_TYPES.get(init.data_type, str(init.data_type)))
-    return opset, layers
-
-
-def _quant_bits(quant: dict, storage: dict[str, str], recorded: list | None = None) -> dict[str, int | None]:
-    """Bits of each ONNX layer's weights (``storage``: ``onnx_layer_storage``'s). ``recorded``: the checkpoint's own
-    per-layer record (``describe_quantization``'s ``weights``) wins, and a layer it leaves out that is stored float
-    was kept float (``skip``); else per-layer entries of the config, else the config's bit-width."""
-    per_layer = quant.get("layers") or quant.get("per_layer") or quant.get("per_layer_bits") or {}
-    by_name = {w.get("name"): w.get("weight_bits") for w in recorded or [] if isinstance(w, dict)}
-    method = quant.get("method")
-    default = quant.get("weight_bits") or quant.get("bits")
-    layers = list(storage)
-    out = {}
-    for i, name in enumerate(layers):
-        found = by_name.get(name, by_name.get(name.replace("_", ".")))
-        entry = per_layer.get(name) or per_layer.get(name.replace("_", "."))
-        if found is not None:
-            out[name] = found
-        elif isinstance(recorded, list) and storage[name] == "FP32":
-            out[name] = 32
-        elif isinstance(entry, dict):
-            out[name] = entry.get("weight_bits") or entry.get("bits")
-        elif isinstance(entry, int):
-            out[name] = entry
-        elif method == "pact" and i in (0, len(layers) - 1):
-            out[name] = quant.get("first_last_bits", 8)
-        else:
-            out[name] = default
-    return out
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -165,7 +119,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     scored_what = "the ONNX file run by onnxruntime" if artifact_metrics else "the PyTorch model (ONNX file not scored)"
     opset, storage = onnx_layer_storage(onnx_path)
     recorded = (meta.get("quantization") or {}).get("weights")
-    bits = _quant_bits(quant, storage, recorded if isinstance(recorded, list) else None) \
+    bits = quant_bits(quant, storage, recorded if isinstance(recorded, list) else None) \
         if quant.get("method") != "fp32" else {k: 32 for k in storage}
     size = onnx_path.stat().st_size
     binary = data.get("task") == "binary-class"
@@ -228,7 +182,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                     if pt.get("epochs") else ""]
     parent_named = parent_file and parent_file + (f" ({'; '.join(a for a in about_parent if a)})"
                                                   if any(about_parent) else "")
-    kernels = _kernels(onnx_path, quant)
+    kernels = kernels_run(onnx_path, quant)
     details = [("name / version", f"{name} / qsal {versions.get('qsal', '?')}, {today}"),
                ("architecture", f"{arch.get('name')} ({arch.get('in_channels')} channel(s) in, {arch.get('num_classes')} outputs)"),
                ("parameters", f"{n_parameters:,}" if n_parameters else None),
@@ -361,35 +315,6 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     write_json_atomic(onnx_path.with_suffix(".card.json"), card)
     write_text_atomic(onnx_path.with_suffix(".card.md"), "\n".join(md))
     return card
-
-
-def _kernels(onnx_path: Path, quant: dict) -> dict:
-    """What onnxruntime runs the file on, as export measured it on the optimised graph (``integer_kernels``,
-    ``float_ops_after_optimization`` in the metadata): a quantized file whose layers fall back to float kernels
-    (weight-only, a skipped layer) keeps integer weights on disk but computes, and holds its weights, in FP32."""
-    from qsal.runtime import read_metadata
-
-    info = read_metadata(onnx_path)
-    integer, float_ops = info.get("integer_kernels"), info.get("float_ops_after_optimization")
-    ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items())) or "see the metadata"
-    if quant.get("method") == "fp32":
-        text = "float (FP32)"
-    elif integer:
-        text = "integer: onnxruntime runs every conv/gemm on integer kernels (checked on its optimised graph at export)"
-    elif integer is None:
-        text = None
-    elif quant.get("skip") and quant.get("method") != "weight_only":
-        text = f"integer but for float kernels ({ops}), the layers kept in FP32 among them ({', '.join(quant['skip'])})"
-    else:
-        text = (f"float: onnxruntime dequantizes these layers' weights when it loads the file and runs them on float "
-                f"kernels ({ops}); the file is smaller, the compute and memory are FP32's")
-    requantized = info.get("fp32_layers_int8_in_onnxruntime") or []
-    if requantized and text:  # measured at export: the deployed file does not run these as the model describes
-        text += (f". Kept in FP32 but run by onnxruntime on per-tensor INT8 weights it makes itself when it loads the "
-                 f"file: {', '.join(requantized)} (its WeightBiasQuantization optimiser quantizes a float conv/gemm "
-                 "read from a quantized tensor); the metrics above are the file's as onnxruntime runs it")
-    return {"integer_kernels": integer, "float_ops_after_optimization": float_ops, "text": text,
-            "fp32_layers_int8_in_onnxruntime": requantized}
 
 
 def _table_positive_class(name: str | None) -> str | None:
