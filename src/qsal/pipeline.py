@@ -370,7 +370,13 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
                 os.replace(stage / written.name, written)
             except OSError as e:
                 raise QsalError(f"cannot write {written} ({e.strerror}); choose another --out") from None
-    result = {"onnx": str(out), "size_bytes": out.stat().st_size, "quant": (meta.get("quant") or {}).get("method", "fp32")}
+    quant = meta.get("quant") or {}
+    from qsal.export.card_storage import deployed_kernels, describe_kernels
+    from qsal.runtime import read_metadata
+
+    result = {"onnx": str(out), "size_bytes": out.stat().st_size, "quant": quant.get("method", "fp32"),
+              "bits": quant.get("bits") or quant.get("weight_bits"),
+              "runs_on": describe_kernels(deployed_kernels(read_metadata(out)))}
     if card:
         result["card"] = str(cards[0])
     return result

@@ -22,6 +22,9 @@ def _run(*args, cwd=None):
     (["train", "--epochs", "0"], "--epochs: 0 is out of range"),
     (["evaluate", "missing.safetensors"], "checkpoint missing.safetensors not found"),
     (["bench", "missing.onnx"], "model file missing.onnx not found"),
+    (["bench", "."], ". is a folder; bench times one ONNX file: pass its path (qsal export writes one)"),
+    (["quantize", "m.safetensors", "--method", "weight-only", "--bits", "3"],
+     "bits=3 is not supported by weight-only (ONNX stores INT4 and INT8 weights); use one of 4, 8 (--bits)"),
     (["export", "m.safetensors", "--out", "m.txt"], "--out m.txt: export writes an ONNX file; name it .onnx"),
     (["export", "model.onnx"], "model.onnx is already an ONNX file; export takes the .safetensors checkpoint"),
 ])
@@ -48,10 +51,19 @@ def test_train_evaluate_quantize_export_bench_explain_on_real_data(tmp_path, cap
     assert main(["export", str(q / "best.safetensors"), "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)
     assert exported["quant"] == "ptq" and exported["size_bytes"] > 0
+    assert exported["bits"] == 8 and exported["runs_on"] == "integer kernels (ptq 8-bit)"
     assert main(["bench", str(tmp_path / "m.onnx"), "--threads", "1", "--seconds", "0.2",
                  "--out", str(tmp_path / "b.json")]) == 0
-    runs = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert "runs on: integer kernels (ptq 8-bit)" in capsys.readouterr().out
+    bench = json.loads((tmp_path / "b.json").read_text())
+    runs = bench["runs"]
     assert {r["batch"] for r in runs} == {1, 64} and all(r["latency_ms_p50"] > 0 for r in runs)
+    # what was timed: the file by content, the settings, the kernels its export measured
+    from qsal.run_folder import file_sha256
+
+    assert bench["sha256"] == file_sha256(tmp_path / "m.onnx") and bench["model"] == str(tmp_path / "m.onnx")
+    assert bench["measured"]["warmup_calls"] == 5 and bench["measured"]["min_seconds_per_configuration"] == 0.2
+    assert bench["deployed"]["integer_kernels"] is True and bench["deployed"]["weights_dequantized_per_call"] == 0
     assert main(["explain", str(tmp_path / "m.onnx"), "--method", "occlusion", "--n", "2",
                  "--out", str(tmp_path / "onnx.png")]) == 0
     assert (tmp_path / "onnx.png").read_bytes()[:4] == b"\x89PNG"

@@ -54,6 +54,7 @@ def test_every_bit_width_fuses_to_integer_kernels_in_a_default_session(name, met
     assert float_ops == [], f"{name} {method}: float ops left after optimisation: {float_ops}"
     assert "QLinearConv" in ops
     assert read_metadata(path)["integer_kernels"] is True  # the metadata tells the truth
+    assert read_metadata(path)["weights_dequantized_per_call"] == 0  # no weight dequantized per call
 
 
 def test_pact4_resnet18_is_fused_packed_int4_and_small(tmp_path):

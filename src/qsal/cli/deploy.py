@@ -189,6 +189,9 @@ def cmd_bench(args):
     print(f"{args.model}: {result['size_bytes'] / 1024:,.1f} KiB"
           + (f"; its graph fixes the batch at {result['fixed_batch']}: only that batch size is timed"
              if result.get("fixed_batch") else ""))
+    from qsal.export.card_storage import describe_kernels
+
+    print(f"runs on: {describe_kernels(result['deployed'])}")
     over = sorted({r["threads"] for r in result["runs"] if r.get("oversubscribed")})
     if over:
         print(f"note: {', '.join(map(str, over))} threads on {result['environment']['cpus_usable']} usable cores: "

@@ -89,11 +89,17 @@ def interleaved_latency(calls: dict, rounds: int, calls_per_round: int, warmup: 
     return out
 
 
+WARMUP_CALLS = 5  # untimed calls first: onnxruntime allocates its buffers and picks kernels on the first ones
+
+
 def _summary(times_ms: list[float], batch: int) -> dict:
+    """Latency percentiles of the timed calls, and throughput as the images they scored over the time they took
+    (sustained, as onnxruntime_perf_test counts it: a batch size over the *median* latency overstated it up to 3x on a
+    shared CPU, where slow calls are the ones a median leaves out)."""
     t = np.asarray(times_ms)
     return {"batch": batch, "iters": int(t.size), "latency_ms_p50": float(np.percentile(t, 50)),
             "latency_ms_p95": float(np.percentile(t, 95)), "latency_ms_mean": float(t.mean()),
-            "throughput_img_s": float(batch * 1e3 / np.median(t))}
+            "throughput_img_s": float(batch * t.size * 1e3 / t.sum())}
 
 
 def _worker_onnx(path: str, threads: int, batch: int, seconds: float) -> dict:
@@ -101,7 +107,7 @@ def _worker_onnx(path: str, threads: int, batch: int, seconds: float) -> dict:
 
     rt = Runtime(path, threads=threads or None)
     x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape)).astype(np.float32)
-    return _summary(measure(lambda: rt.run_normalized(x), 5, 20 if batch > 1 else 50, seconds), batch)
+    return _summary(measure(lambda: rt.run_normalized(x), WARMUP_CALLS, 20 if batch > 1 else 50, seconds), batch)
 
 
 def _worker_torch(checkpoint: str, threads: int, batch: int, seconds: float) -> dict:
@@ -117,7 +123,7 @@ def _worker_torch(checkpoint: str, threads: int, batch: int, seconds: float) -> 
     size = (meta.get("dataset") or {}).get("image_size", arch.get("image_size", 28))
     x = torch.randn(batch, arch["in_channels"], size, size)
     with torch.inference_mode():
-        return _summary(measure(lambda: model(x), 5, 20 if batch > 1 else 50, seconds), batch)
+        return _summary(measure(lambda: model(x), WARMUP_CALLS, 20 if batch > 1 else 50, seconds), batch)
 
 
 def clean_import_path() -> list[str]:
@@ -189,21 +195,40 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise QsalError(f"{path} is a PyTorch pickle; bench times the deployed ONNX file (qsal never unpickles files: "
                         "that can run code): export the .safetensors checkpoint with `qsal export`, then bench the .onnx")
+    if path.is_dir():
+        hint = f"; e.g. {path / 'model.onnx'}" if (path / "model.onnx").is_file() else " (qsal export writes one)"
+        raise QsalError(f"{path} is a folder; bench times one ONNX file: pass its path{hint}")
     if path.suffix in (".safetensors", ".json") and path.is_file():
         raise QsalError(f"{path} is a checkpoint; bench times the deployed file: export it first with "
                         f"`qsal export {path.with_suffix('.safetensors')}`, then bench the .onnx it writes")
-    read_metadata(path)  # a missing, empty or foreign file is refused here, before any worker starts
+    meta = read_metadata(path)  # a missing, empty or foreign file is refused here, before any worker starts
     fixed = _fixed_batch(path)
     if fixed is not None:  # the graph takes no other batch size: time the one it takes
         batches = (fixed,)
     runs = _timed_runs("onnx", str(path), tuple(threads), tuple(batches), seconds)
     from qsal.provenance import environment
 
-    # where and with what it was timed (CPU, cores usable, onnxruntime version, when): a latency means nothing alone
-    result = {"model": str(path), "size_bytes": path.stat().st_size, "runs": runs, "environment": environment()}
+    from qsal.export.card_storage import deployed_kernels
+    from qsal.run_folder import file_sha256
+
+    # what was timed, how, where and with what (CPU, cores usable, onnxruntime version, when): a latency means
+    # nothing alone
+    result = {"model": str(path.resolve()), "sha256": file_sha256(path), "size_bytes": path.stat().st_size,
+              "measured": _what_is_timed(seconds), "deployed": deployed_kernels(meta), "runs": runs,
+              "environment": environment()}
     if fixed is not None:
         result["fixed_batch"] = fixed
     return result
+
+
+def _what_is_timed(seconds: float) -> dict:
+    return {"timed": "the ONNX graph's forward pass (Runtime.run_normalized) on an already-normalised float32 batch: "
+                     "no image decoding, resizing or normalisation",
+            "input": "standard normal values, numpy seed 0", "warmup_calls": WARMUP_CALLS,
+            "min_seconds_per_configuration": seconds, "min_calls": {"batch 1": 50, "larger batches": 20},
+            "session": "onnxruntime defaults (ORT_ENABLE_ALL, CPU provider), intra-op threads as in each run, inter-op "
+                       "1; each (threads, batch) in a fresh process",
+            "throughput": "images scored / seconds the timed calls took"}
 
 
 def _fixed_batch(path: Path) -> int | None:

@@ -1,12 +1,13 @@
-"""What an exported ONNX file stores and what onnxruntime runs it on, read off the file for its model card: the
-storage type of each layer's weights (``INT8``, ``INT4``, ``FP32``), their bits, and whether its convolutions run
-on integer kernels (as export measured on onnxruntime's optimised graph)."""
+"""What an exported ONNX file stores and what onnxruntime runs it on, read off the file for its model card, `qsal
+bench`, `qsal export` and reports: the storage type of each layer's weights (``INT8``, ``INT4``, ``FP32``), their
+bits, and whether its convolutions run on integer kernels or on float ones with weights dequantized on every call
+(as export measured on onnxruntime's optimised graph)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["onnx_layer_storage", "quant_bits", "kernels_run"]
+__all__ = ["onnx_layer_storage", "quant_bits", "kernels_run", "deployed_kernels", "describe_kernels", "kernels_label"]
 
 _ONNX_TYPES = {1: "FP32", 3: "INT8", 22: "INT4", 2: "UINT8", 6: "INT32", 10: "FP16", 16: "BF16"}
 
@@ -58,7 +59,7 @@ def quant_bits(quant: dict, storage: dict[str, str], recorded: list | None = Non
 def kernels_run(onnx_path: Path, quant: dict) -> dict:
     """What onnxruntime runs the file on, as export measured it on the optimised graph (``integer_kernels``,
     ``float_ops_after_optimization`` in the metadata): a quantized file whose layers fall back to float kernels
-    (weight-only, a skipped layer) keeps integer weights on disk but computes, and holds its weights, in FP32."""
+    (weight-only, a skipped layer) keeps integer weights on disk but computes in FP32, dequantizing them per call."""
     from qsal.runtime import read_metadata
 
     info = read_metadata(onnx_path)
@@ -73,12 +74,57 @@ def kernels_run(onnx_path: Path, quant: dict) -> dict:
     elif quant.get("skip") and quant.get("method") != "weight_only":
         text = f"integer but for float kernels ({ops}), the layers kept in FP32 among them ({', '.join(quant['skip'])})"
     else:
-        text = (f"float: onnxruntime dequantizes these layers' weights when it loads the file and runs them on float "
-                f"kernels ({ops}); the file is smaller, the compute and memory are FP32's")
+        # measured at export where recorded: onnxruntime keeps the DequantizeLinear of each weight in its optimised
+        # graph, so a weight-only file runs slower than the FP32 one (audit: 0.47 vs 0.26 ms at batch 1)
+        n_dq = info.get("weights_dequantized_per_call")
+        dq = f" ({n_dq} DequantizeLinear nodes of weights stay in its optimised graph)" if n_dq else ""
+        text = (f"float: onnxruntime dequantizes these layers' weights on every call{dq} and runs them on float "
+                f"kernels ({ops}); the file is smaller, but each call does FP32's compute plus the dequantization: "
+                "expect it slower than the FP32 file (`qsal bench` both)")
     requantized = info.get("fp32_layers_int8_in_onnxruntime") or []
     if requantized and text:  # measured at export: the deployed file does not run these as the model describes
         text += (f". Kept in FP32 but run by onnxruntime on per-tensor INT8 weights it makes itself when it loads the "
                  f"file: {', '.join(requantized)} (its WeightBiasQuantization optimiser quantizes a float conv/gemm "
                  "read from a quantized tensor); the metrics above are the file's as onnxruntime runs it")
-    return {"integer_kernels": integer, "float_ops_after_optimization": float_ops, "text": text,
+    return {"integer_kernels": integer, "float_ops_after_optimization": float_ops,
+            "weights_dequantized_per_call": info.get("weights_dequantized_per_call"), "text": text,
             "fp32_layers_int8_in_onnxruntime": requantized}
+
+
+def deployed_kernels(meta: dict) -> dict:
+    """The file's quantization and kernels as its export measured them (``integer_kernels``: every conv/gemm on
+    integer kernels; ``weights_dequantized_per_call``: weight tensors dequantized on every call, float kernels)."""
+    quant = meta.get("quant") or {}  # None: an FP32 file
+    return {"method": quant.get("method", "fp32"), "bits": quant.get("bits") or quant.get("weight_bits"),
+            **{k: meta.get(k) for k in ("integer_kernels", "float_ops_after_optimization",
+                                        "weights_dequantized_per_call")}}
+
+
+def describe_kernels(deployed: dict) -> str:
+    """One line on what onnxruntime runs a file on (``bench_onnx``'s ``deployed``), as its export measured it."""
+    method, bits = deployed.get("method"), deployed.get("bits")
+    what = "FP32" if method == "fp32" else f"{str(method).replace('_', '-')} {bits}-bit" if bits else str(method)
+    if deployed.get("integer_kernels"):
+        return f"integer kernels ({what})"
+    if method in ("fp32", None) or deployed.get("integer_kernels") is None:
+        return f"float kernels ({what})" if method == "fp32" else f"{what} (kernels not recorded at export)"
+    if method != "weight_only":  # a layer kept in FP32 (--skip)
+        ops = ", ".join(f"{n} {op}" for op, n in sorted((deployed.get("float_ops_after_optimization") or {}).items()))
+        return f"integer kernels but for float ones ({ops}: the layers kept in FP32) ({what})"
+    return (f"float kernels ({what}): onnxruntime dequantizes its weights on every call, so expect it slower than "
+            "the FP32 file; the file is smaller, not faster")
+
+
+def kernels_label(meta: dict) -> str | None:
+    """A report column's word for what onnxruntime runs a file on (its ONNX metadata ``meta``): ``integer``,
+    ``float`` (an FP32 file, or weight-only: weights dequantized on every call), ``integer + float`` (layers kept in
+    FP32); ``None`` for a file exported before qsal measured it."""
+    integer = meta.get("integer_kernels")
+    if integer is None:
+        return None
+    if integer:
+        return "integer"
+    method = (meta.get("quant") or {}).get("method", "fp32")
+    return "float" if method == "fp32" else "float, dequantized per call" if method == "weight_only" else \
+        "integer + float"
+

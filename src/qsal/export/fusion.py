@@ -54,3 +54,11 @@ def requantized_by_runtime(graph, node_names) -> list[str]:
     DequantizeLinear per-tensor INT8 weights, in an initializer named ``<node>_weight_q``."""
     made = {name for n in graph.node for name in n.input} | {t.name for t in graph.initializer}
     return [name for name in node_names if any(m.startswith(f"{name}_weight_q") for m in made)]
+
+
+def weights_dequantized_per_call(graph) -> int:
+    """How many weight tensors ``graph`` (an ``optimized_graph``) dequantizes on every call: a DequantizeLinear of an
+    initializer that onnxruntime's optimiser left in place (it does not fold them, to keep QDQ patterns), i.e. the
+    weights of a layer run on float kernels. 0 where every quantized layer runs on integer kernels."""
+    inits = {t.name for t in graph.initializer}
+    return sum(1 for n in graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits)

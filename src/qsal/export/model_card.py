@@ -20,6 +20,7 @@ from qsal.checkpoint import trained_saliency_guided
 from qsal.data import DATASETS, describe_splits
 from qsal.train import TrainConfig
 from qsal.errors import printable_path
+from qsal.run_folder import file_sha256
 from qsal.export.card_storage import kernels_run, onnx_layer_storage, quant_bits
 from qsal.metrics.operating_point import describe_operating_point
 from qsal.runtime import NO_OPERATING_POINT
@@ -122,6 +123,9 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     bits = quant_bits(quant, storage, recorded if isinstance(recorded, list) else None) \
         if quant.get("method") != "fp32" else {k: 32 for k in storage}
     size = onnx_path.stat().st_size
+    sha256 = file_sha256(onnx_path)  # the card is about these bytes: a reader holding another file can tell
+    if bench:  # timed where the file was made (a staging folder): named as the card's own file
+        bench = {**bench, "model": printable_path(onnx_path.name), "sha256": sha256}
     binary = data.get("task") == "binary-class"
     positive = (scored or {}).get("positive_class")
     if isinstance(positive, str) and positive.isdigit() and int(positive) < len(classes):
@@ -143,7 +147,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     hf_metrics = []
     if scored:
         hf_metrics += [{"type": "roc_auc", "value": round(scored["auc"], 4), "name": "test AUC"},
-                       {"type": "accuracy", "value": round(scored["acc"], 4), "name": "test accuracy"}]
+                       # at 0.5 (argmax), not at the operating point of the recall/specificity below: named so
+                       {"type": "accuracy", "value": round(scored["acc"], 4), "name": f"test {accuracy}"}]
         # the deployed decision's figures where the card has them (the stored operating point), else at 0.5: a
         # header saying "sensitivity 0.0" for a model that finds 95 % of the positives at its operating point misleads
         for k, hf in (("sensitivity", "recall"), ("specificity", "specificity")):
@@ -186,7 +191,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     details = [("name / version", f"{name} / qsal {versions.get('qsal', '?')}, {today}"),
                ("architecture", f"{arch.get('name')} ({arch.get('in_channels')} channel(s) in, {arch.get('num_classes')} outputs)"),
                ("parameters", f"{n_parameters:,}" if n_parameters else None),
-               ("file", f"{printable_path(onnx_path.name)}, {size / 1024:,.1f} KiB ({size:,} bytes)"),
+               ("file", f"{printable_path(onnx_path.name)}, {size / 1024:,.1f} KiB ({size:,} bytes), sha256 {sha256}"),
                ("format", f"ONNX opset {opset}" + (", QDQ with integer weights" if any(v != "FP32" for v in storage.values())
                                                  else ", float weights")),
                ("kernels", kernels["text"]),
@@ -227,7 +232,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
            "## Out-of-scope use", ""] + [f"- {t}" for t in _OUT_OF_SCOPE] + [""]
 
     md += ["## Training and evaluation data", "",
-           f"{data.get('name')} ({data.get('task')}; classes: {', '.join(classes)}); licence {data.get('license')}; "
+           f"{data.get('name')} ({data.get('task')}; classes: {' · '.join(f'{i}: {c}' for i, c in enumerate(classes))}); licence {data.get('license')}; "
            f"{describe_splits(data.get('name') or '')}; model selected on the validation split, metrics on test.", ""]
     if data_stats:
         counts, per_class = data_stats.get("counts") or {}, data_stats.get("class_counts") or {}
@@ -278,7 +283,9 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                      [(label, scored[k], parent_metrics[k], f"{scored[k] - parent_metrics[k]:+.3f}")
                       for label, k in rows if scored.get(k) is not None and parent_metrics.get(k) is not None])
     if bench:
-        md += ["## Latency", "", f"CPU: {bench.get('cpu', 'this machine')}; each configuration in a fresh process.", ""]
+        md += ["## Latency", "", f"CPU: {bench.get('cpu', 'this machine')}; onnxruntime default session; each configuration "
+               "in a fresh process, after 5 untimed calls; timed: the graph's forward pass on an already-normalised "
+               "batch (no image decoding or resizing); images/s: images scored over the time the timed calls took.", ""]
         md += _table(("threads", "batch", "p50 ms", "p95 ms", "images/s"),
                      [(r["threads"], r["batch"], r["latency_ms_p50"], r["latency_ms_p95"], f"{r['throughput_img_s']:,.0f}")
                       for r in bench.get("runs", [])])
@@ -297,7 +304,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                "Card format: Mitchell et al., Model Cards for Model Reporting, FAT* 2019.", ""]
 
     card = {"name": name, "date": today, "metadata": front, "model": printable_path(onnx_path.name), "architecture": arch,
-            "parameters": n_parameters, "size_bytes": size, "opset": opset, "layers": {k: {"storage": v, "bits": bits.get(k)}
+            "parameters": n_parameters, "size_bytes": size, "sha256": sha256, "opset": opset, "layers": {k: {"storage": v, "bits": bits.get(k)}
                                                                                     for k, v in storage.items()},
             "quantization": quant, "data": {**{k: data.get(k) for k in ("name", "task", "labels", "license")},
                                             **(data_stats or {})},

@@ -13,9 +13,12 @@ __all__ = ["PTQConfig", "QATConfig", "PACTConfig", "WeightOnlyConfig", "QuantCon
            "canonical_config"]
 
 
-def _check_bits(name: str, bits: int, allowed: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)) -> None:
-    if not is_integer(bits) or bits not in allowed:  # 4.0 (== 4) ran and labelled the model "int4.0"
-        raise QsalError(f"{name}={bits!r} is not supported; use a whole number, one of {allowed}")
+def _check_bits(name: str, bits: int, allowed: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8), method: str = "") -> None:
+    if not is_integer(bits):  # 4.0 (== 4) ran and labelled the model "int4.0"
+        raise QsalError(f"{name}={bits!r} is not a whole number; use one of {', '.join(map(str, allowed))}")
+    if bits not in allowed:
+        raise QsalError(f"{name}={bits!r} is not supported{f' by {method}' if method else ''}; use one of "
+                        f"{', '.join(map(str, allowed))}" + (" (--bits)" if name == "bits" else ""))
 
 
 def _check_common(cfg) -> None:
@@ -227,7 +230,8 @@ def _upgrade_pact_v1(d: dict) -> dict:
 
 @dataclass(frozen=True)
 class WeightOnlyConfig(QuantConfig):
-    """Weight-only quantization (INT8 or INT4 weights, FP32 activations): smaller files, float compute."""
+    """Weight-only quantization (INT8 or INT4 weights, FP32 activations): smaller files, float compute (onnxruntime
+    dequantizes the weights on every call: slower than the FP32 file)."""
 
     method: ClassVar[str] = "weight_only"
     bits: int = 8
@@ -235,7 +239,7 @@ class WeightOnlyConfig(QuantConfig):
     skip: tuple[str, ...] = ()
 
     def __post_init__(self):
-        _check_bits("bits", self.bits, (4, 8))
+        _check_bits("bits", self.bits, (4, 8), "weight-only (ONNX stores INT4 and INT8 weights)")
         _check_common(self)
 
     @property

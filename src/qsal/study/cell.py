@@ -69,12 +69,16 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
     deployed = Runtime(cell / "model.onnx")  # one session scores both splits
     art, probs = score_onnx(deployed, test, seed=spec.seed)
     on_val = score_onnx(deployed, val, n_bootstrap=0, seed=spec.seed)[0].to_dict()
+    from qsal.export.card_storage import kernels_label
+
+    kernels = kernels_label(deployed.meta)
     del deployed
     result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
               # the artifact on the validation split: what a choice among cells (benchmarks/targets.py) may look at
               "val_auc": on_val.get("auc"), "val_acc": on_val.get("acc"),
               "acc_ci": art.ci.get("acc"), "train_s": trained_s if isinstance(trained_s, (int, float)) else seconds,
-              "size_bytes": exp["size_bytes"], "measure": asdict(cfg.measure),
+              "size_bytes": exp["size_bytes"], "kernels": kernels,
+              "measure": asdict(cfg.measure),
               # the method's config with its version: seeds of one row made by different qsal versions show up
               "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict(),
               # which parent it descends from (that result's time): a retrained parent makes it stale (qsal.study.redo)

@@ -168,6 +168,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
 
     from qsal.data import dataset_key, load_split
     from qsal.data.folder import check_same_listing
+    from qsal.export.card_storage import kernels_label
     from qsal.pipeline import export_checkpoint, split_seed
     from qsal.provenance import environment
     from qsal.runtime import Runtime
@@ -208,7 +209,8 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
         metrics = art.to_dict()
         row = {**metrics_row(label, metrics), "scored": "onnx", "onnx_auc": metrics["auc"], "onnx_acc": metrics["acc"],
                "size_bytes": onnx.stat().st_size, "onnx": str(onnx), "checkpoint": str(ckpt) if ckpt else None,
-               "quant": (rt.meta.get("quant") or {}).get("method", "fp32"), **_provenance(ckpt, onnx, rt.meta)}
+               "quant": (rt.meta.get("quant") or {}).get("method", "fp32"), "kernels": kernels_label(rt.meta),
+               **_provenance(ckpt, onnx, rt.meta)}
         predictions[label] = {"y_true": test.labels, "probs": probs, "scored": "ONNX artifact"}
         if latency:
             from qsal.export.bench import bench_onnx

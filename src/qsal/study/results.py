@@ -115,6 +115,9 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         # "model" names the row (the method alone in a study of one dataset and one network); the three parts too
         row = {"model": f"{ds}/{model}/{label}" if multi else label, "dataset": ds, "network": model, "method": label,
                "seeds": len(rs), "seed_ids": ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))}
+        kernels = {r["kernels"] for r in rs if r.get("kernels")}  # one network and method: the same for every seed
+        if kernels:
+            row["kernels"] = " / ".join(sorted(kernels))
         for k in ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
                   "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap",
                   "deletion_auc", "insertion_auc", "agreement_spearman", "gini"):

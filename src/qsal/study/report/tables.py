@@ -13,7 +13,7 @@ COLUMNS = [("model", "model"), ("seed_ids", "seeds"), ("scored", "scored as"), (
            ("sensitivity_at_op", "sens. @ op"), ("specificity_at_op", "spec. @ op"), ("threshold", "op threshold"),
            ("ece", "ECE"),
            ("pytorch_acc", "PyTorch ACC"), ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
-           ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"), ("faithfulness_gap", "faithfulness gap"),
+           ("kernels", "runs on"), ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"), ("faithfulness_gap", "faithfulness gap"),
            ("faithfulness_gap_std", "gap std"), ("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC ↑"),
            ("agreement_spearman", "map ρ vs ref."), ("gini", "Gini")]
 
@@ -50,7 +50,14 @@ GLOSSARY = [
                     "fake-quantized model), beside the file's own: a gap between the two is what export changed."),
     ("Size vs FP32", "ONNX file size divided by the FP32 model's. Sizes are in KiB/MiB (1 KiB = 1,024 bytes)."),
     ("Latency / throughput", "Median time for one image on one thread (batch 1), and images per second at "
-                             "batch 64, each measured in a fresh process on the CPU in the environment table."),
+                             "batch 64 (the images scored over the time the timed calls took; results measured "
+                             "before 2026-11-28 divided the batch by the median call, which reads higher on a busy "
+                             "CPU), each measured in a fresh process on the CPU in the environment table; the ONNX "
+                             "graph's forward pass only, no image decoding."),
+    ("Runs on", "What onnxruntime runs the deployed file on, as its export measured on onnxruntime's optimised graph: "
+                "'integer' (QLinearConv/QGemm kernels), 'float' (an FP32 file), 'float, dequantized per call' "
+                "(weight-only: smaller file, but every call dequantizes the weights, so it is slower than FP32), "
+                "'integer + float' (layers kept in FP32)."),
     ("Pareto front", "Models that no other model beats on both axes. Here a model counts as beaten only when "
                      "another is at least as small (or fast) and not worse beyond its 95% CI, so models that tie "
                      "within their CIs are not separated."),
