@@ -225,7 +225,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     """
     from qsal.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
     from qsal.quant import PACTConfig, QATConfig, qat_callbacks, quantize
-    from qsal.quant.api import check_skip_holds_weights
+    from qsal.quant.api import skip_problem
     from qsal.quant.describe import describe_quantization
     from qsal.run_folder import claim_run_folder, file_sha256, fingerprint, fresh_folder, record_run_folder
     from qsal.train import fit, resolve_device
@@ -234,12 +234,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     checkpoint = resolve_checkpoint_path(checkpoint)  # x.json names x.safetensors: the parent is the weights file
     if meta.get("quant"):
         raise QsalError(f"{checkpoint} is already quantized ({meta['quant']['method']}); start from the FP32 checkpoint")
-    layers = {name for name, m in model.named_modules() if name and not list(m.children())}
-    unknown = [name for name in getattr(qconfig, "skip", ()) if name not in layers]
-    if unknown:
-        raise QsalError(f"--skip names {unknown} are not layers of {meta['arch']['name']}; its layers are "
-                        f"{', '.join(sorted(layers)[:12])}{', ...' if len(layers) > 12 else ''}")
-    check_skip_holds_weights(model, getattr(qconfig, "skip", ()))
+    if (problem := skip_problem(model, getattr(qconfig, "skip", ()), meta["arch"]["name"])) is not None:
+        raise QsalError(f"--skip {problem}")
     parent = meta.get("decision") or {}
     rule = operating_point or (parent.get("operating_point") or {}).get("rule") or DEFAULT_RULE
     parse_rule(rule)

@@ -175,7 +175,8 @@ def test_run_data_dir_is_checked_before_the_folder_is_made_and_does_not_change_t
     changed = tmp_path / "changed.yaml"  # the same study with another lr: the dry run says a run needs --force
     changed.write_text(cfg.read_text() + "\ntrain: {lr: 0.002}\n")
     proc = _run("run", str(changed), "--out", str(tmp_path / "out"), "--data-dir", str(empty), "--dry-run", cwd=tmp_path)
-    assert proc.returncode == 0 and "made by a different config: a run there needs --force" in proc.stdout
+    assert proc.returncode == 0 and "made by a different config: train.lr: unset -> 0.002; a run there needs --force" \
+        in proc.stdout
     assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(empty), "--no-progress",
                  "--quiet"]) == 0
 

@@ -106,8 +106,8 @@ def test_the_number_of_calibration_images_used_is_recorded_not_the_upper_bound()
 @pytest.mark.parametrize("make,message", [
     (lambda: PTQConfig(per_channel="no"), "per_channel must be True or False, got 'no'"),
     (lambda: QATConfig(fold_bn="no"), "fold_bn must be True or False"),
-    (lambda: PTQConfig(weight_bits=4.0), "weight_bits=4.0 is not supported"),
-    (lambda: WeightOnlyConfig(bits=4.0), "bits=4.0 is not supported"),
+    (lambda: PTQConfig(weight_bits=4.0), "weight_bits=4.0 is not a whole number"),
+    (lambda: WeightOnlyConfig(bits=4.0), "bits=4.0 is not a whole number"),
     (lambda: PACTConfig(alpha_decay=-1.0), "alpha_decay (the L2 weight on each clip alpha) must be a finite number >= 0"),
     (lambda: PACTConfig(alpha_decay=float("nan")), "alpha_decay"),
     (lambda: PACTConfig(alpha_lr=float("inf")), "alpha_lr must be a finite number > 0"),
@@ -128,7 +128,7 @@ def test_a_ptq_label_names_both_bit_widths_where_they_differ():
 
     assert PTQConfig().label == "ptq-int8-minmax" and PTQConfig(weight_bits=4, act_bits=4).label == "ptq-int4-minmax"
     assert PTQConfig(weight_bits=8, act_bits=4, observer="mse").label == "ptq-w8a4-mse"
-    with pytest.raises(QsalError, match="weight_bits='8' is not supported; use a whole number"):
+    with pytest.raises(QsalError, match="weight_bits='8' is not a whole number; use one of 2, 3"):
         PTQConfig(weight_bits="8")
 
 

@@ -278,7 +278,7 @@ YAML_CASES = {
                       "seeds: must be integers in 0 .. 2**32-1"),
     "wrong_types": (b"datasets: breastmnist\nmodels: [1]\nmethods: [fp32]\nepochs: {fp32: true}\n", "3 problem(s)"),
     "duplicate_key": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [0]\nseeds: [1]\n",
-                      "key 'seeds' appears twice in one mapping (line 5)"),
+                      "key 'seeds' appears twice in one mapping (lines 4 and 5); keep one of them"),
     # each refused value is quoted as given (not TrainConfig's defaults in its place), NaN included
     "bad_train_values": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
                          b"train: {epochs: 0, lr: .nan, batch_size: 0}\n",

@@ -27,9 +27,8 @@ def test_every_config_problem_is_listed_with_its_path():
 
 
 def test_config_values_that_cannot_run_or_read_as_text_are_named_and_plain_training_is_allowed():
-    with pytest.raises(QsalError) as e:
-        parse_run_config({**TINY, "lr": {"fp32": "1e-3"}}, "study.yaml")
-    assert "lr.fp32: '1e-3' is not a number (YAML reads it as text: write 0.001)" in str(e.value)
+    # YAML 1.1 reads 1e-3 as text: taken as the number meant (tests/study/test_config.py)
+    assert parse_run_config({**TINY, "lr": {"fp32": "1e-3"}}, "study.yaml").lr.fp32 == 0.001
     with pytest.raises(QsalError) as e:  # reflect padding cannot draw it: refused here, not by every cell
         parse_run_config({**TINY, "schedules": [{"datasets": ["breastmnist"], "train": {"shift_px": 28}}]}, "s.yaml")
     assert ("train.shift_px 28 is as large as the images (28x28 px); use a shift below 28 px (breastmnist/small_cnn)"
@@ -182,32 +181,41 @@ def test_run_resume_failure_isolation_and_report(tmp_path, monkeypatch):
     where = md.split("## Where the cells ran")[1].split("##")[0]
     assert "| CPU |" in where and "| NVIDIA H200 |" in where and "| 2 | breastmnist |" in where
     assert result["quant_config"]["method"] == "pact" and "Not one method across seeds" not in md
-    # a second seed of the row made by another PACTConfig version: the report says the row mixes methods (the
-    # folder's config names seed 1 too: a cell of a seed it does not name is left out of the report)
+    # a second seed of the row made by another PACTConfig version: out of date for the folder's config, so named and
+    # left out of the row's mean (it mixed methods before; the config names seed 1 too: a cell of a seed it does not
+    # name is left out of the report)
     stamp = tmp_path / "run_config.json"
     recorded = json.loads(stamp.read_text())
     stamp.write_text(json.dumps({**recorded, "config": {**recorded["config"], "seeds": [0, 1]}}))
     other = tmp_path / "breastmnist/small_cnn/seed1/pact-4"
     other.mkdir(parents=True)
-    (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
-                                                   "quant_config": {**result["quant_config"], "version": 2}}))
-    assert collect_results(tmp_path, grids=False)["rows"][2]["mixed_configs"]
+    seed1 = "breastmnist/small_cnn/seed1/pact-4"
+
+    def write(**fields):
+        (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": seed1, **fields}))
+        return collect_results(tmp_path, grids=False)
+
+    collected = write(quant_config={**result["quant_config"], "version": 2})
+    assert collected["stale"][seed1].startswith("made by pact version 2; this qsal makes version")
+    assert collected["rows"][2]["seeds"] == 1 and "mixed_configs" not in collected["rows"][2]
     # ... but not one recorded before an option was added (absent = the old behaviour, the option's default)
     old_fields = {k: v for k, v in result["quant_config"].items() if k not in ("weight_clip", "alpha_calibration")}
-    (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
-                                                   "quant_config": old_fields}))
-    assert "mixed_configs" not in collect_results(tmp_path, grids=False)["rows"][2]
+    collected = write(quant_config=old_fields)
+    assert seed1 not in collected["stale"] and collected["rows"][2]["seeds"] == 2
     # ... and one from before result.json recorded its config: best.json's is read (as a rerun's redo check does)
     unrecorded = {k: v for k, v in result.items() if k != "quant_config"}
-    (other / "result.json").write_text(json.dumps({**unrecorded, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4"}))
-    assert "mixed_configs" not in collect_results(tmp_path, grids=False)["rows"][2]  # recorded nowhere: not flagged
+    (other / "result.json").write_text(json.dumps({**unrecorded, "seed": 1, "id": seed1}))
+    assert seed1 not in collect_results(tmp_path, grids=False)["stale"]  # recorded nowhere: kept, not guessed
     (other / "best.json").write_text(json.dumps({"quant": {**result["quant_config"], "version": 2}}))
-    assert collect_results(tmp_path, grids=False)["rows"][2]["mixed_configs"]
+    assert seed1 in collect_results(tmp_path, grids=False)["stale"]
     (other / "best.json").unlink()
-    (other / "result.json").write_text(json.dumps({**result, "seed": 1, "id": "breastmnist/small_cnn/seed1/pact-4",
-                                                   "quant_config": {**result["quant_config"], "version": 2}}))
+    write(quant_config={**result["quant_config"], "version": 2})
     report_run(tmp_path)
-    assert "Not one method across seeds: the cells of pact-4" in (tmp_path / "report.md").read_text()
+    assert f"- `{seed1}`: made by pact version 2" in (tmp_path / "report.md").read_text()
+    # a folder whose config cannot be read judges nothing stale: the row says it mixes methods
+    stamp.write_text(json.dumps({**recorded, "config": "unreadable"}))
+    assert collect_results(tmp_path, grids=False)["rows"][2]["mixed_configs"]
+    stamp.write_text(json.dumps({**recorded, "config": {**recorded["config"], "seeds": [0, 1]}}))
     with pytest.raises(QsalError, match="different config"):
         run_study(parse_run_config({**TINY, "seeds": [1]}), tmp_path, progress=False)
 

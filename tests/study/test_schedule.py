@@ -115,7 +115,7 @@ def test_yaml_merge_keys_may_be_overridden_but_a_key_given_twice_is_refused(tmp_
     assert (cfg.train["epochs"], cfg.train["lr"], cfg.finetune["epochs"], cfg.finetune["lr"]) == (12, 0.1, 12, 0.01)
     cfg_path.write_text("name: twice\ndatasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
                         "train:\n  <<: {lr: 0.1}\n  epochs: 12\n  epochs: 13\n")
-    with pytest.raises(QsalError, match="key 'epochs' appears twice in one mapping \\(line 8\\)"):
+    with pytest.raises(QsalError, match="key 'epochs' appears twice in one mapping \\(lines 7 and 8\\)"):
         load_run_config(cfg_path)
 
 
@@ -153,7 +153,7 @@ def test_dry_run_lists_cells_and_schedules_and_estimates_time_without_writing(tm
     assert main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")]) in (0, None)
     out = capsys.readouterr().out
     assert "study sched: 4 cells" in out
-    assert "breastmnist/small_cnn: 1 seed(s) x 2 cells (fp32, pact-4), 546 official training images, ~" in out
+    assert "breastmnist/small_cnn: 1 seed x 2 cells (fp32, pact-4), 546 official training images, ~" in out
     assert "train: 7 epochs" in out and "train: 3 epochs" in out and "hflip True" in out
     assert "estimated training time on this machine:" in out
     assert not (tmp_path / "out").exists()
@@ -173,7 +173,7 @@ def test_dry_run_says_when_the_data_a_run_needs_is_missing_and_lists_only_schedu
     monkeypatch.setenv("QSAL_DATA_DIR", str(tmp_path / "nowhere"))
     assert main(["run", str(path), "--dry-run", "--no-estimate", "--out", str(tmp_path / "out")]) in (0, None)
     captured = capsys.readouterr()
-    assert "train: 1 epochs" in captured.out and "finetune:" not in captured.out
+    assert "train: 1 epoch," in captured.out and "finetune:" not in captured.out
     assert "note: a run would be refused now: data folder" in captured.err and "does not exist" in captured.err
 
 

@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}: {e.strerror or e}; check the path and its permissions, or choose another one",
               file=sys.stderr)
         return QsalError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; finished files are intact and a rerun resumes", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a command may say what its interruption left (qsal report: nothing written)
+        print(str(e) or "interrupted; finished files are intact and a rerun resumes", file=sys.stderr)
         return 130
 
 

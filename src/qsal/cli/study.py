@@ -92,8 +92,9 @@ def cmd_run(args):
     if args.data_dir:  # where the files are, not what the study is: the folder's fingerprint ignores it
         cfg = dataclasses.replace(cfg, data_dir=str(Path(args.data_dir).expanduser().resolve()))
     elif cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():  # named as the config's, not as a flag
-        raise QsalError(f"data_dir {cfg.data_dir} in {args.config} is not a folder; point it at the folder that holds "
-                        "the dataset files, or pass --data-dir")
+        raise QsalError(f"data_dir {cfg.data_dir} in {args.config} is not a folder (a relative data_dir is read from "
+                        "the config file's folder); point it at the folder that holds the dataset files, or pass "
+                        "--data-dir")
     if args.download:  # before the plan and the lock: the files the cells will read
         from qsal.study.runner import require_data
 
@@ -130,6 +131,8 @@ def cmd_run(args):
     if len(failed) + len(not_run) < len(statuses):
         rep = report_run(args.out)
         _print_report_result(args, rep["rows"], rep)
+        for line in rep.get("status_notes", []):
+            _note(args, f"note: {line}")
     if failed:
         only = (" --only " + " ".join(shlex.quote(p) for p in args.only)) if args.only else ""
         only += f" --data-dir {shlex.quote(cfg.data_dir)}" if args.data_dir else ""
@@ -146,7 +149,7 @@ def _print_progress_of(out: Path, groups, cfg) -> None:
     """``--dry-run`` on an existing run folder: how much is finished and which finished cells a run would redo."""
     from qsal.study.redo import progress
     from qsal.study.rundir import describe_holder, run_holder
-    from qsal.study.runner import other_config
+    from qsal.study.runner import config_changes, other_config
 
     if not (out / "run_config.json").is_file():
         return
@@ -156,10 +159,35 @@ def _print_progress_of(out: Path, groups, cfg) -> None:
               "second run there is refused until it ends")
     print(f"{out}: {done} of these {total} cells finished; a run would redo {len(redo)} of them" + (":" if redo else ""))
     if other_config(out, cfg) is not None:
-        print("  (made by a different config: a run there needs --force, which keeps the finished cells the edit leaves "
-              "current and redoes those listed)")
+        print(f"  (made by a different config: {config_changes(out, cfg)}; a run there needs --force, which keeps the "
+              "finished cells the edit leaves current and redoes those listed)")
     for line in redo:
         print(f"  {line}")
+    failed = _failed_cells(out, groups)
+    if failed:  # unfinished, so not counted above: said, or "redo 0" reads as if a run had nothing to do
+        one = len(failed) == 1
+        print(f"{len(failed)} {'cell' if one else 'cells'} failed in an earlier run; a run tries {'it' if one else 'them'} "
+              "again (fix the cause first):")
+        for cell_id, error in failed.items():
+            print(f"  {cell_id}: {error}")
+
+
+def _failed_cells(out: Path, groups) -> dict[str, str]:
+    """``{cell id: its error, first line}`` of the unfinished cells of ``groups`` whose last run failed (``error.json``;
+    a run removes it when the cell finishes)."""
+    from qsal.study.redo import finished
+    from qsal.study.rundir import read_json
+
+    failed = {}
+    for cell in (c for g in groups for c in g):
+        if (out / cell.id / "error.json").is_file() and not finished(out / cell.id):
+            try:
+                error = read_json(out / cell.id / "error.json", "")
+                first = (str(error.get("error", "")).splitlines() or [""])[0]
+                failed[cell.id] = f"{error.get('type', 'error')}: {first[:200]}"
+            except (QsalError, AttributeError):  # unreadable, or not an object: failed all the same
+                failed[cell.id] = "failed (its error.json is unreadable)"
+    return failed
 
 
 def _print_time_left(plan: dict, out: Path, groups, cfg) -> None:
@@ -211,6 +239,17 @@ _REPORT_OUT = "runs/report"
 @command("report", "markdown + self-contained HTML report of a `qsal run` folder, or of checkpoints and ONNX files you "
                    "name (each scored on its dataset's test split)")
 def cmd_report(args):
+    try:
+        rep = _report(args)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("interrupted; no report was written (an earlier one is as it was): rerun "
+                                "`qsal report`") from None
+    _print_report_result(args, rep["rows"], rep)
+    for line in rep.get("status_notes", []):
+        _note(args, f"note: {line}")
+
+
+def _report(args) -> dict:
     from qsal.study.files import report_files
     from qsal.study.results import report_run
 
@@ -236,7 +275,7 @@ def cmd_report(args):
     else:
         rep = report_files(paths, out, data_dir=args.data_dir, latency=not args.no_latency,
                            n_explain=args.n_explain or 8, progress=not args.quiet)
-    _print_report_result(args, rep["rows"], rep)
+    return rep
 
 
 def _setup_report(p):

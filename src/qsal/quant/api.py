@@ -90,16 +90,39 @@ def _prepare_weight_only(gm: fx.GraphModule, cfg: WeightOnlyConfig) -> fx.GraphM
     return swap_layers(gm, lambda name: None if name in cfg.skip else {"weight_bits": cfg.bits, "per_channel": cfg.per_channel})
 
 
-def check_skip_holds_weights(model: nn.Module, skip) -> None:
+def _weight_layers(model: nn.Module) -> str:
+    """The names of ``model``'s conv / linear layers, the first dozen: what a ``skip`` may name."""
+    held = sorted(n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return f"{', '.join(held[:12])}{', ...' if len(held) > 12 else ''}"
+
+
+def _weightless(model: nn.Module, skip, whose: str = "this model's") -> str | None:
     """``skip`` keeps conv / linear layers (or blocks holding them) in FP32; a ReLU, pool or dropout has no
     weights to keep, and its activations are quantized all the same: naming one would change nothing, silently."""
     weightless = [name for name in skip if not any(isinstance(m, (nn.Conv2d, nn.Linear))
                                                    for m in model.get_submodule(name).modules())]
-    if weightless:
-        held = sorted(n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
-        raise QsalError(f"skip names {weightless}, which hold no conv or linear weights: skip keeps weight layers "
-                        f"in FP32 (activations are quantized either way); this model's are {', '.join(held[:12])}"
-                        f"{', ...' if len(held) > 12 else ''}")
+    if not weightless:
+        return None
+    return (f"names {weightless}, which hold no conv or linear weights: skip keeps weight layers in FP32 (activations "
+            f"are quantized either way); {whose} are {_weight_layers(model)}")
+
+
+def check_skip_holds_weights(model: nn.Module, skip) -> None:
+    """Refuse a ``skip`` that names a layer without weights (``_weightless``)."""
+    if (problem := _weightless(model, skip)) is not None:
+        raise QsalError(f"skip {problem}")
+
+
+def skip_problem(model: nn.Module, skip, arch: str) -> str | None:
+    """What keeps a quantized checkpoint of ``model`` (architecture ``arch``) from keeping the layers ``skip`` names
+    in FP32 (``None``: nothing): a name that is not one of its layers (leaf modules, as ``quantize_checkpoint``
+    matches them), or a layer without weights. Worded to follow the setting as the caller's user wrote it
+    (``--skip``, a study's ``pact.4.skip``): ``f"{setting} {problem}"``."""
+    layers = {name for name, m in model.named_modules() if name and not list(m.children())}
+    unknown = [name for name in skip if name not in layers]
+    if unknown:
+        return f"names {unknown} are not layers of {arch}; its conv and linear layers are {_weight_layers(model)}"
+    return _weightless(model, skip, f"{arch}'s")
 
 
 def prepare_structure(model: nn.Module, config: QuantConfig) -> fx.GraphModule:

@@ -17,6 +17,8 @@
     pact: {2: {weight_scheme: dorefa, fold_bn: false}}   # PACTConfig options per bit-width (PACT and SGT+PACT)
 
 Every problem in a file is reported at once, each with its path (``epochs.fp32: ...``); unknown keys are errors.
+The file is read by ``study.config_yaml``; settings are checked against each other, the models and the datasets'
+splits by ``study.config_checks``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from qsal.errors import TYPE_WORDS, QsalError, is_finite_number, is_integer
+from qsal.study.config_yaml import number_hint, text_number
 
-__all__ = ["RunConfig", "load_run_config", "METHODS"]
+__all__ = ["RunConfig", "load_run_config", "changed_settings", "METHODS"]
 
 METHODS = ("fp32", "ptq", "qat", "pact", "sgt", "sgt+pact")
 FINE_TUNED = frozenset({"qat", "pact", "sgt+pact"})  # the methods whose cells fine-tune a parent
@@ -108,6 +111,28 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def changed_settings(recorded: dict, cfg: RunConfig) -> list[str]:
+    """What differs between the config ``recorded`` (a run folder's ``run_config.json`` ``config``) and ``cfg``, as
+    ``lr.fp32: 0.001 -> 0.01`` (lists compared whole: ``seeds: [0] -> [0, 1]``), in key order; ``data_dir`` is left
+    out, as the fingerprint leaves it (where files are, not what the study is)."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d.items() if isinstance(d, dict) else ()):
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            elif v != {}:  # an empty mapping sets nothing: an older record may lack the key (train: {})
+                out[f"{prefix}{k}"] = v
+        return out
+
+    # through JSON, as the record was: tuples read back as lists, pact's bit-width keys as strings
+    old, new = flat(recorded), flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    unset = object()
+    shown = lambda d, k: _short(d[k]) if k in d else "unset"  # noqa: E731
+    return [f"{k}: {shown(old, k)} -> {shown(new, k)}" for k in sorted(set(old) | set(new))
+            if k != "data_dir" and old.get(k, unset) != new.get(k, unset)]
+
+
 _NESTED = {"epochs": Epochs, "lr": LearningRates, "sgt": SGTSettings, "measure": Measure}
 _ALIASES = {"sgt": {"lambda": "lam"}}
 
@@ -132,6 +157,10 @@ def _check_list(problems, key, value, allowed=None, kind=str):
     for i, v in enumerate(value):
         if not isinstance(v, kind) or isinstance(v, bool) and kind is int:
             problems.append(f"{key}[{i}]: {_short(v)} is not {TYPE_WORDS.get(kind, kind.__name__)}")
+        elif key == "datasets" and v.startswith("folder:"):  # cell folders are named by dataset: a path cannot be
+            problems.append(f"{key}[{i}]: {_short(v)}: a study runs on the dataset table's sets (`qsal datasets`); "
+                            "for your own folder, train and quantize with `qsal train --dataset folder:...` and "
+                            "`qsal quantize`, then compare the models with `qsal report A.safetensors B.safetensors`")
         elif allowed is not None and v not in allowed:
             problems.append(f"{key}[{i}]: unknown value {_short(v)}; choose from {', '.join(map(str, allowed))}")
         elif v in value[:i]:  # two seeds 0 would train one cell folder twice, at once with --workers 2
@@ -183,17 +212,13 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False) -
                     problems.append(f"{key}.{sub if isinstance(sub, str) else _short(sub)}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
                     continue
                 want = type(getattr(cls(), name))
+                if want is float:
+                    v = text_number(v)  # 1e-3, which YAML 1.1 reads as text
                 if want is float and is_integer(v) and is_finite_number(v):  # a 400-digit integer: float() would raise
                     v = float(v)
                 if want is float and is_integer(v) or not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                    hint = ""
-                    if isinstance(v, str) and want in (int, float):
-                        try:  # YAML 1.1 reads 1e-3 (no dot) as text
-                            float(v)
-                            hint = f" (YAML reads it as text: write {float(v)!r})"
-                        except ValueError:
-                            pass
-                    problems.append(f"{key}.{sub}: {_short(v)} is not {TYPE_WORDS.get(want, want.__name__)}{hint}")
+                    problems.append(f"{key}.{sub}: {_short(v)} is not {TYPE_WORDS.get(want, want.__name__)}"
+                                    f"{number_hint(v, want)}")
                     continue
                 if want is float and not math.isfinite(v):
                     problems.append(f"{key}.{sub}: must be a finite number, got {_short(v)}")
@@ -228,62 +253,16 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False) -
     if "pact" in raw:
         values["pact"] = _parse_pact(problems, raw["pact"], values.get("bits", RunConfig().bits))
     if not problems:
+        from qsal.study.config_checks import beyond_models_and_data, settings_without_effect, shifts_too_large
+
         cfg = RunConfig(**values)
-        problems += _shifts_too_large(cfg) + (_settings_without_effect(raw, cfg) if authored else [])
+        problems += shifts_too_large(cfg) + (settings_without_effect(raw, cfg) + beyond_models_and_data(cfg)
+                                             if authored else [])
     if problems:
         shown = problems[:_MAX_PROBLEMS] + ([f"... and {len(problems) - _MAX_PROBLEMS} more"]
                                             if len(problems) > _MAX_PROBLEMS else [])
         raise QsalError(f"{where} has {len(problems)} problem(s): " + "; ".join(shown))
     return cfg
-
-
-def _settings_without_effect(raw: dict, cfg: RunConfig) -> list[str]:
-    """Settings that change nothing in this study (no cell uses them) or that another setting overrides: a config
-    that reads as one study must be that study."""
-    methods = set(cfg.methods)
-    problems = [f"{key}: set, but no method uses it ({uses}); drop it, or add such a method"
-                for key, used, uses in (("pact", methods & {"pact", "sgt+pact"}, "pact, sgt+pact"),
-                                        ("observers", methods & {"ptq"}, "ptq"),
-                                        ("sgt", methods & {"sgt", "sgt+pact"}, "sgt, sgt+pact"),
-                                        ("finetune", methods & FINE_TUNED, "qat, pact, sgt+pact"),
-                                        ("bits", methods & {"pact", "sgt+pact"}, "pact, sgt+pact"))
-                if key in raw and not used]
-    fine_tunes = methods & FINE_TUNED
-    for short in ("epochs", "lr"):  # every group trains FP32: only the fine-tune's part can go unused
-        if "finetune" in (raw.get(short) or {}) and not fine_tunes:
-            problems.append(f"{short}.finetune: set, but no method uses it (qat, pact, sgt+pact); drop it, or add such "
-                            "a method")
-    for i, sc in enumerate(raw.get("schedules") or []):
-        if isinstance(sc, dict) and sc.get("finetune") and not fine_tunes:
-            problems.append(f"schedules[{i}].finetune: set, but no method fine-tunes (qat, pact, sgt+pact); drop it")
-    measure = raw.get("measure") or {}
-    if isinstance(measure, dict) and "n_explain" in measure and measure.get("saliency") is False:
-        problems.append("measure.n_explain: set, but measure.saliency is false (nothing is explained); drop one")
-    for short in ("epochs", "lr"):
-        for part, long_part in (("fp32", "train"), ("finetune", "finetune")):
-            if part in (raw.get(short) or {}) and short in (raw.get(long_part) or {}):
-                problems.append(f"{short}.{part} and {long_part}.{short} both set; {long_part}.{short} wins: keep one")
-    return problems
-
-
-def _shifts_too_large(cfg: RunConfig) -> list[str]:
-    """A shift augmentation as large as the images cannot be drawn (reflect padding): refused here, not by every cell."""
-    from qsal.data import get_info
-    from qsal.data.transforms import shift_too_large
-
-    problems = []
-    for ds in cfg.datasets:
-        size = get_info(ds).image_size
-        for model in cfg.models:
-            train, finetune = cfg.train_configs(ds, model, 0, progress=False)
-            # a fine-tune takes train's shift unless it sets its own: inherited, it is one fix, named once
-            own = "shift_px" in cfg.finetune or any("shift_px" in sc.finetune for sc in cfg.schedules
-                                                   if sc.matches(ds, model))
-            parts = [("train", train)] + ([("finetune", finetune)] if own else [])
-            for part, tc in parts:
-                if (problem := shift_too_large(tc.shift_px, size, size, f"{part}.shift_px")) is not None:
-                    problems.append(f"{problem} ({ds}/{model})")
-    return list(dict.fromkeys(problems))
 
 
 # PACTConfig's options as YAML gives them: (check, words). The dataclass takes any value, and a string "no" for
@@ -304,6 +283,9 @@ _PACT_TYPES = {
     "num_calibration": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "skip": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of layer names"),
 }
+
+_PACT_NUMBERS = {"first_last_bits": int, "add_input_bits": int, "num_calibration": int, "alpha_decay": float,
+                 "alpha_init": float, "alpha_lr": float}
 
 
 def _parse_pact(problems: list[str], raw, bits) -> dict:
@@ -329,7 +311,9 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
         if unknown:
             problems.append(f"pact.{b}: unknown option(s) {_short(unknown)}; known: {', '.join(allowed)}")
             continue
-        wrong = [f"{k}: {_short(v)} is not {_PACT_TYPES[k][1]}" for k, v in options.items() if not _PACT_TYPES[k][0](v)]
+        options = {k: text_number(v) if _PACT_NUMBERS.get(k) is float else v for k, v in options.items()}
+        wrong = [f"{k}: {_short(v)} is not {_PACT_TYPES[k][1]}{number_hint(v, _PACT_NUMBERS.get(k))}"
+                 for k, v in options.items() if not _PACT_TYPES[k][0](v)]
         if wrong:
             problems.append(f"pact.{b}: " + "; ".join(wrong))
             continue
@@ -342,63 +326,13 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
     return out
 
 
-def _unique_key_loader():
-    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one, so a
-    second ``seeds:`` would silently replace the first). Keys merged in with ``<<: *anchor`` may be overridden."""
-    import yaml
-
-    class UniqueKeyLoader(yaml.SafeLoader):
-        # The check runs in flatten_mapping, which SafeLoader calls on every mapping before it is built, and
-        # which is the only thing that rewrites a mapping's keys (merging `<<: *anchor` keys in front): its first
-        # call on a node therefore sees the keys as written, even where another mapping merged this one first.
-        def flatten_mapping(self, node):
-            checked = self.__dict__.setdefault("_qsal_checked", set())
-            if id(node) not in checked:
-                checked.add(id(node))
-                seen = set()
-                for key_node, _ in node.value:
-                    if key_node.tag == "tag:yaml.org,2002:merge":
-                        continue  # `<<: *defaults` brings keys the mapping's own keys may override, as YAML intends
-                    key = self.construct_object(key_node)
-                    if not isinstance(key, (str, int, float, bool)) or key is None:
-                        continue  # an unhashable key: SafeLoader's own error names it
-                    if key in seen:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})",
-                            key_node.start_mark)
-                    seen.add(key)
-            return super().flatten_mapping(node)
-
-    return UniqueKeyLoader
-
-
-def _yaml_problem(e) -> str:
-    """PyYAML's complaint and where (``line 5, column 9``): its message's first line names no place."""
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    what = getattr(e, "problem", None) or str(e).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{str(what)[:120]}{where}"
-
-
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML study config."""
-    import yaml
+    """Read and validate a YAML study config. A relative ``data_dir`` is read from the file's folder, as other
+    config files' paths are (docker-compose's, for one), and recorded absolute: the study reads the same files from
+    whichever working folder it is run."""
+    from qsal.study.config_yaml import read_config_yaml
 
-    path = Path(path)
-    if path.is_dir():
-        raise QsalError(f"{path} is a folder; pass the study YAML file (see configs/)")
-    if path.exists() and not path.is_file():  # /dev/null, a FIFO: "not found" sent the user looking for a typo
-        raise QsalError(f"{path} is not a regular file; pass the study YAML file (see configs/)")
-    if not path.is_file():
-        raise QsalError(f"config file {path} not found")
-    if path.stat().st_size > 1_000_000:
-        raise QsalError(f"{path} is {path.stat().st_size:,} bytes; a study config is a short YAML file (see configs/)")
-    try:
-        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
-    except UnicodeDecodeError as e:
-        raise QsalError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except yaml.YAMLError as e:
-        raise QsalError(f"{path} is not valid YAML: {_yaml_problem(e)}; fix that line") from None
-    if raw is None:
-        raise QsalError(f"{path} is empty; a study names at least its datasets, models and methods (see configs/)")
-    return parse_run_config(raw, str(path), authored=True)
+    cfg = parse_run_config(read_config_yaml(path), str(path), authored=True)
+    if cfg.data_dir is not None:
+        cfg.data_dir = str((Path(path).parent / Path(cfg.data_dir).expanduser()).resolve())
+    return cfg

@@ -159,18 +159,23 @@ def _rotate_zoom(c: dict) -> str:
     return text + (f", zoom +-{c['zoom']:g}" if c.get("zoom") else "")
 
 
+def _count(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``: a study of one epoch or cell is common (a smoke test)."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def format_plan(plan: dict, name: str) -> str:
     """The plan as text: one block per (dataset, model), then the total."""
-    lines = [f"study {name}: {plan['n_cells']} cells"]
+    lines = [f"study {name}: {_count(plan['n_cells'], 'cell')}"]
     for r in plan["rows"]:
         t, f = r["train"], r["finetune"]
         est = f", ~{format_duration(r['est_seconds'])}" if "est_seconds" in r else ""
-        lines.append(f"  {r['dataset']}/{r['model']}: {r['seeds']} seed(s) x {len(r['cells'])} cells "
+        lines.append(f"  {r['dataset']}/{r['model']}: {_count(r['seeds'], 'seed')} x {_count(len(r['cells']), 'cell')} "
                      f"({', '.join(r['cells'])}), {r['n_train']} official training images"
                      + (f" ({r['n_fit']} trained on, the rest held out for validation)"
                         if r.get("n_fit", r["n_train"]) != r["n_train"] else "") + est)
         for label, c in (("train", t), ("finetune", f)) if r["fine_tunes"] else (("train", t),):  # what a cell uses
-            lines.append(f"    {label}: {c['epochs']} epochs, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
+            lines.append(f"    {label}: {_count(c['epochs'], 'epoch')}, {c['optimizer']} lr {c['lr']:g} wd {c['weight_decay']:g}, "
                          f"batch {c['batch_size']}, milestones {list(c['milestones'])} x{c['gamma']:g}, "
                          f"shift {c['shift_px']} px, hflip {c['hflip']}" + _rotate_zoom(c) + f", precision {c['precision']} "
                          f"({c['precision_here']} here)" + (f", weight EMA {c['ema_decay']:g}" if c.get("ema_decay") else ""))

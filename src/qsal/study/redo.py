@@ -29,7 +29,7 @@ from qsal.study.rundir import read_json
 
 __all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "made_at", "older_than_parent", "other_measures",
            "other_schedule", "outdated", "parent_made_at", "pending", "progress", "read_results", "read_schedules",
-           "recorded_quant_config", "under_way", "weights_kept"]
+           "recorded_quant_config", "stale_results", "under_way", "weights_kept"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,36 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict 
     redo.update({label: Redo(f"{why} and a quantized cell of this group still needs it: training it again")
                  for label, why in unusable.items()})
     return {s.label: redo[s.label] for s in specs if s.label in redo}  # in the group's order: parents first
+
+
+def stale_results(groups: list[list[CellSpec]], run_dir: Path, cfg) -> dict[str, str]:
+    """``{cell id: why}`` for the finished cells whose result is not what the study's config ``cfg`` makes now: made
+    by another version or options of its method, trained on another schedule, measured with other ``measure``
+    settings, descended from a parent trained again since, or from a parent that is itself stale. A report leaves them
+    out of its means and names them (a row labelled with one schedule must not average cells of another); a rerun
+    redoes them (``cells_to_redo``). Weights are not looked at: a folder of committed results keeps none."""
+    from dataclasses import asdict
+
+    out: dict[str, str] = {}
+    for g in groups:
+        results, recorded = read_results(g, run_dir), read_schedules(g, run_dir)
+        expected, schedules = expected_configs(g, cfg), expected_schedules(g, cfg)
+        stale: dict[str, str] = {}
+        for s in g:  # parents come before their children in a group
+            result = results[s.label]
+            if result is None:
+                continue
+            why = (outdated(s, run_dir / s.id, result, expected.get(s.label))
+                   or other_schedule(recorded.get(s.label), schedules.get(s.label))
+                   or older_than_parent(s, result, results.get(s.parent))
+                   or (f"made from {s.parent}, which is out of date" if s.parent in stale else None)
+                   or other_measures(result, asdict(cfg.measure)))
+            if why:
+                # as a report says it: what is wrong, not what a run does about it
+                stale[s.label] = why.rsplit(": ", 1)[0] if why.endswith(("redoing it", "measuring it again",
+                                                                         "redoing it from the new parent")) else why
+        out.update({f"{group_name(g)}/{label}": why for label, why in stale.items()})
+    return out
 
 
 def weights_kept(spec: CellSpec, cell: Path) -> bool:

@@ -80,22 +80,29 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     """Aggregate finished cells: one row per (dataset, model, method), mean and std over seeds.
     ``grids=False`` only reads (no saliency-grid PNG is drawn into the folder)."""
     from qsal.quant.config import canonical_config
-    from qsal.study.redo import recorded_quant_config
+    from qsal.study.redo import recorded_quant_config, stale_results
 
     run_dir = Path(run_dir)
     if not (run_dir / "run_config.json").is_file():
         raise QsalError(f"{run_dir} is not a qsal run directory (no run_config.json); pass the --out of `qsal run`")
     order = {k: i for i, k in enumerate(("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"))}
-    planned = _planned_cells(run_dir)
-    # cells the study's config no longer plans (a seed or method dropped, rerun with --force) are left out, by name:
-    # a row's mean must be over the seeds the report's config names
-    left_out = sorted(str(p.parent.relative_to(run_dir)) for p in run_dir.glob("*/*/seed*/*/result.json")
-                      if planned is not None and str(p.parent.relative_to(run_dir)) not in planned)
-    results = sorted((_read_result(p, run_dir) for p in run_dir.glob("*/*/seed*/*/result.json")
-                      if str(p.parent.relative_to(run_dir)) not in left_out),
+    cfg, groups = _study_plan(run_dir)
+    planned = {s.id for g in groups for s in g} if groups is not None else None
+    finished = {str(p.parent.relative_to(run_dir)): p for p in run_dir.glob("*/*/seed*/*/result.json")}
+    # cells the study's config no longer plans (a seed, method, model or dataset dropped, rerun with --force) are left
+    # out, by name: a row's mean must be over the seeds the report's config names
+    left_out = sorted(c for c in finished if planned is not None and c not in planned)
+    # and finished cells that are not what the config makes now (another schedule, method options or version,
+    # measure settings, or a parent trained again): a rerun redoes them; until then they are named, not averaged
+    stale = stale_results(groups, run_dir, cfg) if groups is not None else {}
+    results = sorted((_read_result(p, run_dir) for c, p in finished.items() if c not in left_out and c not in stale),
                      key=lambda r: (r["dataset"], r["model"], order[r["kind"]], -r["bits"], r["observer"], r["seed"]))
     failed = [_read_error(p, run_dir) for p in sorted(run_dir.glob("*/*/seed*/*/error.json"))
               if str(p.parent.relative_to(run_dir)) not in left_out]
+    failed_ids = {f["id"] for f in failed}
+    # planned cells with no result yet (running, queued, or never run with this config): named, so a table of some
+    # seeds does not read as the study's
+    unfinished = [s.id for g in groups or [] for s in g if s.id not in finished and s.id not in failed_ids]
     if not results and failed:
         raise QsalError(f"none of the cells in {run_dir} finished: {len(failed)} failed (first, {failed[0]['id']}: "
                         f"{str(failed[0].get('error'))[:200]}); fix the cause and rerun `qsal run`")
@@ -103,6 +110,10 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         from qsal.study.rundir import run_holder
 
         holder = run_holder(run_dir)
+        if stale:  # finished, but none is what the config makes now
+            first = next(iter(stale))
+            raise QsalError(f"none of the {len(stale)} finished cells in {run_dir} is what its study config makes now "
+                            f"(first, {first}: {stale[first]}); rerun `qsal run` with that config to redo them")
         raise QsalError(f"{run_dir} has no finished cells yet; " + (
             f"a `qsal run` (pid {holder}) is working on it: report it once a cell has finished" if holder
             else "run `qsal run` first"))
@@ -172,23 +183,29 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
 
         grid_paths.append(str(save_saliency_grid(images, maps, group / "saliency_grid.png",
                                             title=f"{group.relative_to(run_dir)}: |input gradient|, every model")))
+    from qsal.study.rundir import run_holder
+
     out = {"rows": rows, "failed": failed, "grids": grid_paths, "n_cells": len(results), "machines": _machines(results),
-           "left_out": left_out}
+           "left_out": left_out, "stale": stale, "unfinished": unfinished, "running": run_holder(run_dir),
+           "study_datasets": list(cfg.datasets) if cfg is not None else sorted({r["dataset"] for r in results})}
     out.update(arrays)
     return out
 
 
-def _planned_cells(run_dir: Path) -> set[str] | None:
-    """The cell ids (``dataset/model/seedN/label``) the folder's recorded study config plans; ``None`` when it records
-    none this qsal can read (then every finished cell is reported)."""
+def _study_plan(run_dir: Path):
+    """``(RunConfig, planned groups)`` of the study config the folder records; ``(None, None)`` when it records none
+    this qsal can read (then every finished cell is reported, none is judged stale)."""
     from qsal.study.config import parse_run_config
     from qsal.study.grid import plan_groups
 
     try:
-        cfg = read_json(run_dir / "run_config.json", "").get("config")
-        return {s.id for g in plan_groups(parse_run_config(cfg)) for s in g} if isinstance(cfg, dict) else None
+        raw = read_json(run_dir / "run_config.json", "").get("config")
+        if not isinstance(raw, dict):
+            return None, None
+        cfg = parse_run_config(raw)
+        return cfg, plan_groups(cfg)
     except (QsalError, AttributeError):
-        return None
+        return None, None
 
 
 def _class_names(dataset: str) -> list[str] | None:
@@ -281,17 +298,36 @@ def report_run(run_dir: str | Path) -> dict:
     collected = collect_results(run_dir)  # before any file is written: a damaged folder writes nothing
     cfg = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
     name = str(cfg.get("name", Path(run_dir).name))
-    datasets = ", ".join(sorted({r["dataset"] for r in collected["rows"]}))  # a study of several: all named
+    # the study's datasets, finished or not: a report of one set's cells must not read as the study's
+    study_sets = collected["study_datasets"]
+    datasets = ", ".join(study_sets)
+    dataset = datasets or name
+    if "dataset_name" in collected:  # the rows are of one set (its classes and test count head the report)
+        dataset = collected["dataset_name"] + (f" (of the study's {datasets}: the others have no cell in these tables yet)"
+                                               if len(study_sets) > 1 else "")
     schedule = _schedule_words(cfg)
-    results = {"dataset": collected.get("dataset_name", datasets or name), "rows": collected["rows"], "failed": collected["failed"],
+    results = {"dataset": dataset, "rows": collected["rows"], "failed": collected["failed"],
                "environment": environment(), "source": f"qsal run ({_cells_done(collected['n_cells'], cfg)}, config {name})",
-               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines", "left_out")
-                  if k in collected}}
+               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines", "left_out",
+                                            "stale", "unfinished", "running") if k in collected}}
     if schedule:
         results["schedule"] = schedule
     if "saliency" not in results:
         results["saliency_grids"] = collected["grids"]
-    return write_report(run_dir, results)
+    return {**write_report(run_dir, results), "status_notes": _status_notes(collected)}
+
+
+def _status_notes(collected: dict) -> list[str]:
+    """What the tables leave out, in one line each, for the terminal (the report lists the cells)."""
+    notes = []
+    if collected.get("stale"):
+        notes.append(f"{len(collected['stale'])} finished cells are out of date for the study's config and left out "
+                     f"of the tables until `qsal run` redoes them: {', '.join(collected['stale'])}")
+    if collected.get("unfinished"):
+        notes.append(f"{len(collected['unfinished'])} cells of the study's config have no result yet"
+                     + (f" (a `qsal run`, pid {collected['running']}, is working on this folder)"
+                        if collected.get("running") else "") + "; the report lists them")
+    return notes
 
 
 def _schedule_words(cfg: dict) -> str | None:

@@ -25,12 +25,12 @@ from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
 from qsal.run_folder import CannotResume
 from qsal.study.cell import agreement_with_fp32, log, run_cell
-from qsal.study.config import RunConfig, load_run_config, parse_run_config
+from qsal.study.config import RunConfig, changed_settings, load_run_config, parse_run_config
 from qsal.study.grid import CellSpec, expected_configs, expected_schedules, plan_groups, select_groups
 from qsal.study.redo import cells_to_redo, clear_cell, made_at, read_results, read_schedules, weights_kept
 from qsal.study.rundir import read_json, run_lock
 
-__all__ = ["run_study", "run_group", "other_config"]
+__all__ = ["run_study", "run_group", "other_config", "config_changes"]
 
 
 @contextlib.contextmanager
@@ -172,14 +172,25 @@ def other_config(run_dir: Path, cfg: RunConfig) -> str | None:
     return None if old.get("fingerprint") == cfg.fingerprint() else str(old.get("fingerprint"))
 
 
+def config_changes(run_dir: Path, cfg: RunConfig) -> str:
+    """The settings ``cfg`` changes from the config that made ``run_dir`` (``changed_settings``: the first four, and
+    how many more), for a message; the fingerprints where no setting reads differently (another qsal's recipe)."""
+    recorded = read_json(run_dir / "run_config.json", "")
+    changes = changed_settings(recorded.get("config") or {}, cfg)
+    if not changes:
+        return f"fingerprint {recorded.get('fingerprint')} vs {cfg.fingerprint()}"
+    return ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
+
+
 def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_address: str | None, force: bool,
                 progress: bool, groups: list[list[CellSpec]]) -> list[dict]:
     from tqdm import tqdm
 
     stamp = run_dir / "run_config.json"
-    if (old := other_config(run_dir, cfg)) is not None and not force:
-        raise QsalError(f"{run_dir} was made by a different config (fingerprint {old} vs {cfg.fingerprint()}); "
-                        "pass --force to reuse it, or choose another --out")
+    if other_config(run_dir, cfg) is not None and not force:
+        raise QsalError(f"{run_dir} was made by a different config ({config_changes(run_dir, cfg)}); --dry-run with "
+                        "this --out lists the finished cells a run would redo, and --force runs the study there (the "
+                        "finished cells the change leaves current are kept); or choose another --out")
     write_json_atomic(stamp, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
     n_cells = sum(len(g) for g in groups)
     # taskset -c 0 qsal run ... trains on 1 thread; --only one/group --workers 4 gives that group every core

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 
 from qsal.errors import TYPE_WORDS, QsalError
+from qsal.study.config_yaml import number_hint, text_number
 from qsal.train import TrainConfig
 
 __all__ = ["SCHEDULE_FIELDS", "Schedule", "parse_overrides", "parse_schedules", "resolve_train_configs"]
@@ -50,6 +51,7 @@ class Schedule:
 def _check_value(name: str, value, default):
     """``value`` converted to the type of the TrainConfig default, or a problem string."""
     if name == "milestones":
+        value = [text_number(v) for v in value] if isinstance(value, (list, tuple)) else value
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return None, f"{value!r} is not a list of fractions of the epochs"
         if not all(0 < v < 1 for v in value):
@@ -60,15 +62,17 @@ def _check_value(name: str, value, default):
             return value, None
         return None, f"{value!r} is not one of auto, true, false"
     if default is None:  # null (off) or a number in range: TrainConfig's own check, run for this field alone so
-        try:              # every problem of a file is listed at once
-            return getattr(TrainConfig(**{name: value}), name), None
+        try:              # every problem of a file is listed at once (each such field takes a float)
+            return getattr(TrainConfig(**{name: text_number(value)}), name), None
         except QsalError as e:
             return None, str(e)
     want = type(default)
+    if want is float:
+        value = text_number(value)  # 1e-3, which YAML 1.1 reads as text
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-        return None, f"{value!r} is not {TYPE_WORDS.get(want, want.__name__)}"
+        return None, f"{value!r} is not {TYPE_WORDS.get(want, want.__name__)}{number_hint(value, want)}"
     if want is float and not math.isfinite(value):
         return None, f"must be a finite number, got {value!r}"
     if want in (int, float) and value < 0 or (name in ("epochs", "batch_size", "lr", "gamma") and value == 0):

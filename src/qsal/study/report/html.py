@@ -10,6 +10,8 @@ import base64
 import datetime as _dt
 import html
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,29 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # composed in a staging folder and moved into place whole: an interrupted report leaves the earlier one as it was
+    # (not new figures beside old tables), and figures of an earlier report that this one does not draw (a model or
+    # dataset dropped) are removed, not left to be opened as current
+    stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        written = _compose(stage, out, results)
+        for old in out.glob("*.png"):
+            if any(old.match(p) for p in REPORT_FIGURES) and not (stage / old.name).exists():
+                old.unlink()
+        for f in sorted(stage.iterdir(), key=lambda f: f.suffix in (".md", ".html")):  # the pages last
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {**written, "markdown": str(out / "report.md"), "html": str(out / "report.html")}
+
+
+# the figures write_report draws in its folder (saliency grids of a run's cells live in their own folders)
+REPORT_FIGURES = ("acc_vs_*.png", "auc_vs_*.png", "metrics_ci.png", "diagnostics_*.png", "saliency_grid.png",
+                  "saliency_most_changed.png")
+
+
+def _compose(out: Path, final: Path, results: dict) -> dict:
+    """The report's figures and pages written into ``out`` (a staging folder), linked as they will sit in ``final``."""
     rows = results["rows"]
     for r in rows:  # the threshold each model decides at: models differ, so it is a column, not a header line
         if r.get("threshold") is None and (r.get("operating_point") or {}).get("threshold") is not None:
@@ -194,16 +219,30 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
         md += ["", "## Per-model diagnostics", ""] + [f"![{alt}]({p.name})" for p, alt in diagnostics]
     md += [f"> {n}" for n in notes]
     if sal_figs:
-        md += ["", "## Explanations", ""] + [f"![{alt}]({os.path.relpath(p, out)})" for p, alt in sal_figs]
+        # a figure of this report sits beside it; a run's per-cell grids where they are, relative to the final folder
+        md += ["", "## Explanations", ""] + [f"![{alt}]({p.name if Path(p).parent == out else os.path.relpath(p, final)})"
+                                             for p, alt in sal_figs]
     if changed_rows:
         md += ["", f"### Images whose explanation changed most vs {reference}", "", changed_table]
     if results.get("failed"):
         md += ["", "## Failed cells", ""] + [f"- `{f['id']}`: {f['type']}: {f['error']}" for f in results["failed"]]
     left_out = results.get("left_out") or []
-    left_note = (f"{len(left_out)} finished cells in this folder are not in the study's config now (a seed or method "
-                 "dropped since) and are left out of every table and figure: " + ", ".join(left_out)) if left_out else ""
+    left_note = (f"{len(left_out)} finished cells in this folder are not in the study's config now (a dataset, model, "
+                 "seed or method dropped since) and are left out of every table and figure: " + ", ".join(left_out)) \
+        if left_out else ""
     if left_note:
         md += ["", "## Cells left out", "", left_note]
+    stale = results.get("stale") or {}
+    stale_note = (f"{len(stale)} finished cells are not what the study's config makes now and are left out of every "
+                  "table and figure until a rerun of `qsal run` with that config redoes them:") if stale else ""
+    if stale:
+        md += ["", "## Cells out of date", "", stale_note, ""] + [f"- `{c}`: {why}" for c, why in stale.items()]
+    unfinished, holder = results.get("unfinished") or [], results.get("running")
+    pending_note = ((f"{len(unfinished)} cells of the study's config have no result yet"
+                     + (f"; a `qsal run` (pid {holder}) is working on this folder, so this report is a snapshot"
+                        if holder else "; `qsal run` with its config runs them") + ":") if unfinished else "")
+    if unfinished:
+        md += ["", "## Not finished", "", pending_note, "", ", ".join(f"`{c}`" for c in unfinished)]
     machines = results.get("machines") or []
     if machines:
         md += ["", "## Where the cells ran", "", machines_table(machines)]
@@ -229,6 +268,12 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
                                                  for f in results["failed"]] + ["</ul>"]
     if left_note:
         body += ["<h2>Cells left out</h2>", f"<p class='note'>{html.escape(left_note)}</p>"]
+    if stale:
+        body += ["<h2>Cells out of date</h2>", f"<p class='note'>{html.escape(stale_note)}</p><ul>"] + [
+            f"<li><code>{html.escape(c)}</code>: {html.escape(why)}</li>" for c, why in stale.items()] + ["</ul>"]
+    if unfinished:
+        body += ["<h2>Not finished</h2>", f"<p class='note'>{html.escape(pending_note)} "
+                 + ", ".join(f"<code>{html.escape(c)}</code>" for c in unfinished) + "</p>"]
     body += ["<h2>Glossary</h2><dl>"] + [f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in GLOSSARY]
     body += ["</dl>"]
     if machines:

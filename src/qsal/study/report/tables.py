@@ -64,7 +64,8 @@ GLOSSARY = [
     ("Faithfulness gap", "Test accuracy after removing the most salient pixels compared with removing as many "
                          "random pixels, averaged over removal fractions: mean accuracy (random removal) minus "
                          "mean accuracy (salient removal). Larger means the map points at pixels the model uses; "
-                         "near 0, the map is no better than chance."),
+                         "near 0, the map is no better than chance, or the model's accuracy does not move when "
+                         "pixels go (a model that gives one class to every image scores 0 whatever its maps)."),
     ("Deletion / insertion AUC", "Area under the probability curve as salient pixels are removed (deletion, "
                                  "lower is better) or added to a blank image (insertion, higher is better)."),
     ("Gini", "Gini index of the map's absolute values: 0 spreads attribution evenly over all pixels, 1 puts it "
