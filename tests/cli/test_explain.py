@@ -136,3 +136,19 @@ def test_an_onnx_model_of_a_folder_at_another_size_is_explained_at_its_size(brea
     onnx = export_checkpoint(str(run / "best.safetensors"), tmp_path / "m.onnx", card=False)["onnx"]
     assert main(["explain", onnx, "--n", "2", "--out", str(tmp_path / "e.png")]) == 0
     assert (tmp_path / "e.png").is_file()
+
+
+def test_another_datasets_folder_is_split_as_evaluate_reads_it_not_by_the_models_seed(tmp_path, breast_folder, capsys):
+    """explain --dataset of another set drew its split with the model's training seed, where evaluate --other-dataset
+    draws seed 0: the two commands showed different 'test' images of one folder."""
+    from qsal.data.folder import folder_split_files
+
+    run, root = tmp_path / "run", breast_folder(20)
+    assert main(["train", "--epochs", "1", "--seed", "3", "--out", str(run), "--no-progress", "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(run / "best.safetensors"), "--dataset", f"folder:{root}", "--n", "4",
+                 "--out", str(tmp_path / "x.png"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    drawn = folder_split_files(root, seed=0)["test"]
+    assert out["files"] == [drawn[i][0] for i in out["indices"]]
+    assert out["files"] != [folder_split_files(root, seed=3)["test"][i][0] for i in out["indices"]]

@@ -22,7 +22,6 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     class in that set, "pred" the model's own class names.
     """
     from qsal.data import load_split
-    from qsal.pipeline import split_seed
     from qsal.runtime import describe_decision
     from qsal.saliency.methods import black_baseline
     from qsal.saliency.plot import save_saliency_grid, to_display
@@ -45,7 +44,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         c, h, w = rt.input_shape
         # a folder read as the model was trained on it, split by its training seed (another seed's test part holds
         # images it trained on)
-        data_seed = split_seed({"data": rt.meta.get("data") or {}})
+        data_seed = _own_split_seed({"data": rt.meta.get("data") or {}}, rt.meta.get("data") or {}, name)
         full = load_split(name, split, data_dir, size=h, n_channels=c, seed=data_seed)  # a folder at the file's size
         _check_own_data(path, rt.meta.get("data") or {}, name, full)
         split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
@@ -77,7 +76,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
             raise QsalError(f"{path} does not name its dataset; pass --dataset")
         channels = rt.meta["arch"].get("in_channels")  # a folder is read as the model was trained on it
         check_model_fits_data(rt.meta["arch"], dataset_info(name, channels), str(path))
-        data_seed = split_seed(rt.meta)
+        data_seed = _own_split_seed(rt.meta, own or rt.meta.get("data") or {}, name)
         full = load_split(name, split, data_dir, size=own.get("image_size"), n_channels=channels, seed=data_seed)
         _check_own_data(path, own or rt.meta.get("data") or {}, name, full)
         split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
@@ -108,6 +107,16 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
             "predicted_class": [names[int(t)] for t in target] if target.ndim == 1 else None,
             "probability_of_predicted": None if decided_p is None else [round(float(p), 6) for p in decided_p],
             "decided_by": rule}
+
+
+def _own_split_seed(meta: dict, own: dict, name: str) -> int:
+    """The seed that split the model's own data (``pipeline.split_seed``); another dataset (``--dataset``) is read as
+    ``qsal evaluate --other-dataset`` reads it, split by seed 0: the model's seed means nothing to its split."""
+    from qsal.data import dataset_key
+    from qsal.pipeline import split_seed
+
+    same = not own.get("name") or dataset_key(own["name"]) == dataset_key(name)
+    return split_seed(meta) if same else 0
 
 
 def _check_own_data(path: Path, own: dict, name: str, data) -> None:
