@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +32,7 @@ from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig  # noqa: E402
 from qsal.study.report import results_table  # noqa: E402
 from qsal.saliency import SaliencyGuidedStep, explain  # noqa: E402
-from qsal.saliency.metrics import agreement, faithfulness_curve, gini  # noqa: E402
+from qsal.saliency.metrics import agreement, faithfulness_curve, mean_gini  # noqa: E402
 from qsal.saliency.plot import save_saliency_grid, to_display  # noqa: E402
 from qsal.train import TrainConfig, fit, seed_everything  # noqa: E402
 
@@ -119,7 +118,7 @@ def run_dataset(ds: str, root: str, seed: int, n_eval: int, threads: int, log) -
         rows.append({"dataset": ds, "model": name, "arch": model_name, "test_acc": m.acc, "test_auc": m.auc,
                      "auc_ci": m.ci["auc"], "faithfulness_area_top": faith["area_top"],
                      "faithfulness_area_random": faith["area_random"], "faithfulness_gap": faith["gap"],
-                     "faithfulness_curve": faith, "gini": float(np.mean(gini(maps[name]))), "train_s": seconds[name]})
+                     "faithfulness_curve": faith, "gini": mean_gini(maps[name]), "train_s": seconds[name]})
         log(f"  {ds} {name}: acc {m.acc:.4f} auc {m.auc:.3f} faithfulness gap {faith['gap']:.3f}")
     for r in rows:
         a = agreement(maps["fp32"], maps[r["model"]])

@@ -49,6 +49,13 @@ def test_a_checkpoint_is_explained_on_its_own_normalisation_as_its_onnx_file_is(
                      "--out", str(tmp_path / "x.png"), "--json", "--force"]) == 0
         outs.append(json.loads(capsys.readouterr().out))
     assert outs[0]["predicted"] == outs[1]["predicted"]
+    # which file made the maps, by content, and which kind: nothing said so (the ONNX column was headed "/m")
+    from qsal.run_folder import file_sha256
+
+    assert outs[1]["model"] == str(tmp_path / "m.onnx") and outs[1]["model_sha256"] == file_sha256(tmp_path / "m.onnx")
+    assert outs[0]["model_sha256"] == file_sha256(run / "best.safetensors")
+    assert outs[0]["explained"] == "PyTorch checkpoint: maps of each image's predicted class"
+    assert outs[1]["explained"].startswith("ONNX file, onnxruntime") and outs[0]["empty_maps"] == []
     assert all(abs(a - b) < 1e-4 for a, b in zip(outs[0]["probability_of_predicted"], outs[1]["probability_of_predicted"]))
     # each row traced to its image: its position in the split named, and its class by name
     from qsal.data import load_split
@@ -57,6 +64,11 @@ def test_a_checkpoint_is_explained_on_its_own_normalisation_as_its_onnx_file_is(
     assert outs[0]["dataset"] == "pneumoniamnist" and outs[0]["split"] == "test" and outs[0]["indices"] == \
         test.subset_indices(4, 0).tolist() == outs[1]["indices"]
     assert outs[0]["predicted_class"] == [["malignant", "normal, benign"][p] for p in outs[0]["predicted"]]
+    # more images asked for than the split holds: all of them, said
+    assert main(["explain", str(tmp_path / "m.onnx"), "--split", "val", "--n", "200", "--out", str(tmp_path / "v.png"),
+                 "--json"]) == 0
+    assert "note: --n 200: the val split of breastmnist holds 78 images; all of them are explained" in \
+        capsys.readouterr().err
     # a second run onto the same PNG needs --force, as every other --out does
     assert main(["explain", str(run / "best.safetensors"), "--n", "2", "--out", str(tmp_path / "x.png")]) == 2
     assert "x.png already exists; pass --force" in capsys.readouterr().err

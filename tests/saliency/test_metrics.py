@@ -138,3 +138,44 @@ def test_maps_of_another_shape_are_refused_and_tensors_are_read():
     expected = faithfulness_curve(model_fn, x, y, maps)
     got = faithfulness_curve(model_fn, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(maps).requires_grad_())
     assert got["gap"] == expected["gap"] and list(got["acc_top"]) == list(expected["acc_top"])
+
+
+def test_a_medmnist_label_column_is_one_class_per_image_and_bad_targets_or_maps_are_refused():
+    """Labels (N, 1), as MedMNIST's .npz stores them, were scored as one multi-label vector (accuracy .500 for .688);
+    targets -1 or 7 scored the last class or 0 accuracy, 14 px maps of 28 px images gave numbers, steps=0 divided by 0:
+    all silently or as tracebacks."""
+    from qsal.errors import QsalError
+
+    x, y = _images()
+    good = np.zeros_like(x)
+    good[:, :, :4, :4] = 1.0
+    column = faithfulness_curve(_corner_model, x, y[:, None], good)
+    assert column["acc_top"] == faithfulness_curve(_corner_model, x, y, good)["acc_top"]
+    assert deletion_insertion(_corner_model, x, y[:, None], good, steps=4)["deletion_auc"] == \
+        deletion_insertion(_corner_model, x, y, good, steps=4)["deletion_auc"]
+    for call, message in [
+        (lambda: deletion_insertion(_corner_model, x, np.full(len(x), -1), good), r"targets must be class ids 0-1"),
+        (lambda: faithfulness_curve(_corner_model, x, np.full(len(x), 7), good), r"labels must be class ids 0-1 \(the "
+                                                                                  r"model scores 2 classes\)"),
+        (lambda: deletion_insertion(_corner_model, x, y.astype(float), good), r"targets must be class ids"),
+        (lambda: faithfulness_curve(_corner_model, x, y[:5], good), r"labels must be \(N,\) class ids or \(N, L\)"),
+        (lambda: deletion_insertion(_corner_model, x, y, good[:, :, ::2, ::2]), r"maps \(40, 1, 14, 14\) do not match "
+                                                                                r"images \(40, 1, 28, 28\)"),
+        (lambda: faithfulness_curve(_corner_model, x, y, good[:5]), r"do not match images"),
+        (lambda: deletion_insertion(_corner_model, x, y, good, steps=0), r"steps must be a whole number >= 1"),
+        (lambda: faithfulness_curve(_corner_model, x, y, good, fractions=(0, 1.5)), r"fractions must be"),
+    ]:
+        with pytest.raises(QsalError, match=message):
+            call()
+
+
+def test_an_empty_map_has_no_gini_and_is_left_out_of_the_mean():
+    """An all-zero Grad-CAM map (the class the evidence is against) scored Gini 0, 'uniform', averaged into means."""
+    from qsal.saliency.metrics import mean_gini
+
+    maps = np.zeros((3, 1, 28, 28))
+    maps[1, 0, 3, 3] = 1.0
+    maps[2] = 1.0
+    g = gini(maps)
+    assert np.isnan(g[0]) and g[1] == pytest.approx(1 - 1 / 784) and g[2] == pytest.approx(0.0, abs=1e-9)
+    assert mean_gini(maps) == pytest.approx((1 - 1 / 784) / 2) and np.isnan(mean_gini(np.zeros((2, 1, 4, 4))))

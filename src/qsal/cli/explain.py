@@ -90,18 +90,35 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         maps = explain(rt.model, torch.from_numpy(x), method, target=torch.from_numpy(target),
                        baseline=black_baseline(mean, std)).numpy()
     info = split_data.info
+    if n > len(x):  # asked for more than the split holds: all of them, said
+        import sys
+
+        print(f"note: --n {n}: the {split} split of {info.name} holds {len(x)} images; all of them are explained",
+              file=sys.stderr)
     names = _class_names(names, logits.shape[1])
     rule = describe_decision(task, decision, names) if not task.startswith("multi-label") else \
         "the highest-scoring label (each label is decided at p > 0.5)"
+    # an all-zero map (Grad-CAM of a class the evidence is against) drawn black reads as "nothing mattered": said
+    empty = [not np.any(m) for m in maps]
     captions = [f"true: {info.labels[int(t)][:16]}\npred: {names[int(p)][:16]} {probs[i, p]:.2f}"
+                + ("\nempty map: no evidence for it" if empty[i] else "")
                 for i, (t, p) in enumerate(zip(np.atleast_1d(split_data.labels), target))] \
         if split_data.labels.ndim == 1 else None
-    png = save_saliency_grid(to_display(x, tuple(mean), tuple(std)), {f"{path.parent.name}/{path.stem}": maps}, out, captions,
-                             title=f"{info.name} {split}: {method}; pred = {rule}")
+    onnx_file = path.suffix.lower() == ".onnx"
+    kind = "ONNX file, onnxruntime" if onnx_file else "PyTorch checkpoint"
+    column = f"{path.parent.name}/{path.name}" if path.parent.name else path.name  # "m.onnx", not "/m"
+    png = save_saliency_grid(to_display(x, tuple(mean), tuple(std)), {f"{column} ({kind})": maps}, out, captions,
+                             title=f"{info.name} {split}: {method} maps of the predicted class; pred = {rule}")
+    from qsal.checkpoint import resolve_checkpoint_path
+    from qsal.run_folder import file_sha256
+
+    weights = path if onnx_file else resolve_checkpoint_path(path)  # the file whose numbers made the maps
     decided_p = probs[np.arange(len(x)), target] if target.ndim == 1 else None
     # which images: their positions in the split (load_split(dataset, split).images[i]), so a row can be traced to
     # its scan; "probability_of_predicted" is each row's own predicted class's (the class differs between rows)
-    return {"png": str(png), "method": method, "dataset": info.name, "split": split, "images": len(x),
+    return {"png": str(png), "model": str(path), "model_sha256": file_sha256(weights),
+            "explained": f"{kind}: maps of each image's predicted class", "method": method, "dataset": info.name,
+            "split": split, "images": len(x), "empty_maps": [i for i, e in enumerate(empty) if e],
             "indices": indices.tolist(), **_folder_files(name, split, data_seed, indices),
             "predicted": target.tolist(),
             "predicted_class": [names[int(t)] for t in target] if target.ndim == 1 else None,

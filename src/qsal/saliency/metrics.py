@@ -18,7 +18,8 @@ from qsal.errors import QsalError
 from qsal.saliency.targets import multilabel_target_weights
 
 __all__ = ["pixel_saliency", "remove_features", "faithfulness_curve", "deletion_insertion", "agreement",
-           "spearman_per_image", "topk_iou", "ssim_per_image", "gini", "salient_first", "FRACTIONS", "FILLS"]
+           "spearman_per_image", "topk_iou", "ssim_per_image", "gini", "mean_gini", "salient_first", "FRACTIONS",
+           "FILLS"]
 
 FRACTIONS = tuple(np.round(np.arange(0.0, 0.91, 0.1), 2))
 ModelFn = Callable[[np.ndarray], np.ndarray]
@@ -34,6 +35,31 @@ def as_array(values, name: str = "maps", ndim: int | None = 4) -> np.ndarray:
         raise QsalError(f"{name} must be (N, C, H, W) arrays, as qsal.explain returns them; got shape "
                         f"{tuple(values.shape)}")
     return values
+
+
+def _removal_inputs(model_fn: ModelFn, x, maps, labels, what: str):
+    """``(x, maps, labels)`` checked for a removal curve, else one-line ``QsalError``: maps of the images' count and
+    size; labels ``(N,)`` class ids of the model's classes, or ``(N, L)`` 0/1 vectors of a multi-label model. A
+    MedMNIST label column ``(N, 1)`` (as its .npz stores it) is one class id per image: it was read as one multi-label
+    vector (accuracy .500 for .688, with no word)."""
+    x, maps, labels = as_array(x, "images"), as_array(maps), as_array(labels, what, ndim=None)
+    if maps.shape[0] != x.shape[0] or maps.shape[2:] != x.shape[2:]:
+        raise QsalError(f"maps {tuple(maps.shape)} do not match images {tuple(x.shape)}: one (C, H, W) map per image, "
+                        "at the image's size (qsal.explain returns them so)")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim not in (1, 2) or len(labels) != len(x):
+        raise QsalError(f"{what} must be (N,) class ids or (N, L) 0/1 label vectors for the {len(x)} images, got "
+                        f"shape {tuple(labels.shape)}")
+    k = np.asarray(model_fn(x[:1].astype(np.float32))).shape[1]
+    if labels.ndim == 2:
+        if labels.shape[1] != k or not np.isin(labels, (0, 1)).all():
+            raise QsalError(f"{what} as label vectors must be 0/1 of width {k} (the model's outputs), got shape "
+                            f"{tuple(labels.shape)}")
+    elif not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= k:
+        raise QsalError(f"{what} must be class ids 0-{k - 1} (the model scores {k} classes), got "
+                        f"{labels.dtype} values {labels.min()}..{labels.max()}")
+    return x, maps, labels
 
 
 def pixel_saliency(maps: np.ndarray) -> np.ndarray:
@@ -101,8 +127,10 @@ def faithfulness_curve(model_fn: ModelFn, x: np.ndarray, y: np.ndarray, maps: np
     Returns ``fractions``, ``acc_top``, ``acc_random``, their areas (mean accuracy over the fractions)
     and ``gap = area_random - area_top``: the larger, the more the map points at what the model uses.
     """
-    x, maps, y = as_array(x, "images"), as_array(maps), as_array(y, "labels", ndim=None)
+    x, maps, y = _removal_inputs(model_fn, x, maps, y, "labels")
     _check_fill(fill)
+    if not all(0 <= f <= 1 for f in fractions) or not len(fractions):
+        raise QsalError(f"fractions must be fractions of the pixels in [0, 1], got {list(fractions)}")
     rng = np.random.default_rng(seed)
     sal = pixel_saliency(maps)
     top_order = salient_first(sal, seed)
@@ -128,7 +156,9 @@ def deletion_insertion(model_fn: ModelFn, x: np.ndarray, target: np.ndarray, map
     first on a blank (each image's minimum) canvas (higher = more faithful). Pixels of equal saliency go in a
     random order (``seed``, ``salient_first``).
     """
-    x, maps, target = as_array(x, "images"), as_array(maps), as_array(target, "targets", ndim=None)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise QsalError(f"steps must be a whole number >= 1 (points of the curve), got {steps!r}")
+    x, maps, target = _removal_inputs(model_fn, x, maps, target, "targets")
     sal = pixel_saliency(maps)
     order = salient_first(sal, seed)
     n, c, h, w = x.shape
@@ -225,10 +255,17 @@ def agreement(a: np.ndarray, b: np.ndarray, k: float = 0.1, n_worst: int = 5) ->
 
 
 def gini(maps: np.ndarray) -> np.ndarray:
-    """Gini index of |map| per image (0 = uniform, 1 = all mass on one pixel; Chalasani et al. 2020)."""
+    """Gini index of |map| per image (0 = uniform, 1 = all mass on one pixel; Chalasani et al. 2020). An empty map
+    (all zero: Grad-CAM of a class the evidence is against) attributes nothing: NaN, not the 0 of a uniform map."""
     s = np.sort(pixel_saliency(maps), axis=1)
     n = s.shape[1]
     idx = np.arange(1, n + 1)
     total = s.sum(axis=1)
     g = ((2 * idx - n - 1) * s).sum(axis=1) / (n * np.maximum(total, 1e-12))
-    return np.where(total > 0, g, 0.0)
+    return np.where(total > 0, g, np.nan)
+
+
+def mean_gini(maps: np.ndarray) -> float:
+    """The mean ``gini`` over the maps that attribute something (NaN when none does)."""
+    g = gini(maps)
+    return float(np.mean(g[np.isfinite(g)])) if np.isfinite(g).any() else float("nan")

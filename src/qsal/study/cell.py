@@ -128,7 +128,7 @@ def explanation_measures(model, x, y, seed: int, device: str = "cpu") -> tuple[n
 
     from qsal.metrics import predict_logits
     from qsal.saliency import explain
-    from qsal.saliency.metrics import deletion_insertion, faithfulness_curve, gini
+    from qsal.saliency.metrics import deletion_insertion, faithfulness_curve, mean_gini
 
     model = model.to(device)
     maps = explain(model, x, "gradient_abs", target=y).numpy()
@@ -136,7 +136,7 @@ def explanation_measures(model, x, y, seed: int, device: str = "cpu") -> tuple[n
     faith = faithfulness_curve(model_fn, x.numpy(), y.numpy(), maps, seed=seed)
     curves = deletion_insertion(model_fn, x.numpy(), y.numpy(), maps)
     return maps, {"faithfulness_gap": faith["gap"], "deletion_auc": curves["deletion_auc"],
-                  "insertion_auc": curves["insertion_auc"], "gini": float(np.mean(gini(maps)))}
+                  "insertion_auc": curves["insertion_auc"], "gini": mean_gini(maps)}
 
 
 def _redo_fix(run_dir: Path, spec: CellSpec) -> str:

@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.provenance import environment
@@ -47,7 +45,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     from qsal.study.report import write_report
     from qsal.saliency import SaliencyGuidedStep, explain
     from qsal.saliency.methods import black_baseline
-    from qsal.saliency.metrics import agreement, faithfulness_curve, gini
+    from qsal.saliency.metrics import agreement, faithfulness_curve, mean_gini
     from qsal.saliency.plot import to_display
     from qsal.train import TrainConfig
 
@@ -114,7 +112,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         rows.append({"model": name, **artifact_row(art, metrics), "acc_ci": art.ci.get("acc"), "scored": "onnx",
                      "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
                      "latency_b1_p95_ms": b1["latency_ms_p95"], "throughput_b64": b64["throughput_img_s"],
-                     "faithfulness_gap": faith["gap"], "gini": float(np.mean(gini(maps[name]))),
+                     "faithfulness_gap": faith["gap"], "gini": mean_gini(maps[name]),
                      "onnx": str(onnx_path), "checkpoint": str(ckpt), "bench": bench})
     for r in rows:
         agree = agreement(maps["fp32"], maps[r["model"]])

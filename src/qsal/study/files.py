@@ -14,8 +14,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from qsal._atomic import staging_dir, write_json_atomic
 from qsal.errors import QsalError
 from qsal.run_folder import file_sha256
@@ -174,7 +172,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
     from qsal.runtime import Runtime
     from qsal.scoring import score_onnx
     from qsal.saliency.methods import black_baseline
-    from qsal.saliency.metrics import agreement, faithfulness_curve, gini
+    from qsal.saliency.metrics import agreement, faithfulness_curve, mean_gini
     from qsal.saliency.onnx_occlusion import occlusion_numpy
     from qsal.saliency.plot import to_display
     from qsal.study.report import write_report
@@ -231,7 +229,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
             maps[label] = occlusion_numpy(rt.run_normalized, x, sub.labels, baseline=black_baseline(rt.mean, rt.std))
         sal_probs[label] = probs[test.subset_indices(n_explain, seed)]
         faith = faithfulness_curve(rt.run_normalized, x, sub.labels, maps[label], seed=seed)
-        row.update(faithfulness_gap=faith["gap"], gini=float(np.mean(gini(maps[label]))))
+        row.update(faithfulness_gap=faith["gap"], gini=mean_gini(maps[label]))
         rows.append(row)
     reference = labels[0]
     fp32 = next((r for r in rows if r["quant"] == "fp32"), None)

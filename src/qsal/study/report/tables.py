@@ -69,7 +69,8 @@ GLOSSARY = [
     ("Deletion / insertion AUC", "Area under the probability curve as salient pixels are removed (deletion, "
                                  "lower is better) or added to a blank image (insertion, higher is better)."),
     ("Gini", "Gini index of the map's absolute values: 0 spreads attribution evenly over all pixels, 1 puts it "
-             "on a single pixel. Higher means a sparser, more focused map."),
+             "on a single pixel. Higher means a sparser, more focused map. An all-zero map (Grad-CAM of a class "
+             "the evidence is against) attributes nothing: it has no Gini and is left out of the mean."),
     ("Map ρ (Spearman)", "Rank correlation between a model's saliency map and the reference model's map of the "
                          "same image, averaged over images; 1 means the same pixel ranking."),
     ("Top-10% IoU", "Overlap (intersection over union) of the 10% most salient pixels of two maps."),
