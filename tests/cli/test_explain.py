@@ -164,3 +164,32 @@ def test_another_datasets_folder_is_split_as_evaluate_reads_it_not_by_the_models
     drawn = folder_split_files(root, seed=0)["test"]
     assert out["files"] == [drawn[i][0] for i in out["indices"]]
     assert out["files"] != [folder_split_files(root, seed=3)["test"][i][0] for i in out["indices"]]
+
+
+def test_a_users_own_image_files_are_explained_as_predict_decides_them(breast_run, tmp_path, capsys):
+    """Only a dataset's split could be explained: a clinic's own scan could be scored (qsal predict) but not shown."""
+    from PIL import Image
+
+    from qsal.data import load_split
+
+    run, _ = breast_run
+    test = load_split("breastmnist", "test")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(3):
+        Image.fromarray(test.images[i, :, :, 0]).resize((56, 56)).save(scans / f"scan{i}.png")
+    for model in (run / "best.safetensors", run / "model.onnx"):
+        if not model.is_file():
+            assert main(["export", str(run / "best.safetensors"), "--out", str(model)]) == 0
+        capsys.readouterr()
+        assert main(["explain", str(model), "--images", str(scans), "--out", str(tmp_path / "s.png"), "--json",
+                     "--force"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["files"] == [str(scans / f"scan{i}.png") for i in range(3)] and out["images"] == 3
+        assert "dataset" not in out and "indices" not in out
+        assert main(["predict", str(model), str(scans), "--json"]) == 0  # the class predict decides for each file
+        predicted = json.loads(capsys.readouterr().out)["predictions"]
+        assert out["predicted_class"] == [p["predicted_class"] for p in predicted]
+    assert main(["explain", str(run / "best.safetensors"), "--images", str(scans), "--dataset", "pneumoniamnist",
+                 "--out", str(tmp_path / "t.png")]) == 2
+    assert "--images explains your image files; --dataset picks a dataset's split" in capsys.readouterr().err

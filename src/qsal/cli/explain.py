@@ -10,9 +10,13 @@ from qsal.cli.arguments import int_range
 from qsal.errors import QsalError
 
 
+MAX_IMAGES = 256  # rows of one figure
+
+
 def explain_file(model_path: str, *, method: str | None, n: int, split: str, data_dir, out: str,
-                 dataset: str | None = None, seed: int = 0) -> dict:
-    """Explain ``n`` images of the model's own dataset and write a PNG grid (image, map, overlay).
+                 dataset: str | None = None, seed: int = 0, images: list[str] | None = None) -> dict:
+    """Explain ``n`` images of the model's own dataset, or the image files ``images`` names (PNG/JPEG/DICOM files,
+    folders, globs: read as ``qsal predict`` reads them), and write a PNG grid (image, map, overlay).
 
     Each row's predicted class is the one ``qsal predict`` gives for that image (the stored operating point and
     temperature: ``runtime.decide``), and its map explains that class. Images are normalised with the model's own
@@ -21,109 +25,149 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     integrated gradients for a checkpoint. With ``dataset`` another set's images are explained: "true" names their
     class in that set, "pred" the model's own class names.
     """
-    from qsal.data import load_split
     from qsal.runtime import describe_decision
     from qsal.saliency.methods import black_baseline
     from qsal.saliency.plot import save_saliency_grid, to_display
 
     if Path(out).suffix.lower() != ".png":
         raise QsalError(f"--out {out}: explain writes a PNG figure; name the file .png")
+    if images and dataset:
+        raise QsalError("--images explains your image files; --dataset picks a dataset's split: pass one of them")
     path = Path(model_path)
-    if path.suffix.lower() == ".onnx":
+    onnx_file = path.suffix.lower() == ".onnx"
+    if onnx_file:
         from qsal.runtime import Runtime
-        from qsal.saliency.onnx_occlusion import occlusion_numpy
 
         method = method or "occlusion"
         if method != "occlusion":
             raise QsalError(f"method {method!r} needs gradients, which an ONNX file does not have; use --method occlusion "
                             "(the default for .onnx) or explain the .safetensors checkpoint")
         rt = Runtime(path)
-        name = dataset or rt.meta.get("data", {}).get("name")
-        if not name:
-            raise QsalError(f"{path} does not name its dataset in its metadata; pass --dataset")
-        c, h, w = rt.input_shape
-        # a folder read as the model was trained on it, split by its training seed (another seed's test part holds
-        # images it trained on)
-        data_seed = _own_split_seed({"data": rt.meta.get("data") or {}}, rt.meta.get("data") or {}, name)
-        full = load_split(name, split, data_dir, size=h, n_channels=c, seed=data_seed)  # a folder at the file's size
-        _check_own_data(path, rt.meta.get("data") or {}, name, full)
-        split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
-        if split_data.info.n_channels != c or split_data.images.shape[1:3] != (h, w):
-            raise QsalError(f"{name} images are {split_data.images.shape[1]} px with {split_data.info.n_channels} "
-                            f"channel(s) but {path} takes {h} px with {c}; pass the dataset it was exported for")
-        x = rt.preprocess(split_data.images)
-        logits = rt.run_normalized(x)
-        if split_data.info.num_classes != logits.shape[1]:  # as a checkpoint is refused (check_model_fits_data)
-            raise QsalError(f"{name} has {split_data.info.num_classes} classes but {path} scores {logits.shape[1]}; "
-                            "pass the dataset it was trained on")
-        task, decision, names = rt.task, rt.decision, rt.labels
-        mean, std = rt.mean.ravel(), rt.std.ravel()
-        probs, target = _decided(logits, task, decision)
+    else:
+        from qsal.predict import CheckpointRuntime
+
+        method = method or "integrated_gradients"
+        rt = CheckpointRuntime(path)  # qsal predict's preprocessing and decision for this checkpoint
+    if images:
+        pixels, true, source, where = _files(rt, images)
+    else:
+        pixels, true, source, where = _split(rt, path, onnx_file, dataset, split, data_dir, n, seed)
+    # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
+    # dataset's images (--dataset) or a user's files are fed to the model as they would be in deployment
+    x = rt.preprocess(pixels)
+    logits = rt.run_normalized(x)
+    task, decision, names = rt.task, rt.decision, rt.labels
+    mean, std = rt.mean.ravel(), rt.std.ravel()
+    probs, target = _decided(logits, task, decision)
+    if onnx_file:
+        from qsal.saliency.onnx_occlusion import occlusion_numpy
+
         maps = occlusion_numpy(rt.run_normalized, x, target, baseline=black_baseline(mean, std))
     else:
         import torch
 
-        from qsal.checkpoint import check_model_fits_data
-        from qsal.pipeline import dataset_info
-        from qsal.predict import CheckpointRuntime
         from qsal.saliency import explain
 
-        method = method or "integrated_gradients"
-        rt = CheckpointRuntime(path)  # qsal predict's preprocessing and decision for this checkpoint
-        own = rt.meta.get("dataset") or {}
-        name = dataset or (own or rt.meta.get("data") or {}).get("name")
-        if not name:
-            raise QsalError(f"{path} does not name its dataset; pass --dataset")
-        channels = rt.meta["arch"].get("in_channels")  # a folder is read as the model was trained on it
-        check_model_fits_data(rt.meta["arch"], dataset_info(name, channels), str(path))
-        data_seed = _own_split_seed(rt.meta, own or rt.meta.get("data") or {}, name)
-        full = load_split(name, split, data_dir, size=own.get("image_size"), n_channels=channels, seed=data_seed)
-        _check_own_data(path, own or rt.meta.get("data") or {}, name, full)
-        split_data, indices = full.subset(n, seed), full.subset_indices(n, seed)
-        # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
-        # dataset's images (--dataset) are fed to the model as they would be in deployment
-        x = rt.preprocess(split_data.images)
-        logits = rt.run_normalized(x)
-        task, decision, names = rt.task, rt.decision, rt.labels
-        mean, std = rt.mean.ravel(), rt.std.ravel()
-        probs, target = _decided(logits, task, decision)
         maps = explain(rt.model, torch.from_numpy(x), method, target=torch.from_numpy(target),
                        baseline=black_baseline(mean, std)).numpy()
-    info = split_data.info
-    if n > len(x):  # asked for more than the split holds: all of them, said
+    if not images and n > len(x):  # asked for more than the split holds: all of them, said
         import sys
 
-        print(f"note: --n {n}: the {split} split of {info.name} holds {len(x)} images; all of them are explained",
-              file=sys.stderr)
+        print(f"note: --n {n}: the {split} split of {where['dataset']} holds {len(x)} images; all of them are "
+              "explained", file=sys.stderr)
     names = _class_names(names, logits.shape[1])
     rule = describe_decision(task, decision, names) if not task.startswith("multi-label") else \
         "the highest-scoring label (each label is decided at p > 0.5)"
     # an all-zero map (Grad-CAM of a class the evidence is against) drawn black reads as "nothing mattered": said
     empty = [not np.any(m) for m in maps]
-    captions = [f"true: {info.labels[int(t)][:16]}\npred: {names[int(p)][:16]} {probs[i, p]:.2f}"
-                + ("\nempty map: no evidence for it" if empty[i] else "")
-                for i, (t, p) in enumerate(zip(np.atleast_1d(split_data.labels), target))] \
-        if split_data.labels.ndim == 1 else None
-    onnx_file = path.suffix.lower() == ".onnx"
+    if target.ndim != 1:
+        captions = None
+    else:  # what each row is: its true class in a dataset, its file name for a user's image
+        firsts = [f"true: {true[1][int(t)][:16]}" for t in true[0]] if true is not None else \
+            [Path(f).name[:22] for f in where["files"]]
+        captions = [f"{first}\npred: {names[int(p)][:16]} {probs[i, p]:.2f}"
+                    + ("\nempty map: no evidence for it" if empty[i] else "")
+                    for i, (first, p) in enumerate(zip(firsts, target))]
     kind = "ONNX file, onnxruntime" if onnx_file else "PyTorch checkpoint"
     column = f"{path.parent.name}/{path.name}" if path.parent.name else path.name  # "m.onnx", not "/m"
     png = save_saliency_grid(to_display(x, tuple(mean), tuple(std)), {f"{column} ({kind})": maps}, out, captions,
-                             title=f"{info.name} {split}: {method} maps of the predicted class; pred = {rule}")
+                             title=f"{source}: {method} maps of the predicted class; pred = {rule}")
     from qsal.checkpoint import resolve_checkpoint_path
     from qsal.run_folder import file_sha256
 
     weights = path if onnx_file else resolve_checkpoint_path(path)  # the file whose numbers made the maps
     decided_p = probs[np.arange(len(x)), target] if target.ndim == 1 else None
-    # which images: their positions in the split (load_split(dataset, split).images[i]), so a row can be traced to
-    # its scan; "probability_of_predicted" is each row's own predicted class's (the class differs between rows)
+    # "probability_of_predicted" is each row's own predicted class's (the class differs between rows)
     return {"png": str(png), "model": str(path), "model_sha256": file_sha256(weights),
-            "explained": f"{kind}: maps of each image's predicted class", "method": method, "dataset": info.name,
-            "split": split, "images": len(x), "empty_maps": [i for i, e in enumerate(empty) if e],
-            "indices": indices.tolist(), **_folder_files(name, split, data_seed, indices),
+            "explained": f"{kind}: maps of each image's predicted class", "method": method, **where,
+            "images": len(x), "empty_maps": [i for i, e in enumerate(empty) if e],
             "predicted": target.tolist(),
             "predicted_class": [names[int(t)] for t in target] if target.ndim == 1 else None,
             "probability_of_predicted": None if decided_p is None else [round(float(p), 6) for p in decided_p],
             "decided_by": rule}
+
+
+def _files(rt, images: list[str]):
+    """``(pixels (N, H, W, C) uint8, None, title words, {"files": [...]})`` of a user's image files, each read and
+    converted as ``qsal predict`` reads it for this model (conversions said once, as there)."""
+    from qsal.data.folder import conversion_notes
+    from qsal.predict import image_files
+
+    files = image_files(images)
+    if len(files) > MAX_IMAGES:
+        raise QsalError(f"{len(files)} images named; one figure explains at most {MAX_IMAGES} (a row each): name fewer")
+    notes: dict[str, int] = {}
+    pixels = np.concatenate([rt.read_file(f, notes) for f in files])
+    import sys
+
+    for said in conversion_notes(notes, len(files), " named", rt.input_shape[1]):
+        print(f"note: {said}", file=sys.stderr)
+    return pixels, None, f"{len(files)} image file{'s' if len(files) > 1 else ''}", {"files": [str(f) for f in files]}
+
+
+def _split(rt, path: Path, onnx_file: bool, dataset: str | None, split: str, data_dir, n: int, seed: int):
+    """``(pixels, (labels, their class names), title words, {"dataset", "split", "indices"[, "files"]})`` of ``n``
+    images of a dataset's split: the model's own (split by its training seed: another seed's test part holds images
+    it trained on), or ``dataset``'s."""
+    from qsal.data import load_split
+
+    data = rt.meta.get("data") or {}
+    if onnx_file:
+        name = dataset or data.get("name")
+        if not name:
+            raise QsalError(f"{path} does not name its dataset in its metadata; pass --dataset")
+        c, h, w = rt.input_shape
+        data_seed = _own_split_seed({"data": data}, data, name)
+        full = load_split(name, split, data_dir, size=h, n_channels=c, seed=data_seed)  # a folder at the file's size
+        own = data
+    else:
+        from qsal.checkpoint import check_model_fits_data
+        from qsal.pipeline import dataset_info
+
+        recorded = rt.meta.get("dataset") or {}
+        name = dataset or (recorded or data).get("name")
+        if not name:
+            raise QsalError(f"{path} does not name its dataset; pass --dataset")
+        c = rt.meta["arch"].get("in_channels")  # a folder is read as the model was trained on it
+        check_model_fits_data(rt.meta["arch"], dataset_info(name, c), str(path))
+        own = recorded or data
+        data_seed = _own_split_seed(rt.meta, own, name)
+        full = load_split(name, split, data_dir, size=recorded.get("image_size"), n_channels=c, seed=data_seed)
+    _check_own_data(path, own, name, full)
+    chosen, indices = full.subset(n, seed), full.subset_indices(n, seed)
+    if onnx_file:
+        if chosen.info.n_channels != c or chosen.images.shape[1:3] != (h, w):
+            raise QsalError(f"{name} images are {chosen.images.shape[1]} px with {chosen.info.n_channels} "
+                            f"channel(s) but {path} takes {h} px with {c}; pass the dataset it was exported for")
+        if chosen.info.num_classes != rt.n_outputs:  # as a checkpoint is refused (check_model_fits_data)
+            raise QsalError(f"{name} has {chosen.info.num_classes} classes but {path} scores {rt.n_outputs}; "
+                            "pass the dataset it was trained on")
+    true = (np.atleast_1d(chosen.labels), list(chosen.info.labels)) if chosen.labels.ndim == 1 else None
+    # which images: their positions in the split (load_split(dataset, split).images[i]), so a row can be traced to
+    # its scan
+    where = {"dataset": chosen.info.name, "split": split, "indices": indices.tolist(),
+             **_folder_files(name, split, data_seed, indices)}
+    return chosen.images, true, f"{chosen.info.name} {split}", where
 
 
 def _own_split_seed(meta: dict, own: dict, name: str) -> int:
@@ -189,7 +233,7 @@ def cmd_explain(args):
     note_unfinished(args.model, args.quiet)
 
     print_result(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
-                                  out=args.out, dataset=args.dataset, seed=args.seed), args.json)
+                              out=args.out, dataset=args.dataset, seed=args.seed, images=args.images), args.json)
 
 
 def _setup_explain(p):
@@ -198,6 +242,9 @@ def _setup_explain(p):
     p.add_argument("model", help="a checkpoint (.safetensors) or an exported .onnx (occlusion only)")
     p.add_argument("--method", choices=METHODS,
                    help="attribution method (default: integrated_gradients for a checkpoint, occlusion for an .onnx)")
+    p.add_argument("--images", nargs="+", metavar="PATH",
+                   help="explain these image files (PNG/JPEG/DICOM, folders, globs; read as qsal predict reads them, "
+                        "at most 256) instead of a dataset split (--n, --split, --seed do not apply)")
     p.add_argument("--n", type=int_range(1, 256, "the number of images"), default=8, help="number of images, one row each (1-256)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split the images come from")
     p.add_argument("--dataset", help="override the dataset recorded in the model (default: the model's own)")
