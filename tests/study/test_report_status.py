@@ -78,7 +78,10 @@ def test_an_interrupted_report_leaves_the_earlier_one_and_figures_no_longer_draw
     assert main(["report", str(run), "-q"]) == 0
     before = (run / "report.md").read_text()
     (run / "diagnostics_qat-int8.png").write_bytes(b"an earlier report's figure")
+    (run / "report.md").write_text(before + "\n![an earlier model](diagnostics_qat-int8.png)\n")
+    before = (run / "report.md").read_text()
     (run / "scan.png").write_bytes(b"the user's own file")
+    (run / "acc_vs_epochs.png").write_bytes(b"the user's, named like a report figure, never linked")
 
     def interrupted(rows, path):
         path.write_bytes(b"half")  # a figure is written, then Ctrl-C
@@ -94,4 +97,5 @@ def test_an_interrupted_report_leaves_the_earlier_one_and_figures_no_longer_draw
     monkeypatch.undo()
     assert main(["report", str(run), "-q"]) == 0
     assert not (run / "diagnostics_qat-int8.png").exists() and (run / "scan.png").exists()
+    assert (run / "acc_vs_epochs.png").exists()
     assert (run / "diagnostics_fp32.png").is_file() and not list(run.glob(".report-*"))

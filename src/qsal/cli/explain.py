@@ -80,7 +80,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         "the highest-scoring label (each label is decided at p > 0.5)"
     # an all-zero map (Grad-CAM of a class the evidence is against) drawn black reads as "nothing mattered": said
     empty = [not np.any(m) for m in maps]
-    if target.ndim != 1:
+    if target.ndim != 1 or (true is None and not where.get("files")):  # multi-label labels: no one true class
         captions = None
     else:  # what each row is: its true class in a dataset, its file name for a user's image
         firsts = [f"true: {true[1][int(t)][:16]}" for t in true[0]] if true is not None else \

@@ -265,7 +265,8 @@ def gini(maps: np.ndarray) -> np.ndarray:
     return np.where(total > 0, g, np.nan)
 
 
-def mean_gini(maps: np.ndarray) -> float:
-    """The mean ``gini`` over the maps that attribute something (NaN when none does)."""
+def mean_gini(maps: np.ndarray) -> float | None:
+    """The mean ``gini`` over the maps that attribute something (``None`` when none does: a JSON null, a '—' in a
+    table, never a NaN token)."""
     g = gini(maps)
-    return float(np.mean(g[np.isfinite(g)])) if np.isfinite(g).any() else float("nan")
+    return float(np.mean(g[np.isfinite(g)])) if np.isfinite(g).any() else None

@@ -119,11 +119,15 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
     stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
         written = _compose(stage, out, results)
-        for old in out.glob("*.png"):
-            if any(old.match(p) for p in REPORT_FIGURES) and not (stage / old.name).exists():
-                old.unlink()
+        earlier = _linked_figures(out / "report.md")
+        drawn = {f.name for f in stage.iterdir()}
         for f in sorted(stage.iterdir(), key=lambda f: f.suffix in (".md", ".html")):  # the pages last
             os.replace(f, out / f.name)
+        # only figures the earlier report linked (never a user's file that happens to share a name), and a
+        # concurrent report removing the same one first is no error
+        for name in earlier:
+            if name not in drawn:
+                (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return {**written, "markdown": str(out / "report.md"), "html": str(out / "report.html")}
@@ -132,6 +136,18 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict:
 # the figures write_report draws in its folder (saliency grids of a run's cells live in their own folders)
 REPORT_FIGURES = ("acc_vs_*.png", "auc_vs_*.png", "metrics_ci.png", "diagnostics_*.png", "saliency_grid.png",
                   "saliency_most_changed.png")
+
+
+def _linked_figures(report_md: Path) -> list[str]:
+    """The figures of this folder an earlier ``report.md`` links (names of ``REPORT_FIGURES``' patterns only)."""
+    import re
+
+    try:
+        text = report_md.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    names = dict.fromkeys(re.findall(r"\]\(([^)/\\]+\.png)\)", text))
+    return [n for n in names if any(Path(n).match(p) for p in REPORT_FIGURES)]
 
 
 def _compose(out: Path, final: Path, results: dict) -> dict:

@@ -51,7 +51,8 @@ GLOSSARY = [
     ("Size vs FP32", "ONNX file size divided by the FP32 model's. Sizes are in KiB/MiB (1 KiB = 1,024 bytes)."),
     ("Latency / throughput", "Median time for one image on one thread (batch 1), and images per second at "
                              "batch 64 (the images scored over the time the timed calls took; results measured "
-                             "before 2026-11-28 divided the batch by the median call, which reads higher on a busy "
+                             "before 2026-11-28 10:27 UTC, every committed study row so far among them, divided the "
+                             "batch by the median call, which reads higher on a busy "
                              "CPU), each measured in a fresh process on the CPU in the environment table; the ONNX "
                              "graph's forward pass only, no image decoding."),
     ("Runs on", "What onnxruntime runs the deployed file on, as its export measured on onnxruntime's optimised graph: "
