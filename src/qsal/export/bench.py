@@ -90,6 +90,11 @@ def interleaved_latency(calls: dict, rounds: int, calls_per_round: int, warmup: 
 
 
 WARMUP_CALLS = 5  # untimed calls first: onnxruntime allocates its buffers and picks kernels on the first ones
+MIN_CALLS = {"batch 1": 50, "larger batches": 20}  # timed calls at least, whatever the seconds
+
+
+def _min_calls(batch: int) -> int:
+    return MIN_CALLS["batch 1" if batch == 1 else "larger batches"]
 
 
 def _summary(times_ms: list[float], batch: int) -> dict:
@@ -107,7 +112,7 @@ def _worker_onnx(path: str, threads: int, batch: int, seconds: float) -> dict:
 
     rt = Runtime(path, threads=threads or None)
     x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape)).astype(np.float32)
-    return _summary(measure(lambda: rt.run_normalized(x), WARMUP_CALLS, 20 if batch > 1 else 50, seconds), batch)
+    return _summary(measure(lambda: rt.run_normalized(x), WARMUP_CALLS, _min_calls(batch), seconds), batch)
 
 
 def _worker_torch(checkpoint: str, threads: int, batch: int, seconds: float) -> dict:
@@ -123,7 +128,7 @@ def _worker_torch(checkpoint: str, threads: int, batch: int, seconds: float) -> 
     size = (meta.get("dataset") or {}).get("image_size", arch.get("image_size", 28))
     x = torch.randn(batch, arch["in_channels"], size, size)
     with torch.inference_mode():
-        return _summary(measure(lambda: model(x), WARMUP_CALLS, 20 if batch > 1 else 50, seconds), batch)
+        return _summary(measure(lambda: model(x), WARMUP_CALLS, _min_calls(batch), seconds), batch)
 
 
 def clean_import_path() -> list[str]:
@@ -225,7 +230,7 @@ def _what_is_timed(seconds: float) -> dict:
     return {"timed": "the ONNX graph's forward pass (Runtime.run_normalized) on an already-normalised float32 batch: "
                      "no image decoding, resizing or normalisation",
             "input": "standard normal values, numpy seed 0", "warmup_calls": WARMUP_CALLS,
-            "min_seconds_per_configuration": seconds, "min_calls": {"batch 1": 50, "larger batches": 20},
+            "min_seconds_per_configuration": seconds, "min_calls": MIN_CALLS,
             "session": "onnxruntime defaults (ORT_ENABLE_ALL, CPU provider), intra-op threads as in each run, inter-op "
                        "1; each (threads, batch) in a fresh process",
             "throughput": "images scored / seconds the timed calls took"}

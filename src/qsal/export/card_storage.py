@@ -56,6 +56,11 @@ def quant_bits(quant: dict, storage: dict[str, str], recorded: list | None = Non
     return out
 
 
+def _float_ops_words(float_ops: dict | None) -> str:
+    """``{"FusedConv": 2, "Gemm": 1}`` (export's ``float_ops_after_optimization``) as ``2 FusedConv, 1 Gemm``."""
+    return ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items()))
+
+
 def kernels_run(onnx_path: Path, quant: dict) -> dict:
     """What onnxruntime runs the file on, as export measured it on the optimised graph (``integer_kernels``,
     ``float_ops_after_optimization`` in the metadata): a quantized file whose layers fall back to float kernels
@@ -64,7 +69,7 @@ def kernels_run(onnx_path: Path, quant: dict) -> dict:
 
     info = read_metadata(onnx_path)
     integer, float_ops = info.get("integer_kernels"), info.get("float_ops_after_optimization")
-    ops = ", ".join(f"{n} {op}" for op, n in sorted((float_ops or {}).items())) or "see the metadata"
+    ops = _float_ops_words(float_ops) or "see the metadata"
     if quant.get("method") == "fp32":
         text = "float (FP32)"
     elif integer:
@@ -109,7 +114,7 @@ def describe_kernels(deployed: dict) -> str:
     if method in ("fp32", None) or deployed.get("integer_kernels") is None:
         return f"float kernels ({what})" if method == "fp32" else f"{what} (kernels not recorded at export)"
     if method != "weight_only":  # a layer kept in FP32 (--skip)
-        ops = ", ".join(f"{n} {op}" for op, n in sorted((deployed.get("float_ops_after_optimization") or {}).items()))
+        ops = _float_ops_words(deployed.get("float_ops_after_optimization"))
         return f"integer kernels but for float ones ({ops}: the layers kept in FP32) ({what})"
     return (f"float kernels ({what}): onnxruntime dequantizes its weights on every call, so expect it slower than "
             "the FP32 file; the file is smaller, not faster")
