@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,16 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def data_dir(explicit: str | None) -> str:
     """``--data-dir``, else ``$QSAL_DATA_DIR``, else the ``../shared/data`` beside the checkout."""
     return explicit or os.environ.get("QSAL_DATA_DIR") or str(DEFAULT_DATA)
+
+
+def command_line(script: str) -> str:
+    """``python benchmarks/x.py --flag v``: the command this process runs (``script``: the caller's ``__file__``)."""
+    return " ".join(["python", "benchmarks/" + Path(script).name, *map(shlex.quote, sys.argv[1:])])
+
+
+def written_by(script: str) -> str:
+    """The markdown line naming the command that wrote a table: ``Written by `python benchmarks/x.py --flag v`.``"""
+    return f"Written by `{command_line(script)}`."
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, markdown_table  # noqa: E402
+from _common import RESULTS, data_dir, markdown_table, written_by  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.data import load_split  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
                                   ("paper", "MedMNIST v2 ResNet-18 AUC / ACC"), ("params_k", "params"),
                                   ("size_kb", "checkpoint KiB"), ("wall", f"train wall ({args.threads} thread)")])
     env = out["environment"]
-    text = (f"# FP32 baselines on MedMNIST (28 px)\n\nCPU: {env['cpu']}, {args.threads} torch thread(s); "
+    text = (f"# FP32 baselines on MedMNIST (28 px)\n\n{written_by(__file__)}\n\nCPU: {env['cpu']}, {args.threads} torch thread(s); "
             f"seed {args.seed}; torch {env['versions']['torch']}.\n"
             f"Schedule: {out['schedule']}. **Shortened schedules**: the paper trains 100 epochs.\n\n{table}\n")
     write_text_atomic(RESULTS / f"medmnist_fp32{suffix}.md", text)

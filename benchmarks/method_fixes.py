@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, median_alpha_change, write_results  # noqa: E402
+from _common import RESULTS, data_dir, median_alpha_change, write_results, written_by  # noqa: E402
 
 from qsal.pipeline import quantize_checkpoint, train_model  # noqa: E402
 from qsal.quant import PACTConfig, QATConfig  # noqa: E402
@@ -93,6 +93,8 @@ def main(argv=None) -> int:
         "dataset": DATASET, "seed": seed, "split": "test", "positive_class": "1 (normal/benign)",
         "measured_on": "PyTorch fake-quant model (not the exported file)", "selection": "best validation AUC epoch",
         "rows": rows, "total_seconds": total}, f"""# Issue 9 quantization fixes: before and after
+
+{written_by(__file__)}
 
 BreastMNIST, seed 0, one FP32 model per architecture ({args.fp32_epochs} epochs), then the same fine-tune
 ({args.finetune_epochs} epochs, Adam, PACT lr 5e-4, QAT lr 1e-4, best validation AUC kept) with the old behaviour

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, median_alpha_change, write_results  # noqa: E402
+from _common import RESULTS, data_dir, median_alpha_change, write_results, written_by  # noqa: E402
 from method_fixes import OLD_PACT  # noqa: E402
 from saliency import CACHE, PLAN  # noqa: E402
 
@@ -72,6 +72,8 @@ def main(argv=None) -> int:
         "bits": BITS, "seed": seed, "split": "test", "measured_on": "PyTorch fake-quant model (not the exported file)",
         "selection": "best validation AUC epoch", "parents": "runs/bench_saliency/<dataset>/fp32 (benchmarks/saliency.py)",
         "rows": rows, "total_seconds": total}, f"""# PACT-2 after the issue-9 fixes: one change at a time
+
+{written_by(__file__)}
 
 small_cnn, seed 0, the FP32 parents and fine-tune epochs of [saliency.md](saliency.md); each row changes one thing
 of the new default `PACTConfig(bits=2)` (lr 1e-4). "all old behaviour" = `{OLD_PACT}` at lr 5e-4, i.e. the

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, what_changed  # noqa: E402
+from _common import RESULTS, data_dir, what_changed, written_by  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
@@ -197,7 +197,7 @@ def _write(out: Path, result: dict, seed: int) -> None:
     write_json_atomic(out.with_suffix(".json"), result)
     table = results_table(rows, COLUMNS)
     env = result["environment"]
-    text = (f"# Quantization benchmark (MedMNIST 28 px)\n\nCPU {env['cpu']}; latency: onnxruntime "
+    text = (f"# Quantization benchmark (MedMNIST 28 px)\n\n{written_by(__file__)}\n\nCPU {env['cpu']}; latency: onnxruntime "
             f"{env['versions']['onnxruntime']}, default sessions, 1 thread, all artifacts of a cell interleaved in one process "
             "(median of per-round medians); "
             f"seed {seed}.\n**Shortened schedules** (epochs column: FP32 training epochs for fp32, fine-tuning "

@@ -1,6 +1,6 @@
 """Latency and size of deployed artifacts, measured so that the ratios between them can be trusted.
 
-For each network: the FP32 ONNX export, qsal PTQ-INT8, QAT-INT8, PACT-8/4/2, onnxruntime's own
+For each network: the FP32 ONNX export, qsal PTQ-INT8, QAT-INT8, PACT-8/4/2, weight-only INT8/INT4, onnxruntime's own
 recipe (``quant_pre_process`` then ``quantize_static``, QDQ, per-channel INT8 weights, the same 512
 calibration images), Brevitas's QCDQ ONNX export of a 4-bit model (``brevitas.graph.quantize`` with
 4-bit weights and activations, calibrated, no fine-tune), and PyTorch eager FP32.
@@ -15,6 +15,12 @@ calibration images), Brevitas's QCDQ ONNX export of a 4-bit model (``brevitas.gr
 - Each qsal artifact's argmax agreement with its PyTorch model and both AUCs on the test split.
 
     python benchmarks/quantization_latency.py --models small_cnn resnet18 --dataset breastmnist
+
+``--artifacts`` times a subset (FP32, PyTorch eager and qsal PTQ-INT8 always: the ratios need them), and
+``--no-peers`` leaves out onnxruntime's and Brevitas's files; weight_only_latency.md is
+
+    python benchmarks/quantization_latency.py --models small_cnn --threads 1 --no-peers \
+        --artifacts "qsal weight-only INT8" "qsal weight-only INT4" --out benchmarks/results/weight_only_latency
 
 Run it on a quiet machine (nothing else running). The Brevitas peer needs ``pip install -e .[bench-peers]``
 (its QCDQ export goes through onnxoptimizer); without it the table records why that row is missing. FP32 checkpoints of ``benchmarks/quantization.py``
@@ -34,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, markdown_table  # noqa: E402
+from _common import RESULTS, command_line, data_dir, markdown_table  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
@@ -44,14 +50,15 @@ from qsal.export.fusion import float_compute_ops  # noqa: E402
 from qsal.models import count_parameters  # noqa: E402
 from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
-from qsal.quant import PACTConfig, PTQConfig, QATConfig  # noqa: E402
+from qsal.quant import PACTConfig, PTQConfig, QATConfig, WeightOnlyConfig  # noqa: E402
 from qsal.runtime import Runtime  # noqa: E402
 from qsal.train import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QSAL_VARIANTS = [("qsal PTQ-INT8", PTQConfig(), 8), ("qsal QAT-INT8", QATConfig(), 8),
                  ("qsal PACT-8", PACTConfig(bits=8), 8), ("qsal PACT-4", PACTConfig(bits=4), 4),
-                 ("qsal PACT-2", PACTConfig(bits=2), 2)]
+                 ("qsal PACT-2", PACTConfig(bits=2), 2), ("qsal weight-only INT8", WeightOnlyConfig(bits=8), 8),
+                 ("qsal weight-only INT4", WeightOnlyConfig(bits=4), 4)]
 INT8 = "qsal PTQ-INT8"
 FP32 = "FP32 ONNX"
 EAGER = "PyTorch eager FP32"
@@ -152,8 +159,10 @@ def build_artifacts(ds: str, model: str, root: str, work: Path, args, log) -> tu
     export_checkpoint(str(fp32_ckpt), fp32_onnx, card=False)
     rows = [{"artifact": FP32, "onnx": fp32_onnx, "checkpoint": fp32_ckpt, "weight_bits": None}]
     for name, cfg, bits in QSAL_VARIANTS:
-        cell = work / name.split()[-1].lower()
-        epochs = 0 if isinstance(cfg, PTQConfig) else args.finetune_epochs
+        if args.artifacts and name not in args.artifacts and name != INT8:
+            continue
+        cell = work / name.removeprefix("qsal ").lower().replace(" ", "_")
+        epochs = 0 if isinstance(cfg, (PTQConfig, WeightOnlyConfig)) else args.finetune_epochs
         if not (cell / "best.safetensors").is_file():
             quantize_checkpoint(str(fp32_ckpt), cfg, cell, epochs=epochs, lr=1e-4, data_dir=root, seed=args.seed,
                                 progress=False, train_subset=args.finetune_subset)
@@ -161,6 +170,8 @@ def build_artifacts(ds: str, model: str, root: str, work: Path, args, log) -> tu
         rows.append({"artifact": name, "onnx": cell / "model.onnx", "checkpoint": cell / "best.safetensors",
                      "weight_bits": bits, "fine_tune_epochs": epochs})
         log(f"  built {name}")
+    if args.no_peers:
+        return _measured(rows, params, test), fp32_ckpt
     calib = Runtime(fp32_onnx).preprocess(train.subset(512, seed=args.seed).images)
     rows.append({"artifact": "onnxruntime quant_pre_process + quantize_static (QDQ, per-channel)",
                  "onnx": _adopt_metadata(_ort_peer(fp32_onnx, work / "ort_static.onnx", calib), fp32_onnx, "onnxruntime quantize_static"),
@@ -170,13 +181,18 @@ def build_artifacts(ds: str, model: str, root: str, work: Path, args, log) -> tu
                      "weight_bits": 4})
     except Exception as e:  # noqa: BLE001 - the peer's failure is a result to report, not a crash
         rows.append({"artifact": "Brevitas 4-bit QCDQ", "onnx": None, "error": f"{type(e).__name__}: {e}"[:300]})
+    return _measured(rows, params, test), fp32_ckpt
+
+
+def _measured(rows: list[dict], params: int, test) -> list[dict]:
+    """``rows`` with each file's size, physical minimum, float ops left after optimisation and accuracy."""
     for r in rows:
         if r.get("onnx") is not None:
             r["size_bytes"] = r["onnx"].stat().st_size
             r["min_bytes"] = _min_bytes(params, r["weight_bits"])
             r["float_ops_after_optimization"] = float_compute_ops(r["onnx"])
     _accuracy(rows, test)
-    return rows, fp32_ckpt
+    return rows
 
 
 def _accuracy(rows: list[dict], test) -> None:
@@ -261,6 +277,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "runs" / "latency"))
     ap.add_argument("--out", default=str(RESULTS / "latency"))
+    ap.add_argument("--artifacts", nargs="+", choices=[n for n, _, _ in QSAL_VARIANTS],
+                    help="qsal artifacts to build and time (default: all; PTQ-INT8 is always timed)")
+    ap.add_argument("--no-peers", action="store_true", help="leave out onnxruntime's and Brevitas's quantized files")
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = data_dir(args.data_dir)
@@ -289,14 +308,15 @@ def main() -> None:
               "b1_calls_per_round": args.b1_calls, "b64_calls_per_round": args.b64_calls,
               "statistic": "median over rounds of the per-round median call latency (ms)",
               "session": "onnxruntime defaults, CPUExecutionProvider, intra_op_num_threads set, inter_op 1",
-              "environment": env, "seconds": time.perf_counter() - t_start, "networks": networks}
+              "environment": env, "seconds": time.perf_counter() - t_start, "networks": networks,
+              "arguments": vars(args), "command": command_line(__file__)}
     out = Path(args.out)
     write_json_atomic(out.with_suffix(".json"), result)
-    header = (f"# Deployed-artifact latency and size ({args.dataset}, 28 px)\n\nCPU {env['cpu']} ({env['cpu_count']} logical "
+    header = (f"# Deployed-artifact latency and size ({args.dataset}, 28 px)\n\nWritten by `{result['command']}`.\n\nCPU {env['cpu']} ({env['cpu_count']} logical "
               f"cores); onnxruntime {env['versions']['onnxruntime']}, default session options (threads set). "
               f"All artifacts of a network timed in one process in {args.rounds} interleaved rounds ({args.b1_calls} "
               f"batch-1 / {args.b64_calls} batch-64 calls per artifact per round, order rotating); figure = median of "
-              "per-round medians; every call is in latency.json. Speed-ups are ratios of those medians (>1 = faster). "
+              f"per-round medians; every call is in {out.with_suffix('.json').name}. Speed-ups are ratios of those medians (>1 = faster). "
               "Size vs physical min: file bytes / (parameters x 4, 1 or 0.5 bytes for FP32, 8-bit, <=4-bit weights). "
               "Float ops: Conv/Gemm/MatMul/Add still in float after onnxruntime's default graph optimisation. "
               "AUC and argmax agreement on the test split (artifact vs its own PyTorch model). Weights are from a "

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, what_changed  # noqa: E402
+from _common import RESULTS, data_dir, what_changed, written_by  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
@@ -191,7 +191,7 @@ def _write_results(state: dict, args, seconds: float) -> None:
                            f"SGT k={p['sgt_k']}"
                            for d, p in plan.items() if d in state["grids"])
     grids = "\n".join(f"![{d}]({Path(g).name})" for d, g in state["grids"].items())
-    text = (f"# Saliency benchmark\n\nCPU {result['environment']['cpu']}, {args.threads} thread(s), seed {args.seed}. "
+    text = (f"# Saliency benchmark\n\n{written_by(__file__)}\n\nCPU {result['environment']['cpu']}, {args.threads} thread(s), seed {args.seed}. "
             "**Shortened schedules** (CPU time): \n" + plan_lines + "\n\nCIFAR-10 is the lossy *JPEG copy* "
             "(quote as \"CIFAR-10 (JPEG copy)\"). Explanation metrics on "
             f"{args.n_eval} test images; SGT+PACT-k starts from the SGT model, PACT-k from the FP32 model.\n\n"

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, markdown_table  # noqa: E402
+from _common import RESULTS, data_dir, markdown_table, written_by  # noqa: E402
 
 from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.metrics import compute_metrics, predict_logits  # noqa: E402
@@ -131,7 +131,7 @@ def main() -> None:
     table = markdown_table(rows, [("model", "model"), ("test_auc", "test AUC"), ("test_acc", "test ACC"),
                                   ("faithfulness_gap", "faithfulness gap ↑"), ("train_s", "train s")])
     subset = f" on a {args.train_subset}-image training subset (smoke test)" if args.train_subset else ""
-    text = (f"# SGT before and after the issue-9 fixes\n\nResNet-20 on BreastMNIST{subset}, {args.epochs} epochs "
+    text = (f"# SGT before and after the issue-9 fixes\n\n{written_by(__file__)}\n\nResNet-20 on BreastMNIST{subset}, {args.epochs} epochs "
             f"(Adam 1e-3, x0.1 at 50 %/75 %, batch 128, best validation AUC), seed {args.seed}, "
             f"{args.threads} thread(s), CPU {result['environment']['cpu']}. Test AUC/ACC on {len(x_test)} test "
             "images, positive class = label 1 (normal/benign). SGT k = 0.5, lambda = 1, random fill.\n\n"
