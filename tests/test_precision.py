@@ -27,6 +27,20 @@ def test_auto_precision_follows_the_hardware_and_bad_values_are_one_line():
         TrainConfig(channels_last="yes")
 
 
+def test_auto_precision_on_a_gpu_is_bf16_from_ampere_on_and_asks_about_the_device_named(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a T4/V100 (emulated bf16, slower than float32) and asks about the
+    current device; auto must pick float32 there, and ask about the device it trains on."""
+    asked = []
+    capability = {0: (7, 5), 1: (9, 0)}  # a T4, an H200
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda d=None: asked.append(d) or capability[torch.device(d).index or 0])
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
+    assert [torch.device(d).index for d in asked] == [0, 1]
+
+
 def _quantized(config, tiny_splits):
     torch.manual_seed(0)
     model = create_model("small_cnn", 2, 1, 28)

@@ -211,16 +211,18 @@ def test_ema_of_a_qat_model_keeps_whole_zero_points_on_its_averaged_range():
         assert float(m.scale) == pytest.approx((hi - lo) / (2 ** m.bits - 1))
 
 
-def test_a_resume_whose_best_checkpoint_is_gone_is_refused_before_training(tiny_splits, tmp_path):
+@pytest.mark.parametrize("gone", ["best.safetensors", "best.json"])
+def test_a_resume_whose_best_checkpoint_is_gone_is_refused_before_training(tiny_splits, tmp_path, gone):
     """A last.pt brought back without its best.safetensors (a GPU trip back) resumed, kept the last epoch's weights
-    as 'best' when no later epoch scored higher, and wrote best.json and metrics for them."""
+    as 'best' when no later epoch scored higher, and wrote best.json and metrics for them; without best.json it
+    said 'a qsal checkpoint is a .safetensors file with a .json beside it', which names no fix."""
     train, val, _ = tiny_splits
     cfg = TrainConfig(epochs=3, batch_size=32, progress=False)
     fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), tmp_path)
     best_epoch = json.loads((tmp_path / "best.json").read_text())["epoch"]
-    (tmp_path / "best.safetensors").unlink()
-    with pytest.raises(QsalError, match=rf"best epoch so far \({best_epoch}\) was saved as .*best.safetensors, which is "
-                                        r"missing; put it back beside last.pt, or delete last.pt"):
+    (tmp_path / gone).unlink()
+    with pytest.raises(QsalError, match=rf"best epoch so far \({best_epoch}\) was saved as .*best.safetensors and its "
+                                        rf".json, and {gone} is missing; put it back beside last.pt, or delete last.pt"):
         fit(create_model("small_cnn", 2, 1), train, val, cfg, tmp_path)
 
 
@@ -247,13 +249,13 @@ def test_a_last_pt_of_another_run_in_out_dir_is_not_continued(tiny_splits, tmp_p
     ("epochs", 2.5, "epochs must be a whole number >= 1"), ("weight_decay", float("nan"), "weight_decay must be"),
     ("weight_decay", -1, "weight_decay must be"), ("shift_px", -3, "shift_px must be"),
     ("gamma", float("nan"), "gamma (the lr factor"), ("gamma", 10.0, "must be a decay factor in (0, 1]"), ("milestones", (2.0,), "every milestone is a fraction"),
-    ("lr", float("inf"), "lr must be a finite number > 0"),
+    ("lr", float("inf"), "lr must be a finite number > 0"), ("seed", 2**32, r"seed must be a whole number in 0 .. 2\*\*32-1"),
 ])
 def test_train_config_refuses_impossible_numbers(field, value, said):
     from qsal.errors import QsalError
     from qsal.train import TrainConfig
 
-    with pytest.raises(QsalError, match=said.replace("(", r"\(")):
+    with pytest.raises(QsalError, match=said if field == "seed" else said.replace("(", r"\(")):
         TrainConfig(**{field: value})
 
 
@@ -296,8 +298,8 @@ def test_the_python_api_records_and_checks_what_the_cli_does(tiny_splits, tmp_pa
 @pytest.mark.parametrize("field, value, message", [
     ("hflip", "no", "hflip must be True or False, got 'no'"),
     ("progress", 1, "progress must be True or False"),
-    ("seed", -1, "seed must be a whole number >= 0, got -1"),
-    ("seed", 1.5, "seed must be a whole number >= 0"),
+    ("seed", -1, r"seed must be a whole number in 0 .. 2\*\*32-1, got -1"),
+    ("seed", 1.5, "seed must be a whole number in 0 "),
     ("device", "gpu", "device 'gpu' is not one of auto, cpu, cuda"),
     ("milestones", 0.5, "milestones must be a list of fractions"),
     ("channels_last", "true", "channels_last 'true' must be 'auto' or a boolean"),

@@ -9,8 +9,8 @@ matrix products in bf16, everything else as autocast decides. What must stay exa
 - every eval-mode forward: validation, test metrics, calibration, exported models and the saliency
   map that saliency-guided training masks with (``TrainingForward`` autocasts only in training mode).
 
-``"auto"`` picks bf16 where the hardware computes it natively (a CUDA GPU with bf16, or a CPU with
-AVX512-BF16 or AMX), float32 elsewhere: on a CPU without them bf16 is emulated and slower.
+``"auto"`` picks bf16 where the hardware computes it natively (a CUDA GPU of compute capability 8.0 or later, or a
+CPU with AVX512-BF16 or AMX), float32 elsewhere: without them bf16 is emulated and slower.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 
 from qsal.errors import QsalError
 
-__all__ = ["PRECISIONS", "cpu_has_native_bf16", "resolve_precision", "resolve_channels_last", "autocast",
+__all__ = ["PRECISIONS", "cpu_has_native_bf16", "cuda_has_native_bf16", "resolve_precision", "resolve_channels_last", "autocast",
            "float32_forward", "TrainingForward"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -42,6 +42,15 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` names computes bf16 natively: compute capability 8.0 (Ampere) or later.
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (a T4 or V100: no bf16 tensor
+    cores, no cuDNN bf16 convolutions, slower than float32), and asks about the current device, not this one."""
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"fp32"`` or ``"bf16"`` for ``precision`` (``auto`` | ``fp32`` | ``bf16``) on ``device``."""
     if precision not in PRECISIONS:
@@ -49,7 +58,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cuda_has_native_bf16(device) else "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import random
 import sys
 import time
@@ -115,8 +116,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _validation_score(model, xv, yv, task, select_on, device) -> tuple[float, dict]:
+def _validation_score(model, xv, yv, task, select_on, device) -> tuple[float, dict] | None:
+    """(selection score, validation metrics); ``None`` when the model's outputs are not all finite: it diverged."""
     logits = predict_logits(model, xv, device=str(device))
+    if not np.isfinite(logits).all():
+        return None
     loss = float(task_loss(torch.from_numpy(logits), yv, task))
     scores = scores_from_logits(logits, task)
     auc, acc = auc_score(yv.numpy(), scores, task), acc_score(yv.numpy(), scores, task)
@@ -192,6 +196,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             "precision": {"training": precision, "channels_last": channels_last, "evaluation": "fp32"}}
     best = FitResult(None, -1, -math.inf)
     start_epoch, earlier_seconds = 0, 0.0
+    precision_runs = [{"from_epoch": 1, "training": precision, "channels_last": channels_last}]
     # what the run trains on and how (not where the files are: a run moved between machines resumes): a last.pt
     # left by another run in out_dir is not continued as if it were this one
     identity = json.loads(json.dumps({"data": {k: meta["data"][k] for k in ("name", "n_train", "n_val")},
@@ -219,6 +224,15 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 raise QsalError(f"cannot resume from {out / 'last.pt'}: it holds no usable weight average for "
                                 f"ema_decay {config.ema_decay}; delete it to start the training over") from None
         start_epoch = int(state["epoch"]) + 1
+        grown_from = _follow_grown_schedule(sched, opt, milestones, config, state.get("epochs"))
+        if grown_from and start_epoch < config.epochs:
+            meta["train"] = {**meta["train"], "epochs_grown_from": grown_from, "grown_at_epoch": start_epoch}
+            print(f"note: {out} trained {start_epoch} epochs on the schedule of {grown_from}; the rest follows the "
+                  f"schedule of {config.epochs} (its learning-rate steps at epochs {milestones})", file=sys.stderr)
+        precision_runs = _precision_runs(state.get("precision_runs"), start_epoch, config.epochs, precision,
+                                         channels_last, out)
+        if len(precision_runs) > 1:
+            meta["precision"] = {**meta["precision"], "training": "mixed", "by_epoch": precision_runs}
         if config.progress:  # a rerun of the same call continues (or, finished, reloads) the run in out_dir
             print(f"note: resuming {out} at epoch {start_epoch + 1} of {config.epochs}" if start_epoch < config.epochs
                   else f"note: {out} holds this run finished; its best epoch is loaded, nothing is trained (another output "
@@ -226,10 +240,11 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
         earlier_seconds = float(state.get("seconds", 0.0))  # the invocations before this one (absent: not recorded)
         best = FitResult(out / "best.safetensors", int(state["best_epoch"]), float(state["best_score"]),
                          list(state.get("history", [])))
-        if best.best_epoch > 0 and not best.best_path.is_file():  # else the end would keep the last epoch's weights
+        missing = [f for f in (best.best_path, best.best_path.with_suffix(".json")) if not f.is_file()]
+        if best.best_epoch > 0 and missing:  # else the end would keep the last epoch's weights, or fail to load them
             raise QsalError(f"cannot resume from {out / 'last.pt'}: the best epoch so far ({best.best_epoch}) was "
-                            f"saved as {best.best_path}, which is missing; put it back beside last.pt, or delete "
-                            "last.pt to start the training over")
+                            f"saved as {best.best_path} and its .json, and {missing[0].name} is missing; put it back "
+                            "beside last.pt, or delete last.pt to start the training over")
     t0 = time.perf_counter()
     n_batches = math.ceil(len(x) / config.batch_size)
     # Progress: one bar (never nested) on a terminal; one plain line per epoch into a log file or pipe.
@@ -265,7 +280,12 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
             seen += len(idx)
             bar.update(1)
         sched.step()
-        score, val_metrics = _validation_score(evaluated, xv, yv, task, config.select_on, device)
+        validated = _validation_score(evaluated, xv, yv, task, config.select_on, device)
+        if validated is None:  # a finite training loss, but NaN/Inf logits: saving it as "best" would ship it
+            where = f"; the last good checkpoint is {best.best_path}" if best.best_path else ""
+            raise QsalError(f"training diverged: the model's outputs on the validation images are not finite after "
+                            f"epoch {epoch + 1}; lower --lr (now {config.lr}){where}")
+        score, val_metrics = validated
         record = {"epoch": epoch + 1, "train_loss": running / seen, **val_metrics, "lr": lr_used}
         best.history.append(record)
         bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{record['train_loss']:.4f}",
@@ -291,7 +311,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 **({"step": step.state_dict()} if hasattr(step, "state_dict") else {}),
                 **({"ema": ema.state_dict()} if ema is not None else {}),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "config": _resume_settings(config), "run": identity,
+                "config": _resume_settings(config), "run": identity, "epochs": config.epochs,
+                "precision_runs": precision_runs,
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history,
                 "seconds": earlier_seconds + time.perf_counter() - t0})
     bar.close()
@@ -301,6 +322,39 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     _restore_best(model, best)
     model.qsal_untrained = False
     return best
+
+
+def _follow_grown_schedule(sched, opt, milestones: list[int], config: TrainConfig, saved_epochs) -> int | str | None:
+    """A run resumed for more (or fewer) epochs: its scheduler came back with the old run's learning-rate steps, so
+    the epochs ahead would decay at the old epochs. Set the new steps and each group's rate as the new schedule has it
+    after the epochs trained (MultiStepLR: initial lr x gamma ** steps passed). Returns the old epoch count (or
+    ``"an unrecorded count"``), ``None`` when the steps are the same."""
+    if sorted(sched.milestones) == milestones:
+        return None
+    sched.milestones = Counter(milestones)
+    passed = sum(m <= sched.last_epoch for m in milestones)
+    for g in opt.param_groups:
+        g["lr"] = g["initial_lr"] * config.gamma ** passed
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+    return saved_epochs if isinstance(saved_epochs, int) and not isinstance(saved_epochs, bool) else "an unrecorded count"
+
+
+def _precision_runs(saved: list | None, start_epoch: int, epochs: int, precision: str, channels_last: bool,
+                    out: Path) -> list[dict]:
+    """Which precision trained which epochs: a run resumed where ``auto`` resolves otherwise (a GPU run finished on a
+    CPU without bf16) adds an entry and says so; the checkpoint records them all (``last.pt`` files from before
+    this record: only this invocation's)."""
+    here = {"training": precision, "channels_last": channels_last}
+    runs = [dict(r) for r in saved] if isinstance(saved, list) and all(isinstance(r, dict) for r in saved) else []
+    if not runs:
+        return [{"from_epoch": start_epoch + 1, **here}]
+    last = runs[-1]
+    if {k: last.get(k) for k in here} != here and start_epoch < epochs:  # a finished run trains nothing here
+        print(f"note: resuming {out} in {precision} (channels-last {channels_last}) where its epochs from "
+              f"{last.get('from_epoch')} trained in {last.get('training')} (channels-last {last.get('channels_last')}); "
+              "the checkpoint records both", file=sys.stderr)
+        runs.append({"from_epoch": start_epoch + 1, **here})
+    return runs
 
 
 def _resume_settings(config: TrainConfig) -> dict:

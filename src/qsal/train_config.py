@@ -78,8 +78,8 @@ class TrainConfig:
         if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
             raise QsalError(f"channels_last {self.channels_last!r} must be 'auto' or a boolean (True/False; YAML "
                             "true/false)")
-        if not (is_integer(self.seed) and self.seed >= 0):  # numpy and torch refuse others deep inside fit
-            raise QsalError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if not (is_integer(self.seed) and 0 <= self.seed < 2**32):  # numpy and torch refuse others deep inside fit
+            raise QsalError(f"seed must be a whole number in 0 .. 2**32-1, got {self.seed!r}")
         if not (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
                                                   or re.fullmatch(r"cuda:\d+", self.device))):
             raise QsalError(f"device {self.device!r} is not one of auto, cpu, cuda (or cuda:N)")

@@ -104,6 +104,24 @@ def test_sgt_step_leaves_module_state_as_a_plain_step_does(tiny_splits, quant):
         assert any(k.endswith(".range") and not torch.equal(plain[k], start[k]) for k in plain)
 
 
+def test_sgt_keeps_batchnorm_that_a_qat_freeze_put_in_eval_mode_frozen(tiny_splits):
+    """The saliency pass restored the root's mode with model.train(True), which also unfroze the BatchNorm layers
+    a QAT freeze callback had put in eval mode: their running statistics moved on in every later SGT step."""
+    train, _, _ = tiny_splits
+    x, y = train.tensors()
+    model = quantize(create_model("resnet20", 2, 1, seed=0), QATConfig(bits=8, num_calibration=16, fold_bn=False), train)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns
+    for bn in bns:  # what qat_callbacks' BatchNorm freeze does
+        bn.eval()
+    frozen = [bn.running_mean.clone() for bn in bns]
+    step = SaliencyGuidedStep(TASK_BINARY, k=0.5)
+    step(model, x[:8], y[:8])["loss"].backward()
+    assert model.training and not any(bn.training for bn in bns)
+    assert all(torch.equal(bn.running_mean, f) for bn, f in zip(bns, frozen))
+
+
 def test_sgt_step_trains_with_pact(tiny_splits, tmp_path):
     train, val, _ = tiny_splits
     step = SaliencyGuidedStep(TASK_BINARY, k=0.5, lam=1.0)

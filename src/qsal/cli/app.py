@@ -176,8 +176,18 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return QsalError.exit_code
     except KeyboardInterrupt as e:  # a command may say what its interruption left (qsal report: nothing written)
-        print(str(e) or "interrupted; finished files are intact and a rerun resumes", file=sys.stderr)
+        print(str(e) or _interrupted(args), file=sys.stderr)
         return 130
+
+
+def _interrupted(args) -> str:
+    """What an interrupted command left and how to continue it: ``qsal run`` resumes by itself; a command with a run
+    folder (train, quantize) refuses a plain rerun into a folder holding a run, and continues only with --resume."""
+    if not hasattr(args, "resume"):
+        return "interrupted; finished files are intact and a rerun resumes"
+    how = ("the same command with --resume" if getattr(args, "out", None)
+           else "it with --resume and --out set to the run folder it named")
+    return f"interrupted; finished files are intact: rerun {how} to continue (--force starts over)"
 
 
 def _silence_stdout() -> None:

@@ -236,13 +236,12 @@ def predict_logits(model, x, batch_size: int = 256, device: str = "cpu") -> np.n
     """Logits ``(N, K)`` of ``model`` on tensor ``x`` ``(N, C, H, W)``, in eval mode, no gradients."""
     import torch
 
-    was_training = model.training
-    model.eval()
+    from qsal.models.modes import evaluating
+
     outs = []
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         for i in range(0, len(x), batch_size):
             outs.append(model(x[i:i + batch_size].to(device)).float().cpu())
-    model.train(was_training)
     return torch.cat(outs).numpy()
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from qsal.errors import QsalError
+from qsal.models.modes import evaluating
 
 __all__ = ["register_model", "create_model", "list_models", "count_parameters", "count_macs"]
 
@@ -83,11 +84,8 @@ def count_macs(model: nn.Module, in_channels: int, image_size: int) -> int:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         model(torch.zeros(1, in_channels, image_size, image_size))
-    model.train(was_training)
     for h in handles:
         h.remove()
     return int(total)

@@ -9,6 +9,7 @@ import torch
 from torch import fx, nn
 
 from qsal.errors import QsalError
+from qsal.models.modes import evaluating
 from qsal.quant.config import PACTConfig, PTQConfig, QATConfig, QuantConfig, WeightOnlyConfig
 from qsal.quant.graph import (act_quantizers, first_and_last_layers, fold_batchnorm, insert_act_quantizers,
                              link_bias_quantizers, swap_layers, trace)
@@ -163,15 +164,13 @@ def calibrate(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> nn.Mo
     """Run ``x`` ``(N, C, H, W)`` through ``model`` with every activation quantizer observing, then fix
     their ranges (or PACT clips) from what they saw."""
     quantizers = act_quantizers(model)
-    was_training = model.training
-    model.eval()
-    for q in quantizers:
-        q.start_observing()
-    for i in range(0, len(x), batch_size):
-        model(x[i:i + batch_size])
-    for q in quantizers:
-        q.finish_observing()
-    model.train(was_training)
+    with evaluating(model):
+        for q in quantizers:
+            q.start_observing()
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+        for q in quantizers:
+            q.finish_observing()
     return model
 
 

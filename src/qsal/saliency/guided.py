@@ -42,6 +42,7 @@ from torch import nn
 
 from qsal.data.registry import TASK_MULTILABEL, TASKS
 from qsal.errors import QsalError, is_integer
+from qsal.models.modes import evaluating
 from qsal.saliency.targets import multilabel_target_weights
 from qsal.train import regularization, task_loss
 
@@ -114,15 +115,10 @@ def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str
     """
     if target not in SALIENCY_TARGETS:
         raise QsalError(f"saliency target {target!r} is not one of {', '.join(SALIENCY_TARGETS)}")
-    was_training = model.training
-    model.eval()
-    try:
-        with frozen_module_state(model):
-            xg = x.detach().clone().requires_grad_(True)
-            score = _target_score(model(xg), y, task, target)
-            (grad,) = torch.autograd.grad(score.sum(), xg)
-    finally:
-        model.train(was_training)
+    with evaluating(model), frozen_module_state(model):  # each module's own mode comes back (a frozen BatchNorm too)
+        xg = x.detach().clone().requires_grad_(True)
+        score = _target_score(model(xg), y, task, target)
+        (grad,) = torch.autograd.grad(score.sum(), xg)
     sal = grad.mean(dim=1)
     return sal.abs() if absolute else sal
 

@@ -17,6 +17,7 @@ from captum.attr import InputXGradient, IntegratedGradients, LayerAttribution, L
 from torch import nn
 
 from qsal.errors import QsalError
+from qsal.models.modes import evaluating
 from qsal.saliency.targets import multilabel_target_weights
 
 __all__ = ["explain", "METHODS", "gradcam_layer", "cam_to_input", "black_baseline", "randomization_check"]
@@ -204,9 +205,7 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
     baseline = _baseline_values(baseline, x.shape[1])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = x.to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         if target is None:
             with torch.no_grad():
                 target = model(x).argmax(dim=1)
@@ -236,8 +235,6 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
             out = Occlusion(forward).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
                                                strides=(x.shape[1], stride, stride),
                                                baselines=_baseline_tensor(baseline, x), **kw)
-    finally:
-        model.train(was_training)
     return out.detach().cpu().contiguous()
 
 
@@ -252,10 +249,8 @@ def randomization_check(model: nn.Module, images: torch.Tensor, method: str = "g
     from qsal.saliency.metrics import spearman_per_image
 
     if target is None:
-        was_training = model.training
-        with torch.no_grad():
-            target = model.eval()(torch.as_tensor(images)).argmax(dim=1)
-        model.train(was_training)  # the caller's model comes back as it was given
+        with torch.no_grad(), evaluating(model):  # the caller's model comes back as it was given
+            target = model(torch.as_tensor(images)).argmax(dim=1)
     trained = explain(model, images, method, target=target).numpy()
     randomized = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG stream is left where it was

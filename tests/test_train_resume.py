@@ -1,0 +1,88 @@
+"""fit() across invocations and at its edges: outputs that stop being finite, a schedule grown on resume, a resume
+where ``precision: auto`` resolves otherwise, and what an interrupted CLI command says."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from qsal.checkpoint import load_training_state
+from qsal.errors import QsalError
+from qsal.models import create_model
+from qsal.train import TrainConfig, fit
+
+
+def test_a_model_whose_validation_outputs_are_not_finite_is_divergence_not_a_best_checkpoint(tiny_splits, tmp_path):
+    """A finite training loss with weights blown up to Inf/NaN: the epoch's model was saved as 'best' (every score
+    undefined, so the latest stood in) and later called 'the last good checkpoint'."""
+    train, val, _ = tiny_splits
+
+    calls = {"n": 0}
+
+    def blowing_up_step(m, x, y):  # the last of epoch 1's 5 batches leaves Inf weights behind a finite loss
+        calls["n"] += 1
+        logits = m(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        if calls["n"] == 5:
+            with torch.no_grad():
+                next(m.parameters()).fill_(float("inf"))
+        return {"loss": loss, "logits": logits}
+
+    with pytest.raises(QsalError, match=r"training diverged: the model's outputs on the validation images are not "
+                                        r"finite after epoch 1; lower --lr"):
+        fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(epochs=2, batch_size=32, progress=False), tmp_path,
+            step=blowing_up_step)
+    assert not (tmp_path / "best.safetensors").exists() and not (tmp_path / "best.json").exists()
+
+
+def test_a_run_resumed_for_more_epochs_follows_the_longer_schedule_and_says_so(tiny_splits, tmp_path, capsys):
+    """The scheduler came back with the 4-epoch run's steps (epochs 2, 3): epochs 5-8 ran at 1e-5 while the
+    record said 'x0.1 at 50/75 %' of 8 epochs (epochs 4 and 6)."""
+    train, val, _ = tiny_splits
+    short = TrainConfig(epochs=4, batch_size=64, progress=False)
+    long = TrainConfig(**{**short.to_dict(), "epochs": 8})
+    fit(create_model("small_cnn", 2, 1), train, val, short, tmp_path / "grown")
+    grown = fit(create_model("small_cnn", 2, 1), train, val, long, tmp_path / "grown")
+    fresh = fit(create_model("small_cnn", 2, 1), train, val, long, tmp_path / "fresh")
+    lrs = [h["lr"] for h in fresh.history]
+    assert lrs == pytest.approx([1e-3] * 4 + [1e-4] * 2 + [1e-5] * 2)
+    assert [h["lr"] for h in grown.history[4:]] == pytest.approx(lrs[4:])
+    assert "trained 4 epochs on the schedule of 4; the rest follows the schedule of 8" in capsys.readouterr().err
+    if grown.best_epoch > 4:  # a checkpoint saved after the resume says which schedule its first epochs had
+        train_record = json.loads((tmp_path / "grown" / "best.json").read_text())["train"]
+        assert (train_record["epochs_grown_from"], train_record["grown_at_epoch"]) == (4, 4)
+
+
+def test_a_resume_where_auto_resolves_to_another_precision_is_said_and_recorded(tiny_splits, tmp_path, monkeypatch,
+                                                                               capsys):
+    """A GPU run (bf16) finished on a CPU without bf16 trained in float32 while the checkpoint said fp32 throughout."""
+    import qsal.train as train_module
+
+    train, val, _ = tiny_splits
+    cfg = TrainConfig(epochs=1, batch_size=32, progress=False, precision="auto")
+    monkeypatch.setattr(train_module, "resolve_precision", lambda p, d: "bf16")
+    fit(create_model("small_cnn", 2, 1), train, val, cfg, tmp_path)
+    monkeypatch.setattr(train_module, "resolve_precision", lambda p, d: "fp32")
+    fit(create_model("small_cnn", 2, 1), train, val, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), tmp_path)
+    assert "where its epochs from 1 trained in bf16 (channels-last True); the checkpoint records both" in \
+        capsys.readouterr().err
+    runs = load_training_state(tmp_path / "last.pt")["precision_runs"]
+    assert [(r["from_epoch"], r["training"], r["channels_last"]) for r in runs] == [(1, "bf16", True), (2, "fp32", False)]
+    best = json.loads((tmp_path / "best.json").read_text())
+    if best["epoch"] == 2:
+        assert best["precision"]["training"] == "mixed" and len(best["precision"]["by_epoch"]) == 2
+    else:
+        assert best["precision"]["training"] == "bf16"
+
+
+@pytest.mark.parametrize("resume_flag,out,said", [
+    (False, "runs/x", "rerun the same command with --resume to continue (--force starts over)"),
+    (False, None, "rerun it with --resume and --out set to the run folder it named"),
+])
+def test_an_interrupted_train_says_it_continues_with_resume(resume_flag, out, said):
+    """'a rerun resumes' was printed for qsal train, whose plain rerun into the folder is refused (pass --resume)."""
+    from qsal.cli.app import _interrupted
+
+    assert said in _interrupted(argparse.Namespace(resume=resume_flag, out=out))
+    assert _interrupted(argparse.Namespace(config="x.yaml")) == "interrupted; finished files are intact and a rerun resumes"
