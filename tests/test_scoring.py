@@ -247,8 +247,10 @@ def test_a_card_lists_a_skipped_layer_as_float_not_at_the_configs_bits(breast_ru
     assert card["layers"]["conv1"] == {"storage": "FP32", "bits": 32}
 
 
-def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys):
+def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys, shared_data, monkeypatch):
     from qsal.scoring import evaluate_model
+
+    monkeypatch.setenv("QSAL_DATA_DIR", str(shared_data))  # PneumoniaMNIST: skipped without the shared data
 
     _, onnx_path = breast_run
     # Another dataset: the same class ids mean other classes there, and the output names both.

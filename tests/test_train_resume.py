@@ -36,9 +36,25 @@ def test_a_model_whose_validation_outputs_are_not_finite_is_divergence_not_a_bes
     assert not (tmp_path / "best.safetensors").exists() and not (tmp_path / "best.json").exists()
 
 
-def test_a_run_resumed_for_more_epochs_follows_the_longer_schedule_and_says_so(tiny_splits, tmp_path, capsys):
+def _every_epoch_better(monkeypatch):
+    """Each validation scores higher than the one before, so every epoch is saved as best (what is recorded in
+    best.json is then checked on every epoch, not only where the tiny data happened to improve)."""
+    import qsal.train as train_module
+
+    real, calls = train_module._validation_score, {"n": 0}
+
+    def rising(*args):
+        calls["n"] += 1
+        return calls["n"], real(*args)[1]
+
+    monkeypatch.setattr(train_module, "_validation_score", rising)
+
+
+def test_a_run_resumed_for_more_epochs_follows_the_longer_schedule_and_says_so(tiny_splits, tmp_path, capsys,
+                                                                                monkeypatch):
     """The scheduler came back with the 4-epoch run's steps (epochs 2, 3): epochs 5-8 ran at 1e-5 while the
     record said 'x0.1 at 50/75 %' of 8 epochs (epochs 4 and 6)."""
+    _every_epoch_better(monkeypatch)
     train, val, _ = tiny_splits
     short = TrainConfig(epochs=4, batch_size=64, progress=False)
     long = TrainConfig(**{**short.to_dict(), "epochs": 8})
@@ -48,10 +64,14 @@ def test_a_run_resumed_for_more_epochs_follows_the_longer_schedule_and_says_so(t
     lrs = [h["lr"] for h in fresh.history]
     assert lrs == pytest.approx([1e-3] * 4 + [1e-4] * 2 + [1e-5] * 2)
     assert [h["lr"] for h in grown.history[4:]] == pytest.approx(lrs[4:])
-    assert "trained 4 epochs on the schedule of 4; the rest follows the schedule of 8" in capsys.readouterr().err
-    if grown.best_epoch > 4:  # a checkpoint saved after the resume says which schedule its first epochs had
-        train_record = json.loads((tmp_path / "grown" / "best.json").read_text())["train"]
-        assert (train_record["epochs_grown_from"], train_record["grown_at_epoch"]) == (4, 4)
+    assert "trained 4 epoch(s) on the schedule of 4 epochs; the rest follows the schedule of 8" in capsys.readouterr().err
+    # a checkpoint saved after the resume says which schedule its first epochs had, also after a later resume
+    changed = {"first_epochs_scheduled_for": 4, "schedule_changed_after_epoch": 4}
+    assert json.loads((tmp_path / "grown" / "best.json").read_text())["train"].items() >= changed.items()
+    longer = TrainConfig(**{**short.to_dict(), "epochs": 12, "milestones": (0.5, 0.75)})
+    fit(create_model("small_cnn", 2, 1), train, val, longer, tmp_path / "grown")  # grown again: the newest change
+    record = json.loads((tmp_path / "grown" / "best.json").read_text())["train"]
+    assert (record["first_epochs_scheduled_for"], record["schedule_changed_after_epoch"]) == (8, 8)
 
 
 def test_a_resume_where_auto_resolves_to_another_precision_is_said_and_recorded(tiny_splits, tmp_path, monkeypatch,
@@ -59,6 +79,7 @@ def test_a_resume_where_auto_resolves_to_another_precision_is_said_and_recorded(
     """A GPU run (bf16) finished on a CPU without bf16 trained in float32 while the checkpoint said fp32 throughout."""
     import qsal.train as train_module
 
+    _every_epoch_better(monkeypatch)
     train, val, _ = tiny_splits
     cfg = TrainConfig(epochs=1, batch_size=32, progress=False, precision="auto")
     monkeypatch.setattr(train_module, "resolve_precision", lambda p, d: "bf16")
@@ -70,19 +91,22 @@ def test_a_resume_where_auto_resolves_to_another_precision_is_said_and_recorded(
     runs = load_training_state(tmp_path / "last.pt")["precision_runs"]
     assert [(r["from_epoch"], r["training"], r["channels_last"]) for r in runs] == [(1, "bf16", True), (2, "fp32", False)]
     best = json.loads((tmp_path / "best.json").read_text())
-    if best["epoch"] == 2:
-        assert best["precision"]["training"] == "mixed" and len(best["precision"]["by_epoch"]) == 2
-    else:
-        assert best["precision"]["training"] == "bf16"
+    assert best["epoch"] == 2 and best["precision"]["training"] == "mixed" and len(best["precision"]["by_epoch"]) == 2
 
 
-@pytest.mark.parametrize("resume_flag,out,said", [
-    (False, "runs/x", "rerun the same command with --resume to continue (--force starts over)"),
-    (False, None, "rerun it with --resume and --out set to the run folder it named"),
+@pytest.mark.parametrize("force,out,said", [
+    (False, "run", "rerun the same command with --resume to continue (--force starts over)"),
+    (True, "run", "rerun the same command with --resume instead of --force to continue"),
+    (False, "empty", "interrupted before the run was recorded; rerun the same command to start it"),
+    (False, None, "rerun it with --resume and --out set to its folder (the newest under runs/)"),
 ])
-def test_an_interrupted_train_says_it_continues_with_resume(resume_flag, out, said):
-    """'a rerun resumes' was printed for qsal train, whose plain rerun into the folder is refused (pass --resume)."""
+def test_an_interrupted_train_says_how_to_continue(force, out, said, tmp_path):
+    """'a rerun resumes' was printed for qsal train, whose plain rerun into the folder is refused (pass --resume);
+    --resume is refused beside --force, and in a folder where the run was not recorded yet."""
     from qsal.cli.app import _interrupted
 
-    assert said in _interrupted(argparse.Namespace(resume=resume_flag, out=out))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    where = str(tmp_path / out) if out else None
+    assert said in _interrupted(argparse.Namespace(resume=False, force=force, out=where))
     assert _interrupted(argparse.Namespace(config="x.yaml")) == "interrupted; finished files are intact and a rerun resumes"

@@ -197,6 +197,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     best = FitResult(None, -1, -math.inf)
     start_epoch, earlier_seconds = 0, 0.0
     precision_runs = [{"from_epoch": 1, "training": precision, "channels_last": channels_last}]
+    schedule_change = None  # a run resumed for another number of epochs: which schedule its first epochs had
     # what the run trains on and how (not where the files are: a run moved between machines resumes): a last.pt
     # left by another run in out_dir is not continued as if it were this one
     identity = json.loads(json.dumps({"data": {k: meta["data"][k] for k in ("name", "n_train", "n_val")},
@@ -224,15 +225,23 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 raise QsalError(f"cannot resume from {out / 'last.pt'}: it holds no usable weight average for "
                                 f"ema_decay {config.ema_decay}; delete it to start the training over") from None
         start_epoch = int(state["epoch"]) + 1
-        grown_from = _follow_grown_schedule(sched, opt, milestones, config, state.get("epochs"))
-        if grown_from and start_epoch < config.epochs:
-            meta["train"] = {**meta["train"], "epochs_grown_from": grown_from, "grown_at_epoch": start_epoch}
-            print(f"note: {out} trained {start_epoch} epochs on the schedule of {grown_from}; the rest follows the "
+        before = _follow_new_schedule(sched, opt, milestones, config, state.get("epochs"))
+        if before and start_epoch < config.epochs:
+            schedule_change = {"first_epochs_scheduled_for": before if isinstance(before, int) else None,
+                               "schedule_changed_after_epoch": start_epoch}
+            print(f"note: {out} trained {start_epoch} epoch(s) on the schedule of "
+                  f"{before if isinstance(before, int) else 'an unrecorded number of'} epochs; the rest follows the "
                   f"schedule of {config.epochs} (its learning-rate steps at epochs {milestones})", file=sys.stderr)
+        elif isinstance(state.get("schedule_change"), dict):  # an earlier invocation changed it: still said
+            schedule_change = state["schedule_change"]
+        if schedule_change:
+            meta["train"] = {**meta["train"], **schedule_change}
         precision_runs = _precision_runs(state.get("precision_runs"), start_epoch, config.epochs, precision,
                                          channels_last, out)
-        if len(precision_runs) > 1:
-            meta["precision"] = {**meta["precision"], "training": "mixed", "by_epoch": precision_runs}
+        if len(precision_runs) > 1:  # "mixed" only where the precision itself differed, not only the layout
+            trained = {r["training"] for r in precision_runs} - {"unrecorded"}
+            meta["precision"] = {**meta["precision"], "by_epoch": precision_runs,
+                                 **({"training": "mixed"} if len(trained) > 1 else {})}
         if config.progress:  # a rerun of the same call continues (or, finished, reloads) the run in out_dir
             print(f"note: resuming {out} at epoch {start_epoch + 1} of {config.epochs}" if start_epoch < config.epochs
                   else f"note: {out} holds this run finished; its best epoch is loaded, nothing is trained (another output "
@@ -312,7 +321,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
                 **({"ema": ema.state_dict()} if ema is not None else {}),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 "config": _resume_settings(config), "run": identity, "epochs": config.epochs,
-                "precision_runs": precision_runs,
+                "precision_runs": precision_runs, **({"schedule_change": schedule_change} if schedule_change else {}),
                 "best_epoch": best.best_epoch, "best_score": best.best_score, "history": best.history,
                 "seconds": earlier_seconds + time.perf_counter() - t0})
     bar.close()
@@ -324,11 +333,11 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     return best
 
 
-def _follow_grown_schedule(sched, opt, milestones: list[int], config: TrainConfig, saved_epochs) -> int | str | None:
+def _follow_new_schedule(sched, opt, milestones: list[int], config: TrainConfig, saved_epochs) -> int | str | None:
     """A run resumed for more (or fewer) epochs: its scheduler came back with the old run's learning-rate steps, so
     the epochs ahead would decay at the old epochs. Set the new steps and each group's rate as the new schedule has it
     after the epochs trained (MultiStepLR: initial lr x gamma ** steps passed). Returns the old epoch count (or
-    ``"an unrecorded count"``), ``None`` when the steps are the same."""
+    ``"unrecorded"``), ``None`` when the steps are the same."""
     if sorted(sched.milestones) == milestones:
         return None
     sched.milestones = Counter(milestones)
@@ -336,7 +345,7 @@ def _follow_grown_schedule(sched, opt, milestones: list[int], config: TrainConfi
     for g in opt.param_groups:
         g["lr"] = g["initial_lr"] * config.gamma ** passed
     sched._last_lr = [g["lr"] for g in opt.param_groups]
-    return saved_epochs if isinstance(saved_epochs, int) and not isinstance(saved_epochs, bool) else "an unrecorded count"
+    return saved_epochs if isinstance(saved_epochs, int) and not isinstance(saved_epochs, bool) else "unrecorded"
 
 
 def _precision_runs(saved: list | None, start_epoch: int, epochs: int, precision: str, channels_last: bool,
@@ -346,8 +355,9 @@ def _precision_runs(saved: list | None, start_epoch: int, epochs: int, precision
     this record: only this invocation's)."""
     here = {"training": precision, "channels_last": channels_last}
     runs = [dict(r) for r in saved] if isinstance(saved, list) and all(isinstance(r, dict) for r in saved) else []
-    if not runs:
-        return [{"from_epoch": start_epoch + 1, **here}]
+    if not runs:  # a last.pt from before this record: its epochs' precision is not known
+        return ([{"from_epoch": 1, "training": "unrecorded", "channels_last": None}] if start_epoch else []) + \
+            [{"from_epoch": start_epoch + 1, **here}]
     last = runs[-1]
     if {k: last.get(k) for k in here} != here and start_epoch < epochs:  # a finished run trains nothing here
         print(f"note: resuming {out} in {precision} (channels-last {channels_last}) where its epochs from "

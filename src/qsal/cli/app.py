@@ -182,12 +182,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(args) -> str:
     """What an interrupted command left and how to continue it: ``qsal run`` resumes by itself; a command with a run
-    folder (train, quantize) refuses a plain rerun into a folder holding a run, and continues only with --resume."""
+    folder (train, quantize) refuses a plain rerun into a folder holding a run (its ``run.json``), and continues it
+    only with --resume, which argparse refuses beside --force."""
+    from pathlib import Path
+
+    from qsal.run_folder import FINGERPRINT_FILE
+
     if not hasattr(args, "resume"):
         return "interrupted; finished files are intact and a rerun resumes"
-    how = ("the same command with --resume" if getattr(args, "out", None)
-           else "it with --resume and --out set to the run folder it named")
-    return f"interrupted; finished files are intact: rerun {how} to continue (--force starts over)"
+    if not getattr(args, "out", None):
+        return ("interrupted; finished files are intact: to continue, rerun it with --resume and --out set to its "
+                "folder (the newest under runs/)")
+    if not (Path(args.out) / FINGERPRINT_FILE).is_file():
+        return "interrupted before the run was recorded; rerun the same command to start it"
+    how = "with --resume instead of --force" if getattr(args, "force", False) else "with --resume"
+    return f"interrupted; finished files are intact: rerun the same command {how} to continue (--force starts over)"
 
 
 def _silence_stdout() -> None:

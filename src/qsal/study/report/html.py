@@ -262,7 +262,7 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
     machines = results.get("machines") or []
     if machines:
         md += ["", "## Where the cells ran", "", machines_table(machines)]
-    md += ["", "## Glossary", "", glossary_markdown(), "", "## Environment (this report)", "", environment_table(env)]
+    md += ["", "## Glossary", "", glossary_markdown(), "", "## Environment (the machine that wrote this report)", "", environment_table(env)]
     md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
 
     body = [f"<h1>{html.escape(title)}</h1>", "<p class='meta'>" + " · ".join(
@@ -294,7 +294,7 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
     body += ["</dl>"]
     if machines:
         body += ["<h2>Where the cells ran</h2>", md_to_html_table(machines_table(machines))]
-    body += ["<h2>Environment (this report)</h2>", md_to_html_table(environment_table(env))]
+    body += ["<h2>Environment (the machine that wrote this report)</h2>", md_to_html_table(environment_table(env))]
     # A self-check a browser test (or a curious user) can read: did every embedded image decode?
     check = ("<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
              "document.body.dataset.imagesOk=String(i.length>0&&i.every(function(m){return m.complete&&m.naturalWidth>0"

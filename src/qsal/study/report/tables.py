@@ -27,8 +27,8 @@ GLOSSARY = [
             "probability 0.5), not at the operating point; the '@ op' columns are."),
     ("95% CI", "Percentile bootstrap interval over 1,000 resamples of the test set: the range the metric would "
                "plausibly take on another test set of the same size. Overlapping intervals mean the data cannot "
-               "tell the models apart. A row with several seeds shows the interval of its lowest seed's "
-               "predictions (test-set sampling only; the std column is the seed-to-seed spread), so its mean "
+               "tell the models apart. A row with several seeds shows the interval of the predictions of its "
+               "lowest-numbered seed (usually seed 0; test-set sampling only; the std column is the seed-to-seed spread), so its mean "
                "over seeds can lie outside it."),
     ("Sensitivity / specificity", "Recall of the positive class / of the negative class. Which class is "
                                   "positive is stated in the header; for BreastMNIST label 0 is malignant."),
@@ -53,7 +53,8 @@ GLOSSARY = [
                              "batch 64 (the images scored over the time the timed calls took; results measured "
                              "before 2026-11-28 10:27 UTC, every committed study row so far among them, divided the "
                              "batch by the median call, which reads higher on a busy "
-                             "CPU), each measured in a fresh process on the CPU in the environment table; the ONNX "
+                             "CPU), each measured in a fresh process on the machine that ran the cell ('Where the cells ran'; "
+                             "a report of files: the environment table); the ONNX "
                              "graph's forward pass only, no image decoding."),
     ("Runs on", "What onnxruntime runs the deployed file on, as its export measured on onnxruntime's optimised graph: "
                 "'integer' (QLinearConv/QGemm kernels), 'float' (an FP32 file), 'float, dequantized per call' "
