@@ -256,3 +256,21 @@ def test_the_estimate_counts_the_images_an_epoch_trains_on(monkeypatch):
     text = format_plan(plan, "s")
     assert "60000 official training images (54000 trained on, the rest held out for validation)" in text
     assert "546 official training images, ~" in text
+
+
+def test_a_dry_run_of_a_finished_study_times_nothing_and_says_a_run_would_do_nothing(tmp_path, capsys, monkeypatch,
+                                                                                    shared_data):
+    """A finished study's dry run timed training steps for a minute and printed '33.6 h', then '0 of 54 cells'."""
+    import shutil
+
+    import qsal.study.plan as plan_module
+    from qsal.cli.app import main
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "study"
+    shutil.copytree(root / "benchmarks" / "results" / "study_breast_quick", out)
+    monkeypatch.setattr(plan_module, "_seconds_per_image", lambda *a, **k: pytest.fail("a finished study was timed"))
+    assert main(["run", str(root / "configs" / "breast_quick.yaml"), "--out", str(out), "--dry-run"]) in (0, None)
+    printed = capsys.readouterr().out
+    assert "is finished and up to date: a run would train or quantize nothing" in printed
+    assert "estimated training time" not in printed

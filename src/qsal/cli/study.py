@@ -103,12 +103,20 @@ def cmd_run(args):
         from qsal.study.plan import format_plan, plan_study
         from qsal.study.grid import group_name, plan_groups, select_groups
 
+        from qsal.study.redo import pending
+
         chosen = select_groups(plan_groups(cfg), args.only)  # a bad pattern is refused before the timed steps
-        if not args.no_estimate and not args.quiet and sys.stderr.isatty():  # seconds to minutes (ResNet-18 SGT)
+        # a finished study is not timed: its estimate would be of work no run does (33.6 h, then "0 of 54 cells")
+        finished = (Path(args.out) / "run_config.json").is_file() and not pending(chosen, Path(args.out), cfg)
+        measure = not args.no_estimate and not finished
+        if measure and not args.quiet and sys.stderr.isatty():  # seconds to minutes (ResNet-18 SGT)
             print("timing a few training steps of each model to estimate the time (--no-estimate skips it)...",
                   file=sys.stderr, flush=True)
-        plan = plan_study(cfg, measure=not args.no_estimate)
+        plan = plan_study(cfg, measure=measure)
         print(format_plan(plan, cfg.name))
+        if finished:
+            print(f"every cell {'of the chosen groups ' if args.only else ''}in {args.out} is finished and up to date: "
+                  "a run would train or quantize nothing (--force redoes them)")
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         _print_progress_of(Path(args.out), chosen, cfg)
