@@ -287,6 +287,8 @@ def test_the_evaluate_table_says_how_each_count_decided():
 
     assert format_value([0.6695, 0.6569], "probability") == "[0.6695, 0.6569]"
     assert format_value([0.65, 0.82], "ci.auc") == format_value([0.65, 0.82], "auc_95ci") == "0.65–0.82"
+    # explain's predicted classes: BreastMNIST's 'normal, benign' unquoted made 2 names read as 3
+    assert format_value(["normal, benign", "malignant"], "predicted_class") == '["normal, benign", malignant]'
 
 
 def test_a_quantized_child_takes_its_parents_temperature_scaling_unless_turned_off(tmp_path, capsys):

@@ -64,7 +64,9 @@ def format_value(v, key: str = "") -> str:
     if isinstance(v, (list, tuple)):
         if len(v) == 2 and all(isinstance(x, float) for x in v) and is_ci_key(key):
             return f"{format_value(v[0])}–{format_value(v[1])}"
-        return "[" + ", ".join(format_value(x) for x in v) + "]"
+        # a class name holding a comma ('normal, benign') is quoted: unquoted, 8 names read as 9
+        return "[" + ", ".join(json.dumps(x) if isinstance(x, str) and ("," in x or x != x.strip()) else format_value(x)
+                               for x in v) + "]"
     if isinstance(v, dict):
         return ", ".join(f"{k}={format_value(x)}" for k, x in v.items())
     return str(v)
