@@ -24,8 +24,8 @@ from torch import nn
 
 from qsal.errors import QsalError
 
-__all__ = ["PRECISIONS", "cpu_has_native_bf16", "cuda_has_native_bf16", "resolve_precision", "resolve_channels_last", "autocast",
-           "float32_forward", "TrainingForward"]
+__all__ = ["PRECISIONS", "cpu_has_native_bf16", "cuda_has_native_bf16", "resolve_precision", "resolve_channels_last",
+           "autocast", "float32_forward", "TrainingForward"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -351,8 +351,8 @@ def _follow_new_schedule(sched, opt, milestones: list[int], config: TrainConfig,
 def _precision_runs(saved: list | None, start_epoch: int, epochs: int, precision: str, channels_last: bool,
                     out: Path) -> list[dict]:
     """Which precision trained which epochs: a run resumed where ``auto`` resolves otherwise (a GPU run finished on a
-    CPU without bf16) adds an entry and says so; the checkpoint records them all (``last.pt`` files from before
-    this record: only this invocation's)."""
+    CPU without bf16) adds an entry and says so; the checkpoint records them all (a ``last.pt`` from before this
+    record: its epochs as ``unrecorded``)."""
     here = {"training": precision, "channels_last": channels_last}
     runs = [dict(r) for r in saved] if isinstance(saved, list) and all(isinstance(r, dict) for r in saved) else []
     if not runs:  # a last.pt from before this record: its epochs' precision is not known

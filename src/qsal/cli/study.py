@@ -100,14 +100,15 @@ def cmd_run(args):
 
         require_data(cfg, cfg.datasets, download=True)
     if args.dry_run:
-        from qsal.study.plan import format_plan, plan_study
         from qsal.study.grid import group_name, plan_groups, select_groups
-
+        from qsal.study.plan import format_plan, plan_study
         from qsal.study.redo import pending
 
         chosen = select_groups(plan_groups(cfg), args.only)  # a bad pattern is refused before the timed steps
+        started = (Path(args.out) / "run_config.json").is_file()
+        todo = pending(chosen, Path(args.out), cfg) if started else [c for g in chosen for c in g]
         # a finished study is not timed: its estimate would be of work no run does (33.6 h, then "0 of 54 cells")
-        finished = (Path(args.out) / "run_config.json").is_file() and not pending(chosen, Path(args.out), cfg)
+        finished = started and not todo
         measure = not args.no_estimate and not finished
         if measure and not args.quiet and sys.stderr.isatty():  # seconds to minutes (ResNet-18 SGT)
             print("timing a few training steps of each model to estimate the time (--no-estimate skips it)...",
@@ -120,7 +121,7 @@ def cmd_run(args):
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         _print_progress_of(Path(args.out), chosen, cfg)
-        _print_time_left(plan, Path(args.out), chosen, cfg)
+        _print_time_left(plan, Path(args.out), todo, started)
         from qsal.study.runner import require_data
 
         try:  # the plan stands without the data (timed on synthetic images); the run itself would be refused
@@ -198,14 +199,13 @@ def _failed_cells(out: Path, groups) -> dict[str, str]:
     return failed
 
 
-def _print_time_left(plan: dict, out: Path, groups, cfg) -> None:
-    """``--dry-run``: the estimate for what a run would do (the chosen groups' unfinished and redone cells, a cut-off
-    one's remaining epochs only) when that is not the whole study the plan's total is about; the part-trained cells."""
+def _print_time_left(plan: dict, out: Path, todo: list, started: bool) -> None:
+    """``--dry-run``: the estimate for what a run would do (``todo``: the chosen groups' unfinished and redone cells,
+    ``redo.pending``; a cut-off one's remaining epochs only) when that is not the whole study the plan's total is
+    about; the part-trained cells. ``started``: ``out`` holds a run (else every chosen cell is to do, none begun)."""
     from qsal.study.plan import cell_epochs, estimate_cells, format_duration
-    from qsal.study.redo import pending, under_way
+    from qsal.study.redo import under_way
 
-    started = (out / "run_config.json").is_file()
-    todo = pending(groups, out, cfg) if started else [c for g in groups for c in g]
     resumed = under_way(todo, out) if started else {}
     if "est_seconds" in plan and (len(todo) < plan["n_cells"] or resumed):  # else the plan's total is this run's
         print(f"a run would train or quantize {len(todo)} of the study's {plan['n_cells']} cells"
