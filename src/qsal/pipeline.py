@@ -94,7 +94,8 @@ def _summary(checkpoint, metrics) -> dict:
          "auc_95ci": metrics.ci.get("auc"), "positive_class": metrics.positive_class,
          "sensitivity": metrics.sensitivity, "specificity": metrics.specificity,
          "operating_point": metrics.operating_point, "sensitivity_at_op": metrics.sensitivity_at_op,
-         "specificity_at_op": metrics.specificity_at_op, "ece": metrics.ece, "temperature": metrics.temperature}
+         "specificity_at_op": metrics.specificity_at_op, "ppv_at_op": metrics.ppv_at_op, "npv_at_op": metrics.npv_at_op,
+         "accuracy_at_op": metrics.accuracy_at_op, "ece": metrics.ece, "temperature": metrics.temperature}
     return {k: v for k, v in s.items() if v is not None}
 
 

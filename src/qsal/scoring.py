@@ -228,7 +228,8 @@ def artifact_row(art, torch_metrics: dict) -> dict:
     """A results row's metric columns: the ONNX artifact's (``artifact: True``), with the PyTorch model's
     AUC/ACC beside them for comparison. Sensitivity/specificity are about ``positive_class``."""
     keys = ("positive_class", "positive_label", "sensitivity", "specificity", "operating_point", "sensitivity_at_op",
-            "specificity_at_op", "ece", "temperature", "per_class_recall", "artifact")
+            "specificity_at_op", "ppv_at_op", "npv_at_op", "accuracy_at_op", "prevalence", "ece", "temperature",
+            "per_class_recall", "artifact")
     d = art.to_dict()
     return {"test_auc": d["auc"], "test_acc": d["acc"], "auc_ci": d["ci"].get("auc"), **{k: d[k] for k in keys},
             "ci": d["ci"], "pytorch_auc": torch_metrics["auc"], "pytorch_acc": torch_metrics["acc"]}

@@ -301,3 +301,26 @@ def test_a_quantized_child_takes_its_parents_temperature_scaling_unless_turned_o
         scaled[name] = json.loads((tmp_path / name / "best.json").read_text())["decision"]
     assert scaled["inherited"]["temperature_scaling"] is True
     assert scaled["off"]["temperature_scaling"] is False and scaled["off"]["temperature"] == 1.0
+
+
+def test_evaluate_table_names_the_decision_counts_and_each_ci_method():
+    """The terminal table labels PPV/NPV/accuracy at the operating point, the prevalence they hold at, and which CI
+    came from the bootstrap and which from the Wilson interval (one line, keys grouped by method)."""
+    import numpy as np
+
+    from qsal.cli.output import metrics_table
+    from qsal.metrics import compute_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 120)
+    logits = np.stack([np.zeros(120), y * 1.5 + rng.normal(0, 1, 120)], 1)
+    op = {"rule": "youden", "threshold": 0.4, "chosen_on": "validation"}
+    m = compute_metrics(y, logits, "binary-class", class_names=["normal", "pneumonia"], positive_label=1,
+                        operating_point=op, n_bootstrap=20).to_dict()
+    table = metrics_table(m)
+    assert table["PPV @ op"] == m["ppv_at_op"] and table["accuracy @ op"] == m["accuracy_at_op"]
+    assert table["confusion @ op (true x decided: normal | pneumonia)"] == m["confusion_at_op"]
+    assert table["prevalence of pneumonia (PPV/NPV hold at it)"] == m["prevalence"]
+    assert table["95% CI methods"] == ("auc, acc: percentile bootstrap, 20 resamples, seed 0; sensitivity @ 0.5, "
+                                       "specificity @ 0.5, sensitivity @ op, specificity @ op, PPV @ op, NPV @ op, "
+                                       "accuracy @ op: Wilson score")

@@ -93,6 +93,8 @@ def test_card_has_the_mitchell_sections_with_real_numbers(pact_card):
     assert "| test | 156 | 42 (27%) | 114 (73%) |" in text  # class balance
     assert "| faithfulness_gap | 0.123 |" in text and "0.123456789" not in text  # rounded, and explained
     assert "positive class: **normal, benign**" in text  # the metrics above take label 1 as positive
+    assert ("95% CIs: AUC and accuracy by the percentile bootstrap, 200 resamples, seed 0; sensitivity, specificity by "
+            "the Wilson score interval") in text
 
 
 def test_layer_storage_and_licences(pact_card):
@@ -126,6 +128,17 @@ def test_the_header_and_the_change_table_give_the_deployed_decisions_figures(tmp
     assert (f"| sensitivity (positive: malignant) at the operating point | {scored['sensitivity_at_op']:.3f} | "
             f"{parent['sensitivity_at_op']:.3f} |") in change
     assert "| accuracy at 0.5 |" in change
+    # the decision a clinic gets: PPV/NPV/accuracy at the operating point, its counts, and Wilson CIs (bootstrap off)
+    accuracy = [m for m in _front_matter(text)["model-index"][0]["results"][0]["metrics"] if m["type"] == "accuracy"]
+    assert [m["name"] for m in accuracy] == ["test accuracy at 0.5", "test accuracy at the operating point"]
+    assert accuracy[1]["value"] == round(scored["accuracy_at_op"], 4)
+    lo, hi = scored["ci"]["ppv_at_op"]
+    assert f"| PPV (precision (positive: malignant)) at the operating point | {scored['ppv_at_op']:.3f} | {lo:.3f}–{hi:.3f} |" in text
+    assert f"| NPV at the operating point | {scored['npv_at_op']:.3f} |" in text
+    (tn_m, fn_m), (fp_b, tp_b) = scored["confusion_at_op"]  # rows: malignant, benign (true); columns: decided
+    assert f"| malignant | {tn_m} | {fn_m} |" in text and f"| normal, benign | {fp_b} | {tp_b} |" in text
+    assert f"prevalence of malignant ({scored['prevalence']:.1%})" in text
+    assert "sensitivity, specificity, PPV, NPV and accuracy at the operating point by the Wilson score interval" in text
 
 
 def test_a_weight_only_card_says_its_file_runs_on_float_kernels(tmp_path):

@@ -79,6 +79,41 @@ def test_operating_point_metrics_and_cis():
     assert lo <= m.sensitivity_at_op <= hi and m.operating_point == op
 
 
+def test_wilson_interval_matches_published_values():
+    """Brown, Cai & DasGupta (2001) / Newcombe (1998) worked examples: 81 of 263 -> [0.2553, 0.3662];
+    0 of 10 -> [0, 0.2775]; 10 of 10 -> [0.7225, 1]."""
+    from qsal.metrics.classification import wilson_interval
+
+    assert np.allclose(wilson_interval(81, 263), [0.2553, 0.3662], atol=5e-5)
+    assert np.allclose(wilson_interval(0, 10), [0.0, 0.2775], atol=5e-5)
+    assert np.allclose(wilson_interval(10, 10), [0.7225, 1.0], atol=5e-5)
+    assert wilson_interval(0, 0) is None
+
+
+def test_decision_metrics_at_the_operating_point_for_positive_label_0():
+    """BreastMNIST's positive class is label 0: PPV, NPV, accuracy and the confusion matrix at the operating point
+    are about it (scikit-learn with pos_label=0 agrees), and a sensitivity of 1.000 on few positives gets a
+    Wilson interval, not the bootstrap's zero-width [1, 1]."""
+    from sklearn.metrics import confusion_matrix, precision_score
+
+    rng = np.random.default_rng(7)
+    y = np.r_[np.zeros(12, int), np.ones(188, int)]
+    logits = np.stack([np.where(y == 0, 3.0, 0.0) + rng.normal(0, 0.3, 200), rng.normal(0, 1, 200)], axis=1)
+    op = {"rule": "youden", "threshold": 0.6, "chosen_on": "validation"}
+    m = compute_metrics(y, logits, TASK_BINARY, positive_label=0, operating_point=op, n_bootstrap=100)
+    p0 = scores_from_logits(logits, TASK_BINARY)[:, 0]
+    decided = np.where(p0 >= 0.6, 0, 1)
+    assert m.sensitivity_at_op == 1.0 and m.confusion_at_op == confusion_matrix(y, decided, labels=[0, 1]).tolist()
+    assert np.isclose(m.ppv_at_op, precision_score(y, decided, pos_label=0))
+    assert np.isclose(m.npv_at_op, precision_score(y, decided, pos_label=1))
+    assert np.isclose(m.accuracy_at_op, np.mean(decided == y)) and np.isclose(m.prevalence, 0.06)
+    lo, hi = m.ci["sensitivity_at_op"]
+    assert hi == 1.0 and np.isclose(lo, 0.7575, atol=1e-4)  # 12 of 12: Wilson, not [1, 1]
+    assert m.ci_method["sensitivity_at_op"] == "Wilson score" and "bootstrap" in m.ci_method["auc"]
+    d = m.to_dict()
+    assert d["ppv_at_op"] == m.ppv_at_op and d["ci"]["npv_at_op"] is not None
+
+
 def test_labels_shaped_n_by_1_give_the_same_numbers():
     """Finding 6: the official (N, 1) label shape gave a wrong ACC and crashed the bootstrap."""
     rng = np.random.default_rng(5)

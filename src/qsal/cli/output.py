@@ -85,7 +85,16 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 # A binary model's counts as every table labels them: at probability 0.5, or at its stored operating point
 _DECIDED_AT = {"sensitivity": "sensitivity @ 0.5", "specificity": "specificity @ 0.5",
-               "sensitivity_at_op": "sensitivity @ op", "specificity_at_op": "specificity @ op"}
+               "sensitivity_at_op": "sensitivity @ op", "specificity_at_op": "specificity @ op",
+               "ppv_at_op": "PPV @ op", "npv_at_op": "NPV @ op", "accuracy_at_op": "accuracy @ op"}
+
+
+def _ci_methods_line(methods: dict) -> str:
+    """``{"auc": "percentile bootstrap...", "sensitivity": "Wilson score"}`` as one line, keys grouped by method."""
+    by_method: dict[str, list[str]] = {}
+    for key, method in methods.items():
+        by_method.setdefault(str(method), []).append(_DECIDED_AT.get(key, key))
+    return "; ".join(f"{', '.join(keys)}: {method}" for method, keys in by_method.items())
 
 
 def metrics_table(m: dict) -> dict:
@@ -103,7 +112,9 @@ def metrics_table(m: dict) -> dict:
                "macro_f1": f"macro_f1{at}",
                "operating_point": "op (operating point)",
                "acc": f"acc{at}",
-               "confusion": f"confusion{at} (true x predicted" + (f": {' | '.join(names)})" if names else ")")}
+               "confusion": f"confusion{at} (true x predicted" + (f": {' | '.join(names)})" if names else ")"),
+               "confusion_at_op": "confusion @ op (true x decided" + (f": {' | '.join(names)})" if names else ")"),
+               "prevalence": f"prevalence of {pos} (PPV/NPV hold at it)", "ci_method": "95% CI methods"}
     out = {}
     for k, v in m.items():
         if k in ("reliability", "artifact") or (k == "undefined" and not v):
@@ -112,6 +123,8 @@ def metrics_table(m: dict) -> dict:
             from qsal.metrics.operating_point import describe_operating_point  # qsal.metrics loads torch: not at startup
 
             v = describe_operating_point(v, pos)
+        if k == "ci_method" and isinstance(v, dict):
+            v = _ci_methods_line(v)
         out[renamed.get(k, k)] = v
         if k == "n" and "artifact" in m:
             out["scored"] = "the ONNX file run by onnxruntime" if m["artifact"] else "the PyTorch model"

@@ -87,6 +87,36 @@ def _ci(m: dict, key: str) -> str:
     return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
 
 
+def _ci_methods(m: dict | None) -> str:
+    """How the card's CIs were made, from the metrics' own record (files written before it: all bootstrap)."""
+    methods = (m or {}).get("ci_method")
+    if methods is None:
+        return "95% CIs: percentile bootstrap, 1,000 resamples." if (m or {}).get("ci") else "No CIs recorded."
+    parts = []
+    bootstrap = sorted({v for v in methods.values() if v != "Wilson score"})
+    if bootstrap:
+        parts.append(f"AUC and accuracy by the {' / '.join(bootstrap)}")
+    if "Wilson score" in methods.values():
+        parts.append("sensitivity, specificity" + (", PPV, NPV and accuracy at the operating point"
+                                                   if "ppv_at_op" in methods else "")
+                     + " by the Wilson score interval (exact counts at a fixed threshold: a proportion of 1.000 on few "
+                       "images gets an interval, not [1, 1])")
+    return f"95% CIs: {'; '.join(parts)}." if parts else "No CIs recorded."
+
+
+def _operating_point_outcomes(m: dict, classes: list, positive: str | None) -> list[str]:
+    """What the stored decision does on the test split, in counts a clinician reads: the confusion matrix at the
+    operating point, and that PPV/NPV hold at this split's prevalence only."""
+    cm = m.get("confusion_at_op") or []
+    if len(cm) != 2 or len(classes) != 2 or m.get("prevalence") is None:
+        return []
+    lines = ["At the operating point, test images by true class (rows) and decision (columns):", ""]
+    lines += _table(("true class / decided", *classes), [(c, *row) for c, row in zip(classes, cm)])
+    lines += [f"PPV and NPV hold at this test split's prevalence of {positive} ({m['prevalence']:.1%}); at a "
+              "clinic's own prevalence they differ (sensitivity and specificity do not depend on it).", ""]
+    return lines
+
+
 def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, bench: dict | None,
                      explanations: dict | None = None, *, artifact_metrics: dict | None = None,
                      parent_metrics: dict | None = None, parent_scored: str = "its PyTorch model", data_stats: dict | None = None,
@@ -157,6 +187,9 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
             if value is not None:
                 hf_metrics.append({"type": hf, "value": round(value, 4), "name": f"test {k} ({positive} positive) "
                                    + ("at the operating point" if at_op else "at 0.5")})
+        if scored.get("accuracy_at_op") is not None:  # the accuracy of the decision the deployed file makes
+            hf_metrics.append({"type": "accuracy", "value": round(scored["accuracy_at_op"], 4),
+                               "name": "test accuracy at the operating point"})
     front = {"license": hf_license(data.get("license")), "library_name": "onnx", "pipeline_tag": "image-classification",
              "tags": ["qsal", "onnx", "medical-imaging", "edge", data.get("name") or "custom",
                       *dict.fromkeys(["fp32" if quant.get("method") == "fp32" else "quantized", quant.get("method")])],
@@ -243,7 +276,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     md += ["## Metrics", "", f"Measured on {scored_what}, test split"
            + (f", n = {scored['n']}" if scored else "") + "; operating point: "
            + (describe_operating_point(op, positive) if op.get("threshold") is not None else str(op.get("rule")))
-           + (f"; positive class: **{positive}**" if positive else "") + ". 95% CIs: percentile bootstrap, 1,000 resamples.", ""]
+           + (f"; positive class: **{positive}**" if positive else "") + ". " + _ci_methods(scored), ""]
     if scored:
         about = f" (positive: {positive})" if positive else ""  # specificity is the other class's recall
         # these count the most probable class as the decision: for a binary model that is 0.5, not the operating point
@@ -252,10 +285,13 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                 (f"specificity{about} at 0.5", "specificity"),
                 (f"sensitivity{about} at the operating point", "sensitivity_at_op"),
                 (f"specificity{about} at the operating point", "specificity_at_op"),
+                (f"PPV (precision{about}) at the operating point", "ppv_at_op"),
+                ("NPV at the operating point", "npv_at_op"), ("accuracy at the operating point", "accuracy_at_op"),
                 (f"balanced accuracy{at_argmax}", "balanced_accuracy"), (f"macro F1{at_argmax}", "macro_f1"),
                 ("ECE (calibration error, 15 bins)", "ece"), ("temperature", "temperature")]
         md += _table(("metric", "value", "95% CI"), [(label, scored[k], _ci(scored, k)) for label, k in keys
                                                      if scored.get(k) is not None])
+        md += _operating_point_outcomes(scored, classes, positive)
         md += ["## Factors", "", f"Per-class recall{at_argmax} (how often images of each class are recognised"
                + ("; at the operating point, sensitivity and specificity above" if binary else "") + "); other factors "
                "(site, device, age, sex) are not recorded in the dataset and were not evaluated.", ""]

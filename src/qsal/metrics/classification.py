@@ -9,9 +9,16 @@ optionally divided by a fitted temperature first (``calibration.fit_temperature`
 Binary sets name a clinically positive class (``DatasetInfo.positive_label``: BreastMNIST's is
 label 0, malignant): sensitivity and specificity are always about that class and the dict says so
 (``positive_class``). Besides the standard 0.5 point, an operating point chosen on the validation
-split (``operating_point.choose_operating_point``) gives ``sensitivity_at_op`` / ``specificity_at_op``.
-Percentile-bootstrap 95 % CIs; AUCs by the rank identity, equal to scikit-learn's ``roc_auc_score``. Undefined numbers (an AUC on a sample
-with one class) are ``None`` in ``to_dict()`` with the reason in ``undefined``.
+split (``operating_point.choose_operating_point``) gives ``sensitivity_at_op`` / ``specificity_at_op``, and what
+the deployed decision means for a patient: ``ppv_at_op`` / ``npv_at_op`` (at the test split's prevalence, recorded as
+``prevalence``) and ``accuracy_at_op``, with its confusion matrix ``confusion_at_op``.
+
+95 % CIs (``ci_method`` names each): AUC and ACC by the percentile bootstrap (the split resampled); the proportions of
+one class or one decision at a fixed threshold (sensitivity, specificity, PPV, NPV, accuracy at the operating point)
+by the Wilson score interval, which stays honest where the bootstrap collapses: 12 of 12 positives found is
+[1.000, 1.000] by resampling, [0.757, 1.000] by Wilson. AUCs by the rank identity, equal to scikit-learn's
+``roc_auc_score``. Undefined numbers (an AUC on a sample with one class) are ``None`` in ``to_dict()`` with the
+reason in ``undefined``.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ class Metrics:
     """Figures of one model on one split. AUC/ACC in [0, 1]; ``ci`` maps a metric to its (low, high) 95 % CI.
 
     ``sensitivity``/``specificity`` are about ``positive_class`` at the MedMNIST 0.5 point;
-    ``*_at_op`` at ``operating_point`` (``{"rule", "threshold", "chosen_on"}``). ``ece`` is the expected
+    ``*_at_op`` at ``operating_point`` (``{"rule", "threshold", "chosen_on"}``): also PPV/NPV (at ``prevalence``,
+    the positive class's share of the split), accuracy and ``confusion_at_op`` (rows true label, columns decided). ``ece`` is the expected
     calibration error of the probabilities after dividing the logits by ``temperature``; ``reliability``
     its per-bin data. ``artifact``: True for the exported ONNX file, False for the PyTorch model.
     """
@@ -52,6 +60,11 @@ class Metrics:
     operating_point: dict | None = None
     sensitivity_at_op: float | None = None
     specificity_at_op: float | None = None
+    ppv_at_op: float | None = None
+    npv_at_op: float | None = None
+    accuracy_at_op: float | None = None
+    confusion_at_op: list = field(default_factory=list)
+    prevalence: float | None = None
     balanced_accuracy: float | None = None
     macro_f1: float | None = None
     per_class_recall: dict | None = None
@@ -60,6 +73,7 @@ class Metrics:
     reliability: list = field(default_factory=list)
     confusion: list = field(default_factory=list)
     ci: dict = field(default_factory=dict)
+    ci_method: dict = field(default_factory=dict)
     artifact: bool | None = None
     undefined: dict = field(default_factory=dict)
 
@@ -128,19 +142,40 @@ def acc_score(y_true: np.ndarray, scores: np.ndarray, task: str, threshold: floa
     return float(np.mean(scores.argmax(axis=1) == y_true))
 
 
-def _sens_spec(y_true: np.ndarray, predicted_positive: np.ndarray, positive_label: int) -> tuple[float, float]:
-    pos = y_true == positive_label
-    sens = float(np.mean(predicted_positive[pos])) if pos.any() else float("nan")
-    spec = float(np.mean(~predicted_positive[~pos])) if (~pos).any() else float("nan")
-    return sens, spec
+WILSON = "Wilson score"
+_Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
 
 
-def _binary_points(y, scores, positive_label, threshold):
-    """(sens, spec) at MedMNIST's 0.5 rule and (sens, spec) at ``threshold`` on the positive-class score."""
-    standard = (scores[:, -1] > 0.5) if positive_label == 1 else ~(scores[:, -1] > 0.5)
-    at_05 = _sens_spec(y, standard, positive_label)
-    at_op = _sens_spec(y, scores[:, positive_label] >= threshold, positive_label) if threshold is not None else None
-    return at_05, at_op
+def wilson_interval(successes: int, n: int) -> list[float] | None:
+    """95 % Wilson score interval ``[low, high]`` of the proportion ``successes / n``; ``None`` when ``n`` is 0.
+
+    Where the percentile bootstrap resamples 12 found of 12 into [1, 1], this gives [0.757, 1]: a test split
+    with few positives says little, and the interval shows it (Wilson 1927; Brown, Cai & DasGupta 2001).
+    """
+    if n <= 0:
+        return None
+    p, z2 = successes / n, _Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = _Z95 / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _proportion(successes: int, n: int) -> tuple[float, list[float] | None]:
+    """``(successes / n, Wilson CI)``; NaN and no CI for an empty denominator (no positives, say)."""
+    return (successes / n if n else float("nan")), wilson_interval(successes, n)
+
+
+def _binary_decision(y, decided_positive, positive_label: int) -> dict:
+    """Sensitivity, specificity, PPV, NPV and accuracy of one binary decision, each ``(value, Wilson CI)``,
+    and its confusion matrix by label (rows true, columns decided)."""
+    truly = y == positive_label
+    tp, fn = int((decided_positive & truly).sum()), int((~decided_positive & truly).sum())
+    fp, tn = int((decided_positive & ~truly).sum()), int((~decided_positive & ~truly).sum())
+    by_label = {positive_label: (tp, fn), 1 - positive_label: (tn, fp)}  # (decided as itself, decided as the other)
+    confusion = [[by_label[0][0], by_label[0][1]], [by_label[1][1], by_label[1][0]]]
+    return {"sensitivity": _proportion(tp, tp + fn), "specificity": _proportion(tn, tn + fp),
+            "ppv": _proportion(tp, tp + fp), "npv": _proportion(tn, tn + fn),
+            "accuracy": _proportion(tp + tn, len(y)), "confusion": confusion}
 
 
 def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_names=None,
@@ -156,7 +191,8 @@ def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_
         operating_point: ``{"rule", "threshold", "chosen_on"}``: binary tasks also report sensitivity and
             specificity at ``p(positive) >= threshold``.
         temperature: logits are divided by it before softmax/sigmoid (1 = uncalibrated).
-        n_bootstrap: resamples of the split for percentile 95 % CIs; 0 disables them.
+        n_bootstrap: resamples of the split for the percentile 95 % CIs of AUC and ACC; 0 disables them (the
+            Wilson intervals of the binary proportions cost nothing and are always given).
     """
     if task not in TASKS:  # 'binary' was scored as multi-class, with no positive class and no sensitivity
         raise QsalError(f"task {task!r} is not one of {', '.join(TASKS)}")
@@ -181,6 +217,7 @@ def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_
                 temperature=float(temperature), artifact=artifact)
     m.ece, m.reliability = expected_calibration_error(y, scores, task)
     threshold = None
+    proportion_ci: dict[str, list[float] | None] = {}
     if task != TASK_MULTILABEL:
         pred = scores[:, -1] > 0.5 if task == TASK_BINARY else scores.argmax(axis=1)
         cm = confusion_matrix(y, pred.astype(int), labels=list(range(k)))
@@ -196,11 +233,22 @@ def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_
             if operating_point is not None:
                 m.operating_point = dict(operating_point)
                 threshold = float(operating_point["threshold"])
-            (m.sensitivity, m.specificity), at_op = _binary_points(y, scores, m.positive_label, threshold)
-            if at_op is not None:
-                m.sensitivity_at_op, m.specificity_at_op = at_op
+            m.prevalence = float(np.mean(y == m.positive_label))
+            # MedMNIST's rule: label 1 when its score > 0.5, whichever class is positive
+            at_05 = _binary_decision(y, (scores[:, -1] > 0.5) == (m.positive_label == 1), m.positive_label)
+            (m.sensitivity, proportion_ci["sensitivity"]) = at_05["sensitivity"]
+            (m.specificity, proportion_ci["specificity"]) = at_05["specificity"]
+            if threshold is not None:
+                at_op = _binary_decision(y, scores[:, m.positive_label] >= threshold, m.positive_label)
+                for key in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
+                    value, proportion_ci[f"{key}_at_op"] = at_op[key]
+                    setattr(m, f"{key}_at_op", value)
+                m.confusion_at_op = at_op["confusion"]
     if n_bootstrap > 0:
-        m.ci = _bootstrap(y, scores, task, n_bootstrap, seed, m.positive_label, threshold)
+        m.ci = _bootstrap(y, scores, task, n_bootstrap, seed)
+        m.ci_method = {k: f"percentile bootstrap, {n_bootstrap} resamples, seed {seed}" for k in m.ci}
+    m.ci.update(proportion_ci)
+    m.ci_method.update({k: WILSON for k in proportion_ci})
     return m
 
 
@@ -210,25 +258,16 @@ def _percentile_ci(values: list[float]) -> list[float] | None:
     return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
 
 
-def _bootstrap(y, scores, task, n_bootstrap, seed, positive_label, threshold) -> dict:
+def _bootstrap(y, scores, task, n_bootstrap, seed) -> dict:
+    """Percentile-bootstrap 95 % CIs of AUC and ACC (the split resampled with replacement)."""
     rng = np.random.default_rng(seed)
     n = len(y)
-    keys = ["auc", "acc"]
-    if task == TASK_BINARY:
-        keys += ["sensitivity", "specificity"] + (["sensitivity_at_op", "specificity_at_op"] if threshold is not None else [])
-    samples: dict[str, list[float]] = {k: [] for k in keys}
+    samples: dict[str, list[float]] = {"auc": [], "acc": []}
     for _ in range(n_bootstrap):
         idx = rng.integers(0, n, n)
         yt, sc = y[idx], scores[idx]
         samples["auc"].append(auc_score(yt, sc, task))
         samples["acc"].append(acc_score(yt, sc, task))
-        if task == TASK_BINARY:
-            at_05, at_op = _binary_points(yt, sc, positive_label, threshold)
-            samples["sensitivity"].append(at_05[0])
-            samples["specificity"].append(at_05[1])
-            if at_op is not None:
-                samples["sensitivity_at_op"].append(at_op[0])
-                samples["specificity_at_op"].append(at_op[1])
     return {k: _percentile_ci(v) for k, v in samples.items()}
 
 
