@@ -195,3 +195,35 @@ def test_a_users_own_image_files_are_explained_as_predict_decides_them(breast_ru
     assert main(["explain", str(run / "best.safetensors"), "--images", str(scans), "--dataset", "pneumoniamnist",
                  "--out", str(tmp_path / "t.png")]) == 2
     assert "--images explains your image files; --dataset picks a dataset's split" in capsys.readouterr().err
+
+
+def test_an_unreadable_image_stops_explain_unless_skipped_as_predict_does(breast_run, tmp_path, capsys):
+    """explain --images had no --skip-unreadable: one broken file among a clinic's scans stopped the figure."""
+    from PIL import Image
+
+    from qsal.data import load_split
+
+    run, _ = breast_run
+    test = load_split("breastmnist", "test")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(2):
+        Image.fromarray(test.images[i, :, :, 0]).save(scans / f"scan{i}.png")
+    (scans / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    out_png = tmp_path / "s.png"
+    args = ["explain", str(run / "best.safetensors"), "--images", str(scans), "--out", str(out_png), "--json"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "--skip-unreadable" in err and not out_png.exists()
+    assert main(args + ["--skip-unreadable"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["files"] == [str(scans / f"scan{i}.png") for i in range(2)] and out["images"] == 2
+    assert [s["file"] for s in out["skipped"]] == [str(scans / "broken.png")] and out_png.is_file()
+    assert "note: skipped" in captured.err and "broken.png" in captured.err
+    (scans / "scan0.png").unlink()
+    (scans / "scan1.png").unlink()
+    assert main(args + ["--skip-unreadable", "--force"]) == 2
+    assert "none of the 1 images could be used" in capsys.readouterr().err
+    assert main(["explain", str(run / "best.safetensors"), "--skip-unreadable", "--out", str(tmp_path / "t.png")]) == 2
+    assert "--skip-unreadable is about image files that cannot be read: it goes with --images" in capsys.readouterr().err

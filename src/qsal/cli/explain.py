@@ -14,7 +14,8 @@ MAX_IMAGES = 256  # rows of one figure
 
 
 def explain_file(model_path: str, *, method: str | None, n: int, split: str, data_dir, out: str,
-                 dataset: str | None = None, seed: int = 0, images: list[str] | None = None) -> dict:
+                 dataset: str | None = None, seed: int = 0, images: list[str] | None = None,
+                 skip_unreadable: bool = False) -> dict:
     """Explain ``n`` images of the model's own dataset, or the image files ``images`` names (PNG/JPEG/DICOM files,
     folders, globs: read as ``qsal predict`` reads them), and write a PNG grid (image, map, overlay).
 
@@ -23,7 +24,8 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     mean/std (``Runtime.preprocess``: a model that records none is refused, as ``qsal predict`` refuses it);
     integrated gradients and occlusion start from / fill with black. ``method`` None: occlusion for an ONNX file,
     integrated gradients for a checkpoint. With ``dataset`` another set's images are explained: "true" names their
-    class in that set, "pred" the model's own class names.
+    class in that set, "pred" the model's own class names. An image file that cannot be read stops the figure, unless
+    ``skip_unreadable``: then it is listed under ``skipped`` with its reason (as ``qsal predict --skip-unreadable``).
     """
     from qsal.runtime import describe_decision
     from qsal.saliency.methods import black_baseline
@@ -33,6 +35,8 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         raise QsalError(f"--out {out}: explain writes a PNG figure; name the file .png")
     if images and dataset:
         raise QsalError("--images explains your image files; --dataset picks a dataset's split: pass one of them")
+    if skip_unreadable and not images:
+        raise QsalError("--skip-unreadable is about image files that cannot be read: it goes with --images")
     path = Path(model_path)
     onnx_file = path.suffix.lower() == ".onnx"
     if onnx_file:
@@ -49,7 +53,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         method = method or "integrated_gradients"
         rt = CheckpointRuntime(path)  # qsal predict's preprocessing and decision for this checkpoint
     if images:
-        pixels, true, source, where = _files(rt, images)
+        pixels, true, source, where = _files(rt, images, skip_unreadable)
     else:
         pixels, true, source, where = _split(rt, path, onnx_file, dataset, split, data_dir, n, seed)
     # the model's own normalisation (its training set's mean/std), as the exported file applies it: another
@@ -107,22 +111,41 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
             "decided_by": rule}
 
 
-def _files(rt, images: list[str]):
-    """``(pixels (N, H, W, C) uint8, None, title words, {"files": [...]})`` of a user's image files, each read and
-    converted as ``qsal predict`` reads it for this model (conversions said once, as there)."""
+def _files(rt, images: list[str], skip_unreadable: bool = False):
+    """``(pixels (N, H, W, C) uint8, None, title words, {"files": [...], "skipped": [{"file", "reason"}]})`` of a
+    user's image files, each read and converted as ``qsal predict`` reads it for this model (conversions said once, as
+    there); one that cannot be read stops it, or with ``skip_unreadable`` is listed under ``skipped``."""
     from qsal.data.folder import conversion_notes
+    from qsal.errors import printable_path
     from qsal.predict import image_files
 
     files = image_files(images)
     if len(files) > MAX_IMAGES:
         raise QsalError(f"{len(files)} images named; one figure explains at most {MAX_IMAGES} (a row each): name fewer")
     notes: dict[str, int] = {}
-    pixels = np.concatenate([rt.read_file(f, notes) for f in files])
+    read, used, skipped = [], [], []
+    for f in files:
+        try:
+            read.append(rt.read_file(f, notes))
+        except QsalError as e:
+            if not skip_unreadable:
+                if len(files) > 1:  # the others could still be explained
+                    raise QsalError(f"{e} (or skip it: --skip-unreadable explains the others and lists the ones it "
+                                    "could not use)") from None
+                raise
+            skipped.append({"file": printable_path(str(f)), "reason": printable_path(str(e))})
+            continue
+        used.append(f)
+    if not used:
+        raise QsalError(f"none of the {len(files)} images could be used; the first: {skipped[0]['reason']}")
     import sys
 
-    for said in conversion_notes(notes, len(files), " named", rt.input_shape[1]):
+    for said in conversion_notes(notes, len(used), " named", rt.input_shape[1]):
         print(f"note: {said}", file=sys.stderr)
-    return pixels, None, f"{len(files)} image file{'s' if len(files) > 1 else ''}", {"files": [str(f) for f in files]}
+    for skip in skipped:
+        print(f"note: skipped {skip['file']}: {skip['reason']}", file=sys.stderr)
+    where = {"files": [printable_path(str(f)) for f in used]} | ({"skipped": skipped} if skip_unreadable else {})
+    return np.concatenate(read), None, f"{len(used)} image file{'s' if len(used) > 1 else ''}", where
 
 
 def _split(rt, path: Path, onnx_file: bool, dataset: str | None, split: str, data_dir, n: int, seed: int):
@@ -233,7 +256,8 @@ def cmd_explain(args):
     note_unfinished(args.model, args.quiet)
 
     print_result(explain_file(args.model, method=args.method, n=args.n, split=args.split, data_dir=args.data_dir,
-                              out=args.out, dataset=args.dataset, seed=args.seed, images=args.images), args.json)
+                              out=args.out, dataset=args.dataset, seed=args.seed, images=args.images,
+                              skip_unreadable=args.skip_unreadable), args.json)
 
 
 def _setup_explain(p):
@@ -245,6 +269,9 @@ def _setup_explain(p):
     p.add_argument("--images", nargs="+", metavar="PATH",
                    help="explain these image files (PNG/JPEG/DICOM, folders, globs; read as qsal predict reads them, "
                         "at most 256) instead of a dataset split (--n, --split, --seed do not apply)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="with --images: explain the images that can be read and list the others with the reason "
+                        "(default: an unreadable image stops it)")
     p.add_argument("--n", type=int_range(1, 256, "the number of images"), default=8, help="number of images, one row each (1-256)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split the images come from")
     p.add_argument("--dataset", help="override the dataset recorded in the model (default: the model's own)")
