@@ -32,3 +32,28 @@ def test_grid_png_has_a_colour_bar(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     fig = saliency_grid_figure(rng.random((2, 28, 28)), {"m": rng.random((2, 1, 28, 28))})
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
+
+
+@pytest.mark.parametrize("overlay_only", [False, True])
+def test_long_model_names_wrap_instead_of_running_into_the_next_header(overlay_only):
+    """explain's column header "fp32/best.safetensors (PyTorch checkpoint)" ran over the next column's."""
+    rng = np.random.default_rng(0)
+    names = ["fp32/best.safetensors (PyTorch checkpoint)", "pact-4/model.onnx (ONNX file, onnxruntime)"]
+    fig = saliency_grid_figure(rng.random((2, 28, 28)), {k: rng.random((2, 1, 28, 28)) for k in names},
+                               overlay_only=overlay_only)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()), key=lambda b: b.x0)
+    assert len(boxes) == (3 if overlay_only else 5)
+    assert all(left.x1 <= right.x0 + 0.5 for left, right in zip(boxes, boxes[1:]))
+
+
+def test_explain_rows_show_the_positive_probability_against_the_threshold():
+    """A row read "pred: malignant 0.37" with no threshold: a malignant call at 0.37 looked like a mistake."""
+    from qsal.cli.explain import _why
+
+    decision = {"positive_label": 0, "operating_point": {"rule": "youden", "threshold": 0.366}}
+    names = ["malignant", "normal, benign"]
+    assert _why(np.array([0.368, 0.632]), 0, "binary-class", decision, names) == "\np(malignant) 0.368 >= 0.366"
+    assert _why(np.array([0.301, 0.699]), 1, "binary-class", decision, names) == "\np(malignant) 0.301 < 0.366"
+    assert _why(np.array([0.2, 0.7, 0.1]), 1, "multi-class", None, ["a", "b", "c"]) == " 0.70"

@@ -89,7 +89,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     else:  # what each row is: its true class in a dataset, its file name for a user's image
         firsts = [f"true: {true[1][int(t)][:16]}" for t in true[0]] if true is not None else \
             [Path(f).name[:22] for f in where["files"]]
-        captions = [f"{first}\npred: {names[int(p)][:16]} {probs[i, p]:.2f}"
+        captions = [f"{first}\npred: {names[int(p)][:16]}" + _why(probs[i], int(p), task, decision, names)
                     + ("\nempty map: no evidence for it" if empty[i] else "")
                     for i, (first, p) in enumerate(zip(firsts, target))]
     kind = "ONNX file, onnxruntime" if onnx_file else "PyTorch checkpoint"
@@ -239,6 +239,19 @@ def _decided(logits: np.ndarray, task: str, decision: dict | None) -> tuple[np.n
 
     probs = scores_from_logits(logits, task, float((decision or {}).get("temperature") or 1.0))
     return probs, (logits.argmax(axis=1) if task.startswith("multi-label") else decide(probs, task, decision))
+
+
+def _why(probs: np.ndarray, predicted: int, task: str, decision: dict | None, names: list[str]) -> str:
+    """A row's evidence for its decision: at an operating point, the positive class's probability against the
+    threshold ("p(malignant) 0.368 >= 0.366": a predicted class at 0.37 reads as a mistake without it), else the
+    predicted class's probability."""
+    op = (decision or {}).get("operating_point")
+    if task == "binary-class" and op and op.get("threshold") is not None:
+        pos = int((decision or {}).get("positive_label", 1))
+        threshold = float(op["threshold"])
+        sign = ">=" if probs[pos] >= threshold else "<"
+        return f"\np({names[pos][:16]}) {probs[pos]:.3f} {sign} {threshold:.3f}"
+    return f" {probs[predicted]:.2f}"
 
 
 def _class_names(names, k: int) -> list[str]:

@@ -72,11 +72,15 @@ def saliency_grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], captio
             if cell_captions and name in cell_captions:
                 over.set_xlabel(cell_captions[name][i], fontsize=7.5)
             if i == 0:
+                # a long model name ("fp32/best.safetensors (PyTorch checkpoint)") wraps to its column, about
+                # 13 characters an inch at 8 pt, instead of running into the next column's header
+                header = "\n".join(textwrap.wrap(name, width=max(12, int(cell_inches * 13)),
+                                                  break_long_words=False))
                 if overlay_only:
-                    over.set_title(name, fontsize=8.5)
+                    over.set_title(header, fontsize=8.5)
                 else:
-                    axes[i, 1 + per_model * j].set_title(f"{name}\nmap", fontsize=8)
-                    over.set_title(f"{name}\noverlay", fontsize=8)
+                    axes[i, 1 + per_model * j].set_title(f"{header}\nmap", fontsize=8)
+                    over.set_title(f"{header}\noverlay", fontsize=8)
         if i == 0:
             axes[i, 0].set_title("image", fontsize=8.5)
     for ax in axes.flat:
