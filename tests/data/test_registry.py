@@ -68,5 +68,12 @@ def test_qsal_datasets_names_each_binary_sets_positive_class(capsys):
 
     assert main(["datasets", "--no-verify", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["breastmnist"]["positive class"] == "malignant (label 0)"
-    assert rows["pneumoniamnist"]["positive class"] == "pneumonia (label 1)" and rows["mnist"]["positive class"] == "—"
+    # --json gives typed fields a program can use (it gave the table's headers and "546/78/156" strings)
+    breast = rows["breastmnist"]
+    assert (breast["positive_class"], breast["positive_label"]) == ("malignant", 0)
+    assert breast["labels"] == ["malignant", "normal, benign"] and breast["splits"] == {"train": 546, "val": 78, "test": 156}
+    assert breast["md5"] in ("not checked", None)  # --no-verify
+    assert rows["pneumoniamnist"]["positive_label"] == 1 and rows["mnist"]["positive_class"] is None
+    assert main(["datasets", "--no-verify"]) == 0
+    table = capsys.readouterr().out
+    assert "malignant (label 0)" in table and "546/78/156" in table and "pneumonia (label 1)" in table

@@ -31,9 +31,10 @@ def command(name: str, help: str):
 
 @command("datasets", "list the datasets qsal knows, where each was found and whether its checksum matches")
 def cmd_datasets(args):
-    from qsal.data import dataset_status
+    from qsal.data import dataset_status, dataset_status_table
 
-    print_rows(dataset_status(args.data_dir, verify=not args.no_verify), args.json)
+    rows = dataset_status(args.data_dir, verify=not args.no_verify)
+    print_rows(rows if args.json else dataset_status_table(rows), args.json)
 
 
 def _setup_datasets(p):

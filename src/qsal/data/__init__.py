@@ -21,7 +21,7 @@ from qsal.data.registry import (DATASETS, TASK_BINARY, TASK_MULTICLASS, TASK_MUL
 from qsal.errors import QsalError
 
 __all__ = ["ImageSplit", "data_meta", "DatasetInfo", "DATASETS", "get_info", "list_datasets", "resolve_data_dir",
-           "load_split", "dataset_key", "describe_splits", "dataset_status", "split_validation", "VAL_FRACTION", "held_out_count",
+           "load_split", "dataset_key", "describe_splits", "dataset_status", "dataset_status_table", "split_validation", "VAL_FRACTION", "held_out_count",
            "TASK_BINARY", "TASK_MULTICLASS", "TASK_MULTILABEL", "TASK_ORDINAL"]
 
 
@@ -101,7 +101,11 @@ def split_validation(train: ImageSplit, split: str, val_fraction: float, seed: i
 
 
 def dataset_status(data_dir: str | os.PathLike | None = None, verify: bool = True) -> list[dict]:
-    """For each table entry: where its 28 px (or native) file was found and whether its MD5 matches."""
+    """For each table entry, a JSON-ready row: ``name``, ``task``, ``channels``, ``classes`` (count), ``labels``
+    (class names by id), ``positive_class`` / ``positive_label`` (what sensitivity is about; null for non-binary
+    sets), ``splits`` (``{"train", "val", "test"}`` image counts; MNIST and CIFAR-10 draw validation from
+    training: 0), ``path`` (the 28 px or native file found, else null) and ``md5``: ``"ok"``, ``"mismatch"``,
+    ``"not checked"`` (``verify`` False, or a format without an official checksum) or null (not found)."""
     from qsal.data.download import md5_of
 
     root = resolve_data_dir(data_dir, must_exist=True)
@@ -116,15 +120,23 @@ def dataset_status(data_dir: str | os.PathLike | None = None, verify: bool = Tru
             from qsal.data.mnist import _locate
 
             path = _locate(root, "t10k-images-idx3-ubyte")
-        checksum = "-"
-        if path and verify and info.family == "medmnist":
-            checksum = "ok" if md5_of(path) == info.md5["28"] else "MISMATCH"
-        elif path and verify and info.family == "mnist" and path.suffix == ".gz":
-            checksum = "ok" if md5_of(path) == info.md5[path.name] else "MISMATCH"
+        expected = (info.md5.get("28") if info.family == "medmnist" else
+                    info.md5.get(path.name) if path and info.family == "mnist" else None)
+        checksum = None if not path else "not checked" if not (verify and expected) else \
+            "ok" if md5_of(path) == expected else "mismatch"
         rows.append({"name": name, "task": info.task, "channels": info.n_channels, "classes": info.num_classes,
+                     "labels": list(info.labels),
                      # what sensitivity and specificity are about (binary sets): the dataset table's, e.g. malignant
-                     "positive class": (f"{info.positive_class} (label {info.labels.index(info.positive_class)})"
-                                        if info.positive_class else "—"),
-                     "train/val/test": "/".join(str(info.n_samples.get(s, 0)) for s in ("train", "val", "test")),
-                     "found": str(path) if path else "not found", "md5": checksum})
+                     "positive_class": info.positive_class or None,
+                     "positive_label": info.labels.index(info.positive_class) if info.positive_class else None,
+                     "splits": {s: int(info.n_samples.get(s, 0)) for s in ("train", "val", "test")},
+                     "path": str(path) if path else None, "md5": checksum})
     return rows
+
+
+def dataset_status_table(rows: list[dict]) -> list[dict]:
+    """``dataset_status`` rows as the terminal table shows them (``qsal datasets``; ``--json`` prints the rows)."""
+    return [{"name": r["name"], "task": r["task"], "channels": r["channels"], "classes": r["classes"],
+             "positive class": f"{r['positive_class']} (label {r['positive_label']})" if r["positive_class"] else "—",
+             "train/val/test": "/".join(str(r["splits"][s]) for s in ("train", "val", "test")),
+             "found": r["path"] or "not found", "md5": r["md5"] or "-"} for r in rows]
