@@ -154,8 +154,11 @@ def _is_user_path_error(e: OSError) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from qsal._signals import sigterm_as_interrupt
+
     try:
-        return args.func(args) or 0
+        with sigterm_as_interrupt():  # `kill` says what was left and how to continue, as Ctrl-C does
+            return args.func(args) or 0
     except QsalError as e:
         print(f"error: {e}", file=sys.stderr)
         return QsalError.exit_code

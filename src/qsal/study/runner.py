@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 import traceback
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 from qsal._atomic import write_json_atomic
+from qsal._signals import sigterm_as_interrupt
 from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
 from qsal.run_folder import CannotResume
@@ -235,7 +235,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with _safe_path_env(), _sigterm_as_interrupt():
+        with _safe_path_env(), sigterm_as_interrupt():
             pool = ProcessPoolExecutor(max_workers=workers)
             try:
                 futures = [pool.submit(run_group, *p) for p in payload]
@@ -246,7 +246,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
                 raise
             pool.shutdown()
     else:
-        with _sigterm_as_interrupt():  # `kill` ends it as Ctrl-C does (one line, exit 130), as with workers
+        with sigterm_as_interrupt():  # `kill` ends it as Ctrl-C does (one line, exit 130), as with workers
             for p in payload:
                 finished(run_group(*p, on_cell=show))
     bar.close()
@@ -277,31 +277,6 @@ def _end_workers(pool) -> None:
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         proc.terminate()
     pool.shutdown(wait=True, cancel_futures=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """While the pool runs, SIGTERM to this process ends the run as Ctrl-C does (workers ended, one line, exit 130);
-    a forked worker that inherits the handler dies of SIGTERM as it would without it."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    parent = os.getpid()
-
-    def interrupt(signum, frame):
-        if os.getpid() != parent:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
