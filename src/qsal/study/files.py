@@ -205,7 +205,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
         check_same_listing(test, data.get("listing_sha256"), label)
         art, probs = score_onnx(onnx, test, seed=seed)  # at the artifact's stored positive class and threshold
         metrics = art.to_dict()
-        row = {**metrics_row(label, metrics), "scored": "onnx", "onnx_auc": metrics["auc"], "onnx_acc": metrics["acc"],
+        row = {**metrics_row(label, metrics), "scored": "onnx",  # its AUC/ACC are the file's: not repeated
                "size_bytes": onnx.stat().st_size, "onnx": str(onnx), "checkpoint": str(ckpt) if ckpt else None,
                "quant": (rt.meta.get("quant") or {}).get("method", "fp32"), "kernels": kernels_label(rt.meta),
                **_provenance(ckpt, onnx, rt.meta)}

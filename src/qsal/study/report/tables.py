@@ -12,7 +12,7 @@ COLUMNS = [("model", "model"), ("seed_ids", "seeds"), ("scored", "scored as"), (
            ("acc_ci", "ACC 95% CI"), ("sensitivity", "sens. @ 0.5"), ("specificity", "spec. @ 0.5"),
            ("sensitivity_at_op", "sens. @ op"), ("specificity_at_op", "spec. @ op"), ("threshold", "op threshold"),
            ("ece", "ECE"),
-           ("pytorch_acc", "PyTorch ACC"), ("onnx_acc", "ONNX ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
+           ("pytorch_acc", "PyTorch ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
            ("kernels", "runs on"), ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"), ("faithfulness_gap", "faithfulness gap"),
            ("faithfulness_gap_std", "gap std"), ("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC ↑"),
            ("agreement_spearman", "map ρ vs ref."), ("gini", "Gini")]
@@ -43,9 +43,8 @@ GLOSSARY = [
                             "when one has no checkpoint) and the removal curves run the ONNX files."),
     ("ECE", "Expected calibration error: the gap between confidence and accuracy, averaged over 15 equal-width "
             "confidence bins weighted by their size. 0 means the probabilities can be read as frequencies."),
-    ("Scored as / ONNX ACC", "'onnx': the metrics are the exported ONNX file's, run by onnxruntime (the artifact "
-                             "that would be deployed), not the PyTorch model's it came from; 'ONNX ACC' (a report of "
-                             "files) is that file's accuracy."),
+    ("Scored as", "'onnx': the metrics are the exported ONNX file's, run by onnxruntime (the artifact that would "
+                  "be deployed), not the PyTorch model's it came from."),
     ("PyTorch ACC", "Test accuracy of the PyTorch model the ONNX file was exported from (a quantized cell's "
                     "fake-quantized model), beside the file's own: a gap between the two is what export changed."),
     ("Size vs FP32", "ONNX file size divided by the FP32 model's. Sizes are in KiB/MiB (1 KiB = 1,024 bytes)."),
