@@ -324,3 +324,14 @@ def test_evaluate_table_names_the_decision_counts_and_each_ci_method():
     assert table["95% CI methods"] == ("auc, acc: percentile bootstrap, 20 resamples, seed 0; sensitivity @ 0.5, "
                                        "specificity @ 0.5, sensitivity @ op, specificity @ op, PPV @ op, NPV @ op, "
                                        "accuracy @ op: Wilson score")
+
+
+def test_a_table_column_groups_thousands_alike(capsys):
+    """qsal bench printed '8479' above '12,342' in one img/s column."""
+    from qsal.cli.output import print_rows
+
+    print_rows([{"batch": 1, "img/s": 8479}, {"batch": 64, "img/s": 12342}, {"batch": 128, "img/s": 812.5}])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines[1:]] == ["8,479", "12,342", "812.5"]
+    print_rows([{"seed": 2026, "n": 5}])  # no number needs separators: none get them
+    assert capsys.readouterr().out.splitlines()[1].split() == ["2026", "5"]

@@ -167,6 +167,10 @@ def print_result(result: dict, as_json: bool, file=None) -> None:
         print(f"{k.ljust(width)}  {format_value(v, k)}", file=file)
 
 
+def _plain_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
 def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
     """Several results with the same keys: JSON list, else an aligned table (numbers right-aligned)."""
     file = file or sys.stdout
@@ -176,8 +180,20 @@ def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
     if not rows:
         return
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    cells = [[format_value(r.get(k), k) if not isinstance(r.get(k), str) else r[k] for k in keys] for r in rows]
     numeric = [all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in rows) for k in keys]
+    # a column where some number takes thousands separators gives them to every number above 999 ("8,479" beside
+    # "12,342", not "8479")
+    grouped = {k for k, num in zip(keys, numeric)
+               if num and any(_plain_number(r.get(k)) and abs(r[k]) >= 1e4 for r in rows)}
+
+    def cell(v, k):
+        if isinstance(v, str):
+            return v
+        if k in grouped and _plain_number(v) and 1e3 <= abs(v) < 1e4:
+            return f"{v:,}" if isinstance(v, int) else f"{v:,.0f}"
+        return format_value(v, k)
+
+    cells = [[cell(r.get(k), k) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
 
     def line(values):
