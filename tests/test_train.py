@@ -324,3 +324,19 @@ def test_a_checkpoint_fit_wrote_by_itself_is_evaluated_and_exported_by_the_cli(t
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "m.onnx"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dataset"] == "breastmnist"
+
+
+def test_a_tie_in_the_validation_score_keeps_the_earlier_epoch(tiny_splits, tmp_path, monkeypatch):
+    """Selection is MedMNIST's `>`: an epoch that only equals the best so far does not replace it (documented)."""
+    import qsal.train as train_module
+
+    scores = iter([0.70, 0.80, 0.80, 0.75])
+    real = train_module._validation_score
+
+    def scripted(*args, **kwargs):
+        _, metrics = real(*args, **kwargs)
+        return next(scores), metrics
+
+    monkeypatch.setattr(train_module, "_validation_score", scripted)
+    _, result = _fit(tiny_splits, tmp_path, epochs=4)
+    assert result.best_epoch == 2 and result.best_score == 0.80

@@ -3,7 +3,8 @@
 ``ClassificationStep`` is plain supervised training; ``qsal.saliency.SaliencyGuidedStep`` adds the
 saliency-guided KL term; quantization-aware training is the same loop over a model whose layers
 fake-quantize (``qsal.quantize``), with callbacks that freeze observers or BatchNorm late.
-The best epoch (validation AUC, the MedMNIST selection rule) is saved in safetensors + JSON; a
+The best epoch (validation AUC, the MedMNIST selection rule; on a tie the earlier epoch stays, as MedMNIST's
+``>`` comparison keeps it) is saved in safetensors + JSON; a
 ``last.pt`` (read with ``weights_only=True``) lets a killed run resume where it stopped.
 """
 

@@ -38,7 +38,7 @@ class TrainConfig:
     zoom: float | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    select_on: str = "auc"  # auc | acc | loss (validation metric that picks the saved model)
+    select_on: str = "auc"  # auc | acc | loss (validation metric that picks the saved model; a tie keeps the earlier epoch)
     progress: bool = True
     precision: str = "auto"  # auto | fp32 | bf16: training forwards (qsal.precision); evaluation is always fp32
     channels_last: str | bool = "auto"  # auto | true | false: NHWC memory format while training
