@@ -116,8 +116,8 @@ def test_cli_refuses_mixing_and_defaults_never_overwrite(breast_run, tmp_path, m
     for _ in range(2):
         assert main(["quantize", str(run / "best.safetensors"), "--num-calibration", "64", "--no-progress"]) == 0
     made = sorted(p.name for p in (tmp_path / "runs" / "quantized").iterdir())
-    assert made == ["ptq-int8-minmax-1", "ptq-int8-minmax-2"]
-    q = json.loads((tmp_path / "runs/quantized/ptq-int8-minmax-1/best.json").read_text())
+    assert made == ["breastmnist-small_cnn-ptq-int8-minmax-1", "breastmnist-small_cnn-ptq-int8-minmax-2"]  # whose, and how
+    q = json.loads((tmp_path / "runs/quantized/breastmnist-small_cnn-ptq-int8-minmax-1/best.json").read_text())
     assert q["decision"]["positive_class"] == "malignant" and q["decision"]["operating_point"]["chosen_on"] == "validation"
 
 

@@ -216,7 +216,7 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     on ``train_subset`` images of the training split if given). ``train_config`` gives the whole fine-tune
     schedule instead (a study's ``finetune``; its seed is ``seed``), ``epochs`` and ``lr`` are then unused.
 
-    ``out_dir`` (default: a fresh ``runs/quantized/<method>-N``) gets ``best.safetensors`` (the quantized
+    ``out_dir`` (default: a fresh ``runs/quantized/<dataset>-<model>-<method>-N``) gets ``best.safetensors`` (the quantized
     model, reloadable with ``load_checkpoint``), ``metrics.json`` with test metrics of the fake-quantized
     model and the fingerprint ``run.json`` (see ``train_model`` for ``resume``/``force``). The decision
     is chosen again on validation for the quantized model, with the parent's positive class, rule and
@@ -244,7 +244,9 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
         temperature_scaling = bool(parent.get("temperature_scaling"))
     name = _dataset_name(meta, None)
     label = f"{qconfig.label}".replace("/", "_")
-    out = Path(out_dir) if out_dir is not None else fresh_folder("runs/quantized", label)
+    # named like a training run's folder (dataset-model), then the method: "pact-4-1" alone did not say whose it was
+    out = Path(out_dir) if out_dir is not None else fresh_folder(
+        "runs/quantized", f"{Path(str(name)).name}-{meta['arch']['name']}-{label}")
     if out.resolve() == Path(checkpoint).resolve().parent:  # --force there would replace the model being read
         raise QsalError(f"--out {out} is the folder of the checkpoint it quantizes ({checkpoint}); its files would "
                         "be replaced by the quantized model's: choose another --out")

@@ -133,7 +133,7 @@ def _setup_quantize(p):
     p.add_argument("--data-dir", help="data root (default: $QSAL_DATA_DIR, then ~/.medmnist)")
     p.add_argument("--seed", type=SEED, default=None,
                    help="seed of calibration sampling and fine-tuning (default: 0; not for weight-only)")
-    p.add_argument("--out", default=None, help="output folder (default: a fresh runs/quantized/<method>-N)")
+    p.add_argument("--out", default=None, help="output folder (default: a fresh runs/quantized/DATASET-MODEL-METHOD-N)")
     from qsal.cli.arguments import decision_args, run_folder_args
 
     run_folder_args(p)
