@@ -61,7 +61,8 @@ def test_markdown_and_self_contained_html(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| ptq-int8 | ONNX artifact | 0.900 |" in md and "| ptq-int8 | #13 |" in md  # position 3 = test #13
     assert "976.6 KiB" in md and "3.81 MiB" in md and "positive class**: malignant" in md
-    assert "## Glossary" in md and "**Gini**" in md and "| torch | 2.13.0 |" in md
+    # the glossary explains what the report shows: the most-changed table's ρ and IoU, no Gini column here
+    assert "## Glossary" in md and "**Top-10% IoU**" in md and "**Gini**" not in md and "| torch | 2.13.0 |" in md
     page = (tmp_path / "report.html").read_text()
     # 4 trade-offs + CI forest + 3 diagnostics + saliency grid + most-changed grid
     assert page.count("data:image/png;base64,") == 10
@@ -256,3 +257,63 @@ def test_the_header_says_how_the_models_were_trained_and_how_each_threshold_was_
         "FP32/SGT 12 epochs (adam, lr 0.001 x0.1 at 50/75 %, batch 128; shift 2 px; EMA 0.99; best validation auc); "
         "fine-tunes 3 epochs (adam, lr 0.0005 x0.1 at 50/75 %, batch 128; shift 2 px; EMA 0.99; best validation auc); "
         "SGT k 0.3, lambda 1, target log_softmax; PACT options 4-bit: weight_clip mse")
+
+
+def test_an_older_cell_without_whose_scores_does_not_hide_the_threshold_rule(tmp_path):
+    """The ResNet-18 report said only "each model's own": some cells record `scores`, older ones do not."""
+    results = _results(tmp_path, with_arrays=False)
+    for i, r in enumerate(results["rows"]):
+        r["operating_point"] = {"rule": "youden", "chosen_on": "validation", "threshold": 0.2 + 0.1 * i,
+                                **({"scores": "PyTorch model"} if i else {})}
+    write_report(tmp_path, results)
+    md = (tmp_path / "report.md").read_text()
+    assert ("each by youden on the validation split with the PyTorch model's scores (where recorded)") in md
+
+
+def test_a_run_folders_rows_show_seed_spread_at_the_operating_point_machines_and_throughput_definition(tmp_path):
+    """Audit: '@ op' was a mean of seeds each at its own threshold with no spread; latency means mixed CPUs, and
+    throughput mixed two definitions, without a word; a quantized row with one seed recording its kernels read as
+    if all did."""
+    import json
+    import shutil
+
+    from qsal.study.report.tables import results_table
+    from qsal.study.results import THROUGHPUT_REDEFINED, collect_results
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parents[2] / "benchmarks/results/study_breast_quick", run)
+    cell = run / "breastmnist/small_cnn/seed1/pact-4/result.json"
+    result = json.loads(cell.read_text())
+    result["environment"] = {**result["environment"], "cpu": "Another CPU", "utc": THROUGHPUT_REDEFINED + ":30+00:00"}
+    result["kernels"] = "integer"
+    cell.write_text(json.dumps(result))
+    rows = {r["model"]: r for r in collect_results(run, grids=False)["rows"]}
+    seeds = [json.loads((run / f"breastmnist/small_cnn/seed{s}/fp32/result.json").read_text()) for s in (0, 1)]
+    assert np.isclose(rows["fp32"]["sensitivity_at_op_std"], np.std([s["sensitivity_at_op"] for s in seeds]))
+    assert rows["pact-4"]["latency_cpus"] == 2 and rows["fp32"]["latency_cpus"] == 1
+    assert rows["pact-4"]["throughput_definition"] == "mixed" and rows["fp32"]["throughput_definition"] == "median"
+    assert rows["pact-4"]["kernels"] == "integer (1 of 2 seeds recorded)" and rows["fp32"]["kernels"] == "float"
+    table = results_table(list(rows.values()))
+    assert "sens. @ op std" in table and "timed on (CPUs)" in table and "img/s by" in table
+    for r in rows.values():
+        r["latency_cpus"], r["throughput_definition"] = 1, "total"
+    table = results_table(list(rows.values()))  # nothing mixed: the columns stay out
+    assert "timed on (CPUs)" not in table and "img/s by" not in table
+
+
+def test_the_glossary_explains_only_columns_the_report_shows_and_the_header_names_the_splits(tmp_path):
+    """A CIFAR-10 report described sensitivity and operating points it had no column for, and never said its
+    validation images were held out of training (which matters beside published figures)."""
+    from qsal.study.report.tables import glossary_entries
+
+    results = _results(tmp_path, with_arrays=False)
+    rows = [{k: v for k, v in r.items() if k not in ("sensitivity", "specificity", "sensitivity_at_op",
+                                                     "specificity_at_op", "threshold", "positive_class")}
+            | {"dataset": "cifar10"} for r in results["rows"]]
+    terms = [t for t, _ in glossary_entries(rows)]
+    assert "Sensitivity / specificity" not in terms and "Operating point" not in terms and "AUC" in terms
+    assert "Sensitivity / specificity" in [t for t, _ in glossary_entries([{**rows[0], "sensitivity": 0.8}])]
+    write_report(tmp_path / "r", {**results, "rows": rows})
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "validation a seeded 10% of the training images (held out of training)" in md
+    assert "**Sensitivity / specificity**" not in md

@@ -15,6 +15,10 @@ from qsal.study.rundir import load_npy, read_json
 __all__ = ["collect_results", "report_run"]
 
 
+# b64 img/s before this time (UTC, as result.json's environment records it): the batch over the median call, which
+# reads higher on a busy CPU; from it, the images scored over the total time the timed calls took (commit 8fc2cb4)
+THROUGHPUT_REDEFINED = "2026-11-28T10:27"
+
 _RESULT_KEYS = ("id", "dataset", "model", "kind", "bits", "observer", "seed", "label")
 # the measured fields a report averages, plots or divides by: each is null or a finite number (size_bytes above 0)
 _NUMBER_KEYS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
@@ -126,17 +130,31 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         # "model" names the row (the method alone in a study of one dataset and one network); the three parts too
         row = {"model": f"{ds}/{model}/{label}" if multi else label, "dataset": ds, "network": model, "method": label,
                "seeds": len(rs), "seed_ids": ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))}
-        kernels = {r["kernels"] for r in rs if r.get("kernels")}  # one network and method: the same for every seed
+        # one network and method: the same for every seed. An FP32 file runs on float kernels by construction; a
+        # quantized cell made before qsal recorded it is unknown, and a row where only some seeds say is marked so
+        per_seed = [r.get("kernels") or ("float" if r.get("kind") in ("fp32", "sgt") else None) for r in rs]
+        kernels = {k for k in per_seed if k}
         if kernels:
-            row["kernels"] = " / ".join(sorted(kernels))
+            known = sum(k is not None for k in per_seed)
+            row["kernels"] = " / ".join(sorted(kernels)) + (f" ({known} of {len(rs)} seeds recorded)"
+                                                            if known < len(rs) else "")
         for k in ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
                   "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap",
                   "deletion_auc", "insertion_auc", "agreement_spearman", "gini"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 row[k] = float(np.mean(vals))
-                if len(rs) > 1 and k in ("test_auc", "test_acc", "faithfulness_gap"):
+                if len(rs) > 1 and k in ("test_auc", "test_acc", "sensitivity_at_op", "specificity_at_op",
+                                         "faithfulness_gap"):
                     row[k + "_std"] = float(np.std(vals))
+        # throughput's definition changed at THROUGHPUT_REDEFINED: each seed's by when it was measured
+        defined = {"median" if str((r.get("environment") or {}).get("utc") or "") < THROUGHPUT_REDEFINED else "total"
+                   for r in rs if r.get("throughput_b64") is not None}
+        if defined:
+            row["throughput_definition"] = defined.pop() if len(defined) == 1 else "mixed"
+        # latency is comparable within one CPU only: a row whose seeds were timed on several says how many
+        timed_on = {(r.get("environment") or {}).get("cpu") for r in rs if r.get("latency_b1_ms") is not None}
+        row["latency_cpus"] = len(timed_on)
         # per seed, for paired comparisons (a quantized seed against its own seed's float model)
         row["test_acc_by_seed"] = {f"seed{r['seed']}": r["test_acc"] for r in rs if r.get("test_acc") is not None}
         # validation AUC of each seed's artifact (None: made before result.json recorded it), for choosing on validation
@@ -312,6 +330,11 @@ def report_run(run_dir: str | Path) -> dict:
                                             "stale", "unfinished", "running") if k in collected}}
     if schedule:
         results["schedule"] = schedule
+    measure = cfg.get("measure") if isinstance(cfg.get("measure"), dict) else {}
+    if measure.get("saliency", True) and isinstance(measure.get("n_explain"), int):
+        # the explanation columns are measured on a sample, on the PyTorch model: the header says which
+        results["explanations"] = (f"{measure['n_explain']} test images per cell (or its whole test split if smaller), "
+                                   "each cell's PyTorch model, |input gradient| maps")
     if "saliency" not in results:
         results["saliency_grids"] = collected["grids"]
     return {**write_report(run_dir, results), "status_notes": _status_notes(collected)}

@@ -20,7 +20,7 @@ from qsal._atomic import write_text_atomic
 from qsal.metrics.operating_point import describe_operating_point
 from qsal.study.report.plots import ci_plot, diagnostics_plot, tradeoff_plot
 from qsal.study.report.saliency import saliency_figures
-from qsal.study.report.tables import (GLOSSARY, environment_table, glossary_markdown, machines_table,
+from qsal.study.report.tables import (environment_table, glossary_entries, glossary_markdown, machines_table,
                                      md_to_html_table, results_table, results_text_table)
 
 __all__ = ["write_report"]
@@ -51,14 +51,19 @@ def _operating_point(op: dict | None) -> str | None:
 def _common_rule(rows: list[dict]) -> str:
     """How every model's threshold was chosen, when they share it: ``, each by youden on the validation split with
     the PyTorch model's scores`` (empty when the rows differ or do not record it)."""
-    how = {(op.get("rule"), op.get("chosen_on"), op.get("scores")) for r in rows
-           if isinstance(op := r.get("operating_point"), dict) and op.get("threshold") is not None}
+    ops = [op for r in rows if isinstance(op := r.get("operating_point"), dict) and op.get("threshold") is not None]
+    how = {(op.get("rule"), op.get("chosen_on")) for op in ops}
     if len(how) != 1:
         return ""
-    rule, chosen, scores = how.pop()
+    rule, chosen = how.pop()
     if chosen in ("fixed", "fixed default") or not rule or not chosen:
         return ""
-    return f", each by {rule} on the {chosen} split" + (f" with the {scores}'s scores" if scores else "")
+    # whose scores chose it is recorded by newer cells only: an older cell's silence must not hide the rule and split
+    scores = {op.get("scores") for op in ops}
+    recorded = sorted(x for x in scores if x)
+    said = "" if len(recorded) != 1 else f" with the {recorded[0]}'s scores" + (
+        " (where recorded)" if None in scores else "")
+    return f", each by {rule} on the {chosen} split" + said
 
 
 def _positive_per_dataset(rows: list[dict]) -> str | None:
@@ -80,6 +85,23 @@ def _classes(names: list[str]) -> str | None:
     return " · ".join(f"{i}: {n}" for i, n in enumerate(names))
 
 
+def _splits(rows: list[dict]) -> str | None:
+    """Where each dataset's validation split came from (CIFAR-10 and MNIST hold 10 % of training out, which matters
+    beside published figures trained on all of it); None for rows that do not name a table dataset."""
+    from qsal.data import describe_splits
+    from qsal.errors import QsalError
+
+    said = {}
+    for ds in dict.fromkeys(r.get("dataset") for r in rows if isinstance(r.get("dataset"), str)):
+        try:
+            said[ds] = describe_splits(ds)
+        except QsalError:
+            continue
+    if len(set(said.values())) == 1:
+        return next(iter(said.values()))
+    return "; ".join(f"{ds}: {text}" for ds, text in said.items()) or None
+
+
 def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     env = results.get("environment") or {}
     versions = env.get("versions") or {}
@@ -91,10 +113,11 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
         positive = f"{names[1]} (label 1, the evaluator's default; not chosen for this report)"
     items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
-             ("classes", _classes(names)),
+             ("splits", _splits(rows)), ("classes", _classes(names)),
              ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
              ("operating point", op_text),
              ("architecture", results.get("architecture")), ("schedule", results.get("schedule")),
+             ("explanation columns", results.get("explanations")),
              ("source", results.get("source")),
              ("date (UTC)", (env.get("utc") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))[:16]
               .replace("T", " ")),
@@ -262,7 +285,7 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
     machines = results.get("machines") or []
     if machines:
         md += ["", "## Where the cells ran", "", machines_table(machines)]
-    md += ["", "## Glossary", "", glossary_markdown(), "", "## Environment (the machine that wrote this report)", "", environment_table(env)]
+    md += ["", "## Glossary", "", glossary_markdown(rows), "", "## Environment (the machine that wrote this report)", "", environment_table(env)]
     md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
 
     body = [f"<h1>{html.escape(title)}</h1>", "<p class='meta'>" + " · ".join(
@@ -290,7 +313,8 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
     if unfinished:
         body += ["<h2>Not finished</h2>", f"<p class='note'>{html.escape(pending_note)} "
                  + ", ".join(f"<code>{html.escape(c)}</code>" for c in unfinished) + "</p>"]
-    body += ["<h2>Glossary</h2><dl>"] + [f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in GLOSSARY]
+    body += ["<h2>Glossary</h2><dl>"] + [f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>"
+                                        for t, d in glossary_entries(rows)]
     body += ["</dl>"]
     if machines:
         body += ["<h2>Where the cells ran</h2>", md_to_html_table(machines_table(machines))]

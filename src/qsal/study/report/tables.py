@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import html
 
-__all__ = ["COLUMNS", "GLOSSARY", "results_table", "results_text_table", "environment_table", "glossary_markdown", "md_to_html_table",
+__all__ = ["COLUMNS", "GLOSSARY", "glossary_entries", "results_table", "results_text_table", "environment_table", "glossary_markdown", "md_to_html_table",
            "format_cell"]
 
 COLUMNS = [("model", "model"), ("seed_ids", "seeds"), ("scored", "scored as"), ("test_auc", "AUC"),
            ("test_auc_std", "AUC std"), ("auc_ci", "AUC 95% CI"), ("test_acc", "ACC"), ("test_acc_std", "ACC std"),
            ("acc_ci", "ACC 95% CI"), ("sensitivity", "sens. @ 0.5"), ("specificity", "spec. @ 0.5"),
-           ("sensitivity_at_op", "sens. @ op"), ("specificity_at_op", "spec. @ op"), ("threshold", "op threshold"),
+           ("sensitivity_at_op", "sens. @ op"), ("sensitivity_at_op_std", "sens. @ op std"),
+           ("specificity_at_op", "spec. @ op"), ("specificity_at_op_std", "spec. @ op std"), ("threshold", "op threshold"),
            ("ece", "ECE"),
            ("pytorch_acc", "PyTorch ACC"), ("size_bytes", "ONNX size"), ("size_ratio", "size vs FP32"),
-           ("kernels", "runs on"), ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"), ("faithfulness_gap", "faithfulness gap"),
+           ("kernels", "runs on"), ("latency_b1_ms", "b1 p50 ms"), ("throughput_b64", "b64 img/s"),
+           ("throughput_definition", "img/s by"), ("latency_cpus", "timed on (CPUs)"), ("faithfulness_gap", "faithfulness gap"),
            ("faithfulness_gap_std", "gap std"), ("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC ↑"),
            ("agreement_spearman", "map ρ vs ref."), ("gini", "Gini")]
 
@@ -35,7 +37,9 @@ GLOSSARY = [
     ("Operating point", "The decision threshold on the positive-class probability (0.5 unless a rule chose "
                         "another one on the validation split); '@ op' columns are measured there, '@ 0.5' ones at "
                         "probability 0.5. Each model has its own ('op threshold'; a row of several seeds shows its "
-                        "first seed's, the seed its plots and captions show), which the deployed file applies."),
+                        "first seed's, the seed its plots and captions show), which the deployed file applies. In a "
+                        "row of several seeds, each seed decides at its own threshold: '@ op' is the mean of those "
+                        "seeds' figures ('@ op std' their spread), not the figure at the threshold shown."),
     ("Explanation columns", "Faithfulness gap, deletion/insertion AUC, Gini and map ρ: in a `qsal run` report, "
                             "measured on each cell's PyTorch model (a quantized cell's fake-quantized forward, the "
                             "grid the deployed file computes on) with |input gradient| maps; in a report of files, "
@@ -43,30 +47,35 @@ GLOSSARY = [
                             "when one has no checkpoint) and the removal curves run the ONNX files."),
     ("ECE", "Expected calibration error: the gap between confidence and accuracy, averaged over 15 equal-width "
             "confidence bins weighted by their size. 0 means the probabilities can be read as frequencies."),
-    ("Scored as", "'onnx': the metrics are the exported ONNX file's, run by onnxruntime (the artifact that would "
-                  "be deployed), not the PyTorch model's it came from."),
+    ("Scored as", "'ONNX artifact': the metrics are the exported ONNX file's, run by onnxruntime (the artifact "
+                  "that would be deployed), not the PyTorch model's it came from; 'PyTorch model': the checkpoint's."),
     ("PyTorch ACC", "Test accuracy of the PyTorch model the ONNX file was exported from (a quantized cell's "
                     "fake-quantized model), beside the file's own: a gap between the two is what export changed."),
     ("Size vs FP32", "ONNX file size divided by the FP32 model's. Sizes are in KiB/MiB (1 KiB = 1,024 bytes)."),
     ("Latency / throughput", "Median time for one image on one thread (batch 1), and images per second at "
-                             "batch 64 (the images scored over the time the timed calls took; results measured "
-                             "before 2026-11-28 10:27 UTC, every committed study row so far among them, divided the "
-                             "batch by the median call, which reads higher on a busy "
-                             "CPU), each measured in a fresh process on the machine that ran the cell ('Where the cells ran'; "
-                             "a report of files: the environment table); the ONNX "
-                             "graph's forward pass only, no image decoding."),
+                             "batch 64: 'img/s by' says how, 'total' = the images scored over the time the timed calls "
+                             "took; 'median' = the batch over the median call (cells measured before 2026-11-28 10:27 "
+                             "UTC), which reads higher on a busy CPU; 'mixed' = seeds of both. Each cell is measured in "
+                             "a fresh process on the machine that ran it ('Where the cells ran'; a report of files: "
+                             "the environment table); a row whose seeds ran on several CPUs says how many ('timed on'): "
+                             "its mean mixes machines. The ONNX graph's forward pass only, no image decoding."),
     ("Runs on", "What onnxruntime runs the deployed file on, as its export measured on onnxruntime's optimised graph: "
                 "'integer' (QLinearConv/QGemm kernels), 'float' (an FP32 file), 'float, dequantized per call' "
                 "(weight-only: smaller file, but every call dequantizes the weights, so it is slower than FP32), "
-                "'integer + float' (layers kept in FP32)."),
+                "'integer + float' (layers kept in FP32); '—' or 'k of N seeds recorded': cells exported before "
+                "qsal recorded it."),
     ("Pareto front", "Models that no other model beats on both axes. Here a model counts as beaten only when "
-                     "another is at least as small (or fast) and not worse beyond its 95% CI, so models that tie "
-                     "within their CIs are not separated."),
+                     "another is at least as small (or, within 10 %, as fast: latency is noisy) and not worse "
+                     "beyond its 95% CI, so models that tie within their CIs are not separated. The bars are the "
+                     "CIs, widened where a row's mean over seeds lies outside its first seed's CI to reach it."),
     ("Faithfulness gap", "Test accuracy after removing the most salient pixels compared with removing as many "
                          "random pixels, averaged over removal fractions: mean accuracy (random removal) minus "
                          "mean accuracy (salient removal). Larger means the map points at pixels the model uses; "
                          "near 0, the map is no better than chance, or the model's accuracy does not move when "
-                         "pixels go (a model that gives one class to every image scores 0 whatever its maps)."),
+                         "pixels go (a model that gives one class to every image scores 0 whatever its maps); below "
+                         "0, removing the salient pixels hurts less than removing random ones (the map points away "
+                         "from what the model uses, or the removal fill itself is evidence for the class). "
+                         "Measured on the sample the header names, not the whole test split."),
     ("Deletion / insertion AUC", "Area under the probability curve as salient pixels are removed (deletion, "
                                  "lower is better) or added to a blank image (insertion, higher is better)."),
     ("Gini", "Gini index of the map's absolute values: 0 spreads attribution evenly over all pixels, 1 puts it "
@@ -104,7 +113,11 @@ def _named_columns(rows: list[dict], columns) -> list[tuple[str, str]]:
     about = f" (positive: {positives.pop()})" if len(positives) == 1 else ""  # specificity is the other class's recall
     named = {"sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op"}
     return [(k, h.replace(".", "." + about, 1) if k in named and about else h) for k, h in columns
-            if any(r.get(k) is not None for r in rows)]
+            if any(r.get(k) is not None for r in rows)
+            # shown only where some row's seeds were timed on several CPUs (their mean mixes machines), and where
+            # some row's throughput is not today's definition
+            and (k != "latency_cpus" or any((r.get(k) or 0) > 1 for r in rows))
+            and (k != "throughput_definition" or any(r.get(k) not in (None, "total") for r in rows))]
 
 
 def results_table(rows: list[dict], columns=COLUMNS) -> str:
@@ -143,8 +156,32 @@ def machines_table(machines: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def glossary_markdown() -> str:
-    return "\n".join(f"- **{term}**: {text}" for term, text in GLOSSARY)
+# the columns an entry explains: it is printed only in a report that shows one of them (a CIFAR-10 report described
+# sensitivity and operating points it has no column for); entries not listed here are about every report
+_GLOSSARY_COLUMNS = {
+    "Sensitivity / specificity": {"sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op"},
+    "Operating point": {"threshold", "sensitivity_at_op", "specificity_at_op"},
+    "Explanation columns": {"faithfulness_gap", "deletion_auc", "insertion_auc", "gini", "agreement_spearman"},
+    "ECE": {"ece"}, "Scored as": {"scored"}, "PyTorch ACC": {"pytorch_acc"}, "Size vs FP32": {"size_ratio"},
+    "Latency / throughput": {"latency_b1_ms", "throughput_b64"}, "Runs on": {"kernels"},
+    "Faithfulness gap": {"faithfulness_gap"}, "Deletion / insertion AUC": {"deletion_auc", "insertion_auc"},
+    "Gini": {"gini"}, "Map ρ (Spearman)": {"agreement_spearman", "most_changed"},
+    "Top-10% IoU": {"agreement_spearman", "most_changed"}, "SSIM": {"agreement_spearman"},
+}
+
+
+def glossary_entries(rows: list[dict] | None = None) -> list[tuple[str, str]]:
+    """The glossary's ``(term, text)`` entries for a report of ``rows`` (every entry without rows)."""
+    if rows is None:
+        return list(GLOSSARY)
+    shown = {k for k, _ in _named_columns(rows, COLUMNS)}
+    if any(r.get("most_changed") for r in rows):  # the table of images whose explanation changed most
+        shown.add("most_changed")
+    return [(t, d) for t, d in GLOSSARY if t not in _GLOSSARY_COLUMNS or _GLOSSARY_COLUMNS[t] & shown]
+
+
+def glossary_markdown(rows: list[dict] | None = None) -> str:
+    return "\n".join(f"- **{term}**: {text}" for term, text in glossary_entries(rows))
 
 
 def md_to_html_table(md: str) -> str:
