@@ -277,7 +277,6 @@ def test_a_run_folders_rows_show_seed_spread_at_the_operating_point_machines_and
     import json
     import shutil
 
-    from qsal.study.report.tables import results_table
     from qsal.study.results import THROUGHPUT_REDEFINED, collect_results
 
     run = tmp_path / "run"
@@ -317,3 +316,26 @@ def test_the_glossary_explains_only_columns_the_report_shows_and_the_header_name
     md = (tmp_path / "r" / "report.md").read_text()
     assert "validation a seeded 10% of the training images (held out of training)" in md
     assert "**Sensitivity / specificity**" not in md
+
+
+def test_a_ten_class_confusion_matrix_keeps_each_count_in_its_cell_and_names_apart(tmp_path, monkeypatch):
+    """CIFAR-10's diagnostics: 3-digit counts at 10 pt ran into their neighbours, and class names overlapped."""
+    import qsal.study.report.plots as plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure_atomic", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 1000)
+    probs = rng.random((10000, 10)) + np.eye(10)[y] * 3
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    plots.diagnostics_plot("fp32", y, probs / probs.sum(1, keepdims=True), names, tmp_path / "d.png")
+    fig = drawn["fig"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    cell = ax.transData.transform((1, 0))[0] - ax.transData.transform((0, 0))[0]  # px per cell
+    counts = [t for t in ax.texts if t.get_text().isdigit()]
+    assert len(counts) == 100 and max(len(t.get_text()) for t in counts) >= 3
+    assert all(t.get_window_extent(renderer).width < cell for t in counts)
+    ticks = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels()), key=lambda b: b.x0)
+    assert all(a.x1 <= b.x1 and a.y0 <= b.y0 + cell for a, b in zip(ticks, ticks[1:]))  # slanted, in order

@@ -149,9 +149,17 @@ def diagnostics_plot(model: str, y_true: np.ndarray, probs: np.ndarray, class_na
     ax = axes[0]
     ax.imshow(cm, cmap="Blues")
     short = [c if len(c) <= 14 else c[:13] + "…" for c in class_names]
+    # a count fits its cell: a 10-class matrix of 3-digit counts ran into its neighbours at 10 pt (a digit is about
+    # 0.6 of the point size wide; the matrix is about 2 in wide at this figure size, 85 % of a cell for the text)
+    digits = len(str(int(cm.max()))) if cm.size else 1
+    count_pt = float(np.clip(2.0 * 72 / k * 0.85 / (0.6 * digits), 5, 10))
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=10, c="white" if v > cm.max() / 2 else "black")
-    ax.set_xticks(range(k), short, fontsize=8, rotation=20 if k > 2 else 0)
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=count_pt,
+                c="white" if v > cm.max() / 2 else "black")
+    if k > 2:  # slanted names, anchored at their tick, do not overlap their neighbours
+        ax.set_xticks(range(k), short, fontsize=8 if k <= 5 else 7, rotation=45, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(range(k), short, fontsize=8)
     ax.set_yticks(range(k), short, fontsize=8)
     ax.set_xlabel("predicted", fontsize=9)
     ax.set_ylabel("true", fontsize=9)
@@ -178,8 +186,10 @@ def diagnostics_plot(model: str, y_true: np.ndarray, probs: np.ndarray, class_na
     if bins:
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", c="tab:blue", label="model")
         for b in bins:
-            ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), fontsize=6, xytext=(3, -9),
-                        textcoords="offset points")
+            # the last bins sit at the right edge: their counts go to the left of the point, inside the axes
+            right = b["confidence"] > 0.9
+            ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), fontsize=6, xytext=(-3 if right else 3, -9),
+                        textcoords="offset points", ha="right" if right else "left")
     ax.set_title(f"reliability: ECE {binned_ece if ece is None else ece:.3f} ({N_BINS} bins)", fontsize=9)
     ax.set_xlabel("confidence (top-class probability)", fontsize=9)
     ax.set_ylabel("accuracy in the bin", fontsize=9)
