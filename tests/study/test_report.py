@@ -339,3 +339,11 @@ def test_a_ten_class_confusion_matrix_keeps_each_count_in_its_cell_and_names_apa
     assert all(t.get_window_extent(renderer).width < cell for t in counts)
     ticks = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels()), key=lambda b: b.x0)
     assert all(a.x1 <= b.x1 and a.y0 <= b.y0 + cell for a, b in zip(ticks, ticks[1:]))  # slanted, in order
+
+
+def test_the_demos_header_names_its_splits_from_the_reports_dataset():
+    from qsal.study.report.html import _header
+
+    demo = dict(_header({"dataset": "mnist"}, [{"model": "fp32"}]))  # demo rows do not name their dataset
+    assert demo["splits"].endswith("validation a seeded 10% of the training images (held out of training)")
+    assert "splits" not in dict(_header({"dataset": "breastmnist, mnist"}, [{"model": "fp32"}]))  # a title, not a set

@@ -88,12 +88,14 @@ def _classes(names: list[str]) -> str | None:
 def _splits(rows: list[dict]) -> str | None:
     """Where each dataset's validation split came from (CIFAR-10 and MNIST hold 10 % of training out, which matters
     beside published figures trained on all of it); None for rows that do not name a table dataset."""
-    from qsal.data import describe_splits
+    from qsal.data import describe_splits, get_info
     from qsal.errors import QsalError
 
     said = {}
     for ds in dict.fromkeys(r.get("dataset") for r in rows if isinstance(r.get("dataset"), str)):
         try:
+            if not ds.startswith("folder:"):
+                get_info(ds)  # a name this qsal's table knows (a report title of several is not one)
             said[ds] = describe_splits(ds)
         except QsalError:
             continue
@@ -113,7 +115,8 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
         positive = f"{names[1]} (label 1, the evaluator's default; not chosen for this report)"
     items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
-             ("splits", _splits(rows)), ("classes", _classes(names)),
+             ("splits", _splits(rows if any(r.get("dataset") for r in rows) else [{"dataset": results.get("dataset")}])),
+             ("classes", _classes(names)),
              ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
              ("operating point", op_text),
              ("architecture", results.get("architecture")), ("schedule", results.get("schedule")),
