@@ -133,7 +133,7 @@ def test_the_header_and_the_change_table_give_the_deployed_decisions_figures(tmp
     assert [m["name"] for m in accuracy] == ["test accuracy at 0.5", "test accuracy at the operating point"]
     assert accuracy[1]["value"] == round(scored["accuracy_at_op"], 4)
     lo, hi = scored["ci"]["ppv_at_op"]
-    assert f"| PPV (precision (positive: malignant)) at the operating point | {scored['ppv_at_op']:.3f} | {lo:.3f}–{hi:.3f} |" in text
+    assert f"| PPV (precision; positive: malignant) at the operating point | {scored['ppv_at_op']:.3f} | {lo:.3f}–{hi:.3f} |" in text
     assert f"| NPV at the operating point | {scored['npv_at_op']:.3f} |" in text
     (tn_m, fn_m), (fp_b, tp_b) = scored["confusion_at_op"]  # rows: malignant, benign (true); columns: decided
     assert f"| malignant | {tn_m} | {fn_m} |" in text and f"| normal, benign | {fp_b} | {tp_b} |" in text

@@ -285,7 +285,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                 (f"specificity{about} at 0.5", "specificity"),
                 (f"sensitivity{about} at the operating point", "sensitivity_at_op"),
                 (f"specificity{about} at the operating point", "specificity_at_op"),
-                (f"PPV (precision{about}) at the operating point", "ppv_at_op"),
+                ("PPV (precision" + (f"; positive: {positive}" if positive else "") + ") at the operating point",
+                 "ppv_at_op"),
                 ("NPV at the operating point", "npv_at_op"), ("accuracy at the operating point", "accuracy_at_op"),
                 (f"balanced accuracy{at_argmax}", "balanced_accuracy"), (f"macro F1{at_argmax}", "macro_f1"),
                 ("ECE (calibration error, 15 bins)", "ece"), ("temperature", "temperature")]
