@@ -335,3 +335,16 @@ def test_a_table_column_groups_thousands_alike(capsys):
     assert [line.split()[-1] for line in lines[1:]] == ["8,479", "12,342", "812.5"]
     print_rows([{"seed": 2026, "n": 5}])  # no number needs separators: none get them
     assert capsys.readouterr().out.splitlines()[1].split() == ["2026", "5"]
+
+
+def test_evaluate_table_of_a_multi_class_model_has_no_binary_decision_rows():
+    import numpy as np
+
+    from qsal.cli.output import metrics_table
+    from qsal.metrics import compute_metrics
+
+    rng = np.random.default_rng(0)
+    m = compute_metrics(rng.integers(0, 3, 60), rng.normal(size=(60, 3)), "multi-class", class_names=["a", "b", "c"],
+                        n_bootstrap=0).to_dict()
+    table = metrics_table(m)
+    assert not [k for k in table if "@ op" in k or "prevalence" in k or "PPV" in k or k == "95% CI methods"]

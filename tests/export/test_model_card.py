@@ -93,7 +93,7 @@ def test_card_has_the_mitchell_sections_with_real_numbers(pact_card):
     assert "| test | 156 | 42 (27%) | 114 (73%) |" in text  # class balance
     assert "| faithfulness_gap | 0.123 |" in text and "0.123456789" not in text  # rounded, and explained
     assert "positive class: **normal, benign**" in text  # the metrics above take label 1 as positive
-    assert ("95% CIs: AUC and accuracy by the percentile bootstrap, 200 resamples, seed 0; sensitivity, specificity by "
+    assert ("95% CIs: AUC and accuracy at 0.5 by the percentile bootstrap, 200 resamples, seed 0; sensitivity, specificity by "
             "the Wilson score interval") in text
 
 
@@ -233,3 +233,20 @@ def test_a_card_says_where_its_splits_came_from(tmp_path, breast_folder, name, s
     assert ("MedMNIST v2, Scientific Data" in text) is cited
     tags = _front_matter(text)["tags"]
     assert tags.count("fp32") == 1 and len(tags) == len(set(tags))
+
+
+def test_an_undefined_ppv_is_shown_with_its_reason_and_the_caveat_names_both_ci_methods(tmp_path):
+    path = export_onnx(create_model("small_cnn", 2, 1).eval(), tmp_path / "m.onnx", input_shape=(1, 28, 28),
+                       meta={"data": DATA}, check_untrained=False)
+    y = np.array([0, 1] * 20)
+    op = {"rule": "fixed", "threshold": 0.99999, "chosen_on": "fixed"}
+    scored = compute_metrics(y, np.zeros((40, 2)), "binary-class", positive_label=0, operating_point=op,
+                             n_bootstrap=20).to_dict()
+    meta = {"dataset": DATA, "arch": {"name": "small_cnn", "num_classes": 2, "in_channels": 1, "image_size": 28},
+            "quant": {"method": "fp32"}}
+    write_model_card(path, meta, None, None, None, artifact_metrics=scored)
+    text = path.with_suffix(".card.md").read_text()
+    assert ("| PPV (precision; positive: malignant) at the operating point | undefined (no image was decided positive "
+            "at the operating point) |") in text
+    assert "confidence intervals (percentile bootstraps for AUC and accuracy at 0.5, Wilson intervals" in text
+    assert "95% CIs: AUC and accuracy at 0.5 by the percentile bootstrap" in text

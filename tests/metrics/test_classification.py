@@ -114,6 +114,16 @@ def test_decision_metrics_at_the_operating_point_for_positive_label_0():
     assert d["ppv_at_op"] == m.ppv_at_op and d["ci"]["npv_at_op"] is not None
 
 
+def test_an_undefined_ppv_says_no_image_was_decided_positive_not_that_a_class_is_missing():
+    y = np.array([0, 1] * 5)
+    logits = np.zeros((10, 2))
+    m = compute_metrics(y, logits, TASK_BINARY, positive_label=1,
+                        operating_point={"rule": "fixed", "threshold": 0.99, "chosen_on": "fixed"}, n_bootstrap=0)
+    d = m.to_dict()
+    assert d["ppv_at_op"] is None and d["undefined"]["ppv_at_op"] == "no image was decided positive at the operating point"
+    assert d["npv_at_op"] == 0.5 and "npv_at_op" not in d["undefined"]
+
+
 def test_labels_shaped_n_by_1_give_the_same_numbers():
     """Finding 6: the official (N, 1) label shape gave a wrong ACC and crashed the bootstrap."""
     rng = np.random.default_rng(5)

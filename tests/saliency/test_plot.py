@@ -57,3 +57,14 @@ def test_explain_rows_show_the_positive_probability_against_the_threshold():
     assert _why(np.array([0.368, 0.632]), 0, "binary-class", decision, names) == "\np(malignant) 0.368 >= 0.366"
     assert _why(np.array([0.301, 0.699]), 1, "binary-class", decision, names) == "\np(malignant) 0.301 < 0.366"
     assert _why(np.array([0.2, 0.7, 0.1]), 1, "multi-class", None, ["a", "b", "c"]) == " 0.70"
+
+
+def test_explain_rows_give_a_small_threshold_the_digits_that_tell_it_apart():
+    """A Youden threshold of 0.00047 read "p(malignant) 0.000 < 0.000"."""
+    from qsal.cli.explain import _why
+
+    names = ["malignant", "normal, benign"]
+    tiny = {"positive_label": 0, "operating_point": {"threshold": 0.00047}}
+    assert _why(np.array([0.0003, 0.9997]), 1, "binary-class", tiny, names) == "\np(malignant) 0.0003 < 0.00047"
+    close = {"positive_label": 0, "operating_point": {"threshold": 0.36545}}
+    assert _why(np.array([0.3654, 0.6346]), 1, "binary-class", close, names) == "\np(malignant) 0.3654 < 0.36545"

@@ -250,7 +250,11 @@ def _why(probs: np.ndarray, predicted: int, task: str, decision: dict | None, na
         pos = int((decision or {}).get("positive_label", 1))
         threshold = float(op["threshold"])
         sign = ">=" if probs[pos] >= threshold else "<"
-        return f"\np({names[pos][:16]}) {probs[pos]:.3f} {sign} {threshold:.3f}"
+        p, digits = float(probs[pos]), 3
+        # as many significant digits as tell the two apart (a Youden threshold of 0.00123 is not "0.000")
+        while digits < 8 and p != threshold and f"{p:.{digits}g}" == f"{threshold:.{digits}g}":
+            digits += 1
+        return f"\np({names[pos][:16]}) {p:.{digits}g} {sign} {threshold:.{digits}g}"
     return f" {probs[predicted]:.2f}"
 
 

@@ -115,9 +115,14 @@ def metrics_table(m: dict) -> dict:
                "confusion": f"confusion{at} (true x predicted" + (f": {' | '.join(names)})" if names else ")"),
                "confusion_at_op": "confusion @ op (true x decided" + (f": {' | '.join(names)})" if names else ")"),
                "prevalence": f"prevalence of {pos} (PPV/NPV hold at it)", "ci_method": "95% CI methods"}
+    # the decision's figures exist for a binary model with an operating point only: elsewhere they are not "—" rows
+    binary_only = {"ppv_at_op", "npv_at_op", "accuracy_at_op", "confusion_at_op", "prevalence", "sensitivity_at_op",
+                   "specificity_at_op"}
     out = {}
     for k, v in m.items():
         if k in ("reliability", "artifact") or (k == "undefined" and not v):
+            continue
+        if (k in binary_only and task != "binary-class") or (k in ("ci_method", "confusion_at_op") and not v):
             continue
         if k == "operating_point" and isinstance(v, dict) and v.get("threshold") is not None:
             from qsal.metrics.operating_point import describe_operating_point  # qsal.metrics loads torch: not at startup

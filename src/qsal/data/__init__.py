@@ -139,4 +139,5 @@ def dataset_status_table(rows: list[dict]) -> list[dict]:
     return [{"name": r["name"], "task": r["task"], "channels": r["channels"], "classes": r["classes"],
              "positive class": f"{r['positive_class']} (label {r['positive_label']})" if r["positive_class"] else "—",
              "train/val/test": "/".join(str(r["splits"][s]) for s in ("train", "val", "test")),
-             "found": r["path"] or "not found", "md5": r["md5"] or "-"} for r in rows]
+             "found": r["path"] or "not found",
+             "md5": "MISMATCH" if r["md5"] == "mismatch" else r["md5"] or "-"} for r in rows]  # a bad file stands out

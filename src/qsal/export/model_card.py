@@ -95,7 +95,7 @@ def _ci_methods(m: dict | None) -> str:
     parts = []
     bootstrap = sorted({v for v in methods.values() if v != "Wilson score"})
     if bootstrap:
-        parts.append(f"AUC and accuracy by the {' / '.join(bootstrap)}")
+        parts.append(f"AUC and accuracy at 0.5 by the {' / '.join(bootstrap)}")
     if "Wilson score" in methods.values():
         parts.append("sensitivity, specificity" + (", PPV, NPV and accuracy at the operating point"
                                                    if "ppv_at_op" in methods else "")
@@ -290,8 +290,11 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                 ("NPV at the operating point", "npv_at_op"), ("accuracy at the operating point", "accuracy_at_op"),
                 (f"balanced accuracy{at_argmax}", "balanced_accuracy"), (f"macro F1{at_argmax}", "macro_f1"),
                 ("ECE (calibration error, 15 bins)", "ece"), ("temperature", "temperature")]
-        md += _table(("metric", "value", "95% CI"), [(label, scored[k], _ci(scored, k)) for label, k in keys
-                                                     if scored.get(k) is not None])
+        undefined = scored.get("undefined") or {}
+        # an operating-point figure with no value says why (no image decided positive: no PPV), not vanish
+        md += _table(("metric", "value", "95% CI"), [
+            (label, scored[k] if scored.get(k) is not None else f"undefined ({undefined[k]})", _ci(scored, k))
+            for label, k in keys if scored.get(k) is not None or (k.endswith("_at_op") and k in undefined)])
         md += _operating_point_outcomes(scored, classes, positive)
         md += ["## Factors", "", f"Per-class recall{at_argmax} (how often images of each class are recognised"
                + ("; at the operating point, sensitivity and specificity above" if binary else "") + "); other factors "
@@ -333,8 +336,11 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
         md += ["Not measured (`qsal demo`, `qsal run` and `qsal report` measure them).", ""]
     caveats = [("Metrics come from the test part of one image folder" if str(data.get("name")).startswith("folder:")
                 else "Metrics come from one public test split of low-resolution images")
-               + "; confidence intervals are percentile bootstraps over that split and do not cover other sites or "
-               "shifts.", *_CAVEATS]
+               + "; confidence intervals (" + ("percentile bootstraps for AUC and accuracy at 0.5, Wilson intervals "
+                                               "for proportions at a fixed threshold" if "Wilson score" in
+                                               ((scored or {}).get("ci_method") or {}).values() else
+                                               "percentile bootstraps") +
+               ") are over that split and do not cover other sites or shifts.", *_CAVEATS]
     md += ["## Caveats and recommendations", ""] + [f"- {t}" for t in caveats] + [""]
     if data.get("name") in MEDMNIST_NAMES:  # MNIST and CIFAR-10 are not MedMNIST's
         md += ["## Citation", "", "Data: Yang et al., MedMNIST v2, Scientific Data 10, 41 (2023) and the subset's source. "

@@ -244,6 +244,10 @@ def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_
                     value, proportion_ci[f"{key}_at_op"] = at_op[key]
                     setattr(m, f"{key}_at_op", value)
                 m.confusion_at_op = at_op["confusion"]
+                # both classes present, but no decision of one kind: not "a class is missing"
+                for key, side in (("ppv_at_op", "positive"), ("npv_at_op", "negative")):
+                    if math.isnan(getattr(m, key)):
+                        m.undefined[key] = f"no image was decided {side} at the operating point"
     if n_bootstrap > 0:
         m.ci = _bootstrap(y, scores, task, n_bootstrap, seed)
         m.ci_method = {k: f"percentile bootstrap, {n_bootstrap} resamples, seed {seed}" for k in m.ci}
