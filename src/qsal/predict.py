@@ -21,7 +21,7 @@ import numpy as np
 from qsal.errors import QsalError, printable_path
 from qsal.runtime import Runtime
 
-__all__ = ["image_files", "load_predictor", "predict_paths", "format_predictions", "CheckpointRuntime"]
+__all__ = ["image_files", "load_predictor", "predict_paths", "read_or_skip", "format_predictions", "CheckpointRuntime"]
 
 
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
@@ -104,6 +104,22 @@ def load_predictor(model: str | os.PathLike, threads: int | None = None) -> Runt
     raise QsalError(f"{model} is neither an .onnx file nor a .safetensors checkpoint written by qsal")
 
 
+def read_or_skip(read, path, notes: dict, skip_unreadable: bool, others: bool, skipped: list, what: str):
+    """``read(path, notes)``, the image's pixels; for an image that cannot be read, with ``skip_unreadable`` ``None``
+    and ``{"file", "reason"}`` appended to ``skipped`` (a name that is not valid UTF-8 written with \\x escapes),
+    else the error, naming ``--skip-unreadable`` when ``others`` could still be used (``what`` it does then)."""
+    try:
+        return read(path, notes)
+    except QsalError as e:
+        if not skip_unreadable:
+            if others:
+                raise QsalError(f"{e} (or skip it: --skip-unreadable, {what} and lists the ones it could not "
+                                "use)") from None
+            raise
+        skipped.append({"file": printable_path(str(path)), "reason": printable_path(str(e))})
+        return None
+
+
 def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathLike], threads: int | None = None,
                   skip_unreadable: bool = False) -> dict:
     """``{"model", "artifact", "decision", "classes", "predictions": [{"file", "probabilities", "predicted_class",
@@ -115,16 +131,9 @@ def predict_paths(model: str | os.PathLike | Runtime, paths: list[str | os.PathL
     files = image_files(paths)
     predictions, skipped, notes = [], [], {}
     for f in files:
-        try:
-            pixels = predictor.read_file(f, notes)
-        except QsalError as e:
-            if not skip_unreadable:
-                if len(files) > 1:  # the others could still be scored
-                    raise QsalError(f"{e} (or skip it: --skip-unreadable, skip_unreadable=True in Python, scores the "
-                                    "others and lists the ones it could not use)") from None
-                raise
-            # a name that is not valid UTF-8 (bytes from another system) is written with \x escapes
-            skipped.append({"file": printable_path(str(f)), "reason": printable_path(str(e))})
+        pixels = read_or_skip(predictor.read_file, f, notes, skip_unreadable, len(files) > 1, skipped,
+                              "skip_unreadable=True in Python, scores the others")
+        if pixels is None:
             continue
         predictions.append({"file": printable_path(str(f)),
                             **predictor.prediction(predictor.predict_proba(pixels)[0])})

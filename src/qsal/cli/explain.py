@@ -117,7 +117,7 @@ def _files(rt, images: list[str], skip_unreadable: bool = False):
     there); one that cannot be read stops it, or with ``skip_unreadable`` is listed under ``skipped``."""
     from qsal.data.folder import conversion_notes
     from qsal.errors import printable_path
-    from qsal.predict import image_files
+    from qsal.predict import image_files, read_or_skip
 
     files = image_files(images)
     if len(files) > MAX_IMAGES:
@@ -125,17 +125,10 @@ def _files(rt, images: list[str], skip_unreadable: bool = False):
     notes: dict[str, int] = {}
     read, used, skipped = [], [], []
     for f in files:
-        try:
-            read.append(rt.read_file(f, notes))
-        except QsalError as e:
-            if not skip_unreadable:
-                if len(files) > 1:  # the others could still be explained
-                    raise QsalError(f"{e} (or skip it: --skip-unreadable explains the others and lists the ones it "
-                                    "could not use)") from None
-                raise
-            skipped.append({"file": printable_path(str(f)), "reason": printable_path(str(e))})
-            continue
-        used.append(f)
+        pixels = read_or_skip(rt.read_file, f, notes, skip_unreadable, len(files) > 1, skipped, "explains the others")
+        if pixels is not None:
+            read.append(pixels)
+            used.append(f)
     if not used:
         raise QsalError(f"none of the {len(files)} images could be used; the first: {skipped[0]['reason']}")
     import sys
