@@ -20,9 +20,10 @@ COLUMNS = [("model", "model"), ("seed_ids", "seeds"), ("scored", "scored as"), (
            ("agreement_spearman", "map ρ vs ref."), ("gini", "Gini")]
 
 GLOSSARY = [
-    ("Seeds, mean and std", "A row with several seeds shows the mean over its finished seeds and, in the std "
-                            "columns, their population standard deviation (ddof 0, numpy's default); the sample "
-                            "standard deviation (ddof 1) is 1.22x that for 3 seeds, 1.41x for 2."),
+    ("Seeds, mean and std", "A row with several seeds shows the mean over its finished seeds (latency and "
+                            "throughput: the median, as the seeds time one network and differ by noise only) and, in "
+                            "the std columns, their population standard deviation (ddof 0, numpy's default); the "
+                            "sample standard deviation (ddof 1) is 1.22x that for 3 seeds, 1.41x for 2."),
     ("AUC", "Area under the ROC curve of the positive-class probability (binary) or the mean one-vs-rest AUC "
             "(multi-class), as the MedMNIST evaluator defines it. 0.5 is chance, 1 is perfect ranking."),
     ("ACC", "Fraction of test images whose most probable class is the true one (MedMNIST's ACC: for two classes, "
