@@ -172,10 +172,6 @@ def print_result(result: dict, as_json: bool, file=None) -> None:
         print(f"{k.ljust(width)}  {format_value(v, k)}", file=file)
 
 
-def _plain_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-
-
 def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
     """Several results with the same keys: JSON list, else an aligned table (numbers right-aligned)."""
     file = file or sys.stdout
@@ -184,17 +180,19 @@ def print_rows(rows: list[dict], as_json: bool = False, file=None) -> None:
         return
     if not rows:
         return
+    from qsal.errors import is_finite_number
+
     keys = list(dict.fromkeys(k for r in rows for k in r))
     numeric = [all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in rows) for k in keys]
     # a column where some number takes thousands separators gives them to every number above 999 ("8,479" beside
     # "12,342", not "8479")
     grouped = {k for k, num in zip(keys, numeric)
-               if num and any(_plain_number(r.get(k)) and abs(r[k]) >= 1e4 for r in rows)}
+               if num and any(is_finite_number(r.get(k)) and abs(r[k]) >= 1e4 for r in rows)}
 
     def cell(v, k):
         if isinstance(v, str):
             return v
-        if k in grouped and _plain_number(v) and 1e3 <= abs(v) < 1e4:
+        if k in grouped and is_finite_number(v) and 1e3 <= abs(v) < 1e4:
             return f"{v:,}" if isinstance(v, int) else f"{v:,.0f}"
         return format_value(v, k)
 

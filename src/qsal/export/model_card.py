@@ -87,16 +87,25 @@ def _ci(m: dict, key: str) -> str:
     return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
 
 
+def _uses_wilson(m: dict | None) -> bool:
+    """Whether the metrics record Wilson intervals (metrics written before ``ci_method``: bootstrap only)."""
+    from qsal.metrics.classification import WILSON
+
+    return WILSON in ((m or {}).get("ci_method") or {}).values()
+
+
 def _ci_methods(m: dict | None) -> str:
     """How the card's CIs were made, from the metrics' own record (files written before it: all bootstrap)."""
+    from qsal.metrics.classification import WILSON
+
     methods = (m or {}).get("ci_method")
     if methods is None:
         return "95% CIs: percentile bootstrap, 1,000 resamples." if (m or {}).get("ci") else "No CIs recorded."
     parts = []
-    bootstrap = sorted({v for v in methods.values() if v != "Wilson score"})
+    bootstrap = sorted({v for v in methods.values() if v != WILSON})
     if bootstrap:
         parts.append(f"AUC and accuracy at 0.5 by the {' / '.join(bootstrap)}")
-    if "Wilson score" in methods.values():
+    if _uses_wilson(m):
         parts.append("sensitivity, specificity" + (", PPV, NPV and accuracy at the operating point"
                                                    if "ppv_at_op" in methods else "")
                      + " by the Wilson score interval (exact counts at a fixed threshold: a proportion of 1.000 on few "
@@ -337,8 +346,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     caveats = [("Metrics come from the test part of one image folder" if str(data.get("name")).startswith("folder:")
                 else "Metrics come from one public test split of low-resolution images")
                + "; confidence intervals (" + ("percentile bootstraps for AUC and accuracy at 0.5, Wilson intervals "
-                                               "for proportions at a fixed threshold" if "Wilson score" in
-                                               ((scored or {}).get("ci_method") or {}).values() else
+                                               "for proportions at a fixed threshold" if _uses_wilson(scored) else
                                                "percentile bootstraps") +
                ") are over that split and do not cover other sites or shifts.", *_CAVEATS]
     md += ["## Caveats and recommendations", ""] + [f"- {t}" for t in caveats] + [""]

@@ -168,14 +168,12 @@ def _proportion(successes: int, n: int) -> tuple[float, list[float] | None]:
 def _binary_decision(y, decided_positive, positive_label: int) -> dict:
     """Sensitivity, specificity, PPV, NPV and accuracy of one binary decision, each ``(value, Wilson CI)``,
     and its confusion matrix by label (rows true, columns decided)."""
-    truly = y == positive_label
-    tp, fn = int((decided_positive & truly).sum()), int((~decided_positive & truly).sum())
-    fp, tn = int((decided_positive & ~truly).sum()), int((~decided_positive & ~truly).sum())
-    by_label = {positive_label: (tp, fn), 1 - positive_label: (tn, fp)}  # (decided as itself, decided as the other)
-    confusion = [[by_label[0][0], by_label[0][1]], [by_label[1][1], by_label[1][0]]]
+    pos, neg = positive_label, 1 - positive_label
+    cm = confusion_matrix(y, np.where(decided_positive, pos, neg), labels=[0, 1])
+    tp, fn, fp, tn = (int(cm[pos, pos]), int(cm[pos, neg]), int(cm[neg, pos]), int(cm[neg, neg]))
     return {"sensitivity": _proportion(tp, tp + fn), "specificity": _proportion(tn, tn + fp),
             "ppv": _proportion(tp, tp + fp), "npv": _proportion(tn, tn + fn),
-            "accuracy": _proportion(tp + tn, len(y)), "confusion": confusion}
+            "accuracy": _proportion(tp + tn, len(y)), "confusion": cm.tolist()}
 
 
 def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_names=None,
