@@ -1,5 +1,6 @@
 """fit() across invocations and at its edges: outputs that stop being finite, a schedule grown on resume, a resume
-where ``precision: auto`` resolves otherwise, and what an interrupted CLI command says."""
+where ``precision: auto`` resolves otherwise or that names another positive class, and what an interrupted CLI
+command says."""
 
 import argparse
 import json
@@ -110,3 +111,20 @@ def test_an_interrupted_train_says_how_to_continue(force, out, said, tmp_path):
     where = str(tmp_path / out) if out else None
     assert said in _interrupted(argparse.Namespace(resume=False, force=force, out=where))
     assert _interrupted(argparse.Namespace(config="x.yaml")) == "interrupted; finished files are intact and a rerun resumes"
+
+
+def test_a_resume_that_names_another_positive_class_is_another_run(tmp_path):
+    """The positive class decides the operating point and what sensitivity is about: a resume naming another one was
+    taken as the same run. Named only when asked for, so runs that never named one keep their fingerprint."""
+    from qsal.pipeline import train_model
+    from qsal.run_folder import CannotResume
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(epochs=1, progress=False, precision="fp32")
+    train_model("breastmnist", "small_cnn", cfg, run, positive_class="malignant")
+    assert json.loads((run / "run.json").read_text())["config"]["positive_class"] == "malignant"
+    with pytest.raises(CannotResume, match=r"positive_class changed \('malignant' -> 'normal, benign'\)"):
+        train_model("breastmnist", "small_cnn", cfg, run, positive_class="normal, benign", resume=True)
+    plain = tmp_path / "plain"
+    train_model("breastmnist", "small_cnn", cfg, plain)
+    assert "positive_class" not in json.loads((plain / "run.json").read_text())["config"]

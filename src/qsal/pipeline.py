@@ -121,7 +121,10 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     parse_rule(operating_point)  # a typo fails before any training
     method = ("sgt+" if saliency_guided else "") + (f"pact-{pact_bits}" if pact_bits is not None else "fp32")
     run_config = {**{k: v for k, v in config.to_dict().items() if k not in ("progress", "device")}, "size": size,
-                  "sgt": {"k": sgt_k, "lambda": sgt_lambda, "target": sgt_target} if saliency_guided else None}
+                  "sgt": {"k": sgt_k, "lambda": sgt_lambda, "target": sgt_target} if saliency_guided else None,
+                  # named only when asked for: a resume that names another class is another run (its operating point
+                  # and sensitivity are about another class), and runs that never named one keep their fingerprint
+                  **({"positive_class": str(positive_class)} if positive_class is not None else {})}
     out = Path(out_dir) if out_dir is not None else fresh_folder("runs/train", f"{Path(dataset).name}-{model}")
     fp = fingerprint(dataset, model, method, run_config)
     claim_run_folder(out, fp, resume=resume, force=force, write=False)

@@ -286,6 +286,13 @@ YAML_CASES = {
                          "nan; train.batch_size: must be positive, got 0"),
     "bad_ema_decay": (b"datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\ntrain: {ema_decay: 1.5}\n",
                       "train.ema_decay: ema_decay 1.5 must be a number between 0 and 1 (such as 0.99), or null"),
+    # a study's own folder (qsal.study.folders): relative to the config's folder, which holds no scans/
+    "missing_study_folder": (b"datasets: [clinic]\nmodels: [small_cnn]\nmethods: [fp32]\n"
+                             b"folders: {clinic: {path: scans, positive_class: malignant}}\n",
+                             "folders.clinic.path: image folder {tmp}/scans does not exist; pass a folder with one "
+                             "sub-folder per class"),
+    "folder_path_in_datasets": (b"datasets: ['folder:scans']\nmodels: [small_cnn]\nmethods: [fp32]\n",
+                                "datasets[0]: 'folder:scans': a study names its own folders under folders:"),
 }
 
 
@@ -296,7 +303,7 @@ def test_bad_study_configs(case, tmp_path, monkeypatch, capsys):
     cfg.write_bytes(YAML_CASES[case][0])
     before = files_under(tmp_path)
     rc, out, err = run_cli(["run", cfg, "--out", tmp_path / "run", "--no-progress"], capsys)
-    assert_clean_refusal(rc, out, err, YAML_CASES[case][1])
+    assert_clean_refusal(rc, out, err, YAML_CASES[case][1].replace("{tmp}", str(tmp_path.resolve())))
     assert files_under(tmp_path) == before
     assert not (tmp_path / "run").exists()
 

@@ -144,10 +144,12 @@ def test_dry_run_counts_in_words_and_says_a_failed_cell_is_tried_again(tmp_path,
 
 
 def test_a_folder_dataset_in_a_study_says_how_to_study_ones_own_images():
-    """`datasets: [folder:/data/scans]` was 'unknown value ...; choose from bloodmnist, ...', with no way forward."""
+    """`datasets: [folder:/data/scans]` was 'unknown value ...; choose from bloodmnist, ...', with no way forward; a
+    study names its folders under `folders:` (tests/study/test_folders.py)."""
     from qsal.errors import QsalError
     from qsal.study.config import parse_run_config
 
-    with pytest.raises(QsalError, match=r"datasets\[0\]: 'folder:/data/scans': a study runs on the dataset table's sets "
-                                        r"\(`qsal datasets`\); for your own folder, train and quantize with `qsal train"):
+    with pytest.raises(QsalError, match=r"datasets\[0\]: 'folder:/data/scans': a study names its own folders under "
+                                        r"folders: \(e.g. folders: \{clinic: \{path: /data/scans, positive_class: "
+                                        r"...\}\}\) and lists the short name here \(datasets: \[clinic\]\)"):
         parse_run_config({"datasets": ["folder:/data/scans"], "models": ["small_cnn"], "methods": ["fp32"]}, "s.yaml")

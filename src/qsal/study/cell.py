@@ -46,11 +46,13 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
     write_json_atomic(cell / "config.json", {"cell": asdict(spec), "label": spec.label, "study": cfg.to_dict()})
     log(cell, f"start {spec.id}")
     t0 = time.perf_counter()
-    train, val, test = load_splits(spec.dataset, cfg.data_dir, seed=spec.seed)
+    source, size = cfg.dataset_source(spec.dataset), cfg.dataset_size(spec.dataset)  # folder:PATH for a folder
+    train, val, test = load_splits(source, cfg.data_dir, size=size, seed=spec.seed)
     sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed, target=cfg.sgt.target)
     train_cfg, finetune_cfg = cfg.train_configs(spec.dataset, spec.model, spec.seed, progress)
     if spec.kind in ("fp32", "sgt"):
-        train_model(spec.dataset, spec.model, train_cfg, cell, data_dir=cfg.data_dir, saliency_guided=spec.kind == "sgt",
+        train_model(source, spec.model, train_cfg, cell, data_dir=cfg.data_dir, size=size,
+                    positive_class=cfg.positive_class(spec.dataset), saliency_guided=spec.kind == "sgt",
                     sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target,
                     resume=True)  # the study's own check guards mixing
     else:
@@ -78,6 +80,8 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
               "val_auc": on_val.get("auc"), "val_acc": on_val.get("acc"),
               "acc_ci": art.ci.get("acc"), "train_s": trained_s if isinstance(trained_s, (int, float)) else seconds,
               "size_bytes": exp["size_bytes"], "kernels": kernels,
+              # what the report names it by: a folder's path and classes are not in the dataset table
+              "data_source": source, "class_names": list(test.info.labels),
               "measure": asdict(cfg.measure),
               # the method's config with its version: seeds of one row made by different qsal versions show up
               "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict(),

@@ -15,6 +15,7 @@
     finetune: {lr: 0.01}
     schedules: [{datasets: [breastmnist], models: [edge_mbv2], train: {epochs: 100}}]
     pact: {2: {weight_scheme: dorefa, fold_bn: false}}   # PACTConfig options per bit-width (PACT and SGT+PACT)
+    folders: {clinic: {path: scans/, positive_class: malignant}}   # your own image folders (qsal.study.folders)
 
 Every problem in a file is reported at once, each with its path (``epochs.fp32: ...``); unknown keys are errors.
 The file is read by ``study.config_yaml``; settings are checked against each other, the models and the datasets'
@@ -84,6 +85,8 @@ class RunConfig:
     schedules: list = field(default_factory=list)  # [Schedule]: per-dataset / per-model overrides
     # {bits: {PACTConfig field: value}} for the PACT and SGT+PACT cells of that bit-width (others: the defaults)
     pact: dict = field(default_factory=dict)
+    # {short name: {"path", "positive_class", "size"}}: image folders ``datasets`` may list (qsal.study.folders)
+    folders: dict = field(default_factory=dict)
     data_dir: str | None = None
 
     def to_dict(self) -> dict:
@@ -101,11 +104,38 @@ class RunConfig:
 
         return PACTConfig(bits=bits, **self.pact.get(bits, self.pact.get(str(bits), {})))  # "2": a RunConfig from JSON
 
+    def dataset_source(self, dataset: str) -> str:
+        """The name ``qsal.data`` loads ``dataset`` (a listed name) by: ``folder:PATH`` for one of ``folders``."""
+        return f"folder:{self.folders[dataset]['path']}" if dataset in self.folders else dataset
+
+    def dataset_size(self, dataset: str) -> int | None:
+        """The image side ``dataset`` is read at, in px: a folder's ``size``; ``None`` for a table set (its own)."""
+        return self.folders[dataset]["size"] if dataset in self.folders else None
+
+    def positive_class(self, dataset: str) -> str | None:
+        """The positive class this study names for ``dataset`` (a folder's); ``None``: the dataset table's."""
+        return self.folders[dataset]["positive_class"] if dataset in self.folders else None
+
+    def dataset_info(self, dataset: str):
+        """``dataset``'s ``DatasetInfo``; a folder's reads its class folders, and its ``n_samples`` are the counts
+        of its split (names listed, no image decoded)."""
+        from dataclasses import replace
+
+        from qsal.data import get_info
+        from qsal.data.folder import folder_info, folder_split_files
+
+        if dataset not in self.folders:
+            return get_info(dataset)
+        root = Path(self.folders[dataset]["path"])
+        split = folder_split_files(root, seed=self.seeds[0])  # stratified: each seed draws the same counts
+        return replace(folder_info(root, size=self.folders[dataset]["size"]),
+                       n_samples={part: len(files) for part, files in split.items()})
+
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not ``data_dir``, which only says where files are)."""
         d = self.to_dict()
         d.pop("data_dir")
-        for key in ("train", "finetune", "schedules", "pact"):  # absent when unused: older run folders keep their fingerprint
+        for key in ("train", "finetune", "schedules", "pact", "folders"):  # absent when unused: older run folders keep their fingerprint
             if not d[key]:
                 d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -158,19 +188,20 @@ def _check_list(problems, key, value, allowed=None, kind=str):
         if not isinstance(v, kind) or isinstance(v, bool) and kind is int:
             problems.append(f"{key}[{i}]: {_short(v)} is not {TYPE_WORDS.get(kind, kind.__name__)}")
         elif key == "datasets" and v.startswith("folder:"):  # cell folders are named by dataset: a path cannot be
-            problems.append(f"{key}[{i}]: {_short(v)}: a study runs on the dataset table's sets (`qsal datasets`); "
-                            "for your own folder, train and quantize with `qsal train --dataset folder:...` and "
-                            "`qsal quantize`, then compare the models with `qsal report A.safetensors B.safetensors`")
+            problems.append(f"{key}[{i}]: {_short(v)}: a study names its own folders under folders: (e.g. folders: "
+                            f"{{clinic: {{path: {v[len('folder:'):] or 'scans/'}, positive_class: ...}}}}) and lists "
+                            "the short name here (datasets: [clinic])")
         elif allowed is not None and v not in allowed:
             problems.append(f"{key}[{i}]: unknown value {_short(v)}; choose from {', '.join(map(str, allowed))}")
         elif v in value[:i]:  # two seeds 0 would train one cell folder twice, at once with --workers 2
             problems.append(f"{key}[{i}]: {_short(v)} is listed twice; give each value once")
 
 
-def parse_run_config(raw: dict, where: str = "config", authored: bool = False) -> RunConfig:
+def parse_run_config(raw: dict, where: str = "config", authored: bool = False, base: Path | None = None) -> RunConfig:
     """Validate a dict (from YAML) into a ``RunConfig``; raises one error that lists every problem. ``authored``: a
-    config a user wrote (``load_run_config``), also refused where a setting changes nothing or another overrides it;
-    a recorded one (``RunConfig.to_dict()``: every field, defaults included) is not."""
+    config a user wrote (``load_run_config``), also refused where a setting changes nothing or another overrides it,
+    or its folders' files contradict it; a recorded one (``RunConfig.to_dict()``: every field, defaults included) is
+    not. ``base``: the folder relative ``folders`` paths are read from (the config file's)."""
     from qsal.data import list_datasets
     from qsal.models import list_models
     from qsal.quant.observers import OBSERVERS
@@ -190,7 +221,7 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False) -
                         "(see configs/ for an example)")
     values = {}
     for key, value in raw.items():
-        if key not in top or key in ("schedules", "pact"):
+        if key not in top or key in ("schedules", "pact", "folders"):
             continue
         if key in ("train", "finetune"):
             from qsal.study.schedule import parse_overrides
@@ -230,7 +261,11 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False) -
             values[key] = cls(**kwargs)
         else:
             values[key] = value
-    for key, allowed, kind in (("datasets", list_datasets(), str), ("models", list_models(), str),
+    if "folders" in raw:
+        from qsal.study.folders import parse_folders
+
+        values["folders"] = parse_folders(problems, raw["folders"], base)
+    for key, allowed, kind in (("datasets", list_datasets() + sorted(values.get("folders", {})), str), ("models", list_models(), str),
                                ("methods", METHODS, str), ("bits", (2, 3, 4, 5, 6, 7, 8), int),
                                ("observers", OBSERVERS, str), ("seeds", None, int)):
         if key in values:
@@ -254,10 +289,12 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False) -
         values["pact"] = _parse_pact(problems, raw["pact"], values.get("bits", RunConfig().bits))
     if not problems:
         from qsal.study.config_checks import beyond_models_and_data, settings_without_effect, shifts_too_large
+        from qsal.study.folders import folder_problems
 
         cfg = RunConfig(**values)
-        problems += shifts_too_large(cfg) + (settings_without_effect(raw, cfg) + beyond_models_and_data(cfg)
-                                             if authored else [])
+        problems += shifts_too_large(cfg)
+        if authored:  # the models and splits are read only once the folders are known to be there
+            problems += settings_without_effect(raw, cfg) + (folder_problems(cfg) or beyond_models_and_data(cfg))
     if problems:
         shown = problems[:_MAX_PROBLEMS] + ([f"... and {len(problems) - _MAX_PROBLEMS} more"]
                                             if len(problems) > _MAX_PROBLEMS else [])
@@ -327,12 +364,12 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML study config. A relative ``data_dir`` is read from the file's folder, as other
+    """Read and validate a YAML study config. A relative ``data_dir`` (and ``folders`` path) is read from the file's folder, as other
     config files' paths are (docker-compose's, for one), and recorded absolute: the study reads the same files from
     whichever working folder it is run."""
     from qsal.study.config_yaml import read_config_yaml
 
-    cfg = parse_run_config(read_config_yaml(path), str(path), authored=True)
+    cfg = parse_run_config(read_config_yaml(path), str(path), authored=True, base=Path(path).parent)
     if cfg.data_dir is not None:
         cfg.data_dir = str((Path(path).parent / Path(cfg.data_dir).expanduser()).resolve())
     return cfg

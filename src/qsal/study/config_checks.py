@@ -54,30 +54,32 @@ def beyond_models_and_data(cfg: RunConfig) -> list[str]:
     model, more calibration images than a training split holds), or that the registry's split sizes cannot honour
     (more images explained than a test split holds: a result recording the number asked for would overstate what
     was explained). Not for a recorded config: a model's layers may change names in a later qsal."""
-    from qsal.data import get_info, held_out_count
+    from qsal.data import held_out_count
     from qsal.models import create_model
     from qsal.quant.api import skip_problem
 
     problems = []
-    infos = [get_info(ds) for ds in cfg.datasets]
-    if cfg.measure.saliency and cfg.measure.n_explain > (n := min(int(i.n_samples.get("test", 0)) for i in infos)):
-        smallest = min(infos, key=lambda i: int(i.n_samples.get("test", 0))).name
+    infos = {ds: cfg.dataset_info(ds) for ds in cfg.datasets}  # by the name listed: a folder's info names its path
+    tests = {ds: int(i.n_samples.get("test", 0)) for ds, i in infos.items()}
+    if cfg.measure.saliency and cfg.measure.n_explain > (n := min(tests.values())):
+        smallest = min(tests, key=tests.get)
         problems.append(f"measure.n_explain: {cfg.measure.n_explain} is more than the {n} test images of {smallest} "
                         f"(every cell explains the same number of images); set it to {n} or fewer")
     built: dict = {}  # model name -> a model: its layer names do not depend on a dataset's classes, channels or size
+    first = next(iter(infos.values()))
     for b, options in cfg.pact.items() if {"pact", "sgt+pact"} & set(cfg.methods) else ():
         for model in cfg.models if options.get("skip") else ():
             if model not in built:
-                built[model] = create_model(model, infos[0].num_classes, infos[0].n_channels, infos[0].image_size)
+                built[model] = create_model(model, first.num_classes, first.n_channels, first.image_size)
             if (problem := skip_problem(built[model], options["skip"], model)) is not None:
                 problems.append(f"pact.{b}.skip: {problem}")
         if "num_calibration" in options:
-            for i in infos:  # what quantize_checkpoint draws from: the training images qsal.data does not hold out
+            for ds, i in infos.items():  # what quantize_checkpoint draws from: the training images not held out
                 n_train = int(i.n_samples.get("train", 0))
                 n_fit = n_train if i.n_samples.get("val") else n_train - held_out_count(n_train)
                 if options["num_calibration"] > n_fit:
                     problems.append(f"pact.{b}.num_calibration: {options['num_calibration']} is more than the "
-                                    f"{n_fit} training images of {i.name}; set it to {n_fit} or fewer")
+                                    f"{n_fit} training images of {ds}; set it to {n_fit} or fewer")
     return problems
 
 
@@ -88,7 +90,7 @@ def shifts_too_large(cfg: RunConfig) -> list[str]:
 
     problems = []
     for ds in cfg.datasets:
-        size = get_info(ds).image_size
+        size = cfg.dataset_size(ds) or get_info(ds).image_size  # a folder's own setting: its files are not read here
         for model in cfg.models:
             train, finetune = cfg.train_configs(ds, model, 0, progress=False)
             # a fine-tune takes train's shift unless it sets its own: inherited, it is one fix, named once

@@ -92,7 +92,10 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
         guided = s.kind in ("sgt", "sgt+pact")
         sgt = {"k": cfg.sgt.k, "lambda": cfg.sgt.lam, "target": cfg.sgt.target} if guided else None
         if s.parent is None:
-            out[s.label] = {**train.to_dict(), "size": None, "sgt": sgt}
+            # a folder's size and positive class, as train_model records them (a table set: its own size, none named)
+            positive = cfg.positive_class(s.dataset)
+            out[s.label] = {**train.to_dict(), "size": cfg.dataset_size(s.dataset), "sgt": sgt,
+                            **({"positive_class": positive} if positive is not None else {})}
         else:
             out[s.label] = {"train_config": finetune.to_dict(), "step": sgt}
     return out

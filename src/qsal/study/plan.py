@@ -71,7 +71,7 @@ def plan_study(cfg, measure: bool = True) -> dict:
     ``n_fit`` the images an epoch trains on, ``est_seconds`` per
     row for all its seeds, ``cell_seconds`` ``{label: seconds}`` for one seed.
     """
-    from qsal.data import get_info, held_out_count
+    from qsal.data import held_out_count
     from qsal.precision import resolve_precision
     from qsal.study.config import FINE_TUNED
     from qsal.study.grid import plan_groups
@@ -82,7 +82,7 @@ def plan_study(cfg, measure: bool = True) -> dict:
     cache: dict = {}
     rows = []
     for dataset in cfg.datasets:
-        info = get_info(dataset)
+        info = cfg.dataset_info(dataset)
         side = info.image_size
         n_train = int(info.n_samples.get("train", 0))
         # MNIST and CIFAR-10 have no official validation split: an epoch trains on what qsal.data does not hold out
@@ -94,6 +94,7 @@ def plan_study(cfg, measure: bool = True) -> dict:
             row = {"dataset": dataset, "model": model, "seeds": len(mine), "cells": labels,
                    "fine_tunes": any(c.kind in FINE_TUNED for c in mine[0]),
                    "n_cells": sum(len(g) for g in mine), "n_train": n_train, "n_fit": n_fit,
+                   "folder": info.family == "folder",
                    "train": {k: v for k, v in train.to_dict().items() if k not in ("seed", "progress", "device")},
                    "finetune": {k: v for k, v in finetune.to_dict().items() if k not in ("seed", "progress", "device")}}
             for section, tc in (("train", train), ("finetune", finetune)):
@@ -171,7 +172,8 @@ def format_plan(plan: dict, name: str) -> str:
         t, f = r["train"], r["finetune"]
         est = f", ~{format_duration(r['est_seconds'])}" if "est_seconds" in r else ""
         lines.append(f"  {r['dataset']}/{r['model']}: {_count(r['seeds'], 'seed')} x {_count(len(r['cells']), 'cell')} "
-                     f"({', '.join(r['cells'])}), {r['n_train']} official training images"
+                     f"({', '.join(r['cells'])}), {r['n_train']} "
+                     + ("training images (the folder's split)" if r.get("folder") else "official training images")
                      + (f" ({r['n_fit']} trained on, the rest held out for validation)"
                         if r.get("n_fit", r["n_train"]) != r["n_train"] else "") + est)
         for label, c in (("train", t), ("finetune", f)) if r["fine_tunes"] else (("train", t),):  # what a cell uses

@@ -171,7 +171,8 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         # the first seed's decision (its plots and captions are the first seed's predictions) and its dataset's classes:
         # a study's sets differ, and an unnamed positive label would read as label 1
         row["positive_label"], row["operating_point"] = rs[0].get("positive_label"), rs[0].get("operating_point")
-        row["class_names"] = _class_names(ds)
+        row["class_names"] = facts[1] if (facts := _dataset_facts(ds, rs[0])) is not None else None
+        row["data_source"] = rs[0].get("data_source")  # folder:PATH for a study's own folder
         row["most_changed"] = rs[0].get("most_changed", [])
         # as read back: a field added later counts as its default (the old behaviour), not as a difference; a cell
         # from before result.json recorded its config has it in best.json (redo.recorded_quant_config)
@@ -229,14 +230,20 @@ def _study_plan(run_dir: Path):
         return None, None
 
 
-def _class_names(dataset: str) -> list[str] | None:
-    """A study dataset's class names from the dataset table (``None`` for one it no longer knows)."""
-    from qsal.data import get_info
+def _dataset_facts(dataset: str, result: dict) -> tuple[str, list[str], str] | None:
+    """``(name as the report heads it, class names, task)`` of a study dataset: the table's, or for a study's own
+    folder (``qsal.study.folders``) as its cell recorded it (``data_source``, ``class_names``); ``None`` for neither."""
+    from qsal.data import TASK_BINARY, TASK_MULTICLASS, get_info
 
+    source, names = str(result.get("data_source") or ""), result.get("class_names")
+    if source.startswith("folder:") and names:
+        return (f"{dataset} (image folder {source[len('folder:'):]})", list(names),
+                TASK_BINARY if len(names) == 2 else TASK_MULTICLASS)
     try:
-        return list(get_info(dataset).labels)
+        info = get_info(dataset)
     except QsalError:
         return None
+    return info.name, list(info.labels), info.task
 
 
 def _machines(results: list[dict]) -> list[dict]:
@@ -255,8 +262,6 @@ def _machines(results: list[dict]) -> list[dict]:
 
 def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
     """Test probabilities (first seed) per row, and for a one-group study the saliency payload of the report."""
-    from qsal.data import get_info
-
     predictions, cells = {}, {}
     for (ds, model, label), rs in keys.items():
         cell = run_dir / rs[0]["id"]
@@ -271,10 +276,10 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
             predictions[name] = {"y_true": y_true, "probs": probs, "scored": f"ONNX artifact, seed {rs[0]['seed']}",
                                  "ece": rs[0].get("ece")}  # these probabilities' ECE, not the seeds' mean
     datasets = {ds for ds, _, _ in keys}
-    info = get_info(next(iter(datasets))) if len(datasets) == 1 else None
+    facts = _dataset_facts(next(iter(datasets)), next(iter(keys.values()))[0]) if len(datasets) == 1 else None
     extra = {"predictions": predictions}
-    if info is not None:
-        extra.update(class_names=list(info.labels), dataset_name=info.name)
+    if facts is not None:
+        extra.update(class_names=facts[1], dataset_name=facts[0])
         if predictions:
             extra["n_test"] = len(next(iter(predictions.values()))["y_true"])
     ref = cells.get("fp32")
@@ -290,7 +295,7 @@ def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
     extra["saliency"] = {"images": load_npy(ref / "explain_images.npy", fix, ndim=(3, 4)), "maps": maps,
                          "y_true": predictions["fp32"]["y_true"][idx] if "fp32" in predictions else None,
                          "probs": {n: p["probs"][idx] for n, p in predictions.items() if n in maps},
-                         "task": info.task if info is not None else None,
+                         "task": facts[2] if facts is not None else None,
                          "class_names": extra.get("class_names"), "method": "|input gradient|",
                          "indices": idx.tolist(), "reference": "fp32"}
     return extra

@@ -160,7 +160,7 @@ def require_data(cfg: RunConfig, datasets: Iterable[str], download: bool = False
     for name in dict.fromkeys(datasets):
         for split in ("train", "test"):  # val comes from train (MNIST, CIFAR-10) or beside test (MedMNIST's one file)
             # QsalError naming the folder searched and how to get the files
-            load_split(name, split, cfg.data_dir, download=download)
+            load_split(cfg.dataset_source(name), split, cfg.data_dir, size=cfg.dataset_size(name), download=download)
 
 
 def other_config(run_dir: Path, cfg: RunConfig) -> str | None:

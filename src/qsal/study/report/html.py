@@ -92,13 +92,18 @@ def _splits(rows: list[dict]) -> str | None:
     from qsal.errors import QsalError
 
     said = {}
-    for ds in dict.fromkeys(r.get("dataset") for r in rows if isinstance(r.get("dataset"), str)):
+    for ds, source in dict.fromkeys((r.get("dataset"), r.get("data_source")) for r in rows
+                                    if isinstance(r.get("dataset"), str)):
+        source = source if isinstance(source, str) and source.startswith("folder:") else ds  # a study's own folder
         try:
-            if not ds.startswith("folder:"):
-                get_info(ds)  # a name this qsal's table knows (a report title of several is not one)
-            said[ds] = describe_splits(ds)
+            if not source.startswith("folder:"):
+                get_info(source)  # a name this qsal's table knows (a report title of several is not one)
+            said[ds] = describe_splits(source)
         except QsalError:
             continue
+        seeds = max((r["seeds"] for r in rows if r.get("dataset") == ds and isinstance(r.get("seeds"), int)), default=1)
+        if source.startswith("folder:") and said[ds].startswith("a seeded") and seeds > 1:
+            said[ds] += " drawn anew by each seed (a row's seeds differ in their test images too)"
     if len(set(said.values())) == 1:
         return next(iter(said.values()))
     return "; ".join(f"{ds}: {text}" for ds, text in said.items()) or None

@@ -1,0 +1,115 @@
+"""A study's own image folders: ``folders`` names a folder dataset so that ``datasets`` can list it.
+
+    datasets: [breastmnist, clinic]
+    folders:
+      clinic: {path: ~/scans/clinic, positive_class: malignant, size: 64}
+
+A folder holds one sub-folder per class (or ``train/ [val/] test/``, each with one per class), read exactly as
+``qsal train --dataset folder:PATH`` reads it: the study's cells train on ``folder:PATH`` and record it so, and are
+named by the short name (``clinic/small_cnn/seed0/fp32``, ``--only 'clinic/*'``), as a path cannot name a cell folder.
+
+- ``path``: the folder; a relative one is read from the config file's folder and recorded absolute (as ``data_dir``).
+- ``positive_class``: for a folder of two classes, the class sensitivity, PPV and the operating point are about. A study
+  config must name it: its tables are compared across sets, and "the second class alphabetically" (the train command's
+  default) would make sensitivity quietly about the wrong class on a folder named ``benign/ malignant/`` reversed.
+- ``size``: the side images are resized to, in px (default 28, MedMNIST's; 12-1024 as ``--size``).
+
+A folder that does not come split is split by each seed of the study anew (a cell's seed is its split seed, as in
+``qsal train --seed``): a row's spread over seeds includes the split's, and each seed's cells share one split.
+
+What a folder holds is checked where a user wrote the config (``folder_problems``), not in a recorded config, whose
+folder a report does not need.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = ["parse_folders", "folder_problems", "FOLDER_KEYS", "DEFAULT_SIZE"]
+
+FOLDER_KEYS = ("path", "positive_class", "size")
+DEFAULT_SIZE = 28
+SIZES = (12, 1024)  # as `qsal train --size`
+# a cell folder's first part and an --only pattern's: lower case as the dataset table's names, no path separators
+NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
+    """``{name: {"path", "positive_class", "size"}}`` from the config's ``folders`` mapping, each problem appended to
+    ``problems`` with its path (``folders.clinic.size: ...``). ``base``: the config file's folder, which a relative
+    path is read from (``None``: the working folder; a recorded config's paths are absolute already)."""
+    from qsal.data import list_datasets
+    from qsal.study.config import _short
+
+    if not isinstance(raw, dict):
+        problems.append(f"folders: must map short names to folders, e.g. {{clinic: {{path: scans/, positive_class: "
+                        f"malignant}}}}, got {_short(raw)}")
+        return {}
+    out = {}
+    for name, options in raw.items():
+        where = f"folders.{name if isinstance(name, str) else _short(name)}"
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            problems.append(f"{where}: a folder's short name names its cell folders: use lower-case letters, digits, "
+                            "'_', '-' or '.', starting with a letter or digit (e.g. clinic_cxr)")
+            continue
+        if name in list_datasets():
+            problems.append(f"{where}: {name} is a dataset of the table (`qsal datasets`); give the folder another name")
+            continue
+        if isinstance(options, str):  # clinic: scans/ -- the one setting every folder needs, written alone
+            options = {"path": options}
+        if not isinstance(options, dict):
+            problems.append(f"{where}: must be a mapping with path (and positive_class, size), got {_short(options)}")
+            continue
+        unknown = [k for k in options if k not in FOLDER_KEYS]
+        if unknown:
+            problems.append(f"{where}: unknown key(s) {_short(unknown)}; known: {', '.join(FOLDER_KEYS)}")
+            continue
+        path, positive, size = options.get("path"), options.get("positive_class"), options.get("size", DEFAULT_SIZE)
+        wrong = []
+        if not isinstance(path, str) or not path.strip():
+            wrong.append(f"{where}.path: {'missing' if path is None else _short(path) + ' is not a folder path'}; "
+                         "give the folder of class sub-folders")
+        if positive is not None and not isinstance(positive, str):
+            wrong.append(f"{where}.positive_class: {_short(positive)} is not a class name (write it as text: "
+                         f"'{positive}')")
+        if not (isinstance(size, int) and not isinstance(size, bool) and SIZES[0] <= size <= SIZES[1]):
+            wrong.append(f"{where}.size: {_short(size)} is not an image size in px ({SIZES[0]}-{SIZES[1]})")
+        if wrong:
+            problems += wrong
+            continue
+        out[name] = {"path": str(((base or Path.cwd()) / Path(path).expanduser()).resolve()),
+                     "positive_class": positive, "size": size}
+    return out
+
+
+def folder_problems(cfg) -> list[str]:
+    """What a config a user wrote names of its folders that their files contradict: a folder that is not there or
+    holds fewer than two class folders, a binary folder without ``positive_class`` or with one that is not a class,
+    ``positive_class`` on a multi-class folder, a folder named but listed in no ``datasets``. Reads the class folders
+    (names only; no image is decoded)."""
+    from qsal.data.folder import _classes
+    from qsal.errors import QsalError
+
+    problems = []
+    for name, f in cfg.folders.items():
+        where = f"folders.{name}"
+        if name not in cfg.datasets:
+            problems.append(f"{where}: named, but not in datasets (no cell uses it); add {name} to datasets, or drop it")
+            continue
+        try:
+            classes = _classes(Path(f["path"]))
+        except QsalError as e:
+            problems.append(f"{where}.path: {e}")
+            continue
+        shown = ", ".join(map(repr, classes))  # 'normal, benign' is one class
+        if len(classes) == 2 and f["positive_class"] is None:
+            problems.append(f"{where}.positive_class: missing; {name} has two classes ({shown}): name the one "
+                            "sensitivity is about (the finding, e.g. malignant)")
+        elif len(classes) == 2 and f["positive_class"] not in classes:
+            problems.append(f"{where}.positive_class: {f['positive_class']!r} is not a class of {name}; choose "
+                            f"one of {shown}")  # a class id (0/1) is not taken: the name is what a table shows
+        elif len(classes) > 2 and f["positive_class"] is not None:
+            problems.append(f"{where}.positive_class: {name} has {len(classes)} classes ({shown}); a positive class "
+                            "applies to two-class folders only: drop it")
+    return problems

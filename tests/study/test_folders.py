@@ -1,0 +1,118 @@
+"""A study's own image folders (qsal.study.folders): named under `folders:`, listed in `datasets:`, run as cells named
+by the short name, reported from what the cells recorded."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from qsal.errors import QsalError
+from qsal.study.config import load_run_config, parse_run_config
+
+BASE = {"models": ["small_cnn"], "methods": ["fp32"], "measure": {"latency": False, "saliency": True, "n_explain": 8}}
+
+
+def _problems(raw) -> str:
+    with pytest.raises(QsalError) as e:
+        parse_run_config({**BASE, **raw}, "s.yaml", authored=True)
+    assert "Traceback" not in str(e.value)
+    return str(e.value)
+
+
+def test_a_folder_is_named_checked_against_its_class_folders_and_read_as_qsal_train_reads_it(breast_folder, tmp_path):
+    root = breast_folder(40)
+    cfg = parse_run_config({**BASE, "datasets": ["breastmnist", "clinic"],
+                            "folders": {"clinic": {"path": str(root), "positive_class": "malignant", "size": 32}}},
+                           "s.yaml", authored=True)
+    assert cfg.dataset_source("clinic") == f"folder:{root.resolve()}" and cfg.dataset_source("breastmnist") == "breastmnist"
+    assert (cfg.dataset_size("clinic"), cfg.dataset_size("breastmnist")) == (32, None)
+    assert (cfg.positive_class("clinic"), cfg.positive_class("breastmnist")) == ("malignant", None)
+    info = cfg.dataset_info("clinic")
+    assert info.labels == ("malignant", "normal, benign") and info.image_size == 32
+    assert info.n_samples == {"train": 56, "val": 8, "test": 16}  # 70/10/20 of each class's 40
+    assert parse_run_config(cfg.to_dict()).folders == cfg.folders  # a recorded config reads back the same
+    # the fingerprint changes with the folder's settings; a study without folders keeps its old fingerprint
+    other = parse_run_config({**cfg.to_dict(), "folders": {"clinic": {**cfg.folders["clinic"], "positive_class": "normal, benign"}}})
+    assert other.fingerprint() != cfg.fingerprint()
+    plain = parse_run_config({**BASE, "datasets": ["breastmnist"]})
+    assert plain.folders == {}
+    assert plain.fingerprint() == parse_run_config({**BASE, "datasets": ["breastmnist"], "folders": {}}).fingerprint()
+
+    msg = _problems({"datasets": ["clinic"], "folders": {"clinic": str(root)}})
+    assert ("folders.clinic.positive_class: missing; clinic has two classes ('malignant', 'normal, benign'): name the "
+            "one sensitivity is about") in msg
+    msg = _problems({"datasets": ["clinic"], "folders": {"clinic": {"path": str(root), "positive_class": "benign"}}})
+    assert "folders.clinic.positive_class: 'benign' is not a class of clinic; choose one of 'malignant', 'normal, benign'" in msg
+    msg = _problems({"datasets": ["breastmnist", "gone"], "folders": {
+        "gone": {"path": str(tmp_path / "nowhere"), "positive_class": "a"}, "spare": str(root)}})
+    assert f"folders.gone.path: image folder {tmp_path / 'nowhere'} does not exist" in msg
+    assert "folders.spare: named, but not in datasets (no cell uses it); add spare to datasets, or drop it" in msg
+    msg = _problems({"datasets": ["breastmnist"], "folders": {
+        "Clinic/x": str(root), "breastmnist": str(root), "z": {"path": str(root), "colour": 1},
+        "s": {"path": str(root), "size": 4, "positive_class": 1}, "p": {"positive_class": "malignant"}}})
+    for part in ("folders.Clinic/x: a folder's short name names its cell folders: use lower-case letters",
+                 "folders.breastmnist: breastmnist is a dataset of the table (`qsal datasets`); give the folder another name",
+                 "folders.z: unknown key(s) ['colour']; known: path, positive_class, size",
+                 "folders.s.size: 4 is not an image size in px (12-1024)",
+                 "folders.s.positive_class: 1 is not a class name (write it as text: '1')",
+                 "folders.p.path: missing; give the folder of class sub-folders"):
+        assert part in msg
+    assert "folders: must map short names to folders" in _problems({"datasets": ["breastmnist"], "folders": [str(root)]})
+    # a test split smaller than the explanations asked for, named by the folder's short name
+    msg = _problems({"datasets": ["clinic"], "measure": {"n_explain": 64},
+                     "folders": {"clinic": {"path": str(root), "positive_class": "malignant"}}})
+    assert "measure.n_explain: 64 is more than the 16 test images of clinic" in msg
+
+
+def test_a_relative_folder_path_is_read_from_the_config_files_folder(breast_folder, tmp_path, monkeypatch):
+    root = breast_folder(10)  # tmp_path/folder
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "s.yaml"
+    config.write_text(yaml.safe_dump({**BASE, "datasets": ["clinic"], "measure": {"saliency": False},
+                                      "folders": {"clinic": {"path": "../folder", "positive_class": "malignant"}}}))
+    monkeypatch.chdir("/")  # whichever folder it is run from
+    assert load_run_config(config).folders["clinic"]["path"] == str(root.resolve())
+
+
+def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are_not(breast_folder, tmp_path):
+    from qsal.study.grid import plan_groups
+    from qsal.study.redo import stale_results
+    from qsal.study.results import report_run
+    from qsal.study.runner import run_study
+
+    root = breast_folder(40)
+    cfg = parse_run_config({**BASE, "name": "clinic-study", "datasets": ["clinic"], "methods": ["fp32", "ptq"],
+                            "epochs": {"fp32": 1},
+                            "folders": {"clinic": {"path": str(root), "positive_class": "malignant"}}},
+                           "s.yaml", authored=True)
+    run = tmp_path / "run"
+    run_study(cfg, run, progress=False)
+    cells = ["clinic/small_cnn/seed0/fp32", "clinic/small_cnn/seed0/ptq-int8-minmax"]
+    for r in (json.loads((run / c / "result.json").read_text()) for c in cells):
+        assert r["data_source"] == f"folder:{root.resolve()}" and r["class_names"] == ["malignant", "normal, benign"]
+        assert (r["positive_class"], r["positive_label"]) == ("malignant", 0)  # the named class, not the alphabetical second
+    recorded = json.loads((run / "clinic/small_cnn/seed0/fp32/run.json").read_text())
+    assert recorded["dataset"] == f"folder:{root.resolve()}"
+    assert recorded["config"]["positive_class"] == "malignant" and recorded["config"]["size"] == 28
+    assert stale_results(plan_groups(cfg), run, cfg) == {}  # what it recorded is what the config makes: no redo
+    # another positive class is another study: its parent is redone (its operating point is about another class)
+    swapped = parse_run_config({**cfg.to_dict(), "folders": {"clinic": {**cfg.folders["clinic"],
+                                                                        "positive_class": "normal, benign"}}})
+    stale = stale_results(plan_groups(swapped), run, swapped)
+    assert "positive_class: 'malignant' -> 'normal, benign'" in stale["clinic/small_cnn/seed0/fp32"]
+    assert cells[1] in stale
+
+    from qsal.study.report.html import _splits
+
+    # a folder that does not come split is split by each seed: a row of several seeds says its test images differ
+    rows = [{"dataset": "clinic", "data_source": f"folder:{root.resolve()}", "seeds": n} for n in (1, 3)]
+    assert _splits(rows[:1]) == "a seeded 70/10/20 train/validation/test split of each class"
+    assert _splits(rows) == ("a seeded 70/10/20 train/validation/test split of each class drawn anew by each seed (a "
+                             "row's seeds differ in their test images too)")
+    shutil.rmtree(root)  # a committed study is reported without its images
+    report_run(run)
+    md = (run / "report.md").read_text()
+    assert f"**dataset**: clinic (image folder {root.resolve()})" in md
+    assert "**classes**: 0: malignant · 1: normal, benign" in md and "**positive class**: malignant" in md
+    assert f"**splits**: a split of the image folder {root.resolve()} (no longer there)" in md
