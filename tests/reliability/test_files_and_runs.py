@@ -367,22 +367,12 @@ def test_names_that_are_not_utf8_load_export_and_bench(good_run, tmp_path):
 
 def test_kill_ends_qsal_train_as_ctrl_c_does_saying_how_to_continue(tmp_path):
     """`kill PID` on `qsal train` exited 143 with no word (Ctrl-C said what was left and to rerun with --resume)."""
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from interrupt import start_until, terminate
 
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "qsal", "train", "--dataset", "breastmnist", "--model", "small_cnn",
-               "--epochs", "200", "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    last = out / "last.pt"
-    deadline = time.monotonic() + 240
-    while not last.is_file() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-    assert last.is_file(), proc.stderr.read() if proc.poll() is not None else "no epoch in 240 s"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == ("interrupted; finished files are intact: rerun the same command with "
-                                            "--resume to continue (--force starts over)")
+    proc = start_until([sys.executable, "-m", "qsal", "train", "--dataset", "breastmnist", "--model", "small_cnn",
+                        "--epochs", "200", "--out", str(out), "--no-progress"], [out / "last.pt"])
+    assert terminate(proc) == ("interrupted; finished files are intact: rerun the same command with --resume to "
+                               "continue (--force starts over)")

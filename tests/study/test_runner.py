@@ -454,28 +454,20 @@ def test_a_child_whose_parent_failed_in_the_run_is_not_run_from_what_the_parent_
 def test_sigterm_to_a_parallel_run_ends_its_workers_and_a_rerun_resumes(tmp_path):
     """`kill PID` on `qsal run --workers 2` used to leave both workers training, orphaned, holding the folder's lock."""
     import os
-    import signal
-    import subprocess
     import sys
     import time
+
+    from interrupt import start_until, terminate
 
     cfg = tmp_path / "two.yaml"
     cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\nseeds: [0, 1]\n"
                    "train: {epochs: 200}\nmeasure: {latency: false, saliency: false}\n")
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "qsal.cli", "run", str(cfg), "--out", str(run), "--workers", "2",
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lasts = [run / f"breastmnist/small_cnn/seed{s}/fp32/last.pt" for s in (0, 1)]
-    deadline = time.monotonic() + 240
-    while not all(p.is_file() for p in lasts) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert all(p.is_file() for p in lasts), proc.stderr.read() if proc.poll() is not None else "no epoch in 240 s"
+    proc = start_until([sys.executable, "-m", "qsal.cli", "run", str(cfg), "--out", str(run), "--workers", "2",
+                        "--no-progress"], [run / f"breastmnist/small_cnn/seed{s}/fp32/last.pt" for s in (0, 1)])
     workers = [int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
     assert len(workers) >= 2
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "interrupted; finished files are intact and a rerun resumes"
+    assert terminate(proc) == "interrupted; finished files are intact and a rerun resumes"
     time.sleep(1)
     alive = [w for w in workers if os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read()]
     assert alive == []
@@ -557,26 +549,17 @@ def test_measure_settings_edited_are_measured_again_from_the_same_weights_and_dr
 
 def test_sigterm_to_a_one_worker_run_ends_it_as_ctrl_c_does(tmp_path):
     """With workers 2 a `kill` printed one line and exited 130; with one worker it died silently with 143."""
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from interrupt import start_until, terminate
 
     cfg = tmp_path / "one.yaml"
     cfg.write_text("datasets: [breastmnist]\nmodels: [small_cnn]\nmethods: [fp32]\n"
                    "train: {epochs: 200}\nmeasure: {latency: false, saliency: false}\n")
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "qsal.cli", "run", str(cfg), "--out", str(run), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    last = run / "breastmnist/small_cnn/seed0/fp32/last.pt"
-    deadline = time.monotonic() + 240
-    while not last.is_file() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-    assert last.is_file(), proc.stderr.read() if proc.poll() is not None else "no epoch in 240 s"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "interrupted; finished files are intact and a rerun resumes"
+    proc = start_until([sys.executable, "-m", "qsal.cli", "run", str(cfg), "--out", str(run), "--no-progress"],
+                       [run / "breastmnist/small_cnn/seed0/fp32/last.pt"])
+    assert terminate(proc) == "interrupted; finished files are intact and a rerun resumes"
 
 
 def test_a_report_of_a_run_under_way_with_nothing_finished_says_a_run_holds_it(tmp_path):
