@@ -59,10 +59,29 @@ def test_a_folder_is_named_checked_against_its_class_folders_and_read_as_qsal_tr
                  "folders.p.path: missing; give the folder of class sub-folders"):
         assert part in msg
     assert "folders: must map short names to folders" in _problems({"datasets": ["breastmnist"], "folders": [str(root)]})
+    # a folder named with a problem is reported once (not again as an unknown dataset), with how to write the value
+    msg = _problems({"datasets": ["clinic"], "folders": {"clinic": {"path": str(root), "size": 28.0}}})
+    assert msg == "s.yaml has 1 problem(s): folders.clinic.size: 28.0 is not an image size in px (12-1024) (write 28)"
+    image = next((root / "malignant").iterdir())
+    msg = _problems({"datasets": ["clinic"], "folders": {"clinic": {"path": str(image)}}})
+    assert f"folders.clinic.path: image folder {image} is a file, not a folder" in msg
     # a test split smaller than the explanations asked for, named by the folder's short name
     msg = _problems({"datasets": ["clinic"], "measure": {"n_explain": 64},
                      "folders": {"clinic": {"path": str(root), "positive_class": "malignant"}}})
     assert "measure.n_explain: 64 is more than the 16 test images of clinic" in msg
+
+
+def test_images_too_small_for_the_folders_size_are_refused_before_any_cell_with_the_setting_to_change(breast_folder,
+                                                                                                    tmp_path):
+    from qsal.study.runner import run_study
+
+    root = breast_folder(10)
+    cfg = parse_run_config({**BASE, "datasets": ["clinic"], "measure": {"saliency": False},
+                            "folders": {"clinic": {"path": str(root), "positive_class": "malignant", "size": 200}}})
+    with pytest.raises(QsalError, match=r"is 28x28 px; resizing it to 200 px would upscale it more than 4x.*\(study "
+                                        r"dataset clinic: folders.clinic in the config, size 200 px\)"):
+        run_study(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_relative_folder_path_is_read_from_the_config_files_folder(breast_folder, tmp_path, monkeypatch):

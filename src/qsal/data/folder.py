@@ -109,7 +109,8 @@ def split_folders(root: Path) -> dict[str, Path] | None:
 def _class_folders(root: Path) -> dict[str, list[Path]]:
     """Each class name and its folder(s): ``root/<class>``, or in a split folder ``root/<split>/<class>`` per split."""
     if not root.is_dir():
-        raise QsalError(f"image folder {root} does not exist; pass a folder with one sub-folder per class")
+        raise QsalError(f"image folder {root} {'is a file, not a folder' if root.is_file() else 'does not exist'}; "
+                        "pass a folder with one sub-folder per class")
     parts = split_folders(root)
     if parts is None:
         folders = {p.name: [p] for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}

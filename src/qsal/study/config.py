@@ -265,7 +265,9 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False, b
         from qsal.study.folders import parse_folders
 
         values["folders"] = parse_folders(problems, raw["folders"], base)
-    for key, allowed, kind in (("datasets", list_datasets() + sorted(values.get("folders", {})), str), ("models", list_models(), str),
+    # a folder named with a problem is still a name datasets may list: its problem is reported once, under folders
+    named = [k for k in raw["folders"] if isinstance(k, str)] if isinstance(raw.get("folders"), dict) else []
+    for key, allowed, kind in (("datasets", list_datasets() + named, str), ("models", list_models(), str),
                                ("methods", METHODS, str), ("bits", (2, 3, 4, 5, 6, 7, 8), int),
                                ("observers", OBSERVERS, str), ("seeds", None, int)):
         if key in values:

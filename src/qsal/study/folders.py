@@ -41,6 +41,7 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
     path is read from (``None``: the working folder; a recorded config's paths are absolute already)."""
     from qsal.data import list_datasets
     from qsal.study.config import _short
+    from qsal.study.config_yaml import number_hint
 
     if not isinstance(raw, dict):
         problems.append(f"folders: must map short names to folders, e.g. {{clinic: {{path: scans/, positive_class: "
@@ -74,7 +75,8 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
             wrong.append(f"{where}.positive_class: {_short(positive)} is not a class name (write it as text: "
                          f"'{positive}')")
         if not (isinstance(size, int) and not isinstance(size, bool) and SIZES[0] <= size <= SIZES[1]):
-            wrong.append(f"{where}.size: {_short(size)} is not an image size in px ({SIZES[0]}-{SIZES[1]})")
+            wrong.append(f"{where}.size: {_short(size)} is not an image size in px ({SIZES[0]}-{SIZES[1]})"
+                         f"{number_hint(size, int)}")
         if wrong:
             problems += wrong
             continue

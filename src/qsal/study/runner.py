@@ -160,7 +160,14 @@ def require_data(cfg: RunConfig, datasets: Iterable[str], download: bool = False
     for name in dict.fromkeys(datasets):
         for split in ("train", "test"):  # val comes from train (MNIST, CIFAR-10) or beside test (MedMNIST's one file)
             # QsalError naming the folder searched and how to get the files
-            load_split(cfg.dataset_source(name), split, cfg.data_dir, size=cfg.dataset_size(name), download=download)
+            try:
+                load_split(cfg.dataset_source(name), split, cfg.data_dir, size=cfg.dataset_size(name), download=download)
+            except QsalError as e:
+                if name not in cfg.folders:
+                    raise
+                # an image the loader refuses (unreadable, too small for size) is named with the setting to change
+                raise QsalError(f"{e} (study dataset {name}: folders.{name} in the config, size "
+                                f"{cfg.dataset_size(name)} px)") from None
 
 
 def other_config(run_dir: Path, cfg: RunConfig) -> str | None:
