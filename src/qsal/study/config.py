@@ -327,6 +327,14 @@ _PACT_NUMBERS = {"first_last_bits": int, "add_input_bits": int, "num_calibration
                  "alpha_init": float, "alpha_lr": float}
 
 
+def mapping_problem(where: str, options, known, what: str, noun: str = "key") -> str | None:
+    """Why ``options`` at ``where`` is not ``what`` (a mapping) of ``known`` keys only; ``None`` when it is."""
+    if not isinstance(options, dict):
+        return f"{where}: must be {what}, got {_short(options)}"
+    unknown = [k for k in options if k not in known]
+    return f"{where}: unknown {noun}(s) {_short(unknown)}; known: {', '.join(known)}" if unknown else None
+
+
 def _parse_pact(problems: list[str], raw, bits) -> dict:
     """``pact: {2: {weight_scheme: dorefa}}``: PACTConfig options per bit-width of ``bits`` (``bits`` comes from the
     cell); each bit-width's options are checked by building its PACTConfig. Keys may be strings ("2": JSON)."""
@@ -343,12 +351,9 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
         if not isinstance(b, int) or isinstance(b, bool) or not isinstance(bits, list) or b not in bits:
             problems.append(f"pact.{_short(key)}: not one of the study's bits ({_short(bits)})")
             continue
-        if not isinstance(options, dict):
-            problems.append(f"pact.{b}: must be a mapping of PACTConfig options, got {_short(options)}")
-            continue
-        unknown = [k for k in options if k not in allowed]
-        if unknown:
-            problems.append(f"pact.{b}: unknown option(s) {_short(unknown)}; known: {', '.join(allowed)}")
+        if (problem := mapping_problem(f"pact.{b}", options, allowed, "a mapping of PACTConfig options",
+                                       "option")) is not None:
+            problems.append(problem)
             continue
         options = {k: text_number(v) if _PACT_NUMBERS.get(k) is float else v for k, v in options.items()}
         wrong = [f"{k}: {_short(v)} is not {_PACT_TYPES[k][1]}{number_hint(v, _PACT_NUMBERS.get(k))}"

@@ -40,7 +40,7 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
     ``problems`` with its path (``folders.clinic.size: ...``). ``base``: the config file's folder, which a relative
     path is read from (``None``: the working folder; a recorded config's paths are absolute already)."""
     from qsal.data import list_datasets
-    from qsal.study.config import _short
+    from qsal.study.config import _short, mapping_problem
     from qsal.study.config_yaml import number_hint
 
     if not isinstance(raw, dict):
@@ -59,12 +59,8 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
             continue
         if isinstance(options, str):  # clinic: scans/ -- the one setting every folder needs, written alone
             options = {"path": options}
-        if not isinstance(options, dict):
-            problems.append(f"{where}: must be a mapping with path (and positive_class, size), got {_short(options)}")
-            continue
-        unknown = [k for k in options if k not in FOLDER_KEYS]
-        if unknown:
-            problems.append(f"{where}: unknown key(s) {_short(unknown)}; known: {', '.join(FOLDER_KEYS)}")
+        if (problem := mapping_problem(where, options, FOLDER_KEYS, "a mapping with path (and positive_class, size)")):
+            problems.append(problem)
             continue
         path, positive, size = options.get("path"), options.get("positive_class"), options.get("size", DEFAULT_SIZE)
         wrong = []
