@@ -25,7 +25,8 @@ def test_a_folder_is_named_checked_against_its_class_folders_and_read_as_qsal_tr
     cfg = parse_run_config({**BASE, "datasets": ["breastmnist", "clinic"],
                             "folders": {"clinic": {"path": str(root), "positive_class": "malignant", "size": 32}}},
                            "s.yaml", authored=True)
-    assert cfg.dataset_source("clinic") == f"folder:{root.resolve()}" and cfg.dataset_source("breastmnist") == "breastmnist"
+    assert cfg.dataset_source("clinic") == f"folder:{root.resolve()}"
+    assert cfg.dataset_source("breastmnist") == "breastmnist"
     assert (cfg.dataset_size("clinic"), cfg.dataset_size("breastmnist")) == (32, None)
     assert (cfg.positive_class("clinic"), cfg.positive_class("breastmnist")) == ("malignant", None)
     info = cfg.dataset_info("clinic")
@@ -33,7 +34,8 @@ def test_a_folder_is_named_checked_against_its_class_folders_and_read_as_qsal_tr
     assert info.n_samples == {"train": 56, "val": 8, "test": 16}  # 70/10/20 of each class's 40
     assert parse_run_config(cfg.to_dict()).folders == cfg.folders  # a recorded config reads back the same
     # the fingerprint changes with the folder's settings; a study without folders keeps its old fingerprint
-    other = parse_run_config({**cfg.to_dict(), "folders": {"clinic": {**cfg.folders["clinic"], "positive_class": "normal, benign"}}})
+    swapped = {"clinic": {**cfg.folders["clinic"], "positive_class": "normal, benign"}}
+    other = parse_run_config({**cfg.to_dict(), "folders": swapped})
     assert other.fingerprint() != cfg.fingerprint()
     plain = parse_run_config({**BASE, "datasets": ["breastmnist"]})
     assert plain.folders == {}
@@ -43,7 +45,8 @@ def test_a_folder_is_named_checked_against_its_class_folders_and_read_as_qsal_tr
     assert ("folders.clinic.positive_class: missing; clinic has two classes ('malignant', 'normal, benign'): name the "
             "one sensitivity is about") in msg
     msg = _problems({"datasets": ["clinic"], "folders": {"clinic": {"path": str(root), "positive_class": "benign"}}})
-    assert "folders.clinic.positive_class: 'benign' is not a class of clinic; choose one of 'malignant', 'normal, benign'" in msg
+    assert ("folders.clinic.positive_class: 'benign' is not a class of clinic; choose one of 'malignant', "
+            "'normal, benign'") in msg
     msg = _problems({"datasets": ["breastmnist", "gone"], "folders": {
         "gone": {"path": str(tmp_path / "nowhere"), "positive_class": "a"}, "spare": str(root)}})
     assert f"folders.gone.path: image folder {tmp_path / 'nowhere'} does not exist" in msg
@@ -52,13 +55,15 @@ def test_a_folder_is_named_checked_against_its_class_folders_and_read_as_qsal_tr
         "Clinic/x": str(root), "breastmnist": str(root), "z": {"path": str(root), "colour": 1},
         "s": {"path": str(root), "size": 4, "positive_class": 1}, "p": {"positive_class": "malignant"}}})
     for part in ("folders.Clinic/x: a folder's short name names its cell folders: use lower-case letters",
-                 "folders.breastmnist: breastmnist is a dataset of the table (`qsal datasets`); give the folder another name",
+                 "folders.breastmnist: breastmnist is a dataset of the table (`qsal datasets`); give the folder "
+                 "another name",
                  "folders.z: unknown key(s) ['colour']; known: path, positive_class, size",
                  "folders.s.size: 4 is not an image size in px (12-1024)",
                  "folders.s.positive_class: 1 is not a class name (write it as text: '1')",
                  "folders.p.path: missing; give the folder of class sub-folders"):
         assert part in msg
-    assert "folders: must map short names to folders" in _problems({"datasets": ["breastmnist"], "folders": [str(root)]})
+    listed = _problems({"datasets": ["breastmnist"], "folders": [str(root)]})
+    assert "folders: must map short names to folders" in listed
     # a folder named with a problem is reported once (not again as an unknown dataset), with how to write the value
     msg = _problems({"datasets": ["clinic"], "folders": {"clinic": {"path": str(root), "size": 28.0}}})
     assert msg == "s.yaml has 1 problem(s): folders.clinic.size: 28.0 is not an image size in px (12-1024) (write 28)"
@@ -110,7 +115,8 @@ def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are
     cells = ["clinic/small_cnn/seed0/fp32", "clinic/small_cnn/seed0/ptq-int8-minmax"]
     for r in (json.loads((run / c / "result.json").read_text()) for c in cells):
         assert r["data_source"] == f"folder:{root.resolve()}" and r["class_names"] == ["malignant", "normal, benign"]
-        assert (r["positive_class"], r["positive_label"]) == ("malignant", 0)  # the named class, not the alphabetical second
+        # the named class, not the alphabetical second
+        assert (r["positive_class"], r["positive_label"]) == ("malignant", 0)
     recorded = json.loads((run / "clinic/small_cnn/seed0/fp32/run.json").read_text())
     assert recorded["dataset"] == f"folder:{root.resolve()}"
     assert recorded["config"]["positive_class"] == "malignant" and recorded["config"]["size"] == 28

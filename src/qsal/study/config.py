@@ -135,7 +135,8 @@ class RunConfig:
         """Hash of everything that changes results (not ``data_dir``, which only says where files are)."""
         d = self.to_dict()
         d.pop("data_dir")
-        for key in ("train", "finetune", "schedules", "pact", "folders"):  # absent when unused: older run folders keep their fingerprint
+        # absent when unused: older run folders keep their fingerprint
+        for key in ("train", "finetune", "schedules", "pact", "folders"):
             if not d[key]:
                 d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -371,9 +372,9 @@ def _parse_pact(problems: list[str], raw, bits) -> dict:
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML study config. A relative ``data_dir`` (and ``folders`` path) is read from the file's folder, as other
-    config files' paths are (docker-compose's, for one), and recorded absolute: the study reads the same files from
-    whichever working folder it is run."""
+    """Read and validate a YAML study config. A relative ``data_dir`` (and ``folders`` path) is read from the file's
+    folder, as other config files' paths are (docker-compose's, for one), and recorded absolute: the study reads the
+    same files from whichever working folder it is run."""
     from qsal.study.config_yaml import read_config_yaml
 
     cfg = parse_run_config(read_config_yaml(path), str(path), authored=True, base=Path(path).parent)

@@ -11,7 +11,7 @@ named by the short name (``clinic/small_cnn/seed0/fp32``, ``--only 'clinic/*'``)
 - ``path``: the folder; a relative one is read from the config file's folder and recorded absolute (as ``data_dir``).
 - ``positive_class``: for a folder of two classes, the class sensitivity, PPV and the operating point are about. A study
   config must name it: its tables are compared across sets, and "the second class alphabetically" (the train command's
-  default) would make sensitivity quietly about the wrong class on a folder named ``benign/ malignant/`` reversed.
+  default) would make sensitivity quietly about ``normal`` in a folder of ``malignant/ normal/``.
 - ``size``: the side images are resized to, in px (default 28, MedMNIST's; 12-1024 as ``--size``).
 
 A folder that does not come split is split by each seed of the study anew (a cell's seed is its split seed, as in
@@ -55,7 +55,8 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
                             "'_', '-' or '.', starting with a letter or digit (e.g. clinic_cxr)")
             continue
         if name in list_datasets():
-            problems.append(f"{where}: {name} is a dataset of the table (`qsal datasets`); give the folder another name")
+            problems.append(f"{where}: {name} is a dataset of the table (`qsal datasets`); give the folder another "
+                            "name")
             continue
         if isinstance(options, str):  # clinic: scans/ -- the one setting every folder needs, written alone
             options = {"path": options}
@@ -93,7 +94,8 @@ def folder_problems(cfg) -> list[str]:
     for name, f in cfg.folders.items():
         where = f"folders.{name}"
         if name not in cfg.datasets:
-            problems.append(f"{where}: named, but not in datasets (no cell uses it); add {name} to datasets, or drop it")
+            problems.append(f"{where}: named, but not in datasets (no cell uses it); add {name} to datasets, or "
+                            "drop it")
             continue
         try:
             classes = _classes(Path(f["path"]))
