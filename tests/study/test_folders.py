@@ -128,6 +128,22 @@ def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are
     assert "positive_class: 'malignant' -> 'normal, benign'" in stale["clinic/small_cnn/seed0/fp32"]
     assert cells[1] in stale
 
+    # images added after the cells were trained: each seed's split is drawn anew, so the cells are stale, and a run
+    # redoes them only when told to (the child failed alone before, its parent kept as if current)
+    listing = json.loads((run / cells[0] / "result.json").read_text())["data_listing"]
+    added = root / "malignant" / "added.png"
+    shutil.copy(next((root / "malignant").iterdir()), added)
+    stale = stale_results(plan_groups(cfg), run, cfg)
+    assert stale[cells[0]] == "trained on other images than its folder holds now (files added, removed or renamed since)"
+    assert cells[1] in stale
+    with pytest.raises(QsalError, match=r"1 finished cell in .* was trained on other images than the study's folder "
+                                        r"holds now .*clinic/small_cnn/seed0/fp32\): restore the folder as it was, or "
+                                        r"pass --force to train it and the cells made from it again"):
+        run_study(cfg, run, progress=False)
+    run_study(cfg, run, progress=False, force=True)
+    assert json.loads((run / cells[0] / "result.json").read_text())["data_listing"] != listing
+    assert stale_results(plan_groups(cfg), run, cfg) == {}
+
     from qsal.study.report.html import _splits
 
     # a folder that does not come split is split by each seed: a row of several seeds says its test images differ

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from pathlib import Path
 
 from qsal.errors import QsalError
 from qsal.study.config import RunConfig
 
-__all__ = ["CellSpec", "plan_groups", "quant_config", "expected_configs", "expected_schedules", "group_name",
+__all__ = ["CellSpec", "plan_groups", "quant_config", "expected_configs", "expected_schedules", "folder_listing",
+           "group_name",
            "select_groups"]
 
 
@@ -93,12 +95,29 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
         sgt = {"k": cfg.sgt.k, "lambda": cfg.sgt.lam, "target": cfg.sgt.target} if guided else None
         if s.parent is None:
             # a folder's size and positive class, as train_model records them (a table set: its own size, none named)
-            positive = cfg.positive_class(s.dataset)
+            positive, listing = cfg.positive_class(s.dataset), folder_listing(cfg, s.dataset, s.seed)
             out[s.label] = {**train.to_dict(), "size": cfg.dataset_size(s.dataset), "sgt": sgt,
-                            **({"positive_class": positive} if positive is not None else {})}
+                            **({"positive_class": positive} if positive is not None else {}),
+                            # compared with the cell's result.json (redo.other_images), not its run.json
+                            **({"data_listing": listing} if listing is not None else {})}
         else:
             out[s.label] = {"train_config": finetune.to_dict(), "step": sgt}
     return out
+
+
+def folder_listing(cfg: RunConfig, dataset: str, seed: int) -> str | None:
+    """The digest of the split ``seed`` draws of a study folder as it is now (``folder.listing_sha256``: file names,
+    classes and splits; nothing decoded); ``None`` for a table set, or a folder that is not there (a report of a
+    committed study)."""
+    from qsal.data.folder import folder_split_files, listing_sha256
+
+    root = Path(cfg.folders[dataset]["path"]) if dataset in cfg.folders else None
+    if root is None or not root.is_dir():
+        return None
+    try:
+        return listing_sha256(folder_split_files(root, seed=seed))
+    except QsalError:  # no longer a folder of classes: the run's own check names it
+        return None
 
 
 def group_name(group: list[CellSpec]) -> str:

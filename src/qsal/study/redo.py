@@ -27,7 +27,8 @@ from qsal.errors import QsalError
 from qsal.study.grid import CellSpec, expected_configs, expected_schedules, group_name
 from qsal.study.rundir import read_json
 
-__all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "made_at", "older_than_parent", "other_measures",
+__all__ = ["Redo", "cells_to_redo", "cells_on_other_images", "clear_cell", "finished", "made_at", "older_than_parent",
+           "other_images", "other_measures",
            "other_schedule", "outdated", "parent_made_at", "pending", "progress", "read_results", "read_schedules",
            "recorded_quant_config", "stale_results", "under_way", "weights_kept"]
 
@@ -140,6 +141,30 @@ def other_schedule(recorded: dict | None, expected: dict | None) -> str | None:
             + (f" and {len(changed) - 4} more" if len(changed) > 4 else "") + "): redoing it")
 
 
+def other_images(result: dict, expected: dict | None) -> str | None:
+    """Why a finished FP32/SGT cell of a study folder was trained on other images than the folder holds now (files
+    added, removed or renamed: its seed's split is drawn anew, mixing its training images into test); ``None`` when the
+    same, for a table set, or where either side does not say (a folder not there, a cell made before it was recorded).
+    ``expected``: the cell's ``grid.expected_schedules`` entry (its ``data_listing``)."""
+    now, then = (expected or {}).get("data_listing"), result.get("data_listing")
+    if now is None or then is None or now == then:
+        return None
+    return "trained on other images than its folder holds now (files added, removed or renamed since): redoing it"
+
+
+def cells_on_other_images(groups: list[list[CellSpec]], run_dir: Path, cfg) -> list[str]:
+    """The finished FP32/SGT cells of ``groups`` trained on other images than their study folder holds now
+    (``other_images``): ``qsal run`` redoes them, and the cells made from them, only when told to (``--force``)."""
+    out = []
+    for g in groups:
+        if g[0].dataset not in cfg.folders:
+            continue
+        schedules = expected_schedules(g, cfg)
+        out += [s.id for s in g if s.parent is None and (r := _result(run_dir / s.id)) is not None
+                and other_images(r, schedules.get(s.label))]
+    return out
+
+
 def other_measures(result: dict, expected: dict | None) -> str | None:
     """Why a finished cell's measurements are not the study's now: its ``result.json`` records other ``measure``
     settings than ``expected`` (``asdict(cfg.measure)``); ``None`` when the same, or when the cell does not say
@@ -204,6 +229,7 @@ def cells_to_redo(specs: list[CellSpec], run_dir: Path, results: dict[str, dict 
     old = {s.label: why for s in specs if s.label in done
            and (why := outdated(s, run_dir / s.id, results[s.label], (expected or {}).get(s.label))
                 or other_schedule((recorded or {}).get(s.label), (schedules or {}).get(s.label))
+                or other_images(results[s.label], (schedules or {}).get(s.label))
                 or older_than_parent(s, results[s.label], results.get(s.parent)))}
     needed = {s.parent for s in specs if s.parent and (s.label in old or s.label not in done)}
     unusable = {s.label: why for s in specs if s.kind in needed and s.label in done and s.label not in old
@@ -238,6 +264,7 @@ def stale_results(groups: list[list[CellSpec]], run_dir: Path, cfg) -> dict[str,
                 continue
             why = (outdated(s, run_dir / s.id, result, expected.get(s.label))
                    or other_schedule(recorded.get(s.label), schedules.get(s.label))
+                   or other_images(result, schedules.get(s.label))
                    or older_than_parent(s, result, results.get(s.parent))
                    or (f"made from {s.parent}, which is out of date" if s.parent in stale else None)
                    or other_measures(result, asdict(cfg.measure)))

@@ -27,7 +27,8 @@ from qsal.run_folder import CannotResume
 from qsal.study.cell import agreement_with_fp32, log, run_cell
 from qsal.study.config import RunConfig, changed_settings, load_run_config, parse_run_config
 from qsal.study.grid import CellSpec, expected_configs, expected_schedules, plan_groups, select_groups
-from qsal.study.redo import cells_to_redo, clear_cell, made_at, read_results, read_schedules, weights_kept
+from qsal.study.redo import (cells_on_other_images, cells_to_redo, clear_cell, made_at, read_results, read_schedules,
+                             weights_kept)
 from qsal.study.rundir import read_json, run_lock
 
 __all__ = ["run_study", "run_group", "other_config", "config_changes"]
@@ -198,6 +199,13 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
         raise QsalError(f"{run_dir} was made by a different config ({config_changes(run_dir, cfg)}); --dry-run with "
                         "this --out lists the finished cells a run would redo, and --force runs the study there (the "
                         "finished cells the change leaves current are kept); or choose another --out")
+    if not force and (moved := cells_on_other_images(groups, run_dir, cfg)):
+        one = len(moved) == 1
+        raise QsalError(f"{len(moved)} finished cell{'' if one else 's'} in {run_dir} {'was' if one else 'were'} "
+                        f"trained on other images than the study's folder holds now (files added, removed or renamed "
+                        f"since; {'' if one else 'first '}{moved[0]}): restore the folder as it was, or pass --force to "
+                        f"train {'it' if one else 'them'} and the cells made from {'it' if one else 'them'} again on "
+                        "the folder as it is")
     write_json_atomic(stamp, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
     n_cells = sum(len(g) for g in groups)
     # taskset -c 0 qsal run ... trains on 1 thread; --only one/group --workers 4 gives that group every core
