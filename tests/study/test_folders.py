@@ -99,17 +99,17 @@ def test_a_relative_folder_path_is_read_from_the_config_files_folder(breast_fold
     assert load_run_config(config).folders["clinic"]["path"] == str(root.resolve())
 
 
-def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are_not(breast_folder, tmp_path):
+def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are_not(breast_folder, tmp_path,
+                                                                                     capsys):
     from qsal.study.grid import plan_groups
     from qsal.study.redo import stale_results
     from qsal.study.results import report_run
     from qsal.study.runner import run_study
 
     root = breast_folder(40)
-    cfg = parse_run_config({**BASE, "name": "clinic-study", "datasets": ["clinic"], "methods": ["fp32", "ptq"],
-                            "epochs": {"fp32": 1},
-                            "folders": {"clinic": {"path": str(root), "positive_class": "malignant"}}},
-                           "s.yaml", authored=True)
+    raw = {**BASE, "name": "clinic-study", "datasets": ["clinic"], "methods": ["fp32", "ptq"], "epochs": {"fp32": 1},
+           "folders": {"clinic": {"path": str(root), "positive_class": "malignant"}}}
+    cfg = parse_run_config(raw, "s.yaml", authored=True)
     run = tmp_path / "run"
     run_study(cfg, run, progress=False)
     cells = ["clinic/small_cnn/seed0/fp32", "clinic/small_cnn/seed0/ptq-int8-minmax"]
@@ -140,6 +140,14 @@ def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are
                                         r"holds now .*clinic/small_cnn/seed0/fp32\): restore the folder as it was, or "
                                         r"pass --force to train it and the cells made from it again"):
         run_study(cfg, run, progress=False)
+    from qsal.cli import main
+
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(config), "--out", str(run), "--dry-run", "--no-estimate"]) == 0
+    out = capsys.readouterr().out
+    assert ("a run would redo 2 of them:\n  (a study folder's files changed since 1 of them trained; a run there needs "
+            "--force, or restore the folder as it was)\n  clinic/small_cnn/seed0/fp32: trained on other images") in out
     run_study(cfg, run, progress=False, force=True)
     assert json.loads((run / cells[0] / "result.json").read_text())["data_listing"] != listing
     assert stale_results(plan_groups(cfg), run, cfg) == {}

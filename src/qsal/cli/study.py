@@ -156,7 +156,7 @@ def cmd_run(args):
 
 def _print_progress_of(out: Path, groups, cfg) -> None:
     """``--dry-run`` on an existing run folder: how much is finished and which finished cells a run would redo."""
-    from qsal.study.redo import progress
+    from qsal.study.redo import cells_on_other_images, progress
     from qsal.study.rundir import describe_holder, run_holder
     from qsal.study.runner import config_changes, other_config
 
@@ -170,6 +170,9 @@ def _print_progress_of(out: Path, groups, cfg) -> None:
     if other_config(out, cfg) is not None:
         print(f"  (made by a different config: {config_changes(out, cfg)}; a run there needs --force, which keeps the "
               "finished cells the edit leaves current and redoes those listed)")
+    if moved := cells_on_other_images(groups, out, cfg):  # qsal run refuses these without --force
+        print(f"  (a study folder's files changed since {len(moved)} of them trained; a run there needs --force, or "
+              "restore the folder as it was)")
     for line in redo:
         print(f"  {line}")
     failed = _failed_cells(out, groups)
