@@ -86,7 +86,7 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
     config each would write now that the study decides. FP32/SGT: the training ``TrainConfig`` and the SGT settings
     (as ``pipeline.train_model`` records them); QAT/PACT/SGT+PACT: the fine-tune's ``train_config`` (with the cell's
     seed, as ``pipeline.quantize_checkpoint`` records it) and the SGT step's settings. PTQ trains nothing."""
-    out = {}
+    out, listings = {}, {}  # a group's FP32 and SGT cells share one split: the folder is listed once per (set, seed)
     for s in specs:
         if s.kind == "ptq":
             continue
@@ -94,8 +94,10 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
         guided = s.kind in ("sgt", "sgt+pact")
         sgt = {"k": cfg.sgt.k, "lambda": cfg.sgt.lam, "target": cfg.sgt.target} if guided else None
         if s.parent is None:
+            if (s.dataset, s.seed) not in listings:
+                listings[s.dataset, s.seed] = folder_listing(cfg, s.dataset, s.seed)
             # a folder's size and positive class, as train_model records them (a table set: its own size, none named)
-            positive, listing = cfg.positive_class(s.dataset), folder_listing(cfg, s.dataset, s.seed)
+            positive, listing = cfg.positive_class(s.dataset), listings[s.dataset, s.seed]
             out[s.label] = {**train.to_dict(), "size": cfg.dataset_size(s.dataset), "sgt": sgt,
                             **({"positive_class": positive} if positive is not None else {}),
                             # compared with the cell's result.json (redo.other_images), not its run.json
