@@ -152,6 +152,26 @@ def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are
     assert json.loads((run / cells[0] / "result.json").read_text())["data_listing"] != listing
     assert stale_results(plan_groups(cfg), run, cfg) == {}
 
+    # the same file names with other bytes: an image overwritten in place, or the path pointed at another folder
+    changed = "trained on other images than its folder holds now (images changed, or the path names another folder since)"
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    moved = parse_run_config({**cfg.to_dict(), "folders": {"clinic": {**cfg.folders["clinic"], "path": str(copy)}}})
+    assert stale_results(plan_groups(moved), run, moved) == {}  # the same images under another path: current
+    original = added.read_bytes()
+    other = next(p.read_bytes() for p in sorted((root / "malignant").iterdir()) if p.read_bytes() != original)
+    (copy / "malignant" / added.name).write_bytes(other)
+    stale = stale_results(plan_groups(moved), run, moved)
+    assert stale[cells[0]] == changed and cells[1] in stale
+    added.write_bytes(other)  # overwritten in place
+    assert stale_results(plan_groups(cfg), run, cfg)[cells[0]] == changed
+    # a report of nothing current says how to get there: a plain rerun refuses a changed folder
+    with pytest.raises(QsalError, match=r"is what its study config makes now .*: restore the folder as it was, or "
+                                        r"rerun `qsal run --force` with that config to train them on it as it is$"):
+        report_run(run)
+    added.write_bytes(original)  # restored, byte for byte
+    assert stale_results(plan_groups(cfg), run, cfg) == {}
+
     from qsal.study.report.html import _splits
 
     # a folder that does not come split is split by each seed: a row of several seeds says its test images differ

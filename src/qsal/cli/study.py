@@ -156,7 +156,8 @@ def cmd_run(args):
 
 def _print_progress_of(out: Path, groups, cfg) -> None:
     """``--dry-run`` on an existing run folder: how much is finished and which finished cells a run would redo."""
-    from qsal.study.redo import cells_on_other_images, progress
+    from qsal.study.folders import cells_on_other_images
+    from qsal.study.redo import progress
     from qsal.study.rundir import describe_holder, run_holder
     from qsal.study.runner import config_changes, other_config
 

@@ -17,7 +17,7 @@ import numpy as np
 from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.study.config import RunConfig
-from qsal.study.grid import CellSpec, quant_config
+from qsal.study.grid import CellSpec, folder_content, quant_config
 from qsal.study.redo import finished, parent_made_at
 from qsal.study.results import defined
 from qsal.study.rundir import load_npy, read_json
@@ -47,6 +47,7 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
     log(cell, f"start {spec.id}")
     t0 = time.perf_counter()
     source, size = cfg.dataset_source(spec.dataset), cfg.dataset_size(spec.dataset)  # folder:PATH for a folder
+    content = folder_content(cfg, spec.dataset)  # the images' bytes as this cell reads them (folders.other_images)
     train, val, test = load_splits(source, cfg.data_dir, size=size, seed=spec.seed)
     sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed, target=cfg.sgt.target)
     train_cfg, finetune_cfg = cfg.train_configs(spec.dataset, spec.model, spec.seed, progress)
@@ -82,8 +83,8 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
               "size_bytes": exp["size_bytes"], "kernels": kernels,
               # what the report names it by: a folder's path and classes are not in the dataset table
               "data_source": source, "class_names": list(test.info.labels),
-              # a folder's split as this cell's seed drew it: a folder changed since makes it stale (redo.other_images)
-              "data_listing": train.listing_sha256,
+              # a folder's split as this cell's seed drew it: a folder changed since makes it stale (folders.other_images)
+              "data_listing": train.listing_sha256, "data_content": content,
               "measure": asdict(cfg.measure),
               # the method's config with its version: seeds of one row made by different qsal versions show up
               "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict(),

@@ -17,16 +17,23 @@ named by the short name (``clinic/small_cnn/seed0/fp32``, ``--only 'clinic/*'``)
 A folder that does not come split is split by each seed of the study anew (a cell's seed is its split seed, as in
 ``qsal train --seed``): a row's spread over seeds includes the split's, and each seed's cells share one split.
 
+A cell records the folder's split (``data_listing``) and the bytes of its images (``data_content``,
+``folder_content_sha256``): a file added, removed, renamed or overwritten since, or ``path`` pointed at another folder
+of the same names, makes the cell stale (``other_images``; ``qsal run`` redoes it only with ``--force``); a folder moved whole with its images does
+not.
+
 What a folder holds is checked where a user wrote the config (``folder_problems``), not in a recorded config, whose
 folder a report does not need.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
-__all__ = ["parse_folders", "folder_problems", "FOLDER_KEYS", "DEFAULT_SIZE"]
+__all__ = ["parse_folders", "folder_problems", "folder_content_sha256", "other_images", "cells_on_other_images",
+           "stale_advice", "FOLDER_KEYS", "DEFAULT_SIZE", "OTHER_IMAGES"]
 
 FOLDER_KEYS = ("path", "positive_class", "size")
 DEFAULT_SIZE = 28
@@ -113,3 +120,77 @@ def folder_problems(cfg) -> list[str]:
             problems.append(f"{where}.positive_class: {name} has {len(classes)} classes ({shown}); a positive class "
                             "applies to two-class folders only: drop it")
     return problems
+
+
+# {folder: (each listed file's path, size and modification time; digest)}: a study reads each image's bytes once per
+# process while none of them changes (a group's cells and the run's checks all ask)
+_CONTENT: dict[str, tuple[tuple, str]] = {}
+
+
+def folder_content_sha256(root: Path) -> str:
+    """A digest of the bytes of every image ``root`` holds (the files ``folder_split_files`` lists, by relative path,
+    whatever the split): an image overwritten in place, or another folder of the same file names, changes it; the
+    same images under another path do not. Raises ``QsalError`` where ``root`` is no folder of classes."""
+    from qsal.data.folder import folder_split_files
+
+    root = Path(root)
+    names = sorted(name for files in folder_split_files(root).values() for name, _ in files)
+    stats = tuple((name, (st := (root / name).stat()).st_size, st.st_mtime_ns) for name in names)
+    cached = _CONTENT.get(str(root))
+    if cached is not None and cached[0] == stats:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name in names:
+        data = (root / name).read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    _CONTENT[str(root)] = (stats, digest.hexdigest())
+    return digest.hexdigest()
+
+
+# how other_images begins its reason: a report's advice tells those cells apart (a rerun needs --force for them)
+OTHER_IMAGES = "trained on other images than its folder holds now"
+
+
+def other_images(result: dict, expected: dict | None) -> str | None:
+    """Why a finished FP32/SGT cell of a study folder was trained on other images than the folder holds now: files
+    added, removed or renamed (its seed's split is drawn anew, mixing its training images into test), or overwritten,
+    or ``path`` pointed at another folder. ``None`` when the same, for a table set, or where either side does not say
+    (a folder not there, a cell made before it was recorded). ``expected``: the cell's ``qsal.study.grid.expected_schedules``
+    entry (its ``data_listing`` and ``data_content``)."""
+    for key, what in (("data_listing", "files added, removed or renamed"),
+                      ("data_content", "images changed, or the path names another folder")):
+        now, then = (expected or {}).get(key), result.get(key)
+        if now is not None and then is not None and now != then:
+            return f"{OTHER_IMAGES} ({what} since): redoing it"
+    return None
+
+
+def stale_advice(stale: dict[str, str]) -> str:
+    """What a report tells a user to do about its out-of-date cells (``stale_results``): a rerun of ``qsal run``
+    redoes them, but cells trained on images their folder no longer holds only with ``--force`` (it refuses them
+    otherwise: ``cells_on_other_images``)."""
+    moved = sum(why.startswith(OTHER_IMAGES) for why in stale.values())
+    if not moved:
+        return "rerun `qsal run` with that config to redo them"
+    fix = "restore the folder as it was, or rerun `qsal run --force` with that config to train them on it as it is"
+    if moved == len(stale):
+        return fix
+    return (f"rerun `qsal run` with that config to redo them; the {moved} trained on other images than their folder "
+            f"holds now: {fix}")
+
+
+def cells_on_other_images(groups: list[list], run_dir: Path, cfg) -> list[str]:
+    """The finished FP32/SGT cells of ``groups`` trained on other images than their study folder holds now
+    (``other_images``): ``qsal run`` redoes them, and the cells made from them, only when told to (``--force``)."""
+    from qsal.study.grid import expected_schedules
+    from qsal.study.redo import read_results
+
+    out = []
+    for g in groups:
+        if g[0].dataset not in cfg.folders:
+            continue
+        schedules, results = expected_schedules(g, cfg), read_results(g, run_dir)
+        out += [s.id for s in g if s.parent is None and results[s.label] is not None
+                and other_images(results[s.label], schedules.get(s.label))]
+    return out

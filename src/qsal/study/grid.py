@@ -14,8 +14,7 @@ from qsal.errors import QsalError
 from qsal.study.config import RunConfig
 
 __all__ = ["CellSpec", "plan_groups", "quant_config", "expected_configs", "expected_schedules", "folder_listing",
-           "group_name",
-           "select_groups"]
+           "folder_content", "group_name", "select_groups"]
 
 
 @dataclass(frozen=True)
@@ -98,10 +97,11 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
                 listings[s.dataset, s.seed] = folder_listing(cfg, s.dataset, s.seed)
             # a folder's size and positive class, as train_model records them (a table set: its own size, none named)
             positive, listing = cfg.positive_class(s.dataset), listings[s.dataset, s.seed]
+            content = folder_content(cfg, s.dataset) if listing is not None else None
             out[s.label] = {**train.to_dict(), "size": cfg.dataset_size(s.dataset), "sgt": sgt,
                             **({"positive_class": positive} if positive is not None else {}),
-                            # compared with the cell's result.json (redo.other_images), not its run.json
-                            **({"data_listing": listing} if listing is not None else {})}
+                            # compared with the cell's result.json (folders.other_images), not its run.json
+                            **({"data_listing": listing, "data_content": content} if listing is not None else {})}
         else:
             out[s.label] = {"train_config": finetune.to_dict(), "step": sgt}
     return out
@@ -119,6 +119,20 @@ def folder_listing(cfg: RunConfig, dataset: str, seed: int) -> str | None:
     try:
         return listing_sha256(folder_split_files(root, seed=seed))
     except QsalError:  # no longer a folder of classes: the run's own check names it
+        return None
+
+
+def folder_content(cfg: RunConfig, dataset: str) -> str | None:
+    """The digest of the bytes of a study folder's images as they are now (``folders.folder_content_sha256``);
+    ``None`` for a table set, or a folder that is not there or no longer a folder of classes."""
+    from qsal.study.folders import folder_content_sha256
+
+    root = Path(cfg.folders[dataset]["path"]) if dataset in cfg.folders else None
+    if root is None or not root.is_dir():
+        return None
+    try:
+        return folder_content_sha256(root)
+    except (QsalError, OSError):  # no longer a folder of classes, or a file gone while read: the run's check names it
         return None
 
 

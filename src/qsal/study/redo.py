@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qsal.errors import QsalError
+from qsal.study.folders import other_images
 from qsal.study.grid import CellSpec, expected_configs, expected_schedules, group_name
 from qsal.study.rundir import read_json
 
-__all__ = ["Redo", "cells_to_redo", "cells_on_other_images", "clear_cell", "finished", "made_at", "older_than_parent",
-           "other_images", "other_measures",
+__all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "made_at", "older_than_parent", "other_measures",
            "other_schedule", "outdated", "parent_made_at", "pending", "progress", "read_results", "read_schedules",
            "recorded_quant_config", "stale_results", "under_way", "weights_kept"]
 
@@ -139,30 +139,6 @@ def other_schedule(recorded: dict | None, expected: dict | None) -> str | None:
     return ("trained on another schedule than this study's ("
             + ", ".join(f"{k}: {mine[k]!r} -> {now[k]!r}" for k in changed[:4])
             + (f" and {len(changed) - 4} more" if len(changed) > 4 else "") + "): redoing it")
-
-
-def other_images(result: dict, expected: dict | None) -> str | None:
-    """Why a finished FP32/SGT cell of a study folder was trained on other images than the folder holds now (files
-    added, removed or renamed: its seed's split is drawn anew, mixing its training images into test); ``None`` when the
-    same, for a table set, or where either side does not say (a folder not there, a cell made before it was recorded).
-    ``expected``: the cell's ``grid.expected_schedules`` entry (its ``data_listing``)."""
-    now, then = (expected or {}).get("data_listing"), result.get("data_listing")
-    if now is None or then is None or now == then:
-        return None
-    return "trained on other images than its folder holds now (files added, removed or renamed since): redoing it"
-
-
-def cells_on_other_images(groups: list[list[CellSpec]], run_dir: Path, cfg) -> list[str]:
-    """The finished FP32/SGT cells of ``groups`` trained on other images than their study folder holds now
-    (``other_images``): ``qsal run`` redoes them, and the cells made from them, only when told to (``--force``)."""
-    out = []
-    for g in groups:
-        if g[0].dataset not in cfg.folders:
-            continue
-        schedules = expected_schedules(g, cfg)
-        out += [s.id for s in g if s.parent is None and (r := _result(run_dir / s.id)) is not None
-                and other_images(r, schedules.get(s.label))]
-    return out
 
 
 def other_measures(result: dict, expected: dict | None) -> str | None:

@@ -84,6 +84,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
     """Aggregate finished cells: one row per (dataset, model, method), mean and std over seeds.
     ``grids=False`` only reads (no saliency-grid PNG is drawn into the folder)."""
     from qsal.quant.config import canonical_config
+    from qsal.study.folders import stale_advice
     from qsal.study.redo import recorded_quant_config, stale_results
 
     run_dir = Path(run_dir)
@@ -117,7 +118,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         if stale:  # finished, but none is what the config makes now
             first = next(iter(stale))
             raise QsalError(f"none of the {len(stale)} finished cells in {run_dir} is what its study config makes now "
-                            f"(first, {first}: {stale[first]}); rerun `qsal run` with that config to redo them")
+                            f"(first, {first}: {stale[first]}); {stale_advice(stale)}")
         raise QsalError(f"{run_dir} has no finished cells yet; " + (
             f"a `qsal run` (pid {holder}) is working on it: report it once a cell has finished" if holder
             else "run `qsal run` first"))

@@ -18,6 +18,7 @@ import numpy as np
 
 from qsal._atomic import write_text_atomic
 from qsal.metrics.operating_point import describe_operating_point
+from qsal.study.folders import stale_advice
 from qsal.study.report.plots import ci_plot, diagnostics_plot, tradeoff_plot
 from qsal.study.report.saliency import saliency_figures
 from qsal.study.report.tables import (environment_table, glossary_entries, glossary_markdown, machines_table,
@@ -281,7 +282,7 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
         md += ["", "## Cells left out", "", left_note]
     stale = results.get("stale") or {}
     stale_note = (f"{len(stale)} finished cells are not what the study's config makes now and are left out of every "
-                  "table and figure until a rerun of `qsal run` with that config redoes them:") if stale else ""
+                  f"table and figure until they are redone ({stale_advice(stale)}):") if stale else ""
     if stale:
         md += ["", "## Cells out of date", "", stale_note, ""] + [f"- `{c}`: {why}" for c, why in stale.items()]
     unfinished, holder = results.get("unfinished") or [], results.get("running")
