@@ -185,3 +185,21 @@ def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are
     assert f"**dataset**: clinic (image folder {root.resolve()})" in md
     assert "**classes**: 0: malignant · 1: normal, benign" in md and "**positive class**: malignant" in md
     assert f"**splits**: a split of the image folder {root.resolve()} (no longer there)" in md
+
+
+def test_a_report_of_table_sets_and_a_folder_names_the_folders_path_and_each_sets_classes(breast_folder, tmp_path):
+    from qsal.study.results import report_run
+    from qsal.study.runner import run_study
+
+    root = breast_folder(20)
+    (root / "normal, benign").rename(root / "benign")  # classes no table holds
+    cfg = parse_run_config({**BASE, "datasets": ["breastmnist", "clinic"], "epochs": {"fp32": 1},
+                            "measure": {"latency": False, "saliency": False},
+                            "folders": {"clinic": {"path": str(root), "positive_class": "malignant"}}},
+                           "s.yaml", authored=True)
+    run_study(cfg, tmp_path / "run", progress=False)
+    report_run(tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert f"**dataset**: breastmnist, clinic (image folder {root.resolve()})" in md
+    assert "**classes**: breastmnist: 0: malignant · 1: normal, benign; clinic: 0: benign · 1: malignant" in md
+    assert "**positive class**: breastmnist: malignant; clinic: malignant" in md

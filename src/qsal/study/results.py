@@ -327,7 +327,10 @@ def report_run(run_dir: str | Path) -> dict:
     name = str(cfg.get("name", Path(run_dir).name))
     # the study's datasets, finished or not: a report of one set's cells must not read as the study's
     study_sets = collected["study_datasets"]
-    datasets = ", ".join(study_sets)
+    folders = cfg.get("folders") if isinstance(cfg.get("folders"), dict) else {}
+    # a study's own folder by its path too: the short name is the study's, not a set a reader can look up
+    datasets = ", ".join(f"{d} (image folder {folders[d]['path']})" if isinstance(folders.get(d), dict)
+                         and folders[d].get("path") else d for d in study_sets)
     dataset = datasets or name
     if "dataset_name" in collected:  # the rows are of one set (its classes and test count head the report)
         dataset = collected["dataset_name"] + (f" (of the study's {datasets}: the others have no cell in these tables yet)"
@@ -351,10 +354,12 @@ def report_run(run_dir: str | Path) -> dict:
 
 def _status_notes(collected: dict) -> list[str]:
     """What the tables leave out, in one line each, for the terminal (the report lists the cells)."""
+    from qsal.study.folders import stale_advice
+
     notes = []
     if collected.get("stale"):
         notes.append(f"{len(collected['stale'])} finished cells are out of date for the study's config and left out "
-                     f"of the tables until `qsal run` redoes them: {', '.join(collected['stale'])}")
+                     f"of the tables ({stale_advice(collected['stale'])}): {', '.join(collected['stale'])}")
     if collected.get("unfinished"):
         notes.append(f"{len(collected['unfinished'])} cells of the study's config have no result yet"
                      + (f" (a `qsal run`, pid {collected['running']}, is working on this folder)"

@@ -77,6 +77,14 @@ def _positive_per_dataset(rows: list[dict]) -> str | None:
     return "; ".join(f"{d}: {p}" for d, p in per.items()) if len(per) > 1 else None
 
 
+def _classes_per_dataset(rows: list[dict]) -> str | None:
+    """``"breastmnist: 0: malignant · 1: normal, benign; clinic: 0: benign · 1: malignant"`` when rows span several
+    datasets (each row records its own set's classes): a study's own folder's classes are in no table to look up."""
+    per = {r["dataset"]: _classes(r["class_names"]) for r in rows
+           if isinstance(r.get("dataset"), str) and isinstance(r.get("class_names"), list) and r["class_names"]}
+    return "; ".join(f"{d}: {c}" for d, c in per.items()) if len(per) > 1 else None
+
+
 def _classes(names: list[str]) -> str | None:
     """``0: malignant · 1: normal, benign``: labels numbered, as a label may hold a comma (BreastMNIST's 1)."""
     if not names:
@@ -122,7 +130,7 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
         positive = f"{names[1]} (label 1, the evaluator's default; not chosen for this report)"
     items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
              ("splits", _splits(rows if any(r.get("dataset") for r in rows) else [{"dataset": results.get("dataset")}])),
-             ("classes", _classes(names)),
+             ("classes", _classes(names) or _classes_per_dataset(rows)),
              ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),
              ("operating point", op_text),
              ("architecture", results.get("architecture")), ("schedule", results.get("schedule")),
