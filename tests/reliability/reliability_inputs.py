@@ -201,6 +201,8 @@ def bad_image(folder: Path, kind: str) -> Path:
         (target / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     elif kind == "one_pixel_png":
         Image.fromarray(np.full((1, 1), 128, np.uint8)).save(target / "bad.png")
+    elif kind == "small_png":  # 6 px: 28 would upscale it 4.7x; 24 px is the most it allows
+        Image.fromarray(np.full((6, 9), 128, np.uint8)).save(target / "bad.png")
     elif kind == "float_tiff":
         Image.fromarray(np.ones((28, 28), np.float32)).save(target / "bad.tif")
     elif kind == "garbage_dicom":

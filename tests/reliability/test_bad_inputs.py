@@ -407,7 +407,11 @@ def test_corrupt_run_config_in_run(tmp_path, monkeypatch, capsys):
 
 
 IMAGE_CASES = {
-    "garbage_png": "cannot read image", "one_pixel_png": "is 1x1 px; resizing it to 28 px would upscale it",
+    "garbage_png": "cannot read image",
+    "one_pixel_png": "is 1x1 px; resizing it to 28 px would upscale it more than 4x: remove it, or use the image at a "
+                     "larger size",  # no size it allows is one qsal takes (12 px and up)
+    "small_png": "is 9x6 px; resizing it to 28 px would upscale it more than 4x: remove it, or use the image at a "
+                 "larger size, or lower --size to 24 or less",
     "float_tiff": "floating-point pixels", "garbage_dicom": "cannot read DICOM",
     "truncated_dicom": "DICOM", "dicom_without_pixels": "has no pixel data",
     "multiframe_dicom": "has 3 frames", "decompression_bomb": "decompression bomb",

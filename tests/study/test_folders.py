@@ -83,8 +83,9 @@ def test_images_too_small_for_the_folders_size_are_refused_before_any_cell_with_
     root = breast_folder(10)
     cfg = parse_run_config({**BASE, "datasets": ["clinic"], "measure": {"saliency": False},
                             "folders": {"clinic": {"path": str(root), "positive_class": "malignant", "size": 200}}})
-    with pytest.raises(QsalError, match=r"is 28x28 px; resizing it to 200 px would upscale it more than 4x.*\(study "
-                                        r"dataset clinic: folders.clinic in the config, size 200 px\)"):
+    with pytest.raises(QsalError, match=r"is 28x28 px; resizing it to 200 px would upscale it more than 4x: remove "
+                                        r"it, or use the image at a larger size, or lower folders.clinic.size in the "
+                                        r"config to 112 or less$"):
         run_study(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 

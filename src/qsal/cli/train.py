@@ -35,16 +35,20 @@ def _train_config(args):
 
 def cmd_train(args):
     from qsal.cli.arguments import check_resume, resolve_sgt_options
+    from qsal.data.folder import ImageTooSmall
     from qsal.pipeline import train_model
 
     check_resume(args)
     resolve_sgt_options(args)
-    result = train_model(dataset=args.dataset, model=args.model, config=_train_config(args), out_dir=args.out,
-                         data_dir=args.data_dir, size=args.size, download=args.download,
-                         saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
-                         sgt_target=args.sgt_target, pact_bits=args.pact_bits, positive_class=args.positive_class,
-                         operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
-                         resume=args.resume, force=args.force)
+    try:
+        result = train_model(dataset=args.dataset, model=args.model, config=_train_config(args), out_dir=args.out,
+                             data_dir=args.data_dir, size=args.size, download=args.download,
+                             saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
+                             sgt_target=args.sgt_target, pact_bits=args.pact_bits, positive_class=args.positive_class,
+                             operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
+                             resume=args.resume, force=args.force)
+    except ImageTooSmall as e:  # the size this command chose: named with the largest the image allows
+        raise ImageTooSmall(e.path, e.width, e.height, e.size, "--size") from None
     print_result(result if args.json else summary_table(result), args.json)
 
 

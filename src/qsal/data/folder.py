@@ -24,7 +24,8 @@ from qsal.data.dicom import IMAGE_EXT, dicom_picture, is_dicom
 from qsal.data.registry import TASK_BINARY, TASK_MULTICLASS, DatasetInfo
 from qsal.errors import QsalError
 
-__all__ = ["folder_info", "load_folder", "folder_split_files", "split_folders", "describe_split", "folder_root", "listing_sha256", "check_same_listing"]
+__all__ = ["folder_info", "load_folder", "folder_split_files", "split_folders", "describe_split", "folder_root",
+           "listing_sha256", "check_same_listing", "ImageTooSmall", "MAX_UPSCALE"]
 
 
 
@@ -226,6 +227,19 @@ def folder_split_files(root: Path, val_fraction: float = 0.1, test_fraction: flo
 MAX_UPSCALE = 4
 
 
+class ImageTooSmall(QsalError):
+    """An image that reading at ``size`` px would upscale more than ``MAX_UPSCALE`` times. ``setting``: what chooses
+    the size where the folder is read for training (``--size``; a study's ``folders.clinic.size``), named with the
+    largest size the image allows; ``None`` where the size is a model's (scoring, explaining, predicting)."""
+
+    def __init__(self, path: Path, width: int, height: int, size: int, setting: str | None = None):
+        self.path, self.width, self.height, self.size = path, width, height, size
+        largest = min(width, height) * MAX_UPSCALE
+        lower = f", or lower {setting} to {largest} or less" if setting and largest >= 12 else ""  # 12 px: the least
+        super().__init__(f"image {path} is {width}x{height} px; resizing it to {size} px would upscale it more than "
+                         f"{MAX_UPSCALE}x: remove it, or use the image at a larger size{lower}")
+
+
 def png_significant_bits(path: Path) -> int | None:
     """The significant bits a PNG declares for its (gray) samples in its ``sBIT`` chunk, which Pillow does not read
     (``None``: no such chunk, or not a PNG). A 12-bit X-ray stored in a 16-bit PNG declares 12."""
@@ -333,9 +347,7 @@ def read_image(path: Path, n_channels: int, size: int, notes: dict[str, int] | N
     img = dicom_picture(path) if dicom else _open_picture(path)
     w, h = img.size
     if min(w, h) * MAX_UPSCALE < size:
-        raise QsalError(f"image {path} is {w}x{h} px; resizing it to {size} px would upscale it more than "
-                        f"{MAX_UPSCALE}x: remove it, or use the image at a larger size (training on a folder: or "
-                        "pass a smaller --size)")
+        raise ImageTooSmall(path, w, h, size)
     # after the size check: a 1-pixel image is named as too small; a blank DICOM was already refused by _read_dicom,
     # before its min-max scaling
     if not dicom:

@@ -157,16 +157,19 @@ def require_data(cfg: RunConfig, datasets: Iterable[str], download: bool = False
     reruns without its data). ``download=True`` (``qsal run --download``) fetches missing files from the official
     source instead."""
     from qsal.data import load_split
+    from qsal.data.folder import ImageTooSmall
 
     for name in dict.fromkeys(datasets):
         for split in ("train", "test"):  # val comes from train (MNIST, CIFAR-10) or beside test (MedMNIST's one file)
             # QsalError naming the folder searched and how to get the files
             try:
                 load_split(cfg.dataset_source(name), split, cfg.data_dir, size=cfg.dataset_size(name), download=download)
+            except ImageTooSmall as e:  # named with the setting to change
+                raise ImageTooSmall(e.path, e.width, e.height, e.size, f"folders.{name}.size in the config") from None
             except QsalError as e:
                 if name not in cfg.folders:
                     raise
-                # an image the loader refuses (unreadable, too small for size) is named with the setting to change
+                # an image the loader refuses (unreadable) is named with its study dataset
                 raise QsalError(f"{e} (study dataset {name}: folders.{name} in the config, size "
                                 f"{cfg.dataset_size(name)} px)") from None
 
