@@ -290,7 +290,13 @@ YAML_CASES = {
     "missing_study_folder": (b"datasets: [clinic]\nmodels: [small_cnn]\nmethods: [fp32]\n"
                              b"folders: {clinic: {path: scans, positive_class: malignant}}\n",
                              "folders.clinic.path: image folder {tmp}/scans does not exist; pass a folder with one "
-                             "sub-folder per class"),
+                             "sub-folder per class ('scans' is read from the config file's folder, {tmp}: give the "
+                             "path from there, or an absolute one)"),
+    "folder_not_named": (b"datasets: [breastmnist, clinic]\nmodels: [small_cnn]\nmethods: [fp32]\n",
+                         "datasets[1]: unknown value 'clinic'; choose from bloodmnist, breastmnist, chestmnist, "
+                         "cifar10, dermamnist, mnist, octmnist, organamnist, organcmnist, organsmnist, pathmnist, "
+                         "pneumoniamnist, retinamnist, tissuemnist; or, for your own images, name a folder under "
+                         "folders: (e.g. folders: {clinic: {path: scans/, positive_class: ...}})"),
     "folder_path_in_datasets": (b"datasets: ['folder:scans']\nmodels: [small_cnn]\nmethods: [fp32]\n",
                                 "datasets[0]: 'folder:scans': a study names its own folders under folders:"),
 }

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from qsal.errors import TYPE_WORDS, QsalError, is_finite_number, is_integer
 from qsal.study.config_yaml import number_hint, text_number
+from qsal.study.folders import NAME
 
 __all__ = ["RunConfig", "load_run_config", "changed_settings", "METHODS"]
 
@@ -193,7 +194,9 @@ def _check_list(problems, key, value, allowed=None, kind=str):
                             f"{{clinic: {{path: {v[len('folder:'):] or 'scans/'}, positive_class: ...}}}}) and lists "
                             "the short name here (datasets: [clinic])")
         elif allowed is not None and v not in allowed:
-            problems.append(f"{key}[{i}]: unknown value {_short(v)}; choose from {', '.join(map(str, allowed))}")
+            own = (f"; or, for your own images, name a folder under folders: (e.g. folders: {{{v}: {{path: scans/, "
+                   "positive_class: ...}})") if key == "datasets" and NAME.fullmatch(v) else ""
+            problems.append(f"{key}[{i}]: unknown value {_short(v)}; choose from {', '.join(map(str, allowed))}{own}")
         elif v in value[:i]:  # two seeds 0 would train one cell folder twice, at once with --workers 2
             problems.append(f"{key}[{i}]: {_short(v)} is listed twice; give each value once")
 
@@ -297,7 +300,8 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False, b
         cfg = RunConfig(**values)
         problems += shifts_too_large(cfg)
         if authored:  # the models and splits are read only once the folders are known to be there
-            problems += settings_without_effect(raw, cfg) + (folder_problems(cfg) or beyond_models_and_data(cfg))
+            problems += settings_without_effect(raw, cfg) + (folder_problems(cfg, raw.get("folders"), base)
+                                                               or beyond_models_and_data(cfg))
     if problems:
         shown = problems[:_MAX_PROBLEMS] + ([f"... and {len(problems) - _MAX_PROBLEMS} more"]
                                             if len(problems) > _MAX_PROBLEMS else [])

@@ -89,11 +89,12 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
     return out
 
 
-def folder_problems(cfg) -> list[str]:
+def folder_problems(cfg, written: dict | None = None, base: Path | None = None) -> list[str]:
     """What a config a user wrote names of its folders that their files contradict: a folder that is not there or
     holds fewer than two class folders, a binary folder without ``positive_class`` or with one that is not a class,
     ``positive_class`` on a multi-class folder, a folder named but listed in no ``datasets``. Reads the class folders
-    (names only; no image is decoded)."""
+    (names only; no image is decoded). ``written``: the config's ``folders`` as written, ``base``: the folder a relative
+    path was read from (``parse_folders``): a missing folder given relative says where it was looked for."""
     from qsal.data.folder import _classes
     from qsal.errors import QsalError
 
@@ -107,7 +108,13 @@ def folder_problems(cfg) -> list[str]:
         try:
             classes = _classes(Path(f["path"]))
         except QsalError as e:
-            problems.append(f"{where}.path: {e}")
+            given = (written or {}).get(name)
+            given = given.get("path") if isinstance(given, dict) else given
+            relative = (isinstance(given, str) and not Path(given).expanduser().is_absolute()
+                        and not Path(f["path"]).exists())
+            read_from = (base or Path.cwd()).resolve()
+            problems.append(f"{where}.path: {e}" + (f" ({given!r} is read from the config file's folder, {read_from}: "
+                                                    "give the path from there, or an absolute one)" if relative else ""))
             continue
         shown = ", ".join(map(repr, classes))  # 'normal, benign' is one class
         if len(classes) == 2 and f["positive_class"] is None:
