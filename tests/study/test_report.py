@@ -184,7 +184,7 @@ def test_captions_and_diagnostics_decide_at_each_models_operating_point(tmp_path
     write_report(tmp_path / "r", results)
     md = (tmp_path / "r" / "report.md").read_text()
     assert "**operating point**: each model's own" in md and "| op threshold |" in md.replace(" (positive: malignant)", "")
-    assert "| 0.3 |" in md and "| 0.04512 |" in md and "sens. (positive: malignant) @ 0.5" in md
+    assert "| 0.3000 |" in md and "| 0.04512 |" in md and "sens. (positive: malignant) @ 0.5" in md
     assert md.count("![breastmnist/small_cnn/") == 3  # one diagnostics figure per row, from each row's classes
 
 

@@ -117,7 +117,7 @@ def cmd_run(args):
         print(format_plan(plan, cfg.name))
         if finished:
             print(f"every cell {'of the chosen groups ' if args.only else ''}in {args.out} is finished and up to date: "
-                  "a run would train or quantize nothing (--force redoes them)")
+                  "a run would train or quantize nothing (delete a cell's folder to have a run redo it)")
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         _print_progress_of(Path(args.out), chosen, cfg)
