@@ -28,6 +28,18 @@ def test_faithful_maps_remove_accuracy_faster_than_random():
     assert res["gap"] > 0.2
     bad = np.random.default_rng(1).random(x.shape)
     assert faithfulness_curve(_corner_model, x, y, bad)["gap"] < res["gap"]
+    # the images with the corner lit (class 1) lose it to removal; class-0 images stay class 0 whatever is removed
+    assert res["changed"] == float(np.mean(y == 1))
+
+
+def test_a_model_whose_decisions_no_removal_moves_has_a_gap_of_zero_and_says_so():
+    x, y = _images()
+    one_class = lambda a: np.tile([2.0, -1.0], (len(a), 1))  # noqa: E731 - class 0 for any input
+    good = np.zeros_like(x)
+    good[:, :, :4, :4] = 1.0
+    res = faithfulness_curve(one_class, x, y, good)
+    assert res["gap"] == 0.0 and res["changed"] == 0.0
+    assert res["acc_top"] == res["acc_random"] == [float(np.mean(y == 0))] * len(res["fractions"])
 
 
 def test_deletion_low_insertion_high_for_the_right_map():

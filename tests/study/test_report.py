@@ -348,3 +348,15 @@ def test_the_demos_header_names_its_splits_from_the_reports_dataset():
     demo = dict(_header({"dataset": "mnist"}, [{"model": "fp32"}]))  # demo rows do not name their dataset
     assert demo["splits"].endswith("validation a seeded 10% of the training images (held out of training)")
     assert "splits" not in dict(_header({"dataset": "breastmnist, mnist"}, [{"model": "fp32"}]))  # a title, not a set
+
+
+def test_a_faithfulness_gap_that_no_removal_could_move_is_named_as_ranking_nothing(tmp_path):
+    results = _results(tmp_path, with_arrays=False)
+    results["rows"][0].update(faithfulness_gap=0.0, faithfulness_changed=0.0)  # every decision held at every removal
+    results["rows"][1].update(faithfulness_gap=0.0, faithfulness_changed=0.25)  # a measured 0: some decisions moved
+    results["rows"][2].update(faithfulness_gap=0.1)  # made before the share was recorded: nothing said
+    write_report(tmp_path / "r", results)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert ("> Faithfulness gap of fp32: no removal of pixels, salient or random, moved any explained image's decision"
+            in md)
+    assert "gap of fp32, ptq-int8" not in md and "gap of fp32, pact-2" not in md

@@ -50,6 +50,8 @@ _CAVEATS = [
 _EXPLANATIONS = {
     "faithfulness_gap": "accuracy lost when the most salient pixels are removed minus that lost for random pixels "
                         "(higher = the map points at evidence the model uses)",
+    "faithfulness_changed": "share of the explained images whose decision some removal moved (0: none moved, so the "
+                            "faithfulness gap is 0 whatever the map and ranks nothing)",
     "gini": "sparseness of the map, 0 = spread evenly, 1 = one pixel",
     "map_spearman_vs_fp32": "rank correlation with the plain FP32 model's map of the same image (the FP32 model of the "
                             "same run, which is not the parent of an SGT+PACT model; 1 = same ranking)",

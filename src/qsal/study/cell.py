@@ -114,8 +114,9 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
         result.update(measures)
     # every cell's artifact gets its card (measure.latency: false leaves only its latency out)
     write_card(str(ckpt), cell / "model.onnx", bench if cfg.measure.latency else None, metrics=art.to_dict(),
-               explanations={k: result[k] for k in ("faithfulness_gap", "deletion_auc", "insertion_auc", "gini")
-                             if k in result} or None, data_dir=cfg.data_dir, latency=cfg.measure.latency)
+               explanations={k: result[k] for k in ("faithfulness_gap", "faithfulness_changed", "deletion_auc",
+                                                    "insertion_auc", "gini") if k in result} or None,
+               data_dir=cfg.data_dir, latency=cfg.measure.latency)
     result["environment"] = environment()
     result["made_at"] = made_at or result["environment"]["utc"]  # redo.older_than_parent compares children with it
     result = defined(result)
@@ -142,7 +143,9 @@ def explanation_measures(model, x, y, seed: int, device: str = "cpu") -> tuple[n
     model_fn = lambda a: predict_logits(model, torch.from_numpy(a), device=device)  # noqa: E731
     faith = faithfulness_curve(model_fn, x.numpy(), y.numpy(), maps, seed=seed)
     curves = deletion_insertion(model_fn, x.numpy(), y.numpy(), maps)
-    return maps, {"faithfulness_gap": faith["gap"], "deletion_auc": curves["deletion_auc"],
+    # the share of images some removal moved off their decision: 0 makes the gap 0 whatever the maps (a report says so)
+    return maps, {"faithfulness_gap": faith["gap"], "faithfulness_changed": faith["changed"],
+                  "deletion_auc": curves["deletion_auc"],
                   "insertion_auc": curves["insertion_auc"], "gini": mean_gini(maps)}
 
 

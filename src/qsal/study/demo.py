@@ -112,7 +112,8 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         rows.append({"model": name, **artifact_row(art, metrics), "acc_ci": art.ci.get("acc"), "scored": "onnx",
                      "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
                      "latency_b1_p95_ms": b1["latency_ms_p95"], "throughput_b64": b64["throughput_img_s"],
-                     "faithfulness_gap": faith["gap"], "gini": mean_gini(maps[name]),
+                     "faithfulness_gap": faith["gap"], "faithfulness_changed": faith["changed"],
+                     "gini": mean_gini(maps[name]),
                      "onnx": str(onnx_path), "checkpoint": str(ckpt), "bench": bench})
     for r in rows:
         agree = agreement(maps["fp32"], maps[r["model"]])

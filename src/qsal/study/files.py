@@ -229,7 +229,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
             maps[label] = occlusion_numpy(rt.run_normalized, x, sub.labels, baseline=black_baseline(rt.mean, rt.std))
         sal_probs[label] = probs[test.subset_indices(n_explain, seed)]
         faith = faithfulness_curve(rt.run_normalized, x, sub.labels, maps[label], seed=seed)
-        row.update(faithfulness_gap=faith["gap"], gini=mean_gini(maps[label]))
+        row.update(faithfulness_gap=faith["gap"], faithfulness_changed=faith["changed"], gini=mean_gini(maps[label]))
         rows.append(row)
     reference = labels[0]
     fp32 = next((r for r in rows if r["quant"] == "fp32"), None)

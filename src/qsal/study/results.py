@@ -141,7 +141,7 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
                                                             if known < len(rs) else "")
         for k in ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
                   "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap",
-                  "deletion_auc", "insertion_auc", "agreement_spearman", "gini"):
+                  "faithfulness_changed", "deletion_auc", "insertion_auc", "agreement_spearman", "gini"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 # timings: the median over seeds (the seeds run one network, so they differ by noise only, and one

@@ -203,6 +203,11 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
     if mixed:
         notes.append(f"Not one method across seeds: the cells of {', '.join(mixed)} were made with different "
                      "quantization configs (or versions); compare their result.json 'quant_config', and redo the odd ones.")
+    unmoved = [r["model"] for r in rows if r.get("faithfulness_changed") == 0 and r.get("faithfulness_gap") is not None]
+    if unmoved:  # accuracy could not tell the maps apart: the gap of these rows ranks nothing
+        notes.append(f"Faithfulness gap of {', '.join(unmoved)}: no removal of pixels, salient or random, moved any "
+                     "explained image's decision (the model gave each the same class, intact or blanked), so the gap is "
+                     "0 whatever the maps; deletion / insertion AUC, which follow the probability, still compare them.")
     tradeoffs: list[tuple[Path, str]] = []
     # one front per dataset: an accuracy on one test set does not beat or tie an accuracy on another
     datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
