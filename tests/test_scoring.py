@@ -338,6 +338,16 @@ def test_a_folder_model_is_scored_and_quantized_on_its_own_split(breast_folder, 
                  str(tmp_path / "cli")]) == 2
     assert not (tmp_path / "cli").exists()
 
+    # --split-seed: another seed's weights on seed 1's split; evaluate scores it on that split, not on seed 2's
+    fixed = tmp_path / "fixed"
+    assert main(["train", "--dataset", f"folder:{root}", "--epochs", "1", "--seed", "2", "--split-seed", "1",
+                 "--precision", "fp32", "--no-progress", "--out", str(fixed)]) == 0
+    meta = json.loads((fixed / "best.json").read_text())
+    assert (meta["dataset"]["split_seed"], meta["seed"]) == (1, 2)
+    assert meta["dataset"]["listing_sha256"] == json.loads((run / "best.json").read_text())["dataset"]["listing_sha256"]
+    assert json.loads((fixed / "run.json").read_text())["config"]["split_seed"] == 1
+    assert evaluate_model(fixed / "best.safetensors")["n"] == trained["n"]
+
 
 def test_a_folder_model_records_its_folder_whole_and_refuses_it_changed(breast_folder, tmp_path, monkeypatch, capsys):
     """A model trained on ``folder:scans`` (relative) read another ``scans/`` when scored from another folder, and a

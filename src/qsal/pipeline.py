@@ -103,9 +103,14 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
                 data_dir=None, size: int | None = None, download: bool = False, saliency_guided: bool = False,
                 sgt_k: float = 0.5, sgt_lambda: float = 1.0, pact_bits: int | None = None,
                 sgt_target: str = "log_softmax", positive_class: str | int | None = None, operating_point: str | None = None,
-                temperature_scaling: bool = False, resume: bool = False, force: bool = False) -> dict:
+                temperature_scaling: bool = False, resume: bool = False, force: bool = False,
+                split_seed: int | None = None) -> dict:
     """Train ``model`` on ``dataset`` (optionally PACT-quantized and/or saliency-guided), choose its
     operating point (and temperature) on validation, evaluate on test.
+
+    ``split_seed``: the seed that draws a seeded split (a folder's train/validation/test, MNIST's and CIFAR-10's
+    validation slice); by default ``config.seed``, so each seed draws its own. A fixed one keeps one test set across
+    seeds that differ in weights and data order only.
 
     ``out_dir`` (default: a fresh ``runs/train/<dataset>-<model>-N``) gets ``best.safetensors`` +
     ``best.json`` (the checkpoint, with its ``decision``), ``metrics.json``, ``reliability.png`` and the
@@ -124,11 +129,14 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
                   "sgt": {"k": sgt_k, "lambda": sgt_lambda, "target": sgt_target} if saliency_guided else None,
                   # named only when asked for: a resume that names another class is another run (its operating point
                   # and sensitivity are about another class), and runs that never named one keep their fingerprint
-                  **({"positive_class": str(positive_class)} if positive_class is not None else {})}
+                  **({"positive_class": str(positive_class)} if positive_class is not None else {}),
+                  # likewise: a resume drawing another split would score on images it trained on
+                  **({"split_seed": int(split_seed)} if split_seed is not None else {})}
     out = Path(out_dir) if out_dir is not None else fresh_folder("runs/train", f"{Path(dataset).name}-{model}")
     fp = fingerprint(dataset, model, method, run_config)
     claim_run_folder(out, fp, resume=resume, force=force, write=False)
-    train, val, test = load_splits(dataset, data_dir, size, download, config.seed)
+    drawn_by = config.seed if split_seed is None else int(split_seed)
+    train, val, test = load_splits(dataset, data_dir, size, download, drawn_by)
     require_validation_classes(val, config.select_on, operating_point)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training
@@ -144,7 +152,7 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     net = create_model(model, info.num_classes, info.n_channels, int(train.images.shape[1]))
     check_augmentation_fits(config, train)
     record_run_folder(out, fp, force=force)  # every input is good: only now does the folder appear (or clear)
-    meta = {"dataset": {**data_meta(train), "split_seed": config.seed}, "quant": None}
+    meta = {"dataset": {**data_meta(train), "split_seed": drawn_by}, "quant": None}
     step = None
     if saliency_guided:
         from qsal.saliency import SaliencyGuidedStep

@@ -204,3 +204,45 @@ def test_a_report_of_table_sets_and_a_folder_names_the_folders_path_and_each_set
     assert f"**dataset**: breastmnist, clinic (image folder {root.resolve()})" in md
     assert "**classes**: breastmnist: 0: malignant · 1: normal, benign; clinic: 0: benign · 1: malignant" in md
     assert "**positive class**: breastmnist: malignant; clinic: malignant" in md
+
+
+def test_a_folders_split_seed_gives_every_seed_one_test_set(breast_folder, tmp_path):
+    from qsal.study.grid import plan_groups
+    from qsal.study.redo import stale_results
+    from qsal.study.results import collect_results
+    from qsal.study.runner import run_study
+
+    root = breast_folder(20)
+    base = {**BASE, "datasets": ["clinic"], "seeds": [0, 1], "epochs": {"fp32": 1},
+            "measure": {"latency": False, "saliency": False}}
+    msg = _problems({**base, "folders": {"clinic": {"path": str(root), "positive_class": "malignant",
+                                                     "split_seed": -1}}})
+    assert "folders.clinic.split_seed: -1 is not a seed (a whole number, 0 or more)" in msg
+    cfg = parse_run_config({**base, "folders": {"clinic": {"path": str(root), "positive_class": "malignant",
+                                                           "split_seed": 7}}}, "s.yaml", authored=True)
+    assert (cfg.split_seed("clinic", 0), cfg.split_seed("clinic", 1)) == (7, 7)
+    run = tmp_path / "run"
+    run_study(cfg, run, progress=False)
+    seeds = [run / f"clinic/small_cnn/seed{s}/fp32" for s in (0, 1)]
+    results = [json.loads((c / "result.json").read_text()) for c in seeds]
+    assert [r["split_seed"] for r in results] == [7, 7]
+    assert results[0]["data_listing"] == results[1]["data_listing"]  # one split: the same files in each part
+    import numpy as np
+
+    np.testing.assert_array_equal(*(np.load(c / "test_labels.npy") for c in seeds))
+    recorded = [json.loads((c / "run.json").read_text())["config"] for c in seeds]
+    assert [r["split_seed"] for r in recorded] == [7, 7] and [r["seed"] for r in recorded] == [0, 1]
+    assert stale_results(plan_groups(cfg), run, cfg) == {}
+    from qsal.study.report.html import _splits
+
+    assert _splits(collect_results(run, grids=False)["rows"]) == (
+        "a seeded 70/10/20 train/validation/test split of each class drawn once, by split seed 7, for every seed (a "
+        "row's seeds share their test images)")
+    # without it each seed draws its own split: the cells are not what that config makes
+    unfixed = parse_run_config({**base, "folders": {"clinic": {"path": str(root), "positive_class": "malignant"}}})
+    assert stale_results(plan_groups(unfixed), run, unfixed) == {
+        f"clinic/small_cnn/seed{s}/fp32": f"its split was drawn by seed 7; the study draws it by seed {s} now"
+        for s in (0, 1)}
+    from qsal.study.folders import cells_on_other_images
+
+    assert cells_on_other_images(plan_groups(unfixed), run, unfixed) == []  # its folder did not change (its config did)

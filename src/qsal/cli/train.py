@@ -18,7 +18,8 @@ def _train_config_args(p) -> None:
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="training epochs (MedMNIST v2 uses 100)")
     p.add_argument("--lr", type=positive_float, default=d.lr, help="learning rate (x0.1 at 50%% and 75%% of the epochs)")
     recipe_args(p)
-    p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation")
+    p.add_argument("--seed", type=SEED, default=d.seed, help="seed of weights, data order and augmentation, and of a "
+                                                             "seeded split unless --split-seed is given")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: CUDA where there is one")
     p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"],
                    help="training arithmetic; auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 "
@@ -46,7 +47,7 @@ def cmd_train(args):
                              saliency_guided=args.saliency_guided, sgt_k=args.sgt_k, sgt_lambda=args.sgt_lambda,
                              sgt_target=args.sgt_target, pact_bits=args.pact_bits, positive_class=args.positive_class,
                              operating_point=args.operating_point, temperature_scaling=args.temperature_scaling,
-                             resume=args.resume, force=args.force)
+                             resume=args.resume, force=args.force, split_seed=args.split_seed)
     except ImageTooSmall as e:  # the size this command chose: named with the largest the image allows
         raise ImageTooSmall(e.path, e.width, e.height, e.size, "--size") from None
     print_result(result if args.json else summary_table(result), args.json)
@@ -57,6 +58,9 @@ def _setup_train(p) -> None:
     p.add_argument("--model", default="small_cnn", help="model name (see `qsal models`)")
     p.add_argument("--out", default=None, help="output folder (default: a fresh runs/train/<dataset>-<model>-N)")
     run_folder_args(p)
+    p.add_argument("--split-seed", type=SEED, default=None, metavar="N",
+                   help="seed of a seeded split (a folder's train/validation/test, MNIST's and CIFAR-10's validation "
+                        "slice); default: --seed. Fix it to keep one test set across seeds")
     p.add_argument("--positive-class", default=None, metavar="CLASS",
                    help="binary sets: the class sensitivity is about, by name or id (default: the dataset table's, "
                         "e.g. malignant for BreastMNIST, pneumonia for PneumoniaMNIST; a folder's: its second class "

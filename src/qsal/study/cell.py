@@ -48,13 +48,15 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
     t0 = time.perf_counter()
     source, size = cfg.dataset_source(spec.dataset), cfg.dataset_size(spec.dataset)  # folder:PATH for a folder
     content = folder_content(cfg, spec.dataset)  # the images' bytes as this cell reads them (folders.other_images)
-    train, val, test = load_splits(source, cfg.data_dir, size=size, seed=spec.seed)
+    # a folder's split_seed draws one split for every seed (else each seed its own): children score on it too
+    train, val, test = load_splits(source, cfg.data_dir, size=size, seed=cfg.split_seed(spec.dataset, spec.seed))
     sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed, target=cfg.sgt.target)
     train_cfg, finetune_cfg = cfg.train_configs(spec.dataset, spec.model, spec.seed, progress)
     if spec.kind in ("fp32", "sgt"):
         train_model(source, spec.model, train_cfg, cell, data_dir=cfg.data_dir, size=size,
                     positive_class=cfg.positive_class(spec.dataset), saliency_guided=spec.kind == "sgt",
                     sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target,
+                    split_seed=cfg.folders.get(spec.dataset, {}).get("split_seed"),  # recorded only when fixed
                     resume=True)  # the study's own check guards mixing
     else:
         qcfg = quant_config(spec, cfg)
@@ -84,7 +86,7 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
               # what the report names it by: a folder's path and classes are not in the dataset table
               "data_source": source, "class_names": list(test.info.labels),
               # a folder's split as this cell's seed drew it: a folder changed since makes it stale (folders.other_images)
-              "data_listing": train.listing_sha256, "data_content": content,
+              "data_listing": train.listing_sha256, "data_content": content, "split_seed": test.split_seed,
               "measure": asdict(cfg.measure),
               # the method's config with its version: seeds of one row made by different qsal versions show up
               "quant_config": None if spec.kind in ("fp32", "sgt") else qcfg.to_dict(),

@@ -117,6 +117,12 @@ class RunConfig:
         """The positive class this study names for ``dataset`` (a folder's); ``None``: the dataset table's."""
         return self.folders[dataset]["positive_class"] if dataset in self.folders else None
 
+    def split_seed(self, dataset: str, seed: int) -> int:
+        """The seed that draws ``dataset``'s seeded split for the cells of ``seed``: a folder's ``split_seed`` where
+        the study fixes one, else the cells' own seed (each seed its own split, as ``qsal train --seed``)."""
+        fixed = self.folders.get(dataset, {}).get("split_seed")
+        return seed if fixed is None else fixed
+
     def dataset_info(self, dataset: str):
         """``dataset``'s ``DatasetInfo``; a folder's reads its class folders, and its ``n_samples`` are the counts
         of its split (names listed, no image decoded)."""
@@ -128,7 +134,7 @@ class RunConfig:
         if dataset not in self.folders:
             return get_info(dataset)
         root = Path(self.folders[dataset]["path"])
-        split = folder_split_files(root, seed=self.seeds[0])  # stratified: each seed draws the same counts
+        split = folder_split_files(root, seed=self.split_seed(dataset, self.seeds[0]))  # stratified: same counts
         return replace(folder_info(root, size=self.folders[dataset]["size"]),
                        n_samples={part: len(files) for part, files in split.items()})
 

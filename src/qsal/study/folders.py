@@ -13,9 +13,12 @@ named by the short name (``clinic/small_cnn/seed0/fp32``, ``--only 'clinic/*'``)
   config must name it: its tables are compared across sets, and "the second class alphabetically" (the train command's
   default) would make sensitivity quietly about ``normal`` in a folder of ``malignant/ normal/``.
 - ``size``: the side images are resized to, in px (default 28, MedMNIST's; 12-1024 as ``--size``).
+- ``split_seed``: the seed that draws the folder's split for every seed of the study (``qsal train --split-seed``),
+  so a row's seeds share one test set and differ in weights and data order only, as on a table set's official split.
 
-A folder that does not come split is split by each seed of the study anew (a cell's seed is its split seed, as in
-``qsal train --seed``): a row's spread over seeds includes the split's, and each seed's cells share one split.
+Without ``split_seed``, a folder that does not come split is split by each seed of the study anew (a cell's seed is its
+split seed, as in ``qsal train --seed``): a row's spread over seeds includes the split's, and each seed's cells share
+one split.
 
 A cell records the folder's split (``data_listing``) and the bytes of its images (``data_content``,
 ``folder_content_sha256``): a file added, removed, renamed or overwritten since, or ``path`` pointed at another folder
@@ -35,7 +38,7 @@ from pathlib import Path
 __all__ = ["parse_folders", "folder_problems", "folder_content_sha256", "other_images", "cells_on_other_images",
            "stale_advice", "FOLDER_KEYS", "DEFAULT_SIZE", "OTHER_IMAGES"]
 
-FOLDER_KEYS = ("path", "positive_class", "size")
+FOLDER_KEYS = ("path", "positive_class", "size", "split_seed")
 DEFAULT_SIZE = 28
 SIZES = (12, 1024)  # as `qsal train --size`
 # a cell folder's first part and an --only pattern's: lower case as the dataset table's names, no path separators
@@ -67,7 +70,7 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
             continue
         if isinstance(options, str):  # clinic: scans/ -- the one setting every folder needs, written alone
             options = {"path": options}
-        if (problem := mapping_problem(where, options, FOLDER_KEYS, "a mapping with path (and positive_class, size)")):
+        if (problem := mapping_problem(where, options, FOLDER_KEYS, "a mapping with path (and positive_class, size, split_seed)")):
             problems.append(problem)
             continue
         path, positive, size = options.get("path"), options.get("positive_class"), options.get("size", DEFAULT_SIZE)
@@ -81,11 +84,18 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
         if not (isinstance(size, int) and not isinstance(size, bool) and SIZES[0] <= size <= SIZES[1]):
             wrong.append(f"{where}.size: {_short(size)} is not an image size in px ({SIZES[0]}-{SIZES[1]})"
                          f"{number_hint(size, int)}")
+        split_seed = options.get("split_seed")
+        if split_seed is not None and not (isinstance(split_seed, int) and not isinstance(split_seed, bool)
+                                           and 0 <= split_seed < 2**32):
+            wrong.append(f"{where}.split_seed: {_short(split_seed)} is not a seed (a whole number, 0 or more)"
+                         f"{number_hint(split_seed, int)}")
         if wrong:
             problems += wrong
             continue
         out[name] = {"path": str(((base or Path.cwd()) / Path(path).expanduser()).resolve()),
-                     "positive_class": positive, "size": size}
+                     "positive_class": positive, "size": size,
+                     # only when written: a study that never named one keeps its fingerprint
+                     **({"split_seed": split_seed} if split_seed is not None else {})}
     return out
 
 
@@ -164,7 +174,11 @@ def other_images(result: dict, expected: dict | None) -> str | None:
     added, removed or renamed (its seed's split is drawn anew, mixing its training images into test), or overwritten,
     or ``path`` pointed at another folder. ``None`` when the same, for a table set, or where either side does not say
     (a folder not there, a cell made before it was recorded). ``expected``: the cell's ``qsal.study.grid.expected_schedules``
-    entry (its ``data_listing`` and ``data_content``)."""
+    entry (its ``data_listing``, ``data_content`` and ``data_split_seed``). A cell whose split another seed drew
+    (``split_seed`` changed in the config) says so first: its folder did not change."""
+    now, then = (expected or {}).get("data_split_seed"), result.get("split_seed")
+    if now is not None and isinstance(then, int) and now != then:
+        return f"its split was drawn by seed {then}; the study draws it by seed {now} now: redoing it"
     for key, what in (("data_listing", "files added, removed or renamed"),
                       ("data_content", "images changed, or the path names another folder")):
         now, then = (expected or {}).get(key), result.get(key)
@@ -199,5 +213,5 @@ def cells_on_other_images(groups: list[list], run_dir: Path, cfg) -> list[str]:
             continue
         schedules, results = expected_schedules(g, cfg), read_results(g, run_dir)
         out += [s.id for s in g if s.parent is None and results[s.label] is not None
-                and other_images(results[s.label], schedules.get(s.label))]
+                and (other_images(results[s.label], schedules.get(s.label)) or "").startswith(OTHER_IMAGES)]
     return out

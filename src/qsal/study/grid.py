@@ -94,21 +94,25 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
         sgt = {"k": cfg.sgt.k, "lambda": cfg.sgt.lam, "target": cfg.sgt.target} if guided else None
         if s.parent is None:
             if (s.dataset, s.seed) not in listings:
-                listings[s.dataset, s.seed] = folder_listing(cfg, s.dataset, s.seed)
+                listings[s.dataset, s.seed] = folder_listing(cfg, s.dataset, cfg.split_seed(s.dataset, s.seed))
             # a folder's size and positive class, as train_model records them (a table set: its own size, none named)
             positive, listing = cfg.positive_class(s.dataset), listings[s.dataset, s.seed]
             content = folder_content(cfg, s.dataset) if listing is not None else None
             out[s.label] = {**train.to_dict(), "size": cfg.dataset_size(s.dataset), "sgt": sgt,
                             **({"positive_class": positive} if positive is not None else {}),
+                            **({"split_seed": fixed} if (fixed := cfg.folders.get(s.dataset, {}).get("split_seed"))
+                               is not None else {}),
                             # compared with the cell's result.json (folders.other_images), not its run.json
-                            **({"data_listing": listing, "data_content": content} if listing is not None else {})}
+                            **({"data_listing": listing, "data_content": content} if listing is not None else {}),
+                            **({"data_split_seed": cfg.split_seed(s.dataset, s.seed)} if s.dataset in cfg.folders
+                               else {})}
         else:
             out[s.label] = {"train_config": finetune.to_dict(), "step": sgt}
     return out
 
 
 def folder_listing(cfg: RunConfig, dataset: str, seed: int) -> str | None:
-    """The digest of the split ``seed`` draws of a study folder as it is now (``folder.listing_sha256``: file names,
+    """The digest of the split ``seed`` (a split seed: ``RunConfig.split_seed``) draws of a study folder as it is now (``folder.listing_sha256``: file names,
     classes and splits; nothing decoded); ``None`` for a table set, or a folder that is not there (a report of a
     committed study)."""
     from qsal.data.folder import folder_split_files, listing_sha256

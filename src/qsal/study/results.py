@@ -174,6 +174,8 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["positive_label"], row["operating_point"] = rs[0].get("positive_label"), rs[0].get("operating_point")
         row["class_names"] = facts[1] if (facts := _dataset_facts(ds, rs[0])) is not None else None
         row["data_source"] = rs[0].get("data_source")  # folder:PATH for a study's own folder
+        # the seeds that drew the row's seeded splits (one: its seeds share a test set; none recorded: made before)
+        row["split_seeds"] = sorted({r["split_seed"] for r in rs if isinstance(r.get("split_seed"), int)})
         row["most_changed"] = rs[0].get("most_changed", [])
         # as read back: a field added later counts as its default (the old behaviour), not as a difference; a cell
         # from before result.json recorded its config has it in best.json (redo.recorded_quant_config)

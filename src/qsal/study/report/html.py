@@ -110,9 +110,14 @@ def _splits(rows: list[dict]) -> str | None:
             said[ds] = describe_splits(source)
         except QsalError:
             continue
-        seeds = max((r["seeds"] for r in rows if r.get("dataset") == ds and isinstance(r.get("seeds"), int)), default=1)
+        mine = [r for r in rows if r.get("dataset") == ds]
+        seeds = max((r["seeds"] for r in mine if isinstance(r.get("seeds"), int)), default=1)
+        drawn = {s for r in mine for s in r.get("split_seeds") or []}
         if source.startswith("folder:") and said[ds].startswith("a seeded") and seeds > 1:
-            said[ds] += " drawn anew by each seed (a row's seeds differ in their test images too)"
+            # a study's folders.X.split_seed: one split for every seed (cells made before it was recorded: anew)
+            said[ds] += (f" drawn once, by split seed {drawn.pop()}, for every seed (a row's seeds share their test "
+                         "images)" if len(drawn) == 1 and all(r.get("split_seeds") for r in mine)
+                         else " drawn anew by each seed (a row's seeds differ in their test images too)")
     if len(set(said.values())) == 1:
         return next(iter(said.values()))
     return "; ".join(f"{ds}: {text}" for ds, text in said.items()) or None
