@@ -217,7 +217,7 @@ def test_a_folders_split_seed_gives_every_seed_one_test_set(breast_folder, tmp_p
             "measure": {"latency": False, "saliency": False}}
     msg = _problems({**base, "folders": {"clinic": {"path": str(root), "positive_class": "malignant",
                                                      "split_seed": -1}}})
-    assert "folders.clinic.split_seed: -1 is not a seed (a whole number, 0 or more)" in msg
+    assert "folders.clinic.split_seed: -1 is not a seed (a whole number, 0 to 4294967295)" in msg
     cfg = parse_run_config({**base, "folders": {"clinic": {"path": str(root), "positive_class": "malignant",
                                                            "split_seed": 7}}}, "s.yaml", authored=True)
     assert (cfg.split_seed("clinic", 0), cfg.split_seed("clinic", 1)) == (7, 7)
@@ -246,3 +246,17 @@ def test_a_folders_split_seed_gives_every_seed_one_test_set(breast_folder, tmp_p
     from qsal.study.folders import cells_on_other_images
 
     assert cells_on_other_images(plan_groups(unfixed), run, unfixed) == []  # its folder did not change (its config did)
+
+
+def test_a_split_seed_change_is_named_as_such_and_only_where_the_split_differs():
+    from qsal.study.folders import other_images
+
+    expected = {"data_split_seed": 0, "data_listing": "L0"}
+    # a cell made before split_seed was recorded drew its split by its own seed
+    assert other_images({"seed": 0, "data_listing": "L0"}, expected) is None
+    assert other_images({"seed": 1, "data_listing": "L1"}, expected) == (
+        "its split was drawn by seed 1; the study draws it by seed 0 now: redoing it")
+    # a folder that comes split lists the same files whatever the seed
+    assert other_images({"seed": 1, "split_seed": 1, "data_listing": "L0"}, expected) is None
+    assert other_images({"seed": 1, "split_seed": 0, "data_listing": "L1"}, expected).startswith(
+        "trained on other images than its folder holds now (files added, removed or renamed since)")

@@ -281,6 +281,13 @@ def test_a_run_folders_rows_show_seed_spread_at_the_operating_point_machines_and
 
     run = tmp_path / "run"
     shutil.copytree(Path(__file__).parents[2] / "benchmarks/results/study_breast_quick", run)
+    before = "2026-11-25T18:00:00+00:00"  # timed before throughput's redefinition, with no kernels recorded
+    for cell in ("seed0/fp32", "seed1/fp32", "seed0/pact-4"):
+        path = run / "breastmnist/small_cnn" / cell / "result.json"
+        result = json.loads(path.read_text())
+        result["environment"] = {**result["environment"], "cpu": "This CPU", "utc": before}
+        result.pop("kernels", None)
+        path.write_text(json.dumps(result))
     cell = run / "breastmnist/small_cnn/seed1/pact-4/result.json"
     result = json.loads(cell.read_text())
     result["environment"] = {**result["environment"], "cpu": "Another CPU", "utc": THROUGHPUT_REDEFINED + ":30+00:00"}
@@ -354,7 +361,8 @@ def test_a_faithfulness_gap_that_no_removal_could_move_is_named_as_ranking_nothi
     results = _results(tmp_path, with_arrays=False)
     results["rows"][0].update(faithfulness_gap=0.0, faithfulness_changed=0.0)  # every decision held at every removal
     results["rows"][1].update(faithfulness_gap=0.0, faithfulness_changed=0.25)  # a measured 0: some decisions moved
-    results["rows"][2].update(faithfulness_gap=0.1)  # made before the share was recorded: nothing said
+    results["rows"][2].update(faithfulness_gap=0.0, faithfulness_changed=0.0, seeds=2,
+                              faithfulness_changed_seeds=1)  # one seed made before the share was recorded: not said
     write_report(tmp_path / "r", results)
     md = (tmp_path / "r" / "report.md").read_text()
     assert ("> Faithfulness gap of fp32: no removal of pixels, salient or random, moved any explained image's decision"

@@ -233,11 +233,14 @@ class ImageTooSmall(QsalError):
     largest size the image allows; ``None`` where the size is a model's (scoring, explaining, predicting)."""
 
     def __init__(self, path: Path, width: int, height: int, size: int, setting: str | None = None):
-        self.path, self.width, self.height, self.size = path, width, height, size
+        self.path, self.width, self.height, self.size, self.setting = path, width, height, size, setting
         largest = min(width, height) * MAX_UPSCALE
         lower = f", or lower {setting} to {largest} or less" if setting and largest >= 12 else ""  # 12 px: the least
         super().__init__(f"image {path} is {width}x{height} px; resizing it to {size} px would upscale it more than "
                          f"{MAX_UPSCALE}x: remove it, or use the image at a larger size{lower}")
+
+    def __reduce__(self):  # raised in a worker process, it crosses back whole
+        return type(self), (self.path, self.width, self.height, self.size, self.setting)
 
 
 def png_significant_bits(path: Path) -> int | None:

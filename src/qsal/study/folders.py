@@ -87,7 +87,7 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
         split_seed = options.get("split_seed")
         if split_seed is not None and not (isinstance(split_seed, int) and not isinstance(split_seed, bool)
                                            and 0 <= split_seed < 2**32):
-            wrong.append(f"{where}.split_seed: {_short(split_seed)} is not a seed (a whole number, 0 or more)"
+            wrong.append(f"{where}.split_seed: {_short(split_seed)} is not a seed (a whole number, 0 to 4294967295)"
                          f"{number_hint(split_seed, int)}")
         if wrong:
             problems += wrong
@@ -152,7 +152,9 @@ def folder_content_sha256(root: Path) -> str:
 
     root = Path(root)
     names = sorted(name for files in folder_split_files(root).values() for name, _ in files)
-    stats = tuple((name, (st := (root / name).stat()).st_size, st.st_mtime_ns) for name in names)
+    # ctime and inode too: a copy that keeps the old mtime and size (cp -p, rsync -a, unzip) still changes them
+    stats = tuple((name, (st := (root / name).stat()).st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+                  for name in names)
     cached = _CONTENT.get(str(root))
     if cached is not None and cached[0] == stats:
         return cached[1]
@@ -176,8 +178,11 @@ def other_images(result: dict, expected: dict | None) -> str | None:
     (a folder not there, a cell made before it was recorded). ``expected``: the cell's ``qsal.study.grid.expected_schedules``
     entry (its ``data_listing``, ``data_content`` and ``data_split_seed``). A cell whose split another seed drew
     (``split_seed`` changed in the config) says so first: its folder did not change."""
-    now, then = (expected or {}).get("data_split_seed"), result.get("split_seed")
-    if now is not None and isinstance(then, int) and now != then:
+    # a cell made before split_seed was recorded drew its split by its own seed
+    now, then = (expected or {}).get("data_split_seed"), result.get("split_seed", result.get("seed"))
+    listed, listing = (expected or {}).get("data_listing"), result.get("data_listing")
+    # a folder that comes split (train/ val/ test/) lists the same files whatever the seed: nothing to redo
+    if now is not None and isinstance(then, int) and now != then and not (listed and listed == listing):
         return f"its split was drawn by seed {then}; the study draws it by seed {now} now: redoing it"
     for key, what in (("data_listing", "files added, removed or renamed"),
                       ("data_content", "images changed, or the path names another folder")):

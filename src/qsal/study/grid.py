@@ -122,7 +122,7 @@ def folder_listing(cfg: RunConfig, dataset: str, seed: int) -> str | None:
         return None
     try:
         return listing_sha256(folder_split_files(root, seed=seed))
-    except QsalError:  # no longer a folder of classes: the run's own check names it
+    except (QsalError, OSError):  # no longer a folder of classes, or unreadable: the run's own check names it
         return None
 
 

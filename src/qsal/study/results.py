@@ -23,7 +23,7 @@ _RESULT_KEYS = ("id", "dataset", "model", "kind", "bits", "observer", "seed", "l
 # the measured fields a report averages, plots or divides by: each is null or a finite number (size_bytes above 0)
 _NUMBER_KEYS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
                 "pytorch_acc", "size_bytes", "latency_b1_ms", "throughput_b64", "faithfulness_gap", "deletion_auc",
-                "insertion_auc", "agreement_spearman", "gini", "val_auc")
+                "insertion_auc", "agreement_spearman", "gini", "val_auc", "faithfulness_changed")
 
 
 def _read_result(path: Path, run_dir: Path) -> dict:
@@ -55,7 +55,7 @@ def check_result(result: dict, path: Path, run_dir: Path) -> dict:
 
 # fractions: an AUC of 1.7 or a sensitivity of -0.2 is a damaged file, not a result
 _FRACTIONS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
-              "pytorch_acc", "val_auc", "gini", "deletion_auc", "insertion_auc")
+              "pytorch_acc", "val_auc", "gini", "deletion_auc", "insertion_auc", "faithfulness_changed")
 
 
 def _measured(key: str, value) -> bool:
@@ -174,6 +174,8 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["positive_label"], row["operating_point"] = rs[0].get("positive_label"), rs[0].get("operating_point")
         row["class_names"] = facts[1] if (facts := _dataset_facts(ds, rs[0])) is not None else None
         row["data_source"] = rs[0].get("data_source")  # folder:PATH for a study's own folder
+        # seeds that recorded the share of decisions removal moved: a report's note on a stuck gap needs every seed's
+        row["faithfulness_changed_seeds"] = sum(r.get("faithfulness_changed") is not None for r in rs)
         # the seeds that drew the row's seeded splits (one: its seeds share a test set; none recorded: made before)
         row["split_seeds"] = sorted({r["split_seed"] for r in rs if isinstance(r.get("split_seed"), int)})
         row["most_changed"] = rs[0].get("most_changed", [])

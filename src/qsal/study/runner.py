@@ -205,8 +205,9 @@ def _run_locked(cfg: RunConfig, run_dir: Path, workers: int, backend: str, ray_a
     if not force and (moved := cells_on_other_images(groups, run_dir, cfg)):
         one = len(moved) == 1
         raise QsalError(f"{len(moved)} finished cell{'' if one else 's'} in {run_dir} {'was' if one else 'were'} "
-                        f"trained on other images than the study's folder holds now (files added, removed or renamed "
-                        f"since; {'' if one else 'first '}{moved[0]}): restore the folder as it was, or pass --force to "
+                        f"trained on other images than the study's folder holds now (files added, removed, renamed or "
+                        f"overwritten since, or the folder's path names another folder; {'' if one else 'first '}"
+                        f"{moved[0]}): restore the folder as it was, or pass --force to "
                         f"train {'it' if one else 'them'} and the cells made from {'it' if one else 'them'} again on "
                         "the folder as it is")
     write_json_atomic(stamp, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})

@@ -208,7 +208,9 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
     if mixed:
         notes.append(f"Not one method across seeds: the cells of {', '.join(mixed)} were made with different "
                      "quantization configs (or versions); compare their result.json 'quant_config', and redo the odd ones.")
-    unmoved = [r["model"] for r in rows if r.get("faithfulness_changed") == 0 and r.get("faithfulness_gap") is not None]
+    # every seed recorded the share (a row's mean is over those that did) and none moved a decision
+    unmoved = [r["model"] for r in rows if r.get("faithfulness_changed") == 0 and r.get("faithfulness_gap") == 0
+               and r.get("faithfulness_changed_seeds", r.get("seeds", 1)) == r.get("seeds", 1)]
     if unmoved:  # accuracy could not tell the maps apart: the gap of these rows ranks nothing
         notes.append(f"Faithfulness gap of {', '.join(unmoved)}: no removal of pixels, salient or random, moved any "
                      "explained image's decision (the model gave each the same class, intact or blanked), so the gap is "
