@@ -347,6 +347,11 @@ def test_a_folder_model_is_scored_and_quantized_on_its_own_split(breast_folder, 
     assert meta["dataset"]["listing_sha256"] == json.loads((run / "best.json").read_text())["dataset"]["listing_sha256"]
     assert json.loads((fixed / "run.json").read_text())["config"]["split_seed"] == 1
     assert evaluate_model(fixed / "best.safetensors")["n"] == trained["n"]
+    # a split seed equal to --seed draws the split a run without one draws: the same run, resumable as such
+    same = tmp_path / "same"
+    assert main(["train", "--dataset", f"folder:{root}", "--epochs", "1", "--seed", "1", "--split-seed", "1",
+                 "--precision", "fp32", "--no-progress", "--out", str(same)]) == 0
+    assert "split_seed" not in json.loads((same / "run.json").read_text())["config"]
 
 
 def test_a_folder_model_records_its_folder_whole_and_refuses_it_changed(breast_folder, tmp_path, monkeypatch, capsys):

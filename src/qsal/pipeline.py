@@ -130,8 +130,9 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
                   # named only when asked for: a resume that names another class is another run (its operating point
                   # and sensitivity are about another class), and runs that never named one keep their fingerprint
                   **({"positive_class": str(positive_class)} if positive_class is not None else {}),
-                  # likewise: a resume drawing another split would score on images it trained on
-                  **({"split_seed": int(split_seed)} if split_seed is not None else {})}
+                  # likewise: a resume drawing another split would score on images it trained on (one equal to
+                  # --seed draws the split a run without it draws: the same run)
+                  **({"split_seed": int(split_seed)} if split_seed is not None and split_seed != config.seed else {})}
     out = Path(out_dir) if out_dir is not None else fresh_folder("runs/train", f"{Path(dataset).name}-{model}")
     fp = fingerprint(dataset, model, method, run_config)
     claim_run_folder(out, fp, resume=resume, force=force, write=False)

@@ -100,8 +100,9 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
             content = folder_content(cfg, s.dataset) if listing is not None else None
             out[s.label] = {**train.to_dict(), "size": cfg.dataset_size(s.dataset), "sgt": sgt,
                             **({"positive_class": positive} if positive is not None else {}),
+                            # as train_model records it: only where it is not the cell's own seed
                             **({"split_seed": fixed} if (fixed := cfg.folders.get(s.dataset, {}).get("split_seed"))
-                               is not None else {}),
+                               not in (None, s.seed) else {}),
                             # compared with the cell's result.json (folders.other_images), not its run.json
                             **({"data_listing": listing, "data_content": content} if listing is not None else {}),
                             **({"data_split_seed": cfg.split_seed(s.dataset, s.seed)} if s.dataset in cfg.folders
