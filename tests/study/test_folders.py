@@ -154,7 +154,8 @@ def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are
     assert stale_results(plan_groups(cfg), run, cfg) == {}
 
     # the same file names with other bytes: an image overwritten in place, or the path pointed at another folder
-    changed = "trained on other images than its folder holds now (images changed, or the path names another folder since)"
+    changed = ("trained on other images than its folder holds now (images changed, or the path names another folder "
+               "since)")
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     moved = parse_run_config({**cfg.to_dict(), "folders": {"clinic": {**cfg.folders["clinic"], "path": str(copy)}}})

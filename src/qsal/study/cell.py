@@ -85,7 +85,7 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
               "size_bytes": exp["size_bytes"], "kernels": kernels,
               # what the report names it by: a folder's path and classes are not in the dataset table
               "data_source": source, "class_names": list(test.info.labels),
-              # a folder's split as this cell's seed drew it: a folder changed since makes it stale (folders.other_images)
+              # a folder's split as drawn: a folder changed since makes the cell stale (folders.other_images)
               "data_listing": train.listing_sha256, "data_content": content, "split_seed": test.split_seed,
               "measure": asdict(cfg.measure),
               # the method's config with its version: seeds of one row made by different qsal versions show up

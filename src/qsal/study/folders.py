@@ -22,8 +22,8 @@ one split.
 
 A cell records the folder's split (``data_listing``) and the bytes of its images (``data_content``,
 ``folder_content_sha256``): a file added, removed, renamed or overwritten since, or ``path`` pointed at another folder
-of the same names, makes the cell stale (``other_images``; ``qsal run`` redoes it only with ``--force``); a folder moved whole with its images does
-not.
+of the same names, makes the cell stale (``other_images``; ``qsal run`` redoes it only with ``--force``); a folder
+moved whole with its images does not.
 
 What a folder holds is checked where a user wrote the config (``folder_problems``), not in a recorded config, whose
 folder a report does not need.
@@ -70,7 +70,8 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
             continue
         if isinstance(options, str):  # clinic: scans/ -- the one setting every folder needs, written alone
             options = {"path": options}
-        if (problem := mapping_problem(where, options, FOLDER_KEYS, "a mapping with path (and positive_class, size, split_seed)")):
+        shape = "a mapping with path (and positive_class, size, split_seed)"
+        if (problem := mapping_problem(where, options, FOLDER_KEYS, shape)):
             problems.append(problem)
             continue
         path, positive, size = options.get("path"), options.get("positive_class"), options.get("size", DEFAULT_SIZE)
@@ -123,8 +124,9 @@ def folder_problems(cfg, written: dict | None = None, base: Path | None = None) 
             relative = (isinstance(given, str) and not Path(given).expanduser().is_absolute()
                         and not Path(f["path"]).exists())
             read_from = (base or Path.cwd()).resolve()
-            problems.append(f"{where}.path: {e}" + (f" ({given!r} is read from the config file's folder, {read_from}: "
-                                                    "give the path from there, or an absolute one)" if relative else ""))
+            hint = (f" ({given!r} is read from the config file's folder, {read_from}: give the path from there, or an "
+                    "absolute one)") if relative else ""
+            problems.append(f"{where}.path: {e}{hint}")
             continue
         shown = ", ".join(map(repr, classes))  # 'normal, benign' is one class
         if len(classes) == 2 and f["positive_class"] is None:
@@ -139,7 +141,7 @@ def folder_problems(cfg, written: dict | None = None, base: Path | None = None) 
     return problems
 
 
-# {folder: (each listed file's path, size and modification time; digest)}: a study reads each image's bytes once per
+# {folder: (each listed file's path, size, times, inode and device; digest)}: a study reads each image's bytes once per
 # process while none of them changes (a group's cells and the run's checks all ask)
 _CONTENT: dict[str, tuple[tuple, str]] = {}
 
@@ -175,9 +177,10 @@ def other_images(result: dict, expected: dict | None) -> str | None:
     """Why a finished FP32/SGT cell of a study folder was trained on other images than the folder holds now: files
     added, removed or renamed (its seed's split is drawn anew, mixing its training images into test), or overwritten,
     or ``path`` pointed at another folder. ``None`` when the same, for a table set, or where either side does not say
-    (a folder not there, a cell made before it was recorded). ``expected``: the cell's ``qsal.study.grid.expected_schedules``
-    entry (its ``data_listing``, ``data_content`` and ``data_split_seed``). A cell whose split another seed drew
-    (``split_seed`` changed in the config) says so first: its folder did not change."""
+    (a folder not there, a cell made before it was recorded). ``expected``: the cell's
+    ``qsal.study.grid.expected_schedules`` entry (its ``data_listing``, ``data_content`` and ``data_split_seed``).
+    A cell whose split another seed drew (``split_seed`` changed in the config) says so first: its folder did not
+    change."""
     # a cell made before split_seed was recorded drew its split by its own seed
     now, then = (expected or {}).get("data_split_seed"), result.get("split_seed", result.get("seed"))
     listed, listing = (expected or {}).get("data_listing"), result.get("data_listing")

@@ -113,9 +113,9 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
 
 
 def folder_listing(cfg: RunConfig, dataset: str, seed: int) -> str | None:
-    """The digest of the split ``seed`` (a split seed: ``RunConfig.split_seed``) draws of a study folder as it is now (``folder.listing_sha256``: file names,
-    classes and splits; nothing decoded); ``None`` for a table set, or a folder that is not there (a report of a
-    committed study)."""
+    """The digest of the split ``seed`` (a split seed: ``RunConfig.split_seed``) draws of a study folder as it is now
+    (``folder.listing_sha256``: file names, classes and splits; nothing decoded); ``None`` for a table set, or a
+    folder that is not there (a report of a committed study)."""
     from qsal.data.folder import folder_split_files, listing_sha256
 
     root = Path(cfg.folders[dataset]["path"]) if dataset in cfg.folders else None

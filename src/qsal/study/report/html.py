@@ -213,8 +213,9 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
                and r.get("faithfulness_changed_seeds", r.get("seeds", 1)) == r.get("seeds", 1)]
     if unmoved:  # accuracy could not tell the maps apart: the gap of these rows ranks nothing
         notes.append(f"Faithfulness gap of {', '.join(unmoved)}: no removal of pixels, salient or random, moved any "
-                     "explained image's decision (the model gave each the same class, intact or blanked), so the gap is "
-                     "0 whatever the maps; deletion / insertion AUC, which follow the probability, still compare them.")
+                     "explained image's decision (the model gave each the same class, intact or blanked), so the gap "
+                     "is 0 whatever the maps; deletion / insertion AUC, which follow the probability, still compare "
+                     "them.")
     tradeoffs: list[tuple[Path, str]] = []
     # one front per dataset: an accuracy on one test set does not beat or tie an accuracy on another
     datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
