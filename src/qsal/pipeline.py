@@ -138,6 +138,10 @@ def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os
     claim_run_folder(out, fp, resume=resume, force=force, write=False)
     drawn_by = config.seed if split_seed is None else int(split_seed)
     train, val, test = load_splits(dataset, data_dir, size, download, drawn_by)
+    if split_seed is not None and train.split_seed is None:  # recorded, it would read as if it had chosen the split
+        raise QsalError(f"split_seed {split_seed}: {dataset} comes with its official train/validation/test splits, "
+                        "which no seed draws; drop it (it applies to folders, and to MNIST's and CIFAR-10's "
+                        "validation slice)")
     require_validation_classes(val, config.select_on, operating_point)
     info = train.info
     resolve_positive_label(info, positive_class)  # a wrong class name fails before any training

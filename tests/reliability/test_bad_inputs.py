@@ -125,6 +125,8 @@ NUMBER_CASES = {  # argv with {ck} / {onnx} / {cfg} placeholders: expected text
     ("train", "--epochs", "abc"): "--epochs: 'abc' is not an integer",
     ("train", "--lr", "nan"): "--lr: nan is out of range",
     ("train", "--size", "100000"): "--size: 100000 is out of range",
+    ("train", "--epochs", "1", "--split-seed", "3"): "split_seed 3: breastmnist comes with its official "
+                                                     "train/validation/test splits, which no seed draws; drop it",
     ("train", "--sgt-k", "1.5"): "--sgt-k: 1.5 is out of range",
     ("train", "--epochs", "1", "--shift-px", "28"): "shift_px 28 is as large as the images (28x28 px); use a shift below",
     ("explain", "{ck}", "--n", "0"): "--n: 0 is out of range",
