@@ -56,7 +56,7 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
         train_model(source, spec.model, train_cfg, cell, data_dir=cfg.data_dir, size=size,
                     positive_class=cfg.positive_class(spec.dataset), saliency_guided=spec.kind == "sgt",
                     sgt_k=cfg.sgt.k, sgt_lambda=cfg.sgt.lam, sgt_target=cfg.sgt.target,
-                    split_seed=cfg.folders.get(spec.dataset, {}).get("split_seed"),  # recorded only when fixed
+                    split_seed=cfg.fixed_split_seed(spec.dataset),  # recorded only when fixed
                     resume=True)  # the study's own check guards mixing
     else:
         qcfg = quant_config(spec, cfg)

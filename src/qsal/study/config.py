@@ -117,10 +117,15 @@ class RunConfig:
         """The positive class this study names for ``dataset`` (a folder's); ``None``: the dataset table's."""
         return self.folders[dataset]["positive_class"] if dataset in self.folders else None
 
+    def fixed_split_seed(self, dataset: str) -> int | None:
+        """A folder's ``split_seed``: the seed that draws its split for every seed of the study; ``None`` where the
+        study fixes none (a table set, or a folder each seed splits anew)."""
+        return self.folders.get(dataset, {}).get("split_seed")
+
     def split_seed(self, dataset: str, seed: int) -> int:
         """The seed that draws ``dataset``'s seeded split for the cells of ``seed``: a folder's ``split_seed`` where
         the study fixes one, else the cells' own seed (each seed its own split, as ``qsal train --seed``)."""
-        fixed = self.folders.get(dataset, {}).get("split_seed")
+        fixed = self.fixed_split_seed(dataset)
         return seed if fixed is None else fixed
 
     def dataset_info(self, dataset: str):

@@ -85,7 +85,8 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
     config each would write now that the study decides. FP32/SGT: the training ``TrainConfig`` and the SGT settings
     (as ``pipeline.train_model`` records them); QAT/PACT/SGT+PACT: the fine-tune's ``train_config`` (with the cell's
     seed, as ``pipeline.quantize_checkpoint`` records it) and the SGT step's settings. PTQ trains nothing."""
-    out, listings = {}, {}  # a group's FP32 and SGT cells share one split: the folder is listed once per (set, seed)
+    # a group's FP32 and SGT cells share one split: the folder is listed once per (set, seed), its bytes once per set
+    out, listings, contents = {}, {}, {}
     for s in specs:
         if s.kind == "ptq":
             continue
@@ -97,14 +98,16 @@ def expected_schedules(specs: list[CellSpec], cfg: RunConfig) -> dict[str, dict]
                 listings[s.dataset, s.seed] = folder_listing(cfg, s.dataset, cfg.split_seed(s.dataset, s.seed))
             # a folder's size and positive class, as train_model records them (a table set: its own size, none named)
             positive, listing = cfg.positive_class(s.dataset), listings[s.dataset, s.seed]
-            content = folder_content(cfg, s.dataset) if listing is not None else None
+            if listing is not None and s.dataset not in contents:
+                contents[s.dataset] = folder_content(cfg, s.dataset)
             out[s.label] = {**train.to_dict(), "size": cfg.dataset_size(s.dataset), "sgt": sgt,
                             **({"positive_class": positive} if positive is not None else {}),
                             # as train_model records it: only where it is not the cell's own seed
-                            **({"split_seed": fixed} if (fixed := cfg.folders.get(s.dataset, {}).get("split_seed"))
-                               not in (None, s.seed) else {}),
+                            **({"split_seed": fixed} if (fixed := cfg.fixed_split_seed(s.dataset)) not in (None, s.seed)
+                               else {}),
                             # compared with the cell's result.json (folders.other_images), not its run.json
-                            **({"data_listing": listing, "data_content": content} if listing is not None else {}),
+                            **({"data_listing": listing, "data_content": contents[s.dataset]} if listing is not None
+                               else {}),
                             **({"data_split_seed": cfg.split_seed(s.dataset, s.seed)} if s.dataset in cfg.folders
                                else {})}
         else:
@@ -118,13 +121,7 @@ def folder_listing(cfg: RunConfig, dataset: str, seed: int) -> str | None:
     folder that is not there (a report of a committed study)."""
     from qsal.data.folder import folder_split_files, listing_sha256
 
-    root = Path(cfg.folders[dataset]["path"]) if dataset in cfg.folders else None
-    if root is None or not root.is_dir():
-        return None
-    try:
-        return listing_sha256(folder_split_files(root, seed=seed))
-    except (QsalError, OSError):  # no longer a folder of classes, or unreadable: the run's own check names it
-        return None
+    return _digest_of_folder(cfg, dataset, lambda root: listing_sha256(folder_split_files(root, seed=seed)))
 
 
 def folder_content(cfg: RunConfig, dataset: str) -> str | None:
@@ -132,12 +129,18 @@ def folder_content(cfg: RunConfig, dataset: str) -> str | None:
     ``None`` for a table set, or a folder that is not there or no longer a folder of classes."""
     from qsal.study.folders import folder_content_sha256
 
+    return _digest_of_folder(cfg, dataset, folder_content_sha256)
+
+
+def _digest_of_folder(cfg: RunConfig, dataset: str, digest) -> str | None:
+    """``digest(root)`` of ``dataset``'s study folder; ``None`` for a table set, a folder that is not there (a report
+    of a committed study), or one no longer a folder of classes or unreadable (the run's own check names it)."""
     root = Path(cfg.folders[dataset]["path"]) if dataset in cfg.folders else None
     if root is None or not root.is_dir():
         return None
     try:
-        return folder_content_sha256(root)
-    except (QsalError, OSError):  # no longer a folder of classes, or a file gone while read: the run's check names it
+        return digest(root)
+    except (QsalError, OSError):
         return None
 
 
