@@ -25,7 +25,14 @@ def test_cifar_rows_compare_each_quantized_seed_with_its_own_float_parent():
     assert by_row["PACT-4 accuracy vs FP32"]["measured"].endswith("paired difference -0.88 points (3 seeds)")
     assert by_row["PACT-2 accuracy vs FP32"]["status"] == "met so far (1 of 3 seeds)"
     assert by_row["PACT-2 accuracy vs FP32"]["measured"].endswith("-2.50 points (1 seed)")
+    # SGT itself finished one seed: its fine-tune is what is missing
     assert by_row["SGT+PACT-4 accuracy vs SGT"]["status"] == "not run yet (the study is under way)"
+    # no SGT seed at all: the row names what SGT costs and why it is short, not "under way"
+    study["rows"] = study["rows"][:3]
+    by_row = {r["row"]: r for r in targets.cifar_rows(study)}
+    assert by_row["SGT+PACT-4 accuracy vs SGT"]["status"] == targets.CIFAR_SGT_SHORT
+    assert by_row["PACT-4 accuracy vs FP32"]["status"] == "met"
+    study["rows"] = study["rows"] + [_row("sgt", 0.905, seeds=1, by_seed={0: 0.905})]
     assert all(r["where"] == "CPU (8 cells)" for r in by_row.values())
     # cells run with other thread counts are separate machines in the report, one device here
     study["machines"] = [{"trained_on": "CPU", "cells": 3}, {"trained_on": "NVIDIA H200", "cells": 1},
