@@ -100,7 +100,7 @@ def validate_meta(meta, where: str) -> dict:
     """Check a checkpoint's JSON: a mapping whose ``arch`` can build a model and whose ``dataset`` (if any)
     is well-formed. Raises one ``QsalError`` naming the first bad field."""
     from qsal.data.registry import TASK_BINARY, TASK_MULTICLASS, TASK_MULTILABEL, TASK_ORDINAL
-    from qsal.models.registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from qsal.data.registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     TASKS = (TASK_BINARY, TASK_MULTICLASS, TASK_ORDINAL, TASK_MULTILABEL)
 

@@ -77,3 +77,23 @@ def test_qsal_datasets_names_each_binary_sets_positive_class(capsys):
     assert main(["datasets", "--no-verify"]) == 0
     table = capsys.readouterr().out
     assert "malignant (label 0)" in table and "546/78/156" in table and "pneumonia (label 1)" in table
+
+
+def test_every_image_size_setting_accepts_the_same_sides():
+    """`--size` and a study folder's `size` accept qsal.data.registry's bounds, which checkpoints and models are
+    checked against (the CLI writes them out to stay light): each accepts the ends and refuses one past them."""
+    import argparse
+
+    from qsal.cli.arguments import IMAGE_SIZE
+    from qsal.data.registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from qsal.study.folders import parse_folders
+
+    assert IMAGE_SIZE(str(MIN_IMAGE_SIZE)) == MIN_IMAGE_SIZE and IMAGE_SIZE(str(MAX_IMAGE_SIZE)) == MAX_IMAGE_SIZE
+    for outside in (MIN_IMAGE_SIZE - 1, MAX_IMAGE_SIZE + 1):
+        with pytest.raises(argparse.ArgumentTypeError):
+            IMAGE_SIZE(str(outside))
+    for size, refused in ((MIN_IMAGE_SIZE, False), (MAX_IMAGE_SIZE, False), (MIN_IMAGE_SIZE - 1, True),
+                          (MAX_IMAGE_SIZE + 1, True)):
+        problems = []
+        parse_folders(problems, {"s": {"path": "scans", "size": size}})
+        assert any(".size:" in p for p in problems) == refused, (size, problems)

@@ -71,6 +71,8 @@ fraction = float_range(0.0, 1.0, low_open=False, what="a fraction")
 
 
 SEED = int_range(0, 2**32 - 1, "a seed")
+# qsal.data.registry's MIN_IMAGE_SIZE-MAX_IMAGE_SIZE, written out: importing qsal.data here would add numpy's import to
+# every `qsal --help` (tests/data/test_registry.py holds the two equal)
 IMAGE_SIZE = int_range(12, 1024, "an image size in px")
 SGT_K = float_range(0.0, 0.99, what="the masked fraction")
 SGT_LAMBDA = float_range(0.0, None, what="the KL weight")

@@ -21,7 +21,7 @@ import numpy as np
 
 from qsal.data.arrays import ImageSplit, validate_arrays
 from qsal.data.dicom import IMAGE_EXT, dicom_picture, is_dicom
-from qsal.data.registry import TASK_BINARY, TASK_MULTICLASS, DatasetInfo
+from qsal.data.registry import MIN_IMAGE_SIZE, TASK_BINARY, TASK_MULTICLASS, DatasetInfo
 from qsal.errors import QsalError
 
 __all__ = ["folder_info", "load_folder", "folder_split_files", "split_folders", "describe_split", "folder_root",
@@ -235,7 +235,7 @@ class ImageTooSmall(QsalError):
     def __init__(self, path: Path, width: int, height: int, size: int, setting: str | None = None):
         self.path, self.width, self.height, self.size, self.setting = path, width, height, size, setting
         largest = min(width, height) * MAX_UPSCALE
-        lower = f", or lower {setting} to {largest} or less" if setting and largest >= 12 else ""  # 12 px: the least
+        lower = f", or lower {setting} to {largest} or less" if setting and largest >= MIN_IMAGE_SIZE else ""
         super().__init__(f"image {path} is {width}x{height} px; resizing it to {size} px would upscale it more than "
                          f"{MAX_UPSCALE}x: remove it, or use the image at a larger size{lower}")
 

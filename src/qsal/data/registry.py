@@ -15,7 +15,8 @@ from qsal.errors import QsalError
 
 __all__ = [
     "DatasetInfo", "DATASETS", "get_info", "list_datasets", "resolve_data_dir",
-    "TASK_BINARY", "TASK_MULTICLASS", "TASK_ORDINAL", "TASK_MULTILABEL", "MEDMNIST_SIZES",
+    "TASK_BINARY", "TASK_MULTICLASS", "TASK_ORDINAL", "TASK_MULTILABEL", "MEDMNIST_SIZES", "MIN_IMAGE_SIZE",
+    "MAX_IMAGE_SIZE",
 ]
 
 TASK_BINARY = "binary-class"
@@ -24,6 +25,10 @@ TASK_ORDINAL = "ordinal-regression"
 TASK_MULTILABEL = "multi-label, binary-class"
 TASKS = (TASK_BINARY, TASK_MULTICLASS, TASK_ORDINAL, TASK_MULTILABEL)
 MEDMNIST_SIZES = (28, 64, 128, 224)
+# The sides in px every image size setting accepts (`--size`, a study folder's `size`, a checkpoint's image_size):
+# every registered model runs from 12 px (small_cnn pools twice then convolves); above 1024 px the activations of one
+# image alone take gigabytes, which is a typo rather than a medical image.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 12, 1024
 ENV_VAR = "QSAL_DATA_DIR"
 
 

@@ -7,15 +7,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from qsal.data.registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from qsal.errors import QsalError
 from qsal.models.modes import evaluating
 
 __all__ = ["register_model", "create_model", "list_models", "count_parameters", "count_macs"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-# Every registered model runs from 12 px (small_cnn pools twice then convolves); above 1024 px the
-# activations of one image alone take gigabytes, which is a typo rather than a medical image.
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 12, 1024
 
 
 def register_model(name: str):

@@ -12,7 +12,8 @@ named by the short name (``clinic/small_cnn/seed0/fp32``, ``--only 'clinic/*'``)
 - ``positive_class``: for a folder of two classes, the class sensitivity, PPV and the operating point are about. A study
   config must name it: its tables are compared across sets, and "the second class alphabetically" (the train command's
   default) would make sensitivity quietly about ``normal`` in a folder of ``malignant/ normal/``.
-- ``size``: the side images are resized to, in px (default 28, MedMNIST's; 12-1024 as ``--size``).
+- ``size``: the side images are resized to, in px (default 28, MedMNIST's; 12-1024, qsal.data.registry's bounds, as
+  ``--size``).
 - ``split_seed``: the seed that draws the folder's split for every seed of the study (``qsal train --split-seed``),
   so a row's seeds share one test set and differ in weights and data order only, as on a table set's official split.
 
@@ -40,7 +41,6 @@ __all__ = ["parse_folders", "folder_problems", "folder_content_sha256", "other_i
 
 FOLDER_KEYS = ("path", "positive_class", "size", "split_seed")
 DEFAULT_SIZE = 28
-SIZES = (12, 1024)  # as `qsal train --size`
 # a cell folder's first part and an --only pattern's: lower case as the dataset table's names, no path separators
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
@@ -50,6 +50,7 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
     ``problems`` with its path (``folders.clinic.size: ...``). ``base``: the config file's folder, which a relative
     path is read from (``None``: the working folder; a recorded config's paths are absolute already)."""
     from qsal.data import list_datasets
+    from qsal.data.registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     from qsal.study.config import _short, mapping_problem
     from qsal.study.config_yaml import number_hint
 
@@ -82,8 +83,8 @@ def parse_folders(problems: list[str], raw, base: Path | None = None) -> dict:
         if positive is not None and not isinstance(positive, str):
             wrong.append(f"{where}.positive_class: {_short(positive)} is not a class name (write it as text: "
                          f"'{positive}')")
-        if not (isinstance(size, int) and not isinstance(size, bool) and SIZES[0] <= size <= SIZES[1]):
-            wrong.append(f"{where}.size: {_short(size)} is not an image size in px ({SIZES[0]}-{SIZES[1]})"
+        if not (isinstance(size, int) and not isinstance(size, bool) and MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE):
+            wrong.append(f"{where}.size: {_short(size)} is not an image size in px ({MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE})"
                          f"{number_hint(size, int)}")
         split_seed = options.get("split_seed")
         if split_seed is not None and not (isinstance(split_seed, int) and not isinstance(split_seed, bool)
