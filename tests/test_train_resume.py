@@ -25,9 +25,8 @@ def test_a_model_whose_validation_outputs_are_not_finite_is_divergence_not_a_bes
         calls["n"] += 1
         logits = m(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
-        if calls["n"] == 5:
-            with torch.no_grad():
-                next(m.parameters()).fill_(float("inf"))
+        if calls["n"] == 5:  # through .data: in float32 (no autocast copy) the weight is saved for the backward
+            next(m.parameters()).data.fill_(float("inf"))
         return {"loss": loss, "logits": logits}
 
     with pytest.raises(QsalError, match=r"training diverged: the model's outputs on the validation images are not "
@@ -128,3 +127,32 @@ def test_a_resume_that_names_another_positive_class_is_another_run(tmp_path):
     plain = tmp_path / "plain"
     train_model("breastmnist", "small_cnn", cfg, plain)
     assert "positive_class" not in json.loads((plain / "run.json").read_text())["config"]
+
+
+def test_a_resume_on_a_folder_whose_files_changed_is_refused_as_another_split(breast_folder, tmp_path):
+    """fit's resume identity held the folder's name and image counts only: a file renamed since (same counts) drew
+    another split, and the resumed epochs could train on what the first run held out for validation and test."""
+    from qsal.pipeline import train_model
+    from qsal.run_folder import CannotResume
+
+    root = breast_folder(12)
+    run = tmp_path / "run"
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=False, precision="fp32")
+    train_model(f"folder:{root}", "small_cnn", cfg, run)
+    assert "listing_sha256" in load_training_state(run / "last.pt")["run"]["data"]
+    train_model(f"folder:{root}", "small_cnn", cfg, run, resume=True)  # the same files: continued (nothing left)
+    victim = sorted((root / "malignant").iterdir())[0]
+    victim.rename(victim.with_name("renamed.png"))
+    with pytest.raises(CannotResume, match="files changed since it started") as e:
+        train_model(f"folder:{root}", "small_cnn", cfg, run, resume=True)
+    assert "split drawn now is another" in e.value.why
+    # a table set records no listing: its resume identity is unchanged
+    assert "listing_sha256" not in load_training_state(_table_run(tmp_path))["run"]["data"]
+
+
+def _table_run(tmp_path):
+    from qsal.pipeline import train_model
+
+    run = tmp_path / "table"
+    train_model("breastmnist", "small_cnn", TrainConfig(epochs=1, progress=False, precision="fp32"), run)
+    return run / "last.pt"

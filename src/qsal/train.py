@@ -200,16 +200,17 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, config: TrainConfi
     precision_runs = [{"from_epoch": 1, "training": precision, "channels_last": channels_last}]
     schedule_change = None  # a run resumed for another number of epochs: which schedule its first epochs had
     # what the run trains on and how (not where the files are: a run moved between machines resumes): a last.pt
-    # left by another run in out_dir is not continued as if it were this one
-    identity = json.loads(json.dumps({"data": {k: meta["data"][k] for k in ("name", "n_train", "n_val")},
+    # left by another run in out_dir is not continued as if it were this one. A folder's split as drawn
+    # (listing_sha256) too: files renamed, added or removed since draw another split, whose validation and test
+    # images the first epochs may have trained on.
+    identity = json.loads(json.dumps({"data": {k: meta["data"][k] for k in ("name", "n_train", "n_val",
+                                                                            "listing_sha256") if k in meta["data"]},
                                       "step": meta["step"]}, default=str))
     if out and (out / "last.pt").is_file():
         state = load_training_state(out / "last.pt", model)
         _check_same_settings(out, state.get("config"), config)
-        if "run" in state and state["run"] != identity:  # last.pt files from before the field: not compared
-            raise QsalError(f"cannot resume {out}: its last.pt is from a run on {state['run'].get('data')} with "
-                            f"{(state['run'].get('step') or {}).get('step')}, not this one on {identity['data']} with "
-                            f"{identity['step'].get('step')}; choose another out_dir, or delete last.pt to start over")
+        if "run" in state:  # last.pt files from before the field: not compared
+            _check_same_run(out, state["run"], identity)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -347,6 +348,28 @@ def _follow_new_schedule(sched, opt, milestones: list[int], config: TrainConfig,
         g["lr"] = g["initial_lr"] * config.gamma ** passed
     sched._last_lr = [g["lr"] for g in opt.param_groups]
     return saved_epochs if isinstance(saved_epochs, int) and not isinstance(saved_epochs, bool) else "unrecorded"
+
+
+def _check_same_run(out: Path, recorded, identity: dict) -> None:
+    """Refuse to continue ``out/last.pt`` in a run on other data or with another step (``fit``'s ``identity``). A
+    folder's listing is compared where the last.pt records one (those from before the field: not compared); another
+    listing is ``CannotResume``, which a study answers by starting the cell over."""
+    from qsal.run_folder import CannotResume
+
+    data = dict((recorded or {}).get("data") or {}) if isinstance(recorded, dict) else {}
+    was = data.pop("listing_sha256", None)
+    now = identity["data"].get("listing_sha256")
+    same_data = data == {k: v for k, v in identity["data"].items() if k != "listing_sha256"}
+    if not (isinstance(recorded, dict) and same_data and recorded.get("step") == identity["step"]):
+        raise QsalError(f"cannot resume {out}: its last.pt is from a run on {data or None} with "
+                        f"{((recorded or {}).get('step') or {}).get('step') if isinstance(recorded, dict) else None}, "
+                        f"not this one on {identity['data']} with {identity['step'].get('step')}; choose another "
+                        "out_dir, or delete last.pt to start over")
+    if was is not None and was != now:
+        why = ("its folder's files changed since it started (added, removed or renamed: the split drawn now is "
+               "another, whose validation and test images it may have trained on)")
+        raise CannotResume(f"cannot resume {out}: {why}; pass --force to start over on the folder as it is, or "
+                           "restore its files", why)
 
 
 def _precision_runs(saved: list | None, start_epoch: int, epochs: int, precision: str, channels_last: bool,

@@ -261,3 +261,39 @@ def test_a_split_seed_change_is_named_as_such_and_only_where_the_split_differs()
     assert other_images({"seed": 1, "split_seed": 1, "data_listing": "L0"}, expected) is None
     assert other_images({"seed": 1, "split_seed": 0, "data_listing": "L1"}, expected).startswith(
         "trained on other images than its folder holds now (files added, removed or renamed since)")
+
+
+def test_a_cell_cut_off_before_its_folders_images_changed_starts_over_not_resumed(breast_folder, tmp_path):
+    """A part-trained cell resumed after an image was overwritten trained its first epochs on the old bytes and
+    recorded only the new digest, so nothing could tell its result was made from two folders."""
+    from qsal.study.runner import run_study
+
+    root = breast_folder(20)
+    cfg = parse_run_config({**BASE, "datasets": ["clinic"], "epochs": {"fp32": 1},
+                            "measure": {"latency": False, "saliency": False},
+                            "folders": {"clinic": {"path": str(root), "positive_class": "malignant"}}},
+                           "s.yaml", authored=True)
+    run = tmp_path / "run"
+    run_study(cfg, run, progress=False)
+    cell = run / "clinic/small_cnn/seed0/fp32"
+    before = json.loads((cell / "result.json").read_text())["data_content"]
+    assert json.loads((cell / "config.json").read_text())["data_content"] == before
+    (cell / "result.json").unlink()  # cut off: its last.pt is there, no result yet
+    unchanged = (cell / "log.txt").read_text()
+    run_study(cfg, run, progress=False)  # the same images: resumed (nothing left to train), not started over
+    assert "starting it over" not in (cell / "log.txt").read_text()[len(unchanged):]
+    (cell / "result.json").unlink()
+    images = sorted((root / "malignant").iterdir())
+    from qsal.study.grid import plan_groups
+    from qsal.study.redo import pending, under_way
+
+    todo = pending(plan_groups(cfg), run, cfg)
+    assert under_way(todo, run, cfg) == {cell.relative_to(run).as_posix(): 1}  # --dry-run: "a run continues from there"
+    images[0].write_bytes(images[1].read_bytes())  # overwritten in place: the same file names
+    assert under_way(todo, run, cfg) == {}  # a run starts it over: --dry-run does not say it continues
+    run_study(cfg, run, progress=False)
+    log = (cell / "log.txt").read_text()
+    assert "cut off earlier, and its folder's images changed since it started (their bytes: another digest): " \
+           "starting it over" in log
+    after = json.loads((cell / "result.json").read_text())["data_content"]
+    assert after != before and json.loads((cell / "config.json").read_text())["data_content"] == after

@@ -121,7 +121,7 @@ def cmd_run(args):
         if args.only:  # the plan above is the whole study's
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         _print_progress_of(Path(args.out), chosen, cfg)
-        _print_time_left(plan, Path(args.out), todo, started)
+        _print_time_left(plan, Path(args.out), todo, started, cfg)
         from qsal.study.runner import require_data
 
         try:  # the plan stands without the data (timed on synthetic images); the run itself would be refused
@@ -203,14 +203,14 @@ def _failed_cells(out: Path, groups) -> dict[str, str]:
     return failed
 
 
-def _print_time_left(plan: dict, out: Path, todo: list, started: bool) -> None:
+def _print_time_left(plan: dict, out: Path, todo: list, started: bool, cfg) -> None:
     """``--dry-run``: the estimate for what a run would do (``todo``: the chosen groups' unfinished and redone cells,
     ``redo.pending``; a cut-off one's remaining epochs only) when that is not the whole study the plan's total is
     about; the part-trained cells. ``started``: ``out`` holds a run (else every chosen cell is to do, none begun)."""
     from qsal.study.plan import cell_epochs, estimate_cells, format_duration
     from qsal.study.redo import under_way
 
-    resumed = under_way(todo, out) if started else {}
+    resumed = under_way(todo, out, cfg) if started else {}
     if "est_seconds" in plan and (len(todo) < plan["n_cells"] or resumed):  # else the plan's total is this run's
         print(f"a run would train or quantize {len(todo)} of the study's {plan['n_cells']} cells"
               + (f": ~{format_duration(estimate_cells(plan, todo, resumed))} of training on this machine (same "

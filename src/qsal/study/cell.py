@@ -18,7 +18,7 @@ from qsal._atomic import write_json_atomic
 from qsal.errors import QsalError
 from qsal.study.config import RunConfig
 from qsal.study.grid import CellSpec, folder_content, quant_config
-from qsal.study.redo import finished, parent_made_at
+from qsal.study.redo import finished, parent_made_at, started_on_other_images
 from qsal.study.results import defined
 from qsal.study.rundir import load_npy, read_json
 
@@ -43,11 +43,13 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
 
     cell = run_dir / spec.id
     cell.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cell / "config.json", {"cell": asdict(spec), "label": spec.label, "study": cfg.to_dict()})
+    content = folder_content(cfg, spec.dataset)  # the images' bytes as this cell reads them (folders.other_images)
+    _refuse_other_images(cell, content)  # before config.json, which records what the cut-off run started on, is new
+    write_json_atomic(cell / "config.json", {"cell": asdict(spec), "label": spec.label, "study": cfg.to_dict(),
+                                             **({"data_content": content} if content is not None else {})})
     log(cell, f"start {spec.id}")
     t0 = time.perf_counter()
     source, size = cfg.dataset_source(spec.dataset), cfg.dataset_size(spec.dataset)  # folder:PATH for a folder
-    content = folder_content(cfg, spec.dataset)  # the images' bytes as this cell reads them (folders.other_images)
     # a folder's split_seed draws one split for every seed (else each seed its own): children score on it too
     train, val, test = load_splits(source, cfg.data_dir, size=size, seed=cfg.split_seed(spec.dataset, spec.seed))
     sgt = SaliencyGuidedStep(train.info.task, k=cfg.sgt.k, lam=cfg.sgt.lam, seed=spec.seed, target=cfg.sgt.target)
@@ -125,6 +127,18 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
     log(cell, f"done {json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))})}")
     write_json_atomic(cell / "result.json", result)
     return result
+
+
+def _refuse_other_images(cell: Path, content: str | None) -> None:
+    """A cell cut off part-way whose folder's images changed since it started (``redo.started_on_other_images``):
+    its first epochs saw other bytes than the rest would, and its result would record only the new digest.
+    ``CannotResume``, which the runner answers by starting the cell over (files added, removed or renamed:
+    ``train.fit`` refuses them itself)."""
+    from qsal.run_folder import CannotResume
+
+    if started_on_other_images(cell, content):
+        why = "its folder's images changed since it started (their bytes: another digest)"
+        raise CannotResume(f"cannot resume {cell}: {why}", why)
 
 
 def explanation_measures(model, x, y, seed: int, device: str = "cpu") -> tuple[np.ndarray, dict]:

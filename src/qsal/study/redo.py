@@ -25,12 +25,12 @@ from pathlib import Path
 
 from qsal.errors import QsalError
 from qsal.study.folders import other_images
-from qsal.study.grid import CellSpec, expected_configs, expected_schedules, group_name
+from qsal.study.grid import CellSpec, expected_configs, expected_schedules, folder_content, group_name
 from qsal.study.rundir import read_json
 
 __all__ = ["Redo", "cells_to_redo", "clear_cell", "finished", "made_at", "older_than_parent", "other_measures",
            "other_schedule", "outdated", "parent_made_at", "pending", "progress", "read_results", "read_schedules",
-           "recorded_quant_config", "stale_results", "under_way", "weights_kept"]
+           "recorded_quant_config", "stale_results", "started_on_other_images", "under_way", "weights_kept"]
 
 
 @dataclass(frozen=True)
@@ -325,11 +325,12 @@ def pending(groups: list[list[CellSpec]], run_dir: Path, cfg=None) -> list[CellS
     return out
 
 
-def under_way(todo: list[CellSpec], run_dir: Path) -> dict[str, int]:
+def under_way(todo: list[CellSpec], run_dir: Path, cfg=None) -> dict[str, int]:
     """``{cell id: epochs trained}`` for the cells of ``todo`` (``pending``'s) that a run continues from their
     ``last.pt``: unfinished, with a readable resume state, and started from the parent that is there now. A child of
     a parent in ``todo`` (trained (again) first), or of one trained again since the child started (its ``run.json``
-    names another parent checkpoint by content), starts over (``run_folder.CannotResume``). For ``--dry-run``."""
+    names another parent checkpoint by content), starts over (``run_folder.CannotResume``), as does, with ``cfg``
+    (the study's ``RunConfig``), a cell whose folder's images changed since it started. For ``--dry-run``."""
     from qsal.checkpoint import epochs_trained
 
     ids = {c.id for c in todo}
@@ -339,9 +340,24 @@ def under_way(todo: list[CellSpec], run_dir: Path) -> dict[str, int]:
         parent = cell.parent / c.parent if c.parent is not None else None
         if parent is not None and f"{c.id.rsplit('/', 1)[0]}/{c.parent}" in ids or finished(cell):
             continue  # a finished cell in todo is redone from scratch
+        if cfg is not None and started_on_other_images(cell, folder_content(cfg, c.dataset)):
+            continue
         if (epochs := epochs_trained(cell / "last.pt")) is not None and not _other_parent(cell, parent):
             out[c.id] = epochs
     return out
+
+
+def started_on_other_images(cell: Path, content: str | None) -> bool:
+    """Whether a cell cut off part-way (its ``last.pt``) started on other bytes of its folder's images than
+    ``content`` (``grid.folder_content`` now) says, by the digest its ``config.json`` recorded at the start. A table
+    set (``None``), a cell from before the field or a damaged record: not known, False."""
+    if content is None or not (cell / "last.pt").is_file():
+        return False
+    try:
+        started_on = read_json(cell / "config.json", "").get("data_content")
+    except (QsalError, AttributeError):
+        return False
+    return isinstance(started_on, str) and started_on != content
 
 
 def _other_parent(cell: Path, parent: Path | None) -> bool:
