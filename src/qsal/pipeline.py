@@ -83,20 +83,23 @@ def _finish(out: Path, net, test: ImageSplit, decision: dict, seed: int, extra: 
     return metrics
 
 
-def _summary(checkpoint, metrics) -> dict:
+def _summary(checkpoint, metrics, model: str = "the PyTorch model") -> dict:
     op = metrics.operating_point
-    scored = "the PyTorch model, test split" + (
+    scored = f"{model}, test split" + (
         f"; positive class {metrics.positive_class}: accuracy, sensitivity and specificity '@ 0.5' at probability "
         "0.5, '@ op' (JSON: *_at_op) at "
         + (describe_operating_point(op, metrics.positive_class) if op and op.get("threshold") is not None
            else "the operating point") if metrics.positive_class is not None else "")
-    s = {"checkpoint": str(checkpoint), "scored": scored, "test_auc": metrics.auc, "test_acc": metrics.acc,
-         "auc_95ci": metrics.ci.get("auc"), "positive_class": metrics.positive_class,
-         "sensitivity": metrics.sensitivity, "specificity": metrics.specificity,
-         "operating_point": metrics.operating_point, "sensitivity_at_op": metrics.sensitivity_at_op,
-         "specificity_at_op": metrics.specificity_at_op, "ppv_at_op": metrics.ppv_at_op, "npv_at_op": metrics.npv_at_op,
-         "accuracy_at_op": metrics.accuracy_at_op, "ece": metrics.ece, "temperature": metrics.temperature}
-    return {k: v for k, v in s.items() if v is not None}
+    m = metrics.to_dict()  # JSON-safe: an undefined figure (NaN) is None, and m["undefined"] says why
+    s = {"checkpoint": str(checkpoint), "scored": scored, "test_auc": m["auc"], "test_acc": m["acc"],
+         "auc_95ci": m["ci"].get("auc"), **{k: m[k] for k in (
+             "positive_class", "sensitivity", "specificity", "operating_point", "sensitivity_at_op",
+             "specificity_at_op", "ppv_at_op", "npv_at_op", "accuracy_at_op", "ece", "temperature")}}
+    # an undefined figure stays, as None (printed '—'), beside its reason; one that does not apply is left out
+    undefined = {("test_" + k if k in ("auc", "acc") else k): why for k, why in m["undefined"].items()
+                 if ("test_" + k if k in ("auc", "acc") else k) in s}
+    return {**{k: v for k, v in s.items() if v is not None or k in undefined},
+            **({"undefined": undefined} if undefined else {})}
 
 
 def train_model(dataset: str, model: str, config: TrainConfig, out_dir: str | os.PathLike | None = None, *,
@@ -334,7 +337,10 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
         "best_epoch": best_epoch, "train_seconds": seconds, "parent_checkpoint": parent_path, "decision": decision,
         "quantization": describe_quantization(qmodel),
         "saliency_guided": step.describe() if hasattr(step, "describe") else None})
-    return {**_summary(path, metrics), "method": method}
+    # the fake-quantized model's numbers: its ONNX file rounds alike but not always identically (onnxruntime's kernels)
+    return {**_summary(path, metrics, "the fake-quantized PyTorch model (the deployed file can differ a little: `qsal "
+                                      "export` it, then `qsal evaluate model.onnx` gives the file's own numbers)"),
+            "method": method}
 
 
 def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, card: bool = True, *,

@@ -88,6 +88,9 @@ def test_wilson_interval_matches_published_values():
     assert np.allclose(wilson_interval(0, 10), [0.0, 0.2775], atol=5e-5)
     assert np.allclose(wilson_interval(10, 10), [0.7225, 1.0], atol=5e-5)
     assert wilson_interval(0, 0) is None
+    # exactly 0 and 1 at the ends: 0 of 234 printed "1.735e-18–0.01615" (the formula's rounding left over)
+    for n in (1, 7, 234, 10_000):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
 
 
 def test_decision_metrics_at_the_operating_point_for_positive_label_0():
@@ -198,3 +201,22 @@ def test_compute_metrics_refuses_what_it_would_misread():
         args = {"task": TASK_BINARY, "logits": logits, "n_bootstrap": 0, **kwargs}
         with pytest.raises(QsalError, match=message):
             compute_metrics(y, args.pop("logits"), args.pop("task"), **args)
+
+
+def test_a_training_summary_is_json_with_an_undefined_figure_as_null_and_its_reason():
+    """`qsal train --json` printed `"ppv_at_op": NaN` (not JSON) where no test image was decided positive at the
+    operating point, and its table `nan`; `qsal evaluate` of the same model said null and why."""
+    import json
+
+    from qsal.metrics.classification import compute_metrics
+    from qsal.pipeline import _summary
+
+    y = np.array([0, 1] * 20)
+    logits = np.stack([np.zeros(40), np.linspace(-3, -1, 40)], axis=1)  # label 1 always below 0.5: none positive
+    m = compute_metrics(y, logits, "binary-class", positive_label=1, class_names=["a", "b"], n_bootstrap=0,
+                        operating_point={"rule": "fixed", "threshold": 0.9, "chosen_on": "fixed"})
+    assert np.isnan(m.ppv_at_op)
+    s = json.loads(json.dumps(_summary("x.safetensors", m), allow_nan=False))
+    assert s["ppv_at_op"] is None
+    assert s["undefined"]["ppv_at_op"] == "no image was decided positive at the operating point"
+    assert s["sensitivity_at_op"] == 0.0 and "ppv_at_op" not in {k for k, v in s.items() if isinstance(v, float)}

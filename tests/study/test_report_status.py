@@ -99,3 +99,31 @@ def test_an_interrupted_report_leaves_the_earlier_one_and_figures_no_longer_draw
     assert not (run / "diagnostics_qat-int8.png").exists() and (run / "scan.png").exists()
     assert (run / "acc_vs_epochs.png").exists()
     assert (run / "diagnostics_fp32.png").is_file() and not list(run.glob(".report-*"))
+
+
+def test_a_rows_ci_is_of_its_mean_over_seeds_on_their_shared_test_set(partial_run, tmp_path):
+    """A row of two seeds showed its mean ACC beside seed 0's bootstrap CI (the glossary said so), a CI of another
+    number: now the interval is of the mean, each resample scoring both seeds on one draw of the test images."""
+    import shutil
+
+    import numpy as np
+
+    from qsal.metrics.bootstrap import bootstrap_ci
+    from qsal.metrics.classification import acc_score
+
+    run = tmp_path / "run"
+    shutil.copytree(partial_run, run)
+    row = next(r for r in collect_results(run, grids=False)["rows"] if r["model"] == "fp32")
+    cells = [run / f"breastmnist/small_cnn/seed{s}/fp32" for s in (0, 1)]
+    samples = [(np.load(c / "test_labels.npy"), np.load(c / "test_probs.npy")) for c in cells]
+    assert row["seeds"] == 2 and row["ci_seeds"] == 2
+    assert row["test_acc"] == pytest.approx(np.mean([acc_score(y, p, "binary-class") for y, p in samples]))
+    expected = bootstrap_ci(samples, "binary-class", 1000, seed=0)
+    assert (row["acc_ci"], row["auc_ci"]) == (expected["acc"], expected["auc"])
+    assert row["acc_ci"][0] <= row["test_acc"] <= row["acc_ci"][1]
+    seed0 = json.loads((cells[0] / "result.json").read_text())["auc_ci"]
+    assert row["auc_ci"] != seed0  # not the first seed's (one epoch: both seeds may call every image benign, one ACC)
+    # a seed that saved no predictions (a cell from before the files): the row falls back to its first seed's CI
+    (cells[1] / "test_probs.npy").unlink()
+    row = next(r for r in collect_results(run, grids=False)["rows"] if r["model"] == "fp32")
+    assert row["ci_seeds"] == 1 and row["auc_ci"] == seed0

@@ -157,7 +157,8 @@ def wilson_interval(successes: int, n: int) -> list[float] | None:
     p, z2 = successes / n, _Z95 ** 2
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = _Z95 / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # exact at the ends: 0 of n found has lower bound 0 (the formula leaves ~1e-18 of rounding), n of n upper bound 1
+    return [0.0 if successes == 0 else max(0.0, centre - half), 1.0 if successes == n else min(1.0, centre + half)]
 
 
 def _proportion(successes: int, n: int) -> tuple[float, list[float] | None]:
@@ -254,23 +255,11 @@ def compute_metrics(y_true: np.ndarray, logits: np.ndarray, task: str, *, class_
     return m
 
 
-def _percentile_ci(values: list[float]) -> list[float] | None:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
-
-
 def _bootstrap(y, scores, task, n_bootstrap, seed) -> dict:
-    """Percentile-bootstrap 95 % CIs of AUC and ACC (the split resampled with replacement)."""
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    samples: dict[str, list[float]] = {"auc": [], "acc": []}
-    for _ in range(n_bootstrap):
-        idx = rng.integers(0, n, n)
-        yt, sc = y[idx], scores[idx]
-        samples["auc"].append(auc_score(yt, sc, task))
-        samples["acc"].append(acc_score(yt, sc, task))
-    return {k: _percentile_ci(v) for k, v in samples.items()}
+    """Percentile-bootstrap 95 % CIs of AUC and ACC (the split resampled with replacement; ``bootstrap``)."""
+    from qsal.metrics.bootstrap import bootstrap_ci
+
+    return bootstrap_ci([(y, scores)], task, n_bootstrap, seed)
 
 
 def predict_logits(model, x, batch_size: int = 256, device: str = "cpu") -> np.ndarray:

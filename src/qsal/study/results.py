@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from qsal.errors import QsalError
-from qsal.study.rundir import load_npy, read_json
+from qsal.study.arrays import dataset_facts, report_arrays, seed_mean_cis
+from qsal.study.rundir import load_npy, read_json, redo_fix
 
 __all__ = ["collect_results", "report_run"]
 
@@ -27,18 +28,14 @@ _NUMBER_KEYS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivi
 
 
 def _read_result(path: Path, run_dir: Path) -> dict:
-    return check_result(read_json(path, _redo_fix(path.parent, run_dir)), path, run_dir)
-
-
-def _redo_fix(cell: Path, run_dir: Path) -> str:
-    return f"delete the folder {cell} and rerun `qsal run STUDY.yaml --out {run_dir}` (the study's config) to redo that cell"
+    return check_result(read_json(path, redo_fix(path.parent, run_dir)), path, run_dir)
 
 
 def check_result(result: dict, path: Path, run_dir: Path) -> dict:
     """``result`` (read from ``path``) as a report uses it, if it is a cell result, else ``QsalError``: its identifying
     fields present and typed, its measurements null or finite numbers (a NaN or inf an older qsal wrote reads as null,
     ``defined``). ``qsal run`` counts only such a cell finished."""
-    result, fix = defined(result), _redo_fix(path.parent, run_dir)
+    result, fix = defined(result), redo_fix(path.parent, run_dir)
     missing = [k for k in _RESULT_KEYS if k not in result]
     if missing or result.get("kind") not in ("fp32", "sgt", "ptq", "qat", "pact", "sgt+pact"):
         raise QsalError(f"{path} is not a qsal cell result (missing {missing or ['a known kind']}); {fix}")
@@ -165,14 +162,15 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         row["val_auc_by_seed"] = {f"seed{r['seed']}": r.get("val_auc") for r in rs}
         row["cells"] = [r["id"] for r in rs]  # each seed's folder, relative to the run folder
         row["machines"] = _machines(rs)  # where this row's cells ran
-        row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")  # first seed's bootstrap CI
+        # the cell's bootstrap CI; a row of several seeds gets its mean's below (arrays.seed_mean_cis)
+        row["auc_ci"], row["acc_ci"] = rs[0].get("auc_ci"), rs[0].get("acc_ci")
         row["positive_class"], row["artifact"] = rs[0].get("positive_class"), rs[0].get("artifact")
         if rs[0].get("artifact") is not None:  # the table's "scored as": what the metrics columns measured
             row["scored"] = "onnx" if rs[0]["artifact"] else "pytorch"
         # the first seed's decision (its plots and captions are the first seed's predictions) and its dataset's classes:
         # a study's sets differ, and an unnamed positive label would read as label 1
         row["positive_label"], row["operating_point"] = rs[0].get("positive_label"), rs[0].get("operating_point")
-        row["class_names"] = facts[1] if (facts := _dataset_facts(ds, rs[0])) is not None else None
+        row["class_names"] = facts[1] if (facts := dataset_facts(ds, rs[0])) is not None else None
         row["data_source"] = rs[0].get("data_source")  # folder:PATH for a study's own folder
         # seeds that recorded the share of decisions removal moved: a report's note on a stuck gap needs every seed's
         row["faithfulness_changed_seeds"] = sum(r.get("faithfulness_changed") is not None for r in rs)
@@ -192,7 +190,9 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         base = fp32.get(r["model"].rsplit("/", 1)[0] + "/fp32" if multi else "fp32")
         if base and r.get("size_bytes"):
             r["size_ratio"] = r["size_bytes"] / base["size_bytes"]
-    arrays = _report_arrays(run_dir, keys, multi)  # checked before any grid PNG is drawn: a damaged folder writes nothing
+    seed_mean_cis(run_dir, keys, rows)
+    # checked before any grid PNG is drawn: a damaged folder writes nothing
+    arrays = report_arrays(run_dir, keys, multi)
     grid_paths = []
     for img_path in sorted(run_dir.glob("*/*/seed*/fp32/explain_images.npy")) if grids else []:
         group = img_path.parents[1]
@@ -235,22 +235,6 @@ def _study_plan(run_dir: Path):
         return None, None
 
 
-def _dataset_facts(dataset: str, result: dict) -> tuple[str, list[str], str] | None:
-    """``(name as the report heads it, class names, task)`` of a study dataset: the table's, or for a study's own
-    folder (``qsal.study.folders``) as its cell recorded it (``data_source``, ``class_names``); ``None`` for neither."""
-    from qsal.data import TASK_BINARY, TASK_MULTICLASS, get_info
-
-    source, names = str(result.get("data_source") or ""), result.get("class_names")
-    if source.startswith("folder:") and names:
-        return (f"{dataset} (image folder {source[len('folder:'):]})", list(names),
-                TASK_BINARY if len(names) == 2 else TASK_MULTICLASS)
-    try:
-        info = get_info(dataset)
-    except QsalError:
-        return None
-    return info.name, list(info.labels), info.task
-
-
 def _machines(results: list[dict]) -> list[dict]:
     """Where the cells ran (from each result's ``environment``): training device, the CPU that scored the ONNX
     artifact and timed it, torch version; with the cells' count. A study can span machines (a lent GPU, then a
@@ -263,47 +247,6 @@ def _machines(results: list[dict]) -> list[dict]:
         found.setdefault(key, []).append(r["id"] if "id" in r else r["label"])
     return [{"trained_on": k[0], "cpu": k[1], "torch": k[2], "torch_threads": k[3], "cells": len(ids),
              "datasets": sorted({i.split("/")[0] for i in ids})} for k, ids in found.items()]
-
-
-def _report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
-    """Test probabilities (first seed) per row, and for a one-group study the saliency payload of the report."""
-    predictions, cells = {}, {}
-    for (ds, model, label), rs in keys.items():
-        cell = run_dir / rs[0]["id"]
-        name = f"{ds}/{model}/{label}" if multi else label
-        cells[name] = cell
-        if (cell / "test_probs.npy").is_file() and (cell / "test_labels.npy").is_file():
-            fix = _redo_fix(cell, run_dir)
-            y_true, probs = load_npy(cell / "test_labels.npy", fix, ndim=(1, 2)), load_npy(cell / "test_probs.npy", fix, ndim=2)
-            if len(y_true) != len(probs) or not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
-                raise QsalError(f"{cell}: test_probs.npy ({probs.shape}) and test_labels.npy ({y_true.shape}) do not "
-                                f"describe the same test images with probabilities in [0, 1]; {fix}")
-            predictions[name] = {"y_true": y_true, "probs": probs, "scored": f"ONNX artifact, seed {rs[0]['seed']}",
-                                 "ece": rs[0].get("ece")}  # these probabilities' ECE, not the seeds' mean
-    datasets = {ds for ds, _, _ in keys}
-    facts = _dataset_facts(next(iter(datasets)), next(iter(keys.values()))[0]) if len(datasets) == 1 else None
-    extra = {"predictions": predictions}
-    if facts is not None:
-        extra.update(class_names=facts[1], dataset_name=facts[0])
-        if predictions:
-            extra["n_test"] = len(next(iter(predictions.values()))["y_true"])
-    ref = cells.get("fp32")
-    if multi or ref is None or not (ref / "explain_images.npy").is_file() or not (ref / "explain_indices.npy").is_file():
-        return extra
-    fix = "delete that cell's folder and rerun `qsal run` to redo it"
-    idx = load_npy(ref / "explain_indices.npy", fix, ndim=1)
-    n_test = len(predictions["fp32"]["y_true"]) if "fp32" in predictions else None
-    if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or (n_test is not None and idx.max() >= n_test):
-        raise QsalError(f"{ref / 'explain_indices.npy'} holds {idx.dtype} values {idx.min()}..{idx.max()}, not indices "
-                        f"of the {n_test or 'test'} test images; {fix}")
-    maps = {n: load_npy(c / "saliency_maps.npy", fix, ndim=4) for n, c in cells.items() if (c / "saliency_maps.npy").is_file()}
-    extra["saliency"] = {"images": load_npy(ref / "explain_images.npy", fix, ndim=(3, 4)), "maps": maps,
-                         "y_true": predictions["fp32"]["y_true"][idx] if "fp32" in predictions else None,
-                         "probs": {n: p["probs"][idx] for n, p in predictions.items() if n in maps},
-                         "task": facts[2] if facts is not None else None,
-                         "class_names": extra.get("class_names"), "method": "|input gradient|",
-                         "indices": idx.tolist(), "reference": "fp32"}
-    return extra
 
 
 def _cells_done(n_done: int, cfg: dict) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from qsal.errors import QsalError
 
-__all__ = ["run_lock", "run_holder", "describe_holder", "read_json", "load_npy", "LOCK_NAME"]
+__all__ = ["run_lock", "run_holder", "describe_holder", "read_json", "load_npy", "redo_fix", "LOCK_NAME"]
 
 LOCK_NAME = ".qsal-run.lock"
 
@@ -109,3 +109,9 @@ def load_npy(path: str | os.PathLike, fix: str, ndim: int | tuple[int, ...] | No
         want = " or ".join(f"{d}-D" for d in allowed) if allowed else "non-empty"
         raise QsalError(f"{path} holds an array of shape {getattr(arr, 'shape', '?')}, not {want}; {fix}")
     return arr
+
+
+def redo_fix(cell: Path, run_dir: Path) -> str:
+    """What to do about a cell whose files cannot be read back: the advice every such error ends with."""
+    return (f"delete the folder {cell} and rerun `qsal run STUDY.yaml --out {run_dir}` (the study's config) to redo "
+            "that cell")

@@ -52,8 +52,9 @@ def size_unit(max_bytes: float) -> tuple[str, float]:
 
 
 def _ci(row: dict, key: str) -> tuple[float, float]:
-    """The row's 95 % CI, widened to contain its plotted value: a multi-seed row plots the mean over seeds, which
-    can fall outside a CI bootstrapped on other predictions (matplotlib refuses negative error bars)."""
+    """The row's 95 % CI, widened to contain its plotted value: a multi-seed row whose seeds did not all save their
+    predictions shows its first seed's CI beside the mean over seeds, which can fall outside it (matplotlib refuses
+    negative error bars)."""
     ci = row.get({"test_acc": "acc_ci", "test_auc": "auc_ci"}.get(key, key + "_ci"))
     return (min(ci[0], row[key]), max(ci[1], row[key])) if ci else (row[key], row[key])
 

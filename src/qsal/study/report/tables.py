@@ -30,9 +30,11 @@ GLOSSARY = [
             "probability 0.5), not at the operating point; the '@ op' columns are."),
     ("95% CI", "Percentile bootstrap interval over 1,000 resamples of the test set: the range the metric would "
                "plausibly take on another test set of the same size. Overlapping intervals mean the data cannot "
-               "tell the models apart. A row with several seeds shows the interval of the predictions of its "
-               "lowest-numbered seed (usually seed 0; test-set sampling only; the std column is the seed-to-seed spread), so its mean "
-               "over seeds can lie outside it."),
+               "tell the models apart. A row with several seeds shows the interval of its mean over seeds: each "
+               "resample draws the test images once and scores every seed's artifact on that draw (seeds with test "
+               "splits of their own, each on its own draw), so it covers test-set sampling only; the std column is "
+               "the seed-to-seed spread. Where a seed saved no test predictions (cells made before qsal saved "
+               "them), the row shows its lowest-numbered seed's interval instead (the JSON's ci_seeds: 1)."),
     ("Sensitivity / specificity", "Recall of the positive class / of the negative class. Which class is "
                                   "positive is stated in the header; for BreastMNIST label 0 is malignant."),
     ("Operating point", "The decision threshold on the positive-class probability (0.5 unless a rule chose "
@@ -68,7 +70,8 @@ GLOSSARY = [
     ("Pareto front", "Models that no other model beats on both axes. Here a model counts as beaten only when "
                      "another is at least as small (or, within 10 %, as fast: latency is noisy) and not worse "
                      "beyond its 95% CI, so models that tie within their CIs are not separated. The bars are the "
-                     "CIs, widened where a row's mean over seeds lies outside its first seed's CI to reach it."),
+                     "CIs (of a row's mean over seeds, as the table's), widened to reach the plotted value where one "
+                     "lies outside (a row that fell back to its first seed's interval)."),
     ("Faithfulness gap", "Test accuracy after removing the most salient pixels compared with removing as many "
                          "random pixels, averaged over removal fractions: mean accuracy (random removal) minus "
                          "mean accuracy (salient removal). Larger means the map points at pixels the model uses; "
