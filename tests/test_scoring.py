@@ -258,6 +258,11 @@ def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys, 
     assert r["positive_class"] == "malignant (label 0; 'normal' in pneumoniamnist)"
     assert list(r["per_class_recall"]) == ["normal", "pneumonia"]
     assert "0 is 'malignant' to the model, 'normal' in pneumoniamnist" in r["dataset_mismatch"]
+    # the threshold came from the model's own set: "the validation split" beside PneumoniaMNIST's scores read as its
+    from qsal.metrics.operating_point import describe_operating_point
+
+    assert r["operating_point"]["dataset"] == "breastmnist"
+    assert "chosen on the validation split of breastmnist" in describe_operating_point(r["operating_point"], "x")
     run, _ = breast_run
     r = evaluate_model(run / "best.safetensors", dataset="pneumoniamnist", other_dataset=True, split="train",
                        n_bootstrap=0)

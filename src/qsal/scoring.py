@@ -188,6 +188,10 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
               **({"split_seed": data.split_seed} if data.split_seed is not None else {}), **metrics.to_dict()}
     if own and name != own:
         result["dataset_mismatch"] = f"model trained on {own}, scored on {name} (--other-dataset)"
+        op = result.get("operating_point")
+        if isinstance(op, dict) and op.get("chosen_on") not in (None, "fixed", "fixed default"):
+            # "chosen on the validation split" beside another set's scores reads as that set's split: name the set
+            result["operating_point"] = {**op, "dataset": own}
         theirs = [str(n) for n in data.info.labels]
         if theirs != model_labels:  # the same class ids, other meanings: name each side's
             result["dataset_mismatch"] += ("; class ids compared as numbers: " + ", ".join(

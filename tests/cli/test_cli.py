@@ -46,8 +46,11 @@ def test_train_evaluate_quantize_export_bench_explain_on_real_data(tmp_path, cap
     capsys.readouterr()
     q = tmp_path / "ptq"
     assert main(["quantize", str(run / "best.safetensors"), "--method", "ptq", "--observer", "percentile",
-                 "--num-calibration", "128", "--out", str(q)]) == 0
-    capsys.readouterr()
+                 "--num-calibration", "128", "--out", str(q), "--json"]) == 0
+    # whose numbers these are: the fake-quantized model's, and where the deployed file's come from
+    assert json.loads(capsys.readouterr().out)["scored"].startswith(
+        "the fake-quantized PyTorch model (the deployed file can differ a little: `qsal export` it, then `qsal "
+        "evaluate")
     assert main(["export", str(q / "best.safetensors"), "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)
     assert exported["quant"] == "ptq" and exported["size_bytes"] > 0

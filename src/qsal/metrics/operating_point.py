@@ -132,6 +132,7 @@ def describe_operating_point(op: dict, positive_name: str | None = None) -> str:
         where = "fixed, not chosen"
     else:
         where = f"chosen on the {chosen} split" if chosen else "chosen on an unrecorded split"
+        where += f" of {op['dataset']}" if op.get("dataset") else ""  # scored on another set (--other-dataset)
         where += f" with the {op['scores']}'s scores" if op.get("scores") else ""
     threshold = f"{float(op['threshold']):.6g}"
     head = f"p({positive_name}) >= {threshold}" if positive_name is not None else f"threshold {threshold}"
