@@ -168,6 +168,13 @@ def test_qat_callbacks_freeze_observers_then_batchnorm():
     cb(q, 3, 4)
     assert all(m.frozen for m in q.modules() if isinstance(m, ActQuantizer))
     assert all(not m.training for m in q.modules() if isinstance(m, nn.BatchNorm2d))
+    # an epoch freezes only when it begins at or after the fraction: in 1 epoch at 0.5 the ranges track the whole
+    # fine-tune (int() froze them from the first step); in 3 epochs, epochs 2 (1.5 <= 2) on, not epoch 1 (1 < 1.5)
+    for epochs, epoch, frozen in ((1, 0, False), (3, 1, False), (3, 2, True), (2, 1, True)):
+        q = quantize(net, QATConfig(num_calibration=32), torch.randn(32, 1, 28, 28))
+        q.train()
+        cb(q, epoch, epochs)
+        assert all(m.frozen == frozen for m in q.modules() if isinstance(m, ActQuantizer)), (epochs, epoch)
 
 
 def test_unsupported_layer_and_bad_bits_and_too_few_images():

@@ -221,12 +221,14 @@ def qat_callbacks(config: QuantConfig) -> list:
     if not isinstance(config, QATConfig):
         return []
 
+    # an epoch freezes when it begins at or after the fraction of the schedule (epoch e begins at e/epochs): int()
+    # froze a 1-epoch QAT at 0.5 from its first step, so its ranges never tracked the fine-tune at all
     def freeze(model: nn.Module, epoch: int, epochs: int) -> None:
-        if epoch >= int(config.freeze_observers_at * epochs):
+        if epoch >= config.freeze_observers_at * epochs:
             for q in act_quantizers(model):
                 if isinstance(q, ActQuantizer):
                     q.frozen = True
-        if epoch >= int(config.freeze_bn_at * epochs):
+        if epoch >= config.freeze_bn_at * epochs:
             for m in model.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.eval()  # use and keep the running statistics for the rest of training

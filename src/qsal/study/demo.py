@@ -93,6 +93,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     for name, ckpt in ckpts.items():
         import json
 
+        t_model = time.perf_counter()
         metrics = json.loads((Path(ckpt).parent / "metrics.json").read_text())["test"]
         onnx_path = out / name / "model.onnx"
         exp = export_checkpoint(ckpt, onnx_path, card=False, force=True)  # the demo folder owns its files
@@ -115,6 +116,9 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
                      "faithfulness_gap": faith["gap"], "faithfulness_changed": faith["changed"],
                      "gini": mean_gini(maps[name]),
                      "onnx": str(onnx_path), "checkpoint": str(ckpt), "bench": bench})
+        # a minute or more per model on 2 busy cores: a line each, or the stage looks stuck
+        say(f"  {name}: exported ({exp['size_bytes'] / 1024:,.1f} KiB), scored, timed and explained in "
+            f"{time.perf_counter() - t_model:.0f} s")
     for r in rows:
         agree = agreement(maps["fp32"], maps[r["model"]])
         r["agreement_spearman"], r["agreement_iou"], r["agreement_ssim"] = agree["spearman"], agree["topk_iou"], agree["ssim"]
