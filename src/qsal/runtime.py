@@ -24,7 +24,53 @@ from qsal.errors import QsalError, is_integer, is_utf8_path, quote
 from qsal.metrics.operating_point import describe_operating_point, validate_decision, validate_labels
 
 __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision",
-           "NO_OPERATING_POINT"]
+           "NO_OPERATING_POINT", "integer_kernels_saturate", "session_options", "SATURATION_NOTE"]
+
+# onnxruntime's x86-64 integer kernels without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which
+# adds two products into an int16 with saturation (255 x 127 x 2 > 32767): an 8-bit layer's sums clip, and the file
+# computes other numbers than the model qsal validated (measured on an AMD EPYC without VNNI: a ResNet-20 INT8 file
+# decided 6 % of BreastMNIST test images otherwise; onnxruntime's quantization guide advises 7-bit weights,
+# reduce_range, on such CPUs). VNNI (AVX512-VNNI, AVX-VNNI) sums in int32; ARM has no such step.
+SATURATION_NOTE = ("this CPU has no VNNI, where onnxruntime's 8-bit integer kernels saturate their int16 sums: the "
+                   "quantized file runs as its dequantized float graph instead (the numbers qsal validated, at float "
+                   "speed); QSAL_INTEGER_KERNELS=1 runs the integer kernels anyway")
+
+
+def integer_kernels_saturate() -> bool:
+    """Whether onnxruntime's u8s8 integer kernels saturate on this CPU: x86-64 without AVX512-VNNI or AVX-VNNI."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return False
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    if features.get("AVX512VNNI"):
+        return False
+    try:  # AVX-VNNI (Alder Lake and newer, 256-bit): numpy does not name it; Linux does
+        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
+    except OSError:
+        return True
+    return "avx_vnni" not in flags and "avx512_vnni" not in flags
+
+
+def session_options(threads: int | None = None):
+    """The onnxruntime CPU session options every qsal run of a deployed file uses (``Runtime``, bench): defaults but
+    for the thread count and, where ``integer_kernels_saturate`` (unless ``QSAL_INTEGER_KERNELS=1``), QDQ fusion off
+    (``session.disable_quant_qdq``: the file's DequantizeLinear nodes feed float operators). Returns ``(options,
+    note)``: ``note`` is ``SATURATION_NOTE`` where fusion is off, else ``None``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if os.environ.get("QSAL_INTEGER_KERNELS") != "1" and integer_kernels_saturate():
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        return opts, SATURATION_NOTE
+    return opts, None
 
 
 def conform_image(image: np.ndarray, n_channels: int, size: int) -> np.ndarray:
@@ -171,13 +217,11 @@ class Runtime:
 
         self.path = Path(path)
         self.meta = read_metadata(self.path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        # Otherwise default options: a qsal artifact needs no special session settings to run on integer
-        # kernels, so what is measured here is what any onnxruntime application gets.
+        # Default options (a qsal artifact needs no special session settings to run on integer kernels, so what is
+        # measured here is what any onnxruntime application gets), but on a CPU whose integer kernels saturate:
+        # there the file runs dequantized, and ``integer_kernels_off`` says why (None for a float file)
+        opts, note = session_options(threads)
+        self.integer_kernels_off = note if self.meta.get("integer_kernels") else None
         try:
             # a name that is not valid UTF-8 cannot cross into onnxruntime: the file is handed over as bytes
             source = str(self.path) if is_utf8_path(self.path) else self.path.read_bytes()

@@ -186,6 +186,11 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     result = {"model": str(path), "dataset": name, "split": split,
               # which draw of a folder's (or MNIST's / CIFAR-10's validation) split these images are
               **({"split_seed": data.split_seed} if data.split_seed is not None else {}), **metrics.to_dict()}
+    if is_artifact:
+        from qsal.runtime import read_metadata, session_options
+
+        if read_metadata(path).get("integer_kernels") and (note := session_options()[1]):
+            result["integer_kernels_off"] = note  # scored as its dequantized graph: the integer kernels saturate here
     if own and name != own:
         result["dataset_mismatch"] = f"model trained on {own}, scored on {name} (--other-dataset)"
         op = result.get("operating_point")

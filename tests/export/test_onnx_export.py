@@ -15,7 +15,11 @@ META = {"data": {"name": "breastmnist", "task": "binary-class", "mean": [0.5], "
 
 
 def _ort(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x.numpy()})[0]
+    """As qsal runs the file (``runtime.session_options``: dequantized where the integer kernels saturate)."""
+    from qsal.runtime import session_options
+
+    sess = ort.InferenceSession(str(path), session_options()[0], providers=["CPUExecutionProvider"])
+    return sess.run(None, {"pixel_values": x.numpy()})[0]
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet20", "edge_mbv2"])

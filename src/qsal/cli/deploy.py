@@ -191,7 +191,8 @@ def cmd_bench(args):
              if result.get("fixed_batch") else ""))
     from qsal.export.card_storage import describe_kernels
 
-    print(f"runs on: {describe_kernels(result['deployed'])}")
+    print(f"runs on: {describe_kernels(result['deployed'])}"
+          + (f"; here not: {result['integer_kernels_off']}" if result.get("integer_kernels_off") else ""))
     over = sorted({r["threads"] for r in result["runs"] if r.get("oversubscribed")})
     if over:
         print(f"note: {', '.join(map(str, over))} threads on {result['environment']['cpus_usable']} usable cores: "
