@@ -162,7 +162,7 @@ CIFAR_NOT_RUN = ("not run: configs/cifar10_resnet20.yaml (`qsal run --dry-run` e
                  "for its 24 cells, SGT's 180 epochs the bulk; a lent GPU is the way)")
 # Why the SGT rows of a started study are still short: measured, not guessed (README "Results" says the same).
 CIFAR_SGT_SHORT = ("not run: SGT trains the paper's 180 epochs from scratch, each step about three FP32 steps: "
-                   "~6 h a seed on the 2-core Intel Xeon with bf16 (2 min an epoch, measured), ~26 h on a 2-core "
+                   "~6 h a seed on the 2-core Intel Xeon with bf16 (2 min an epoch, measured), ~20 h on an idle 2-core "
                    "AMD EPYC without bf16 (`qsal run --dry-run`); a session has 3 h of CPU, and an unfinished cell's "
                    "last.pt is lost with its machine (seed 2's SGT reached epoch 91 of 180 over two sessions, then "
                    "was lost); SGT+PACT-4 fine-tunes from it")
