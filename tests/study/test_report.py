@@ -299,6 +299,11 @@ def test_a_run_folders_rows_show_seed_spread_at_the_operating_point_machines_and
     assert rows["pact-4"]["latency_cpus"] == 2 and rows["fp32"]["latency_cpus"] == 1
     assert rows["pact-4"]["throughput_definition"] == "mixed" and rows["fp32"]["throughput_definition"] == "median"
     assert rows["pact-4"]["kernels"] == "integer (1 of 2 seeds recorded)" and rows["fp32"]["kernels"] == "float"
+    # scored on a CPU without VNNI, where qsal runs the integer file dequantized: the column says so, not "integer"
+    result["integer_kernels_off"] = "this CPU has no VNNI ..."
+    cell.write_text(json.dumps(result))
+    assert {r["model"]: r for r in collect_results(run, grids=False)["rows"]}["pact-4"]["kernels"] == \
+        "float, dequantized (no VNNI) (1 of 2 seeds recorded)"
     assert rows["fp32"]["latency_b1_ms"] == np.median([s["latency_b1_ms"] for s in seeds])
     table = results_table(list(rows.values()))
     assert "sens. @ op std" in table and "timed on (CPUs)" in table and "img/s by" in table

@@ -52,7 +52,9 @@ def _setup_demo(p):
     p.add_argument("--dataset", default="breastmnist", help="dataset to run the story on (see `qsal datasets`)")
     data_dir_arg(p)
     p.add_argument("--out", default="runs/demo", help="output folder (one sub-folder per model, report.html)")
-    p.add_argument("--quick", action="store_true", help="a shorter schedule (75 s wall on 2 idle cores here; longer while other work runs)")
+    p.add_argument("--quick", action="store_true",
+                   help="a shorter schedule (75 s wall on an idle 2-core Xeon, 114 s on an idle 2-core EPYC; longer "
+                        "while other work runs)")
     p.add_argument("--download", action="store_true", help="download the dataset's missing files from the official source")
     p.add_argument("--seed", type=SEED, default=0, help="seed of every stage")
     p.add_argument("--force", action="store_true",

@@ -42,7 +42,10 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model, write_card
     from qsal.scoring import artifact_row, score_onnx
     from qsal.quant import PACTConfig, PTQConfig, QATConfig
+    from qsal.export.card_storage import kernels_label
+    from qsal.runtime import read_metadata
     from qsal.study.report import write_report
+    from qsal.study.results import DEQUANTIZED_HERE
     from qsal.saliency import SaliencyGuidedStep, explain
     from qsal.saliency.methods import black_baseline
     from qsal.saliency.metrics import agreement, faithfulness_curve, mean_gini
@@ -101,6 +104,8 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         artifact_metrics[name], reliability[name] = art.to_dict(), art.reliability
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1, 64), seconds=0.3 if quick else 1.0)
         b1, b64 = bench["runs"]
+        # what the timings are of: integer kernels, or (a CPU without VNNI) the dequantized graph
+        kernels = DEQUANTIZED_HERE if bench.get("integer_kernels_off") else kernels_label(read_metadata(onnx_path))
         model_obj, _ = load_checkpoint(ckpt)
         sal_probs[name] = probs[sal_index]
         # every model's map of the same class (each image's true one), so maps compare across models
@@ -111,7 +116,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         faith = faithfulness_curve(lambda a, m=model_obj: predict_logits(m, torch.from_numpy(a)), x_faith.numpy(), y_faith.numpy(), faith_maps, fill="constant", seed=seed)
         predictions[name] = {"y_true": test.labels, "probs": probs, "scored": "ONNX artifact"}
         rows.append({"model": name, **artifact_row(art, metrics), "acc_ci": art.ci.get("acc"), "scored": "onnx",
-                     "size_bytes": exp["size_bytes"], "latency_b1_ms": b1["latency_ms_p50"],
+                     "size_bytes": exp["size_bytes"], "kernels": kernels, "latency_b1_ms": b1["latency_ms_p50"],
                      "latency_b1_p95_ms": b1["latency_ms_p95"], "throughput_b64": b64["throughput_img_s"],
                      "faithfulness_gap": faith["gap"], "faithfulness_changed": faith["changed"],
                      "gini": mean_gini(maps[name]),

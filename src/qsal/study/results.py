@@ -20,6 +20,9 @@ __all__ = ["collect_results", "report_run"]
 # reads higher on a busy CPU; from it, the images scored over the total time the timed calls took (commit 8fc2cb4)
 THROUGHPUT_REDEFINED = "2026-11-28T10:27"
 
+# what a quantized cell ran on where onnxruntime's integer kernels saturate (x86-64 without VNNI)
+DEQUANTIZED_HERE = "float, dequantized (no VNNI)"
+
 _RESULT_KEYS = ("id", "dataset", "model", "kind", "bits", "observer", "seed", "label")
 # the measured fields a report averages, plots or divides by: each is null or a finite number (size_bytes above 0)
 _NUMBER_KEYS = ("test_auc", "test_acc", "sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op", "ece",
@@ -131,6 +134,8 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         # one network and method: the same for every seed. An FP32 file runs on float kernels by construction; a
         # quantized cell made before qsal recorded it is unknown, and a row where only some seeds say is marked so
         per_seed = [r.get("kernels") or ("float" if r.get("kind") in ("fp32", "sgt") else None) for r in rs]
+        # scored and timed as the dequantized graph on a CPU without VNNI (runtime.SATURATION_NOTE): not "integer"
+        per_seed = [DEQUANTIZED_HERE if r.get("integer_kernels_off") else k for r, k in zip(rs, per_seed)]
         kernels = {k for k in per_seed if k}
         if kernels:
             known = sum(k is not None for k in per_seed)
