@@ -96,8 +96,8 @@ def _summary(checkpoint, metrics, model: str = "the PyTorch model") -> dict:
              "positive_class", "sensitivity", "specificity", "operating_point", "sensitivity_at_op",
              "specificity_at_op", "ppv_at_op", "npv_at_op", "accuracy_at_op", "ece", "temperature")}}
     # an undefined figure stays, as None (printed '—'), beside its reason; one that does not apply is left out
-    undefined = {("test_" + k if k in ("auc", "acc") else k): why for k, why in m["undefined"].items()
-                 if ("test_" + k if k in ("auc", "acc") else k) in s}
+    named = {"auc": "test_auc", "acc": "test_acc"}  # the summary's names for Metrics' fields
+    undefined = {named.get(k, k): why for k, why in m["undefined"].items() if named.get(k, k) in s}
     return {**{k: v for k, v in s.items() if v is not None or k in undefined},
             **({"undefined": undefined} if undefined else {})}
 
