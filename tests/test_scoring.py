@@ -270,6 +270,12 @@ def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys, 
     assert "in_sample" not in r  # another dataset's training images were not this model's
     # Splits that chose the model or its threshold, or trained it, are flagged as in-sample; test is not.
     assert "in_sample" not in evaluate_model(onnx_path, n_bootstrap=0)
+    import qsal.runtime  # an FP32 file has no integer kernels to turn off, on any CPU
+
+    monkeypatch.setattr(qsal.runtime, "integer_kernels_saturate", lambda: True)
+    assert "integer_kernels_off" not in evaluate_model(onnx_path, n_bootstrap=0)
+    monkeypatch.undo()
+    monkeypatch.setenv("QSAL_DATA_DIR", str(shared_data))
     assert "chose this model's operating point (and, where it trained, its best epoch)" in evaluate_model(onnx_path, split="val",
                                                                                n_bootstrap=0)["in_sample"]
     # Numbers decided at 0.5, not at the operating point, say so in the table.

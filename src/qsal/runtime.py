@@ -14,6 +14,7 @@ decision (positive class, operating point chosen on validation, temperature) is 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -24,7 +25,8 @@ from qsal.errors import QsalError, is_integer, is_utf8_path, quote
 from qsal.metrics.operating_point import describe_operating_point, validate_decision, validate_labels
 
 __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision",
-           "NO_OPERATING_POINT", "integer_kernels_saturate", "session_options", "SATURATION_NOTE"]
+           "NO_OPERATING_POINT", "integer_kernels_saturate", "session_options", "SATURATION_NOTE",
+           "has_integer_layers"]
 
 # onnxruntime's x86-64 integer kernels without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which
 # adds two products into an int16 with saturation (255 x 127 x 2 > 32767): an 8-bit layer's sums clip, and the file
@@ -36,6 +38,7 @@ SATURATION_NOTE = ("this CPU has no VNNI, where onnxruntime's 8-bit integer kern
                    "speed); QSAL_INTEGER_KERNELS=1 runs the integer kernels anyway")
 
 
+@functools.cache  # the CPU does not change while qsal runs: read its flags once, not for every session
 def integer_kernels_saturate() -> bool:
     """Whether onnxruntime's u8s8 integer kernels saturate on this CPU: x86-64 without AVX512-VNNI or AVX-VNNI."""
     import platform
@@ -54,6 +57,20 @@ def integer_kernels_saturate() -> bool:
         except ImportError:
             return True  # not known: the dequantized graph gives the validated numbers either way
     return not features.get("AVX512VNNI")
+
+
+def has_integer_layers(meta: dict) -> bool:
+    """Whether a file (its ONNX metadata ``meta``) has layers onnxruntime runs on integer kernels with QDQ fusion on:
+    every conv/gemm (``integer_kernels``, measured at export) or some, beside layers kept in FP32 (``integer +
+    float``). An FP32 file has none, nor has a weight-only one (its weights are dequantized into float kernels):
+    neither quantizes an activation, which is what export's ``quantization.activations`` lists."""
+    if meta.get("integer_kernels"):
+        return True
+    described = meta.get("quantization")
+    if isinstance(described, dict):
+        return bool(described.get("activations"))
+    quant = meta.get("quant")  # a file whose export did not describe its quantization: its method says
+    return isinstance(quant, dict) and quant.get("method", "fp32") not in ("fp32", "weight_only")
 
 
 def session_options(threads: int | None = None):
@@ -220,9 +237,9 @@ class Runtime:
         self.meta = read_metadata(self.path)
         # Default options (a qsal artifact needs no special session settings to run on integer kernels, so what is
         # measured here is what any onnxruntime application gets), but on a CPU whose integer kernels saturate:
-        # there the file runs dequantized, and ``integer_kernels_off`` says why (None for a float file)
+        # there the file runs dequantized, and ``integer_kernels_off`` says why (None for a file without integer layers)
         opts, note = session_options(threads)
-        self.integer_kernels_off = note if self.meta.get("integer_kernels") else None
+        self.integer_kernels_off = note if has_integer_layers(self.meta) else None
         try:
             # a name that is not valid UTF-8 cannot cross into onnxruntime: the file is handed over as bytes
             source = str(self.path) if is_utf8_path(self.path) else self.path.read_bytes()

@@ -17,7 +17,7 @@ from bn_models import model_with_bn_stats
 from qsal.export import export_onnx
 from qsal.export.fusion import FLOAT_COMPUTE_OPS
 from qsal.models import list_models
-from qsal.quant import PACTConfig, PTQConfig, QATConfig, quantize
+from qsal.quant import PACTConfig, PTQConfig, QATConfig, WeightOnlyConfig, quantize
 from qsal.runtime import Runtime, read_metadata
 
 CONFIGS = {"ptq8": PTQConfig(num_calibration=32), "qat8": QATConfig(bits=8, num_calibration=32),
@@ -186,6 +186,29 @@ def test_a_layer_kept_fp32_after_a_pool_stays_float_in_onnxruntime(tmp_path):
         expected = q(x).numpy()
     got = Runtime(path).run_normalized(x.numpy())  # as qsal runs it (dequantized where integer kernels saturate)
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_the_dequantized_note_covers_every_file_with_integer_layers_and_only_those(tmp_path, monkeypatch):
+    """On a CPU whose integer kernels saturate, QDQ fusion is off for every file: a file with some layers kept in
+    FP32 ("integer + float") runs dequantized too, and must say so; an FP32 or weight-only file has nothing to say."""
+    import qsal.runtime
+
+    monkeypatch.setattr(qsal.runtime, "integer_kernels_saturate", lambda: True)
+    x = torch.randn(32, 1, 28, 28)
+    models = {"skip": quantize(model_with_bn_stats("small_cnn"), PTQConfig(num_calibration=32, skip=("fc1",)), x),
+              "pact4": quantize(model_with_bn_stats("small_cnn"), CONFIGS["pact4"], x),
+              "weight_only": quantize(model_with_bn_stats("small_cnn"), WeightOnlyConfig(), x),
+              "fp32": model_with_bn_stats("small_cnn")}
+    for name, model in models.items():
+        path = export_onnx(model, tmp_path / f"{name}.onnx", input_shape=(1, 28, 28), check_untrained=False)
+        # the graph's own answer: QDQ fusion has integer layers to make where an activation is quantized
+        quantizes = any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+        assert quantizes == (name in ("skip", "pact4")), name
+        assert read_metadata(path)["integer_kernels"] is (name == "pact4"), name
+        note = Runtime(path).integer_kernels_off
+        assert note == (qsal.runtime.SATURATION_NOTE if quantizes else None), name
+        assert qsal.runtime.has_integer_layers({**read_metadata(path), "quantization": None,
+                                                "quant": {"method": "ptq" if quantizes else "weight_only"}}) is quantizes
 
 
 def test_a_layer_kept_fp32_that_onnxruntime_quantizes_is_named_in_the_metadata(tmp_path):

@@ -222,9 +222,9 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
               "environment": environment()}
     if fixed is not None:
         result["fixed_batch"] = fixed
-    from qsal.runtime import session_options
+    from qsal.runtime import has_integer_layers, session_options
 
-    if meta.get("integer_kernels") and (note := session_options()[1]):  # timed dequantized, not as "deployed" says
+    if has_integer_layers(meta) and (note := session_options()[1]):  # timed dequantized, not as "deployed" says
         result["integer_kernels_off"] = note
     return result
 
