@@ -46,19 +46,23 @@ from qsal._atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from qsal.checkpoint import load_checkpoint  # noqa: E402
 from qsal.metrics import compute_metrics, predict_logits  # noqa: E402
 from qsal.export.bench import interleaved_latency, onnx_session  # noqa: E402
-from qsal.export.fusion import float_compute_ops  # noqa: E402
+from qsal.export.fusion import float_compute_ops, int16_pair_sum_bound, optimized_graph  # noqa: E402
 from qsal.models import count_parameters  # noqa: E402
 from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig, PTQConfig, QATConfig, WeightOnlyConfig  # noqa: E402
 from qsal.runtime import Runtime  # noqa: E402
+from qsal.export.card_storage import kernels_label  # noqa: E402
+from qsal.study.results import DEQUANTIZED_HERE  # noqa: E402
 from qsal.train import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QSAL_VARIANTS = [("qsal PTQ-INT8", PTQConfig(), 8), ("qsal QAT-INT8", QATConfig(), 8),
                  ("qsal PACT-8", PACTConfig(bits=8), 8), ("qsal PACT-4", PACTConfig(bits=4), 4),
                  ("qsal PACT-2", PACTConfig(bits=2), 2), ("qsal weight-only INT8", WeightOnlyConfig(bits=8), 8),
-                 ("qsal weight-only INT4", WeightOnlyConfig(bits=4), 4)]
+                 ("qsal weight-only INT4", WeightOnlyConfig(bits=4), 4),
+                 # 7-bit weights, 8-bit activations: integer kernels that are exact on x86 CPUs without VNNI too
+                 ("qsal PTQ-W7A8", PTQConfig(weight_bits=7), 7)]
 INT8 = "qsal PTQ-INT8"
 FP32 = "FP32 ONNX"
 EAGER = "PyTorch eager FP32"
@@ -139,7 +143,11 @@ def _adopt_metadata(peer: Path, fp32_onnx: Path, method: str) -> Path:
 
     from qsal.runtime import read_metadata
 
-    meta = {**read_metadata(fp32_onnx), "quant": {"method": method}, "integer_kernels": not float_compute_ops(peer)}
+    optimized = optimized_graph(peer)
+    meta = {**read_metadata(fp32_onnx), "quant": {"method": method},
+            "integer_kernels": not float_compute_ops(optimized),
+            # not the FP32 file's 0: the peer's own sums decide whether it runs fused where integer kernels saturate
+            "int16_pair_sum_bound": int16_pair_sum_bound(optimized)}
     model = onnx.load(str(peer))
     onnx.helper.set_model_props(model, {"qsal": json.dumps(meta)})
     onnx.save(model, str(peer))
@@ -200,7 +208,10 @@ def _accuracy(rows: list[dict], test) -> None:
     for r in rows:
         if r.get("onnx") is None:
             continue
-        logits = Runtime(r["onnx"]).predict_logits(test.images)
+        deployed = Runtime(r["onnx"])
+        logits = deployed.predict_logits(test.images)
+        # what the file runs on here: an integer file whose sums would saturate on this CPU runs dequantized
+        r["runs_here"] = DEQUANTIZED_HERE if deployed.integer_kernels_off else kernels_label(deployed.meta)
         r["test_auc"] = compute_metrics(test.labels, logits, test.info.task, n_bootstrap=0).auc
         if r.get("checkpoint") is not None:
             model, _ = load_checkpoint(str(r["checkpoint"]))
@@ -216,7 +227,8 @@ def time_artifacts(rows: list[dict], fp32_ckpt: Path, test, threads: int, args) 
     eager.eval()
     runnable = [r for r in rows if r.get("onnx") is not None]
     x_all = Runtime(runnable[0]["onnx"]).preprocess(test.images[:64])
-    sessions = {r["artifact"]: onnx_session(r["onnx"], threads) for r in runnable}
+    # as qsal's Runtime runs each file: dequantized where this CPU's integer kernels would saturate its sums
+    sessions = {r["artifact"]: onnx_session(r["onnx"], threads, Runtime(r["onnx"]).meta) for r in runnable}
     out = {}
     for batch, calls_per_round in ((1, args.b1_calls), (64, args.b64_calls)):
         x = np.ascontiguousarray(x_all[:batch])
@@ -236,6 +248,7 @@ COLUMNS = [("artifact", "artifact"), ("size_bytes", "bytes"), ("size_vs_fp32", "
            ("size_vs_min", "size vs physical min"), ("b1_ms", "b1 ms"), ("b1_vs_fp32", "b1 speed-up vs FP32"),
            ("b1_vs_int8", "b1 vs INT8"), ("b64_ms", "b64 ms"), ("b64_vs_fp32", "b64 speed-up vs FP32"),
            ("b64_vs_int8", "b64 vs INT8"), ("float_ops", "float ops after ORT optimisation"),
+           ("runs_here", "runs here"),
            ("test_auc", "artifact AUC"), ("torch_test_auc", "PyTorch AUC"), ("argmax_agreement_vs_torch", "argmax agreement")]
 
 
@@ -244,7 +257,8 @@ def _table_rows(rows: list[dict], timing: dict) -> list[dict]:
     out = []
     for name in [r["artifact"] for r in rows] + [EAGER]:
         r = by.get(name, {"artifact": name})
-        row = {k: r.get(k) for k in ("artifact", "size_bytes", "test_auc", "torch_test_auc", "argmax_agreement_vs_torch")}
+        row = {k: r.get(k) for k in ("artifact", "size_bytes", "test_auc", "torch_test_auc",
+                                     "argmax_agreement_vs_torch", "runs_here")}
         if r.get("error"):
             row["float_ops"] = f"export failed: {r['error']}"
             out.append(row)
@@ -307,13 +321,17 @@ def main() -> None:
     result = {"benchmark": "quantization_latency", "dataset": args.dataset, "rounds": args.rounds,
               "b1_calls_per_round": args.b1_calls, "b64_calls_per_round": args.b64_calls,
               "statistic": "median over rounds of the per-round median call latency (ms)",
-              "session": "onnxruntime defaults, CPUExecutionProvider, intra_op_num_threads set, inter_op 1",
+              "session": "onnxruntime defaults, CPUExecutionProvider, intra_op_num_threads set, inter_op 1; QDQ "
+                         "fusion off for a file whose integer sums would saturate on this CPU (qsal.runtime."
+                         "session_options, as Runtime runs it)",
               "environment": env, "seconds": time.perf_counter() - t_start, "networks": networks,
               "arguments": vars(args), "command": command_line(__file__)}
     out = Path(args.out)
     write_json_atomic(out.with_suffix(".json"), result)
     header = (f"# Deployed-artifact latency and size ({args.dataset}, 28 px)\n\nWritten by `{result['command']}`.\n\nCPU {env['cpu']} ({env['cpu_count']} logical "
-              f"cores); onnxruntime {env['versions']['onnxruntime']}, default session options (threads set). "
+              f"cores); onnxruntime {env['versions']['onnxruntime']}, default session options (threads set; "
+              "on an x86 CPU "
+              "without VNNI, QDQ fusion off for a file whose 8-bit integer sums would saturate: 'runs here' says). "
               f"All artifacts of a network timed in one process in {args.rounds} interleaved rounds ({args.b1_calls} "
               f"batch-1 / {args.b64_calls} batch-64 calls per artifact per round, order rotating); figure = median of "
               f"per-round medians; every call is in {out.with_suffix('.json').name}. Speed-ups are ratios of those medians (>1 = faster). "

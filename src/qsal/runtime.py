@@ -26,7 +26,7 @@ from qsal.metrics.operating_point import describe_operating_point, validate_deci
 
 __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision",
            "NO_OPERATING_POINT", "integer_kernels_saturate", "session_options", "SATURATION_NOTE",
-           "has_integer_layers"]
+           "has_integer_layers", "sums_fit_int16", "INT16_MAX"]
 
 # onnxruntime's x86-64 integer kernels without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which
 # adds two products into an int16 with saturation (255 x 127 x 2 > 32767): an 8-bit layer's sums clip, and the file
@@ -35,7 +35,11 @@ __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "de
 # reduce_range, on such CPUs). VNNI (AVX512-VNNI, AVX-VNNI) sums in int32; ARM has no such step.
 SATURATION_NOTE = ("this CPU has no VNNI, where onnxruntime's 8-bit integer kernels saturate their int16 sums: the "
                    "quantized file runs as its dequantized float graph instead (the numbers qsal validated, at float "
-                   "speed); QSAL_INTEGER_KERNELS=1 runs the integer kernels anyway")
+                   "speed); a PTQ file with 7-bit weights (qsal quantize --weight-bits 7) runs on integer kernels "
+                   "exactly here, and QSAL_INTEGER_KERNELS=1 runs this one's anyway")
+
+
+INT16_MAX = 32767
 
 
 @functools.cache  # the CPU does not change while qsal runs: read its flags once, not for every session
@@ -73,9 +77,18 @@ def has_integer_layers(meta: dict) -> bool:
     return isinstance(quant, dict) and quant.get("method", "fp32") not in ("fp32", "weight_only")
 
 
-def session_options(threads: int | None = None):
+def sums_fit_int16(meta: dict | None) -> bool:
+    """Whether a file's integer kernels compute exactly where they saturate: every pair of products fits in int16
+    (its metadata's ``int16_pair_sum_bound``, measured on onnxruntime's optimised graph at export, at most
+    ``INT16_MAX``: 7-bit weights beside 8-bit activations, or activations of at most 7 bits beside 8-bit weights)."""
+    bound = (meta or {}).get("int16_pair_sum_bound")
+    return is_integer(bound) and 0 <= bound <= INT16_MAX
+
+
+def session_options(threads: int | None = None, meta: dict | None = None):
     """The onnxruntime CPU session options every qsal run of a deployed file uses (``Runtime``, bench): defaults but
-    for the thread count and, where ``integer_kernels_saturate`` (unless ``QSAL_INTEGER_KERNELS=1``), QDQ fusion off
+    for the thread count and, where ``integer_kernels_saturate`` (unless ``QSAL_INTEGER_KERNELS=1``) and the file's
+    sums may not fit (``sums_fit_int16(meta)``; ``meta``: its ONNX metadata, None when unknown), QDQ fusion off
     (``session.disable_quant_qdq``: the file's DequantizeLinear nodes feed float operators). Returns ``(options,
     note)``: ``note`` is ``SATURATION_NOTE`` where fusion is off, else ``None``."""
     import onnxruntime as ort
@@ -85,7 +98,7 @@ def session_options(threads: int | None = None):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    if os.environ.get("QSAL_INTEGER_KERNELS") != "1" and integer_kernels_saturate():
+    if os.environ.get("QSAL_INTEGER_KERNELS") != "1" and integer_kernels_saturate() and not sums_fit_int16(meta):
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
         return opts, SATURATION_NOTE
     return opts, None
@@ -238,7 +251,7 @@ class Runtime:
         # Default options (a qsal artifact needs no special session settings to run on integer kernels, so what is
         # measured here is what any onnxruntime application gets), but on a CPU whose integer kernels saturate:
         # there the file runs dequantized, and ``integer_kernels_off`` says why (None for a file without integer layers)
-        opts, note = session_options(threads)
+        opts, note = session_options(threads, self.meta)
         self.integer_kernels_off = note if has_integer_layers(self.meta) else None
         try:
             # a name that is not valid UTF-8 cannot cross into onnxruntime: the file is handed over as bytes

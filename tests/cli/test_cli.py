@@ -25,6 +25,8 @@ def _run(*args, cwd=None):
     (["bench", "."], ". is a folder; bench times one ONNX file: pass its path (qsal export writes one)"),
     (["quantize", "m.safetensors", "--method", "weight-only", "--bits", "3"],
      "bits=3 is not supported by weight-only (ONNX stores INT4 and INT8 weights); use one of 4, 8 (--bits)"),
+    (["quantize", "m.safetensors", "--method", "pact", "--weight-bits", "7"],
+     "--weight-bits sets PTQ's weights apart from its activations (--bits); --method pact takes one --bits for both"),
     (["export", "m.safetensors", "--out", "m.txt"], "--out m.txt: export writes an ONNX file; name it .onnx"),
     (["export", "model.onnx"], "model.onnx is already an ONNX file; export takes the .safetensors checkpoint"),
 ])
@@ -45,8 +47,9 @@ def test_train_evaluate_quantize_export_bench_explain_on_real_data(tmp_path, cap
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 156  # BreastMNIST test split
     capsys.readouterr()
     q = tmp_path / "ptq"
+    # 7-bit weights: on integer kernels exactly on any x86 CPU, with VNNI or without (runtime.sums_fit_int16)
     assert main(["quantize", str(run / "best.safetensors"), "--method", "ptq", "--observer", "percentile",
-                 "--num-calibration", "128", "--out", str(q), "--json"]) == 0
+                 "--weight-bits", "7", "--num-calibration", "128", "--out", str(q), "--json"]) == 0
     # whose numbers these are: the fake-quantized model's, and where the deployed file's come from
     assert json.loads(capsys.readouterr().out)["scored"].startswith(
         "the fake-quantized PyTorch model (the deployed file can differ a little: `qsal export` it, then `qsal "
@@ -54,10 +57,13 @@ def test_train_evaluate_quantize_export_bench_explain_on_real_data(tmp_path, cap
     assert main(["export", str(q / "best.safetensors"), "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)
     assert exported["quant"] == "ptq" and exported["size_bytes"] > 0
-    assert exported["bits"] == 8 and exported["runs_on"] == "integer kernels (ptq 8-bit)"
+    assert exported["bits"] == 7 and exported["runs_on"] == "integer kernels (ptq W7A8)"
+    card = (tmp_path / "m.card.md").read_text()
+    assert "Its integer sums fit in int16 (at most 32130), so it runs on integer kernels on x86 CPUs without VNNI" in card
     assert main(["bench", str(tmp_path / "m.onnx"), "--threads", "1", "--seconds", "0.2",
                  "--out", str(tmp_path / "b.json")]) == 0
-    assert "runs on: integer kernels (ptq 8-bit)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "runs on: integer kernels (ptq W7A8)" in out and "here not" not in out
     bench = json.loads((tmp_path / "b.json").read_text())
     runs = bench["runs"]
     assert {r["batch"] for r in runs} == {1, 64} and all(r["latency_ms_p50"] > 0 for r in runs)

@@ -219,3 +219,61 @@ def test_a_layer_kept_fp32_that_onnxruntime_quantizes_is_named_in_the_metadata(t
                  torch.randn(32, 1, 28, 28))
     path = export_onnx(q, tmp_path / "skip_conv.onnx", input_shape=(1, 28, 28), check_untrained=False)
     assert read_metadata(path)["fp32_layers_int8_in_onnxruntime"] == ["layers.0.conv1"]
+
+
+@pytest.mark.parametrize("name,config,bound", [
+    ("w8a8", PTQConfig(num_calibration=32), 255 * 2 * 127),
+    ("w7a8", PTQConfig(num_calibration=32, weight_bits=7), 255 * 2 * 63),
+    ("w8a7", PTQConfig(num_calibration=32, act_bits=7), 127 * 2 * 127),
+    ("w4a4", PTQConfig(num_calibration=32, weight_bits=4, act_bits=4), 15 * 2 * 7),
+    ("pact4", CONFIGS["pact4"], 255 * 2 * 127),  # its first and last layers stay 8-bit
+])
+def test_the_int16_pair_sum_bound_is_read_off_the_optimised_graph(tmp_path, name, config, bound):
+    """x86-64 without VNNI adds two u8 x s8 products in int16 with saturation: the bound export records is the
+    largest such sum any integer conv/gemm can form (activation codes up to 255 or their k-bit Clip; the weight codes
+    themselves), and it alone decides whether the file runs on integer kernels there."""
+    import qsal.runtime
+
+    q = quantize(model_with_bn_stats("small_cnn"), config, torch.randn(32, 1, 28, 28))
+    path = export_onnx(q, tmp_path / f"{name}.onnx", input_shape=(1, 28, 28), check_untrained=False)
+    meta = read_metadata(path)
+    assert meta["int16_pair_sum_bound"] == bound
+    assert qsal.runtime.sums_fit_int16(meta) is (bound <= 32767)
+
+
+def test_a_layer_onnxruntime_quantizes_itself_counts_at_its_8_bit_weights(tmp_path):
+    """A kept-FP32 conv read straight from a quantized tensor gets per-tensor INT8 weights from onnxruntime at load:
+    7-bit weights elsewhere do not make such a file safe from saturation."""
+    q = quantize(model_with_bn_stats("resnet20"), PTQConfig(num_calibration=32, weight_bits=7,
+                                                            skip=("layers.0.conv1",)), torch.randn(32, 1, 28, 28))
+    path = export_onnx(q, tmp_path / "skip.onnx", input_shape=(1, 28, 28), check_untrained=False)
+    meta = read_metadata(path)
+    assert meta["fp32_layers_int8_in_onnxruntime"] == ["layers.0.conv1"] and meta["int16_pair_sum_bound"] > 32767
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_7_bit_weights_run_on_integer_kernels_where_8_bit_ones_saturate_and_match_pytorch(tmp_path, monkeypatch, name):
+    """Where the integer kernels saturate (monkeypatched: on this CPU or not), a W7A8 file keeps QDQ fusion on, and
+    its integer kernels compute what its PyTorch model does. On a CPU without VNNI this runs the saturating kernels
+    themselves: were the bound wrong, the logits would be off by percent, as the W8A8 test above shows."""
+    import qsal.runtime
+
+    monkeypatch.setattr(qsal.runtime, "integer_kernels_saturate", lambda: True)
+    x = torch.randn(64, 1, 28, 28)
+    q = quantize(model_with_bn_stats(name), PTQConfig(num_calibration=32, weight_bits=7), x)
+    path = export_onnx(q, tmp_path / f"{name}_w7.onnx", input_shape=(1, 28, 28), check_untrained=False)
+    rt = Runtime(path)
+    assert rt.integer_kernels_off is None
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # fusion on: integer kernels
+        rt.session.get_session_options().get_session_config_entry("session.disable_quant_qdq")
+    with torch.no_grad():
+        ref = q(x).numpy()
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    dequantized = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    deq_err = np.abs(dequantized.run(None, {"pixel_values": x.numpy()})[0] - ref) / np.abs(ref).max()
+    err = np.abs(rt.run_normalized(x.numpy()) - ref) / np.abs(ref).max()
+    # as close as the dequantized graph (the path validated everywhere): float rounding only, where a code at a
+    # rounding boundary can flip (ResNet-18's 20 layers of untrained weights compound such flips to .4 % either way);
+    # saturated sums were 1000x off on the small nets
+    assert np.median(err) <= 2 * np.median(deq_err) + 1e-5 and err.max() <= 2 * deq_err.max() + 1e-3

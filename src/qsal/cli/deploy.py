@@ -18,7 +18,7 @@ def _quant_config(args):
     # the config's own default unless given (PTQ/QAT 512, PACT 256): the command line makes what the API makes
     calibration = {"num_calibration": args.num_calibration} if args.num_calibration is not None else {}
     if args.method == "ptq":
-        return PTQConfig(observer=args.observer, weight_bits=args.bits, act_bits=args.bits,
+        return PTQConfig(observer=args.observer, weight_bits=args.weight_bits or args.bits, act_bits=args.bits,
                          per_channel=not args.per_tensor, skip=skip, **calibration)
     if args.method == "qat":
         return QATConfig(bits=args.bits, per_channel=not args.per_tensor, skip=skip, **calibration)
@@ -52,6 +52,9 @@ def _check_quantize_options(args) -> None:
                         + ("learns its clipping range" if args.method == "pact" else
                            "tracks ranges while it trains" if args.method == "qat" else "calibrates no activations")
                         + ": drop --observer")
+    if args.weight_bits is not None and args.method != "ptq":
+        raise QsalError(f"--weight-bits sets PTQ's weights apart from its activations (--bits); --method {args.method} "
+                        "takes one --bits for both: drop --weight-bits or use --method ptq")
     if args.num_calibration is not None and args.method == "weight-only":
         raise QsalError("--num-calibration: --method weight-only calibrates no activations (its weights need no "
                         "images); drop it")
@@ -113,6 +116,9 @@ def _setup_quantize(p):
     p.add_argument("checkpoint", help="FP32 checkpoint (.safetensors) from qsal train")
     p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"], help="quantization method")
     p.add_argument("--bits", type=int_range(2, 8, "a bit-width"), default=8, help="bit-width (PTQ/QAT/PACT: 2-8; weight-only: 4 or 8)")
+    p.add_argument("--weight-bits", type=int_range(2, 8, "a bit-width"), default=None,
+                   help="PTQ: weight bit-width when not --bits (7 with --bits 8: the file runs exactly on integer "
+                        "kernels on x86 CPUs without VNNI, where 8-bit ones saturate and run dequantized)")
     p.add_argument("--observer", default=None, choices=["minmax", "percentile", "mse", "entropy"],
                    help="PTQ calibration observer (default: minmax)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales "

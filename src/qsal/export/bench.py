@@ -44,14 +44,14 @@ def measure(fn, warmup: int, min_iters: int, min_seconds: float) -> list[float]:
     return times
 
 
-def onnx_session(path: str | os.PathLike, threads: int):
+def onnx_session(path: str | os.PathLike, threads: int, meta: dict | None = None):
     """A default onnxruntime CPU session; ``threads`` intra-op threads (0 = onnxruntime's default, one per physical
-    core)."""
+    core); ``meta``: a qsal file's metadata (None for another tool's file)."""
     import onnxruntime as ort
 
     from qsal.runtime import session_options
 
-    opts, _ = session_options(threads or None)  # as Runtime runs it: dequantized where integer kernels saturate
+    opts, _ = session_options(threads or None, meta)  # as Runtime runs it: dequantized where integer kernels saturate
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -224,7 +224,8 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
         result["fixed_batch"] = fixed
     from qsal.runtime import has_integer_layers, session_options
 
-    if has_integer_layers(meta) and (note := session_options()[1]):  # timed dequantized, not as "deployed" says
+    # timed dequantized, not as "deployed" says
+    if has_integer_layers(meta) and (note := session_options(meta=meta)[1]):
         result["integer_kernels_off"] = note
     return result
 

@@ -86,6 +86,15 @@ def kernels_run(onnx_path: Path, quant: dict) -> dict:
         text = (f"float: onnxruntime dequantizes these layers' weights on every call{dq} and runs them on float "
                 f"kernels ({ops}); the file is smaller, but each call does FP32's compute plus the dequantization: "
                 "expect it slower than the FP32 file (`qsal bench` both)")
+    from qsal.runtime import INT16_MAX, has_integer_layers, sums_fit_int16
+
+    bound = info.get("int16_pair_sum_bound")
+    if text and has_integer_layers(info) and bound is not None:  # measured at export: where the sums saturate
+        text += (f". Its integer sums fit in int16 (at most {bound}), so it runs on integer kernels on x86 CPUs "
+                 "without VNNI too" if sums_fit_int16(info) else
+                 f". On x86 CPUs without VNNI (AVX2 only) qsal runs it as its dequantized float graph, at float speed: "
+                 f"its 8-bit sums (up to {bound}) would saturate the int16 those kernels add in (> {INT16_MAX}); "
+                 "a PTQ file with 7-bit weights (`qsal quantize --weight-bits 7`) runs on integer kernels there")
     requantized = info.get("fp32_layers_int8_in_onnxruntime") or []
     if requantized and text:  # measured at export: the deployed file does not run these as the model describes
         text += (f". Kept in FP32 but run by onnxruntime on per-tensor INT8 weights it makes itself when it loads the "
@@ -101,6 +110,9 @@ def deployed_kernels(meta: dict) -> dict:
     integer kernels; ``weights_dequantized_per_call``: weight tensors dequantized on every call, float kernels)."""
     quant = meta.get("quant") or {}  # None: an FP32 file
     return {"method": quant.get("method", "fp32"), "bits": quant.get("bits") or quant.get("weight_bits"),
+            # PTQ's activations where their bits differ from the weights' (W7A8)
+            **({"act_bits": quant["act_bits"]} if quant.get("act_bits") not in (None, quant.get("weight_bits"))
+               else {}),
             **{k: meta.get(k) for k in ("integer_kernels", "float_ops_after_optimization",
                                         "weights_dequantized_per_call")}}
 
@@ -109,6 +121,8 @@ def describe_kernels(deployed: dict) -> str:
     """One line on what onnxruntime runs a file on (``bench_onnx``'s ``deployed``), as its export measured it."""
     method, bits = deployed.get("method"), deployed.get("bits")
     what = "FP32" if method == "fp32" else f"{str(method).replace('_', '-')} {bits}-bit" if bits else str(method)
+    if deployed.get("act_bits"):  # PTQ with weights and activations apart: 7-bit weights, 8-bit activations
+        what = f"{str(method).replace('_', '-')} W{bits}A{deployed['act_bits']}"
     if deployed.get("integer_kernels"):
         return f"integer kernels ({what})"
     if method in ("fp32", None) or deployed.get("integer_kernels") is None:

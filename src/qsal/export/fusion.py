@@ -14,7 +14,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["optimized_graph", "optimized_op_types", "float_compute_ops", "requantized_by_runtime", "FLOAT_COMPUTE_OPS"]
+__all__ = ["optimized_graph", "optimized_op_types", "float_compute_ops", "requantized_by_runtime", "FLOAT_COMPUTE_OPS",
+           "int16_pair_sum_bound", "INT16_MAX"]
 
 # Ops that do multiply-accumulate (or residual) work in float when they survive optimisation; their
 # integer counterparts are QLinearConv, QGemm, QLinearMatMul/MatMulInteger, QLinearAdd.
@@ -62,3 +63,45 @@ def weights_dequantized_per_call(graph) -> int:
     weights of a layer run on float kernels. 0 where every quantized layer runs on integer kernels."""
     inits = {t.name for t in graph.initializer}
     return sum(1 for n in graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits)
+
+
+from qsal.runtime import INT16_MAX  # noqa: E402 - torch-free, as this module is
+# Integer kernels and the positions of their activation and weight inputs in onnxruntime's optimised graph
+_INTEGER_KERNEL_INPUTS = {"QLinearConv": (0, 3), "QGemm": (0, 3), "QLinearMatMul": (0, 3), "ConvInteger": (0, 1),
+                          "MatMulInteger": (0, 1)}
+# Ops that move or select uint8 codes without making new ones: a Clip upstream of them still bounds the codes
+_CODE_PRESERVING_OPS = frozenset({"Transpose", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "MaxPool",
+                                  "NhwcMaxPool"})
+
+
+def int16_pair_sum_bound(graph) -> int | None:
+    """The largest ``|a1 w1 + a2 w2|`` any integer conv/gemm of ``graph`` (an ``optimized_graph``) can form from two
+    uint8 activation codes and two int8 weight codes: what x86-64 CPUs without VNNI add in int16 with saturation
+    (``vpmaddubsw``), so the file runs exactly there only if the bound is at most ``INT16_MAX``. Activation codes reach
+    255 unless a constant Clip bounds them (a k-bit activation's 2^k levels); weight codes are the initializers' own.
+    0 for a graph without integer kernels; None where it cannot be bounded (int8 activations, computed weights)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output}
+
+    def code_max(name: str) -> int:
+        node = producer.get(name)
+        while node is not None and node.op_type in _CODE_PRESERVING_OPS:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type == "Clip" and len(node.input) > 2 and node.input[2] in inits:
+            return int(numpy_helper.to_array(inits[node.input[2]]))
+        return 255
+
+    bound = 0
+    for node in graph.node:
+        if node.op_type not in _INTEGER_KERNEL_INPUTS:
+            continue
+        x, w = (node.input[i] for i in _INTEGER_KERNEL_INPUTS[node.op_type])
+        zero_point = node.input[2] if len(node.input) > 2 else ""  # the activation's: its type is the codes'
+        if w not in inits or (zero_point in inits and inits[zero_point].data_type != 2):  # 2: TensorProto.UINT8
+            return None
+        weights = numpy_helper.to_array(inits[w]).astype(np.int32)
+        bound = max(bound, code_max(x) * 2 * int(np.abs(weights).max(initial=0)))
+    return bound

@@ -37,7 +37,8 @@ from torch import fx, nn
 
 from qsal._atomic import atomic_path
 from qsal.errors import QsalError, is_integer
-from qsal.export.fusion import float_compute_ops, optimized_graph, requantized_by_runtime, weights_dequantized_per_call
+from qsal.export.fusion import (float_compute_ops, int16_pair_sum_bound, optimized_graph, requantized_by_runtime,
+                               weights_dequantized_per_call)
 from qsal.provenance import environment
 from qsal.quant.graph import ADD_FUNCTIONS, fold_batchnorm, trace
 from qsal.quant.modules import ActQuantizer, PACTQuantizer, QuantConv2d, QuantLinear
@@ -348,6 +349,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     info["integer_kernels"] = quantized and not float_ops
     info["float_ops_after_optimization"] = float_ops
     info["weights_dequantized_per_call"] = weights_dequantized_per_call(optimized)
+    # whether its integer kernels compute exactly on x86-64 CPUs without VNNI (int16 pair sums; runtime.session_options)
+    info["int16_pair_sum_bound"] = int16_pair_sum_bound(optimized)
     if em.float_layers:  # kept in FP32 (skip): does onnxruntime keep them so? (not where a DequantizeLinear feeds one)
         onnx_names = {node: layer for layer, node in em.float_layers.items()}
         info["fp32_layers_int8_in_onnxruntime"] = [onnx_names[n] for n in requantized_by_runtime(optimized, onnx_names)]
