@@ -245,6 +245,11 @@ def test_a_card_lists_a_skipped_layer_as_float_not_at_the_configs_bits(breast_ru
     assert "QDQ with integer weights" in text
     card = json.loads((tmp_path / "q/m.card.json").read_text())
     assert card["layers"]["conv1"] == {"storage": "FP32", "bits": 32}
+    # where the file's 8-bit sums saturate (x86 without VNNI) the card says it runs dequantized, and what runs integer
+    assert "On x86 CPUs without VNNI (AVX2 only) qsal runs it as its dequantized float graph" in text
+    assert "--weight-bits 7" in text
+    # whose scores chose the quantized model's threshold: its fake-quantized forward, not the FP32 parent's
+    assert "chosen on the validation split with the fake-quantized PyTorch model's scores" in text
 
 
 def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys, shared_data, monkeypatch):

@@ -57,17 +57,21 @@ def _write_metrics(out: Path, metrics, extra: dict) -> Path:
                                                     "environment": environment()})
 
 
+# whose scores chose a quantized model's threshold: its fake-quantized forward in PyTorch, not the deployed file's
+FAKE_QUANTIZED_SCORES = "fake-quantized PyTorch model"
+
+
 def _decide_and_record(net, val: ImageSplit, checkpoint: Path, *, positive_class, operating_point: str,
-                       temperature_scaling: bool) -> dict:
+                       temperature_scaling: bool, scores: str = "PyTorch model") -> dict:
     """Choose the decision (positive class, threshold, temperature) on the validation split and store it in
-    the checkpoint's JSON sidecar, where export, evaluate and predict read it."""
+    the checkpoint's JSON sidecar, where export, evaluate and predict read it. ``scores``: whose logits chose it."""
     from qsal.checkpoint import read_meta
     from qsal.metrics import choose_decision, predict_logits
 
     x, y = val.tensors()
     # whose scores chose it (recorded): the exported artifact inherits this threshold
     decision = choose_decision(predict_logits(net, x), y.numpy(), val.info, positive_class=positive_class,
-                               rule=operating_point, temperature_scaling=temperature_scaling, scores="PyTorch model")
+                               rule=operating_point, temperature_scaling=temperature_scaling, scores=scores)
     write_json_atomic(Path(checkpoint).with_suffix(".json"), {**read_meta(checkpoint), "decision": decision})
     return decision
 
@@ -326,7 +330,8 @@ def quantize_checkpoint(checkpoint: str, qconfig, out_dir: str | os.PathLike | N
     else:
         path = save_checkpoint(qmodel, out / "best.safetensors", {**qmeta, "arch": qmodel.qsal_arch, "seed": seed})
     decision = _decide_and_record(qmodel, val, path, positive_class=parent.get("positive_label"),
-                                  operating_point=rule, temperature_scaling=temperature_scaling)
+                                  operating_point=rule, temperature_scaling=temperature_scaling,
+                                  scores=FAKE_QUANTIZED_SCORES)
     # what made this model, as train_model's metrics.json says it: the fine-tune's settings and, for SGT+PACT,
     # the saliency-guided step (a PACT and an SGT+PACT result must not read alike)
     method = ("sgt+" if step is not None else "") + qconfig.label

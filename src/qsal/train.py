@@ -356,15 +356,17 @@ def _check_same_run(out: Path, recorded, identity: dict) -> None:
     listing is ``CannotResume``, which a study answers by starting the cell over."""
     from qsal.run_folder import CannotResume
 
-    data = dict((recorded or {}).get("data") or {}) if isinstance(recorded, dict) else {}
+    # a last.pt without the record (or with a damaged one) is compared as one that records nothing: it differs
+    recorded = recorded if isinstance(recorded, dict) else {}
+    data = dict(recorded.get("data") or {}) if isinstance(recorded.get("data"), dict) else {}
+    step = recorded.get("step")
     was = data.pop("listing_sha256", None)
     now = identity["data"].get("listing_sha256")
     same_data = data == {k: v for k, v in identity["data"].items() if k != "listing_sha256"}
-    if not (isinstance(recorded, dict) and same_data and recorded.get("step") == identity["step"]):
+    if not (recorded and same_data and step == identity["step"]):
         raise QsalError(f"cannot resume {out}: its last.pt is from a run on {data or None} with "
-                        f"{((recorded or {}).get('step') or {}).get('step') if isinstance(recorded, dict) else None}, "
-                        f"not this one on {identity['data']} with {identity['step'].get('step')}; choose another "
-                        "out_dir, or delete last.pt to start over")
+                        f"{step.get('step') if isinstance(step, dict) else None}, not this one on {identity['data']} "
+                        f"with {identity['step'].get('step')}; choose another out_dir, or delete last.pt to start over")
     if was is not None and was != now:
         why = ("its folder's files changed since it started (added, removed or renamed: the split drawn now is "
                "another, whose validation and test images it may have trained on)")

@@ -248,6 +248,10 @@ def test_the_header_says_how_the_models_were_trained_and_how_each_threshold_was_
     md = (tmp_path / "report.md").read_text()
     assert ("**operating point**: each model's own (the 'op threshold' column), each by youden on the validation split "
             "with the PyTorch model's scores") in md
+    results["rows"][-1]["operating_point"]["scores"] = "fake-quantized PyTorch model"  # a quantized cell's threshold
+    write_report(tmp_path, {**results, "schedule": _schedule_words(study)})
+    assert ("each by youden on the validation split with its own PyTorch model's scores (a quantized cell's: its "
+            "fake-quantized forward)") in (tmp_path / "report.md").read_text()
     # every setting that shapes the weights (EMA and augmentation made two studies read alike), SGT only where trained
     assert ("**schedule**: FP32 12 epochs (adam, lr 0.001 x0.1 at 50/75 %, batch 128; no augmentation; best validation "
             "auc); fine-tunes 3 epochs (adam, lr 0.0005 x0.1 at 50/75 %, batch 128; no augmentation; best validation auc)") in md

@@ -89,10 +89,11 @@ class QATConfig(QuantConfig):
     """Quantization-aware training: fake-quantized ``bits``-bit weights and activations fine-tuned with
     the normal training loop; activation ranges follow an EMA (``ema``) until ``freeze_observers_at``
     of the epochs (frozen from the first epoch that begins at or after that point of the schedule: a 1-epoch
-    fine-tune freezes only at 0). With ``fold_bn`` (default) BatchNorm that follows a conv is folded into it before the
-    fine-tune, so the trained codes are the exported ones; ``fold_bn=False`` keeps BatchNorm during the
-    fine-tune and freezes its statistics from ``freeze_bn_at`` (Jacob et al. 2018), folding only at export
-    (qsal < 0.2; its deployed codes can differ from the trained ones)."""
+    fine-tune freezes only at 0; whole epochs, as torchvision's references/classification/train_quantization.py
+    counts them, where TensorFlow's quantize rewriter counts steps). With ``fold_bn`` (default) BatchNorm that
+    follows a conv is folded into it before the fine-tune, so the trained codes are the exported ones;
+    ``fold_bn=False`` keeps BatchNorm during the fine-tune and freezes its statistics from ``freeze_bn_at`` (Jacob
+    et al. 2018), folding only at export (qsal < 0.2; its deployed codes can differ from the trained ones)."""
 
     method: ClassVar[str] = "qat"
     bits: int = 8

@@ -43,32 +43,38 @@ def read_test_predictions(cell: Path, run_dir: Path) -> tuple[np.ndarray, np.nda
     return y_true, probs
 
 
-def seed_mean_cis(run_dir: Path, keys: dict, rows: list[dict]) -> None:
+def seed_mean_cis(run_dir: Path, keys: dict, rows: list[dict]) -> dict:
     """Set each row's ``auc_ci`` / ``acc_ci`` to the percentile-bootstrap 95 % CI of its value: the mean over its
     seeds' ONNX artifacts on their test splits (``metrics.bootstrap.bootstrap_ci``; a shared test set resampled image
     for image, 1,000 resamples, seed 0), and ``ci_seeds`` to the number of seeds it covers. A row of one seed keeps
-    the CI its cell recorded; a row where a seed saved no predictions keeps its first seed's (``ci_seeds`` 1)."""
+    the CI its cell recorded; a row where a seed saved no predictions keeps its first seed's (``ci_seeds`` 1).
+    Returns ``{cell id: read_test_predictions}`` of the cells read, for ``report_arrays`` not to read them again."""
     from qsal.metrics.bootstrap import bootstrap_ci
 
+    read = {}
     for row, ((ds, _, _), rs) in zip(rows, keys.items()):
         row["ci_seeds"] = 1
         if len(rs) < 2 or (facts := dataset_facts(ds, rs[0])) is None:
             continue
         samples = [read_test_predictions(run_dir / r["id"], run_dir) for r in rs]
+        read.update({r["id"]: found for r, found in zip(rs, samples)})
         if any(s is None for s in samples):
             continue
         ci = bootstrap_ci(samples, facts[2])
         row["auc_ci"], row["acc_ci"], row["ci_seeds"] = ci["auc"], ci["acc"], len(rs)
+    return read
 
 
-def report_arrays(run_dir: Path, keys: dict, multi: bool) -> dict:
-    """Test probabilities (first seed) per row, and for a one-group study the saliency payload of the report."""
-    predictions, cells = {}, {}
+def report_arrays(run_dir: Path, keys: dict, multi: bool, read: dict | None = None) -> dict:
+    """Test probabilities (first seed) per row, and for a one-group study the saliency payload of the report.
+    ``read``: ``{cell id: read_test_predictions}`` already read (``seed_mean_cis``'s)."""
+    predictions, cells, read = {}, {}, read or {}
     for (ds, model, label), rs in keys.items():
         cell = run_dir / rs[0]["id"]
         name = f"{ds}/{model}/{label}" if multi else label
         cells[name] = cell
-        if (found := read_test_predictions(cell, run_dir)) is not None:
+        found = read[rs[0]["id"]] if rs[0]["id"] in read else read_test_predictions(cell, run_dir)
+        if found is not None:
             y_true, probs = found
             predictions[name] = {"y_true": y_true, "probs": probs, "scored": f"ONNX artifact, seed {rs[0]['seed']}",
                                  "ece": rs[0].get("ece")}  # these probabilities' ECE, not the seeds' mean

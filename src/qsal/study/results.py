@@ -195,9 +195,9 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         base = fp32.get(r["model"].rsplit("/", 1)[0] + "/fp32" if multi else "fp32")
         if base and r.get("size_bytes"):
             r["size_ratio"] = r["size_bytes"] / base["size_bytes"]
-    seed_mean_cis(run_dir, keys, rows)
+    read = seed_mean_cis(run_dir, keys, rows)
     # checked before any grid PNG is drawn: a damaged folder writes nothing
-    arrays = report_arrays(run_dir, keys, multi)
+    arrays = report_arrays(run_dir, keys, multi, read)
     grid_paths = []
     for img_path in sorted(run_dir.glob("*/*/seed*/fp32/explain_images.npy")) if grids else []:
         group = img_path.parents[1]

@@ -62,8 +62,11 @@ def _common_rule(rows: list[dict]) -> str:
     # whose scores chose it is recorded by newer cells only: an older cell's silence must not hide the rule and split
     scores = {op.get("scores") for op in ops}
     recorded = sorted(x for x in scores if x)
-    said = "" if len(recorded) != 1 else f" with the {recorded[0]}'s scores" + (
-        " (where recorded)" if None in scores else "")
+    where = " (where recorded)" if None in scores else ""
+    if set(recorded) == {"PyTorch model", "fake-quantized PyTorch model"}:  # FP32 cells beside quantized ones
+        return (f", each by {rule} on the {chosen} split with its own PyTorch model's scores{where} (a quantized "
+                "cell's: its fake-quantized forward)")
+    said = "" if len(recorded) != 1 else f" with the {recorded[0]}'s scores" + where
     return f", each by {rule} on the {chosen} split" + said
 
 

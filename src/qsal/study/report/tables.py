@@ -7,7 +7,7 @@ import html
 __all__ = ["COLUMNS", "GLOSSARY", "glossary_entries", "results_table", "results_text_table", "environment_table", "glossary_markdown", "md_to_html_table",
            "format_cell"]
 
-COLUMNS = [("model", "model"), ("seed_ids", "seeds"), ("scored", "scored as"), ("test_auc", "AUC"),
+COLUMNS = [("model", "model"), ("seed_ids", "seed ids"), ("scored", "scored as"), ("test_auc", "AUC"),
            ("test_auc_std", "AUC std"), ("auc_ci", "AUC 95% CI"), ("test_acc", "ACC"), ("test_acc_std", "ACC std"),
            ("acc_ci", "ACC 95% CI"), ("sensitivity", "sens. @ 0.5"), ("specificity", "spec. @ 0.5"),
            ("sensitivity_at_op", "sens. @ op"), ("sensitivity_at_op_std", "sens. @ op std"),
