@@ -51,9 +51,9 @@ from qsal.models import count_parameters  # noqa: E402
 from qsal.pipeline import export_checkpoint, load_splits, quantize_checkpoint, train_model  # noqa: E402
 from qsal.provenance import environment  # noqa: E402
 from qsal.quant import PACTConfig, PTQConfig, QATConfig, WeightOnlyConfig  # noqa: E402
-from qsal.runtime import Runtime  # noqa: E402
+from qsal.runtime import Runtime, integer_kernels_saturate  # noqa: E402
 from qsal.export.card_storage import kernels_label  # noqa: E402
-from qsal.study.results import DEQUANTIZED_HERE  # noqa: E402
+from qsal.study.results import DEQUANTIZED_HERE, U8U8_HERE  # noqa: E402
 from qsal.train import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,8 @@ QSAL_VARIANTS = [("qsal PTQ-INT8", PTQConfig(), 8), ("qsal QAT-INT8", QATConfig(
                  # 7-bit weights, 8-bit activations: integer kernels that are exact on x86 CPUs without VNNI too
                  ("qsal PTQ-W7A8", PTQConfig(weight_bits=7), 7)]
 INT8 = "qsal PTQ-INT8"
+DEQUANTIZED_INT8 = "qsal PTQ-INT8 as its dequantized graph"
+SATURATING_INT8 = "qsal PTQ-INT8 on the fast kernels that saturate"
 FP32 = "FP32 ONNX"
 EAGER = "PyTorch eager FP32"
 
@@ -178,6 +180,10 @@ def build_artifacts(ds: str, model: str, root: str, work: Path, args, log) -> tu
         rows.append({"artifact": name, "onnx": cell / "model.onnx", "checkpoint": cell / "best.safetensors",
                      "weight_bits": bits, "fine_tune_epochs": epochs})
         log(f"  built {name}")
+    if integer_kernels_saturate():  # the other ways to run INT8 here: the fast kernels that saturate, the float graph
+        int8 = next(r for r in rows if r["artifact"] == INT8)
+        rows.append({**int8, "artifact": SATURATING_INT8, "session_entries": {}})
+        rows.append({**int8, "artifact": DEQUANTIZED_INT8, "session_entries": {"session.disable_quant_qdq": "1"}})
     if args.no_peers:
         return _measured(rows, params, test), fp32_ckpt
     calib = Runtime(fp32_onnx).preprocess(train.subset(512, seed=args.seed).images)
@@ -209,15 +215,36 @@ def _accuracy(rows: list[dict], test) -> None:
         if r.get("onnx") is None:
             continue
         deployed = Runtime(r["onnx"])
+        if r.get("session_entries") is not None:  # the same file in a session of other options
+            deployed.session = _session(r, 0)
         logits = deployed.predict_logits(test.images)
-        # what the file runs on here: an integer file whose sums would saturate on this CPU runs dequantized
-        r["runs_here"] = DEQUANTIZED_HERE if deployed.integer_kernels_off else kernels_label(deployed.meta)
+        # what the file runs on here: an integer file whose sums would saturate on this CPU runs its 8-bit layers on
+        # onnxruntime's exact u8 x u8 kernels
+        entries = r.get("session_entries")
+        r["runs_here"] = (DEQUANTIZED_HERE if entries else "integer, saturating (no VNNI)") if entries is not None \
+            else U8U8_HERE if deployed.u8u8_kernels else kernels_label(deployed.meta)
         r["test_auc"] = compute_metrics(test.labels, logits, test.info.task, n_bootstrap=0).auc
         if r.get("checkpoint") is not None:
             model, _ = load_checkpoint(str(r["checkpoint"]))
             ref = predict_logits(model, test.tensors()[0])
             r["torch_test_auc"] = compute_metrics(test.labels, ref, test.info.task, n_bootstrap=0).auc
             r["argmax_agreement_vs_torch"] = float(np.mean(ref.argmax(1) == logits.argmax(1)))
+
+
+def _session(r: dict, threads: int):
+    """``r``'s file in the session qsal's Runtime would give it, or where the row has ``session_entries``, in
+    onnxruntime's default session with those entries (and the thread count)."""
+    import onnxruntime as ort
+
+    if r.get("session_entries") is None:
+        return onnx_session(r["onnx"], threads, Runtime(r["onnx"]).meta)
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    for key, value in r["session_entries"].items():
+        opts.add_session_config_entry(key, value)
+    return ort.InferenceSession(str(r["onnx"]), opts, providers=["CPUExecutionProvider"])
 
 
 def time_artifacts(rows: list[dict], fp32_ckpt: Path, test, threads: int, args) -> dict:
@@ -227,8 +254,8 @@ def time_artifacts(rows: list[dict], fp32_ckpt: Path, test, threads: int, args) 
     eager.eval()
     runnable = [r for r in rows if r.get("onnx") is not None]
     x_all = Runtime(runnable[0]["onnx"]).preprocess(test.images[:64])
-    # as qsal's Runtime runs each file: dequantized where this CPU's integer kernels would saturate its sums
-    sessions = {r["artifact"]: onnx_session(r["onnx"], threads, Runtime(r["onnx"]).meta) for r in runnable}
+    # as qsal's Runtime runs each file: exact kernels where this CPU's fast ones would saturate its sums
+    sessions = {r["artifact"]: _session(r, threads) for r in runnable}
     out = {}
     for batch, calls_per_round in ((1, args.b1_calls), (64, args.b64_calls)):
         x = np.ascontiguousarray(x_all[:batch])
@@ -321,17 +348,17 @@ def main() -> None:
     result = {"benchmark": "quantization_latency", "dataset": args.dataset, "rounds": args.rounds,
               "b1_calls_per_round": args.b1_calls, "b64_calls_per_round": args.b64_calls,
               "statistic": "median over rounds of the per-round median call latency (ms)",
-              "session": "onnxruntime defaults, CPUExecutionProvider, intra_op_num_threads set, inter_op 1; QDQ "
-                         "fusion off for a file whose integer sums would saturate on this CPU (qsal.runtime."
-                         "session_options, as Runtime runs it)",
+              "session": "onnxruntime defaults, CPUExecutionProvider, intra_op_num_threads set, inter_op 1; "
+                         "session.x64quantprecision for a file whose integer sums would saturate on this CPU (qsal."
+                         "runtime.session_options, as Runtime runs it)",
               "environment": env, "seconds": time.perf_counter() - t_start, "networks": networks,
               "arguments": vars(args), "command": command_line(__file__)}
     out = Path(args.out)
     write_json_atomic(out.with_suffix(".json"), result)
     header = (f"# Deployed-artifact latency and size ({args.dataset}, 28 px)\n\nWritten by `{result['command']}`.\n\nCPU {env['cpu']} ({env['cpu_count']} logical "
               f"cores); onnxruntime {env['versions']['onnxruntime']}, default session options (threads set; "
-              "on an x86 CPU "
-              "without VNNI, QDQ fusion off for a file whose 8-bit integer sums would saturate: 'runs here' says). "
+              "on an x86 CPU without VNNI, session.x64quantprecision for a file whose 8-bit integer sums would "
+              "saturate, as qsal runs it: 'runs here' says). "
               f"All artifacts of a network timed in one process in {args.rounds} interleaved rounds ({args.b1_calls} "
               f"batch-1 / {args.b64_calls} batch-64 calls per artifact per round, order rotating); figure = median of "
               f"per-round medians; every call is in {out.with_suffix('.json').name}. Speed-ups are ratios of those medians (>1 = faster). "

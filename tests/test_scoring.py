@@ -245,8 +245,8 @@ def test_a_card_lists_a_skipped_layer_as_float_not_at_the_configs_bits(breast_ru
     assert "QDQ with integer weights" in text
     card = json.loads((tmp_path / "q/m.card.json").read_text())
     assert card["layers"]["conv1"] == {"storage": "FP32", "bits": 32}
-    # where the file's 8-bit sums saturate (x86 without VNNI) the card says it runs dequantized, and what runs integer
-    assert "On x86 CPUs without VNNI (AVX2 only) qsal runs it as its dequantized float graph" in text
+    # where the file's 8-bit sums saturate (x86 without VNNI) the card says which kernels it runs there, and why
+    assert "On x86 CPUs without VNNI (AVX2 only) its 8-bit sums (up to 64770) would saturate" in text
     assert "--weight-bits 7" in text
     # whose scores chose the quantized model's threshold: its fake-quantized forward, not the FP32 parent's
     assert "chosen on the validation split with the fake-quantized PyTorch model's scores" in text
@@ -278,7 +278,7 @@ def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys, 
     import qsal.runtime  # an FP32 file has no integer kernels to turn off, on any CPU
 
     monkeypatch.setattr(qsal.runtime, "integer_kernels_saturate", lambda: True)
-    assert "integer_kernels_off" not in evaluate_model(onnx_path, n_bootstrap=0)
+    assert "u8u8_kernels" not in evaluate_model(onnx_path, n_bootstrap=0)
     monkeypatch.undo()
     monkeypatch.setenv("QSAL_DATA_DIR", str(shared_data))
     assert "chose this model's operating point (and, where it trained, its best epoch)" in evaluate_model(onnx_path, split="val",

@@ -402,6 +402,9 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
 
     result = {"onnx": str(out), "size_bytes": out.stat().st_size, "quant": quant.get("method", "fp32"),
               "bits": quant.get("bits") or quant.get("weight_bits"),
+              # PTQ's activations where they differ from its weights (W7A8: "bits" is the weights')
+              **({"act_bits": quant["act_bits"]} if quant.get("act_bits") not in (None, quant.get("weight_bits"))
+                 else {}),
               "runs_on": describe_kernels(deployed_kernels(read_metadata(out)))}
     if card:
         result["card"] = str(cards[0])

@@ -26,17 +26,24 @@ from qsal.metrics.operating_point import describe_operating_point, validate_deci
 
 __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision",
            "NO_OPERATING_POINT", "integer_kernels_saturate", "session_options", "SATURATION_NOTE",
-           "has_integer_layers", "sums_fit_int16", "INT16_MAX"]
+           "has_integer_layers", "sums_fit_int16", "INT16_MAX", "OVERRIDE_NOTE", "kernel_notes"]
 
 # onnxruntime's x86-64 integer kernels without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which
 # adds two products into an int16 with saturation (255 x 127 x 2 > 32767): an 8-bit layer's sums clip, and the file
 # computes other numbers than the model qsal validated (measured on an AMD EPYC without VNNI: a ResNet-20 INT8 file
 # decided 6 % of BreastMNIST test images otherwise; onnxruntime's quantization guide advises 7-bit weights,
-# reduce_range, on such CPUs). VNNI (AVX512-VNNI, AVX-VNNI) sums in int32; ARM has no such step.
-SATURATION_NOTE = ("this CPU has no VNNI, where onnxruntime's 8-bit integer kernels saturate their int16 sums: the "
-                   "quantized file runs as its dequantized float graph instead (the numbers qsal validated, at float "
-                   "speed); a PTQ file with 7-bit weights (qsal quantize --weight-bits 7) runs on integer kernels "
-                   "exactly here, and QSAL_INTEGER_KERNELS=1 runs this one's anyway")
+# reduce_range, on such CPUs). VNNI (AVX512-VNNI, AVX-VNNI) sums in int32; ARM has no such step. onnxruntime's own
+# remedy, session.x64quantprecision, converts each weight tensor with a code outside [-64, 64] to uint8 at load and runs
+# its layer on the u8 x u8 kernels, which widen to int16 before multiplying: exact, slower than u8 x s8, and faster than
+# the dequantized float graph (measured here: benchmarks/results/no_vnni_latency.md).
+SATURATION_NOTE = ("this CPU has no VNNI, where onnxruntime's fast 8-bit integer kernels (u8 x s8) saturate their "
+                   "int16 sums: qsal runs the layers with weight codes outside [-64, 64] on its exact, slower u8 x u8 "
+                   "kernels (session.x64quantprecision); a PTQ file with 7-bit weights (qsal quantize --weight-bits 7) "
+                   "keeps the fast ones, and QSAL_INTEGER_KERNELS=1 runs the fast ones anyway (faster, but the "
+                   "numbers differ)")
+OVERRIDE_NOTE = ("QSAL_INTEGER_KERNELS=1 on a CPU without VNNI: the fast integer kernels ran although their int16 sums "
+                 "saturate here, so these numbers can differ from the model qsal validated; unset it for the exact "
+                 "kernels")
 
 
 INT16_MAX = 32767
@@ -59,7 +66,7 @@ def integer_kernels_saturate() -> bool:
         try:
             from numpy.core._multiarray_umath import __cpu_features__ as features
         except ImportError:
-            return True  # not known: the dequantized graph gives the validated numbers either way
+            return True  # not known: the exact kernels give the validated numbers either way
     return not features.get("AVX512VNNI")
 
 
@@ -87,10 +94,11 @@ def sums_fit_int16(meta: dict | None) -> bool:
 
 def session_options(threads: int | None = None, meta: dict | None = None):
     """The onnxruntime CPU session options every qsal run of a deployed file uses (``Runtime``, bench): defaults but
-    for the thread count and, where ``integer_kernels_saturate`` (unless ``QSAL_INTEGER_KERNELS=1``) and the file's
-    sums may not fit (``sums_fit_int16(meta)``; ``meta``: its ONNX metadata, None when unknown), QDQ fusion off
-    (``session.disable_quant_qdq``: the file's DequantizeLinear nodes feed float operators). Returns ``(options,
-    note)``: ``note`` is ``SATURATION_NOTE`` where fusion is off, else ``None``."""
+    for the thread count and, where ``integer_kernels_saturate`` and the file's sums may not fit
+    (``sums_fit_int16(meta)``; ``meta``: its ONNX metadata, None when unknown), onnxruntime's exact kernels for the
+    layers that need them (``session.x64quantprecision``: weights with a code outside [-64, 64] run as u8 x u8).
+    Returns ``(options, note)``: ``note`` is ``SATURATION_NOTE`` where that is on, ``OVERRIDE_NOTE`` where
+    ``QSAL_INTEGER_KERNELS=1`` kept the fast kernels there, else ``None``; another value of it is a ``QsalError``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -98,10 +106,25 @@ def session_options(threads: int | None = None, meta: dict | None = None):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    if os.environ.get("QSAL_INTEGER_KERNELS") != "1" and integer_kernels_saturate() and not sums_fit_int16(meta):
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    choice = os.environ.get("QSAL_INTEGER_KERNELS")
+    if choice not in (None, "", "0", "1"):
+        raise QsalError(f"QSAL_INTEGER_KERNELS={choice!r}: set it to 1 (onnxruntime's fast integer kernels even where "
+                        "they saturate) or unset it")
+    if integer_kernels_saturate() and not sums_fit_int16(meta):
+        if choice == "1":  # the user's choice, recorded: these numbers are not the validated model's
+            return opts, OVERRIDE_NOTE
+        opts.add_session_config_entry("session.x64quantprecision", "1")
         return opts, SATURATION_NOTE
     return opts, None
+
+
+def kernel_notes(meta: dict, note: str | None) -> dict:
+    """What a result records about the kernels a file (ONNX metadata ``meta``) ran on here, given
+    ``session_options``' ``note``: ``{"u8u8_kernels": note}`` (exact kernels for its 8-bit layers, no VNNI),
+    ``{"saturating_kernels": note}`` (the fast ones although they saturate: QSAL_INTEGER_KERNELS=1), or ``{}``."""
+    if not note or not has_integer_layers(meta):
+        return {}
+    return {"saturating_kernels" if note == OVERRIDE_NOTE else "u8u8_kernels": note}
 
 
 def conform_image(image: np.ndarray, n_channels: int, size: int) -> np.ndarray:
@@ -249,10 +272,12 @@ class Runtime:
         self.path = Path(path)
         self.meta = read_metadata(self.path)
         # Default options (a qsal artifact needs no special session settings to run on integer kernels, so what is
-        # measured here is what any onnxruntime application gets), but on a CPU whose integer kernels saturate:
-        # there the file runs dequantized, and ``integer_kernels_off`` says why (None for a file without integer layers)
+        # measured here is what any onnxruntime application gets), but on a CPU whose fast integer kernels saturate:
+        # there its 8-bit layers run on the exact u8 x u8 kernels, and ``kernel_notes`` says so ({} for a file
+        # without integer layers, or whose sums fit)
         opts, note = session_options(threads, self.meta)
-        self.integer_kernels_off = note if has_integer_layers(self.meta) else None
+        self.kernel_notes = kernel_notes(self.meta, note)
+        self.u8u8_kernels = self.kernel_notes.get("u8u8_kernels")
         try:
             # a name that is not valid UTF-8 cannot cross into onnxruntime: the file is handed over as bytes
             source = str(self.path) if is_utf8_path(self.path) else self.path.read_bytes()

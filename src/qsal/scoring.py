@@ -174,14 +174,14 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
         raise QsalError(f"{name} has {data.info.num_classes} classes but {path} was built for {len(model_labels)}; "
                         "pass the dataset it was trained on")
     data = _align_labels(data, model_labels)
-    kernels_off = None
+    notes = {}
     if is_artifact:
         from qsal.runtime import Runtime
 
         deployed = Runtime(path)
         metrics = score_onnx(deployed, data, n_bootstrap=n_bootstrap)[0]
-        # scored as its dequantized graph where this CPU's integer kernels saturate (runtime.SATURATION_NOTE)
-        kernels_off = deployed.integer_kernels_off
+        # scored on the exact u8 x u8 kernels where this CPU's fast ones saturate (runtime.SATURATION_NOTE)
+        notes = deployed.kernel_notes
     else:
         from qsal.checkpoint import load_checkpoint
         from qsal.metrics import evaluate
@@ -192,8 +192,7 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     result = {"model": str(path), "dataset": name, "split": split,
               # which draw of a folder's (or MNIST's / CIFAR-10's validation) split these images are
               **({"split_seed": data.split_seed} if data.split_seed is not None else {}), **metrics.to_dict()}
-    if kernels_off:
-        result["integer_kernels_off"] = kernels_off
+    result.update(notes)
     if own and name != own:
         result["dataset_mismatch"] = f"model trained on {own}, scored on {name} (--other-dataset)"
         op = result.get("operating_point")

@@ -27,6 +27,8 @@ def _run(*args, cwd=None):
      "bits=3 is not supported by weight-only (ONNX stores INT4 and INT8 weights); use one of 4, 8 (--bits)"),
     (["quantize", "m.safetensors", "--method", "pact", "--weight-bits", "7"],
      "--weight-bits sets PTQ's weights apart from its activations (--bits); --method pact takes one --bits for both"),
+    (["quantize", "m.safetensors", "--method", "weight-only", "--weight-bits", "7"],
+     "--method weight-only quantizes weights only: give their bits with --bits: drop --weight-bits"),
     (["export", "m.safetensors", "--out", "m.txt"], "--out m.txt: export writes an ONNX file; name it .onnx"),
     (["export", "model.onnx"], "model.onnx is already an ONNX file; export takes the .safetensors checkpoint"),
 ])

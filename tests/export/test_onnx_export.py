@@ -15,7 +15,7 @@ META = {"data": {"name": "breastmnist", "task": "binary-class", "mean": [0.5], "
 
 
 def _ort(path, x):
-    """As qsal runs the file (``runtime.session_options``: dequantized where the integer kernels saturate)."""
+    """As qsal runs the file (``runtime.session_options``: exact u8 x u8 kernels where the fast ones saturate)."""
     from qsal.runtime import session_options
 
     sess = ort.InferenceSession(str(path), session_options()[0], providers=["CPUExecutionProvider"])

@@ -65,8 +65,8 @@ def _trained(name, data_dir):
 
 
 def _ort_logits(path, x):
-    """As qsal runs the file (``runtime.session_options``): integer kernels, or where they saturate (x86-64 without
-    VNNI) the dequantized graph; tests/export/test_integer_kernels.py shows why."""
+    """As qsal runs the file (``runtime.session_options``): the fast integer kernels, or where they saturate (x86-64
+    without VNNI) onnxruntime's exact u8 x u8 ones; tests/export/test_integer_kernels.py shows why."""
     from qsal.runtime import session_options
 
     sess = ort.InferenceSession(str(path), session_options()[0], providers=["CPUExecutionProvider"])

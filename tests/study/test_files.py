@@ -26,6 +26,12 @@ def test_report_over_a_checkpoint_and_an_onnx_file(models, tmp_path, capsys):
     assert [r["model"] for r in rows] == ["fp32", "int8"]
     assert all(r["scored"] == "onnx" and r["n"] == 156 and r["acc_ci"][0] <= r["test_acc"] <= r["acc_ci"][1] for r in rows)
     assert rows[1]["size_ratio"] < 0.3  # INT8 weights vs the FP32 file exported for the checkpoint
+    # what each file ran on here: on a CPU without VNNI the INT8 file's layers ran on the exact u8 x u8 kernels
+    from qsal.runtime import integer_kernels_saturate
+    from qsal.study.results import U8U8_HERE
+
+    assert rows[0]["kernels"] == "float" and rows[1]["kernels"] == (U8U8_HERE if integer_kernels_saturate() else
+                                                                     "integer")
     assert (out / "fp32/model.onnx").is_file()  # the checkpoint was exported to be scored as an artifact
     # what made each model, from its checkpoint (the ONNX file's by the checkpoint its metadata names, unchanged)
     results = json.loads((out / "results.json").read_text())

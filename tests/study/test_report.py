@@ -303,7 +303,12 @@ def test_a_run_folders_rows_show_seed_spread_at_the_operating_point_machines_and
     assert rows["pact-4"]["latency_cpus"] == 2 and rows["fp32"]["latency_cpus"] == 1
     assert rows["pact-4"]["throughput_definition"] == "mixed" and rows["fp32"]["throughput_definition"] == "median"
     assert rows["pact-4"]["kernels"] == "integer (1 of 2 seeds recorded)" and rows["fp32"]["kernels"] == "float"
-    # scored on a CPU without VNNI, where qsal runs the integer file dequantized: the column says so, not "integer"
+    # scored on a CPU without VNNI, where qsal runs the 8-bit layers on the exact kernels: the column says so
+    result["u8u8_kernels"] = "this CPU has no VNNI ..."
+    cell.write_text(json.dumps(result))
+    assert {r["model"]: r for r in collect_results(run, grids=False)["rows"]}["pact-4"]["kernels"] == \
+        "integer, exact u8u8 (no VNNI) (1 of 2 seeds recorded)"
+    del result["u8u8_kernels"]  # a record of the qsal that ran the dequantized graph there
     result["integer_kernels_off"] = "this CPU has no VNNI ..."
     cell.write_text(json.dumps(result))
     assert {r["model"]: r for r in collect_results(run, grids=False)["rows"]}["pact-4"]["kernels"] == \

@@ -54,7 +54,9 @@ def _check_quantize_options(args) -> None:
                         + ": drop --observer")
     if args.weight_bits is not None and args.method != "ptq":
         raise QsalError(f"--weight-bits sets PTQ's weights apart from its activations (--bits); --method {args.method} "
-                        "takes one --bits for both: drop --weight-bits or use --method ptq")
+                        + ("quantizes weights only: give their bits with --bits" if args.method == "weight-only" else
+                           "takes one --bits for both")
+                        + ": drop --weight-bits" + ("" if args.method == "weight-only" else " or use --method ptq"))
     if args.num_calibration is not None and args.method == "weight-only":
         raise QsalError("--num-calibration: --method weight-only calibrates no activations (its weights need no "
                         "images); drop it")
@@ -115,10 +117,13 @@ def cmd_quantize(args):
 def _setup_quantize(p):
     p.add_argument("checkpoint", help="FP32 checkpoint (.safetensors) from qsal train")
     p.add_argument("--method", default="ptq", choices=["ptq", "qat", "pact", "weight-only"], help="quantization method")
-    p.add_argument("--bits", type=int_range(2, 8, "a bit-width"), default=8, help="bit-width (PTQ/QAT/PACT: 2-8; weight-only: 4 or 8)")
+    p.add_argument("--bits", type=int_range(2, 8, "a bit-width"), default=8,
+                   help="bit-width (PTQ/QAT/PACT: 2-8, weights and activations; PTQ with --weight-bits: activations "
+                        "only; weight-only: 4 or 8)")
     p.add_argument("--weight-bits", type=int_range(2, 8, "a bit-width"), default=None,
-                   help="PTQ: weight bit-width when not --bits (7 with --bits 8: the file runs exactly on integer "
-                        "kernels on x86 CPUs without VNNI, where 8-bit ones saturate and run dequantized)")
+                   help="PTQ: the weights' bit-width, apart from the activations' --bits (default: --bits). 7 with "
+                        "--bits 8 (W7A8) keeps onnxruntime's fast integer kernels exact on x86 CPUs without VNNI, "
+                        "where 8-bit weights need its slower exact ones")
     p.add_argument("--observer", default=None, choices=["minmax", "percentile", "mse", "entropy"],
                    help="PTQ calibration observer (default: minmax)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales "
@@ -198,7 +203,7 @@ def cmd_bench(args):
     from qsal.export.card_storage import describe_kernels
 
     print(f"runs on: {describe_kernels(result['deployed'])}"
-          + (f"; here not: {result['integer_kernels_off']}" if result.get("integer_kernels_off") else ""))
+          + "".join(f"\nhere: {result[k]}" for k in ("u8u8_kernels", "saturating_kernels") if result.get(k)))
     over = sorted({r["threads"] for r in result["runs"] if r.get("oversubscribed")})
     if over:
         print(f"note: {', '.join(map(str, over))} threads on {result['environment']['cpus_usable']} usable cores: "

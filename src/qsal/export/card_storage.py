@@ -92,9 +92,10 @@ def kernels_run(onnx_path: Path, quant: dict) -> dict:
     if text and has_integer_layers(info) and bound is not None:  # measured at export: where the sums saturate
         text += (f". Its integer sums fit in int16 (at most {bound}), so it runs on integer kernels on x86 CPUs "
                  "without VNNI too" if sums_fit_int16(info) else
-                 f". On x86 CPUs without VNNI (AVX2 only) qsal runs it as its dequantized float graph, at float speed: "
-                 f"its 8-bit sums (up to {bound}) would saturate the int16 those kernels add in (> {INT16_MAX}); "
-                 "a PTQ file with 7-bit weights (`qsal quantize --weight-bits 7`) runs on integer kernels there")
+                 f". On x86 CPUs without VNNI (AVX2 only) its 8-bit sums (up to {bound}) would saturate the int16 "
+                 f"the fast kernels add in (> {INT16_MAX}): qsal runs those layers on onnxruntime's exact, slower "
+                 "u8 x u8 kernels there (session.x64quantprecision); a PTQ file with 7-bit weights (`qsal quantize "
+                 "--weight-bits 7`) keeps the fast ones")
     requantized = info.get("fp32_layers_int8_in_onnxruntime") or []
     if requantized and text:  # measured at export: the deployed file does not run these as the model describes
         text += (f". Kept in FP32 but run by onnxruntime on per-tensor INT8 weights it makes itself when it loads the "

@@ -66,9 +66,13 @@ def weights_dequantized_per_call(graph) -> int:
 
 
 from qsal.runtime import INT16_MAX  # noqa: E402 - torch-free, as this module is
-# Integer kernels and the positions of their activation and weight inputs in onnxruntime's optimised graph
-_INTEGER_KERNEL_INPUTS = {"QLinearConv": (0, 3), "QGemm": (0, 3), "QLinearMatMul": (0, 3), "ConvInteger": (0, 1),
-                          "MatMulInteger": (0, 1)}
+# Integer kernels of onnxruntime's optimised graph that multiply uint8 activations by int8 weights (its MLAS u8 x s8
+# GEMM, or the symmetric conv kernel): the positions of the activation, the weight and the activation's zero point
+# (None: the activation is float and quantized per call to the full uint8 range). ConvInteger is uint8 x uint8 only,
+# whose kernel widens to int16 before multiplying (no pair sums); depthwise QLinearConv widens too, but is counted.
+_INTEGER_KERNEL_INPUTS = {"QLinearConv": (0, 3, 2), "QGemm": (0, 3, 2), "QLinearMatMul": (0, 3, 2),
+                          "MatMulInteger": (0, 1, 2), "MatMulIntegerToFloat": (0, 1, 4),
+                          "DynamicQuantizeMatMul": (0, 1, None)}
 # Ops that move or select uint8 codes without making new ones: a Clip upstream of them still bounds the codes
 _CODE_PRESERVING_OPS = frozenset({"Transpose", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "MaxPool",
                                   "NhwcMaxPool"})
@@ -77,31 +81,40 @@ _CODE_PRESERVING_OPS = frozenset({"Transpose", "Flatten", "Reshape", "Squeeze", 
 def int16_pair_sum_bound(graph) -> int | None:
     """The largest ``|a1 w1 + a2 w2|`` any integer conv/gemm of ``graph`` (an ``optimized_graph``) can form from two
     uint8 activation codes and two int8 weight codes: what x86-64 CPUs without VNNI add in int16 with saturation
-    (``vpmaddubsw``), so the file runs exactly there only if the bound is at most ``INT16_MAX``. Activation codes reach
-    255 unless a constant Clip bounds them (a k-bit activation's 2^k levels); weight codes are the initializers' own.
+    (``vpmaddubsw``, then widened to int32: never more than two products), so the file runs exactly there only if the
+    bound is at most ``INT16_MAX``. Activation codes reach 255 unless a constant Clip bounds them (a k-bit activation's
+    2^k levels), and the zero point too (MLAS pads a conv's input with it); weight codes are the initializers' own.
     0 for a graph without integer kernels; None where it cannot be bounded (int8 activations, computed weights)."""
     import numpy as np
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
     producer = {out: n for n in graph.node for out in n.output}
+
+    def constant(name: str) -> int | None:
+        return int(numpy_helper.to_array(inits[name]).max()) if name in inits else None
 
     def code_max(name: str) -> int:
         node = producer.get(name)
         while node is not None and node.op_type in _CODE_PRESERVING_OPS:
             node = producer.get(node.input[0])
-        if node is not None and node.op_type == "Clip" and len(node.input) > 2 and node.input[2] in inits:
-            return int(numpy_helper.to_array(inits[node.input[2]]))
+        if node is not None and node.op_type == "Clip" and len(node.input) > 2:
+            hi = constant(node.input[2])
+            return 255 if hi is None else hi
         return 255
 
     bound = 0
     for node in graph.node:
         if node.op_type not in _INTEGER_KERNEL_INPUTS:
             continue
-        x, w = (node.input[i] for i in _INTEGER_KERNEL_INPUTS[node.op_type])
-        zero_point = node.input[2] if len(node.input) > 2 else ""  # the activation's: its type is the codes'
-        if w not in inits or (zero_point in inits and inits[zero_point].data_type != 2):  # 2: TensorProto.UINT8
-            return None
+        x_at, w_at, zp_at = _INTEGER_KERNEL_INPUTS[node.op_type]
+        x, w = node.input[x_at], node.input[w_at]
+        zero_point = node.input[zp_at] if zp_at is not None and len(node.input) > zp_at else ""
+        if w not in inits or inits[w].data_type not in (TensorProto.INT8, TensorProto.INT4):
+            return None  # computed weights, or uint8 ones (another kernel): not bounded here
+        if zero_point in inits and inits[zero_point].data_type != TensorProto.UINT8:
+            return None  # int8 activations
+        a_max = 255 if zp_at is None else max(code_max(x), constant(zero_point) or 0)
         weights = numpy_helper.to_array(inits[w]).astype(np.int32)
-        bound = max(bound, code_max(x) * 2 * int(np.abs(weights).max(initial=0)))
+        bound = max(bound, a_max * 2 * int(np.abs(weights).max(initial=0)))
     return bound

@@ -181,7 +181,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     method = ("sgt" if method == "fp32" else f"sgt+{method}") if guided else method
     name = f"qsal-{arch.get('name', 'model')}-{data.get('name', 'data')}-{method}"
     if quant.get("method") != "fp32":
-        name += f"-{quant.get('bits') or quant.get('weight_bits')}bit"
+        weight_bits, act_bits = quant.get("bits") or quant.get("weight_bits"), quant.get("act_bits")
+        name += f"-w{weight_bits}a{act_bits}" if act_bits and act_bits != weight_bits else f"-{weight_bits}bit"
     today = _dt.date.today().isoformat()
 
     accuracy = "accuracy at 0.5" if binary else "accuracy (argmax)"  # what "acc" is, in the tables below
@@ -334,9 +335,12 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                      [(label, scored[k], parent_metrics[k], f"{scored[k] - parent_metrics[k]:+.3f}")
                       for label, k in rows if scored.get(k) is not None and parent_metrics.get(k) is not None])
     if bench:
-        md += ["## Latency", "", f"CPU: {bench.get('cpu', 'this machine')}; onnxruntime default session; each configuration "
-               "in a fresh process, after 5 untimed calls; timed: the graph's forward pass on an already-normalised "
-               "batch (no image decoding or resizing); images/s: images scored over the time the timed calls took.", ""]
+        # a CPU without VNNI: the 8-bit layers were timed on the exact kernels (or, by the user's choice, the fast ones)
+        here = next((f" ({bench[k]})" for k in ("u8u8_kernels", "saturating_kernels") if bench.get(k)), "")
+        md += ["## Latency", "", f"CPU: {bench.get('cpu', 'this machine')}; onnxruntime default session{here}; each "
+               "configuration in a fresh process, after 5 untimed calls; timed: the graph's forward pass on an "
+               "already-normalised batch (no image decoding or resizing); images/s: images scored over the time the "
+               "timed calls took.", ""]
         md += _table(("threads", "batch", "p50 ms", "p95 ms", "images/s"),
                      [(r["threads"], r["batch"], r["latency_ms_p50"], r["latency_ms_p95"], f"{r['throughput_img_s']:,.0f}")
                       for r in bench.get("runs", [])])

@@ -79,14 +79,14 @@ def run_cell(spec: CellSpec, cfg: RunConfig, run_dir: Path, progress: bool, made
     from qsal.export.card_storage import kernels_label
 
     kernels = kernels_label(deployed.meta)
-    # scored (and timed) as its dequantized float graph: this CPU's integer kernels saturate (runtime.SATURATION_NOTE)
-    kernels_off = deployed.integer_kernels_off
+    # scored (and timed) on the exact u8 x u8 kernels: this CPU's fast ones saturate (runtime.SATURATION_NOTE)
+    notes = deployed.kernel_notes
     del deployed
     result = {"id": spec.id, **asdict(spec), "label": spec.label, **artifact_row(art, metrics),
               # the artifact on the validation split: what a choice among cells (benchmarks/targets.py) may look at
               "val_auc": on_val.get("auc"), "val_acc": on_val.get("acc"),
               "acc_ci": art.ci.get("acc"), "train_s": trained_s if isinstance(trained_s, (int, float)) else seconds,
-              "size_bytes": exp["size_bytes"], "kernels": kernels, "integer_kernels_off": kernels_off,
+              "size_bytes": exp["size_bytes"], "kernels": kernels, **notes,
               # what the report names it by: a folder's path and classes are not in the dataset table
               "data_source": source, "class_names": list(test.info.labels),
               # a folder's split as drawn: a folder changed since makes the cell stale (folders.other_images)

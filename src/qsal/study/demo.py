@@ -45,7 +45,7 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
     from qsal.export.card_storage import kernels_label
     from qsal.runtime import read_metadata
     from qsal.study.report import write_report
-    from qsal.study.results import DEQUANTIZED_HERE
+    from qsal.study.results import kernels_here
     from qsal.saliency import SaliencyGuidedStep, explain
     from qsal.saliency.methods import black_baseline
     from qsal.saliency.metrics import agreement, faithfulness_curve, mean_gini
@@ -104,8 +104,8 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
         artifact_metrics[name], reliability[name] = art.to_dict(), art.reliability
         bench = bench_onnx(onnx_path, threads=(1,), batches=(1, 64), seconds=0.3 if quick else 1.0)
         b1, b64 = bench["runs"]
-        # what the timings are of: integer kernels, or (a CPU without VNNI) the dequantized graph
-        kernels = DEQUANTIZED_HERE if bench.get("integer_kernels_off") else kernels_label(read_metadata(onnx_path))
+        # what the timings are of: the fast integer kernels, or (a CPU without VNNI) the exact ones
+        kernels = kernels_here(bench, kernels_label(read_metadata(onnx_path)))
         model_obj, _ = load_checkpoint(ckpt)
         sal_probs[name] = probs[sal_index]
         # every model's map of the same class (each image's true one), so maps compare across models

@@ -167,6 +167,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
     from qsal.data import dataset_key, load_split
     from qsal.data.folder import check_same_listing
     from qsal.export.card_storage import kernels_label
+    from qsal.study.results import kernels_here
     from qsal.pipeline import export_checkpoint, split_seed
     from qsal.provenance import environment
     from qsal.runtime import Runtime
@@ -203,11 +204,13 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
                             f"seed {test_seed}, so they have different test images; report each on its own, or train "
                             "them with one --seed")
         check_same_listing(test, data.get("listing_sha256"), label)
-        art, probs = score_onnx(onnx, test, seed=seed)  # at the artifact's stored positive class and threshold
+        art, probs = score_onnx(rt, test, seed=seed)  # at the artifact's stored positive class and threshold
         metrics = art.to_dict()
         row = {**metrics_row(label, metrics), "scored": "onnx",  # its AUC/ACC are the file's: not repeated
                "size_bytes": onnx.stat().st_size, "onnx": str(onnx), "checkpoint": str(ckpt) if ckpt else None,
-               "quant": (rt.meta.get("quant") or {}).get("method", "fp32"), "kernels": kernels_label(rt.meta),
+               "quant": (rt.meta.get("quant") or {}).get("method", "fp32"),
+               # what it ran on here: the export's label, but for the kernels a CPU without VNNI needed
+               "kernels": kernels_here(rt.kernel_notes, kernels_label(rt.meta)), **rt.kernel_notes,
                **_provenance(ckpt, onnx, rt.meta)}
         predictions[label] = {"y_true": test.labels, "probs": probs, "scored": "ONNX artifact"}
         if latency:

@@ -20,8 +20,20 @@ __all__ = ["collect_results", "report_run"]
 # reads higher on a busy CPU; from it, the images scored over the total time the timed calls took (commit 8fc2cb4)
 THROUGHPUT_REDEFINED = "2026-11-28T10:27"
 
-# what a quantized cell ran on where onnxruntime's integer kernels saturate (x86-64 without VNNI)
+# what a quantized cell ran on where onnxruntime's fast integer kernels saturate (x86-64 without VNNI): the exact
+# u8 x u8 kernels for its 8-bit layers (runtime.session_options); cells scored by qsal from commit bf959da (2026-11-29)
+# to the change that brought those kernels ran the dequantized float graph there instead (they record
+# integer_kernels_off)
+U8U8_HERE = "integer, exact u8u8 (no VNNI)"
+SATURATING_HERE = "integer, saturating (no VNNI, QSAL_INTEGER_KERNELS=1)"
 DEQUANTIZED_HERE = "float, dequantized (no VNNI)"
+
+
+def kernels_here(record: dict, recorded: str | None) -> str | None:
+    """What a cell or bench record's file ran on where it was scored (``recorded``: export's label, ``kernels_label``):
+    the export's label, but for the kernels a CPU without VNNI needed instead."""
+    return U8U8_HERE if record.get("u8u8_kernels") else SATURATING_HERE if record.get("saturating_kernels") else \
+        DEQUANTIZED_HERE if record.get("integer_kernels_off") else recorded
 
 _RESULT_KEYS = ("id", "dataset", "model", "kind", "bits", "observer", "seed", "label")
 # the measured fields a report averages, plots or divides by: each is null or a finite number (size_bytes above 0)
@@ -134,8 +146,8 @@ def collect_results(run_dir: str | Path, grids: bool = True) -> dict:
         # one network and method: the same for every seed. An FP32 file runs on float kernels by construction; a
         # quantized cell made before qsal recorded it is unknown, and a row where only some seeds say is marked so
         per_seed = [r.get("kernels") or ("float" if r.get("kind") in ("fp32", "sgt") else None) for r in rs]
-        # scored and timed as the dequantized graph on a CPU without VNNI (runtime.SATURATION_NOTE): not "integer"
-        per_seed = [DEQUANTIZED_HERE if r.get("integer_kernels_off") else k for r, k in zip(rs, per_seed)]
+        # scored and timed on other kernels on a CPU without VNNI (runtime.SATURATION_NOTE): not plain "integer"
+        per_seed = [kernels_here(r, k) for r, k in zip(rs, per_seed)]
         kernels = {k for k in per_seed if k}
         if kernels:
             known = sum(k is not None for k in per_seed)

@@ -65,9 +65,12 @@ GLOSSARY = [
     ("Runs on", "What onnxruntime runs the deployed file on, as its export measured on onnxruntime's optimised graph: "
                 "'integer' (QLinearConv/QGemm kernels), 'float' (an FP32 file), 'float, dequantized per call' "
                 "(weight-only: smaller file, but every call dequantizes the weights, so it is slower than FP32), "
-                "'integer + float' (layers kept in FP32); 'float, dequantized (no VNNI)': an integer file scored "
-                "and timed as its dequantized graph on a CPU whose integer kernels saturate (x86-64 without VNNI); "
-                "'—' or 'k of N seeds recorded': cells exported before qsal recorded it."),
+                "'integer + float' (layers kept in FP32); 'integer, exact u8u8 (no VNNI)': scored and timed on a "
+                "CPU whose fast integer kernels saturate (x86-64 without VNNI), its 8-bit layers on onnxruntime's "
+                "exact, slower u8 x u8 kernels; 'integer, saturating (no VNNI, QSAL_INTEGER_KERNELS=1)': on the "
+                "fast ones although they saturate there (numbers can differ from the validated model's); 'float, "
+                "dequantized (no VNNI)': run there as its dequantized float graph (what qsal did before it used the "
+                "exact kernels); '—' or 'k of N seeds recorded': cells exported before qsal recorded it."),
     ("Pareto front", "Models that no other model beats on both axes. Here a model counts as beaten only when "
                      "another is at least as small (or, within 10 %, as fast: latency is noisy) and not worse "
                      "beyond its 95% CI, so models that tie within their CIs are not separated. The bars are the "
