@@ -400,12 +400,10 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     from qsal.export.card_storage import deployed_kernels, describe_kernels
     from qsal.runtime import read_metadata
 
+    deployed = deployed_kernels(read_metadata(out))
+    # "bits" is the weights'; "act_bits" only where PTQ's activations differ from them (W7A8)
     result = {"onnx": str(out), "size_bytes": out.stat().st_size, "quant": quant.get("method", "fp32"),
-              "bits": quant.get("bits") or quant.get("weight_bits"),
-              # PTQ's activations where they differ from its weights (W7A8: "bits" is the weights')
-              **({"act_bits": quant["act_bits"]} if quant.get("act_bits") not in (None, quant.get("weight_bits"))
-                 else {}),
-              "runs_on": describe_kernels(deployed_kernels(read_metadata(out)))}
+              **{k: deployed[k] for k in ("bits", "act_bits") if k in deployed}, "runs_on": describe_kernels(deployed)}
     if card:
         result["card"] = str(cards[0])
     return result

@@ -181,8 +181,10 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     method = ("sgt" if method == "fp32" else f"sgt+{method}") if guided else method
     name = f"qsal-{arch.get('name', 'model')}-{data.get('name', 'data')}-{method}"
     if quant.get("method") != "fp32":
-        weight_bits, act_bits = quant.get("bits") or quant.get("weight_bits"), quant.get("act_bits")
-        name += f"-w{weight_bits}a{act_bits}" if act_bits and act_bits != weight_bits else f"-{weight_bits}bit"
+        from qsal.export.card_storage import deployed_kernels
+
+        widths = deployed_kernels(meta)  # its bit-widths as bench and export name them (act_bits only apart: W7A8)
+        name += f"-w{widths['bits']}a{widths['act_bits']}" if "act_bits" in widths else f"-{widths['bits']}bit"
     today = _dt.date.today().isoformat()
 
     accuracy = "accuracy at 0.5" if binary else "accuracy (argmax)"  # what "acc" is, in the tables below
