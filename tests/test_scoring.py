@@ -232,14 +232,21 @@ def test_quantize_refuses_to_write_over_its_parent_or_among_a_users_files(breast
     assert sorted(p.name for p in images.iterdir()) == ["scan.png"]
 
 
-def test_a_card_lists_a_skipped_layer_as_float_not_at_the_configs_bits(breast_run, tmp_path):
+def test_a_card_lists_a_skipped_layer_as_float_not_at_the_configs_bits(breast_run, tmp_path, monkeypatch):
+    import qsal.runtime
+    from qsal.export.card_storage import kernels_scored
     from qsal.pipeline import export_checkpoint, quantize_checkpoint
     from qsal.quant import PTQConfig
+    from qsal.scoring import evaluate_model
 
     run, _ = breast_run
     quantize_checkpoint(str(run / "best.safetensors"), PTQConfig(skip=("conv1",), num_calibration=64), tmp_path / "q",
                         progress=False)
-    export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m.onnx")
+    # scored where the fast integer kernels saturate (x86 without VNNI), on the exact ones: the card says so
+    monkeypatch.setattr(qsal.runtime, "integer_kernels_saturate", lambda: True)
+    monkeypatch.delenv("QSAL_INTEGER_KERNELS", raising=False)
+    exported = export_checkpoint(str(tmp_path / "q/best.safetensors"), tmp_path / "q/m.onnx")
+    assert exported["u8u8_kernels"] == qsal.runtime.SATURATION_NOTE  # export says which kernels will run it here
     text = (tmp_path / "q/m.card.md").read_text()
     assert "| conv1 | 32 | FP32 |" in text and "| conv2 | 8 | INT8 |" in text
     assert "QDQ with integer weights" in text
@@ -250,6 +257,15 @@ def test_a_card_lists_a_skipped_layer_as_float_not_at_the_configs_bits(breast_ru
     assert "--weight-bits 7" in text
     # whose scores chose the quantized model's threshold: its fake-quantized forward, not the FP32 parent's
     assert "chosen on the validation split with the fake-quantized PyTorch model's scores" in text
+    assert "Scored on a CPU without VNNI, on onnxruntime's exact u8 x u8 integer kernels" in text
+    assert card["metrics"]["test"]["u8u8_kernels"] == qsal.runtime.SATURATION_NOTE
+    assert evaluate_model(tmp_path / "q/m.onnx", n_bootstrap=0)["u8u8_kernels"] == qsal.runtime.SATURATION_NOTE
+    monkeypatch.setenv("QSAL_INTEGER_KERNELS", "1")  # the fast kernels by the user's choice: scores that can differ
+    forced = evaluate_model(tmp_path / "q/m.onnx", n_bootstrap=0)
+    assert forced["saturating_kernels"] == qsal.runtime.OVERRIDE_NOTE and "u8u8_kernels" not in forced
+    assert "these numbers can differ from the same file's on a CPU with VNNI" in kernels_scored(forced)
+    monkeypatch.setattr(qsal.runtime, "integer_kernels_saturate", lambda: False)  # a CPU with VNNI: nothing to say
+    assert kernels_scored(evaluate_model(tmp_path / "q/m.onnx", n_bootstrap=0)) == ""
 
 
 def test_evaluate_says_what_its_numbers_are_about(breast_run, tmp_path, capsys, shared_data, monkeypatch):

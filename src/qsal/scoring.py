@@ -101,6 +101,9 @@ def score_onnx(artifact: str | os.PathLike | Runtime, split: ImageSplit, n_boots
                               operating_point=decision.get("operating_point"),
                               temperature=decision.get("temperature") or 1.0, n_bootstrap=n_bootstrap, seed=seed,
                               artifact=True)
+    # scored on the exact u8 x u8 kernels where this CPU's fast ones saturate (runtime.SATURATION_NOTE), or on the
+    # fast ones by the user's choice: the result says which
+    metrics.kernel_notes = dict(rt.kernel_notes)
     # the probabilities the deployed file outputs (at its stored temperature): its threshold was chosen on these,
     # so a confusion matrix or caption at the operating point must decide on them too
     return metrics, scores_from_logits(logits, split.info.task, decision.get("temperature") or 1.0)
@@ -174,14 +177,8 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
         raise QsalError(f"{name} has {data.info.num_classes} classes but {path} was built for {len(model_labels)}; "
                         "pass the dataset it was trained on")
     data = _align_labels(data, model_labels)
-    notes = {}
     if is_artifact:
-        from qsal.runtime import Runtime
-
-        deployed = Runtime(path)
-        metrics = score_onnx(deployed, data, n_bootstrap=n_bootstrap)[0]
-        # scored on the exact u8 x u8 kernels where this CPU's fast ones saturate (runtime.SATURATION_NOTE)
-        notes = deployed.kernel_notes
+        metrics = score_onnx(path, data, n_bootstrap=n_bootstrap)[0]  # it records the kernels it ran on
     else:
         from qsal.checkpoint import load_checkpoint
         from qsal.metrics import evaluate
@@ -192,7 +189,6 @@ def evaluate_model(model_path: str | os.PathLike, *, dataset: str | None = None,
     result = {"model": str(path), "dataset": name, "split": split,
               # which draw of a folder's (or MNIST's / CIFAR-10's validation) split these images are
               **({"split_seed": data.split_seed} if data.split_seed is not None else {}), **metrics.to_dict()}
-    result.update(notes)
     if own and name != own:
         result["dataset_mismatch"] = f"model trained on {own}, scored on {name} (--other-dataset)"
         op = result.get("operating_point")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["onnx_layer_storage", "quant_bits", "kernels_run", "deployed_kernels", "describe_kernels", "kernels_label"]
+__all__ = ["onnx_layer_storage", "quant_bits", "kernels_run", "deployed_kernels", "describe_kernels", "kernels_label",
+           "kernels_scored"]
 
 _ONNX_TYPES = {1: "FP32", 3: "INT8", 22: "INT4", 2: "UINT8", 6: "INT32", 10: "FP16", 16: "BF16"}
 
@@ -148,3 +149,16 @@ def kernels_label(meta: dict) -> str | None:
     return "float" if method == "fp32" else "float, dequantized per call" if method == "weight_only" else \
         "integer + float"
 
+
+def kernels_scored(artifact_metrics: dict | None) -> str:
+    """A sentence on the kernels the file was scored on where a CPU without VNNI chose them
+    (``runtime.kernel_notes``), else ``""``: the fast kernels that saturate there give other numbers."""
+    if not artifact_metrics:
+        return ""
+    if artifact_metrics.get("saturating_kernels"):
+        return (" Scored on a CPU without VNNI with QSAL_INTEGER_KERNELS=1: the fast integer kernels saturate there, "
+                "so these numbers can differ from the same file's on a CPU with VNNI.")
+    if artifact_metrics.get("u8u8_kernels"):
+        return (" Scored on a CPU without VNNI, on onnxruntime's exact u8 x u8 integer kernels: the numbers a CPU with "
+                "VNNI gives.")
+    return ""

@@ -21,7 +21,7 @@ from qsal.data import DATASETS, describe_splits
 from qsal.train import TrainConfig
 from qsal.errors import printable_path
 from qsal.run_folder import file_sha256
-from qsal.export.card_storage import kernels_run, onnx_layer_storage, quant_bits
+from qsal.export.card_storage import kernels_run, kernels_scored, onnx_layer_storage, quant_bits
 from qsal.metrics.operating_point import describe_operating_point
 from qsal.runtime import NO_OPERATING_POINT
 
@@ -290,7 +290,8 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
     md += ["## Metrics", "", f"Measured on {scored_what}, test split"
            + (f", n = {scored['n']}" if scored else "") + "; operating point: "
            + (describe_operating_point(op, positive) if op.get("threshold") is not None else str(op.get("rule")))
-           + (f"; positive class: **{positive}**" if positive else "") + ". " + _ci_methods(scored), ""]
+           + (f"; positive class: **{positive}**" if positive else "") + ". " + _ci_methods(scored)
+           + kernels_scored(artifact_metrics), ""]
     if scored:
         about = f" (positive: {positive})" if positive else ""  # specificity is the other class's recall
         # these count the most probable class as the decision: for a binary model that is 0.5, not the operating point

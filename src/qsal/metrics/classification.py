@@ -47,6 +47,9 @@ class Metrics:
     the positive class's share of the split), accuracy and ``confusion_at_op`` (rows true label, columns decided). ``ece`` is the expected
     calibration error of the probabilities after dividing the logits by ``temperature``; ``reliability``
     its per-bin data. ``artifact``: True for the exported ONNX file, False for the PyTorch model.
+    ``kernel_notes``: where the CPU decided which integer kernels onnxruntime scored the file on (no VNNI), its
+    ``runtime.kernel_notes`` (``u8u8_kernels`` or ``saturating_kernels``, each with its sentence); ``to_dict`` gives
+    them as top-level keys, and none where the kernels are the usual ones.
     """
 
     task: str
@@ -76,10 +79,12 @@ class Metrics:
     ci_method: dict = field(default_factory=dict)
     artifact: bool | None = None
     undefined: dict = field(default_factory=dict)
+    kernel_notes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-safe: NaN becomes ``None`` and ``undefined`` says why."""
         d = asdict(self)
+        d.update(d.pop("kernel_notes"))
         for key, value in list(d.items()):
             if isinstance(value, float) and math.isnan(value):
                 d[key] = None
