@@ -91,6 +91,23 @@ def test_already_quantized_checkpoint_is_refused(tmp_path, capsys):
     assert "already quantized" in capsys.readouterr().err
 
 
+def test_export_says_which_kernels_run_the_file_on_a_cpu_without_vnni(breast_run, tmp_path, capsys, monkeypatch):
+    import qsal.runtime
+
+    run, _ = breast_run
+    assert main(["quantize", str(run / "best.safetensors"), "--out", str(tmp_path / "q"), "--num-calibration", "64",
+                 "-q"]) == 0
+    monkeypatch.setattr(qsal.runtime, "integer_kernels_saturate", lambda: True)  # x86 without VNNI
+    monkeypatch.delenv("QSAL_INTEGER_KERNELS", raising=False)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "q/best.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "here (no VNNI)" in out and "exact, slower u8 x u8" in out and "u8u8_kernels" not in out
+    assert main(["export", str(tmp_path / "q/best.safetensors"), "--out", str(tmp_path / "m.onnx"), "--force",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["u8u8_kernels"] == qsal.runtime.SATURATION_NOTE
+
+
 def test_guiding_the_fine_tune_of_a_plain_fp32_parent_is_noted(breast_run, tmp_path, capsys):
     run, _ = breast_run
     capsys.readouterr()
@@ -293,6 +310,13 @@ def test_the_evaluate_table_says_how_each_count_decided():
     binary = metrics_table({**base, "task": "binary-class", "sensitivity": 0.5})
     assert "balanced_accuracy @ 0.5" in binary and "per_class_recall @ 0.5" in binary
     assert "acc (p > 0.5 per label)" in metrics_table({**base, "acc": 0.9, "task": "multi-label, binary-class"})
+    # on a CPU without VNNI the row that says what was scored names the kernels, and the why has a readable key
+    exact = metrics_table({**base, "task": "binary-class", "artifact": True, "u8u8_kernels": "this CPU has no VNNI"})
+    assert exact["scored"] == "the ONNX file run by onnxruntime on its exact u8 x u8 kernels (no VNNI)"
+    assert exact["kernels (no VNNI here)"] == "this CPU has no VNNI"
+    forced = metrics_table({**base, "task": "binary-class", "artifact": True, "saturating_kernels": "forced"})
+    assert forced["scored"].endswith("on the fast kernels that saturate here (QSAL_INTEGER_KERNELS=1)")
+    assert metrics_table({**base, "task": "binary-class", "artifact": True})["scored"] == "the ONNX file run by onnxruntime"
     # only a confidence interval prints as lo–hi; two images' probabilities are a list
     from qsal.cli.output import format_value
 

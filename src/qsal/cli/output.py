@@ -114,7 +114,8 @@ def metrics_table(m: dict) -> dict:
                "acc": f"acc{at}",
                "confusion": f"confusion{at} (true x predicted" + (f": {' | '.join(names)})" if names else ")"),
                "confusion_at_op": "confusion @ op (true x decided" + (f": {' | '.join(names)})" if names else ")"),
-               "prevalence": f"prevalence of {pos} (PPV/NPV hold at it)", "ci_method": "95% CI methods"}
+               "prevalence": f"prevalence of {pos} (PPV/NPV hold at it)", "ci_method": "95% CI methods",
+               "u8u8_kernels": "kernels (no VNNI here)", "saturating_kernels": "kernels (no VNNI here)"}
     # the decision's figures exist for a binary model with an operating point only: elsewhere they are not "—" rows
     binary_only = {"ppv_at_op", "npv_at_op", "accuracy_at_op", "confusion_at_op", "prevalence", "sensitivity_at_op",
                    "specificity_at_op"}
@@ -133,6 +134,9 @@ def metrics_table(m: dict) -> dict:
         out[renamed.get(k, k)] = v
         if k == "n" and "artifact" in m:
             out["scored"] = "the ONNX file run by onnxruntime" if m["artifact"] else "the PyTorch model"
+            # where a CPU without VNNI chose the integer kernels, the row that says what was scored says on which
+            out["scored"] += " on its exact u8 x u8 kernels (no VNNI)" if m.get("u8u8_kernels") else \
+                " on the fast kernels that saturate here (QSAL_INTEGER_KERNELS=1)" if m.get("saturating_kernels") else ""
     return out
 
 
