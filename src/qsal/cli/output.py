@@ -135,8 +135,10 @@ def metrics_table(m: dict) -> dict:
         if k == "n" and "artifact" in m:
             out["scored"] = "the ONNX file run by onnxruntime" if m["artifact"] else "the PyTorch model"
             # where a CPU without VNNI chose the integer kernels, the row that says what was scored says on which
-            out["scored"] += " on its exact u8 x u8 kernels (no VNNI)" if m.get("u8u8_kernels") else \
-                " on the fast kernels that saturate here (QSAL_INTEGER_KERNELS=1)" if m.get("saturating_kernels") else ""
+            if m.get("u8u8_kernels"):
+                out["scored"] += " on its exact u8 x u8 kernels (no VNNI)"
+            elif m.get("saturating_kernels"):
+                out["scored"] += " on the fast kernels that saturate here (QSAL_INTEGER_KERNELS=1)"
     return out
 
 
