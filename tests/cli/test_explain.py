@@ -99,6 +99,10 @@ def test_integrated_gradients_and_occlusion_start_from_black_in_the_models_own_u
     for model in (ckpt, tmp_path / "m.onnx"):
         assert main(["explain", str(model), "--n", "2", "--out", str(tmp_path / "x.png"), "--force"]) == 0
     assert [float(np.ravel(b)[0]) for b in seen] == [pytest.approx(-1.5)] * 2
+    capsys.readouterr()  # the result names occlusion's patch (it scales with the image: 4 px at 28 px)
+    assert main(["explain", str(tmp_path / "m.onnx"), "--n", "2", "--out", str(tmp_path / "x.png"), "--force",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["occlusion_patch_px"] == {"window": 4, "stride": 2}
 
 
 def test_a_checkpoint_without_its_normalisation_is_refused_as_its_onnx_file_is(tmp_path, capsys):

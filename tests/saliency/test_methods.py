@@ -7,7 +7,7 @@ from qsal.errors import QsalError
 from qsal.models import create_model
 from qsal.quant import PACTConfig, quantize
 from qsal.saliency import METHODS, explain
-from qsal.saliency.onnx_occlusion import occlusion_numpy
+from qsal.saliency.onnx_occlusion import occlusion_numpy, occlusion_patch
 
 
 class LinearPixel(nn.Module):
@@ -54,6 +54,21 @@ def test_occlusion_numpy_matches_captum():
         ref = explain(model, x, "occlusion", target=target, window=window, stride=stride, baseline=baseline).numpy()
         np.testing.assert_allclose(ours, ref, atol=1e-4)
         assert (np.abs(ours[:, :, -1, :]).sum() > 0)  # the last row is occluded too
+
+
+def test_the_occlusion_patch_scales_with_the_image_and_stays_4_px_at_28_and_32():
+    assert occlusion_patch(28, 28) == (4, 2) and occlusion_patch(32, 32) == (4, 2)  # MedMNIST, CIFAR-10: as before
+    assert occlusion_patch(224, 224) == (32, 16) and occlusion_patch(64, 128) == (9, 4)  # a seventh of the short side
+    assert occlusion_patch(3, 3) == (3, 1)  # never larger than the image
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 2, 1, image_size=56).eval()
+    x, target = torch.randn(2, 1, 56, 56), torch.tensor([0, 1])
+    run = lambda a: model(torch.from_numpy(a)).detach().numpy()  # noqa: E731
+    # both occlusions default to it: 56 px images get 8 px patches moved by 4 px, not 4 / 2 (729 vs 169 passes)
+    default = occlusion_numpy(run, x.numpy(), target.numpy())
+    np.testing.assert_array_equal(default, occlusion_numpy(run, x.numpy(), target.numpy(), window=8, stride=4))
+    assert not np.allclose(default, occlusion_numpy(run, x.numpy(), target.numpy(), window=4, stride=2))
+    np.testing.assert_allclose(explain(model, x, "occlusion", target=target).numpy(), default, atol=1e-4)
 
 
 def test_bad_target_and_shape_are_one_line_errors():

@@ -44,6 +44,17 @@ def test_report_over_a_checkpoint_and_an_onnx_file(models, tmp_path, capsys):
     assert "integrated gradients (PyTorch models)" in page  # the ONNX file's checkpoint was found via its metadata
 
 
+def test_a_report_of_a_file_without_its_checkpoint_says_occlusions_patch(models, tmp_path, capsys):
+    import shutil
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(models / "ptq/int8.onnx", alone / "int8.onnx")  # no best.safetensors beside it: no gradients
+    assert main(["report", str(alone / "int8.onnx"), "--out", str(tmp_path / "rep"), "--no-latency", "--n-explain",
+                 "2", "--quiet"]) == 0
+    assert "occlusion (ONNX artifacts, 4 px patches moved by 2 px)" in (tmp_path / "rep/report.md").read_text()
+
+
 def test_report_out_is_a_new_folder_or_an_earlier_report_replaced_whole(models, tmp_path, capsys):
     """--out was written into whatever folder it named (a cell's, someone's notes), and a second report into the
     same folder left the first one's figures behind."""

@@ -29,6 +29,7 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     """
     from qsal.runtime import describe_decision
     from qsal.saliency.methods import black_baseline
+    from qsal.saliency.onnx_occlusion import occlusion_patch
     from qsal.saliency.plot import save_saliency_grid, to_display
 
     if Path(out).suffix.lower() != ".png":
@@ -92,10 +93,13 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
         captions = [f"{first}\npred: {names[int(p)][:16]}" + _why(probs[i], int(p), task, decision, names)
                     + ("\nempty map: no evidence for it" if empty[i] else "")
                     for i, (first, p) in enumerate(zip(firsts, target))]
+    # occlusion's patch scales with the image (onnx_occlusion.occlusion_patch): the figure and result say its size
+    patch = occlusion_patch(*x.shape[-2:]) if method == "occlusion" else None
+    said_method = f"{method} ({patch[0]} px patches moved by {patch[1]} px)" if patch else method
     kind = "ONNX file, onnxruntime" if onnx_file else "PyTorch checkpoint"
     column = f"{path.parent.name}/{path.name}" if path.parent.name else path.name  # "m.onnx", not "/m"
     png = save_saliency_grid(to_display(x, tuple(mean), tuple(std)), {f"{column} ({kind})": maps}, out, captions,
-                             title=f"{source}: {method} maps of the predicted class; pred = {rule}")
+                             title=f"{source}: {said_method} maps of the predicted class; pred = {rule}")
     from qsal.checkpoint import resolve_checkpoint_path
     from qsal.run_folder import file_sha256
 
@@ -103,7 +107,8 @@ def explain_file(model_path: str, *, method: str | None, n: int, split: str, dat
     decided_p = probs[np.arange(len(x)), target] if target.ndim == 1 else None
     # "probability_of_predicted" is each row's own predicted class's (the class differs between rows)
     return {"png": str(png), "model": str(path), "model_sha256": file_sha256(weights),
-            "explained": f"{kind}: maps of each image's predicted class", "method": method, **where,
+            "explained": f"{kind}: maps of each image's predicted class", "method": method,
+            **({"occlusion_patch_px": {"window": patch[0], "stride": patch[1]}} if patch else {}), **where,
             "images": len(x), "empty_maps": [i for i, e in enumerate(empty) if e],
             "predicted": target.tolist(),
             "predicted_class": [names[int(t)] for t in target] if target.ndim == 1 else None,

@@ -18,6 +18,7 @@ from torch import nn
 
 from qsal.errors import QsalError
 from qsal.models.modes import evaluating
+from qsal.saliency.onnx_occlusion import occlusion_patch
 from qsal.saliency.targets import multilabel_target_weights
 
 __all__ = ["explain", "METHODS", "gradcam_layer", "cam_to_input", "black_baseline", "randomization_check"]
@@ -174,8 +175,8 @@ def _integrated_gradients(forward, x: torch.Tensor, kw: dict, baseline, ig_steps
 
 
 def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gradients", target=None, *,
-            baseline: float | tuple[float, ...] = 0.0, n_samples: int = 16, noise_std: float = 0.15, window: int = 4,
-            stride: int = 2, ig_steps: int = 32, seed: int = 0) -> torch.Tensor:
+            baseline: float | tuple[float, ...] = 0.0, n_samples: int = 16, noise_std: float = 0.15,
+            window: int | None = None, stride: int | None = None, ig_steps: int = 32, seed: int = 0) -> torch.Tensor:
     """Attribution maps for ``images`` ``(N, C, H, W)`` (normalised, as the model takes them).
 
     Args:
@@ -183,7 +184,8 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
             gradients (``ig_steps``, constant ``baseline``), SmoothGrad (``n_samples``, noise std as a
             fraction of each image's own value range, seeded by ``seed``), Grad-CAM (the rectified feature maps
             before the last pooling, ``gradcam_layer``; placed on the input grid by ``cam_to_input``) and
-            occlusion (``window`` x ``window`` patches set to ``baseline``, moved by ``stride``).
+            occlusion (``window`` x ``window`` patches set to ``baseline``, moved by ``stride``; None: a seventh of
+            the shorter side moved by half of it, 4 / 2 px at 28 px: ``onnx_occlusion.occlusion_patch``).
         baseline: in *normalised* units, a number or one per channel. The default 0.0 is the dataset's mean
             intensity (mid-grey for MedMNIST's mean 0.5), not the black image of Sundararajan et al. (2017):
             pass ``black_baseline(mean, std)`` for black, as ``qsal explain``, ``qsal report`` and the demo do.
@@ -201,6 +203,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "integrated_gr
         raise QsalError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
     target = _as_target(target)
     x = _check(model, torch.as_tensor(images, dtype=torch.float32), target)
+    default_window, default_stride = occlusion_patch(*x.shape[-2:])
+    window = default_window if window is None else window
+    stride = default_stride if stride is None else stride
     _check_options(x, n_samples, noise_std, window, stride, ig_steps)
     baseline = _baseline_values(baseline, x.shape[1])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

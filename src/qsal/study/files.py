@@ -174,7 +174,7 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
     from qsal.scoring import score_onnx
     from qsal.saliency.methods import black_baseline
     from qsal.saliency.metrics import agreement, faithfulness_curve, mean_gini
-    from qsal.saliency.onnx_occlusion import occlusion_numpy
+    from qsal.saliency.onnx_occlusion import occlusion_numpy, occlusion_patch
     from qsal.saliency.plot import to_display
     from qsal.study.report import write_report
 
@@ -243,9 +243,12 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
             r["size_ratio"] = r["size_bytes"] / fp32["size_bytes"]
     info = test.info
     sub = test.subset(n_explain, seed)
+    # occlusion's patch scales with the image (onnx_occlusion.occlusion_patch: 4 px at 28 px): the report says which
+    explained_by = "integrated gradients (PyTorch models)" if use_gradients else \
+        "occlusion (ONNX artifacts, {} px patches moved by {} px)".format(*occlusion_patch(*x.shape[-2:]))
     saliency = {"images": to_display(Runtime(rows[0]["onnx"]).preprocess(sub.images), info.mean, info.std),
                 "maps": maps, "y_true": sub.labels, "probs": sal_probs, "class_names": list(info.labels),
-                "method": "integrated gradients (PyTorch models)" if use_gradients else "occlusion (ONNX artifacts)",
+                "method": explained_by,
                 "indices": test.subset_indices(n_explain, seed).tolist(), "reference": reference, "task": info.task}
     for r in rows:  # an exported file's place once the staging folder is --out
         r["onnx"] = _moved(r["onnx"], stage, out)
