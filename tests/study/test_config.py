@@ -115,14 +115,20 @@ def test_a_changed_config_names_what_changed_and_how_to_go_on(tmp_path, capsys):
     with pytest.raises(QsalError) as e:  # refused before any cell: nothing trains
         run_study(now, tmp_path / "out", progress=False)
     msg = str(e.value)
-    assert "was made by a different config (seeds: [0] -> [0, 1], train.lr: unset -> 0.01)" in msg
+    assert "was made by a different config (seeds: added 1, train.lr: unset -> 0.01)" in msg
     assert "--dry-run with this --out lists the finished cells a run would redo" in msg and "--force" in msg
     assert "fingerprint" not in msg
     path = tmp_path / "now.yaml"
     path.write_text(yaml.safe_dump({**FP32, "seeds": [0, 1], "train": {"epochs": 1, "lr": 0.01}}))
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--no-estimate"]) in (0, None)
-    assert "(made by a different config: seeds: [0] -> [0, 1], train.lr: unset -> 0.01; a run there needs --force" \
+    assert "(made by a different config: seeds: added 1, train.lr: unset -> 0.01; a run there needs --force" \
            in capsys.readouterr().out
+    # a list's change is its items, not the list cut off at three ('fp32', 'ptq', 'pact', ... hid the added sgt)
+    from qsal.study.config_checks import changed_settings
+
+    wide = parse_run_config({**FP32, "methods": ["fp32", "ptq", "pact"]})
+    wider = parse_run_config({**FP32, "methods": ["fp32", "ptq", "pact", "sgt"], "seeds": [1]})
+    assert changed_settings(wide.to_dict(), wider) == ["methods: added sgt", "seeds: added 1; removed 0"]
 
 
 def test_dry_run_counts_in_words_and_says_a_failed_cell_is_tried_again(tmp_path, capsys):

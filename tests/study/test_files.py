@@ -138,7 +138,9 @@ def test_a_run_folders_report_is_written_inside_it_not_into_out(tmp_path, capsys
     assert "report is written inside it" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
     # what a report of files measures is not measured for a run folder: said, not ignored
     assert main(["report", str(run), "--n-explain", "50", "--no-latency"]) == 2
-    assert "--n-explain, --no-latency set(s) what a report of files measures" in capsys.readouterr().err
+    assert "--n-explain, --no-latency set(s) how a report of files is measured" in capsys.readouterr().err
+    assert main(["report", str(run), "--data-dir", str(tmp_path)]) == 2  # the data its cells read is the run's
+    assert "its config's data_dir and measure" in capsys.readouterr().err
 
 
 def test_report_refuses_folder_models_split_with_different_seeds(breast_folder, tmp_path, capsys):

@@ -149,6 +149,9 @@ def test_a_folder_study_runs_reruns_nothing_and_is_reported_where_its_images_are
     out = capsys.readouterr().out
     assert ("a run would redo 2 of them:\n  (a study folder's files changed since 1 of them trained; a run there needs "
             "--force, or restore the folder as it was)\n  clinic/small_cnn/seed0/fp32: trained on other images") in out
+    assert main(["run", str(config), "--out", str(run), "--dry-run", "--no-estimate", "--json"]) == 0  # for a script
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["cells_to_run"] == 2 and plan["finished"] is False and plan["groups"] == ["clinic/small_cnn/seed0"]
     run_study(cfg, run, progress=False, force=True)
     assert json.loads((run / cells[0] / "result.json").read_text())["data_listing"] != listing
     assert stale_results(plan_groups(cfg), run, cfg) == {}

@@ -114,6 +114,21 @@ def test_a_study_over_several_datasets_names_each_ones_positive_class():
     assert header["positive class"] == ("breastmnist: malignant; pneumoniamnist: pneumonia; "
                                         "retinamnist: none (multi-class: one vs the rest)")
     assert dict(_header({"dataset": "breastmnist"}, rows[:1]))["positive class"] == "malignant"
+    # each test split's size, and a column naming each row's positive class (the headers cannot name one)
+    header = dict(_header({"dataset": "edge-medmnist", "n_test_per_dataset": {"breastmnist": 156,
+                                                                              "pneumoniamnist": 624}}, rows))
+    assert header["test images (n)"] == "breastmnist: 156; pneumoniamnist: 624"
+    from qsal.study.report.tables import results_table, results_text_table
+
+    rows = [{**r, "scored": "onnx", "sensitivity": 0.5} for r in rows]
+    table = results_table(rows).splitlines()
+    assert table[0] == "| model | scored as | positive class | sens. @ 0.5 |"
+    assert table[2:] == ["| breastmnist/small_cnn/fp32 | ONNX artifact | malignant | 0.500 |",
+                         "| pneumoniamnist/small_cnn/fp32 | ONNX artifact | pneumonia | 0.500 |",
+                         "| retinamnist/small_cnn/fp32 | ONNX artifact | — | 0.500 |"]
+    assert "positive class" in results_text_table(rows).splitlines()[0]
+    one = results_table(rows[:1]).splitlines()[0]  # one dataset: the header names it, no column
+    assert one == "| model | scored as | sens. (positive: malignant) @ 0.5 |"
 
 
 def test_a_mean_outside_its_ci_still_plots(tmp_path):

@@ -24,6 +24,12 @@ def test_every_config_problem_is_listed_with_its_path():
     for path in ("colour: unknown key", "models[0]: unknown value 'vgg'", "bits[0]: unknown value 9",
                  "epochs.fp32: must be positive", "epochs.extra: unknown key"):
         assert path in msg
+    with pytest.raises(QsalError) as e:  # each with its fix, in the words configs use (sgt's lambda, not lam)
+        parse_run_config({**TINY, "methods": "fp32", "seeds": [], "sgt": {"lamda": 1}}, "study.yaml")
+    for said in ("methods: must be a non-empty list, got 'fp32' (write it in brackets: methods: [fp32])",
+                 "seeds: must be a non-empty list, got [] (name at least one)",
+                 "sgt.lamda: unknown key; known: k, lambda, target"):
+        assert said in str(e.value)
 
 
 def test_config_values_that_cannot_run_or_read_as_text_are_named_and_plain_training_is_allowed():

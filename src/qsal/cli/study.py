@@ -80,6 +80,18 @@ def _check_study_out(out: str) -> None:
                         "folders); name a new or empty folder: a study writes dataset/model/seed folders into it")
 
 
+def _note_refused_data(cfg, chosen) -> None:
+    """A note on stderr where a run of the ``chosen`` groups would be refused for its data: the plan stands without
+    the data (timed on synthetic images)."""
+    from qsal.errors import QsalError
+    from qsal.study.runner import require_data
+
+    try:
+        require_data(cfg, [g[0].dataset for g in chosen])
+    except QsalError as e:
+        print(f"note: a run would be refused now: {e}", file=sys.stderr)
+
+
 @command("run", "run (or resume) a study grid from a YAML config: one folder per cell, failures recorded")
 def cmd_run(args):
     from qsal.study.config import load_run_config
@@ -116,6 +128,13 @@ def cmd_run(args):
             print("timing a few training steps of each model to estimate the time (--no-estimate skips it)...",
                   file=sys.stderr, flush=True)
         plan = plan_study(cfg, measure=measure)
+        if args.json:  # the plan for a script: what a run would do, no text around it
+            from qsal.cli.output import print_result
+
+            print_result({"study": cfg.name, **plan, "cells_to_run": len(todo), "finished": finished,
+                          "groups": [group_name(g) for g in chosen]}, True)
+            _note_refused_data(cfg, chosen)
+            return
         print(format_plan(plan, cfg.name))
         if finished:
             print(f"every cell {'of the chosen groups ' if args.only else ''}in {args.out} is finished and up to date: "
@@ -124,12 +143,7 @@ def cmd_run(args):
             print(f"--only: {len(chosen)} group(s), in this order: " + ", ".join(group_name(g) for g in chosen))
         _print_progress_of(Path(args.out), chosen, cfg)
         _print_time_left(plan, Path(args.out), todo, started, cfg)
-        from qsal.study.runner import require_data
-
-        try:  # the plan stands without the data (timed on synthetic images); the run itself would be refused
-            require_data(cfg, [g[0].dataset for g in chosen])
-        except QsalError as e:
-            print(f"note: a run would be refused now: {e}", file=sys.stderr)
+        _note_refused_data(cfg, chosen)
         return
     statuses = run_study(cfg, args.out, workers=args.workers, backend=args.backend,
                          ray_address=args.ray_address, force=args.force, progress=progress_wanted(args), only=args.only)
@@ -276,8 +290,9 @@ def _report(args) -> dict:
         given = [flag for flag, value in (("--n-explain", args.n_explain), ("--no-latency", args.no_latency or None),
                                           ("--data-dir", args.data_dir)) if value is not None]
         if given:  # a run folder's report shows what its cells measured: nothing is measured here
-            raise QsalError(f"{', '.join(given)} set(s) what a report of files measures; a run folder's report shows "
-                            "what its cells measured (its config's measure: n_explain, latency): drop "
+            raise QsalError(f"{', '.join(given)} set(s) how a report of files is measured (the data it scores, the "
+                            "images it explains, latency); a run folder's report shows what its cells measured (its "
+                            "config's data_dir and measure): drop "
                             f"{'it' if len(given) == 1 else 'them'}, or edit the config and rerun `qsal run`")
         rep = report_run(paths[0])
     elif runs:
@@ -298,7 +313,8 @@ def _setup_report(p):
                         "best.safetensors or model.onnx; the first is the reference the others' maps are compared to")
     p.add_argument("--out", help=f"output folder for a report of files (default: {_REPORT_OUT}); a run folder's "
                                  "report is written inside it")
-    data_dir_arg(p)
+    p.add_argument("--data-dir", help="data root of the files' dataset (default: $QSAL_DATA_DIR, then ~/.medmnist; "
+                   "BreastMNIST 28 px is embedded); files only: a run folder's report shows what its cells measured")
     p.add_argument("--n-explain", type=int_range(1, 256, "the number of images"), default=None,
                    help="test images explained per model (1-256; default 8); files only: a run folder's report shows "
                         "what its cells measured")

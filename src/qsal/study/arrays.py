@@ -85,6 +85,11 @@ def report_arrays(run_dir: Path, keys: dict, multi: bool, read: dict | None = No
         extra.update(class_names=facts[1], dataset_name=facts[0])
         if predictions:
             extra["n_test"] = len(next(iter(predictions.values()))["y_true"])
+    elif predictions:  # several datasets, each its own test split: the report's header gives each one's size
+        per: dict[str, int] = {}
+        for name, found in predictions.items():
+            per.setdefault(name.split("/")[0], len(found["y_true"]))
+        extra["n_test_per_dataset"] = per
     ref = cells.get("fp32")
     if multi or ref is None or not (ref / "explain_images.npy").is_file() or not (ref / "explain_indices.npy").is_file():
         return extra

@@ -34,7 +34,7 @@ from qsal.errors import TYPE_WORDS, QsalError, is_finite_number, is_integer
 from qsal.study.config_yaml import number_hint, text_number
 from qsal.study.folders import NAME
 
-__all__ = ["RunConfig", "load_run_config", "changed_settings", "METHODS"]
+__all__ = ["RunConfig", "load_run_config", "METHODS"]
 
 METHODS = ("fp32", "ptq", "qat", "pact", "sgt", "sgt+pact")
 FINE_TUNED = frozenset({"qat", "pact", "sgt+pact"})  # the methods whose cells fine-tune a parent
@@ -154,28 +154,6 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def changed_settings(recorded: dict, cfg: RunConfig) -> list[str]:
-    """What differs between the config ``recorded`` (a run folder's ``run_config.json`` ``config``) and ``cfg``, as
-    ``lr.fp32: 0.001 -> 0.01`` (lists compared whole: ``seeds: [0] -> [0, 1]``), in key order; ``data_dir`` is left
-    out, as the fingerprint leaves it (where files are, not what the study is)."""
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in (d.items() if isinstance(d, dict) else ()):
-            if isinstance(v, dict) and v:
-                out.update(flat(v, f"{prefix}{k}."))
-            elif v != {}:  # an empty mapping sets nothing: an older record may lack the key (train: {})
-                out[f"{prefix}{k}"] = v
-        return out
-
-    # through JSON, as the record was: tuples read back as lists, pact's bit-width keys as strings
-    old, new = flat(recorded), flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
-    unset = object()
-    shown = lambda d, k: _short(d[k]) if k in d else "unset"  # noqa: E731
-    return [f"{k}: {shown(old, k)} -> {shown(new, k)}" for k in sorted(set(old) | set(new))
-            if k != "data_dir" and old.get(k, unset) != new.get(k, unset)]
-
-
 _NESTED = {"epochs": Epochs, "lr": LearningRates, "sgt": SGTSettings, "measure": Measure}
 _ALIASES = {"sgt": {"lambda": "lam"}}
 
@@ -195,7 +173,9 @@ def _short(value) -> str:
 
 def _check_list(problems, key, value, allowed=None, kind=str):
     if not isinstance(value, list) or not value:
-        problems.append(f"{key}: must be a non-empty list, got {_short(value)}")
+        scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != ""
+        fix = f" (write it in brackets: {key}: [{value}])" if scalar else " (name at least one)" if value == [] else ""
+        problems.append(f"{key}: must be a non-empty list, got {_short(value)}{fix}")
         return
     for i, v in enumerate(value):
         if not isinstance(v, kind) or isinstance(v, bool) and kind is int:
@@ -255,7 +235,11 @@ def parse_run_config(raw: dict, where: str = "config", authored: bool = False, b
                     problems.append(f"{key}.{sub} and {key}.{name} both set (one setting, two names): keep one")
                     continue
                 if name not in cls.__dataclass_fields__:
-                    problems.append(f"{key}.{sub if isinstance(sub, str) else _short(sub)}: unknown key; known: {', '.join(cls.__dataclass_fields__)}")
+                    # named as configs write them (sgt's lambda, not the field lam it is stored in)
+                    spelled = {field: alias for alias, field in _ALIASES.get(key, {}).items()}
+                    known = ", ".join(spelled.get(f, f) for f in cls.__dataclass_fields__)
+                    named = sub if isinstance(sub, str) else _short(sub)
+                    problems.append(f"{key}.{named}: unknown key; known: {known}")
                     continue
                 want = type(getattr(cls(), name))
                 if want is float:

@@ -10,14 +10,15 @@ checks each value on its own first): what a valid-looking config may still not r
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
-from qsal.study.config import FINE_TUNED
+from qsal.study.config import FINE_TUNED, _short
 
 if TYPE_CHECKING:
     from qsal.study.config import RunConfig
 
-__all__ = ["settings_without_effect", "beyond_models_and_data", "shifts_too_large"]
+__all__ = ["settings_without_effect", "beyond_models_and_data", "shifts_too_large", "changed_settings"]
 
 
 def settings_without_effect(raw: dict, cfg: RunConfig) -> list[str]:
@@ -101,3 +102,35 @@ def shifts_too_large(cfg: RunConfig) -> list[str]:
                 if (problem := shift_too_large(tc.shift_px, size, size, f"{part}.shift_px")) is not None:
                     problems.append(f"{problem} ({ds}/{model})")
     return list(dict.fromkeys(problems))
+
+
+def changed_settings(recorded: dict, cfg: RunConfig) -> list[str]:
+    """What differs between the config ``recorded`` (a run folder's ``run_config.json`` ``config``) and ``cfg``, as
+    ``lr.fp32: 0.001 -> 0.01`` (a list by its items: ``seeds: added 1; removed 0``), in key order; ``data_dir`` is left
+    out, as the fingerprint leaves it (where files are, not what the study is)."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d.items() if isinstance(d, dict) else ()):
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            elif v != {}:  # an empty mapping sets nothing: an older record may lack the key (train: {})
+                out[f"{prefix}{k}"] = v
+        return out
+
+    # through JSON, as the record was: tuples read back as lists, pact's bit-width keys as strings
+    old, new = flat(recorded), flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    unset = object()
+    shown = lambda d, k: _short(d[k]) if k in d else "unset"  # noqa: E731
+
+    def change(k: str) -> str:
+        was, now = old.get(k, unset), new.get(k, unset)
+        if isinstance(was, list) and isinstance(now, list):  # the items that changed: a long list's are cut off
+            added, removed = [v for v in now if v not in was], [v for v in was if v not in now]
+            if added or removed:
+                return f"{k}: " + "; ".join(f"{what} {', '.join(map(str, items))}" for what, items in
+                                            (("added", added), ("removed", removed)) if items)
+        return f"{k}: {shown(old, k)} -> {shown(new, k)}"
+
+    return [change(k) for k in sorted(set(old) | set(new))
+            if k != "data_dir" and old.get(k, unset) != new.get(k, unset)]

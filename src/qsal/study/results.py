@@ -302,7 +302,8 @@ def report_run(run_dir: str | Path) -> dict:
     schedule = _schedule_words(cfg)
     results = {"dataset": dataset, "rows": collected["rows"], "failed": collected["failed"],
                "environment": environment(), "source": f"qsal run ({_cells_done(collected['n_cells'], cfg)}, config {name})",
-               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "saliency", "machines", "left_out",
+               **{k: collected[k] for k in ("predictions", "class_names", "n_test", "n_test_per_dataset", "saliency",
+                                            "machines", "left_out",
                                             "stale", "unfinished", "running") if k in collected}}
     if schedule:
         results["schedule"] = schedule

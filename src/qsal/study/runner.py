@@ -25,7 +25,8 @@ from qsal.errors import QsalError
 from qsal.provenance import usable_cpus
 from qsal.run_folder import CannotResume
 from qsal.study.cell import agreement_with_fp32, log, run_cell
-from qsal.study.config import RunConfig, changed_settings, load_run_config, parse_run_config
+from qsal.study.config import RunConfig, load_run_config, parse_run_config
+from qsal.study.config_checks import changed_settings
 from qsal.study.folders import cells_on_other_images
 from qsal.study.grid import CellSpec, expected_configs, expected_schedules, plan_groups, select_groups
 from qsal.study.redo import cells_to_redo, clear_cell, made_at, read_results, read_schedules, weights_kept

@@ -136,7 +136,9 @@ def _header(results: dict, rows: list[dict]) -> list[tuple[str, str]]:
     names = results.get("class_names") or []
     if not positive and len(names) == 2:  # what the evaluator scores when no positive class is recorded
         positive = f"{names[1]} (label 1, the evaluator's default; not chosen for this report)"
-    items = [("dataset", results.get("dataset")), ("test images (n)", results.get("n_test") or first.get("n")),
+    per_set = results.get("n_test_per_dataset") or {}  # a study of several datasets: each test split's size
+    n_test = results.get("n_test") or "; ".join(f"{d}: {n}" for d, n in per_set.items()) or first.get("n")
+    items = [("dataset", results.get("dataset")), ("test images (n)", n_test),
              ("splits", _splits(rows if any(r.get("dataset") for r in rows) else [{"dataset": results.get("dataset")}])),
              ("classes", _classes(names) or _classes_per_dataset(rows)),
              ("positive class", positive or ("— (multi-class: one class vs the rest)" if len(names) > 2 else None)),

@@ -119,6 +119,9 @@ def _named_columns(rows: list[dict], columns) -> list[tuple[str, str]]:
     """The columns some row has; sensitivity/specificity headers name the positive class they are about."""
     positives = {r.get("positive_class") for r in rows if r.get("positive_class") is not None}
     about = f" (positive: {positives.pop()})" if len(positives) == 1 else ""  # specificity is the other class's recall
+    if len(positives) > 1:  # a study of several datasets: each row says which class its sensitivity is about
+        at = [k for k, _ in columns].index("scored") + 1 if any(k == "scored" for k, _ in columns) else 1
+        columns = [*columns[:at], ("positive_class", "positive class"), *columns[at:]]
     named = {"sensitivity", "specificity", "sensitivity_at_op", "specificity_at_op"}
     return [(k, h.replace(".", "." + about, 1) if k in named and about else h) for k, h in columns
             if any(r.get(k) is not None for r in rows)
