@@ -31,6 +31,10 @@ def test_quick_demo_produces_every_model_and_a_report(tmp_path):
     card = (out / "fp32" / "model.card.md").read_text()
     assert "sensitivity (positive: malignant)" in card and "the ONNX file run by onnxruntime" in card
     assert "spec. (positive: malignant)" in (out / "report.md").read_text()
+    said = ("faithfulness gap: 64 test images, |input gradient| maps; Gini and map ρ: integrated gradients from black "
+            "on 8 test images; each model's PyTorch model")  # whose maps the explanation columns are, and how many
+    assert f"- **explanation columns**: {said}" in (out / "report.md").read_text()
+    assert f"explanation columns: {said}" in proc.stdout
     assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "results.json").read_text())["environment"]["versions"]["torch"]
     assert (out / "report.html").is_file() and (out / "saliency_grid.png").is_file()

@@ -50,9 +50,15 @@ def test_a_report_of_a_file_without_its_checkpoint_says_occlusions_patch(models,
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(models / "ptq/int8.onnx", alone / "int8.onnx")  # no best.safetensors beside it: no gradients
+    capsys.readouterr()
     assert main(["report", str(alone / "int8.onnx"), "--out", str(tmp_path / "rep"), "--no-latency", "--n-explain",
                  "2", "--quiet"]) == 0
-    assert "occlusion (ONNX artifacts, 4 px patches moved by 2 px)" in (tmp_path / "rep/report.md").read_text()
+    md = (tmp_path / "rep/report.md").read_text()
+    assert "occlusion (ONNX artifacts, 4 px patches moved by 2 px)" in md
+    # what the explanation columns beside 'ONNX artifact' are of, in the header and under the terminal's table
+    said = "2 test images, occlusion (ONNX artifacts, 4 px patches moved by 2 px); the removal curves run the ONNX files"
+    assert f"- **explanation columns**: {said}" in md
+    assert capsys.readouterr().out.rstrip().endswith(f"explanation columns: {said}")
 
 
 def test_report_out_is_a_new_folder_or_an_earlier_report_replaced_whole(models, tmp_path, capsys):

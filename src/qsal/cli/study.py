@@ -45,6 +45,8 @@ def _print_report_result(args, rows: list[dict], report: dict) -> None:
     else:
         sys.stderr.flush()
         print("\n" + report["text_table"] if not args.quiet else report["text_table"])
+        if report.get("explanations"):  # whose maps and which method: the columns beside 'ONNX artifact' are not its
+            print(f"explanation columns: {report['explanations']}")
     _note(args, f"\nreport: {report['html']}  (markdown: {report['markdown']})")
 
 

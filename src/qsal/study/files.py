@@ -258,6 +258,8 @@ def _report_into(stage: Path, out: Path, paths, inputs, labels, *, data_dir, lat
                "schedule": "; ".join(f"{m}: {w}" for m, w in schedules.items()) or None,
                "measure": {"n_explain": n_explain, "latency": latency, "seed": seed,  # explained images, bootstrap
                            "explained": "integrated gradients" if use_gradients else "occlusion"},
+               # what the explanation columns are of: the header and the terminal say it beside the table
+               "explanations": f"{len(sub)} test images, {explained_by}; the removal curves run the ONNX files",
                "rows": rows, "predictions": predictions, "saliency": saliency, "environment": environment()}
     write_json_atomic(stage / "results.json", {k: v for k, v in results.items() if k not in ("predictions", "saliency")})
     return write_report(stage, results)

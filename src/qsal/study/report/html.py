@@ -364,4 +364,4 @@ def _compose(out: Path, final: Path, results: dict) -> dict:
             f"</head><body>{''.join(body)}{check}</body></html>")
     html_path = write_text_atomic(out / "report.html", page)
     return {"table": table, "text_table": results_text_table(rows), "markdown": str(md_path), "html": str(html_path),
-            "rows": rows}
+            "rows": rows, "explanations": results.get("explanations")}
