@@ -56,7 +56,8 @@ def test_a_report_of_a_file_without_its_checkpoint_says_occlusions_patch(models,
     md = (tmp_path / "rep/report.md").read_text()
     assert "occlusion (ONNX artifacts, 4 px patches moved by 2 px)" in md
     # what the explanation columns beside 'ONNX artifact' are of, in the header and under the terminal's table
-    said = "2 test images, occlusion (ONNX artifacts, 4 px patches moved by 2 px); the removal curves run the ONNX files"
+    said = ("2 test images, occlusion (ONNX artifacts, 4 px patches moved by 2 px); the removal curves run the ONNX "
+            "files")
     assert f"- **explanation columns**: {said}" in md
     assert capsys.readouterr().out.rstrip().endswith(f"explanation columns: {said}")
 

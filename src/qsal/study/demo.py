@@ -146,9 +146,9 @@ def run_demo(dataset: str = "breastmnist", out_dir: str = "runs/demo", data_dir=
                "source": f"qsal demo{' --quick' if quick else ''} --seed {seed}", "rows": rows,
                "seconds": time.perf_counter() - t_start, "environment": environment(),
                # the explanation columns, each of the PyTorch model the file came from (the header says it)
-               "explanations": (f"faithfulness gap: {len(x_faith)} test images, |input gradient| maps; Gini and map ρ: "
-                                f"integrated gradients from black on {len(x_sal)} test images; each model's PyTorch "
-                                "model")}
+               "explanations": (f"faithfulness gap: {len(x_faith)} test images, |input gradient| maps; Gini and map "
+                                f"ρ: integrated gradients from black on {len(x_sal)} test images; each model's "
+                                "PyTorch model")}
     write_json_atomic(out / "results.json", results)
     report = write_report(out, {**results, "predictions": predictions, "saliency": saliency})
     say(f"demo finished in {results['seconds']:.0f} s")
