@@ -398,7 +398,7 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
                 raise QsalError(f"cannot write {written} ({e.strerror}); choose another --out") from None
     quant = meta.get("quant") or {}
     from qsal.export.card_storage import deployed_kernels, describe_kernels
-    from qsal.runtime import kernel_notes, read_metadata, session_options
+    from qsal.runtime import kernel_notes_here, read_metadata
 
     exported = read_metadata(out)
     deployed = deployed_kernels(exported)
@@ -406,7 +406,7 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike | None = None, car
     result = {"onnx": str(out), "size_bytes": out.stat().st_size, "quant": quant.get("method", "fp32"),
               **{k: deployed[k] for k in ("bits", "act_bits") if k in deployed}, "runs_on": describe_kernels(deployed),
               # the kernels qsal runs it on here where this CPU decides them (no VNNI), as predict and bench will
-              **kernel_notes(exported, session_options(meta=exported)[1])}
+              **kernel_notes_here(exported)}
     if card:
         result["card"] = str(cards[0])
     return result

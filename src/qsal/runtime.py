@@ -26,7 +26,8 @@ from qsal.metrics.operating_point import describe_operating_point, validate_deci
 
 __all__ = ["Runtime", "read_metadata", "validate_metadata", "conform_image", "decide", "describe_decision",
            "NO_OPERATING_POINT", "integer_kernels_saturate", "session_options", "SATURATION_NOTE",
-           "has_integer_layers", "sums_fit_int16", "INT16_MAX", "OVERRIDE_NOTE", "kernel_notes"]
+           "has_integer_layers", "sums_fit_int16", "INT16_MAX", "OVERRIDE_NOTE", "kernel_notes",
+           "kernel_notes_here", "KERNEL_NOTE_KEYS"]
 
 # onnxruntime's x86-64 integer kernels without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which
 # adds two products into an int16 with saturation (255 x 127 x 2 > 32767): an 8-bit layer's sums clip, and the file
@@ -118,6 +119,10 @@ def session_options(threads: int | None = None, meta: dict | None = None):
     return opts, None
 
 
+# the keys a result records the kernels under where a CPU without VNNI chose them (``kernel_notes``)
+KERNEL_NOTE_KEYS = ("u8u8_kernels", "saturating_kernels")
+
+
 def kernel_notes(meta: dict, note: str | None) -> dict:
     """What a result records about the kernels a file (ONNX metadata ``meta``) ran on here, given
     ``session_options``' ``note``: ``{"u8u8_kernels": note}`` (exact kernels for its 8-bit layers, no VNNI),
@@ -125,6 +130,12 @@ def kernel_notes(meta: dict, note: str | None) -> dict:
     if not note or not has_integer_layers(meta):
         return {}
     return {"saturating_kernels" if note == OVERRIDE_NOTE else "u8u8_kernels": note}
+
+
+def kernel_notes_here(meta: dict) -> dict:
+    """``kernel_notes`` of the session qsal would open for a file (ONNX metadata ``meta``) on this CPU, without opening
+    one: what export and bench record about the kernels predict and evaluate will run it on."""
+    return kernel_notes(meta, session_options(meta=meta)[1])
 
 
 def conform_image(image: np.ndarray, n_channels: int, size: int) -> np.ndarray:

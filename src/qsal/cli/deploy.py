@@ -166,8 +166,10 @@ def cmd_export(args):
         raise QsalError(f"{args.checkpoint} is already an ONNX file; export takes the .safetensors checkpoint it "
                         "was made from")
     result = export_checkpoint(args.checkpoint, args.out, force=args.force, data_dir=args.data_dir)
+    from qsal.runtime import KERNEL_NOTE_KEYS
+
     if not args.json:  # the table's word for the kernels a CPU without VNNI chose, as bench prints it
-        result = {"here (no VNNI)" if k in ("u8u8_kernels", "saturating_kernels") else k: v for k, v in result.items()}
+        result = {"here (no VNNI)" if k in KERNEL_NOTE_KEYS else k: v for k, v in result.items()}
     print_result(result, args.json)
 
 
@@ -204,9 +206,10 @@ def cmd_bench(args):
           + (f"; its graph fixes the batch at {result['fixed_batch']}: only that batch size is timed"
              if result.get("fixed_batch") else ""))
     from qsal.export.card_storage import describe_kernels
+    from qsal.runtime import KERNEL_NOTE_KEYS
 
     print(f"runs on: {describe_kernels(result['deployed'])}"
-          + "".join(f"\nhere: {result[k]}" for k in ("u8u8_kernels", "saturating_kernels") if result.get(k)))
+          + "".join(f"\nhere: {result[k]}" for k in KERNEL_NOTE_KEYS if result.get(k)))
     over = sorted({r["threads"] for r in result["runs"] if r.get("oversubscribed")})
     if over:
         print(f"note: {', '.join(map(str, over))} threads on {result['environment']['cpus_usable']} usable cores: "

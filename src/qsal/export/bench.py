@@ -222,10 +222,10 @@ def bench_onnx(path: str | os.PathLike, threads: tuple[int, ...] = (1, 0), batch
               "environment": environment()}
     if fixed is not None:
         result["fixed_batch"] = fixed
-    from qsal.runtime import kernel_notes, session_options
+    from qsal.runtime import kernel_notes_here
 
     # timed on the exact u8 x u8 kernels where this CPU's fast ones saturate, not quite as "deployed" says
-    result.update(kernel_notes(meta, session_options(meta=meta)[1]))
+    result.update(kernel_notes_here(meta))
     return result
 
 

@@ -23,7 +23,7 @@ from qsal.errors import printable_path
 from qsal.run_folder import file_sha256
 from qsal.export.card_storage import kernels_run, kernels_scored, onnx_layer_storage, quant_bits
 from qsal.metrics.operating_point import describe_operating_point
-from qsal.runtime import NO_OPERATING_POINT
+from qsal.runtime import KERNEL_NOTE_KEYS, NO_OPERATING_POINT
 
 __all__ = ["write_model_card", "onnx_layer_storage", "hf_license"]  # onnx_layer_storage: card_storage's
 
@@ -339,7 +339,7 @@ def write_model_card(onnx_path: str | Path, meta: dict, metrics: dict | None, be
                       for label, k in rows if scored.get(k) is not None and parent_metrics.get(k) is not None])
     if bench:
         # a CPU without VNNI: the 8-bit layers were timed on the exact kernels (or, by the user's choice, the fast ones)
-        here = next((f" ({bench[k]})" for k in ("u8u8_kernels", "saturating_kernels") if bench.get(k)), "")
+        here = next((f" ({bench[k]})" for k in KERNEL_NOTE_KEYS if bench.get(k)), "")
         md += ["## Latency", "", f"CPU: {bench.get('cpu', 'this machine')}; onnxruntime default session{here}; each "
                "configuration in a fresh process, after 5 untimed calls; timed: the graph's forward pass on an "
                "already-normalised batch (no image decoding or resizing); images/s: images scored over the time the "
